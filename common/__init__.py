@@ -1,0 +1,1 @@
+"""Definitions shared by training and serving."""

@@ -1,0 +1,41 @@
+"""The one definition of the model input: size, colour order and resize method.
+
+Training caches faces through :func:`to_model_input` and the serving preprocessor
+calls the same function, so a face seen in production is resized exactly as the
+faces the models learned from.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+#: Side of the square face crop both CNNs take, in pixels.
+IMAGE_SIZE = 64
+#: Channel order of the model input (PIL's native order; no BGR anywhere).
+CHANNEL_ORDER = "RGB"
+#: Resize filter; PIL's bilinear antialiases when it shrinks, which matters at 200 -> 64.
+RESIZE_METHOD = Image.Resampling.BILINEAR
+#: Model input dtype: raw 0-255 pixels, the models rescale inside.
+INPUT_DTYPE = np.uint8
+
+#: SavedModel signature and Triton tensor names, fixed so configs can rely on them.
+INPUT_NAME = "image"
+AGE_OUTPUT = "age"
+GENDER_OUTPUT = "female_probability"
+
+
+def to_model_input(image: Image.Image) -> np.ndarray:
+    """Converts a face crop into one model input.
+
+    Args:
+        image: A face crop in any PIL mode, ideally framed like UTKFace's aligned crops.
+
+    Returns:
+        A ``(IMAGE_SIZE, IMAGE_SIZE, 3)`` uint8 array in RGB order.
+    """
+    if image.mode != CHANNEL_ORDER:
+        image = image.convert(CHANNEL_ORDER)
+    if image.size != (IMAGE_SIZE, IMAGE_SIZE):
+        image = image.resize((IMAGE_SIZE, IMAGE_SIZE), RESIZE_METHOD)
+    return np.asarray(image, dtype=INPUT_DTYPE)

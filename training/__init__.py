@@ -1,0 +1,1 @@
+"""UTKFace loading, training, evaluation and export of the age and gender CNNs."""

@@ -1,0 +1,266 @@
+"""UTKFace loading: lenient name parsing, deduplication, grouped splits and a decode cache.
+
+The archive (``UTKFace.tar.gz``) or a folder of images is read once, decoded and
+resized with :func:`common.spec.to_model_input`, and cached as one ``.npz`` so
+later runs and epochs never decode a JPEG again.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import os
+import tarfile
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from common import spec
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+MAX_AGE = 116
+N_RACES = 5
+RACES = ("white", "black", "asian", "indian", "others")
+SPLITS = ("train", "val", "test")
+# Bump when the cached arrays would change for the same source.
+CACHE_VERSION = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Label:
+    """Labels parsed from a UTKFace file name; ``race`` is -1 where the name lacks it."""
+
+    age: int
+    gender: int
+    race: int
+
+
+def parse_name(name: str) -> Label | None:
+    """Parses ``{age}_{gender}_{race}_{timestamp}...``, leniently.
+
+    A missing race field and odd timestamps are accepted; anything else that
+    does not give an age in 0-116 and a gender of 0 or 1 returns None.
+    """
+    parts = os.path.basename(name).split("_")
+    if len(parts) < 3:
+        return None
+    try:
+        age, gender = int(parts[0]), int(parts[1])
+    except ValueError:
+        return None
+    if not 0 <= age <= MAX_AGE or gender not in (0, 1):
+        return None
+    # With four or more fields the third is the race; with three it is the timestamp.
+    race = -1
+    if len(parts) >= 4 and parts[2].isdigit() and int(parts[2]) < N_RACES:
+        race = int(parts[2])
+    return Label(age, gender, race)
+
+
+def iter_source(path: Path) -> Iterator[tuple[str, bytes]]:
+    """Yields ``(file name, raw bytes)`` for every image in an archive or folder."""
+    if path.is_dir():
+        for file in sorted(path.rglob("*")):
+            if file.is_file() and file.name.lower().endswith(IMAGE_SUFFIXES):
+                yield file.name, file.read_bytes()
+        return
+    with tarfile.open(path) as tar:
+        for member in tar:
+            if member.isfile() and member.name.lower().endswith(IMAGE_SUFFIXES):
+                fh = tar.extractfile(member)
+                if fh is not None:
+                    yield os.path.basename(member.name), fh.read()
+
+
+@dataclasses.dataclass
+class LoadSummary:
+    """Counts of what the loader kept and skipped."""
+
+    files: int = 0
+    unparsable: int = 0
+    undecodable: int = 0
+    duplicate_copies: int = 0
+    conflicting_dropped: int = 0
+    kept: int = 0
+
+    def line(self, source: str | Path) -> str:
+        return (
+            f"{source}: {self.files} files, kept {self.kept}; skipped {self.unparsable} "
+            f"unparsable names, {self.undecodable} undecodable images, "
+            f"{self.duplicate_copies} duplicate copies, {self.conflicting_dropped} files "
+            "in duplicate groups with conflicting labels"
+        )
+
+
+@dataclasses.dataclass
+class Dataset:
+    """Decoded faces with their labels, one row per unique image."""
+
+    images: np.ndarray  # (N, S, S, 3) uint8 RGB
+    ages: np.ndarray  # (N,) int
+    genders: np.ndarray  # (N,) int, 1 = female
+    races: np.ndarray  # (N,) int, -1 = unknown
+    names: np.ndarray  # (N,) str
+    hashes: np.ndarray  # (N,) str, sha256 of the file bytes
+    summary: LoadSummary = dataclasses.field(default_factory=LoadSummary)
+
+    def __len__(self) -> int:
+        return len(self.ages)
+
+    def subset(self, index: np.ndarray) -> Dataset:
+        return Dataset(
+            self.images[index],
+            self.ages[index],
+            self.genders[index],
+            self.races[index],
+            self.names[index],
+            self.hashes[index],
+            self.summary,
+        )
+
+
+def _decode(data: bytes) -> np.ndarray | None:
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return spec.to_model_input(img)
+    except Exception:  # noqa: BLE001 - any decoder failure means "skip this file"
+        return None
+
+
+def _read(path: Path) -> Dataset:
+    """Reads, deduplicates and decodes a source (no cache)."""
+    summary = LoadSummary()
+    groups: dict[str, list[tuple[str, Label, bytes]]] = defaultdict(list)
+    for name, data in iter_source(path):
+        summary.files += 1
+        label = parse_name(name)
+        if label is None:
+            summary.unparsable += 1
+            continue
+        groups[hashlib.sha256(data).hexdigest()].append((name, label, data))
+
+    rows = []
+    for digest in sorted(groups):
+        copies = groups[digest]
+        # Rule: byte-identical copies that disagree on age or gender are all
+        # dropped, since no copy's label can be trusted; agreeing copies keep one.
+        if len({(c[1].age, c[1].gender) for c in copies}) > 1:
+            summary.conflicting_dropped += len(copies)
+            continue
+        summary.duplicate_copies += len(copies) - 1
+        name, label, data = min(copies, key=lambda c: c[0])
+        pixels = _decode(data)
+        if pixels is None:
+            summary.undecodable += 1
+            continue
+        rows.append((pixels, label, name, digest))
+    summary.kept = len(rows)
+    size = spec.IMAGE_SIZE
+    return Dataset(
+        images=np.stack([r[0] for r in rows]) if rows else np.zeros((0, size, size, 3), np.uint8),
+        ages=np.array([r[1].age for r in rows], dtype=np.int32),
+        genders=np.array([r[1].gender for r in rows], dtype=np.int32),
+        races=np.array([r[1].race for r in rows], dtype=np.int32),
+        names=np.array([r[2] for r in rows], dtype=str),
+        hashes=np.array([r[3] for r in rows], dtype=str),
+        summary=summary,
+    )
+
+
+def _cache_key(path: Path) -> str:
+    stat = path.stat()
+    if path.is_dir():
+        files = [f for f in path.rglob("*") if f.is_file()]
+        stamp = f"{len(files)}:{max((f.stat().st_mtime_ns for f in files), default=0)}"
+    else:
+        stamp = f"{stat.st_size}:{stat.st_mtime_ns}"
+    text = f"{path.resolve()}|{stamp}|{spec.IMAGE_SIZE}|{spec.RESIZE_METHOD}|{spec.CHANNEL_ORDER}|{CACHE_VERSION}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("AGEGENDER_CACHE", Path.home() / ".cache" / "agegender"))
+
+
+def load(path: str | Path, *, cache_dir: Path | None = None) -> Dataset:
+    """Loads a UTKFace archive or folder, from the decode cache where possible.
+
+    Args:
+        path: ``UTKFace.tar.gz`` (any tar the ``tarfile`` module opens) or a folder.
+        cache_dir: Where decoded arrays are cached; None disables the cache.
+
+    Returns:
+        The deduplicated dataset; ``summary`` says what was skipped.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"UTKFace data not found at {path}; pass --data PATH")
+    cache = cache_dir / f"utkface-{_cache_key(path)}.npz" if cache_dir else None
+    if cache is not None and cache.exists():
+        with np.load(cache, allow_pickle=False) as z:
+            data = Dataset(
+                z["images"], z["ages"], z["genders"], z["races"], z["names"], z["hashes"],
+                LoadSummary(**json.loads(str(z["summary"]))),
+            )
+    else:
+        data = _read(path)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(".tmp.npz")
+            np.savez(
+                tmp, images=data.images, ages=data.ages, genders=data.genders, races=data.races,
+                names=data.names, hashes=data.hashes,
+                summary=json.dumps(dataclasses.asdict(data.summary)),
+            )
+            tmp.replace(cache)
+    log.info(data.summary.line(path))
+    return data
+
+
+def split(data: Dataset, *, seed: int = 1337, val: float = 0.1, test: float = 0.1) -> np.ndarray:
+    """Assigns each image to a split, grouped by file hash.
+
+    Grouping by content hash keeps every copy of an image in one split even for
+    data that has not been deduplicated. The assignment depends only on the hash
+    and the seed, so adding or removing other files does not move an image.
+
+    Returns:
+        An array of split names, one per row of ``data``.
+    """
+    out = np.empty(len(data), dtype=object)
+    for i, digest in enumerate(data.hashes):
+        u = int(hashlib.sha256(f"{seed}:{digest}".encode()).hexdigest()[:12], 16) / 16**12
+        out[i] = "test" if u < test else "val" if u < test + val else "train"
+    return out.astype(str)
+
+
+def rebalance(data: Dataset, *, seed: int = 1337, keep_young: float = 1 / 3, max_age: int = 80) -> np.ndarray:
+    """The seed project's rebalancing: keeps ~1/3 of ages 0-4 and drops ages >= ``max_age``.
+
+    Returns:
+        Indices of the rows kept.
+    """
+    rng = np.random.default_rng(seed)
+    young = data.ages <= 4
+    keep = (data.ages < max_age) & (~young | (rng.random(len(data)) < keep_young))
+    return np.flatnonzero(keep)
+
+
+def write_manifest(data: Dataset, splits: np.ndarray, path: Path) -> None:
+    """Writes one CSV row per image: name, sha256, labels and split."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["file", "sha256", "age", "gender", "race", "split"])
+        for row in zip(data.names, data.hashes, data.ages, data.genders, data.races, splits):
+            w.writerow(row)

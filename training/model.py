@@ -1,0 +1,67 @@
+"""The two CNNs and the augmentation they train with.
+
+Both take ``(IMAGE_SIZE, IMAGE_SIZE, 3)`` uint8 RGB and rescale inside, so
+whatever serves them sends raw pixels.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from common import spec
+
+TASKS = ("age", "gender")
+OUTPUT_NAMES = {"age": spec.AGE_OUTPUT, "gender": spec.GENDER_OUTPUT}
+# Channels per block; each block is two 3x3 convolutions and a 2x2 pool.
+DEFAULT_WIDTHS = (16, 32, 64, 128)
+
+
+def augmentation(seed: int | None = None) -> keras.Sequential:
+    """Face-safe augmentation: mirror, small shifts and turns, brightness and contrast.
+
+    No vertical flips: upside-down faces never reach the model, since the
+    preprocessor aligns faces on the eyes.
+    """
+    return keras.Sequential(
+        [
+            layers.RandomFlip("horizontal", seed=seed),
+            layers.RandomTranslation(0.06, 0.06, fill_mode="reflect", seed=seed),
+            layers.RandomRotation(0.03, fill_mode="reflect", seed=seed),  # about +-11 degrees
+            layers.RandomZoom((-0.08, 0.08), fill_mode="reflect", seed=seed),
+            layers.RandomBrightness(0.15, value_range=(0, 255), seed=seed),
+            layers.RandomContrast(0.15, seed=seed),
+        ],
+        name="augment",
+    )
+
+
+def build(task: str, *, size: int = spec.IMAGE_SIZE, widths: tuple[int, ...] = DEFAULT_WIDTHS,
+          dropout: float = 0.3) -> keras.Model:
+    """Builds the age regressor or the gender classifier.
+
+    Args:
+        task: ``"age"`` (years, linear output) or ``"gender"`` (probability of female).
+        size: Input side in pixels.
+        widths: Channels of each conv block.
+        dropout: Dropout before the head.
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    inputs = keras.Input((size, size, 3), dtype="uint8", name=spec.INPUT_NAME)
+    x = layers.Rescaling(1 / 127.5, offset=-1.0)(layers.Identity()(inputs))
+    for i, width in enumerate(widths):
+        for j in range(2):
+            x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"conv{i}_{j}")(x)
+            x = layers.BatchNormalization(name=f"bn{i}_{j}")(x)
+            x = layers.ReLU()(x)
+        x = layers.MaxPooling2D()(x) if i < len(widths) - 1 else layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(dropout)(x)
+    x = layers.Dense(128, activation="relu")(x)
+    x = layers.Dropout(dropout / 2)(x)
+    if task == "age":
+        # Start the bias at UTKFace's mean age so early epochs are not spent getting there.
+        out = layers.Dense(1, bias_initializer=keras.initializers.Constant(33.0), name=OUTPUT_NAMES[task])(x)
+    else:
+        out = layers.Dense(1, activation="sigmoid", name=OUTPUT_NAMES[task])(x)
+    return keras.Model(inputs, out, name=task)
