@@ -41,18 +41,42 @@ def main(argv: list[str] | None = None) -> None:
     test = data.subset(np.flatnonzero(utk.split(data, seed=args.seed) == "test"))
     results = {}
     for name in args.variants.split(","):
-        best = train.main(["--task", "age", "--data", str(args.data), "--out", str(args.out / name),
-                           "--budget-minutes", str(args.budget_minutes), "--threads", str(args.threads),
-                           "--seed", str(args.seed), *VARIANTS[name]])
+        best = train.main(
+            [
+                "--task",
+                "age",
+                "--data",
+                str(args.data),
+                "--out",
+                str(args.out / name),
+                "--budget-minutes",
+                str(args.budget_minutes),
+                "--threads",
+                str(args.threads),
+                "--seed",
+                str(args.seed),
+                *VARIANTS[name],
+            ]
+        )
         pred = keras.models.load_model(best).predict(test.images, batch_size=256, verbose=0)[:, 0]
         err = np.abs(pred - test.ages)
-        results[name] = {"test_mae": float(err.mean()), "test_mae_under_80": float(err[test.ages < 80].mean()),
-                         "test_rmse": float(np.sqrt((err**2).mean()))}
+        results[name] = {
+            "test_mae": float(err.mean()),
+            "test_mae_under_80": float(err[test.ages < 80].mean()),
+            "test_rmse": float(np.sqrt((err**2).mean())),
+        }
         print(name, results[name], flush=True)
-    (args.out / "compare.json").write_text(json.dumps({"budget_minutes": args.budget_minutes, "results": results}, indent=2))
+    (args.out / "compare.json").write_text(
+        json.dumps({"budget_minutes": args.budget_minutes, "results": results}, indent=2)
+    )
     lines = ["| variant | test MAE (1-116) | test MAE (<80) | test RMSE |", "|---|---|---|---|"]
-    lines += [f"| {k} | {v['test_mae']:.2f} | {v['test_mae_under_80']:.2f} | {v['test_rmse']:.2f} |" for k, v in results.items()]
-    (args.out / "compare.md").write_text(f"Equal budget of {args.budget_minutes} min each.\n\n" + "\n".join(lines) + "\n")
+    lines += [
+        f"| {k} | {v['test_mae']:.2f} | {v['test_mae_under_80']:.2f} | {v['test_rmse']:.2f} |"
+        for k, v in results.items()
+    ]
+    (args.out / "compare.md").write_text(
+        f"Equal budget of {args.budget_minutes} min each.\n\n" + "\n".join(lines) + "\n"
+    )
     print("\n".join(lines))
 
 

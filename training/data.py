@@ -209,7 +209,12 @@ def load(path: str | Path, *, cache_dir: Path | None = None) -> Dataset:
     if cache is not None and cache.exists():
         with np.load(cache, allow_pickle=False) as z:
             data = Dataset(
-                z["images"], z["ages"], z["genders"], z["races"], z["names"], z["hashes"],
+                z["images"],
+                z["ages"],
+                z["genders"],
+                z["races"],
+                z["names"],
+                z["hashes"],
                 LoadSummary(**json.loads(str(z["summary"]))),
             )
     else:
@@ -218,8 +223,13 @@ def load(path: str | Path, *, cache_dir: Path | None = None) -> Dataset:
             cache.parent.mkdir(parents=True, exist_ok=True)
             tmp = cache.with_suffix(".tmp.npz")
             np.savez(
-                tmp, images=data.images, ages=data.ages, genders=data.genders, races=data.races,
-                names=data.names, hashes=data.hashes,
+                tmp,
+                images=data.images,
+                ages=data.ages,
+                genders=data.genders,
+                races=data.races,
+                names=data.names,
+                hashes=data.hashes,
                 summary=json.dumps(dataclasses.asdict(data.summary)),
             )
             tmp.replace(cache)
@@ -237,7 +247,7 @@ def split(data: Dataset, *, seed: int = 1337, val: float = 0.1, test: float = 0.
     Returns:
         An array of split names, one per row of ``data``.
     """
-    out = np.empty(len(data), dtype=object)
+    out = np.empty(len(data.hashes), dtype=object)
     for i, digest in enumerate(data.hashes):
         u = int(hashlib.sha256(f"{seed}:{digest}".encode()).hexdigest()[:12], 16) / 16**12
         out[i] = "test" if u < test else "val" if u < test + val else "train"
@@ -262,5 +272,5 @@ def write_manifest(data: Dataset, splits: np.ndarray, path: Path) -> None:
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["file", "sha256", "age", "gender", "race", "split"])
-        for row in zip(data.names, data.hashes, data.ages, data.genders, data.races, splits):
+        for row in zip(data.names, data.hashes, data.ages, data.genders, data.races, splits, strict=True):
             w.writerow(row)

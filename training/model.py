@@ -36,8 +36,9 @@ def augmentation(seed: int | None = None) -> keras.Sequential:
     )
 
 
-def build(task: str, *, size: int = spec.IMAGE_SIZE, widths: tuple[int, ...] = DEFAULT_WIDTHS,
-          dropout: float = 0.3) -> keras.Model:
+def build(
+    task: str, *, size: int = spec.IMAGE_SIZE, widths: tuple[int, ...] = DEFAULT_WIDTHS, dropout: float = 0.3
+) -> keras.Model:
     """Builds the age regressor or the gender classifier.
 
     Args:

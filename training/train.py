@@ -52,8 +52,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<task>)")
     p.add_argument("--cache-dir", type=Path, default=utk.default_cache_dir(), help="decode cache ($AGEGENDER_CACHE)")
     p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
-    p.add_argument("--budget-minutes", type=float, default=DEFAULTS["budget_minutes"],
-                   help="stop after the last epoch that fits in this wall-clock budget")
+    p.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=DEFAULTS["budget_minutes"],
+        help="stop after the last epoch that fits in this wall-clock budget",
+    )
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
     p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
@@ -61,8 +65,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--patience", type=int, default=DEFAULTS["patience"], help="epochs without val_loss gain")
     p.add_argument("--age-loss", choices=("mse", "mae", "huber"), default=DEFAULTS["age_loss"])
     p.add_argument("--huber-delta", type=float, default=DEFAULTS["huber_delta"], help="in years")
-    p.add_argument("--rebalance", action=argparse.BooleanOptionalAction, default=DEFAULTS["rebalance"],
-                   help="seed project's rebalancing of the training split (1/3 of ages 0-4, none >= 80)")
+    p.add_argument(
+        "--rebalance",
+        action=argparse.BooleanOptionalAction,
+        default=DEFAULTS["rebalance"],
+        help="seed project's rebalancing of the training split (1/3 of ages 0-4, none >= 80)",
+    )
     p.add_argument("--threads", type=int, default=DEFAULTS["threads"], help="TensorFlow threads, 0 = all")
     p.add_argument("--limit", type=int, default=DEFAULTS["limit"], help="use at most N training images (smoke runs)")
     p.add_argument("--widths", default=DEFAULTS["widths"], help="channels per conv block")
@@ -97,7 +105,10 @@ def main(argv: list[str] | None = None) -> Path:
     if args.rebalance:
         train = train.subset(utk.rebalance(train, seed=args.seed))
     if args.limit:
-        train, val = train.subset(np.arange(min(args.limit, len(train)))), val.subset(np.arange(min(args.limit, len(val))))
+        train, val = (
+            train.subset(np.arange(min(args.limit, len(train)))),
+            val.subset(np.arange(min(args.limit, len(val)))),
+        )
     y = "ages" if args.task == "age" else "genders"
     logging.info("train %d, val %d images of %dx%d", len(train), len(val), spec.IMAGE_SIZE, spec.IMAGE_SIZE)
 
@@ -109,21 +120,38 @@ def main(argv: list[str] | None = None) -> Path:
             ds = ds.shuffle(len(part), seed=args.seed, reshuffle_each_iteration=True)
         ds = ds.batch(args.batch_size)
         if training:
-            ds = ds.map(lambda x, t: (tf.cast(tf.clip_by_value(augment(tf.cast(x, "float32"), training=True), 0, 255), "uint8"), t),
-                        num_parallel_calls=tf.data.AUTOTUNE)
+            ds = ds.map(
+                lambda x, t: (
+                    tf.cast(tf.clip_by_value(augment(tf.cast(x, "float32"), training=True), 0, 255), "uint8"),
+                    t,
+                ),
+                num_parallel_calls=tf.data.AUTOTUNE,
+            )
         return ds.prefetch(tf.data.AUTOTUNE)
 
     widths = tuple(int(w) for w in args.widths.split(","))
     model = models.build(args.task, widths=widths)
-    metrics = [keras.metrics.MeanAbsoluteError(name="mae")] if args.task == "age" else [
-        keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")]
-    model.compile(optimizer=keras.optimizers.AdamW(args.lr, weight_decay=args.weight_decay),
-                  loss=make_loss(args), metrics=metrics)
+    metrics = (
+        [keras.metrics.MeanAbsoluteError(name="mae")]
+        if args.task == "age"
+        else [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")]
+    )
+    model.compile(
+        optimizer=keras.optimizers.AdamW(args.lr, weight_decay=args.weight_decay), loss=make_loss(args), metrics=metrics
+    )
 
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    config.update(image_size=spec.IMAGE_SIZE, channel_order=spec.CHANNEL_ORDER, resize=str(spec.RESIZE_METHOD),
-                  data_summary=data.summary.line(args.data), n_train=len(train), n_val=len(val),
-                  tensorflow=tf.__version__, keras=keras.__version__, argv=sys.argv[1:])
+    config.update(
+        image_size=spec.IMAGE_SIZE,
+        channel_order=spec.CHANNEL_ORDER,
+        resize=str(spec.RESIZE_METHOD),
+        data_summary=data.summary.line(args.data),
+        n_train=len(train),
+        n_val=len(val),
+        tensorflow=tf.__version__,
+        keras=keras.__version__,
+        argv=sys.argv[1:],
+    )
     (args.out / "config.json").write_text(json.dumps(config, indent=2))
 
     best = args.out / "model.keras"
@@ -134,8 +162,13 @@ def main(argv: list[str] | None = None) -> Path:
         keras.callbacks.CSVLogger(args.out / "history.csv"),
     ]
     start = time.time()
-    model.fit(dataset(train, True), validation_data=dataset(val, False), epochs=args.epochs,
-              callbacks=callbacks, verbose=1 if sys.stdout.isatty() else 2)
+    model.fit(
+        dataset(train, True),
+        validation_data=dataset(val, False),
+        epochs=args.epochs,
+        callbacks=callbacks,
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
     config["train_seconds"] = round(time.time() - start, 1)
     (args.out / "config.json").write_text(json.dumps(config, indent=2))
     logging.info("best model (lowest val_loss) in %s after %.0f s", best, config["train_seconds"])
@@ -164,7 +197,11 @@ class BudgetAndCosine(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_start = time.time()
-        scale = (epoch + 1) / (self.warmup + 1) if epoch < self.warmup else 0.5 * (1 + math.cos(math.pi * self._progress(epoch)))
+        scale = (
+            (epoch + 1) / (self.warmup + 1)
+            if epoch < self.warmup
+            else 0.5 * (1 + math.cos(math.pi * self._progress(epoch)))
+        )
         self.model.optimizer.learning_rate.assign(max(self.lr * scale, self.lr * 0.01))
 
     def on_epoch_end(self, epoch, logs=None):

@@ -1,0 +1,186 @@
+"""Loader, split, rebalancing, smoke training, export and signature checks on a tiny fixture."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from common import spec
+from tests import utk_fixture
+from training import data as utk
+from training import evaluate, export, train
+from training import model as models
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    return utk_fixture.write_archive(tmp_path_factory.mktemp("archive"))
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return utk_fixture.write_folder(tmp_path_factory.mktemp("folder"))
+
+
+@pytest.mark.parametrize(
+    ("name", "label"),
+    [
+        ("25_1_3_20170119164425613.jpg.chip.jpg", utk.Label(25, 1, 3)),
+        ("39_1_20170116174525125.jpg.chip.jpg", utk.Label(39, 1, -1)),
+        ("24_0_1_20170116220224657 .jpg.chip.jpg", utk.Label(24, 0, 1)),
+        ("UTKFace/61_1_201701091425.jpg.chip.jpg", utk.Label(61, 1, -1)),
+        ("200_0_0_20170116174525125.jpg.chip.jpg", None),
+        ("20_2_0_20170116174525125.jpg.chip.jpg", None),
+        ("a_b_c_d.jpg", None),
+        ("notaface.jpg", None),
+    ],
+)
+def test_parse_name(name, label):
+    assert utk.parse_name(name) == label
+
+
+def test_loader_counts_archive_and_folder_agree(archive, folder, tmp_path):
+    a = utk.load(archive, cache_dir=None)
+    f = utk.load(folder, cache_dir=None)
+    assert dataclasses.asdict(a.summary) == utk_fixture.EXPECTED
+    assert dataclasses.asdict(f.summary) == utk_fixture.EXPECTED
+    assert a.images.shape == (utk_fixture.EXPECTED["kept"], spec.IMAGE_SIZE, spec.IMAGE_SIZE, 3)
+    assert a.images.dtype == np.uint8
+    assert sorted(a.names) == sorted(f.names)
+    assert len(set(a.hashes)) == len(a)
+    # Conflicting copies are gone; the agreeing pair left its first name.
+    assert not {"20_1_0_20170117000000003.jpg.chip.jpg", "45_1_0_20170117000000004.jpg.chip.jpg"} & set(a.names)
+    assert "30_0_0_20170117000000001.jpg.chip.jpg" in set(a.names)
+    assert utk.LoadSummary(**utk_fixture.EXPECTED).line("x").startswith("x: 73 files, kept 65")
+
+
+def test_cache_round_trip(archive, tmp_path):
+    first = utk.load(archive, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("utkface-*.npz"))) == 1
+    second = utk.load(archive, cache_dir=tmp_path)
+    np.testing.assert_array_equal(first.images, second.images)
+    np.testing.assert_array_equal(first.ages, second.ages)
+    assert second.summary == first.summary
+
+
+def test_split_is_grouped_by_hash_and_seeded(archive):
+    data = utk.load(archive, cache_dir=None)
+    # Duplicate every row: copies of one image must land in the same split.
+    doubled = data.subset(np.concatenate([np.arange(len(data)), np.arange(len(data))]))
+    splits = utk.split(doubled, seed=7)
+    for digest in set(doubled.hashes):
+        assert len(set(splits[doubled.hashes == digest])) == 1
+    assert set(splits) <= set(utk.SPLITS)
+    np.testing.assert_array_equal(utk.split(data, seed=7), utk.split(data, seed=7))
+    assert (utk.split(data, seed=7) != utk.split(data, seed=8)).any()
+    big = data.subset(np.zeros(0, int))
+    big.hashes = np.array([f"{i:064x}" for i in range(5000)])
+    fractions = {s: (utk.split(big, seed=1) == s).mean() for s in utk.SPLITS}
+    assert abs(fractions["train"] - 0.8) < 0.03 and abs(fractions["test"] - 0.1) < 0.02
+
+
+def test_rebalance_drops_old_and_thins_young():
+    n = 3000
+    ages = np.repeat(np.array([2, 30, 85]), n)
+    data = utk.Dataset(
+        np.zeros((3 * n, 1, 1, 3), np.uint8),
+        ages,
+        np.zeros(3 * n, int),
+        np.zeros(3 * n, int),
+        np.array(["x"] * 3 * n),
+        np.array(["h"] * 3 * n),
+    )
+    kept = ages[utk.rebalance(data, seed=0)]
+    assert (kept < 80).all()
+    assert (kept == 30).sum() == n
+    assert abs((kept == 2).sum() / n - 1 / 3) < 0.05
+
+
+def test_smoke_train_export_signature_and_evaluate(archive, tmp_path):
+    repo = tmp_path / "repo"
+    for task in ("age", "gender"):
+        run = tmp_path / "runs" / task
+        best = train.main(
+            [
+                "--task",
+                task,
+                "--data",
+                str(archive),
+                "--out",
+                str(run),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "16",
+                "--widths",
+                "4,8",
+                "--cache-dir",
+                str(tmp_path / "cache"),
+            ]
+        )
+        assert best.exists()
+        config = json.loads((run / "config.json").read_text())
+        assert config["image_size"] == spec.IMAGE_SIZE and config["task"] == task and config["epochs"] == 1
+        assert (run / "manifest.csv").read_text().count("\n") == utk_fixture.EXPECTED["kept"] + 1
+        assert len((run / "history.csv").read_text().splitlines()) == 2
+    written = export.main(["--runs", str(tmp_path / "runs"), "--repo", str(repo)])
+    assert [p.name for p in written] == ["1", "1"]
+    # A second export adds version 2 and keeps version 1.
+    export.main(["--runs", str(tmp_path / "runs"), "--repo", str(repo), "--tasks", "age"])
+    assert export.versions(repo / "age") == [1, 2]
+
+    for task, output in (("age", spec.AGE_OUTPUT), ("gender", spec.GENDER_OUTPUT)):
+        version = evaluate.latest(repo, task)
+        assert (version / "model.py").read_text() == export.PYTHON_SHIM
+        assert json.loads((version / "training_config.json").read_text())["task"] == task
+        sig = tf.saved_model.load(str(version / export.SAVEDMODEL)).signatures["serving_default"]
+        inputs = sig.structured_input_signature[1]
+        assert list(inputs) == [spec.INPUT_NAME]
+        assert inputs[spec.INPUT_NAME].dtype == tf.uint8
+        assert inputs[spec.INPUT_NAME].shape.as_list() == [None, spec.IMAGE_SIZE, spec.IMAGE_SIZE, 3]
+        assert list(sig.structured_outputs) == [output]
+        assert sig.structured_outputs[output].shape.as_list() == [None, 1]
+        out = sig(image=tf.zeros((3, spec.IMAGE_SIZE, spec.IMAGE_SIZE, 3), tf.uint8))[output].numpy()
+        assert out.shape == (3, 1) and np.isfinite(out).all()
+
+    report_dir = tmp_path / "report"
+    report = evaluate.main(
+        [
+            "--data",
+            str(archive),
+            "--repo",
+            str(repo),
+            "--out",
+            str(report_dir),
+            "--predictions",
+            str(tmp_path / "pred.csv"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ]
+    )
+    assert report["all_ages"]["age"]["n"] == utk_fixture.EXPECTED["kept"]
+    assert report["under_80"]["age"]["n"] < report["all_ages"]["age"]["n"]
+    for name in (
+        "evaluation.json",
+        "evaluation.md",
+        "training_curves.png",
+        "age_histogram.png",
+        "age_scatter.png",
+        "gender_confusion.png",
+    ):
+        assert (report_dir / name).stat().st_size > 0
+    rows = (tmp_path / "pred.csv").read_text().splitlines()
+    assert rows[0] == "file,true_age,predicted_age,true_gender,female_probability"
+    assert len(rows) == utk_fixture.EXPECTED["kept"] + 1
+
+
+def test_models_take_uint8_and_carry_their_normalisation():
+    model = models.build("gender", widths=(4, 8))
+    assert model.input.dtype == "uint8"
+    assert any(layer.__class__.__name__ == "Rescaling" for layer in model.layers)
+    with pytest.raises(ValueError):
+        models.build("race")

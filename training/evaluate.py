@@ -1,0 +1,276 @@
+"""Evaluates the exported SavedModels on any UTKFace-format archive or folder.
+
+    python -m training.evaluate --data UTKFace.tar.gz --split test [--predictions out.csv]
+
+Loads the newest version of ``age`` and ``gender`` from the model repository
+and writes ``evaluation.json``, ``evaluation.md`` and PNG plots to ``--out``.
+``--split`` selects one split of the training seed's hash split (the same split
+training used); ``all`` scores every image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from training import data as utk  # noqa: E402
+from training.export import SAVEDMODEL, versions  # noqa: E402
+from training.model import OUTPUT_NAMES  # noqa: E402
+
+AGE_BANDS = ((0, 2), (3, 9), (10, 19), (20, 29), (30, 39), (40, 49), (50, 59), (60, 69), (70, 79), (80, 116))
+# The seed project's validation figures, for comparison.
+SEED = {"age_val_mse": 226.0, "age_val_rmse": 15.0, "gender_val_accuracy": 0.81}
+
+
+def latest(repo: Path, task: str) -> Path:
+    found = versions(repo / task)
+    if not found:
+        raise FileNotFoundError(f"no exported {task} model under {repo / task}; run python -m training.export")
+    return repo / task / str(found[-1])
+
+
+def predict(version_dir: Path, images: np.ndarray, task: str, batch: int = 256) -> np.ndarray:
+    fn = tf.saved_model.load(str(version_dir / SAVEDMODEL)).signatures["serving_default"]
+    out = [
+        fn(image=tf.constant(images[i : i + batch]))[OUTPUT_NAMES[task]].numpy()[:, 0]
+        for i in range(0, len(images), batch)
+    ]
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def age_metrics(true: np.ndarray, pred: np.ndarray) -> dict:
+    err = pred - true
+    return {
+        "n": int(len(true)),
+        "mae": float(np.abs(err).mean()) if len(true) else None,
+        "rmse": float(np.sqrt((err**2).mean())) if len(true) else None,
+        "mse": float((err**2).mean()) if len(true) else None,
+    }
+
+
+def gender_metrics(true: np.ndarray, prob: np.ndarray) -> dict:
+    pred = (prob >= 0.5).astype(int)
+    cm = [[int(((true == t) & (pred == p)).sum()) for p in (0, 1)] for t in (0, 1)]
+    per_class = {}
+    for c, name in ((0, "male"), (1, "female")):
+        tp, fp, fn = cm[c][c], cm[1 - c][c], cm[c][1 - c]
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {"precision": precision, "recall": recall, "f1": f1, "support": tp + fn}
+    return {
+        "n": int(len(true)),
+        "accuracy": float((pred == true).mean()) if len(true) else None,
+        "per_class": per_class,
+        "confusion_matrix": cm,
+    }
+
+
+def metrics(data: utk.Dataset, ages: np.ndarray, probs: np.ndarray) -> dict:
+    bands = {
+        f"{lo}-{hi}": age_metrics(data.ages[m], ages[m])
+        for lo, hi in AGE_BANDS
+        if (m := (data.ages >= lo) & (data.ages <= hi)).any()
+    }
+    races = {
+        name: age_metrics(data.ages[data.races == i], ages[data.races == i])
+        for i, name in enumerate(utk.RACES)
+        if (data.races == i).any()
+    }
+    return {
+        "age": age_metrics(data.ages, ages),
+        "age_by_band": bands,
+        "age_by_race": races,
+        "gender": gender_metrics(data.genders, probs),
+    }
+
+
+def plots(
+    out: Path,
+    data: utk.Dataset,
+    ages: np.ndarray,
+    probs: np.ndarray,
+    repo: Path,
+    train_ages: np.ndarray | None,
+    rebalanced_ages: np.ndarray | None,
+) -> list[str]:
+    files = []
+
+    def save(fig, name):
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=90)
+        plt.close(fig)
+        files.append(name)
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for ax, task in zip(axes, ("age", "gender"), strict=True):
+        hist = latest(repo, task) / "history.csv"
+        if hist.exists():
+            rows = list(csv.DictReader(hist.open()))
+            epochs = [int(r["epoch"]) + 1 for r in rows]
+            key = "mae" if task == "age" else "accuracy"
+            for k in (key, f"val_{key}"):
+                ax.plot(epochs, [float(r[k]) for r in rows], label=k)
+            ax.set(title=f"{task} training", xlabel="epoch")
+            ax.legend()
+    save(fig, "training_curves.png")
+
+    if train_ages is not None:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        bins = np.arange(0, 118, 2)
+        ax.hist(train_ages, bins=bins, alpha=0.6, label="training split")
+        ax.hist(rebalanced_ages, bins=bins, alpha=0.6, label="after rebalancing")
+        ax.set(title="Age distribution", xlabel="age", ylabel="images")
+        ax.legend()
+        save(fig, "age_histogram.png")
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.scatter(data.ages, ages, s=3, alpha=0.3)
+    ax.plot([0, 116], [0, 116], "k--", lw=1)
+    ax.set(title="Predicted vs true age", xlabel="true age", ylabel="predicted age", xlim=(0, 117), ylim=(0, 117))
+    save(fig, "age_scatter.png")
+
+    cm = np.array(gender_metrics(data.genders, probs)["confusion_matrix"])
+    fig, ax = plt.subplots(figsize=(3.8, 3.4))
+    ax.imshow(cm, cmap="Blues")
+    for (i, j), v in np.ndenumerate(cm):
+        ax.text(j, i, str(v), ha="center", va="center")
+    ax.set(
+        xticks=[0, 1],
+        yticks=[0, 1],
+        xticklabels=["male", "female"],
+        yticklabels=["male", "female"],
+        xlabel="predicted",
+        ylabel="true",
+        title="Gender confusion matrix",
+    )
+    save(fig, "gender_confusion.png")
+    return files
+
+
+def markdown(report: dict) -> str:
+    def age_row(name, m):
+        return f"| {name} | {m['n']} | {m['mae']:.2f} | {m['rmse']:.2f} |"
+
+    lines = [
+        f"# Evaluation: {report['data']} (split: {report['split']})",
+        "",
+        f"Models: `{report['models']['age']}`, `{report['models']['gender']}`. {report['summary']}",
+        "",
+    ]
+    for scope in ("all_ages", "under_80"):
+        m = report[scope]
+        title = "all ages (1-116)" if scope == "all_ages" else "ages under 80"
+        g = m["gender"]
+        lines += [
+            f"## {title}",
+            "",
+            f"- age MAE **{m['age']['mae']:.2f}** years, RMSE {m['age']['rmse']:.2f} "
+            f"(MSE {m['age']['mse']:.1f}); n = {m['age']['n']}",
+            f"- gender accuracy **{g['accuracy']:.4f}**",
+            "",
+            "| age band | n | MAE | RMSE |",
+            "|---|---|---|---|",
+        ]
+        lines += [age_row(k, v) for k, v in m["age_by_band"].items()]
+        lines += ["", "| race | n | MAE | RMSE |", "|---|---|---|---|"]
+        lines += [age_row(k, v) for k, v in m["age_by_race"].items()]
+        lines += ["", "| gender | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+        lines += [
+            f"| {k} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
+            for k, v in g["per_class"].items()
+        ]
+        cm = g["confusion_matrix"]
+        lines += ["", f"Confusion matrix (rows true, columns predicted; male, female): `{cm[0]}` / `{cm[1]}`", ""]
+    a, g = report["all_ages"]["age"], report["all_ages"]["gender"]
+    lines += [
+        "## Against the seed project",
+        "",
+        "| | seed (validation) | this project |",
+        "|---|---|---|",
+        f"| age MSE | {SEED['age_val_mse']:.0f} | {a['mse']:.1f} |",
+        f"| age RMSE | {SEED['age_val_rmse']:.1f} | {a['rmse']:.2f} |",
+        f"| gender accuracy | {SEED['gender_val_accuracy']:.2f} | {g['accuracy']:.4f} |",
+        "",
+        "## Plots",
+        "",
+    ] + [f"![{f}]({f})" for f in report["plots"]]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, type=Path, help="UTKFace-format archive or folder")
+    p.add_argument("--repo", type=Path, default=Path(os.environ.get("MODEL_REPOSITORY", "model_repository")))
+    p.add_argument("--split", choices=("all", *utk.SPLITS), default="all")
+    p.add_argument("--seed", type=int, default=None, help="split seed (default: the age model's training seed)")
+    p.add_argument("--out", type=Path, default=Path("reports"))
+    p.add_argument("--predictions", type=Path, default=None, help="CSV with one row per image")
+    p.add_argument("--cache-dir", type=Path, default=utk.default_cache_dir())
+    args = p.parse_args(argv)
+
+    models = {task: latest(args.repo, task) for task in ("age", "gender")}
+    if args.seed is None:
+        cfg = models["age"] / "training_config.json"
+        args.seed = json.loads(cfg.read_text())["seed"] if cfg.exists() else 1337
+    data = utk.load(args.data, cache_dir=args.cache_dir)
+    splits = utk.split(data, seed=args.seed)
+    subset = data if args.split == "all" else data.subset(np.flatnonzero(splits == args.split))
+    ages = predict(models["age"], subset.images, "age")
+    probs = predict(models["gender"], subset.images, "gender")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    young = subset.ages < 80
+    train = data.subset(np.flatnonzero(splits == "train"))
+    report = {
+        "data": str(args.data),
+        "split": args.split,
+        "seed": args.seed,
+        "summary": data.summary.line(args.data),
+        "models": {k: str(v) for k, v in models.items()},
+        "all_ages": metrics(subset, ages, probs),
+        "under_80": metrics(subset.subset(np.flatnonzero(young)), ages[young], probs[young]),
+        "seed_project": SEED,
+    }
+    report["plots"] = plots(
+        args.out,
+        subset,
+        ages,
+        probs,
+        args.repo,
+        train.ages if len(train) else None,
+        train.ages[utk.rebalance(train, seed=args.seed)] if len(train) else None,
+    )
+    (args.out / "evaluation.json").write_text(json.dumps(report, indent=2))
+    (args.out / "evaluation.md").write_text(markdown(report))
+    if args.predictions:
+        args.predictions.parent.mkdir(parents=True, exist_ok=True)
+        with args.predictions.open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["file", "true_age", "predicted_age", "true_gender", "female_probability"])
+            for row in zip(
+                subset.names, subset.ages, np.round(ages, 2), subset.genders, np.round(probs, 4), strict=True
+            ):
+                w.writerow(row)
+    a, g = report["all_ages"]["age"], report["all_ages"]["gender"]
+    print(
+        f"{args.split}: age MAE {a['mae']:.2f} RMSE {a['rmse']:.2f} | gender accuracy {g['accuracy']:.4f} "
+        f"| n={a['n']} -> {args.out / 'evaluation.md'}"
+    )
+    return report
+
+
+if __name__ == "__main__":
+    main()

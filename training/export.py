@@ -1,0 +1,102 @@
+"""Exports trained Keras models as TensorFlow SavedModels into the Triton repository.
+
+    python -m training.export [--runs runs] [--repo model_repository] [--tasks age,gender]
+
+Each export adds ``<repo>/<task>/<v>/model.savedmodel`` under a new version
+number and keeps the earlier ones. The signature ``serving_default`` takes
+``image`` (uint8, ``[-1, IMAGE_SIZE, IMAGE_SIZE, 3]``, RGB 0-255) and returns
+``age`` or ``female_probability`` (float32, ``[-1, 1]``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from common import spec  # noqa: E402
+from training.model import OUTPUT_NAMES, TASKS  # noqa: E402
+
+SAVEDMODEL = "model.savedmodel"
+# The CPU config runs the SavedModel in a Python-backend model; this shim lets
+# every version folder serve that way without copying the runner.
+PYTHON_SHIM = "from serving.tf_model import TritonPythonModel  # noqa: F401\n"
+
+
+def versions(model_dir: Path) -> list[int]:
+    """Version numbers present under a Triton model folder, ascending."""
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def export_model(model: keras.Model, task: str, repo: Path, *, extra_files: dict[str, Path] | None = None) -> Path:
+    """Writes ``model`` as the next version of ``<repo>/<task>``.
+
+    Args:
+        model: A Keras model taking uint8 images of the shared size.
+        task: ``"age"`` or ``"gender"``; decides the output tensor name.
+        repo: The Triton model repository.
+        extra_files: Files copied beside the SavedModel, by target name (config, history).
+
+    Returns:
+        The new version folder.
+    """
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    model_dir = Path(repo) / task
+    version_dir = model_dir / str((versions(model_dir) or [0])[-1] + 1)
+    size = spec.IMAGE_SIZE
+    out_name = OUTPUT_NAMES[task]
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(
+        name="serving_default",
+        fn=lambda image: {out_name: tf.cast(model(image, training=False), tf.float32)},
+        input_signature=[tf.TensorSpec((None, size, size, 3), tf.uint8, name=spec.INPUT_NAME)],
+    )
+    tmp = model_dir / f".tmp-{version_dir.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    archive.write_out(str(tmp / SAVEDMODEL), verbose=False)
+    (tmp / "model.py").write_text(PYTHON_SHIM)
+    for name, src in (extra_files or {}).items():
+        if Path(src).exists():
+            shutil.copy(src, tmp / name)
+    # Rename last so Triton's model poller never sees a half-written version.
+    tmp.rename(version_dir)
+    return version_dir
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=Path, default=Path("runs"), help="training runs, one folder per task")
+    p.add_argument("--repo", type=Path, default=Path(os.environ.get("MODEL_REPOSITORY", "model_repository")))
+    p.add_argument("--tasks", default=",".join(TASKS))
+    args = p.parse_args(argv)
+    written = []
+    for task in args.tasks.split(","):
+        run = args.runs / task
+        model = keras.models.load_model(run / "model.keras")
+        version = export_model(
+            model,
+            task,
+            args.repo,
+            extra_files={"training_config.json": run / "config.json", "history.csv": run / "history.csv"},
+        )
+        meta = {"task": task, "source": str(run / "model.keras"), "version": int(version.name)}
+        (version / "export.json").write_text(json.dumps(meta, indent=2))
+        print(f"exported {task} -> {version}")
+        written.append(version)
+    return written
+
+
+if __name__ == "__main__":
+    main()
