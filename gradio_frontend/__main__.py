@@ -1,0 +1,44 @@
+"""Starts the web UI.
+
+    python -m gradio_frontend --triton-url localhost:8001 --protocol grpc [--host 127.0.0.1] [--port 7860]
+
+Every flag has an environment default (TRITON_URL, TRITON_PROTOCOL, TRITON_TIMEOUT,
+GRADIO_SERVER_NAME, GRADIO_SERVER_PORT) so the same image runs locally and in docker-compose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from gradio_frontend.app import DEFAULT_PROTOCOL, DEFAULT_TIMEOUT_S, DEFAULT_TRITON_URL, build_app
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--triton-url",
+        default=DEFAULT_TRITON_URL,
+        help="host:port of Triton's gRPC (8001) or HTTP (8000) endpoint [$TRITON_URL]",
+    )
+    p.add_argument("--protocol", choices=("grpc", "http"), default=DEFAULT_PROTOCOL, help="[$TRITON_PROTOCOL]")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per request [$TRITON_TIMEOUT]")
+    # Loopback by default: the demo has no authentication. Containers set GRADIO_SERVER_NAME=0.0.0.0.
+    p.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), help="[$GRADIO_SERVER_NAME]")
+    p.add_argument(
+        "--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), help="[$GRADIO_SERVER_PORT]"
+    )
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    demo = build_app(args.triton_url, args.protocol, timeout=args.timeout)
+    # share=False always: a public tunnel would expose the server to the internet.
+    demo.launch(server_name=args.host, server_port=args.port, share=False, footer_links=["api"])
+
+
+if __name__ == "__main__":
+    main()

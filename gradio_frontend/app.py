@@ -1,0 +1,262 @@
+"""Gradio front end: upload, webcam or paste a photo, see the estimated age and gender.
+
+The UI is a thin shell over :mod:`client`; every estimate comes from Triton. It never imports
+TensorFlow or loads a model, so it starts in a second and runs on any small machine.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
+
+from client import AgeGenderClient, AgeGenderError, FaceResult, InvalidImageError, ServerUnavailableError
+from client.errors import InferenceTimeoutError, ModelNotReadyError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TRITON_URL = os.environ.get("TRITON_URL", "localhost:8001")
+DEFAULT_PROTOCOL = os.environ.get("TRITON_PROTOCOL", "grpc")
+# Short: a user waiting on a spinner for a dead server is worse than a clear message now.
+DEFAULT_TIMEOUT_S = float(os.environ.get("TRITON_TIMEOUT", "15"))
+
+HEALTH_POLL_S = float(os.environ.get("GRADIO_HEALTH_POLL", "15"))
+
+EXAMPLES_DIR = Path(__file__).parent / "examples"
+EXAMPLES = [
+    [str(EXAMPLES_DIR / "grace_hopper.jpg"), True],
+    [str(EXAMPLES_DIR / "no_face_landscape.jpg"), True],
+]
+
+MSG_PROMPT = "Upload, paste or take a photo to estimate the age and gender of the face in it."
+MSG_NO_FACE = (
+    "**No face found** in this image. Try a photo where one face is clearly visible and roughly facing "
+    "the camera, or untick *Detect face* if the image is already a tight face crop."
+)
+BOX_COLOUR = (255, 64, 64)
+
+
+class TritonBackend:
+    """Hands out a client per worker thread, created on first use and dropped after connection failures.
+
+    Lazy creation lets the UI start before Triton does. Dropping the client after a failure matters
+    for gRPC: a channel that saw the server go away backs off exponentially before reconnecting, so a
+    restarted Triton could look dead for a minute; a fresh channel connects at once. One client per
+    thread because Gradio runs handlers on a thread pool and the HTTP client is not thread-safe.
+    """
+
+    def __init__(self, url: str, protocol: str, *, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        if protocol not in ("grpc", "http"):
+            raise ValueError(f"protocol must be 'grpc' or 'http', got {protocol!r}")
+        self.url = url
+        self.protocol = protocol
+        self.timeout = timeout
+        self._local = threading.local()
+
+    def _client(self) -> AgeGenderClient:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            # retries=0: the user can press the button again; silent retries only lengthen the spinner.
+            client = AgeGenderClient(self.url, protocol=self.protocol, timeout=self.timeout, retries=0)
+            self._local.client = client
+        return client
+
+    def reset(self) -> None:
+        client = getattr(self._local, "client", None)
+        self._local.client = None
+        close = getattr(client, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:  # noqa: BLE001 - the client is being thrown away; its close errors are noise
+                log.debug("closing a failed client raised", exc_info=True)
+
+    def predict(self, image: str | bytes | Image.Image, *, detect: bool) -> FaceResult:
+        try:
+            return self._client().predict(image, detect=detect)
+        except AgeGenderError as err:
+            if err.retryable or isinstance(err, InferenceTimeoutError):
+                self.reset()
+            raise
+        except Exception:
+            # An error the client did not translate leaves its connection in an unknown state.
+            self.reset()
+            raise
+
+    def health_markdown(self) -> str:
+        where = f"`{self.url}` ({self.protocol})"
+        try:
+            health = self._client().health()
+        except AgeGenderError as err:
+            self.reset()
+            return f"Triton at {where}: **unreachable** ({err})"
+        if getattr(health, "ok", False):
+            return f"Triton at {where}: **ready**"
+        if getattr(health, "live", False):
+            return f"Triton at {where}: **starting**, models still loading"
+        self.reset()
+        error = getattr(health, "error", None)
+        return f"Triton at {where}: **unreachable**" + (f" ({error})" if error else "")
+
+
+def gender_confidence(result: FaceResult) -> float | None:
+    """Probability of the gender that is shown, so "male (90%)" reads naturally."""
+    p = result.female_probability
+    if p is None or result.gender is None:
+        return None
+    return p if result.gender == "female" else 1.0 - p
+
+
+def summary(result: FaceResult) -> str:
+    """The one-line label, e.g. ``age ~34, female (87%)``."""
+    parts = [f"age ~{round(result.age)}" if result.age is not None else "age ?"]
+    conf = gender_confidence(result)
+    if result.gender is not None:
+        parts.append(f"{result.gender} ({conf:.0%})" if conf is not None else result.gender)
+    return ", ".join(parts)
+
+
+def load_display_image(path: str) -> Image.Image:
+    """Opens the upload upright and in RGB, as the server's decoder does, so the box lands on the face."""
+    with Image.open(path) as img:
+        img = ImageOps.exif_transpose(img)
+        if img.mode in ("RGBA", "LA", "P") and (img.mode != "P" or "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+        return img.convert("RGB")
+
+
+def annotate(image: Image.Image, result: FaceResult) -> Image.Image:
+    """Draws the face box and the summary label onto a copy of ``image``."""
+    out = image.copy()
+    if not result.face_found:
+        return out
+    draw = ImageDraw.Draw(out)
+    width, height = out.size
+    line = max(2, round(min(width, height) / 150))
+    font = ImageFont.load_default(size=max(14, round(min(width, height) / 22)))
+    box = result.box or (0.0, 0.0, float(width), float(height))
+    x0, y0, x1, y1 = (float(v) for v in box)
+    draw.rectangle((x0, y0, x1, y1), outline=BOX_COLOUR, width=line)
+    label = summary(result)
+    left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
+    text_w, text_h = right - left, bottom - top
+    pad = max(2, text_h // 4)
+    # Label above the box when it fits, else inside its top edge.
+    ty = y0 - text_h - 2 * pad if y0 - text_h - 2 * pad >= 0 else y0
+    tx = min(max(0.0, x0), max(0.0, width - text_w - 2 * pad))
+    draw.rectangle((tx, ty, tx + text_w + 2 * pad, ty + text_h + 2 * pad), fill=BOX_COLOUR)
+    draw.text((tx + pad - left, ty + pad - top), label, fill=(255, 255, 255), font=font)
+    return out
+
+
+def _error_json(kind: str, message: str) -> dict[str, Any]:
+    return {"error": message, "error_kind": kind}
+
+
+def analyse(backend: TritonBackend, image_path: str | None, detect: bool) -> tuple[Image.Image | None, str, Any]:
+    """Runs one image through Triton; returns (annotated image, status markdown, raw JSON)."""
+    if not image_path:
+        return None, MSG_PROMPT, None
+    try:
+        display = load_display_image(image_path)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        # The server would refuse it too; saying so here avoids a pointless round trip.
+        message = f"**This file could not be read as an image** ({err}). Upload a JPEG, PNG, WebP, BMP or GIF."
+        return None, message, _error_json("invalid_image", str(err))
+
+    where = f"`{backend.url}` ({backend.protocol})"
+    try:
+        with open(image_path, "rb") as fh:
+            # The original bytes, not a re-encode: the server sees exactly what the user uploaded.
+            result = backend.predict(fh.read(), detect=detect)
+    except InvalidImageError as err:
+        return display, f"**The image was rejected**: {err}", _error_json("invalid_image", str(err))
+    except ModelNotReadyError as err:
+        message = (
+            f"**Triton is starting**: it answers at {where} but the models are not ready yet. "
+            "Try again in a few seconds."
+        )
+        return display, message, _error_json("model_not_ready", str(err))
+    except ServerUnavailableError as err:
+        message = (
+            f"**Triton server is unreachable** at {where}: it is down or still starting. "
+            "This page keeps working; press *Estimate* again once the server is up."
+        )
+        return display, message, _error_json("server_unavailable", str(err))
+    except InferenceTimeoutError as err:
+        message = f"**Triton did not answer in time** ({backend.timeout:g} s) at {where}. It may be overloaded."
+        return display, message, _error_json("timeout", str(err))
+    except AgeGenderError as err:
+        return display, f"**The request failed**: {err}", _error_json(type(err).__name__, str(err))
+
+    payload = result.to_dict()
+    payload["file"] = Path(image_path).name
+    if result.error is not None:
+        return display, f"**The image was rejected**: {result.error}", payload
+    if not result.face_found:
+        return display, MSG_NO_FACE, payload
+    status = f"**{summary(result)}**"
+    if result.detection_score is not None and detect:
+        status += f"  \nface detector confidence {result.detection_score:.0%}"
+    return annotate(display, result), status, payload
+
+
+def build_app(
+    triton_url: str = DEFAULT_TRITON_URL, protocol: str = DEFAULT_PROTOCOL, *, timeout: float = DEFAULT_TIMEOUT_S
+) -> gr.Blocks:
+    """Builds the Blocks app; nothing connects to Triton until the first request."""
+    backend = TritonBackend(triton_url, protocol, timeout=timeout)
+
+    def run(image_path: str | None, detect: bool):
+        return analyse(backend, image_path, detect)
+
+    with gr.Blocks(title="Age & gender estimation") as demo:
+        gr.Markdown("# Age & gender estimation\nServed by NVIDIA Triton Inference Server.")
+        server_status = gr.Markdown(elem_id="server-status")
+        with gr.Row():
+            with gr.Column():
+                image = gr.Image(
+                    label="Photo",
+                    sources=["upload", "webcam", "clipboard"],
+                    # filepath + image_mode=None hands over the upload untouched (no re-encode, EXIF intact).
+                    type="filepath",
+                    image_mode=None,
+                    format="png",
+                    elem_id="input-image",
+                )
+                detect = gr.Checkbox(
+                    value=True, label="Detect face (untick for an already-cropped face)", elem_id="detect"
+                )
+                with gr.Row():
+                    submit = gr.Button("Estimate", variant="primary", elem_id="estimate")
+                    refresh = gr.Button("Check server", elem_id="check-server")
+            with gr.Column():
+                annotated = gr.Image(label="Result", type="pil", interactive=False, elem_id="annotated")
+                status = gr.Markdown(MSG_PROMPT, elem_id="status")
+                raw = gr.JSON(label="Raw result", elem_id="raw-json")
+        gr.Examples(
+            examples=EXAMPLES,
+            inputs=[image, detect],
+            # No fn/run_on_click: filling the image fires its `change` event below, which runs the
+            # request; a second run here would send every example twice. No caching either: it
+            # would call Triton at start-up, and the UI must start without it.
+            cache_examples=False,
+            label="Examples (public domain / generated)",
+        )
+        outputs = [annotated, status, raw]
+        # `change` covers upload, webcam capture, paste and clearing.
+        image.change(run, [image, detect], outputs)
+        submit.click(run, [image, detect], outputs)
+        # No spinner on the status line: a health probe takes milliseconds or fails fast.
+        refresh.click(backend.health_markdown, None, server_status, show_progress="hidden")
+        demo.load(backend.health_markdown, None, server_status, show_progress="hidden")
+        # Re-probing keeps the status line truthful when Triton goes away or comes back while the page is open.
+        gr.Timer(HEALTH_POLL_S).tick(backend.health_markdown, None, server_status, show_progress="hidden")
+    demo.queue(default_concurrency_limit=8)
+    return demo

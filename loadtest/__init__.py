@@ -1,0 +1,1 @@
+"""Load tests and serving benchmarks of the Triton deployment."""

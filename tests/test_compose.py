@@ -1,0 +1,184 @@
+"""Static checks of docker-compose.yml, its CPU override and the Dockerfiles they build.
+
+No Docker engine runs in CI, so these guard what breaks a `docker compose up` before it starts:
+missing build contexts or copied paths, floating image tags, ports that disagree with the
+client's defaults, and a health check that would never pass.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "docker-compose.yml"
+COMPOSE_CPU = ROOT / "docker-compose.cpu.yml"
+TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:25.02-py3"
+# The contract's defaults (docs/contract.md): HTTP, gRPC, metrics.
+TRITON_PORTS = {8000, 8001, 8002}
+
+
+class _ComposeLoader(yaml.SafeLoader):
+    """SafeLoader that understands Compose's merge tags `!reset` and `!override`."""
+
+
+def _tagged(loader: yaml.SafeLoader, node: yaml.Node):
+    if isinstance(node, yaml.MappingNode):
+        return loader.construct_mapping(node, deep=True)
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node, deep=True)
+    return loader.construct_scalar(node)
+
+
+_ComposeLoader.add_constructor("!reset", _tagged)
+_ComposeLoader.add_constructor("!override", _tagged)
+
+
+def load(path: Path) -> dict:
+    return yaml.load(path.read_text(), Loader=_ComposeLoader)  # noqa: S506 - SafeLoader subclass
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return load(COMPOSE)
+
+
+@pytest.fixture(scope="module")
+def compose_cpu() -> dict:
+    return load(COMPOSE_CPU)
+
+
+def _expand(value: str) -> str:
+    """Resolves `${VAR:-default}` to its default, as Compose does when VAR is unset."""
+    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", value)
+
+
+def _host_ports(service: dict) -> set[int]:
+    ports = set()
+    for spec in service.get("ports", []):
+        parts = str(spec).split(":")
+        ports.add(int(parts[-1].split("/")[0]))
+    return ports
+
+
+def _dockerfile_lines(path: Path) -> list[str]:
+    # Joins continuation lines so `RUN a \ b` is one instruction.
+    text = re.sub(r"\\\n", " ", path.read_text())
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+
+
+def test_compose_files_parse(compose, compose_cpu):
+    assert {"triton", "gradio", "locust-master", "locust-worker"} <= set(compose["services"])
+    assert set(compose_cpu["services"]) == {"triton"}
+
+
+def test_build_contexts_and_dockerfiles_exist(compose):
+    for name, service in compose["services"].items():
+        build = service.get("build")
+        if build is None:
+            continue
+        context = ROOT / build["context"]
+        assert context.is_dir(), f"{name}: build context {context} missing"
+        dockerfile = context / build.get("dockerfile", "Dockerfile")
+        assert dockerfile.is_file(), f"{name}: {dockerfile} missing"
+
+
+def test_every_copied_path_exists(compose):
+    dockerfiles = {
+        ROOT / s["build"]["context"] / s["build"]["dockerfile"] for s in compose["services"].values() if "build" in s
+    }
+    for dockerfile in dockerfiles:
+        for line in _dockerfile_lines(dockerfile):
+            if not line.upper().startswith(("COPY ", "ADD ")):
+                continue
+            args = [a for a in shlex.split(line)[1:] if not a.startswith("--")]
+            for src in args[:-1]:
+                assert (ROOT / src).exists(), f"{dockerfile.name}: {line!r} copies missing {src}"
+
+
+def test_mounted_host_paths_exist(compose):
+    for name, service in compose["services"].items():
+        for volume in service.get("volumes", []):
+            source = _expand(str(volume).split(":")[0])
+            if not source.startswith("."):
+                continue  # named volume
+            # Results folders are created by the run itself; everything else must ship.
+            if source.rstrip("/").endswith("results"):
+                continue
+            assert (ROOT / source).exists(), f"{name}: mounted {source} missing"
+
+
+def test_images_pinned(compose):
+    for name, service in compose["services"].items():
+        image = service.get("image")
+        assert image, f"{name}: give locally built images an explicit, versioned tag"
+        assert ":" in image and not image.endswith(":latest"), f"{name}: {image} is not pinned"
+    froms = []
+    for dockerfile in (ROOT / "docker").glob("*.Dockerfile"):
+        for line in _dockerfile_lines(dockerfile):
+            if line.upper().startswith("FROM "):
+                image = line.split()[1]
+                froms.append(image)
+                assert ":" in image and not image.endswith(":latest"), f"{dockerfile.name}: {image} not pinned"
+    assert TRITON_IMAGE in froms, f"Triton must be built FROM exactly {TRITON_IMAGE}"
+
+
+def test_triton_ports_match_client_defaults(compose):
+    triton = compose["services"]["triton"]
+    assert _host_ports(triton) == TRITON_PORTS
+    for spec in triton["ports"]:
+        host, container = str(spec).split(":")[-2:]
+        assert host == container, f"{spec}: remapping breaks the client's default URLs"
+    gradio = compose["services"]["gradio"]
+    assert gradio["environment"]["TRITON_URL"] == "triton:8001"
+    assert gradio["environment"].get("TRITON_PROTOCOL", "grpc") == "grpc"
+
+
+def test_client_defaults_agree():
+    # The compose ports only help if the client and UI default to the same ones.
+    client_src = "\n".join(p.read_text() for p in (ROOT / "client").glob("*.py"))
+    assert "8001" in client_src and "8000" in client_src
+    from gradio_frontend import app
+
+    assert app.DEFAULT_TRITON_URL.endswith(":8001")
+
+
+def test_triton_healthcheck_and_gpu(compose):
+    triton = compose["services"]["triton"]
+    check = " ".join(triton["healthcheck"]["test"])
+    assert "localhost:8000/v2/health/ready" in check
+    devices = triton["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
+    assert triton.get("shm_size"), "the Python backend needs more than Docker's 64 MB /dev/shm"
+    assert any(v.startswith("./model_repository:") for v in triton["volumes"])
+
+
+def test_gradio_waits_for_healthy_triton(compose):
+    gradio = compose["services"]["gradio"]
+    assert gradio["depends_on"]["triton"]["condition"] == "service_healthy"
+    for spec in gradio["ports"]:
+        assert str(spec).startswith("127.0.0.1:"), "the UI has no auth; publish it on loopback only"
+
+
+def test_locust_services_use_the_project_locustfile(compose):
+    assert (ROOT / "loadtest" / "locustfile.py").is_file()
+    master = compose["services"]["locust-master"]
+    worker = compose["services"]["locust-worker"]
+    assert "--master" in master["command"] and "--worker" in worker["command"]
+    for service in (master, worker):
+        assert "loadtest/locustfile.py" in service["command"]
+        assert service["environment"]["TRITON_GRPC_URL"] == "triton:8001"
+        assert service["environment"]["TRITON_HTTP_URL"] == "triton:8000"
+    assert any("--master-host=locust-master" in arg for arg in worker["command"])
+
+
+def test_cpu_override_drops_gpu_and_selects_cpu_configs(compose_cpu):
+    triton = compose_cpu["services"]["triton"]
+    assert "--model-config-name=cpu" in triton["command"]
+    assert triton["deploy"] == {}, "the override must reset the GPU reservation"
+    raw = COMPOSE_CPU.read_text()
+    assert re.search(r"^\s*deploy:\s*!reset", raw, re.M), "use !reset so Compose drops the inherited devices"

@@ -1,0 +1,246 @@
+"""The Gradio UI in a real headless Chromium, against a real Triton (the shared ``triton_tiny`` server).
+
+The UI runs as its own process through its CLI (``python -m gradio_frontend``), exactly as users start
+it. Chromium comes from Debian's ``chromium`` package (Playwright's own browser download needs the
+internet); when it is missing and the tests run as root, the fixture installs it with apt-get.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from serving.launch import free_port
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "gradio_frontend" / "examples"
+PORTRAIT = EXAMPLES / "grace_hopper.jpg"
+NO_FACE = EXAMPLES / "no_face_landscape.jpg"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SUMMARY = re.compile(r"age ~(\d+), (female|male) \((\d+)%\)")
+# Generous: the CPU-only Triton shares the machine with the test run, and the first request warms TF up.
+RESULT_TIMEOUT_MS = 90_000
+
+
+def _find_chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if path := shutil.which(name):
+            return path
+    return None
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    path = _find_chromium()
+    if path is None and hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+            if done.returncode != 0:
+                pytest.skip(f"`{' '.join(cmd)}` failed, so no browser for the UI test:\n{done.stderr[-1500:]}")
+        path = _find_chromium()
+    if path is None:
+        pytest.skip("no chromium binary and not root with apt-get; `apt-get install chromium` to run the UI tests")
+    return path
+
+
+@pytest.fixture(scope="session")
+def browser(chromium_path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra: make setup")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium_path, headless=True, args=CHROMIUM_FLAGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    pg = context.new_page()
+    yield pg
+    context.close()
+
+
+@contextlib.contextmanager
+def gradio_ui(triton_url: str, protocol: str = "grpc", timeout: float = 10.0):
+    """Runs ``python -m gradio_frontend`` on a free port and yields its base URL."""
+    port = free_port()
+    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=str(ROOT))
+    env.pop("TRITON_URL", None)
+    cmd = [
+        sys.executable,
+        "-m",
+        "gradio_frontend",
+        "--triton-url",
+        triton_url,
+        "--protocol",
+        protocol,
+        "--port",
+        str(port),
+        "--timeout",
+        str(timeout),
+    ]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"gradio_frontend exited with {proc.returncode}:\n{proc.stdout.read()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url, timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("gradio_frontend did not answer within 120 s") from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class TcpRelay:
+    """Forwards a local port to Triton's; starting it later plays "Triton came back" without a second server."""
+
+    def __init__(self, listen_port: int, target: tuple[str, int]) -> None:
+        self.listen_port, self.target = listen_port, target
+        self._server: socket.socket | None = None
+        self._sockets: list[socket.socket] = []
+
+    def start(self) -> None:
+        self._server = socket.create_server(("127.0.0.1", self.listen_port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self._sockets += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def stop(self) -> None:
+        for s in [self._server, *self._sockets]:
+            if s is not None:
+                with contextlib.suppress(OSError):
+                    s.close()
+
+
+def open_ui(page, url: str) -> None:
+    page.goto(url)
+    page.locator("#input-image input[type=file]").wait_for(state="attached", timeout=60_000)
+
+
+def upload(page, path: Path) -> None:
+    page.locator("#input-image input[type=file]").set_input_files(str(path))
+
+
+def status_text(page, expected: str) -> str:
+    from playwright.sync_api import expect
+
+    status = page.locator("#status")
+    expect(status).to_contain_text(expected, timeout=RESULT_TIMEOUT_MS)
+    return status.inner_text()
+
+
+@pytest.fixture(scope="module")
+def live_ui(triton_tiny):
+    with gradio_ui(triton_tiny.grpc_url) as url:
+        yield url
+
+
+def test_portrait_shows_age_gender_and_box(page, live_ui, triton_tiny):
+    from client import AgeGenderClient
+
+    open_ui(page, live_ui)
+    upload(page, PORTRAIT)
+    text = status_text(page, "age ~")
+    match = SUMMARY.search(text)
+    assert match, f"no 'age ~N, gender (p%)' in {text!r}"
+    age, gender, percent = int(match[1]), match[2], int(match[3])
+    # The page must show what the server computed, not something of its own.
+    with AgeGenderClient(triton_tiny.grpc_url, protocol="grpc", timeout=60) as client:
+        expected = client.predict(PORTRAIT)
+    assert expected.face_found
+    assert age == round(expected.age)
+    assert gender == expected.gender
+    shown_p = expected.female_probability if gender == "female" else 1 - expected.female_probability
+    assert abs(percent - 100 * shown_p) <= 1
+    # The annotated copy is rendered and the raw JSON carries the box.
+    page.locator("#annotated img").first.wait_for(state="visible", timeout=30_000)
+    raw = page.locator("#raw-json").inner_text()
+    assert "face_found" in raw and "box" in raw
+
+
+def test_no_face_message(page, live_ui):
+    open_ui(page, live_ui)
+    upload(page, NO_FACE)
+    text = status_text(page, "No face found")
+    assert "age ~" not in text
+
+
+def test_example_click_runs_inference(page, live_ui):
+    open_ui(page, live_ui)
+    # First row of Gradio's examples table is the portrait; clicking it fills the input and runs it.
+    page.locator("[data-testid='dataset-cell-0-0']").click()
+    assert SUMMARY.search(status_text(page, "age ~"))
+
+
+def test_server_down_then_recovers(page, triton_tiny):
+    grpc_port = int(triton_tiny.grpc_url.rsplit(":", 1)[1])
+    dead_port = free_port()
+    relay = TcpRelay(dead_port, ("127.0.0.1", grpc_port))
+    with gradio_ui(f"127.0.0.1:{dead_port}", timeout=5) as url:
+        open_ui(page, url)
+        upload(page, PORTRAIT)
+        text = status_text(page, "unreachable")
+        assert f"127.0.0.1:{dead_port}" in text
+        # The page stays usable: the server status line reports the outage too.
+        page.locator("#check-server").click()
+        from playwright.sync_api import expect
+
+        expect(page.locator("#server-status")).to_contain_text("unreachable", timeout=30_000)
+
+        relay.start()  # "Triton is back": same address, now answering
+        try:
+            page.locator("#estimate").click()
+            assert SUMMARY.search(status_text(page, "age ~"))
+        finally:
+            relay.stop()

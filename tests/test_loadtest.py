@@ -1,0 +1,150 @@
+"""The Locust suite and the serving benchmark, run briefly against the shared real Triton server."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from loadtest.benchmark import repository_without_dynamic_batching, strip_dynamic_batching
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
+
+
+def test_strip_dynamic_batching_keeps_the_rest():
+    text = (
+        'name: "age"\nmax_batch_size: 64\n'
+        "dynamic_batching {\n  preferred_batch_size: [ 16, 64 ]\n  priority_levels { x { y: 1 } }\n"
+        "  max_queue_delay_microseconds: 2000\n}\n"
+        'parameters { key: "k" value { string_value: "2" } }\n'
+    )
+    out = strip_dynamic_batching(text)
+    assert "dynamic_batching" not in out and "max_queue_delay" not in out
+    assert out.startswith('name: "age"\nmax_batch_size: 64\n')
+    assert out.endswith('parameters { key: "k" value { string_value: "2" } }\n')
+    assert strip_dynamic_batching(out) == out
+
+
+def test_repository_copy_without_dynamic_batching(tmp_path):
+    repo = repository_without_dynamic_batching(ROOT / "model_repository", tmp_path / "repo")
+    for model in ("age", "gender"):
+        configs = [repo / model / "config.pbtxt", *(repo / model / "configs").glob("*.pbtxt")]
+        assert configs and all("dynamic_batching" not in c.read_text() for c in configs)
+        # Everything else about the model is untouched.
+        original = (ROOT / "model_repository" / model / "config.pbtxt").read_text()
+        assert "max_batch_size" in (repo / model / "config.pbtxt").read_text() and "max_batch_size" in original
+    # Other models keep their batching, and the committed repository is not modified.
+    assert "dynamic_batching" in (ROOT / "model_repository" / "age" / "config.pbtxt").read_text()
+
+
+def _locust(tmp_path: Path, user: str, triton, *extra: str) -> tuple[subprocess.CompletedProcess, Path]:
+    prefix = tmp_path / user
+    cmd = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "-u",
+        "2",
+        "-r",
+        "2",
+        "-t",
+        "5s",
+        "--only-summary",
+        "--csv",
+        str(prefix),
+        "--html",
+        f"{prefix}.html",
+        "--triton-grpc-url",
+        triton.grpc_url,
+        "--triton-http-url",
+        triton.http_url,
+        *extra,
+        user,
+    ]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    return done, prefix
+
+
+def _aggregated(prefix: Path) -> dict:
+    with open(f"{prefix}_stats.csv") as fh:
+        return next(row for row in csv.DictReader(fh) if row["Name"] == "Aggregated")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("user", "path"), [("TritonGrpcUser", "crop"), ("TritonHttpUser", "detect")])
+def test_locust_headless_writes_reports(tmp_path, triton_tiny, user, path):
+    done, prefix = _locust(tmp_path, user, triton_tiny, "--path", path, "--batch-size", "2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    row = _aggregated(prefix)
+    assert int(row["Request Count"]) > 0 and int(row["Failure Count"]) == 0
+    assert Path(f"{prefix}.html").stat().st_size > 0
+
+
+@pytest.mark.integration
+def test_locust_exit_code_enforces_p95(tmp_path, triton_tiny):
+    done, _ = _locust(tmp_path, "TritonGrpcUser", triton_tiny, "--path", "crop", "--max-p95-ms", "0.001")
+    assert done.returncode == 1
+    assert "p95" in done.stderr
+
+
+@pytest.mark.integration
+def test_locust_counts_a_dead_server_as_failures(tmp_path):
+    from serving.launch import free_port
+
+    class Dead:
+        grpc_url = f"127.0.0.1:{free_port()}"
+        http_url = f"127.0.0.1:{free_port()}"
+
+    done, prefix = _locust(tmp_path, "TritonGrpcUser", Dead, "--path", "crop")
+    assert done.returncode == 1
+    assert int(_aggregated(prefix)["Failure Count"]) > 0
+
+
+@pytest.mark.integration
+def test_benchmark_runs_against_a_live_server(tmp_path, triton_tiny, tiny_repo):
+    """Short durations only: checks the pipeline (Triton scenarios, Keras baseline, report, plot) end to end."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "loadtest.benchmark",
+        "--triton-grpc-url",
+        triton_tiny.grpc_url,
+        "--triton-http-url",
+        triton_tiny.http_url,
+        "--repository",
+        str(tiny_repo),
+        "--runs",
+        str(tmp_path / "none"),
+        "--out",
+        str(tmp_path),
+        "--duration",
+        "2",
+        "--warmup",
+        "0.5",
+        "--concurrency",
+        "1,16",
+        "--no-inprocess",
+    ]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = (tmp_path / "benchmark.md").read_text()
+    assert "| concurrency sweep | triton | grpc | crop | on | 16 |" in report
+    assert "| baseline | keras-baseline | http | crop | - | 16 |" in report
+    results = json.loads((tmp_path / "benchmark.json").read_text())["results"]
+    assert len(results) == 6 and all(r["errors"] == 0 for r in results), results
+    # On a loaded machine the baseline may finish no request in 2 s; the ratio line needs at least one.
+    baseline16 = next(r for r in results if r["server"] == "keras-baseline" and r["concurrency"] == 16)
+    if baseline16["images"]:
+        assert "the Keras baseline" in report, report
+    assert (tmp_path / "benchmark.png").stat().st_size > 0
