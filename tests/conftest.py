@@ -1,0 +1,72 @@
+"""Shared Triton fixtures: real ``tritonserver`` processes on free ports, one per test session.
+
+``triton_tiny`` serves a temporary copy of the committed repository in which ``age``
+and ``gender`` are tiny untrained Keras models exported with ``training.export``;
+``triton_committed`` serves ``model_repository/`` itself and is skipped until a
+model has been exported there. Tests that use them are marked ``integration``
+(deselect with ``-m "not integration"``); they still run in ``make test``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from serving.launch import TritonServer, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+REPOSITORY = ROOT / "model_repository"
+TASKS = ("age", "gender")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "integration: starts a real tritonserver (tens of seconds, several GB RAM)")
+
+
+def exported(repo: Path, task: str) -> bool:
+    return any((v / "model.savedmodel").is_dir() for v in (repo / task).glob("[0-9]*"))
+
+
+@pytest.fixture(scope="session")
+def tiny_repo(tmp_path_factory) -> Path:
+    """The committed repository with tiny exported ``age``/``gender`` models in place of the trained ones."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from training.export import export_model
+    from training.model import build
+
+    repo = tmp_path_factory.mktemp("repo") / "model_repository"
+    # Version folders of the real models are left out; symlinks (preprocess_crop's model.py) stay links.
+    shutil.copytree(
+        REPOSITORY,
+        repo,
+        symlinks=True,
+        ignore=lambda d, names: [n for n in names if n == "__pycache__" or (Path(d).name in TASKS and n.isdigit())],
+    )
+    for task in TASKS:
+        export_model(build(task, widths=(4, 8)), task, repo)
+    return repo
+
+
+def _serve(repo: Path):
+    server = TritonServer(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    with server:
+        print(f"\n[triton] {repo} ready in {server.startup_seconds:.1f} s")
+        yield server
+
+
+@pytest.fixture(scope="session")
+def triton_tiny(tiny_repo):
+    """A running server over ``tiny_repo``; ``.http_url`` / ``.grpc_url`` are ``host:port``."""
+    yield from _serve(tiny_repo)
+
+
+@pytest.fixture(scope="session")
+def triton_committed():
+    """A running server over the committed ``model_repository/``, once models have been exported into it."""
+    missing = [t for t in TASKS if not exported(REPOSITORY, t)]
+    if missing:
+        pytest.skip(f"no exported version of {', '.join(missing)} in {REPOSITORY}; run `make export`")
+    yield from _serve(REPOSITORY)

@@ -1,0 +1,107 @@
+"""The committed Triton configs parse, agree between GPU and CPU variants, and fit the models and ensembles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+ROOT = Path(__file__).resolve().parents[1]
+REPOSITORY = ROOT / "model_repository"
+MODELS = sorted(p.parent.name for p in REPOSITORY.glob("*/config.pbtxt"))
+ENSEMBLES = ("age_gender", "age_gender_crop")
+TF_TO_TRITON = {"uint8": mc.TYPE_UINT8, "float32": mc.TYPE_FP32}
+
+
+def load(path: Path) -> mc.ModelConfig:
+    return text_format.Parse(path.read_text(), mc.ModelConfig())
+
+
+def config(model: str, variant: str = "config.pbtxt") -> mc.ModelConfig:
+    return load(REPOSITORY / model / variant)
+
+
+def tensors(items) -> dict[str, tuple[int, tuple[int, ...]]]:
+    return {t.name: (t.data_type, tuple(t.dims)) for t in items}
+
+
+def test_expected_models_present():
+    assert set(MODELS) == {"preprocess", "preprocess_crop", "age", "gender", "postprocess", *ENSEMBLES}
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_both_variants_parse_and_agree(model):
+    prod, cpu = config(model), config(model, "configs/cpu.pbtxt")
+    assert prod.name == cpu.name == model
+    assert tensors(prod.input) == tensors(cpu.input)
+    assert tensors(prod.output) == tensors(cpu.output)
+    assert prod.max_batch_size == cpu.max_batch_size > 0
+    assert all(g.kind == mc.ModelInstanceGroup.KIND_CPU for g in cpu.instance_group)
+
+
+@pytest.mark.parametrize("task", ["age", "gender"])
+def test_model_configs_run_the_savedmodel(task):
+    prod, cpu = config(task), config(task, "configs/cpu.pbtxt")
+    assert prod.platform == "tensorflow_savedmodel"
+    assert [g.kind for g in prod.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
+    assert cpu.backend == "python"
+    for c in (prod, cpu):
+        assert c.version_policy.WhichOneof("policy_choice") == "latest"
+        assert c.dynamic_batching.preferred_batch_size and c.dynamic_batching.max_queue_delay_microseconds > 0
+
+
+@pytest.mark.parametrize("task", ["age", "gender"])
+def test_configs_match_savedmodel_signature(task, tiny_repo):
+    import tensorflow as tf
+
+    signature = tf.saved_model.load(str(tiny_repo / task / "1" / "model.savedmodel")).signatures["serving_default"]
+    inputs = signature.structured_input_signature[1]
+    outputs = signature.structured_outputs
+
+    def as_triton(specs) -> dict:
+        assert all(s.shape[0] is None for s in specs.values()), "the batch dimension must be free"
+        return {name: (TF_TO_TRITON[s.dtype.name], tuple(s.shape[1:])) for name, s in specs.items()}
+
+    prod = config(task)
+    assert as_triton(inputs) == tensors(prod.input)
+    assert as_triton(outputs) == tensors(prod.output)
+    assert (tiny_repo / task / "1" / "model.py").read_text().startswith("from serving.tf_model import")
+
+
+def test_preprocess_crop_shares_code_and_skips_detection():
+    link = REPOSITORY / "preprocess_crop" / "1" / "model.py"
+    assert link.is_symlink() and not Path(link.readlink()).is_absolute()
+    assert link.resolve() == (REPOSITORY / "preprocess" / "1" / "model.py").resolve()
+    for variant in ("config.pbtxt", "configs/cpu.pbtxt"):
+        assert config("preprocess_crop", variant).parameters["detect"].string_value == "false"
+        assert config("preprocess", variant).parameters["detect"].string_value == "true"
+
+
+@pytest.mark.parametrize("name", ENSEMBLES)
+def test_ensemble_wiring(name):
+    ens = config(name)
+    assert ens.platform == "ensemble"
+    assert [p.name for p in (REPOSITORY / name / "1").iterdir()] == [".gitkeep"]
+    available = tensors(ens.input)  # ensemble tensor -> (dtype, dims) once produced
+    for step in ens.ensemble_scheduling.step:
+        assert (REPOSITORY / step.model_name / "config.pbtxt").exists(), f"{name}: no model {step.model_name}"
+        model = config(step.model_name)
+        assert ens.max_batch_size <= model.max_batch_size
+        model_in, model_out = tensors(model.input), tensors(model.output)
+        assert set(step.input_map) == set(model_in), f"{name}/{step.model_name}: inputs not all mapped"
+        for key, tensor in step.input_map.items():
+            assert available.get(tensor) == model_in[key], f"{name}/{step.model_name}: {tensor} -> {key}"
+        for key, tensor in step.output_map.items():
+            assert key in model_out and tensor not in available, f"{name}/{step.model_name}: output {key}"
+            available[tensor] = model_out[key]
+    for name_, spec in tensors(ens.output).items():
+        assert available.get(name_) == spec, f"{name}: output {name_} not produced as declared"
+
+
+def test_ensembles_differ_only_in_preprocess():
+    steps = {e: [s.model_name for s in config(e).ensemble_scheduling.step] for e in ENSEMBLES}
+    assert steps["age_gender"] == ["preprocess", "age", "gender", "postprocess"]
+    assert steps["age_gender_crop"] == ["preprocess_crop", "age", "gender", "postprocess"]
+    assert tensors(config("preprocess").output) == tensors(config("preprocess_crop").output)

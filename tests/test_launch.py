@@ -1,0 +1,119 @@
+"""serving.launch: command line, readiness, failure messages and a clean stop (no processes, no shm left)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from serving import launch
+from serving.launch import TritonServer, TritonStartError, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def wait_gone(pgid: int, seconds: float = 10) -> bool:
+    # Orphaned stubs are reaped by init a moment after the server exits.
+    deadline = time.monotonic() + seconds
+    while group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not group_alive(pgid)
+
+
+@pytest.fixture
+def small_repo(tmp_path) -> Path:
+    """Just the postprocess model: a Python-backend model that starts in seconds (no TensorFlow)."""
+    shutil.copytree(
+        ROOT / "model_repository" / "postprocess",
+        tmp_path / "postprocess",
+        ignore=shutil.ignore_patterns("__pycache__"),
+    )
+    return tmp_path
+
+
+def test_ports_config_and_host_defaults(monkeypatch, tmp_path):
+    monkeypatch.setenv("TRITON_HTTP_PORT", "18123")
+    server = TritonServer(tmp_path, grpc_port=18124, config_name="cpu")
+    cmd, env = server.command()
+    assert server.http_url == "127.0.0.1:18123" and server.grpc_url == "127.0.0.1:18124"
+    assert server.metrics_port == 8002
+    assert "--model-config-name=cpu" in cmd and "--http-address=127.0.0.1" in cmd
+    assert str(ROOT) in env["PYTHONPATH"].split(os.pathsep)
+    assert "--model-config-name=cpu" not in TritonServer(tmp_path, config_name="default").command()[0]
+    server.stop()
+    with pytest.raises(ValueError):
+        TritonServer(tmp_path, config_name="gpu")
+    assert isinstance(free_port(), int)
+
+
+@pytest.mark.integration
+def test_start_stop_leaves_nothing_behind(small_repo):
+    server = TritonServer(small_repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    with server:
+        assert server.is_ready() and server.startup_seconds > 0
+        pgid = server._proc.pid
+        assert list(launch.SHM_DIR.glob(f"{server.shm_prefix}*")), "expected the python backend's shm regions"
+    assert wait_gone(pgid)
+    assert not list(launch.SHM_DIR.glob(f"{server.shm_prefix}*"))
+
+
+@pytest.mark.integration
+def test_broken_model_reports_server_log(small_repo):
+    (small_repo / "postprocess" / "config.pbtxt").write_text('name: "postprocess"\nbackend: "nonexistent"\n')
+    (small_repo / "postprocess" / "configs" / "cpu.pbtxt").unlink()
+    server = TritonServer(small_repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    with pytest.raises(TritonStartError, match="exited with code") as info:
+        with server:
+            pass
+    assert "nonexistent" in str(info.value)  # the message carries Triton's own explanation
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_cli_stops_cleanly_on_signal(small_repo, sig):
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "serving.launch",
+            "--model-repository",
+            str(small_repo),
+            "--http-port",
+            str(free_port()),
+            "--grpc-port",
+            str(free_port()),
+            "--metrics-port",
+            str(free_port()),
+            "--timeout",
+            "120",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # The launcher exits by itself (--timeout) if the server never gets ready, so readline cannot hang for long.
+    seen = []
+    while not any("Triton ready in" in line for line in seen[-1:]):
+        seen.append(proc.stderr.readline())
+        assert seen[-1], "launcher exited before ready:\n" + "".join(seen[-30:])
+    servers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "stopping Triton" in err
+    assert servers and all(wait_gone(int(pid)) for pid in servers)

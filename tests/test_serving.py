@@ -1,0 +1,110 @@
+"""End to end through a real tritonserver: the ensembles over HTTP and gRPC, bad uploads included."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from PIL import Image
+
+pytestmark = pytest.mark.integration
+
+GRACE = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"  # public domain portrait
+OUTPUTS = ("age", "female_probability", "gender", "box", "detection_score", "face_found", "error")
+
+
+def encode(img: Image.Image, fmt: str = "JPEG") -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+def no_face() -> bytes:
+    x = np.linspace(0, 255, 320, dtype=np.uint8)
+    return encode(Image.fromarray(np.stack([np.tile(x, (240, 1))] * 3, -1)))
+
+
+# Uploads and what must come back: a substring of `error` ("" for none) and whether a face is found.
+CASES = {
+    "garbage": (lambda: b"certainly not an image " * 20, "not a recognised image", False),
+    "empty": (lambda: b"", "empty", False),
+    "truncated": (lambda: GRACE.read_bytes()[:20_000], "truncated", False),
+    "bomb": (lambda: encode(Image.new("1", (8000, 6000)), "PNG"), "megapixels", False),  # 48 MP in ~8 KB
+    "too_big": (lambda: b"\xff\xd8\xff" + bytes(11 * 2**20), "MiB", False),
+    "no_face": (no_face, "", False),
+    "portrait": (GRACE.read_bytes, "", True),
+}
+
+
+def infer(url: str, protocol: str, model: str, items: list[bytes]) -> dict[str, np.ndarray]:
+    lib = httpclient if protocol == "http" else grpcclient
+    data = np.array(items, dtype=object).reshape(-1, 1)
+    image = lib.InferInput("image", list(data.shape), "BYTES")
+    image.set_data_from_numpy(data)
+    client = lib.InferenceServerClient(url)
+    try:
+        result = client.infer(model, [image], outputs=[lib.InferRequestedOutput(n) for n in OUTPUTS])
+        assert client.is_server_live() and client.is_model_ready(model)
+    finally:
+        client.close()
+    return {name: result.as_numpy(name) for name in OUTPUTS}
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_batch_with_bad_uploads(triton_tiny, protocol):
+    url = triton_tiny.http_url if protocol == "http" else triton_tiny.grpc_url
+    out = infer(url, protocol, "age_gender", [make() for make, _, _ in CASES.values()])
+    assert {k: v.shape[0] for k, v in out.items()} == dict.fromkeys(OUTPUTS, len(CASES))
+    for i, (case, (_, error, found)) in enumerate(CASES.items()):
+        message = out["error"][i, 0].decode()
+        assert (error in message) if error else message == "", f"{case}: error {message!r}"
+        assert bool(out["face_found"][i, 0]) is found, case
+        assert out["gender"][i, 0] in ((b"male", b"female") if found else (b"",)), case
+    good = list(CASES).index("portrait")
+    width, height = Image.open(GRACE).size
+    x0, y0, x1, y1 = out["box"][good]
+    assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height and (x1 - x0) * (y1 - y0) > 0.05 * width * height
+    assert 0.5 <= out["detection_score"][good, 0] <= 1
+    assert np.isfinite(out["age"][good, 0]) and 0 <= out["female_probability"][good, 0] <= 1
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_crop_ensemble_serves_aligned_crop(triton_tiny, protocol):
+    url = triton_tiny.http_url if protocol == "http" else triton_tiny.grpc_url
+    crop = Image.open(GRACE).convert("RGB").crop((120, 80, 320, 280))  # 200x200, UTKFace-sized
+    out = infer(url, protocol, "age_gender_crop", [encode(crop), b""])
+    assert out["error"][0, 0] == b"" and out["face_found"][0, 0] and np.isfinite(out["age"][0, 0])
+    assert out["box"][0].tolist() == [0, 0, 200, 200] and out["detection_score"][0, 0] == 1
+    assert b"empty" in out["error"][1, 0] and not out["face_found"][1, 0] and out["gender"][1, 0] == b""
+
+
+def test_dynamic_batch_is_split_back_per_request(triton_tiny):
+    # Concurrent requests of different sizes may be merged into one TF call; each must get its own rows back.
+    client = httpclient.InferenceServerClient(triton_tiny.http_url, concurrency=4)
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8) for n in (1, 2, 3, 4)]
+    try:
+        pending = []
+        for batch in batches:
+            image = httpclient.InferInput("image", list(batch.shape), "UINT8")
+            image.set_data_from_numpy(batch)
+            pending.append(client.async_infer("age", [image]))
+        merged = [p.get_result().as_numpy("age") for p in pending]
+        image = httpclient.InferInput("image", [10, 64, 64, 3], "UINT8")
+        image.set_data_from_numpy(np.concatenate(batches))
+        alone = client.infer("age", [image]).as_numpy("age")
+    finally:
+        client.close()
+    assert [m.shape for m in merged] == [(n, 1) for n in (1, 2, 3, 4)]
+    np.testing.assert_allclose(np.concatenate(merged), alone, rtol=1e-4, atol=1e-3)
+
+
+def test_committed_repository_serves_portrait(triton_committed):
+    out = infer(triton_committed.grpc_url, "grpc", "age_gender", [GRACE.read_bytes(), b"junk"])
+    assert out["face_found"][0, 0] and out["error"][0, 0] == b"" and 1 < out["age"][0, 0] < 110
+    assert out["error"][1, 0] and not out["face_found"][1, 0]
