@@ -1,0 +1,88 @@
+"""Command line: ``python -m client photo.jpg [more.jpg ...] [--url URL] [--protocol grpc|http] [--json]``.
+
+Prints one line per image, in the order given: a human-readable summary, or with ``--json`` one JSON object
+with keys file, age, gender, female_probability, face_found, box, detection_score and error.
+
+Exit codes: 0 when every image was processed, 1 when at least one image failed (its line carries the error),
+2 when the server cannot be used at all (unreachable, models not loaded) or the arguments are wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from client.api import AgeGenderClient
+from client.errors import AgeGenderError
+from client.results import FaceResult
+
+EXIT_OK = 0
+EXIT_IMAGE_FAILED = 1
+EXIT_SERVER = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Returns the CLI's argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="python -m client",
+        description="Estimate age and gender of the face in each image through Triton.",
+        epilog="Exit codes: 0 all images processed, 1 some image failed, 2 server unreachable or not ready.",
+    )
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
+    parser.add_argument(
+        "--url", help="Triton host:port (default: $TRITON_URL, else localhost:8001 for grpc / 8000 for http)"
+    )
+    parser.add_argument(
+        "--protocol", choices=("grpc", "http"), help="transport (default: from the --url scheme, else grpc)"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object per image per line")
+    parser.add_argument(
+        "--no-detect", action="store_true", help="skip face detection: the images are already aligned face crops"
+    )
+    parser.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds per request (default 10)")
+    parser.add_argument(
+        "--retries", type=int, default=2, metavar="N", help="retries while the server is down (default 2)"
+    )
+    parser.add_argument("--batch", type=int, default=8, metavar="N", help="images per request (default 8)")
+    parser.add_argument("--concurrency", type=int, default=4, metavar="N", help="requests in flight (default 4)")
+    return parser
+
+
+def _print(result: FaceResult, as_json: bool) -> None:
+    print(json.dumps(result.to_dict()) if as_json else result.describe(), flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the CLI and returns its exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        client = AgeGenderClient(
+            args.url,
+            protocol=args.protocol,
+            timeout=args.timeout,
+            retries=args.retries,
+            max_batch=args.batch,
+            concurrency=args.concurrency,
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_SERVER
+    with client:
+        try:
+            results = client.predict_many(args.images, detect=not args.no_detect)
+        except AgeGenderError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            if args.json:
+                # Still one line per image, so a consumer reading lines never has to special-case this.
+                for image in args.images:
+                    _print(FaceResult.failed(str(exc), file=image), as_json=True)
+            return EXIT_SERVER
+    for result in results:
+        _print(result, args.json)
+    return EXIT_IMAGE_FAILED if any(result.error is not None for result in results) else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

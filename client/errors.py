@@ -1,0 +1,116 @@
+"""The client's exception hierarchy and the translation of transport errors into it.
+
+Callers catch :class:`AgeGenderError` (or one subclass) and never need to know whether gRPC, HTTP or
+tritonclient raised the original error; the original stays available as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from tritonclient.utils import InferenceServerException
+
+
+class AgeGenderError(Exception):
+    """Base class of every error the client raises."""
+
+    #: Whether retrying the same request later may succeed (the server is starting or overloaded).
+    retryable: bool = False
+
+
+class ServerUnavailableError(AgeGenderError):
+    """Triton cannot be reached (nothing listens, connection refused or reset, server shutting down)."""
+
+    retryable = True
+
+
+class ModelNotReadyError(AgeGenderError):
+    """Triton answers but the requested ensemble is not loaded or not ready yet."""
+
+    retryable = True
+
+
+class InferenceTimeoutError(AgeGenderError):
+    """The request did not complete within the client's timeout."""
+
+
+class InvalidImageError(AgeGenderError):
+    """The image cannot be used: missing or unreadable file, empty bytes, or the server cannot decode it."""
+
+
+class RequestTooLargeError(AgeGenderError):
+    """The request exceeds a server limit (message size or the model's maximum batch size)."""
+
+
+class ServerError(AgeGenderError):
+    """Triton failed or rejected the request for a reason the client cannot fix by retrying."""
+
+
+_MODEL_MISSING_HINTS = ("unknown model", "not ready", "no available versions", "is not found", "not found")
+
+
+def unavailable_message(url: str, protocol: str, detail: str) -> str:
+    """Builds the message of a :class:`ServerUnavailableError`, with the fix a user most often needs."""
+    return (
+        f"cannot reach Triton at {url} over {protocol} ({detail}); "
+        "is tritonserver running? try `make serve`, or pass --url / set TRITON_URL"
+    )
+
+
+def translate(exc: BaseException, *, url: str, protocol: str, model: str | None = None) -> AgeGenderError:
+    """Maps an exception raised by tritonclient, gRPC or the HTTP stack onto the client's hierarchy.
+
+    Args:
+        exc: The original exception.
+        url: The server address, quoted in messages so the user sees which server failed.
+        protocol: ``"grpc"`` or ``"http"``.
+        model: The model the request was for, if any.
+
+    Returns:
+        The matching :class:`AgeGenderError`; the caller raises it ``from exc``.
+    """
+    if isinstance(exc, AgeGenderError):
+        return exc
+    if isinstance(exc, InferenceServerException):
+        return _translate_triton(exc, url=url, protocol=protocol, model=model)
+    # geventhttpclient raises socket-level errors directly; check timeouts before OSError since
+    # TimeoutError is an OSError.
+    if isinstance(exc, TimeoutError | socket.timeout) or type(exc).__name__ == "Timeout":
+        return InferenceTimeoutError(
+            f"request to {url} over {protocol} timed out ({exc}); raise the client timeout (timeout= or --timeout)"
+        )
+    if isinstance(exc, OSError | EOFError):
+        return ServerUnavailableError(unavailable_message(url, protocol, f"{type(exc).__name__}: {exc}"))
+    return ServerError(f"unexpected error talking to Triton at {url} over {protocol}: {type(exc).__name__}: {exc}")
+
+
+def _translate_triton(exc: InferenceServerException, *, url: str, protocol: str, model: str | None) -> AgeGenderError:
+    status = (exc.status() or "").removeprefix("StatusCode.")
+    message = exc.message() or str(exc)
+    lowered = message.lower()
+    where = f"model {model!r} on {url}" if model else url
+
+    if status in ("DEADLINE_EXCEEDED", "408", "504") or "deadline exceeded" in lowered:
+        return InferenceTimeoutError(
+            f"{where} did not answer in time ({message}); raise the client timeout (timeout= or --timeout)"
+        )
+    if status == "RESOURCE_EXHAUSTED" or status == "413" or "batch-size must be" in lowered:
+        return RequestTooLargeError(f"request rejected by {where}: {message}; send fewer or smaller images")
+    model_missing = "model" in lowered and any(hint in lowered for hint in _MODEL_MISSING_HINTS)
+    if status in ("UNAVAILABLE", "503"):
+        if model_missing:
+            return ModelNotReadyError(
+                f"{where} is not ready ({message}); wait for the server to finish loading or check its log"
+            )
+        return ServerUnavailableError(unavailable_message(url, protocol, message))
+    if status in ("NOT_FOUND", "404") or (status in ("INVALID_ARGUMENT", "400") and model_missing):
+        return ModelNotReadyError(
+            f"{where} is not available ({message}); check that the model repository holds it and it loaded"
+        )
+    if status in ("INVALID_ARGUMENT", "400"):
+        return ServerError(f"{where} rejected the request: {message}")
+    if status in ("CANCELLED", "499"):
+        return ServerUnavailableError(unavailable_message(url, protocol, f"request cancelled: {message}"))
+    if not status and ("connection refused" in lowered or "failed to connect" in lowered):
+        return ServerUnavailableError(unavailable_message(url, protocol, message))
+    return ServerError(f"{where} failed [{status or 'no status'}]: {message}")

@@ -1,0 +1,396 @@
+"""The client library and CLI, against real tritonserver processes (``tests/conftest.py`` fixtures)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+from PIL import Image
+from tritonclient.utils import InferenceServerException
+
+from client import (
+    RESULT_KEYS,
+    AgeGenderClient,
+    FaceResult,
+    InferenceTimeoutError,
+    InvalidImageError,
+    ModelNotReadyError,
+    RequestTooLargeError,
+    ServerError,
+    ServerUnavailableError,
+)
+from client.errors import translate
+from serving.launch import TritonServer, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+GRACE = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"  # public domain portrait
+GRACE_SIZE = Image.open(GRACE).size
+PROTOCOLS = ("grpc", "http")
+integration = pytest.mark.integration
+
+
+def url_of(server, protocol: str) -> str:
+    return server.grpc_url if protocol == "grpc" else server.http_url
+
+
+def no_face_png() -> bytes:
+    """A smooth gradient: decodes fine, has no face."""
+    x = np.linspace(0, 255, 320, dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(np.stack([np.tile(x, (240, 1))] * 3, -1)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def assert_same(a: FaceResult, b: FaceResult) -> None:
+    """Equal estimates (ignoring ``file``); floats compared loosely since batch composition may differ."""
+    da, db = a.to_dict(), b.to_dict()
+    for key in ("file",):
+        da.pop(key), db.pop(key)
+    for key, value in da.items():
+        if isinstance(value, float):
+            assert db[key] == pytest.approx(value, rel=1e-4, abs=1e-4), key
+        elif isinstance(value, list):
+            assert db[key] == pytest.approx(value, rel=1e-4, abs=1e-3), key
+        else:
+            assert db[key] == value, key
+
+
+def assert_face(result: FaceResult) -> None:
+    assert result.error is None
+    assert result.face_found is True
+    assert isinstance(result.age, float) and 0.0 <= result.age < 150.0
+    assert result.gender in ("male", "female")
+    assert 0.0 <= result.female_probability <= 1.0
+    assert result.gender == ("female" if result.female_probability >= 0.5 else "male")
+    x0, y0, x1, y1 = result.box
+    width, height = GRACE_SIZE
+    assert 0 <= x0 < x1 <= width + 1 and 0 <= y0 < y1 <= height + 1
+    assert 0.0 < result.detection_score <= 1.0
+
+
+@pytest.fixture(scope="module")
+def reference(triton_tiny) -> FaceResult:
+    with AgeGenderClient(triton_tiny.grpc_url) as client:
+        return client.predict(GRACE)
+
+
+# -- against a real server -------------------------------------------------------------------------------
+
+
+@integration
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_path_bytes_and_pil_agree_across_protocols(triton_tiny, reference, protocol):
+    assert_face(reference)
+    with AgeGenderClient(url_of(triton_tiny, protocol), protocol=protocol) as client:
+        from_path = client.predict(GRACE)
+        from_str = client.predict(str(GRACE))
+        from_bytes = client.predict(GRACE.read_bytes())
+        with Image.open(GRACE) as img:
+            from_pil = client.predict(img)
+    assert from_path.file == from_str.file == str(GRACE)
+    assert from_bytes.file is None and from_pil.file is None
+    for result in (from_path, from_str, from_bytes, from_pil):
+        assert_face(result)
+        assert_same(reference, result)
+
+
+@integration
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_predict_many_keeps_order_and_isolates_failures(triton_tiny, reference, protocol, tmp_path):
+    with Image.open(GRACE) as img:
+        flipped = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        flipped.load()
+    with AgeGenderClient(url_of(triton_tiny, protocol), protocol=protocol) as client:
+        single_flipped = client.predict(flipped)
+        single_no_face = client.predict(no_face_png())
+    assert single_no_face.face_found is False and single_no_face.error is None
+
+    missing = tmp_path / "missing.jpg"
+    images = [GRACE, b"certainly not an image " * 10, flipped, missing, no_face_png(), GRACE.read_bytes(), flipped]
+    # Batches of two over three threads: several requests, one of which mixes a bad item with good ones.
+    with AgeGenderClient(url_of(triton_tiny, protocol), protocol=protocol, max_batch=2, concurrency=3) as client:
+        results = client.predict_many(images)
+
+    assert len(results) == len(images)
+    assert results[0].file == str(GRACE) and results[3].file == str(missing)
+    assert_same(reference, results[0])
+    assert_same(reference, results[5])
+    assert_same(single_flipped, results[2])
+    assert_same(single_flipped, results[6])
+    assert_same(single_no_face, results[4])
+    assert "not a recognised image" in results[1].error and results[1].face_found is False
+    assert results[1].age is None and results[1].gender is None
+    assert "no such file" in results[3].error
+    assert [r.error is None for r in results] == [True, False, True, False, True, True, True]
+
+
+@integration
+def test_predict_many_larger_than_server_batch_limit(triton_tiny, reference):
+    # The ensembles accept at most 32 per request; the client must clamp max_batch to that, not fail.
+    with AgeGenderClient(triton_tiny.grpc_url, max_batch=64, concurrency=1) as client:
+        results = client.predict_many([no_face_png()] * 33 + [GRACE])
+    assert len(results) == 34
+    assert not any(r.face_found or r.error for r in results[:33])
+    assert_same(reference, results[33])
+
+
+@integration
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_no_detect_uses_the_whole_image_as_the_face(triton_tiny, protocol):
+    with AgeGenderClient(url_of(triton_tiny, protocol), protocol=protocol) as client:
+        detected = client.predict(no_face_png())
+        crop = client.predict(no_face_png(), detect=False)
+        many = client.predict_many([no_face_png(), b"garbage"], detect=False)
+    assert detected.face_found is False and detected.age is None and detected.box is None
+    assert crop.face_found is True and crop.error is None
+    assert crop.box == (0.0, 0.0, 320.0, 240.0)
+    assert crop.detection_score == 1.0
+    assert isinstance(crop.age, float) and crop.gender in ("male", "female")
+    assert_same(crop, many[0])
+    assert many[1].error and not many[1].face_found
+
+
+@integration
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_predict_raises_on_undecodable_bytes(triton_tiny, protocol):
+    with AgeGenderClient(url_of(triton_tiny, protocol), protocol=protocol) as client:
+        with pytest.raises(InvalidImageError, match="not a recognised image"):
+            client.predict(b"certainly not an image")
+        # The client still works after a per-image failure.
+        assert client.predict(GRACE).face_found
+
+
+@integration
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_health(triton_tiny, protocol):
+    with AgeGenderClient(url_of(triton_tiny, protocol), protocol=protocol) as client:
+        health = client.health()
+        assert client.wait_until_ready(timeout=5).ok
+    assert health.live and health.ready and health.ok and health.error is None
+    assert health.models == {"age_gender": True, "age_gender_crop": True}
+
+
+@integration
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_unknown_model_is_model_not_ready(triton_tiny, protocol):
+    url = url_of(triton_tiny, protocol)
+    with AgeGenderClient(url, protocol=protocol, model="no_such_model", retries=1, backoff=0.01) as client:
+        with pytest.raises(ModelNotReadyError, match="no_such_model"):
+            client.predict(GRACE)
+        health = client.health()
+    assert health.live and not health.ok and health.models["no_such_model"] is False
+
+
+@integration
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_timeouts_are_reported_not_retried_and_harmless_to_the_server(triton_tiny, reference, protocol):
+    url = url_of(triton_tiny, protocol)
+    with AgeGenderClient(url, protocol=protocol, timeout=0.001, retries=5, backoff=2.0) as client:
+        for _ in range(5):
+            start = time.monotonic()
+            with pytest.raises(InferenceTimeoutError, match="timeout"):
+                client.predict(GRACE)
+            assert time.monotonic() - start < 1.5  # a retry would have slept 2 s
+    # Triton 2.51 segfaulted when gRPC deadlines cancelled in-flight requests; the client must not trigger that.
+    time.sleep(2)
+    with AgeGenderClient(url, protocol=protocol) as client:
+        assert client.health().live
+        assert_same(reference, client.predict(GRACE))
+
+
+@integration
+def test_http_client_is_safe_across_threads(triton_tiny, reference):
+    results: list[FaceResult] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+    with AgeGenderClient(triton_tiny.http_url, protocol="http") as client:
+
+        def work() -> None:
+            start.wait()
+            try:
+                for _ in range(3):
+                    results.append(client.predict(GRACE))
+            except BaseException as exc:  # noqa: BLE001 - collected and asserted on below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        # predict_many on the same client from the main thread while the per-thread clients exist.
+        assert_same(reference, client.predict_many([GRACE, GRACE])[1])
+    assert errors == []
+    assert len(results) == 24
+    for result in results:
+        assert_same(reference, result)
+
+
+@integration
+def test_retries_until_a_starting_server_is_ready(tiny_repo, reference):
+    """A request sent before Triton is up succeeds once it has started (connection refused, then model loading)."""
+    server = TritonServer(tiny_repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    outcome: dict[str, object] = {}
+    # Generous budget: under load the tiny repository takes about a minute to load.
+    client = AgeGenderClient(server.grpc_url, retries=40, backoff=0.25, timeout=30)
+    assert not client.health().live
+
+    def call() -> None:
+        try:
+            outcome["result"] = client.predict(GRACE)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            outcome["error"] = exc
+
+    caller = threading.Thread(target=call)
+    with client:
+        caller.start()
+        time.sleep(1.0)
+        # Started here, not in a helper thread: Triton gets SIGTERM when the thread that spawned it exits.
+        with server:
+            caller.join(timeout=120)
+    assert "error" not in outcome, outcome.get("error")
+    assert_same(reference, outcome["result"])
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("TRITON_URL", None)
+    return subprocess.run(
+        [sys.executable, "-m", "client", *args], capture_output=True, text=True, timeout=120, cwd=ROOT, env=env
+    )
+
+
+@integration
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_cli_json_lines_with_a_bad_file(triton_tiny, reference, protocol, tmp_path):
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("this is not a JPEG")
+    missing = tmp_path / "missing.png"
+    url = url_of(triton_tiny, protocol)
+    proc = run_cli(str(GRACE), str(bad), str(missing), "--url", url, "--protocol", protocol, "--json")
+    assert proc.returncode == 1, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [line["file"] for line in lines] == [str(GRACE), str(bad), str(missing)]
+    for line in lines:
+        assert tuple(line) == RESULT_KEYS
+    ok, bad_line, missing_line = lines
+    assert ok["error"] is None and ok["face_found"] is True
+    assert ok["age"] == pytest.approx(reference.age, rel=1e-4)
+    assert ok["gender"] == reference.gender
+    assert ok["female_probability"] == pytest.approx(reference.female_probability, rel=1e-4)
+    assert ok["box"] == pytest.approx(list(reference.box), abs=1e-3)
+    assert "not a recognised image" in bad_line["error"] and bad_line["age"] is None
+    assert "no such file" in missing_line["error"]
+
+
+@integration
+def test_cli_human_output_and_success_exit_code(triton_tiny, reference, tmp_path):
+    face = tmp_path / "face.png"
+    face.write_bytes(no_face_png())
+    proc = run_cli(str(GRACE), str(face), "--url", triton_tiny.grpc_url, "--no-detect", "--timeout", "30")
+    assert proc.returncode == 0, proc.stderr
+    first, second = proc.stdout.splitlines()
+    assert re.match(rf"{re.escape(str(GRACE))}: age \d+\.\d, (male|female) \(P\(female\)=[01]\.\d\d\)", first)
+    assert second.startswith(f"{face}: age ") and "box [0, 0, 320, 240]" in second
+
+
+# -- no server needed ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_unreachable_server_fails_fast_with_a_useful_message(protocol):
+    url = f"127.0.0.1:{free_port()}"
+    with AgeGenderClient(url, protocol=protocol, retries=2, backoff=0.05, timeout=2) as client:
+        start = time.monotonic()
+        with pytest.raises(ServerUnavailableError) as info:
+            client.predict(GRACE)
+        assert time.monotonic() - start < 5
+        with pytest.raises(ServerUnavailableError):
+            client.predict_many([GRACE, GRACE])
+        health = client.health()
+    message = str(info.value)
+    assert url in message and "make serve" in message and "after 3 attempts" in message
+    assert not health.live and not health.ok and "make serve" in health.error
+
+
+def test_cli_exit_code_2_when_server_unreachable():
+    url = f"127.0.0.1:{free_port()}"
+    proc = run_cli(str(GRACE), "--url", url, "--json", "--retries", "0")
+    assert proc.returncode == 2
+    assert url in proc.stderr and "make serve" in proc.stderr
+    (line,) = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert line["file"] == str(GRACE) and "make serve" in line["error"]
+
+
+def test_invalid_images_are_rejected_before_any_request(tmp_path):
+    # Nothing listens here: an InvalidImageError (not ServerUnavailableError) proves no request was sent.
+    client = AgeGenderClient(f"127.0.0.1:{free_port()}", retries=0)
+    empty = tmp_path / "empty.jpg"
+    empty.touch()
+    with client:
+        with pytest.raises(InvalidImageError, match="no such file"):
+            client.predict(tmp_path / "missing.jpg")
+        with pytest.raises(InvalidImageError, match="empty"):
+            client.predict(empty)
+        with pytest.raises(InvalidImageError, match="is a directory"):
+            client.predict(tmp_path)
+        with pytest.raises(InvalidImageError, match="empty"):
+            client.predict(b"")
+        with pytest.raises(InvalidImageError, match="unsupported image type"):
+            client.predict(12345)  # type: ignore[arg-type]
+
+
+def test_default_url_and_scheme(monkeypatch):
+    monkeypatch.delenv("TRITON_URL", raising=False)
+    monkeypatch.delenv("TRITON_GRPC_PORT", raising=False)
+    monkeypatch.setenv("TRITON_HTTP_PORT", "18123")
+    with AgeGenderClient() as grpc_client, AgeGenderClient(protocol="http") as http_client:
+        assert (grpc_client.url, grpc_client.protocol) == ("localhost:8001", "grpc")
+        assert (http_client.url, http_client.protocol) == ("localhost:18123", "http")
+    monkeypatch.setenv("TRITON_URL", "http://example.invalid:9000/")
+    with AgeGenderClient() as client:
+        assert (client.url, client.protocol) == ("example.invalid:9000", "http")
+
+
+def test_results_serialise_to_the_documented_keys():
+    result = FaceResult(31.5, "female", 0.9, True, (1.0, 2.0, 3.0, 4.0), 0.8, None, "a.jpg")
+    as_json = json.loads(json.dumps(result.to_dict()))
+    assert tuple(as_json) == RESULT_KEYS
+    assert as_json["box"] == [1.0, 2.0, 3.0, 4.0] and as_json["gender"] == "female"
+    with pytest.raises(AttributeError):
+        result.age = 3.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "expected"),
+    [
+        ("StatusCode.UNAVAILABLE", "failed to connect to all addresses", ServerUnavailableError),
+        (
+            "StatusCode.UNAVAILABLE",
+            "Request for unknown model: 'age_gender' has no available versions",
+            ModelNotReadyError,
+        ),
+        ("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded", InferenceTimeoutError),
+        ("StatusCode.RESOURCE_EXHAUSTED", "Received message larger than max", RequestTooLargeError),
+        ("400", "inference request batch-size must be <= 32 for 'age_gender'", RequestTooLargeError),
+        ("400", "Request for unknown model: 'age_gender' is not found", ModelNotReadyError),
+        ("503", "Server not ready", ServerUnavailableError),
+        ("400", "unexpected shape for input 'image'", ServerError),
+        ("StatusCode.INTERNAL", "stub crashed", ServerError),
+    ],
+)
+def test_triton_statuses_map_onto_the_hierarchy(status, message, expected):
+    error = translate(InferenceServerException(message, status=status), url="h:1", protocol="grpc", model="m")
+    assert type(error) is expected
+    assert message in str(error)
+    assert error.retryable is (expected in (ServerUnavailableError, ModelNotReadyError))
