@@ -39,8 +39,9 @@ evaluate: setup
 benchmark: setup
 	$(BIN)/python -m training.benchmark
 
+# Triton (CPU configs unless a GPU and the NVIDIA image are there) plus the web UI; Ctrl-C stops both.
 demo: setup
-	@echo "make demo: serving is not wired up yet; it will start Triton and the Gradio UI."
+	$(BIN)/python -m gradio_frontend --serve-triton
 
 # Triton on model_repository/ (ports 8000/8001/8002, 127.0.0.1); CPU configs unless a GPU is visible.
 serve: setup

@@ -29,15 +29,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), help="[$GRADIO_SERVER_PORT]"
     )
+    p.add_argument(
+        "--serve-triton",
+        action="store_true",
+        help="also start a local Triton on the committed model repository first (what `make demo` does)",
+    )
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    demo = build_app(args.triton_url, args.protocol, timeout=args.timeout)
-    # share=False always: a public tunnel would expose the server to the internet.
-    demo.launch(server_name=args.host, server_port=args.port, share=False, footer_links=["api"])
+    server = None
+    if args.serve_triton:
+        # Imported here: the UI alone (as in its container) needs neither the launcher nor the repository.
+        from serving.launch import TritonServer
+
+        server = TritonServer()
+        server.start()
+        print(f"Triton ready in {server.wait_ready(600):.1f} s ({server.config_name} configs)", flush=True)
+        args.triton_url = server.grpc_url if args.protocol == "grpc" else server.http_url
+    try:
+        demo = build_app(args.triton_url, args.protocol, timeout=args.timeout)
+        print(f"Web UI: http://{args.host}:{args.port} (Triton {args.protocol} at {args.triton_url})", flush=True)
+        # share=False always: a public tunnel would expose the server to the internet.
+        demo.launch(server_name=args.host, server_port=args.port, share=False, footer_links=["api"])
+    finally:
+        if server is not None:
+            server.stop()
 
 
 if __name__ == "__main__":

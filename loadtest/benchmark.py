@@ -244,7 +244,9 @@ def triton_call_factory(
             import tritonclient.grpc as mod
 
             client = mod.InferenceServerClient(url)
-            kwargs = {"client_timeout": timeout}
+            # No gRPC deadline: the pip tritonserver 2.51 crashes when a deadline cancels an in-flight
+            # ensemble request (triton-inference-server/server#7368); the scenario's duration bounds the run.
+            kwargs = {}
         else:
             import tritonclient.http as mod
 
