@@ -309,8 +309,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=300, help="seconds to wait for readiness")
     args = p.parse_args(argv)
 
-    # SIGTERM (docker stop, systemd) takes the same clean path as Ctrl-C.
+    # SIGTERM (docker stop, systemd) takes the same clean path as Ctrl-C; SIGINT is re-armed because
+    # a shell starts background jobs with it ignored.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     server = TritonServer(
         args.model_repository,
         http_port=args.http_port,
