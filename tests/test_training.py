@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -184,3 +185,16 @@ def test_models_take_uint8_and_carry_their_normalisation():
     assert any(layer.__class__.__name__ == "Rescaling" for layer in model.layers)
     with pytest.raises(ValueError):
         models.build("race")
+
+
+def test_batchnorm_recalibration_moves_statistics_to_the_given_faces():
+    model = models.build("age", widths=(4, 8))
+    bn = next(layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization))
+    bn.moving_mean.assign(np.full(bn.moving_mean.shape, 50.0, np.float32))
+    bright = np.full((2048, spec.IMAGE_SIZE, spec.IMAGE_SIZE, 3), 200, np.uint8)
+    weights_before = [w.numpy().copy() for w in model.trainable_weights]
+    models.recalibrate_batchnorm(model, bright, batch_size=32, steps=64)
+    assert np.abs(bn.moving_mean.numpy()).max() < 5.0  # 50 decays towards the conv outputs' real mean
+    assert bn.momentum == 0.99  # restored
+    for before, after in zip(weights_before, model.trainable_weights, strict=True):
+        np.testing.assert_array_equal(before, after.numpy())  # statistics only, no learning

@@ -7,6 +7,8 @@ whatever serves them sends raw pixels.
 from __future__ import annotations
 
 import keras
+import numpy as np
+import tensorflow as tf
 from keras import layers
 
 from common import spec
@@ -66,3 +68,24 @@ def build(
     else:
         out = layers.Dense(1, activation="sigmoid", name=OUTPUT_NAMES[task])(x)
     return keras.Model(inputs, out, name=task)
+
+
+def recalibrate_batchnorm(
+    model: keras.Model, images: np.ndarray, *, batch_size: int = 64, steps: int = 150, seed: int = 0
+) -> None:
+    """Re-estimates the BatchNorm moving statistics on clean, un-augmented faces.
+
+    Training only ever shows the network augmented faces, so the moving means and
+    variances describe those, not the clean crops served. A few forward passes in
+    training mode (no weight updates) move them to clean statistics.
+    """
+    bns = [layer for layer in model.layers if isinstance(layer, layers.BatchNormalization)]
+    momenta = [layer.momentum for layer in bns]
+    for layer in bns:
+        layer.momentum = 0.9  # forget the augmented statistics within the pass
+    forward = tf.function(lambda x: model(x, training=True))
+    order = np.random.default_rng(seed).permutation(len(images))[: batch_size * steps]
+    for i in range(0, len(order), batch_size):
+        forward(images[np.sort(order[i : i + batch_size])])
+    for layer, momentum in zip(bns, momenta, strict=True):
+        layer.momentum = momentum

@@ -1,0 +1,1 @@
+from serving.tf_model import TritonPythonModel  # noqa: F401
