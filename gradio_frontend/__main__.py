@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 
 from gradio_frontend.app import DEFAULT_PROTOCOL, DEFAULT_TIMEOUT_S, DEFAULT_TRITON_URL, build_app
 
@@ -42,6 +43,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = None
     if args.serve_triton:
+        # Ctrl-C (re-armed: shells start background jobs with it ignored) and SIGTERM both end in the
+        # `finally` below, which stops Triton.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.getsignal(signal.SIGINT))
         # Imported here: the UI alone (as in its container) needs neither the launcher nor the repository.
         from serving.launch import TritonServer
 
