@@ -198,3 +198,16 @@ def test_batchnorm_recalibration_moves_statistics_to_the_given_faces():
     assert bn.momentum == 0.99  # restored
     for before, after in zip(weights_before, model.trainable_weights, strict=True):
         np.testing.assert_array_equal(before, after.numpy())  # statistics only, no learning
+
+
+def test_architecture_benchmark_times_each_candidate(capsys):
+    from training import benchmark
+
+    benchmark.main(["--seconds", "0.2", "--architectures", "64:4,8", "48:4"])
+    rows = [
+        line for line in capsys.readouterr().out.splitlines() if line.startswith("| 64 |") or line.startswith("| 48 |")
+    ]
+    assert len(rows) == 2
+    for row in rows:
+        inference, training = (float(cell) for cell in row.strip("| ").split(" | ")[-2:])
+        assert inference > 0 and training > 0

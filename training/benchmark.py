@@ -1,9 +1,13 @@
-"""Batched in-process throughput of the exported SavedModels.
+"""Batched in-process throughput of the exported SavedModels, and of candidate architectures.
 
     python -m training.benchmark [--repo model_repository] [--batch-sizes 1,16,64,256] [--seconds 5]
+    python -m training.benchmark --architectures 64:32,64,128,256 64:16,32,64,128 96:16,32,64,128
 
 Runs each model's ``serving_default`` signature on random uint8 faces of the
 shared size, the two models side by side in one run, and prints a Markdown table.
+``--architectures`` instead times untrained candidates (input size : channels
+per block) for inference at batch 256 and training steps at batch 64: how the
+input size and widths in ``common/spec.py`` and ``training/model.py`` were chosen.
 """
 
 from __future__ import annotations
@@ -24,15 +28,40 @@ from training.evaluate import latest  # noqa: E402
 from training.export import SAVEDMODEL  # noqa: E402
 
 
-def throughput(fn, batch: int, seconds: float) -> float:
-    """Images per second of ``fn`` on one repeated random batch, after a warm-up call."""
-    x = tf.constant(np.random.default_rng(0).integers(0, 256, (batch, spec.IMAGE_SIZE, spec.IMAGE_SIZE, 3), np.uint8))
-    fn(image=x)
+def rate(step, per_call: int, seconds: float) -> float:
+    """Items per second of ``step()`` (``per_call`` items a call), after one warm-up call."""
+    step()
     n, start = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - start) < seconds:
-        fn(image=x)
-        n += batch
+        step()
+        n += per_call
     return n / elapsed
+
+
+def throughput(fn, batch: int, seconds: float) -> float:
+    """Images per second of a SavedModel signature on one repeated random batch."""
+    x = tf.constant(np.random.default_rng(0).integers(0, 256, (batch, spec.IMAGE_SIZE, spec.IMAGE_SIZE, 3), np.uint8))
+    return rate(lambda: fn(image=x), batch, seconds)
+
+
+def architectures(candidates: list[str], seconds: float) -> None:
+    from training import model as models
+
+    print("| input | channels | params | inference img/s (batch 256) | training img/s (batch 64) |")
+    print("|---|---|---|---|---|")
+    rng = np.random.default_rng(0)
+    for candidate in candidates:
+        size, widths = candidate.split(":")
+        size, widths = int(size), tuple(int(w) for w in widths.split(","))
+        model = models.build("age", size=size, widths=widths)
+        model.compile(optimizer="adam", loss="mae")
+        x = rng.integers(0, 256, (256, size, size, 3), np.uint8)
+        y = rng.random((64, 1), np.float32) * 80
+        infer = tf.function(lambda t, m=model: m(t, training=False))
+        inference = rate(lambda: infer(x), 256, seconds)  # noqa: B023 - rate() calls it before the loop moves on
+        training = rate(lambda: model.train_on_batch(x[:64], y), 64, seconds)  # noqa: B023 - likewise
+        shape = "-".join(map(str, widths))
+        print(f"| {size} | {shape} | {model.count_params():,} | {inference:.0f} | {training:.0f} |")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -41,7 +70,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-sizes", default="1,16,64,256")
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    p.add_argument("--architectures", nargs="+", metavar="SIZE:W1,W2,...", help="time untrained candidates instead")
     args = p.parse_args(argv)
+    if args.architectures:
+        architectures(args.architectures, args.seconds)
+        return {}
     batches = [int(b) for b in args.batch_sizes.split(",")]
     results = {}
     for task in ("age", "gender"):
