@@ -23,7 +23,6 @@ import io
 import json
 import os
 import sys
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -33,25 +32,9 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from common import spec  # noqa: E402
-
-TASKS = ("age", "gender")
-OUTPUTS = {"age": spec.AGE_OUTPUT, "gender": spec.GENDER_OUTPUT}
-SAVEDMODEL = "model.savedmodel"
-
-
-def latest_savedmodel(repository: Path, task: str) -> Path:
-    """The SavedModel Triton serves for ``task`` (its default version policy: the highest number)."""
-    versions = (
-        sorted(
-            (int(p.name) for p in (repository / task).iterdir() if p.name.isdigit() and (p / SAVEDMODEL).is_dir()),
-            reverse=True,
-        )
-        if (repository / task).is_dir()
-        else []
-    )
-    if not versions:
-        raise SystemExit(f"no {task}/<version>/{SAVEDMODEL} under {repository}; run `make export` first")
-    return repository / task / str(versions[0]) / SAVEDMODEL
+from training.benchmark import rate  # noqa: E402
+from training.export import SAVEDMODEL, latest  # noqa: E402
+from training.model import OUTPUT_NAMES, TASKS  # noqa: E402
 
 
 def load_keras_model(task: str, repository: Path, runs: Path | None):
@@ -61,12 +44,12 @@ def load_keras_model(task: str, repository: Path, runs: Path | None):
 
     if runs is not None and (runs / task / "model.keras").is_file():
         return keras.models.load_model(runs / task / "model.keras"), str(runs / task / "model.keras")
-    path = latest_savedmodel(repository, task)
+    path = latest(repository, task) / SAVEDMODEL
     layer = keras.layers.TFSMLayer(str(path), call_endpoint="serving_default")
     inputs = keras.Input((spec.IMAGE_SIZE, spec.IMAGE_SIZE, 3), dtype="uint8", name=spec.INPUT_NAME)
     outputs = layer(inputs)
     if isinstance(outputs, dict):
-        outputs = outputs[OUTPUTS[task]]
+        outputs = outputs[OUTPUT_NAMES[task]]
     return keras.Model(inputs, outputs), str(path)
 
 
@@ -138,19 +121,12 @@ def inprocess(args: argparse.Namespace) -> None:
     batch = tf.constant(rng.integers(0, 256, (args.batch, spec.IMAGE_SIZE, spec.IMAGE_SIZE, 3), dtype=np.uint8))
     fns, keep = {}, []
     for task in TASKS:
-        loaded = tf.saved_model.load(str(latest_savedmodel(args.repository, task)))
+        loaded = tf.saved_model.load(str(latest(args.repository, task) / SAVEDMODEL))
         keep.append(loaded)  # the signature needs its object alive
         fns[task] = loaded.signatures["serving_default"]
 
     def measure(tasks: tuple[str, ...]) -> float:
-        for task in tasks:  # warm-up: the first call traces and allocates
-            fns[task](image=batch)
-        n, start = 0, time.perf_counter()
-        while time.perf_counter() - start < args.duration:
-            for task in tasks:
-                fns[task](image=batch)[OUTPUTS[task]].numpy()
-            n += args.batch
-        return n / (time.perf_counter() - start)
+        return rate(lambda: [fns[t](image=batch)[OUTPUT_NAMES[t]].numpy() for t in tasks], args.batch, args.duration)
 
     result = {
         "batch": args.batch,

@@ -135,7 +135,7 @@ def test_smoke_train_export_signature_and_evaluate(archive, tmp_path):
     assert export.versions(repo / "age") == [1, 2]
 
     for task, output in (("age", spec.AGE_OUTPUT), ("gender", spec.GENDER_OUTPUT)):
-        version = evaluate.latest(repo, task)
+        version = export.latest(repo, task)
         assert (version / "model.py").read_text() == export.PYTHON_SHIM
         assert json.loads((version / "training_config.json").read_text())["task"] == task
         sig = tf.saved_model.load(str(version / export.SAVEDMODEL)).signatures["serving_default"]

@@ -24,8 +24,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from common import spec  # noqa: E402
-from training.evaluate import latest  # noqa: E402
-from training.export import SAVEDMODEL  # noqa: E402
+from training.export import SAVEDMODEL, latest  # noqa: E402
 
 
 def rate(step, per_call: int, seconds: float) -> float:

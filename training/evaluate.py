@@ -26,19 +26,12 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from training import data as utk  # noqa: E402
-from training.export import SAVEDMODEL, versions  # noqa: E402
+from training.export import SAVEDMODEL, latest  # noqa: E402
 from training.model import OUTPUT_NAMES  # noqa: E402
 
 AGE_BANDS = ((0, 2), (3, 9), (10, 19), (20, 29), (30, 39), (40, 49), (50, 59), (60, 69), (70, 79), (80, 116))
 # The seed project's validation figures, for comparison.
 SEED = {"age_val_mse": 226.0, "age_val_rmse": 15.0, "gender_val_accuracy": 0.81}
-
-
-def latest(repo: Path, task: str) -> Path:
-    found = versions(repo / task)
-    if not found:
-        raise FileNotFoundError(f"no exported {task} model under {repo / task}; run python -m training.export")
-    return repo / task / str(found[-1])
 
 
 def predict(version_dir: Path, images: np.ndarray, task: str, batch: int = 256) -> np.ndarray:

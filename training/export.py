@@ -37,6 +37,14 @@ def versions(model_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
 
 
+def latest(repo: Path, task: str) -> Path:
+    """The newest version folder of ``<repo>/<task>``: the one Triton's default version policy serves."""
+    found = versions(Path(repo) / task)
+    if not found:
+        raise FileNotFoundError(f"no exported {task} model under {Path(repo) / task}; run python -m training.export")
+    return Path(repo) / task / str(found[-1])
+
+
 def export_model(model: keras.Model, task: str, repo: Path, *, extra_files: dict[str, Path] | None = None) -> Path:
     """Writes ``model`` as the next version of ``<repo>/<task>``.
 

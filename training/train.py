@@ -141,10 +141,8 @@ def main(argv: list[str] | None = None) -> Path:
         if args.task == "age"
         else [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")]
     )
-    model.compile(
-        optimizer=keras.optimizers.AdamW(args.lr, weight_decay=args.weight_decay), loss=make_loss(args), metrics=metrics
-    )
     compile_args = {"loss": make_loss(args), "metrics": metrics}
+    model.compile(optimizer=keras.optimizers.AdamW(args.lr, weight_decay=args.weight_decay), **compile_args)
 
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     config.update(
@@ -185,20 +183,18 @@ def main(argv: list[str] | None = None) -> Path:
     model = keras.models.load_model(best)
     model.compile(**compile_args)  # a reloaded Huber loss forgets its delta
     before = model.evaluate(dataset(val, False), verbose=0, return_dict=True)
-    weights = model.get_weights()
     models.recalibrate_batchnorm(model, train.images, seed=args.seed)
     after = model.evaluate(dataset(val, False), verbose=0, return_dict=True)
-    config["bn_recalibration"] = {"kept": after["loss"] < before["loss"], "val_before": before, "val_after": after}
-    if after["loss"] < before["loss"]:
+    kept = after["loss"] < before["loss"]
+    config["bn_recalibration"] = {"kept": kept, "val_before": before, "val_after": after}
+    if kept:
         model.save(best)
-    else:
-        model.set_weights(weights)
     (args.out / "config.json").write_text(json.dumps(config, indent=2))
     logging.info(
         "BatchNorm recalibration: val %s -> %s (%s)",
         before,
         after,
-        "kept" if config["bn_recalibration"]["kept"] else "dropped",
+        "kept" if kept else "dropped",
     )
     logging.info("best model (lowest val_loss) in %s", best)
     return best
