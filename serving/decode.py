@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import math
+import struct
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -12,19 +15,75 @@ FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
 #: Defaults shared by the Triton preprocess config and the client's own pre-checks.
 MAX_BYTES = 10 * 1024 * 1024
 MAX_PIXELS = 40_000_000
+#: Decoded size one item may reach (width x height x bytes per pixel of the stored samples), checked from the
+#: header before decoding. Bounds the work of images that compress absurdly well: a zero-filled 40-megapixel
+#: 16-bit PNG is 78 KB on the wire but 80 MB to inflate and unfilter (about 1 s of CPU). 64 MiB still takes a
+#: 21-megapixel 8-bit RGB PNG.
+MAX_DECODED_BYTES = 64 * 2**20
+#: Decoded pixels one request may take, summed over its items (after JPEG draft reduction); items past the
+#: budget get an error, the ones before it are served. 100 MP is 32 phone photos drafted to ~3 MP each.
+REQUEST_MAX_PIXELS = 100_000_000
+#: Largest request body the front proxy accepts (serving/proxy.py): a full batch must average 2 MiB per image.
+#: Same value as Triton's own --http-max-input-size default in the releases that have that flag.
+REQUEST_MAX_BYTES = 64 * 2**20
+#: JPEGs larger than this on their longer side are decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling,
+#: several times faster than a full decode), never below it. Detection runs at ``serving.faces.DETECT_MAX_SIDE``
+#: (640) anyway; twice that keeps the face crop sharp for faces down to ~1/20 of the picture's side.
+#: Raise it (issue 11: small faces in crowds) if the crops of small faces get blurry.
+DRAFT_SIDE = 1280
 
 
 class ImageDecodeError(ValueError):
     """The bytes are not an image this service accepts; ``str(err)`` is meant for the end user."""
 
 
+class PixelBudget:
+    """Decoded pixels left to one request; shared by its items, in order."""
+
+    def __init__(self, pixels: int = REQUEST_MAX_PIXELS):
+        self.limit = pixels
+        self.left = pixels
+
+    def take(self, pixels: int) -> None:
+        if pixels > self.left:
+            raise ImageDecodeError(
+                f"This request's images add up to more than {self.limit / 1e6:.0f} megapixels; "
+                "send fewer or smaller images per request."
+            )
+        self.left -= pixels
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """An upright RGB image and the factor that maps its pixel coordinates back to the uploaded file's."""
+
+    image: Image.Image
+    scale: float = 1.0
+
+
 def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES) -> Image.Image:
-    """Decodes an upload into an upright RGB image.
+    """Decodes an upload into an upright RGB image at full size (see :func:`decode_upload`)."""
+    return decode_upload(data, max_pixels=max_pixels, max_bytes=max_bytes).image
+
+
+def decode_upload(
+    data: bytes,
+    *,
+    max_pixels: int = MAX_PIXELS,
+    max_bytes: int = MAX_BYTES,
+    max_decoded_bytes: int = MAX_DECODED_BYTES,
+    draft_side: int | None = None,
+    budget: PixelBudget | None = None,
+) -> Decoded:
+    """Decodes an upload into an upright RGB image, bounding the work before any pixel is decoded.
 
     Args:
         data: The encoded file (JPEG, PNG, WebP, BMP or GIF; GIFs give their first frame).
         max_pixels: Largest width * height accepted; checked from the header, before any pixel is decoded.
         max_bytes: Largest encoded size accepted.
+        max_decoded_bytes: Largest decoded sample size accepted (see :data:`MAX_DECODED_BYTES`).
+        draft_side: Decode JPEGs at reduced scale down to this longer side; None decodes at full size.
+        budget: The request's pixel budget; this item's decoded pixels are taken from it.
 
     Raises:
         ImageDecodeError: For empty, oversized, unrecognised, truncated or corrupt input.
@@ -51,14 +110,42 @@ def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, max_bytes: int = 
         )
     if width == 0 or height == 0:
         raise ImageDecodeError("The image has no pixels.")
+    scale = 1.0
+    if draft_side and img.format == "JPEG" and max(width, height) > draft_side:
+        # draft() keeps both sides >= the requested size and picks the smallest DCT scale that does.
+        ratio = draft_side / max(width, height)
+        img.draft("RGB", (math.ceil(width * ratio), math.ceil(height * ratio)))
+        scale = width / img.size[0]
+    decoded = _decoded_bytes(img, data)
+    if decoded > max_decoded_bytes:
+        raise ImageDecodeError(
+            f"The image would take {decoded / 2**20:.0f} MiB to decode ({width}x{height}, {img.mode}); the limit "
+            f"is {max_decoded_bytes / 2**20:.0f} MiB. Upload an 8-bit JPEG or a smaller image."
+        )
+    if budget is not None:
+        budget.take(img.size[0] * img.size[1])
     try:
         img.load()  # decodes the first frame of animations
         img = ImageOps.exif_transpose(img)
-        return _to_rgb(img)
+        return Decoded(_to_rgb(img), scale)
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         raise ImageDecodeError(
             f"The {img.format} file is truncated or corrupt ({err}); re-export or re-upload it."
         ) from err
+
+
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+
+
+def _decoded_bytes(img: Image.Image, data: bytes) -> int:
+    """Bytes the decoder will produce for ``img`` (its current, possibly drafted, size)."""
+    width, height = img.size
+    if img.format == "PNG" and data[12:16] == b"IHDR":
+        # The inflated stream: PIL reports 16-bit RGB as mode RGB, but inflating it costs 6 bytes per pixel.
+        depth, colour = struct.unpack(">BB", data[24:26])
+        return height * (1 + math.ceil(width * _PNG_CHANNELS.get(colour, 4) * depth / 8))
+    sample = 4 if img.mode in ("I", "F") else 2 if ";16" in img.mode else 1
+    return width * height * len(img.getbands()) * sample
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -10,8 +10,14 @@ folder with the stub for this interpreter is assembled in a temporary folder.
 ``--config-name auto`` uses the production ``config.pbtxt`` files only with the
 container's binary and a visible GPU, else the ``configs/cpu.pbtxt`` variants.
 Ports default to env TRITON_HTTP_PORT / TRITON_GRPC_PORT / TRITON_METRICS_PORT,
-else 8000 / 8001 / 8002. The server binds 127.0.0.1 unless told otherwise, since
-it has no authentication.
+else 8000 / 8001 / 8002. Everything binds 127.0.0.1 unless told otherwise.
+
+Hardening (README "Security"): nginx (serving/proxy.py) owns the public HTTP and gRPC ports and
+Triton listens on internal 127.0.0.1 ports behind it; admin APIs need ``admin-key: $TRITON_ADMIN_KEY``
+(serving/security.py; a random key per start when unset); Triton runs with umask 077 so its shared
+memory is private; a crashed Triton is restarted with backoff; SIGTERM drains (readiness off, new
+requests refused at the door, accepted ones finish); a reaper process (serving/reaper.py) removes
+servers, segments and temp folders if the launcher itself is killed.
 """
 
 from __future__ import annotations
@@ -35,13 +41,21 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from serving import proxy, security
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REPOSITORY = ROOT / "model_repository"
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 SHM_DIR = Path("/dev/shm")
 SHM_PREFIX = "triton_python_backend_shm_region_"
-# Seconds Triton may spend after SIGTERM draining connections and unloading models before we kill the group.
-EXIT_TIMEOUT = 10
+# Shutdown bounds, derived from the longest a request may take (proxy.REQUEST_TIMEOUT_S, itself derived from
+# the per-request decode budget): the door waits that long for accepted requests (anything slower has already
+# been answered 504 by it), then Triton, with nothing in flight any more, gets the same to unload its models.
+DRAIN_TIMEOUT = proxy.REQUEST_TIMEOUT_S + 5
+EXIT_TIMEOUT = proxy.REQUEST_TIMEOUT_S
+# Restart backoff after a crash: doubles from the first value up to the cap; reset after a stable minute.
+RESTART_BACKOFF_S = (1.0, 30.0)
+STABLE_S = 60.0
 
 
 class TritonStartError(RuntimeError):
@@ -85,6 +99,20 @@ def _die_with_parent() -> None:
         _prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def _private_child() -> None:
+    # umask 077: the Python backend creates its /dev/shm regions (which hold uploaded images) with the
+    # process umask applied, 0644 by default; 077 makes them owner-only (issue 7, row 3).
+    os.umask(0o077)
+    _die_with_parent()
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by signal {-code} ({signal.Signals(-code).name})"
+    return f"exited with code {code}"
+
+
 def _interrupt(*_) -> None:
     raise KeyboardInterrupt
 
@@ -108,6 +136,10 @@ class TritonServer:
         config_name: str = "auto",
         echo: bool = False,
         extra_args: tuple[str, ...] = (),
+        front_door: bool = True,
+        restart: bool = True,
+        admin_key: str | None = None,
+        drain_grace: float = 0.0,
     ):
         self.model_repository = Path(model_repository).resolve()
         self.host = host
@@ -123,14 +155,35 @@ class TritonServer:
         self.config_name = config_name
         self.echo = echo
         self.extra_args = tuple(extra_args)
+        # nginx in front (public ports) and Triton on internal ones; front_door=False serves Triton directly.
+        self.front_door = front_door
+        self.restart = restart
+        self.drain_grace = drain_grace
+        if admin_key is None:
+            admin_key, generated = security.admin_key()
+        else:
+            generated = False
+        self.admin_key = admin_key
+        self.admin_key_generated = generated
+        self.triton_http_port = self.http_port
+        self.triton_grpc_port = self.grpc_port
+        self.restarts = 0
+        self.events: list[str] = []  # crashes and restarts, as logged
         self.startup_seconds: float | None = None
         # A per-server shm prefix lets stop() check for (and clear) this server's segments only.
         self.shm_prefix = f"{SHM_PREFIX}{uuid.uuid4().hex[:8]}_"
         self._proc: subprocess.Popen | None = None
         self._tmp: tempfile.TemporaryDirectory | None = None
         self._log: collections.deque[str] = collections.deque(maxlen=400)
+        self._door_log: collections.deque[str] = collections.deque(maxlen=100)  # nginx's own errors
         self._reader: threading.Thread | None = None
         self._started_at = 0.0
+        self._door: proxy.Door | None = None
+        self._reaper: subprocess.Popen | None = None
+        self._supervisor: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._ready_once = False
+        self._final_code: int | None = None
 
     @property
     def _client_host(self) -> str:
@@ -159,13 +212,17 @@ class TritonServer:
         if binary is None:
             binary, backends = self._pip_triton(env)
             args.append(f"--backend-directory={backends}")
-        for kind in ("http", "grpc", "metrics"):
-            args += [f"--{kind}-address={self.host}", f"--{kind}-port={getattr(self, f'{kind}_port')}"]
+        # Behind the door Triton only listens on loopback; metrics (read-only) are served directly.
+        inner = "127.0.0.1" if self.front_door else self.host
+        args += [f"--http-address={inner}", f"--http-port={self.triton_http_port}"]
+        args += [f"--grpc-address={inner}", f"--grpc-port={self.triton_grpc_port}"]
+        args += [f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}"]
         if self.config_name != "default":
             args.append(f"--model-config-name={self.config_name}")
         args += [
             f"--exit-timeout-secs={EXIT_TIMEOUT}",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
+            *security.restricted_args(self.admin_key),
         ]
         return [binary, *args, *self.extra_args], env
 
@@ -180,9 +237,8 @@ class TritonServer:
         if not stub.is_dir():
             raise TritonStartError(f"nvidia-pytriton has no Python backend stub for Python {sys.version.split()[0]}.")
         # The backend expects its stub next to libtriton_python.so, and the wheel keeps one stub per Python version.
-        if self._tmp is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="triton-backends-")
-            backend = Path(self._tmp.name) / "python"
+        backend = Path(self._run_dir()) / "backends" / "python"
+        if not backend.is_dir():
             shutil.copytree(pkg / "backends" / "python", backend, ignore=shutil.ignore_patterns("__pycache__"))
             shutil.copy2(stub / "triton_python_backend_stub", backend)
         libs = [
@@ -193,15 +249,72 @@ class TritonServer:
         env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, libs))
         # The stub embeds Python and finds its prefix (the venv, with numpy and TF) from the first python on PATH.
         env["PATH"] = os.pathsep.join(filter(None, [str(Path(sys.executable).parent), env.get("PATH")]))
-        return str(pkg / "bin" / "tritonserver"), Path(self._tmp.name)
+        return str(pkg / "bin" / "tritonserver"), Path(self._run_dir()) / "backends"
+
+    def _run_dir(self) -> str:
+        """This server's private temporary folder (backends, nginx prefix); removed by stop() or the reaper."""
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="triton-run-")
+        return self._tmp.name
+
+    def _tell_reaper(self, line: str) -> None:
+        if self._reaper is not None and self._reaper.stdin is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._reaper.stdin.write(line + "\n")
+                self._reaper.stdin.flush()
 
     def start(self) -> TritonServer:
         if self._proc is not None:
             raise RuntimeError("server already started")
         if not self.model_repository.is_dir():
             raise TritonStartError(f"Model repository {self.model_repository} does not exist.")
-        cmd, env = self.command()
+        self._stopping.clear()
         self._started_at = time.monotonic()
+        self._reaper = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("reaper.py"))],
+            stdin=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # survives the launcher's process group and its terminal's signals
+        )
+        self._tell_reaper(f"path {self._run_dir()}")
+        self._tell_reaper(f"shm {self.shm_prefix}")
+        if self.front_door:
+            self.triton_http_port, self.triton_grpc_port = free_port(), free_port()
+            self._door = proxy.Door(
+                Path(self._run_dir()) / "nginx",
+                listen_host=self.host,
+                http_port=self.http_port,
+                grpc_port=self.grpc_port,
+                triton_http=f"127.0.0.1:{self.triton_http_port}",
+                triton_grpc=f"127.0.0.1:{self.triton_grpc_port}",
+            )
+            try:
+                door = self._door.start(preexec_fn=_die_with_parent)
+            except FileNotFoundError as err:
+                raise TritonStartError(str(err)) from err
+            self._tell_reaper(f"pid {door.pid}")
+            threading.Thread(target=self._read_logs, args=(door, self._door_log, "[nginx] "), daemon=True).start()
+        self._spawn_triton()
+        self._supervisor = threading.Thread(target=self._supervise, daemon=True)
+        self._supervisor.start()
+        threading.Thread(target=self._guard_shm, daemon=True).start()
+        return self
+
+    def _guard_shm(self) -> None:
+        """Makes this server's Python-backend regions owner-only (0600) as soon as they appear.
+
+        Triton 2.51's Python backend creates them with boost.interprocess, which fchmods them to 0644 whatever
+        the umask (so the umask 077 given to Triton does not help). Polled every 20 ms; README "Security"
+        states the window this leaves.
+        """
+        while not self._stopping.wait(0.02):
+            for region in SHM_DIR.glob(f"{self.shm_prefix}*"):
+                with contextlib.suppress(OSError):
+                    if region.stat().st_mode & 0o077:
+                        region.chmod(0o600)
+
+    def _spawn_triton(self) -> None:
+        cmd, env = self.command()
         self._proc = subprocess.Popen(
             cmd,
             env=env,
@@ -210,28 +323,71 @@ class TritonServer:
             text=True,
             errors="replace",
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=_private_child,
         )
-        self._reader = threading.Thread(target=self._read_logs, daemon=True)
+        self._tell_reaper(f"pgid {self._proc.pid}")
+        self._reader = threading.Thread(target=self._read_logs, args=(self._proc, self._log), daemon=True)
         self._reader.start()
-        return self
 
-    def _read_logs(self) -> None:
+    def _read_logs(self, proc: subprocess.Popen, sink: collections.deque, tag: str = "") -> None:
         # Draining the pipe continuously keeps a chatty server from blocking on a full pipe.
-        for line in self._proc.stdout:
-            self._log.append(line.rstrip("\n"))
+        for line in proc.stdout:
+            sink.append(tag + line.rstrip("\n"))
             if self.echo:
-                print(line, end="", file=sys.stderr, flush=True)
+                print(tag + line, end="", file=sys.stderr, flush=True)
+
+    def _event(self, message: str) -> None:
+        self.events.append(message)
+        print(f"[launcher] {message}", file=sys.stderr, flush=True)
+
+    def _supervise(self) -> None:
+        """Restarts Triton after a crash (once it has been ready), with exponential backoff."""
+        backoff = RESTART_BACKOFF_S[0]
+        while not self._stopping.is_set():
+            proc = self._proc
+            if proc is None:
+                return
+            born = time.monotonic()
+            code = proc.wait()
+            if self._stopping.is_set():
+                return
+            if self._reader is not None:
+                self._reader.join(timeout=5)
+            if not (self.restart and self._ready_once):
+                self._final_code = code
+                return
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)  # its Python stubs
+            for leftover in SHM_DIR.glob(f"{self.shm_prefix}*"):
+                leftover.unlink(missing_ok=True)
+            if time.monotonic() - born > STABLE_S:
+                backoff = RESTART_BACKOFF_S[0]
+            self._event(
+                f"tritonserver {_describe_exit(code)}; restarting in {backoff:.0f} s. Last log lines:\n" + self.logs(15)
+            )
+            if self._stopping.wait(backoff):
+                return
+            backoff = min(backoff * 2, RESTART_BACKOFF_S[1])
+            self.restarts += 1
+            self._spawn_triton()
 
     def poll(self) -> int | None:
-        """The server's exit code, or None while it runs (or was never started)."""
-        return None if self._proc is None else self._proc.poll()
+        """Triton's exit code once it has stopped for good, or None while it runs or is being restarted."""
+        if self._proc is None:
+            return None
+        if self._final_code is not None:
+            return self._final_code
+        code = self._proc.poll()
+        if code is not None and not (self.restart and self._ready_once):
+            return code
+        return None
 
     def logs(self, last: int | None = None) -> str:
         lines = list(self._log)
         return "\n".join(lines[-last:] if last else lines)
 
     def is_ready(self) -> bool:
+        """Whether clients can be served: asked through the door, as clients ask."""
         try:
             with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as response:
                 return response.status == 200
@@ -242,7 +398,7 @@ class TritonServer:
         """Blocks until ``/v2/health/ready`` answers 200; returns the seconds since ``start()``."""
         deadline = time.monotonic() + timeout
         while not self.is_ready():
-            if self._proc.poll() is not None:
+            if self._proc.poll() is not None and not self._ready_once:
                 self._reader.join(timeout=5)
                 raise TritonStartError(
                     f"tritonserver exited with code {self._proc.returncode} before it was ready. "
@@ -254,11 +410,23 @@ class TritonServer:
                     f"load, or a port taken?). Last log lines:\n{self.logs(40)}"
                 )
             time.sleep(0.25)
-        self.startup_seconds = time.monotonic() - self._started_at
+        if self.startup_seconds is None:
+            self.startup_seconds = time.monotonic() - self._started_at
+        self._ready_once = True
         return self.startup_seconds
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL for the whole process group, and removal of leftover shared memory."""
+        """Drains, then stops: readiness off, new requests refused at the door, accepted ones finish
+        (up to DRAIN_TIMEOUT), then Triton gets SIGTERM (SIGKILL for its group after EXIT_TIMEOUT + 10 s);
+        leftover shared memory and the temporary folder are removed."""
+        self._stopping.set()
+        door, self._door = self._door, None
+        if door is not None:
+            if door.proc is not None and door.proc.poll() is None and self._ready_once:
+                door.set_flag("unready")  # load balancers stop sending first
+                time.sleep(self.drain_grace)
+                door.set_flag("draining")  # then new requests get 503 / UNAVAILABLE
+            door.stop(timeout=DRAIN_TIMEOUT)
         proc, self._proc = self._proc, None
         if proc is not None:
             if proc.poll() is None:
@@ -276,9 +444,24 @@ class TritonServer:
         # Triton removes its segments on a clean exit; a killed one leaves them in RAM-backed /dev/shm.
         for leftover in SHM_DIR.glob(f"{self.shm_prefix}*"):
             leftover.unlink(missing_ok=True)
+        if self._supervisor is not None and self._supervisor is not threading.current_thread():
+            self._supervisor.join(timeout=5)
+            self._supervisor = None
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+        reaper, self._reaper = self._reaper, None
+        if reaper is not None:
+            self._tell_reaper_of(reaper, "clear")
+            with contextlib.suppress(OSError):
+                reaper.stdin.close()
+            reaper.wait(timeout=10)
+
+    @staticmethod
+    def _tell_reaper_of(reaper: subprocess.Popen, line: str) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            reaper.stdin.write(line + "\n")
+            reaper.stdin.flush()
 
     def __enter__(self) -> TritonServer:
         self.start()
@@ -307,6 +490,10 @@ def main(argv: list[str] | None = None) -> int:
         help="cpu: configs/cpu.pbtxt; default: config.pbtxt; auto: default with a GPU and the NVIDIA image",
     )
     p.add_argument("--timeout", type=float, default=300, help="seconds to wait for readiness")
+    p.add_argument(
+        "--drain-grace", type=float, default=2.0, help="seconds readiness is off before new requests are refused"
+    )
+    p.add_argument("--no-front-door", action="store_true", help="serve Triton directly, without nginx (debugging)")
     args = p.parse_args(argv)
 
     # SIGTERM (docker stop, systemd) takes the same clean path as Ctrl-C; SIGINT is re-armed because
@@ -321,6 +508,19 @@ def main(argv: list[str] | None = None) -> int:
         host=args.host,
         config_name=args.config_name,
         echo=True,
+        front_door=not args.no_front_door,
+        drain_grace=args.drain_grace,
+    )
+    origin = (
+        "generated for this start; set TRITON_ADMIN_KEY to choose it"
+        if server.admin_key_generated
+        else "from TRITON_ADMIN_KEY"
+    )
+    print(
+        f"Admin APIs ({', '.join(security.RESTRICTED_APIS)}) need header `{security.ADMIN_HEADER}`; "
+        f"key {security.fingerprint(server.admin_key)} ({origin}).",
+        file=sys.stderr,
+        flush=True,
     )
     try:
         server.start()
@@ -331,9 +531,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
             flush=True,
         )
+        # A crash is restarted by the server's supervisor; poll() only returns once it gives up.
         while (code := server.poll()) is None:
             time.sleep(0.5)
-        print(f"tritonserver exited with code {code}", file=sys.stderr)
+        print(f"tritonserver {_describe_exit(code)}", file=sys.stderr)
         return code or 1
     except TritonStartError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -23,10 +23,14 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             tensors = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in PASS_THROUGH}
+            # Where no face was found or the item failed, the CNNs saw a blank crop: their numbers mean nothing,
+            # so they go out as NaN (clients map NaN to null; docs/contract.md).
+            usable = tensors["face_found"] & (tensors["error"].astype(bytes) == b"")
+            for name in ("age", "female_probability"):
+                tensors[name] = np.where(usable, tensors[name], np.float32("nan")).astype(tensors[name].dtype)
             female = tensors["female_probability"] >= THRESHOLD
-            # Without a face the CNNs saw a blank crop; an empty label keeps clients from trusting their numbers.
             label = np.where(female, b"female", b"male")
-            gender = np.where(tensors["face_found"], label, b"").astype(self._gender_dtype)
+            gender = np.where(usable, label, b"").astype(self._gender_dtype)
             responses.append(
                 pb_utils.InferenceResponse(
                     [pb_utils.Tensor("gender", gender)] + [pb_utils.Tensor(n, a) for n, a in tensors.items()]

@@ -14,10 +14,21 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from common import spec
-from serving.decode import MAX_BYTES, MAX_PIXELS, ImageDecodeError, decode_image
+from serving.decode import (
+    DRAFT_SIDE,
+    MAX_BYTES,
+    MAX_DECODED_BYTES,
+    MAX_PIXELS,
+    REQUEST_MAX_PIXELS,
+    ImageDecodeError,
+    PixelBudget,
+    decode_upload,
+)
 from serving.faces import FaceCropper, crop_aligned
 
 OUTPUTS = ("face", "box", "detection_score", "face_found", "error")
+#: Shortest side the crop path accepts: below it an upload cannot be a face crop (UTKFace's are 200 px).
+MIN_CROP_SIDE = 32
 
 
 class TritonPythonModel:
@@ -26,7 +37,11 @@ class TritonPythonModel:
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         self._max_bytes = int(params.get("max_bytes") or MAX_BYTES)
         self._max_pixels = int(params.get("max_pixels") or MAX_PIXELS)
-        self._crop = FaceCropper() if params.get("detect", "true").lower() != "false" else crop_aligned
+        self._max_decoded_bytes = int(params.get("max_decoded_bytes") or MAX_DECODED_BYTES)
+        self._request_pixels = int(params.get("request_max_pixels") or REQUEST_MAX_PIXELS)
+        self._draft_side = int(params.get("draft_side") or DRAFT_SIDE)
+        self._detect = params.get("detect", "true").lower() != "false"
+        self._crop = FaceCropper() if self._detect else self._crop_only
         self._dtypes = {
             name: pb_utils.triton_string_to_numpy(pb_utils.get_output_config_by_name(config, name)["data_type"])
             for name in OUTPUTS
@@ -36,7 +51,8 @@ class TritonPythonModel:
         responses = []
         for request in requests:
             items = pb_utils.get_input_tensor_by_name(request, "image").as_numpy().reshape(-1)
-            rows = [self._one(item) for item in items]
+            budget = PixelBudget(self._request_pixels)  # per request, not per item: bounds one caller's work
+            rows = [self._one(item, budget) for item in items]
             tensors = [
                 pb_utils.Tensor(name, np.asarray([row[i] for row in rows], dtype=self._dtypes[name]))
                 for i, name in enumerate(OUTPUTS)
@@ -44,16 +60,38 @@ class TritonPythonModel:
             responses.append(pb_utils.InferenceResponse(tensors))
         return responses
 
-    def _one(self, data: bytes) -> tuple:
-        """Returns (face, box, [score], [found], [error]) for one upload, never raising."""
+    @staticmethod
+    def _crop_only(image):
+        width, height = image.size
+        if min(width, height) < MIN_CROP_SIDE:
+            raise ImageDecodeError(
+                f"The image is {width}x{height}; a face crop needs at least {MIN_CROP_SIDE} px on each side "
+                "(send the whole photo to the detecting model instead)."
+            )
+        return crop_aligned(image)
+
+    def _one(self, data: bytes, budget: PixelBudget) -> tuple:
+        """Returns (face, box, [score], [found], [error]) for one upload, never raising.
+
+        The crop path reports ``detection_score`` NaN: no detector ran, ``face_found`` only means "used as a face".
+        """
         blank = np.zeros((spec.IMAGE_SIZE, spec.IMAGE_SIZE, 3), np.uint8)
         try:
-            image = decode_image(bytes(data), max_pixels=self._max_pixels, max_bytes=self._max_bytes)
-            face = self._crop(image)
+            decoded = decode_upload(
+                bytes(data),
+                max_pixels=self._max_pixels,
+                max_bytes=self._max_bytes,
+                max_decoded_bytes=self._max_decoded_bytes,
+                draft_side=self._draft_side,
+                budget=budget,
+            )
+            face = self._crop(decoded.image)
         except ImageDecodeError as err:
             return blank, (0.0,) * 4, [0.0], [False], [str(err).encode()]
         except Exception as err:  # noqa: BLE001 - one bad upload must not fail the other items of the batch
             return blank, (0.0,) * 4, [0.0], [False], [f"Could not process the image: {err}".encode()]
         if face is None:
             return blank, (0.0,) * 4, [0.0], [False], [b""]
-        return face.crop, face.box, [face.score], [True], [b""]
+        box = tuple(v * decoded.scale for v in face.box)  # back to the uploaded file's pixels
+        score = face.score if self._detect else float("nan")
+        return face.crop, box, [score], [True], [b""]
