@@ -44,10 +44,12 @@ MAX_BODY = REQUEST_MAX_BYTES + 2**20
 #: on the two preprocess instances. The launcher's drain timeout is derived from it (serving.launch).
 REQUEST_TIMEOUT_S = 60
 
-#: Workaround for Triton 2.51 only (upstream triton-inference-server/server#7368; fixed by PR #7325 in 24.08,
-#: see README "Security"): a gRPC request to an ensemble cancelled by its deadline segfaults the server.
-#: The door drops the ``grpc-timeout`` header, so Triton never starts a deadline timer; the caller still
-#: gets DEADLINE_EXCEEDED from its own gRPC library. Delete this once the binary is >= 24.08.
+#: Workaround for Triton 2.51 only (upstream triton-inference-server/server#7368, fixed by PR #7840, merged
+#: December 2024, so in 25.02): a gRPC request to an ensemble cancelled by its deadline can segfault the server.
+#: The door drops the ``grpc-timeout`` header, so Triton never cancels on its own timer; the caller still gets
+#: DEADLINE_EXCEEDED from its own gRPC library. The caller's cancellation still reaches Triton through nginx
+#: (measured: 5 x 5 ms deadlines can still crash 2.51), so the launcher's supervisor restarts it
+#: (serving/launch.py) and clients retry. Delete both once the binary is >= 25.01.
 STRIP_GRPC_DEADLINE = True
 
 
