@@ -245,13 +245,13 @@ def main(argv: list[str] | None = None) -> int:
     p.parse_args(argv)
     sys.stdout.write(
         nginx_config(
-            prefix="/tmp/nginx",
+            prefix="/var/cache/nginx",  # exists (and is writable) in the official nginx image
             listen_host="0.0.0.0",
             http_port=8000,
             grpc_port=8001,
             triton_http="triton:8000",
             triton_grpc="triton:8001",
-            pid="/tmp/nginx/nginx.pid",
+            pid="/tmp/nginx.pid",
             user="",
         )
     )

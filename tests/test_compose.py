@@ -127,15 +127,39 @@ def test_images_pinned(compose):
     assert TRITON_IMAGE in froms, f"Triton must be built FROM exactly {TRITON_IMAGE}"
 
 
-def test_triton_ports_match_client_defaults(compose):
-    triton = compose["services"]["triton"]
-    assert _host_ports(triton) == TRITON_PORTS
-    for spec in triton["ports"]:
-        host, container = str(spec).split(":")[-2:]
+def test_ports_go_through_the_door_on_loopback(compose):
+    triton, door = compose["services"]["triton"], compose["services"]["door"]
+    assert _host_ports(door) | _host_ports(triton) == TRITON_PORTS
+    assert _host_ports(triton) == {8002}, "HTTP and gRPC must only be reachable through nginx"
+    for spec in door["ports"] + triton["ports"]:
+        bind, host, container = _expand(str(spec)).split(":")
+        assert bind == "127.0.0.1" and "${BIND_ADDRESS" in str(spec), f"{spec}: publish on loopback by default"
         assert host == container, f"{spec}: remapping breaks the client's default URLs"
     gradio = compose["services"]["gradio"]
-    assert gradio["environment"]["TRITON_URL"] == "triton:8001"
+    assert gradio["environment"]["TRITON_URL"] == "door:8001"
     assert gradio["environment"].get("TRITON_PROTOCOL", "grpc") == "grpc"
+
+
+def test_admin_apis_restricted_with_a_secret_from_the_env_file(compose, compose_cpu):
+    from serving import proxy, security
+
+    for triton in (compose["services"]["triton"], compose_cpu["services"]["triton"]):
+        args = security.restricted_args("${TRITON_ADMIN_KEY:?copy .env.example to .env and set TRITON_ADMIN_KEY}")
+        assert all(a in triton["command"] for a in args)
+    assert ".env" in (ROOT / ".gitignore").read_text().split()
+    assert "TRITON_ADMIN_KEY=\n" in (ROOT / ".env.example").read_text()
+    conf = (ROOT / "docker" / "nginx.conf").read_text()
+    assert conf == proxy.nginx_config(
+        prefix="/var/cache/nginx",
+        listen_host="0.0.0.0",
+        http_port=8000,
+        grpc_port=8001,
+        triton_http="triton:8000",
+        triton_grpc="triton:8001",
+        pid="/tmp/nginx.pid",
+        user="",
+    ), "regenerate with: python -m serving.proxy --compose > docker/nginx.conf"
+    assert compose["services"]["door"]["image"].count(":") == 1
 
 
 def test_client_defaults_agree():
@@ -171,8 +195,8 @@ def test_locust_services_use_the_project_locustfile(compose):
     assert "--master" in master["command"] and "--worker" in worker["command"]
     for service in (master, worker):
         assert "loadtest/locustfile.py" in service["command"]
-        assert service["environment"]["TRITON_GRPC_URL"] == "triton:8001"
-        assert service["environment"]["TRITON_HTTP_URL"] == "triton:8000"
+        assert service["environment"]["TRITON_GRPC_URL"] == "door:8001"
+        assert service["environment"]["TRITON_HTTP_URL"] == "door:8000"
     assert any("--master-host=locust-master" in arg for arg in worker["command"])
 
 
