@@ -255,6 +255,9 @@ class TritonServer:
         """This server's private temporary folder (backends, nginx prefix); removed by stop() or the reaper."""
         if self._tmp is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="triton-run-")
+            if os.geteuid() == 0:
+                # nginx workers run as nobody and must reach their body temp folder (nginx/, itself 0711).
+                os.chmod(self._tmp.name, 0o711)
         return self._tmp.name
 
     def _tell_reaper(self, line: str) -> None:
