@@ -35,6 +35,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from serving import storage
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REPOSITORY = ROOT / "model_repository"
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
@@ -109,7 +111,10 @@ class TritonServer:
         echo: bool = False,
         extra_args: tuple[str, ...] = (),
     ):
-        self.model_repository = Path(model_repository).resolve()
+        # An s3:// URI is kept as given (Triton reads it itself); a folder is made absolute.
+        self.model_repository = (
+            model_repository if storage.is_s3(model_repository) else Path(model_repository).resolve()
+        )
         self.host = host
         self.http_port = http_port or _env_port("http")
         self.grpc_port = grpc_port or _env_port("grpc")
@@ -128,6 +133,7 @@ class TritonServer:
         self.shm_prefix = f"{SHM_PREFIX}{uuid.uuid4().hex[:8]}_"
         self._proc: subprocess.Popen | None = None
         self._tmp: tempfile.TemporaryDirectory | None = None
+        self._s3_mount: tempfile.TemporaryDirectory | None = None
         self._log: collections.deque[str] = collections.deque(maxlen=400)
         self._reader: threading.Thread | None = None
         self._started_at = 0.0
@@ -154,6 +160,10 @@ class TritonServer:
         # Python models import `serving` and `common` from the project root.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        if storage.is_s3(self.model_repository):
+            # Triton copies the models into this folder; it must exist and be empty, so each start gets its own.
+            self._s3_mount = self._s3_mount or tempfile.TemporaryDirectory(prefix="triton-s3-")
+            env.update(storage.triton_env(self._s3_mount.name))
         args = [f"--model-repository={self.model_repository}"]
         binary = shutil.which("tritonserver")
         if binary is None:
@@ -198,7 +208,12 @@ class TritonServer:
     def start(self) -> TritonServer:
         if self._proc is not None:
             raise RuntimeError("server already started")
-        if not self.model_repository.is_dir():
+        if storage.is_s3(self.model_repository):
+            try:
+                storage.preflight(self.model_repository)
+            except storage.StorageError as err:
+                raise TritonStartError(str(err)) from None
+        elif not self.model_repository.is_dir():
             raise TritonStartError(f"Model repository {self.model_repository} does not exist.")
         cmd, env = self.command()
         self._started_at = time.monotonic()
@@ -276,9 +291,10 @@ class TritonServer:
         # Triton removes its segments on a clean exit; a killed one leaves them in RAM-backed /dev/shm.
         for leftover in SHM_DIR.glob(f"{self.shm_prefix}*"):
             leftover.unlink(missing_ok=True)
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
+        for tmp in (self._tmp, self._s3_mount):
+            if tmp is not None:
+                tmp.cleanup()
+        self._tmp = self._s3_mount = None
 
     def __enter__(self) -> TritonServer:
         self.start()
@@ -295,7 +311,9 @@ class TritonServer:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY)
+    p.add_argument(
+        "--model-repository", default=str(DEFAULT_REPOSITORY), help="a folder, or s3://[HOST:PORT/]BUCKET/PREFIX"
+    )
     p.add_argument("--http-port", type=int, default=_env_port("http"))
     p.add_argument("--grpc-port", type=int, default=_env_port("grpc"))
     p.add_argument("--metrics-port", type=int, default=_env_port("metrics"))
