@@ -2,6 +2,9 @@
 
     python -m serving.launch [--model-repository model_repository] [--http-port 8000] [--grpc-port 8001]
                              [--metrics-port 8002] [--host 127.0.0.1] [--config-name auto|cpu|default] [--timeout 300]
+                             [--model-control-mode none|explicit|poll]
+
+``--model-repository`` also takes ``s3://[HOST:PORT/]BUCKET/PREFIX`` (serving/storage.py).
 
 Inside the NVIDIA container the ``tritonserver`` on PATH is used with its own
 backends (TensorFlow included). Elsewhere the binary shipped in the
@@ -36,6 +39,7 @@ import uuid
 from pathlib import Path
 
 from serving import storage
+from serving.rollout import CONTROL_ARGS
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REPOSITORY = ROOT / "model_repository"
@@ -325,6 +329,12 @@ def main(argv: list[str] | None = None) -> int:
         help="cpu: configs/cpu.pbtxt; default: config.pbtxt; auto: default with a GPU and the NVIDIA image",
     )
     p.add_argument("--timeout", type=float, default=300, help="seconds to wait for readiness")
+    p.add_argument(
+        "--model-control-mode",
+        choices=("none", "explicit", "poll"),
+        default="none",
+        help="explicit: versions switch through the repository API (python -m serving.rollout); poll: every 5 s",
+    )
     args = p.parse_args(argv)
 
     # SIGTERM (docker stop, systemd) takes the same clean path as Ctrl-C; SIGINT is re-armed because
@@ -339,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         host=args.host,
         config_name=args.config_name,
         echo=True,
+        extra_args=CONTROL_ARGS[args.model_control_mode],
     )
     try:
         server.start()
