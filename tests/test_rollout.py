@@ -10,6 +10,7 @@ fail, and every request sent after a switch returned must be answered by the new
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import subprocess
 import sys
@@ -22,7 +23,7 @@ import pytest
 
 from common import spec
 from serving.launch import TritonServer, free_port
-from serving.rollout import CONTROL_ARGS, switch
+from serving.rollout import CONTROL_ARGS, RolloutError, switch
 
 pytestmark = pytest.mark.integration
 
@@ -63,7 +64,10 @@ def load(url: str, stop: threading.Event, log: list, errors: list) -> None:
         client.close()
 
 
-def test_rollout_and_rollback_under_load_without_a_failed_request(tmp_path):
+def test_rollout_and_rollback_under_load_without_a_failed_request(tmp_path, monkeypatch):
+    # The repository API is an admin API: the launcher restricts it behind this secret (issue #7) and
+    # serving.rollout presents it as header `admin-key`, in this process and in the CLI run below.
+    monkeypatch.setenv("TRITON_ADMIN_KEY", secrets.token_urlsafe(16))
     repo = tmp_path / "model_repository"
     (repo / "age").mkdir(parents=True)
     shutil.copy(ROOT / "model_repository" / "age" / "config.pbtxt", repo / "age")
@@ -80,6 +84,11 @@ def test_rollout_and_rollback_under_load_without_a_failed_request(tmp_path):
     with server:
         stop, log, errors = threading.Event(), [], []
         threads = [threading.Thread(target=load, args=(server.http_url, stop, log, errors)) for _ in range(THREADS)]
+        if getattr(server, "admin_key", None):  # a launcher that restricts the admin APIs: no key, no switch
+            with monkeypatch.context() as m:
+                m.delenv("TRITON_ADMIN_KEY")
+                with pytest.raises(RolloutError, match="restricted|admin"):
+                    switch(server.http_url, "age")
         start = time.monotonic()
         for t in threads:
             t.start()
