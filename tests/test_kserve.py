@@ -68,7 +68,7 @@ def crd_validator(kind: str, version: str):
     path = SCHEMAS / CRDS[kind]
     if not path.exists():
         pytest.skip(f"KServe CRD schemas not found at {SCHEMAS} (a checkout beside ../shared has them)")
-    crd = yaml.safe_load(path.read_text())
+    crd = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # 2 MB: libyaml if there
     (entry,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
     schema = _closed(copy.deepcopy(entry["schema"]["openAPIV3Schema"]))
     schema["properties"]["metadata"] = {"type": "object"}  # ObjectMeta is checked by the API server, not the CRD

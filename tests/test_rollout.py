@@ -110,7 +110,15 @@ def test_rollout_and_rollback_under_load_without_a_failed_request(tmp_path, monk
             rollback_done = time.monotonic()
             assert cli.returncode == 0, cli.stderr
             assert "now serving version(s) [1]" in cli.stdout
-            time.sleep(max(0.0, LOAD_SECONDS - (rollback_done - start)))
+            status = subprocess.run(
+                [sys.executable, "-m", "serving.rollout", "--url", server.http_url, "--model", "age", "--status"],
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+                timeout=60,
+            )
+            assert status.returncode == 0 and "age: ready versions [1]" in status.stdout, status.stderr
+            time.sleep(max(0.0, LOAD_SECONDS - (time.monotonic() - start)))
         finally:
             stop.set()
             for t in threads:
