@@ -143,3 +143,17 @@ def test_serve_portrait_from_s3_like_from_disk(aws_env, triton_committed, tmp_pa
     assert from_s3.female_probability == pytest.approx(from_disk.female_probability, abs=1e-5)
     assert not mount.exists(), "the launcher removes its download folder"
     assert "AWS_ENDPOINT_URL" not in os.environ  # Triton took the endpoint from the URI
+
+
+def test_launcher_cli_names_the_storage_problem(aws_env):
+    ports = [f"--{kind}-port={free_port()}" for kind in ("http", "grpc", "metrics")]
+    uri = f"s3://127.0.0.1:{aws_env.port}/no-such-bucket/releases/r1"
+    cli = subprocess.run(
+        [sys.executable, "-m", "serving.launch", "--model-repository", uri, *ports],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert cli.returncode == 1
+    assert "bucket 'no-such-bucket' does not exist" in cli.stderr
