@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed
 DATA ?= ../shared/datasets/UTKFace.tar.gz
 
 .PHONY: setup test lint format demo serve train evaluate export benchmark clean
+# A folder or s3://[HOST:PORT/]BUCKET/PREFIX (credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).
+MODEL_REPOSITORY ?= model_repository
 
 setup: $(STAMP)
 
@@ -45,8 +47,25 @@ demo: setup
 	$(BIN)/python -m gradio_frontend --serve-triton
 
 # Triton on model_repository/ (ports 8000/8001/8002, 127.0.0.1); CPU configs unless a GPU is visible.
+#   make serve MODEL_REPOSITORY=s3://127.0.0.1:9000/models/r1 SERVE_ARGS='--model-control-mode explicit'
 serve: setup
-	$(BIN)/python -m serving.launch
+	$(BIN)/python -m serving.launch --model-repository $(MODEL_REPOSITORY) $(SERVE_ARGS)
+
+# Object storage and versions (README "Serverless"): upload, then switch a running Triton (explicit model control).
+#   make publish S3_URI=s3://BUCKET/releases/r2 [PUBLISH_ARGS=--skip-existing]
+#   make rollout MODEL=age            # serve the newest version
+#   make rollback MODEL=age VERSION=1 # serve version 1 again
+TRITON_HTTP_URL ?= 127.0.0.1:8000
+.PHONY: publish rollout rollback scaling-signal
+publish: setup
+	$(BIN)/python -m serving.publish model_repository $(S3_URI) $(PUBLISH_ARGS)
+rollout: setup
+	$(BIN)/python -m serving.rollout --url $(TRITON_HTTP_URL) --model $(MODEL)
+rollback: setup
+	$(BIN)/python -m serving.rollout --url $(TRITON_HTTP_URL) --model $(MODEL) --version $(VERSION)
+# Triton's queue time and pending requests under a Locust ramp: loadtest/results/scaling_signal.{png,json}.
+scaling-signal: setup
+	PYTHONPATH=. $(BIN)/python -m loadtest.scaling_signal --serve --users 16 --spawn-rate 0.25 --duration 70
 
 clean:
 	rm -rf $(VENV) .pytest_cache

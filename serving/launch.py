@@ -2,6 +2,9 @@
 
     python -m serving.launch [--model-repository model_repository] [--http-port 8000] [--grpc-port 8001]
                              [--metrics-port 8002] [--host 127.0.0.1] [--config-name auto|cpu|default] [--timeout 300]
+                             [--model-control-mode none|explicit|poll]
+
+``--model-repository`` also takes ``s3://[HOST:PORT/]BUCKET/PREFIX`` (serving/storage.py).
 
 Inside the NVIDIA container the ``tritonserver`` on PATH is used with its own
 backends (TensorFlow included). Elsewhere the binary shipped in the
@@ -41,7 +44,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from serving import proxy, security
+from serving import proxy, security, storage
+from serving.rollout import CONTROL_ARGS
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REPOSITORY = ROOT / "model_repository"
@@ -141,7 +145,10 @@ class TritonServer:
         admin_key: str | None = None,
         drain_grace: float = 0.0,
     ):
-        self.model_repository = Path(model_repository).resolve()
+        # An s3:// URI is kept as given (Triton reads it itself); a folder is made absolute.
+        self.model_repository = (
+            model_repository if storage.is_s3(model_repository) else Path(model_repository).resolve()
+        )
         self.host = host
         self.http_port = http_port or _env_port("http")
         self.grpc_port = grpc_port or _env_port("grpc")
@@ -207,6 +214,12 @@ class TritonServer:
         # Python models import `serving` and `common` from the project root.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        if storage.is_s3(self.model_repository):
+            # Triton copies the models into this folder; it must exist and be empty, so each start (restarts by
+            # the supervisor included) gets a fresh one inside the run folder, which stop() and the reaper remove.
+            mount = Path(self._run_dir()) / f"s3-{uuid.uuid4().hex[:8]}"
+            mount.mkdir(mode=0o700)
+            env.update(storage.triton_env(str(mount)))
         args = [f"--model-repository={self.model_repository}"]
         binary = shutil.which("tritonserver")
         if binary is None:
@@ -269,7 +282,12 @@ class TritonServer:
     def start(self) -> TritonServer:
         if self._proc is not None:
             raise RuntimeError("server already started")
-        if not self.model_repository.is_dir():
+        if storage.is_s3(self.model_repository):
+            try:
+                storage.preflight(self.model_repository)
+            except storage.StorageError as err:
+                raise TritonStartError(str(err)) from None
+        elif not self.model_repository.is_dir():
             raise TritonStartError(f"Model repository {self.model_repository} does not exist.")
         self._stopping.clear()
         self._started_at = time.monotonic()
@@ -481,7 +499,9 @@ class TritonServer:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY)
+    p.add_argument(
+        "--model-repository", default=str(DEFAULT_REPOSITORY), help="a folder, or s3://[HOST:PORT/]BUCKET/PREFIX"
+    )
     p.add_argument("--http-port", type=int, default=_env_port("http"))
     p.add_argument("--grpc-port", type=int, default=_env_port("grpc"))
     p.add_argument("--metrics-port", type=int, default=_env_port("metrics"))
@@ -497,6 +517,12 @@ def main(argv: list[str] | None = None) -> int:
         "--drain-grace", type=float, default=2.0, help="seconds readiness is off before new requests are refused"
     )
     p.add_argument("--no-front-door", action="store_true", help="serve Triton directly, without nginx (debugging)")
+    p.add_argument(
+        "--model-control-mode",
+        choices=("none", "explicit", "poll"),
+        default="none",
+        help="explicit: versions switch through the repository API (python -m serving.rollout); poll: every 5 s",
+    )
     args = p.parse_args(argv)
 
     # SIGTERM (docker stop, systemd) takes the same clean path as Ctrl-C; SIGINT is re-armed because
@@ -513,6 +539,7 @@ def main(argv: list[str] | None = None) -> int:
         echo=True,
         front_door=not args.no_front_door,
         drain_grace=args.drain_grace,
+        extra_args=CONTROL_ARGS[args.model_control_mode],
     )
     origin = (
         "generated for this start; set TRITON_ADMIN_KEY to choose it"

@@ -1,0 +1,95 @@
+"""A real, local S3 server (moto in server mode) with authentication on, for tests and measurements.
+
+    with LocalS3() as s3:                  # 127.0.0.1, a free port
+        os.environ.update(s3.credentials)  # AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_DEFAULT_REGION
+        uri = s3.uri("models")             # s3://127.0.0.1:PORT/BUCKET/models
+
+moto accepts any key unless INITIAL_NO_AUTH_ACTION_COUNT is set; with it, the first
+few calls (creating an IAM user with an allow-all policy and its access key) run
+unauthenticated and every later call needs that key, so a wrong key is refused as
+it would be by AWS or MinIO.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+from serving.launch import free_port
+
+REGION = "us-east-1"
+# create_user, put_user_policy, create_access_key run before authentication starts.
+_SETUP_CALLS = 3
+
+
+class LocalS3:
+    def __init__(self, bucket: str = "models", *, start_timeout: float = 30):
+        self.bucket = bucket
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.credentials: dict[str, str] = {}
+        self._timeout = start_timeout
+        self._proc: subprocess.Popen | None = None
+
+    def uri(self, prefix: str = "") -> str:
+        return f"s3://127.0.0.1:{self.port}/{self.bucket}/{prefix}".rstrip("/")
+
+    def client(self, service: str = "s3", **credentials):
+        import boto3
+
+        creds = credentials or {
+            "aws_access_key_id": self.credentials["AWS_ACCESS_KEY_ID"],
+            "aws_secret_access_key": self.credentials["AWS_SECRET_ACCESS_KEY"],
+        }
+        return boto3.client(service, endpoint_url=self.endpoint, region_name=REGION, **creds)
+
+    def start(self) -> LocalS3:
+        env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(_SETUP_CALLS)}
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + self._timeout
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                break
+            except OSError:
+                if self._proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"moto server did not start on port {self.port}") from None
+                time.sleep(0.1)
+        iam = self.client("iam", aws_access_key_id="setup", aws_secret_access_key="setup")
+        iam.create_user(UserName="publisher")
+        policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+        iam.put_user_policy(UserName="publisher", PolicyName="all", PolicyDocument=json.dumps(policy))
+        key = iam.create_access_key(UserName="publisher")["AccessKey"]
+        self.credentials = {
+            "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+            "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
+            "AWS_DEFAULT_REGION": REGION,
+        }
+        self.client().create_bucket(Bucket=self.bucket)
+        return self
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+            self._proc = None
+
+    def __enter__(self) -> LocalS3:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,138 @@
+"""Zero-downtime rollout and rollback on a real Triton under continuous load.
+
+The ``age`` model is served alone (explicit model control, CPU config) as tiny Keras
+models whose output is their version number: kernel zero, bias = version. Four
+threads send requests for 24 s. Meanwhile version 2 is exported into the live
+repository and rolled out with ``serving.rollout.switch``, then rolled back with the
+one-line command ``python -m serving.rollout --model age --version 1``. No request may
+fail, and every request sent after a switch returned must be answered by the new version.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from common import spec
+from serving.launch import TritonServer, free_port
+from serving.rollout import CONTROL_ARGS, RolloutError, switch
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[1]
+LOAD_SECONDS = 24
+THREADS = 4
+
+
+def export_constant(repo: Path, value: float) -> Path:
+    """Exports the next ``age`` version: a tiny CNN whose answer is always ``value``."""
+    from training.export import export_model
+    from training.model import OUTPUT_NAMES, build
+
+    model = build("age", widths=(4, 8))
+    head = model.get_layer(OUTPUT_NAMES["age"])
+    kernel, bias = head.get_weights()
+    head.set_weights([np.zeros_like(kernel), np.full_like(bias, value)])
+    return export_model(model, "age", repo)
+
+
+def load(url: str, stop: threading.Event, log: list, errors: list) -> None:
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(url, network_timeout=30)
+    image = np.random.default_rng(0).integers(0, 255, (1, spec.IMAGE_SIZE, spec.IMAGE_SIZE, 3), dtype=np.uint8)
+    inp = httpclient.InferInput(spec.INPUT_NAME, list(image.shape), "UINT8")
+    inp.set_data_from_numpy(image)
+    try:
+        while not stop.is_set():
+            sent = time.monotonic()
+            try:
+                value = float(client.infer("age", [inp]).as_numpy(spec.AGE_OUTPUT)[0, 0])
+            except Exception as err:  # noqa: BLE001 - every failure counts, whatever its type
+                errors.append((sent, repr(err)))
+                continue
+            log.append((sent, value))
+    finally:
+        client.close()
+
+
+def test_rollout_and_rollback_under_load_without_a_failed_request(tmp_path, monkeypatch):
+    # The repository API is an admin API: the launcher restricts it behind this secret (issue #7) and
+    # serving.rollout presents it as header `admin-key`, in this process and in the CLI run below.
+    monkeypatch.setenv("TRITON_ADMIN_KEY", secrets.token_urlsafe(16))
+    repo = tmp_path / "model_repository"
+    (repo / "age").mkdir(parents=True)
+    shutil.copy(ROOT / "model_repository" / "age" / "config.pbtxt", repo / "age")
+    shutil.copytree(ROOT / "model_repository" / "age" / "configs", repo / "age" / "configs")
+    export_constant(repo, 1.0)
+
+    server = TritonServer(
+        repo,
+        http_port=free_port(),
+        grpc_port=free_port(),
+        metrics_port=free_port(),
+        extra_args=CONTROL_ARGS["explicit"],
+    )
+    with server:
+        stop, log, errors = threading.Event(), [], []
+        threads = [threading.Thread(target=load, args=(server.http_url, stop, log, errors)) for _ in range(THREADS)]
+        if getattr(server, "admin_key", None):  # a launcher that restricts the admin APIs: no key, no switch
+            with monkeypatch.context() as m:
+                m.delenv("TRITON_ADMIN_KEY")
+                with pytest.raises(RolloutError, match="restricted|admin"):
+                    switch(server.http_url, "age")
+        start = time.monotonic()
+        for t in threads:
+            t.start()
+        try:
+            time.sleep(3)
+            rollout_start = time.monotonic()
+            assert export_constant(repo, 2.0).name == "2"  # written while traffic runs
+            assert switch(server.http_url, "age") == [2]
+            rollout_done = time.monotonic()
+            time.sleep(max(0.0, 12 - (rollout_done - start)))
+            rollback_start = time.monotonic()
+            cli = subprocess.run(
+                [sys.executable, "-m", "serving.rollout", "--url", server.http_url, "--model", "age", "--version", "1"],
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+                timeout=120,
+            )
+            rollback_done = time.monotonic()
+            assert cli.returncode == 0, cli.stderr
+            assert "now serving version(s) [1]" in cli.stdout
+            status = subprocess.run(
+                [sys.executable, "-m", "serving.rollout", "--url", server.http_url, "--model", "age", "--status"],
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+                timeout=60,
+            )
+            assert status.returncode == 0 and "age: ready versions [1]" in status.stdout, status.stderr
+            time.sleep(max(0.0, LOAD_SECONDS - (time.monotonic() - start)))
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=60)
+        duration = time.monotonic() - start
+
+    assert duration >= 20
+    assert not errors, f"{len(errors)} failed requests, first: {errors[:3]}"
+    by_phase = {
+        "before": {v for s, v in log if s < rollout_start},
+        "after rollout": {v for s, v in log if rollout_done < s < rollback_start},
+        "after rollback": {v for s, v in log if s > rollback_done},
+    }
+    assert by_phase == {"before": {1.0}, "after rollout": {2.0}, "after rollback": {1.0}}, by_phase
+    during = [v for s, v in log if rollout_start <= s <= rollout_done]
+    print(f"\n{len(log)} requests in {duration:.1f} s, 0 failed; {len(during)} sent during the rollout")
+    assert len(log) > 100

@@ -1,0 +1,159 @@
+"""Model repositories in object storage: publish to a real local S3 server (moto), serve from it with Triton."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from serving import storage
+from serving.launch import TritonServer, TritonStartError, free_port
+from serving.publish import publish
+
+pytest.importorskip("moto.server", reason="moto[server] is in the dev extra (make setup)")
+from loadtest.local_s3 import LocalS3  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+REPOSITORY = ROOT / "model_repository"
+PORTRAIT = ROOT / "gradio_frontend" / "examples" / "grace_hopper.jpg"
+
+
+@pytest.mark.parametrize(
+    "uri, bucket, prefix, endpoint",
+    [
+        ("s3://models/prod/repo", "models", "prod/repo", None),
+        ("s3://models", "models", "", None),
+        ("s3://127.0.0.1:9000/models/prod/", "models", "prod", "http://127.0.0.1:9000"),
+        ("s3://https://minio.local:443/models/x", "models", "x", "https://minio.local:443"),
+    ],
+)
+def test_parse_uri(uri, bucket, prefix, endpoint):
+    loc = storage.S3Location.parse(uri)
+    assert (loc.bucket, loc.prefix, loc.endpoint) == (bucket, prefix, endpoint)
+    with pytest.raises(storage.StorageError):
+        storage.S3Location.parse("s3://127.0.0.1:9000/")
+
+
+@pytest.fixture(scope="module")
+def s3():
+    with LocalS3() as server:
+        yield server
+
+
+@pytest.fixture
+def aws_env(s3, monkeypatch):
+    for name, value in s3.credentials.items():
+        monkeypatch.setenv(name, value)
+    return s3
+
+
+def _repo_with_cache(tmp_path: Path) -> Path:
+    """A copy of the committed repository (symlinks kept as links) plus the clutter publish must leave out."""
+    repo = tmp_path / "model_repository"
+    shutil.copytree(REPOSITORY, repo, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    (repo / "preprocess" / "1" / "__pycache__").mkdir()
+    (repo / "preprocess" / "1" / "__pycache__" / "model.cpython-311.pyc").write_bytes(b"\0")
+    (repo / "age" / ".tmp-9").mkdir()  # an export that was interrupted before its rename
+    (repo / "age" / ".tmp-9" / "half.bin").write_bytes(b"\0")
+    return repo
+
+
+def test_publish_as_triton_reads_it_and_never_overwrites(aws_env, tmp_path):
+    repo = _repo_with_cache(tmp_path)
+    assert (repo / "preprocess_crop" / "1" / "model.py").is_symlink()
+    uri = aws_env.uri("publish-test")
+    out = io.StringIO()
+    publish(repo, uri, out=out)
+    keys = storage.list_keys(storage.S3Location.parse(uri))
+    assert "preprocess_crop/1/model.py" in keys and "age/configs/cpu.pbtxt" in keys
+    assert not [k for k in keys if "__pycache__" in k or ".tmp-" in k or k.endswith(".pyc")]
+    body = aws_env.client().get_object(Bucket=aws_env.bucket, Key="publish-test/preprocess_crop/1/model.py")["Body"]
+    assert body.read() == (REPOSITORY / "preprocess" / "1" / "model.py").read_bytes()  # the link's target
+    assert f"uploaded {len(keys)} files" in out.getvalue()
+
+    # Same versions again: refused before anything is written.
+    (repo / "age" / "config.pbtxt").write_text("# changed\n")
+    with pytest.raises(storage.StorageError, match="refusing to overwrite.*age/1"):
+        publish(repo, uri, out=io.StringIO())
+    assert storage.list_keys(storage.S3Location.parse(uri)) == keys
+
+    # A new version is published with --skip-existing, through the CLI; the existing ones are not re-sent.
+    shutil.copytree(repo / "age" / "1", repo / "age" / "2", symlinks=True)
+    cli = subprocess.run(
+        [sys.executable, "-m", "serving.publish", str(repo), uri, "--skip-existing"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert cli.returncode == 0, cli.stderr
+    assert "new versions: age/2" in cli.stdout and "skip     gender/1/" in cli.stdout
+    assert "s3://models/publish-test/age/1/" not in cli.stdout
+    cli = subprocess.run(
+        [sys.executable, "-m", "serving.publish", str(repo), uri], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    assert cli.returncode == 1 and "refusing to overwrite" in cli.stderr
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"AWS_SECRET_ACCESS_KEY": "wrong"}, "rejected the credentials"),
+        ({"AWS_ACCESS_KEY_ID": "AKIAUNKNOWN"}, "rejected the credentials"),
+        ({"bucket": "no-such-bucket"}, "does not exist"),
+        ({"prefix": "empty-prefix"}, "no models under"),
+    ],
+)
+def test_bad_storage_fails_fast_with_a_clear_message(aws_env, monkeypatch, change, message):
+    for name, value in change.items():
+        if name.startswith("AWS_"):
+            monkeypatch.setenv(name, value)
+    bucket = change.get("bucket", aws_env.bucket)
+    uri = f"s3://127.0.0.1:{aws_env.port}/{bucket}/{change.get('prefix', 'publish-test')}"
+    start = time.monotonic()
+    with pytest.raises(TritonStartError, match=message), TritonServer(uri, http_port=free_port()):
+        pass
+    assert time.monotonic() - start < 15
+
+
+@pytest.mark.integration
+def test_serve_portrait_from_s3_like_from_disk(aws_env, triton_committed, tmp_path):
+    from client import AgeGenderClient
+
+    uri = aws_env.uri("serve-test")
+    publish(REPOSITORY, uri, out=io.StringIO())
+    server = TritonServer(uri, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    assert server.config_name == "cpu"  # configs/cpu.pbtxt is fetched from the bucket with the rest
+    with server:
+        mount = Path(server.command()[1]["TRITON_AWS_MOUNT_DIRECTORY"])
+        assert mount.is_dir() and any(mount.iterdir())  # Triton downloaded the models there
+        with (
+            AgeGenderClient(server.grpc_url, protocol="grpc") as remote,
+            AgeGenderClient(triton_committed.grpc_url, protocol="grpc") as local,
+        ):
+            from_s3, from_disk = remote.predict(PORTRAIT), local.predict(PORTRAIT)
+    assert from_s3.face_found and from_s3.error in (None, "")
+    assert from_s3.age == pytest.approx(from_disk.age, abs=1e-4)
+    assert from_s3.female_probability == pytest.approx(from_disk.female_probability, abs=1e-5)
+    assert not mount.exists(), "the launcher removes its download folder"
+    assert "AWS_ENDPOINT_URL" not in os.environ  # Triton took the endpoint from the URI
+
+
+def test_launcher_cli_names_the_storage_problem(aws_env):
+    ports = [f"--{kind}-port={free_port()}" for kind in ("http", "grpc", "metrics")]
+    uri = f"s3://127.0.0.1:{aws_env.port}/no-such-bucket/releases/r1"
+    cli = subprocess.run(
+        [sys.executable, "-m", "serving.launch", "--model-repository", uri, *ports],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert cli.returncode == 1
+    assert "bucket 'no-such-bucket' does not exist" in cli.stderr
