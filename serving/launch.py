@@ -181,6 +181,7 @@ class TritonServer:
         self.shm_prefix = f"{SHM_PREFIX}{uuid.uuid4().hex[:8]}_"
         self._proc: subprocess.Popen | None = None
         self._tmp: tempfile.TemporaryDirectory | None = None
+        self.s3_mount: Path | None = None  # where the running Triton downloaded an s3:// repository
         self._log: collections.deque[str] = collections.deque(maxlen=400)
         self._door_log: collections.deque[str] = collections.deque(maxlen=100)  # nginx's own errors
         self._reader: threading.Thread | None = None
@@ -219,6 +220,7 @@ class TritonServer:
             # the supervisor included) gets a fresh one inside the run folder, which stop() and the reaper remove.
             mount = Path(self._run_dir()) / f"s3-{uuid.uuid4().hex[:8]}"
             mount.mkdir(mode=0o700)
+            self.s3_mount = mount
             env.update(storage.triton_env(str(mount)))
         args = [f"--model-repository={self.model_repository}"]
         binary = shutil.which("tritonserver")

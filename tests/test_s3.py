@@ -131,7 +131,7 @@ def test_serve_portrait_from_s3_like_from_disk(aws_env, triton_committed, tmp_pa
     server = TritonServer(uri, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
     assert server.config_name == "cpu"  # configs/cpu.pbtxt is fetched from the bucket with the rest
     with server:
-        mount = Path(server.command()[1]["TRITON_AWS_MOUNT_DIRECTORY"])
+        mount = server.s3_mount
         assert mount.is_dir() and any(mount.iterdir())  # Triton downloaded the models there
         with (
             AgeGenderClient(server.grpc_url, protocol="grpc") as remote,
