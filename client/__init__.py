@@ -18,7 +18,7 @@ from client.errors import (
     ServerError,
     ServerUnavailableError,
 )
-from client.results import RESULT_KEYS, FaceResult, Health
+from client.results import RESULT_KEYS, DetectedFace, FaceResult, FacesResult, Health
 
 __all__ = [
     "CROP_MODEL",
@@ -26,7 +26,9 @@ __all__ = [
     "RESULT_KEYS",
     "AgeGenderClient",
     "AgeGenderError",
+    "DetectedFace",
     "FaceResult",
+    "FacesResult",
     "Health",
     "ImageInput",
     "InferenceTimeoutError",

@@ -2,6 +2,8 @@
 
 Prints one line per image, in the order given: a human-readable summary, or with ``--json`` one JSON object
 with keys file, age, gender, female_probability, face_found, box, detection_score and error.
+With ``--all-faces`` every face is estimated (the ``faces`` model): one JSON object per image with keys file,
+faces (each with age, gender, female_probability, box, detection_score) and error.
 
 Exit codes: 0 when every image was processed, 1 when at least one image failed (its line carries the error),
 2 when the server cannot be used at all (unreachable, models not loaded) or the arguments are wrong.
@@ -13,10 +15,11 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from client.api import AgeGenderClient
-from client.errors import AgeGenderError
-from client.results import FaceResult
+from client.errors import AgeGenderError, InvalidImageError
+from client.results import FaceResult, FacesResult
 
 EXIT_OK = 0
 EXIT_IMAGE_FAILED = 1
@@ -41,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-detect", action="store_true", help="skip face detection: the images are already aligned face crops"
     )
+    parser.add_argument(
+        "--all-faces", action="store_true", help="estimate every face in each image, not only the most prominent"
+    )
     parser.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds per request (default 10)")
     parser.add_argument(
         "--retries", type=int, default=2, metavar="N", help="retries while the server is down (default 2)"
@@ -50,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _print(result: FaceResult, as_json: bool) -> None:
+def _print(result: FaceResult | FacesResult, as_json: bool) -> None:
     print(json.dumps(result.to_dict()) if as_json else result.describe(), flush=True)
 
 
@@ -71,17 +77,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_SERVER
     with client:
         try:
-            results = client.predict_many(args.images, detect=not args.no_detect)
+            if args.all_faces:
+                results = all_faces(client, args.images, concurrency=args.concurrency)
+            else:
+                results = client.predict_many(args.images, detect=not args.no_detect)
         except AgeGenderError as exc:
             print(f"error: {exc}", file=sys.stderr)
             if args.json:
                 # Still one line per image, so a consumer reading lines never has to special-case this.
+                failed = FacesResult.failed if args.all_faces else FaceResult.failed
                 for image in args.images:
-                    _print(FaceResult.failed(str(exc), file=image), as_json=True)
+                    _print(failed(str(exc), file=image), as_json=True)
             return EXIT_SERVER
     for result in results:
         _print(result, args.json)
     return EXIT_IMAGE_FAILED if any(result.error is not None for result in results) else EXIT_OK
+
+
+def all_faces(client: AgeGenderClient, images: Sequence[str], *, concurrency: int) -> list[FacesResult]:
+    """Every face of every image, ``concurrency`` images in flight; a bad image becomes its own ``error``."""
+
+    def one(image: str) -> FacesResult:
+        try:
+            return client.predict_faces_result(image)
+        except InvalidImageError as exc:  # unreadable here, before any request
+            return FacesResult.failed(str(exc).removeprefix(f"{image}: "), file=image)
+
+    with ThreadPoolExecutor(max(1, concurrency)) as pool:
+        return list(pool.map(one, images))
 
 
 if __name__ == "__main__":

@@ -38,7 +38,9 @@ from client.errors import (
     translate,
     unavailable_message,
 )
-from client.results import FaceResult, Health, finite_or_none
+from client.faces import parse_faces
+from client.results import DetectedFace, FaceResult, FacesResult, Health, finite_or_none
+from common.contract import FACES_MODEL, FACES_OUTPUTS
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +98,9 @@ class _Transport(Protocol):
 
     def max_batch_size(self, model: str) -> int: ...
 
-    def infer(self, model: str, batch: np.ndarray) -> dict[str, np.ndarray | None]: ...
+    def infer(
+        self, model: str, batch: np.ndarray, outputs: Sequence[str] = OUTPUT_NAMES
+    ) -> dict[str, np.ndarray | None]: ...
 
     def close(self) -> None: ...
 
@@ -161,10 +165,12 @@ class _GrpcTransport:
         config = self._client.get_model_config(model, as_json=True, client_timeout=self._timeout)
         return int(config.get("config", {}).get("max_batch_size", 0))
 
-    def infer(self, model: str, batch: np.ndarray) -> dict[str, np.ndarray | None]:
+    def infer(
+        self, model: str, batch: np.ndarray, outputs: Sequence[str] = OUTPUT_NAMES
+    ) -> dict[str, np.ndarray | None]:
         inp = self._mod.InferInput(INPUT_NAME, list(batch.shape), "BYTES")
         inp.set_data_from_numpy(batch)
-        outputs = [self._mod.InferRequestedOutput(name) for name in OUTPUT_NAMES]
+        requested = [self._mod.InferRequestedOutput(name) for name in outputs]
         done = threading.Event()
         answer: dict[str, Any] = {}
 
@@ -178,7 +184,7 @@ class _GrpcTransport:
         try:
             # async_infer keeps the call in an attribute between two statements, so concurrent submissions race.
             with self._submit_lock:
-                self._client.async_infer(model, [inp], callback, outputs=outputs, client_timeout=self._backstop)
+                self._client.async_infer(model, [inp], callback, outputs=requested, client_timeout=self._backstop)
         except BaseException:
             self._finished()
             raise
@@ -187,7 +193,7 @@ class _GrpcTransport:
         if answer["error"] is not None:
             raise answer["error"]
         result = answer["result"]
-        return {name: result.as_numpy(name) for name in OUTPUT_NAMES}
+        return {name: result.as_numpy(name) for name in outputs}
 
     def _finished(self) -> None:
         with self._idle:
@@ -259,12 +265,14 @@ class _HttpTransport:
     def max_batch_size(self, model: str) -> int:
         return int(self._client().get_model_config(model).get("max_batch_size", 0))
 
-    def infer(self, model: str, batch: np.ndarray) -> dict[str, np.ndarray | None]:
+    def infer(
+        self, model: str, batch: np.ndarray, outputs: Sequence[str] = OUTPUT_NAMES
+    ) -> dict[str, np.ndarray | None]:
         inp = self._mod.InferInput(INPUT_NAME, list(batch.shape), "BYTES")
         inp.set_data_from_numpy(batch, binary_data=True)
-        outputs = [self._mod.InferRequestedOutput(name, binary_data=True) for name in OUTPUT_NAMES]
-        result = self._client().infer(model, [inp], outputs=outputs)
-        return {name: result.as_numpy(name) for name in OUTPUT_NAMES}
+        requested = [self._mod.InferRequestedOutput(name, binary_data=True) for name in outputs]
+        result = self._client().infer(model, [inp], outputs=requested)
+        return {name: result.as_numpy(name) for name in outputs}
 
     def close(self) -> None:
         with self._lock:
@@ -417,6 +425,7 @@ class AgeGenderClient:
         root_certificates: str | None = None,
         model: str = DETECT_MODEL,
         crop_model: str = CROP_MODEL,
+        faces_model: str = FACES_MODEL,
         image_format: Literal["PNG", "JPEG"] = "PNG",
     ) -> None:
         """Creates the client; no connection is made until the first call.
@@ -435,6 +444,7 @@ class AgeGenderClient:
             root_certificates: PEM file of CAs to trust for TLS, instead of the system's.
             model: Ensemble used when ``detect=True``.
             crop_model: Ensemble used when ``detect=False``.
+            faces_model: Model used by :meth:`predict_faces`.
             image_format: How PIL images and arrays are encoded before sending.
         """
         if timeout <= 0:
@@ -457,6 +467,7 @@ class AgeGenderClient:
         self.concurrency = concurrency
         self.model = model
         self.crop_model = crop_model
+        self.faces_model = faces_model
         self.image_format = image_format
         ssl = ssl or scheme in ("https", "grpcs")
         transport_cls = _GrpcTransport if protocol == "grpc" else _HttpTransport
@@ -595,6 +606,29 @@ class AgeGenderClient:
         if result.error is not None:
             raise InvalidImageError(f"{file}: {result.error}" if file else result.error)
         return result
+
+    def predict_faces(self, image: ImageInput) -> list[DetectedFace]:
+        """Estimates age and gender of every face in one image (the ``faces`` model), most prominent first.
+
+        Returns:
+            One :class:`DetectedFace` per face, at most the server's maximum (32); empty when there is none.
+
+        Raises:
+            As :meth:`predict`.
+        """
+        result = self.predict_faces_result(image)
+        if result.error is not None:
+            raise InvalidImageError(f"{result.file}: {result.error}" if result.file else result.error)
+        return list(result.faces)
+
+    def predict_faces_result(self, image: ImageInput) -> FacesResult:
+        """Like :meth:`predict_faces`, but an image the server refuses comes back as ``error``, not raised."""
+        file = _image_name(image)
+        batch = np.array([encode_image(image, image_format=self.image_format)], dtype=np.object_)
+        outputs = self._call(
+            lambda: self._transport.infer(self.faces_model, batch, FACES_OUTPUTS), model=self.faces_model
+        )
+        return parse_faces(outputs, file)
 
     def predict_many(self, images: Iterable[ImageInput], *, detect: bool = True) -> list[FaceResult]:
         """Estimates every image, in batches of up to ``max_batch`` with ``concurrency`` requests in flight.

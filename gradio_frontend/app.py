@@ -1,4 +1,7 @@
-"""Gradio front end: upload, webcam or paste a photo, see the estimated age and gender.
+"""Gradio front end: upload, webcam or paste a photo, see the estimated age and gender of every face.
+
+By default every face is shown (the ``faces`` model): numbered boxes with labels on the image and a table;
+the *All faces* switch goes back to the most prominent face only (the ``age_gender`` ensembles).
 
 The UI is a thin shell over :mod:`client`; every estimate comes from Triton. It never imports
 TensorFlow or loads a model, so it starts in a second and runs on any small machine.
@@ -15,7 +18,15 @@ from typing import Any
 import gradio as gr
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
-from client import AgeGenderClient, AgeGenderError, FaceResult, InvalidImageError, ServerUnavailableError
+from client import (
+    AgeGenderClient,
+    AgeGenderError,
+    DetectedFace,
+    FaceResult,
+    FacesResult,
+    InvalidImageError,
+    ServerUnavailableError,
+)
 from client.errors import InferenceTimeoutError, ModelNotReadyError
 
 log = logging.getLogger(__name__)
@@ -39,6 +50,8 @@ MSG_NO_FACE = (
     "the camera, or untick *Detect face* if the image is already a tight face crop."
 )
 BOX_COLOUR = (255, 64, 64)
+#: Columns of the faces table (all-faces mode).
+TABLE_HEADERS = ["#", "age", "gender", "confidence", "detector score", "box (x0, y0, x1, y1)"]
 
 
 class TritonBackend:
@@ -88,6 +101,18 @@ class TritonBackend:
             self.reset()
             raise
 
+    def predict_faces(self, image: str | bytes | Image.Image) -> FacesResult:
+        """Every face (the ``faces`` model); a refused image comes back as ``error``."""
+        try:
+            return self._client().predict_faces_result(image)
+        except AgeGenderError as err:
+            if err.retryable or isinstance(err, InferenceTimeoutError):
+                self.reset()
+            raise
+        except Exception:
+            self.reset()
+            raise
+
     def health_markdown(self) -> str:
         where = f"`{self.url}` ({self.protocol})"
         try:
@@ -104,7 +129,7 @@ class TritonBackend:
         return f"Triton at {where}: **unreachable**" + (f" ({error})" if error else "")
 
 
-def gender_confidence(result: FaceResult) -> float | None:
+def gender_confidence(result: FaceResult | DetectedFace) -> float | None:
     """Probability of the gender that is shown, so "male (90%)" reads naturally."""
     p = result.female_probability
     if p is None or result.gender is None:
@@ -112,7 +137,7 @@ def gender_confidence(result: FaceResult) -> float | None:
     return p if result.gender == "female" else 1.0 - p
 
 
-def summary(result: FaceResult) -> str:
+def summary(result: FaceResult | DetectedFace) -> str:
     """The one-line label, e.g. ``age ~34, female (87%)``."""
     parts = [f"age ~{round(result.age)}" if result.age is not None else "age ?"]
     conf = gender_confidence(result)
@@ -136,14 +161,31 @@ def annotate(image: Image.Image, result: FaceResult) -> Image.Image:
     out = image.copy()
     if not result.face_found:
         return out
+    width, height = out.size
+    _draw_box(out, result.box or (0.0, 0.0, float(width), float(height)), summary(result))
+    return out
+
+
+def annotate_faces(image: Image.Image, faces: list[DetectedFace] | tuple[DetectedFace, ...]) -> Image.Image:
+    """Draws every face's box with its number and label (``#2 age ~34, female (87%)``) onto a copy."""
+    out = image.copy()
+    # Smallest label size for crowds: each label scales with its own face, within readable limits.
+    for k, face in reversed(list(enumerate(faces, 1))):  # most prominent drawn last, on top
+        _draw_box(out, face.box, f"#{k} {summary(face)}", face_sized=True)
+    return out
+
+
+def _draw_box(out: Image.Image, box, label: str, *, face_sized: bool = False) -> None:
     draw = ImageDraw.Draw(out)
     width, height = out.size
-    line = max(2, round(min(width, height) / 150))
-    font = ImageFont.load_default(size=max(14, round(min(width, height) / 22)))
-    box = result.box or (0.0, 0.0, float(width), float(height))
     x0, y0, x1, y1 = (float(v) for v in box)
+    line = max(2, round(min(width, height) / 150))
+    size = max(14, round(min(width, height) / 22))
+    if face_sized:
+        line = max(1, min(line, round((x1 - x0) / 40)))
+        size = max(11, min(size, round((x1 - x0) / 5)))
+    font = ImageFont.load_default(size=size)
     draw.rectangle((x0, y0, x1, y1), outline=BOX_COLOUR, width=line)
-    label = summary(result)
     left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
     text_w, text_h = right - left, bottom - top
     pad = max(2, text_h // 4)
@@ -152,59 +194,90 @@ def annotate(image: Image.Image, result: FaceResult) -> Image.Image:
     tx = min(max(0.0, x0), max(0.0, width - text_w - 2 * pad))
     draw.rectangle((tx, ty, tx + text_w + 2 * pad, ty + text_h + 2 * pad), fill=BOX_COLOUR)
     draw.text((tx + pad - left, ty + pad - top), label, fill=(255, 255, 255), font=font)
-    return out
+
+
+def faces_table(faces: list[DetectedFace] | tuple[DetectedFace, ...]) -> list[list[Any]]:
+    """One row per face, numbered as on the image."""
+    rows = []
+    for k, face in enumerate(faces, 1):
+        conf = gender_confidence(face)
+        rows.append(
+            [
+                k,
+                round(face.age, 1) if face.age is not None else None,
+                face.gender,
+                f"{conf:.0%}" if conf is not None else None,
+                round(face.detection_score, 2),
+                ", ".join(f"{v:.0f}" for v in face.box),
+            ]
+        )
+    return rows
 
 
 def _error_json(kind: str, message: str) -> dict[str, Any]:
     return {"error": message, "error_kind": kind}
 
 
-def analyse(backend: TritonBackend, image_path: str | None, detect: bool) -> tuple[Image.Image | None, str, Any]:
-    """Runs one image through Triton; returns (annotated image, status markdown, raw JSON)."""
+def analyse(
+    backend: TritonBackend, image_path: str | None, detect: bool, all_faces: bool = False
+) -> tuple[Image.Image | None, str, Any, dict[str, Any]]:
+    """Runs one image through Triton; returns (annotated image, status markdown, raw JSON, faces table rows)."""
     if not image_path:
-        return None, MSG_PROMPT, None
+        return None, MSG_PROMPT, None, _table([])
     try:
         display = load_display_image(image_path)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         # The server would refuse it too; saying so here avoids a pointless round trip.
         message = f"**This file could not be read as an image** ({err}). Upload a JPEG, PNG, WebP, BMP or GIF."
-        return None, message, _error_json("invalid_image", str(err))
+        return None, message, _error_json("invalid_image", str(err)), _table([])
 
     where = f"`{backend.url}` ({backend.protocol})"
     try:
         with open(image_path, "rb") as fh:
             # The original bytes, not a re-encode: the server sees exactly what the user uploaded.
-            result = backend.predict(fh.read(), detect=detect)
+            data = fh.read()
+        result = backend.predict_faces(data) if all_faces and detect else backend.predict(data, detect=detect)
     except InvalidImageError as err:
-        return display, f"**The image was rejected**: {err}", _error_json("invalid_image", str(err))
+        return display, f"**The image was rejected**: {err}", _error_json("invalid_image", str(err)), _table([])
     except ModelNotReadyError as err:
         message = (
             f"**Triton is starting**: it answers at {where} but the models are not ready yet. "
             "Try again in a few seconds."
         )
-        return display, message, _error_json("model_not_ready", str(err))
+        return display, message, _error_json("model_not_ready", str(err)), _table([])
     except ServerUnavailableError as err:
         message = (
             f"**Triton server is unreachable** at {where}: it is down or still starting. "
             "This page keeps working; press *Estimate* again once the server is up."
         )
-        return display, message, _error_json("server_unavailable", str(err))
+        return display, message, _error_json("server_unavailable", str(err)), _table([])
     except InferenceTimeoutError as err:
         message = f"**Triton did not answer in time** ({backend.timeout:g} s) at {where}. It may be overloaded."
-        return display, message, _error_json("timeout", str(err))
+        return display, message, _error_json("timeout", str(err)), _table([])
     except AgeGenderError as err:
-        return display, f"**The request failed**: {err}", _error_json(type(err).__name__, str(err))
+        return display, f"**The request failed**: {err}", _error_json(type(err).__name__, str(err)), _table([])
 
     payload = result.to_dict()
     payload["file"] = Path(image_path).name
     if result.error is not None:
-        return display, f"**The image was rejected**: {result.error}", payload
+        return display, f"**The image was rejected**: {result.error}", payload, _table([])
+    if isinstance(result, FacesResult):
+        if not result.faces:
+            return display, MSG_NO_FACE, payload, _table([])
+        count = len(result.faces)
+        lines = [f"**{count} face{'s' if count > 1 else ''} found**"]
+        lines += [f"#{k}: {summary(face)}" for k, face in enumerate(result.faces, 1)]
+        return annotate_faces(display, result.faces), "  \n".join(lines), payload, _table(faces_table(result.faces))
     if not result.face_found:
-        return display, MSG_NO_FACE, payload
+        return display, MSG_NO_FACE, payload, _table([])
     status = f"**{summary(result)}**"
     if result.detection_score is not None and detect:
         status += f"  \nface detector confidence {result.detection_score:.0%}"
-    return annotate(display, result), status, payload
+    return annotate(display, result), status, payload, _table([])
+
+
+def _table(rows: list[list[Any]]) -> dict[str, Any]:
+    return {"headers": TABLE_HEADERS, "data": rows}
 
 
 def build_app(
@@ -213,8 +286,8 @@ def build_app(
     """Builds the Blocks app; nothing connects to Triton until the first request."""
     backend = TritonBackend(triton_url, protocol, timeout=timeout)
 
-    def run(image_path: str | None, detect: bool):
-        return analyse(backend, image_path, detect)
+    def run(image_path: str | None, detect: bool, all_faces: bool):
+        return analyse(backend, image_path, detect, all_faces)
 
     with gr.Blocks(title="Age & gender estimation") as demo:
         gr.Markdown("# Age & gender estimation\nServed by NVIDIA Triton Inference Server.")
@@ -233,12 +306,18 @@ def build_app(
                 detect = gr.Checkbox(
                     value=True, label="Detect face (untick for an already-cropped face)", elem_id="detect"
                 )
+                all_faces = gr.Checkbox(
+                    value=True, label="All faces (untick for the most prominent face only)", elem_id="all-faces"
+                )
                 with gr.Row():
                     submit = gr.Button("Estimate", variant="primary", elem_id="estimate")
                     refresh = gr.Button("Check server", elem_id="check-server")
             with gr.Column():
                 annotated = gr.Image(label="Result", type="pil", interactive=False, elem_id="annotated")
                 status = gr.Markdown(MSG_PROMPT, elem_id="status")
+                table = gr.Dataframe(
+                    headers=TABLE_HEADERS, label="Faces", interactive=False, elem_id="faces-table", wrap=True
+                )
                 raw = gr.JSON(label="Raw result", elem_id="raw-json")
         gr.Examples(
             examples=EXAMPLES,
@@ -249,10 +328,11 @@ def build_app(
             cache_examples=False,
             label="Examples (public domain / generated)",
         )
-        outputs = [annotated, status, raw]
+        outputs = [annotated, status, raw, table]
+        inputs = [image, detect, all_faces]
         # `change` covers upload, webcam capture, paste and clearing.
-        image.change(run, [image, detect], outputs)
-        submit.click(run, [image, detect], outputs)
+        image.change(run, inputs, outputs)
+        submit.click(run, inputs, outputs)
         # No spinner on the status line: a health probe takes milliseconds or fails fast.
         refresh.click(backend.health_markdown, None, server_status, show_progress="hidden")
         demo.load(backend.health_markdown, None, server_status, show_progress="hidden")

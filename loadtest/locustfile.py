@@ -10,7 +10,9 @@ Headless run that writes Locust's CSV and HTML reports and fails on a bad fail r
 Custom options (also in the web UI, and forwarded by a master to its workers):
 
 - ``--image-dir``: folder of JPEG/PNG/WebP/BMP images sent round-robin [$LOCUST_IMAGE_DIR].
-- ``--path detect|crop``: ensemble ``age_gender`` (face detection) or ``age_gender_crop`` (aligned crops).
+- ``--path detect|crop|faces``: ensemble ``age_gender`` (face detection), ``age_gender_crop`` (aligned crops)
+  or the ``faces`` model (every face; one image per request, so ``--batch-size`` is ignored). For ``faces``
+  Locust's "size" column counts faces, and the summary logs faces/s beside requests/s.
 - ``--model``: target one model instead of an ensemble (``preprocess``, ``age``, ``gender`` ...); for
   ``age``/``gender`` the images are resized to the model's uint8 input here, as the ensemble would.
 - ``--batch-size``: images per request; Locust counts requests, so img/s = req/s x batch size.
@@ -43,11 +45,13 @@ from locust.runners import WorkerRunner  # noqa: E402
 from PIL import Image  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
+from common.contract import FACES_BOX, FACES_MODEL, FACES_OUTPUTS  # noqa: E402
+
 log = logging.getLogger("loadtest")
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
-ENSEMBLES = {"detect": "age_gender", "crop": "age_gender_crop"}
+ENSEMBLES = {"detect": "age_gender", "crop": "age_gender_crop", "faces": FACES_MODEL}
 #: Models whose input is the decoded, resized face rather than encoded bytes.
 TENSOR_MODELS = {"age", "gender"}
 OUTPUTS = {
@@ -57,6 +61,7 @@ OUTPUTS = {
     "preprocess_crop": ("face", "face_found", "error"),
     "age": ("age",),
     "gender": ("female_probability",),
+    FACES_MODEL: FACES_OUTPUTS,
 }
 
 
@@ -73,7 +78,7 @@ def _add_arguments(parser: Any) -> None:
         "--path",
         choices=sorted(ENSEMBLES),
         default="detect",
-        help="detect: age_gender ensemble; crop: age_gender_crop (no detection)",
+        help="detect: age_gender ensemble; crop: age_gender_crop (no detection); faces: every face",
     )
     group.add_argument("--model", default="", help="target this model instead of the --path ensemble")
     group.add_argument("--batch-size", type=int, default=1, help="images per request")
@@ -105,6 +110,8 @@ def make_batch(corpus: list[Any], start: int, size: int, model: str) -> np.ndarr
     items = [corpus[(start + k) % len(corpus)] for k in range(size)]
     if model in TENSOR_MODELS:
         return np.stack(items).astype(np.uint8)
+    if model == FACES_MODEL:
+        return np.array(items[:1], dtype=np.object_)  # no batch dimension: one image per request
     batch = np.empty((size, 1), dtype=np.object_)
     for k, blob in enumerate(items):
         batch[k, 0] = blob
@@ -130,11 +137,14 @@ class TritonRequester:
 
     def infer(self, model: str, batch: np.ndarray) -> None:
         outputs = OUTPUTS.get(model, ())
-        name = f"{model} b={len(batch)}"
+        name = model if model == FACES_MODEL else f"{model} b={len(batch)}"
+        units = len(batch)
         start = time.perf_counter()
         exception: BaseException | None = None
         try:
             result = self._infer(model, batch, outputs)
+            if model == FACES_MODEL:
+                units = len(result.as_numpy(FACES_BOX))  # faces found: Locust totals them as "size"
             if "error" in outputs:
                 errors = [e for e in np.asarray(result.as_numpy("error")).ravel() if e]
                 if errors:
@@ -149,8 +159,8 @@ class TritonRequester:
             request_type=self.protocol,
             name=name,
             response_time=(time.perf_counter() - start) * 1000.0,
-            # Locust sums this per request; images is the unit we want totals of.
-            response_length=len(batch),
+            # Locust sums this per request; images (faces for the faces model) is the unit we want totals of.
+            response_length=units,
             exception=exception,
             context={"batch_size": len(batch)},
         )
@@ -267,3 +277,12 @@ def _enforce_thresholds(environment: Any, **_kwargs: Any) -> None:
         environment.process_exit_code = 1
     else:
         log.info("thresholds met: %d requests, fail ratio %.3f, p95 %.0f ms", total.num_requests, total.fail_ratio, p95)
+    faces = environment.stats.entries.get((FACES_MODEL, "grpc")) or environment.stats.entries.get((FACES_MODEL, "http"))
+    if faces is not None and faces.num_requests:
+        seconds = max(faces.last_request_timestamp - faces.start_time, 1e-9)
+        log.info(
+            "faces: %.1f requests/s, %.1f faces/s (%.2f faces per image)",
+            faces.num_requests / seconds,
+            faces.total_content_length / seconds,
+            faces.total_content_length / faces.num_requests,
+        )

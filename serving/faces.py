@@ -311,6 +311,7 @@ def _load_detector(kind: str, num_threads: int) -> Any:
         ) from err
     name, options = {
         "short": (fd.MODEL_NAME_SHORT, fd.SSD_OPTIONS_SHORT),
+        "full": (fd.MODEL_NAME_FULL, fd.SSD_OPTIONS_FULL),
         "full_sparse": (fd.MODEL_NAME_FULL_SPARSE, fd.SSD_OPTIONS_FULL),
     }[kind]
     detector = fd.FaceDetection.__new__(fd.FaceDetection)
@@ -344,3 +345,165 @@ def _interpreter(model_path: str, num_threads: int) -> Any:
             "No TFLite interpreter: this TensorFlow lacks tf.lite.Interpreter and ai_edge_litert is not installed."
         ) from err
     return Interpreter(model_path=model_path, num_threads=num_threads)
+
+
+# -- every face in the picture ------------------------------------------------------------------------------
+
+#: Most faces one picture returns (the ``faces`` Triton model's output bound); the most prominent are kept.
+MAX_FACES = 32
+#: Longer side a picture is shrunk to before the multi-face search. Larger keeps smaller faces findable in big
+#: photos, at the cost of more tiles; at 1280 px a 4000 px group photo still yields faces of ~150 px and up.
+DETECT_ALL_MAX_SIDE = 1280
+#: Detectors run on the whole (shrunk) picture, and ``(detector, tile side)`` passes over overlapping tiles;
+#: chosen by ``python -m serving.measure_faces`` (table in FACES.md).
+DETECT_ALL_WHOLE = ("short", "full_sparse")
+DETECT_ALL_TILES = (("short", 320),)
+#: Fraction by which neighbouring tiles overlap: with half a tile, every face up to half a tile wide lies whole
+#: in some tile, so detections cut by a tile's inner edge can be dropped; larger faces are the whole passes'.
+TILE_OVERLAP = 0.5
+#: Detection score floor for the multi-face search. Higher than the single-face path's 0.5: scanning more of
+#: the picture at more scales meets more face-like background (measured: 0.5 -> 2% false detections).
+DETECT_ALL_MIN_SCORE = 0.6
+#: A detection within this fraction of a tile's inner edge counts as cut by it.
+TILE_EDGE = 0.02
+#: Two detections of one face (from different passes, tiles or models) overlap at least this much (IoU) ...
+MERGE_IOU = 0.3
+#: ... or the smaller box lies at least this much inside the larger (a face half-seen at a tile's edge).
+MERGE_CONTAINED = 0.6
+
+
+def tiles(width: int, height: int, side: int, overlap: float = TILE_OVERLAP) -> list[tuple[int, int, int, int]]:
+    """Square tiles ``(left, top, right, bottom)`` covering the picture, overlapping by ``overlap``.
+
+    A picture no larger than ``side`` in either direction is one tile (itself).
+    """
+
+    def starts(length: int) -> list[int]:
+        if length <= side:
+            return [0]
+        n = math.ceil((length - side) / (side * (1 - overlap))) + 1
+        return [round(i * (length - side) / (n - 1)) for i in range(n)]
+
+    return [(x, y, min(width, x + side), min(height, y + side)) for y in starts(height) for x in starts(width)]
+
+
+def merge_detections(detections: list[Detection]) -> list[Detection]:
+    """Keeps the best-scoring detection of each face; duplicates overlap (IoU) or nest in one another."""
+    kept: list[Detection] = []
+    for det in sorted(detections, key=lambda d: d.score, reverse=True):
+        if not any(_same_face(det.box, k.box) for k in kept):
+            kept.append(det)
+    return kept
+
+
+def _same_face(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    inter = _area((max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])))
+    if inter <= 0:
+        return False
+    area_a, area_b = _area(a), _area(b)
+    return inter / (area_a + area_b - inter) >= MERGE_IOU or inter / max(min(area_a, area_b), 1e-9) >= MERGE_CONTAINED
+
+
+class MultiFaceCropper(FaceCropper):
+    """Finds every face in a picture, not just the most prominent, and crops each like UTKFace.
+
+    Passes, all merged (:func:`merge_detections`): short-range and full-range sparse on the whole picture
+    (shrunk to :data:`DETECT_ALL_MAX_SIDE`), then full-range sparse on overlapping :data:`DETECT_ALL_TILE`
+    tiles, where faces of a group photo become large enough for the detector's 192 px input; when all of that
+    finds nothing, the single-face path's close-crop retry. The choice of models and tile size is measured in
+    ``serving/FACES.md`` (``python -m serving.measure_faces``). The single-face methods are inherited unchanged.
+    """
+
+    def __init__(
+        self,
+        *,
+        whole: tuple[str, ...] = DETECT_ALL_WHOLE,
+        tiled: tuple[tuple[str, int], ...] = DETECT_ALL_TILES,
+        max_side: int = DETECT_ALL_MAX_SIDE,
+        overlap: float = TILE_OVERLAP,
+        min_score: float = DETECT_ALL_MIN_SCORE,
+        **kwargs: Any,
+    ) -> None:
+        """Loads the detectors once.
+
+        Args:
+            whole: Detectors (``short``, ``full``, ``full_sparse``) run on the whole picture.
+            tiled: ``(detector, tile side)`` passes over overlapping square tiles of the picture.
+            max_side: Longer side the picture is shrunk to first.
+            overlap: Fraction of a tile its neighbours overlap.
+            min_score: Detections below this confidence are ignored.
+            **kwargs: As for :class:`FaceCropper`.
+        """
+        super().__init__(min_score=min_score, **kwargs)
+        threads = kwargs.get("num_threads", 1)
+        self.max_side, self.overlap = max_side, overlap
+        loaded = {"short": self._short, "full_sparse": self._full}
+        for kind in {*whole, *(k for k, _ in tiled)} - loaded.keys():
+            loaded[kind] = _load_detector(kind, threads)
+        self._whole = [loaded[k] for k in whole]
+        self._tiled = [(loaded[k], side) for k, side in tiled]
+
+    def detect_all(self, image: Image.Image, *, max_faces: int = MAX_FACES) -> list[Detection]:
+        """Returns up to ``max_faces`` detections in image pixels, most prominent first."""
+        width, height = image.size
+        if min(width, height) < MIN_SIDE or max_faces <= 0:
+            return []
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        shrink = min(1.0, self.max_side / max(width, height))
+        small = image
+        if shrink < 1.0:
+            size = (max(1, round(width * shrink)), max(1, round(height * shrink)))
+            small = image.resize(size, spec.RESIZE_METHOD, reducing_gap=3.0)
+        sw, sh = small.size
+        found: list[Detection] = []
+        with self._lock:
+            for detector in self._whole:
+                found += [_scaled(d, sw, sh, 0, 0) for d in self._run(detector, small, pad=0.0)]
+            for detector, side in self._tiled:
+                if max(sw, sh) <= side:
+                    continue  # the whole-picture pass saw it already
+                for left, top, right, bottom in tiles(sw, sh, side, self.overlap):
+                    part = small.crop((left, top, right, bottom))
+                    # Sides of the tile inside the picture: a face cut there lies whole in a neighbour tile
+                    # (the overlap is half a tile), and the cut-off half (a chin over a collar) fools BlazeFace.
+                    inner = (left > 0, top > 0, right < sw, bottom < sh)
+                    for d in self._run(detector, part, pad=0.0):
+                        if not _touches(d.box, inner):
+                            found.append(_scaled(d, right - left, bottom - top, left, top))
+            if not found:
+                found = [_scaled(d, sw, sh, 0, 0) for d in self._run(self._short, small, pad=CLOSE_CROP_PAD)]
+        merged = sorted(merge_detections(found), key=lambda d: _area(d.box) * d.score, reverse=True)
+        back = 1.0 / shrink
+        return [_scaled(d, back, back, 0, 0) for d in merged[:max_faces]]
+
+    def crop_all(self, image: Image.Image, *, max_faces: int = MAX_FACES) -> list[Face]:
+        """Detects, aligns and crops every face (at most ``max_faces``), most prominent first."""
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        width, height = image.size
+        faces = []
+        for det in self.detect_all(image, max_faces=max_faces):
+            crop = self._crop(image, det)
+            x0, y0, x1, y1 = det.box
+            box = (max(0.0, x0), max(0.0, y0), min(float(width), x1), min(float(height), y1))
+            faces.append(Face(crop=spec.to_model_input(crop), box=box, score=det.score))
+        return faces
+
+
+def _touches(box: tuple[float, float, float, float], inner: tuple[bool, bool, bool, bool]) -> bool:
+    """Whether a box (relative to its tile) reaches one of the tile's inner sides (left, top, right, bottom)."""
+    x0, y0, x1, y1 = box
+    reach = (x0 < TILE_EDGE, y0 < TILE_EDGE, x1 > 1 - TILE_EDGE, y1 > 1 - TILE_EDGE)
+    return any(i and r for i, r in zip(inner, reach, strict=True))
+
+
+def _scaled(det: Detection, sx: float, sy: float, dx: float, dy: float) -> Detection:
+    """Maps a detection by ``x * sx + dx``, ``y * sy + dy`` (relative -> pixels, tile -> picture, rescale)."""
+    x0, y0, x1, y1 = det.box
+    (ax, ay), (bx, by) = det.eyes
+    return Detection(
+        box=(x0 * sx + dx, y0 * sy + dy, x1 * sx + dx, y1 * sy + dy),
+        eyes=((ax * sx + dx, ay * sy + dy), (bx * sx + dx, by * sy + dy)),
+        score=det.score,
+    )

@@ -28,7 +28,7 @@ def tensors(items) -> dict[str, tuple[int, tuple[int, ...]]]:
 
 
 def test_expected_models_present():
-    assert set(MODELS) == {"preprocess", "preprocess_crop", "age", "gender", "postprocess", *ENSEMBLES}
+    assert set(MODELS) == {"preprocess", "preprocess_crop", "age", "gender", "postprocess", "faces", *ENSEMBLES}
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -37,7 +37,8 @@ def test_both_variants_parse_and_agree(model):
     assert prod.name == cpu.name == model
     assert tensors(prod.input) == tensors(cpu.input)
     assert tensors(prod.output) == tensors(cpu.output)
-    assert prod.max_batch_size == cpu.max_batch_size > 0
+    assert prod.max_batch_size == cpu.max_batch_size
+    assert prod.max_batch_size > 0 or model == "faces"  # faces: one image per request, N faces out
     assert all(g.kind == mc.ModelInstanceGroup.KIND_CPU for g in cpu.instance_group)
 
 
@@ -105,3 +106,32 @@ def test_ensembles_differ_only_in_preprocess():
     assert steps["age_gender"] == ["preprocess", "age", "gender", "postprocess"]
     assert steps["age_gender_crop"] == ["preprocess_crop", "age", "gender", "postprocess"]
     assert tensors(config("preprocess").output) == tensors(config("preprocess_crop").output)
+
+
+@pytest.mark.parametrize("variant", ["config.pbtxt", "configs/cpu.pbtxt"])
+def test_faces_contract(variant):
+    from common import contract as c
+
+    faces = config(c.FACES_MODEL, variant)
+    assert faces.backend == "python" and faces.max_batch_size == 0
+    assert tensors(faces.input) == {c.FACES_INPUT: (mc.TYPE_STRING, (1,))}
+    out = tensors(faces.output)
+    assert list(out) == list(c.FACES_OUTPUTS)
+    assert out[c.FACES_BOX] == (mc.TYPE_FP32, (-1, 4)) and out[c.FACES_ERROR] == (mc.TYPE_STRING, (1,))
+    for name in (c.FACES_SCORE, c.FACES_AGE, c.FACES_FEMALE):
+        assert out[name] == (mc.TYPE_FP32, (-1,))
+    assert out[c.FACES_GENDER] == (mc.TYPE_STRING, (-1,))
+    # Python backend on CPU even in production (decode + TFLite detector), like preprocess.
+    assert [g.kind for g in faces.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]
+    # All faces of one image go to age and gender as one batch.
+    max_faces = int(faces.parameters["max_faces"].string_value)
+    from serving.faces import MAX_FACES
+
+    assert max_faces == MAX_FACES
+    for task, output in ((c.AGE_MODEL, c.AGE_OUTPUT), (c.GENDER_MODEL, c.GENDER_OUTPUT)):
+        model = config(task, variant)
+        assert max_faces <= model.max_batch_size and model.dynamic_batching.max_queue_delay_microseconds > 0
+        assert tensors(model.input) == {c.CROP_INPUT: (mc.TYPE_UINT8, (64, 64, 3))} and output in tensors(model.output)
+    pre = config("preprocess", variant)
+    for key in ("max_bytes", "max_pixels"):
+        assert faces.parameters[key].string_value == pre.parameters[key].string_value

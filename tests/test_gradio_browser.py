@@ -190,6 +190,7 @@ def test_portrait_shows_age_gender_and_box(page, live_ui, triton_tiny):
     from client import AgeGenderClient
 
     open_ui(page, live_ui)
+    page.locator("#all-faces input").uncheck()  # the single-face mode, as the ensemble computes it
     upload(page, PORTRAIT)
     text = status_text(page, "age ~")
     match = SUMMARY.search(text)
@@ -244,3 +245,49 @@ def test_server_down_then_recovers(page, triton_tiny):
             assert SUMMARY.search(status_text(page, "age ~"))
         finally:
             relay.stop()
+
+
+def test_group_photo_shows_every_face(page, live_ui, triton_tiny, tmp_path):
+    import io
+
+    from PIL import Image
+
+    from tests.composites import grid
+
+    group = tmp_path / "group.png"
+    grid(1, 3, cell=200).save(group)
+    open_ui(page, live_ui)
+    upload(page, group)
+    text = status_text(page, "3 faces found")
+    assert all(f"#{k}: age ~" in text for k in (1, 2, 3))
+    from playwright.sync_api import expect
+
+    # Gradio's grid: data rows carry role=row and a data-index (the header row has none).
+    rows = page.locator("#faces-table [role=row][data-index]")
+    expect(rows).to_have_count(3, timeout=30_000)
+    assert [rows.nth(k).locator("[role=gridcell], td").first.inner_text().strip() for k in range(3)] == ["1", "2", "3"]
+    # The boxes are drawn where the server found the faces: each box's left edge is in the box colour.
+    img = page.locator("#annotated img").first
+    img.wait_for(state="visible", timeout=30_000)
+    src = img.get_attribute("src")
+    with urllib.request.urlopen(src if src.startswith("http") else live_ui.rstrip("/") + "/" + src.lstrip("/")) as r:
+        shown = Image.open(io.BytesIO(r.read())).convert("RGB")
+    from client import AgeGenderClient
+
+    with AgeGenderClient(triton_tiny.grpc_url, timeout=60) as client:
+        faces = client.predict_faces(group)
+    assert len(faces) == 3
+    original = Image.open(group).convert("RGB")
+
+    def edge_drawn(image, box) -> bool:
+        # Rows along the box's left side where a pixel near the edge has the box's red (the image may be
+        # re-encoded lossily on its way to the page, so no exact colour match).
+        x0, y0, _, y1 = (round(v) for v in box)
+        red = [
+            any(r > 180 and g < 100 and b < 100 for r, g, b in (image.getpixel((x, y)) for x in range(x0 - 2, x0 + 4)))
+            for y in range(y0 + 5, y1 - 5, 4)
+        ]
+        return sum(red) > 0.7 * len(red)
+
+    assert all(edge_drawn(shown, face.box) for face in faces)
+    assert not any(edge_drawn(original, face.box) for face in faces)

