@@ -2,9 +2,9 @@
 
 Walk-through in ``model_repository/faces/README.md``. Detection and cropping are
 :class:`serving.faces.MultiFaceCropper`; decoding and its per-image errors are the preprocess model's
-(:func:`serving.decode.decode_image`). Age and gender run as the ``age`` and ``gender`` models through
-business logic scripting, so their dynamic batching still combines the faces of concurrent requests
-(from this model's instances and from the ensembles) into one batch.
+(:func:`serving.decode.decode_upload`: same limits, JPEG draft decoding). Age and gender run as the
+``age`` and ``gender`` models through business logic scripting, so their dynamic batching still combines
+the faces of concurrent requests (from this model's instances and from the ensembles) into one batch.
 """
 
 from __future__ import annotations
@@ -17,7 +17,14 @@ import triton_python_backend_utils as pb_utils
 
 from common import contract as c
 from common import spec
-from serving.decode import MAX_BYTES, MAX_PIXELS, ImageDecodeError, decode_image
+from serving.decode import (
+    DRAFT_SIDE,
+    MAX_BYTES,
+    MAX_DECODED_BYTES,
+    MAX_PIXELS,
+    ImageDecodeError,
+    decode_upload,
+)
 from serving.faces import MAX_FACES, MultiFaceCropper
 
 #: The models each image's face crops go to, and the output read from each.
@@ -30,6 +37,9 @@ class TritonPythonModel:
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         self._max_bytes = int(params.get("max_bytes") or MAX_BYTES)
         self._max_pixels = int(params.get("max_pixels") or MAX_PIXELS)
+        self._max_decoded_bytes = int(params.get("max_decoded_bytes") or MAX_DECODED_BYTES)
+        # The multi-face detector looks at the picture at most DRAFT_SIDE px wide, so larger JPEGs decode smaller.
+        self._draft_side = int(params.get("draft_side") or DRAFT_SIDE)
         self._max_faces = int(params.get("max_faces") or MAX_FACES)
         self._cropper = MultiFaceCropper()
 
@@ -43,8 +53,14 @@ class TritonPythonModel:
         try:
             if data.size != 1:
                 raise ImageDecodeError(f"Send exactly one image per request, got {data.size}.")
-            image = decode_image(bytes(data[0]), max_pixels=self._max_pixels, max_bytes=self._max_bytes)
-            faces = self._cropper.crop_all(image, max_faces=self._max_faces)
+            decoded = decode_upload(
+                bytes(data[0]),
+                max_pixels=self._max_pixels,
+                max_bytes=self._max_bytes,
+                max_decoded_bytes=self._max_decoded_bytes,
+                draft_side=self._draft_side,
+            )
+            faces = self._cropper.crop_all(decoded.image, max_faces=self._max_faces)
         except ImageDecodeError as err:
             return _response([], np.zeros(0, np.float32), np.zeros(0, np.float32), str(err))
         except Exception as err:  # noqa: BLE001 - same message shape as the preprocess model's
@@ -68,11 +84,14 @@ class TritonPythonModel:
                 message = f"{model} model failed: {answer.error().message()}"
                 return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
             values.append(pb_utils.get_output_tensor_by_name(answer, output).as_numpy().reshape(-1).astype(np.float32))
-        return _response(faces, *values, "")
+        return _response(faces, *values, "", scale=decoded.scale)
 
 
-def _response(faces: list, age: np.ndarray, female: np.ndarray, error: str) -> pb_utils.InferenceResponse:
-    box = np.array([f.box for f in faces], np.float32).reshape(-1, 4)
+def _response(
+    faces: list, age: np.ndarray, female: np.ndarray, error: str, *, scale: float = 1.0
+) -> pb_utils.InferenceResponse:
+    # Boxes go back to the uploaded file's pixels when the JPEG was decoded at reduced scale.
+    box = (np.array([f.box for f in faces], np.float32) * np.float32(scale)).reshape(-1, 4)
     score = np.array([f.score for f in faces], np.float32)
     gender = np.array([b"female" if p >= c.GENDER_THRESHOLD else b"male" for p in female], np.object_)
     tensors = {
