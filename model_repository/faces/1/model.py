@@ -69,9 +69,13 @@ class TritonPythonModel:
             )
         if not faces:
             return _response([], np.zeros(0, np.float32), np.zeros(0, np.float32), "")
-        crops = pb_utils.Tensor(c.CROP_INPUT, np.stack([f.crop for f in faces]).astype(spec.INPUT_DTYPE))
+        crops = np.stack([f.crop for f in faces]).astype(spec.INPUT_DTYPE)
+        # One Tensor per call: sharing one between two concurrent BLS requests sent one of them 0 bytes
+        # ("input byte size mismatch ... got 0") now and then on Triton 2.51.
         calls = [
-            pb_utils.InferenceRequest(model_name=model, requested_output_names=[output], inputs=[crops])
+            pb_utils.InferenceRequest(
+                model_name=model, requested_output_names=[output], inputs=[pb_utils.Tensor(c.CROP_INPUT, crops)]
+            )
             for model, output in CALLS
         ]
         try:
