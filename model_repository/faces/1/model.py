@@ -70,8 +70,8 @@ class TritonPythonModel:
         if not faces:
             return _response([], np.zeros(0, np.float32), np.zeros(0, np.float32), "")
         crops = np.stack([f.crop for f in faces]).astype(spec.INPUT_DTYPE)
-        # One Tensor per call: sharing one between two concurrent BLS requests sent one of them 0 bytes
-        # ("input byte size mismatch ... got 0") now and then on Triton 2.51.
+        # One Tensor per call: once, with one Tensor shared by the two concurrent BLS requests, Triton 2.51
+        # received 0 bytes for one of them ("input byte size mismatch ... got 0"); separate ones rule that out.
         calls = [
             pb_utils.InferenceRequest(
                 model_name=model, requested_output_names=[output], inputs=[pb_utils.Tensor(c.CROP_INPUT, crops)]
