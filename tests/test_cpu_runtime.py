@@ -123,3 +123,20 @@ def test_detector_boxes_equal_tflite():
         np.testing.assert_allclose(got.box, want.box, atol=0.01)
         np.testing.assert_allclose(np.ravel(got.eyes), np.ravel(want.eyes), atol=0.01)
         assert abs(got.score - want.score) < 1e-4
+
+
+def test_serving_installs_no_tensorflow():
+    """The `serve` extra and the Triton image bring OpenVINO and our backend, and no TensorFlow or Keras."""
+    import tomllib
+
+    serve = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["serve"]
+    assert not [r for r in serve if r.startswith(("tensorflow", "keras"))], serve
+    openvino = next(r for r in serve if r.startswith("openvino=="))
+    dockerfile = (ROOT / "docker" / "triton.Dockerfile").read_text()
+    code = "\n".join(line for line in dockerfile.lower().splitlines() if not line.lstrip().startswith("#"))
+    assert "tensorflow" not in code and "keras" not in code
+    assert f'"{openvino}"' in dockerfile, "the image must pin the same OpenVINO as the serve extra"
+    for backend in (ROOT / "serving" / "backends").iterdir():
+        if (backend / "model.py").is_file():
+            line = f"COPY serving/backends/{backend.name}/ /opt/tritonserver/backends/{backend.name}/"
+            assert line in dockerfile, f"the image lacks the {backend.name} backend"
