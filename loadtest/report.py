@@ -56,6 +56,8 @@ def write_markdown(path: Path, results: list[Result], meta: dict, extra: dict) -
             f"| {r.scenario} | {r.model} | {r.inputs} | {'on' if r.dynamic_batching else 'off'} | {r.concurrency} | "
             f"{_fmt(r.img_per_s)} | {_fmt(r.p50_ms)} | {_fmt(r.p99_ms)} | {r.errors} |"
         )
+    if meta.get("dynamic_batching_off_for"):
+        lines += ["", f"Dynamic batching off: removed from {', '.join(meta['dynamic_batching_off_for'])}."]
     inproc = extra.get("inprocess")
     if inproc:
         lines += [
