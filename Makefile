@@ -86,7 +86,7 @@ loadtest: setup
 	PYTHONPATH=. $(BIN)/locust -f loadtest/locustfile.py --headless -u $(USERS) -r $(SPAWN_RATE) -t $(RUN_TIME) \
 		--csv $(LOADTEST_OUT)/locust --html $(LOADTEST_OUT)/locust.html $(LOCUST_ARGS) $(LOCUST_USER)
 
-# Starts its own Triton servers and the Keras baseline; writes loadtest/results/benchmark.{md,json,png}.
+# Starts its own Triton servers (plus the in-process TF reference); writes loadtest/results/benchmark.{md,json}.
 BENCH_DURATION ?= 15
 benchmark-serving: setup
 	PYTHONPATH=. $(BIN)/python -m loadtest.benchmark --duration $(BENCH_DURATION)

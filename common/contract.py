@@ -1,18 +1,35 @@
-"""Names on the wire for the multi-face endpoint: one home for the serving contract of ``faces``.
+"""The serving contract in one place: Triton model names and their tensor names.
 
-The Triton model config (``model_repository/faces/config.pbtxt``), the model itself, the client, the load
-tests and the tests import these instead of spelling the strings out (review note 1). The single-face
-ensembles' names still live where they were; move them here when those files are next touched.
+Model input/output names of the CNNs come from :mod:`common.spec` (the SavedModel signature is built
+from them); this module adds what Triton serves around them. Configs in ``model_repository/`` must
+agree (``tests/test_configs.py``); the models, clients, load tests, benchmarks and tests import from here
+instead of spelling the strings out.
 """
 
 from __future__ import annotations
 
-#: The BLS model that returns every face of one image.
-FACES_MODEL = "faces"
-#: Models it calls for each batch of face crops (the same ones the ``age_gender`` ensemble uses).
+from common import spec
+
+#: The two CNNs, served directly by Triton (uint8 crops in, one float out).
 AGE_MODEL = "age"
 GENDER_MODEL = "gender"
+TASK_MODELS = (AGE_MODEL, GENDER_MODEL)
+#: Input tensor of the CNNs (``(batch, IMAGE_SIZE, IMAGE_SIZE, 3)`` uint8) and of the ensembles (encoded bytes).
+IMAGE_INPUT = spec.INPUT_NAME
+CROP_INPUT = spec.INPUT_NAME
+#: Each CNN's output tensor.
+AGE_OUTPUT = spec.AGE_OUTPUT
+GENDER_OUTPUT = spec.GENDER_OUTPUT
+TASK_OUTPUTS = {AGE_MODEL: AGE_OUTPUT, GENDER_MODEL: GENDER_OUTPUT}
 
+#: Ensembles: a photo (detection, alignment, crop) and an already aligned face crop.
+DETECT_ENSEMBLE = "age_gender"
+CROP_ENSEMBLE = "age_gender_crop"
+#: Outputs of both ensembles, one row per image.
+ENSEMBLE_OUTPUTS = ("age", "female_probability", "gender", "box", "detection_score", "face_found", "error")
+
+#: The BLS model that returns every face of one image.
+FACES_MODEL = "faces"
 #: Input: one encoded image (TYPE_STRING, dims [1]; the model has no batch dimension).
 FACES_INPUT = "image"
 #: Outputs, N = faces found (0..MAX_FACES), most prominent first.
@@ -23,11 +40,6 @@ FACES_FEMALE = "female_probability"  # FP32 [N]
 FACES_GENDER = "gender"  # STRING [N]: "female" / "male"
 FACES_ERROR = "error"  # STRING [1]: empty, or why the image could not be processed (then N = 0)
 FACES_OUTPUTS = (FACES_BOX, FACES_SCORE, FACES_AGE, FACES_FEMALE, FACES_GENDER, FACES_ERROR)
-
-#: Face-crop tensor of the age/gender models, and their outputs.
-CROP_INPUT = "image"
-AGE_OUTPUT = "age"
-GENDER_OUTPUT = "female_probability"
 
 #: At or above this probability of female the label is "female" (as in the postprocess model).
 GENDER_THRESHOLD = 0.5

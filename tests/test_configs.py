@@ -47,7 +47,13 @@ def test_model_configs_run_the_savedmodel(task):
     prod, cpu = config(task), config(task, "configs/cpu.pbtxt")
     assert prod.platform == "tensorflow_savedmodel"
     assert [g.kind for g in prod.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
-    assert cpu.backend == "python"
+    # The CPU variant runs the same SavedModel through our Python-based backend (serving/backends/).
+    assert cpu.backend == "openvino_savedmodel" and cpu.runtime == "model.py"
+    assert (ROOT / "serving" / "backends" / cpu.backend / "model.py").is_file()
+    # Ready means warm: every preferred batch size (and single requests) is run once before ready.
+    warm = {w.batch_size for w in cpu.model_warmup}
+    assert warm >= {1, *cpu.dynamic_batching.preferred_batch_size}
+    assert all(set(w.inputs) == {i.name for i in cpu.input} for w in cpu.model_warmup)
     for c in (prod, cpu):
         assert c.version_policy.WhichOneof("policy_choice") == "latest"
         assert c.dynamic_batching.preferred_batch_size and c.dynamic_batching.max_queue_delay_microseconds > 0
@@ -68,7 +74,7 @@ def test_configs_match_savedmodel_signature(task, tiny_repo):
     prod = config(task)
     assert as_triton(inputs) == tensors(prod.input)
     assert as_triton(outputs) == tensors(prod.output)
-    assert (tiny_repo / task / "1" / "model.py").read_text().startswith("from serving.tf_model import")
+    assert sorted(p.name for p in (tiny_repo / task / "1").iterdir()) == ["model.savedmodel"]
 
 
 def test_preprocess_crop_shares_code_and_skips_detection():

@@ -25,9 +25,6 @@ from common import spec  # noqa: E402
 from training.model import OUTPUT_NAMES, TASKS  # noqa: E402
 
 SAVEDMODEL = "model.savedmodel"
-# The CPU config runs the SavedModel in a Python-backend model; this shim lets
-# every version folder serve that way without copying the runner.
-PYTHON_SHIM = "from serving.tf_model import TritonPythonModel  # noqa: F401\n"
 
 
 def versions(model_dir: Path) -> list[int]:
@@ -74,7 +71,6 @@ def export_model(model: keras.Model, task: str, repo: Path, *, extra_files: dict
     tmp = model_dir / f".tmp-{version_dir.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     archive.write_out(str(tmp / SAVEDMODEL), verbose=False)
-    (tmp / "model.py").write_text(PYTHON_SHIM)
     for name, src in (extra_files or {}).items():
         if Path(src).exists():
             shutil.copy(src, tmp / name)

@@ -1,1 +1,0 @@
-from serving.tf_model import TritonPythonModel  # noqa: F401
