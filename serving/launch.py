@@ -262,14 +262,14 @@ class TritonServer:
             # sit next to the `python` backend, whose libtriton_python.so runs them.
             for own in PYTHON_BACKENDS.iterdir():
                 if (own / "model.py").is_file():
-                    shutil.copytree(own, Path(self._tmp.name) / own.name, ignore=shutil.ignore_patterns("__pycache__"))
+                    shutil.copytree(own, backend.parent / own.name, ignore=shutil.ignore_patterns("__pycache__"))
         libs = [
             str(pkg.parent.parent / "nvidia_pytriton.libs"),
             sysconfig.get_config_var("LIBDIR"),
             env.get("LD_LIBRARY_PATH"),
         ]
         env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, libs))
-        # The stub embeds Python and finds its prefix (the venv, with numpy and TF) from the first python on PATH.
+        # The stub embeds Python and finds its prefix (the venv, with numpy and OpenVINO) from the first python on PATH.
         env["PATH"] = os.pathsep.join(filter(None, [str(Path(sys.executable).parent), env.get("PATH")]))
         return str(pkg / "bin" / "tritonserver"), Path(self._run_dir()) / "backends"
 
