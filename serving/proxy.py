@@ -13,7 +13,9 @@ Limits, per request:
 * compression: HTTP ``Content-Encoding`` or gRPC ``grpc-encoding`` other than identity is refused
   (HTTP 415 / gRPC INVALID_ARGUMENT) since the inflated size would be unbounded inside Triton;
 * time: :data:`REQUEST_TIMEOUT_S` for the whole answer, 10 s for headers, 30 s between body packets;
-* connections: keep-alive 30 s and 1,000 requests, 128 concurrent gRPC streams per connection.
+* connections: keep-alive 30 s and 1,000 requests, 128 concurrent gRPC streams per connection;
+* JSON: the JSON part of an HTTP request (the whole body, or the header part of the binary-data extension given by
+  ``Inference-Header-Content-Length``) is at most :data:`MAX_JSON_BYTES`, else HTTP 413 (see there).
 
 Readiness and draining (:class:`Door`): while the file ``unready`` exists in the prefix,
 ``/v2/health/ready`` answers 503 and inference is still served; while ``draining`` exists every new
@@ -51,6 +53,21 @@ REQUEST_TIMEOUT_S = 60
 #: (measured: 5 x 5 ms deadlines can still crash 2.51), so the launcher's supervisor restarts it
 #: (serving/launch.py) and clients retry. Delete both once the binary is >= 25.01.
 STRIP_GRPC_DEADLINE = True
+
+
+#: Workaround for Triton 2.51 and 25.02 alike: Triton parses HTTP JSON with RapidJSON's recursive parser, so a
+#: body of deeply nested brackets overflows the HTTP thread's stack and segfaults the server (measured on 2.51
+#: with 8 MiB stacks: 30,000 levels survive, 60,000 = a 120 KB body kill it; found by loadtest/abuse.py). Fixed
+#: upstream by triton-inference-server/common#156 (iterative parsing, merged April 2026), i.e. in no release we pin.
+#: Bounding the JSON to 16 KiB bounds the depth with a 2x margin; images travel in the binary part (tritonclient
+#: always sends them so), and inference headers are a few hundred bytes. Delete once the binary has the fix.
+MAX_JSON_BYTES = 16384
+# Regex for a decimal number 0..MAX_JSON_BYTES (nginx has no numeric comparison).
+_JSON_TOO_LONG = (
+    f"the JSON part of the request is over {MAX_JSON_BYTES} bytes (or its length is not given); send tensors in the "
+    "binary data extension (Inference-Header-Content-Length), as tritonclient does"
+)
+_JSON_LEN = "([0-9]{1,4}|1[0-5][0-9]{3}|16[0-2][0-9]{2}|163[0-7][0-9]|1638[0-4])"
 
 
 def find_nginx() -> str | None:
@@ -115,6 +132,12 @@ def nginx_config(
             # Any compressed body is refused: its inflated size is unbounded inside Triton.
             map $http_content_encoding $compressed {{ default 1; "" 0; identity 0; }}
             map $http_grpc_encoding $grpc_compressed {{ default 1; "" 0; identity 0; }}
+            # JSON part too long (see MAX_JSON_BYTES): key = binary-extension header length : body length : chunked.
+            map "$http_inference_header_content_length:$content_length:$http_transfer_encoding" $json_too_long {{
+                default 1;
+                "~^{_JSON_LEN}:" 0;
+                "~^:{_JSON_LEN}?:$" 0;
+            }}
             upstream triton_http {{ server {triton_http}; keepalive 16; }}
             upstream triton_grpc {{ server {triton_grpc}; keepalive 16; }}
 
@@ -132,6 +155,9 @@ def nginx_config(
                 location / {{
                     if ($compressed) {{
                         return 415 '{{"error":"compressed request bodies (Content-Encoding) are not accepted"}}';
+                    }}
+                    if ($json_too_long) {{
+                        return 413 '{{"error":"{_JSON_TOO_LONG}"}}';
                     }}
                     if (-f {prefix}/draining) {{ return 503 '{{"error":"server is shutting down"}}'; }}
                     proxy_pass http://triton_http;
@@ -169,6 +195,9 @@ def nginx_config(
                     }}
                     {strip}
                     grpc_pass grpc://triton_grpc;
+                    # Triton echoes names into grpc-message; nginx's default 4-8k header buffer turned the error of
+                    # a 5,000-character model name into a misleading UNAVAILABLE (found by loadtest/abuse.py).
+                    grpc_buffer_size 64k;
                     grpc_connect_timeout 5s;
                     grpc_send_timeout {REQUEST_TIMEOUT_S}s;
                     grpc_read_timeout {REQUEST_TIMEOUT_S}s;
