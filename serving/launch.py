@@ -238,6 +238,9 @@ class TritonServer:
             args.append(f"--model-config-name={self.config_name}")
         args += [
             f"--exit-timeout-secs={EXIT_TIMEOUT}",
+            # Every config is complete; without this the Python backend starts one extra stub process per
+            # model just to ask it to complete its config, which doubles the stubs started at cold start.
+            "--disable-auto-complete-config",
             f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             *security.restricted_args(self.admin_key),
         ]
