@@ -105,6 +105,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--inprocess-batch", type=int, default=64, help="0 skips the in-process TF reference")
     p.add_argument("--coldstart-runs", type=int, default=3, help="0 skips the cold-start measurement")
     p.add_argument("--rss-baseline-mb", type=float, default=0.0, help="RSS to compare with (e.g. main's TF stubs)")
+    p.add_argument("--pss-baseline-mb", type=float, default=0.0, help="PSS to compare with (same baseline)")
     p.add_argument("--no-dynamic-off", action="store_true", help="skip the dynamic-batching-off server")
     p.add_argument("--triton-grpc-url", default="", help="measure this running server instead (host:port)")
     return p.parse_args(argv)
@@ -153,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             results += scenarios(triton.grpc_url, dynamic=True, args=args, inputs=inputs, log=log)
             extra["memory"] = memory.group_rss_mb(triton._proc.pid)
             extra["memory"]["baseline_mb"] = args.rss_baseline_mb or None
+            extra["memory"]["pss_baseline_mb"] = args.pss_baseline_mb or None
             log(f"  RSS Triton + stubs: {extra['memory']['total_mb']:.0f} MB")
         if not args.no_dynamic_off:
             with tempfile.TemporaryDirectory(prefix="repo-nodynbatch-") as tmp:

@@ -6,22 +6,33 @@ import os
 from pathlib import Path
 
 
-def _rss_kb(pid: str) -> int:
+def _field_kb(path: str, field: str) -> int:
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(field):
                 return int(line.split()[1])
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         pass
     return 0
 
 
+def _rss_kb(pid: str) -> int:
+    return _field_kb(f"/proc/{pid}/status", "VmRSS:")
+
+
+def _pss_kb(pid: str) -> int:
+    """Proportional set size: pages shared by N processes (the runtime's libraries in every stub) count 1/N."""
+    return _field_kb(f"/proc/{pid}/smaps_rollup", "Pss:")
+
+
 def group_rss_mb(pid: int) -> dict:
     """Sum of VmRSS over the process group of ``pid`` (the launcher starts Triton in its own session, and
     the stubs inherit its group), with the per-process split. Shared pages count once per process, as
-    ``ps`` shows them: an upper bound, comparable between runs."""
+    ``ps`` shows them: an upper bound, comparable between runs. ``pss_mb`` is the sum of PSS, where each
+    shared page counts once in all: what the group really occupies."""
     pgid = os.getpgid(pid)
     per: dict[str, float] = {}
+    pss = 0.0
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -34,5 +45,8 @@ def group_rss_mb(pid: int) -> dict:
         name = Path(cmd[0].decode(errors="replace")).name
         if name == "triton_python_backend_stub" and len(cmd) > 1:
             name = f"stub {Path(cmd[1].decode(errors='replace')).parent.parent.name}"  # <model>/<version>/model.py
-        per[f"{name} ({proc.name})"] = _rss_kb(proc.name) / 1024
-    return {"total_mb": sum(per.values()), "processes": per}
+        rss = _rss_kb(proc.name)
+        if rss:  # threads' and exiting processes' entries have none
+            per[f"{name} ({proc.name})"] = rss / 1024
+            pss += _pss_kb(proc.name) / 1024
+    return {"total_mb": sum(per.values()), "pss_mb": pss, "processes": per}

@@ -93,6 +93,13 @@ def write_markdown(path: Path, results: list[Result], meta: dict, extra: dict) -
                 if memory.get("baseline_mb")
                 else ""
             )
+            + f"; sum of PSS (each shared page counted once): **{memory.get('pss_mb', 0):.0f} MB**"
+            + (
+                f" ({memory['pss_baseline_mb'] / memory['pss_mb']:.1f}x less than the "
+                f"{memory['pss_baseline_mb']:.0f} MB baseline)"
+                if memory.get("pss_baseline_mb") and memory.get("pss_mb")
+                else ""
+            )
             + ".",
             "",
             "| process | RSS MB |",
