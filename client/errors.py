@@ -97,7 +97,8 @@ def _translate_triton(exc: InferenceServerException, *, url: str, protocol: str,
     if status == "RESOURCE_EXHAUSTED" or status == "413" or "batch-size must be" in lowered:
         return RequestTooLargeError(f"request rejected by {where}: {message}; send fewer or smaller images")
     model_missing = "model" in lowered and any(hint in lowered for hint in _MODEL_MISSING_HINTS)
-    if status in ("UNAVAILABLE", "503"):
+    # 502: the front door (nginx) lost Triton mid-request, e.g. a crash the launcher is restarting it from.
+    if status in ("UNAVAILABLE", "503", "502"):
         if model_missing:
             return ModelNotReadyError(
                 f"{where} is not ready ({message}); wait for the server to finish loading or check its log"

@@ -385,6 +385,7 @@ def test_results_serialise_to_the_documented_keys():
         ("400", "inference request batch-size must be <= 32 for 'age_gender'", RequestTooLargeError),
         ("400", "Request for unknown model: 'age_gender' is not found", ModelNotReadyError),
         ("503", "Server not ready", ServerUnavailableError),
+        ("502", "Bad Gateway", ServerUnavailableError),  # the door lost Triton mid-request (a restart)
         ("400", "unexpected shape for input 'image'", ServerError),
         ("StatusCode.INTERNAL", "stub crashed", ServerError),
     ],
