@@ -13,7 +13,7 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from common import spec
+from common import contract, spec
 from serving.decode import (
     DRAFT_SIDE,
     MAX_BYTES,
@@ -26,7 +26,7 @@ from serving.decode import (
 )
 from serving.faces import FaceCropper, crop_aligned
 
-OUTPUTS = ("face", "box", "detection_score", "face_found", "error")
+OUTPUTS = contract.PREPROCESS_OUTPUTS
 #: Shortest side the crop path accepts: below it an upload cannot be a face crop (UTKFace's are 200 px).
 MIN_CROP_SIDE = 32
 
@@ -50,7 +50,7 @@ class TritonPythonModel:
     def execute(self, requests: list) -> list:
         responses = []
         for request in requests:
-            items = pb_utils.get_input_tensor_by_name(request, "image").as_numpy().reshape(-1)
+            items = pb_utils.get_input_tensor_by_name(request, contract.IMAGE_INPUT).as_numpy().reshape(-1)
             budget = PixelBudget(self._request_pixels)  # per request, not per item: bounds one caller's work
             rows = [self._one(item, budget) for item in items]
             tensors = [
