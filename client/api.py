@@ -40,6 +40,7 @@ from client.errors import (
 )
 from client.faces import parse_faces
 from client.results import DetectedFace, FaceResult, FacesResult, Health, finite_or_none
+from common import contract
 from common.contract import FACES_MODEL, FACES_OUTPUTS
 
 log = logging.getLogger(__name__)
@@ -48,10 +49,11 @@ ProtocolName = Literal["grpc", "http"]
 #: Everything :meth:`AgeGenderClient.predict` accepts as an image.
 ImageInput = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
 
-DETECT_MODEL = "age_gender"
-CROP_MODEL = "age_gender_crop"
-INPUT_NAME = "image"
-OUTPUT_NAMES = ("age", "female_probability", "gender", "box", "detection_score", "face_found", "error")
+# The names live in common.contract; these aliases stay public (imported from the client by code and docs).
+DETECT_MODEL = contract.DETECT_ENSEMBLE
+CROP_MODEL = contract.CROP_ENSEMBLE
+INPUT_NAME = contract.IMAGE_INPUT
+OUTPUT_NAMES = contract.ENSEMBLE_OUTPUTS
 
 DEFAULT_GRPC_PORT = 8001
 DEFAULT_HTTP_PORT = 8000
@@ -382,7 +384,7 @@ def parse_outputs(outputs: dict[str, np.ndarray | None], files: Sequence[str | N
         probability = finite_or_none(fprob[k, 0]) if fprob is not None else None
         label = _text(gender[k, 0]) if gender is not None else ""
         if label not in ("male", "female"):
-            label = None if probability is None else ("female" if probability >= 0.5 else "male")
+            label = None if probability is None else ("female" if probability >= contract.GENDER_THRESHOLD else "male")
         results.append(
             FaceResult(
                 age=finite_or_none(age[k, 0]) if age is not None else None,

@@ -25,8 +25,34 @@ TASK_OUTPUTS = {AGE_MODEL: AGE_OUTPUT, GENDER_MODEL: GENDER_OUTPUT}
 #: Ensembles: a photo (detection, alignment, crop) and an already aligned face crop.
 DETECT_ENSEMBLE = "age_gender"
 CROP_ENSEMBLE = "age_gender_crop"
-#: Outputs of both ensembles, one row per image.
-ENSEMBLE_OUTPUTS = ("age", "female_probability", "gender", "box", "detection_score", "face_found", "error")
+#: Outputs of both ensembles, one row per image (the postprocess model's too).
+ENSEMBLE_AGE = AGE_OUTPUT  # FP32 [1], years; NaN where no usable face
+ENSEMBLE_FEMALE = GENDER_OUTPUT  # FP32 [1]; NaN where no usable face
+ENSEMBLE_GENDER = "gender"  # STRING [1]: "female" / "male", "" where no usable face
+ENSEMBLE_BOX = "box"  # FP32 [4]: x0, y0, x1, y1 in the original image's pixels
+ENSEMBLE_SCORE = "detection_score"  # FP32 [1]; NaN where no detector ran
+ENSEMBLE_FOUND = "face_found"  # BOOL [1]
+ENSEMBLE_ERROR = "error"  # STRING [1]: empty, or why the item could not be processed
+ENSEMBLE_OUTPUTS = (
+    ENSEMBLE_AGE,
+    ENSEMBLE_FEMALE,
+    ENSEMBLE_GENDER,
+    ENSEMBLE_BOX,
+    ENSEMBLE_SCORE,
+    ENSEMBLE_FOUND,
+    ENSEMBLE_ERROR,
+)
+#: The outputs a caller that wants only the estimate asks for (no box or detection score): the load tests.
+ESTIMATE_OUTPUTS = (ENSEMBLE_AGE, ENSEMBLE_FEMALE, ENSEMBLE_GENDER, ENSEMBLE_FOUND, ENSEMBLE_ERROR)
+
+#: The ensembles' first step: decode (and detect, in ``preprocess``), align, crop. One model.py serves both.
+PREPROCESS_MODEL = "preprocess"
+PREPROCESS_CROP_MODEL = "preprocess_crop"
+PREPROCESS_FACE = "face"  # UINT8 [IMAGE_SIZE, IMAGE_SIZE, 3]: the crop the CNNs read
+# In this order: the preprocess model fills them from one tuple per item.
+PREPROCESS_OUTPUTS = (PREPROCESS_FACE, ENSEMBLE_BOX, ENSEMBLE_SCORE, ENSEMBLE_FOUND, ENSEMBLE_ERROR)
+#: The ensembles' last step: labels gender, passes the rest through.
+POSTPROCESS_MODEL = "postprocess"
 
 #: The BLS model that returns every face of one image.
 FACES_MODEL = "faces"

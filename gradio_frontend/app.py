@@ -9,9 +9,11 @@ TensorFlow or loads a model, so it starts in a second and runs on any small mach
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,9 +91,11 @@ class TritonBackend:
             except Exception:  # noqa: BLE001 - the client is being thrown away; its close errors are noise
                 log.debug("closing a failed client raised", exc_info=True)
 
-    def predict(self, image: str | bytes | Image.Image, *, detect: bool) -> FaceResult:
+    @contextlib.contextmanager
+    def _reset_on_failure(self) -> Iterator[None]:
+        """Drops this thread's client when a call fails in a way that may have broken its connection."""
         try:
-            return self._client().predict(image, detect=detect)
+            yield
         except AgeGenderError as err:
             if err.retryable or isinstance(err, InferenceTimeoutError):
                 self.reset()
@@ -101,17 +105,14 @@ class TritonBackend:
             self.reset()
             raise
 
+    def predict(self, image: str | bytes | Image.Image, *, detect: bool) -> FaceResult:
+        with self._reset_on_failure():
+            return self._client().predict(image, detect=detect)
+
     def predict_faces(self, image: str | bytes | Image.Image) -> FacesResult:
         """Every face (the ``faces`` model); a refused image comes back as ``error``."""
-        try:
+        with self._reset_on_failure():
             return self._client().predict_faces_result(image)
-        except AgeGenderError as err:
-            if err.retryable or isinstance(err, InferenceTimeoutError):
-                self.reset()
-            raise
-        except Exception:
-            self.reset()
-            raise
 
     def health_markdown(self) -> str:
         where = f"`{self.url}` ({self.protocol})"

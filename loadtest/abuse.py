@@ -46,6 +46,7 @@ import tritonclient.grpc.service_pb2 as pb
 import tritonclient.grpc.service_pb2_grpc as pb_grpc
 import tritonclient.http as httpclient
 
+from common import contract
 from loadtest import abuse_cases as cases
 from loadtest import procs
 
@@ -76,7 +77,7 @@ def _tensor_spec(case: cases.Case) -> tuple[str, str, list[int], bytes]:
     datatype = spec.get("datatype", "BYTES")
     raw = _serialize_bytes(case.blobs) if datatype == "BYTES" else b"".join(case.blobs)
     shape = spec.get("shape", [len(case.blobs), 1])
-    return spec.get("input", "image"), datatype, shape, raw
+    return spec.get("input", contract.IMAGE_INPUT), datatype, shape, raw
 
 
 class Sender:
@@ -222,7 +223,7 @@ class Sender:
             response = self.raw_infer(random.Random(case.spec.get("seed", 0)).randbytes(200), timeout=TIMEOUT_S)
         else:
             request = pb.ModelInferRequest(model_name="" if variant == 1 else case.model)
-            tensor = request.inputs.add(name="image", datatype="BYTES", shape=[1, 1])
+            tensor = request.inputs.add(name=contract.IMAGE_INPUT, datatype="BYTES", shape=[1, 1])
             if variant == 2:  # length prefix claims 4 GiB
                 request.raw_input_contents.append(struct.pack("<I", 2**32 - 1) + b"abc")
             elif variant == 3:  # trailing bytes after the last element
@@ -252,8 +253,8 @@ class Sender:
                 pb.SystemSharedMemoryRegisterRequest(name="a", key="/a", byte_size=64),
             ),
             (self.stub.CudaSharedMemoryRegister, pb.CudaSharedMemoryRegisterRequest(name="a", byte_size=64)),
-            (self.stub.RepositoryModelUnload, pb.RepositoryModelUnloadRequest(model_name="age")),
-            (self.stub.RepositoryModelLoad, pb.RepositoryModelLoadRequest(model_name="age")),
+            (self.stub.RepositoryModelUnload, pb.RepositoryModelUnloadRequest(model_name=contract.AGE_MODEL)),
+            (self.stub.RepositoryModelLoad, pb.RepositoryModelLoadRequest(model_name=contract.AGE_MODEL)),
             (self.stub.RepositoryIndex, pb.RepositoryIndexRequest()),
             (self.stub.LogSettings, pb.LogSettingsRequest()),
             (self.stub.TraceSetting, pb.TraceSettingRequest()),
@@ -295,15 +296,18 @@ def _message(data: bytes) -> str:
 
 def check_items(outputs: dict, case: cases.Case) -> tuple[list[str], bool]:
     """Contract violations of a 200 answer to an ensemble, and whether any item carries an error."""
-    needed = ("age", "female_probability", "gender", "face_found", "error", "detection_score")
+    needed = (*contract.ESTIMATE_OUTPUTS, contract.ENSEMBLE_SCORE)
     if any(o not in outputs for o in needed):
         return [f"answer lacks outputs {sorted(set(needed) - set(outputs))}"], False
-    age = outputs["age"].reshape(-1)
-    prob = outputs["female_probability"].reshape(-1)
-    found = outputs["face_found"].reshape(-1)
-    score = outputs["detection_score"].reshape(-1)
-    gender = [g.decode() if isinstance(g, bytes) else str(g) for g in outputs["gender"].reshape(-1)]
-    error = [e.decode(errors="replace") if isinstance(e, bytes) else str(e) for e in outputs["error"].reshape(-1)]
+    age = outputs[contract.ENSEMBLE_AGE].reshape(-1)
+    prob = outputs[contract.ENSEMBLE_FEMALE].reshape(-1)
+    found = outputs[contract.ENSEMBLE_FOUND].reshape(-1)
+    score = outputs[contract.ENSEMBLE_SCORE].reshape(-1)
+    gender = [g.decode() if isinstance(g, bytes) else str(g) for g in outputs[contract.ENSEMBLE_GENDER].reshape(-1)]
+    error = [
+        e.decode(errors="replace") if isinstance(e, bytes) else str(e)
+        for e in outputs[contract.ENSEMBLE_ERROR].reshape(-1)
+    ]
     expects = case.expect.items or ("any",) * len(age)
     if len(age) != len(expects):
         return [f"{len(age)} items answered for {len(expects)} sent"], False
@@ -345,7 +349,7 @@ def judge(case: cases.Case, status: int, message: str, outputs: dict | None) -> 
 
 
 def _all_errors(outputs: dict) -> list[bool]:
-    return [bool(e) for e in outputs["error"].reshape(-1)]
+    return [bool(e) for e in outputs[contract.ENSEMBLE_ERROR].reshape(-1)]
 
 
 def judge_rpc_error(case: cases.Case, err: grpc.RpcError) -> tuple[str, str]:

@@ -19,11 +19,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from common import contract
+
 ROOT = Path(__file__).resolve().parents[1]
 FACE_PHOTO = ROOT / "gradio_frontend" / "examples" / "grace_hopper.jpg"
 NO_FACE_PHOTO = ROOT / "gradio_frontend" / "examples" / "no_face_landscape.jpg"
-DETECT, CROP = "age_gender", "age_gender_crop"
-OUTPUTS = ("age", "female_probability", "gender", "box", "detection_score", "face_found", "error")
+DETECT, CROP = contract.DETECT_ENSEMBLE, contract.CROP_ENSEMBLE
+OUTPUTS = contract.ENSEMBLE_OUTPUTS
 MAX_BATCH = 32
 
 
@@ -379,7 +381,12 @@ def make_case(category: str, i: int, rng: random.Random) -> Case:  # noqa: C901,
             "output": {"outputs": ["no_such_output"]},
             "traversal": {"model": "../age_gender"},
             "long": {"model": "m" * 5000},
-            "direct": {"model": "age", "datatype": "UINT8", "shape": [1, 64, 64], "input": "image"},
+            "direct": {
+                "model": contract.AGE_MODEL,
+                "datatype": "UINT8",
+                "shape": [1, 64, 64],
+                "input": contract.CROP_INPUT,
+            },
         }[variant]
         return Case(category, proto, "infer", model, [face_crop()], Expect("error"), spec, note=variant)
     if category == "malformed_json":
@@ -411,7 +418,7 @@ def make_case(category: str, i: int, rng: random.Random) -> Case:  # noqa: C901,
 def malformed_json(rng: random.Random, model: str) -> dict:
     """A raw HTTP infer request whose JSON (or binary-extension framing) is wrong."""
     path = f"/v2/models/{model}/infer"
-    good = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1, 1], "data": ["x"]}]}
+    good = {"inputs": [{"name": contract.IMAGE_INPUT, "datatype": "BYTES", "shape": [1, 1], "data": ["x"]}]}
     depth = rng.choice([100, 20_000, 100_000, 1_000_000])
     bodies = [
         b"",

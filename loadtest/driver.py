@@ -12,7 +12,7 @@ import numpy as np
 from common import contract
 
 #: What the benchmark asks the ensembles for (the box is not needed to count answers).
-OUTPUTS = ("age", "female_probability", "gender", "face_found", "error")
+OUTPUTS = contract.ESTIMATE_OUTPUTS
 
 
 @dataclass
@@ -130,7 +130,7 @@ def triton_call_factory(url: str, model: str, corpus: list[bytes], batch_size: i
             # No gRPC deadline: the pip tritonserver 2.51 crashes when a deadline cancels an in-flight
             # ensemble request (triton-inference-server/server#7368); the scenario's duration bounds the run.
             result = client.infer(model, [inp], outputs=outputs)
-            errors = [e for e in result.as_numpy("error").ravel() if e]
+            errors = [e for e in result.as_numpy(contract.ENSEMBLE_ERROR).ravel() if e]
             if errors:
                 raise RuntimeError(f"{len(errors)} item errors, e.g. {errors[0]!r}")
             return batch_size

@@ -20,6 +20,7 @@ import sys
 import time
 
 from serving.launch import free_port
+from serving.subproc import stop_process
 
 REGION = "us-east-1"
 # create_user, put_user_policy, create_access_key run before authentication starts.
@@ -80,12 +81,7 @@ class LocalS3:
 
     def stop(self) -> None:
         if self._proc is not None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+            stop_process(self._proc, timeout=10)
             self._proc = None
 
     def __enter__(self) -> LocalS3:

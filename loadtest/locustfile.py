@@ -45,22 +45,23 @@ from locust.runners import WorkerRunner  # noqa: E402
 from PIL import Image  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
+from common import contract as c  # noqa: E402
 from common.contract import FACES_BOX, FACES_MODEL, FACES_OUTPUTS  # noqa: E402
 
 log = logging.getLogger("loadtest")
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
-ENSEMBLES = {"detect": "age_gender", "crop": "age_gender_crop", "faces": FACES_MODEL}
+ENSEMBLES = {"detect": c.DETECT_ENSEMBLE, "crop": c.CROP_ENSEMBLE, "faces": FACES_MODEL}
 #: Models whose input is the decoded, resized face rather than encoded bytes.
-TENSOR_MODELS = {"age", "gender"}
+TENSOR_MODELS = set(c.TASK_MODELS)
+_PREPROCESS_OUTPUTS = (c.PREPROCESS_FACE, c.ENSEMBLE_FOUND, c.ENSEMBLE_ERROR)
 OUTPUTS = {
-    "age_gender": ("age", "female_probability", "gender", "face_found", "error"),
-    "age_gender_crop": ("age", "female_probability", "gender", "face_found", "error"),
-    "preprocess": ("face", "face_found", "error"),
-    "preprocess_crop": ("face", "face_found", "error"),
-    "age": ("age",),
-    "gender": ("female_probability",),
+    c.DETECT_ENSEMBLE: c.ESTIMATE_OUTPUTS,
+    c.CROP_ENSEMBLE: c.ESTIMATE_OUTPUTS,
+    c.PREPROCESS_MODEL: _PREPROCESS_OUTPUTS,
+    c.PREPROCESS_CROP_MODEL: _PREPROCESS_OUTPUTS,
+    **{task: (output,) for task, output in c.TASK_OUTPUTS.items()},
     FACES_MODEL: FACES_OUTPUTS,
 }
 
@@ -106,6 +107,10 @@ def load_corpus(image_dir: str | os.PathLike, model: str) -> list[Any]:
     return [p.read_bytes() for p in files]
 
 
+def input_name(model: str) -> str:
+    return c.FACES_INPUT if model == FACES_MODEL else c.IMAGE_INPUT
+
+
 def make_batch(corpus: list[Any], start: int, size: int, model: str) -> np.ndarray:
     items = [corpus[(start + k) % len(corpus)] for k in range(size)]
     if model in TENSOR_MODELS:
@@ -145,8 +150,8 @@ class TritonRequester:
             result = self._infer(model, batch, outputs)
             if model == FACES_MODEL:
                 units = len(result.as_numpy(FACES_BOX))  # faces found: Locust totals them as "size"
-            if "error" in outputs:
-                errors = [e for e in np.asarray(result.as_numpy("error")).ravel() if e]
+            if c.ENSEMBLE_ERROR in outputs:  # the faces model's error output has the same name
+                errors = [e for e in np.asarray(result.as_numpy(c.ENSEMBLE_ERROR)).ravel() if e]
                 if errors:
                     # A per-item error means the corpus or the server is broken, not a slow success.
                     raise RuntimeError(f"{len(errors)}/{len(batch)} items failed: {errors[0]!r}")
@@ -178,7 +183,7 @@ class GrpcRequester(TritonRequester):
 
     def _infer(self, model: str, batch: np.ndarray, outputs: tuple[str, ...]) -> Any:
         dtype = "UINT8" if batch.dtype == np.uint8 else "BYTES"
-        inp = grpcclient.InferInput("image", list(batch.shape), dtype)
+        inp = grpcclient.InferInput(input_name(model), list(batch.shape), dtype)
         inp.set_data_from_numpy(batch)
         requested = [grpcclient.InferRequestedOutput(o) for o in outputs]
         # No client_timeout: a gRPC deadline that cancels an in-flight ensemble request crashes the pip
@@ -201,7 +206,7 @@ class HttpRequester(TritonRequester):
 
     def _infer(self, model: str, batch: np.ndarray, outputs: tuple[str, ...]) -> Any:
         dtype = "UINT8" if batch.dtype == np.uint8 else "BYTES"
-        inp = httpclient.InferInput("image", list(batch.shape), dtype)
+        inp = httpclient.InferInput(input_name(model), list(batch.shape), dtype)
         inp.set_data_from_numpy(batch, binary_data=True)
         requested = [httpclient.InferRequestedOutput(o, binary_data=True) for o in outputs]
         return self.client.infer(model, [inp], outputs=requested or None)

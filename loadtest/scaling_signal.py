@@ -29,8 +29,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+from common import contract
+
 ROOT = Path(__file__).resolve().parents[1]
-ENSEMBLES = {"detect": "age_gender", "crop": "age_gender_crop"}
+ENSEMBLES = {"detect": contract.DETECT_ENSEMBLE, "crop": contract.CROP_ENSEMBLE}
 SAMPLE = re.compile(r"^(\w+)\{([^}]*)\}\s+([-+0-9.eE]+|NaN)$")
 WANTED = ("nv_inference_queue_duration_us", "nv_inference_request_success", "nv_inference_pending_request_count")
 

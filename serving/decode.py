@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,6 +60,38 @@ class Decoded:
 
     image: Image.Image
     scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """The per-item limits of :func:`decode_upload`, as the Python models read them from their config."""
+
+    max_bytes: int = MAX_BYTES
+    max_pixels: int = MAX_PIXELS
+    max_decoded_bytes: int = MAX_DECODED_BYTES
+    draft_side: int = DRAFT_SIDE
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, str]) -> DecodeLimits:
+        """Reads the ``max_bytes``, ``max_pixels``, ``max_decoded_bytes`` and ``draft_side`` string parameters
+        of a model config; a missing or empty one keeps the default."""
+        return cls(
+            max_bytes=int(params.get("max_bytes") or MAX_BYTES),
+            max_pixels=int(params.get("max_pixels") or MAX_PIXELS),
+            max_decoded_bytes=int(params.get("max_decoded_bytes") or MAX_DECODED_BYTES),
+            draft_side=int(params.get("draft_side") or DRAFT_SIDE),
+        )
+
+    def decode(self, data: bytes, *, budget: PixelBudget | None = None) -> Decoded:
+        """:func:`decode_upload` under these limits."""
+        return decode_upload(
+            data,
+            max_pixels=self.max_pixels,
+            max_bytes=self.max_bytes,
+            max_decoded_bytes=self.max_decoded_bytes,
+            draft_side=self.draft_side,
+            budget=budget,
+        )
 
 
 def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES) -> Image.Image:

@@ -46,6 +46,7 @@ from pathlib import Path
 
 from serving import proxy, security, storage
 from serving.rollout import CONTROL_ARGS
+from serving.subproc import stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_REPOSITORY = ROOT / "model_repository"
@@ -464,12 +465,7 @@ class TritonServer:
         if proc is not None:
             if proc.poll() is None:
                 # Only Triton gets SIGTERM: it unloads the models and stops its Python stubs itself.
-                proc.terminate()
-                try:
-                    proc.wait(timeout=EXIT_TIMEOUT + 10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                stop_process(proc, timeout=EXIT_TIMEOUT + 10)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)  # stubs orphaned by a crash or a kill share the group
             if self._reader is not None:

@@ -37,6 +37,7 @@ import textwrap
 from pathlib import Path
 
 from serving.decode import REQUEST_MAX_BYTES
+from serving.subproc import stop_process
 
 #: Largest request body accepted at the door (images plus framing).
 MAX_BODY = REQUEST_MAX_BYTES + 2**20
@@ -259,31 +260,29 @@ class Door:
         if proc is None:
             return
         if proc.poll() is None:
-            proc.send_signal(signal.SIGQUIT)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc, timeout=timeout, sig=signal.SIGQUIT)
         self.proc = None
+
+
+def compose_nginx_config() -> str:
+    """The config of the compose ``door`` service, committed as ``docker/nginx.conf``."""
+    return nginx_config(
+        prefix="/var/cache/nginx",  # exists (and is writable) in the official nginx image
+        listen_host="0.0.0.0",
+        http_port=8000,
+        grpc_port=8001,
+        triton_http="triton:8000",
+        triton_grpc="triton:8001",
+        pid="/tmp/nginx.pid",
+        user="",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Prints the nginx config compose uses (docker/nginx.conf).")
     p.add_argument("--compose", action="store_true", help="the config for the compose `door` service")
     p.parse_args(argv)
-    sys.stdout.write(
-        nginx_config(
-            prefix="/var/cache/nginx",  # exists (and is writable) in the official nginx image
-            listen_host="0.0.0.0",
-            http_port=8000,
-            grpc_port=8001,
-            triton_http="triton:8000",
-            triton_grpc="triton:8001",
-            pid="/tmp/nginx.pid",
-            user="",
-        )
-    )
+    sys.stdout.write(compose_nginx_config())
     return 0
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,6 +50,29 @@ def tiny_repo(tmp_path_factory) -> Path:
     for task in TASKS:
         export_model(build(task, widths=(4, 8)), task, repo)
     return repo
+
+
+def start_launcher(repo: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    """Runs the launcher CLI (``python -m serving.launch``) on ``repo`` and returns once Triton is ready.
+
+    Returns the process, whose stderr is still an open text pipe (read or drain it), and its HTTP ``host:port``.
+    ``args`` are extra launcher options.
+    """
+    http_port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "serving.launch", "--model-repository", str(repo), "--http-port", str(http_port)]
+        + ["--grpc-port", str(free_port()), "--metrics-port", str(free_port()), "--timeout", "120", *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # The launcher exits by itself (--timeout) if the server never gets ready, so readline cannot hang for long.
+    seen = []
+    while not any("Triton ready in" in line for line in seen[-1:]):
+        seen.append(proc.stderr.readline())
+        assert seen[-1], "launcher exited before ready:\n" + "".join(seen[-30:])
+    return proc, f"127.0.0.1:{http_port}"
 
 
 def _serve(repo: Path):

@@ -30,6 +30,7 @@ from client import (
     ServerUnavailableError,
 )
 from client.errors import translate
+from common import contract
 from serving.launch import TritonServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -177,7 +178,7 @@ def test_health(triton_tiny, protocol):
         health = client.health()
         assert client.wait_until_ready(timeout=5).ok
     assert health.live and health.ready and health.ok and health.error is None
-    assert health.models == {"age_gender": True, "age_gender_crop": True}
+    assert health.models == {contract.DETECT_ENSEMBLE: True, contract.CROP_ENSEMBLE: True}
 
 
 @integration

@@ -8,10 +8,12 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from common import contract
+
 ROOT = Path(__file__).resolve().parents[1]
 REPOSITORY = ROOT / "model_repository"
 MODELS = sorted(p.parent.name for p in REPOSITORY.glob("*/config.pbtxt"))
-ENSEMBLES = ("age_gender", "age_gender_crop")
+ENSEMBLES = (contract.DETECT_ENSEMBLE, contract.CROP_ENSEMBLE)
 TF_TO_TRITON = {"uint8": mc.TYPE_UINT8, "float32": mc.TYPE_FP32}
 
 
@@ -28,7 +30,14 @@ def tensors(items) -> dict[str, tuple[int, tuple[int, ...]]]:
 
 
 def test_expected_models_present():
-    assert set(MODELS) == {"preprocess", "preprocess_crop", "age", "gender", "postprocess", "faces", *ENSEMBLES}
+    assert set(MODELS) == {
+        contract.PREPROCESS_MODEL,
+        contract.PREPROCESS_CROP_MODEL,
+        *contract.TASK_MODELS,
+        contract.POSTPROCESS_MODEL,
+        contract.FACES_MODEL,
+        *ENSEMBLES,
+    }
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -38,11 +47,11 @@ def test_both_variants_parse_and_agree(model):
     assert tensors(prod.input) == tensors(cpu.input)
     assert tensors(prod.output) == tensors(cpu.output)
     assert prod.max_batch_size == cpu.max_batch_size
-    assert prod.max_batch_size > 0 or model == "faces"  # faces: one image per request, N faces out
+    assert prod.max_batch_size > 0 or model == contract.FACES_MODEL  # faces: one image per request, N faces out
     assert all(g.kind == mc.ModelInstanceGroup.KIND_CPU for g in cpu.instance_group)
 
 
-@pytest.mark.parametrize("task", ["age", "gender"])
+@pytest.mark.parametrize("task", contract.TASK_MODELS)
 def test_model_configs_run_the_savedmodel(task):
     prod, cpu = config(task), config(task, "configs/cpu.pbtxt")
     assert prod.platform == "tensorflow_savedmodel"
@@ -59,7 +68,7 @@ def test_model_configs_run_the_savedmodel(task):
         assert c.dynamic_batching.preferred_batch_size and c.dynamic_batching.max_queue_delay_microseconds > 0
 
 
-@pytest.mark.parametrize("task", ["age", "gender"])
+@pytest.mark.parametrize("task", contract.TASK_MODELS)
 def test_configs_match_savedmodel_signature(task, tiny_repo):
     import tensorflow as tf
 
@@ -78,12 +87,12 @@ def test_configs_match_savedmodel_signature(task, tiny_repo):
 
 
 def test_preprocess_crop_shares_code_and_skips_detection():
-    link = REPOSITORY / "preprocess_crop" / "1" / "model.py"
+    link = REPOSITORY / contract.PREPROCESS_CROP_MODEL / "1" / "model.py"
     assert link.is_symlink() and not Path(link.readlink()).is_absolute()
-    assert link.resolve() == (REPOSITORY / "preprocess" / "1" / "model.py").resolve()
+    assert link.resolve() == (REPOSITORY / contract.PREPROCESS_MODEL / "1" / "model.py").resolve()
     for variant in ("config.pbtxt", "configs/cpu.pbtxt"):
-        assert config("preprocess_crop", variant).parameters["detect"].string_value == "false"
-        assert config("preprocess", variant).parameters["detect"].string_value == "true"
+        assert config(contract.PREPROCESS_CROP_MODEL, variant).parameters["detect"].string_value == "false"
+        assert config(contract.PREPROCESS_MODEL, variant).parameters["detect"].string_value == "true"
 
 
 @pytest.mark.parametrize("name", ENSEMBLES)
@@ -109,9 +118,26 @@ def test_ensemble_wiring(name):
 
 def test_ensembles_differ_only_in_preprocess():
     steps = {e: [s.model_name for s in config(e).ensemble_scheduling.step] for e in ENSEMBLES}
-    assert steps["age_gender"] == ["preprocess", "age", "gender", "postprocess"]
-    assert steps["age_gender_crop"] == ["preprocess_crop", "age", "gender", "postprocess"]
-    assert tensors(config("preprocess").output) == tensors(config("preprocess_crop").output)
+    tasks = list(contract.TASK_MODELS)
+    assert steps[contract.DETECT_ENSEMBLE] == [contract.PREPROCESS_MODEL, *tasks, contract.POSTPROCESS_MODEL]
+    assert steps[contract.CROP_ENSEMBLE] == [contract.PREPROCESS_CROP_MODEL, *tasks, contract.POSTPROCESS_MODEL]
+    pre, pre_crop = config(contract.PREPROCESS_MODEL), config(contract.PREPROCESS_CROP_MODEL)
+    assert tensors(pre.output) == tensors(pre_crop.output)
+
+
+@pytest.mark.parametrize("variant", ["config.pbtxt", "configs/cpu.pbtxt"])
+def test_ensemble_tensor_names_match_the_contract(variant):
+    # Order matters where code zips names with positions: preprocess builds its outputs from one tuple per item.
+    pre = config(contract.PREPROCESS_MODEL, variant)
+    assert list(tensors(pre.input)) == [contract.IMAGE_INPUT]
+    assert list(tensors(pre.output)) == list(contract.PREPROCESS_OUTPUTS)
+    post = config(contract.POSTPROCESS_MODEL, variant)
+    assert set(tensors(post.input)) == set(contract.ENSEMBLE_OUTPUTS) - {contract.ENSEMBLE_GENDER}
+    assert list(tensors(post.output)) == list(contract.ENSEMBLE_OUTPUTS)
+    for name in ENSEMBLES:
+        ens = config(name, variant)
+        assert list(tensors(ens.input)) == [contract.IMAGE_INPUT]
+        assert list(tensors(ens.output)) == list(contract.ENSEMBLE_OUTPUTS)
 
 
 @pytest.mark.parametrize("variant", ["config.pbtxt", "configs/cpu.pbtxt"])
@@ -138,6 +164,6 @@ def test_faces_contract(variant):
         model = config(task, variant)
         assert max_faces <= model.max_batch_size and model.dynamic_batching.max_queue_delay_microseconds > 0
         assert tensors(model.input) == {c.CROP_INPUT: (mc.TYPE_UINT8, (64, 64, 3))} and output in tensors(model.output)
-    pre = config("preprocess", variant)
+    pre = config(contract.PREPROCESS_MODEL, variant)
     for key in ("max_bytes", "max_pixels"):
         assert faces.parameters[key].string_value == pre.parameters[key].string_value

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from serving.launch import free_port
+from serving.subproc import stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -117,12 +118,7 @@ def gradio_ui(triton_url: str, protocol: str = "grpc", timeout: float = 10.0):
                 time.sleep(0.5)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=15)
 
 
 class TcpRelay:

@@ -7,7 +7,6 @@ import io
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -22,6 +21,7 @@ from tritonclient.utils import InferenceServerException
 
 from serving import launch, security
 from serving.launch import TritonServer, free_port
+from tests.conftest import start_launcher
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,22 +182,9 @@ def test_crash_is_logged_and_restarted(small_repo):
 
 
 def launcher(repo: Path) -> tuple[subprocess.Popen, str]:
-    http_port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "serving.launch", "--model-repository", str(repo), "--http-port", str(http_port)]
-        + ["--grpc-port", str(free_port()), "--metrics-port", str(free_port()), "--timeout", "120"]
-        + ["--drain-grace", "0.5"],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    seen = []
-    while not any("Triton ready in" in line for line in seen[-1:]):
-        seen.append(proc.stderr.readline())
-        assert seen[-1], "launcher exited before ready:\n" + "".join(seen[-30:])
+    proc, url = start_launcher(repo, "--drain-grace", "0.5")
     threading.Thread(target=proc.stderr.read, daemon=True).start()
-    return proc, f"127.0.0.1:{http_port}"
+    return proc, url
 
 
 def test_row7_sigterm_under_load_completes_everything_accepted(small_repo):

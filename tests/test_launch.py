@@ -6,7 +6,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 
 from serving import launch
 from serving.launch import TritonServer, TritonStartError, free_port
+from tests.conftest import start_launcher
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,32 +85,7 @@ def test_broken_model_reports_server_log(small_repo):
 @pytest.mark.integration
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_cli_stops_cleanly_on_signal(small_repo, sig):
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "serving.launch",
-            "--model-repository",
-            str(small_repo),
-            "--http-port",
-            str(free_port()),
-            "--grpc-port",
-            str(free_port()),
-            "--metrics-port",
-            str(free_port()),
-            "--timeout",
-            "120",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    # The launcher exits by itself (--timeout) if the server never gets ready, so readline cannot hang for long.
-    seen = []
-    while not any("Triton ready in" in line for line in seen[-1:]):
-        seen.append(proc.stderr.readline())
-        assert seen[-1], "launcher exited before ready:\n" + "".join(seen[-30:])
+    proc, _ = start_launcher(small_repo)
     servers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)

@@ -12,10 +12,12 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from PIL import Image
 
+from common import contract as c
+
 pytestmark = pytest.mark.integration
 
 GRACE = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"  # public domain portrait
-OUTPUTS = ("age", "female_probability", "gender", "box", "detection_score", "face_found", "error")
+OUTPUTS = c.ENSEMBLE_OUTPUTS
 
 
 def encode(img: Image.Image, fmt: str = "JPEG") -> bytes:
@@ -44,7 +46,7 @@ CASES = {
 def infer(url: str, protocol: str, model: str, items: list[bytes]) -> dict[str, np.ndarray]:
     lib = httpclient if protocol == "http" else grpcclient
     data = np.array(items, dtype=object).reshape(-1, 1)
-    image = lib.InferInput("image", list(data.shape), "BYTES")
+    image = lib.InferInput(c.IMAGE_INPUT, list(data.shape), "BYTES")
     image.set_data_from_numpy(data)
     client = lib.InferenceServerClient(url)
     try:
@@ -58,7 +60,7 @@ def infer(url: str, protocol: str, model: str, items: list[bytes]) -> dict[str, 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_batch_with_bad_uploads(triton_tiny, protocol):
     url = triton_tiny.http_url if protocol == "http" else triton_tiny.grpc_url
-    out = infer(url, protocol, "age_gender", [make() for make, _, _ in CASES.values()])
+    out = infer(url, protocol, c.DETECT_ENSEMBLE, [make() for make, _, _ in CASES.values()])
     assert {k: v.shape[0] for k, v in out.items()} == dict.fromkeys(OUTPUTS, len(CASES))
     for i, (case, (_, error, found)) in enumerate(CASES.items()):
         message = out["error"][i, 0].decode()
@@ -77,7 +79,7 @@ def test_batch_with_bad_uploads(triton_tiny, protocol):
 def test_crop_ensemble_serves_aligned_crop(triton_tiny, protocol):
     url = triton_tiny.http_url if protocol == "http" else triton_tiny.grpc_url
     crop = Image.open(GRACE).convert("RGB").crop((120, 80, 320, 280))  # 200x200, UTKFace-sized
-    out = infer(url, protocol, "age_gender_crop", [encode(crop), b""])
+    out = infer(url, protocol, c.CROP_ENSEMBLE, [encode(crop), b""])
     assert out["error"][0, 0] == b"" and out["face_found"][0, 0] and np.isfinite(out["age"][0, 0])
     assert out["box"][0].tolist() == [0, 0, 200, 200] and np.isnan(out["detection_score"][0, 0])  # no detector ran
     assert b"empty" in out["error"][1, 0] and not out["face_found"][1, 0] and out["gender"][1, 0] == b""
@@ -91,13 +93,13 @@ def test_dynamic_batch_is_split_back_per_request(triton_tiny):
     try:
         pending = []
         for batch in batches:
-            image = httpclient.InferInput("image", list(batch.shape), "UINT8")
+            image = httpclient.InferInput(c.CROP_INPUT, list(batch.shape), "UINT8")
             image.set_data_from_numpy(batch)
-            pending.append(client.async_infer("age", [image]))
-        merged = [p.get_result().as_numpy("age") for p in pending]
-        image = httpclient.InferInput("image", [10, 64, 64, 3], "UINT8")
+            pending.append(client.async_infer(c.AGE_MODEL, [image]))
+        merged = [p.get_result().as_numpy(c.AGE_OUTPUT) for p in pending]
+        image = httpclient.InferInput(c.CROP_INPUT, [10, 64, 64, 3], "UINT8")
         image.set_data_from_numpy(np.concatenate(batches))
-        alone = client.infer("age", [image]).as_numpy("age")
+        alone = client.infer(c.AGE_MODEL, [image]).as_numpy(c.AGE_OUTPUT)
     finally:
         client.close()
     assert [m.shape for m in merged] == [(n, 1) for n in (1, 2, 3, 4)]
@@ -118,7 +120,7 @@ def aligned_crop(path: Path) -> bytes:
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_committed_repository_serves_portrait(triton_committed, protocol):
     url = triton_committed.grpc_url if protocol == "grpc" else triton_committed.http_url
-    out = infer(url, protocol, "age_gender", [GRACE.read_bytes(), b"junk"])
+    out = infer(url, protocol, c.DETECT_ENSEMBLE, [GRACE.read_bytes(), b"junk"])
     assert out["face_found"][0, 0] and out["error"][0, 0] == b""
     # Grace Hopper was 77 in this 1984 portrait: the committed model says about 77. It calls her male
     # (female probability about 0.3), an error the README reports; the label must still be a valid one.
@@ -132,8 +134,8 @@ def test_committed_repository_serves_portrait(triton_committed, protocol):
 def test_committed_ensembles_agree_on_an_aligned_crop(triton_committed, protocol):
     url = triton_committed.grpc_url if protocol == "grpc" else triton_committed.http_url
     crop = aligned_crop(GRACE)
-    detect = infer(url, protocol, "age_gender", [crop])
-    skip = infer(url, protocol, "age_gender_crop", [crop])
+    detect = infer(url, protocol, c.DETECT_ENSEMBLE, [crop])
+    skip = infer(url, protocol, c.CROP_ENSEMBLE, [crop])
     assert detect["face_found"][0, 0] and skip["face_found"][0, 0]
     # Detection re-crops the crop with the calibrated UTKFace framing, so both paths see nearly the same
     # face (measured: 70.4 vs 76.9 years, female probability 0.21 vs 0.30).

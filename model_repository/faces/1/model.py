@@ -2,7 +2,7 @@
 
 Walk-through in ``model_repository/faces/README.md``. Detection and cropping are
 :class:`serving.faces.MultiFaceCropper`; decoding and its per-image errors are the preprocess model's
-(:func:`serving.decode.decode_upload`: same limits, JPEG draft decoding). Age and gender run as the
+(:class:`serving.decode.DecodeLimits`: same limits, JPEG draft decoding). Age and gender run as the
 ``age`` and ``gender`` models through business logic scripting, so their dynamic batching still combines
 the faces of concurrent requests (from this model's instances and from the ensembles) into one batch.
 """
@@ -17,14 +17,7 @@ import triton_python_backend_utils as pb_utils
 
 from common import contract as c
 from common import spec
-from serving.decode import (
-    DRAFT_SIDE,
-    MAX_BYTES,
-    MAX_DECODED_BYTES,
-    MAX_PIXELS,
-    ImageDecodeError,
-    decode_upload,
-)
+from serving.decode import DecodeLimits, ImageDecodeError
 from serving.faces import MAX_FACES, MultiFaceCropper
 
 #: The models each image's face crops go to, and the output read from each.
@@ -35,11 +28,8 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
-        self._max_bytes = int(params.get("max_bytes") or MAX_BYTES)
-        self._max_pixels = int(params.get("max_pixels") or MAX_PIXELS)
-        self._max_decoded_bytes = int(params.get("max_decoded_bytes") or MAX_DECODED_BYTES)
         # The multi-face detector looks at the picture at most DRAFT_SIDE px wide, so larger JPEGs decode smaller.
-        self._draft_side = int(params.get("draft_side") or DRAFT_SIDE)
+        self._limits = DecodeLimits.from_params(params)
         self._max_faces = int(params.get("max_faces") or MAX_FACES)
         self._cropper = MultiFaceCropper()
 
@@ -53,13 +43,7 @@ class TritonPythonModel:
         try:
             if data.size != 1:
                 raise ImageDecodeError(f"Send exactly one image per request, got {data.size}.")
-            decoded = decode_upload(
-                bytes(data[0]),
-                max_pixels=self._max_pixels,
-                max_bytes=self._max_bytes,
-                max_decoded_bytes=self._max_decoded_bytes,
-                draft_side=self._draft_side,
-            )
+            decoded = self._limits.decode(bytes(data[0]))
             faces = self._cropper.crop_all(decoded.image, max_faces=self._max_faces)
         except ImageDecodeError as err:
             return _response([], np.zeros(0, np.float32), np.zeros(0, np.float32), str(err))

@@ -13,20 +13,11 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from common import spec
-from serving.decode import (
-    DRAFT_SIDE,
-    MAX_BYTES,
-    MAX_DECODED_BYTES,
-    MAX_PIXELS,
-    REQUEST_MAX_PIXELS,
-    ImageDecodeError,
-    PixelBudget,
-    decode_upload,
-)
+from common import contract, spec
+from serving.decode import REQUEST_MAX_PIXELS, DecodeLimits, ImageDecodeError, PixelBudget
 from serving.faces import FaceCropper, crop_aligned
 
-OUTPUTS = ("face", "box", "detection_score", "face_found", "error")
+OUTPUTS = contract.PREPROCESS_OUTPUTS
 #: Shortest side the crop path accepts: below it an upload cannot be a face crop (UTKFace's are 200 px).
 MIN_CROP_SIDE = 32
 
@@ -35,11 +26,8 @@ class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         config = json.loads(args["model_config"])
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
-        self._max_bytes = int(params.get("max_bytes") or MAX_BYTES)
-        self._max_pixels = int(params.get("max_pixels") or MAX_PIXELS)
-        self._max_decoded_bytes = int(params.get("max_decoded_bytes") or MAX_DECODED_BYTES)
+        self._limits = DecodeLimits.from_params(params)
         self._request_pixels = int(params.get("request_max_pixels") or REQUEST_MAX_PIXELS)
-        self._draft_side = int(params.get("draft_side") or DRAFT_SIDE)
         self._detect = params.get("detect", "true").lower() != "false"
         self._crop = FaceCropper() if self._detect else self._crop_only
         self._dtypes = {
@@ -50,7 +38,7 @@ class TritonPythonModel:
     def execute(self, requests: list) -> list:
         responses = []
         for request in requests:
-            items = pb_utils.get_input_tensor_by_name(request, "image").as_numpy().reshape(-1)
+            items = pb_utils.get_input_tensor_by_name(request, contract.IMAGE_INPUT).as_numpy().reshape(-1)
             budget = PixelBudget(self._request_pixels)  # per request, not per item: bounds one caller's work
             rows = [self._one(item, budget) for item in items]
             tensors = [
@@ -77,14 +65,7 @@ class TritonPythonModel:
         """
         blank = np.zeros((spec.IMAGE_SIZE, spec.IMAGE_SIZE, 3), np.uint8)
         try:
-            decoded = decode_upload(
-                bytes(data),
-                max_pixels=self._max_pixels,
-                max_bytes=self._max_bytes,
-                max_decoded_bytes=self._max_decoded_bytes,
-                draft_side=self._draft_side,
-                budget=budget,
-            )
+            decoded = self._limits.decode(bytes(data), budget=budget)
             face = self._crop(decoded.image)
         except ImageDecodeError as err:
             return blank, (0.0,) * 4, [0.0], [False], [str(err).encode()]
