@@ -9,11 +9,9 @@ TensorFlow or loads a model, so it starts in a second and runs on any small mach
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,13 +55,15 @@ TABLE_HEADERS = ["#", "age", "gender", "confidence", "detector score", "box (x0,
 
 
 class TritonBackend:
-    """Hands out a client per worker thread, created on first use and dropped after connection failures.
+    """The UI's one :class:`AgeGenderClient`, created on first use so the UI can start before Triton does.
 
-    Lazy creation lets the UI start before Triton does. Dropping the client after a failure matters
-    for gRPC: a channel that saw the server go away backs off exponentially before reconnecting, so a
-    restarted Triton could look dead for a minute; a fresh channel connects at once. One client per
-    thread because Gradio runs handlers on a thread pool and the HTTP client is not thread-safe.
+    Gradio's worker threads share it: the client is thread-safe (one gRPC channel, or an HTTP connection
+    per thread inside it) and reconnects quickly after an outage. Its retries with backoff carry a click
+    across a restart of Triton by the launcher (ready again within its cold start, a few seconds).
     """
+
+    #: Attempts after the first while the server is unavailable: backoff 0.5 + 1 + 2 + 4 s covers a restart.
+    RETRIES = 4
 
     def __init__(self, url: str, protocol: str, *, timeout: float = DEFAULT_TIMEOUT_S) -> None:
         if protocol not in ("grpc", "http"):
@@ -71,61 +71,40 @@ class TritonBackend:
         self.url = url
         self.protocol = protocol
         self.timeout = timeout
-        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._shared: AgeGenderClient | None = None
 
-    def _client(self) -> AgeGenderClient:
-        client = getattr(self._local, "client", None)
-        if client is None:
-            # retries=0: the user can press the button again; silent retries only lengthen the spinner.
-            client = AgeGenderClient(self.url, protocol=self.protocol, timeout=self.timeout, retries=0)
-            self._local.client = client
-        return client
+    def client(self) -> AgeGenderClient:
+        with self._lock:
+            if self._shared is None:
+                self._shared = AgeGenderClient(
+                    self.url, protocol=self.protocol, timeout=self.timeout, retries=self.RETRIES
+                )
+            return self._shared
 
-    def reset(self) -> None:
-        client = getattr(self._local, "client", None)
-        self._local.client = None
-        close = getattr(client, "close", None)
-        if close is not None:
-            try:
-                close()
-            except Exception:  # noqa: BLE001 - the client is being thrown away; its close errors are noise
-                log.debug("closing a failed client raised", exc_info=True)
-
-    @contextlib.contextmanager
-    def _reset_on_failure(self) -> Iterator[None]:
-        """Drops this thread's client when a call fails in a way that may have broken its connection."""
-        try:
-            yield
-        except AgeGenderError as err:
-            if err.retryable or isinstance(err, InferenceTimeoutError):
-                self.reset()
-            raise
-        except Exception:
-            # An error the client did not translate leaves its connection in an unknown state.
-            self.reset()
-            raise
+    def close(self) -> None:
+        with self._lock:
+            client, self._shared = self._shared, None
+        if client is not None:
+            client.close()
 
     def predict(self, image: str | bytes | Image.Image, *, detect: bool) -> FaceResult:
-        with self._reset_on_failure():
-            return self._client().predict(image, detect=detect)
+        return self.client().predict(image, detect=detect)
 
     def predict_faces(self, image: str | bytes | Image.Image) -> FacesResult:
         """Every face (the ``faces`` model); a refused image comes back as ``error``."""
-        with self._reset_on_failure():
-            return self._client().predict_faces_result(image)
+        return self.client().predict_faces_result(image)
 
     def health_markdown(self) -> str:
         where = f"`{self.url}` ({self.protocol})"
         try:
-            health = self._client().health()
+            health = self.client().health()  # never retries: the status line shows what is true now
         except AgeGenderError as err:
-            self.reset()
             return f"Triton at {where}: **unreachable** ({err})"
         if getattr(health, "ok", False):
             return f"Triton at {where}: **ready**"
         if getattr(health, "live", False):
             return f"Triton at {where}: **starting**, models still loading"
-        self.reset()
         error = getattr(health, "error", None)
         return f"Triton at {where}: **unreachable**" + (f" ({error})" if error else "")
 

@@ -45,6 +45,7 @@ from locust.runners import WorkerRunner  # noqa: E402
 from PIL import Image  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
+from client.errors import translate  # noqa: E402
 from common import contract as c  # noqa: E402
 from common.contract import FACES_BOX, FACES_MODEL, FACES_OUTPUTS  # noqa: E402
 
@@ -123,6 +124,13 @@ def make_batch(corpus: list[Any], start: int, size: int, model: str) -> np.ndarr
     return batch
 
 
+#: A request retries for up to this long while the server is unavailable: a Triton restarted by the launcher
+#: is ready again within its cold start (about 5 s here). Its response time includes the retries.
+RETRY_WINDOW_S = 15.0
+RETRY_FIRST_WAIT_S = 0.25
+RETRY_MAX_WAIT_S = 2.0
+
+
 class TritonRequester:
     """Wraps one tritonclient and reports every inference to Locust through ``events.request``.
 
@@ -146,8 +154,20 @@ class TritonRequester:
         units = len(batch)
         start = time.perf_counter()
         exception: BaseException | None = None
+        retries = 0
         try:
-            result = self._infer(model, batch, outputs)
+            while True:
+                try:
+                    result = self._infer(model, batch, outputs)
+                    break
+                except (InferenceServerException, OSError) as exc:
+                    # Inference is idempotent: while the server is unavailable (the launcher restarting a
+                    # crashed Triton answers 502/503/UNAVAILABLE at the door), try again, as the client does.
+                    wait = min(RETRY_FIRST_WAIT_S * 2**retries, RETRY_MAX_WAIT_S)
+                    if not self._unavailable(exc, model) or time.perf_counter() + wait > start + RETRY_WINDOW_S:
+                        raise
+                retries += 1
+                time.sleep(wait)  # gevent's, under Locust
             if model == FACES_MODEL:
                 units = len(result.as_numpy(FACES_BOX))  # faces found: Locust totals them as "size"
             if c.ENSEMBLE_ERROR in outputs:  # the faces model's error output has the same name
@@ -167,8 +187,13 @@ class TritonRequester:
             # Locust sums this per request; images (faces for the faces model) is the unit we want totals of.
             response_length=units,
             exception=exception,
-            context={"batch_size": len(batch)},
+            context={"batch_size": len(batch), "retries": retries},
         )
+
+    def _unavailable(self, exc: BaseException, model: str) -> bool:
+        if isinstance(exc, InferenceServerException):
+            return translate(exc, url=self.url, protocol=self.protocol, model=model).retryable
+        return True  # a refused or reset connection
 
     def close(self) -> None:
         pass
