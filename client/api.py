@@ -40,7 +40,7 @@ from client.errors import (
 )
 from client.faces import parse_faces
 from client.results import DetectedFace, FaceResult, FacesResult, Health, finite_or_none
-from common import contract
+from common import contract, triton_workarounds
 from common.contract import FACES_MODEL, FACES_OUTPUTS
 
 log = logging.getLogger(__name__)
@@ -61,8 +61,8 @@ DEFAULT_HTTP_PORT = 8000
 MAX_BACKOFF_S = 8.0
 
 #: Deadline sent with gRPC inference requests, far beyond the client's own timeout (see _GrpcTransport.infer).
-GRPC_BACKSTOP_MIN_S = 300.0
-GRPC_BACKSTOP_FACTOR = 10.0
+GRPC_BACKSTOP_MIN_S = triton_workarounds.GRPC_BACKSTOP_MIN_S
+GRPC_BACKSTOP_FACTOR = triton_workarounds.GRPC_BACKSTOP_FACTOR
 #: Longest wait in close() (and at exit) for requests the client stopped waiting for.
 GRPC_DRAIN_S = 30.0
 
@@ -132,10 +132,9 @@ def _grpc_channel_args() -> list[tuple[str, int]]:
 class _GrpcTransport:
     """gRPC calls over one shared channel.
 
-    Inference never lets gRPC cancel a request the server is running: Triton 2.51 (the build in nvidia-pytriton)
-    can segfault when an in-flight ensemble request is cancelled, by a deadline or by closing the channel
-    (triton-inference-server/server#7368, fixed in 24.12). So the client stops *waiting* after ``timeout`` but
-    sends only a distant backstop deadline, and :meth:`close` lets abandoned requests finish before closing.
+    Inference never lets gRPC cancel a request the server is running (why: common/triton_workarounds.py): the
+    client stops *waiting* after ``timeout`` but sends only a distant backstop deadline, and :meth:`close` lets
+    abandoned requests finish before closing.
     """
 
     def __init__(self, address: str, *, timeout: float, ssl: bool, root_certificates: str | None) -> None:

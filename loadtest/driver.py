@@ -127,8 +127,7 @@ def triton_call_factory(url: str, model: str, corpus: list[bytes], batch_size: i
             state["i"] += batch_size
             inp = grpcclient.InferInput(contract.IMAGE_INPUT, list(batch.shape), "BYTES")
             inp.set_data_from_numpy(batch)
-            # No gRPC deadline: the pip tritonserver 2.51 crashes when a deadline cancels an in-flight
-            # ensemble request (triton-inference-server/server#7368); the scenario's duration bounds the run.
+            # No gRPC deadline (common/triton_workarounds.py); the scenario's duration bounds the run.
             result = client.infer(model, [inp], outputs=outputs)
             errors = [e for e in result.as_numpy(contract.ENSEMBLE_ERROR).ravel() if e]
             if errors:

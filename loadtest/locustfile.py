@@ -211,8 +211,7 @@ class GrpcRequester(TritonRequester):
         inp = grpcclient.InferInput(input_name(model), list(batch.shape), dtype)
         inp.set_data_from_numpy(batch)
         requested = [grpcclient.InferRequestedOutput(o) for o in outputs]
-        # No client_timeout: a gRPC deadline that cancels an in-flight ensemble request crashes the pip
-        # tritonserver 2.51 (triton-inference-server/server#7368, fixed in 24.12); Locust's -t bounds the run.
+        # No client_timeout (common/triton_workarounds.py); Locust's -t bounds the run.
         return self.client.infer(model, [inp], outputs=requested or None)
 
     def close(self) -> None:

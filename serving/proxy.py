@@ -47,12 +47,10 @@ MAX_BODY = REQUEST_MAX_BYTES + 2**20
 #: on the two preprocess instances. The launcher's drain timeout is derived from it (serving.launch).
 REQUEST_TIMEOUT_S = 60
 
-#: Workaround for Triton 2.51 only (upstream triton-inference-server/server#7368, fixed by PR #7840, merged
-#: December 2024, so in 25.02): a gRPC request to an ensemble cancelled by its deadline can segfault the server.
-#: The door drops the ``grpc-timeout`` header, so Triton never cancels on its own timer; the caller still gets
-#: DEADLINE_EXCEEDED from its own gRPC library. The caller's cancellation still reaches Triton through nginx
-#: (measured: 5 x 5 ms deadlines can still crash 2.51), so the launcher's supervisor restarts it
-#: (serving/launch.py) and clients retry. Delete both once the binary is >= 25.01.
+#: Part of the cancelled-ensemble workaround for Triton 2.51 (why: common/triton_workarounds.py): the door drops
+#: the ``grpc-timeout`` header, so Triton never cancels on its own timer; the caller still gets DEADLINE_EXCEEDED
+#: from its own gRPC library. Its cancellation still reaches Triton through nginx (measured: 5 x 5 ms deadlines
+#: can still crash 2.51), hence the launcher's restarts. Delete with that entry.
 STRIP_GRPC_DEADLINE = True
 
 
