@@ -87,6 +87,12 @@ def _add_arguments(parser: Any) -> None:
     group.add_argument("--triton-grpc-url", env_var="TRITON_GRPC_URL", default="localhost:8001")
     group.add_argument("--triton-http-url", env_var="TRITON_HTTP_URL", default="localhost:8000")
     group.add_argument("--request-timeout", type=float, default=30.0, help="seconds per request")
+    group.add_argument(
+        "--retry-window",
+        type=float,
+        default=RETRY_WINDOW_S,
+        help="seconds a request retries while the server is unavailable (a restart); 0: no retries",
+    )
     group.add_argument("--max-fail-ratio", type=float, default=0.01, help="exit 1 above this failure ratio")
     group.add_argument("--max-p95-ms", type=float, default=0.0, help="exit 1 when p95 exceeds it (0: no bound)")
 
@@ -124,8 +130,9 @@ def make_batch(corpus: list[Any], start: int, size: int, model: str) -> np.ndarr
     return batch
 
 
-#: A request retries for up to this long while the server is unavailable: a Triton restarted by the launcher
-#: is ready again within its cold start (about 5 s here). Its response time includes the retries.
+#: A request retries for up to this long (default of --retry-window) while the server is unavailable: a
+#: Triton restarted by the launcher is ready again within its cold start (about 5 s here). Its response time
+#: includes the retries.
 RETRY_WINDOW_S = 15.0
 RETRY_FIRST_WAIT_S = 0.25
 RETRY_MAX_WAIT_S = 2.0
@@ -144,6 +151,7 @@ class TritonRequester:
         self.environment = environment
         self.url = url
         self.timeout = timeout
+        self.retry_window = getattr(environment.parsed_options, "retry_window", RETRY_WINDOW_S)
 
     def _infer(self, model: str, batch: np.ndarray, outputs: tuple[str, ...]) -> Any:
         raise NotImplementedError
@@ -164,7 +172,7 @@ class TritonRequester:
                     # Inference is idempotent: while the server is unavailable (the launcher restarting a
                     # crashed Triton answers 502/503/UNAVAILABLE at the door), try again, as the client does.
                     wait = min(RETRY_FIRST_WAIT_S * 2**retries, RETRY_MAX_WAIT_S)
-                    if not self._unavailable(exc, model) or time.perf_counter() + wait > start + RETRY_WINDOW_S:
+                    if not self._unavailable(exc, model) or time.perf_counter() + wait > start + self.retry_window:
                         raise
                 retries += 1
                 time.sleep(wait)  # gevent's, under Locust

@@ -107,7 +107,8 @@ def test_locust_counts_a_dead_server_as_failures(tmp_path):
         grpc_url = f"127.0.0.1:{free_port()}"
         http_url = f"127.0.0.1:{free_port()}"
 
-    done, prefix = _locust(tmp_path, "TritonGrpcUser", Dead, "--path", "crop")
+    # Retries ride out a restart (15 s by default); a server that stays dead is a failure after the window.
+    done, prefix = _locust(tmp_path, "TritonGrpcUser", Dead, "--path", "crop", "--retry-window", "1")
     assert done.returncode == 1
     assert int(_aggregated(prefix)["Failure Count"]) > 0
 
