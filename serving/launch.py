@@ -438,10 +438,17 @@ class TritonServer:
                     f"tritonserver exited with code {self._proc.returncode} before it was ready. "
                     f"Last log lines:\n{self.logs(40)}"
                 )
+            door = self._door.proc if self._door is not None else None
+            if door is not None and door.poll() is not None:
+                raise TritonStartError(
+                    f"the nginx front door exited with code {door.returncode} (a public port taken?). "
+                    f"Its log:\n" + "\n".join(self._door_log)
+                )
             if time.monotonic() > deadline:
                 raise TritonStartError(
                     f"tritonserver was not ready after {timeout:.0f} s (is a model failing to "
-                    f"load, or a port taken?). Last log lines:\n{self.logs(40)}"
+                    f"load, or a port taken?). Last log lines:\n{self.logs(40)}\nThe door's log (nginx):\n"
+                    + "\n".join(list(self._door_log)[-10:])
                 )
             time.sleep(0.25)
         if self.startup_seconds is None:
