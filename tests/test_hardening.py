@@ -127,6 +127,29 @@ def test_row5_one_heavy_request_does_not_stall_others(triton_tiny):
     assert all(b"to decode" in e for e in errors)
 
 
+def gradient_png(width: int, height: int) -> bytes:
+    x = np.linspace(0, 255, width, dtype=np.float32)[None, :]
+    y = np.linspace(0, 255, height, dtype=np.float32)[:, None]
+    planes = [np.broadcast_to(x, (height, width)), np.broadcast_to(y, (height, width))]
+    buf = io.BytesIO()
+    Image.fromarray(np.stack([*planes, (planes[0] + planes[1]) / 2], -1).astype(np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_row5_a_request_using_the_whole_pixel_budget_does_not_stall_others(triton_tiny):
+    # Accepted, not refused: 5 x 20 MP 8-bit PNGs (60 MB decoded each) are the per-request budget of 100 MP.
+    legit = [gradient_png(5000, 4000)] * 5
+    answer = {}
+    heavy = threading.Thread(target=lambda: answer.update(r=grpc_infer(triton_tiny.grpc_url, "age_gender", legit)))
+    heavy.start()
+    time.sleep(0.3)
+    start = time.monotonic()
+    grpc_infer(triton_tiny.grpc_url, "age_gender", [jpeg()])
+    assert time.monotonic() - start <= 2.0
+    heavy.join(60)
+    assert answer["r"].as_numpy("error").reshape(-1).tolist() == [b""] * 5  # all decoded and searched
+
+
 def test_row9_no_face_or_error_gives_nan_on_the_wire(triton_tiny):
     result = grpc_infer(triton_tiny.grpc_url, "age_gender", [jpeg(), b"not an image"])
     assert not result.as_numpy("face_found").any()
