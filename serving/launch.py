@@ -44,7 +44,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from serving import proxy, security, storage
+from serving import proxy, security, shm_guard, storage
 from serving.rollout import CONTROL_ARGS
 from serving.subproc import stop_process
 
@@ -331,21 +331,8 @@ class TritonServer:
         self._spawn_triton()
         self._supervisor = threading.Thread(target=self._supervise, daemon=True)
         self._supervisor.start()
-        threading.Thread(target=self._guard_shm, daemon=True).start()
+        threading.Thread(target=shm_guard.guard, args=(SHM_DIR, self.shm_prefix, self._stopping), daemon=True).start()
         return self
-
-    def _guard_shm(self) -> None:
-        """Makes this server's Python-backend regions owner-only (0600) as soon as they appear.
-
-        Triton 2.51's Python backend creates them with boost.interprocess, which fchmods them to 0644 whatever
-        the umask (so the umask 077 given to Triton does not help). Polled every 20 ms; README "Security"
-        states the window this leaves.
-        """
-        while not self._stopping.wait(0.02):
-            for region in SHM_DIR.glob(f"{self.shm_prefix}*"):
-                with contextlib.suppress(OSError):
-                    if region.stat().st_mode & 0o077:
-                        region.chmod(0o600)
 
     def _spawn_triton(self) -> None:
         cmd, env = self.command()
