@@ -31,6 +31,7 @@ import contextlib
 import ctypes
 import importlib.util
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -69,9 +70,39 @@ class TritonStartError(RuntimeError):
     """Triton exited or did not become ready; the message ends with its last log lines."""
 
 
+#: Ports handed out by free_port() in this process: never handed out twice (a server's public port, chosen
+#: before it starts, is not bound yet when its internal ports are chosen).
+_handed_out: set[int] = set()
+#: How far below the kernel's ephemeral range free_port() looks.
+PORT_SPAN = 10_000
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (another process may still take it before Triton binds)."""
-    with socket.socket() as s:
+    """A TCP port that was free a moment ago (another process may still take it before the server binds).
+
+    Chosen below the kernel's ephemeral range: outgoing connections take their source ports from that range,
+    so a client retrying against a server that is still starting cannot be holding the port it will bind.
+    """
+    low = _ephemeral_low()
+    for _ in range(100):
+        port = secrets.randbelow(PORT_SPAN) + max(1024, low - PORT_SPAN)
+        if port in _handed_out or port >= low:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket() as s:  # a crowded range: the kernel's pick
         s.bind((host, 0))
         return s.getsockname()[1]
 
