@@ -212,3 +212,17 @@ def test_architecture_benchmark_times_each_candidate(capsys):
     for row in rows:
         inference, training = (float(cell) for cell in row.strip("| ").split(" | ")[-2:])
         assert inference > 0 and training > 0
+
+
+def test_gender_calibration_error_and_reliability_table():
+    from training.evaluate import calibration
+
+    rng = np.random.default_rng(0)
+    prob = rng.random(20_000)
+    calibrated = (rng.random(20_000) < prob).astype(int)  # "p" is right a fraction p of the time
+    assert calibration(calibrated, prob)["ece"] < 0.02
+    overconfident = (rng.random(20_000) < 0.5 + (prob - 0.5) / 2).astype(int)  # truth only half as extreme
+    result = calibration(overconfident, prob, bins=10)
+    assert 0.1 < result["ece"] < 0.15  # mean |p - (0.5 + (p - 0.5) / 2)| = 0.125
+    assert len(result["bins"]) == 10 and sum(b["n"] for b in result["bins"]) == 20_000
+    assert result["bins"][0]["observed"] > result["bins"][0]["mean_p"]  # low predictions are too low

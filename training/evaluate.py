@@ -53,6 +53,37 @@ def age_metrics(true: np.ndarray, pred: np.ndarray) -> dict:
     }
 
 
+#: Equal-width bins of the predicted female probability for the calibration error and the reliability plot.
+CALIBRATION_BINS = 10
+
+
+def calibration(true: np.ndarray, prob: np.ndarray, bins: int = CALIBRATION_BINS) -> dict:
+    """Expected calibration error of ``female_probability`` and its reliability table.
+
+    Per bin of the predicted probability: mean prediction and observed fraction of women. ECE is the
+    count-weighted mean of their absolute gap: 0 for a calibrated model, whose "0.8" is right 80% of the time.
+    """
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(prob, edges[1:-1]), 0, bins - 1)
+    rows, ece = [], 0.0
+    for b in range(bins):
+        m = which == b
+        if not m.any():
+            continue
+        mean_p, observed = float(prob[m].mean()), float(true[m].mean())
+        ece += m.sum() / len(true) * abs(mean_p - observed)
+        rows.append(
+            {
+                "low": float(edges[b]),
+                "high": float(edges[b + 1]),
+                "n": int(m.sum()),
+                "mean_p": mean_p,
+                "observed": observed,
+            }
+        )
+    return {"ece": float(ece) if len(true) else None, "bins": rows}
+
+
 def gender_metrics(true: np.ndarray, prob: np.ndarray) -> dict:
     pred = (prob >= 0.5).astype(int)
     cm = [[int(((true == t) & (pred == p)).sum()) for p in (0, 1)] for t in (0, 1)]
@@ -68,6 +99,7 @@ def gender_metrics(true: np.ndarray, prob: np.ndarray) -> dict:
         "accuracy": float((pred == true).mean()) if len(true) else None,
         "per_class": per_class,
         "confusion_matrix": cm,
+        "calibration": calibration(true, prob),
     }
 
 
@@ -150,6 +182,20 @@ def plots(
         title="Gender confusion matrix",
     )
     save(fig, "gender_confusion.png")
+
+    cal = calibration(data.genders, probs)
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="calibrated")
+    ax.plot([r["mean_p"] for r in cal["bins"]], [r["observed"] for r in cal["bins"]], "o-", label="model")
+    ax.set(
+        title=f"Gender reliability (ECE {cal['ece']:.3f})",
+        xlabel="predicted female probability (bin mean)",
+        ylabel="observed fraction female",
+        xlim=(0, 1),
+        ylim=(0, 1),
+    )
+    ax.legend()
+    save(fig, "gender_reliability.png")
     return files
 
 
@@ -187,6 +233,19 @@ def markdown(report: dict) -> str:
         ]
         cm = g["confusion_matrix"]
         lines += ["", f"Confusion matrix (rows true, columns predicted; male, female): `{cm[0]}` / `{cm[1]}`", ""]
+        cal = g["calibration"]
+        lines += [
+            f"`female_probability` calibration: expected calibration error **{cal['ece']:.3f}** "
+            f"({CALIBRATION_BINS} equal-width bins)",
+            "",
+            "| predicted | n | mean predicted | observed female |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['low']:.1f}-{r['high']:.1f} | {r['n']} | {r['mean_p']:.3f} | {r['observed']:.3f} |"
+            for r in cal["bins"]
+        ]
+        lines += [""]
     a, g = report["all_ages"]["age"], report["all_ages"]["gender"]
     lines += [
         "## Against the seed project",
