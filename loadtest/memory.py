@@ -5,24 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-
-def _field_kb(path: str, field: str) -> int:
-    try:
-        for line in Path(path).read_text().splitlines():
-            if line.startswith(field):
-                return int(line.split()[1])
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        pass
-    return 0
-
-
-def _rss_kb(pid: str) -> int:
-    return _field_kb(f"/proc/{pid}/status", "VmRSS:")
-
-
-def _pss_kb(pid: str) -> int:
-    """Proportional set size: pages shared by N processes (the runtime's libraries in every stub) count 1/N."""
-    return _field_kb(f"/proc/{pid}/smaps_rollup", "Pss:")
+from loadtest.procs import pss_bytes, rss_bytes
 
 
 def group_rss_mb(pid: int) -> dict:
@@ -45,8 +28,8 @@ def group_rss_mb(pid: int) -> dict:
         name = Path(cmd[0].decode(errors="replace")).name
         if name == "triton_python_backend_stub" and len(cmd) > 1:
             name = f"stub {Path(cmd[1].decode(errors='replace')).parent.parent.name}"  # <model>/<version>/model.py
-        rss = _rss_kb(proc.name)
+        rss = rss_bytes(proc.name)
         if rss:  # threads' and exiting processes' entries have none
-            per[f"{name} ({proc.name})"] = rss / 1024
-            pss += _pss_kb(proc.name) / 1024
+            per[f"{name} ({proc.name})"] = rss / 2**20
+            pss += pss_bytes(proc.name) / 2**20
     return {"total_mb": sum(per.values()), "pss_mb": pss, "processes": per}

@@ -120,12 +120,21 @@ def triton_pids(root: int) -> set[int]:
     return {p.pid for p in server_processes(root) if p.name == "tritonserver"}
 
 
-def rss_bytes(pid: int) -> int:
-    status = _read(PROC / str(pid) / "status") or ""
-    for line in status.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
+def _field_kb(pid: int | str, file: str, field: str) -> int:
+    """A ``Field:  N kB`` line of ``/proc/<pid>/<file>``; 0 when the process or the line is gone."""
+    for line in (_read(PROC / str(pid) / file) or "").splitlines():
+        if line.startswith(field):
+            return int(line.split()[1])
     return 0
+
+
+def rss_bytes(pid: int | str) -> int:
+    return _field_kb(pid, "status", "VmRSS:") * 1024
+
+
+def pss_bytes(pid: int | str) -> int:
+    """Proportional set size: pages shared by N processes (the runtime's libraries in every stub) count 1/N."""
+    return _field_kb(pid, "smaps_rollup", "Pss:") * 1024
 
 
 def rss_by_name(root: int) -> dict[str, int]:

@@ -504,18 +504,12 @@ class TritonServer:
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+        self._tell_reaper("clear")
         reaper, self._reaper = self._reaper, None
         if reaper is not None:
-            self._tell_reaper_of(reaper, "clear")
             with contextlib.suppress(OSError):
                 reaper.stdin.close()
             reaper.wait(timeout=10)
-
-    @staticmethod
-    def _tell_reaper_of(reaper: subprocess.Popen, line: str) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            reaper.stdin.write(line + "\n")
-            reaper.stdin.flush()
 
     def __enter__(self) -> TritonServer:
         self.start()
