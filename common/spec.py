@@ -22,6 +22,12 @@ INPUT_DTYPE = np.uint8
 #: SavedModel signature and Triton tensor names, fixed so configs can rely on them.
 INPUT_NAME = "image"
 AGE_OUTPUT = "age"
+#: The age model's 10th and 90th percentile of its age distribution, in years: an 80% interval around ``age``.
+#: NaN from a model without a distributional head (a plain regressor has no interval to give).
+AGE_LOW_OUTPUT = "age_low"
+AGE_HIGH_OUTPUT = "age_high"
+#: The quantiles those two outputs report.
+AGE_INTERVAL = (0.1, 0.9)
 GENDER_OUTPUT = "female_probability"
 
 

@@ -37,7 +37,8 @@ def export_constant(repo: Path, value: float) -> Path:
     from training.export import export_model
     from training.model import OUTPUT_NAMES, build
 
-    model = build("age", widths=(4, 8))
+    # The regression head: one bias is the answer, whatever the face (the bins head would need a distribution).
+    model = build("age", widths=(4, 8), age_head="regression")
     head = model.get_layer(OUTPUT_NAMES["age"])
     kernel, bias = head.get_weights()
     head.set_weights([np.zeros_like(kernel), np.full_like(bias, value)])

@@ -134,7 +134,8 @@ def test_smoke_train_export_signature_and_evaluate(archive, tmp_path):
     export.main(["--runs", str(tmp_path / "runs"), "--repo", str(repo), "--tasks", "age"])
     assert export.versions(repo / "age") == [1, 2]
 
-    for task, output in (("age", spec.AGE_OUTPUT), ("gender", spec.GENDER_OUTPUT)):
+    outputs = {"age": [spec.AGE_OUTPUT, spec.AGE_HIGH_OUTPUT, spec.AGE_LOW_OUTPUT], "gender": [spec.GENDER_OUTPUT]}
+    for task, names in outputs.items():
         version = export.latest(repo, task)
         # Only the artifact and its records: serving code lives in serving/backends, not in version folders.
         assert not list(version.glob("*.py"))
@@ -144,10 +145,15 @@ def test_smoke_train_export_signature_and_evaluate(archive, tmp_path):
         assert list(inputs) == [spec.INPUT_NAME]
         assert inputs[spec.INPUT_NAME].dtype == tf.uint8
         assert inputs[spec.INPUT_NAME].shape.as_list() == [None, spec.IMAGE_SIZE, spec.IMAGE_SIZE, 3]
-        assert list(sig.structured_outputs) == [output]
-        assert sig.structured_outputs[output].shape.as_list() == [None, 1]
-        out = sig(image=tf.zeros((3, spec.IMAGE_SIZE, spec.IMAGE_SIZE, 3), tf.uint8))[output].numpy()
-        assert out.shape == (3, 1) and np.isfinite(out).all()
+        assert sorted(sig.structured_outputs) == names
+        result = sig(image=tf.zeros((3, spec.IMAGE_SIZE, spec.IMAGE_SIZE, 3), tf.uint8))
+        for output in names:
+            assert sig.structured_outputs[output].shape.as_list() == [None, 1]
+            out = result[output].numpy()
+            assert out.shape == (3, 1) and np.isfinite(out).all()
+    config = json.loads((export.latest(repo, "age") / "training_config.json").read_text())
+    assert config["tta"] is True and config["age_head"] == "bins" and config["temperature"] > 0
+    assert 0 <= config["val_served"]["interval_coverage"] <= 1
 
     report_dir = tmp_path / "report"
     report = evaluate.main(
@@ -176,8 +182,14 @@ def test_smoke_train_export_signature_and_evaluate(archive, tmp_path):
     ):
         assert (report_dir / name).stat().st_size > 0
     rows = (tmp_path / "pred.csv").read_text().splitlines()
-    assert rows[0] == "file,true_age,predicted_age,true_gender,female_probability"
+    assert rows[0] == "file,true_age,predicted_age,age_low,age_high,true_gender,female_probability"
     assert len(rows) == utk_fixture.EXPECTED["kept"] + 1
+    for row in rows[1:]:
+        low, high = float(row.split(",")[3]), float(row.split(",")[4])
+        assert 0 <= low <= high <= 116.5
+    assert 0 <= report["all_ages"]["age"]["coverage"] <= 1
+    assert all("coverage" in band for band in report["all_ages"]["age_by_band"].values())
+    assert "80% interval coverage" in (report_dir / "evaluation.md").read_text()
 
 
 def test_models_take_uint8_and_carry_their_normalisation():

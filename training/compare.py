@@ -1,10 +1,12 @@
-"""Short, equal-budget age runs that pick the loss and the rebalancing default.
+"""Equal-budget training runs that settle the training choices, scored on the validation split.
 
-    python -m training.compare --data UTKFace.tar.gz --budget-minutes 7
+    python -m training.compare --data UTKFace.tar.gz --task age --epochs 3 \
+        --init-from model_repository/age/1 --variants huber,ce,ldl,ce+ema
 
-Each variant trains for the same wall-clock budget, then its best checkpoint is
-scored on the test split over the whole age range (1-116), the criterion the
-defaults are chosen by. Writes ``compare.json`` and a Markdown table.
+Every variant trains for the same number of epochs (the same number of steps, so a busy machine changes how
+long a run takes, not what it learns) from the same starting weights, then is scored as it would be served:
+with and without flip test-time augmentation, with its interval's coverage where it has one. The test split is
+never looked at here. Writes ``<out>/compare.json`` and ``<out>/compare.md``; runs are kept under ``<out>``.
 """
 
 from __future__ import annotations
@@ -13,71 +15,99 @@ import argparse
 import json
 from pathlib import Path
 
-import keras
-import numpy as np
-
-from training import data as utk
 from training import train
 
+#: Name -> extra ``training.train`` arguments. EMA is off unless the variant names it, so each row changes
+#: one thing against its neighbour.
 VARIANTS = {
-    "huber": ["--age-loss", "huber"],
-    "mae": ["--age-loss", "mae"],
-    "mse": ["--age-loss", "mse"],
-    "huber+rebalance": ["--age-loss", "huber", "--rebalance"],
+    "age": {
+        "huber": ["--age-loss", "huber", "--ema", "0"],
+        "ce": ["--age-loss", "ce", "--ema", "0"],
+        "ldl": ["--age-loss", "ldl", "--ema", "0"],
+        "ce+ema": ["--age-loss", "ce", "--ema", "0.998"],
+        "ldl+ema": ["--age-loss", "ldl", "--ema", "0.998"],
+        # Width: from scratch only (a wider trunk cannot start from the narrower one's weights).
+        "ce+wide": ["--age-loss", "ce", "--ema", "0", "--widths", "24,48,96,192"],
+    },
+    "gender": {
+        "plain": ["--ema", "0"],
+        "ema": ["--ema", "0.998"],
+    },
 }
 
 
-def main(argv: list[str] | None = None) -> None:
+def row(name: str, config: dict, task: str) -> dict:
+    served, plain = config["val_served"], config["val_served_no_tta"]
+    key = "mae" if task == "age" else "accuracy"
+    return {
+        "variant": name,
+        "val": served[key],
+        "val_no_tta": plain[key],
+        "coverage": served.get("interval_coverage"),
+        "width": served.get("interval_width"),
+        "temperature": config["temperature"],
+        "minutes": round(config.get("train_seconds", 0) / 60, 1),
+    }
+
+
+def table(rows: list[dict], task: str) -> str:
+    metric = "val MAE" if task == "age" else "val accuracy"
+    lines = [
+        f"| variant | {metric}, flip TTA | {metric}, no TTA | 80% interval coverage | mean width | temperature | "
+        "train min |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        cov = f"{r['coverage']:.3f}" if r["coverage"] is not None else "-"
+        width = f"{r['width']:.1f}" if r["width"] is not None else "-"
+        fmt = ".3f" if task == "age" else ".4f"
+        lines.append(
+            f"| {r['variant']} | {r['val']:{fmt}} | {r['val_no_tta']:{fmt}} | {cov} | {width} | "
+            f"{r['temperature']:.2f} | {r['minutes']} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, type=Path)
-    p.add_argument("--out", type=Path, default=Path("runs/compare"))
-    p.add_argument("--budget-minutes", type=float, default=7.0)
+    p.add_argument("--task", choices=tuple(VARIANTS), default="age")
+    p.add_argument("--out", type=Path, default=None, help="default: runs/compare-<task>")
+    p.add_argument("--epochs", type=int, default=3, help="the equal budget, in epochs")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--init-from", type=Path, default=None, help="common starting weights (training.train)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--limit", type=int, default=0, help="training images per variant (smoke runs)")
+    p.add_argument("--variants", default=None, help=f"comma-separated; default all of the task's: {VARIANTS}")
+    p.add_argument("--reuse", action="store_true", help="keep variants already finished under --out")
     args = p.parse_args(argv)
+    out = args.out or Path("runs") / f"compare-{args.task}"
+    names = args.variants.split(",") if args.variants else list(VARIANTS[args.task])
 
-    data = utk.load(args.data, cache_dir=utk.default_cache_dir())
-    test = data.subset(np.flatnonzero(utk.split(data, seed=args.seed) == "test"))
-    results = {}
-    for name in args.variants.split(","):
-        best = train.main(
-            [
-                "--task",
-                "age",
-                "--data",
-                str(args.data),
-                "--out",
-                str(args.out / name),
-                "--budget-minutes",
-                str(args.budget_minutes),
-                "--threads",
-                str(args.threads),
-                "--seed",
-                str(args.seed),
-                *VARIANTS[name],
-            ]
-        )
-        pred = keras.models.load_model(best).predict(test.images, batch_size=256, verbose=0)[:, 0]
-        err = np.abs(pred - test.ages)
-        results[name] = {
-            "test_mae": float(err.mean()),
-            "test_mae_under_80": float(err[test.ages < 80].mean()),
-            "test_rmse": float(np.sqrt((err**2).mean())),
-        }
-        print(name, results[name], flush=True)
-    (args.out / "compare.json").write_text(
-        json.dumps({"budget_minutes": args.budget_minutes, "results": results}, indent=2)
+    rows = []
+    for name in names:
+        run = out / name
+        done = run / "config.json"
+        if not (args.reuse and done.exists() and "val_served" in json.loads(done.read_text())):
+            common = ["--task", args.task, "--data", str(args.data), "--out", str(run), "--epochs", str(args.epochs)]
+            common += ["--lr", str(args.lr), "--threads", str(args.threads), "--seed", str(args.seed)]
+            common += ["--patience", str(args.epochs + 1), "--limit", str(args.limit)]
+            common += ["--init-from", str(args.init_from)] if args.init_from else []
+            train.main([*common, *VARIANTS[args.task][name]])
+        rows.append(row(name, json.loads(done.read_text()), args.task))
+        print(table(rows[-1:], args.task).splitlines()[-1], flush=True)
+
+    out.mkdir(parents=True, exist_ok=True)
+    start = f"from `{args.init_from}`" if args.init_from else "from scratch"
+    header = (
+        f"{args.task}: each variant trained {args.epochs} epochs (equal steps) {start}, peak learning rate "
+        f"{args.lr}; scored on the validation split as served (temperature fitted on the same split).\n\n"
     )
-    lines = ["| variant | test MAE (1-116) | test MAE (<80) | test RMSE |", "|---|---|---|---|"]
-    lines += [
-        f"| {k} | {v['test_mae']:.2f} | {v['test_mae_under_80']:.2f} | {v['test_rmse']:.2f} |"
-        for k, v in results.items()
-    ]
-    (args.out / "compare.md").write_text(
-        f"Equal budget of {args.budget_minutes} min each.\n\n" + "\n".join(lines) + "\n"
-    )
-    print("\n".join(lines))
+    (out / "compare.json").write_text(json.dumps({"args": vars(args) | {"data": str(args.data)}, "rows": rows}, default=str, indent=2))
+    (out / "compare.md").write_text(header + table(rows, args.task) + "\n")
+    print(header + table(rows, args.task))
+    return rows
 
 
 if __name__ == "__main__":

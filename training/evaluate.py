@@ -25,32 +25,38 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from common import spec  # noqa: E402
 from training import data as utk  # noqa: E402
 from training.export import SAVEDMODEL, latest  # noqa: E402
-from training.model import OUTPUT_NAMES  # noqa: E402
 
 AGE_BANDS = ((0, 2), (3, 9), (10, 19), (20, 29), (30, 39), (40, 49), (50, 59), (60, 69), (70, 79), (80, 116))
 # The seed project's validation figures, for comparison.
 SEED = {"age_val_mse": 226.0, "age_val_rmse": 15.0, "gender_val_accuracy": 0.81}
 
 
-def predict(version_dir: Path, images: np.ndarray, task: str, batch: int = 256) -> np.ndarray:
+def predict(version_dir: Path, images: np.ndarray, batch: int = 256) -> dict[str, np.ndarray]:
+    """Every output of an exported model's signature over ``images``, as ``(N,)`` arrays."""
     fn = tf.saved_model.load(str(version_dir / SAVEDMODEL)).signatures["serving_default"]
-    out = [
-        fn(image=tf.constant(images[i : i + batch]))[OUTPUT_NAMES[task]].numpy()[:, 0]
-        for i in range(0, len(images), batch)
-    ]
-    return np.concatenate(out) if out else np.zeros(0, np.float32)
-
-
-def age_metrics(true: np.ndarray, pred: np.ndarray) -> dict:
-    err = pred - true
+    parts = [fn(image=tf.constant(images[i : i + batch])) for i in range(0, len(images), batch)]
+    names = list(fn.structured_outputs)
     return {
+        k: np.concatenate([p[k].numpy()[:, 0] for p in parts]) if parts else np.zeros(0, np.float32) for k in names
+    }
+
+
+def age_metrics(true: np.ndarray, pred: np.ndarray, low: np.ndarray | None = None, high: np.ndarray | None = None) -> dict:
+    """MAE, RMSE and, for a model with an interval, how often the 10-90% interval holds the true age."""
+    err = pred - true
+    out = {
         "n": int(len(true)),
         "mae": float(np.abs(err).mean()) if len(true) else None,
         "rmse": float(np.sqrt((err**2).mean())) if len(true) else None,
         "mse": float((err**2).mean()) if len(true) else None,
     }
+    if low is not None and len(true) and np.isfinite(low).all():
+        out["coverage"] = float(((true >= low) & (true <= high)).mean())
+        out["width"] = float((high - low).mean())
+    return out
 
 
 #: Equal-width bins of the predicted female probability for the calibration error and the reliability plot.
@@ -103,19 +109,19 @@ def gender_metrics(true: np.ndarray, prob: np.ndarray) -> dict:
     }
 
 
-def metrics(data: utk.Dataset, ages: np.ndarray, probs: np.ndarray) -> dict:
+def metrics(data: utk.Dataset, pred: dict[str, np.ndarray]) -> dict:
+    ages, probs = pred[spec.AGE_OUTPUT], pred[spec.GENDER_OUTPUT]
+    low, high = pred.get(spec.AGE_LOW_OUTPUT), pred.get(spec.AGE_HIGH_OUTPUT)
+
+    def on(m):
+        return age_metrics(data.ages[m], ages[m], None if low is None else low[m], None if high is None else high[m])
+
     bands = {
-        f"{lo}-{hi}": age_metrics(data.ages[m], ages[m])
-        for lo, hi in AGE_BANDS
-        if (m := (data.ages >= lo) & (data.ages <= hi)).any()
+        f"{lo}-{hi}": on(m) for lo, hi in AGE_BANDS if (m := (data.ages >= lo) & (data.ages <= hi)).any()
     }
-    races = {
-        name: age_metrics(data.ages[data.races == i], ages[data.races == i])
-        for i, name in enumerate(utk.RACES)
-        if (data.races == i).any()
-    }
+    races = {name: on(data.races == i) for i, name in enumerate(utk.RACES) if (data.races == i).any()}
     return {
-        "age": age_metrics(data.ages, ages),
+        "age": on(np.ones(len(data), bool)),
         "age_by_band": bands,
         "age_by_race": races,
         "gender": gender_metrics(data.genders, probs),
@@ -145,7 +151,8 @@ def plots(
         if hist.exists():
             rows = list(csv.DictReader(hist.open()))
             epochs = [int(r["epoch"]) + 1 for r in rows]
-            key = "mae" if task == "age" else "accuracy"
+            # "age_mae" since the age models share one metric for both heads; "mae" in the first models' history.
+            key = ("age_mae" if "age_mae" in rows[0] else "mae") if task == "age" else "accuracy"
             for k in (key, f"val_{key}"):
                 ax.plot(epochs, [float(r[k]) for r in rows], label=k)
             ax.set(title=f"{task} training", xlabel="epoch")
@@ -200,8 +207,14 @@ def plots(
 
 
 def markdown(report: dict) -> str:
+    interval = "coverage" in report["all_ages"]["age"]
+
     def age_row(name, m):
-        return f"| {name} | {m['n']} | {m['mae']:.2f} | {m['rmse']:.2f} |"
+        extra = f" {m['coverage']:.3f} | {m['width']:.1f} |" if interval else ""
+        return f"| {name} | {m['n']} | {m['mae']:.2f} | {m['rmse']:.2f} |{extra}"
+
+    age_head = "| n | MAE | RMSE |" + (" 80% interval coverage | mean width |" if interval else "")
+    age_rule = "|---|---|---|---|" + ("---|---|" if interval else "")
 
     lines = [
         f"# Evaluation: {report['data']} (split: {report['split']})",
@@ -218,13 +231,21 @@ def markdown(report: dict) -> str:
             "",
             f"- age MAE **{m['age']['mae']:.2f}** years, RMSE {m['age']['rmse']:.2f} "
             f"(MSE {m['age']['mse']:.1f}); n = {m['age']['n']}",
+            *(
+                [
+                    f"- age interval (10th-90th percentile): covers **{m['age']['coverage']:.3f}** of true ages "
+                    f"(nominal 0.80), mean width {m['age']['width']:.1f} years"
+                ]
+                if interval
+                else []
+            ),
             f"- gender accuracy **{g['accuracy']:.4f}**",
             "",
-            "| age band | n | MAE | RMSE |",
-            "|---|---|---|---|",
+            "| age band " + age_head,
+            age_rule,
         ]
         lines += [age_row(k, v) for k, v in m["age_by_band"].items()]
-        lines += ["", "| race | n | MAE | RMSE |", "|---|---|---|---|"]
+        lines += ["", "| race " + age_head, age_rule]
         lines += [age_row(k, v) for k, v in m["age_by_race"].items()]
         lines += ["", "| gender | precision | recall | F1 | support |", "|---|---|---|---|---|"]
         lines += [
@@ -280,8 +301,8 @@ def main(argv: list[str] | None = None) -> dict:
     data = utk.load(args.data, cache_dir=args.cache_dir)
     splits = utk.split(data, seed=args.seed)
     subset = data if args.split == "all" else data.subset(np.flatnonzero(splits == args.split))
-    ages = predict(models["age"], subset.images, "age")
-    probs = predict(models["gender"], subset.images, "gender")
+    pred = {**predict(models["age"], subset.images), **predict(models["gender"], subset.images)}
+    ages, probs = pred[spec.AGE_OUTPUT], pred[spec.GENDER_OUTPUT]
 
     args.out.mkdir(parents=True, exist_ok=True)
     young = subset.ages < 80
@@ -292,8 +313,8 @@ def main(argv: list[str] | None = None) -> dict:
         "seed": args.seed,
         "summary": data.summary.line(args.data),
         "models": {k: str(v) for k, v in models.items()},
-        "all_ages": metrics(subset, ages, probs),
-        "under_80": metrics(subset.subset(np.flatnonzero(young)), ages[young], probs[young]),
+        "all_ages": metrics(subset, pred),
+        "under_80": metrics(subset.subset(np.flatnonzero(young)), {k: v[young] for k, v in pred.items()}),
         "seed_project": SEED,
     }
     report["plots"] = plots(
@@ -311,14 +332,25 @@ def main(argv: list[str] | None = None) -> dict:
         args.predictions.parent.mkdir(parents=True, exist_ok=True)
         with args.predictions.open("w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(["file", "true_age", "predicted_age", "true_gender", "female_probability"])
+            # age_low / age_high: the served 10-90% interval; empty for a model without one.
+            w.writerow(["file", "true_age", "predicted_age", "age_low", "age_high", "true_gender", "female_probability"])
+            nan = np.full(len(ages), np.nan)
+            low, high = pred.get(spec.AGE_LOW_OUTPUT, nan), pred.get(spec.AGE_HIGH_OUTPUT, nan)
             for row in zip(
-                subset.names, subset.ages, np.round(ages, 2), subset.genders, np.round(probs, 4), strict=True
+                subset.names,
+                subset.ages,
+                np.round(ages, 2),
+                ["" if not np.isfinite(v) else round(float(v), 2) for v in low],
+                ["" if not np.isfinite(v) else round(float(v), 2) for v in high],
+                subset.genders,
+                np.round(probs, 4),
+                strict=True,
             ):
                 w.writerow(row)
     a, g = report["all_ages"]["age"], report["all_ages"]["gender"]
+    cover = f" | interval coverage {a['coverage']:.3f}" if "coverage" in a else ""
     print(
-        f"{args.split}: age MAE {a['mae']:.2f} RMSE {a['rmse']:.2f} | gender accuracy {g['accuracy']:.4f} "
+        f"{args.split}: age MAE {a['mae']:.2f} RMSE {a['rmse']:.2f}{cover} | gender accuracy {g['accuracy']:.4f} "
         f"| n={a['n']} -> {args.out / 'evaluation.md'}"
     )
     return report

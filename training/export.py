@@ -4,8 +4,10 @@
 
 Each export adds ``<repo>/<task>/<v>/model.savedmodel`` under a new version
 number and keeps the earlier ones. The signature ``serving_default`` takes
-``image`` (uint8, ``[-1, IMAGE_SIZE, IMAGE_SIZE, 3]``, RGB 0-255) and returns
-``age`` or ``female_probability`` (float32, ``[-1, 1]``).
+``image`` (uint8, ``[-1, IMAGE_SIZE, IMAGE_SIZE, 3]``, RGB 0-255) and returns float32 ``[-1, 1]`` tensors:
+``age``, ``age_low`` and ``age_high`` (the 10th-90th percentile interval), or ``female_probability``.
+Flip test-time augmentation and the temperature fitted after training are folded in
+(:func:`training.heads.served_outputs`), so the server needs to know nothing about either.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from common import spec  # noqa: E402
-from training.model import OUTPUT_NAMES, TASKS  # noqa: E402
+from training import heads  # noqa: E402
+from training.model import TASKS  # noqa: E402
 
 SAVEDMODEL = "model.savedmodel"
 
@@ -42,13 +45,23 @@ def latest(repo: Path, task: str) -> Path:
     return Path(repo) / task / str(found[-1])
 
 
-def export_model(model: keras.Model, task: str, repo: Path, *, extra_files: dict[str, Path] | None = None) -> Path:
+def export_model(
+    model: keras.Model,
+    task: str,
+    repo: Path,
+    *,
+    tta: bool = True,
+    temperature: float = 1.0,
+    extra_files: dict[str, Path] | None = None,
+) -> Path:
     """Writes ``model`` as the next version of ``<repo>/<task>``.
 
     Args:
         model: A Keras model taking uint8 images of the shared size.
-        task: ``"age"`` or ``"gender"``; decides the output tensor name.
+        task: ``"age"`` or ``"gender"``; decides the output tensors.
         repo: The Triton model repository.
+        tta: Fold flip test-time augmentation into the graph (twice the compute per face).
+        temperature: Fitted after training (``config.json``); 1 leaves the network's outputs as they are.
         extra_files: Files copied beside the SavedModel, by target name (config, history).
 
     Returns:
@@ -59,13 +72,12 @@ def export_model(model: keras.Model, task: str, repo: Path, *, extra_files: dict
     model_dir = Path(repo) / task
     version_dir = model_dir / str((versions(model_dir) or [0])[-1] + 1)
     size = spec.IMAGE_SIZE
-    out_name = OUTPUT_NAMES[task]
 
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(
         name="serving_default",
-        fn=lambda image: {out_name: tf.cast(model(image, training=False), tf.float32)},
+        fn=lambda image: heads.served_outputs(model, task, image, tta=tta, temperature=temperature),
         input_signature=[tf.TensorSpec((None, size, size, 3), tf.uint8, name=spec.INPUT_NAME)],
     )
     tmp = model_dir / f".tmp-{version_dir.name}"
@@ -89,10 +101,13 @@ def main(argv: list[str] | None = None) -> list[Path]:
     for task in args.tasks.split(","):
         run = args.runs / task
         model = keras.models.load_model(run / "model.keras")
+        config = json.loads((run / "config.json").read_text())
         version = export_model(
             model,
             task,
             args.repo,
+            tta=config.get("tta", False),
+            temperature=config.get("temperature", 1.0),
             extra_files={"training_config.json": run / "config.json", "history.csv": run / "history.csv"},
         )
         meta = {"task": task, "source": str(run / "model.keras"), "version": int(version.name)}

@@ -15,6 +15,11 @@ from common import spec
 
 TASKS = ("age", "gender")
 OUTPUT_NAMES = {"age": spec.AGE_OUTPUT, "gender": spec.GENDER_OUTPUT}
+#: Age heads: ``bins`` is a softmax over whole years 0..MAX_AGE (the served age is its expected value and the
+#: interval its percentiles); ``regression`` is the single linear output of the first models (no interval).
+AGE_HEADS = ("bins", "regression")
+MAX_AGE = 116
+AGE_BINS = MAX_AGE + 1
 # Channels per block; each block is two 3x3 convolutions and a 2x2 pool.
 DEFAULT_WIDTHS = (16, 32, 64, 128)
 
@@ -39,18 +44,27 @@ def augmentation(seed: int | None = None) -> keras.Sequential:
 
 
 def build(
-    task: str, *, size: int = spec.IMAGE_SIZE, widths: tuple[int, ...] = DEFAULT_WIDTHS, dropout: float = 0.3
+    task: str,
+    *,
+    size: int = spec.IMAGE_SIZE,
+    widths: tuple[int, ...] = DEFAULT_WIDTHS,
+    dropout: float = 0.3,
+    age_head: str = "bins",
 ) -> keras.Model:
-    """Builds the age regressor or the gender classifier.
+    """Builds the age model or the gender classifier.
 
     Args:
-        task: ``"age"`` (years, linear output) or ``"gender"`` (probability of female).
+        task: ``"age"`` or ``"gender"`` (probability of female).
         size: Input side in pixels.
         widths: Channels of each conv block.
         dropout: Dropout before the head.
+        age_head: ``"bins"`` (probabilities of each age 0..116, shape ``(N, AGE_BINS)``) or
+            ``"regression"`` (years, shape ``(N, 1)``).
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    if age_head not in AGE_HEADS:
+        raise ValueError(f"age_head must be one of {AGE_HEADS}, got {age_head!r}")
     inputs = keras.Input((size, size, 3), dtype="uint8", name=spec.INPUT_NAME)
     x = layers.Rescaling(1 / 127.5, offset=-1.0)(layers.Identity()(inputs))
     for i, width in enumerate(widths):
@@ -60,9 +74,13 @@ def build(
             x = layers.ReLU()(x)
         x = layers.MaxPooling2D()(x) if i < len(widths) - 1 else layers.GlobalAveragePooling2D()(x)
     x = layers.Dropout(dropout)(x)
-    x = layers.Dense(128, activation="relu")(x)
+    x = layers.Dense(128, activation="relu", name="fc")(x)
     x = layers.Dropout(dropout / 2)(x)
-    if task == "age":
+    if task == "age" and age_head == "bins":
+        # Logits, then a separate softmax: export divides the logits' log-probabilities by a temperature.
+        x = layers.Dense(AGE_BINS, name="age_logits")(x)
+        out = layers.Softmax(name="age_distribution")(x)
+    elif task == "age":
         # Start the bias at UTKFace's mean age so early epochs are not spent getting there.
         out = layers.Dense(1, bias_initializer=keras.initializers.Constant(33.0), name=OUTPUT_NAMES[task])(x)
     else:

@@ -26,6 +26,7 @@ import tensorflow as tf  # noqa: E402
 
 from common import spec  # noqa: E402
 from training import data as utk  # noqa: E402
+from training import heads  # noqa: E402
 from training import model as models  # noqa: E402
 
 DEFAULTS = {
@@ -36,8 +37,10 @@ DEFAULTS = {
     "lr": 2e-3,
     "weight_decay": 1e-4,
     "patience": 12,
-    "age_loss": "huber",
+    "age_loss": "ce",
     "huber_delta": 5.0,
+    "ema": 0.998,
+    "tta": True,
     "rebalance": False,
     "threads": 0,
     "limit": 0,
@@ -63,8 +66,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
     p.add_argument("--weight-decay", type=float, default=DEFAULTS["weight_decay"])
     p.add_argument("--patience", type=int, default=DEFAULTS["patience"], help="epochs without val_loss gain")
-    p.add_argument("--age-loss", choices=("mse", "mae", "huber"), default=DEFAULTS["age_loss"])
+    p.add_argument(
+        "--age-loss",
+        choices=heads.AGE_LOSSES,
+        default=DEFAULTS["age_loss"],
+        help="huber trains a regression head; ce and ldl the 117-bin head that gives the interval",
+    )
     p.add_argument("--huber-delta", type=float, default=DEFAULTS["huber_delta"], help="in years")
+    p.add_argument(
+        "--ema",
+        type=float,
+        default=DEFAULTS["ema"],
+        help="decay of the exponential moving average of the weights that is validated and kept; 0 = off",
+    )
+    p.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=DEFAULTS["tta"],
+        help="fold flip test-time augmentation into the export (and fit the temperature with it)",
+    )
+    p.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="start from the weights of an earlier model of this task (a .keras file or an exported version "
+        "folder); layers whose name and shape match are copied, a new head starts fresh",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run in --out from its last epoch (weights, optimizer, EMA, schedule)",
+    )
     p.add_argument(
         "--rebalance",
         action=argparse.BooleanOptionalAction,
@@ -84,14 +116,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def make_loss(args: argparse.Namespace) -> keras.losses.Loss:
+def make_loss(args: argparse.Namespace):
     if args.task == "gender":
         return keras.losses.BinaryCrossentropy()
-    return {
-        "mse": keras.losses.MeanSquaredError(),
-        "mae": keras.losses.MeanAbsoluteError(),
-        "huber": keras.losses.Huber(delta=args.huber_delta),
-    }[args.age_loss]
+    return heads.age_loss(args.age_loss, huber_delta=args.huber_delta)
+
+
+def age_head(args: argparse.Namespace) -> str:
+    return "regression" if args.age_loss == "huber" else "bins"
+
+
+def init_weights(model: keras.Model, source: Path) -> list[str]:
+    """Copies the weights whose variable path and shape match from an earlier model of the same task.
+
+    Lets a long schedule build on an earlier run (only ever trained on this project's training split), and
+    a new head start on a trained trunk. Returns the variable paths copied.
+    """
+    if source.suffix == ".keras":
+        found = {v.path: v.numpy() for v in keras.models.load_model(source).weights}
+    else:
+        folder = source / "model.savedmodel" if (source / "model.savedmodel").is_dir() else source
+        found = {v.name.removesuffix(":0"): v.numpy() for v in tf.saved_model.load(str(folder)).variables}
+    # The first models' hidden dense layer had Keras's automatic name; it is "fc" now.
+    found.update({"fc/" + k.split("/", 1)[1]: v for k, v in found.items() if k.startswith("dense") and "/" in k})
+    copied = []
+    for var in model.weights:
+        value = found.get(var.path)
+        if value is not None and tuple(value.shape) == tuple(var.shape):
+            var.assign(value)
+            copied.append(var.path)
+    if not copied:
+        raise ValueError(f"--init-from {source}: no weight matches this model by name and shape")
+    return copied
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -135,9 +191,9 @@ def main(argv: list[str] | None = None) -> Path:
         return ds.prefetch(tf.data.AUTOTUNE)
 
     widths = tuple(int(w) for w in args.widths.split(","))
-    model = models.build(args.task, widths=widths)
+    model = models.build(args.task, widths=widths, age_head=age_head(args))
     metrics = (
-        [keras.metrics.MeanAbsoluteError(name="mae")]
+        [heads.age_mae]
         if args.task == "age"
         else [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")]
     )
@@ -149,6 +205,7 @@ def main(argv: list[str] | None = None) -> Path:
         image_size=spec.IMAGE_SIZE,
         channel_order=spec.CHANNEL_ORDER,
         resize=str(spec.RESIZE_METHOD),
+        age_head=age_head(args) if args.task == "age" else None,
         data_summary=data.summary.line(args.data),
         n_train=len(train),
         n_val=len(val),
@@ -157,29 +214,49 @@ def main(argv: list[str] | None = None) -> Path:
         argv=sys.argv[1:],
     )
 
-    best = args.out / "model.keras"
+    best, last, state_file = args.out / "model.keras", args.out / "last.keras", args.out / "state.json"
     if args.finish_only:
         # Keep the config of the run that trained the model; only the post-training record changes.
         config = {**json.loads((args.out / "config.json").read_text()), "finish_only_argv": sys.argv[1:]}
     else:
+        initial_epoch, best_loss = 0, None
+        if args.resume:
+            state = json.loads(state_file.read_text())
+            config = {**json.loads((args.out / "config.json").read_text()), "resumed_argv": sys.argv[1:]}
+            model = keras.models.load_model(last)  # weights and optimizer state
+            model.compile(optimizer=model.optimizer, **compile_args)
+            initial_epoch, best_loss = state["epoch"] + 1, state["best_val_loss"]
+            logging.info("resuming %s at epoch %d (best val_loss %.4f)", args.out, initial_epoch + 1, best_loss)
+        elif args.init_from:
+            config["init_copied"] = len(init_weights(model, args.init_from))
+            logging.info("initialised %d weights from %s", config["init_copied"], args.init_from)
         (args.out / "config.json").write_text(json.dumps(config, indent=2))
+        ema = WeightAverage(args.ema, args.out / "ema.npz", resume=args.resume) if args.ema else None
         callbacks = [
             BudgetAndCosine(args.lr, args.epochs, args.budget_minutes),
-            keras.callbacks.ModelCheckpoint(best, monitor="val_loss", save_best_only=True),
+            *([ema] if ema else []),  # swaps the averaged weights in before validation...
+            keras.callbacks.ModelCheckpoint(
+                best, monitor="val_loss", save_best_only=True, initial_value_threshold=best_loss
+            ),
+            *([ema.restore_callback()] if ema else []),  # ...and the live ones back after the best is saved
+            keras.callbacks.ModelCheckpoint(last),
+            ResumeState(state_file, best_loss),
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=args.patience),
-            keras.callbacks.CSVLogger(args.out / "history.csv"),
+            keras.callbacks.CSVLogger(args.out / "history.csv", append=args.resume),
         ]
         start = time.time()
         model.fit(
             dataset(train, True),
             validation_data=dataset(val, False),
             epochs=args.epochs,
+            initial_epoch=initial_epoch,
             callbacks=callbacks,
             verbose=1 if sys.stdout.isatty() else 2,
         )
-        config["train_seconds"] = round(time.time() - start, 1)
+        config["train_seconds"] = round(config.get("train_seconds", 0) * args.resume + time.time() - start, 1)
 
-    # Post-training step, chosen on the validation split: clean BatchNorm statistics, kept only if they help.
+    # Post-training steps, chosen on the validation split: clean BatchNorm statistics, kept only if they help,
+    # then the temperature the export folds in.
     model = keras.models.load_model(best)
     model.compile(**compile_args)  # a reloaded Huber loss forgets its delta
     before = model.evaluate(dataset(val, False), verbose=0, return_dict=True)
@@ -189,15 +266,111 @@ def main(argv: list[str] | None = None) -> Path:
     config["bn_recalibration"] = {"kept": kept, "val_before": before, "val_after": after}
     if kept:
         model.save(best)
+    else:
+        model = keras.models.load_model(best)
+    logging.info("BatchNorm recalibration: val %s -> %s (%s)", before, after, "kept" if kept else "dropped")
+    config["tta"] = args.tta
+    raw = heads.raw_views(model, val.images, tta=args.tta)
+    fit = heads.fit_temperature(raw, args.task, val.ages, val.genders)
+    config["temperature"], config["temperature_fit"] = fit["temperature"], fit["chosen"]
+    config["val_served"] = score(raw, args.task, val, fit["temperature"])
+    config["val_served_no_tta"] = score(raw[:1], args.task, val, fit["temperature"])
     (args.out / "config.json").write_text(json.dumps(config, indent=2))
-    logging.info(
-        "BatchNorm recalibration: val %s -> %s (%s)",
-        before,
-        after,
-        "kept" if kept else "dropped",
-    )
+    logging.info("temperature %.3f; validation as served: %s", fit["temperature"], config["val_served"])
     logging.info("best model (lowest val_loss) in %s", best)
     return best
+
+
+def score(raw: list[np.ndarray], task: str, part: utk.Dataset, temperature: float) -> dict:
+    """Validation metrics of the served outputs (what the export will return) for the given views."""
+    out = heads.flat(heads.summarize(raw, task, temperature=temperature))
+    if task == "gender":
+        p = out[spec.GENDER_OUTPUT]
+        return {"accuracy": float(((p >= 0.5) == part.genders).mean())}
+    err = np.abs(out[spec.AGE_OUTPUT] - part.ages)
+    result = {"mae": float(err.mean())}
+    if np.isfinite(out[spec.AGE_LOW_OUTPUT]).all():
+        inside = (part.ages >= out[spec.AGE_LOW_OUTPUT]) & (part.ages <= out[spec.AGE_HIGH_OUTPUT])
+        result["interval_coverage"] = float(inside.mean())
+        result["interval_width"] = float((out[spec.AGE_HIGH_OUTPUT] - out[spec.AGE_LOW_OUTPUT]).mean())
+    return result
+
+
+class WeightAverage(keras.callbacks.Callback):
+    """Exponential moving average of the trainable weights: validated, checkpointed and kept as the model.
+
+    Averaging the last few hundred steps' weights smooths the noise of the final updates (Polyak averaging).
+    The average replaces the live weights from validation until the best checkpoint is written; the
+    companion :meth:`restore_callback`, placed after that checkpoint, puts the live weights back for training.
+    The average is saved beside the run after every epoch so ``--resume`` continues it.
+    """
+
+    def __init__(self, decay: float, path: Path, *, resume: bool = False):
+        super().__init__()
+        self.decay, self.path, self.resume = decay, path, resume
+        self.shadow: list[tf.Variable] = []
+        self.live: list[np.ndarray] | None = None
+        self.updates = 0
+
+    def on_train_begin(self, logs=None):
+        weights = self.model.trainable_weights
+        self.shadow = [tf.Variable(w.value if hasattr(w, "value") else w, trainable=False) for w in weights]
+        if self.resume and self.path.exists():
+            with np.load(self.path) as z:
+                for i, var in enumerate(self.shadow):
+                    var.assign(z[f"w{i}"])
+                self.updates = int(z["updates"])
+        self._update = tf.function(self._update_fn)
+
+    def _update_fn(self, decay):
+        for avg, w in zip(self.shadow, self.model.trainable_weights, strict=True):
+            avg.assign(decay * avg + (1 - decay) * w)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.updates += 1
+        # The usual warm-up of the decay: early on the average would remember the starting weights too long.
+        self._update(tf.constant(min(self.decay, (1 + self.updates) / (10 + self.updates)), "float32"))
+
+    def on_test_begin(self, logs=None):
+        if self.live is not None:
+            return
+        self.live = [w.numpy() for w in self.model.trainable_weights]
+        for w, avg in zip(self.model.trainable_weights, self.shadow, strict=True):
+            w.assign(avg)
+
+    def swap_back(self):
+        if self.live is None:
+            return
+        for w, value in zip(self.model.trainable_weights, self.live, strict=True):
+            w.assign(value)
+        self.live = None
+        np.savez(self.path, updates=self.updates, **{f"w{i}": v.numpy() for i, v in enumerate(self.shadow)})
+
+    def restore_callback(self) -> keras.callbacks.Callback:
+        outer = self
+
+        class Restore(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                outer.swap_back()
+
+        return Restore()
+
+    def on_train_end(self, logs=None):
+        self.swap_back()
+
+
+class ResumeState(keras.callbacks.Callback):
+    """Records the finished epoch and the best validation loss so far, for ``--resume``."""
+
+    def __init__(self, path: Path, best: float | None = None):
+        super().__init__()
+        self.path, self.best = path, best
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("val_loss")
+        if loss is not None and (self.best is None or loss < self.best):
+            self.best = float(loss)
+        self.path.write_text(json.dumps({"epoch": epoch, "best_val_loss": self.best}))
 
 
 class BudgetAndCosine(keras.callbacks.Callback):

@@ -1,0 +1,165 @@
+"""What the two heads are trained with and what they serve.
+
+Training side: the age losses the comparison chooses between (``training.compare``) and the metric they are
+all judged by, the mean absolute error of the served age. Serving side: :func:`served_outputs`, the one
+function that turns the network's raw output into the served tensors, with flip test-time augmentation and
+a temperature. ``training.export`` folds it into the SavedModel and the temperature fit calls it too, so the
+numbers chosen on the validation split are the numbers the server returns.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from common import spec
+from training.model import AGE_BINS
+
+AGES = np.arange(AGE_BINS, dtype="float32")
+#: Standard deviation of the label distribution (years) for the ``ldl`` loss: about the disagreement between
+#: people guessing the age of the same face, so neighbouring ages share credit instead of counting as wrong.
+LABEL_SIGMA = 2.0
+#: Age losses by name. ``huber`` trains the regression head; the others the 117-bin head.
+AGE_LOSSES = ("huber", "ce", "ldl")
+
+
+def expected_age(probs: tf.Tensor) -> tf.Tensor:
+    """``(N, AGE_BINS)`` probabilities -> ``(N,)`` expected age in years."""
+    return tf.reduce_sum(probs * AGES, axis=-1)
+
+
+def age_quantile(probs: tf.Tensor, q: float) -> tf.Tensor:
+    """The ``q`` quantile of each age distribution, in years, reading each bin as uniform over ``age +- 0.5``.
+
+    Bin ``k`` contributes its whole width once the cumulative probability passes it, a fraction while ``q``
+    falls inside it, and nothing before: a closed form with no search, which OpenVINO converts as well.
+    """
+    cdf = tf.cumsum(probs, axis=-1)
+    before = cdf - probs
+    filled = tf.clip_by_value((q - before) / tf.maximum(probs, 1e-12), 0.0, 1.0)
+    return tf.clip_by_value(tf.reduce_sum(filled, axis=-1) - 0.5, 0.0, float(AGE_BINS) - 0.5)
+
+
+def _age_true(y_true: tf.Tensor) -> tf.Tensor:
+    return tf.reshape(tf.cast(y_true, "float32"), [-1])
+
+
+@keras.saving.register_keras_serializable(package="agegender")
+def age_mae(y_true, y_pred):
+    """Mean absolute error of the served age for either head: the expected value of bins, or the regression."""
+    pred = expected_age(y_pred) if y_pred.shape[-1] == AGE_BINS else tf.reshape(y_pred, [-1])
+    return tf.abs(pred - _age_true(y_true))
+
+
+@keras.saving.register_keras_serializable(package="agegender")
+def age_ce(y_true, y_pred):
+    """Cross-entropy against the true year (one-hot); the served age is the distribution's expected value."""
+    idx = tf.cast(tf.round(_age_true(y_true)), "int32")
+    return keras.losses.sparse_categorical_crossentropy(idx, y_pred)
+
+
+@keras.saving.register_keras_serializable(package="agegender")
+def age_ldl(y_true, y_pred):
+    """Label-distribution learning: cross-entropy against a Gaussian of ``LABEL_SIGMA`` years around the label.
+
+    Equal to the KL divergence up to the target's fixed entropy.
+    """
+    target = tf.exp(-0.5 * ((AGES[None, :] - _age_true(y_true)[:, None]) / LABEL_SIGMA) ** 2)
+    target = target / tf.reduce_sum(target, axis=-1, keepdims=True)
+    return -tf.reduce_sum(target * tf.math.log(tf.clip_by_value(y_pred, 1e-7, 1.0)), axis=-1)
+
+
+def age_loss(name: str, *, huber_delta: float = 5.0):
+    if name == "huber":
+        return keras.losses.Huber(delta=huber_delta)
+    if name == "ce":
+        return age_ce
+    if name == "ldl":
+        return age_ldl
+    raise ValueError(f"age loss must be one of {AGE_LOSSES}, got {name!r}")
+
+
+def served_outputs(
+    model: keras.Model, task: str, image: tf.Tensor, *, tta: bool = True, temperature: float = 1.0
+) -> dict[str, tf.Tensor]:
+    """The served tensors for a uint8 batch, each float32 ``(N, 1)``.
+
+    Flip test-time augmentation averages the face and its mirror image, as probabilities (so it averages
+    distributions, not ages). The temperature divides log-probabilities (bins) or the logit (gender) before
+    that (for age, of the interval only); it is fitted on the validation split after training. A regression
+    head serves NaN for the interval.
+    """
+    views = [image, tf.reverse(image, axis=[2])] if tta else [image]
+    return summarize([model(v, training=False) for v in views], task, temperature=temperature)
+
+
+def summarize(raw: list, task: str, *, temperature: float = 1.0) -> dict[str, tf.Tensor]:
+    """Averages the network's outputs on several views of the same faces into the served tensors."""
+    raw = [tf.cast(r, "float32") for r in raw]
+    col = lambda t: tf.reshape(t, [-1, 1])  # noqa: E731
+    if task == "gender":
+        eps = 1e-7
+        probs = [tf.clip_by_value(p, eps, 1 - eps) for p in raw]
+        probs = [tf.sigmoid(tf.math.log(p / (1 - p)) / temperature) for p in probs]
+        return {spec.GENDER_OUTPUT: col(tf.add_n(probs) / len(probs))}
+    if raw[0].shape[-1] != AGE_BINS:
+        age = col(tf.add_n(raw) / len(raw))
+        nan = tf.fill(tf.shape(age), float("nan"))
+        return {spec.AGE_OUTPUT: age, spec.AGE_LOW_OUTPUT: nan, spec.AGE_HIGH_OUTPUT: nan}
+    # The age is the mean of the network's own distribution; the temperature only widens or narrows the
+    # interval, so fitting it for coverage cannot move the estimate the MAE is measured on.
+    dist = tf.add_n(raw) / len(raw)
+    tempered = [tf.nn.softmax(tf.math.log(tf.clip_by_value(p, 1e-12, 1.0)) / temperature) for p in raw]
+    tempered = tf.add_n(tempered) / len(tempered)
+    low, high = spec.AGE_INTERVAL
+    return {
+        spec.AGE_OUTPUT: col(expected_age(dist)),
+        spec.AGE_LOW_OUTPUT: col(age_quantile(tempered, low)),
+        spec.AGE_HIGH_OUTPUT: col(age_quantile(tempered, high)),
+    }
+
+
+def raw_views(model: keras.Model, images: np.ndarray, *, tta: bool = True, batch: int = 256) -> list[np.ndarray]:
+    """The network's outputs on the faces and (with ``tta``) their mirror images, for fitting and scoring."""
+    views = [images, images[:, :, ::-1]] if tta else [images]
+    return [model.predict(v, batch_size=batch, verbose=0) for v in views]
+
+
+def flat(outputs: dict[str, tf.Tensor]) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v)[:, 0] for k, v in outputs.items()}
+
+
+def fit_temperature(raw: list[np.ndarray], task: str, ages: np.ndarray | None, genders: np.ndarray | None) -> dict:
+    """Chooses the temperature on held-out faces (the validation split).
+
+    Age: the temperature whose 10-90% interval covers closest to 80% of the true ages, so the interval's
+    nominal coverage is what a user gets. Gender: the lowest negative log-likelihood.
+    """
+    if task == "age" and raw[0].shape[-1] != AGE_BINS:
+        return {"temperature": 1.0, "chosen": None, "grid": []}  # a regression head has no interval to fit
+    grid = np.round(np.exp(np.linspace(np.log(0.25), np.log(10.0), 75)), 4)
+    rows = []
+    for t in grid:
+        out = flat(summarize(raw, task, temperature=float(t)))
+        if task == "gender":
+            p = np.clip(out[spec.GENDER_OUTPUT], 1e-7, 1 - 1e-7)
+            nll = float(-np.mean(genders * np.log(p) + (1 - genders) * np.log(1 - p)))
+            rows.append({"temperature": float(t), "nll": nll, "accuracy": float(((p >= 0.5) == genders).mean())})
+        else:
+            inside = (ages >= out[spec.AGE_LOW_OUTPUT]) & (ages <= out[spec.AGE_HIGH_OUTPUT])
+            mae = float(np.abs(out[spec.AGE_OUTPUT] - ages).mean())
+            rows.append({"temperature": float(t), "coverage": float(inside.mean()), "mae": mae})
+    if task == "gender":
+        best = min(rows, key=lambda r: r["nll"])
+    else:
+        target = spec.AGE_INTERVAL[1] - spec.AGE_INTERVAL[0]
+        best = min(rows, key=lambda r: abs(r["coverage"] - target))
+    return {"temperature": best["temperature"], "chosen": best, "grid": rows}
+
+
+def predict(
+    model: keras.Model, task: str, images: np.ndarray, *, tta: bool = True, temperature: float = 1.0
+) -> dict[str, np.ndarray]:
+    """:func:`served_outputs` over a whole array, as ``(N,)`` NumPy arrays."""
+    return flat(summarize(raw_views(model, images, tta=tta), task, temperature=temperature))
