@@ -1,9 +1,11 @@
 """Command line: ``python -m client photo.jpg [more.jpg ...] [--url URL] [--protocol grpc|http] [--json]``.
 
-Prints one line per image, in the order given: a human-readable summary, or with ``--json`` one JSON object
-with keys file, age, gender, female_probability, face_found, box, detection_score and error.
+Prints one line per image, in the order given: a human-readable summary (``age 34.2 (27-41)``: the estimate and
+its 80% interval), or with ``--json`` one JSON object with keys file, age, age_low, age_high, gender,
+female_probability, face_found, box, detection_score and error (age_low/age_high: the 10th/90th percentile of
+the age model's distribution, null where there is no face or the model gives no interval).
 With ``--all-faces`` every face is estimated (the ``faces`` model): one JSON object per image with keys file,
-faces (each with age, gender, female_probability, box, detection_score) and error.
+faces (each with age, age_low, age_high, gender, female_probability, box, detection_score) and error.
 
 Exit codes: 0 when every image was processed, 1 when at least one image failed (its line carries the error),
 2 when the server cannot be used at all (unreachable, models not loaded) or the arguments are wrong.

@@ -369,7 +369,21 @@ def _column(outputs: dict[str, np.ndarray | None], name: str, n: int) -> np.ndar
 def parse_outputs(outputs: dict[str, np.ndarray | None], files: Sequence[str | None]) -> list[FaceResult]:
     """Turns the ensemble's output tensors for a batch into one :class:`FaceResult` per item."""
     n = len(files)
-    age, fprob, gender, box, score, found, error = (_column(outputs, name, n) for name in OUTPUT_NAMES)
+    # By name, so a new output in ENSEMBLE_OUTPUTS cannot shift the others onto the wrong fields.
+    age, age_low, age_high, fprob, gender, box, score, found, error = (
+        _column(outputs, name, n)
+        for name in (
+            contract.ENSEMBLE_AGE,
+            contract.ENSEMBLE_AGE_LOW,
+            contract.ENSEMBLE_AGE_HIGH,
+            contract.ENSEMBLE_FEMALE,
+            contract.ENSEMBLE_GENDER,
+            contract.ENSEMBLE_BOX,
+            contract.ENSEMBLE_SCORE,
+            contract.ENSEMBLE_FOUND,
+            contract.ENSEMBLE_ERROR,
+        )
+    )
     results = []
     for k, file in enumerate(files):
         message = _text(error[k, 0]).strip() if error is not None else ""
@@ -394,6 +408,8 @@ def parse_outputs(outputs: dict[str, np.ndarray | None], files: Sequence[str | N
                 detection_score=finite_or_none(score[k, 0]) if score is not None else None,
                 error=None,
                 file=file,
+                age_low=finite_or_none(age_low[k, 0]) if age_low is not None else None,
+                age_high=finite_or_none(age_high[k, 0]) if age_high is not None else None,
             )
         )
     return results

@@ -28,7 +28,8 @@ def parse_faces(outputs: dict[str, np.ndarray | None], file: str | None = None) 
         array = outputs.get(name)
         return array.reshape(-1) if array is not None and array.size == n else np.full(n, np.nan, object)
 
-    age, female, gender, score = (column(n_) for n_ in (c.FACES_AGE, c.FACES_FEMALE, c.FACES_GENDER, c.FACES_SCORE))
+    names = (c.FACES_AGE, c.FACES_AGE_LOW, c.FACES_AGE_HIGH, c.FACES_FEMALE, c.FACES_GENDER, c.FACES_SCORE)
+    age, age_low, age_high, female, gender, score = (column(name) for name in names)
     faces = []
     for k in range(n):
         probability = finite_or_none(female[k])
@@ -42,6 +43,8 @@ def parse_faces(outputs: dict[str, np.ndarray | None], file: str | None = None) 
                 female_probability=probability,
                 box=tuple(float(v) for v in box[k]),
                 detection_score=float(score[k]) if np.isfinite(float(score[k])) else 0.0,
+                age_low=finite_or_none(age_low[k]),
+                age_high=finite_or_none(age_high[k]),
             )
         )
     return FacesResult(faces=tuple(faces), file=file)

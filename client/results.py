@@ -10,7 +10,18 @@ Gender = Literal["male", "female"]
 Box = tuple[float, float, float, float]
 
 #: Key order of :meth:`FaceResult.to_dict`, which is also the CLI's JSON schema.
-RESULT_KEYS = ("file", "age", "gender", "female_probability", "face_found", "box", "detection_score", "error")
+RESULT_KEYS = (
+    "file",
+    "age",
+    "age_low",
+    "age_high",
+    "gender",
+    "female_probability",
+    "face_found",
+    "box",
+    "detection_score",
+    "error",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +37,9 @@ class FaceResult:
         detection_score: The face detector's confidence, or None.
         error: Why this image failed, or None on success.
         file: The path the image came from, when it came from a path.
+        age_low: 10th percentile of the age model's distribution for this face, in years; None where ``age``
+            is None or the model gives no interval (a model without a distributional head).
+        age_high: 90th percentile, likewise: ``age_low``..``age_high`` is an 80% interval.
     """
 
     age: float | None
@@ -36,11 +50,19 @@ class FaceResult:
     detection_score: float | None
     error: str | None
     file: str | None = None
+    # Keyword-only, after the rest: positional construction stays as it was before the interval existed.
+    age_low: float | None = field(default=None, kw_only=True)
+    age_high: float | None = field(default=None, kw_only=True)
 
     @property
     def ok(self) -> bool:
         """True when the image was processed (whether or not it contains a face)."""
         return self.error is None
+
+    @property
+    def age_interval(self) -> tuple[float, float] | None:
+        """``(age_low, age_high)``, or None when there is no interval."""
+        return _interval(self.age_low, self.age_high)
 
     @classmethod
     def failed(cls, error: str, *, file: str | None = None) -> FaceResult:
@@ -61,6 +83,8 @@ class FaceResult:
         return {
             "file": self.file,
             "age": self.age,
+            "age_low": self.age_low,
+            "age_high": self.age_high,
             "gender": self.gender,
             "female_probability": self.female_probability,
             "face_found": self.face_found,
@@ -76,7 +100,7 @@ class FaceResult:
             return f"{name}: error: {self.error}"
         if not self.face_found:
             return f"{name}: no face found"
-        parts = [f"{name}: age {self.age:.1f}" if self.age is not None else f"{name}: age ?"]
+        parts = [f"{name}: {age_text(self.age, self.age_interval)}"]
         if self.gender is not None and self.female_probability is not None:
             parts.append(f"{self.gender} (P(female)={self.female_probability:.2f})")
         if self.box is not None:
@@ -116,8 +140,24 @@ def finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _interval(low: float | None, high: float | None) -> tuple[float, float] | None:
+    return (low, high) if low is not None and high is not None else None
+
+
+def age_text(age: float | None, interval: tuple[float, float] | None) -> str:
+    """``age 34.2 (27-41)``: the estimate and, when there is one, its 80% interval in whole years.
+
+    An ASCII hyphen, not an en dash: this goes to terminals and logs of any encoding.
+    """
+    if age is None:
+        return "age ?"
+    if interval is None:
+        return f"age {age:.1f}"
+    return f"age {age:.1f} ({interval[0]:.0f}-{interval[1]:.0f})"
+
+
 #: Key order of :meth:`DetectedFace.to_dict` and of :meth:`FacesResult.to_dict` (the ``--all-faces --json`` schema).
-DETECTED_FACE_KEYS = ("age", "gender", "female_probability", "box", "detection_score")
+DETECTED_FACE_KEYS = ("age", "age_low", "age_high", "gender", "female_probability", "box", "detection_score")
 FACES_RESULT_KEYS = ("file", "faces", "error")
 
 
@@ -131,6 +171,9 @@ class DetectedFace:
         female_probability: The gender model's probability that the face is female, in [0, 1].
         box: ``(x0, y0, x1, y1)`` of the face in the original image's pixels.
         detection_score: The face detector's confidence.
+        age_low: 10th percentile of the age model's distribution for this face, in years, or None when the
+            model gives no interval.
+        age_high: 90th percentile, likewise: ``age_low``..``age_high`` is an 80% interval.
     """
 
     age: float | None
@@ -138,11 +181,20 @@ class DetectedFace:
     female_probability: float | None
     box: Box
     detection_score: float
+    age_low: float | None = field(default=None, kw_only=True)
+    age_high: float | None = field(default=None, kw_only=True)
+
+    @property
+    def age_interval(self) -> tuple[float, float] | None:
+        """``(age_low, age_high)``, or None when there is no interval."""
+        return _interval(self.age_low, self.age_high)
 
     def to_dict(self) -> dict[str, Any]:
         """Returns a JSON-serialisable dict with keys :data:`DETECTED_FACE_KEYS`."""
         return {
             "age": self.age,
+            "age_low": self.age_low,
+            "age_high": self.age_high,
             "gender": self.gender,
             "female_probability": self.female_probability,
             "box": list(self.box),
@@ -185,7 +237,7 @@ class FacesResult:
             return f"{name}: no face found"
         lines = [f"{name}: {len(self.faces)} face{'s' if len(self.faces) > 1 else ''}"]
         for k, face in enumerate(self.faces, 1):
-            age = f"age {face.age:.1f}" if face.age is not None else "age ?"
+            age = age_text(face.age, face.age_interval)
             gender = (
                 f"{face.gender} (P(female)={face.female_probability:.2f})"
                 if face.female_probability is not None

@@ -17,16 +17,26 @@ TASK_MODELS = (AGE_MODEL, GENDER_MODEL)
 #: Input tensor of the CNNs (``(batch, IMAGE_SIZE, IMAGE_SIZE, 3)`` uint8) and of the ensembles (encoded bytes).
 IMAGE_INPUT = spec.INPUT_NAME
 CROP_INPUT = spec.INPUT_NAME
-#: Each CNN's output tensor.
+#: Each CNN's estimate: age in years, probability of female.
 AGE_OUTPUT = spec.AGE_OUTPUT
 GENDER_OUTPUT = spec.GENDER_OUTPUT
 TASK_OUTPUTS = {AGE_MODEL: AGE_OUTPUT, GENDER_MODEL: GENDER_OUTPUT}
+#: The age model's 80% interval (10th and 90th percentile of its age distribution, ``spec.AGE_INTERVAL``), in
+#: years; NaN from an age model without a distributional head.
+AGE_LOW_OUTPUT = spec.AGE_LOW_OUTPUT
+AGE_HIGH_OUTPUT = spec.AGE_HIGH_OUTPUT
+AGE_INTERVAL = spec.AGE_INTERVAL
+#: Every output of each CNN, in config order (what a caller wanting all of a model's answer asks for).
+TASK_MODEL_OUTPUTS = {AGE_MODEL: (AGE_OUTPUT, AGE_LOW_OUTPUT, AGE_HIGH_OUTPUT), GENDER_MODEL: (GENDER_OUTPUT,)}
 
 #: Ensembles: a photo (detection, alignment, crop) and an already aligned face crop.
 DETECT_ENSEMBLE = "age_gender"
 CROP_ENSEMBLE = "age_gender_crop"
 #: Outputs of both ensembles, one row per image (the postprocess model's too).
 ENSEMBLE_AGE = AGE_OUTPUT  # FP32 [1], years; NaN where no usable face
+# FP32 [1], years: the 10th / 90th percentile; NaN where no usable face or the age model gives no interval.
+ENSEMBLE_AGE_LOW = AGE_LOW_OUTPUT
+ENSEMBLE_AGE_HIGH = AGE_HIGH_OUTPUT
 ENSEMBLE_FEMALE = GENDER_OUTPUT  # FP32 [1]; NaN where no usable face
 ENSEMBLE_GENDER = "gender"  # STRING [1]: "female" / "male", "" where no usable face
 ENSEMBLE_BOX = "box"  # FP32 [4]: x0, y0, x1, y1 in the original image's pixels
@@ -35,6 +45,8 @@ ENSEMBLE_FOUND = "face_found"  # BOOL [1]
 ENSEMBLE_ERROR = "error"  # STRING [1]: empty, or why the item could not be processed
 ENSEMBLE_OUTPUTS = (
     ENSEMBLE_AGE,
+    ENSEMBLE_AGE_LOW,
+    ENSEMBLE_AGE_HIGH,
     ENSEMBLE_FEMALE,
     ENSEMBLE_GENDER,
     ENSEMBLE_BOX,
@@ -43,7 +55,16 @@ ENSEMBLE_OUTPUTS = (
     ENSEMBLE_ERROR,
 )
 #: The outputs a caller that wants only the estimate asks for (no box or detection score): the load tests.
-ESTIMATE_OUTPUTS = (ENSEMBLE_AGE, ENSEMBLE_FEMALE, ENSEMBLE_GENDER, ENSEMBLE_FOUND, ENSEMBLE_ERROR)
+#: The age interval is part of the estimate (8 bytes an image), so load tests fetch what the client shows.
+ESTIMATE_OUTPUTS = (
+    ENSEMBLE_AGE,
+    ENSEMBLE_AGE_LOW,
+    ENSEMBLE_AGE_HIGH,
+    ENSEMBLE_FEMALE,
+    ENSEMBLE_GENDER,
+    ENSEMBLE_FOUND,
+    ENSEMBLE_ERROR,
+)
 
 #: The ensembles' first step: decode (and detect, in ``preprocess``), align, crop. One model.py serves both.
 PREPROCESS_MODEL = "preprocess"
@@ -62,10 +83,21 @@ FACES_INPUT = "image"
 FACES_BOX = "box"  # FP32 [N, 4]: x0, y0, x1, y1 in the original image's pixels
 FACES_SCORE = "detection_score"  # FP32 [N]
 FACES_AGE = "age"  # FP32 [N], years
+FACES_AGE_LOW = AGE_LOW_OUTPUT  # FP32 [N], years: 10th percentile; NaN where the age model gives no interval
+FACES_AGE_HIGH = AGE_HIGH_OUTPUT  # FP32 [N], years: 90th percentile; NaN likewise
 FACES_FEMALE = "female_probability"  # FP32 [N]
 FACES_GENDER = "gender"  # STRING [N]: "female" / "male"
 FACES_ERROR = "error"  # STRING [1]: empty, or why the image could not be processed (then N = 0)
-FACES_OUTPUTS = (FACES_BOX, FACES_SCORE, FACES_AGE, FACES_FEMALE, FACES_GENDER, FACES_ERROR)
+FACES_OUTPUTS = (
+    FACES_BOX,
+    FACES_SCORE,
+    FACES_AGE,
+    FACES_AGE_LOW,
+    FACES_AGE_HIGH,
+    FACES_FEMALE,
+    FACES_GENDER,
+    FACES_ERROR,
+)
 
 #: At or above this probability of female the label is "female" (as in the postprocess model).
 GENDER_THRESHOLD = 0.5

@@ -51,7 +51,9 @@ MSG_NO_FACE = (
 )
 BOX_COLOUR = (255, 64, 64)
 #: Columns of the faces table (all-faces mode).
-TABLE_HEADERS = ["#", "age", "gender", "confidence", "detector score", "box (x0, y0, x1, y1)"]
+TABLE_HEADERS = ["#", "age", "80% interval", "gender", "confidence", "detector score", "box (x0, y0, x1, y1)"]
+#: Between the interval's ends on the page; the image labels use "-" (PIL's default font has no en dash glyph).
+DASH = "\u2013"
 
 
 class TritonBackend:
@@ -117,9 +119,17 @@ def gender_confidence(result: FaceResult | DetectedFace) -> float | None:
     return p if result.gender == "female" else 1.0 - p
 
 
-def summary(result: FaceResult | DetectedFace) -> str:
-    """The one-line label, e.g. ``age ~34, female (87%)``."""
+def interval_text(result: FaceResult | DetectedFace, *, dash: str = DASH) -> str | None:
+    """The age model's 80% interval in whole years, e.g. ``27–41``; None when the model gives none."""
+    interval = result.age_interval
+    return None if interval is None else f"{round(interval[0])}{dash}{round(interval[1])}"
+
+
+def summary(result: FaceResult | DetectedFace, *, dash: str = DASH) -> str:
+    """The one-line label, e.g. ``age ~34 (27–41), female (87%)``: the interval only when the model gives one."""
     parts = [f"age ~{round(result.age)}" if result.age is not None else "age ?"]
+    if result.age is not None and (interval := interval_text(result, dash=dash)) is not None:
+        parts[0] += f" ({interval})"
     conf = gender_confidence(result)
     if result.gender is not None:
         parts.append(f"{result.gender} ({conf:.0%})" if conf is not None else result.gender)
@@ -142,16 +152,16 @@ def annotate(image: Image.Image, result: FaceResult) -> Image.Image:
     if not result.face_found:
         return out
     width, height = out.size
-    _draw_box(out, result.box or (0.0, 0.0, float(width), float(height)), summary(result))
+    _draw_box(out, result.box or (0.0, 0.0, float(width), float(height)), summary(result, dash="-"))
     return out
 
 
 def annotate_faces(image: Image.Image, faces: list[DetectedFace] | tuple[DetectedFace, ...]) -> Image.Image:
-    """Draws every face's box with its number and label (``#2 age ~34, female (87%)``) onto a copy."""
+    """Draws every face's box with its number and label (``#2 age ~34 (27-41), female (87%)``) onto a copy."""
     out = image.copy()
     # Smallest label size for crowds: each label scales with its own face, within readable limits.
     for k, face in reversed(list(enumerate(faces, 1))):  # most prominent drawn last, on top
-        _draw_box(out, face.box, f"#{k} {summary(face)}", face_sized=True)
+        _draw_box(out, face.box, f"#{k} {summary(face, dash='-')}", face_sized=True)
     return out
 
 
@@ -185,6 +195,7 @@ def faces_table(faces: list[DetectedFace] | tuple[DetectedFace, ...]) -> list[li
             [
                 k,
                 round(face.age, 1) if face.age is not None else None,
+                interval_text(face),
                 face.gender,
                 f"{conf:.0%}" if conf is not None else None,
                 round(face.detection_score, 2),
@@ -251,6 +262,9 @@ def analyse(
     if not result.face_found:
         return display, MSG_NO_FACE, payload, _table([])
     status = f"**{summary(result)}**"
+    if (interval := interval_text(result)) is not None:
+        # Says what the bracket is: the spread of the model's own age distribution, not a measured error bar.
+        status += f"  \n80% interval of the model's age estimate: {interval} years"
     if result.detection_score is not None and detect:
         status += f"  \nface detector confidence {result.detection_score:.0%}"
     return annotate(display, result), status, payload, _table([])

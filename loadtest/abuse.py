@@ -300,6 +300,8 @@ def check_items(outputs: dict, case: cases.Case) -> tuple[list[str], bool]:
     if any(o not in outputs for o in needed):
         return [f"answer lacks outputs {sorted(set(needed) - set(outputs))}"], False
     age = outputs[contract.ENSEMBLE_AGE].reshape(-1)
+    low = outputs[contract.ENSEMBLE_AGE_LOW].reshape(-1)
+    high = outputs[contract.ENSEMBLE_AGE_HIGH].reshape(-1)
     prob = outputs[contract.ENSEMBLE_FEMALE].reshape(-1)
     found = outputs[contract.ENSEMBLE_FOUND].reshape(-1)
     score = outputs[contract.ENSEMBLE_SCORE].reshape(-1)
@@ -314,10 +316,17 @@ def check_items(outputs: dict, case: cases.Case) -> tuple[list[str], bool]:
     bad = []
     for j, want in enumerate(expects):
         face = bool(found[j]) and not error[j]
-        if not face and not (np.isnan(age[j]) and np.isnan(prob[j]) and gender[j] == ""):
-            bad.append(f"item {j}: numbers without a face (age {age[j]}, p {prob[j]}, gender {gender[j]!r})")
+        if not face and not (np.isnan([age[j], low[j], high[j], prob[j]]).all() and gender[j] == ""):
+            bad.append(
+                f"item {j}: numbers without a face (age {age[j]} [{low[j]}, {high[j]}], p {prob[j]}, "
+                f"gender {gender[j]!r})"
+            )
         if face and not (np.isfinite(age[j]) and 0 <= prob[j] <= 1 and gender[j] in ("male", "female")):
             bad.append(f"item {j}: face found but age {age[j]}, p {prob[j]}, gender {gender[j]!r}")
+        # The interval: both ends NaN (an age model without one) or an ordered pair of finite ages.
+        ends = np.array([low[j], high[j]])
+        if face and not (np.isnan(ends).all() or (np.isfinite(ends).all() and ends[0] <= ends[1])):
+            bad.append(f"item {j}: face found but age interval [{low[j]}, {high[j]}]")
         if face and case.model == cases.CROP and not np.isnan(score[j]):
             bad.append(f"item {j}: crop path reports detection_score {score[j]} (no detector ran)")
         if want == "error" and not error[j]:

@@ -62,7 +62,8 @@ OUTPUTS = {
     c.CROP_ENSEMBLE: c.ESTIMATE_OUTPUTS,
     c.PREPROCESS_MODEL: _PREPROCESS_OUTPUTS,
     c.PREPROCESS_CROP_MODEL: _PREPROCESS_OUTPUTS,
-    **{task: (output,) for task, output in c.TASK_OUTPUTS.items()},
+    # Every output of each CNN, as the ensembles and the faces model ask for them (age: its interval too).
+    **c.TASK_MODEL_OUTPUTS,
     FACES_MODEL: FACES_OUTPUTS,
 }
 

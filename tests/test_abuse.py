@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 
+from common import contract
 from loadtest import abuse, procs
 from loadtest import abuse_cases as cases
 
@@ -16,21 +17,49 @@ def test_judge_flags_numbers_without_a_face():
     # The suite's own check must be able to fail: an answer with an age but no face is wrong.
     case = cases.Case("no_face", "grpc", "infer", cases.DETECT, [b"x"], cases.Expect("either", ("noface",)))
     outputs = {
-        "age": np.array([[31.0]], np.float32),
-        "female_probability": np.array([[0.2]], np.float32),
-        "gender": np.array([[b""]], object),
-        "face_found": np.array([[False]]),
-        "error": np.array([[b""]], object),
-        "detection_score": np.array([[0.0]], np.float32),
+        contract.ENSEMBLE_AGE: np.array([[31.0]], np.float32),
+        contract.ENSEMBLE_AGE_LOW: np.array([[25.0]], np.float32),
+        contract.ENSEMBLE_AGE_HIGH: np.array([[38.0]], np.float32),
+        contract.ENSEMBLE_FEMALE: np.array([[0.2]], np.float32),
+        contract.ENSEMBLE_GENDER: np.array([[b""]], object),
+        contract.ENSEMBLE_FOUND: np.array([[False]]),
+        contract.ENSEMBLE_ERROR: np.array([[b""]], object),
+        contract.ENSEMBLE_SCORE: np.array([[0.0]], np.float32),
     }
     assert abuse.judge(case, 200, "", outputs)[0] == "wrong_answer"
-    outputs["age"][:] = outputs["female_probability"][:] = np.nan
+    outputs[contract.ENSEMBLE_AGE][:] = outputs[contract.ENSEMBLE_FEMALE][:] = np.nan
+    assert abuse.judge(case, 200, "", outputs)[0] == "wrong_answer"  # an interval without a face is a number too
+    outputs[contract.ENSEMBLE_AGE_LOW][:] = outputs[contract.ENSEMBLE_AGE_HIGH][:] = np.nan
     assert abuse.judge(case, 200, "", outputs)[0] == "answered"
     garbage = cases.Case("random_bytes", "http", "infer", cases.DETECT, [b"x"], cases.Expect("either", ("error",)))
     assert abuse.judge(garbage, 200, "", outputs)[0] == "wrong_answer"  # garbage accepted without an error
     assert abuse.judge(garbage, 400, "bad", None)[0] == "clean_error"
     admin = cases.Case("admin_without_key", "http", "http_admin", expect=cases.Expect("error"))
     assert abuse.judge(admin, 200, "", {})[0] == "wrong_answer"
+
+
+def test_judge_checks_the_age_interval_of_a_face():
+    case = cases.Case("face", "grpc", "infer", cases.DETECT, [b"x"], cases.Expect("either", ("face",)))
+
+    def answer(low: float, high: float) -> dict:
+        return {
+            contract.ENSEMBLE_AGE: np.array([[31.0]], np.float32),
+            contract.ENSEMBLE_AGE_LOW: np.array([[low]], np.float32),
+            contract.ENSEMBLE_AGE_HIGH: np.array([[high]], np.float32),
+            contract.ENSEMBLE_FEMALE: np.array([[0.2]], np.float32),
+            contract.ENSEMBLE_GENDER: np.array([[b"male"]], object),
+            contract.ENSEMBLE_FOUND: np.array([[True]]),
+            contract.ENSEMBLE_ERROR: np.array([[b""]], object),
+            contract.ENSEMBLE_SCORE: np.array([[0.9]], np.float32),
+        }
+
+    assert abuse.judge(case, 200, "", answer(25.0, 38.0))[0] == "answered"
+    assert abuse.judge(case, 200, "", answer(np.nan, np.nan))[0] == "answered"  # an age model without an interval
+    assert abuse.judge(case, 200, "", answer(38.0, 25.0))[0] == "wrong_answer"
+    assert abuse.judge(case, 200, "", answer(25.0, np.nan))[0] == "wrong_answer"
+    lacking = answer(25.0, 38.0)
+    del lacking[contract.ENSEMBLE_AGE_HIGH]
+    assert abuse.judge(case, 200, "", lacking)[0] == "wrong_answer"
 
 
 def test_plan_reaches_the_count():

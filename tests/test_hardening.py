@@ -19,6 +19,7 @@ import tritonclient.grpc as grpcclient
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
+from common import contract
 from serving import launch, security
 from serving.launch import TritonServer, free_port
 from tests.conftest import start_launcher
@@ -152,6 +153,8 @@ def test_row9_no_face_or_error_gives_nan_on_the_wire(triton_tiny):
     result = grpc_infer(triton_tiny.grpc_url, "age_gender", [jpeg(), b"not an image"])
     assert not result.as_numpy("face_found").any()
     assert np.isnan(result.as_numpy("age")).all() and np.isnan(result.as_numpy("female_probability")).all()
+    for name in (contract.ENSEMBLE_AGE_LOW, contract.ENSEMBLE_AGE_HIGH):
+        assert np.isnan(result.as_numpy(name)).all(), name
     assert result.as_numpy("error")[1, 0]
 
 
@@ -181,6 +184,8 @@ def postprocess_body() -> bytes:
         {
             "inputs": [
                 tensor("age", "FP32", [1, 1], [30.0]),
+                tensor(contract.ENSEMBLE_AGE_LOW, "FP32", [1, 1], [24.0]),
+                tensor(contract.ENSEMBLE_AGE_HIGH, "FP32", [1, 1], [37.0]),
                 tensor("female_probability", "FP32", [1, 1], [0.7]),
                 tensor("box", "FP32", [1, 4], [0, 0, 1, 1]),
                 tensor("detection_score", "FP32", [1, 1], [0.9]),

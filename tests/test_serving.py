@@ -18,6 +18,8 @@ pytestmark = pytest.mark.integration
 
 GRACE = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"  # public domain portrait
 OUTPUTS = c.ENSEMBLE_OUTPUTS
+#: Where the age interval can lie: the age head's bins 0..116, each read as a year wide.
+AGE_RANGE = (0.0, 116.5)
 
 
 def encode(img: Image.Image, fmt: str = "JPEG") -> bytes:
@@ -41,6 +43,19 @@ CASES = {
     "no_face": (no_face, "", False),
     "portrait": (GRACE.read_bytes, "", True),
 }
+
+
+def assert_interval(out: dict[str, np.ndarray], row: int) -> None:
+    """A face's age interval: finite, ordered, within the ages the model knows (any distribution; the mean
+    of a skewed one may lie outside its 10-90% interval, so ``age`` itself is not compared)."""
+    low, high = out[c.ENSEMBLE_AGE_LOW][row, 0], out[c.ENSEMBLE_AGE_HIGH][row, 0]
+    assert np.isfinite(low) and np.isfinite(high), (low, high)
+    assert AGE_RANGE[0] <= low <= high <= AGE_RANGE[1], (low, high)
+
+
+def assert_no_estimate(out: dict[str, np.ndarray], row: int) -> None:
+    names = (c.ENSEMBLE_AGE, c.ENSEMBLE_AGE_LOW, c.ENSEMBLE_AGE_HIGH, c.ENSEMBLE_FEMALE)
+    assert all(np.isnan(out[name][row, 0]) for name in names), {name: out[name][row, 0] for name in names}
 
 
 def infer(url: str, protocol: str, model: str, items: list[bytes]) -> dict[str, np.ndarray]:
@@ -67,12 +82,15 @@ def test_batch_with_bad_uploads(triton_tiny, protocol):
         assert (error in message) if error else message == "", f"{case}: error {message!r}"
         assert bool(out["face_found"][i, 0]) is found, case
         assert out["gender"][i, 0] in ((b"male", b"female") if found else (b"",)), case
+        if not found:
+            assert_no_estimate(out, i)
     good = list(CASES).index("portrait")
     width, height = Image.open(GRACE).size
     x0, y0, x1, y1 = out["box"][good]
     assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height and (x1 - x0) * (y1 - y0) > 0.05 * width * height
     assert 0.5 <= out["detection_score"][good, 0] <= 1
     assert np.isfinite(out["age"][good, 0]) and 0 <= out["female_probability"][good, 0] <= 1
+    assert_interval(out, good)  # the tiny model's age head is the distributional one
 
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
@@ -83,6 +101,8 @@ def test_crop_ensemble_serves_aligned_crop(triton_tiny, protocol):
     assert out["error"][0, 0] == b"" and out["face_found"][0, 0] and np.isfinite(out["age"][0, 0])
     assert out["box"][0].tolist() == [0, 0, 200, 200] and np.isnan(out["detection_score"][0, 0])  # no detector ran
     assert b"empty" in out["error"][1, 0] and not out["face_found"][1, 0] and out["gender"][1, 0] == b""
+    assert_interval(out, 0)
+    assert_no_estimate(out, 1)
 
 
 def test_dynamic_batch_is_split_back_per_request(triton_tiny):
@@ -96,14 +116,16 @@ def test_dynamic_batch_is_split_back_per_request(triton_tiny):
             image = httpclient.InferInput(c.CROP_INPUT, list(batch.shape), "UINT8")
             image.set_data_from_numpy(batch)
             pending.append(client.async_infer(c.AGE_MODEL, [image]))
-        merged = [p.get_result().as_numpy(c.AGE_OUTPUT) for p in pending]
+        results = [p.get_result() for p in pending]
         image = httpclient.InferInput(c.CROP_INPUT, [10, 64, 64, 3], "UINT8")
         image.set_data_from_numpy(np.concatenate(batches))
-        alone = client.infer(c.AGE_MODEL, [image]).as_numpy(c.AGE_OUTPUT)
+        whole = client.infer(c.AGE_MODEL, [image])
     finally:
         client.close()
-    assert [m.shape for m in merged] == [(n, 1) for n in (1, 2, 3, 4)]
-    np.testing.assert_allclose(np.concatenate(merged), alone, rtol=1e-4, atol=1e-3)
+    for name in c.TASK_MODEL_OUTPUTS[c.AGE_MODEL]:  # the interval's rows must be split back like the age's
+        merged = [r.as_numpy(name) for r in results]
+        assert [m.shape for m in merged] == [(n, 1) for n in (1, 2, 3, 4)], name
+        np.testing.assert_allclose(np.concatenate(merged), whole.as_numpy(name), rtol=1e-4, atol=1e-3, err_msg=name)
 
 
 def aligned_crop(path: Path) -> bytes:
@@ -128,6 +150,10 @@ def test_committed_repository_serves_portrait(triton_committed, protocol):
     assert out["gender"][0, 0] in (b"male", b"female")
     assert (out["gender"][0, 0] == b"female") == (out["female_probability"][0, 0] >= 0.5)
     assert out["error"][1, 0] and not out["face_found"][1, 0]
+    assert_no_estimate(out, 1)
+    # The committed model's interval, if its age head has one (a regression head sends NaN for both ends).
+    if not (np.isnan(out[c.ENSEMBLE_AGE_LOW][0, 0]) and np.isnan(out[c.ENSEMBLE_AGE_HIGH][0, 0])):
+        assert_interval(out, 0)
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])

@@ -20,8 +20,16 @@ from common import spec
 from serving.decode import DecodeLimits, ImageDecodeError
 from serving.faces import MAX_FACES, MultiFaceCropper
 
-#: The models each image's face crops go to, and the output read from each.
-CALLS = ((c.AGE_MODEL, c.AGE_OUTPUT), (c.GENDER_MODEL, c.GENDER_OUTPUT))
+#: The models each image's face crops go to, and the outputs read from each.
+CALLS = tuple((model, c.TASK_MODEL_OUTPUTS[model]) for model in c.TASK_MODELS)
+#: Where each of those outputs goes in this model's answer (one value per face).
+ANSWER_NAMES = {
+    c.AGE_OUTPUT: c.FACES_AGE,
+    c.AGE_LOW_OUTPUT: c.FACES_AGE_LOW,
+    c.AGE_HIGH_OUTPUT: c.FACES_AGE_HIGH,
+    c.GENDER_OUTPUT: c.FACES_FEMALE,
+}
+NO_FACES = {name: np.zeros(0, np.float32) for name in ANSWER_NAMES.values()}
 
 
 class TritonPythonModel:
@@ -46,47 +54,49 @@ class TritonPythonModel:
             decoded = self._limits.decode(bytes(data[0]))
             faces = self._cropper.crop_all(decoded.image, max_faces=self._max_faces)
         except ImageDecodeError as err:
-            return _response([], np.zeros(0, np.float32), np.zeros(0, np.float32), str(err))
+            return _response([], NO_FACES, str(err))
         except Exception as err:  # noqa: BLE001 - same message shape as the preprocess model's
-            return _response(
-                [], np.zeros(0, np.float32), np.zeros(0, np.float32), f"Could not process the image: {err}"
-            )
+            return _response([], NO_FACES, f"Could not process the image: {err}")
         if not faces:
-            return _response([], np.zeros(0, np.float32), np.zeros(0, np.float32), "")
+            return _response([], NO_FACES, "")
         crops = np.stack([f.crop for f in faces]).astype(spec.INPUT_DTYPE)
         # One Tensor per call: once, with one Tensor shared by the two concurrent BLS requests, Triton 2.51
         # received 0 bytes for one of them ("input byte size mismatch ... got 0"); separate ones rule that out.
         calls = [
             pb_utils.InferenceRequest(
-                model_name=model, requested_output_names=[output], inputs=[pb_utils.Tensor(c.CROP_INPUT, crops)]
+                model_name=model,
+                requested_output_names=list(outputs),
+                inputs=[pb_utils.Tensor(c.CROP_INPUT, crops)],
             )
-            for model, output in CALLS
+            for model, outputs in CALLS
         ]
         try:
             answers = await asyncio.gather(*(call.async_exec() for call in calls))
         except Exception as err:  # noqa: BLE001 - a failed call must fail this request only, with a clear message
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"age/gender inference failed: {err}"))
-        values = []
-        for answer, (model, output) in zip(answers, CALLS, strict=True):
+        estimates = {}
+        for answer, (model, outputs) in zip(answers, CALLS, strict=True):
             if answer.has_error():
                 message = f"{model} model failed: {answer.error().message()}"
                 return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
-            values.append(pb_utils.get_output_tensor_by_name(answer, output).as_numpy().reshape(-1).astype(np.float32))
-        return _response(faces, *values, "", scale=decoded.scale)
+            for output in outputs:
+                tensor = pb_utils.get_output_tensor_by_name(answer, output)
+                estimates[ANSWER_NAMES[output]] = tensor.as_numpy().reshape(-1).astype(np.float32)
+        return _response(faces, estimates, "", scale=decoded.scale)
 
 
 def _response(
-    faces: list, age: np.ndarray, female: np.ndarray, error: str, *, scale: float = 1.0
+    faces: list, estimates: dict[str, np.ndarray], error: str, *, scale: float = 1.0
 ) -> pb_utils.InferenceResponse:
     # Boxes go back to the uploaded file's pixels when the JPEG was decoded at reduced scale.
     box = (np.array([f.box for f in faces], np.float32) * np.float32(scale)).reshape(-1, 4)
     score = np.array([f.score for f in faces], np.float32)
+    female = estimates[c.FACES_FEMALE]
     gender = np.array([b"female" if p >= c.GENDER_THRESHOLD else b"male" for p in female], np.object_)
     tensors = {
         c.FACES_BOX: box,
         c.FACES_SCORE: score,
-        c.FACES_AGE: age,
-        c.FACES_FEMALE: female,
+        **estimates,
         c.FACES_GENDER: gender,
         c.FACES_ERROR: np.array([error.encode()], np.object_),
     }

@@ -1,4 +1,4 @@
-"""Turns the gender probability into a label; every other tensor passes through unchanged.
+"""Turns the gender probability into a label; every other tensor passes through (NaN where no usable face).
 
 Imports ``common`` from the project root, which the launcher puts on PYTHONPATH.
 """
@@ -15,6 +15,8 @@ from common import contract as c
 #: At or above this probability of female the label is "female"; the classifier was trained with balanced loss.
 THRESHOLD = c.GENDER_THRESHOLD
 PASS_THROUGH = tuple(name for name in c.ENSEMBLE_OUTPUTS if name != c.ENSEMBLE_GENDER)
+#: The CNNs' numbers. The age interval is NaN already where the age model has no distributional head; kept so.
+ESTIMATES = (c.ENSEMBLE_AGE, c.ENSEMBLE_AGE_LOW, c.ENSEMBLE_AGE_HIGH, c.ENSEMBLE_FEMALE)
 
 
 class TritonPythonModel:
@@ -31,7 +33,7 @@ class TritonPythonModel:
             # Where no face was found or the item failed, the CNNs saw a blank crop: their numbers mean nothing,
             # so they go out as NaN (clients map NaN to null; docs/contract.md).
             usable = tensors[c.ENSEMBLE_FOUND] & (tensors[c.ENSEMBLE_ERROR].astype(bytes) == b"")
-            for name in (c.ENSEMBLE_AGE, c.ENSEMBLE_FEMALE):
+            for name in ESTIMATES:
                 tensors[name] = np.where(usable, tensors[name], np.float32("nan")).astype(tensors[name].dtype)
             female = tensors[c.ENSEMBLE_FEMALE] >= THRESHOLD
             label = np.where(female, b"female", b"male")
