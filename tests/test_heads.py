@@ -48,8 +48,10 @@ def test_quantiles_match_sampling_on_a_skewed_distribution():
 def test_losses_prefer_the_true_age_and_ldl_gives_neighbours_credit():
     true = np.array([[40.0]], np.float32)
     right, near, far = one_hot([40]), one_hot([42]), one_hot([70])
-    for loss in (heads.age_ce, heads.age_ldl):
+    for loss in (heads.age_ce, heads.age_ldl, heads.age_ldl_l1):
         assert float(loss(true, right)[0]) < float(loss(true, far)[0])
+    # ldl+l1 adds the expected age's error in years to the label-distribution term.
+    assert float(heads.age_ldl_l1(true, far)[0]) == pytest.approx(float(heads.age_ldl(true, far)[0]) + 30.0, rel=1e-4)
     # Cross-entropy counts 42 as wrong as 70; the label distribution does not.
     soft = lambda p: np.clip(p + 1e-4, 0, 1) / np.clip(p + 1e-4, 0, 1).sum()  # noqa: E731
     assert float(heads.age_ldl(true, soft(near))[0]) < float(heads.age_ldl(true, soft(far))[0])
@@ -107,7 +109,9 @@ def test_weight_average_is_what_gets_validated_and_saved(tmp_path):
         def on_test_end(self, logs=None):
             seen["validated"] = model.get_weights()[0].copy()
 
-    model.fit(x, y, batch_size=32, epochs=2, validation_data=(x, y), callbacks=[ema, Spy(), ema.restore_callback()], verbose=0)
+    model.fit(
+        x, y, batch_size=32, epochs=2, validation_data=(x, y), callbacks=[ema, Spy(), ema.restore_callback()], verbose=0
+    )
     with np.load(tmp_path / "ema.npz") as z:
         saved = z["w0"]
     np.testing.assert_allclose(seen["validated"], saved, atol=1e-6)  # validation ran on the average

@@ -179,6 +179,7 @@ def test_smoke_train_export_signature_and_evaluate(archive, tmp_path):
         "age_histogram.png",
         "age_scatter.png",
         "gender_confusion.png",
+        "age_interval_coverage.png",
     ):
         assert (report_dir / name).stat().st_size > 0
     rows = (tmp_path / "pred.csv").read_text().splitlines()

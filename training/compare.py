@@ -24,6 +24,8 @@ VARIANTS = {
         "huber": ["--age-loss", "huber", "--ema", "0"],
         "ce": ["--age-loss", "ce", "--ema", "0"],
         "ldl": ["--age-loss", "ldl", "--ema", "0"],
+        "ldl+l1": ["--age-loss", "ldl+l1", "--ema", "0"],
+        "ldl+l1+ema": ["--age-loss", "ldl+l1", "--ema", "0.998"],
         "ce+ema": ["--age-loss", "ce", "--ema", "0.998"],
         "ldl+ema": ["--age-loss", "ldl", "--ema", "0.998"],
         # Width: from scratch only (a wider trunk cannot start from the narrower one's weights).
@@ -104,7 +106,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"{args.task}: each variant trained {args.epochs} epochs (equal steps) {start}, peak learning rate "
         f"{args.lr}; scored on the validation split as served (temperature fitted on the same split).\n\n"
     )
-    (out / "compare.json").write_text(json.dumps({"args": vars(args) | {"data": str(args.data)}, "rows": rows}, default=str, indent=2))
+    (out / "compare.json").write_text(
+        json.dumps({"args": vars(args) | {"data": str(args.data)}, "rows": rows}, default=str, indent=2)
+    )
     (out / "compare.md").write_text(header + table(rows, args.task) + "\n")
     print(header + table(rows, args.task))
     return rows

@@ -39,12 +39,12 @@ def predict(version_dir: Path, images: np.ndarray, batch: int = 256) -> dict[str
     fn = tf.saved_model.load(str(version_dir / SAVEDMODEL)).signatures["serving_default"]
     parts = [fn(image=tf.constant(images[i : i + batch])) for i in range(0, len(images), batch)]
     names = list(fn.structured_outputs)
-    return {
-        k: np.concatenate([p[k].numpy()[:, 0] for p in parts]) if parts else np.zeros(0, np.float32) for k in names
-    }
+    return {k: np.concatenate([p[k].numpy()[:, 0] for p in parts]) if parts else np.zeros(0, np.float32) for k in names}
 
 
-def age_metrics(true: np.ndarray, pred: np.ndarray, low: np.ndarray | None = None, high: np.ndarray | None = None) -> dict:
+def age_metrics(
+    true: np.ndarray, pred: np.ndarray, low: np.ndarray | None = None, high: np.ndarray | None = None
+) -> dict:
     """MAE, RMSE and, for a model with an interval, how often the 10-90% interval holds the true age."""
     err = pred - true
     out = {
@@ -116,9 +116,7 @@ def metrics(data: utk.Dataset, pred: dict[str, np.ndarray]) -> dict:
     def on(m):
         return age_metrics(data.ages[m], ages[m], None if low is None else low[m], None if high is None else high[m])
 
-    bands = {
-        f"{lo}-{hi}": on(m) for lo, hi in AGE_BANDS if (m := (data.ages >= lo) & (data.ages <= hi)).any()
-    }
+    bands = {f"{lo}-{hi}": on(m) for lo, hi in AGE_BANDS if (m := (data.ages >= lo) & (data.ages <= hi)).any()}
     races = {name: on(data.races == i) for i, name in enumerate(utk.RACES) if (data.races == i).any()}
     return {
         "age": on(np.ones(len(data), bool)),
@@ -131,13 +129,13 @@ def metrics(data: utk.Dataset, pred: dict[str, np.ndarray]) -> dict:
 def plots(
     out: Path,
     data: utk.Dataset,
-    ages: np.ndarray,
-    probs: np.ndarray,
+    pred: dict[str, np.ndarray],
     repo: Path,
     train_ages: np.ndarray | None,
     rebalanced_ages: np.ndarray | None,
 ) -> list[str]:
     files = []
+    ages, probs = pred[spec.AGE_OUTPUT], pred[spec.GENDER_OUTPUT]
 
     def save(fig, name):
         fig.tight_layout()
@@ -189,6 +187,17 @@ def plots(
         title="Gender confusion matrix",
     )
     save(fig, "gender_confusion.png")
+
+    bands = metrics(data, pred)["age_by_band"]
+    if all("coverage" in b for b in bands.values()):
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.bar(list(bands), [b["coverage"] for b in bands.values()])
+        ax.axhline(0.8, color="k", ls="--", lw=1, label="nominal 0.80")
+        ax.set(title="Age interval (10th-90th percentile) coverage", xlabel="true age band", ylabel="coverage")
+        ax.set_ylim(0, 1)
+        ax.tick_params(axis="x", labelrotation=45)
+        ax.legend()
+        save(fig, "age_interval_coverage.png")
 
     cal = calibration(data.genders, probs)
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
@@ -320,8 +329,7 @@ def main(argv: list[str] | None = None) -> dict:
     report["plots"] = plots(
         args.out,
         subset,
-        ages,
-        probs,
+        pred,
         args.repo,
         train.ages if len(train) else None,
         train.ages[utk.rebalance(train, seed=args.seed)] if len(train) else None,
@@ -333,7 +341,9 @@ def main(argv: list[str] | None = None) -> dict:
         with args.predictions.open("w", newline="") as fh:
             w = csv.writer(fh)
             # age_low / age_high: the served 10-90% interval; empty for a model without one.
-            w.writerow(["file", "true_age", "predicted_age", "age_low", "age_high", "true_gender", "female_probability"])
+            w.writerow(
+                ["file", "true_age", "predicted_age", "age_low", "age_high", "true_gender", "female_probability"]
+            )
             nan = np.full(len(ages), np.nan)
             low, high = pred.get(spec.AGE_LOW_OUTPUT, nan), pred.get(spec.AGE_HIGH_OUTPUT, nan)
             for row in zip(

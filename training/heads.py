@@ -21,7 +21,9 @@ AGES = np.arange(AGE_BINS, dtype="float32")
 #: people guessing the age of the same face, so neighbouring ages share credit instead of counting as wrong.
 LABEL_SIGMA = 2.0
 #: Age losses by name. ``huber`` trains the regression head; the others the 117-bin head.
-AGE_LOSSES = ("huber", "ce", "ldl")
+AGE_LOSSES = ("huber", "ce", "ldl", "ldl+l1")
+#: Weight of the expected age's absolute error (years) beside the label-distribution loss in ``ldl+l1``.
+L1_WEIGHT = 1.0
 
 
 def expected_age(probs: tf.Tensor) -> tf.Tensor:
@@ -70,6 +72,13 @@ def age_ldl(y_true, y_pred):
     return -tf.reduce_sum(target * tf.math.log(tf.clip_by_value(y_pred, 1e-7, 1.0)), axis=-1)
 
 
+@keras.saving.register_keras_serializable(package="agegender")
+def age_ldl_l1(y_true, y_pred):
+    """The label distribution plus the expected age's absolute error (DLDL-v2): learns the distribution
+    and, directly, the estimate the MAE is measured on."""
+    return age_ldl(y_true, y_pred) + L1_WEIGHT * age_mae(y_true, y_pred)
+
+
 def age_loss(name: str, *, huber_delta: float = 5.0):
     if name == "huber":
         return keras.losses.Huber(delta=huber_delta)
@@ -77,6 +86,8 @@ def age_loss(name: str, *, huber_delta: float = 5.0):
         return age_ce
     if name == "ldl":
         return age_ldl
+    if name == "ldl+l1":
+        return age_ldl_l1
     raise ValueError(f"age loss must be one of {AGE_LOSSES}, got {name!r}")
 
 
