@@ -77,14 +77,16 @@ def test_publish_as_triton_reads_it_and_never_overwrites(aws_env, tmp_path):
     assert body.read() == (REPOSITORY / "preprocess" / "1" / "model.py").read_bytes()  # the link's target
     assert f"uploaded {len(keys)} files" in out.getvalue()
 
+    # The committed versions, whatever their numbers.
+    age_v, gender_v = (max(int(p.name) for p in (repo / t).iterdir() if p.name.isdigit()) for t in ("age", "gender"))
     # Same versions again: refused before anything is written.
     (repo / "age" / "config.pbtxt").write_text("# changed\n")
-    with pytest.raises(storage.StorageError, match="refusing to overwrite.*age/1"):
+    with pytest.raises(storage.StorageError, match=f"refusing to overwrite.*age/{age_v}"):
         publish(repo, uri, out=io.StringIO())
     assert storage.list_keys(storage.S3Location.parse(uri)) == keys
 
     # A new version is published with --skip-existing, through the CLI; the existing ones are not re-sent.
-    shutil.copytree(repo / "age" / "1", repo / "age" / "2", symlinks=True)
+    shutil.copytree(repo / "age" / str(age_v), repo / "age" / str(age_v + 1), symlinks=True)
     cli = subprocess.run(
         [sys.executable, "-m", "serving.publish", str(repo), uri, "--skip-existing"],
         capture_output=True,
@@ -93,8 +95,8 @@ def test_publish_as_triton_reads_it_and_never_overwrites(aws_env, tmp_path):
         timeout=60,
     )
     assert cli.returncode == 0, cli.stderr
-    assert "new versions: age/2" in cli.stdout and "skip     gender/1/" in cli.stdout
-    assert "s3://models/publish-test/age/1/" not in cli.stdout
+    assert f"new versions: age/{age_v + 1}" in cli.stdout and f"skip     gender/{gender_v}/" in cli.stdout
+    assert f"s3://models/publish-test/age/{age_v}/" not in cli.stdout
     cli = subprocess.run(
         [sys.executable, "-m", "serving.publish", str(repo), uri], capture_output=True, text=True, cwd=ROOT, timeout=60
     )

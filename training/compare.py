@@ -29,11 +29,12 @@ VARIANTS = {
         "ce+ema": ["--age-loss", "ce", "--ema", "0.998"],
         "ldl+ema": ["--age-loss", "ldl", "--ema", "0.998"],
         # Width: from scratch only (a wider trunk cannot start from the narrower one's weights).
-        "ce+wide": ["--age-loss", "ce", "--ema", "0", "--widths", "24,48,96,192"],
+        "ldl+l1+wide": ["--age-loss", "ldl+l1", "--ema", "0", "--widths", "24,48,96,192"],
     },
     "gender": {
         "plain": ["--ema", "0"],
         "ema": ["--ema", "0.998"],
+        "wide": ["--ema", "0", "--widths", "24,48,96,192"],
     },
 }
 
