@@ -153,6 +153,8 @@ def test_smoke_train_export_signature_and_evaluate(archive, tmp_path):
             assert out.shape == (3, 1) and np.isfinite(out).all()
     config = json.loads((export.latest(repo, "age") / "training_config.json").read_text())
     assert config["tta"] is True and config["age_head"] == "bins" and config["temperature"] > 0
+    # Both candidates were finished on the validation split and the kept one is recorded.
+    assert {"best", "last"} <= set(config["post_training"]) and config["post_training"]["chosen"] in ("best", "last")
     assert 0 <= config["val_served"]["interval_coverage"] <= 1
 
     report_dir = tmp_path / "report"

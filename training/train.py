@@ -255,20 +255,30 @@ def main(argv: list[str] | None = None) -> Path:
         )
         config["train_seconds"] = round(config.get("train_seconds", 0) * args.resume + time.time() - start, 1)
 
-    # Post-training steps, chosen on the validation split: clean BatchNorm statistics, kept only if they help,
-    # then the temperature the export folds in.
-    model = keras.models.load_model(best)
-    model.compile(**compile_args)  # a reloaded Huber loss forgets its delta
-    before = model.evaluate(dataset(val, False), verbose=0, return_dict=True)
-    models.recalibrate_batchnorm(model, train.images, seed=args.seed)
-    after = model.evaluate(dataset(val, False), verbose=0, return_dict=True)
-    kept = after["loss"] < before["loss"]
-    config["bn_recalibration"] = {"kept": kept, "val_before": before, "val_after": after}
-    if kept:
-        model.save(best)
-    else:
-        model = keras.models.load_model(best)
-    logging.info("BatchNorm recalibration: val %s -> %s (%s)", before, after, "kept" if kept else "dropped")
+    # Post-training steps, chosen on the validation split. While training, BatchNorm statistics describe augmented
+    # faces, which makes the per-epoch validation loss noisy (it jumps 10-15% between neighbouring epochs), so the
+    # checkpoint it picked is not always the best model. Both candidates, that checkpoint and the last epoch's
+    # weights, get clean statistics (kept only where they help) and the lower validation loss is kept.
+    def finished(path: Path) -> tuple[keras.Model, dict]:
+        candidate = keras.models.load_model(path)
+        candidate.compile(**compile_args)  # a reloaded Huber loss forgets its delta
+        before = candidate.evaluate(dataset(val, False), verbose=0, return_dict=True)
+        models.recalibrate_batchnorm(candidate, train.images, seed=args.seed)
+        after = candidate.evaluate(dataset(val, False), verbose=0, return_dict=True)
+        kept = after["loss"] < before["loss"]
+        if not kept:
+            candidate = keras.models.load_model(path)
+        logging.info(
+            "%s, BatchNorm recalibration: val %s -> %s (%s)", path.name, before, after, "kept" if kept else "dropped"
+        )
+        return candidate, {"bn_kept": kept, "val_before": before, "val_after": after}
+
+    candidates = {name: finished(path) for name, path in (("best", best), ("last", last)) if path.exists()}
+    val_loss = {name: r["val_after" if r["bn_kept"] else "val_before"]["loss"] for name, (_, r) in candidates.items()}
+    chosen = min(val_loss, key=val_loss.get)
+    model = candidates[chosen][0]
+    model.save(best)
+    config["post_training"] = {"chosen": chosen, **{name: r for name, (_, r) in candidates.items()}}
     config["tta"] = args.tta
     raw = heads.raw_views(model, val.images, tta=args.tta)
     fit = heads.fit_temperature(raw, args.task, val.ages, val.genders)
