@@ -8,6 +8,7 @@ the two exported SavedModels (age and gender, run one after the other as the ens
 - ``load_s``: import of the runtime plus loading/converting/compiling both models;
 - throughput in images/s at batch 1, 16 and 64 on ``--threads`` threads (1 = what each served model
   instance gets in the CPU configs);
+- ``per_model_b64``: each model alone at batch 64, the per-model speed budget;
 - ``rss_mb``: resident memory of that process after the measurements;
 - ``max_abs_diff``: largest difference from TensorFlow's outputs on the fixed crop set
   (:func:`loadtest.corpus.model_crops`).
@@ -143,7 +144,17 @@ def measure(runtime: str, repository: Path, threads: int, duration: float, workd
                 fn(x)
             n += batch
         rates[batch] = n / elapsed
+    # Each model alone at batch 64: the per-model speed budget (issue 10: >= 300 img/s in the serving runtime).
+    x = rng.integers(0, 256, (64, *crops.shape[1:]), dtype=np.uint8)
+    alone = {}
+    for task, fn in fns.items():
+        n, t0 = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - t0) < duration:
+            fn(x)
+            n += 64
+        alone[task] = n / elapsed
     return {
+        "per_model_b64": alone,
         "runtime": runtime,
         "version": extra.get("version"),
         "load_s": load_s,
@@ -171,17 +182,19 @@ def write_markdown(path: Path, results: list[dict], meta: dict) -> None:
         f"{meta['date']}, {meta['cpus']} CPUs (shared; indicative), {meta['threads']} thread(s) per runtime, "
         f"{meta['duration']} s per batch size; both models in sequence (age then gender).",
         "",
-        "| runtime | version | load s | img/s b=1 | img/s b=16 | img/s b=64 | RSS MB | max abs diff vs TF |",
-        "|---|---|---|---|---|---|---|---|",
+        "| runtime | version | load s | img/s b=1 | img/s b=16 | img/s b=64 | each model alone, b=64 | RSS MB | "
+        "max abs diff vs TF |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['runtime']} | - | - | - | - | - | - | failed: {r['error'][:200]} |")
+            lines.append(f"| {r['runtime']} | - | - | - | - | - | - | - | failed: {r['error'][:200]} |")
             continue
         rate = r["img_per_s"]
+        alone = ", ".join(f"{task} {v:.0f}" for task, v in r.get("per_model_b64", {}).items())
         lines.append(
             f"| {r['runtime']} | {r['version']} | {r['load_s']:.2f} | {rate['1']:.0f} | {rate['16']:.0f} | "
-            f"{rate['64']:.0f} | {r['rss_mb']:.0f} | {r['max_abs_diff']:.2e} |"
+            f"{rate['64']:.0f} | {alone} | {r['rss_mb']:.0f} | {r['max_abs_diff']:.2e} |"
         )
     if meta.get("onnx_convert_s") is not None:
         lines += ["", f"ONNX Runtime's model came from tf2onnx ({meta['onnx_convert_s']:.1f} s for both, with TF)."]

@@ -6,8 +6,10 @@
 Runs each model's ``serving_default`` signature on random uint8 faces of the
 shared size, the two models side by side in one run, and prints a Markdown table.
 ``--architectures`` instead times untrained candidates (input size : channels
-per block) for inference at batch 256 and training steps at batch 64: how the
-input size and widths in ``common/spec.py`` and ``training/model.py`` were chosen.
+per block) for inference at batch 256 and training steps at batch 64 in TensorFlow, and
+as served: exported with flip TTA and run by OpenVINO on one thread at batch 64, as the
+CPU configs serve them (the per-model speed budget is measured there). How the input
+size and widths in ``common/spec.py`` and ``training/model.py`` were chosen.
 """
 
 from __future__ import annotations
@@ -46,8 +48,11 @@ def throughput(fn, batch: int, seconds: float) -> float:
 def architectures(candidates: list[str], seconds: float) -> None:
     from training import model as models
 
-    print("| input | channels | params | inference img/s (batch 256) | training img/s (batch 64) |")
-    print("|---|---|---|---|---|")
+    print(
+        "| input | channels | params | TF inference img/s (batch 256) | TF training img/s (batch 64) | "
+        "served img/s (OpenVINO, 1 thread, batch 64, flip TTA) |"
+    )
+    print("|---|---|---|---|---|---|")
     rng = np.random.default_rng(0)
     for candidate in candidates:
         size, widths = candidate.split(":")
@@ -59,8 +64,30 @@ def architectures(candidates: list[str], seconds: float) -> None:
         infer = tf.function(lambda t, m=model: m(t, training=False))
         inference = rate(lambda: infer(x), 256, seconds)  # noqa: B023 - rate() calls it before the loop moves on
         training = rate(lambda: model.train_on_batch(x[:64], y), 64, seconds)  # noqa: B023 - likewise
+        served = served_rate(model, size, seconds)
         shape = "-".join(map(str, widths))
-        print(f"| {size} | {shape} | {model.count_params():,} | {inference:.0f} | {training:.0f} |")
+        print(f"| {size} | {shape} | {model.count_params():,} | {inference:.0f} | {training:.0f} | {served:.0f} |")
+
+
+def served_rate(model, size: int, seconds: float) -> float:
+    """Images per second of ``model`` exported as served (flip TTA folded in) and run like the CPU configs run it:
+    OpenVINO, one inference thread, f32, batch 64."""
+    import tempfile
+
+    import openvino as ov
+
+    from training.export import export_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        version = export_model(model, "age", Path(tmp), size=size)
+        compiled = ov.Core().compile_model(
+            ov.convert_model(str(version / SAVEDMODEL)),
+            "CPU",
+            {"INFERENCE_NUM_THREADS": 1, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"},
+        )
+    request = compiled.create_infer_request()
+    x = np.random.default_rng(0).integers(0, 256, (64, size, size, 3), np.uint8)
+    return rate(lambda: request.infer({0: x}), 64, seconds)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -52,6 +52,7 @@ def export_model(
     *,
     tta: bool = True,
     temperature: float = 1.0,
+    size: int = spec.IMAGE_SIZE,
     extra_files: dict[str, Path] | None = None,
 ) -> Path:
     """Writes ``model`` as the next version of ``<repo>/<task>``.
@@ -62,6 +63,7 @@ def export_model(
         repo: The Triton model repository.
         tta: Fold flip test-time augmentation into the graph (twice the compute per face).
         temperature: Fitted after training (``config.json``); 1 leaves the network's outputs as they are.
+        size: Input side; only candidate architectures (``training.benchmark``) differ from the served size.
         extra_files: Files copied beside the SavedModel, by target name (config, history).
 
     Returns:
@@ -71,8 +73,6 @@ def export_model(
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     model_dir = Path(repo) / task
     version_dir = model_dir / str((versions(model_dir) or [0])[-1] + 1)
-    size = spec.IMAGE_SIZE
-
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(
