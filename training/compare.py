@@ -1,7 +1,8 @@
 """Equal-budget training runs that settle the training choices, scored on the validation split.
 
     python -m training.compare --data UTKFace.tar.gz --task age --epochs 3 \
-        --init-from model_repository/age/1 --variants huber,ce,ldl,ce+ema
+        --init-from model_repository/age/1 --variants huber,ce,ldl,ldl+l1,ldl+l1+ema
+    python -m training.compare --data UTKFace.tar.gz --task gender --epochs 10 --variants plain,wide
 
 Every variant trains for the same number of epochs (the same number of steps, so a busy machine changes how
 long a run takes, not what it learns) from the same starting weights, then is scored as it would be served:
