@@ -31,17 +31,18 @@ AGE_INTERVAL = (0.1, 0.9)
 GENDER_OUTPUT = "female_probability"
 
 
-def to_model_input(image: Image.Image) -> np.ndarray:
+def to_model_input(image: Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
     """Converts a face crop into one model input.
 
     Args:
         image: A face crop in any PIL mode, ideally framed like UTKFace's aligned crops.
 
     Returns:
-        A ``(IMAGE_SIZE, IMAGE_SIZE, 3)`` uint8 array in RGB order.
+        A ``(size, size, 3)`` uint8 array in RGB order; ``size`` is IMAGE_SIZE except for candidate
+        input sizes compared in training (``training.train --image-size``).
     """
     if image.mode != CHANNEL_ORDER:
         image = image.convert(CHANNEL_ORDER)
-    if image.size != (IMAGE_SIZE, IMAGE_SIZE):
-        image = image.resize((IMAGE_SIZE, IMAGE_SIZE), RESIZE_METHOD)
+    if image.size != (size, size):
+        image = image.resize((size, size), RESIZE_METHOD)
     return np.asarray(image, dtype=INPUT_DTYPE)

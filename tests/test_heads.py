@@ -144,3 +144,22 @@ def test_warm_start_copies_the_trunk_and_resume_continues_the_run(archive, tmp_p
     history = (tmp_path / "c" / "history.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in history[1:]] == ["0", "1"]
     assert json.loads((tmp_path / "c" / "state.json").read_text())["epoch"] == 1
+
+
+def test_candidate_input_size_trains_and_exports_at_its_own_size(archive, tmp_path):
+    from training import data as utk
+
+    served = utk.load(archive, cache_dir=tmp_path / "cache")  # the served size, cached first
+    run = tmp_path / "runs" / "gender"
+    common = ["--task", "gender", "--data", str(archive), "--batch-size", "16", "--widths", "4,8", "--epochs", "1"]
+    best = train.main([*common, "--out", str(run), "--image-size", "40", "--cache-dir", str(tmp_path / "cache")])
+    assert keras.models.load_model(best).input.shape[1:] == (40, 40, 3)
+    assert json.loads((run / "config.json").read_text())["image_size"] == 40
+    from training import export
+
+    (version,) = export.main(["--runs", str(tmp_path / "runs"), "--repo", str(tmp_path / "repo"), "--tasks", "gender"])
+    sig = tf.saved_model.load(str(version / export.SAVEDMODEL)).signatures["serving_default"]
+    assert sig.structured_input_signature[1][spec.INPUT_NAME].shape.as_list() == [None, 40, 40, 3]
+    # The candidate size has its own cache file: the served size's cache is left as it was.
+    assert len(list((tmp_path / "cache").glob("utkface-*.npz"))) == 2
+    assert utk.load(archive, cache_dir=tmp_path / "cache").images.shape == served.images.shape

@@ -31,11 +31,14 @@ VARIANTS = {
         "ldl+ema": ["--age-loss", "ldl", "--ema", "0.998"],
         # Width: from scratch only (a wider trunk cannot start from the narrower one's weights).
         "ldl+l1+wide": ["--age-loss", "ldl+l1", "--ema", "0", "--widths", "24,48,96,192"],
+        # Input size: from scratch too; faces are decoded and cached at this size.
+        "ldl+l1+96px": ["--age-loss", "ldl+l1", "--ema", "0", "--image-size", "96"],
     },
     "gender": {
         "plain": ["--ema", "0"],
         "ema": ["--ema", "0.998"],
         "wide": ["--ema", "0", "--widths", "24,48,96,192"],
+        "96px": ["--ema", "0", "--image-size", "96"],
     },
 }
 

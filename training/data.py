@@ -128,16 +128,16 @@ class Dataset:
         )
 
 
-def _decode(data: bytes) -> np.ndarray | None:
+def _decode(data: bytes, size: int) -> np.ndarray | None:
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()
-            return spec.to_model_input(img)
+            return spec.to_model_input(img, size)
     except Exception:  # noqa: BLE001 - any decoder failure means "skip this file"
         return None
 
 
-def _read(path: Path) -> Dataset:
+def _read(path: Path, size: int = spec.IMAGE_SIZE) -> Dataset:
     """Reads, deduplicates and decodes a source (no cache)."""
     summary = LoadSummary()
     groups: dict[str, list[tuple[str, Label, bytes]]] = defaultdict(list)
@@ -159,13 +159,12 @@ def _read(path: Path) -> Dataset:
             continue
         summary.duplicate_copies += len(copies) - 1
         name, label, data = min(copies, key=lambda c: c[0])
-        pixels = _decode(data)
+        pixels = _decode(data, size)
         if pixels is None:
             summary.undecodable += 1
             continue
         rows.append((pixels, label, name, digest))
     summary.kept = len(rows)
-    size = spec.IMAGE_SIZE
     return Dataset(
         images=np.stack([r[0] for r in rows]) if rows else np.zeros((0, size, size, 3), np.uint8),
         ages=np.array([r[1].age for r in rows], dtype=np.int32),
@@ -177,14 +176,14 @@ def _read(path: Path) -> Dataset:
     )
 
 
-def _cache_key(path: Path) -> str:
+def _cache_key(path: Path, size: int = spec.IMAGE_SIZE) -> str:
     stat = path.stat()
     if path.is_dir():
         files = [f for f in path.rglob("*") if f.is_file()]
         stamp = f"{len(files)}:{max((f.stat().st_mtime_ns for f in files), default=0)}"
     else:
         stamp = f"{stat.st_size}:{stat.st_mtime_ns}"
-    text = f"{path.resolve()}|{stamp}|{spec.IMAGE_SIZE}|{spec.RESIZE_METHOD}|{spec.CHANNEL_ORDER}|{CACHE_VERSION}"
+    text = f"{path.resolve()}|{stamp}|{size}|{spec.RESIZE_METHOD}|{spec.CHANNEL_ORDER}|{CACHE_VERSION}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -192,7 +191,7 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("AGEGENDER_CACHE", Path.home() / ".cache" / "agegender"))
 
 
-def load(path: str | Path, *, cache_dir: Path | None = None) -> Dataset:
+def load(path: str | Path, *, cache_dir: Path | None = None, size: int = spec.IMAGE_SIZE) -> Dataset:
     """Loads a UTKFace archive or folder, from the decode cache where possible.
 
     Args:
@@ -205,7 +204,7 @@ def load(path: str | Path, *, cache_dir: Path | None = None) -> Dataset:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"UTKFace data not found at {path}; pass --data PATH")
-    cache = cache_dir / f"utkface-{_cache_key(path)}.npz" if cache_dir else None
+    cache = cache_dir / f"utkface-{_cache_key(path, size)}.npz" if cache_dir else None
     if cache is not None and cache.exists():
         with np.load(cache, allow_pickle=False) as z:
             data = Dataset(
@@ -218,7 +217,7 @@ def load(path: str | Path, *, cache_dir: Path | None = None) -> Dataset:
                 LoadSummary(**json.loads(str(z["summary"]))),
             )
     else:
-        data = _read(path)
+        data = _read(path, size)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             tmp = cache.with_suffix(".tmp.npz")

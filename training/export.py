@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
             args.repo,
             tta=config.get("tta", False),
             temperature=config.get("temperature", 1.0),
+            size=config.get("image_size", spec.IMAGE_SIZE),
             extra_files={"training_config.json": run / "config.json", "history.csv": run / "history.csv"},
         )
         meta = {"task": task, "source": str(run / "model.keras"), "version": int(version.name)}

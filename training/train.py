@@ -107,6 +107,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=DEFAULTS["limit"], help="use at most N training images (smoke runs)")
     p.add_argument("--widths", default=DEFAULTS["widths"], help="channels per conv block")
     p.add_argument(
+        "--image-size",
+        type=int,
+        default=spec.IMAGE_SIZE,
+        help="input side in pixels; only for comparing input sizes (serving crops at common/spec.py's size)",
+    )
+    p.add_argument(
         "--finish-only",
         action="store_true",
         help="skip training: rerun the post-training steps on the run's saved best model",
@@ -158,7 +164,7 @@ def main(argv: list[str] | None = None) -> Path:
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     keras.utils.set_random_seed(args.seed)
 
-    data = utk.load(args.data, cache_dir=args.cache_dir)
+    data = utk.load(args.data, cache_dir=args.cache_dir, size=args.image_size)
     splits = utk.split(data, seed=args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     utk.write_manifest(data, splits, args.out / "manifest.csv")
@@ -171,7 +177,7 @@ def main(argv: list[str] | None = None) -> Path:
             val.subset(np.arange(min(args.limit, len(val)))),
         )
     y = "ages" if args.task == "age" else "genders"
-    logging.info("train %d, val %d images of %dx%d", len(train), len(val), spec.IMAGE_SIZE, spec.IMAGE_SIZE)
+    logging.info("train %d, val %d images of %dx%d", len(train), len(val), args.image_size, args.image_size)
 
     augment = models.augmentation(seed=args.seed)
 
@@ -191,7 +197,7 @@ def main(argv: list[str] | None = None) -> Path:
         return ds.prefetch(tf.data.AUTOTUNE)
 
     widths = tuple(int(w) for w in args.widths.split(","))
-    model = models.build(args.task, widths=widths, age_head=age_head(args))
+    model = models.build(args.task, size=args.image_size, widths=widths, age_head=age_head(args))
     metrics = (
         [heads.age_mae]
         if args.task == "age"
@@ -202,7 +208,7 @@ def main(argv: list[str] | None = None) -> Path:
 
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     config.update(
-        image_size=spec.IMAGE_SIZE,
+        image_size=args.image_size,
         channel_order=spec.CHANNEL_ORDER,
         resize=str(spec.RESIZE_METHOD),
         age_head=age_head(args) if args.task == "age" else None,
