@@ -27,6 +27,7 @@ import tensorflow as tf  # noqa: E402
 
 from common import spec  # noqa: E402
 from training import data as utk  # noqa: E402
+from training import heads  # noqa: E402
 from training.export import SAVEDMODEL, latest  # noqa: E402
 
 AGE_BANDS = ((0, 2), (3, 9), (10, 19), (20, 29), (30, 39), (40, 49), (50, 59), (60, 69), (70, 79), (80, 116))
@@ -54,8 +55,7 @@ def age_metrics(
         "mse": float((err**2).mean()) if len(true) else None,
     }
     if low is not None and len(true) and np.isfinite(low).all():
-        out["coverage"] = float(((true >= low) & (true <= high)).mean())
-        out["width"] = float((high - low).mean())
+        out.update(heads.interval_stats(true, low, high))
     return out
 
 

@@ -141,6 +141,11 @@ def flat(outputs: dict[str, tf.Tensor]) -> dict[str, np.ndarray]:
     return {k: np.asarray(v)[:, 0] for k, v in outputs.items()}
 
 
+def interval_stats(true: np.ndarray, low: np.ndarray, high: np.ndarray) -> dict[str, float]:
+    """How often the interval holds the true age (``coverage``) and its mean ``width`` in years."""
+    return {"coverage": float(((true >= low) & (true <= high)).mean()), "width": float((high - low).mean())}
+
+
 def fit_temperature(raw: list[np.ndarray], task: str, ages: np.ndarray | None, genders: np.ndarray | None) -> dict:
     """Chooses the temperature on held-out faces (the validation split).
 
@@ -157,20 +162,12 @@ def fit_temperature(raw: list[np.ndarray], task: str, ages: np.ndarray | None, g
             p = np.clip(out[spec.GENDER_OUTPUT], 1e-7, 1 - 1e-7)
             nll = float(-np.mean(genders * np.log(p) + (1 - genders) * np.log(1 - p)))
             rows.append({"temperature": float(t), "nll": nll, "accuracy": float(((p >= 0.5) == genders).mean())})
-        else:
-            inside = (ages >= out[spec.AGE_LOW_OUTPUT]) & (ages <= out[spec.AGE_HIGH_OUTPUT])
-            mae = float(np.abs(out[spec.AGE_OUTPUT] - ages).mean())
-            rows.append({"temperature": float(t), "coverage": float(inside.mean()), "mae": mae})
+        else:  # the age itself does not depend on the temperature, only the interval does
+            stats = interval_stats(ages, out[spec.AGE_LOW_OUTPUT], out[spec.AGE_HIGH_OUTPUT])
+            rows.append({"temperature": float(t), **stats})
     if task == "gender":
         best = min(rows, key=lambda r: r["nll"])
     else:
         target = spec.AGE_INTERVAL[1] - spec.AGE_INTERVAL[0]
         best = min(rows, key=lambda r: abs(r["coverage"] - target))
     return {"temperature": best["temperature"], "chosen": best, "grid": rows}
-
-
-def predict(
-    model: keras.Model, task: str, images: np.ndarray, *, tta: bool = True, temperature: float = 1.0
-) -> dict[str, np.ndarray]:
-    """:func:`served_outputs` over a whole array, as ``(N,)`` NumPy arrays."""
-    return flat(summarize(raw_views(model, images, tta=tta), task, temperature=temperature))

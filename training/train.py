@@ -306,9 +306,8 @@ def score(raw: list[np.ndarray], task: str, part: utk.Dataset, temperature: floa
     err = np.abs(out[spec.AGE_OUTPUT] - part.ages)
     result = {"mae": float(err.mean())}
     if np.isfinite(out[spec.AGE_LOW_OUTPUT]).all():
-        inside = (part.ages >= out[spec.AGE_LOW_OUTPUT]) & (part.ages <= out[spec.AGE_HIGH_OUTPUT])
-        result["interval_coverage"] = float(inside.mean())
-        result["interval_width"] = float((out[spec.AGE_HIGH_OUTPUT] - out[spec.AGE_LOW_OUTPUT]).mean())
+        stats = heads.interval_stats(part.ages, out[spec.AGE_LOW_OUTPUT], out[spec.AGE_HIGH_OUTPUT])
+        result["interval_coverage"], result["interval_width"] = stats["coverage"], stats["width"]
     return result
 
 
@@ -330,7 +329,7 @@ class WeightAverage(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         weights = self.model.trainable_weights
-        self.shadow = [tf.Variable(w.value if hasattr(w, "value") else w, trainable=False) for w in weights]
+        self.shadow = [tf.Variable(w.value, trainable=False) for w in weights]
         if self.resume and self.path.exists():
             with np.load(self.path) as z:
                 for i, var in enumerate(self.shadow):
