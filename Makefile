@@ -49,7 +49,7 @@ demo: setup
 # Triton on model_repository/ (ports 8000/8001/8002, 127.0.0.1); CPU configs unless a GPU is visible.
 #   make serve MODEL_REPOSITORY=s3://127.0.0.1:9000/models/r1 SERVE_ARGS='--model-control-mode explicit'
 serve: setup
-	$(BIN)/python -m serving.launch --model-repository $(MODEL_REPOSITORY) $(SERVE_ARGS)
+	$(BIN)/python -m serving.runtime.launch --model-repository $(MODEL_REPOSITORY) $(SERVE_ARGS)
 
 # Object storage and versions (README "Serverless"): upload, then switch a running Triton (explicit model control).
 #   make publish S3_URI=s3://BUCKET/releases/r2 [PUBLISH_ARGS=--skip-existing]
@@ -58,14 +58,14 @@ serve: setup
 TRITON_HTTP_URL ?= 127.0.0.1:8000
 .PHONY: publish rollout rollback scaling-signal
 publish: setup
-	$(BIN)/python -m serving.publish model_repository $(S3_URI) $(PUBLISH_ARGS)
+	$(BIN)/python -m serving.ops.publish model_repository $(S3_URI) $(PUBLISH_ARGS)
 rollout: setup
-	$(BIN)/python -m serving.rollout --url $(TRITON_HTTP_URL) --model $(MODEL)
+	$(BIN)/python -m serving.ops.rollout --url $(TRITON_HTTP_URL) --model $(MODEL)
 rollback: setup
-	$(BIN)/python -m serving.rollout --url $(TRITON_HTTP_URL) --model $(MODEL) --version $(VERSION)
+	$(BIN)/python -m serving.ops.rollout --url $(TRITON_HTTP_URL) --model $(MODEL) --version $(VERSION)
 # Triton's queue time and pending requests under a Locust ramp: loadtest/results/scaling_signal.{png,json}.
 scaling-signal: setup
-	PYTHONPATH=. $(BIN)/python -m loadtest.scaling_signal --serve --users 16 --spawn-rate 0.25 --duration 70
+	PYTHONPATH=. $(BIN)/python -m loadtest.bench.scaling_signal --serve --users 16 --spawn-rate 0.25 --duration 70
 
 clean:
 	rm -rf $(VENV) .pytest_cache
@@ -83,10 +83,10 @@ LOADTEST_OUT ?= loadtest/results
 
 loadtest: setup
 	mkdir -p $(LOADTEST_OUT)
-	PYTHONPATH=. $(BIN)/locust -f loadtest/locustfile.py --headless -u $(USERS) -r $(SPAWN_RATE) -t $(RUN_TIME) \
+	PYTHONPATH=. $(BIN)/locust -f loadtest/locust/locustfile.py --headless -u $(USERS) -r $(SPAWN_RATE) -t $(RUN_TIME) \
 		--csv $(LOADTEST_OUT)/locust --html $(LOADTEST_OUT)/locust.html $(LOCUST_ARGS) $(LOCUST_USER)
 
 # Starts its own Triton servers (plus the in-process TF reference); writes loadtest/results/benchmark.{md,json}.
 BENCH_DURATION ?= 15
 benchmark-serving: setup
-	PYTHONPATH=. $(BIN)/python -m loadtest.benchmark --duration $(BENCH_DURATION)
+	PYTHONPATH=. $(BIN)/python -m loadtest.bench.benchmark --duration $(BENCH_DURATION)

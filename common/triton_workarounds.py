@@ -11,7 +11,7 @@ from __future__ import annotations
 #: caller of ours lets gRPC cancel an inference: the client stops *waiting* on its own clock and sends only a
 #: distant backstop deadline, max(GRPC_BACKSTOP_MIN_S, GRPC_BACKSTOP_FACTOR x its timeout), and closes its
 #: channel only after abandoned requests finish; load generators send none and bound runs by duration; the
-#: front door strips ``grpc-timeout`` (serving/proxy.py ``STRIP_GRPC_DEADLINE``); and since a caller's own
-#: cancellation still reaches Triton, the launcher restarts a crashed Triton (serving/launch.py).
+#: front door strips ``grpc-timeout`` (serving/runtime/door.py ``STRIP_GRPC_DEADLINE``); and since a caller's own
+#: cancellation still reaches Triton, the launcher restarts a crashed Triton (serving/runtime/launch.py).
 GRPC_BACKSTOP_MIN_S = 300.0
 GRPC_BACKSTOP_FACTOR = 10.0

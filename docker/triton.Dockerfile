@@ -24,13 +24,15 @@ RUN pip install \
 
 # Our Python-based backend (`backend: "openvino_savedmodel"` in configs/cpu.pbtxt) lives
 # beside the image's `python` backend, which runs it.
-COPY serving/backends/openvino_savedmodel/ /opt/tritonserver/backends/openvino_savedmodel/
+COPY serving/pipeline/backends/openvino_savedmodel/ /opt/tritonserver/backends/openvino_savedmodel/
 
 # The project itself is not pip-installed: it pins Python 3.11 while this image runs
-# 3.12, and the Python models only import these two source packages.
+# 3.12. The Python models import `common` and `serving.pipeline` (the code that runs inside
+# Triton) and nothing else: the launcher, door, ops and research code stay out of the image.
 WORKDIR /opt/agegender
 COPY common/ common/
-COPY serving/ serving/
+COPY serving/__init__.py serving/__init__.py
+COPY serving/pipeline/ serving/pipeline/
 ENV PYTHONPATH=/opt/agegender
 
 EXPOSE 8000 8001 8002

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.getsignal(signal.SIGINT))
         # Imported here: the UI alone (as in its container) needs neither the launcher nor the repository.
-        from serving.launch import TritonServer
+        from serving.runtime.launch import TritonServer
 
         server = TritonServer()
         server.start()

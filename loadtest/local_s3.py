@@ -19,8 +19,8 @@ import subprocess
 import sys
 import time
 
-from serving.launch import free_port
-from serving.subproc import stop_process
+from serving.runtime.launch import free_port
+from serving.runtime.subproc import stop_process
 
 REGION = "us-east-1"
 # create_user, put_user_policy, create_access_key run before authentication starts.

@@ -1,8 +1,8 @@
 """Finds a running server's processes from /proc and reads their memory (Linux only, no dependencies).
 
-The abuse suite (loadtest/abuse.py) uses it to tell whether Triton died or was restarted during a run
+The abuse suite (loadtest/abuse/suite.py) uses it to tell whether Triton died or was restarted during a run
 (its pid changes) and to sum the resident memory of Triton, its Python-backend stubs and nginx.
-The server is found either from the launcher's pid (``python -m serving.launch`` or a process that runs a
+The server is found either from the launcher's pid (``python -m serving.runtime.launch`` or a process that runs a
 ``TritonServer``) or from the process that listens on a TCP port (nginx's or Triton's HTTP port).
 """
 

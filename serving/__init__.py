@@ -1,1 +1,1 @@
-"""Serving side: face detection and cropping, Triton model code."""
+"""Serving: code that runs inside Triton (``pipeline``), the local server runtime (``runtime``), ops tools (``ops``)."""

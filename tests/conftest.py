@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.launch import TritonServer, free_port
+from serving.runtime.launch import TritonServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 REPOSITORY = ROOT / "model_repository"
@@ -53,14 +53,14 @@ def tiny_repo(tmp_path_factory) -> Path:
 
 
 def start_launcher(repo: Path, *args: str) -> tuple[subprocess.Popen, str]:
-    """Runs the launcher CLI (``python -m serving.launch``) on ``repo`` and returns once Triton is ready.
+    """Runs the launcher CLI (``python -m serving.runtime.launch``) on ``repo`` and returns once Triton is ready.
 
     Returns the process, whose stderr is still an open text pipe (read or drain it), and its HTTP ``host:port``.
     ``args`` are extra launcher options.
     """
     http_port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "serving.launch", "--model-repository", str(repo), "--http-port", str(http_port)]
+        [sys.executable, "-m", "serving.runtime.launch", "--model-repository", str(repo), "--http-port", str(http_port)]
         + ["--grpc-port", str(free_port()), "--metrics-port", str(free_port()), "--timeout", "120", *args],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,

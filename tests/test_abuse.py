@@ -1,4 +1,4 @@
-"""The abuse suite (loadtest/abuse.py), short version, against a real server: no death, no wrong answer."""
+"""The abuse suite (loadtest/abuse/suite.py), short version, against a real server: no death, no wrong answer."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from common import contract
-from loadtest import abuse, procs
-from loadtest import abuse_cases as cases
+from loadtest import procs
+from loadtest.abuse import cases
+from loadtest.abuse import suite as abuse
 
 
 def test_judge_flags_numbers_without_a_face():

@@ -31,7 +31,7 @@ from client import (
 )
 from client.errors import translate
 from common import contract
-from serving.launch import TritonServer, free_port
+from serving.runtime.launch import TritonServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 GRACE = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"  # public domain portrait

@@ -141,7 +141,8 @@ def test_ports_go_through_the_door_on_loopback(compose):
 
 
 def test_admin_apis_restricted_with_a_secret_from_the_env_file(compose, compose_cpu):
-    from serving import proxy, security
+    from serving.runtime import door as proxy
+    from serving.runtime import security
 
     for triton in (compose["services"]["triton"], compose_cpu["services"]["triton"]):
         args = security.restricted_args("${TRITON_ADMIN_KEY:?copy .env.example to .env and set TRITON_ADMIN_KEY}")
@@ -150,7 +151,7 @@ def test_admin_apis_restricted_with_a_secret_from_the_env_file(compose, compose_
     assert "TRITON_ADMIN_KEY=\n" in (ROOT / ".env.example").read_text()
     conf = (ROOT / "docker" / "nginx.conf").read_text()
     assert conf == proxy.compose_nginx_config(), (
-        "regenerate with: python -m serving.proxy --compose > docker/nginx.conf"
+        "regenerate with: python -m serving.runtime.door --compose > docker/nginx.conf"
     )
     # The door listens on its container's interfaces, on Triton's ports, and forwards to the triton service.
     for line in ("listen 0.0.0.0:8000;", "listen 0.0.0.0:8001 http2;", "server triton:8000;", "server triton:8001;"):
@@ -185,12 +186,12 @@ def test_gradio_waits_for_healthy_triton(compose):
 
 
 def test_locust_services_use_the_project_locustfile(compose):
-    assert (ROOT / "loadtest" / "locustfile.py").is_file()
+    assert (ROOT / "loadtest" / "locust" / "locustfile.py").is_file()
     master = compose["services"]["locust-master"]
     worker = compose["services"]["locust-worker"]
     assert "--master" in master["command"] and "--worker" in worker["command"]
     for service in (master, worker):
-        assert "loadtest/locustfile.py" in service["command"]
+        assert "loadtest/locust/locustfile.py" in service["command"]
         assert service["environment"]["TRITON_GRPC_URL"] == "door:8001"
         assert service["environment"]["TRITON_HTTP_URL"] == "door:8000"
     assert any("--master-host=locust-master" in arg for arg in worker["command"])

@@ -57,9 +57,9 @@ def test_model_configs_run_the_savedmodel(task):
     prod, cpu = config(task), config(task, "configs/cpu.pbtxt")
     assert prod.platform == "tensorflow_savedmodel"
     assert [g.kind for g in prod.instance_group] == [mc.ModelInstanceGroup.KIND_GPU]
-    # The CPU variant runs the same SavedModel through our Python-based backend (serving/backends/).
+    # The CPU variant runs the same SavedModel through our Python-based backend (serving/pipeline/backends/).
     assert cpu.backend == "openvino_savedmodel" and cpu.runtime == "model.py"
-    assert (ROOT / "serving" / "backends" / cpu.backend / "model.py").is_file()
+    assert (ROOT / "serving" / "pipeline" / "backends" / cpu.backend / "model.py").is_file()
     # Ready means warm: every preferred batch size (and single requests) is run once before ready.
     warm = {w.batch_size for w in cpu.model_warmup}
     assert warm >= {1, *cpu.dynamic_batching.preferred_batch_size}
@@ -181,7 +181,7 @@ def test_faces_contract(variant):
     assert [g.kind for g in faces.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]
     # All faces of one image go to age and gender as one batch.
     max_faces = int(faces.parameters["max_faces"].string_value)
-    from serving.faces import MAX_FACES
+    from serving.pipeline.faces import MAX_FACES
 
     assert max_faces == MAX_FACES
     for task in c.TASK_MODELS:

@@ -1,7 +1,7 @@
 """The CPU runtime: OpenVINO serves the SavedModels as TensorFlow computes them, BlazeFace gives the same
 boxes as on TFLite, and no served process loads TensorFlow. Real servers, real models.
 
-"Ready means warm" is timed in the benchmark (loadtest/warmup.py), not here: first-request times on a
+"Ready means warm" is timed in the benchmark (loadtest/bench/warmup.py), not here: first-request times on a
 shared 2-core CI machine are too noisy for a test; tests/test_configs.py checks the warm-up covers every
 batch size the configs prefer."""
 
@@ -115,7 +115,7 @@ def test_no_tensorflow_in_served_processes(triton_tiny):
 def test_detector_boxes_equal_tflite():
     """BlazeFace on OpenVINO finds the boxes TFLite finds (within 0.01 px at 2000 px) on a few framings."""
     tf = pytest.importorskip("tensorflow")
-    from serving import faces
+    from serving.pipeline import faces
 
     ov = faces.FaceCropper()
     reference = faces.FaceCropper(calibration=ov.calibration)
@@ -148,7 +148,7 @@ def test_serving_installs_no_tensorflow():
     code = "\n".join(line for line in dockerfile.lower().splitlines() if not line.lstrip().startswith("#"))
     assert "tensorflow" not in code and "keras" not in code
     assert f'"{openvino}"' in dockerfile, "the image must pin the same OpenVINO as the serve extra"
-    for backend in (ROOT / "serving" / "backends").iterdir():
+    for backend in (ROOT / "serving" / "pipeline" / "backends").iterdir():
         if (backend / "model.py").is_file():
-            line = f"COPY serving/backends/{backend.name}/ /opt/tritonserver/backends/{backend.name}/"
+            line = f"COPY serving/pipeline/backends/{backend.name}/ /opt/tritonserver/backends/{backend.name}/"
             assert line in dockerfile, f"the image lacks the {backend.name} backend"

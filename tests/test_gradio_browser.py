@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from serving.launch import free_port
-from serving.subproc import stop_process
+from serving.runtime.launch import free_port
+from serving.runtime.subproc import stop_process
 
 pytestmark = pytest.mark.integration
 

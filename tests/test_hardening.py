@@ -20,8 +20,8 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from common import contract
-from serving import launch, security
-from serving.launch import TritonServer, free_port
+from serving.runtime import launch, security
+from serving.runtime.launch import TritonServer, free_port
 from tests.conftest import start_launcher
 
 pytestmark = pytest.mark.integration

@@ -177,7 +177,7 @@ def test_runtime_image_args_and_security():
 
 
 def test_restricted_apis_match_the_launcher():
-    security = pytest.importorskip("serving.security", reason="the launcher's restricted-API list (issue #7)")
+    security = pytest.importorskip("serving.runtime.security", reason="the launcher's restricted-API list (issue #7)")
     assert ",".join(security.RESTRICTED_APIS) == RESTRICTED
     assert security.ADMIN_HEADER == "admin-key" and security.ADMIN_KEY_ENV == "TRITON_ADMIN_KEY"
 

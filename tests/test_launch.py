@@ -1,4 +1,4 @@
-"""serving.launch: command line, readiness, failure messages and a clean stop (no processes, no shm left)."""
+"""serving.runtime.launch: command line, readiness, failure messages and a clean stop (no processes, no shm left)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from serving import launch
-from serving.launch import TritonServer, TritonStartError, free_port
+from serving.runtime import launch
+from serving.runtime.launch import TritonServer, TritonStartError, free_port
 from tests.conftest import start_launcher
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from loadtest.benchmark import repository_without_dynamic_batching, strip_dynamic_batching
+from loadtest.bench.benchmark import repository_without_dynamic_batching, strip_dynamic_batching
 
 ROOT = Path(__file__).resolve().parents[1]
-LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
+LOCUSTFILE = ROOT / "loadtest" / "locust" / "locustfile.py"
 
 
 def test_strip_dynamic_batching_keeps_the_rest():
@@ -101,7 +101,7 @@ def test_locust_exit_code_enforces_p95(tmp_path, triton_tiny):
 
 @pytest.mark.integration
 def test_locust_counts_a_dead_server_as_failures(tmp_path):
-    from serving.launch import free_port
+    from serving.runtime.launch import free_port
 
     class Dead:
         grpc_url = f"127.0.0.1:{free_port()}"
@@ -116,7 +116,7 @@ def test_locust_counts_a_dead_server_as_failures(tmp_path):
 @pytest.mark.integration
 def test_benchmark_runs_against_a_live_server(tmp_path, triton_tiny, tiny_repo):
     """Short durations only: checks the pipeline (crop and detection scenarios, 12 MP JPEG, report) end to end."""
-    cmd = [sys.executable, "-m", "loadtest.benchmark", "--triton-grpc-url", triton_tiny.grpc_url]
+    cmd = [sys.executable, "-m", "loadtest.bench.benchmark", "--triton-grpc-url", triton_tiny.grpc_url]
     cmd += ["--repository", str(tiny_repo), "--out", str(tmp_path), "--duration", "2", "--warmup", "0.5"]
     cmd += ["--concurrency", "1,16", "--inprocess-batch", "0", "--coldstart-runs", "0"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))

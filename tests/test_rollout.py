@@ -3,8 +3,8 @@
 The ``age`` model is served alone (explicit model control, CPU config) as tiny Keras
 models whose output is their version number: kernel zero, bias = version. Four
 threads send requests for 24 s. Meanwhile version 2 is exported into the live
-repository and rolled out with ``serving.rollout.switch``, then rolled back with the
-one-line command ``python -m serving.rollout --model age --version 1``. No request may
+repository and rolled out with ``serving.ops.rollout.switch``, then rolled back with the
+one-line command ``python -m serving.ops.rollout --model age --version 1``. No request may
 fail, and every request sent after a switch returned must be answered by the new version.
 """
 
@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 from common import spec
-from serving.launch import TritonServer, free_port
-from serving.rollout import CONTROL_ARGS, RolloutError, switch
+from serving.ops.rollout import CONTROL_ARGS, RolloutError, switch
+from serving.runtime.launch import TritonServer, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +67,7 @@ def load(url: str, stop: threading.Event, log: list, errors: list) -> None:
 
 def test_rollout_and_rollback_under_load_without_a_failed_request(tmp_path, monkeypatch):
     # The repository API is an admin API: the launcher restricts it behind this secret (issue #7) and
-    # serving.rollout presents it as header `admin-key`, in this process and in the CLI run below.
+    # serving.ops.rollout presents it as header `admin-key`, in this process and in the CLI run below.
     monkeypatch.setenv("TRITON_ADMIN_KEY", secrets.token_urlsafe(16))
     repo = tmp_path / "model_repository"
     (repo / "age").mkdir(parents=True)
@@ -102,7 +102,17 @@ def test_rollout_and_rollback_under_load_without_a_failed_request(tmp_path, monk
             time.sleep(max(0.0, 12 - (rollout_done - start)))
             rollback_start = time.monotonic()
             cli = subprocess.run(
-                [sys.executable, "-m", "serving.rollout", "--url", server.http_url, "--model", "age", "--version", "1"],
+                [
+                    sys.executable,
+                    "-m",
+                    "serving.ops.rollout",
+                    "--url",
+                    server.http_url,
+                    "--model",
+                    "age",
+                    "--version",
+                    "1",
+                ],
                 capture_output=True,
                 text=True,
                 cwd=ROOT,
@@ -112,7 +122,7 @@ def test_rollout_and_rollback_under_load_without_a_failed_request(tmp_path, monk
             assert cli.returncode == 0, cli.stderr
             assert "now serving version(s) [1]" in cli.stdout
             status = subprocess.run(
-                [sys.executable, "-m", "serving.rollout", "--url", server.http_url, "--model", "age", "--status"],
+                [sys.executable, "-m", "serving.ops.rollout", "--url", server.http_url, "--model", "age", "--status"],
                 capture_output=True,
                 text=True,
                 cwd=ROOT,

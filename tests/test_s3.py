@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from serving import storage
-from serving.launch import TritonServer, TritonStartError, free_port
-from serving.publish import publish
+from serving.ops.publish import publish
+from serving.runtime import storage
+from serving.runtime.launch import TritonServer, TritonStartError, free_port
 
 pytest.importorskip("moto.server", reason="moto[server] is in the dev extra (make setup)")
 from loadtest.local_s3 import LocalS3  # noqa: E402
@@ -88,7 +88,7 @@ def test_publish_as_triton_reads_it_and_never_overwrites(aws_env, tmp_path):
     # A new version is published with --skip-existing, through the CLI; the existing ones are not re-sent.
     shutil.copytree(repo / "age" / str(age_v), repo / "age" / str(age_v + 1), symlinks=True)
     cli = subprocess.run(
-        [sys.executable, "-m", "serving.publish", str(repo), uri, "--skip-existing"],
+        [sys.executable, "-m", "serving.ops.publish", str(repo), uri, "--skip-existing"],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -98,7 +98,11 @@ def test_publish_as_triton_reads_it_and_never_overwrites(aws_env, tmp_path):
     assert f"new versions: age/{age_v + 1}" in cli.stdout and f"skip     gender/{gender_v}/" in cli.stdout
     assert f"s3://models/publish-test/age/{age_v}/" not in cli.stdout
     cli = subprocess.run(
-        [sys.executable, "-m", "serving.publish", str(repo), uri], capture_output=True, text=True, cwd=ROOT, timeout=60
+        [sys.executable, "-m", "serving.ops.publish", str(repo), uri],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
     )
     assert cli.returncode == 1 and "refusing to overwrite" in cli.stderr
 
@@ -151,7 +155,7 @@ def test_launcher_cli_names_the_storage_problem(aws_env):
     ports = [f"--{kind}-port={free_port()}" for kind in ("http", "grpc", "metrics")]
     uri = f"s3://127.0.0.1:{aws_env.port}/no-such-bucket/releases/r1"
     cli = subprocess.run(
-        [sys.executable, "-m", "serving.launch", "--model-repository", uri, *ports],
+        [sys.executable, "-m", "serving.runtime.launch", "--model-repository", uri, *ports],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from serving import shm_guard
+from serving.runtime import shm_guard
 
 
 def _mode(path: Path) -> int:

@@ -137,7 +137,7 @@ def test_smoke_train_export_signature_and_evaluate(archive, tmp_path):
     outputs = {"age": [spec.AGE_OUTPUT, spec.AGE_HIGH_OUTPUT, spec.AGE_LOW_OUTPUT], "gender": [spec.GENDER_OUTPUT]}
     for task, names in outputs.items():
         version = export.latest(repo, task)
-        # Only the artifact and its records: serving code lives in serving/backends, not in version folders.
+        # Only the artifact and its records: serving code lives in serving/pipeline/backends, not in version folders.
         assert not list(version.glob("*.py"))
         assert json.loads((version / "training_config.json").read_text())["task"] == task
         sig = tf.saved_model.load(str(version / export.SAVEDMODEL)).signatures["serving_default"]

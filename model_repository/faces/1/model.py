@@ -1,8 +1,8 @@
 """Every face in one image: detect, align and crop each, then age and gender through Triton (BLS).
 
 Walk-through in ``model_repository/faces/README.md``. Detection and cropping are
-:class:`serving.faces.MultiFaceCropper`; decoding and its per-image errors are the preprocess model's
-(:class:`serving.decode.DecodeLimits`: same limits, JPEG draft decoding). Age and gender run as the
+:class:`serving.pipeline.faces.MultiFaceCropper`; decoding and its per-image errors are the preprocess model's
+(:class:`serving.pipeline.decode.DecodeLimits`: same limits, JPEG draft decoding). Age and gender run as the
 ``age`` and ``gender`` models through business logic scripting, so their dynamic batching still combines
 the faces of concurrent requests (from this model's instances and from the ensembles) into one batch.
 """
@@ -17,8 +17,8 @@ import triton_python_backend_utils as pb_utils
 
 from common import contract as c
 from common import spec
-from serving.decode import DecodeLimits, ImageDecodeError
-from serving.faces import MAX_FACES, MultiFaceCropper
+from serving.pipeline.decode import DecodeLimits, ImageDecodeError
+from serving.pipeline.faces import MAX_FACES, MultiFaceCropper
 
 #: The models each image's face crops go to, and the outputs read from each.
 CALLS = tuple((model, c.TASK_MODEL_OUTPUTS[model]) for model in c.TASK_MODELS)

@@ -1,0 +1,1 @@
+"""Serving benchmarks: throughput, latency, cold start and memory, side by side in one run."""

@@ -1,0 +1,1 @@
+"""The Locust load test (``locust -f loadtest/locust/locustfile.py``)."""

@@ -1,0 +1,326 @@
+"""Locust load test of the Triton deployment, over gRPC or HTTP (KServe v2).
+
+Headless run that writes Locust's CSV and HTML reports and fails on a bad fail ratio or p95
+(see also ``make loadtest``)::
+
+    locust -f loadtest/locust/locustfile.py --headless -u 16 -r 4 -t 20s TritonGrpcUser \\
+        --image-dir gradio_frontend/examples --path crop --batch-size 4 --max-p95-ms 500 \\
+        --csv loadtest/results/locust --html loadtest/results/locust.html
+
+Custom options (also in the web UI, and forwarded by a master to its workers):
+
+- ``--image-dir``: folder of JPEG/PNG/WebP/BMP images sent round-robin [$LOCUST_IMAGE_DIR].
+- ``--path detect|crop|faces``: ensemble ``age_gender`` (face detection), ``age_gender_crop`` (aligned crops)
+  or the ``faces`` model (every face; one image per request, so ``--batch-size`` is ignored). For ``faces``
+  Locust's "size" column counts faces, and the summary logs faces/s beside requests/s.
+- ``--model``: target one model instead of an ensemble (``preprocess``, ``age``, ``gender`` ...); for
+  ``age``/``gender`` the images are resized to the model's uint8 input here, as the ensemble would.
+- ``--batch-size``: images per request; Locust counts requests, so img/s = req/s x batch size.
+- ``--triton-grpc-url`` / ``--triton-http-url``: [$TRITON_GRPC_URL / $TRITON_HTTP_URL].
+- ``--max-fail-ratio`` / ``--max-p95-ms``: exit code 1 when exceeded (checked on the master/local runner).
+
+Users wait 0 s between requests (closed loop), so ``-u`` is the number of requests in flight.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+# gRPC's C core runs its own threads, which block gevent's loop unless gRPC is told to use
+# gevent-friendly polling; this must happen before any channel is created.
+import grpc.experimental.gevent as grpc_gevent  # noqa: I001 - must precede the tritonclient.grpc import
+
+grpc_gevent.init_gevent()
+
+import numpy as np  # noqa: E402
+import tritonclient.grpc as grpcclient  # noqa: E402
+import tritonclient.http as httpclient  # noqa: E402
+from locust import User, constant, events, task  # noqa: E402
+from locust.runners import WorkerRunner  # noqa: E402
+from PIL import Image  # noqa: E402
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+from client.errors import translate  # noqa: E402
+from common import contract as c  # noqa: E402
+from common.contract import FACES_BOX, FACES_MODEL, FACES_OUTPUTS  # noqa: E402
+
+log = logging.getLogger("loadtest")
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+ENSEMBLES = {"detect": c.DETECT_ENSEMBLE, "crop": c.CROP_ENSEMBLE, "faces": FACES_MODEL}
+#: Models whose input is the decoded, resized face rather than encoded bytes.
+TENSOR_MODELS = set(c.TASK_MODELS)
+_PREPROCESS_OUTPUTS = (c.PREPROCESS_FACE, c.ENSEMBLE_FOUND, c.ENSEMBLE_ERROR)
+OUTPUTS = {
+    c.DETECT_ENSEMBLE: c.ESTIMATE_OUTPUTS,
+    c.CROP_ENSEMBLE: c.ESTIMATE_OUTPUTS,
+    c.PREPROCESS_MODEL: _PREPROCESS_OUTPUTS,
+    c.PREPROCESS_CROP_MODEL: _PREPROCESS_OUTPUTS,
+    # Every output of each CNN, as the ensembles and the faces model ask for them (age: its interval too).
+    **c.TASK_MODEL_OUTPUTS,
+    FACES_MODEL: FACES_OUTPUTS,
+}
+
+
+@events.init_command_line_parser.add_listener
+def _add_arguments(parser: Any) -> None:
+    group = parser.add_argument_group("Triton age/gender")
+    group.add_argument(
+        "--image-dir",
+        env_var="LOCUST_IMAGE_DIR",
+        default=str(ROOT / "gradio_frontend" / "examples"),
+        help="folder of images to send",
+    )
+    group.add_argument(
+        "--path",
+        choices=sorted(ENSEMBLES),
+        default="detect",
+        help="detect: age_gender ensemble; crop: age_gender_crop (no detection); faces: every face",
+    )
+    group.add_argument("--model", default="", help="target this model instead of the --path ensemble")
+    group.add_argument("--batch-size", type=int, default=1, help="images per request")
+    group.add_argument("--triton-grpc-url", env_var="TRITON_GRPC_URL", default="localhost:8001")
+    group.add_argument("--triton-http-url", env_var="TRITON_HTTP_URL", default="localhost:8000")
+    group.add_argument("--request-timeout", type=float, default=30.0, help="seconds per request")
+    group.add_argument(
+        "--retry-window",
+        type=float,
+        default=RETRY_WINDOW_S,
+        help="seconds a request retries while the server is unavailable (a restart); 0: no retries",
+    )
+    group.add_argument("--max-fail-ratio", type=float, default=0.01, help="exit 1 above this failure ratio")
+    group.add_argument("--max-p95-ms", type=float, default=0.0, help="exit 1 when p95 exceeds it (0: no bound)")
+
+
+def target_model(options: Any) -> str:
+    return options.model or ENSEMBLES[options.path]
+
+
+def load_corpus(image_dir: str | os.PathLike, model: str) -> list[Any]:
+    """Reads every image once, so the test measures the server and not the load generator's disk."""
+    files = sorted(p for p in Path(image_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise SystemExit(f"--image-dir {image_dir}: no {sorted(IMAGE_SUFFIXES)} images found")
+    if model in TENSOR_MODELS:
+        # Imported lazily: only this mode needs the shared preprocessing spec.
+        from common.spec import to_model_input
+
+        return [to_model_input(Image.open(p)) for p in files]
+    return [p.read_bytes() for p in files]
+
+
+def input_name(model: str) -> str:
+    return c.FACES_INPUT if model == FACES_MODEL else c.IMAGE_INPUT
+
+
+def make_batch(corpus: list[Any], start: int, size: int, model: str) -> np.ndarray:
+    items = [corpus[(start + k) % len(corpus)] for k in range(size)]
+    if model in TENSOR_MODELS:
+        return np.stack(items).astype(np.uint8)
+    if model == FACES_MODEL:
+        return np.array(items[:1], dtype=np.object_)  # no batch dimension: one image per request
+    batch = np.empty((size, 1), dtype=np.object_)
+    for k, blob in enumerate(items):
+        batch[k, 0] = blob
+    return batch
+
+
+#: A request retries for up to this long (default of --retry-window) while the server is unavailable: a
+#: Triton restarted by the launcher is ready again within its cold start (about 5 s here). Its response time
+#: includes the retries.
+RETRY_WINDOW_S = 15.0
+RETRY_FIRST_WAIT_S = 0.25
+RETRY_MAX_WAIT_S = 2.0
+
+
+class TritonRequester:
+    """Wraps one tritonclient and reports every inference to Locust through ``events.request``.
+
+    Follows the pattern of Locust's custom-client examples: the User owns the client, the client
+    times its own calls, so any Locust runner, report or event hook sees them like HTTP requests.
+    """
+
+    protocol = ""
+
+    def __init__(self, environment: Any, url: str, timeout: float) -> None:
+        self.environment = environment
+        self.url = url
+        self.timeout = timeout
+        self.retry_window = getattr(environment.parsed_options, "retry_window", RETRY_WINDOW_S)
+
+    def _infer(self, model: str, batch: np.ndarray, outputs: tuple[str, ...]) -> Any:
+        raise NotImplementedError
+
+    def infer(self, model: str, batch: np.ndarray) -> None:
+        outputs = OUTPUTS.get(model, ())
+        name = model if model == FACES_MODEL else f"{model} b={len(batch)}"
+        units = len(batch)
+        start = time.perf_counter()
+        exception: BaseException | None = None
+        retries = 0
+        try:
+            while True:
+                try:
+                    result = self._infer(model, batch, outputs)
+                    break
+                except (InferenceServerException, OSError) as exc:
+                    # Inference is idempotent: while the server is unavailable (the launcher restarting a
+                    # crashed Triton answers 502/503/UNAVAILABLE at the door), try again, as the client does.
+                    wait = min(RETRY_FIRST_WAIT_S * 2**retries, RETRY_MAX_WAIT_S)
+                    if not self._unavailable(exc, model) or time.perf_counter() + wait > start + self.retry_window:
+                        raise
+                retries += 1
+                time.sleep(wait)  # gevent's, under Locust
+            if model == FACES_MODEL:
+                units = len(result.as_numpy(FACES_BOX))  # faces found: Locust totals them as "size"
+            if c.ENSEMBLE_ERROR in outputs:  # the faces model's error output has the same name
+                errors = [e for e in np.asarray(result.as_numpy(c.ENSEMBLE_ERROR)).ravel() if e]
+                if errors:
+                    # A per-item error means the corpus or the server is broken, not a slow success.
+                    raise RuntimeError(f"{len(errors)}/{len(batch)} items failed: {errors[0]!r}")
+        except InferenceServerException as exc:
+            # Its repr is empty, and Locust groups failures by repr: keep the status and message.
+            exception = RuntimeError(f"[{exc.status()}] {exc.message()}")
+        except Exception as exc:  # noqa: BLE001 - every failure must reach Locust's stats, whatever its type
+            exception = exc
+        self.environment.events.request.fire(
+            request_type=self.protocol,
+            name=name,
+            response_time=(time.perf_counter() - start) * 1000.0,
+            # Locust sums this per request; images (faces for the faces model) is the unit we want totals of.
+            response_length=units,
+            exception=exception,
+            context={"batch_size": len(batch), "retries": retries},
+        )
+
+    def _unavailable(self, exc: BaseException, model: str) -> bool:
+        if isinstance(exc, InferenceServerException):
+            return translate(exc, url=self.url, protocol=self.protocol, model=model).retryable
+        return True  # a refused or reset connection
+
+    def close(self) -> None:
+        pass
+
+
+class GrpcRequester(TritonRequester):
+    protocol = "grpc"
+
+    def __init__(self, environment: Any, url: str, timeout: float) -> None:
+        super().__init__(environment, url, timeout)
+        self.client = grpcclient.InferenceServerClient(url)
+
+    def _infer(self, model: str, batch: np.ndarray, outputs: tuple[str, ...]) -> Any:
+        dtype = "UINT8" if batch.dtype == np.uint8 else "BYTES"
+        inp = grpcclient.InferInput(input_name(model), list(batch.shape), dtype)
+        inp.set_data_from_numpy(batch)
+        requested = [grpcclient.InferRequestedOutput(o) for o in outputs]
+        # No client_timeout (common/triton_workarounds.py); Locust's -t bounds the run.
+        return self.client.infer(model, [inp], outputs=requested or None)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class HttpRequester(TritonRequester):
+    protocol = "http"
+
+    def __init__(self, environment: Any, url: str, timeout: float) -> None:
+        super().__init__(environment, url, timeout)
+        # geventhttpclient underneath: cooperative with Locust's greenlets as is.
+        self.client = httpclient.InferenceServerClient(
+            url.removeprefix("http://"), connection_timeout=timeout, network_timeout=timeout
+        )
+
+    def _infer(self, model: str, batch: np.ndarray, outputs: tuple[str, ...]) -> Any:
+        dtype = "UINT8" if batch.dtype == np.uint8 else "BYTES"
+        inp = httpclient.InferInput(input_name(model), list(batch.shape), dtype)
+        inp.set_data_from_numpy(batch, binary_data=True)
+        requested = [httpclient.InferRequestedOutput(o, binary_data=True) for o in outputs]
+        return self.client.infer(model, [inp], outputs=requested or None)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+_corpus_cache: dict[tuple[str, str], list[Any]] = {}
+
+
+class TritonUser(User):
+    """Abstract user: one client per simulated user, sending batches in a closed loop."""
+
+    abstract = True
+    wait_time = constant(0)
+    requester_class: type[TritonRequester] = TritonRequester
+
+    def _url(self, options: Any) -> str:
+        raise NotImplementedError
+
+    def on_start(self) -> None:
+        options = self.environment.parsed_options
+        self.model = target_model(options)
+        self.batch_size = max(1, options.batch_size)
+        key = (options.image_dir, self.model)
+        if key not in _corpus_cache:
+            _corpus_cache[key] = load_corpus(options.image_dir, self.model)
+        self.corpus = _corpus_cache[key]
+        self.client = self.requester_class(self.environment, self._url(options), options.request_timeout)
+        # Users start at different images so a batch is not the same picture N times.
+        self._cursor = itertools.count(id(self) % len(self.corpus), self.batch_size)
+
+    def on_stop(self) -> None:
+        self.client.close()
+
+    @task
+    def infer(self) -> None:
+        self.client.infer(self.model, make_batch(self.corpus, next(self._cursor), self.batch_size, self.model))
+
+
+class TritonGrpcUser(TritonUser):
+    requester_class = GrpcRequester
+
+    def _url(self, options: Any) -> str:
+        return options.triton_grpc_url
+
+
+class TritonHttpUser(TritonUser):
+    requester_class = HttpRequester
+
+    def _url(self, options: Any) -> str:
+        return options.triton_http_url
+
+
+@events.quitting.add_listener
+def _enforce_thresholds(environment: Any, **_kwargs: Any) -> None:
+    # Workers only see their own share of the stats; the master decides for the whole run.
+    if isinstance(environment.runner, WorkerRunner) or environment.parsed_options is None:
+        return
+    options = environment.parsed_options
+    total = environment.stats.total
+    if total.num_requests == 0:
+        log.error("no request completed: is Triton reachable and the model loaded?")
+        environment.process_exit_code = 1
+        return
+    p95 = total.get_response_time_percentile(0.95)
+    if total.fail_ratio > options.max_fail_ratio:
+        log.error("fail ratio %.3f > --max-fail-ratio %.3f", total.fail_ratio, options.max_fail_ratio)
+        environment.process_exit_code = 1
+    elif options.max_p95_ms and p95 > options.max_p95_ms:
+        log.error("p95 %.0f ms > --max-p95-ms %.0f", p95, options.max_p95_ms)
+        environment.process_exit_code = 1
+    else:
+        log.info("thresholds met: %d requests, fail ratio %.3f, p95 %.0f ms", total.num_requests, total.fail_ratio, p95)
+    faces = environment.stats.entries.get((FACES_MODEL, "grpc")) or environment.stats.entries.get((FACES_MODEL, "http"))
+    if faces is not None and faces.num_requests:
+        seconds = max(faces.last_request_timestamp - faces.start_time, 1e-9)
+        log.info(
+            "faces: %.1f requests/s, %.1f faces/s (%.2f faces per image)",
+            faces.num_requests / seconds,
+            faces.total_content_length / seconds,
+            faces.total_content_length / faces.num_requests,
+        )

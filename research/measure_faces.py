@@ -1,0 +1,248 @@
+"""Measures multi-face detection on group-photo composites of held-out UTKFace faces.
+
+    python -m research.measure_faces --data ../shared/datasets/UTKFace.tar.gz [--n 100] [--configs all]
+
+Each composite is a 1280x960 canvas with a smooth random background and 2-8 faces from the project's held-out
+test split (``training.data.split``, seed 1337), pasted at sizes log-uniform in 40-200 px without overlap. A
+detection finds a face when its box overlaps the pasted square with IoU >= 0.3 (one detection per face);
+every other detection is a false one. The first config is then checked end to end: age and gender from the
+committed SavedModels on each found face's multi-face crop, against the single-face path on the same face
+(the pasted face cut out as its own image and cropped by :class:`serving.pipeline.faces.FaceCropper`).
+
+Offline tool: it reads the non-commercial UTKFace archive, so it never runs in tests and writes nothing into
+the repository unless ``--out`` says so. Results: ``research/FACES.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from serving.pipeline.faces import FaceCropper, MultiFaceCropper, _area
+
+ROOT = Path(__file__).resolve().parents[1]
+CANVAS = (1280, 960)
+SIZE_RANGE = (40, 200)
+BUCKETS = (40, 48, 64, 96, 144, 201)
+MATCH_IOU = 0.3
+#: name -> MultiFaceCropper keyword arguments; the first of a run is the one checked end to end.
+CONFIGS = {
+    "short+full / short 320": {},
+    "short whole": {"whole": ("short",), "tiled": ()},
+    "full_sparse whole": {"whole": ("full_sparse",), "tiled": ()},
+    "short+full whole": {"tiled": ()},
+    "short+full / full 640": {"tiled": (("full_sparse", 640),)},
+    "short+full / dense 480": {"tiled": (("full", 480),)},
+    "short+full / full 480": {"tiled": (("full_sparse", 480),)},
+    "short+full / short 320 overlap 0.25": {"overlap": 0.25},
+    "short+full / short 384": {"tiled": (("short", 384),)},
+    "short+full / short 320 min 0.5": {"min_score": 0.5},
+    "short+full / short 320 min 0.55": {"min_score": 0.55},
+    "short+full / short 320 min 0.65": {"min_score": 0.65},
+    "full / short 320": {"whole": ("full_sparse",), "tiled": (("short", 320),)},
+    "full / short 384": {"whole": ("full_sparse",), "tiled": (("short", 384),)},
+    "full / full 480 + short 320": {"whole": ("full_sparse",), "tiled": (("full_sparse", 480), ("short", 320))},
+    "short+full / full 480 + short 320": {"tiled": (("full_sparse", 480), ("short", 320))},
+}
+
+
+def held_out_faces(path: Path, *, seed: int = 1337) -> list[tuple[bytes, int, int]]:
+    """(JPEG bytes, age, gender) of every face in the test split, as training assigns it."""
+    from training import data as utk
+
+    faces = []
+    seen = set()
+    for name, blob in utk.iter_source(path):
+        label = utk.parse_name(name)
+        digest = hashlib.sha256(blob).hexdigest()
+        if label is None or digest in seen:
+            continue
+        seen.add(digest)
+        u = int(hashlib.sha256(f"{seed}:{digest}".encode()).hexdigest()[:12], 16) / 16**12
+        if u < 0.1:  # split(): test is the first 10% of the hash range
+            faces.append((blob, label.age, label.gender))
+    return faces
+
+
+def background(rng: np.random.Generator) -> Image.Image:
+    """A smooth random colour field with some blurred blobs: no faces, but not a flat wall either."""
+    w, h = CANVAS
+    low = rng.integers(40, 220, size=(6, 8, 3), dtype=np.uint8)
+    img = Image.fromarray(low).resize((w, h), Image.Resampling.BICUBIC)
+    noise = rng.normal(0, 12, size=(h, w, 3))
+    arr = np.clip(np.asarray(img, np.float32) + noise, 0, 255).astype(np.uint8)
+    return Image.fromarray(arr).filter(ImageFilter.GaussianBlur(1))
+
+
+def composite(faces, rng: np.random.Generator):
+    """Pastes 2-8 faces without overlap; returns the picture and [(box, face index, resized face)]."""
+    canvas = background(rng)
+    placed: list[tuple[tuple[float, float, float, float], int, Image.Image]] = []
+    n = int(rng.integers(2, 9))
+    lo, hi = SIZE_RANGE
+    for _ in range(n):
+        index = int(rng.integers(len(faces)))
+        size = int(round(math.exp(rng.uniform(math.log(lo), math.log(hi)))))
+        for _attempt in range(50):
+            x, y = int(rng.integers(0, CANVAS[0] - size)), int(rng.integers(0, CANVAS[1] - size))
+            box = (x, y, x + size, y + size)
+            margin = 0.15 * size
+            if all(
+                _area(
+                    (
+                        max(b[0], x - margin),
+                        max(b[1], y - margin),
+                        min(b[2], box[2] + margin),
+                        min(b[3], box[3] + margin),
+                    )
+                )
+                == 0
+                for b, _, _ in placed
+            ):
+                face = (
+                    Image.open(io.BytesIO(faces[index][0]))
+                    .convert("RGB")
+                    .resize((size, size), Image.Resampling.BILINEAR)
+                )
+                canvas.paste(face, (x, y))
+                placed.append((tuple(map(float, box)), index, face))
+                break
+    return canvas, placed
+
+
+def iou(a, b) -> float:
+    inter = _area((max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])))
+    return inter / (_area(a) + _area(b) - inter) if inter > 0 else 0.0
+
+
+def match(truth: list, boxes: list) -> tuple[dict[int, int], int]:
+    """Greedy one-to-one matching by IoU; returns {truth index: detection index} and the false detections."""
+    pairs = sorted(((iou(t, d), i, j) for i, t in enumerate(truth) for j, d in enumerate(boxes)), reverse=True)
+    matched: dict[int, int] = {}
+    used: set[int] = set()
+    for value, i, j in pairs:
+        if value < MATCH_IOU:
+            break
+        if i not in matched and j not in used:
+            matched[i] = j
+            used.add(j)
+    return matched, len(boxes) - len(used)
+
+
+def bucket(size: float) -> str:
+    for lo, hi in zip(BUCKETS, BUCKETS[1:], strict=False):
+        if lo <= size < hi:
+            return f"{lo}-{hi - 1}"
+    return "other"
+
+
+def measure(cropper: MultiFaceCropper, scenes) -> dict:
+    by_size: dict[str, list[int]] = {}
+    false = found48 = total48 = detections = 0
+    start = time.perf_counter()
+    for canvas, placed in scenes:
+        boxes = [d.box for d in cropper.detect_all(canvas)]
+        detections += len(boxes)
+        matched, extra = match([p[0] for p in placed], boxes)
+        false += extra
+        for i, (box, _, _) in enumerate(placed):
+            size = box[2] - box[0]
+            stats = by_size.setdefault(bucket(size), [0, 0])
+            stats[0] += i in matched
+            stats[1] += 1
+            if size >= 48:
+                found48 += i in matched
+                total48 += 1
+    seconds = time.perf_counter() - start
+    return {
+        "recall_by_size": {
+            k: f"{v[0]}/{v[1]}" for k, v in sorted(by_size.items(), key=lambda kv: int(kv[0].split("-")[0]))
+        },
+        "recall_ge48": found48 / max(total48, 1),
+        "false_detections": false,
+        "false_per_image": false / len(scenes),
+        "false_fraction": false / max(detections, 1),
+        "ms_per_image": 1000 * seconds / len(scenes),
+    }
+
+
+def age_gender(scenes, faces, cropper: MultiFaceCropper) -> dict:
+    """Age MAE / gender accuracy per found face: multi-face crops vs the single-face path on the same faces."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    from training.export import latest
+
+    def model(task):
+        fn = tf.saved_model.load(str(latest(ROOT / "model_repository", task) / "model.savedmodel"))
+        return fn.signatures["serving_default"]
+
+    age_fn, gender_fn = model("age"), model("gender")
+    single = FaceCropper()
+    multi_crops, single_crops, labels = [], [], []
+    for canvas, placed in scenes:
+        found = cropper.crop_all(canvas)
+        matched, _ = match([p[0] for p in placed], [f.box for f in found])
+        for i, j in matched.items():
+            box, index, face_img = placed[i]
+            if box[2] - box[0] < 48:
+                continue
+            alone = single(face_img)
+            if alone is None:
+                continue
+            multi_crops.append(found[j].crop)
+            single_crops.append(alone.crop)
+            labels.append(faces[index][1:])
+
+    def run(crops):
+        batch = tf.constant(np.stack(crops))
+        return age_fn(image=batch)["age"].numpy().ravel(), gender_fn(image=batch)["female_probability"].numpy().ravel()
+
+    ages, genders = np.array([a for a, _ in labels], float), np.array([g for _, g in labels])
+    out = {"faces": len(labels)}
+    for name, crops in (("multi", multi_crops), ("single", single_crops)):
+        age, female = run(crops)
+        out[name] = {
+            "age_mae": float(np.mean(np.abs(age - ages))),
+            "gender_acc": float(np.mean((female >= 0.5) == genders)),
+        }
+    return out
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "datasets" / "UTKFace.tar.gz")
+    p.add_argument("--n", type=int, default=100, help="composites (default 100)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--configs", default=next(iter(CONFIGS)), help=f"comma-separated, or 'all': {', '.join(CONFIGS)}")
+    p.add_argument("--no-age-gender", action="store_true", help="detection only")
+    p.add_argument("--out", type=Path, help="also write the results as JSON here")
+    args = p.parse_args(argv)
+    names = list(CONFIGS) if args.configs == "all" else args.configs.split(",")
+    faces = held_out_faces(args.data)
+    rng = np.random.default_rng(args.seed)
+    scenes = [composite(faces, rng) for _ in range(args.n)]
+    print(f"{len(faces)} held-out faces; {args.n} composites with {sum(len(s[1]) for s in scenes)} faces", flush=True)
+    results = {}
+    for name in names:
+        cropper = MultiFaceCropper(**CONFIGS[name])
+        results[name] = measure(cropper, scenes)
+        print(name, json.dumps(results[name]), flush=True)
+    if not args.no_age_gender:
+        results["age_gender"] = age_gender(scenes, faces, MultiFaceCropper(**CONFIGS[names[0]]))
+        print("age/gender on", names[0], json.dumps(results["age_gender"]), flush=True)
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

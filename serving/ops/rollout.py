@@ -1,0 +1,125 @@
+"""Switches the version a running Triton serves, without a failed request: rollout and rollback.
+
+    python -m serving.ops.rollout --model age                # serve the newest version in the repository
+    python -m serving.ops.rollout --model age --version 1    # roll back (or pin) to version 1
+    python -m serving.ops.rollout --model age --status       # which versions are ready now
+
+Triton must run with explicit model control (``serving.runtime.launch --model-control-mode
+explicit``; the KServe runtime sets it too). Both moves are one call to Triton's
+repository API, ``POST /v2/repository/models/<model>/load``: Triton reads the model
+folder again (local or s3://), loads the chosen version beside the one serving,
+moves new requests to it once it is ready, lets requests in flight on the old one
+finish, then unloads it. A version that fails to load leaves the old one serving.
+
+- Rollout: the model's current config with ``version_policy: latest 1``.
+- Rollback/pin: the same config with ``version_policy: specific [N]``, sent as the
+  load request's ``config`` override; nothing in the repository is edited.
+
+The repository API is an admin API: when the server restricts it (issue #7,
+``--http-restricted-api=model-repository,...:admin-key=<secret>``), the secret is
+sent as header ``admin-key`` from env TRITON_ADMIN_KEY.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+ADMIN_HEADER = "admin-key"
+ADMIN_KEY_ENV = "TRITON_ADMIN_KEY"
+# `serving.runtime.launch --model-control-mode` maps to these tritonserver arguments.
+CONTROL_ARGS = {
+    "none": (),
+    "explicit": ("--model-control-mode=explicit", "--load-model=*"),
+    "poll": ("--model-control-mode=poll", "--repository-poll-secs=5"),
+}
+
+
+class RolloutError(RuntimeError):
+    pass
+
+
+def admin_headers() -> dict[str, str]:
+    key = os.environ.get(ADMIN_KEY_ENV)
+    return {ADMIN_HEADER: key} if key else {}
+
+
+def ready_versions(client, model: str) -> list[int]:
+    """Versions of ``model`` that are READY now, from the repository index."""
+    index = client.get_model_repository_index(headers=admin_headers())
+    return sorted(int(m["version"]) for m in index if m.get("name") == model and m.get("state") == "READY")
+
+
+def switch(url: str, model: str, version: int | None = None, *, timeout: float = 300) -> list[int]:
+    """Makes ``model`` serve ``version`` (None: the newest in the repository); returns the ready versions after.
+
+    Args:
+        url: Triton's HTTP endpoint, ``host:port``.
+        model: The model to switch (``age``, ``gender``...).
+        version: The version to pin, or None for the newest.
+        timeout: Seconds the load may take (a model loads beside the serving one first).
+    """
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    client = httpclient.InferenceServerClient(url, connection_timeout=timeout, network_timeout=timeout)
+    try:
+        try:
+            config = client.get_model_config(model)
+        except InferenceServerException as err:
+            raise RolloutError(f"cannot read the config of {model!r} at {url}: {err}") from None
+        if version is None:
+            config["version_policy"] = {"latest": {"num_versions": 1}}
+        else:
+            config["version_policy"] = {"specific": {"versions": [int(version)]}}
+        try:
+            client.load_model(model, headers=admin_headers(), config=json.dumps(config))
+        except InferenceServerException as err:
+            hint = ""
+            if "explicit" in str(err) or "polling" in str(err):
+                hint = " (start Triton with --model-control-mode explicit)"
+            elif "restricted" in str(err) or "admin" in str(err).lower():
+                hint = f" (the repository API is restricted: set {ADMIN_KEY_ENV})"
+            raise RolloutError(f"Triton refused to load {model!r}{hint}: {err}") from None
+        deadline = time.monotonic() + timeout
+        while not client.is_model_ready(model, str(version or "")):
+            if time.monotonic() > deadline:
+                raise RolloutError(f"{model!r} version {version or 'latest'} is not ready after {timeout:.0f} s")
+            time.sleep(0.2)
+        return ready_versions(client, model)
+    finally:
+        client.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", default=os.environ.get("TRITON_HTTP_URL", "127.0.0.1:8000"), help="Triton HTTP host:port")
+    p.add_argument("--model", required=True)
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--version", type=int, help="version to serve (rollback); default: the newest")
+    group.add_argument("--status", action="store_true", help="print the ready versions and change nothing")
+    p.add_argument("--timeout", type=float, default=300)
+    args = p.parse_args(argv)
+    try:
+        if args.status:
+            import tritonclient.http as httpclient
+
+            client = httpclient.InferenceServerClient(args.url)
+            try:
+                print(f"{args.model}: ready versions {ready_versions(client, args.model)}")
+            finally:
+                client.close()
+            return 0
+        ready = switch(args.url, args.model, args.version, timeout=args.timeout)
+    except RolloutError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"{args.model}: now serving version(s) {ready}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Triton Python-based backend ``openvino_savedmodel``: serves a TensorFlow SavedModel with OpenVINO on the CPU.
+
+A model selects it with ``backend: "openvino_savedmodel"``; its version folders hold only
+``model.savedmodel`` (the artifact ``training.export`` writes), which OpenVINO converts in memory at
+load time (about 0.2 s per model here): no TensorFlow in the process, nothing converted on disk.
+Triton runs this file through its Python backend (python_backend "Python-based backends"): the
+launcher puts this folder next to the ``python`` backend, the Docker image copies it to
+``/opt/tritonserver/backends/openvino_savedmodel/``.
+
+Why OpenVINO and not ONNX Runtime or TensorFlow: ``python -m research.runtimes`` (README, "CPU runtime").
+
+Model config parameters (all optional, string values):
+    ``inference_threads``: OpenVINO CPU threads for this instance (default 1: Triton scales by
+    instances and dynamic batching, and several stubs on a small machine must not each grab every core).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+import triton_python_backend_utils as pb_utils
+
+SAVEDMODEL = "model.savedmodel"
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict) -> None:
+        config = json.loads(args["model_config"])
+        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        threads = int(params.get("inference_threads") or 1)
+        # args["model_repository"] is this model's folder; serve the version Triton asked this instance to load.
+        path = Path(args["model_repository"]) / args["model_version"] / SAVEDMODEL
+        if not path.is_dir():
+            raise pb_utils.TritonModelException(f"{path} not found: export a SavedModel there (training.export).")
+        model = ov.convert_model(str(path))
+        self._compiled = ov.Core().compile_model(
+            model,
+            "CPU",
+            {
+                "INFERENCE_NUM_THREADS": threads,
+                # f32, not the bf16 OpenVINO picks by itself on CPUs with AMX: outputs must match TF within 1e-3.
+                "INFERENCE_PRECISION_HINT": "f32",
+                "PERFORMANCE_HINT": "LATENCY",
+            },
+        )
+        # One request object per instance: Triton never calls execute() of one instance concurrently.
+        self._request = self._compiled.create_infer_request()
+        # Names and dtypes come from the config, so the same backend serves any single-signature model.
+        self._inputs = {i["name"]: pb_utils.triton_string_to_numpy(i["data_type"]) for i in config["input"]}
+        self._outputs = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config["output"]}
+        ports = {name for port in self._compiled.outputs for name in port.get_names()}
+        missing = [name for name in self._outputs if name not in ports]
+        if missing:
+            raise pb_utils.TritonModelException(f"{path} has no output named {missing}; it has {sorted(ports)}.")
+
+    def execute(self, requests: list) -> list:
+        # One inference for the whole dynamic batch: per-request calls would waste the batching Triton just did.
+        batches = {
+            name: [pb_utils.get_input_tensor_by_name(r, name).as_numpy() for r in requests] for name in self._inputs
+        }
+        sizes = [len(a) for a in next(iter(batches.values()))]
+        try:
+            feed = {
+                name: np.concatenate(arrays).astype(dtype, copy=False) if len(arrays) > 1 else arrays[0]
+                for (name, arrays), dtype in zip(batches.items(), self._inputs.values(), strict=True)
+            }
+            result = self._request.infer(feed)
+            outputs = {
+                name: np.array(result[self._compiled.output(name)], dtype=dtype)
+                for name, dtype in self._outputs.items()
+            }
+        except Exception as err:  # noqa: BLE001 - a runtime failure must come back as a Triton error, not kill the stub
+            return [
+                pb_utils.InferenceResponse(error=pb_utils.TritonError(f"OpenVINO inference failed: {err}"))
+                for _ in requests
+            ]
+        splits = np.cumsum(sizes)[:-1]
+        per_output = {name: np.split(array, splits) for name, array in outputs.items()}
+        return [
+            pb_utils.InferenceResponse([pb_utils.Tensor(name, parts[i]) for name, parts in per_output.items()])
+            for i in range(len(requests))
+        ]

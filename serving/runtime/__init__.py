@@ -1,0 +1,1 @@
+"""The local server runtime: launcher, front door, supervision, admin secret, shared-memory guard, reaper."""

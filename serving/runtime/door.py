@@ -1,0 +1,288 @@
+"""The front door: nginx owns the public HTTP and gRPC ports, Triton listens on 127.0.0.1 behind it.
+
+Triton 2.51 has no request size limit (no ``--http-max-input-size``) and inflates ``Content-Encoding: gzip``
+bodies without bound, so every deployment puts nginx in front (Debian's ``nginx-light``; ``make setup``
+installs it). :func:`nginx_config` writes the whole configuration, used both by the launcher (a child
+``nginx`` with its prefix, pid file and temp folders in a private temp folder) and by
+``docker/nginx.conf`` for compose (``python -m serving.runtime.door --compose`` regenerates it).
+
+Limits, per request:
+
+* body: :data:`MAX_BODY` = ``serving.pipeline.decode.REQUEST_MAX_BYTES`` (64 MiB of images) + 1 MiB for the JSON or
+  protobuf framing; larger gets HTTP 413 / gRPC RESOURCE_EXHAUSTED;
+* compression: HTTP ``Content-Encoding`` or gRPC ``grpc-encoding`` other than identity is refused
+  (HTTP 415 / gRPC INVALID_ARGUMENT) since the inflated size would be unbounded inside Triton;
+* time: :data:`REQUEST_TIMEOUT_S` for the whole answer, 10 s for headers, 30 s between body packets;
+* connections: keep-alive 30 s and 1,000 requests, 128 concurrent gRPC streams per connection;
+* JSON: the JSON part of an HTTP request (the whole body, or the header part of the binary-data extension given by
+  ``Inference-Header-Content-Length``) is at most :data:`MAX_JSON_BYTES`, else HTTP 413 (see there).
+
+Readiness and draining (:class:`Door`): while the file ``unready`` exists in the prefix,
+``/v2/health/ready`` answers 503 and inference is still served; while ``draining`` exists every new
+request gets 503 (gRPC UNAVAILABLE), and a graceful ``nginx`` stop (SIGQUIT) then lets every accepted
+request finish before it exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from serving.pipeline.decode import REQUEST_MAX_BYTES
+from serving.runtime.subproc import stop_process
+
+#: Largest request body accepted at the door (images plus framing).
+MAX_BODY = REQUEST_MAX_BYTES + 2**20
+#: Longest a request may take from the door's point of view (queueing and inference). The worst single
+#: request is bounded by the per-request pixel budget (serving.pipeline.decode.REQUEST_MAX_PIXELS, ~5 s of decoding on
+#: one core, measured on the 2-core CI machine); 60 s lets about 20 such requests queue ahead of one
+#: on the two preprocess instances. The launcher's drain timeout is derived from it (serving.runtime.launch).
+REQUEST_TIMEOUT_S = 60
+
+#: Part of the cancelled-ensemble workaround for Triton 2.51 (why: common/triton_workarounds.py): the door drops
+#: the ``grpc-timeout`` header, so Triton never cancels on its own timer; the caller still gets DEADLINE_EXCEEDED
+#: from its own gRPC library. Its cancellation still reaches Triton through nginx (measured: 5 x 5 ms deadlines
+#: can still crash 2.51), hence the launcher's restarts. Delete with that entry.
+STRIP_GRPC_DEADLINE = True
+
+
+#: Workaround for Triton 2.51 and 25.02 alike: Triton parses HTTP JSON with RapidJSON's recursive parser, so a
+#: body of deeply nested brackets overflows the HTTP thread's stack and segfaults the server (measured on 2.51
+#: with 8 MiB stacks: 30,000 levels survive, 60,000 = a 120 KB body kill it; found by loadtest/abuse/suite.py). Fixed
+#: upstream by triton-inference-server/common#156 (iterative parsing, merged April 2026), i.e. in no release we pin.
+#: Bounding the JSON to 16 KiB bounds the depth with a 2x margin; images travel in the binary part (tritonclient
+#: always sends them so), and inference headers are a few hundred bytes. Delete once the binary has the fix.
+MAX_JSON_BYTES = 16384
+# Regex for a decimal number 0..MAX_JSON_BYTES (nginx has no numeric comparison).
+_JSON_TOO_LONG = (
+    f"the JSON part of the request is over {MAX_JSON_BYTES} bytes (or its length is not given); send tensors in the "
+    "binary data extension (Inference-Header-Content-Length), as tritonclient does"
+)
+_JSON_LEN = "([0-9]{1,4}|1[0-5][0-9]{3}|16[0-2][0-9]{2}|163[0-7][0-9]|1638[0-4])"
+
+
+def find_nginx() -> str | None:
+    return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
+
+
+def _worker_user() -> str:
+    """nginx runs its workers as an unprivileged user when started as root."""
+    if os.geteuid() != 0:
+        return ""
+    for user in ("nobody", "www-data"):
+        with contextlib.suppress(KeyError):
+            entry = pwd.getpwnam(user)
+            import grp
+
+            return f"user {user} {grp.getgrgid(entry.pw_gid).gr_name};"
+    return ""
+
+
+def nginx_config(
+    *,
+    prefix: str,
+    listen_host: str,
+    http_port: int,
+    grpc_port: int,
+    triton_http: str,
+    triton_grpc: str,
+    error_log: str = "stderr",
+    pid: str | None = None,
+    user: str | None = None,
+) -> str:
+    """The complete nginx.conf. ``triton_http``/``triton_grpc`` are the ``host:port`` Triton listens on."""
+    user = _worker_user() if user is None else user
+    pid_line = f"pid {pid or prefix + '/nginx.pid'};"
+    strip = 'grpc_set_header grpc-timeout "";' if STRIP_GRPC_DEADLINE else ""
+    kinds = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    temps = "\n".join(f"{kind}_temp_path {prefix}/{kind}_temp;" for kind in kinds)
+    host = f"[{listen_host}]" if ":" in listen_host else listen_host
+    return textwrap.dedent(
+        f"""\
+        # Generated by serving/runtime/door.py: edit that file, not this one.
+        daemon off;
+        {user}
+        worker_processes 1;
+        {pid_line}
+        error_log {error_log} warn;
+        events {{ worker_connections 1024; }}
+        http {{
+            access_log off;
+            server_tokens off;
+            default_type application/json;
+            {temps.replace(chr(10), chr(10) + " " * 12)}
+            client_max_body_size {MAX_BODY};
+            client_body_buffer_size 1m;
+            client_header_timeout 10s;
+            client_body_timeout 30s;
+            send_timeout 30s;
+            keepalive_timeout 30s;
+            keepalive_requests 1000;
+            large_client_header_buffers 4 16k;
+            http2_max_concurrent_streams 128;
+            # Any compressed body is refused: its inflated size is unbounded inside Triton.
+            map $http_content_encoding $compressed {{ default 1; "" 0; identity 0; }}
+            map $http_grpc_encoding $grpc_compressed {{ default 1; "" 0; identity 0; }}
+            # JSON part too long (see MAX_JSON_BYTES): key = binary-extension header length : body length : chunked.
+            map "$http_inference_header_content_length:$content_length:$http_transfer_encoding" $json_too_long {{
+                default 1;
+                "~^{_JSON_LEN}:" 0;
+                "~^:{_JSON_LEN}?:$" 0;
+            }}
+            upstream triton_http {{ server {triton_http}; keepalive 16; }}
+            upstream triton_grpc {{ server {triton_grpc}; keepalive 16; }}
+
+            server {{
+                listen {host}:{http_port};
+                error_page 502 504 =503 @unavailable;
+                error_page 413 @too_large;
+                location = /v2/health/ready {{
+                    if (-f {prefix}/unready) {{ return 503 '{{"error":"server is shutting down"}}'; }}
+                    if (-f {prefix}/draining) {{ return 503 '{{"error":"server is shutting down"}}'; }}
+                    proxy_pass http://triton_http;
+                    proxy_http_version 1.1;
+                    proxy_set_header Connection "";
+                }}
+                location / {{
+                    if ($compressed) {{
+                        return 415 '{{"error":"compressed request bodies (Content-Encoding) are not accepted"}}';
+                    }}
+                    if ($json_too_long) {{
+                        return 413 '{{"error":"{_JSON_TOO_LONG}"}}';
+                    }}
+                    if (-f {prefix}/draining) {{ return 503 '{{"error":"server is shutting down"}}'; }}
+                    proxy_pass http://triton_http;
+                    proxy_http_version 1.1;
+                    proxy_set_header Connection "";
+                    proxy_connect_timeout 5s;
+                    proxy_send_timeout {REQUEST_TIMEOUT_S}s;
+                    proxy_read_timeout {REQUEST_TIMEOUT_S}s;
+                    proxy_next_upstream off;
+                }}
+                location @unavailable {{
+                    return 503 '{{"error":"Triton is not reachable (restarting?); retry shortly"}}';
+                }}
+                location @too_large {{
+                    return 413 '{{"error":"request body larger than {MAX_BODY} bytes; send fewer or smaller images"}}';
+                }}
+            }}
+
+            server {{
+                listen {host}:{grpc_port} http2;
+                error_page 413 @too_large;
+                error_page 502 504 @unavailable;
+                location / {{
+                    if ($grpc_compressed) {{
+                        add_header grpc-status 3 always;
+                        add_header grpc-message "compressed gRPC messages (grpc-encoding) are not accepted" always;
+                        add_header content-type application/grpc always;
+                        return 200;
+                    }}
+                    if (-f {prefix}/draining) {{
+                        add_header grpc-status 14 always;
+                        add_header grpc-message "server is shutting down" always;
+                        add_header content-type application/grpc always;
+                        return 200;
+                    }}
+                    {strip}
+                    grpc_pass grpc://triton_grpc;
+                    # Triton echoes names into grpc-message; nginx's default 4-8k header buffer turned the error of
+                    # a 5,000-character model name into a misleading UNAVAILABLE (found by loadtest/abuse/suite.py).
+                    grpc_buffer_size 64k;
+                    grpc_connect_timeout 5s;
+                    grpc_send_timeout {REQUEST_TIMEOUT_S}s;
+                    grpc_read_timeout {REQUEST_TIMEOUT_S}s;
+                }}
+                location @too_large {{
+                    add_header grpc-status 8 always;
+                    add_header grpc-message "request larger than {MAX_BODY} bytes; send fewer or smaller images" always;
+                    add_header content-type application/grpc always;
+                    return 200;
+                }}
+                location @unavailable {{
+                    add_header grpc-status 14 always;
+                    add_header grpc-message "Triton is not reachable (restarting?); retry shortly" always;
+                    add_header content-type application/grpc always;
+                    return 200;
+                }}
+            }}
+        }}
+        """
+    )
+
+
+class Door:
+    """A child ``nginx`` with its own prefix folder; owns the public ports, forwards to Triton."""
+
+    def __init__(self, prefix: Path, **config):
+        self.prefix = Path(prefix)
+        self.config_path = self.prefix / "nginx.conf"
+        self.config = config
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, preexec_fn=None) -> subprocess.Popen:
+        binary = find_nginx()
+        if binary is None:
+            raise FileNotFoundError(
+                "nginx not found: the launcher puts it in front of Triton to bound request sizes. "
+                "Install it with `apt-get install -y nginx-light` (make setup does this)."
+            )
+        self.prefix.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            self.prefix.chmod(0o711)  # workers (nobody) reach their temp folders, cannot list the prefix
+        self.config_path.write_text(nginx_config(prefix=str(self.prefix), **self.config))
+        self.proc = subprocess.Popen(
+            [binary, "-p", str(self.prefix), "-c", str(self.config_path), "-e", "stderr"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            preexec_fn=preexec_fn,
+        )
+        return self.proc
+
+    def set_flag(self, name: str) -> None:
+        (self.prefix / name).touch()
+
+    def stop(self, timeout: float) -> None:
+        """Graceful stop: listeners close, accepted requests finish (up to ``timeout`` s), then exit."""
+        proc = self.proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            stop_process(proc, timeout=timeout, sig=signal.SIGQUIT)
+        self.proc = None
+
+
+def compose_nginx_config() -> str:
+    """The config of the compose ``door`` service, committed as ``docker/nginx.conf``."""
+    return nginx_config(
+        prefix="/var/cache/nginx",  # exists (and is writable) in the official nginx image
+        listen_host="0.0.0.0",
+        http_port=8000,
+        grpc_port=8001,
+        triton_http="triton:8000",
+        triton_grpc="triton:8001",
+        pid="/tmp/nginx.pid",
+        user="",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Prints the nginx config compose uses (docker/nginx.conf).")
+    p.add_argument("--compose", action="store_true", help="the config for the compose `door` service")
+    p.parse_args(argv)
+    sys.stdout.write(compose_nginx_config())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

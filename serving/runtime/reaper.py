@@ -1,0 +1,73 @@
+"""Cleans up after a launcher that died without stopping its servers (SIGKILL, OOM kill, power cut of a shell).
+
+Started by ``serving.runtime.launch`` in its own session, with a pipe on stdin. The launcher writes what it owns,
+one line each: ``pgid N`` (Triton's process group: the server and its Python-backend stubs), ``pid N``
+(nginx), ``shm PREFIX`` (Python-backend shared-memory segments), ``path DIR`` (temporary folders). A clean stop
+writes ``clear``. End of file without ``clear`` means the launcher is gone: the reaper sends SIGTERM to what
+is listed, SIGKILL after :data:`GRACE_S`, removes the segments and folders, and exits. Standard library only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+GRACE_S = 8.0
+
+
+def _alive(pgids: set[int], pids: set[int]) -> bool:
+    for kill, target in [(os.killpg, g) for g in pgids] + [(os.kill, p) for p in pids]:
+        try:
+            kill(target, 0)
+            return True
+        except (ProcessLookupError, PermissionError):
+            pass
+    return False
+
+
+def _signal(pgids: set[int], pids: set[int], sig: int) -> None:
+    for kill, target in [(os.killpg, g) for g in pgids] + [(os.kill, p) for p in pids]:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            kill(target, sig)
+
+
+def main() -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the launcher's terminal is the launcher's business
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    pgids: set[int] = set()
+    pids: set[int] = set()
+    prefixes: set[str] = set()
+    paths: set[str] = set()
+    for line in sys.stdin:
+        kind, _, value = line.strip().partition(" ")
+        if kind == "clear":
+            return 0
+        if kind == "pgid":
+            pgids.add(int(value))
+        elif kind == "pid":
+            pids.add(int(value))
+        elif kind == "shm":
+            prefixes.add(value)
+        elif kind == "path":
+            paths.add(value)
+    _signal(pgids, pids, signal.SIGTERM)
+    deadline = time.monotonic() + GRACE_S
+    while _alive(pgids, pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    _signal(pgids, pids, signal.SIGKILL)
+    time.sleep(0.5)
+    for prefix in prefixes:
+        for leftover in Path("/dev/shm").glob(f"{prefix}*"):
+            leftover.unlink(missing_ok=True)
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Model repositories in S3-compatible object storage, addressed the way Triton addresses them.
+
+    s3://BUCKET/PREFIX                    AWS S3 (region from AWS_DEFAULT_REGION)
+    s3://HOST:PORT/BUCKET/PREFIX          any S3 API over http (MinIO, Ceph, moto)
+    s3://https://HOST:PORT/BUCKET/PREFIX  the same over TLS
+
+Triton reads such a URI itself. It takes the endpoint from the URI (not from
+AWS_ENDPOINT_URL), credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY /
+AWS_DEFAULT_REGION, and copies each model into TRITON_AWS_MOUNT_DIRECTORY, which
+must exist and be empty. Without AWS_EC2_METADATA_DISABLED=true the AWS SDK first
+tries the EC2 metadata endpoint and stalls off EC2. A wrong key or a missing bucket
+only shows up in Triton's log as models failing to load, so ``preflight`` asks the
+same questions with boto3 first and fails with a message that says what is wrong.
+boto3 is imported lazily: serving a local folder never needs it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEME = "s3://"
+DEFAULT_REGION = "us-east-1"
+
+
+class StorageError(RuntimeError):
+    """The object store cannot serve this repository; the message says why and what to do."""
+
+
+def is_s3(uri: str | os.PathLike) -> bool:
+    return isinstance(uri, str) and uri.startswith(SCHEME)
+
+
+@dataclass(frozen=True)
+class S3Location:
+    """A parsed ``s3://`` URI. ``endpoint`` is None for AWS itself."""
+
+    bucket: str
+    prefix: str  # no leading or trailing slash; "" for the bucket root
+    endpoint: str | None = None
+
+    @classmethod
+    def parse(cls, uri: str) -> S3Location:
+        if not is_s3(uri):
+            raise StorageError(f"not an s3:// URI: {uri!r}")
+        rest = uri[len(SCHEME) :]
+        endpoint = None
+        for scheme in ("http://", "https://"):
+            if rest.startswith(scheme):
+                host, _, rest = rest[len(scheme) :].partition("/")
+                endpoint = scheme + host
+                break
+        else:
+            first, _, tail = rest.partition("/")
+            if ":" in first:  # bucket names cannot hold a colon, so this is HOST:PORT
+                endpoint, rest = f"http://{first}", tail
+        bucket, _, prefix = rest.partition("/")
+        if not bucket:
+            raise StorageError(f"no bucket in {uri!r}; expected s3://[HOST:PORT/]BUCKET/PREFIX")
+        return cls(bucket=bucket, prefix=prefix.strip("/"), endpoint=endpoint)
+
+    def key(self, *parts: str) -> str:
+        return "/".join(p.strip("/") for p in (self.prefix, *parts) if p)
+
+    def __str__(self) -> str:
+        host = f"{self.endpoint.removeprefix('http://')}/" if self.endpoint else ""
+        return f"{SCHEME}{host}{self.bucket}/{self.prefix}".rstrip("/")
+
+
+def client(location: S3Location):
+    """A boto3 S3 client for ``location``, with credentials from the standard AWS environment variables."""
+    import boto3
+    from botocore.config import Config
+
+    # A fresh session reads the environment now; boto3's default session caches the first credentials it saw.
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=location.endpoint,
+        region_name=os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION") or DEFAULT_REGION,
+        # Fail in seconds, not after the SDK's default minute of retries, when the endpoint is down.
+        config=Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 2}),
+    )
+
+
+def explain(err: Exception, location: S3Location) -> StorageError:
+    """Turns a boto3/botocore exception into a StorageError that names the cause."""
+    from botocore import exceptions as bex
+
+    where = f"{location} (endpoint {location.endpoint or 'AWS'})"
+    if isinstance(err, bex.NoCredentialsError):
+        return StorageError(f"no S3 credentials for {where}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+    if isinstance(err, bex.EndpointConnectionError | bex.ConnectTimeoutError):
+        return StorageError(f"cannot reach the S3 endpoint of {where}: {err}")
+    if isinstance(err, bex.ClientError):
+        code = str(err.response.get("Error", {}).get("Code", ""))
+        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken") or status == 403:
+            return StorageError(
+                f"S3 rejected the credentials for {where} ({code or status}): check AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, and that the key may list and read the bucket"
+            )
+        if code in ("NoSuchBucket", "404") or status == 404:
+            return StorageError(f"bucket {location.bucket!r} does not exist at {where}")
+        return StorageError(f"S3 error for {where}: {code or status}: {err}")
+    return StorageError(f"S3 error for {where}: {err}")
+
+
+def list_keys(location: S3Location, s3=None, prefix: str | None = None) -> list[str]:
+    """Every object key under ``prefix`` (default: the location's prefix), relative to the location's prefix."""
+    from botocore import exceptions as bex
+
+    s3 = s3 or client(location)
+    base = location.key(prefix or "")
+    search = f"{base}/" if base else ""
+    keys = []
+    try:
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=location.bucket, Prefix=search):
+            keys += [o["Key"][len(location.key()) :].lstrip("/") for o in page.get("Contents", [])]
+    except (bex.BotoCoreError, bex.ClientError) as err:
+        raise explain(err, location) from None
+    return keys
+
+
+def preflight(uri: str) -> list[str]:
+    """Checks that the credentials can list ``uri`` and that it holds models; returns the model names."""
+    location = S3Location.parse(uri)
+    models = sorted({k.split("/")[0] for k in list_keys(location) if k.endswith("/config.pbtxt") and k.count("/") == 1})
+    if not models:
+        raise StorageError(
+            f"no models under {location}: expected MODEL/config.pbtxt objects; "
+            "upload a repository with `python -m serving.ops.publish model_repository URI`"
+        )
+    return models
+
+
+def triton_env(mount_dir: str | Path) -> dict[str, str]:
+    """The environment Triton needs to read an s3:// repository, copying models into ``mount_dir``."""
+    env = {
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "TRITON_AWS_MOUNT_DIRECTORY": str(mount_dir),
+    }
+    if not (os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")):
+        env["AWS_DEFAULT_REGION"] = DEFAULT_REGION
+    return env
