@@ -1,0 +1,83 @@
+"""The one place the launcher starts child processes (Triton, the reaper; nginx through ``Door.start``).
+
+Every child runs in its own session, so it has its own process group: a signal to the launcher's group
+(``kill -TERM -PGID``, Ctrl-C in the terminal, a supervisor stopping ``make serve``) reaches the launcher
+alone, which then stops the children in order (readiness off, drain, stop: serving/runtime/server.py). Children
+sharing the group would each take their own fast shutdown at the same moment and cut accepted requests.
+A launcher that is SIGKILLed cannot run that sequence: PR_SET_PDEATHSIG and the reaper (reaper.py) stop the
+children instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import subprocess
+from collections.abc import Callable
+
+try:
+    _prctl = ctypes.CDLL(None).prctl  # looked up here: the child between fork and exec should do as little as possible
+except (OSError, AttributeError):
+    _prctl = None
+
+
+def die_with_parent() -> None:
+    # Keeps a SIGKILLed launcher (a test run cut short) from leaving a child running. Linux ties this to the
+    # thread that started the child, so start children from a thread that outlives them.
+    if _prctl is not None:
+        _prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def private_child() -> None:
+    # umask 077: the Python backend creates its /dev/shm regions (which hold uploaded images) with the
+    # process umask applied, 0644 by default; 077 makes them owner-only (issue 7, row 3).
+    os.umask(0o077)
+    die_with_parent()
+
+
+def own_session_child() -> None:
+    """For children started elsewhere with only a ``preexec_fn`` hook (``Door.start``): what :func:`spawn` does."""
+    os.setsid()
+    die_with_parent()
+
+
+def spawn(
+    cmd: list[str],
+    *,
+    env: dict[str, str] | None = None,
+    private: bool = False,
+    outlive: bool = False,
+    stdin: int | None = None,
+    capture: bool = True,
+) -> subprocess.Popen:
+    """Starts ``cmd`` in its own session. ``private``: umask 077 (Triton's shared memory); ``outlive``: no
+    death signal (the reaper, whose job starts when the launcher dies); ``capture``: stdout and stderr come
+    back as one text pipe (read it continuously, or the child blocks)."""
+    preexec: Callable[[], None] | None = None if outlive else (private_child if private else die_with_parent)
+    out = subprocess.PIPE if capture else None
+    return subprocess.Popen(
+        cmd,
+        env=env,
+        stdin=stdin,
+        stdout=out,
+        stderr=subprocess.STDOUT if capture else None,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+        preexec_fn=preexec,
+    )
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL for a child's whole group (Triton's orphaned Python stubs share it); gone already is fine."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by signal {-code} ({signal.Signals(-code).name})"
+    return f"exited with code {code}"

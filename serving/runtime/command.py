@@ -1,0 +1,61 @@
+"""Triton's command line: :func:`triton_args` is the one function that builds its argument list.
+
+``--config-name auto`` (resolved by :func:`resolve_config_name`) uses the production ``config.pbtxt`` files only
+with the container's binary and a visible GPU, else the ``configs/cpu.pbtxt`` variants.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from serving.runtime import binary, door, security
+
+#: Triton's own shutdown bound (--exit-timeout-secs): by the time it gets SIGTERM the door has drained, so
+#: nothing is in flight any more; this is the time it has to unload its models.
+EXIT_TIMEOUT = door.REQUEST_TIMEOUT_S
+CONFIG_NAMES = ("auto", "cpu", "default")
+
+
+def resolve_config_name(config_name: str) -> str:
+    if config_name not in CONFIG_NAMES:
+        raise ValueError(f"config_name must be auto, cpu or default, got {config_name!r}")
+    if config_name == "auto":
+        # The production configs need a GPU and the TensorFlow backend, which only the NVIDIA image's
+        # tritonserver has; the pip wheel's binary is Python-backend only, GPU or not.
+        return "default" if binary.gpu_visible() and binary.container_binary() else "cpu"
+    return config_name
+
+
+def triton_args(
+    *,
+    model_repository: str | Path,
+    backend_directory: Path | None,
+    inner_host: str,
+    http_port: int,
+    grpc_port: int,
+    metrics_host: str,
+    metrics_port: int,
+    config_name: str,
+    shm_prefix: str,
+    admin_key: str,
+    extra_args: tuple[str, ...] = (),
+) -> list[str]:
+    """Every ``tritonserver`` argument (not the binary). ``inner_host``: where Triton's HTTP and gRPC listen
+    (loopback behind the door); metrics (read-only) are served directly on ``metrics_host``."""
+    args = [f"--model-repository={model_repository}"]
+    if backend_directory is not None:
+        args.append(f"--backend-directory={backend_directory}")
+    args += [f"--http-address={inner_host}", f"--http-port={http_port}"]
+    args += [f"--grpc-address={inner_host}", f"--grpc-port={grpc_port}"]
+    args += [f"--metrics-address={metrics_host}", f"--metrics-port={metrics_port}"]
+    if config_name != "default":
+        args.append(f"--model-config-name={config_name}")
+    args += [
+        f"--exit-timeout-secs={EXIT_TIMEOUT}",
+        # Every config is complete; without this the Python backend starts one extra stub process per
+        # model just to ask it to complete its config, which doubles the stubs started at cold start.
+        "--disable-auto-complete-config",
+        f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
+        *security.restricted_args(admin_key),
+    ]
+    return [*args, *extra_args]

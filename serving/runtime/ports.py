@@ -1,0 +1,84 @@
+"""The launcher's ports: defaults from the environment, free ports for tests and tools, and the in-use check.
+
+The public ports default to env TRITON_HTTP_PORT / TRITON_GRPC_PORT / TRITON_METRICS_PORT, else 8000 / 8001 / 8002.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from pathlib import Path
+
+from serving.runtime.errors import PortInUseError
+
+DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
+#: How far below the kernel's ephemeral range free_port() looks.
+PORT_SPAN = 10_000
+#: Ports handed out by free_port() in this process: never handed out twice (a server's public port, chosen
+#: before it starts, is not bound yet when its internal ports are chosen).
+_handed_out: set[int] = set()
+
+
+def env_name(kind: str) -> str:
+    return f"TRITON_{kind.upper()}_PORT"
+
+
+def env_port(kind: str) -> int:
+    return int(os.environ.get(env_name(kind), DEFAULT_PORTS[kind]))
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (another process may still take it before the server binds).
+
+    Chosen below the kernel's ephemeral range: outgoing connections take their source ports from that range,
+    so a client retrying against a server that is still starting cannot be holding the port it will bind.
+    """
+    low = _ephemeral_low()
+    for _ in range(100):
+        port = secrets.randbelow(PORT_SPAN) + max(1024, low - PORT_SPAN)
+        if port in _handed_out or port >= low:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket() as s:  # a crowded range: the kernel's pick
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def in_use(host: str, port: int) -> bool:
+    """Whether a listening socket on ``host:port`` would fail to bind because someone else holds the port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        # As servers bind (nginx, Triton, uvicorn): connections of an earlier run in TIME_WAIT do not count.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def check_free(host: str, ports: dict[str, int]) -> None:
+    """Raises PortInUseError for the first taken port; ``ports`` maps the setting that chooses it to the port.
+
+    Checked before anything starts: a taken public port otherwise surfaces late and confusingly (the readiness
+    probe reaches the *other* server and reports ready, or a library raises its own traceback).
+    """
+    for setting, port in ports.items():
+        if in_use(host, port):
+            raise PortInUseError(
+                f"port {port} on {host} is already in use (another `make serve` or `make demo`?); set {setting}"
+            )

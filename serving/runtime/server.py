@@ -1,0 +1,374 @@
+"""TritonServer: starts Triton (behind the nginx front door), supervises it, waits for readiness, stops it.
+
+Hardening (README "Security"): nginx (serving/runtime/door.py) owns the public HTTP and gRPC ports and
+Triton listens on internal 127.0.0.1 ports behind it; admin APIs need ``admin-key: $TRITON_ADMIN_KEY``
+(serving/runtime/security.py; a random key per start when unset); Triton runs with umask 077 so its shared
+memory is private; a crashed Triton is restarted with backoff; :meth:`TritonServer.stop` drains (readiness off,
+new requests refused at the door, accepted ones finish, then Triton stops); a reaper process
+(serving/runtime/reaper.py) removes servers, segments and temp folders if the launcher itself is killed.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+from serving.runtime import binary, children, command, ports, security, shm_guard, storage
+from serving.runtime import door as proxy
+from serving.runtime.errors import TritonStartError
+from serving.runtime.subproc import stop_process
+
+DEFAULT_REPOSITORY = binary.DEFAULT_REPOSITORY
+SHM_DIR = Path("/dev/shm")
+SHM_PREFIX = "triton_python_backend_shm_region_"
+# Shutdown bounds, derived from the longest a request may take (proxy.REQUEST_TIMEOUT_S, itself derived from
+# the per-request decode budget): the door waits that long for accepted requests (anything slower has already
+# been answered 504 by it), then Triton, with nothing in flight any more, gets command.EXIT_TIMEOUT to unload.
+DRAIN_TIMEOUT = proxy.REQUEST_TIMEOUT_S + 5
+EXIT_TIMEOUT = command.EXIT_TIMEOUT
+# Restart backoff after a crash: doubles from the first value up to the cap; reset after a stable minute.
+RESTART_BACKOFF_S = (1.0, 30.0)
+STABLE_S = 60.0
+
+
+class TritonServer:
+    """A ``tritonserver`` child process.
+
+    Use as a context manager (``with TritonServer(repo) as server:``), which starts it,
+    waits until it is ready and stops it on exit. ``http_url`` and ``grpc_url`` are
+    ``host:port`` strings, as ``tritonclient`` expects them (no scheme).
+    """
+
+    def __init__(
+        self,
+        model_repository: str | Path = DEFAULT_REPOSITORY,
+        *,
+        http_port: int | None = None,
+        grpc_port: int | None = None,
+        metrics_port: int | None = None,
+        host: str = "127.0.0.1",
+        config_name: str = "auto",
+        echo: bool = False,
+        extra_args: tuple[str, ...] = (),
+        front_door: bool = True,
+        restart: bool = True,
+        admin_key: str | None = None,
+        drain_grace: float = 0.0,
+    ):
+        # An s3:// URI is kept as given (Triton reads it itself); a folder is made absolute.
+        self.model_repository = (
+            model_repository if storage.is_s3(model_repository) else Path(model_repository).resolve()
+        )
+        self.host = host
+        self.http_port = http_port or ports.env_port("http")
+        self.grpc_port = grpc_port or ports.env_port("grpc")
+        self.metrics_port = metrics_port or ports.env_port("metrics")
+        self.config_name = command.resolve_config_name(config_name)
+        self.echo = echo
+        self.extra_args = tuple(extra_args)
+        # nginx in front (public ports) and Triton on internal ones; front_door=False serves Triton directly.
+        self.front_door = front_door
+        self.restart = restart
+        self.drain_grace = drain_grace
+        if admin_key is None:
+            admin_key, generated = security.admin_key()
+        else:
+            generated = False
+        self.admin_key = admin_key
+        self.admin_key_generated = generated
+        self.triton_http_port = self.http_port
+        self.triton_grpc_port = self.grpc_port
+        self.restarts = 0
+        self.events: list[str] = []  # crashes and restarts, as logged
+        self.startup_seconds: float | None = None
+        # A per-server shm prefix lets stop() check for (and clear) this server's segments only.
+        self.shm_prefix = f"{SHM_PREFIX}{uuid.uuid4().hex[:8]}_"
+        self._proc: subprocess.Popen | None = None
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self.s3_mount: Path | None = None  # where the running Triton downloaded an s3:// repository
+        self._log: collections.deque[str] = collections.deque(maxlen=400)
+        self._door_log: collections.deque[str] = collections.deque(maxlen=100)  # nginx's own errors
+        self._reader: threading.Thread | None = None
+        self._started_at = 0.0
+        self._door: proxy.Door | None = None
+        self._reaper: subprocess.Popen | None = None
+        self._supervisor: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._ready_once = False
+        self._final_code: int | None = None
+
+    @property
+    def _client_host(self) -> str:
+        return "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+
+    @property
+    def http_url(self) -> str:
+        return f"{self._client_host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self._client_host}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self._client_host}:{self.metrics_port}/metrics"
+
+    def public_ports(self) -> dict[str, int]:
+        """The ports this server listens on for callers, keyed by the environment variable that sets each."""
+        return {ports.env_name(kind): getattr(self, f"{kind}_port") for kind in ports.DEFAULT_PORTS}
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        """The command line and environment ``start()`` uses."""
+        env = dict(os.environ)
+        # Python models import `serving` and `common` from the project root.
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(binary.ROOT), env.get("PYTHONPATH")]))
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        if storage.is_s3(self.model_repository):
+            # Triton copies the models into this folder; it must exist and be empty, so each start (restarts by
+            # the supervisor included) gets a fresh one inside the run folder, which stop() and the reaper remove.
+            mount = Path(self._run_dir()) / f"s3-{uuid.uuid4().hex[:8]}"
+            mount.mkdir(mode=0o700)
+            self.s3_mount = mount
+            env.update(storage.triton_env(str(mount)))
+        executable, backends = binary.container_binary(), None
+        if executable is None:
+            executable, backends = binary.pip_triton(Path(self._run_dir()), env)
+        args = command.triton_args(
+            model_repository=self.model_repository,
+            backend_directory=backends,
+            # Behind the door Triton only listens on loopback.
+            inner_host="127.0.0.1" if self.front_door else self.host,
+            http_port=self.triton_http_port,
+            grpc_port=self.triton_grpc_port,
+            metrics_host=self.host,
+            metrics_port=self.metrics_port,
+            config_name=self.config_name,
+            shm_prefix=self.shm_prefix,
+            admin_key=self.admin_key,
+            extra_args=self.extra_args,
+        )
+        return [executable, *args], env
+
+    def _run_dir(self) -> str:
+        """This server's private temporary folder (backends, nginx prefix); removed by stop() or the reaper."""
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="triton-run-")
+            if os.geteuid() == 0:
+                # nginx workers run as nobody and must reach their body temp folder (nginx/, itself 0711).
+                os.chmod(self._tmp.name, 0o711)
+        return self._tmp.name
+
+    def _tell_reaper(self, line: str) -> None:
+        if self._reaper is not None and self._reaper.stdin is not None:
+            try:
+                self._reaper.stdin.write(line + "\n")
+                self._reaper.stdin.flush()
+            except (OSError, ValueError):
+                pass
+
+    def start(self) -> TritonServer:
+        if self._proc is not None:
+            raise RuntimeError("server already started")
+        # Before anything starts: a taken public port would otherwise make the readiness probe reach the
+        # *other* server ("ready in 0.0 s") while this one fails behind it.
+        ports.check_free(self.host, self.public_ports())
+        if storage.is_s3(self.model_repository):
+            try:
+                storage.preflight(self.model_repository)
+            except storage.StorageError as err:
+                raise TritonStartError(str(err)) from None
+        elif not self.model_repository.is_dir():
+            raise TritonStartError(f"Model repository {self.model_repository} does not exist.")
+        self._stopping.clear()
+        self._started_at = time.monotonic()
+        # In its own session, without a death signal: it survives the launcher's group signals and the launcher.
+        self._reaper = children.spawn(
+            [sys.executable, str(Path(__file__).with_name("reaper.py"))],
+            stdin=subprocess.PIPE,
+            outlive=True,
+            capture=False,
+        )
+        self._tell_reaper(f"path {self._run_dir()}")
+        self._tell_reaper(f"shm {self.shm_prefix}")
+        if self.front_door:
+            self._start_door()
+        self._spawn_triton()
+        self._supervisor = threading.Thread(target=self._supervise, daemon=True)
+        self._supervisor.start()
+        threading.Thread(target=shm_guard.guard, args=(SHM_DIR, self.shm_prefix, self._stopping), daemon=True).start()
+        return self
+
+    def _start_door(self) -> None:
+        self.triton_http_port, self.triton_grpc_port = ports.free_port(), ports.free_port()
+        self._door = proxy.Door(
+            Path(self._run_dir()) / "nginx",
+            listen_host=self.host,
+            http_port=self.http_port,
+            grpc_port=self.grpc_port,
+            triton_http=f"127.0.0.1:{self.triton_http_port}",
+            triton_grpc=f"127.0.0.1:{self.triton_grpc_port}",
+        )
+        try:
+            door = self._door.start(preexec_fn=children.own_session_child)
+        except FileNotFoundError as err:
+            raise TritonStartError(str(err)) from err
+        self._tell_reaper(f"pgid {door.pid}")  # its own group: the master and its workers
+        threading.Thread(target=self._read_logs, args=(door, self._door_log, "[nginx] "), daemon=True).start()
+
+    def _spawn_triton(self) -> None:
+        cmd, env = self.command()
+        self._proc = children.spawn(cmd, env=env, private=True)
+        self._tell_reaper(f"pgid {self._proc.pid}")
+        self._reader = threading.Thread(target=self._read_logs, args=(self._proc, self._log), daemon=True)
+        self._reader.start()
+
+    def _read_logs(self, proc: subprocess.Popen, sink: collections.deque, tag: str = "") -> None:
+        # Draining the pipe continuously keeps a chatty server from blocking on a full pipe.
+        for line in proc.stdout:
+            sink.append(tag + line.rstrip("\n"))
+            if self.echo:
+                print(tag + line, end="", file=sys.stderr, flush=True)
+
+    def _event(self, message: str) -> None:
+        self.events.append(message)
+        print(f"[launcher] {message}", file=sys.stderr, flush=True)
+
+    def _supervise(self) -> None:
+        """Restarts Triton after a crash (once it has been ready), with exponential backoff."""
+        backoff = RESTART_BACKOFF_S[0]
+        while not self._stopping.is_set():
+            proc = self._proc
+            if proc is None:
+                return
+            born = time.monotonic()
+            code = proc.wait()
+            if self._stopping.is_set():
+                return
+            if self._reader is not None:
+                self._reader.join(timeout=5)
+            if not (self.restart and self._ready_once):
+                self._final_code = code
+                return
+            children.kill_group(proc.pid)  # its Python stubs
+            for leftover in SHM_DIR.glob(f"{self.shm_prefix}*"):
+                leftover.unlink(missing_ok=True)
+            if time.monotonic() - born > STABLE_S:
+                backoff = RESTART_BACKOFF_S[0]
+            self._event(
+                f"tritonserver {children.describe_exit(code)}; restarting in {backoff:.0f} s. Last log lines:\n"
+                + self.logs(15)
+            )
+            if self._stopping.wait(backoff):
+                return
+            backoff = min(backoff * 2, RESTART_BACKOFF_S[1])
+            self.restarts += 1
+            self._spawn_triton()
+
+    def poll(self) -> int | None:
+        """Triton's exit code once it has stopped for good, or None while it runs or is being restarted."""
+        if self._proc is None:
+            return None
+        if self._final_code is not None:
+            return self._final_code
+        code = self._proc.poll()
+        if code is not None and not (self.restart and self._ready_once):
+            return code
+        return None
+
+    def logs(self, last: int | None = None) -> str:
+        lines = list(self._log)
+        return "\n".join(lines[-last:] if last else lines)
+
+    def is_ready(self) -> bool:
+        """Whether clients can be served: asked through the door, as clients ask."""
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def wait_ready(self, timeout: float = 180) -> float:
+        """Blocks until ``/v2/health/ready`` answers 200; returns the seconds since ``start()``."""
+        deadline = time.monotonic() + timeout
+        while not self.is_ready():
+            if self._proc.poll() is not None and not self._ready_once:
+                self._reader.join(timeout=5)
+                raise TritonStartError(
+                    f"tritonserver exited with code {self._proc.returncode} before it was ready. "
+                    f"Last log lines:\n{self.logs(40)}"
+                )
+            door = self._door.proc if self._door is not None else None
+            if door is not None and door.poll() is not None:
+                raise TritonStartError(
+                    f"the nginx front door exited with code {door.returncode} (a public port taken?). "
+                    f"Its log:\n" + "\n".join(self._door_log)
+                )
+            if time.monotonic() > deadline:
+                raise TritonStartError(
+                    f"tritonserver was not ready after {timeout:.0f} s (is a model failing to "
+                    f"load, or a port taken?). Last log lines:\n{self.logs(40)}\nThe door's log (nginx):\n"
+                    + "\n".join(list(self._door_log)[-10:])
+                )
+            time.sleep(0.25)
+        if self.startup_seconds is None:
+            self.startup_seconds = time.monotonic() - self._started_at
+        self._ready_once = True
+        return self.startup_seconds
+
+    def stop(self) -> None:
+        """Drains, then stops: readiness off, new requests refused at the door, accepted ones finish
+        (up to DRAIN_TIMEOUT), then Triton gets SIGTERM (SIGKILL for its group after EXIT_TIMEOUT + 10 s);
+        leftover shared memory and the temporary folder are removed."""
+        self._stopping.set()
+        door, self._door = self._door, None
+        if door is not None:
+            if door.proc is not None and door.proc.poll() is None and self._ready_once:
+                door.set_flag("unready")  # load balancers stop sending first
+                time.sleep(self.drain_grace)
+                door.set_flag("draining")  # then new requests get 503 / UNAVAILABLE
+            door.stop(timeout=DRAIN_TIMEOUT)
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            if proc.poll() is None:
+                # Only Triton gets SIGTERM: it unloads the models and stops its Python stubs itself.
+                stop_process(proc, timeout=EXIT_TIMEOUT + 10)
+            children.kill_group(proc.pid)  # stubs orphaned by a crash or a kill share the group
+            if self._reader is not None:
+                self._reader.join(timeout=5)
+        # Triton removes its segments on a clean exit; a killed one leaves them in RAM-backed /dev/shm.
+        for leftover in SHM_DIR.glob(f"{self.shm_prefix}*"):
+            leftover.unlink(missing_ok=True)
+        if self._supervisor is not None and self._supervisor is not threading.current_thread():
+            self._supervisor.join(timeout=5)
+            self._supervisor = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+        self._tell_reaper("clear")
+        reaper, self._reaper = self._reaper, None
+        if reaper is not None:
+            try:
+                reaper.stdin.close()
+            except OSError:
+                pass
+            reaper.wait(timeout=10)
+
+    def __enter__(self) -> TritonServer:
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
