@@ -52,11 +52,12 @@ def tiny_repo(tmp_path_factory) -> Path:
     return repo
 
 
-def start_launcher(repo: Path, *args: str) -> tuple[subprocess.Popen, str]:
+def start_launcher(repo: Path, *args: str, start_new_session: bool = False) -> tuple[subprocess.Popen, str]:
     """Runs the launcher CLI (``python -m serving.runtime.launch``) on ``repo`` and returns once Triton is ready.
 
     Returns the process, whose stderr is still an open text pipe (read or drain it), and its HTTP ``host:port``.
-    ``args`` are extra launcher options.
+    ``args`` are extra launcher options; ``start_new_session`` gives it a process group of its own (as a shell
+    gives `make serve`), which a test may signal as a whole.
     """
     http_port = free_port()
     proc = subprocess.Popen(
@@ -66,6 +67,7 @@ def start_launcher(repo: Path, *args: str) -> tuple[subprocess.Popen, str]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=start_new_session,
     )
     # The launcher exits by itself (--timeout) if the server never gets ready, so readline cannot hang for long.
     seen = []
