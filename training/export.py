@@ -3,7 +3,8 @@
     python -m training.export [--runs runs] [--repo model_repository] [--tasks age,gender]
 
 Each export adds ``<repo>/<task>/<v>/model.savedmodel`` under a new version
-number and keeps the earlier ones. The signature ``serving_default`` takes
+number and keeps the earlier ones, with the OpenVINO IR made from it beside it (``model.openvino/``, keyed to
+the SavedModel: serving/pipeline/backends/openvino_savedmodel/ir.py). The signature ``serving_default`` takes
 ``image`` (uint8, ``[-1, IMAGE_SIZE, IMAGE_SIZE, 3]``, RGB 0-255) and returns float32 ``[-1, 1]`` tensors:
 ``age``, ``age_low`` and ``age_high`` (the 10th-90th percentile interval), or ``female_probability``.
 Flip test-time augmentation and the temperature fitted after training are folded in
@@ -13,6 +14,7 @@ Flip test-time augmentation and the temperature fitted after training are folded
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -24,6 +26,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from common import spec  # noqa: E402
+from serving.pipeline.backends.openvino_savedmodel import ir as openvino_ir  # noqa: E402
 from training import heads  # noqa: E402
 from training.model import TASKS  # noqa: E402
 
@@ -86,6 +89,10 @@ def export_model(
     for name, src in (extra_files or {}).items():
         if Path(src).exists():
             shutil.copy(src, tmp / name)
+    # The OpenVINO IR the CPU backend reads instead of converting at every cold start, keyed to this SavedModel.
+    # Without OpenVINO (a train-only install) the backend converts at load, as it does for any stale IR.
+    if importlib.util.find_spec("openvino") is not None:
+        openvino_ir.build(tmp)
     # Rename last so Triton's model poller never sees a half-written version.
     tmp.rename(version_dir)
     return version_dir

@@ -1,7 +1,17 @@
 """Uploads a model repository to S3-compatible object storage, exactly as Triton will read it.
 
     python -m serving.ops.publish model_repository s3://[HOST:PORT/]BUCKET/PREFIX [--skip-existing] [--dry-run]
+                                  [--all-versions] [--no-ir]
+    python -m serving.ops.publish model_repository --ir-only   # only make the OpenVINO IR, upload nothing
 
+- Only the versions the configs serve are uploaded: Triton downloads every object under a model at each cold
+  start, whatever it serves, so an old version in the bucket is paid for at every scale from zero. A model's
+  served versions are the union over its configs (``config.pbtxt`` and ``configs/*.pbtxt``) of their
+  ``version_policy`` (none: the newest one, as Triton). ``--all-versions`` uploads every version folder, for
+  an explicit-model-control server that must be able to roll back to one it does not load by default.
+- Before uploading, each served SavedModel gets its OpenVINO IR (``model.openvino/``, keyed to the SavedModel
+  and the OpenVINO version: serving/pipeline/backends/openvino_savedmodel/ir.py) if it lacks a valid one, so
+  the CPU backend reads it instead of converting at load. ``--no-ir`` skips that; ``--ir-only`` does only that.
 - Symlinks are resolved (``preprocess_crop/1/model.py`` is one): object stores have none.
 - Caches and leftovers are not uploaded: ``__pycache__``, ``*.pyc``, hidden files,
   and the ``.tmp-N`` folders ``training.export`` writes before its atomic rename.
@@ -22,7 +32,9 @@ AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION). The bucket must exist.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +48,64 @@ KEEP = ".keep"  # placeholder object that makes an otherwise empty version folde
 
 def _skipped(name: str) -> bool:
     return (name.startswith(".") and name != KEEP) or name in SKIP_DIRS or name.endswith(SKIP_SUFFIXES)
+
+
+def _policy_versions(config: str, available: list[int]) -> set[int]:
+    """The versions of ``available`` (ascending) that one config's ``version_policy`` serves."""
+    text = re.sub(r"#[^\n]*", "", config)  # comments may mention a policy without setting one
+    found = re.search(r"\bversion_policy\s*:?\s*\{", text)
+    body, depth = "", 1
+    if found:  # the policy's block, braces balanced
+        for i, char in enumerate(text[found.end() :]):
+            depth += {"{": 1, "}": -1}.get(char, 0)
+            if depth == 0:
+                body = text[found.end() : found.end() + i]
+                break
+    if re.search(r"\ball\b", body):
+        return set(available)
+    if re.search(r"\bspecific\b", body):
+        return {v for v in available if str(v) in re.findall(r"\d+", body)}
+    latest = re.search(r"num_versions\s*:\s*(\d+)", body)
+    count = int(latest.group(1)) if latest else 1  # no policy: Triton serves the newest version
+    return set(available[-count:]) if count else set()
+
+
+def served_versions(model: Path) -> list[int]:
+    """Versions of the model folder ``model`` that any of its configs serves, ascending."""
+    available = sorted(int(p.name) for p in model.iterdir() if p.is_dir() and p.name.isdigit())
+    configs = [model / "config.pbtxt", *sorted((model / "configs").glob("*.pbtxt"))]
+    served = set()
+    for config in configs:
+        if config.is_file():
+            served |= _policy_versions(config.read_text(), available)
+    return sorted(served)
+
+
+def build_ir(repository: Path, *, all_versions: bool = False, dry_run: bool = False, out=sys.stdout) -> list[str]:
+    """Makes the OpenVINO IR of every published SavedModel that lacks a valid one; returns the versions built."""
+    if importlib.util.find_spec("openvino") is None:
+        print("note: OpenVINO is not installed here, so no IR is made; the CPU backend converts at load", file=out)
+        return []
+    from serving.pipeline.backends.openvino_savedmodel import ir
+
+    built = []
+    for model in sorted(p for p in Path(repository).iterdir() if (p / "config.pbtxt").is_file()):
+        for version in (
+            served_versions(model)
+            if not all_versions
+            else sorted(int(p.name) for p in model.iterdir() if p.is_dir() and p.name.isdigit())
+        ):
+            folder = model / str(version)
+            if not (folder / ir.SAVEDMODEL).is_dir():
+                continue
+            ok, why = ir.valid(folder)
+            if ok:
+                continue
+            if not dry_run:
+                ir.build(folder)
+            built.append(f"{model.name}/{version}")
+            print(f"{'would build' if dry_run else 'built'} {folder / ir.IR_DIR} ({why})", file=out)
+    return built
 
 
 def _files(folder: Path) -> list[Path]:
@@ -54,19 +124,24 @@ class Plan:
     uploads: list[tuple[Path | None, str]] = field(default_factory=list)  # path None: an empty placeholder
     existing: list[str] = field(default_factory=list)  # "model/version" already in the bucket
     new_versions: list[str] = field(default_factory=list)
+    unserved: list[str] = field(default_factory=list)  # "model/version" left out: no config serves it
 
 
-def plan(repository: Path, remote_keys: list[str]) -> Plan:
+def plan(repository: Path, remote_keys: list[str], *, all_versions: bool = False) -> Plan:
     repository = Path(repository)
     remote_versions = {"/".join(k.split("/")[:2]) for k in remote_keys if k.count("/") >= 2}
     result = Plan()
     for model in sorted(p for p in repository.iterdir() if p.is_dir() and not _skipped(p.name)):
         if not (model / "config.pbtxt").is_file():
             continue  # not a model folder
+        served = served_versions(model)
         for folder in sorted(
             (p for p in model.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)
         ):
             version = f"{model.name}/{folder.name}"
+            if not all_versions and int(folder.name) not in served:
+                result.unserved.append(version)
+                continue
             if version in remote_versions:
                 result.existing.append(version)
                 continue
@@ -84,7 +159,16 @@ def plan(repository: Path, remote_keys: list[str]) -> Plan:
     return result
 
 
-def publish(repository: Path, uri: str, *, skip_existing: bool = False, dry_run: bool = False, out=sys.stdout):
+def publish(
+    repository: Path,
+    uri: str,
+    *,
+    skip_existing: bool = False,
+    dry_run: bool = False,
+    all_versions: bool = False,
+    ir: bool = True,
+    out=sys.stdout,
+):
     """Uploads ``repository`` to ``uri``; returns the Plan. Raises StorageError on refusal or S3 errors."""
     from boto3.exceptions import S3UploadFailedError
     from botocore import exceptions as bex
@@ -94,7 +178,10 @@ def publish(repository: Path, uri: str, *, skip_existing: bool = False, dry_run:
         raise storage.StorageError(f"model repository {repository} does not exist")
     location = storage.S3Location.parse(uri)
     s3 = storage.client(location)
-    todo = plan(repository, storage.list_keys(location, s3))
+    remote = storage.list_keys(location, s3)  # first: bad credentials fail before minutes of conversion
+    if ir:
+        build_ir(repository, all_versions=all_versions, dry_run=dry_run, out=out)
+    todo = plan(repository, remote, all_versions=all_versions)
     if todo.existing and not skip_existing:
         raise storage.StorageError(
             f"refusing to overwrite version(s) already in {location}: {', '.join(todo.existing)}. Versions are "
@@ -102,6 +189,8 @@ def publish(repository: Path, uri: str, *, skip_existing: bool = False, dry_run:
         )
     for version in todo.existing:
         print(f"skip     {version}/ (already in the bucket)", file=out)
+    for version in todo.unserved:
+        print(f"skip     {version}/ (not served by its configs; --all-versions publishes it)", file=out)
     total = 0
     for path, rel in todo.uploads:
         key = location.key(rel)
@@ -130,12 +219,30 @@ def publish(repository: Path, uri: str, *, skip_existing: bool = False, dry_run:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("repository", type=Path, help="local model repository, e.g. model_repository")
-    p.add_argument("uri", help="s3://[HOST:PORT/]BUCKET/PREFIX")
+    p.add_argument("uri", nargs="?", help="s3://[HOST:PORT/]BUCKET/PREFIX (not with --ir-only)")
     p.add_argument("--skip-existing", action="store_true", help="upload only versions the bucket does not have")
     p.add_argument("--dry-run", action="store_true", help="print what would be uploaded, upload nothing")
+    p.add_argument("--all-versions", action="store_true", help="every version folder, not only the served ones")
+    p.add_argument("--no-ir", action="store_true", help="do not make missing OpenVINO IR before uploading")
+    p.add_argument("--ir-only", action="store_true", help="make the missing OpenVINO IR locally, upload nothing")
     args = p.parse_args(argv)
+    if args.ir_only == bool(args.uri):
+        p.error("give an s3:// URI to publish to, or --ir-only without one")
     try:
-        publish(args.repository, args.uri, skip_existing=args.skip_existing, dry_run=args.dry_run)
+        if args.ir_only:
+            if not args.repository.is_dir():
+                raise storage.StorageError(f"model repository {args.repository} does not exist")
+            built = build_ir(args.repository, all_versions=args.all_versions, dry_run=args.dry_run)
+            print(f"IR up to date for every {'' if args.all_versions else 'served '}SavedModel ({len(built)} built)")
+            return 0
+        publish(
+            args.repository,
+            args.uri,
+            skip_existing=args.skip_existing,
+            dry_run=args.dry_run,
+            all_versions=args.all_versions,
+            ir=not args.no_ir,
+        )
     except storage.StorageError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -1,8 +1,10 @@
 """Triton Python-based backend ``openvino_savedmodel``: serves a TensorFlow SavedModel with OpenVINO on the CPU.
 
-A model selects it with ``backend: "openvino_savedmodel"``; its version folders hold only
-``model.savedmodel`` (the artifact ``training.export`` writes), which OpenVINO converts in memory at
-load time (about 0.2 s per model here): no TensorFlow in the process, nothing converted on disk.
+A model selects it with ``backend: "openvino_savedmodel"``; its version folders hold ``model.savedmodel``
+(the artifact ``training.export`` writes) and, beside it, the OpenVINO IR ``model.openvino/`` that
+``training.export`` or ``serving.ops.publish`` makes from it (ir.py). The IR is read when its key matches the
+SavedModel and this OpenVINO; otherwise the SavedModel is converted in memory as before. No TensorFlow in the
+process, nothing written at load.
 Triton runs this file through its Python backend (python_backend "Python-based backends"): the
 launcher puts this folder next to the ``python`` backend, the Docker image copies it to
 ``/opt/tritonserver/backends/openvino_savedmodel/``.
@@ -16,18 +18,50 @@ Model config parameters (all optional, string values):
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import time
 
-import numpy as np
-import openvino as ov
-import triton_python_backend_utils as pb_utils
+_IMPORTS_START = time.time()  # the cold-start breakdown (loadtest.bench.coldstart --breakdown) reports imports
 
-SAVEDMODEL = "model.savedmodel"
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import openvino as ov  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
+
+
+def _sibling(name: str):
+    """A module of this backend's folder, by path: Triton puts neither this folder nor the project on sys.path
+    in the NVIDIA image, where the folder sits under /opt/tritonserver/backends/."""
+    spec = importlib.util.spec_from_file_location(f"openvino_savedmodel_{name}", Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ir = _sibling("ir")
+SAVEDMODEL = ir.SAVEDMODEL
+#: Prefix of the timing line each instance prints after initialize() (parsed by loadtest.bench.coldstart).
+COLDSTART_TAG = "[coldstart]"
+_IMPORTS_END = time.time()
+
+
+def _process_start() -> float | None:
+    """When this stub process started (epoch seconds), from /proc: the stub's own start-up before Python ran."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        boot = next(float(x.split()[1]) for x in Path("/proc/stat").read_text().splitlines() if x.startswith("btime"))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
 
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
+        started = time.time()
         config = json.loads(args["model_config"])
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         threads = int(params.get("inference_threads") or 1)
@@ -35,8 +69,11 @@ class TritonPythonModel:
         path = Path(args["model_repository"]) / args["model_version"] / SAVEDMODEL
         if not path.is_dir():
             raise pb_utils.TritonModelException(f"{path} not found: export a SavedModel there (training.export).")
-        model = ov.convert_model(str(path))
-        self._compiled = ov.Core().compile_model(
+        load_start = time.time()
+        core = ov.Core()
+        model, source = ir.load(path.parent, core)  # the IR if valid for this SavedModel, else converted now
+        compile_start = time.time()
+        self._compiled = core.compile_model(
             model,
             "CPU",
             {
@@ -48,6 +85,7 @@ class TritonPythonModel:
         )
         # One request object per instance: Triton never calls execute() of one instance concurrently.
         self._request = self._compiled.create_infer_request()
+        compile_end = time.time()
         # Names and dtypes come from the config, so the same backend serves any single-signature model.
         self._inputs = {i["name"]: pb_utils.triton_string_to_numpy(i["data_type"]) for i in config["input"]}
         self._outputs = {o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in config["output"]}
@@ -55,6 +93,19 @@ class TritonPythonModel:
         missing = [name for name in self._outputs if name not in ports]
         if missing:
             raise pb_utils.TritonModelException(f"{path} has no output named {missing}; it has {sorted(ports)}.")
+        # One line per instance, epoch seconds, for the cold-start breakdown; warm-up follows initialize().
+        timing = {
+            "model": args["model_name"],
+            "version": args["model_version"],
+            "instance": args["model_instance_name"],
+            "source": source,
+            "process_start": _process_start(),
+            "imports": [_IMPORTS_START, _IMPORTS_END],
+            "initialize": [started, time.time()],
+            "load_model": [load_start, compile_start],
+            "compile": [compile_start, compile_end],
+        }
+        print(f"{COLDSTART_TAG} {json.dumps(timing)}", file=sys.stderr, flush=True)
 
     def execute(self, requests: list) -> list:
         # One inference for the whole dynamic batch: per-request calls would waste the batching Triton just did.
