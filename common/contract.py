@@ -14,8 +14,10 @@ from common import spec
 AGE_MODEL = "age"
 GENDER_MODEL = "gender"
 TASK_MODELS = (AGE_MODEL, GENDER_MODEL)
-#: Input tensor of the CNNs (``(batch, IMAGE_SIZE, IMAGE_SIZE, 3)`` uint8) and of the ensembles (encoded bytes).
+#: Input of the ensembles and of the preprocess models: one encoded image file (BYTES) per batch item.
 IMAGE_INPUT = spec.INPUT_NAME
+#: Input of the CNNs: ``(batch, IMAGE_SIZE, IMAGE_SIZE, 3)`` uint8 face crops (the SavedModel signature's name).
+#: The same string as IMAGE_INPUT today; kept apart so that each caller says which tensor it fills.
 CROP_INPUT = spec.INPUT_NAME
 #: Each CNN's estimate: age in years, probability of female.
 AGE_OUTPUT = spec.AGE_OUTPUT
@@ -77,17 +79,19 @@ POSTPROCESS_MODEL = "postprocess"
 
 #: The BLS model that returns every face of one image.
 FACES_MODEL = "faces"
-#: Input: one encoded image (TYPE_STRING, dims [1]; the model has no batch dimension).
-FACES_INPUT = "image"
-#: Outputs, N = faces found (0..MAX_FACES), most prominent first.
-FACES_BOX = "box"  # FP32 [N, 4]: x0, y0, x1, y1 in the original image's pixels
-FACES_SCORE = "detection_score"  # FP32 [N]
-FACES_AGE = "age"  # FP32 [N], years
-FACES_AGE_LOW = AGE_LOW_OUTPUT  # FP32 [N], years: 10th percentile; NaN where the age model gives no interval
-FACES_AGE_HIGH = AGE_HIGH_OUTPUT  # FP32 [N], years: 90th percentile; NaN likewise
-FACES_FEMALE = "female_probability"  # FP32 [N]
-FACES_GENDER = "gender"  # STRING [N]: "female" / "male"
-FACES_ERROR = "error"  # STRING [1]: empty, or why the image could not be processed (then N = 0)
+#: Most faces one picture returns (the ``faces`` model's output bound); the most prominent are kept.
+MAX_FACES = 32
+#: Input: one encoded image (TYPE_STRING, dims [1]; the model has no batch dimension), named like the ensembles'.
+FACES_INPUT = IMAGE_INPUT
+#: Outputs, N = faces found (0..MAX_FACES), most prominent first: the ensembles' names, one row per face.
+FACES_BOX = ENSEMBLE_BOX  # FP32 [N, 4]: x0, y0, x1, y1 in the original image's pixels
+FACES_SCORE = ENSEMBLE_SCORE  # FP32 [N]
+FACES_AGE = ENSEMBLE_AGE  # FP32 [N], years
+FACES_AGE_LOW = ENSEMBLE_AGE_LOW  # FP32 [N], years: 10th percentile; NaN where the age model gives no interval
+FACES_AGE_HIGH = ENSEMBLE_AGE_HIGH  # FP32 [N], years: 90th percentile; NaN likewise
+FACES_FEMALE = ENSEMBLE_FEMALE  # FP32 [N]
+FACES_GENDER = ENSEMBLE_GENDER  # STRING [N]: "female" / "male"
+FACES_ERROR = ENSEMBLE_ERROR  # STRING [1]: empty, or why the image could not be processed (then N = 0)
 FACES_OUTPUTS = (
     FACES_BOX,
     FACES_SCORE,
@@ -99,5 +103,22 @@ FACES_OUTPUTS = (
     FACES_ERROR,
 )
 
-#: At or above this probability of female the label is "female" (as in the postprocess model).
+#: The models callers may reach from the public ports; the rest (CNNs, pre/postprocess) are steps inside these.
+#: The gate (serving/runtime/gate.py) refuses every other name, over gRPC and HTTP alike.
+PUBLIC_MODELS = (DETECT_ENSEMBLE, CROP_ENSEMBLE, FACES_MODEL)
+
+#: At or above this probability of female the label is "female". Decided only by the functions below, which the
+#: postprocess and faces models, the client, training and evaluation call.
 GENDER_THRESHOLD = 0.5
+FEMALE = "female"
+MALE = "male"
+
+
+def is_female(female_probability):
+    """The gender decision, for one probability or elementwise for a numpy array of them."""
+    return female_probability >= GENDER_THRESHOLD
+
+
+def gender_label(female_probability: float) -> str:
+    """``"female"`` or ``"male"`` for one probability of female (not NaN: callers check for a missing face)."""
+    return FEMALE if is_female(female_probability) else MALE

@@ -1,0 +1,239 @@
+"""What the gate (serving/runtime/gate.py) lets through to Triton: pure checks, no I/O.
+
+Triton 2.51 multiplies declared dimensions in 64-bit arithmetic that silently wraps: ``[2**62, 64, 64, 3]`` or
+``[2**32 + 1, 1]`` pass its size checks, the dynamic batcher then sees a truncated batch size and mixes other
+callers' rows into the answer (issue 18). So every inference request is held against the exact tensor schema of
+the public model it names, before Triton parses it: a whitelist, not a list of known-bad shapes.
+
+:data:`PUBLIC_INPUTS` repeats what the public models' ``config.pbtxt`` declare (``tests/test_gate.py`` compares
+them, so a config change that forgets this table fails the tests).
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+
+from common import contract
+
+#: Refusal codes, named as gRPC status codes; gate.py maps them to HTTP statuses.
+INVALID_ARGUMENT = "INVALID_ARGUMENT"
+NOT_FOUND = "NOT_FOUND"
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One input as the config declares it: Triton datatype and dims after the batch dimension."""
+
+    datatype: str
+    dims: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Model:
+    #: 0 = the model has no batch dimension (the request shape is exactly ``dims``).
+    max_batch_size: int
+    inputs: dict[str, Tensor]
+
+
+_IMAGE = {"image": Tensor("BYTES", (1,))}
+#: The public models (common.contract.PUBLIC_MODELS) and their inputs, as their config.pbtxt declare them.
+PUBLIC_INPUTS: dict[str, Model] = {
+    contract.DETECT_ENSEMBLE: Model(32, _IMAGE),
+    contract.CROP_ENSEMBLE: Model(32, _IMAGE),
+    contract.FACES_MODEL: Model(0, _IMAGE),
+}
+assert set(PUBLIC_INPUTS) == set(contract.PUBLIC_MODELS)
+
+#: Request-level parameters passed on. Everything else (``timeout``, ``priority``, sequence controls, custom
+#: keys) is refused: none of our models uses them, and a request timeout is one more way to cancel an ensemble.
+ALLOWED_REQUEST_PARAMETERS = frozenset({"binary_data_output"})
+#: Per-input parameters passed on: the HTTP binary extension's size, and shared memory (registering a region
+#: needs the admin key, and Triton checks the region against the byte size of the now-validated shape).
+ALLOWED_INPUT_PARAMETERS = frozenset(
+    {"binary_data_size", "shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"}
+)
+#: Longest name echoed back in a refusal (names are caller-chosen: a 5,000-character one must not fill headers).
+NAME_ECHO = 80
+
+
+class Refused(Exception):
+    """A request the gate does not pass on; ``code`` is a gRPC status name, ``args[0]`` the message."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def echo(name: object) -> str:
+    text = str(name)
+    return repr(text if len(text) <= NAME_ECHO else text[:NAME_ECHO] + "...")
+
+
+def model_for(name: str) -> Model:
+    model = PUBLIC_INPUTS.get(name)
+    if model is None:
+        public = ", ".join(contract.PUBLIC_MODELS)
+        raise Refused(NOT_FOUND, f"model {echo(name)} is not a public model (public: {public})")
+    return model
+
+
+def check_shape(model_name: str, model: Model, input_name: str, shape: list) -> int:
+    """Validates a declared shape against the model's schema; returns its element count."""
+    spec = model.inputs[input_name]
+    dims = list(shape)
+    if not all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
+        raise Refused(INVALID_ARGUMENT, f"input {echo(input_name)}: shape must be a list of integers")
+    if model.max_batch_size:
+        expected = f"[batch, {', '.join(map(str, spec.dims))}] with 1 <= batch <= {model.max_batch_size}"
+        ok = len(dims) == 1 + len(spec.dims) and 1 <= dims[0] <= model.max_batch_size and tuple(dims[1:]) == spec.dims
+    else:
+        expected = str(list(spec.dims))
+        ok = tuple(dims) == spec.dims
+    if not ok:
+        shown = str(dims) if len(str(dims)) <= 200 else str(dims)[:200] + "...]"
+        raise Refused(INVALID_ARGUMENT, f"input {echo(input_name)} of {model_name!r}: shape {shown} is not {expected}")
+    return math.prod(dims)
+
+
+def check_datatype(model_name: str, model: Model, input_name: str, datatype: str) -> None:
+    if input_name not in model.inputs:
+        raise Refused(
+            INVALID_ARGUMENT, f"{model_name!r} has no input {echo(input_name)} (inputs: {', '.join(model.inputs)})"
+        )
+    if datatype != model.inputs[input_name].datatype:
+        raise Refused(
+            INVALID_ARGUMENT,
+            f"input {echo(input_name)} of {model_name!r} must be {model.inputs[input_name].datatype}, "
+            f"got {echo(datatype)}",
+        )
+
+
+def check_bytes_elements(input_name: str, raw: bytes | memoryview, count: int) -> None:
+    """BYTES tensors travel as ``count`` elements, each a 4-byte little-endian length and that many bytes."""
+    view = memoryview(raw)
+    offset = 0
+    for _ in range(count):
+        if offset + 4 > len(view):
+            break
+        (length,) = struct.unpack_from("<I", view, offset)
+        offset += 4 + length
+    else:
+        if offset == len(view):
+            return
+    raise Refused(
+        INVALID_ARGUMENT,
+        f"input {echo(input_name)}: its {len(view)} bytes do not hold exactly {count} length-prefixed elements "
+        "(as the declared shape says)",
+    )
+
+
+def check_parameters(keys, allowed: frozenset[str], where: str) -> None:
+    extra = sorted(set(keys) - allowed)
+    if extra:
+        raise Refused(INVALID_ARGUMENT, f"{where} parameter {echo(extra[0])} is not accepted")
+
+
+def check_all_inputs(model_name: str, model: Model, names: list[str]) -> None:
+    if sorted(names) != sorted(model.inputs):
+        raise Refused(
+            INVALID_ARGUMENT,
+            f"{model_name!r} takes exactly the inputs {', '.join(model.inputs)}; got {len(names)} input(s)",
+        )
+
+
+# -- gRPC ------------------------------------------------------------------------------------------------------
+
+
+def check_grpc_infer(request) -> None:
+    """Validates a ``inference.ModelInferRequest`` (tritonclient.grpc.service_pb2); raises :class:`Refused`."""
+    model = model_for(request.model_name)
+    name = request.model_name
+    check_parameters(request.parameters.keys(), ALLOWED_REQUEST_PARAMETERS, "request")
+    check_all_inputs(name, model, [i.name for i in request.inputs])
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise Refused(INVALID_ARGUMENT, "raw_input_contents must hold one entry per input")
+    for index, tensor in enumerate(request.inputs):
+        check_datatype(name, model, tensor.name, tensor.datatype)
+        count = check_shape(name, model, tensor.name, tensor.shape)
+        check_parameters(tensor.parameters.keys(), ALLOWED_INPUT_PARAMETERS, f"input {echo(tensor.name)}")
+        shm = "shared_memory_region" in tensor.parameters
+        has_contents = tensor.HasField("contents")
+        if raw:
+            if shm or has_contents:
+                raise Refused(INVALID_ARGUMENT, f"input {echo(tensor.name)}: data given twice")
+            check_bytes_elements(tensor.name, raw[index], count)
+        elif has_contents:
+            if shm or len(tensor.contents.bytes_contents) != count:
+                raise Refused(
+                    INVALID_ARGUMENT,
+                    f"input {echo(tensor.name)}: contents must hold exactly {count} bytes_contents elements",
+                )
+        elif not shm:
+            raise Refused(INVALID_ARGUMENT, f"input {echo(tensor.name)} has no data")
+
+
+def check_grpc_model_name(name: str) -> None:
+    """Metadata, config and readiness of internal models are not public either."""
+    model_for(name)
+
+
+# -- HTTP ------------------------------------------------------------------------------------------------------
+
+
+def _flatten(data, out: list) -> None:
+    if isinstance(data, list):
+        for item in data:
+            _flatten(item, out)
+    else:
+        out.append(data)
+
+
+def check_http_infer(model_name: str, header: object, binary: bytes | memoryview) -> None:
+    """Validates the JSON part of an HTTP infer request and the binary part that follows it."""
+    model = model_for(model_name)
+    if not isinstance(header, dict):
+        raise Refused(INVALID_ARGUMENT, "the request JSON must be an object")
+    params = header.get("parameters", {})
+    if not isinstance(params, dict):
+        raise Refused(INVALID_ARGUMENT, "request parameters must be an object")
+    check_parameters(params, ALLOWED_REQUEST_PARAMETERS, "request")
+    inputs = header.get("inputs")
+    if not isinstance(inputs, list) or not all(isinstance(i, dict) for i in inputs):
+        raise Refused(INVALID_ARGUMENT, "the request JSON needs 'inputs', a list of objects")
+    check_all_inputs(model_name, model, [str(i.get("name")) for i in inputs])
+    offset = 0
+    view = memoryview(binary)
+    for tensor in inputs:
+        input_name = str(tensor["name"])
+        check_datatype(model_name, model, input_name, tensor.get("datatype"))
+        shape = tensor.get("shape")
+        if not isinstance(shape, list):
+            raise Refused(INVALID_ARGUMENT, f"input {echo(input_name)}: 'shape' must be a list")
+        count = check_shape(model_name, model, input_name, shape)
+        tparams = tensor.get("parameters", {})
+        if not isinstance(tparams, dict):
+            raise Refused(INVALID_ARGUMENT, f"input {echo(input_name)}: parameters must be an object")
+        check_parameters(tparams, ALLOWED_INPUT_PARAMETERS, f"input {echo(input_name)}")
+        size = tparams.get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(view):
+                raise Refused(
+                    INVALID_ARGUMENT, f"input {echo(input_name)}: binary_data_size does not fit the request body"
+                )
+            check_bytes_elements(input_name, view[offset : offset + size], count)
+            offset += size
+        elif "data" in tensor:
+            values: list = []
+            _flatten(tensor["data"], values)
+            if len(values) != count or not all(isinstance(v, str) for v in values):
+                raise Refused(INVALID_ARGUMENT, f"input {echo(input_name)}: 'data' must hold {count} strings")
+        elif "shared_memory_region" not in tparams:
+            raise Refused(INVALID_ARGUMENT, f"input {echo(input_name)} has no data")
+    if offset != len(view):
+        raise Refused(
+            INVALID_ARGUMENT,
+            f"the binary part is {len(view)} bytes but the inputs' binary_data_size add up to {offset}",
+        )
