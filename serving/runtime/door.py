@@ -36,6 +36,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+from common.contract import PUBLIC_MODELS
 from serving.pipeline.decode import REQUEST_MAX_BYTES
 from serving.runtime.subproc import stop_process
 
@@ -67,6 +68,9 @@ _JSON_TOO_LONG = (
     "binary data extension (Inference-Header-Content-Length), as tritonclient does"
 )
 _JSON_LEN = "([0-9]{1,4}|1[0-5][0-9]{3}|16[0-2][0-9]{2}|163[0-7][0-9]|1638[0-4])"
+# Model names in nginx regexes (they are plain identifiers), and the answer for every other model's path.
+_PUBLIC = "|".join(PUBLIC_MODELS)
+_NOT_PUBLIC = f"not a public model, or not a public API of one (public models: {', '.join(PUBLIC_MODELS)})"
 
 
 def find_nginx() -> str | None:
@@ -97,6 +101,8 @@ def nginx_config(
     error_log: str = "stderr",
     pid: str | None = None,
     user: str | None = None,
+    gate_http: str | None = None,
+    gate_grpc: str | None = None,
 ) -> str:
     """The complete nginx.conf. ``triton_http``/``triton_grpc`` are the ``host:port`` Triton listens on."""
     user = _worker_user() if user is None else user
@@ -139,6 +145,18 @@ def nginx_config(
             }}
             upstream triton_http {{ server {triton_http}; keepalive 16; }}
             upstream triton_grpc {{ server {triton_grpc}; keepalive 16; }}
+            # The gate (serving/runtime/gate.py) checks what nginx cannot read: all gRPC, and HTTP inference of the
+            # public models (declared shapes); without one (gate_* None) those go to Triton unchecked.
+            upstream gate_http {{ server {gate_http or triton_http}; keepalive 16; }}
+            upstream gate_grpc {{ server {gate_grpc or triton_grpc}; keepalive 16; }}
+            # HTTP routing by decoded path: models other than the public ones are not public at all.
+            map $uri $route {{
+                default triton_http;
+                "~^/v2/models/({_PUBLIC})(/versions/[0-9]+)?/infer$" gate_http;
+                "~^/v2/models/({_PUBLIC})(/versions/[0-9]+)?(/config|/ready|/stats|/trace/setting)?$" triton_http;
+                "~^/v2/models/stats$" triton_http;
+                "~^/v2/models/" not_public;
+            }}
 
             server {{
                 listen {host}:{http_port};
@@ -159,7 +177,8 @@ def nginx_config(
                         return 413 '{{"error":"{_JSON_TOO_LONG}"}}';
                     }}
                     if (-f {prefix}/draining) {{ return 503 '{{"error":"server is shutting down"}}'; }}
-                    proxy_pass http://triton_http;
+                    if ($route = not_public) {{ return 404 '{{"error":"{_NOT_PUBLIC}"}}'; }}
+                    proxy_pass http://$route;
                     proxy_http_version 1.1;
                     proxy_set_header Connection "";
                     proxy_connect_timeout 5s;
@@ -193,7 +212,7 @@ def nginx_config(
                         return 200;
                     }}
                     {strip}
-                    grpc_pass grpc://triton_grpc;
+                    grpc_pass grpc://gate_grpc;
                     # Triton echoes names into grpc-message; nginx's default 4-8k header buffer turned the error of
                     # a 5,000-character model name into a misleading UNAVAILABLE (found by loadtest/abuse/suite.py).
                     grpc_buffer_size 64k;
