@@ -10,6 +10,12 @@ segment outlives it. Each run also records when the HTTP endpoint went live
 
 ``--s3`` publishes the repository to a local S3 server (moto, loadtest/local_s3.py)
 and serves it from there: the same launcher, the ``s3://`` URI, the download included.
+
+``--breakdown`` adds a table per model, medians over the runs, in seconds: when Triton asked for the model,
+when its first stub process started (/proc), the stub's imports, reading the IR or converting the SavedModel,
+compiling (all three from the line the openvino_savedmodel backend prints after initialize()), warm-up
+(initialize() done to Triton's "successfully loaded"), and with ``--s3`` when the model's files landed in
+Triton's download folder. Python models without such a line show stub start to loaded as one span.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import json
 import os
 import re
 import signal
@@ -56,22 +63,108 @@ def leftovers(grpc_port: str | None = None, shm_before: frozenset[str] = frozens
 LOG_TIME = re.compile(r"^[IWE]\d{4} (\d\d):(\d\d):(\d\d\.\d+) ")
 
 
-def _phases(log: str, wall_start: float) -> dict:
-    """Seconds from the command to Triton's first log line, and to its last model loaded (log in local time)."""
+LOADING = re.compile(r'"loading: ([\w.-]+):(\d+)"')
+LOADED = re.compile(r"successfully loaded '([\w.-]+)'")
+#: The line serving/pipeline/backends/openvino_savedmodel/model.py prints after initialize() (epoch seconds).
+TIMING = re.compile(r"\[coldstart\] (\{.*\})\s*$")
+
+
+def _stamped(log: str, wall_start: float) -> list[tuple[float, str]]:
+    """(seconds since the command, line) for each of Triton's timestamped log lines (local time)."""
     midnight = (
         datetime.datetime.fromtimestamp(wall_start).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
     )
-    stamps = []
-    for line in log.splitlines():
-        if m := LOG_TIME.match(line):
-            t = midnight + int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3])
-            stamps.append((t - wall_start, "successfully loaded" in line))
-    loaded = [t for t, ok in stamps if ok]
+    return [
+        (midnight + int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3]) - wall_start, line)
+        for line in log.splitlines()
+        if (m := LOG_TIME.match(line))
+    ]
+
+
+def _phases(log: str, wall_start: float) -> dict:
+    """Seconds from the command to Triton's first log line, and to its last model loaded (log in local time)."""
+    stamps = _stamped(log, wall_start)
+    loaded = [t for t, line in stamps if "successfully loaded" in line]
     return {"triton_start_s": stamps[0][0] if stamps else None, "models_loaded_s": max(loaded) if loaded else None}
 
 
-def one_run(repository: Path | str, timeout: float, *, check_shm: bool = True) -> dict:
-    """One cold start; ``check_shm=False`` where other servers create and remove segments meanwhile."""
+def _proc_start(pid: str) -> float:
+    """Epoch seconds at which process ``pid`` started."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    boot = next(float(x.split()[1]) for x in Path("/proc/stat").read_text().splitlines() if x.startswith("btime"))
+    return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def _snapshot(grpc_port: str) -> dict:
+    """While this run's server is up: each stub's model folder and start time, and Triton's S3 download folder."""
+    stubs, mount = [], None
+    for pid in leftovers(grpc_port):
+        if not pid.isdigit():
+            continue
+        with contextlib.suppress(OSError, ValueError, IndexError, StopIteration):
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+            if "triton_python_backend_stub" in argv[0]:
+                # argv[1] is the model file: <repo>/<model>/<version>/model.py, or <backend>/model.py with the
+                # instance name later on the line (Python-based backends); either way a token names the model.
+                stubs.append({"argv": argv[1:], "start": _proc_start(pid)})
+            else:
+                env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                mount = next(
+                    (e.split(b"=", 1)[1].decode() for e in env if e.startswith(b"TRITON_AWS_MOUNT_DIR")), mount
+                )
+    files = []
+    if mount and Path(mount).is_dir():
+        files = [(p.relative_to(mount).parts, p.stat().st_mtime) for p in Path(mount).rglob("*") if p.is_file()]
+    return {"stubs": stubs, "files": files}
+
+
+def breakdown(log: str, wall_start: float, snapshot: dict) -> dict[str, dict[str, float | str | None]]:
+    """Per model, seconds since the command (``*_at``) or spans (the rest); see the module docstring."""
+    stamps = _stamped(log, wall_start)
+    rows: dict[str, dict] = {}
+    for t, line in stamps:
+        if m := LOADING.search(line):
+            rows.setdefault(m[1], {"version": m[2], "requested_at": t})
+        elif (m := LOADED.search(line)) and m[1] in rows:
+            rows[m[1]]["ready_at"] = t
+    timings: dict[str, list[dict]] = {}
+    for line in log.splitlines():
+        if m := TIMING.search(line):
+            with contextlib.suppress(ValueError):
+                record = json.loads(m[1])
+                timings.setdefault(record["model"], []).append(record)
+    for name, row in rows.items():
+        starts = [
+            s["start"] - wall_start
+            for s in snapshot.get("stubs", [])
+            if any(
+                a == name or f"/{name}/" in a or re.fullmatch(rf"{re.escape(name)}_\d+(_\d+)?", a) for a in s["argv"]
+            )
+        ]
+        row["stub_start_at"] = min(starts) if starts else None
+        row["instances"] = len(starts)
+        own = timings.get(name, [])
+        if own:
+            # Instances load side by side: the slowest one decides when the model is ready.
+            row["imports"] = max(r["imports"][1] - r["imports"][0] for r in own)
+            row["load_ir_or_convert"] = max(r["load_model"][1] - r["load_model"][0] for r in own)
+            row["compile"] = max(r["compile"][1] - r["compile"][0] for r in own)
+            row["initialize_done_at"] = max(r["initialize"][1] for r in own) - wall_start
+            row["source"] = ", ".join(sorted({r["source"] for r in own}))
+            if "ready_at" in row:
+                row["warmup"] = row["ready_at"] - row["initialize_done_at"]
+        elif row["stub_start_at"] is not None and "ready_at" in row:
+            row["stub_to_ready"] = row["ready_at"] - row["stub_start_at"]  # imports + initialize(), not split
+        landed = [t - wall_start for parts, t in snapshot.get("files", []) if name in parts[:-1]]
+        if landed:
+            row["downloaded_at"] = max(landed)
+            row["files_downloaded"] = len(landed)
+    return rows
+
+
+def one_run(repository: Path | str, timeout: float, *, check_shm: bool = True, detail: bool = False) -> dict:
+    """One cold start; ``check_shm=False`` where other servers create and remove segments meanwhile.
+    ``detail`` adds the per-model ``breakdown``."""
     ports = {k: str(free_port()) for k in ("HTTP", "GRPC", "METRICS")}
     env = {**os.environ, **{f"TRITON_{k}_PORT": v for k, v in ports.items()}}
     shm_before = frozenset(p.name for p in SHM_DIR.glob(f"{SHM_PREFIX}*"))
@@ -94,15 +187,18 @@ def one_run(repository: Path | str, timeout: float, *, check_shm: bool = True) -
             except AgeGenderError:
                 time.sleep(0.2)
         first = time.monotonic() - start
+        snapshot = _snapshot(ports["GRPC"]) if detail else {}
     finally:
         client.close()
         stop_at = time.monotonic()
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=60)
     log.seek(0)
-    phases = _phases(log.read(), wall_start)
+    text = log.read()
+    phases = _phases(text, wall_start)
     log.close()
     return {
+        **({"breakdown": breakdown(text, wall_start, snapshot)} if detail else {}),
         **phases,
         "first_inference_s": first,
         "stop_s": time.monotonic() - stop_at,
@@ -135,6 +231,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--s3", action="store_true", help="publish the folder to a local moto S3 server, serve from there")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--timeout", type=float, default=300)
+    p.add_argument("--breakdown", action="store_true", help="per model: stub start, imports, IR/convert, compile...")
+    p.add_argument("--json", type=Path, help="also write every run (breakdown included) to this file")
     args = p.parse_args(argv)
     shared = bool(leftovers())
     if shared:
@@ -143,10 +241,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     with contextlib.ExitStack() as stack:
         repository = _local_s3(stack, args.model_repository) if args.s3 else args.model_repository
         for i in range(args.runs):
-            runs.append(one_run(repository, args.timeout, check_shm=not shared))
+            runs.append(one_run(repository, args.timeout, check_shm=not shared, detail=args.breakdown))
             print(
                 f"run {i + 1}: "
-                + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in runs[-1].items()),
+                + ", ".join(
+                    f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
+                    for k, v in runs[-1].items()
+                    if k != "breakdown"
+                ),
                 flush=True,
             )
     keys = ("triton_start_s", "models_loaded_s", "first_inference_s")
@@ -157,7 +259,51 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"+ loading (and downloading) models {med['models_loaded_s'] - med['triton_start_s']:.1f} s "
         f"+ endpoints up and first answer {med['first_inference_s'] - med['models_loaded_s']:.1f} s"
     )
+    if args.breakdown:
+        print(breakdown_table([r["breakdown"] for r in runs]))
+    if args.json:
+        args.json.write_text(json.dumps({"s3": args.s3, "shared_machine": shared, "runs": runs}, indent=1))
     return runs
+
+
+#: Columns of the breakdown table: (key, heading); ``*_at`` are seconds since the command, the rest spans.
+COLUMNS = (
+    ("requested_at", "asked@"),
+    ("downloaded_at", "files@"),
+    ("stub_start_at", "stub@"),
+    ("imports", "imports"),
+    ("load_ir_or_convert", "IR/conv"),
+    ("compile", "compile"),
+    ("stub_to_ready", "stub->rdy"),
+    ("warmup", "warm-up"),
+    ("ready_at", "ready@"),
+)
+
+
+def breakdown_table(runs: list[dict[str, dict]]) -> str:
+    """Medians over runs per model and column, as a Markdown table, models in the order they became ready."""
+    models = sorted(
+        {m for run in runs for m in run},
+        key=lambda m: statistics.median(run[m].get("ready_at", float("inf")) for run in runs if m in run),
+    )
+    lines = [
+        f"per-model cold start, median of {len(runs)} (seconds; @ = since the command)",
+        "| model | v | inst | " + " | ".join(h for _, h in COLUMNS) + " | source |",
+        "|---" * (len(COLUMNS) + 4) + "|",
+    ]
+    for model in models:
+        rows = [run[model] for run in runs if model in run]
+        cells = []
+        for key, _ in COLUMNS:
+            values = [r[key] for r in rows if isinstance(r.get(key), int | float)]
+            cells.append(f"{statistics.median(values):.2f}" if values else "")
+        first = rows[0]
+        lines.append(
+            f"| {model} | {first.get('version', '')} | {first.get('instances', '')} | "
+            + " | ".join(cells)
+            + f" | {first.get('source') or ('python: imports + initialize()' if first.get('instances') else 'ensemble')} |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

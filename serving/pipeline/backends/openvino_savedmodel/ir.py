@@ -77,9 +77,9 @@ def valid(version_dir: Path) -> tuple[bool, str]:
 
 def convert(version_dir: Path):
     """The SavedModel converted in memory (what the backend did before there was an IR)."""
-    import openvino as ov
+    from openvino.tools.ovc import convert_model  # not `ov.convert_model`: the backend imports openvino without it
 
-    return ov.convert_model(str(Path(version_dir) / SAVEDMODEL))
+    return convert_model(str(Path(version_dir) / SAVEDMODEL))
 
 
 def build(version_dir: Path) -> Path:

@@ -29,8 +29,19 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
-import openvino as ov  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
+
+# `import openvino` also imports its model converter (openvino.tools.ovc, with its telemetry client and urllib:
+# about a third of the import), which only a SavedModel without a valid IR needs; ir.convert imports it then.
+_OVC = "openvino.tools.ovc"
+_defer_ovc = _OVC not in sys.modules
+if _defer_ovc:
+    sys.modules[_OVC] = None  # makes openvino's own `try: from openvino.tools.ovc import ...` skip it
+try:
+    import openvino as ov  # noqa: E402
+finally:
+    if _defer_ovc:
+        del sys.modules[_OVC]
 
 
 def _sibling(name: str):
