@@ -301,7 +301,7 @@ def breakdown_table(runs: list[dict[str, dict]]) -> str:
         lines.append(
             f"| {model} | {first.get('version', '')} | {first.get('instances', '')} | "
             + " | ".join(cells)
-            + f" | {first.get('source') or ('python: imports + initialize()' if first.get('instances') else 'ensemble')} |"
+            + f" | {first.get('source') or ('python: imports + init' if first.get('instances') else 'ensemble')} |"
         )
     return "\n".join(lines)
 
