@@ -9,7 +9,14 @@ DATA ?= ../shared/datasets/UTKFace.tar.gz
 # A folder or s3://[HOST:PORT/]BUCKET/PREFIX (credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).
 MODEL_REPOSITORY ?= model_repository
 
-setup: $(STAMP)
+# argv_secret.so keeps the admin key off Triton's command line (serving/runtime/argv_secret.c).
+ARGV_SECRET := $(VENV)/lib/argv_secret.so
+
+setup: $(STAMP) $(ARGV_SECRET)
+
+$(ARGV_SECRET): serving/runtime/argv_secret.c | $(STAMP)
+	command -v gcc >/dev/null || (apt-get update && apt-get install -y gcc libc6-dev)
+	gcc -shared -fPIC -O2 -Wall -Wextra -Werror -o $@ $<
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)

@@ -38,6 +38,7 @@ def triton_args(
     config_name: str,
     shm_prefix: str,
     admin_key: str,
+    internal_key: str | None = None,
     extra_args: tuple[str, ...] = (),
 ) -> list[str]:
     """Every ``tritonserver`` argument (not the binary). ``inner_host``: where Triton's HTTP and gRPC listen
@@ -56,6 +57,6 @@ def triton_args(
         # model just to ask it to complete its config, which doubles the stubs started at cold start.
         "--disable-auto-complete-config",
         f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
-        *security.restricted_args(admin_key),
+        *security.restricted_args(admin_key, internal_key),
     ]
     return [*args, *extra_args]

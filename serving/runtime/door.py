@@ -12,8 +12,11 @@ Limits, per request:
   protobuf framing; larger gets HTTP 413 / gRPC RESOURCE_EXHAUSTED;
 * compression: HTTP ``Content-Encoding`` or gRPC ``grpc-encoding`` other than identity is refused
   (HTTP 415 / gRPC INVALID_ARGUMENT) since the inflated size would be unbounded inside Triton;
-* time: :data:`REQUEST_TIMEOUT_S` for the whole answer, 10 s for headers, 30 s between body packets;
+* time: :data:`REQUEST_TIMEOUT_S` for the whole answer, 10 s for headers, :data:`BODY_READ_TIMEOUT_S` between body
+  packets;
 * connections: keep-alive 30 s and 1,000 requests, 128 concurrent gRPC streams per connection;
+* per client address (:class:`ClientLimits`, docs/security.md "Fair sharing at the door"): concurrent requests
+  (HTTP/2: streams) and a request rate with a burst; over them HTTP 429 / gRPC RESOURCE_EXHAUSTED;
 * JSON: the JSON part of an HTTP request (the whole body, or the header part of the binary-data extension given by
   ``Inference-Header-Content-Length``) is at most :data:`MAX_JSON_BYTES`, else HTTP 413 (see there).
 
@@ -27,8 +30,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import pwd
+import re
 import shutil
 import signal
 import subprocess
@@ -40,6 +45,11 @@ from common.contract import PUBLIC_MODELS
 from serving.pipeline.decode import REQUEST_MAX_BYTES
 from serving.runtime.subproc import stop_process
 
+try:
+    import resource
+except ImportError:  # not POSIX
+    resource = None
+
 #: Largest request body accepted at the door (images plus framing).
 MAX_BODY = REQUEST_MAX_BYTES + 2**20
 #: Longest a request may take from the door's point of view (queueing and inference). The worst single
@@ -47,6 +57,62 @@ MAX_BODY = REQUEST_MAX_BYTES + 2**20
 #: one core, measured on the 2-core CI machine); 60 s lets about 20 such requests queue ahead of one
 #: on the two preprocess instances. The launcher's drain timeout is derived from it (serving.runtime.launch).
 REQUEST_TIMEOUT_S = 60
+
+#: Between two reads of a request body. nginx has no total upload deadline (client_body_timeout is per read), so a
+#: body trickled just faster than this holds its connection for as long as the caller likes: that is bounded per
+#: address by ClientLimits.connections (a slow uploader only spends its own address's share), and the connection
+#: table is sized for it (WORKER_CONNECTIONS). 10 s is still generous for any live uplink.
+BODY_READ_TIMEOUT_S = 10
+#: Connection table of the (single) worker: the target concurrency plus a hostile client's 1,100 slow uploads
+#: with room to spare; a proxied request takes two entries (client and upstream). nginx on two cores serves
+#: the crop path's few hundred requests/s with one worker, so more workers would only compete with Triton.
+WORKER_CONNECTIONS = 8192
+#: Open files nginx asks for (a connection is one file); capped to the hard limit when not root (no privilege to
+#: raise it).
+WORKER_NOFILE = 2 * WORKER_CONNECTIONS + 64
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientLimits:
+    """What one client address may hold at the door (nginx keys them on ``$binary_remote_addr``).
+
+    Defaults let one load generator run the target concurrency (c=64, HTTP or gRPC) with headroom, while one
+    hostile address cannot take the connection table or the request queue from everyone else. Environment:
+    ``DOOR_CLIENT_CONNECTIONS``, ``DOOR_CLIENT_RATE``, ``DOOR_CLIENT_BURST``; the launcher has the same options.
+    Behind another proxy or load balancer every caller shares its address: raise the limits there (or keep the
+    door as the first hop).
+    """
+
+    #: Requests in flight at once (HTTP/1.1: connections with a request; HTTP/2: streams), nginx ``limit_conn``.
+    connections: int = 128
+    #: Sustained requests per second (nginx ``limit_req``); the crop path serves ~430/s at c=16 on two cores.
+    rate: int = 1000
+    #: Requests above the rate accepted at once before 429 (``burst ... nodelay``: no added latency).
+    burst: int = 1000
+
+    ENV = {"connections": "DOOR_CLIENT_CONNECTIONS", "rate": "DOOR_CLIENT_RATE", "burst": "DOOR_CLIENT_BURST"}
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"door client limit {field.name} must be a positive integer, got {value!r}")
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: int | None) -> ClientLimits:
+        """Defaults, then the environment, then ``overrides`` that are not None (launcher options)."""
+        environ = os.environ if environ is None else environ
+        values = {}
+        for name, env in cls.ENV.items():
+            raw = environ.get(env, "").strip()
+            if raw:
+                try:
+                    values[name] = int(raw)
+                except ValueError:
+                    raise ValueError(f"{env} must be a positive integer, got {raw!r}") from None
+        values |= {k: v for k, v in overrides.items() if v is not None}
+        return cls(**values)
+
 
 #: Part of the cancelled-ensemble workaround for Triton 2.51 (why: common/triton_workarounds.py): the door drops
 #: the ``grpc-timeout`` header, so Triton never cancels on its own timer; the caller still gets DEADLINE_EXCEEDED
@@ -77,6 +143,18 @@ def find_nginx() -> str | None:
     return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None)
 
 
+#: Stands for a config line that is left out (the whole line goes).
+_OMIT = "#omit#"
+
+
+def _nofile() -> int:
+    """WORKER_NOFILE, or the hard limit where nginx may not raise it (not root)."""
+    if resource is None or os.geteuid() == 0:
+        return WORKER_NOFILE
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return WORKER_NOFILE if hard == resource.RLIM_INFINITY else min(WORKER_NOFILE, hard)
+
+
 def _worker_user() -> str:
     """nginx runs its workers as an unprivileged user when started as root."""
     if os.geteuid() != 0:
@@ -101,25 +179,44 @@ def nginx_config(
     error_log: str = "stderr",
     pid: str | None = None,
     user: str | None = None,
+    limits: ClientLimits | None = None,
+    internal_key: str | None = None,
+    nofile: int | None = None,
     gate_http: str | None = None,
     gate_grpc: str | None = None,
 ) -> str:
-    """The complete nginx.conf. ``triton_http``/``triton_grpc`` are the ``host:port`` Triton listens on."""
+    """The complete nginx.conf. ``triton_http``/``triton_grpc`` are the ``host:port`` Triton listens on.
+
+    ``internal_key``: presented to Triton on every forwarded request (serving/runtime/security.py
+    ``INTERNAL_APIS``); the file then holds a secret, so :class:`Door` writes it owner-only.
+    """
     user = _worker_user() if user is None else user
+    limits = ClientLimits() if limits is None else limits
+    http_key = grpc_key = _OMIT
+    if internal_key is not None:
+        from serving.runtime import security
+
+        http_key = f'proxy_set_header {security.INTERNAL_HEADER} "{internal_key}";'
+        grpc_key = f'grpc_set_header {security.GRPC_INTERNAL_METADATA} "{internal_key}";'
+    too_many = (
+        f"too many requests from your address (at most {limits.connections} at once and {limits.rate} per second, "
+        f"bursts of {limits.burst}); retry later"
+    )
     pid_line = f"pid {pid or prefix + '/nginx.pid'};"
     strip = 'grpc_set_header grpc-timeout "";' if STRIP_GRPC_DEADLINE else ""
     kinds = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     temps = "\n".join(f"{kind}_temp_path {prefix}/{kind}_temp;" for kind in kinds)
     host = f"[{listen_host}]" if ":" in listen_host else listen_host
-    return textwrap.dedent(
+    text = textwrap.dedent(
         f"""\
         # Generated by serving/runtime/door.py: edit that file, not this one.
         daemon off;
         {user}
         worker_processes 1;
+        worker_rlimit_nofile {nofile or _nofile()};
         {pid_line}
         error_log {error_log} warn;
-        events {{ worker_connections 1024; }}
+        events {{ worker_connections {WORKER_CONNECTIONS}; }}
         http {{
             access_log off;
             server_tokens off;
@@ -128,7 +225,21 @@ def nginx_config(
             client_max_body_size {MAX_BODY};
             client_body_buffer_size 1m;
             client_header_timeout 10s;
-            client_body_timeout 30s;
+            client_body_timeout {BODY_READ_TIMEOUT_S}s;
+            # A timed-out connection is reset, not closed gracefully: its memory is freed at once.
+            reset_timedout_connection on;
+            # A refused request's unread body is drained for at most this long before the connection closes.
+            lingering_time 10s;
+            lingering_timeout 2s;
+            # Fair sharing (ClientLimits): per client address; 429 (gRPC RESOURCE_EXHAUSTED) over them.
+            limit_conn_zone $binary_remote_addr zone=per_client:10m;
+            limit_req_zone $binary_remote_addr zone=per_client_rate:10m rate={limits.rate}r/s;
+            limit_conn per_client {limits.connections};
+            limit_req zone=per_client_rate burst={limits.burst} nodelay;
+            limit_conn_status 429;
+            limit_req_status 429;
+            limit_conn_log_level warn;
+            limit_req_log_level warn;
             send_timeout 30s;
             keepalive_timeout 30s;
             keepalive_requests 1000;
@@ -162,12 +273,14 @@ def nginx_config(
                 listen {host}:{http_port};
                 error_page 502 504 =503 @unavailable;
                 error_page 413 @too_large;
+                error_page 429 @too_many;
                 location = /v2/health/ready {{
                     if (-f {prefix}/unready) {{ return 503 '{{"error":"server is shutting down"}}'; }}
                     if (-f {prefix}/draining) {{ return 503 '{{"error":"server is shutting down"}}'; }}
                     proxy_pass http://triton_http;
                     proxy_http_version 1.1;
                     proxy_set_header Connection "";
+                    {http_key}
                 }}
                 location / {{
                     if ($compressed) {{
@@ -181,6 +294,7 @@ def nginx_config(
                     proxy_pass http://$route;
                     proxy_http_version 1.1;
                     proxy_set_header Connection "";
+                    {http_key}
                     proxy_connect_timeout 5s;
                     proxy_send_timeout {REQUEST_TIMEOUT_S}s;
                     proxy_read_timeout {REQUEST_TIMEOUT_S}s;
@@ -192,11 +306,16 @@ def nginx_config(
                 location @too_large {{
                     return 413 '{{"error":"request body larger than {MAX_BODY} bytes; send fewer or smaller images"}}';
                 }}
+                location @too_many {{
+                    add_header Retry-After 1 always;
+                    return 429 '{{"error":"{too_many}"}}';
+                }}
             }}
 
             server {{
                 listen {host}:{grpc_port} http2;
                 error_page 413 @too_large;
+                error_page 429 @too_many;
                 error_page 502 504 @unavailable;
                 location / {{
                     if ($grpc_compressed) {{
@@ -212,6 +331,7 @@ def nginx_config(
                         return 200;
                     }}
                     {strip}
+                    {grpc_key}
                     grpc_pass grpc://gate_grpc;
                     # Triton echoes names into grpc-message; nginx's default 4-8k header buffer turned the error of
                     # a 5,000-character model name into a misleading UNAVAILABLE (found by loadtest/abuse/suite.py).
@@ -226,6 +346,12 @@ def nginx_config(
                     add_header content-type application/grpc always;
                     return 200;
                 }}
+                location @too_many {{
+                    add_header grpc-status 8 always;
+                    add_header grpc-message "{too_many}" always;
+                    add_header content-type application/grpc always;
+                    return 200;
+                }}
                 location @unavailable {{
                     add_header grpc-status 14 always;
                     add_header grpc-message "Triton is not reachable (restarting?); retry shortly" always;
@@ -236,6 +362,7 @@ def nginx_config(
         }}
         """
     )
+    return re.sub(rf"(?m)^[ \t]*{_OMIT}\n", "", text)
 
 
 class Door:
@@ -257,7 +384,11 @@ class Door:
         self.prefix.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
             self.prefix.chmod(0o711)  # workers (nobody) reach their temp folders, cannot list the prefix
-        self.config_path.write_text(nginx_config(prefix=str(self.prefix), **self.config))
+        # Owner-only: the config may hold the internal key (and the prefix is 0711 for root's workers).
+        self.config_path.unlink(missing_ok=True)
+        fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(nginx_config(prefix=str(self.prefix), **self.config))
         self.proc = subprocess.Popen(
             [binary, "-p", str(self.prefix), "-c", str(self.config_path), "-e", "stderr"],
             stdout=subprocess.PIPE,
@@ -292,6 +423,7 @@ def compose_nginx_config() -> str:
         triton_grpc="triton:8001",
         pid="/tmp/nginx.pid",
         user="",
+        nofile=WORKER_NOFILE,  # root in the official image
     )
 
 

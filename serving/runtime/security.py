@@ -18,13 +18,22 @@ metrics port (read-only Prometheus counters). Restricted to callers presenting t
 In a Kubernetes manifest, write the arguments with the secret from the environment, e.g.
 ``--http-restricted-api=shared-memory,model-repository,statistics,trace,logging:admin-key=$(TRITON_ADMIN_KEY)``
 (see :func:`restricted_args` with ``secret="$(TRITON_ADMIN_KEY)"``).
+
+Locally (docs/security.md "Secrets and ports") no secret is ever on a command line: :func:`hidden_restricted_args`
+gives Triton placeholders, and ``argv_secret.so`` (serving/runtime/argv_secret.c, built by ``make setup``), preloaded
+into tritonserver, swaps in the values from the environment before its ``main`` runs. Behind the front door,
+Triton's own loopback ports also refuse :data:`INTERNAL_APIS` (inference and model config) without a second,
+internal key that only the door presents, so another local user cannot skip the door's limits.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import secrets
+import sys
+from pathlib import Path
 
 #: Environment variable holding the admin secret.
 ADMIN_KEY_ENV = "TRITON_ADMIN_KEY"
@@ -34,8 +43,21 @@ ADMIN_HEADER = "admin-key"
 GRPC_ADMIN_METADATA = "triton-grpc-protocol-" + ADMIN_HEADER
 #: Triton API groups refused without the secret (the same names for HTTP APIs and gRPC protocols).
 RESTRICTED_APIS = ("shared-memory", "model-repository", "statistics", "trace", "logging")
-#: Groups every caller may use.
+#: Groups every caller may use (behind the front door, :data:`INTERNAL_APIS` of them only through the door).
 OPEN_APIS = ("health", "metadata", "inference", "model-config")
+
+#: The internal key: Triton's own ports refuse these groups without it; the front door adds it to every request
+#: it forwards. Random per launcher process unless :data:`INTERNAL_KEY_ENV` is set (a separately started gate).
+INTERNAL_APIS = ("inference", "model-config")
+INTERNAL_KEY_ENV = "TRITON_INTERNAL_KEY"
+INTERNAL_HEADER = "internal-key"
+GRPC_INTERNAL_METADATA = "triton-grpc-protocol-" + INTERNAL_HEADER
+_internal_key: str | None = None
+
+#: The preload library that swaps placeholders for secrets in tritonserver's argv (``make setup`` builds it).
+ARGV_SECRET_LIB = Path(sys.prefix) / "lib" / "argv_secret.so"
+#: Environment variable naming (comma-separated) the variables whose ``@NAME@`` placeholders the library replaces.
+ARGV_SECRETS_ENV = "ARGV_SECRETS"
 
 
 def admin_key(environ: dict[str, str] | None = None) -> tuple[str, bool]:
@@ -53,10 +75,56 @@ def fingerprint(secret: str) -> str:
     return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()[:8]
 
 
-def restricted_args(secret: str) -> list[str]:
-    """The ``tritonserver`` arguments that close :data:`RESTRICTED_APIS` on HTTP and gRPC behind ``secret``."""
-    groups = ",".join(RESTRICTED_APIS)
-    return [
-        f"--http-restricted-api={groups}:{ADMIN_HEADER}={secret}",
-        f"--grpc-restricted-protocol={groups}:{ADMIN_HEADER}={secret}",
-    ]
+def internal_key(environ: dict[str, str] | None = None) -> str:
+    """``$TRITON_INTERNAL_KEY``, else one random key for this process (the door and Triton it starts share it)."""
+    global _internal_key
+    value = (os.environ if environ is None else environ).get(INTERNAL_KEY_ENV, "").strip()
+    if value:
+        # It is written into nginx.conf and Triton's flag syntax: URL-safe characters only.
+        if not re.fullmatch(r"[A-Za-z0-9._~-]{16,}", value):
+            raise ValueError(f"{INTERNAL_KEY_ENV} must be at least 16 of A-Z a-z 0-9 . _ ~ -")
+        return value
+    if _internal_key is None:
+        _internal_key = secrets.token_urlsafe(32)
+    return _internal_key
+
+
+def restricted_args(secret: str, internal: str | None = None) -> list[str]:
+    """The ``tritonserver`` arguments that close :data:`RESTRICTED_APIS` on HTTP and gRPC behind ``secret``,
+    and with ``internal`` also :data:`INTERNAL_APIS` behind that key (Triton takes one flag per key)."""
+    pairs = [(RESTRICTED_APIS, ADMIN_HEADER, secret)]
+    if internal is not None:
+        pairs.append((INTERNAL_APIS, INTERNAL_HEADER, internal))
+    args = []
+    for groups, header, value in pairs:
+        args += [
+            f"--http-restricted-api={','.join(groups)}:{header}={value}",
+            f"--grpc-restricted-protocol={','.join(groups)}:{header}={value}",
+        ]
+    return args
+
+
+def placeholder(env_name: str) -> str:
+    """What stands on the command line for the value of ``env_name`` (argv_secret.c replaces it)."""
+    return f"@{env_name}@"
+
+
+def hide_in_env(env: dict[str, str], values: dict[str, str]) -> dict[str, str]:
+    """Moves secrets off the command line: puts ``values`` (env name -> secret) and the preload into ``env`` (the
+    child's environment, readable by its owner only) and returns env name -> placeholder to write in the arguments
+    instead. Only for a real ELF binary started directly (a wrapper script would exec with the values in argv)."""
+    if not ARGV_SECRET_LIB.is_file():
+        raise FileNotFoundError(
+            f"{ARGV_SECRET_LIB} is missing: it keeps the admin key off Triton's command line. "
+            "Run `make setup` (it compiles serving/runtime/argv_secret.c with gcc)."
+        )
+    env.update(values)
+    env[ARGV_SECRETS_ENV] = ",".join(values)
+    env["LD_PRELOAD"] = " ".join(filter(None, [str(ARGV_SECRET_LIB), env.get("LD_PRELOAD")]))
+    return {name: placeholder(name) for name in values}
+
+
+def internal_headers(key: str) -> dict[str, str]:
+    """What a forwarder (the door, or the gate) adds to every call to Triton: the HTTP header and the gRPC metadata
+    (each side ignores the other's name)."""
+    return {INTERNAL_HEADER: key, GRPC_INTERNAL_METADATA: key}

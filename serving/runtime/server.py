@@ -24,6 +24,7 @@ from pathlib import Path
 from serving.runtime import binary, children, command, ports, security, shm_guard, storage
 from serving.runtime import door as proxy
 from serving.runtime.errors import TritonStartError
+from serving.runtime.gate_process import GateProcess
 from serving.runtime.subproc import stop_process
 
 DEFAULT_REPOSITORY = binary.DEFAULT_REPOSITORY
@@ -62,6 +63,7 @@ class TritonServer:
         restart: bool = True,
         admin_key: str | None = None,
         drain_grace: float = 0.0,
+        door_limits: proxy.ClientLimits | None = None,
     ):
         # An s3:// URI is kept as given (Triton reads it itself); a folder is made absolute.
         self.model_repository = (
@@ -76,6 +78,8 @@ class TritonServer:
         self.extra_args = tuple(extra_args)
         # nginx in front (public ports) and Triton on internal ones; front_door=False serves Triton directly.
         self.front_door = front_door
+        # Per client address at the door (docs/security.md "Fair sharing at the door"); env DOOR_CLIENT_*.
+        self.door_limits = door_limits or proxy.ClientLimits.from_env()
         self.restart = restart
         self.drain_grace = drain_grace
         if admin_key is None:
@@ -99,6 +103,7 @@ class TritonServer:
         self._reader: threading.Thread | None = None
         self._started_at = 0.0
         self._door: proxy.Door | None = None
+        self._gate: GateProcess | None = None  # between the door and Triton (serving/runtime/gate.py)
         self._reaper: subprocess.Popen | None = None
         self._supervisor: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -141,6 +146,15 @@ class TritonServer:
         executable, backends = binary.container_binary(), None
         if executable is None:
             executable, backends = binary.pip_triton(Path(self._run_dir()), env)
+        # Keys travel in the environment; Triton's argv holds placeholders (serving/runtime/argv_secret.c). Behind
+        # the door, Triton's own ports also want the internal key for inference, which only the door presents.
+        keys = {security.ADMIN_KEY_ENV: self.admin_key}
+        if self.front_door:
+            keys[security.INTERNAL_KEY_ENV] = security.internal_key()
+        try:
+            hidden = security.hide_in_env(env, keys)
+        except FileNotFoundError as err:
+            raise TritonStartError(str(err)) from None
         args = command.triton_args(
             model_repository=self.model_repository,
             backend_directory=backends,
@@ -152,7 +166,8 @@ class TritonServer:
             metrics_port=self.metrics_port,
             config_name=self.config_name,
             shm_prefix=self.shm_prefix,
-            admin_key=self.admin_key,
+            admin_key=hidden[security.ADMIN_KEY_ENV],
+            internal_key=hidden.get(security.INTERNAL_KEY_ENV),
             extra_args=self.extra_args,
         )
         return [executable, *args], env
@@ -208,6 +223,15 @@ class TritonServer:
 
     def _start_door(self) -> None:
         self.triton_http_port, self.triton_grpc_port = ports.free_port(), ports.free_port()
+        # The gate listens before nginx forwards to it; nginx routes gRPC and HTTP inference through it.
+        self._gate = GateProcess(
+            triton_http=f"127.0.0.1:{self.triton_http_port}",
+            triton_grpc=f"127.0.0.1:{self.triton_grpc_port}",
+            admin_key=self.admin_key,
+            upstream_headers=security.internal_headers(security.internal_key()),
+        )
+        self._gate.on_start = lambda proc: self._tell_reaper(f"pgid {proc.pid}")
+        self._gate.start()
         self._door = proxy.Door(
             Path(self._run_dir()) / "nginx",
             listen_host=self.host,
@@ -215,6 +239,10 @@ class TritonServer:
             grpc_port=self.grpc_port,
             triton_http=f"127.0.0.1:{self.triton_http_port}",
             triton_grpc=f"127.0.0.1:{self.triton_grpc_port}",
+            gate_http=self._gate.http,
+            gate_grpc=self._gate.grpc,
+            limits=self.door_limits,
+            internal_key=security.internal_key(),  # the forwarder next to Triton presents it
         )
         try:
             door = self._door.start(preexec_fn=children.own_session_child)
@@ -335,6 +363,9 @@ class TritonServer:
                 time.sleep(self.drain_grace)
                 door.set_flag("draining")  # then new requests get 503 / UNAVAILABLE
             door.stop(timeout=DRAIN_TIMEOUT)
+        gate, self._gate = self._gate, None
+        if gate is not None:
+            gate.stop()  # after the door: nothing new reaches it, and what it still forwards finishes
         proc, self._proc = self._proc, None
         if proc is not None:
             if proc.poll() is None:
