@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from client.api import AgeGenderClient
+from client.client import AgeGenderClient
 from client.errors import AgeGenderError, InvalidImageError
 from client.results import FaceResult, FacesResult
 
@@ -31,7 +31,7 @@ EXIT_SERVER = 2
 def build_parser() -> argparse.ArgumentParser:
     """Returns the CLI's argument parser."""
     parser = argparse.ArgumentParser(
-        prog="python -m client",
+        prog="agegender",
         description="Estimate age and gender of the face in each image through Triton.",
         epilog="Exit codes: 0 all images processed, 1 some image failed, 2 server unreachable or not ready.",
     )

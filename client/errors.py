@@ -46,6 +46,10 @@ class ServerError(AgeGenderError):
     """Triton failed or rejected the request for a reason the client cannot fix by retrying."""
 
 
+class ProtocolMismatchError(AgeGenderError):
+    """The address answers the other protocol: an HTTP port called over gRPC, or the reverse."""
+
+
 _MODEL_MISSING_HINTS = ("unknown model", "not ready", "no available versions", "is not found", "not found")
 
 

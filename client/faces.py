@@ -5,17 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from client.results import DetectedFace, FacesResult, finite_or_none
+from client.utils import text
 from common import contract as c
-
-
-def _text(value: object) -> str:
-    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
 
 
 def parse_faces(outputs: dict[str, np.ndarray | None], file: str | None = None) -> FacesResult:
     """Builds the result for one image from the model's outputs (missing tensors count as no faces)."""
     error = outputs.get(c.FACES_ERROR)
-    message = _text(error.reshape(-1)[0]).strip() if error is not None and error.size else ""
+    message = text(error.reshape(-1)[0]).strip() if error is not None and error.size else ""
     if message:
         return FacesResult.failed(message, file=file)
     box = outputs.get(c.FACES_BOX)
@@ -33,7 +30,7 @@ def parse_faces(outputs: dict[str, np.ndarray | None], file: str | None = None) 
     faces = []
     for k in range(n):
         probability = finite_or_none(female[k])
-        label = _text(gender[k])
+        label = text(gender[k])
         if label not in ("male", "female"):
             label = None if probability is None else ("female" if probability >= c.GENDER_THRESHOLD else "male")
         faces.append(

@@ -25,6 +25,7 @@ from client import (
     InferenceTimeoutError,
     InvalidImageError,
     ModelNotReadyError,
+    ProtocolMismatchError,
     RequestTooLargeError,
     ServerError,
     ServerUnavailableError,
@@ -274,12 +275,15 @@ def test_retries_until_a_starting_server_is_ready(tiny_repo, reference):
     assert_same(reference, outcome["result"])
 
 
+#: The console command `make setup` installs ([project.scripts]); the CLI tests run it as users do.
+AGEGENDER = Path(sys.executable).with_name("agegender")
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("TRITON_URL", None)
-    return subprocess.run(
-        [sys.executable, "-m", "client", *args], capture_output=True, text=True, timeout=120, cwd=ROOT, env=env
-    )
+    # Nothing activated, no PYTHONPATH, another working directory: the installed command must find its package.
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_URL", "PYTHONPATH", "VIRTUAL_ENV")}
+    env["PATH"] = "/usr/bin:/bin"
+    return subprocess.run([str(AGEGENDER), *args], capture_output=True, text=True, timeout=120, cwd="/", env=env)
 
 
 @integration
@@ -324,7 +328,48 @@ def test_cli_human_output_and_success_exit_code(triton_tiny, reference, tmp_path
     assert "box [0, 0, 320, 240]" in second
 
 
+@integration
+@pytest.mark.parametrize(("protocol", "port_of"), [("grpc", "http"), ("http", "grpc")])
+def test_the_other_protocols_port_is_named_not_reported_down(triton_tiny, protocol, port_of):
+    """A running server on the wrong port: the message says which protocol answers, and no retry waits."""
+    url = url_of(triton_tiny, port_of)
+    args = ["--protocol", protocol] if protocol == "http" else []  # gRPC is the CLI's default
+    start = time.monotonic()
+    proc = run_cli(str(GRACE), "--url", url, "--retries", "5", *args)
+    took = time.monotonic() - start
+    assert proc.returncode == 2, proc.stderr
+    answered, asked = ("HTTP", "gRPC") if protocol == "grpc" else ("gRPC", "HTTP")
+    expected_port = 8001 if protocol == "grpc" else 8000
+    expected = f"{url} answers {answered}, not {asked}: use --protocol {port_of} (protocol='{port_of}') or port "
+    assert f"error: {expected}{expected_port}" in proc.stderr
+    assert "is tritonserver running" not in proc.stderr and "attempts" not in proc.stderr
+    assert took < 30  # five retries with the default backoff would sleep 15.5 s on top of start-up
+    with AgeGenderClient(url, protocol=protocol, retries=0) as client:
+        assert client.health().error.startswith(f"{url} answers {answered}")
+        with pytest.raises(ProtocolMismatchError):
+            client.wait_until_ready(timeout=5)
+        with pytest.raises(ProtocolMismatchError):
+            client.predict(GRACE)
+
+
 # -- no server needed ------------------------------------------------------------------------------------
+
+
+def test_python_m_client_without_its_dependencies_says_what_to_run():
+    # -S: no site-packages, as with a system python that never had `make setup`.
+    proc = subprocess.run(
+        [sys.executable, "-S", "-m", "client", str(GRACE)], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert ".venv/bin/agegender" in line and "make setup" in line
+
+
+def test_installed_command_needs_nothing_activated():
+    proc = run_cli("--help")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: agegender ")
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
@@ -400,7 +445,7 @@ def test_results_serialise_to_the_documented_keys():
 
 
 def test_parse_outputs_maps_nan_interval_to_none():
-    from client.api import parse_outputs
+    from client.outputs import parse_outputs
 
     def batch(values, dtype=np.float32):
         return np.array(values, dtype=dtype).reshape(len(values), -1)

@@ -1,0 +1,146 @@
+"""Helpers of the client that hold no connection: addresses, image encoding, backoff and protocol detection."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+
+from client.errors import InvalidImageError
+
+ProtocolName = Literal["grpc", "http"]
+#: Everything :meth:`client.AgeGenderClient.predict` accepts as an image.
+ImageInput = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
+
+DEFAULT_PORTS: dict[str, int] = {"grpc": 8001, "http": 8000}
+#: How messages name the protocols.
+PROTOCOL_LABELS: dict[str, str] = {"grpc": "gRPC", "http": "HTTP"}
+#: Longest single wait between retries; keeps a long retry budget from turning into minute-long sleeps.
+MAX_BACKOFF_S = 8.0
+
+# An HTTP/2 client's first bytes (RFC 9113 section 3.4): the preface, then an empty SETTINGS frame.
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+_HTTP2_SETTINGS = 0x04
+
+
+def default_url(protocol: ProtocolName) -> str:
+    """Returns ``$TRITON_URL``, else localhost on ``$TRITON_GRPC_PORT``/``$TRITON_HTTP_PORT`` (8001/8000)."""
+    if env := os.environ.get("TRITON_URL"):
+        return env
+    variable = "TRITON_GRPC_PORT" if protocol == "grpc" else "TRITON_HTTP_PORT"
+    return f"localhost:{os.environ.get(variable, DEFAULT_PORTS[protocol])}"
+
+
+def split_scheme(url: str) -> tuple[str | None, str]:
+    """Splits ``scheme://host:port/...`` into the scheme and ``host:port`` (what tritonclient wants)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return None, url.rstrip("/")
+    return scheme.lower(), rest.split("/", 1)[0]
+
+
+def backoff_delay(attempt: int, backoff: float) -> float:
+    """Seconds to wait before retry number ``attempt + 1``: doubled each time, capped at :data:`MAX_BACKOFF_S`."""
+    return min(backoff * 2**attempt, MAX_BACKOFF_S)
+
+
+def probe_protocol(address: str, timeout: float = 1.0) -> ProtocolName | None:
+    """Which protocol the server at ``host:port`` speaks, from one HTTP/2 preface; None when it cannot tell.
+
+    gRPC runs over HTTP/2, so a gRPC port answers the preface with a SETTINGS frame; Triton's HTTP port
+    (and the nginx door in front of it) speaks HTTP/1 and answers with an ``HTTP/1.x 400`` status line.
+    Only the plain-text protocols are told apart: a TLS port answers neither way and gives None.
+    """
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]") or "localhost", int(port)), timeout=timeout) as sock:
+            sock.sendall(_HTTP2_PREFACE)
+            head = sock.recv(16)
+    except (OSError, ValueError):
+        return None
+    if head.startswith(b"HTTP/"):
+        return "http"
+    if len(head) >= 4 and head[3] == _HTTP2_SETTINGS:
+        return "grpc"
+    return None
+
+
+def image_name(image: ImageInput) -> str | None:
+    """The path an image came from, or None when it was not given as a path."""
+    return os.fspath(image) if isinstance(image, str | os.PathLike) else None
+
+
+def text(value: Any) -> str:
+    """A BYTES tensor element (or anything else) as text."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def encode_image(image: ImageInput, *, image_format: Literal["PNG", "JPEG"] = "PNG") -> bytes:
+    """Returns the encoded bytes to send for ``image``.
+
+    Paths are read and bytes passed through untouched: decoding and preprocessing happen on the server,
+    so every client sees the same pixels. PIL images and ``HxWxC`` uint8 arrays are encoded here.
+
+    Args:
+        image: A path, encoded image bytes, a PIL image or an RGB(A)/grey uint8 array.
+        image_format: Encoding for PIL images and arrays; PNG is lossless so results match the original file.
+
+    Raises:
+        InvalidImageError: The file is missing or unreadable, the bytes are empty, or the object is not an image.
+    """
+    if isinstance(image, str | os.PathLike):
+        path = Path(image)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise InvalidImageError(f"{path}: no such file") from None
+        except IsADirectoryError:
+            raise InvalidImageError(f"{path}: is a directory, not an image file") from None
+        except OSError as exc:
+            raise InvalidImageError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
+        if not data:
+            raise InvalidImageError(f"{path}: file is empty")
+        return data
+    if isinstance(image, bytes | bytearray | memoryview):
+        if not len(image):
+            raise InvalidImageError("image bytes are empty")
+        return bytes(image)
+    if isinstance(image, np.ndarray):
+        try:
+            image = Image.fromarray(image)
+        except (TypeError, ValueError) as exc:
+            raise InvalidImageError(f"array of shape {image.shape} and dtype {image.dtype} is not an image") from exc
+    if isinstance(image, Image.Image):
+        return _encode_pil(image, image_format)
+    raise InvalidImageError(
+        f"unsupported image type {type(image).__name__}; pass a path, bytes, a PIL image or a uint8 array"
+    )
+
+
+def _encode_pil(image: Image.Image, image_format: Literal["PNG", "JPEG"]) -> bytes:
+    exif = image.getexif()
+    if image_format == "JPEG":
+        if image.mode not in ("RGB", "L"):
+            image = image.convert("RGB")
+        save_kwargs: dict[str, Any] = {"quality": 95}
+    else:
+        if image.mode not in ("RGB", "RGBA", "L", "LA", "P", "1", "I", "I;16"):
+            image = image.convert("RGB")
+        # Speed matters more than size for a request that lives a few milliseconds.
+        save_kwargs = {"compress_level": 1}
+    if exif:
+        # Keeps the orientation tag, so the server's EXIF handling sees what it would see in the original file.
+        save_kwargs["exif"] = exif
+    buffer = io.BytesIO()
+    try:
+        image.save(buffer, format=image_format, **save_kwargs)
+    except (OSError, ValueError) as exc:
+        raise InvalidImageError(f"cannot encode {image.mode} image as {image_format}: {exc}") from exc
+    return buffer.getvalue()
