@@ -31,8 +31,8 @@ def parse_faces(outputs: dict[str, np.ndarray | None], file: str | None = None) 
     for k in range(n):
         probability = finite_or_none(female[k])
         label = text(gender[k])
-        if label not in ("male", "female"):
-            label = None if probability is None else ("female" if probability >= c.GENDER_THRESHOLD else "male")
+        if label not in (c.MALE, c.FEMALE):
+            label = None if probability is None else c.gender_label(probability)
         faces.append(
             DetectedFace(
                 age=finite_or_none(age[k]),

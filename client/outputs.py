@@ -46,8 +46,8 @@ def parse_outputs(outputs: dict[str, np.ndarray | None], files: Sequence[str | N
             continue
         probability = finite_or_none(fprob[k, 0]) if fprob is not None else None
         label = text(gender[k, 0]) if gender is not None else ""
-        if label not in ("male", "female"):
-            label = None if probability is None else ("female" if probability >= contract.GENDER_THRESHOLD else "male")
+        if label not in (contract.MALE, contract.FEMALE):
+            label = None if probability is None else contract.gender_label(probability)
         results.append(
             FaceResult(
                 age=finite_or_none(age[k, 0]) if age is not None else None,

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
+from common import contract
 from serving.pipeline.detect import FaceCropper, MultiFaceCropper, _area
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -213,7 +214,7 @@ def age_gender(scenes, faces, cropper: MultiFaceCropper) -> dict:
         age, female = run(crops)
         out[name] = {
             "age_mae": float(np.mean(np.abs(age - ages))),
-            "gender_acc": float(np.mean((female >= 0.5) == genders)),
+            "gender_acc": float(np.mean(contract.is_female(female) == genders)),
         }
     return out
 

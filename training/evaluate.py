@@ -25,7 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from common import spec  # noqa: E402
+from common import contract, spec  # noqa: E402
 from training import data as utk  # noqa: E402
 from training import heads  # noqa: E402
 from training.export import SAVEDMODEL, latest  # noqa: E402
@@ -91,7 +91,7 @@ def calibration(true: np.ndarray, prob: np.ndarray, bins: int = CALIBRATION_BINS
 
 
 def gender_metrics(true: np.ndarray, prob: np.ndarray) -> dict:
-    pred = (prob >= 0.5).astype(int)
+    pred = contract.is_female(prob).astype(int)
     cm = [[int(((true == t) & (pred == p)).sum()) for p in (0, 1)] for t in (0, 1)]
     per_class = {}
     for c, name in ((0, "male"), (1, "female")):

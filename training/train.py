@@ -24,7 +24,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from common import spec  # noqa: E402
+from common import contract, spec  # noqa: E402
 from training import data as utk  # noqa: E402
 from training import heads  # noqa: E402
 from training import model as models  # noqa: E402
@@ -302,7 +302,7 @@ def score(raw: list[np.ndarray], task: str, part: utk.Dataset, temperature: floa
     out = heads.flat(heads.summarize(raw, task, temperature=temperature))
     if task == "gender":
         p = out[spec.GENDER_OUTPUT]
-        return {"accuracy": float(((p >= 0.5) == part.genders).mean())}
+        return {"accuracy": float((contract.is_female(p) == part.genders).mean())}
     err = np.abs(out[spec.AGE_OUTPUT] - part.ages)
     result = {"mae": float(err.mean())}
     if np.isfinite(out[spec.AGE_LOW_OUTPUT]).all():

@@ -29,6 +29,7 @@ UTK_SIDE = 200
 #: Fitted crop constants; written by ``python -m research.calibrate_crop``.
 CALIBRATION_PATH = Path(__file__).with_name("crop_calibration.json")
 
+
 @dataclass(frozen=True)
 class Face:
     """One face, ready for the models."""
