@@ -137,6 +137,7 @@ class GrpcGate(grpc.GenericRpcHandler):
             return grpc.stream_stream_rpc_method_handler(self._refuse_stream)
         if rpc not in OPEN_RPCS and rpc not in ADMIN_RPCS:
             return None
+
         # No (de)serializers: requests and answers pass as bytes; only the ones checked are parsed.
         async def handler(request: bytes, context) -> bytes:  # a coroutine function: grpc.aio checks for one
             return await self._unary(rpc, request, context)
@@ -161,7 +162,7 @@ class GrpcGate(grpc.GenericRpcHandler):
                 if not (self.admin_key and hmac.compare_digest(str(given).encode(), self.admin_key.encode())):
                     await context.abort(
                         grpc.StatusCode.PERMISSION_DENIED,
-                        f"{rpc} is an admin API: send the admin key as metadata {security.GRPC_ADMIN_METADATA}",
+                        f"{rpc} is restricted to admins: send the admin key as metadata {security.GRPC_ADMIN_METADATA}",
                     )
                 metadata = (*metadata, (security.GRPC_ADMIN_METADATA, given))
         except DecodeError:

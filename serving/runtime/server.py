@@ -24,6 +24,7 @@ from pathlib import Path
 from serving.runtime import binary, children, command, ports, security, shm_guard, storage
 from serving.runtime import door as proxy
 from serving.runtime.errors import TritonStartError
+from serving.runtime.gate_process import GateProcess
 from serving.runtime.subproc import stop_process
 
 DEFAULT_REPOSITORY = binary.DEFAULT_REPOSITORY
@@ -102,6 +103,7 @@ class TritonServer:
         self._reader: threading.Thread | None = None
         self._started_at = 0.0
         self._door: proxy.Door | None = None
+        self._gate: GateProcess | None = None  # between the door and Triton (serving/runtime/gate.py)
         self._reaper: subprocess.Popen | None = None
         self._supervisor: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -221,6 +223,15 @@ class TritonServer:
 
     def _start_door(self) -> None:
         self.triton_http_port, self.triton_grpc_port = ports.free_port(), ports.free_port()
+        # The gate listens before nginx forwards to it; nginx routes gRPC and HTTP inference through it.
+        self._gate = GateProcess(
+            triton_http=f"127.0.0.1:{self.triton_http_port}",
+            triton_grpc=f"127.0.0.1:{self.triton_grpc_port}",
+            admin_key=self.admin_key,
+            upstream_headers=security.internal_headers(security.internal_key()),
+        )
+        self._gate.on_start = lambda proc: self._tell_reaper(f"pgid {proc.pid}")
+        self._gate.start()
         self._door = proxy.Door(
             Path(self._run_dir()) / "nginx",
             listen_host=self.host,
@@ -228,6 +239,8 @@ class TritonServer:
             grpc_port=self.grpc_port,
             triton_http=f"127.0.0.1:{self.triton_http_port}",
             triton_grpc=f"127.0.0.1:{self.triton_grpc_port}",
+            gate_http=self._gate.http,
+            gate_grpc=self._gate.grpc,
             limits=self.door_limits,
             internal_key=security.internal_key(),  # the forwarder next to Triton presents it
         )
@@ -350,6 +363,9 @@ class TritonServer:
                 time.sleep(self.drain_grace)
                 door.set_flag("draining")  # then new requests get 503 / UNAVAILABLE
             door.stop(timeout=DRAIN_TIMEOUT)
+        gate, self._gate = self._gate, None
+        if gate is not None:
+            gate.stop()  # after the door: nothing new reaches it, and what it still forwards finishes
         proc, self._proc = self._proc, None
         if proc is not None:
             if proc.poll() is None:

@@ -1,0 +1,93 @@
+"""The gate (serving/runtime/gate.py) as a supervised child of the launcher: started before nginx, restarted if it
+dies, stopped after nginx has drained."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import sys
+import threading
+from pathlib import Path
+
+from serving.runtime import children, ports, security
+from serving.runtime.errors import TritonStartError
+from serving.runtime.gate import READY_LINE, UPSTREAM_HEADERS_ENV
+from serving.runtime.subproc import stop_process
+
+ROOT = Path(__file__).resolve().parents[2]
+#: Seconds the gate may take to listen (imports grpc, aiohttp and protobuf: ~1 s on an idle core).
+START_TIMEOUT_S = 30.0
+
+
+class GateProcess:
+    """``python -m serving.runtime.gate`` on two free loopback ports (``grpc`` / ``http`` are ``host:port``)."""
+
+    def __init__(self, *, triton_http: str, triton_grpc: str, admin_key: str, upstream_headers: dict[str, str]):
+        self.grpc = f"127.0.0.1:{ports.free_port()}"
+        self.http = f"127.0.0.1:{ports.free_port()}"
+        self.triton_http, self.triton_grpc = triton_http, triton_grpc
+        self.admin_key = admin_key
+        self.upstream_headers = upstream_headers
+        self.log: collections.deque[str] = collections.deque(maxlen=100)
+        self.restarts = 0
+        self.proc = None
+        self._ready = threading.Event()
+        self._stopping = threading.Event()
+        self.on_start = lambda proc: None  # the launcher tells its reaper about each new process
+
+    def _command(self) -> tuple[list[str], dict[str, str]]:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+        # Secrets in the environment (owner-only in /proc), never in argv.
+        env[security.ADMIN_KEY_ENV] = self.admin_key
+        env[UPSTREAM_HEADERS_ENV] = json.dumps(self.upstream_headers)
+        cmd = [sys.executable, "-m", "serving.runtime.gate", "--grpc", self.grpc, "--http", self.http]
+        return [*cmd, "--triton-grpc", self.triton_grpc, "--triton-http", self.triton_http], env
+
+    def start(self) -> None:
+        """Starts the gate and returns once it listens (nginx must not forward to a closed port)."""
+        self._stopping.clear()
+        self._spawn()
+        if not self._ready.wait(START_TIMEOUT_S) or self.proc.poll() is not None:
+            self.stop()
+            raise TritonStartError("the gate did not start listening. Its log:\n" + "\n".join(self.log))
+        threading.Thread(target=self._supervise, daemon=True).start()
+
+    def _spawn(self) -> None:
+        self._ready.clear()
+        cmd, env = self._command()
+        self.proc = children.spawn(cmd, env=env)
+        self.on_start(self.proc)
+        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
+
+    def _read(self, proc) -> None:
+        for line in proc.stdout:
+            self.log.append("[gate] " + line.rstrip("\n"))
+            if line.startswith(READY_LINE):
+                self._ready.set()
+        self._ready.set()  # exited: start() and the supervisor look at the exit code
+
+    def _supervise(self) -> None:
+        # A crashed gate would turn every request into 503: restart it on the same ports (nginx points there).
+        while not self._stopping.is_set():
+            proc = self.proc
+            if proc is None:
+                return
+            code = proc.wait()
+            if self._stopping.is_set():
+                return
+            self.log.append(f"[gate] {children.describe_exit(code)}; restarting")
+            print(self.log[-1], file=sys.stderr, flush=True)
+            if self._stopping.wait(0.5):
+                return
+            self.restarts += 1
+            self._spawn()
+            self._ready.wait(START_TIMEOUT_S)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM (the gate lets what is still in flight finish), SIGKILL after ``timeout``."""
+        self._stopping.set()
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            stop_process(proc, timeout=timeout)

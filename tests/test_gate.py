@@ -1,0 +1,303 @@
+"""Issue 18, items 1, 2 and 6: the gate between the door and Triton (serving/runtime/gate.py), against a real server.
+
+Attackers send from 127.0.0.2 where the client library lets us choose (HTTP); victims call the crop path at the
+same time and must get their own answers, and only those.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import re
+import struct
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image, ImageOps
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+from common import contract
+from loadtest.abuse import cases
+from serving.runtime import gate, gate_check, security
+
+ROOT = Path(__file__).resolve().parents[1]
+CROP, DETECT = contract.CROP_ENSEMBLE, contract.DETECT_ENSEMBLE
+ATTACKER = "127.0.0.2"
+OVERFLOWS = ([2**62, 1], [2**62 + 1, 1], [2**62 + 3, 1], [2**32 + 1, 1], [2**63 - 1, 1], [-1, 1], [0, 1], [33, 1])
+
+
+# -- pure checks (no server) -------------------------------------------------------------------------------------
+
+
+def test_public_schema_matches_the_model_configs():
+    for name, model in gate_check.PUBLIC_INPUTS.items():
+        for config in [
+            ROOT / "model_repository" / name / "config.pbtxt",
+            *(ROOT / "model_repository" / name).glob("configs/*.pbtxt"),
+        ]:
+            text = config.read_text()
+            assert int(re.search(r"^max_batch_size:\s*(\d+)", text, re.M).group(1)) == model.max_batch_size, config
+            inputs = re.findall(
+                r'\{\s*name:\s*"(\w+)"\s+data_type:\s*TYPE_(\w+)\s+dims:\s*\[([^\]]*)\]', text.split("output")[0]
+            )
+            declared = {
+                n: (("BYTES" if t == "STRING" else t), tuple(int(d) for d in dims.split(","))) for n, t, dims in inputs
+            }
+            assert declared == {n: (t.datatype, t.dims) for n, t in model.inputs.items()}, config
+
+
+def _request(model: str, shape: list[int], blobs: list[bytes]) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name=model)
+    tensor = request.inputs.add(name="image", datatype="BYTES")
+    tensor.shape.extend(shape)
+    request.raw_input_contents.append(b"".join(struct.pack("<I", len(b)) + b for b in blobs))
+    return request
+
+
+@pytest.mark.parametrize("shape", OVERFLOWS)
+def test_declared_shapes_outside_the_schema_are_refused(shape):
+    with pytest.raises(gate_check.Refused, match="shape"):
+        gate_check.check_grpc_infer(_request(CROP, shape, [b"x"]))
+    header = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": shape, "parameters": {"binary_data_size": 5}}]}
+    with pytest.raises(gate_check.Refused, match="shape"):
+        gate_check.check_http_infer(CROP, header, struct.pack("<I", 1) + b"x")
+
+
+def test_element_count_must_match_the_data():
+    with pytest.raises(gate_check.Refused, match="length-prefixed"):
+        gate_check.check_grpc_infer(_request(CROP, [2, 1], [b"x"]))
+    gate_check.check_grpc_infer(_request(CROP, [2, 1], [b"x", b"yz"]))
+    with pytest.raises(gate_check.Refused, match="2 strings"):
+        gate_check.check_http_infer(
+            CROP, {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [2, 1], "data": ["a"]}]}, b""
+        )
+    request = _request(CROP, [1, 1], [b"x"])
+    request.parameters["timeout"].int64_param = 1
+    with pytest.raises(gate_check.Refused, match="timeout"):
+        gate_check.check_grpc_infer(request)
+
+
+# -- through the door, against a real server -----------------------------------------------------------------------
+
+
+def _images() -> list[bytes]:
+    """Crops that the tiny models answer differently, so a mixed-up row shows."""
+    base = Image.open(io.BytesIO(cases.face_crop())).convert("RGB")
+    variants = [
+        base,
+        ImageOps.mirror(base),
+        ImageOps.invert(base),
+        base.rotate(90),
+        ImageOps.grayscale(base).convert("RGB"),
+    ]
+    out = []
+    for img in variants:
+        buf = io.BytesIO()
+        img.save(buf, "PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def _answer(response: pb.ModelInferResponse) -> np.ndarray:
+    names = [o.name for o in response.outputs]
+    return np.frombuffer(response.raw_output_contents[names.index(contract.ENSEMBLE_AGE)], np.float32)
+
+
+@pytest.fixture(scope="module")
+def stub(triton_tiny):
+    channel = grpc.insecure_channel(triton_tiny.grpc_url)
+    yield pb_grpc.GRPCInferenceServiceStub(channel)
+    channel.close()
+
+
+@pytest.fixture(scope="module")
+def references(stub):
+    images = _images()
+    answers = [_answer(stub.ModelInfer(_request(CROP, [1, 1], [img]))) for img in images]
+    assert len({round(float(a[0]), 4) for a in answers}) > 1, "the crops must tell victims apart"
+    return list(zip(images, answers, strict=True))
+
+
+class Victims:
+    """Threads calling the crop path until stopped; each checks it got exactly its own answer."""
+
+    def __init__(self, url: str, references, count: int = 3):
+        self.url, self.references, self.count = url, references, count
+        self.ok = self.failed = self.wrong = 0
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(count)]
+
+    def _run(self, index: int) -> None:
+        image, expected = self.references[index % len(self.references)]
+        with grpc.insecure_channel(self.url) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            while not self._stop.is_set():
+                try:
+                    got = _answer(stub.ModelInfer(_request(CROP, [1, 1], [image]), timeout=60))
+                except grpc.RpcError as err:
+                    self.failed += 1
+                    self.errors.append(f"{err.code()}: {err.details()}"[:200])
+                    continue
+                if got.shape == expected.shape and np.allclose(got, expected, atol=1e-3):
+                    self.ok += 1
+                else:
+                    self.wrong += 1
+
+    def __enter__(self) -> Victims:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=90)
+
+    def assert_served(self) -> None:
+        assert self.wrong == 0, f"{self.wrong} victim answers held another caller's rows"
+        total = self.ok + self.failed
+        assert total > 0 and self.ok / total >= 0.99, (self.ok, self.failed, self.errors[:5])
+
+
+def _http(
+    url: str, method: str, path: str, body: bytes | None = None, headers: dict | None = None
+) -> tuple[int, bytes]:
+    host, port = url.rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=60, source_address=(ATTACKER, 0))
+    try:
+        connection.request(method, path, body=body, headers=headers or {})
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+def _http_infer(url: str, model: str, shape: list[int], blobs: list[bytes]) -> tuple[int, bytes]:
+    binary = b"".join(struct.pack("<I", len(b)) + b for b in blobs)
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "image", "datatype": "BYTES", "shape": shape, "parameters": {"binary_data_size": len(binary)}}
+            ]
+        }
+    ).encode()
+    headers = {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"}
+    return _http(url, "POST", f"/v2/models/{model}/infer", header + binary, headers)
+
+
+@pytest.mark.integration
+def test_internal_models_are_not_public(triton_tiny, stub):
+    crop = cases.face_crop()
+    for model in ("age", "gender", "preprocess", "preprocess_crop", "postprocess", "x" * 5000):
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ModelInfer(_request(model, [1, 1], [crop]))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND and "not a public model" in err.value.details()
+        assert len(err.value.details()) <= gate.ERROR_BYTES
+        for rpc, message in ((stub.ModelConfig, pb.ModelConfigRequest), (stub.ModelMetadata, pb.ModelMetadataRequest)):
+            with pytest.raises(grpc.RpcError) as err:
+                rpc(message(name=model))
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        status, body = _http_infer(triton_tiny.http_url, model, [1, 1], [crop])
+        assert status == 404 and b"not a public model" in body, body[:200]
+    for path in (
+        "/v2/models/age",
+        "/v2/models/age/config",
+        "/v2/models/%61ge/infer",
+        "/v2/models/age/versions/1/infer",
+    ):
+        assert _http(triton_tiny.http_url, "GET", path)[0] == 404, path
+    # The public ones still answer, with the real status of a Triton error.
+    assert stub.ModelConfig(pb.ModelConfigRequest(name=CROP)).config.max_batch_size == 32
+    assert _http(triton_tiny.http_url, "GET", f"/v2/models/{CROP}/config")[0] == 200
+    with pytest.raises(grpc.RpcError) as err:
+        stub.ModelInfer(
+            pb.ModelInferRequest(
+                model_name=CROP,
+                model_version="7" * 3000,
+                inputs=_request(CROP, [1, 1], [crop]).inputs,
+                raw_input_contents=[struct.pack("<I", 1) + b"x"],
+            )
+        )
+    assert (
+        err.value.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.OK)
+        and len(err.value.details()) <= gate.ERROR_BYTES
+    )
+
+
+@pytest.mark.integration
+def test_shape_overflow_is_refused_and_victims_get_only_their_own_answers(triton_tiny, stub, references):
+    crop = cases.face_crop()
+    refused = answered = 0
+    with Victims(triton_tiny.grpc_url, references) as victims:
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            for shape in OVERFLOWS:
+                try:
+                    stub.ModelInfer(_request(CROP, shape, [crop]))
+                    answered += 1
+                except grpc.RpcError as err:
+                    refused += err.code() == grpc.StatusCode.INVALID_ARGUMENT
+                status, _ = _http_infer(triton_tiny.http_url, CROP, shape, [crop])
+                refused += status == 400
+                answered += status == 200
+            for model, shape in (("age", [2**62, 64, 64, 3]), (DETECT, [2**62, 1])):
+                with pytest.raises(grpc.RpcError):
+                    stub.ModelInfer(_request(model, shape, [crop]))
+    assert answered == 0 and refused > 0
+    victims.assert_served()
+
+
+@pytest.mark.integration
+def test_cancel_flood_never_reaches_triton(triton_tiny, references):
+    pid, restarts = triton_tiny._proc.pid, triton_tiny.restarts
+    photo = cases.face_images()[0]
+    sent = 0
+    with Victims(triton_tiny.grpc_url, references) as victims, grpc.insecure_channel(triton_tiny.grpc_url) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            request = _request(DETECT, [1, 1], [photo])
+            if sent % 2:
+                # A client deadline of 5 ms: its library resets the stream (RST_STREAM) mid-inference.
+                with pytest.raises(grpc.RpcError):
+                    stub.ModelInfer(request, timeout=0.005)
+            else:
+                # A complete request, then an explicit cancel (RST_STREAM) 2-40 ms later.
+                future = stub.ModelInfer.future(request)
+                time.sleep(0.002 + 0.038 * (sent % 7) / 6)
+                future.cancel()
+            sent += 1
+            time.sleep(0.2)
+    time.sleep(2)  # a crash would show within a second of the last cancel
+    assert triton_tiny._proc.pid == pid and triton_tiny.restarts == restarts and triton_tiny._proc.poll() is None
+    assert sent >= 40
+    victims.assert_served()
+
+
+@pytest.mark.integration
+def test_admin_without_the_key_is_permission_denied(triton_tiny, stub):
+    for call, request in (
+        (stub.RepositoryIndex, pb.RepositoryIndexRequest()),
+        (stub.LogSettings, pb.LogSettingsRequest()),
+    ):
+        with pytest.raises(grpc.RpcError) as err:
+            call(request)
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        with pytest.raises(grpc.RpcError) as err:
+            call(request, metadata=[(security.GRPC_ADMIN_METADATA, "wrong")])
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert stub.RepositoryIndex(
+        pb.RepositoryIndexRequest(), metadata=[(security.GRPC_ADMIN_METADATA, triton_tiny.admin_key)]
+    ).models
+    assert _http(triton_tiny.http_url, "POST", "/v2/repository/index", b"{}")[0] == 403
+    # One request stream would carry many requests past one check: refused outright.
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.ModelStreamInfer(iter([_request(CROP, [1, 1], [b"x"])])))
+    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
