@@ -352,9 +352,10 @@ class TritonServer:
         return self.startup_seconds
 
     def stop(self) -> None:
-        """Drains, then stops: readiness off, new requests refused at the door, accepted ones finish
-        (up to DRAIN_TIMEOUT), then Triton gets SIGTERM (SIGKILL for its group after EXIT_TIMEOUT + 10 s);
-        leftover shared memory and the temporary folder are removed."""
+        """Drains, then stops: readiness off (``drain_grace`` s), new requests refused at the door (``drain_grace``
+        s), the door stops listening and accepted requests finish (up to DRAIN_TIMEOUT), then Triton gets SIGTERM
+        (SIGKILL for its group after EXIT_TIMEOUT + 10 s); leftover shared memory and the temporary folder are
+        removed."""
         self._stopping.set()
         door, self._door = self._door, None
         if door is not None:
@@ -362,7 +363,11 @@ class TritonServer:
                 door.set_flag("unready")  # load balancers stop sending first
                 time.sleep(self.drain_grace)
                 door.set_flag("draining")  # then new requests get 503 / UNAVAILABLE
-            door.stop(timeout=DRAIN_TIMEOUT)
+                # ... for as long again while the door still listens: closing its listeners resets connections
+                # still in the accept queue, and a graceful nginx stop closes accepted ones whose request has not
+                # arrived yet; callers that got their 503 have stopped sending by then.
+                time.sleep(self.drain_grace)
+            door.stop(timeout=DRAIN_TIMEOUT)  # listeners close; accepted requests finish, then nginx exits
         gate, self._gate = self._gate, None
         if gate is not None:
             gate.stop()  # after the door: nothing new reaches it, and what it still forwards finishes
