@@ -71,7 +71,7 @@ def _load(runtime: str, savedmodels: dict[str, Path], threads: int, workdir: Pat
             loaded = tf.saved_model.load(str(path))
             keep.append(loaded)
             sig = loaded.signatures["serving_default"]
-            fns[task] = lambda x, sig=sig, t=task: sig(**{contract.IMAGE_INPUT: tf.constant(x)})[
+            fns[task] = lambda x, sig=sig, t=task: sig(**{contract.CROP_INPUT: tf.constant(x)})[
                 contract.TASK_OUTPUTS[t]
             ].numpy()
         extra["version"] = tf.__version__
@@ -89,7 +89,7 @@ def _load(runtime: str, savedmodels: dict[str, Path], threads: int, workdir: Pat
             )
             request = compiled.create_infer_request()
             out = compiled.output(contract.TASK_OUTPUTS[task])
-            fns[task] = lambda x, r=request, o=out: np.array(r.infer({contract.IMAGE_INPUT: x})[o])
+            fns[task] = lambda x, r=request, o=out: np.array(r.infer({contract.CROP_INPUT: x})[o])
         extra["version"] = ov.__version__
         return fns, extra
     if runtime == "onnxruntime":

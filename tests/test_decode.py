@@ -8,9 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serving.pipeline.decode import ImageDecodeError, decode_image
+from serving.pipeline.decode import DecodeLimits, ImageDecodeError
 
-LIMITS = {"max_pixels": 1_000_000, "max_bytes": 1_000_000}
+#: Smaller than the served defaults so the limits are cheap to cross; decoded through the models' own entry point.
+LIMITS = DecodeLimits(max_pixels=1_000_000, max_bytes=1_000_000)
+
+
+def decode_image(data: bytes) -> Image.Image:
+    return LIMITS.decode(data).image
 
 
 def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -27,7 +32,7 @@ def gradient(w: int = 40, h: int = 30) -> Image.Image:
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "GIF"])
 def test_formats_decode_to_rgb(fmt):
-    out = decode_image(encode(gradient(), fmt), **LIMITS)
+    out = decode_image(encode(gradient(), fmt))
     assert out.mode == "RGB" and out.size == (40, 30)
     assert abs(int(np.asarray(out)[15, 0, 0]) - 0) < 40 and abs(int(np.asarray(out)[15, -1, 0]) - 255) < 40
 
@@ -35,14 +40,14 @@ def test_formats_decode_to_rgb(fmt):
 def test_gif_gives_first_frame():
     frames = [Image.new("RGB", (8, 8), c) for c in ("red", "blue")]
     data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
-    assert np.asarray(decode_image(data, **LIMITS))[0, 0].tolist() == [255, 0, 0]
+    assert np.asarray(decode_image(data))[0, 0].tolist() == [255, 0, 0]
 
 
 def test_exif_orientation_applied():
     img = gradient(40, 30)
     exif = Image.Exif()
     exif[0x0112] = 6  # stored sideways: viewers rotate 90 degrees clockwise
-    out = decode_image(encode(img, "JPEG", exif=exif), **LIMITS)
+    out = decode_image(encode(img, "JPEG", exif=exif))
     assert out.size == (30, 40)
 
 
@@ -50,7 +55,7 @@ def test_exif_orientation_applied():
 def test_modes_become_rgb(mode):
     img = gradient().convert(mode) if mode != "I;16" else Image.fromarray(np.full((30, 40), 40000, np.uint16))
     fmt = "JPEG" if mode == "CMYK" else "PNG"
-    out = decode_image(encode(img, fmt), **LIMITS)
+    out = decode_image(encode(img, fmt))
     assert out.mode == "RGB" and out.size == (40, 30)
     if mode == "I;16":  # 16-bit samples are scaled, not clipped to white
         assert 140 < np.asarray(out)[0, 0, 0] < 170
@@ -59,26 +64,26 @@ def test_modes_become_rgb(mode):
 def test_transparency_composited_on_white():
     img = Image.new("RGBA", (10, 10), (0, 0, 0, 0))
     img.putpixel((0, 0), (255, 0, 0, 255))
-    arr = np.asarray(decode_image(encode(img, "PNG"), **LIMITS))
+    arr = np.asarray(decode_image(encode(img, "PNG")))
     assert arr[5, 5].tolist() == [255, 255, 255] and arr[0, 0].tolist() == [255, 0, 0]
 
 
 def test_pixel_bomb_rejected_from_header():
     data = encode(Image.new("1", (2000, 1000)), "PNG")  # 2 MP in a few kilobytes
     with pytest.raises(ImageDecodeError, match="megapixels"):
-        decode_image(data, **LIMITS)
+        decode_image(data)
 
 
 def test_too_many_bytes():
     with pytest.raises(ImageDecodeError, match="MiB"):
-        decode_image(b"\xff\xd8" + b"\0" * 2_000_000, **LIMITS)
+        decode_image(b"\xff\xd8" + b"\0" * 2_000_000)
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 def test_truncated(fmt):
     data = encode(gradient(200, 200), fmt)
     with pytest.raises(ImageDecodeError, match="truncated"):
-        decode_image(data[: len(data) // 2], **LIMITS)
+        decode_image(data[: len(data) // 2])
 
 
 @pytest.mark.parametrize(
@@ -91,5 +96,5 @@ def test_truncated(fmt):
 )
 def test_empty_garbage_and_unsupported(data, match):
     with pytest.raises(ImageDecodeError, match=match) as info:
-        decode_image(data, **LIMITS)
+        decode_image(data)
     assert isinstance(info.value, ValueError)

@@ -315,10 +315,6 @@ def plan(count: int) -> dict[str, int]:
     return {**out, **FIXED}
 
 
-def _protocol(rng: random.Random) -> str:
-    return rng.choice(["http", "grpc"])
-
-
 def _batch(rng: random.Random, make, expect: str, n: int | None = None) -> tuple[list[bytes], tuple[str, ...]]:
     n = n or rng.choice([1, 1, 1, 2, 4, 8])
     return [make() for _ in range(n)], (expect,) * n

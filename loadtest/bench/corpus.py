@@ -29,15 +29,6 @@ def portrait() -> Image.Image:
     return Image.open(PORTRAIT).convert("RGB")
 
 
-def photo_corpus() -> list[bytes]:
-    """Full photos for the detection path: the portrait (512x600) at a few scales and mirrored."""
-    base, out = portrait(), []
-    for scale in (0.75, 1.0, 1.25):
-        img = base.resize((round(base.width * scale), round(base.height * scale)), Image.Resampling.BILINEAR)
-        out += [jpeg(img), jpeg(img.transpose(Image.Transpose.FLIP_LEFT_RIGHT))]
-    return out
-
-
 def phone_photo() -> bytes:
     """A 12-megapixel phone-style JPEG (4000x3000, quality 90): the portrait upscaled to fill most of the
     frame's height, on a textured background so the file has a phone photo's size (several MB)."""

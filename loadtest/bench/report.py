@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from loadtest.bench.driver import Result
+from loadtest.bench.warmup import TARGET as WARM_TARGET
 
 #: (label, value key, threshold, unit); every ratio is taken inside one run.
 TARGETS = (
@@ -110,7 +111,8 @@ def write_markdown(path: Path, results: list[Result], meta: dict, extra: dict) -
     if warm:
         lines += [
             "",
-            "Ready means warm (first request of each size right after ready, vs the steady p50; target <= 2x):",
+            "Ready means warm (first request of each size right after ready, vs the steady p50; "
+            f"target <= {WARM_TARGET:g}x):",
             "",
             "| model | batch | first ms | p50 ms | ratio |",
             "|---|---:|---:|---:|---:|",

@@ -27,7 +27,7 @@ def first_vs_steady(url: str, models: tuple[str, ...] = contract.TASK_MODELS) ->
     rng = np.random.default_rng(0)
 
     def infer(model: str, x: np.ndarray) -> float:
-        image = grpcclient.InferInput(contract.IMAGE_INPUT, list(x.shape), "UINT8")
+        image = grpcclient.InferInput(contract.CROP_INPUT, list(x.shape), "UINT8")
         image.set_data_from_numpy(x)
         start = time.perf_counter()
         try:

@@ -94,11 +94,6 @@ class DecodeLimits:
         )
 
 
-def decode_image(data: bytes, *, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES) -> Image.Image:
-    """Decodes an upload into an upright RGB image at full size (see :func:`decode_upload`)."""
-    return decode_upload(data, max_pixels=max_pixels, max_bytes=max_bytes).image
-
-
 def decode_upload(
     data: bytes,
     *,

@@ -43,8 +43,8 @@ ADMIN_HEADER = "admin-key"
 GRPC_ADMIN_METADATA = "triton-grpc-protocol-" + ADMIN_HEADER
 #: Triton API groups refused without the secret (the same names for HTTP APIs and gRPC protocols).
 RESTRICTED_APIS = ("shared-memory", "model-repository", "statistics", "trace", "logging")
-#: Groups every caller may use (behind the front door, :data:`INTERNAL_APIS` of them only through the door).
-OPEN_APIS = ("health", "metadata", "inference", "model-config")
+# Every other group (health, metadata, inference, model-config) is open to every caller; behind the front door,
+# the :data:`INTERNAL_APIS` of them only through the door.
 
 #: The internal key: Triton's own ports refuse these groups without it; the front door adds it to every request
 #: it forwards. Random per launcher process unless :data:`INTERNAL_KEY_ENV` is set (a separately started gate).
