@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from common.ports import PortInUseError
 from serving.runtime import launch
 from serving.runtime.launch import TritonServer, TritonStartError, free_port
 from tests.conftest import start_launcher
@@ -57,7 +60,62 @@ def test_ports_config_and_host_defaults(monkeypatch, tmp_path):
     server.stop()
     with pytest.raises(ValueError):
         TritonServer(tmp_path, config_name="gpu")
-    assert isinstance(free_port(), int)
+
+
+def test_free_port_hands_out_distinct_bindable_ports():
+    chosen = [free_port() for _ in range(20)]
+    assert len(set(chosen)) == len(chosen)
+    for port in chosen:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))  # raises if it was not free
+
+
+@pytest.fixture
+def taken_port():
+    """A port some other process listens on, as a first `make serve` would."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", free_port()))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+def test_taken_port_fails_before_anything_starts(taken_port, tmp_path):
+    server = TritonServer(tmp_path, http_port=free_port(), grpc_port=taken_port, metrics_port=free_port())
+    with pytest.raises(PortInUseError, match=f"port {taken_port} on 127.0.0.1 is already in use.*TRITON_GRPC_PORT"):
+        server.start()
+    assert server._reaper is None and server._proc is None  # nothing was started
+    server.stop()
+
+
+def run_cli(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_cli_names_the_taken_port_in_one_line(taken_port, small_repo):
+    ports = ["--http-port", str(taken_port), "--grpc-port", str(free_port()), "--metrics-port", str(free_port())]
+    done = run_cli(["serving.runtime.launch", "--model-repository", str(small_repo), *ports])
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (
+        f"error: port {taken_port} on 127.0.0.1 is already in use (another `make serve` or `make demo`?); "
+        "set TRITON_HTTP_PORT"
+    )
+
+
+def test_demo_names_the_taken_port_in_one_line(taken_port):
+    # `make demo` twice: one line before Triton starts, not Gradio's "Cannot find empty port" traceback after it.
+    done = run_cli(["gradio_frontend", "--serve-triton", "--port", str(taken_port)])
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"error: port {taken_port} on 127.0.0.1 is already in use (another `make serve` or `make demo`?); "
+        "set GRADIO_SERVER_PORT (or --port)"
+    ]
 
 
 @pytest.mark.integration

@@ -5,7 +5,3 @@ from __future__ import annotations
 
 class TritonStartError(RuntimeError):
     """Triton exited or did not become ready; the message ends with its last log lines."""
-
-
-class PortInUseError(TritonStartError):
-    """A port the server must listen on is taken; the message is one line that names the setting to change."""

@@ -22,11 +22,11 @@ import sys
 import time
 
 from serving.ops.rollout import CONTROL_ARGS
-from serving.runtime import ports, security
+from serving.runtime import door, ports, security
 from serving.runtime.binary import DEFAULT_REPOSITORY
 from serving.runtime.children import describe_exit
-from serving.runtime.errors import PortInUseError, TritonStartError
-from serving.runtime.ports import free_port
+from serving.runtime.errors import TritonStartError
+from serving.runtime.ports import PortInUseError, free_port
 from serving.runtime.server import SHM_DIR, SHM_PREFIX, TritonServer
 
 # Re-exported: tests and tools import these from the launcher.
@@ -63,7 +63,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="none",
         help="explicit: versions switch through the repository API (python -m serving.ops.rollout); poll: every 5 s",
     )
-    return p.parse_args(argv)
+    # Fair sharing at the door (docs/security.md): per client address; defaults from door.ClientLimits / env.
+    for name, env in door.ClientLimits.ENV.items():
+        p.add_argument(f"--door-client-{name}", type=int, metavar="N", help=f"per client address (env {env})")
+    args = p.parse_args(argv)
+    try:
+        args.door_limits = door.ClientLimits.from_env(
+            connections=args.door_client_connections, rate=args.door_client_rate, burst=args.door_client_burst
+        )
+    except ValueError as err:
+        p.error(str(err))
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         echo=True,
         front_door=not args.no_front_door,
         drain_grace=args.drain_grace,
+        door_limits=args.door_limits,
         extra_args=CONTROL_ARGS[args.model_control_mode],
     )
     try:

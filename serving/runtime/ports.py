@@ -10,7 +10,9 @@ import secrets
 import socket
 from pathlib import Path
 
-from serving.runtime.errors import PortInUseError
+from common.ports import PortInUseError, check_free, in_use
+
+__all__ = ["PortInUseError", "check_free", "env_name", "env_port", "free_port", "in_use"]  # the check: common/
 
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 #: How far below the kernel's ephemeral range free_port() looks.
@@ -56,29 +58,3 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:  # a crowded range: the kernel's pick
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-def in_use(host: str, port: int) -> bool:
-    """Whether a listening socket on ``host:port`` would fail to bind because someone else holds the port."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as s:
-        # As servers bind (nginx, Triton, uvicorn): connections of an earlier run in TIME_WAIT do not count.
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
-def check_free(host: str, ports: dict[str, int]) -> None:
-    """Raises PortInUseError for the first taken port; ``ports`` maps the setting that chooses it to the port.
-
-    Checked before anything starts: a taken public port otherwise surfaces late and confusingly (the readiness
-    probe reaches the *other* server and reports ready, or a library raises its own traceback).
-    """
-    for setting, port in ports.items():
-        if in_use(host, port):
-            raise PortInUseError(
-                f"port {port} on {host} is already in use (another `make serve` or `make demo`?); set {setting}"
-            )

@@ -2,9 +2,10 @@
 
 Started by ``serving.runtime.server`` in its own session, with a pipe on stdin. The launcher writes what it owns,
 one line each: ``pgid N`` (a child's process group: every child runs in its own session, so Triton with its
-Python-backend stubs, and nginx with its workers), ``pid N`` (a single process), ``shm PREFIX`` (Python-backend shared-memory segments), ``path DIR`` (temporary folders). A clean stop
-writes ``clear``. End of file without ``clear`` means the launcher is gone: the reaper sends SIGTERM to what
-is listed, SIGKILL after :data:`GRACE_S`, removes the segments and folders, and exits. Standard library only.
+Python-backend stubs, and nginx with its workers), ``pid N`` (a single process), ``shm PREFIX`` (Python-backend
+shared-memory segments), ``path DIR`` (temporary folders). A clean stop writes ``clear``. End of file without
+``clear`` means the launcher is gone: the reaper sends SIGTERM to what is listed, SIGKILL after :data:`GRACE_S`,
+removes the segments and folders, and exits. Standard library only.
 """
 
 from __future__ import annotations
