@@ -12,7 +12,9 @@ import argparse
 import logging
 import os
 import signal
+import sys
 
+from common.ports import PortInUseError, check_free
 from gradio_frontend.app import DEFAULT_PROTOCOL, DEFAULT_TIMEOUT_S, DEFAULT_TRITON_URL, build_app
 
 
@@ -38,8 +40,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def exit_if_ports_taken(args: argparse.Namespace) -> None:
+    """One line and exit code 2 when a port is taken, before anything starts: otherwise Triton starts (its
+    readiness probe may even reach the other demo's Triton) and Gradio then raises "Cannot find empty port"."""
+    ports = {"GRADIO_SERVER_PORT (or --port)": args.port}
+    try:
+        check_free(args.host, ports)
+        if args.serve_triton:
+            from serving.runtime import ports as triton_ports
+
+            kinds = triton_ports.DEFAULT_PORTS
+            check_free("127.0.0.1", {triton_ports.env_name(k): triton_ports.env_port(k) for k in kinds})
+    except PortInUseError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    exit_if_ports_taken(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = None
     if args.serve_triton:
