@@ -235,3 +235,86 @@ def ov_outputs(xml: Path, x: np.ndarray) -> dict[str, np.ndarray]:
     compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     result = compiled(x)
     return {name: result[compiled.output(name)] for port in compiled.outputs for name in port.get_names()}
+
+
+# The OpenVINO IR beside each SavedModel (serving/pipeline/backends/openvino_savedmodel/ir.py): a cache that must
+# never serve anything but the SavedModel beside it.
+
+
+def test_ir_is_used_only_while_it_matches_its_savedmodel(tiny_repo, tmp_path):
+    from serving.pipeline.backends.openvino_savedmodel import ir
+
+    version = tmp_path / "1"
+    shutil.copytree(latest(tiny_repo, contract.AGE_MODEL), version)
+    assert ir.valid(version) == (True, "valid"), "training.export writes the IR with the SavedModel"
+    # Any byte of the SavedModel changed: the IR no longer counts, and ensure() makes a new one.
+    weights = version / SAVEDMODEL / "variables" / "variables.data-00000-of-00001"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    assert ir.valid(version)[1].startswith("savedmodel_sha256 differs")
+    assert ir.ensure(version) and ir.valid(version)[0] and not ir.ensure(version)
+    # Another OpenVINO, or an IR file that is not the one converted (a truncated download): not used either.
+    key_file = version / ir.IR_DIR / ir.KEY
+    key = json.loads(key_file.read_text())
+    key_file.write_text(json.dumps({**key, "openvino": "2020.1"}))
+    assert ir.valid(version)[1].startswith("openvino differs")
+    key_file.write_text(json.dumps(key))
+    with open(version / ir.IR_DIR / ir.BIN, "r+b") as f:
+        f.truncate(100)
+    assert not ir.valid(version)[0]
+
+
+def test_committed_served_versions_ship_a_valid_ir():
+    """The served versions carry an IR made from their SavedModel by this OpenVINO; if not, make it with
+    `python -m serving.ops.publish model_repository --ir-only` (training.export makes it for new versions)."""
+    from serving.pipeline.backends.openvino_savedmodel import ir
+
+    for task in TASKS:
+        ok, why = ir.valid(latest(REPOSITORY, task))
+        assert ok, f"{latest(REPOSITORY, task)}: {why}"
+
+
+@pytest.mark.integration
+def test_stale_ir_is_never_served(tiny_repo, tmp_path):
+    """The age SavedModel is replaced by another model while the old IR stays beside it: Triton must serve the
+    new SavedModel (converted at load), and gender's still valid IR is read instead of converting."""
+    from serving.pipeline.backends.openvino_savedmodel import ir
+    from serving.runtime.launch import TritonServer, free_port
+    from training.export import export_model
+    from training.model import build
+
+    repo = tmp_path / "model_repository"
+    for task in TASKS:  # only the two CNNs: a lean server
+        shutil.copytree(tiny_repo / task, repo / task, symlinks=True)
+    age = latest(repo, contract.AGE_MODEL)
+    other = export_model(build(contract.AGE_MODEL, widths=(4, 8)), contract.AGE_MODEL, tmp_path / "other")
+    shutil.rmtree(age / SAVEDMODEL)
+    shutil.copytree(other / SAVEDMODEL, age / SAVEDMODEL)
+    x = crops()
+    old_ir = ov_outputs(age / ir.IR_DIR / ir.XML, x)
+    new = tf_outputs(repo, contract.AGE_MODEL, x)
+    # The test can fail: the stale IR answers differently from the SavedModel now in the folder.
+    assert np.abs(old_ir[contract.AGE_OUTPUT] - new[contract.AGE_OUTPUT]).max() > 10 * TOLERANCE
+    # Triton itself, no front door: the door passes only the public ensembles, and this checks the backend.
+    server = TritonServer(
+        repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), front_door=False
+    )
+    with server:
+        check_equal_to_tf(server, repo)
+        sources = {
+            record["model"]: record["source"]
+            for line in server.logs().splitlines()
+            if (m := re.search(r"\[coldstart\] (\{.*\})", line)) and (record := json.loads(m[1]))
+        }
+    assert sources[contract.AGE_MODEL].startswith("converted: savedmodel_sha256 differs"), sources
+    assert sources[contract.GENDER_MODEL] == "ir", sources
+
+
+def ov_outputs(xml: Path, x: np.ndarray) -> dict[str, np.ndarray]:
+    """What an IR computes, in-process, with the backend's precision."""
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    result = compiled(x)
+    return {name: result[compiled.output(name)] for port in compiled.outputs for name in port.get_names()}
