@@ -35,7 +35,10 @@ class TritonPythonModel:
                 tensors[name] = np.where(usable, tensors[name], np.float32("nan")).astype(tensors[name].dtype)
             female = c.is_female(tensors[c.ENSEMBLE_FEMALE])
             label = np.where(female, c.FEMALE.encode(), c.MALE.encode())
-            gender = np.where(usable, label, b"").astype(self._gender_dtype)
+            # A NaN probability decides nothing (NaN >= threshold is False, which would read "male"): it gets the
+            # no-face label, and the NaN goes out as it came in.
+            known = usable & ~np.isnan(tensors[c.ENSEMBLE_FEMALE])
+            gender = np.where(known, label, b"").astype(self._gender_dtype)
             responses.append(
                 pb_utils.InferenceResponse(
                     [pb_utils.Tensor(c.ENSEMBLE_GENDER, gender)] + [pb_utils.Tensor(n, a) for n, a in tensors.items()]
