@@ -12,6 +12,7 @@ from common import contract
 from loadtest import procs
 from loadtest.abuse import cases
 from loadtest.abuse import suite as abuse
+from loadtest.abuse.judge import judge
 
 
 def test_judge_flags_numbers_without_a_face():
@@ -27,16 +28,16 @@ def test_judge_flags_numbers_without_a_face():
         contract.ENSEMBLE_ERROR: np.array([[b""]], object),
         contract.ENSEMBLE_SCORE: np.array([[0.0]], np.float32),
     }
-    assert abuse.judge(case, 200, "", outputs)[0] == "wrong_answer"
+    assert judge(case, 200, "", outputs)[0] == "wrong_answer"
     outputs[contract.ENSEMBLE_AGE][:] = outputs[contract.ENSEMBLE_FEMALE][:] = np.nan
-    assert abuse.judge(case, 200, "", outputs)[0] == "wrong_answer"  # an interval without a face is a number too
+    assert judge(case, 200, "", outputs)[0] == "wrong_answer"  # an interval without a face is a number too
     outputs[contract.ENSEMBLE_AGE_LOW][:] = outputs[contract.ENSEMBLE_AGE_HIGH][:] = np.nan
-    assert abuse.judge(case, 200, "", outputs)[0] == "answered"
+    assert judge(case, 200, "", outputs)[0] == "answered"
     garbage = cases.Case("random_bytes", "http", "infer", cases.DETECT, [b"x"], cases.Expect("either", ("error",)))
-    assert abuse.judge(garbage, 200, "", outputs)[0] == "wrong_answer"  # garbage accepted without an error
-    assert abuse.judge(garbage, 400, "bad", None)[0] == "clean_error"
+    assert judge(garbage, 200, "", outputs)[0] == "wrong_answer"  # garbage accepted without an error
+    assert judge(garbage, 400, "bad", None)[0] == "clean_error"
     admin = cases.Case("admin_without_key", "http", "http_admin", expect=cases.Expect("error"))
-    assert abuse.judge(admin, 200, "", {})[0] == "wrong_answer"
+    assert judge(admin, 200, "", {})[0] == "wrong_answer"
 
 
 def test_judge_checks_the_age_interval_of_a_face():
@@ -54,13 +55,13 @@ def test_judge_checks_the_age_interval_of_a_face():
             contract.ENSEMBLE_SCORE: np.array([[0.9]], np.float32),
         }
 
-    assert abuse.judge(case, 200, "", answer(25.0, 38.0))[0] == "answered"
-    assert abuse.judge(case, 200, "", answer(np.nan, np.nan))[0] == "answered"  # an age model without an interval
-    assert abuse.judge(case, 200, "", answer(38.0, 25.0))[0] == "wrong_answer"
-    assert abuse.judge(case, 200, "", answer(25.0, np.nan))[0] == "wrong_answer"
+    assert judge(case, 200, "", answer(25.0, 38.0))[0] == "answered"
+    assert judge(case, 200, "", answer(np.nan, np.nan))[0] == "answered"  # an age model without an interval
+    assert judge(case, 200, "", answer(38.0, 25.0))[0] == "wrong_answer"
+    assert judge(case, 200, "", answer(25.0, np.nan))[0] == "wrong_answer"
     lacking = answer(25.0, 38.0)
     del lacking[contract.ENSEMBLE_AGE_HIGH]
-    assert abuse.judge(case, 200, "", lacking)[0] == "wrong_answer"
+    assert judge(case, 200, "", lacking)[0] == "wrong_answer"
 
 
 def test_plan_reaches_the_count():
