@@ -62,7 +62,7 @@ demo: setup
 serve: setup
 	$(BIN)/python -m serving.runtime.launch --model-repository $(MODEL_REPOSITORY) $(SERVE_ARGS)
 
-# Object storage and versions (README "Serverless"): upload, then switch a running Triton (explicit model control).
+# Object storage and versions (docs/serverless.md): upload, then switch a running Triton (explicit model control).
 #   make publish S3_URI=s3://BUCKET/releases/r2 [PUBLISH_ARGS=--skip-existing]
 #   make rollout MODEL=age            # serve the newest version
 #   make rollback MODEL=age VERSION=1 # serve version 1 again

@@ -100,7 +100,9 @@ def test_short_abuse_run_leaves_the_server_serving(triton_tiny, tmp_path):
 
 
 @pytest.mark.integration
-@pytest.mark.xfail(strict=True, reason="Triton 2.51 bug found by the abuse suite: see abuse_cases.KNOWN_TRITON_BUGS")
+@pytest.mark.xfail(
+    strict=True, reason="Triton 2.51 bug found by the abuse suite: see loadtest.abuse.cases.KNOWN_TRITON_BUGS"
+)
 def test_length_overrun_requests_do_not_fail_concurrent_good_ones(triton_tiny):
     # Strict xfail: once the pinned binary is fixed this passes, fails the run, and the known bug is removed.
     import threading

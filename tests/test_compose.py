@@ -159,10 +159,17 @@ def test_admin_apis_restricted_with_a_secret_from_the_env_file(compose, compose_
     assert compose["services"]["door"]["image"].count(":") == 1
 
 
-def test_client_defaults_agree():
+def test_client_defaults_agree(compose, monkeypatch):
     # The compose ports only help if the client and UI default to the same ones.
-    client_src = "\n".join(p.read_text() for p in (ROOT / "client").glob("*.py"))
-    assert "8001" in client_src and "8000" in client_src
+    from client.utils import default_url
+
+    for name in ("TRITON_URL", "TRITON_GRPC_PORT", "TRITON_HTTP_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    published = _host_ports(compose["services"]["door"])
+    for protocol in ("grpc", "http"):
+        host, port = default_url(protocol).rsplit(":", 1)
+        assert host == "localhost" and int(port) in published, (protocol, default_url(protocol), published)
+    assert default_url("grpc") != default_url("http")
     from gradio_frontend import app
 
     assert app.DEFAULT_TRITON_URL.endswith(":8001")

@@ -136,7 +136,6 @@ def test_rollout_and_rollback_under_load_without_a_failed_request(tmp_path, monk
                 t.join(timeout=60)
         duration = time.monotonic() - start
 
-    assert duration >= 20
     assert not errors, f"{len(errors)} failed requests, first: {errors[:3]}"
     by_phase = {
         "before": {v for s, v in log if s < rollout_start},
@@ -144,6 +143,9 @@ def test_rollout_and_rollback_under_load_without_a_failed_request(tmp_path, monk
         "after rollback": {v for s, v in log if s > rollback_done},
     }
     assert by_phase == {"before": {1.0}, "after rollout": {2.0}, "after rollback": {1.0}}, by_phase
+    # Both switches happened under load: requests were answered while each was in progress.
     during = [v for s, v in log if rollout_start <= s <= rollout_done]
+    assert during, "no request was answered while the rollout was in progress"
+    assert any(rollback_start <= s <= rollback_done for s, _ in log), "no request during the rollback"
     print(f"\n{len(log)} requests in {duration:.1f} s, 0 failed; {len(during)} sent during the rollout")
     assert len(log) > 100

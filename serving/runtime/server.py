@@ -1,6 +1,6 @@
 """TritonServer: starts Triton (behind the nginx front door), supervises it, waits for readiness, stops it.
 
-Hardening (README "Security"): nginx (serving/runtime/door.py) owns the public HTTP and gRPC ports and
+Hardening (docs/security.md): nginx (serving/runtime/door.py) owns the public HTTP and gRPC ports and
 Triton listens on internal 127.0.0.1 ports behind it; admin APIs need ``admin-key: $TRITON_ADMIN_KEY``
 (serving/runtime/security.py; a random key per start when unset); Triton runs with umask 077 so its shared
 memory is private; a crashed Triton is restarted with backoff; :meth:`TritonServer.stop` drains (readiness off,

@@ -3,7 +3,7 @@
 The regions hold uploaded images. Triton 2.51's Python backend creates each with boost.interprocess, which
 fchmods it to 0644 right after creating it, whatever the umask. This watcher puts 0600 back: on Linux through
 inotify (IN_CREATE / IN_ATTRIB on the folder, so the chmod follows the backend's within microseconds), else
-by polling every 20 ms. A local user who opens a region inside that window keeps it open: README "Security"
+by polling every 20 ms. A local user who opens a region inside that window keeps it open: docs/security.md
 states that residual risk.
 """
 

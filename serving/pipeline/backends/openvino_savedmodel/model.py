@@ -9,7 +9,8 @@ Triton runs this file through its Python backend (python_backend "Python-based b
 launcher puts this folder next to the ``python`` backend, the Docker image copies it to
 ``/opt/tritonserver/backends/openvino_savedmodel/``.
 
-Why OpenVINO and not ONNX Runtime or TensorFlow: ``python -m research.runtimes`` (README, "CPU runtime").
+Why OpenVINO and not ONNX Runtime or TensorFlow: ``python -m research.runtimes`` (docs/performance.md,
+"CPU runtime choice").
 
 Model config parameters (all optional, string values):
     ``inference_threads``: OpenVINO CPU threads for this instance (default 1: Triton scales by
