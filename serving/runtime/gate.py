@@ -122,22 +122,22 @@ class Upstream:
 
 class GrpcGate(grpc.GenericRpcHandler):
     def __init__(self, triton_grpc: str, admin_key: str, upstream_headers: dict[str, str], upstream: Upstream):
-        self.channel = grpc.aio.insecure_channel(triton_grpc, options=_MESSAGE_OPTIONS)
+        # No retries: they would buffer every request a second time, and Triton's answer is final anyway.
+        self.channel = grpc.aio.insecure_channel(triton_grpc, options=[*_MESSAGE_OPTIONS, ("grpc.enable_retries", 0)])
         self.admin_key = admin_key
         self.metadata = tuple((k.lower(), v) for k, v in upstream_headers.items())
         self.upstream = upstream
         self.stubs = {}
+        # Built once per RPC name: service() runs for every call.
+        self.handlers = {rpc: self._handler(rpc) for rpc in (*OPEN_RPCS, *ADMIN_RPCS)}
+        self.handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(self._refuse_stream)
 
     def service(self, handler_call_details):
         method = handler_call_details.method
-        if not method.startswith(SERVICE):
-            return None  # UNIMPLEMENTED
-        rpc = method[len(SERVICE) :]
-        if rpc == "ModelStreamInfer":
-            return grpc.stream_stream_rpc_method_handler(self._refuse_stream)
-        if rpc not in OPEN_RPCS and rpc not in ADMIN_RPCS:
-            return None
+        # Anything else (other services, unknown RPCs): None, i.e. UNIMPLEMENTED.
+        return self.handlers.get(method[len(SERVICE) :]) if method.startswith(SERVICE) else None
 
+    def _handler(self, rpc: str):
         # No (de)serializers: requests and answers pass as bytes; only the ones checked are parsed.
         async def handler(request: bytes, context) -> bytes:  # a coroutine function: grpc.aio checks for one
             return await self._unary(rpc, request, context)
