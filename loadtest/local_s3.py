@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 from serving.runtime.launch import free_port
 from serving.runtime.subproc import stop_process
 
 REGION = "us-east-1"
+# werkzeug's access log line: 127.0.0.1 - - [date] "GET /bucket/key?query HTTP/1.1" 200 -
+_ACCESS = re.compile(r'"([A-Z]+) (\S+) HTTP/[\d.]+" \d{3}')
 # create_user, put_user_policy, create_access_key run before authentication starts.
 _SETUP_CALLS = 3
 
@@ -35,6 +39,7 @@ class LocalS3:
         self.credentials: dict[str, str] = {}
         self._timeout = start_timeout
         self._proc: subprocess.Popen | None = None
+        self._log = None
 
     def uri(self, prefix: str = "") -> str:
         return f"s3://127.0.0.1:{self.port}/{self.bucket}/{prefix}".rstrip("/")
@@ -48,13 +53,24 @@ class LocalS3:
         }
         return boto3.client(service, endpoint_url=self.endpoint, region_name=REGION, **creds)
 
+    def requests(self) -> list[tuple[str, str]]:
+        """(method, path with query) of every HTTP request served so far, from the server's access log:
+        what a client (Triton at a cold start, the publisher) really read or wrote."""
+        if self._log is None:
+            return []
+        self._log.flush()
+        self._log.seek(0)
+        return [(m[1], m[2]) for line in self._log.read().splitlines() if (m := _ACCESS.search(line))]
+
     def start(self) -> LocalS3:
         env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(_SETUP_CALLS)}
+        # The access log (werkzeug writes one line per request to stderr) goes to a file that requests() reads.
+        self._log = tempfile.TemporaryFile("w+")
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
             env=env,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=self._log,
         )
         deadline = time.monotonic() + self._timeout
         while True:
@@ -83,6 +99,9 @@ class LocalS3:
         if self._proc is not None:
             stop_process(self._proc, timeout=10)
             self._proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def __enter__(self) -> LocalS3:
         return self.start()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.ops.publish import publish
+from serving.ops.publish import plan, publish, served_versions
 from serving.runtime import storage
 from serving.runtime.launch import TritonServer, TritonStartError, free_port
 
@@ -79,6 +79,13 @@ def test_publish_as_triton_reads_it_and_never_overwrites(aws_env, tmp_path):
 
     # The committed versions, whatever their numbers.
     age_v, gender_v = (max(int(p.name) for p in (repo / t).iterdir() if p.name.isdigit()) for t in ("age", "gender"))
+    # Only what the configs serve (the newest version) goes up, with the OpenVINO IR beside its SavedModel;
+    # --all-versions would send the older ones too.
+    published = {"/".join(k.split("/")[:2]) for k in keys if k.split("/")[1].isdigit()}
+    assert {"age/1", "gender/1"}.isdisjoint(published) and {f"age/{age_v}", f"gender/{gender_v}"} <= published
+    assert f"age/{age_v}/model.openvino/key.json" in keys and f"gender/{gender_v}/model.openvino/model.bin" in keys
+    assert "skip     age/1/ (not served by its configs" in out.getvalue()
+    assert {"age/1", "gender/1"} <= set(plan(repo, [], all_versions=True).new_versions)
     # Same versions again: refused before anything is written.
     (repo / "age" / "config.pbtxt").write_text("# changed\n")
     with pytest.raises(storage.StorageError, match=f"refusing to overwrite.*age/{age_v}"):
@@ -136,9 +143,18 @@ def test_serve_portrait_from_s3_like_from_disk(aws_env, triton_committed, tmp_pa
     publish(REPOSITORY, uri, out=io.StringIO())
     server = TritonServer(uri, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
     assert server.config_name == "cpu"  # configs/cpu.pbtxt is fetched from the bucket with the rest
+    before = len(aws_env.requests())
     with server:
         mount = server.s3_mount
         assert mount.is_dir() and any(mount.iterdir())  # Triton downloaded the models there
+        # What this cold start read from the bucket (moto's access log): version files of served versions only.
+        reads = [path for method, path in aws_env.requests()[before:] if method == "GET" and "?" not in path]
+        fetched = {"/".join(p.split("/serve-test/", 1)[1].split("/")[:2]) for p in reads if "/serve-test/" in p}
+        fetched = {v for v in fetched if v.split("/")[1].isdigit()}
+        served = {f"{m.name}/{v}" for m in REPOSITORY.iterdir() if m.is_dir() for v in served_versions(m)}
+        assert fetched and fetched <= served, (fetched, served)
+        assert {"age/1", "gender/1"}.isdisjoint(fetched)
+        print(f"\n[s3] cold start: {len(aws_env.requests()) - before} S3 requests, {len(reads)} object GETs")
         with (
             AgeGenderClient(server.grpc_url, protocol="grpc") as remote,
             AgeGenderClient(triton_committed.grpc_url, protocol="grpc") as local,
