@@ -112,9 +112,13 @@ def _snapshot(grpc_port: str) -> dict:
                 mount = next(
                     (e.split(b"=", 1)[1].decode() for e in env if e.startswith(b"TRITON_AWS_MOUNT_DIR")), mount
                 )
-    files = []
-    if mount and Path(mount).is_dir():
-        files = [(p.relative_to(mount).parts, p.stat().st_mtime) for p in Path(mount).rglob("*") if p.is_file()]
+    files = []  # (model, mtime): Triton names each downloaded model folder at random; its config names the model
+    for folder in Path(mount).iterdir() if mount and Path(mount).is_dir() else ():
+        with contextlib.suppress(OSError):
+            named = re.search(r'^\s*name:\s*"([^"]+)"', (folder / "config.pbtxt").read_text(), re.M)
+            model = named[1] if named else folder.name
+            fetched = [f for f in folder.rglob("*") if f.is_file() and "__pycache__" not in f.parts]  # not stubs' own
+            files += [(model, f.stat().st_mtime) for f in fetched]
     return {"stubs": stubs, "files": files}
 
 
@@ -155,7 +159,7 @@ def breakdown(log: str, wall_start: float, snapshot: dict) -> dict[str, dict[str
                 row["warmup"] = row["ready_at"] - row["initialize_done_at"]
         elif row["stub_start_at"] is not None and "ready_at" in row:
             row["stub_to_ready"] = row["ready_at"] - row["stub_start_at"]  # imports + initialize(), not split
-        landed = [t - wall_start for parts, t in snapshot.get("files", []) if name in parts[:-1]]
+        landed = [t - wall_start for model, t in snapshot.get("files", []) if model == name]
         if landed:
             row["downloaded_at"] = max(landed)
             row["files_downloaded"] = len(landed)
@@ -210,7 +214,16 @@ def one_run(repository: Path | str, timeout: float, *, check_shm: bool = True, d
     }
 
 
-def _local_s3(stack: contextlib.ExitStack, folder: str) -> str:
+def s3_requests(requests: list[tuple[str, str]]) -> dict[str, int]:
+    """S3 calls by kind, from moto's access log: object reads, listings, HEADs (Triton checks the bucket per file)."""
+    kinds = {"get": 0, "list": 0, "head": 0, "other": 0}
+    for method, path in requests:
+        kind = "list" if method == "GET" and "prefix=" in path else method.lower()
+        kinds[kind if kind in kinds else "other"] += 1
+    return {"total": len(requests), **kinds}
+
+
+def _local_s3(stack: contextlib.ExitStack, folder: str) -> tuple[str, object]:
     """Starts moto, publishes ``folder`` to it, sets the credentials in this process's environment."""
     import io
 
@@ -222,7 +235,7 @@ def _local_s3(stack: contextlib.ExitStack, folder: str) -> str:
     started = time.monotonic()
     publish(Path(folder), s3.uri("coldstart"), out=io.StringIO())
     print(f"published {folder} to {s3.uri('coldstart')} in {time.monotonic() - started:.1f} s", flush=True)
-    return s3.uri("coldstart")
+    return s3.uri("coldstart"), s3
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -239,9 +252,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print("note: other Triton processes are running: timings share the CPU, and shm segments are not checked")
     runs = []
     with contextlib.ExitStack() as stack:
-        repository = _local_s3(stack, args.model_repository) if args.s3 else args.model_repository
+        repository, s3 = _local_s3(stack, args.model_repository) if args.s3 else (args.model_repository, None)
         for i in range(args.runs):
+            before = len(s3.requests()) if s3 else 0
             runs.append(one_run(repository, args.timeout, check_shm=not shared, detail=args.breakdown))
+            if s3:
+                runs[-1]["s3_requests"] = s3_requests(s3.requests()[before:])
             print(
                 f"run {i + 1}: "
                 + ", ".join(

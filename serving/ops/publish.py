@@ -14,7 +14,9 @@
   the CPU backend reads it instead of converting at load. ``--no-ir`` skips that; ``--ir-only`` does only that.
 - Symlinks are resolved (``preprocess_crop/1/model.py`` is one): object stores have none.
 - Caches and leftovers are not uploaded: ``__pycache__``, ``*.pyc``, hidden files,
-  and the ``.tmp-N`` folders ``training.export`` writes before its atomic rename.
+  and the ``.tmp-N`` folders ``training.export`` writes before its atomic rename; nor are the files Triton
+  never reads (``README.md``, ``history.csv``, ``training_config.json``: each object costs a cold start ~25 S3
+  requests).
 - Every version folder is kept, under its own number. Object stores have no empty folders,
   so a version folder with no files (an ensemble's ``1/``) gets an empty ``.keep`` object.
 - A version that already exists in the bucket is never overwritten: versions are
@@ -43,11 +45,20 @@ from serving.runtime import storage
 
 SKIP_DIRS = {"__pycache__", ".ipynb_checkpoints", ".pytest_cache"}
 SKIP_SUFFIXES = (".pyc", ".pyo", "~")
+# Files Triton never reads (they stay in git): at a cold start from S3 Triton pays about 25 requests per object
+# (HEAD bucket, listings, GET; loadtest.bench.coldstart --s3), whatever the object's size. export.json, which
+# names the training run a version came from, is kept as the bucket's provenance.
+NOT_SERVED = {"README.md", "history.csv", "training_config.json"}
 KEEP = ".keep"  # placeholder object that makes an otherwise empty version folder exist
 
 
 def _skipped(name: str) -> bool:
-    return (name.startswith(".") and name != KEEP) or name in SKIP_DIRS or name.endswith(SKIP_SUFFIXES)
+    return (
+        (name.startswith(".") and name != KEEP)
+        or name in SKIP_DIRS
+        or name in NOT_SERVED
+        or name.endswith(SKIP_SUFFIXES)
+    )
 
 
 def _policy_versions(config: str, available: list[int]) -> set[int]:
