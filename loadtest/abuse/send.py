@@ -13,6 +13,7 @@ import json
 import random
 import socket
 import struct
+import time
 import urllib.parse
 
 import grpc
@@ -205,6 +206,31 @@ class Sender:
                 tensor.shape.extend([-1, 2**40])
                 request.raw_input_contents.append(_serialize_bytes([b"a"]))
             response = self.stub.ModelInfer(request, timeout=TIMEOUT_S)
+        result = grpcclient.InferResult(response)
+        return 200, "", {o: result.as_numpy(o) for o in cases.OUTPUTS if result.get_output(o) is not None}
+
+    def grpc_cancel(self, case: cases.Case):
+        """A complete request the caller gives up on: a 5 ms deadline (even ``i``) or an explicit cancel, i.e. an
+        HTTP/2 RST_STREAM, 2-40 ms after sending (odd). Either crashed Triton 2.51's ensembles (issue 18); the gate
+        (serving/runtime/gate.py) keeps the cancel from reaching Triton. A caller that gave up gets status 499."""
+        i = case.spec["i"]
+        request = pb.ModelInferRequest(model_name=case.model)
+        request.inputs.add(name=contract.IMAGE_INPUT, datatype="BYTES", shape=[len(case.blobs), 1])
+        request.raw_input_contents.append(_serialize_bytes(case.blobs))
+        try:
+            if i % 2 == 0:
+                response = self.stub.ModelInfer(request, timeout=0.005)
+            else:
+                future = self.stub.ModelInfer.future(request, timeout=TIMEOUT_S)
+                time.sleep(0.002 + 0.038 * (i // 2 % 7) / 6)
+                future.cancel()
+                response = future.result()
+        except grpc.FutureCancelledError:
+            return 499, "cancelled by the caller", None
+        except grpc.RpcError as err:
+            if err.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED):
+                return 499, f"given up by the caller ({err.code().name})", None
+            raise
         result = grpcclient.InferResult(response)
         return 200, "", {o: result.as_numpy(o) for o in cases.OUTPUTS if result.get_output(o) is not None}
 
