@@ -116,8 +116,9 @@ class ClientLimits:
 
 #: Part of the cancelled-ensemble workaround for Triton 2.51 (why: common/triton_workarounds.py): the door drops
 #: the ``grpc-timeout`` header, so Triton never cancels on its own timer; the caller still gets DEADLINE_EXCEEDED
-#: from its own gRPC library. Its cancellation still reaches Triton through nginx (measured: 5 x 5 ms deadlines
-#: can still crash 2.51), hence the launcher's restarts. Delete with that entry.
+#: from its own gRPC library. The caller's cancellation itself stops at the gate (serving/runtime/gate.py); where no
+#: gate stands between nginx and Triton it would still reach Triton (measured: 5 x 5 ms deadlines crash 2.51).
+#: Delete with that entry.
 STRIP_GRPC_DEADLINE = True
 
 
