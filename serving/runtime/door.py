@@ -239,8 +239,8 @@ def nginx_config(
             limit_req zone=per_client_rate burst={limits.burst} nodelay;
             limit_conn_status 429;
             limit_req_status 429;
-            limit_conn_log_level warn;
-            limit_req_log_level warn;
+            limit_conn_log_level info;  # below error_log's level: an attack must not flood the log
+            limit_req_log_level info;
             send_timeout 30s;
             keepalive_timeout 30s;
             keepalive_requests 1000;

@@ -1,0 +1,121 @@
+"""Issue 18 item 3: fair sharing at the door. One address's slow uploads or slow gRPC streams leave everyone else
+served, and a client over its per-address limits gets a clear 429 / RESOURCE_EXHAUSTED.
+
+The attacker binds 127.0.0.2, the victims 127.0.0.3 and up (loadtest/abuse/slow.py; the 60 s version is its CLI).
+"""
+
+from __future__ import annotations
+
+import http.client
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from loadtest.abuse import slow
+from serving.runtime import door, launch
+from serving.runtime.launch import free_port
+
+#: Seconds the victims call while attacked: short for make test (the abuse CLI runs 60 s).
+DURATION_S = 6.0
+
+
+def test_limits_come_from_env_then_options():
+    env = {"DOOR_CLIENT_CONNECTIONS": "64", "DOOR_CLIENT_RATE": "50"}
+    limits = door.ClientLimits.from_env(env, rate=70, burst=None)
+    assert (limits.connections, limits.rate, limits.burst) == (64, 70, door.ClientLimits().burst)
+    with pytest.raises(ValueError, match="DOOR_CLIENT_BURST"):
+        door.ClientLimits.from_env({"DOOR_CLIENT_BURST": "many"})
+    with pytest.raises(ValueError, match="connections"):
+        door.ClientLimits(connections=0)
+    assert launch.parse_args(["--door-client-connections", "200"]).door_limits.connections == 200
+
+
+def test_config_has_the_limits_and_room_for_the_target_concurrency():
+    where = {"prefix": "/p", "listen_host": "h", "http_port": 1, "grpc_port": 2, "triton_http": "t:3"}
+    where["triton_grpc"] = "t:4"
+    conf = door.nginx_config(**where, limits=door.ClientLimits(connections=96, rate=300, burst=40))
+    assert "limit_conn per_client 96;" in conf and "rate=300r/s" in conf and "burst=40 nodelay" in conf
+    # c=64 from one address passes the defaults; 1,100 hostile connections fit in the table beside everyone else.
+    assert door.ClientLimits().connections >= 64 + 32
+    assert door.WORKER_CONNECTIONS >= 2 * (slow.CONNECTIONS + 2 * door.ClientLimits().connections)
+    # The internal key only where given (the compose config is committed without one).
+    assert "internal-key" not in conf and "#omit#" not in conf
+    keyed = door.nginx_config(**where, internal_key="k")
+    assert 'proxy_set_header internal-key "k";' in keyed
+    assert 'grpc_set_header triton-grpc-protocol-internal-key "k";' in keyed
+
+
+@pytest.fixture
+def strict_door(tmp_path):
+    """The door alone (nginx, nothing behind it: allowed requests get 503) with one request per second."""
+    if door.find_nginx() is None:
+        pytest.skip("nginx not installed (make setup)")
+    gate = door.Door(
+        Path(tmp_path) / "nginx",
+        listen_host="127.0.0.1",
+        http_port=free_port(),
+        grpc_port=free_port(),
+        triton_http=f"127.0.0.1:{free_port()}",
+        triton_grpc=f"127.0.0.1:{free_port()}",
+        limits=door.ClientLimits(connections=1, rate=1, burst=1),
+    )
+    gate.start()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{gate.config['http_port']}/", timeout=1)
+        except urllib.error.HTTPError:
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield gate
+    gate.stop(timeout=5)
+
+
+def test_over_the_limits_is_a_clear_429_and_resource_exhausted(strict_door):
+    port = strict_door.config["http_port"]
+    answers = []
+    for _ in range(4):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/v2/health/live")
+        response = conn.getresponse()
+        answers.append((response.status, response.getheader("Retry-After"), response.read()))
+        conn.close()
+    refused = [a for a in answers if a[0] == 429]
+    assert refused and all(a[1] == "1" and b"too many requests from your address" in a[2] for a in refused), answers
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{strict_door.config['grpc_port']}")
+    try:
+        errors = []
+        for _ in range(4):
+            try:
+                client.is_server_live()
+            except InferenceServerException as err:
+                errors.append(err)
+        assert any(e.status() == "StatusCode.RESOURCE_EXHAUSTED" and "too many requests" in e.message() for e in errors)
+    finally:
+        client.close()
+
+
+def _assert_fair(report: dict, refused_at_least: int) -> None:
+    victims = report["victims"]
+    assert victims["requests"] >= 20, report  # they really ran during the attack
+    assert report["victim_success"] >= 0.99, report
+    # The per-address limit did the work: the attacker's streams / uploads beyond it were refused.
+    assert report["attacker"]["refused"] >= refused_at_least, report
+
+
+@pytest.mark.integration
+def test_slow_uploads_from_one_address_leave_the_others_served(triton_tiny):
+    report = slow.run(triton_tiny.http_url, triton_tiny.grpc_url, "uploads", DURATION_S)
+    _assert_fair(report, slow.CONNECTIONS - triton_tiny.door_limits.connections)
+
+
+@pytest.mark.integration
+def test_slow_grpc_streams_from_one_address_leave_the_others_served(triton_tiny):
+    report = slow.run(triton_tiny.http_url, triton_tiny.grpc_url, "streams", DURATION_S)
+    _assert_fair(report, slow.CONNECTIONS - triton_tiny.door_limits.connections)

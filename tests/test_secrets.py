@@ -1,0 +1,123 @@
+"""Issue 18 item 5: no key on any command line, and Triton's own loopback ports refuse inference without the
+internal key that only the front door presents (serving/runtime/security.py, serving/runtime/argv_secret.c)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from common import contract
+from serving.runtime import security
+
+
+def _cmdlines() -> dict[int, bytes]:
+    """Every process's command line on this machine (any of them could be one we started)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                found[int(entry.name)] = (entry / "cmdline").read_bytes()
+            except OSError:
+                pass  # gone meanwhile
+    return found
+
+
+def test_preload_swaps_the_placeholder_and_leaves_no_trace():
+    secret = secrets.token_urlsafe(24)
+    env = dict(os.environ)
+    hidden = security.hide_in_env(env, {"A2_TEST_SECRET": secret})
+    code = (
+        "import os, sys, time; print(sys.argv[1], os.environ.get('A2_TEST_SECRET'), os.environ.get('LD_PRELOAD'),"
+        " flush=True); time.sleep(30)"
+    )
+    # sys.executable is the interpreter binary itself (a wrapper script would exec it with the value in argv).
+    child = subprocess.Popen(
+        [sys.executable, "-c", code, f"key={hidden['A2_TEST_SECRET']}"], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout.readline().split() == [f"key={secret}", "None", "None"]  # parsed; children inherit none
+        proc = Path(f"/proc/{child.pid}")
+        assert b"key=@A2_TEST_SECRET@" in (proc / "cmdline").read_bytes()
+        assert secret.encode() not in (proc / "cmdline").read_bytes()
+        assert secret.encode() not in (proc / "environ").read_bytes()  # wiped from the initial block too
+    finally:
+        child.kill()
+        child.wait()
+
+
+@pytest.mark.integration
+def test_no_process_has_a_key_on_its_command_line(triton_tiny):
+    keys = [triton_tiny.admin_key.encode(), security.internal_key().encode()]
+    leaks = {pid: line[:200] for pid, line in _cmdlines().items() if any(k in line for k in keys)}
+    assert not leaks
+    # The keys really are in use, as placeholders: Triton's line names them, its environment no longer holds them.
+    triton = Path(f"/proc/{triton_tiny._proc.pid}")
+    line = (triton / "cmdline").read_bytes()
+    assert security.placeholder(security.ADMIN_KEY_ENV).encode() in line
+    assert security.placeholder(security.INTERNAL_KEY_ENV).encode() in line
+    assert not any(k in (triton / "environ").read_bytes() for k in keys)
+    assert triton_tiny.admin_key not in triton_tiny.logs()
+    # nginx.conf holds the internal key: owner-only.
+    assert triton_tiny._door.config_path.stat().st_mode & 0o077 == 0
+
+
+def _http(url: str, path: str, data: bytes | None = None, headers: dict | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(f"http://{url}{path}", data=data, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def _crop_body() -> bytes:
+    tensor = {"name": contract.CROP_INPUT, "datatype": "BYTES", "shape": [1, 1], "data": ["not an image"]}
+    return json.dumps({"inputs": [tensor]}).encode()
+
+
+@pytest.mark.integration
+def test_triton_own_ports_refuse_inference_without_the_internal_key(triton_tiny):
+    inner_http = f"127.0.0.1:{triton_tiny.triton_http_port}"
+    infer = f"/v2/models/{contract.CROP_ENSEMBLE}/infer"
+    status, text = _http(inner_http, infer, _crop_body())
+    assert status == 403 and security.INTERNAL_HEADER.encode() in text
+    assert _http(inner_http, f"/v2/models/{contract.CROP_ENSEMBLE}/config")[0] == 403
+    assert _http(inner_http, "/v2/health/ready")[0] == 200  # probes stay open
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{triton_tiny.triton_grpc_port}")
+    inp = grpcclient.InferInput(contract.CROP_INPUT, [1, 1], "BYTES")
+    inp.set_data_from_numpy(np.array([[b"not an image"]], dtype=object))
+    try:
+        with pytest.raises(InferenceServerException, match="restricted"):
+            client.infer(contract.CROP_ENSEMBLE, [inp])
+    finally:
+        client.close()
+    # Through the door the same call is answered (the item's own error: it is not an image).
+    status, text = _http(triton_tiny.http_url, infer, _crop_body())
+    assert status == 200, text
+    door_client = grpcclient.InferenceServerClient(triton_tiny.grpc_url)
+    try:
+        assert door_client.infer(contract.CROP_ENSEMBLE, [inp]).as_numpy(contract.ENSEMBLE_ERROR)[0, 0]
+    finally:
+        door_client.close()
+
+
+@pytest.mark.integration
+def test_admin_key_is_the_real_one_not_the_placeholder(triton_tiny):
+    # Were the preload not loaded, Triton would take the placeholder itself as the key: it must be refused.
+    for key, expected in ((security.placeholder(security.ADMIN_KEY_ENV), 403), (triton_tiny.admin_key, 200)):
+        assert _http(triton_tiny.http_url, "/v2/logging", headers={security.ADMIN_HEADER: key})[0] == expected
+    inner_http = f"127.0.0.1:{triton_tiny.triton_http_port}"
+    placeholder = security.placeholder(security.INTERNAL_KEY_ENV)
+    status, _ = _http(inner_http, f"/v2/models/{contract.CROP_ENSEMBLE}/config", headers={"internal-key": placeholder})
+    assert status == 403
