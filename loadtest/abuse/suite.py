@@ -7,9 +7,10 @@ The inputs (loadtest/abuse/cases.py): admin calls without the key (shared-memory
 and oversized bodies, batches of 32 40-MP 16-bit PNG bombs, tiny images and landscapes on the crop path, no-face
 images, undecodable and random bytes, mutated and truncated real images, decompression bombs (PNG, GIF, WebP,
 JPEG, BMP declaring huge sizes), wrong dtypes, shapes and batch sizes, unknown models and inputs, malformed JSON
-and binary-extension framing, truncated and broken HTTP, gRPC messages with wrong tensor contents. Well-formed
-requests are interleaved and their answers checked: a face gets a finite age and a gender, no face gets NaN and
-``face_found`` false.
+and binary-extension framing, truncated and broken HTTP, gRPC messages with wrong tensor contents, declared
+shapes that overflow Triton's size arithmetic, and requests cancelled mid-inference (5 ms deadlines, stream
+resets). Well-formed requests are interleaved and their answers checked: a face gets a finite age and a gender, no
+face gets NaN and ``face_found`` false.
 
 Every request is classified: ``clean_error`` (4xx or gRPC status with a message, or a per-item ``error``),
 ``answered`` (a right answer), ``wrong_answer`` (numbers for garbage, numbers without a face, a refused
