@@ -179,3 +179,25 @@ def test_launcher_cli_names_the_storage_problem(aws_env):
     )
     assert cli.returncode == 1
     assert "bucket 'no-such-bucket' does not exist" in cli.stderr
+
+
+@pytest.mark.parametrize(
+    "policy, served",
+    [
+        ("", [3]),  # no policy: Triton serves the newest version
+        ("version_policy { latest { num_versions: 2 } }", [2, 3]),
+        ("version_policy: { all { } }", [1, 2, 3]),
+        ("version_policy { specific { versions: [1, 3] } }", [1, 3]),
+        ("# version_policy { all { } } was tried\nversion_policy { latest { num_versions: 1 } }", [3]),
+    ],
+)
+def test_publish_finds_the_served_versions_in_the_configs(tmp_path, policy, served):
+    model = tmp_path / "m"
+    for v in (1, 2, 3):
+        (model / str(v)).mkdir(parents=True)
+    (model / "config.pbtxt").write_text(f'name: "m"\n{policy}\n')
+    assert served_versions(model) == served
+    # A variant config (configs/cpu.pbtxt) that serves version 1 too adds it: the bucket must hold both.
+    (model / "configs").mkdir()
+    (model / "configs" / "cpu.pbtxt").write_text('name: "m"\nversion_policy { specific { versions: 1 } }\n')
+    assert served_versions(model) == sorted({1, *served})
