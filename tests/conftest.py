@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from serving.runtime.launch import TritonServer, free_port
+from tests import utk_fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 REPOSITORY = ROOT / "model_repository"
@@ -26,6 +27,19 @@ TASKS = ("age", "gender")
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "integration: starts a real tritonserver (tens of seconds, several GB RAM)")
+
+
+@pytest.fixture(scope="session")
+def archive(tmp_path_factory) -> Path:
+    """A small UTKFace-format archive (tests/utk_fixture.py), written once and only read by the tests."""
+    return utk_fixture.write_archive(tmp_path_factory.mktemp("archive"))
+
+
+@pytest.fixture
+def small_repo(tmp_path) -> Path:
+    """Just the postprocess model: a Python-backend model that starts in seconds (no TensorFlow)."""
+    shutil.copytree(REPOSITORY / "postprocess", tmp_path / "postprocess", ignore=shutil.ignore_patterns("__pycache__"))
+    return tmp_path
 
 
 def exported(repo: Path, task: str) -> bool:

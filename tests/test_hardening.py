@@ -167,15 +167,6 @@ def test_row10_crop_path_refuses_tiny_images_and_says_no_detection_ran(triton_ti
     assert np.isnan(result.as_numpy("detection_score")[1, 0])  # NaN: no detector ran
 
 
-@pytest.fixture
-def small_repo(tmp_path) -> Path:
-    """Just the postprocess model: starts in seconds."""
-    import shutil
-
-    shutil.copytree(ROOT / "model_repository" / "postprocess", tmp_path / "postprocess")
-    return tmp_path
-
-
 def postprocess_body() -> bytes:
     def tensor(name, datatype, shape, data):
         return {"name": name, "datatype": datatype, "shape": shape, "data": data}

@@ -10,7 +10,6 @@ import pytest
 import tensorflow as tf
 
 from common import spec
-from tests import utk_fixture
 from training import heads, train
 from training import model as models
 from training.model import AGE_BINS
@@ -116,11 +115,6 @@ def test_weight_average_is_what_gets_validated_and_saved(tmp_path):
         saved = z["w0"]
     np.testing.assert_allclose(seen["validated"], saved, atol=1e-6)  # validation ran on the average
     assert not np.allclose(model.get_weights()[0], saved)  # live weights back for training
-
-
-@pytest.fixture(scope="module")
-def archive(tmp_path_factory):
-    return utk_fixture.write_archive(tmp_path_factory.mktemp("archive"))
 
 
 def test_warm_start_copies_the_trunk_and_resume_continues_the_run(archive, tmp_path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -35,17 +34,6 @@ def wait_gone(pgid: int, seconds: float = 10) -> bool:
     while group_alive(pgid) and time.monotonic() < deadline:
         time.sleep(0.1)
     return not group_alive(pgid)
-
-
-@pytest.fixture
-def small_repo(tmp_path) -> Path:
-    """Just the postprocess model: a Python-backend model that starts in seconds (no TensorFlow)."""
-    shutil.copytree(
-        ROOT / "model_repository" / "postprocess",
-        tmp_path / "postprocess",
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
-    return tmp_path
 
 
 def test_ports_config_and_host_defaults(monkeypatch, tmp_path):

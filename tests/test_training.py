@@ -18,11 +18,6 @@ from training import model as models
 
 
 @pytest.fixture(scope="module")
-def archive(tmp_path_factory):
-    return utk_fixture.write_archive(tmp_path_factory.mktemp("archive"))
-
-
-@pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     return utk_fixture.write_folder(tmp_path_factory.mktemp("folder"))
 
