@@ -9,8 +9,6 @@ from PIL import Image, ImageOps
 
 ROOT = Path(__file__).resolve().parents[1]
 PORTRAIT = ROOT / "gradio_frontend" / "examples" / "grace_hopper.jpg"  # 512x600, face ~190 px wide
-#: Face width over portrait width, roughly (for choosing scales).
-FACE_FRACTION = 0.37
 
 
 def grid(rows: int, cols: int, *, cell: int = 160, big: int = 0, background=(200, 205, 210)) -> Image.Image:
