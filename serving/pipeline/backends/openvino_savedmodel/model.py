@@ -46,8 +46,8 @@ finally:
 
 
 def _sibling(name: str):
-    """A module of this backend's folder, by path: Triton puts neither this folder nor the project on sys.path
-    in the NVIDIA image, where the folder sits under /opt/tritonserver/backends/."""
+    """A module of this backend's folder, loaded by path: nothing promises that the folder is on the stub's
+    sys.path (a copy next to the pip wheel's python backend here, /opt/tritonserver/backends/ in the image)."""
     spec = importlib.util.spec_from_file_location(f"openvino_savedmodel_{name}", Path(__file__).with_name(f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
