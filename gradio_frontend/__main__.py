@@ -15,7 +15,12 @@ import signal
 import sys
 
 from common.ports import PortInUseError, check_free
-from gradio_frontend.app import DEFAULT_PROTOCOL, DEFAULT_TIMEOUT_S, DEFAULT_TRITON_URL, build_app
+from gradio_frontend import uploads
+
+# Before gradio is imported (by gradio_frontend.app): gradio reads GRADIO_TEMP_DIR at import time.
+uploads.activate()
+
+from gradio_frontend.app import DEFAULT_PROTOCOL, DEFAULT_TIMEOUT_S, DEFAULT_TRITON_URL, build_app  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,11 +66,11 @@ def main(argv: list[str] | None = None) -> None:
     exit_if_ports_taken(args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = None
+    # Ctrl-C (re-armed: shells start background jobs with it ignored) and SIGTERM both end in the `finally`
+    # below, which stops Triton and deletes the upload folder.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.getsignal(signal.SIGINT))
     if args.serve_triton:
-        # Ctrl-C (re-armed: shells start background jobs with it ignored) and SIGTERM both end in the
-        # `finally` below, which stops Triton.
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.getsignal(signal.SIGINT))
         # Imported here: the UI alone (as in its container) needs neither the launcher nor the repository.
         from serving.runtime.launch import TritonServer
 
@@ -79,8 +84,11 @@ def main(argv: list[str] | None = None) -> None:
         # share=False always: a public tunnel would expose the server to the internet.
         demo.launch(server_name=args.host, server_port=args.port, share=False, footer_links=["api"])
     finally:
-        if server is not None:
-            server.stop()
+        try:
+            if server is not None:
+                server.stop()
+        finally:
+            uploads.remove()
 
 
 if __name__ == "__main__":

@@ -9,9 +9,13 @@ TensorFlow or loads a model, so it starts in a second and runs on any small mach
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 import logging
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +32,8 @@ from client import (
     ServerUnavailableError,
 )
 from client.errors import InferenceTimeoutError, ModelNotReadyError
+from gradio_frontend import uploads
+from gradio_frontend.labels import place_labels
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +55,14 @@ MSG_NO_FACE = (
     "**No face found** in this image. Try a photo where one face is clearly visible and roughly facing "
     "the camera, or untick *Detect face* if the image is already a tight face crop."
 )
+MSG_GONE = (
+    "**The photo is no longer stored** (uploads are deleted once answered, see docs/privacy.md): upload it again."
+)
 BOX_COLOUR = (255, 64, 64)
-#: Columns of the faces table (all-faces mode).
+#: Columns of the faces table (all-faces mode); "#" is the number drawn on the face's box.
 TABLE_HEADERS = ["#", "age", "80% interval", "gender", "confidence", "detector score", "box (x0, y0, x1, y1)"]
+#: Wide enough for each header on one line in the table's bold font, with room to spare (fits a 1024 px page).
+TABLE_WIDTHS = ["56px", "80px", "150px", "100px", "130px", "170px", "240px"]
 #: Between the interval's ends on the page; the image labels use "-" (PIL's default font has no en dash glyph).
 DASH = "\u2013"
 
@@ -111,6 +122,43 @@ class TritonBackend:
         return f"Triton at {where}: **unreachable**" + (f" ({error})" if error else "")
 
 
+@dataclass(frozen=True)
+class Photo:
+    """One photo as the user gave it: the original bytes, and where Gradio had stored them (``key``)."""
+
+    data: bytes
+    name: str
+    key: str | None = None
+
+
+def take_photo(payload: dict[str, Any] | None, kept: Photo | None) -> Photo | None:
+    """Reads the photo Gradio hands over (its unprocessed FileData) and deletes Gradio's copy.
+
+    Gradio's own preprocessing is skipped on purpose: it opens the file with PIL before our code runs, so
+    a file that is no image failed with bare "Error" badges instead of this app's message. The bytes stay in
+    the session (``kept``, a ``gr.State`` that expires) so *Estimate* can run again on the same photo.
+
+    Raises:
+        FileNotFoundError: Gradio's copy is gone and the session holds no other copy (a stale page).
+    """
+    if not payload:
+        return None
+    path, url = payload.get("path"), payload.get("url") or ""
+    name = payload.get("orig_name") or (Path(path).name if path else "image")
+    if path and os.path.isfile(path):
+        data = Path(path).read_bytes()
+        uploads.forget(path)  # answered from memory from now on; nothing personal stays on disk
+        return Photo(data, name, key=path)
+    if kept is not None and kept.key == path:
+        return kept
+    if url.startswith("data:"):  # a webcam or pasted image sent inline
+        try:
+            return Photo(base64.b64decode(url.partition(",")[2], validate=True), name)
+        except (binascii.Error, ValueError) as err:
+            return Photo(f"not base64 ({err})".encode(), name)  # undecodable: rejected like any bad file
+    raise FileNotFoundError(path)
+
+
 def gender_confidence(result: FaceResult | DetectedFace) -> float | None:
     """Probability of the gender that is shown, so "male (90%)" reads naturally."""
     p = result.female_probability
@@ -136,9 +184,9 @@ def summary(result: FaceResult | DetectedFace, *, dash: str = DASH) -> str:
     return ", ".join(parts)
 
 
-def load_display_image(path: str) -> Image.Image:
+def load_display_image(data: bytes) -> Image.Image:
     """Opens the upload upright and in RGB, as the server's decoder does, so the box lands on the face."""
-    with Image.open(path) as img:
+    with Image.open(io.BytesIO(data)) as img:
         img = ImageOps.exif_transpose(img)
         if img.mode in ("RGBA", "LA", "P") and (img.mode != "P" or "transparency" in img.info):
             rgba = img.convert("RGBA")
@@ -157,24 +205,41 @@ def annotate(image: Image.Image, result: FaceResult) -> Image.Image:
 
 
 def annotate_faces(image: Image.Image, faces: list[DetectedFace] | tuple[DetectedFace, ...]) -> Image.Image:
-    """Draws every face's box with its number and label (``#2 age ~34 (27-41), female (87%)``) onto a copy."""
+    """Draws every face's box with its number on a copy; the details are in the table, on the row of that number.
+
+    Numbers instead of text labels: a crowd's labels would cover each other and the faces. Each number sits
+    on its box's corner where it collides with no other number (gradio_frontend/labels.py).
+    """
     out = image.copy()
-    # Smallest label size for crowds: each label scales with its own face, within readable limits.
-    for k, face in reversed(list(enumerate(faces, 1))):  # most prominent drawn last, on top
-        _draw_box(out, face.box, f"#{k} {summary(face, dash='-')}", face_sized=True)
+    draw = ImageDraw.Draw(out)
+    width, height = out.size
+    fonts, sizes = [], []
+    for k, face in enumerate(faces, 1):
+        x0, _, x1, _ = face.box
+        # Scales with its face within readable limits, so small faces in a crowd get small markers.
+        font = ImageFont.load_default(size=max(14, min(round(min(width, height) / 10), round((x1 - x0) / 2.5))))
+        left, top, right, bottom = draw.textbbox((0, 0), str(k), font=font)
+        pad = max(2, (bottom - top) // 4)
+        fonts.append((font, left, top, pad))
+        sizes.append((right - left + 2 * pad, bottom - top + 2 * pad))
+    for face in faces:
+        x0, y0, x1, y1 = (float(v) for v in face.box)
+        line = max(2, min(round(min(width, height) / 150), round((x1 - x0) / 30)))
+        draw.rectangle((x0, y0, x1, y1), outline=BOX_COLOUR, width=line)
+    for k, ((font, left, top, pad), (tx, ty, tx1, ty1)) in enumerate(
+        zip(fonts, place_labels([f.box for f in faces], sizes, (width, height)), strict=True), 1
+    ):
+        draw.rectangle((tx, ty, tx1, ty1), fill=BOX_COLOUR)
+        draw.text((tx + pad - left, ty + pad - top), str(k), fill=(255, 255, 255), font=font)
     return out
 
 
-def _draw_box(out: Image.Image, box, label: str, *, face_sized: bool = False) -> None:
+def _draw_box(out: Image.Image, box, label: str) -> None:
     draw = ImageDraw.Draw(out)
     width, height = out.size
     x0, y0, x1, y1 = (float(v) for v in box)
     line = max(2, round(min(width, height) / 150))
-    size = max(14, round(min(width, height) / 22))
-    if face_sized:
-        line = max(1, min(line, round((x1 - x0) / 40)))
-        size = max(11, min(size, round((x1 - x0) / 5)))
-    font = ImageFont.load_default(size=size)
+    font = ImageFont.load_default(size=max(14, round(min(width, height) / 22)))
     draw.rectangle((x0, y0, x1, y1), outline=BOX_COLOUR, width=line)
     left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
     text_w, text_h = right - left, bottom - top
@@ -210,64 +275,66 @@ def _error_json(kind: str, message: str) -> dict[str, Any]:
 
 
 def analyse(
-    backend: TritonBackend, image_path: str | None, detect: bool, all_faces: bool = False
-) -> tuple[Image.Image | None, str, Any, dict[str, Any]]:
+    backend: TritonBackend, photo: Photo | None, detect: bool, all_faces: bool = False
+) -> tuple[Image.Image | None, str, Any, list[list[Any]]]:
     """Runs one image through Triton; returns (annotated image, status markdown, raw JSON, faces table rows)."""
-    if not image_path:
-        return None, MSG_PROMPT, None, _table([])
+    if photo is None:
+        return None, MSG_PROMPT, None, []
     try:
-        display = load_display_image(image_path)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-        # The server would refuse it too; saying so here avoids a pointless round trip.
-        message = f"**This file could not be read as an image** ({err}). Upload a JPEG, PNG, WebP, BMP or GIF."
-        return None, message, _error_json("invalid_image", str(err)), _table([])
+        display = load_display_image(photo.data)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        # The server would refuse it too; saying so here avoids a pointless round trip. PIL's message for an
+        # unknown format names an in-memory buffer, which tells the user nothing.
+        detail = "not a recognised image format" if isinstance(err, UnidentifiedImageError) else str(err)
+        message = f"**The image was rejected**: {photo.name} could not be read as an image ({detail}). "
+        message += "Upload a JPEG, PNG, WebP, BMP or GIF."
+        return None, message, _error_json("invalid_image", detail), []
 
     where = f"`{backend.url}` ({backend.protocol})"
     try:
-        with open(image_path, "rb") as fh:
-            # The original bytes, not a re-encode: the server sees exactly what the user uploaded.
-            data = fh.read()
+        # The original bytes, not a re-encode: the server sees exactly what the user uploaded.
+        data = photo.data
         result = backend.predict_faces(data) if all_faces and detect else backend.predict(data, detect=detect)
     except InvalidImageError as err:
-        return display, f"**The image was rejected**: {err}", _error_json("invalid_image", str(err)), _table([])
+        return display, f"**The image was rejected**: {err}", _error_json("invalid_image", str(err)), []
     except ModelNotReadyError as err:
         message = (
             f"**Triton is starting**: it answers at {where} but the models are not ready yet. "
             "Try again in a few seconds."
         )
-        return display, message, _error_json("model_not_ready", str(err)), _table([])
+        return display, message, _error_json("model_not_ready", str(err)), []
     except ServerUnavailableError as err:
         message = (
             f"**Triton server is unreachable** at {where}: it is down or still starting. "
             "This page keeps working; press *Estimate* again once the server is up."
         )
-        return display, message, _error_json("server_unavailable", str(err)), _table([])
+        return display, message, _error_json("server_unavailable", str(err)), []
     except InferenceTimeoutError as err:
         message = f"**Triton did not answer in time** ({backend.timeout:g} s) at {where}. It may be overloaded."
-        return display, message, _error_json("timeout", str(err)), _table([])
+        return display, message, _error_json("timeout", str(err)), []
     except AgeGenderError as err:
-        return display, f"**The request failed**: {err}", _error_json(type(err).__name__, str(err)), _table([])
+        return display, f"**The request failed**: {err}", _error_json(type(err).__name__, str(err)), []
 
     payload = result.to_dict()
-    payload["file"] = Path(image_path).name
+    payload["file"] = photo.name
     if result.error is not None:
-        return display, f"**The image was rejected**: {result.error}", payload, _table([])
+        return display, f"**The image was rejected**: {result.error}", payload, []
     if isinstance(result, FacesResult):
         if not result.faces:
-            return display, MSG_NO_FACE, payload, _table([])
+            return display, MSG_NO_FACE, payload, []
         count = len(result.faces)
         lines = [f"**{count} face{'s' if count > 1 else ''} found**"]
         lines += [f"#{k}: {summary(face)}" for k, face in enumerate(result.faces, 1)]
-        return annotate_faces(display, result.faces), "  \n".join(lines), payload, _table(faces_table(result.faces))
+        return annotate_faces(display, result.faces), "  \n".join(lines), payload, faces_table(result.faces)
     if not result.face_found:
-        return display, MSG_NO_FACE, payload, _table([])
+        return display, MSG_NO_FACE, payload, []
     status = f"**{summary(result)}**"
     if (interval := interval_text(result)) is not None:
         # Says what the bracket is: the spread of the model's own age distribution, not a measured error bar.
         status += f"  \n80% interval of the model's age estimate: {interval} years"
     if result.detection_score is not None and detect:
         status += f"  \nface detector confidence {result.detection_score:.0%}"
-    return annotate(display, result), status, payload, _table([])
+    return annotate(display, result), status, payload, []
 
 
 def _table(rows: list[list[Any]]) -> dict[str, Any]:
@@ -279,9 +346,17 @@ def build_app(
 ) -> gr.Blocks:
     """Builds the Blocks app; nothing connects to Triton until the first request."""
     backend = TritonBackend(triton_url, protocol, timeout=timeout)
+    for example, *_ in EXAMPLES:
+        uploads.mark_public(example)  # public images: their cached copies stay for the next click
 
-    def run(image_path: str | None, detect: bool, all_faces: bool):
-        return analyse(backend, image_path, detect, all_faces)
+    def run(payload: dict[str, Any] | None, detect: bool, all_faces: bool, kept: Photo | None):
+        try:
+            photo = take_photo(payload, kept)
+        except FileNotFoundError:
+            return None, MSG_GONE, None, gr.Dataframe(value=_table([]), visible=False), None
+        image, status, raw, rows = analyse(backend, photo, detect, all_faces)
+        # The table only when it has rows: single-face mode and errors leave nothing empty on the page.
+        return image, status, raw, gr.Dataframe(value=_table(rows), visible=bool(rows)), photo
 
     with gr.Blocks(title="Age & gender estimation") as demo:
         gr.Markdown("# Age & gender estimation\nServed by NVIDIA Triton Inference Server.")
@@ -309,10 +384,17 @@ def build_app(
             with gr.Column():
                 annotated = gr.Image(label="Result", type="pil", interactive=False, elem_id="annotated")
                 status = gr.Markdown(MSG_PROMPT, elem_id="status")
-                table = gr.Dataframe(
-                    headers=TABLE_HEADERS, label="Faces", interactive=False, elem_id="faces-table", wrap=True
-                )
                 raw = gr.JSON(label="Raw result", elem_id="raw-json")
+        # Full width: at half the page the columns would squeeze their headers. Shown only when it has rows.
+        table = gr.Dataframe(
+            headers=TABLE_HEADERS,
+            label="Faces (numbered as on the image)",
+            interactive=False,
+            elem_id="faces-table",
+            wrap=False,
+            column_widths=TABLE_WIDTHS,
+            visible=False,
+        )
         gr.Examples(
             examples=EXAMPLES,
             inputs=[image, detect],
@@ -322,11 +404,13 @@ def build_app(
             cache_examples=False,
             label="Examples (public domain / generated)",
         )
-        outputs = [annotated, status, raw, table]
-        inputs = [image, detect, all_faces]
-        # `change` covers upload, webcam capture, paste and clearing.
-        image.change(run, inputs, outputs)
-        submit.click(run, inputs, outputs)
+        # The last photo's bytes for *Estimate* again; dropped a minute after its last use or with the tab.
+        kept = gr.State(None, time_to_live=uploads.MAX_AGE_S)
+        outputs = [annotated, status, raw, table, kept]
+        inputs = [image, detect, all_faces, kept]
+        # `change` covers upload, webcam capture, paste and clearing. preprocess=False: see take_photo.
+        image.change(run, inputs, outputs, preprocess=False)
+        submit.click(run, inputs, outputs, preprocess=False)
         # No spinner on the status line: a health probe takes milliseconds or fails fast.
         refresh.click(backend.health_markdown, None, server_status, show_progress="hidden")
         demo.load(backend.health_markdown, None, server_status, show_progress="hidden")

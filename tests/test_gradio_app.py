@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import time
+
+import pytest
 from PIL import Image
 
 from client import DetectedFace, FaceResult
-from gradio_frontend import app
+from gradio_frontend import app, uploads
+from gradio_frontend.labels import place_labels
 
 
 def face_result(**interval: float) -> FaceResult:
@@ -30,10 +35,70 @@ def test_faces_table_has_an_interval_column():
 
 
 def test_image_labels_use_a_hyphen(monkeypatch):
-    # PIL's default font draws no en dash, so the labels on the picture use "-".
+    # PIL's default font draws no en dash, so the label on the picture uses "-".
     labels = []
     monkeypatch.setattr(app, "_draw_box", lambda out, box, label, **kw: labels.append(label))
-    image = Image.new("RGB", (100, 100))
-    app.annotate(image, face_result(age_low=26.6, age_high=41.2))
-    app.annotate_faces(image, [DetectedFace(34.4, "male", 0.2, (0.0, 0.0, 9.0, 9.0), 0.9, age_low=26.6, age_high=41.2)])
-    assert labels == ["age ~34 (27-41), female (87%)", "#1 age ~34 (27-41), male (80%)"]
+    app.annotate(Image.new("RGB", (100, 100)), face_result(age_low=26.6, age_high=41.2))
+    assert labels == ["age ~34 (27-41), female (87%)"]
+
+
+def test_every_face_gets_its_number_on_its_box_without_overlaps():
+    # The server's maximum of 32 faces, small and overlapping their neighbours: the worst case for labels.
+    boxes = [(float(x), float(y), x + 30.0, y + 30.0) for y in range(0, 96, 24) for x in range(0, 192, 24)]
+    sizes = [(14.0 + 4 * (k >= 9), 16.0) for k in range(len(boxes))]
+    rects = place_labels(boxes, sizes, (200, 120))
+    assert len(rects) == len(boxes)
+    for k, (x0, y0, x1, y1) in enumerate(rects):
+        assert 0 <= x0 and 0 <= y0 and x1 <= 200 and y1 <= 120
+        assert (x1 - x0, y1 - y0) == sizes[k]
+        for other in rects[k + 1 :]:
+            assert not (x0 < other[2] and other[0] < x1 and y0 < other[3] and other[1] < y1), (k, rects)
+    # A face alone keeps its preferred spot: the number on its box's top-left corner.
+    assert place_labels([(50.0, 40.0, 90.0, 80.0)], [(12.0, 14.0)], (200, 120)) == [(50.0, 40.0, 62.0, 54.0)]
+
+
+def test_numbers_are_drawn_on_the_image_in_the_box_colour():
+    faces = [
+        DetectedFace(30.0, "male", 0.2, (20.0, 20.0, 80.0, 80.0), 0.9),
+        DetectedFace(9.0, "female", 0.7, (90.0, 20.0, 150.0, 80.0), 0.8),
+    ]
+    drawn = app.annotate_faces(Image.new("RGB", (200, 120), "black"), faces)
+    # Each box's top-left corner carries a filled badge: the number in white on the box colour.
+    for x0, y0, *_ in (face.box for face in faces):
+        corner = [drawn.getpixel((round(x0) + dx, round(y0) + dy)) for dx in range(12) for dy in range(12)]
+        assert corner.count(app.BOX_COLOUR) > 60 and sum(min(pixel) > 180 for pixel in corner) > 3
+    assert drawn.getpixel((185, 100)) == (0, 0, 0)  # nothing drawn away from the faces
+
+
+def test_an_unreadable_upload_gets_the_apps_message_and_is_deleted(tmp_path, monkeypatch):
+    monkeypatch.setattr(uploads, "_folder", tmp_path)
+    fake = tmp_path / "abc123" / "notes.jpg"
+    fake.parent.mkdir()
+    fake.write_text("this is not a JPEG")
+    photo = app.take_photo({"path": str(fake), "orig_name": "notes.jpg"}, None)
+    assert not fake.exists() and not fake.parent.exists()  # Gradio's copy is gone once read
+    image, status, raw, rows = app.analyse(app.TritonBackend("127.0.0.1:1", "grpc"), photo, True, True)
+    assert image is None and rows == []
+    assert status.startswith("**The image was rejected**: notes.jpg could not be read as an image (not a recognised")
+    assert raw["error_kind"] == "invalid_image"
+    # Estimate again on the same (deleted) upload: the session's copy answers; without one, a clear message.
+    assert app.take_photo({"path": str(fake)}, photo) is photo
+    with pytest.raises(FileNotFoundError):
+        app.take_photo({"path": str(fake)}, None)
+
+
+def test_sweep_deletes_what_is_older_than_the_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(uploads, "_folder", tmp_path)
+    old, new = tmp_path / "a" / "old.png", tmp_path / "b" / "new.png"
+    for path in (old, new):
+        path.parent.mkdir()
+        path.write_bytes(b"x")
+    example = tmp_path / "c" / "example.jpg"  # a cached copy of an example shipped with the app: not personal
+    example.parent.mkdir()
+    example.write_bytes(b"public")
+    monkeypatch.setattr(uploads, "_public", {})
+    uploads.mark_public(example)
+    for path in (old, example):
+        os.utime(path, (time.time() - 120, time.time() - 120))
+    assert uploads.sweep(60) == 1
+    assert not old.exists() and not old.parent.exists() and new.exists() and example.exists()

@@ -41,6 +41,9 @@ CHROMIUM_FLAGS = [
 ]
 # "age ~34 (27–41), female (87%)": the 80% interval shows only when the age model gives one.
 SUMMARY = re.compile(r"age ~(\d+)(?: \((\d+)\u2013(\d+)\))?, (female|male) \((\d+)%\)")
+#: Where the tests leave screenshots of the page, to look at after a run (not committed).
+SCREENSHOTS = Path(os.environ.get("UI_SCREENSHOTS", "/tmp/agegender-ui-screenshots"))
+SCREENSHOTS.mkdir(parents=True, exist_ok=True)
 # Generous: the CPU-only Triton shares the machine with the test run, and the first request warms TF up.
 RESULT_TIMEOUT_MS = 90_000
 
@@ -79,11 +82,16 @@ def page(browser):
 
 
 @contextlib.contextmanager
-def gradio_ui(triton_url: str, protocol: str = "grpc", timeout: float = 10.0):
-    """Runs ``python -m gradio_frontend`` on a free port and yields its base URL."""
+def gradio_ui(triton_url: str, protocol: str = "grpc", timeout: float = 10.0, temp_dir: Path | None = None):
+    """Runs ``python -m gradio_frontend`` on a free port and yields its base URL.
+
+    ``temp_dir``: the parent of the UI's private upload folder (``$GRADIO_TEMP_DIR``), to look into.
+    """
     port = free_port()
     env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=str(ROOT))
     env.pop("TRITON_URL", None)
+    if temp_dir is not None:
+        env["GRADIO_TEMP_DIR"] = str(temp_dir)
     cmd = [
         sys.executable,
         "-m",
@@ -202,6 +210,21 @@ def test_portrait_shows_age_gender_and_box(page, live_ui, triton_tiny):
     page.locator("#annotated img").first.wait_for(state="visible", timeout=30_000)
     raw = page.locator("#raw-json").inner_text()
     assert "face_found" in raw and "box" in raw
+    # Single-face mode has no table: nothing empty is left on the page.
+    assert page.locator("#faces-table").is_hidden()
+
+
+def test_a_text_file_named_jpg_gets_the_apps_message(page, live_ui, tmp_path):
+    fake = tmp_path / "notes.jpg"
+    fake.write_text("this is not a JPEG")
+    open_ui(page, live_ui)
+    upload(page, fake)
+    text = status_text(page, "The image was rejected")
+    assert "could not be read as an image" in text
+    # Gradio's own failure shows bare "Error" toasts and badges; the app's answer replaces them.
+    assert page.get_by_text("Error", exact=True).count() == 0
+    assert page.locator("#faces-table").is_hidden()
+    page.screenshot(path=str(SCREENSHOTS / "ui_bad_file.png"), full_page=True)
 
 
 def test_no_face_message(page, live_ui):
@@ -261,6 +284,11 @@ def test_group_photo_shows_every_face(page, live_ui, triton_tiny, tmp_path):
     rows = page.locator("#faces-table [role=row][data-index]")
     expect(rows).to_have_count(3, timeout=30_000)
     assert [rows.nth(k).locator("[role=gridcell], td").first.inner_text().strip() for k in range(3)] == ["1", "2", "3"]
+    # Every header on one line: a header cell no taller than a one-line cell of the same row.
+    headers = page.locator("#faces-table thead th, #faces-table [role=columnheader]")
+    heights = [headers.nth(k).bounding_box()["height"] for k in range(headers.count())]
+    assert heights and max(heights) < 1.6 * min(heights), heights
+    page.screenshot(path=str(SCREENSHOTS / "ui_group.png"), full_page=True)
     # The boxes are drawn where the server found the faces: each box's left edge is in the box colour.
     img = page.locator("#annotated img").first
     img.wait_for(state="visible", timeout=30_000)
@@ -286,3 +314,25 @@ def test_group_photo_shows_every_face(page, live_ui, triton_tiny, tmp_path):
 
     assert all(edge_drawn(shown, face.box) for face in faces)
     assert not any(edge_drawn(original, face.box) for face in faces)
+
+
+def test_no_copy_of_an_upload_remains(page, triton_tiny, tmp_path):
+    """Uploads go to the UI's private folder, are deleted once answered, and the folder goes with the UI."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    photo = tmp_path / "private_portrait.jpg"
+    photo.write_bytes(PORTRAIT.read_bytes() + b"\0unique")  # bytes no other file has (a JPEG ignores the tail)
+    with gradio_ui(triton_tiny.grpc_url, temp_dir=temp) as url:
+        (folder,) = temp.iterdir()  # one private folder, only its owner can enter
+        assert folder.name.startswith("agegender-ui-") and folder.stat().st_mode & 0o777 == 0o700
+        open_ui(page, url)
+        page.locator("#all-faces input").uncheck()
+        upload(page, photo)
+        assert SUMMARY.search(status_text(page, "age ~"))
+        copies = [p for p in folder.rglob("*") if p.is_file() and p.read_bytes() == photo.read_bytes()]
+        assert copies == [], "the upload is still on disk after its answer"
+        # Estimate again: answered from the session's copy in memory, not from the deleted file.
+        page.locator("#all-faces input").check()
+        page.locator("#estimate").click()
+        status_text(page, "1 face found")
+    assert list(temp.iterdir()) == [], "the upload folder outlived the UI"

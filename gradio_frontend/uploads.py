@@ -1,0 +1,131 @@
+"""A private folder for everything Gradio writes (uploads, webcam shots, result images), emptied as we go.
+
+Face photos are personal data, and Gradio keeps every upload under the system temp folder after the demo
+stops. :func:`activate` points ``GRADIO_TEMP_DIR`` at a fresh 0700 folder before gradio is imported (gradio
+reads it at import); the app deletes each upload once answered (:func:`forget`), a sweeper deletes anything
+older than :data:`MAX_AGE_S`, and the folder goes on exit (normal exit, SIGTERM and Ctrl-C end in
+:func:`remove`). What is kept, where and for how long: docs/privacy.md.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+#: Longest a file may stay in the folder; the issue's bound is one minute.
+MAX_AGE_S = 60.0
+#: How often the sweeper looks; a file is deleted at most MAX_AGE_S + SWEEP_EVERY_S after it was written.
+SWEEP_EVERY_S = 10.0
+#: Folder names: the owner's pid in the name lets a later start remove the folder of a killed (SIGKILL) UI.
+PREFIX = "agegender-ui-"
+
+_folder: Path | None = None
+_stop = threading.Event()
+#: Sizes and SHA-256 of files that are not personal (the app's examples): Gradio caches them once at start
+#: and never copies them again, and an upload of the same photo shares that cached copy, so they stay.
+_public: dict[int, set[str]] = {}
+
+
+def mark_public(path: str | os.PathLike) -> None:
+    """Keeps every copy of this file (an example shipped with the app) out of :func:`forget` and :func:`sweep`."""
+    data = Path(path).read_bytes()
+    _public.setdefault(len(data), set()).add(hashlib.sha256(data).hexdigest())
+
+
+def _is_public(path: Path) -> bool:
+    digests = _public.get(path.stat().st_size)
+    return bool(digests) and hashlib.sha256(path.read_bytes()).hexdigest() in digests
+
+
+def folder() -> Path | None:
+    """The private folder, once :func:`activate` has made it."""
+    return _folder
+
+
+def activate(max_age_s: float = MAX_AGE_S, every_s: float = SWEEP_EVERY_S) -> Path:
+    """Creates the private folder, points ``GRADIO_TEMP_DIR`` at it and starts the sweeper; call before gradio."""
+    global _folder
+    if _folder is not None:
+        return _folder
+    parent = Path(os.environ.get("GRADIO_TEMP_DIR") or tempfile.gettempdir())
+    parent.mkdir(parents=True, exist_ok=True)
+    _remove_orphans(parent)
+    _folder = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=parent))  # mkdtemp: mode 0700
+    os.environ["GRADIO_TEMP_DIR"] = str(_folder)
+    atexit.register(remove)
+    threading.Thread(target=_sweep_loop, args=(max_age_s, every_s), name="upload-sweeper", daemon=True).start()
+    return _folder
+
+
+def forget(path: str | os.PathLike | None) -> None:
+    """Deletes one file Gradio stored (an upload that has been answered), and its folder when that is empty."""
+    if path is None or _folder is None:
+        return
+    file = Path(path).resolve()
+    if not file.is_relative_to(_folder.resolve()):
+        return  # an example shipped with the app, or a file that is not ours to delete
+    with contextlib.suppress(FileNotFoundError):
+        if _is_public(file):
+            return
+        file.unlink()
+    with contextlib.suppress(OSError):  # not empty, or already gone
+        if file.parent != _folder.resolve():
+            file.parent.rmdir()
+
+
+def sweep(max_age_s: float = MAX_AGE_S) -> int:
+    """Deletes every file older than ``max_age_s`` seconds in the folder, and emptied subfolders; returns how many."""
+    if _folder is None:
+        return 0
+    cutoff = time.time() - max_age_s
+    removed = 0
+    for root, dirs, files in os.walk(_folder, topdown=False):
+        for name in files:
+            path = Path(root, name)
+            with contextlib.suppress(FileNotFoundError):
+                if path.lstat().st_mtime < cutoff and not _is_public(path):
+                    path.unlink()
+                    removed += 1
+        for name in dirs:
+            with contextlib.suppress(OSError):
+                Path(root, name).rmdir()
+    return removed
+
+
+def remove() -> None:
+    """Stops the sweeper and deletes the folder with everything in it."""
+    _stop.set()
+    if _folder is not None:
+        shutil.rmtree(_folder, ignore_errors=True)
+
+
+def _sweep_loop(max_age_s: float, every_s: float) -> None:
+    while not _stop.wait(every_s):
+        try:
+            sweep(max_age_s)
+        except OSError:
+            log.warning("sweeping the upload folder failed", exc_info=True)
+
+
+def _remove_orphans(parent: Path) -> None:
+    """Deletes folders left by UIs that were killed before they could clean up (their pid is gone)."""
+    for path in parent.glob(f"{PREFIX}*"):
+        pid = path.name.removeprefix(PREFIX).split("-", 1)[0]
+        if not pid.isdigit() or not path.is_dir() or path.stat().st_uid != os.getuid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, someone else's
