@@ -1,4 +1,6 @@
-"""Command line: ``python -m client photo.jpg [more.jpg ...] [--url URL] [--protocol grpc|http] [--json]``.
+"""Command line: ``agegender photo.jpg [more.jpg ...] [--url URL] [--protocol grpc|http] [--json]``.
+
+Installed by ``make setup`` as ``.venv/bin/agegender`` (the same as ``.venv/bin/python -m client``).
 
 Prints one line per image, in the order given: a human-readable summary (``age 34.2 (27-41)``: the estimate and
 its 80% interval), or with ``--json`` one JSON object with keys file, age, age_low, age_high, gender,
