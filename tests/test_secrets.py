@@ -18,7 +18,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from common import contract
-from serving.runtime import security
+from serving.runtime import binary, security
 
 
 def _cmdlines() -> dict[int, bytes]:
@@ -56,6 +56,19 @@ def test_preload_swaps_the_placeholder_and_leaves_no_trace():
         child.wait()
 
 
+def test_without_the_preload_triton_refuses_to_start(tmp_path):
+    # Fail closed: were argv_secret.so not loaded, Triton must not run with the (public) placeholder as its key.
+    env = dict(os.environ)
+    hidden = security.hide_in_env(env, {security.ADMIN_KEY_ENV: secrets.token_urlsafe(24)})
+    del env["LD_PRELOAD"]
+    executable = binary.container_binary() or binary.pip_triton(tmp_path, env)[0]
+    args = [executable, f"--model-repository={tmp_path}", *security.restricted_args(hidden[security.ADMIN_KEY_ENV])]
+    done = subprocess.run(
+        [*args, hidden[security.PRELOAD_CHECK_ENV]], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode != 0 and "Unexpected argument: @ARGV_SECRET_CHECK@" in done.stdout + done.stderr
+
+
 @pytest.mark.integration
 def test_no_process_has_a_key_on_its_command_line(triton_tiny):
     keys = [triton_tiny.admin_key.encode(), security.internal_key().encode()]
@@ -66,6 +79,7 @@ def test_no_process_has_a_key_on_its_command_line(triton_tiny):
     line = (triton / "cmdline").read_bytes()
     assert security.placeholder(security.ADMIN_KEY_ENV).encode() in line
     assert security.placeholder(security.INTERNAL_KEY_ENV).encode() in line
+    assert line.endswith(security.placeholder(security.PRELOAD_CHECK_ENV).encode() + b"\0")  # became a flag
     assert not any(k in (triton / "environ").read_bytes() for k in keys)
     assert triton_tiny.admin_key not in triton_tiny.logs()
     # nginx.conf holds the internal key: owner-only.

@@ -58,6 +58,11 @@ _internal_key: str | None = None
 ARGV_SECRET_LIB = Path(sys.prefix) / "lib" / "argv_secret.so"
 #: Environment variable naming (comma-separated) the variables whose ``@NAME@`` placeholders the library replaces.
 ARGV_SECRETS_ENV = "ARGV_SECRETS"
+#: Fail closed: the program gets one more argument, this variable's placeholder on its own, which the library turns
+#: into a flag tritonserver already defaults to. Were the library not loaded, Triton would stop at the stray argument
+#: ("Unexpected argument") instead of running with a placeholder, known from this source, as its admin key.
+PRELOAD_CHECK_ENV = "ARGV_SECRET_CHECK"
+PRELOAD_CHECK_VALUE = "--exit-on-error=true"
 
 
 def admin_key(environ: dict[str, str] | None = None) -> tuple[str, bool]:
@@ -112,12 +117,14 @@ def placeholder(env_name: str) -> str:
 def hide_in_env(env: dict[str, str], values: dict[str, str]) -> dict[str, str]:
     """Moves secrets off the command line: puts ``values`` (env name -> secret) and the preload into ``env`` (the
     child's environment, readable by its owner only) and returns env name -> placeholder to write in the arguments
-    instead. Only for a real ELF binary started directly (a wrapper script would exec with the values in argv)."""
+    instead, and under :data:`PRELOAD_CHECK_ENV` the argument to append (see there). Only for a real ELF binary
+    started directly (a wrapper script would exec with the values in argv)."""
     if not ARGV_SECRET_LIB.is_file():
         raise FileNotFoundError(
             f"{ARGV_SECRET_LIB} is missing: it keeps the admin key off Triton's command line. "
             "Run `make setup` (it compiles serving/runtime/argv_secret.c with gcc)."
         )
+    values = {**values, PRELOAD_CHECK_ENV: PRELOAD_CHECK_VALUE}
     env.update(values)
     env[ARGV_SECRETS_ENV] = ",".join(values)
     env["LD_PRELOAD"] = " ".join(filter(None, [str(ARGV_SECRET_LIB), env.get("LD_PRELOAD")]))

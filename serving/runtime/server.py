@@ -170,7 +170,7 @@ class TritonServer:
             internal_key=hidden.get(security.INTERNAL_KEY_ENV),
             extra_args=self.extra_args,
         )
-        return [executable, *args], env
+        return [executable, *args, hidden[security.PRELOAD_CHECK_ENV]], env
 
     def _run_dir(self) -> str:
         """This server's private temporary folder (backends, nginx prefix); removed by stop() or the reaper."""
