@@ -116,6 +116,9 @@ def load_corpus(image_dir: str | os.PathLike, model: str) -> list[Any]:
 
 
 def input_name(model: str) -> str:
+    """The input tensor each kind of model reads: crops for the CNNs, one image for faces, images for ensembles."""
+    if model in TENSOR_MODELS:
+        return c.CROP_INPUT
     return c.FACES_INPUT if model == FACES_MODEL else c.IMAGE_INPUT
 
 
