@@ -42,7 +42,7 @@ def bomb_png() -> bytes:
 
 def grpc_infer(url: str, model: str, blobs: list[bytes], **kwargs):
     client = grpcclient.InferenceServerClient(url)
-    inp = grpcclient.InferInput("image", [len(blobs), 1], "BYTES")
+    inp = grpcclient.InferInput(contract.IMAGE_INPUT, [len(blobs), 1], "BYTES")
     inp.set_data_from_numpy(np.array(blobs, dtype=object).reshape(-1, 1))
     return client.infer(model, [inp], **kwargs)
 
