@@ -157,3 +157,89 @@ def test_candidate_input_size_trains_and_exports_at_its_own_size(archive, tmp_pa
     # The candidate size has its own cache file: the served size's cache is left as it was.
     assert len(list((tmp_path / "cache").glob("utkface-*.npz"))) == 2
     assert utk.load(archive, cache_dir=tmp_path / "cache").images.shape == served.images.shape
+
+
+def gaussians(centres: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """Per-face distributions over whole years: a Gaussian of ``sigma`` years around each centre."""
+    logits = -0.5 * ((np.arange(AGE_BINS)[None, :] - centres[:, None]) / sigma[:, None]) ** 2
+    return (np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_band_coverage_counts_each_band_with_its_wilson_interval():
+    # 100 faces aged 25 of which exactly 80 are inside, 10 aged 5 all inside, none aged 50.
+    true = np.array([25] * 100 + [5] * 10, np.float32)
+    low = np.array([20] * 80 + [26] * 20 + [0] * 10, np.float32)
+    high = low + 10
+    bands = heads.band_coverage(true, low, high)
+    assert set(bands) == {"3-9", "20-29"}
+    assert bands["20-29"]["n"] == 100 and bands["20-29"]["coverage"] == pytest.approx(0.8)
+    # Wilson 95% for 80/100: 0.711-0.867 (a textbook value); for 10/10 it stays below 1 at the bottom.
+    np.testing.assert_allclose(bands["20-29"]["ci"], (0.7112, 0.8666), atol=1e-3)
+    assert bands["3-9"]["coverage"] == 1.0 and bands["3-9"]["ci"][0] == pytest.approx(0.7225, abs=1e-3)
+    assert bands["20-29"]["width"] == pytest.approx(10.0)
+    # ``by`` groups by another quantity (the estimate) while counting hits against the truth.
+    by_estimate = heads.band_coverage(true, low, high, bands=((0, 50),), by=np.zeros_like(true))
+    assert by_estimate["0-50"]["n"] == 110 and by_estimate["0-50"]["coverage"] == pytest.approx(90 / 110)
+
+
+def test_band_coverage_of_a_synthetic_model_with_known_quantiles():
+    """Ages drawn from the model's own distribution are covered 80% in every band; where the truth is twice as
+    spread as the model says, the 10-90% interval (+-1.28 sd) covers P(|Z| < 0.64) = 0.478."""
+    rng = np.random.default_rng(4)
+    centres = rng.uniform(15, 95, 20_000)
+    sigma = np.where(centres < 50, 3.0, 6.0)  # honest model, two widths
+    honest = np.round(centres + rng.normal(0, sigma))  # UTKFace ages are whole years, so the bins are too
+    out = heads.flat(heads.summarize([gaussians(centres, sigma)], "age"))
+    low, high = out[spec.AGE_LOW_OUTPUT], out[spec.AGE_HIGH_OUTPUT]
+    for name, band in heads.band_coverage(honest, low, high, by=centres).items():
+        if band["n"] > 500:
+            assert band["ci"][0] - 0.02 <= 0.8 <= band["ci"][1] + 0.02, (name, band)
+    spread = np.round(centres + rng.normal(0, 2 * sigma))
+    for name, band in heads.band_coverage(spread, low, high, by=centres).items():
+        if band["n"] > 500:
+            assert abs(band["coverage"] - 0.478) < 0.06, (name, band)
+
+
+def synthetic_validation(rng, n):
+    """A model whose interval is too wide for children, too narrow for ages 10-40 and right above: the error's
+    spread depends on the true age, the model's stated spread (3 years) does not."""
+    ages = rng.integers(4, 80, n).astype(np.float32)  # away from age 0, where the interval is clipped
+    error_sd = np.select([ages < 10, ages < 40], [0.8, 8.0], 3.0)
+    centres = np.clip(ages + rng.normal(0, error_sd), 0, 116)
+    return ages, gaussians(centres, np.full(n, 3.0))
+
+
+def test_per_band_calibration_never_moves_the_estimate_and_reaches_80_in_each_cell():
+    from training import calibrate
+
+    rng = np.random.default_rng(5)
+    val_ages, val_dist = synthetic_validation(rng, 6000)
+    interval = calibrate.fit(calibrate.base([val_dist], 1.0), val_ages)
+    cells = interval["cells"]
+    assert len(cells) == len(calibrate.AGE_EDGES) + 2  # one band split in two
+    test_ages, test_dist = synthetic_validation(rng, 6000)
+    # Every face lies in exactly one cell.
+    member = heads.interval_cells(tf.constant(test_dist), heads.expected_age(test_dist), cells).numpy()
+    np.testing.assert_array_equal(member.sum(axis=1), 1)
+
+    plain = heads.flat(heads.summarize([test_dist], "age"))
+    fixed = heads.flat(heads.summarize([test_dist], "age", interval=interval))
+    np.testing.assert_array_equal(fixed[spec.AGE_OUTPUT], plain[spec.AGE_OUTPUT])  # bit for bit
+    assert (fixed[spec.AGE_LOW_OUTPUT] <= fixed[spec.AGE_HIGH_OUTPUT]).all()
+    estimate = plain[spec.AGE_OUTPUT]
+    edges = [0, *calibrate.AGE_EDGES, AGE_BINS]
+    bands = tuple((lo, hi - 1e-3) for lo, hi in zip(edges[:-1], edges[1:], strict=True))
+    before = heads.band_coverage(test_ages, plain[spec.AGE_LOW_OUTPUT], plain[spec.AGE_HIGH_OUTPUT], bands, estimate)
+    after = heads.band_coverage(test_ages, fixed[spec.AGE_LOW_OUTPUT], fixed[spec.AGE_HIGH_OUTPUT], bands, estimate)
+    gaps = [abs(band["coverage"] - 0.8) for band in before.values() if band["n"] >= 200]
+    assert max(gaps) > 0.3  # the problem is there before
+    for name, band in after.items():
+        if band["n"] >= 200:  # held-out faces, per band of the estimate
+            assert abs(band["coverage"] - 0.8) < 0.05, (name, band)
+
+    # Through a model's served graph too (what export folds in): the estimate is the uncalibrated one.
+    model = models.build("age", widths=(4, 8))
+    faces = tf.constant(rng.integers(0, 255, (5, spec.IMAGE_SIZE, spec.IMAGE_SIZE, 3), dtype=np.uint8))
+    a = heads.flat(heads.served_outputs(model, "age", faces))
+    b = heads.flat(heads.served_outputs(model, "age", faces, interval=interval))
+    np.testing.assert_array_equal(a[spec.AGE_OUTPUT], b[spec.AGE_OUTPUT])

@@ -236,3 +236,34 @@ def test_gender_calibration_error_and_reliability_table():
     assert 0.1 < result["ece"] < 0.15  # mean |p - (0.5 + (p - 0.5) / 2)| = 0.125
     assert len(result["bins"]) == 10 and sum(b["n"] for b in result["bins"]) == 20_000
     assert result["bins"][0]["observed"] > result["bins"][0]["mean_p"]  # low predictions are too low
+
+
+def test_calibrated_export_keeps_the_source_estimate_and_refuses_one_that_moves(tmp_path):
+    """training.calibrate's path on a tiny model: weights read back from the SavedModel, the interval changed
+    in the exported graph, the estimate not; an export whose estimate differs is refused and removed."""
+    from training import calibrate, heads
+
+    model = models.build("age", widths=(4, 8))
+    head = model.get_layer("age_logits")  # a peaked distribution, so the interval has a width to move
+    head.set_weights([head.get_weights()[0], (-0.5 * ((np.arange(heads.AGE_BINS) - 30) / 5.0) ** 2).astype("f")])
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"task": "age", "widths": "4,8", "temperature": 1.0, "tta": True}))
+    source = export.export_model(model, "age", tmp_path, extra_files={"training_config.json": config})
+    loaded, _ = calibrate.load_model(source)
+    for a, b in zip(model.weights, loaded.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+    interval = {"cells": [{**c, "q_low": 0.5, "q_high": 0.25} for c in calibrate.cells_for(threshold=0.3)]}
+    version = export.export_model(loaded, "age", tmp_path, interval=interval)
+    faces = np.random.default_rng(9).integers(0, 255, (8, spec.IMAGE_SIZE, spec.IMAGE_SIZE, 3), dtype=np.uint8)
+    calibrate.check_estimate_unchanged(source, version, faces)
+    before, after = evaluate.predict(source, faces), evaluate.predict(version, faces)
+    np.testing.assert_array_equal(before[spec.AGE_OUTPUT], after[spec.AGE_OUTPUT])
+    width = before[spec.AGE_HIGH_OUTPUT] - before[spec.AGE_LOW_OUTPUT]
+    np.testing.assert_allclose(after[spec.AGE_LOW_OUTPUT], before[spec.AGE_LOW_OUTPUT] - 0.5 * width, atol=1e-3)
+    np.testing.assert_allclose(after[spec.AGE_HIGH_OUTPUT], before[spec.AGE_HIGH_OUTPUT] + 0.25 * width, atol=1e-3)
+
+    other = export.export_model(models.build("age", widths=(4, 8)), "age", tmp_path)
+    with pytest.raises(RuntimeError, match="moves the age estimate"):
+        calibrate.check_estimate_unchanged(source, other, faces)
+    assert not other.exists()

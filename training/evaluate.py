@@ -30,7 +30,10 @@ from training import data as utk  # noqa: E402
 from training import heads  # noqa: E402
 from training.export import SAVEDMODEL, latest  # noqa: E402
 
-AGE_BANDS = ((0, 2), (3, 9), (10, 19), (20, 29), (30, 39), (40, 49), (50, 59), (60, 69), (70, 79), (80, 116))
+AGE_BANDS = heads.AGE_BANDS
+#: Issue 16's targets for the interval: coverage within this range in every true-age band with at least
+#: ``TARGET_MIN_N`` faces, and within ``TARGET_OVERALL`` over all faces.
+TARGET_BAND, TARGET_OVERALL, TARGET_MIN_N = (0.72, 0.88), (0.78, 0.82), 90
 # The seed project's validation figures, for comparison.
 SEED = {"age_val_mse": 226.0, "age_val_rmse": 15.0, "gender_val_accuracy": 0.81}
 
@@ -117,6 +120,16 @@ def metrics(data: utk.Dataset, pred: dict[str, np.ndarray]) -> dict:
         return age_metrics(data.ages[m], ages[m], None if low is None else low[m], None if high is None else high[m])
 
     bands = {f"{lo}-{hi}": on(m) for lo, hi in AGE_BANDS if (m := (data.ages >= lo) & (data.ages <= hi)).any()}
+    if low is not None and np.isfinite(low).all():
+        for name, cov in heads.band_coverage(data.ages, low, high, AGE_BANDS).items():
+            bands[name]["coverage_ci"] = list(cov["ci"])
+    # Gender per band: children's faces carry less of it, so accuracy and calibration are read band by band.
+    for lo, hi in AGE_BANDS:
+        m = (data.ages >= lo) & (data.ages <= hi)
+        if m.any():
+            p, t = probs[m], data.genders[m]
+            bands[f"{lo}-{hi}"]["gender_accuracy"] = float((contract.is_female(p) == t).mean())
+            bands[f"{lo}-{hi}"]["gender_ece"] = calibration(t, p)["ece"]
     races = {name: on(data.races == i) for i, name in enumerate(utk.RACES) if (data.races == i).any()}
     return {
         "age": on(np.ones(len(data), bool)),
@@ -191,9 +204,17 @@ def plots(
     bands = metrics(data, pred)["age_by_band"]
     if all("coverage" in b for b in bands.values()):
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.bar(list(bands), [b["coverage"] for b in bands.values()])
+        cov = np.array([b["coverage"] for b in bands.values()])
+        ci = np.array([b["coverage_ci"] for b in bands.values()])
+        ax.bar(
+            list(bands),
+            cov,
+            yerr=np.maximum([cov - ci[:, 0], ci[:, 1] - cov], 0),
+            capsize=3,
+            label="coverage, Wilson 95%",
+        )
         ax.axhline(0.8, color="k", ls="--", lw=1, label="nominal 0.80")
-        ax.set(title="Age interval (10th-90th percentile) coverage", xlabel="true age band", ylabel="coverage")
+        ax.set(title="Age interval (80%) coverage by true age", xlabel="true age band", ylabel="coverage")
         ax.set_ylim(0, 1)
         ax.tick_params(axis="x", labelrotation=45)
         ax.legend()
@@ -215,12 +236,37 @@ def plots(
     return files
 
 
+def interval_targets(m: dict) -> str:
+    """One line: does the interval meet issue 16's coverage targets on these faces, and where not."""
+    big = {k: v["coverage"] for k, v in m["age_by_band"].items() if v["n"] >= TARGET_MIN_N}
+    off = [f"{k} ({c:.3f})" for k, c in big.items() if not TARGET_BAND[0] <= c <= TARGET_BAND[1]]
+    overall = m["age"]["coverage"]
+    ok = TARGET_OVERALL[0] <= overall <= TARGET_OVERALL[1]
+    return (
+        f"- coverage targets: overall {TARGET_OVERALL[0]}-{TARGET_OVERALL[1]}: **{'met' if ok else 'missed'}**; "
+        f"{TARGET_BAND[0]}-{TARGET_BAND[1]} in every band with >= {TARGET_MIN_N} faces ({len(big)} bands): "
+        + (f"**missed** in {', '.join(off)}" if off else "**met**")
+    )
+
+
 def markdown(report: dict) -> str:
     interval = "coverage" in report["all_ages"]["age"]
 
     def age_row(name, m):
         extra = f" {m['coverage']:.3f} | {m['width']:.1f} |" if interval else ""
         return f"| {name} | {m['n']} | {m['mae']:.2f} | {m['rmse']:.2f} |{extra}"
+
+    def band_row(name, m):
+        extra = ""
+        if interval:
+            lo, hi = m["coverage_ci"]
+            extra = f" {m['coverage']:.3f} ({lo:.2f}-{hi:.2f}) | {m['width']:.1f} |"
+        gender = f" {m['gender_accuracy']:.3f} | {m['gender_ece']:.3f} |"
+        return f"| {name} | {m['n']} | {m['mae']:.2f} | {m['rmse']:.2f} |{extra}{gender}"
+
+    band_head = "| n | MAE | RMSE |" + (" 80% interval coverage (95% CI) | mean width |" if interval else "")
+    band_head += " gender accuracy | gender ECE |"
+    band_rule = "|---|---|---|---|" + ("---|---|" if interval else "") + "---|---|"
 
     age_head = "| n | MAE | RMSE |" + (" 80% interval coverage | mean width |" if interval else "")
     age_rule = "|---|---|---|---|" + ("---|---|" if interval else "")
@@ -248,12 +294,16 @@ def markdown(report: dict) -> str:
                 if interval
                 else []
             ),
+            *([interval_targets(m)] if interval else []),
             f"- gender accuracy **{g['accuracy']:.4f}**",
             "",
-            "| age band " + age_head,
-            age_rule,
+            "By true age band: the coverage's 95% interval is Wilson's (the bands are small); gender ECE per band "
+            f"uses the same {CALIBRATION_BINS} bins as overall.",
+            "",
+            "| age band " + band_head,
+            band_rule,
         ]
-        lines += [age_row(k, v) for k, v in m["age_by_band"].items()]
+        lines += [band_row(k, v) for k, v in m["age_by_band"].items()]
         lines += ["", "| race " + age_head, age_rule]
         lines += [age_row(k, v) for k, v in m["age_by_race"].items()]
         lines += ["", "| gender | precision | recall | F1 | support |", "|---|---|---|---|---|"]
@@ -301,9 +351,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", type=Path, default=Path("reports"))
     p.add_argument("--predictions", type=Path, default=None, help="CSV with one row per image")
     p.add_argument("--cache-dir", type=Path, default=utk.default_cache_dir())
+    p.add_argument("--age-version", type=int, default=None, help="an earlier age version, to compare (default: newest)")
     args = p.parse_args(argv)
 
     models = {task: latest(args.repo, task) for task in ("age", "gender")}
+    if args.age_version is not None:
+        models["age"] = args.repo / "age" / str(args.age_version)
     if args.seed is None:
         cfg = models["age"] / "training_config.json"
         args.seed = json.loads(cfg.read_text())["seed"] if cfg.exists() else 1337

@@ -7,7 +7,8 @@ number and keeps the earlier ones, with the OpenVINO IR made from it beside it (
 the SavedModel: serving/pipeline/backends/openvino_savedmodel/ir.py). The signature ``serving_default`` takes
 ``image`` (uint8, ``[-1, IMAGE_SIZE, IMAGE_SIZE, 3]``, RGB 0-255) and returns float32 ``[-1, 1]`` tensors:
 ``age``, ``age_low`` and ``age_high`` (the 10th-90th percentile interval), or ``female_probability``.
-Flip test-time augmentation and the temperature fitted after training are folded in
+Flip test-time augmentation, the temperature fitted after training and any per-band interval
+correction (``training.calibrate``) are folded in
 (:func:`training.heads.served_outputs`), so the server needs to know nothing about either.
 """
 
@@ -55,6 +56,7 @@ def export_model(
     *,
     tta: bool = True,
     temperature: float = 1.0,
+    interval: dict | None = None,
     size: int = spec.IMAGE_SIZE,
     extra_files: dict[str, Path] | None = None,
 ) -> Path:
@@ -66,6 +68,7 @@ def export_model(
         repo: The Triton model repository.
         tta: Fold flip test-time augmentation into the graph (twice the compute per face).
         temperature: Fitted after training (``config.json``); 1 leaves the network's outputs as they are.
+        interval: Per-band correction of the age interval (``training.calibrate``); None for none.
         size: Input side; only candidate architectures (``training.benchmark``) differ from the served size.
         extra_files: Files copied beside the SavedModel, by target name (config, history).
 
@@ -80,7 +83,7 @@ def export_model(
     archive.track(model)
     archive.add_endpoint(
         name="serving_default",
-        fn=lambda image: heads.served_outputs(model, task, image, tta=tta, temperature=temperature),
+        fn=lambda image: heads.served_outputs(model, task, image, tta=tta, temperature=temperature, interval=interval),
         input_signature=[tf.TensorSpec((None, size, size, 3), tf.uint8, name=spec.INPUT_NAME)],
     )
     tmp = model_dir / f".tmp-{version_dir.name}"

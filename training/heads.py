@@ -4,7 +4,9 @@ Training side: the age losses the comparison chooses between (``training.compare
 all judged by, the mean absolute error of the served age. Serving side: :func:`served_outputs`, the one
 function that turns the network's raw output into the served tensors, with flip test-time augmentation and
 a temperature. ``training.export`` folds it into the SavedModel and the temperature fit calls it too, so the
-numbers chosen on the validation split are the numbers the server returns.
+numbers chosen on the validation split are the numbers the server returns. :func:`calibrate_interval` is the
+per-band correction of that interval (``training.calibrate``), and :func:`band_coverage` the one place per-band
+coverage is counted, with its uncertainty.
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ LABEL_SIGMA = 2.0
 AGE_LOSSES = ("huber", "ce", "ldl", "ldl+l1")
 #: Weight of the expected age's absolute error (years) beside the label-distribution loss in ``ldl+l1``.
 L1_WEIGHT = 1.0
+#: Decade bands of age (inclusive years) that coverage and accuracy are reported in; UTKFace's 80-116 are few.
+AGE_BANDS = ((0, 2), (3, 9), (10, 19), (20, 29), (30, 39), (40, 49), (50, 59), (60, 69), (70, 79), (80, 116))
+#: The youngest age that is not a teenager: the model's probability of an age below it separates teenagers from
+#: the young adults they are predicted among (``training.calibrate``).
+ADULT_AGE = 20
 
 
 def expected_age(probs: tf.Tensor) -> tf.Tensor:
@@ -92,21 +99,31 @@ def age_loss(name: str, *, huber_delta: float = 5.0):
 
 
 def served_outputs(
-    model: keras.Model, task: str, image: tf.Tensor, *, tta: bool = True, temperature: float = 1.0
+    model: keras.Model,
+    task: str,
+    image: tf.Tensor,
+    *,
+    tta: bool = True,
+    temperature: float = 1.0,
+    interval: dict | None = None,
 ) -> dict[str, tf.Tensor]:
     """The served tensors for a uint8 batch, each float32 ``(N, 1)``.
 
     Flip test-time augmentation averages the face and its mirror image, as probabilities (so it averages
     distributions, not ages). The temperature divides log-probabilities (bins) or the logit (gender) before
     that (for age, of the interval only); it is fitted on the validation split after training. A regression
-    head serves NaN for the interval.
+    head serves NaN for the interval. ``interval``: the per-band correction of the age interval, if any.
     """
     views = [image, tf.reverse(image, axis=[2])] if tta else [image]
-    return summarize([model(v, training=False) for v in views], task, temperature=temperature)
+    return summarize([model(v, training=False) for v in views], task, temperature=temperature, interval=interval)
 
 
-def summarize(raw: list, task: str, *, temperature: float = 1.0) -> dict[str, tf.Tensor]:
-    """Averages the network's outputs on several views of the same faces into the served tensors."""
+def summarize(raw: list, task: str, *, temperature: float = 1.0, interval: dict | None = None) -> dict[str, tf.Tensor]:
+    """Averages the network's outputs on several views of the same faces into the served tensors.
+
+    ``interval`` is a per-band correction of the 10-90% interval (:func:`calibrate_interval`); None serves the
+    tempered quantiles as they are.
+    """
     raw = [tf.cast(r, "float32") for r in raw]
     col = lambda t: tf.reshape(t, [-1, 1])  # noqa: E731
     if task == "gender":
@@ -123,12 +140,48 @@ def summarize(raw: list, task: str, *, temperature: float = 1.0) -> dict[str, tf
     dist = tf.add_n(raw) / len(raw)
     tempered = [tf.nn.softmax(tf.math.log(tf.clip_by_value(p, 1e-12, 1.0)) / temperature) for p in raw]
     tempered = tf.add_n(tempered) / len(tempered)
-    low, high = spec.AGE_INTERVAL
-    return {
-        spec.AGE_OUTPUT: col(expected_age(dist)),
-        spec.AGE_LOW_OUTPUT: col(age_quantile(tempered, low)),
-        spec.AGE_HIGH_OUTPUT: col(age_quantile(tempered, high)),
-    }
+    q_low, q_high = spec.AGE_INTERVAL
+    age, low, high = expected_age(dist), age_quantile(tempered, q_low), age_quantile(tempered, q_high)
+    if interval is not None:
+        low, high = calibrate_interval(dist, age, low, high, interval)
+    return {spec.AGE_OUTPUT: col(age), spec.AGE_LOW_OUTPUT: col(low), spec.AGE_HIGH_OUTPUT: col(high)}
+
+
+def interval_cells(dist: tf.Tensor, age: tf.Tensor, cells: list[dict]) -> tf.Tensor:
+    """``(N, len(cells))`` 0/1 membership of each face in each calibration cell.
+
+    A cell is a band of the estimate ``age`` (years, ``[lo, hi)``) crossed with a band of the model's own
+    probability that the face is under ``ADULT_AGE`` (``[lo, hi)``). Comparisons and casts only, so OpenVINO
+    converts it; the cells tile the plane, so every face is in exactly one.
+    """
+    young = tf.reduce_sum(dist[:, :ADULT_AGE], axis=-1)
+    columns = []
+    for cell in cells:
+        (a_lo, a_hi), (p_lo, p_hi) = cell["age"], cell["p_under_adult"]
+        inside = (age >= a_lo) & (age < a_hi) & (young >= p_lo) & (young < p_hi)
+        columns.append(tf.cast(inside, "float32"))
+    return tf.stack(columns, axis=-1)
+
+
+def calibrate_interval(
+    dist: tf.Tensor, age: tf.Tensor, low: tf.Tensor, high: tf.Tensor, interval: dict
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Moves each end of the interval by a per-cell multiple of the interval's own width (Mondrian conformal
+    quantile regression with a spread-normalised score); ``age`` is read, never changed.
+
+    ``low - q_low * width`` and ``high + q_high * width``, where ``q_low``/``q_high`` of the face's cell were
+    fitted on validation faces so that 10% of that cell's ages fall below and 10% above (negative narrows).
+    """
+    cells = interval["cells"]
+    member = interval_cells(dist, age, cells)
+    q_low = tf.reduce_sum(member * tf.constant([c["q_low"] for c in cells], "float32"), axis=-1)
+    q_high = tf.reduce_sum(member * tf.constant([c["q_high"] for c in cells], "float32"), axis=-1)
+    width = high - low
+    top = float(AGE_BINS) - 0.5
+    new_low = tf.clip_by_value(low - q_low * width, 0.0, top)
+    new_high = tf.clip_by_value(high + q_high * width, 0.0, top)
+    # Two narrowing corrections could cross; the ends are then swapped, never left inverted.
+    return tf.minimum(new_low, new_high), tf.maximum(new_low, new_high)
 
 
 def raw_views(model: keras.Model, images: np.ndarray, *, tta: bool = True, batch: int = 256) -> list[np.ndarray]:
@@ -144,6 +197,40 @@ def flat(outputs: dict[str, tf.Tensor]) -> dict[str, np.ndarray]:
 def interval_stats(true: np.ndarray, low: np.ndarray, high: np.ndarray) -> dict[str, float]:
     """How often the interval holds the true age (``coverage``) and its mean ``width`` in years."""
     return {"coverage": float(((true >= low) & (true <= high)).mean()), "width": float((high - low).mean())}
+
+
+def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval (95% by default) of a proportion: sound for small bands and for 0 or n hits."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (float(max(centre - half, 0.0)), float(min(centre + half, 1.0)))  # rounding can step past 0 or 1
+
+
+def band_coverage(
+    true: np.ndarray, low: np.ndarray, high: np.ndarray, bands=AGE_BANDS, by: np.ndarray | None = None
+) -> dict[str, dict]:
+    """Per band of ``by`` (the true age unless given): ``n``, ``coverage``, its Wilson 95% ``ci`` and ``width``.
+
+    The one place coverage per band is counted: the calibration's choice, the evaluation report and the tests.
+    Bands without faces are left out.
+    """
+    by = true if by is None else by
+    out = {}
+    for lo, hi in bands:
+        m = (by >= lo) & (by <= hi)
+        if not m.any():
+            continue
+        hits = int(((true[m] >= low[m]) & (true[m] <= high[m])).sum())
+        out[f"{lo}-{hi}"] = {
+            "n": int(m.sum()),
+            "coverage": hits / int(m.sum()),
+            "ci": wilson(hits, int(m.sum())),
+            "width": float((high[m] - low[m]).mean()),
+        }
+    return out
 
 
 def fit_temperature(raw: list[np.ndarray], task: str, ages: np.ndarray | None, genders: np.ndarray | None) -> dict:

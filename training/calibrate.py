@@ -1,0 +1,244 @@
+"""Calibrates the served age model's 80% interval per band and exports it as a new version; the estimate stays.
+
+    python -m training.calibrate --data ../shared/datasets/UTKFace.tar.gz [--source 2] [--dry-run]
+
+One temperature (``heads.fit_temperature``) makes the interval cover 80% of validation ages on average, but
+not within an age band: too wide for babies, too narrow for teenagers and for ages 40-59. This fits a
+Mondrian conformal correction on the validation split only:
+
+* every face falls in one **cell**: a band of its estimated age, and, in the crowded 20-29 band, a band of
+  the model's own probability that the face is under 20 (teenagers are predicted among young adults, and
+  that probability separates them: validation medians 0.17 against 0.07);
+* the score is spread-normalised, one per end: ``(low - y) / width`` and ``(y - high) / width``;
+* in each cell the conformal 90% quantile of each score (``ceil((n + 1) * 0.9)``-th smallest) moves that end
+  by that many widths, so 10% of the cell's validation ages fall below and 10% above.
+
+The cells and both multiples per cell are folded into the SavedModel (``heads.calibrate_interval``, simple ops
+that OpenVINO converts); ``age`` is computed before and never read back, so it is bit-for-bit v2's. The choice
+between the candidate methods and cell layouts was made by 5-fold cross-validation within the validation split
+(``CANDIDATES`` below: out-of-fold coverage per true-age band); the test split is only reported on
+(``training.evaluate``). Deterministic: sorting, no sampling, folds from a fixed seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from common import spec  # noqa: E402
+from training import data as utk  # noqa: E402
+from training import heads  # noqa: E402
+from training import model as models  # noqa: E402
+from training.export import SAVEDMODEL, export_model  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+#: Upper edges (years, exclusive) of the bands of estimated age; the last band runs to the oldest age. Each
+#: holds at least ~100 validation faces (the 55+ band pools the old, whose decades are too small alone).
+AGE_EDGES = (3, 10, 20, 30, 40, 55)
+#: The estimated-age band ``[20, 30)`` is split at this quantile (on validation) of P(age < 20): its top fifth.
+SPLIT_BAND = (20, 30)
+SPLIT_QUANTILE = 0.8
+#: Each end misses 10% of a cell's ages: together the nominal 80%.
+TAIL = spec.AGE_INTERVAL[0]
+#: 5-fold cross-validation within the validation split, for choosing the method; a fixed seed.
+FOLDS, FOLD_SEED = 5, 0
+#: Bands of TRUE age with at least this many faces are the ones the targets (and the choice) look at.
+MIN_BAND = 90
+
+
+def load_model(version_dir: Path):
+    """The Keras age model with an exported version's weights, read from its SavedModel by variable path.
+
+    Only the SavedModel is committed; the architecture is ``training.model.build`` with the widths recorded in
+    ``training_config.json``.
+    """
+    config = json.loads((version_dir / "training_config.json").read_text())
+    widths = tuple(int(w) for w in str(config.get("widths", "16,32,64,128")).split(","))
+    model = models.build("age", widths=widths, size=config.get("image_size", spec.IMAGE_SIZE))
+    loaded = tf.saved_model.load(str(version_dir / SAVEDMODEL))
+    source = {v.name.split(":")[0]: v.numpy() for v in loaded.variables}
+    for w in model.weights:
+        w.assign(source[w.path])
+    return model, config
+
+
+def cells_for(edges=AGE_EDGES, split=SPLIT_BAND, threshold: float | None = None) -> list[dict]:
+    """The calibration cells (without their multiples): estimated-age bands, ``split`` cut at ``threshold``."""
+    bounds = [0.0, *map(float, edges), float(heads.AGE_BINS)]
+    cells = []
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        if threshold is not None and (lo, hi) == tuple(map(float, split)):
+            cells += [{"age": [lo, hi], "p_under_adult": [0.0, threshold]}]
+            cells += [{"age": [lo, hi], "p_under_adult": [threshold, 2.0]}]
+        else:
+            cells.append({"age": [lo, hi], "p_under_adult": [0.0, 2.0]})
+    return cells
+
+
+def conformal_quantile(scores: np.ndarray, level: float) -> float:
+    """The ``ceil((n + 1) * level)``-th smallest score (the largest if that exceeds n): split-conformal's."""
+    n = len(scores)
+    k = min(int(np.ceil((n + 1) * level)), n)
+    return float(np.sort(scores)[k - 1])
+
+
+def base(raw: list[np.ndarray], temperature: float) -> dict[str, np.ndarray]:
+    """The source model's served outputs plus its mean distribution (what the cells are read from)."""
+    out = heads.flat(heads.summarize(raw, "age", temperature=temperature))
+    out["dist"] = np.mean(raw, axis=0)
+    return out
+
+
+def fit(b: dict[str, np.ndarray], ages: np.ndarray, *, split: bool = True) -> dict:
+    """Fits the per-cell multiples on faces ``b`` (``base``) with true ``ages``; returns the ``interval`` dict."""
+    age, low, high, dist = b[spec.AGE_OUTPUT], b[spec.AGE_LOW_OUTPUT], b[spec.AGE_HIGH_OUTPUT], b["dist"]
+    threshold = None
+    if split:
+        young = dist[:, : heads.ADULT_AGE].sum(axis=1)
+        band = (age >= SPLIT_BAND[0]) & (age < SPLIT_BAND[1])
+        threshold = round(float(np.quantile(young[band], SPLIT_QUANTILE)), 4)
+    cells = cells_for(threshold=threshold)
+    member = heads.interval_cells(tf.constant(dist), tf.constant(age), cells).numpy().astype(bool)
+    width = high - low
+    # Interval width is >= 0.8 years (one whole-year bin); the floor only guards a division by zero.
+    w = np.maximum(width, 1e-3)
+    for j, cell in enumerate(cells):
+        m = member[:, j]
+        if m.sum() < 20:
+            raise ValueError(f"calibration cell {cell} holds {int(m.sum())} faces; too few to fit")
+        cell["n"] = int(m.sum())
+        cell["q_low"] = round(conformal_quantile((low[m] - ages[m]) / w[m], 1 - TAIL), 5)
+        cell["q_high"] = round(conformal_quantile((ages[m] - high[m]) / w[m], 1 - TAIL), 5)
+    return {
+        "method": "Mondrian split-conformal, spread-normalised scores, one per end",
+        "tail": TAIL,
+        "adult_age": heads.ADULT_AGE,
+        "cells": cells,
+    }
+
+
+def apply(b: dict[str, np.ndarray], interval: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The corrected interval, through the same graph function the SavedModel runs."""
+    low, high = heads.calibrate_interval(
+        tf.constant(b["dist"]),
+        tf.constant(b[spec.AGE_OUTPUT]),
+        tf.constant(b[spec.AGE_LOW_OUTPUT]),
+        tf.constant(b[spec.AGE_HIGH_OUTPUT]),
+        interval,
+    )
+    return low.numpy(), high.numpy()
+
+
+def summary(ages: np.ndarray, low: np.ndarray, high: np.ndarray) -> dict:
+    """Overall coverage and width, per true-age band, and the worst gap from 80% among the big bands."""
+    bands = heads.band_coverage(ages, low, high)
+    big = [abs(v["coverage"] - 0.8) for v in bands.values() if v["n"] >= MIN_BAND]
+    return {**heads.interval_stats(ages, low, high), "worst_big_band_gap": max(big), "bands": bands}
+
+
+def cross_validate(b: dict[str, np.ndarray], ages: np.ndarray, *, split: bool) -> dict:
+    """Out-of-fold corrected intervals over the validation faces: how the method does on faces it did not see."""
+    fold = np.random.default_rng(FOLD_SEED).permutation(len(ages)) % FOLDS
+    low, high = np.zeros(len(ages), np.float32), np.zeros(len(ages), np.float32)
+    for f in range(FOLDS):
+        train, held = fold != f, fold == f
+        interval = fit({k: v[train] for k, v in b.items()}, ages[train], split=split)
+        low[held], high[held] = apply({k: v[held] for k, v in b.items()}, interval)
+    return summary(ages, low, high)
+
+
+#: The candidates compared by cross-validation; the one with the smallest worst big-band gap is exported.
+CANDIDATES = {"age bands": {"split": False}, "age bands, 20-29 split by P(<20)": {"split": True}}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, type=Path, help="UTKFace-format archive or folder")
+    p.add_argument("--repo", type=Path, default=Path(os.environ.get("MODEL_REPOSITORY", "model_repository")))
+    p.add_argument("--source", type=int, default=2, help="age version whose weights and temperature are kept")
+    p.add_argument("--cache-dir", type=Path, default=utk.default_cache_dir())
+    p.add_argument("--dry-run", action="store_true", help="fit and print; export nothing")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    source = args.repo / "age" / str(args.source)
+    model, config = load_model(source)
+    temperature = float(config.get("temperature", 1.0))
+    data = utk.load(args.data, cache_dir=args.cache_dir)
+    val = data.subset(np.flatnonzero(utk.split(data, seed=config.get("seed", 1337)) == "val"))
+    if len(val) < 200:
+        raise SystemExit(f"only {len(val)} validation faces in {args.data}; calibration needs the full UTKFace")
+    ages = val.ages.astype(np.float32)
+    b = base(heads.raw_views(model, val.images, tta=config.get("tta", True)), temperature)
+
+    before = summary(ages, b[spec.AGE_LOW_OUTPUT], b[spec.AGE_HIGH_OUTPUT])
+    compared = {name: cross_validate(b, ages, split=c["split"]) for name, c in CANDIDATES.items()}
+    chosen = min(compared, key=lambda name: compared[name]["worst_big_band_gap"])
+    interval = fit(b, ages, split=CANDIDATES[chosen]["split"])
+    low, high = apply(b, interval)
+    record = {
+        "source_version": args.source,
+        "data": str(args.data),
+        "n_val": len(val),
+        "chosen": chosen,
+        "interval": interval,
+        "val_before": before,
+        "val_cross_validated": compared,
+        "val_fitted": summary(ages, low, high),
+        "argv": sys.argv[1:] if argv is None else list(argv),
+    }
+    for name, s in [(f"v{args.source} as served", before), *compared.items()]:
+        gaps = " ".join(f"{k} {v['coverage']:.2f}" for k, v in s["bands"].items())
+        log.info(
+            f"{name:36s} coverage {s['coverage']:.3f} width {s['width']:.1f} worst gap "
+            f"{s['worst_big_band_gap']:.3f} | {gaps}"
+        )
+    log.info(f"chosen: {chosen}")
+    if args.dry_run:
+        return record
+
+    version = export_model(
+        model,
+        "age",
+        args.repo,
+        tta=config.get("tta", True),
+        temperature=temperature,
+        interval=interval,
+        size=config.get("image_size", spec.IMAGE_SIZE),
+        extra_files={"history.csv": source / "history.csv"},
+    )
+    # The source's record, plus how the interval was calibrated: one file says how this version was made.
+    (version / "training_config.json").write_text(json.dumps({**config, "interval_calibration": record}, indent=2))
+    meta = {"task": "age", "source": str(source / SAVEDMODEL), "version": int(version.name), "by": "training.calibrate"}
+    (version / "export.json").write_text(json.dumps(meta, indent=2))
+    check_estimate_unchanged(source, version, val.images)
+    log.info(f"exported age -> {version}")
+    record["version"] = str(version)
+    return record
+
+
+def check_estimate_unchanged(source: Path, version: Path, images: np.ndarray) -> None:
+    """Refuses an export whose ``age`` differs from the source version's: only the interval may change."""
+    outputs = []
+    for v in (source, version):
+        fn = tf.saved_model.load(str(v / SAVEDMODEL)).signatures["serving_default"]
+        outputs.append(fn(image=tf.constant(images[:256]))[spec.AGE_OUTPUT].numpy())
+    gap = float(np.abs(outputs[0] - outputs[1]).max())
+    if gap > 1e-4:
+        shutil.rmtree(version)
+        raise RuntimeError(f"{version} moves the age estimate by up to {gap} years; it must not")
+
+
+if __name__ == "__main__":
+    main()
