@@ -46,7 +46,7 @@ def tf_outputs(repo: Path, task: str, x: np.ndarray) -> dict[str, np.ndarray]:
     return {name: result[name].numpy() for name in OUTPUTS[task]}
 
 
-def served(url: str, task: str, x: np.ndarray, *, per_item: bool) -> dict[str, np.ndarray]:
+def served(url: str, task: str, x: np.ndarray, *, per_item: bool, headers=None) -> dict[str, np.ndarray]:
     client = grpcclient.InferenceServerClient(url)
     try:
         outs = []
@@ -54,7 +54,7 @@ def served(url: str, task: str, x: np.ndarray, *, per_item: bool) -> dict[str, n
             image = grpcclient.InferInput(spec.INPUT_NAME, list(batch.shape), "UINT8")
             image.set_data_from_numpy(batch)
             requested = [grpcclient.InferRequestedOutput(name) for name in OUTPUTS[task]]
-            outs.append(client.infer(task, [image], outputs=requested))
+            outs.append(client.infer(task, [image], outputs=requested, headers=headers))
         return {name: np.concatenate([out.as_numpy(name) for out in outs]) for name in OUTPUTS[task]}
     finally:
         client.close()
@@ -67,7 +67,8 @@ def check_equal_to_tf(server, repo: Path) -> dict[str, dict[str, np.ndarray]]:
     for task in TASKS:
         expected = references[task] = tf_outputs(repo, task, x)
         for per_item in (False, True):  # one batch of 24, and 24 single requests (dynamic batching mixes them)
-            got = served(server.grpc_url, task, x, per_item=per_item)
+            # The CNNs are internal (not callable through the door): Triton's own port, with its internal key.
+            got = served(server.internal_grpc_url, task, x, per_item=per_item, headers=server.internal_headers())
             for name in OUTPUTS[task]:
                 assert got[name].shape == expected[name].shape == (len(x), 1) and got[name].dtype == np.float32
                 # NaN (an age model without an interval) must be NaN in both: assert_allclose counts NaN == NaN.

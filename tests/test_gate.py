@@ -297,6 +297,14 @@ def test_admin_without_the_key_is_permission_denied(triton_tiny, stub):
         pb.RepositoryIndexRequest(), metadata=[(security.GRPC_ADMIN_METADATA, triton_tiny.admin_key)]
     ).models
     assert _http(triton_tiny.http_url, "POST", "/v2/repository/index", b"{}")[0] == 403
+    # Operators (serving.ops.rollout) read the internal models' config with the key, over both protocols.
+    key = {security.ADMIN_HEADER: triton_tiny.admin_key}
+    assert _http(triton_tiny.http_url, "GET", "/v2/models/age/config", headers=key)[0] == 200
+    assert _http(triton_tiny.http_url, "GET", "/v2/models/age/ready", headers=key)[0] == 200
+    assert _http(triton_tiny.http_url, "GET", "/v2/models/age/config", headers={security.ADMIN_HEADER: "x"})[0] == 403
+    assert _http(triton_tiny.http_url, "POST", "/v2/models/age/infer", b"{}", headers=key)[0] == 404
+    admin = [(security.GRPC_ADMIN_METADATA, triton_tiny.admin_key)]
+    assert stub.ModelConfig(pb.ModelConfigRequest(name="age"), metadata=admin).config.name == "age"
     # One request stream would carry many requests past one check: refused outright.
     with pytest.raises(grpc.RpcError) as err:
         list(stub.ModelStreamInfer(iter([_request(CROP, [1, 1], [b"x"])])))

@@ -45,7 +45,7 @@ def export_constant(repo: Path, value: float) -> Path:
     return export_model(model, "age", repo)
 
 
-def load(url: str, stop: threading.Event, log: list, errors: list) -> None:
+def load(url: str, headers: dict, stop: threading.Event, log: list, errors: list) -> None:
     import tritonclient.http as httpclient
 
     client = httpclient.InferenceServerClient(url, network_timeout=30)
@@ -56,7 +56,7 @@ def load(url: str, stop: threading.Event, log: list, errors: list) -> None:
         while not stop.is_set():
             sent = time.monotonic()
             try:
-                value = float(client.infer("age", [inp]).as_numpy(spec.AGE_OUTPUT)[0, 0])
+                value = float(client.infer("age", [inp], headers=headers).as_numpy(spec.AGE_OUTPUT)[0, 0])
             except Exception as err:  # noqa: BLE001 - every failure counts, whatever its type
                 errors.append((sent, repr(err)))
                 continue
@@ -84,7 +84,9 @@ def test_rollout_and_rollback_under_load_without_a_failed_request(tmp_path, monk
     )
     with server:
         stop, log, errors = threading.Event(), [], []
-        threads = [threading.Thread(target=load, args=(server.http_url, stop, log, errors)) for _ in range(THREADS)]
+        # `age` is internal (not callable through the door): the load goes to Triton's own port, with its key.
+        target = (server.internal_http_url, server.internal_headers())
+        threads = [threading.Thread(target=load, args=(*target, stop, log, errors)) for _ in range(THREADS)]
         if getattr(server, "admin_key", None):  # a launcher that restricts the admin APIs: no key, no switch
             with monkeypatch.context() as m:
                 m.delenv("TRITON_ADMIN_KEY")

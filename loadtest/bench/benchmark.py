@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         with server(args.repository) as triton:
             meta["config_name"] = triton.config_name
             meta["triton_startup_s"] = triton.startup_seconds
-            extra["warmup"] = warmup.first_vs_steady(triton.grpc_url)
+            extra["warmup"] = warmup.first_vs_steady(triton.internal_grpc_url, headers=triton.internal_headers())
             results += scenarios(triton.grpc_url, dynamic=True, args=args, inputs=inputs, log=log)
             extra["memory"] = memory.group_rss_mb(triton._proc.pid)
             extra["memory"]["baseline_mb"] = args.rss_baseline_mb or None

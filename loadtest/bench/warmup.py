@@ -20,7 +20,9 @@ STEADY_REPEATS = 9
 TARGET = 2.0
 
 
-def first_vs_steady(url: str, models: tuple[str, ...] = contract.TASK_MODELS) -> list[dict]:
+def first_vs_steady(url: str, models: tuple[str, ...] = contract.TASK_MODELS, headers=None) -> list[dict]:
+    """``url``: Triton's own gRPC port (the CNNs are internal, not callable through the door), ``headers`` what it
+    wants for inference (``TritonServer.internal_headers``)."""
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(url)
@@ -31,7 +33,7 @@ def first_vs_steady(url: str, models: tuple[str, ...] = contract.TASK_MODELS) ->
         image.set_data_from_numpy(x)
         start = time.perf_counter()
         try:
-            client.infer(model, [image])
+            client.infer(model, [image], headers=headers)
         except grpcclient.InferenceServerException:
             if model in models:
                 raise

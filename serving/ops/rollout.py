@@ -68,9 +68,11 @@ def switch(url: str, model: str, version: int | None = None, *, timeout: float =
     client = httpclient.InferenceServerClient(url, connection_timeout=timeout, network_timeout=timeout)
     try:
         try:
-            config = client.get_model_config(model)
+            # The CNNs are internal models: the door shows their config to admins only (docs/security.md).
+            config = client.get_model_config(model, headers=admin_headers())
         except InferenceServerException as err:
-            raise RolloutError(f"cannot read the config of {model!r} at {url}: {err}") from None
+            hint = "" if admin_headers() else f" (an internal model's config needs the admin key: set {ADMIN_KEY_ENV})"
+            raise RolloutError(f"cannot read the config of {model!r} at {url}{hint}: {err}") from None
         if version is None:
             config["version_policy"] = {"latest": {"num_versions": 1}}
         else:
@@ -85,7 +87,7 @@ def switch(url: str, model: str, version: int | None = None, *, timeout: float =
                 hint = f" (the repository API is restricted: set {ADMIN_KEY_ENV})"
             raise RolloutError(f"Triton refused to load {model!r}{hint}: {err}") from None
         deadline = time.monotonic() + timeout
-        while not client.is_model_ready(model, str(version or "")):
+        while not client.is_model_ready(model, str(version or ""), headers=admin_headers()):
             if time.monotonic() > deadline:
                 raise RolloutError(f"{model!r} version {version or 'latest'} is not ready after {timeout:.0f} s")
             time.sleep(0.2)

@@ -43,6 +43,7 @@ from pathlib import Path
 
 from common.contract import PUBLIC_MODELS
 from serving.pipeline.decode import REQUEST_MAX_BYTES
+from serving.runtime.security import ADMIN_HEADER
 from serving.runtime.subproc import stop_process
 
 try:
@@ -137,6 +138,7 @@ _JSON_TOO_LONG = (
 _JSON_LEN = "([0-9]{1,4}|1[0-5][0-9]{3}|16[0-2][0-9]{2}|163[0-7][0-9]|1638[0-4])"
 # Model names in nginx regexes (they are plain identifiers), and the answer for every other model's path.
 _PUBLIC = "|".join(PUBLIC_MODELS)
+_ADMIN_VAR = ADMIN_HEADER.lower().replace("-", "_")  # nginx's $http_<name> for that header
 _NOT_PUBLIC = f"not a public model, or not a public API of one (public models: {', '.join(PUBLIC_MODELS)})"
 
 
@@ -261,13 +263,16 @@ def nginx_config(
             # public models (declared shapes); without one (gate_* None) those go to Triton unchecked.
             upstream gate_http {{ server {gate_http or triton_http}; keepalive 16; }}
             upstream gate_grpc {{ server {gate_grpc or triton_grpc}; keepalive 16; }}
-            # HTTP routing by decoded path: models other than the public ones are not public at all.
-            map $uri $route {{
+            # HTTP routing by decoded path: models other than the public ones are not public at all, except their
+            # metadata, config and readiness to a caller with an admin key (checked by the gate; serving.ops.rollout).
+            map $http_{_ADMIN_VAR} $admin_given {{ "" 0; default 1; }}
+            map "$admin_given$uri" $route {{
                 default triton_http;
-                "~^/v2/models/({_PUBLIC})(/versions/[0-9]+)?/infer$" gate_http;
-                "~^/v2/models/({_PUBLIC})(/versions/[0-9]+)?(/config|/ready|/stats|/trace/setting)?$" triton_http;
-                "~^/v2/models/stats$" triton_http;
-                "~^/v2/models/" not_public;
+                "~^./v2/models/({_PUBLIC})(/versions/[0-9]+)?/infer$" gate_http;
+                "~^./v2/models/({_PUBLIC})(/versions/[0-9]+)?(/config|/ready|/stats|/trace/setting)?$" triton_http;
+                "~^./v2/models/stats$" triton_http;
+                "~^1/v2/models/[^/]+(/versions/[0-9]+)?(/config|/ready)?$" gate_http;
+                "~^./v2/models/" not_public;
             }}
 
             server {{

@@ -37,6 +37,7 @@ import json
 import os
 import signal
 import sys
+import urllib.parse
 
 import aiohttp
 import grpc
@@ -90,6 +91,10 @@ def bounded(message: str) -> str:
     if len(data) <= ERROR_BYTES:
         return message
     return data[: ERROR_BYTES - 30].decode("utf-8", "ignore") + f"... ({len(data)} bytes, cut)"
+
+
+def is_admin(admin_key: str, given: str) -> bool:
+    return bool(admin_key) and hmac.compare_digest(given.encode(), admin_key.encode())
 
 
 class Upstream:
@@ -156,10 +161,12 @@ class GrpcGate(grpc.GenericRpcHandler):
             if rpc == "ModelInfer":
                 check_grpc_infer(pb.ModelInferRequest.FromString(request))
             elif rpc in NAMED_RPCS:
-                model_for(NAMED_RPCS[rpc].FromString(request).name)
+                name = NAMED_RPCS[rpc].FromString(request).name
+                if not is_admin(self.admin_key, self._given(context)):  # operators (rollout) read internal models
+                    model_for(name)
             elif rpc in ADMIN_RPCS:
-                given = dict(context.invocation_metadata() or ()).get(security.GRPC_ADMIN_METADATA, "")
-                if not (self.admin_key and hmac.compare_digest(str(given).encode(), self.admin_key.encode())):
+                given = self._given(context)
+                if not is_admin(self.admin_key, given):
                     await context.abort(
                         grpc.StatusCode.PERMISSION_DENIED,
                         f"{rpc} is restricted to admins: send the admin key as metadata {security.GRPC_ADMIN_METADATA}",
@@ -173,6 +180,10 @@ class GrpcGate(grpc.GenericRpcHandler):
         if status is not None:
             await context.abort(status, payload)
         return payload
+
+    @staticmethod
+    def _given(context) -> str:
+        return str(dict(context.invocation_metadata() or ()).get(security.GRPC_ADMIN_METADATA, ""))
 
     async def _call(self, rpc: str, request: bytes, metadata) -> tuple[grpc.StatusCode | None, bytes | str]:
         stub = self.stubs.get(rpc)
@@ -189,10 +200,13 @@ class GrpcGate(grpc.GenericRpcHandler):
 
 
 class HttpGate:
-    """The HTTP infer location: nginx sends it only ``POST /v2/models/NAME[/versions/N]/infer``, body buffered."""
+    """What nginx sends here: ``POST /v2/models/NAME[/versions/N]/infer`` of public models (body buffered), and
+    metadata, config and readiness of any model when the caller presents an admin key (the operators' tools, such
+    as serving.ops.rollout, read the internal models' configs); everything else nginx answers or passes itself."""
 
-    def __init__(self, triton_http: str, upstream_headers: dict[str, str], upstream: Upstream):
+    def __init__(self, triton_http: str, admin_key: str, upstream_headers: dict[str, str], upstream: Upstream):
         self.base = f"http://{triton_http}"
+        self.admin_key = admin_key
         self.headers = dict(upstream_headers)
         self.upstream = upstream
         self.session: aiohttp.ClientSession | None = None
@@ -201,6 +215,9 @@ class HttpGate:
         app = web.Application(client_max_size=MAX_BODY)
         app.router.add_post("/v2/models/{name}/infer", self.infer)
         app.router.add_post("/v2/models/{name}/versions/{version}/infer", self.infer)
+        for version in ("", "/versions/{version}"):
+            for suffix in ("", "/config", "/ready"):
+                app.router.add_get(f"/v2/models/{{name}}{version}{suffix}", self._about(suffix))
         app.on_startup.append(self._open)
         app.on_cleanup.append(self._close)
         return app
@@ -245,9 +262,23 @@ class HttpGate:
             headers["Inference-Header-Content-Length"] = str(split)
         return await self.upstream.run(self._forward(path, body, headers))
 
-    async def _forward(self, path: str, body: bytes, headers: dict[str, str]) -> web.Response:
+    def _about(self, suffix: str):
+        async def about(request: web.Request) -> web.Response:
+            name, version = request.match_info["name"], request.match_info.get("version")
+            if not is_admin(self.admin_key, request.headers.get(security.ADMIN_HEADER, "")):
+                return self._error(403, f"metadata of models that are not public needs the {security.ADMIN_HEADER} key")
+            if version is not None and not (version.isdigit() and len(version) <= 18):
+                return self._error(400, "the model version must be a number")
+            path = (
+                f"/v2/models/{urllib.parse.quote(name, safe='')}" + (f"/versions/{version}" if version else "") + suffix
+            )
+            return await self.upstream.run(self._forward(path, None, dict(self.headers), method="GET"))
+
+        return about
+
+    async def _forward(self, path: str, body: bytes | None, headers: dict[str, str], method: str = "POST"):
         try:
-            async with self.session.post(self.base + path, data=body, headers=headers) as answer:
+            async with self.session.request(method, self.base + path, data=body, headers=headers) as answer:
                 data = await answer.read()
                 if answer.status >= 400:
                     try:
@@ -276,7 +307,7 @@ async def serve(args, admin_key: str, upstream_headers: dict[str, str], stop: as
     if server.add_insecure_port(args.grpc) == 0:
         raise OSError(f"cannot listen on {args.grpc}")
     await server.start()
-    runner = web.AppRunner(HttpGate(args.triton_http, upstream_headers, upstream).app(), access_log=None)
+    runner = web.AppRunner(HttpGate(args.triton_http, admin_key, upstream_headers, upstream).app(), access_log=None)
     await runner.setup()
     host, port = _split(args.http)
     await web.TCPSite(runner, host, port).start()

@@ -126,6 +126,20 @@ class TritonServer:
     def metrics_url(self) -> str:
         return f"http://{self._client_host}:{self.metrics_port}/metrics"
 
+    @property
+    def internal_grpc_url(self) -> str:
+        """Triton's own gRPC port, behind the door and the gate: the only way to the internal models (the CNNs,
+        pre/postprocess), for tests and benchmarks in this process; send :meth:`internal_headers` with each call."""
+        return f"127.0.0.1:{self.triton_grpc_port}" if self.front_door else self.grpc_url
+
+    @property
+    def internal_http_url(self) -> str:
+        return f"127.0.0.1:{self.triton_http_port}" if self.front_door else self.http_url
+
+    def internal_headers(self) -> dict[str, str]:
+        """What Triton's own ports want for inference behind the door (HTTP header and gRPC metadata)."""
+        return security.internal_headers(security.internal_key()) if self.front_door else {}
+
     def public_ports(self) -> dict[str, int]:
         """The ports this server listens on for callers, keyed by the environment variable that sets each."""
         return {ports.env_name(kind): getattr(self, f"{kind}_port") for kind in ports.DEFAULT_PORTS}
