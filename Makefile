@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA ?= ../shared/datasets/UTKFace.tar.gz
 
-.PHONY: setup test lint format demo serve train evaluate export benchmark clean
+.PHONY: setup test lint format demo serve train evaluate export calibrate benchmark clean
 # A folder or s3://[HOST:PORT/]BUCKET/PREFIX (credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).
 MODEL_REPOSITORY ?= model_repository
 
@@ -46,6 +46,10 @@ train: setup
 
 export: setup
 	$(BIN)/python -m training.export
+
+# The age interval calibrated per band on the validation split, exported as the next age version (the estimate stays).
+calibrate: setup
+	$(BIN)/python -m training.calibrate --data $(DATA)
 
 evaluate: setup
 	$(BIN)/python -m training.evaluate --data $(DATA) --split test
