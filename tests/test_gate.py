@@ -9,7 +9,9 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import os
 import re
+import signal
 import struct
 import threading
 import time
@@ -309,3 +311,20 @@ def test_admin_without_the_key_is_permission_denied(triton_tiny, stub):
     with pytest.raises(grpc.RpcError) as err:
         list(stub.ModelStreamInfer(iter([_request(CROP, [1, 1], [b"x"])])))
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+@pytest.mark.integration
+def test_a_killed_gate_is_restarted_on_its_ports(triton_tiny, stub):
+    gate_process = triton_tiny._gate
+    before = gate_process.restarts
+    os.kill(gate_process.proc.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if gate_process.restarts > before and stub.ServerReady(pb.ServerReadyRequest(), timeout=2).ready:
+                break
+        except grpc.RpcError:
+            pass
+        time.sleep(0.2)
+    assert gate_process.restarts == before + 1
+    assert _answer(stub.ModelInfer(_request(CROP, [1, 1], [cases.face_crop()]))).shape == (1,)
