@@ -26,7 +26,7 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from common import contract
 from loadtest.abuse import cases
-from serving.runtime import gate, gate_check, security
+from serving.runtime import gate_check, gate_relay, security
 
 ROOT = Path(__file__).resolve().parents[1]
 CROP, DETECT = contract.CROP_ENSEMBLE, contract.DETECT_ENSEMBLE
@@ -201,7 +201,7 @@ def test_internal_models_are_not_public(triton_tiny, stub):
         with pytest.raises(grpc.RpcError) as err:
             stub.ModelInfer(_request(model, [1, 1], [crop]))
         assert err.value.code() == grpc.StatusCode.NOT_FOUND and "not a public model" in err.value.details()
-        assert len(err.value.details()) <= gate.ERROR_BYTES
+        assert len(err.value.details()) <= gate_relay.ERROR_BYTES
         for rpc, message in ((stub.ModelConfig, pb.ModelConfigRequest), (stub.ModelMetadata, pb.ModelMetadataRequest)):
             with pytest.raises(grpc.RpcError) as err:
                 rpc(message(name=model))
@@ -229,7 +229,7 @@ def test_internal_models_are_not_public(triton_tiny, stub):
         )
     assert (
         err.value.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.OK)
-        and len(err.value.details()) <= gate.ERROR_BYTES
+        and len(err.value.details()) <= gate_relay.ERROR_BYTES
     )
 
 
