@@ -328,3 +328,17 @@ def test_a_killed_gate_is_restarted_on_its_ports(triton_tiny, stub):
         time.sleep(0.2)
     assert gate_process.restarts == before + 1
     assert _answer(stub.ModelInfer(_request(CROP, [1, 1], [cases.face_crop()]))).shape == (1,)
+
+
+@pytest.mark.integration
+def test_the_gate_serves_only_the_door(triton_tiny):
+    # Another local user calling the gate's loopback ports directly would skip the door's limits.
+    with grpc.insecure_channel(triton_tiny._gate.grpc) as channel:
+        with pytest.raises(grpc.RpcError) as err:
+            pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(_request(CROP, [1, 1], [cases.face_crop()]))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    host, port = triton_tiny._gate.http.rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    connection.request("POST", f"/v2/models/{CROP}/infer", body=b"{}")
+    assert connection.getresponse().status == 403
+    connection.close()

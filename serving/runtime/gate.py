@@ -47,7 +47,7 @@ from serving.runtime import security
 from serving.runtime.door import MAX_BODY
 from serving.runtime.gate_check import Refused, check_grpc_infer, model_for
 from serving.runtime.gate_http import HttpGate
-from serving.runtime.gate_relay import UNREACHABLE, Upstream, bounded, is_admin
+from serving.runtime.gate_relay import NOT_FROM_THE_DOOR, UNREACHABLE, Upstream, bounded, from_the_door, is_admin
 
 SERVICE = "/inference.GRPCInferenceService/"
 #: RPCs whose API group is restricted (security.RESTRICTED_APIS), by Triton's grouping.
@@ -86,6 +86,8 @@ class GrpcGate(grpc.GenericRpcHandler):
         self.channel = grpc.aio.insecure_channel(triton_grpc, options=[*_MESSAGE_OPTIONS, ("grpc.enable_retries", 0)])
         self.admin_key = admin_key
         self.metadata = tuple((k.lower(), v) for k, v in upstream_headers.items())
+        # The door presents the same internal key it gives Triton; other local callers of the gate's port do not.
+        self.door_key = upstream_headers.get(security.GRPC_INTERNAL_METADATA)
         self.upstream = upstream
         self.stubs = {}
         # Built once per RPC name: service() runs for every call.
@@ -112,6 +114,9 @@ class GrpcGate(grpc.GenericRpcHandler):
 
     async def _unary(self, rpc: str, request: bytes, context) -> bytes:
         metadata = self.metadata
+        given = dict(context.invocation_metadata() or ())
+        if not from_the_door(self.door_key, given.get(security.GRPC_INTERNAL_METADATA)):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, NOT_FROM_THE_DOOR)
         try:
             if rpc == "ModelInfer":
                 check_grpc_infer(pb.ModelInferRequest.FromString(request))

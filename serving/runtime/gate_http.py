@@ -12,7 +12,15 @@ from aiohttp import web
 from serving.runtime import security
 from serving.runtime.door import MAX_BODY, MAX_JSON_BYTES
 from serving.runtime.gate_check import INVALID_ARGUMENT, Refused, check_http_infer, model_for
-from serving.runtime.gate_relay import MAX_UPSTREAM, UNREACHABLE, Upstream, bounded, is_admin
+from serving.runtime.gate_relay import (
+    MAX_UPSTREAM,
+    NOT_FROM_THE_DOOR,
+    UNREACHABLE,
+    Upstream,
+    bounded,
+    from_the_door,
+    is_admin,
+)
 
 _HTTP_STATUS = {"INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "PERMISSION_DENIED": 403, "UNIMPLEMENTED": 501}
 
@@ -26,11 +34,13 @@ class HttpGate:
         self.base = f"http://{triton_http}"
         self.admin_key = admin_key
         self.headers = dict(upstream_headers)
+        # The door presents the same internal key it gives Triton; other local callers of the gate's port do not.
+        self.door_key = upstream_headers.get(security.INTERNAL_HEADER)
         self.upstream = upstream
         self.session: aiohttp.ClientSession | None = None
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY)
+        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._only_the_door])
         app.router.add_post("/v2/models/{name}/infer", self.infer)
         app.router.add_post("/v2/models/{name}/versions/{version}/infer", self.infer)
         for version in ("", "/versions/{version}"):
@@ -49,6 +59,12 @@ class HttpGate:
     async def _close(self, _app) -> None:
         if self.session is not None:
             await self.session.close()
+
+    @web.middleware
+    async def _only_the_door(self, request: web.Request, handler):
+        if not from_the_door(self.door_key, request.headers.get(security.INTERNAL_HEADER)):
+            return self._error(403, NOT_FROM_THE_DOOR)
+        return await handler(request)
 
     @staticmethod
     def _error(status: int, message: str) -> web.Response:

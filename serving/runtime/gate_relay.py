@@ -11,6 +11,7 @@ ERROR_BYTES = 1024
 #: Most calls in flight to Triton at once; more wait here (Triton's own queues hold far fewer).
 MAX_UPSTREAM = 256
 UNREACHABLE = "Triton is not reachable (restarting?); retry shortly"
+NOT_FROM_THE_DOOR = "call the public port: the gate serves the front door only"
 
 
 def bounded(message: str) -> str:
@@ -18,6 +19,12 @@ def bounded(message: str) -> str:
     if len(data) <= ERROR_BYTES:
         return message
     return data[: ERROR_BYTES - 30].decode("utf-8", "ignore") + f"... ({len(data)} bytes, cut)"
+
+
+def from_the_door(expected: str | None, given: str | None) -> bool:
+    """Whether a caller presents the internal key the door adds (``expected``; None: no key configured). The gate's
+    loopback ports would otherwise let a local user skip the door's limits, and the gate adds the key Triton wants."""
+    return expected is None or (given is not None and hmac.compare_digest(given.encode(), expected.encode()))
 
 
 def is_admin(admin_key: str, given: str) -> bool:
