@@ -24,9 +24,11 @@ Users wait 0 s between requests (closed loop), so ``-u`` is the number of reques
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -211,12 +213,29 @@ class TritonRequester:
         pass
 
 
+class OnceClosedGrpcClient(grpcclient.InferenceServerClient):
+    """tritonclient's gRPC client, closed at most once.
+
+    Its ``__del__`` closes again, and in gevent mode every channel close decrements gRPC's channel count: the
+    second close, from the garbage collector at interpreter exit, deadlocked in
+    ``cygrpc.gevent_decrement_channel_count`` (seen: Locust printed its summary and "Shutting down (exit code 0)",
+    then hung, ignoring SIGTERM).
+    """
+
+    _closed = False
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            super().close()
+
+
 class GrpcRequester(TritonRequester):
     protocol = "grpc"
 
     def __init__(self, environment: Any, url: str, timeout: float) -> None:
         super().__init__(environment, url, timeout)
-        self.client = grpcclient.InferenceServerClient(url)
+        self.client = OnceClosedGrpcClient(url)
 
     def _infer(self, model: str, batch: np.ndarray, outputs: tuple[str, ...]) -> Any:
         dtype = "UINT8" if batch.dtype == np.uint8 else "BYTES"
@@ -252,6 +271,11 @@ class HttpRequester(TritonRequester):
 
 
 _corpus_cache: dict[tuple[str, str], list[Any]] = {}
+#: Every requester not closed yet: a user stopped mid-request may skip on_stop, and the quit hook closes the rest
+#: while gevent still runs, so nothing is left for the garbage collector at interpreter exit.
+_open_requesters: set[TritonRequester] = set()
+#: Whether this process ran users (a master, or the parent of --processes workers, has no client to close).
+_ran_users: list[bool] = []
 
 
 class TritonUser(User):
@@ -273,10 +297,13 @@ class TritonUser(User):
             _corpus_cache[key] = load_corpus(options.image_dir, self.model)
         self.corpus = _corpus_cache[key]
         self.client = self.requester_class(self.environment, self._url(options), options.request_timeout)
+        _open_requesters.add(self.client)
+        _ran_users[:] = [True]
         # Users start at different images so a batch is not the same picture N times.
         self._cursor = itertools.count(id(self) % len(self.corpus), self.batch_size)
 
     def on_stop(self) -> None:
+        _open_requesters.discard(self.client)
         self.client.close()
 
     @task
@@ -327,3 +354,22 @@ def _enforce_thresholds(environment: Any, **_kwargs: Any) -> None:
             faces.total_content_length / seconds,
             faces.total_content_length / faces.num_requests,
         )
+
+
+@events.quit.add_listener
+def _close_clients_and_exit(exit_code: int, **_kwargs: Any) -> None:
+    # Fired after the users stopped and the summary was printed, before the CSV files close and sys.exit().
+    while _open_requesters:
+        _open_requesters.pop().close()
+    if _ran_users:
+        # Then the process ends without the interpreter's final garbage collection, where gRPC objects' __del__
+        # under gevent is where runs used to hang. Registered last, this exit handler runs first; a --processes
+        # parent (which waits for its workers in its own exit handler) ran no users and skips it.
+        atexit.register(_exit_now, exit_code)
+
+
+def _exit_now(exit_code: int) -> None:
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)
