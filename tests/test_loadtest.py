@@ -151,3 +151,47 @@ def test_benchmark_runs_against_a_live_server(tmp_path, triton_tiny, tiny_repo):
     results = data["results"]
     assert len(results) == 4 and all(r["errors"] == 0 and r["images"] > 0 for r in results), results
     assert data["meta"]["12mp_jpeg_bytes"] > 1_000_000
+
+
+def test_coldstart_breakdown_reads_the_logs():
+    """`coldstart --breakdown` on a made-up launcher log: Triton's lines, the backend's timing line, stub starts
+    and S3 file times land in the right model's row (seconds since the command)."""
+    from loadtest.bench.coldstart import breakdown, breakdown_table
+
+    start = time.mktime((2026, 12, 2, 10, 0, 0, 0, 0, -1))  # 10:00:00 local, as Triton stamps its log
+    timing = {
+        "model": "age",
+        "version": "3",
+        "instance": "age_0_0",
+        "source": "ir",
+        "process_start": start + 1.5,
+        "imports": [start + 2.0, start + 3.0],
+        "initialize": [start + 3.0, start + 4.5],
+        "load_model": [start + 3.0, start + 3.25],
+        "compile": [start + 3.25, start + 4.5],
+    }
+    log = "\n".join(
+        [
+            'I1202 10:00:01.000000 1 model_lifecycle.cc:472] "loading: age:3"',
+            'I1202 10:00:01.100000 1 model_lifecycle.cc:472] "loading: preprocess:1"',
+            f"[coldstart] {json.dumps(timing)}",
+            "I1202 10:00:06.000000 1 model_lifecycle.cc:849] \"successfully loaded 'age'\"",
+            "I1202 10:00:09.000000 1 model_lifecycle.cc:849] \"successfully loaded 'preprocess'\"",
+        ]
+    )
+    snapshot = {
+        "stubs": [
+            {"argv": ["/run/backends/openvino_savedmodel/model.py", "shm", "age_0_0"], "start": start + 1.5},
+            {"argv": ["/repo/preprocess/1/model.py", "shm", "preprocess_0_0"], "start": start + 2.0},
+            {"argv": ["/repo/preprocess/1/model.py", "shm", "preprocess_0_1"], "start": start + 2.5},
+        ],
+        "files": [("age", start + 0.5), ("age", start + 0.75), ("preprocess", start + 0.9)],
+    }
+    rows = breakdown(log, start, snapshot)
+    age, pre = rows["age"], rows["preprocess"]
+    assert (age["requested_at"], age["stub_start_at"], age["ready_at"], age["instances"]) == (1.0, 1.5, 6.0, 1)
+    assert (age["imports"], age["load_ir_or_convert"], age["compile"], age["warmup"]) == (1.0, 0.25, 1.25, 1.5)
+    assert (age["source"], age["downloaded_at"], age["files_downloaded"]) == ("ir", 0.75, 2)
+    assert (pre["stub_start_at"], pre["instances"], pre["stub_to_ready"]) == (2.0, 2, 7.0)
+    table = breakdown_table([rows, rows])
+    assert table.index("| age |") < table.index("| preprocess |")  # in the order they became ready
