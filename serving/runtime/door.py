@@ -427,6 +427,9 @@ def compose_nginx_config() -> str:
         grpc_port=8001,
         triton_http="triton:8000",
         triton_grpc="triton:8001",
+        # The compose `gate` service (docker/gate.Dockerfile): serving/runtime/gate.py on these ports.
+        gate_http="gate:8010",
+        gate_grpc="gate:8011",
         pid="/tmp/nginx.pid",
         user="",
         nofile=WORKER_NOFILE,  # root in the official image
