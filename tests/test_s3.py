@@ -201,3 +201,21 @@ def test_publish_finds_the_served_versions_in_the_configs(tmp_path, policy, serv
     (model / "configs").mkdir()
     (model / "configs" / "cpu.pbtxt").write_text('name: "m"\nversion_policy { specific { versions: 1 } }\n')
     assert served_versions(model) == sorted({1, *served})
+
+
+def test_publish_ir_only_makes_the_missing_ir(tiny_repo, tmp_path):
+    """`publish REPO --ir-only` (for versions exported before the IR existed) converts only what lacks a valid IR."""
+    from serving.pipeline.backends.openvino_savedmodel import ir
+
+    repo = tmp_path / "model_repository"
+    shutil.copytree(tiny_repo / "gender", repo / "gender")
+    version = repo / "gender" / str(served_versions(repo / "gender")[-1])
+    shutil.rmtree(version / ir.IR_DIR)
+    cli = [sys.executable, "-m", "serving.ops.publish", str(repo), "--ir-only"]
+    first = subprocess.run(cli, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert first.returncode == 0 and "(1 built)" in first.stdout, first.stdout + first.stderr
+    assert ir.valid(version) == (True, "valid")
+    again = subprocess.run(cli, capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert again.returncode == 0 and "(0 built)" in again.stdout
+    wrong = subprocess.run([*cli[:-1], "s3://bucket/x", "--ir-only"], capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 2 and "--ir-only without one" in wrong.stderr
