@@ -120,45 +120,50 @@ def test_signal_to_the_group_answers_everything_accepted(crop_repo, sig):
     proc, http_url = start_launcher(
         crop_repo, "--grpc-port", str(grpc_port), "--drain-grace", "1", start_new_session=True
     )
-    errors = []
-    threading.Thread(target=lambda: errors.extend(proc.stderr), daemon=True).start()
-    groups = owned_groups(proc.pid)
-    assert proc.pid not in groups and len(groups) >= 3, groups  # nginx, tritonserver, the reaper: their own groups
-    image = crop_jpeg()
-    signalled = threading.Event()
-    outcomes: list[tuple[bool, str]] = []  # (sent before the signal, outcome)
+    try:
+        errors = []
+        threading.Thread(target=lambda: errors.extend(proc.stderr), daemon=True).start()
+        groups = owned_groups(proc.pid)
+        assert proc.pid not in groups and len(groups) >= 3, groups  # nginx, tritonserver, the reaper: their own groups
+        image = crop_jpeg()
+        signalled = threading.Event()
+        outcomes: list[tuple[bool, str]] = []  # (sent before the signal, outcome)
 
-    def client(protocol: str) -> None:
-        grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") if protocol == "grpc" else None
-        try:
-            while True:
-                before = not signalled.is_set()
-                outcome = grpc_request(grpc, image) if grpc else http_request(http_url, image)
-                outcomes.append((before, outcome))
-                if not before and outcome in CLEAN_REFUSALS:
-                    return  # refused cleanly after the signal: this client is done
-                if proc.poll() is not None:
-                    return
-        finally:
-            if grpc is not None:
-                grpc.close()
+        def client(protocol: str) -> None:
+            grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") if protocol == "grpc" else None
+            try:
+                while True:
+                    before = not signalled.is_set()
+                    outcome = grpc_request(grpc, image) if grpc else http_request(http_url, image)
+                    outcomes.append((before, outcome))
+                    if not before and outcome in CLEAN_REFUSALS:
+                        return  # refused cleanly after the signal: this client is done
+                    if proc.poll() is not None:
+                        return
+            finally:
+                if grpc is not None:
+                    grpc.close()
 
-    threads = [threading.Thread(target=client, args=(p,)) for p in ("http", "http", "grpc", "grpc")]
-    for t in threads:
-        t.start()
-    time.sleep(3)
-    signalled.set()
-    os.killpg(proc.pid, sig)  # the launcher's whole group, as `kill -TERM -PGID` or Ctrl-C sends it
-    proc.wait(timeout=120)
-    for t in threads:
-        t.join(timeout=120)
-    assert proc.returncode == 0, "".join(errors[-30:])
-    before = [o for sent_before, o in outcomes if sent_before]
-    after = [o for sent_before, o in outcomes if not sent_before]
-    assert before.count("ok") >= 4 and set(before) == {"ok"}, before
-    assert set(after) <= {"ok"} | CLEAN_REFUSALS, after
-    assert set(after) & CLEAN_REFUSALS, after  # the drain refused new requests before the door closed
-    deadline = time.monotonic() + 15  # Triton's orphaned stubs are reaped by init a moment after it exits
-    while any(map(group_alive, groups)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not [g for g in groups if group_alive(g)], "left running after the stop"
+        threads = [threading.Thread(target=client, args=(p,)) for p in ("http", "http", "grpc", "grpc")]
+        for t in threads:
+            t.start()
+        time.sleep(3)
+        signalled.set()
+        os.killpg(proc.pid, sig)  # the launcher's whole group, as `kill -TERM -PGID` or Ctrl-C sends it
+        proc.wait(timeout=120)
+        for t in threads:
+            t.join(timeout=120)
+        assert proc.returncode == 0, "".join(errors[-30:])
+        before = [o for sent_before, o in outcomes if sent_before]
+        after = [o for sent_before, o in outcomes if not sent_before]
+        assert before.count("ok") >= 4 and set(before) == {"ok"}, before
+        assert set(after) <= {"ok"} | CLEAN_REFUSALS, after
+        assert set(after) & CLEAN_REFUSALS, after  # the drain refused new requests before the door closed
+        deadline = time.monotonic() + 15  # Triton's orphaned stubs are reaped by init a moment after it exits
+        while any(map(group_alive, groups)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [g for g in groups if group_alive(g)], "left running after the stop"
+    finally:
+        if proc.poll() is None:  # failed before its signal: stop it all the same, nothing may outlive the test
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=120)
