@@ -7,6 +7,11 @@ The attacker binds 127.0.0.2, the victims 127.0.0.3 and up (loadtest/abuse/slow.
 from __future__ import annotations
 
 import http.client
+import io
+import select
+import socket
+import struct
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -14,10 +19,13 @@ from pathlib import Path
 
 import pytest
 import tritonclient.grpc as grpcclient
+from PIL import Image
 from tritonclient.utils import InferenceServerException
 
+from common import contract
 from loadtest.abuse import slow
-from serving.runtime import door, launch
+from serving.pipeline.decode import MAX_BYTES
+from serving.runtime import door, gate_http, launch
 from serving.runtime.launch import free_port
 
 #: Seconds the victims call while attacked: short for make test (the abuse CLI runs 60 s).
@@ -119,3 +127,84 @@ def test_slow_uploads_from_one_address_leave_the_others_served(triton_tiny):
 def test_slow_grpc_streams_from_one_address_leave_the_others_served(triton_tiny):
     report = slow.run(triton_tiny.http_url, triton_tiny.grpc_url, "streams", DURATION_S)
     _assert_fair(report, slow.CONNECTIONS - triton_tiny.door_limits.connections)
+
+
+def _infer_body(image: bytes) -> tuple[bytes, dict[str, str]]:
+    """A crop-path request for one image, in the binary data extension."""
+    import numpy as np
+    import tritonclient.http as httpclient
+
+    inp = httpclient.InferInput(contract.CROP_INPUT, [1, 1], "BYTES")
+    inp.set_data_from_numpy(np.array([[image]], dtype=object), binary_data=True)
+    body, json_size = httpclient.InferenceServerClient.generate_request_body([inp])
+    return body, {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(json_size)}
+
+
+def _post(http_url: str, body: bytes, headers: dict[str, str], source: str) -> tuple[int, bytes]:
+    host, port = http_url.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=60, source_address=(source, 0))
+    try:
+        conn.request("POST", slow.CROP_PATH, body, headers)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def _trickle(http_url: str, length: int, limit_s: float) -> tuple[float, bytes]:
+    """Declares ``length`` bytes and sends 64 every second (inside nginx's 10 s gap limit) from the attacker's address;
+    returns when the answer came (s after the headers) and the answer."""
+    host, port = http_url.rsplit(":", 1)
+    head = (
+        f"POST {slow.CROP_PATH} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {length}\r\n"
+        "Inference-Header-Content-Length: 100\r\n\r\n"
+    )
+    with socket.create_connection((host, int(port)), timeout=5, source_address=(slow.ATTACKER, 0)) as sock:
+        sock.sendall(head.encode())
+        start, answer = time.monotonic(), b""
+        while time.monotonic() - start < limit_s:
+            if select.select([sock], [], [], 1.0)[0]:
+                answer = sock.recv(65536)
+                return time.monotonic() - start, answer
+            sock.sendall(b"x" * 64)
+    return time.monotonic() - start, answer
+
+
+@pytest.mark.integration
+def test_a_trickled_body_is_cut_at_its_deadline_while_others_are_served(triton_tiny):
+    length = 4096  # the deadline is then just over the 10 s base (gate_http.body_deadline_s)
+    deadline = gate_http.body_deadline_s(length)
+    host, port = triton_tiny.http_url.rsplit(":", 1)
+    stop, outcomes = threading.Event(), []
+    victim = threading.Thread(target=slow._victim, args=(slow.VICTIMS[0], host, int(port), stop, outcomes))
+    victim.start()
+    try:
+        took, answer = _trickle(triton_tiny.http_url, length, deadline + 10)
+    finally:
+        stop.set()
+        victim.join(60)
+    assert answer.startswith(b"HTTP/1.1 408"), answer
+    assert b"did not arrive within 10 s" in answer and b"256 KiB/s" in answer, answer
+    assert deadline - 0.5 <= took <= deadline + 3, (took, deadline)
+    assert len(outcomes) >= 5 and outcomes.count("ok") / len(outcomes) >= 0.99, outcomes
+
+
+@pytest.mark.integration
+def test_a_large_photo_passes_and_the_door_still_caps_length_and_json(triton_tiny):
+    # A 10 MB photo (a small JPEG padded with comment segments up to decode.MAX_BYTES), unbuffered through the door.
+    jpeg = io.BytesIO()
+    Image.new("RGB", (64, 64), (120, 90, 70)).save(jpeg, "JPEG")
+    segment = b"\xff\xfe" + struct.pack(">H", 65535) + b"p" * 65533
+    image = jpeg.getvalue()[:2] + segment * (MAX_BYTES // len(segment) - 1) + jpeg.getvalue()[2:]
+    body, headers = _infer_body(image)
+    start = time.monotonic()
+    status, answer = _post(triton_tiny.http_url, body, headers, slow.VICTIMS[1])
+    assert status == 200 and b"outputs" in answer, (status, answer[:300])
+    assert len(body) > 9 * 2**20 and time.monotonic() - start < gate_http.body_deadline_s(len(body))
+    # nginx's own 413s, before any byte of the body: the declared length, and the JSON part (see door.MAX_JSON_BYTES).
+    too_long = {**headers, "Content-Length": str(door.MAX_BODY + 1)}
+    status, answer = _post(triton_tiny.http_url, b"", too_long, slow.VICTIMS[1])
+    assert status == 413 and b"request body larger than" in answer, (status, answer)
+    big_json = {**headers, "Inference-Header-Content-Length": str(door.MAX_JSON_BYTES + 1)}
+    status, answer = _post(triton_tiny.http_url, body[:20000], big_json, slow.VICTIMS[1])
+    assert status == 413 and b"the JSON part of the request is over" in answer, (status, answer)

@@ -13,7 +13,8 @@ Limits, per request:
 * compression: HTTP ``Content-Encoding`` or gRPC ``grpc-encoding`` other than identity is refused
   (HTTP 415 / gRPC INVALID_ARGUMENT) since the inflated size would be unbounded inside Triton;
 * time: :data:`REQUEST_TIMEOUT_S` for the whole answer, 10 s for headers, :data:`BODY_READ_TIMEOUT_S` between body
-  packets;
+  packets; the body of a public model's HTTP inference streams to the gate unbuffered, which holds the whole upload to
+  a total deadline that grows with its length (``serving.runtime.gate_http.body_deadline_s``; HTTP 408 past it);
 * connections: keep-alive 30 s and 1,000 requests, 128 concurrent gRPC streams per connection;
 * per client address (:class:`ClientLimits`, docs/security.md "Fair sharing at the door"): concurrent requests
   (HTTP/2: streams) and a request rate with a burst; over them HTTP 429 / gRPC RESOURCE_EXHAUSTED;
@@ -59,10 +60,11 @@ MAX_BODY = REQUEST_MAX_BYTES + 2**20
 #: on the two preprocess instances. The launcher's drain timeout is derived from it (serving.runtime.launch).
 REQUEST_TIMEOUT_S = 60
 
-#: Between two reads of a request body. nginx has no total upload deadline (client_body_timeout is per read), so a
-#: body trickled just faster than this holds its connection for as long as the caller likes: that is bounded per
-#: address by ClientLimits.connections (a slow uploader only spends its own address's share), and the connection
-#: table is sized for it (WORKER_CONNECTIONS). 10 s is still generous for any live uplink.
+#: Between two reads of a request body. nginx has no total upload deadline (client_body_timeout is per read): public
+#: HTTP inference bodies get one at the gate (gate_http.body_deadline_s); elsewhere a body trickled just faster than
+#: this holds its connection for as long as the caller likes, bounded per address by ClientLimits.connections (a
+#: slow uploader only spends its own address's share), and the connection table is sized for it (WORKER_CONNECTIONS).
+#: 10 s is still generous for any live uplink.
 BODY_READ_TIMEOUT_S = 10
 #: Connection table of the (single) worker: the target concurrency plus a hostile client's 1,100 slow uploads
 #: with room to spare; a proxied request takes two entries (client and upstream). nginx on two cores serves
@@ -263,12 +265,12 @@ def nginx_config(
             # public models (declared shapes); without one (gate_* None) those go to Triton unchecked.
             upstream gate_http {{ server {gate_http or triton_http}; keepalive 16; }}
             upstream gate_grpc {{ server {gate_grpc or triton_grpc}; keepalive 16; }}
-            # HTTP routing by decoded path: models other than the public ones are not public at all, except their
-            # metadata, config and readiness to a caller with an admin key (checked by the gate; serving.ops.rollout).
+            # HTTP routing by decoded path (inference of the public models has a location of its own, below): models
+            # other than the public ones are not public at all, except their metadata, config and readiness to a
+            # caller with an admin key (checked by the gate; serving.ops.rollout).
             map $http_{_ADMIN_VAR} $admin_given {{ "" 0; default 1; }}
             map "$admin_given$uri" $route {{
                 default triton_http;
-                "~^./v2/models/({_PUBLIC})(/versions/[0-9]+)?/infer$" gate_http;
                 "~^./v2/models/({_PUBLIC})(/versions/[0-9]+)?(/config|/ready|/stats|/trace/setting)?$" triton_http;
                 "~^./v2/models/stats$" triton_http;
                 "~^1/v2/models/[^/]+(/versions/[0-9]+)?(/config|/ready)?$" gate_http;
@@ -287,6 +289,27 @@ def nginx_config(
                     proxy_http_version 1.1;
                     proxy_set_header Connection "";
                     {http_key}
+                }}
+                # Inference of the public models: the body goes to the gate as it arrives, not buffered here, so the
+                # gate can hold the whole upload to a total deadline (gate_http.body_deadline_s), which nginx cannot
+                # (client_body_timeout is per read). Content-Length is still capped here (413 before any byte).
+                location ~ "^/v2/models/({_PUBLIC})(/versions/[0-9]+)?/infer$" {{
+                    if ($compressed) {{
+                        return 415 '{{"error":"compressed request bodies (Content-Encoding) are not accepted"}}';
+                    }}
+                    if ($json_too_long) {{
+                        return 413 '{{"error":"{_JSON_TOO_LONG}"}}';
+                    }}
+                    if (-f {prefix}/draining) {{ return 503 '{{"error":"server is shutting down"}}'; }}
+                    proxy_pass http://gate_http;
+                    proxy_request_buffering off;
+                    proxy_http_version 1.1;
+                    proxy_set_header Connection "";
+                    {http_key}
+                    proxy_connect_timeout 5s;
+                    proxy_send_timeout {REQUEST_TIMEOUT_S}s;
+                    proxy_read_timeout {REQUEST_TIMEOUT_S}s;
+                    proxy_next_upstream off;
                 }}
                 location / {{
                     if ($compressed) {{

@@ -3,6 +3,7 @@ model's metadata."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import urllib.parse
 
@@ -24,9 +25,28 @@ from serving.runtime.gate_relay import (
 
 _HTTP_STATUS = {"INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "PERMISSION_DENIED": 403, "UNIMPLEMENTED": 501}
 
+#: Total upload deadline of an inference body (issue 18, "Fair sharing at the door"): nginx streams it here unbuffered
+#: (door.py) and only times the gaps between reads, so a body trickled at 1 KB every 5 s held its slot for as long as
+#: its sender liked. Base: time for headers to settle and a slow start on any live uplink (nginx's gap limit is 10 s
+#: too). Rate: 256 KiB/s (2 Mbit/s) is below a poor mobile uplink, so a real photo never meets the deadline (a 10 MB
+#: photo gets 50 s), while a trickle is cut after base + length / rate.
+BODY_DEADLINE_BASE_S = 10.0
+BODY_MIN_RATE = 256 * 1024
+_TOO_SLOW = (
+    "the request body did not arrive within {:.0f} s ({:.0f} s plus 1 s per 256 KiB declared); "
+    "send it at 256 KiB/s or more"
+)
+
+
+def body_deadline_s(content_length: int | None) -> float:
+    """Seconds the whole body of ``content_length`` bytes may take; chunked bodies (no length) get the largest."""
+    length = MAX_BODY if content_length is None else min(content_length, MAX_BODY)
+    return BODY_DEADLINE_BASE_S + length / BODY_MIN_RATE
+
 
 class HttpGate:
-    """What nginx sends here: ``POST /v2/models/NAME[/versions/N]/infer`` of public models (body buffered), and
+    """What nginx sends here: ``POST /v2/models/NAME[/versions/N]/infer`` of public models (body streamed as it
+    arrives, read under :func:`body_deadline_s`), and
     metadata, config and readiness of any model when the caller presents an admin key (the operators' tools, such
     as serving.ops.rollout, read the internal models' configs); everything else nginx answers or passes itself."""
 
@@ -76,7 +96,16 @@ class HttpGate:
             model_for(name)
             if version is not None and not (version.isdigit() and len(version) <= 18):
                 raise Refused(INVALID_ARGUMENT, "the model version must be a number")
-            body = await request.read()
+            deadline = body_deadline_s(request.content_length)
+            try:
+                # Memory: at most MAX_BODY per request (client_max_size; nginx refuses longer declared lengths first),
+                # and a slow body holds only what has arrived.
+                body = await asyncio.wait_for(request.read(), deadline)
+            except TimeoutError:
+                # Closed after the answer: the rest of the body is never read, and the connection is not reused.
+                answer = self._error(408, _TOO_SLOW.format(deadline, BODY_DEADLINE_BASE_S))
+                answer.force_close()
+                return answer
             length = request.headers.get("Inference-Header-Content-Length")
             split = len(body) if length is None else (int(length) if length.isdigit() else -1)
             if not 0 <= split <= len(body):
