@@ -7,30 +7,29 @@ same time and must get their own answers, and only those.
 from __future__ import annotations
 
 import http.client
-import io
-import json
 import os
 import re
 import signal
 import struct
-import threading
 import time
 from pathlib import Path
 
 import grpc
-import numpy as np
 import pytest
-from PIL import Image, ImageOps
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from common import contract
-from loadtest.abuse import cases
+from loadtest.abuse import attacks, cases
+from loadtest.abuse import victims as victims_mod
+from loadtest.abuse.attacks import http_call, http_infer
+from loadtest.abuse.victims import Victims, serialize
+from loadtest.abuse.victims import grpc_answer as _answer
+from loadtest.abuse.victims import grpc_request as _request
 from serving.runtime import gate_check, gate_relay, security
 
 ROOT = Path(__file__).resolve().parents[1]
 CROP, DETECT = contract.CROP_ENSEMBLE, contract.DETECT_ENSEMBLE
-ATTACKER = "127.0.0.2"
 OVERFLOWS = ([2**62, 1], [2**62 + 1, 1], [2**62 + 3, 1], [2**32 + 1, 1], [2**63 - 1, 1], [-1, 1], [0, 1], [33, 1])
 
 
@@ -52,14 +51,6 @@ def test_public_schema_matches_the_model_configs():
                 n: (("BYTES" if t == "STRING" else t), tuple(int(d) for d in dims.split(","))) for n, t, dims in inputs
             }
             assert declared == {n: (t.datatype, t.dims) for n, t in model.inputs.items()}, config
-
-
-def _request(model: str, shape: list[int], blobs: list[bytes]) -> pb.ModelInferRequest:
-    request = pb.ModelInferRequest(model_name=model)
-    tensor = request.inputs.add(name="image", datatype="BYTES")
-    tensor.shape.extend(shape)
-    request.raw_input_contents.append(b"".join(struct.pack("<I", len(b)) + b for b in blobs))
-    return request
 
 
 @pytest.mark.parametrize("shape", OVERFLOWS)
@@ -88,29 +79,6 @@ def test_element_count_must_match_the_data():
 # -- through the door, against a real server -----------------------------------------------------------------------
 
 
-def _images() -> list[bytes]:
-    """Crops that the tiny models answer differently, so a mixed-up row shows."""
-    base = Image.open(io.BytesIO(cases.face_crop())).convert("RGB")
-    variants = [
-        base,
-        ImageOps.mirror(base),
-        ImageOps.invert(base),
-        base.rotate(90),
-        ImageOps.grayscale(base).convert("RGB"),
-    ]
-    out = []
-    for img in variants:
-        buf = io.BytesIO()
-        img.save(buf, "PNG")
-        out.append(buf.getvalue())
-    return out
-
-
-def _answer(response: pb.ModelInferResponse) -> np.ndarray:
-    names = [o.name for o in response.outputs]
-    return np.frombuffer(response.raw_output_contents[names.index(contract.ENSEMBLE_AGE)], np.float32)
-
-
 @pytest.fixture(scope="module")
 def stub(triton_tiny):
     channel = grpc.insecure_channel(triton_tiny.grpc_url)
@@ -119,79 +87,8 @@ def stub(triton_tiny):
 
 
 @pytest.fixture(scope="module")
-def references(stub):
-    images = _images()
-    answers = [_answer(stub.ModelInfer(_request(CROP, [1, 1], [img]))) for img in images]
-    assert len({round(float(a[0]), 4) for a in answers}) > 1, "the crops must tell victims apart"
-    return list(zip(images, answers, strict=True))
-
-
-class Victims:
-    """Threads calling the crop path until stopped; each checks it got exactly its own answer."""
-
-    def __init__(self, url: str, references, count: int = 3):
-        self.url, self.references, self.count = url, references, count
-        self.ok = self.failed = self.wrong = 0
-        self.errors: list[str] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(count)]
-
-    def _run(self, index: int) -> None:
-        image, expected = self.references[index % len(self.references)]
-        with grpc.insecure_channel(self.url) as channel:
-            stub = pb_grpc.GRPCInferenceServiceStub(channel)
-            while not self._stop.is_set():
-                try:
-                    got = _answer(stub.ModelInfer(_request(CROP, [1, 1], [image]), timeout=60))
-                except grpc.RpcError as err:
-                    self.failed += 1
-                    self.errors.append(f"{err.code()}: {err.details()}"[:200])
-                    continue
-                if got.shape == expected.shape and np.allclose(got, expected, atol=1e-3):
-                    self.ok += 1
-                else:
-                    self.wrong += 1
-
-    def __enter__(self) -> Victims:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=90)
-
-    def assert_served(self) -> None:
-        assert self.wrong == 0, f"{self.wrong} victim answers held another caller's rows"
-        total = self.ok + self.failed
-        assert total > 0 and self.ok / total >= 0.99, (self.ok, self.failed, self.errors[:5])
-
-
-def _http(
-    url: str, method: str, path: str, body: bytes | None = None, headers: dict | None = None
-) -> tuple[int, bytes]:
-    host, port = url.rsplit(":", 1)
-    connection = http.client.HTTPConnection(host, int(port), timeout=60, source_address=(ATTACKER, 0))
-    try:
-        connection.request(method, path, body=body, headers=headers or {})
-        response = connection.getresponse()
-        return response.status, response.read()
-    finally:
-        connection.close()
-
-
-def _http_infer(url: str, model: str, shape: list[int], blobs: list[bytes]) -> tuple[int, bytes]:
-    binary = b"".join(struct.pack("<I", len(b)) + b for b in blobs)
-    header = json.dumps(
-        {
-            "inputs": [
-                {"name": "image", "datatype": "BYTES", "shape": shape, "parameters": {"binary_data_size": len(binary)}}
-            ]
-        }
-    ).encode()
-    headers = {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"}
-    return _http(url, "POST", f"/v2/models/{model}/infer", header + binary, headers)
+def references(triton_tiny):
+    return victims_mod.references(triton_tiny.grpc_url)
 
 
 @pytest.mark.integration
@@ -206,7 +103,7 @@ def test_internal_models_are_not_public(triton_tiny, stub):
             with pytest.raises(grpc.RpcError) as err:
                 rpc(message(name=model))
             assert err.value.code() == grpc.StatusCode.NOT_FOUND
-        status, body = _http_infer(triton_tiny.http_url, model, [1, 1], [crop])
+        status, body = http_infer(triton_tiny.http_url, model, [1, 1], serialize([crop]))
         assert status == 404 and b"not a public model" in body, body[:200]
     for path in (
         "/v2/models/age",
@@ -214,10 +111,10 @@ def test_internal_models_are_not_public(triton_tiny, stub):
         "/v2/models/%61ge/infer",
         "/v2/models/age/versions/1/infer",
     ):
-        assert _http(triton_tiny.http_url, "GET", path)[0] == 404, path
+        assert http_call(triton_tiny.http_url, "GET", path)[0] == 404, path
     # The public ones still answer, with the real status of a Triton error.
     assert stub.ModelConfig(pb.ModelConfigRequest(name=CROP)).config.max_batch_size == 32
-    assert _http(triton_tiny.http_url, "GET", f"/v2/models/{CROP}/config")[0] == 200
+    assert http_call(triton_tiny.http_url, "GET", f"/v2/models/{CROP}/config")[0] == 200
     with pytest.raises(grpc.RpcError) as err:
         stub.ModelInfer(
             pb.ModelInferRequest(
@@ -237,7 +134,7 @@ def test_internal_models_are_not_public(triton_tiny, stub):
 def test_shape_overflow_is_refused_and_victims_get_only_their_own_answers(triton_tiny, stub, references):
     crop = cases.face_crop()
     refused = answered = 0
-    with Victims(triton_tiny.grpc_url, references) as victims:
+    with Victims(references, grpc_url=triton_tiny.grpc_url) as victims:
         deadline = time.monotonic() + 8
         while time.monotonic() < deadline:
             for shape in OVERFLOWS:
@@ -246,7 +143,7 @@ def test_shape_overflow_is_refused_and_victims_get_only_their_own_answers(triton
                     answered += 1
                 except grpc.RpcError as err:
                     refused += err.code() == grpc.StatusCode.INVALID_ARGUMENT
-                status, _ = _http_infer(triton_tiny.http_url, CROP, shape, [crop])
+                status, _ = http_infer(triton_tiny.http_url, CROP, shape, serialize([crop]))
                 refused += status == 400
                 answered += status == 200
             for model, shape in (("age", [2**62, 64, 64, 3]), (DETECT, [2**62, 1])):
@@ -261,20 +158,25 @@ def test_cancel_flood_never_reaches_triton(triton_tiny, references):
     pid, restarts = triton_tiny._proc.pid, triton_tiny.restarts
     photo = cases.face_images()[0]
     sent = 0
-    with Victims(triton_tiny.grpc_url, references) as victims, grpc.insecure_channel(triton_tiny.grpc_url) as channel:
+    with (
+        Victims(references, grpc_url=triton_tiny.grpc_url) as victims,
+        grpc.insecure_channel(triton_tiny.grpc_url) as channel,
+    ):
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            request = _request(DETECT, [1, 1], [photo])
-            if sent % 2:
+            request = attacks.cancel_request(photo)
+            if sent % 3 == 0:
                 # A client deadline of 5 ms: its library resets the stream (RST_STREAM) mid-inference.
-                with pytest.raises(grpc.RpcError):
-                    stub.ModelInfer(request, timeout=0.005)
-            else:
+                assert attacks.deadline_call(stub, request) != "OK"
+            elif sent % 3 == 1:
                 # A complete request, then an explicit cancel (RST_STREAM) 2-40 ms later.
                 future = stub.ModelInfer.future(request)
                 time.sleep(0.002 + 0.038 * (sent % 7) / 6)
                 future.cancel()
+            else:
+                # The same on a hand-framed HTTP/2 stream from the attacker's own address.
+                attacks.raw_reset(triton_tiny.grpc_url, request, 0.002 + 0.038 * (sent % 7) / 6)
             sent += 1
             time.sleep(0.2)
     time.sleep(2)  # a crash would show within a second of the last cancel
@@ -298,13 +200,15 @@ def test_admin_without_the_key_is_permission_denied(triton_tiny, stub):
     assert stub.RepositoryIndex(
         pb.RepositoryIndexRequest(), metadata=[(security.GRPC_ADMIN_METADATA, triton_tiny.admin_key)]
     ).models
-    assert _http(triton_tiny.http_url, "POST", "/v2/repository/index", b"{}")[0] == 403
+    assert http_call(triton_tiny.http_url, "POST", "/v2/repository/index", b"{}")[0] == 403
     # Operators (serving.ops.rollout) read the internal models' config with the key, over both protocols.
     key = {security.ADMIN_HEADER: triton_tiny.admin_key}
-    assert _http(triton_tiny.http_url, "GET", "/v2/models/age/config", headers=key)[0] == 200
-    assert _http(triton_tiny.http_url, "GET", "/v2/models/age/ready", headers=key)[0] == 200
-    assert _http(triton_tiny.http_url, "GET", "/v2/models/age/config", headers={security.ADMIN_HEADER: "x"})[0] == 403
-    assert _http(triton_tiny.http_url, "POST", "/v2/models/age/infer", b"{}", headers=key)[0] == 404
+    assert http_call(triton_tiny.http_url, "GET", "/v2/models/age/config", headers=key)[0] == 200
+    assert http_call(triton_tiny.http_url, "GET", "/v2/models/age/ready", headers=key)[0] == 200
+    assert (
+        http_call(triton_tiny.http_url, "GET", "/v2/models/age/config", headers={security.ADMIN_HEADER: "x"})[0] == 403
+    )
+    assert http_call(triton_tiny.http_url, "POST", "/v2/models/age/infer", b"{}", headers=key)[0] == 404
     admin = [(security.GRPC_ADMIN_METADATA, triton_tiny.admin_key)]
     assert stub.ModelConfig(pb.ModelConfigRequest(name="age"), metadata=admin).config.name == "age"
     # One request stream would carry many requests past one check: refused outright.

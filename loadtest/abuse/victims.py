@@ -1,0 +1,193 @@
+"""Well-behaved callers of the crop path that check every answer is their own (issue 18's "victims").
+
+Each victim sends one of a few crops that the models answer differently, compares each answer with a reference
+computed before any attack, and counts successes, failures and *wrong* answers (rows that are not its own, the
+sign of a cross-request leak). Over gRPC they share the client library's source address (127.0.0.1: grpcio cannot
+choose one); over HTTP each victim binds its own loopback address (127.0.0.3, ...) so the door sees distinct clients.
+Used by tests/test_gate.py and ``python -m loadtest.abuse.probes``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import io
+import struct
+import threading
+
+import grpc
+import numpy as np
+import tritonclient.http as httpclient
+from PIL import Image, ImageOps
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+from common import contract
+from loadtest.abuse import cases
+
+CROP = contract.CROP_ENSEMBLE
+ADDRESSES = tuple(f"127.0.0.{i}" for i in range(3, 7))
+TIMEOUT_S = 60.0
+#: Answers are float32 from the same model over either protocol; anything further apart is someone else's.
+ATOL = 1e-3
+
+
+def serialize(blobs: list[bytes]) -> bytes:
+    """Triton's BYTES tensor contents: each element prefixed by its little-endian 4-byte length."""
+    return b"".join(struct.pack("<I", len(b)) + b for b in blobs)
+
+
+def grpc_request(model: str, shape: list[int], blobs: list[bytes]) -> pb.ModelInferRequest:
+    """A hand-built ModelInfer request: the declared ``shape`` goes out as given, however wrong."""
+    request = pb.ModelInferRequest(model_name=model)
+    tensor = request.inputs.add(name=contract.IMAGE_INPUT, datatype="BYTES")
+    tensor.shape.extend(shape)
+    request.raw_input_contents.append(serialize(blobs))
+    return request
+
+
+def grpc_answer(response: pb.ModelInferResponse) -> np.ndarray:
+    """The age rows of a crop-path answer."""
+    names = [o.name for o in response.outputs]
+    return np.frombuffer(response.raw_output_contents[names.index(contract.ENSEMBLE_AGE)], np.float32)
+
+
+def images() -> list[bytes]:
+    """Crops that the tiny models answer differently, so a mixed-up row shows."""
+    base = Image.open(io.BytesIO(cases.face_crop())).convert("RGB")
+    variants = [
+        base,
+        ImageOps.mirror(base),
+        ImageOps.invert(base),
+        base.rotate(90),
+        ImageOps.grayscale(base).convert("RGB"),
+    ]
+    out = []
+    for img in variants:
+        buf = io.BytesIO()
+        img.save(buf, "PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def references(grpc_url: str) -> list[tuple[bytes, np.ndarray]]:
+    """(crop, its answer) pairs, computed before any attack; fails if the crops do not tell victims apart."""
+    with grpc.insecure_channel(grpc_url) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        crops = images()
+        answers = [grpc_answer(stub.ModelInfer(grpc_request(CROP, [1, 1], [c]), timeout=TIMEOUT_S)) for c in crops]
+    if len({round(float(a[0]), 4) for a in answers}) < 2:
+        raise RuntimeError("the reference crops get the same answer: victims could not tell theirs apart")
+    return list(zip(crops, answers, strict=True))
+
+
+def http_crop_request(image: bytes) -> tuple[bytes, dict[str, str]]:
+    """A crop-path request in the binary data extension, asking for binary outputs (as tritonclient sends it)."""
+    inp = httpclient.InferInput(contract.CROP_INPUT, [1, 1], "BYTES")
+    inp.set_data_from_numpy(np.array([[image]], dtype=object), binary_data=True)
+    outputs = [httpclient.InferRequestedOutput(contract.ENSEMBLE_AGE, binary_data=True)]
+    body, json_size = httpclient.InferenceServerClient.generate_request_body([inp], outputs=outputs)
+    headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(json_size)}
+    return body, headers
+
+
+class Victims:
+    """Threads calling the crop path until stopped; each checks it got exactly its own answer.
+
+    ``grpc_url``: gRPC victims (from 127.0.0.1). ``http_url``: HTTP victims, victim ``i`` bound to
+    ``addresses[i]``. ``count`` victims in all.
+    """
+
+    def __init__(
+        self,
+        references,
+        *,
+        grpc_url: str | None = None,
+        http_url: str | None = None,
+        count: int = 3,
+        addresses: tuple[str, ...] = ADDRESSES,
+    ):
+        if (grpc_url is None) == (http_url is None):
+            raise ValueError("give exactly one of grpc_url and http_url")
+        if http_url is not None and count > len(addresses):
+            raise ValueError(f"{count} HTTP victims need {count} source addresses")
+        self.grpc_url, self.http_url, self.references, self.count = grpc_url, http_url, references, count
+        self.addresses = addresses
+        self.ok = self.failed = self.wrong = 0
+        self.errors: list[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        run = self._run_http if http_url is not None else self._run_grpc
+        self._threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(count)]
+
+    def _record(self, got: np.ndarray | None, expected: np.ndarray, error: str = "") -> None:
+        with self._lock:
+            if got is None:
+                self.failed += 1
+                if len(self.errors) < 50:
+                    self.errors.append(error[:200])
+            elif got.shape == expected.shape and np.allclose(got, expected, atol=ATOL):
+                self.ok += 1
+            else:
+                self.wrong += 1
+
+    def _run_grpc(self, index: int) -> None:
+        image, expected = self.references[index % len(self.references)]
+        with grpc.insecure_channel(self.grpc_url) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            while not self._stop.is_set():
+                try:
+                    got = grpc_answer(stub.ModelInfer(grpc_request(CROP, [1, 1], [image]), timeout=TIMEOUT_S))
+                except grpc.RpcError as err:
+                    self._record(None, expected, f"{err.code()}: {err.details()}")
+                    continue
+                self._record(got, expected)
+
+    def _run_http(self, index: int) -> None:
+        image, expected = self.references[index % len(self.references)]
+        body, headers = http_crop_request(image)
+        host, port = self.http_url.removeprefix("http://").rsplit(":", 1)
+        path = f"/v2/models/{CROP}/infer"
+        while not self._stop.is_set():
+            # A fresh connection each time, as a browser's or a script's might be: the door's per-client
+            # connection limit applies to these too.
+            conn = http.client.HTTPConnection(
+                host, int(port), timeout=TIMEOUT_S, source_address=(self.addresses[index], 0)
+            )
+            try:
+                conn.request("POST", path, body, headers)
+                response = conn.getresponse()
+                data = response.read()
+                if response.status != 200:
+                    self._record(None, expected, f"HTTP {response.status}: {data[:150]!r}")
+                    continue
+                length = response.getheader("Inference-Header-Content-Length")
+                result = httpclient.InferenceServerClient.parse_response_body(
+                    data, header_length=int(length) if length else None
+                )
+                self._record(result.as_numpy(contract.ENSEMBLE_AGE).reshape(-1), expected)
+            except (OSError, http.client.HTTPException, ValueError) as err:
+                self._record(None, expected, f"{type(err).__name__}: {err}")
+            finally:
+                conn.close()
+
+    def __enter__(self) -> Victims:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=TIMEOUT_S + 30)
+
+    @property
+    def requests(self) -> int:
+        return self.ok + self.failed + self.wrong
+
+    @property
+    def success(self) -> float:
+        return self.ok / self.requests if self.requests else 0.0
+
+    def assert_served(self, min_success: float = 0.99) -> None:
+        assert self.wrong == 0, f"{self.wrong} victim answers held another caller's rows"
+        assert self.requests > 0 and self.success >= min_success, (self.ok, self.failed, self.errors[:5])
