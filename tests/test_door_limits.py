@@ -25,7 +25,7 @@ from tritonclient.utils import InferenceServerException
 from common import contract
 from loadtest.abuse import slow
 from serving.pipeline.decode import MAX_BYTES
-from serving.runtime import door, gate_http, launch
+from serving.runtime import door, gate, gate_http, launch
 from serving.runtime.launch import free_port
 
 #: Seconds the victims call while attacked: short for make test (the abuse CLI runs 60 s).
@@ -208,3 +208,11 @@ def test_a_large_photo_passes_and_the_door_still_caps_length_and_json(triton_tin
     big_json = {**headers, "Inference-Header-Content-Length": str(door.MAX_JSON_BYTES + 1)}
     status, answer = _post(triton_tiny.http_url, body[:20000], big_json, slow.VICTIMS[1])
     assert status == 413 and b"the JSON part of the request is over" in answer, (status, answer)
+
+
+def test_a_grpc_body_that_never_completes_is_bounded_by_the_gate_connection_age():
+    # Measured with 3 s + 2 s (docs/security.md): a trickled stream ends at 5.0 s, normal calls see no failure.
+    options = dict(gate._SERVER_OPTIONS)
+    assert options["grpc.max_connection_age_ms"] == gate.GRPC_CONNECTION_AGE_S * 1000
+    # A request that starts just before a GOAWAY still has time for an upload and the door's answer timeout.
+    assert options["grpc.max_connection_age_grace_ms"] >= 2 * door.REQUEST_TIMEOUT_S * 1000

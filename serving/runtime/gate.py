@@ -78,6 +78,21 @@ OPEN_RPCS = frozenset({"ServerLive", "ServerReady", "ServerMetadata", "ModelInfe
 UPSTREAM_HEADERS_ENV = "GATE_UPSTREAM_HEADERS"
 READY_LINE = "gate listening"
 _MESSAGE_OPTIONS = [("grpc.max_receive_message_length", MAX_BODY), ("grpc.max_send_message_length", MAX_BODY)]
+#: What bounds a gRPC body that never completes (issue 18, "Fair sharing at the door"). grpc.aio calls a handler only
+#: once the whole message is in, so the gate cannot time the upload as gate_http does, and nginx times only the gaps
+#: between reads. But nginx carries one request at a time on each connection to the gate (it does not multiplex
+#: upstream), so the age of that connection bounds the request on it: GRPC_CONNECTION_AGE_S after it opened (+-10%
+#: jitter, gRPC's) the gate sends GOAWAY, nginx opens a fresh connection for the next request, and
+#: GRPC_CONNECTION_GRACE_S later the gate closes the connection with whatever is still on it (the caller gets
+#: UNAVAILABLE). A trickled stream thus ends within about 33 + 120 s; a request that starts just before a GOAWAY still
+#: has the grace, twice the door's answer timeout (door.REQUEST_TIMEOUT_S), for its upload and answer.
+GRPC_CONNECTION_AGE_S = 30
+GRPC_CONNECTION_GRACE_S = 120
+_SERVER_OPTIONS = [
+    *_MESSAGE_OPTIONS,
+    ("grpc.max_connection_age_ms", GRPC_CONNECTION_AGE_S * 1000),
+    ("grpc.max_connection_age_grace_ms", GRPC_CONNECTION_GRACE_S * 1000),
+]
 
 
 class GrpcGate(grpc.GenericRpcHandler):
@@ -167,7 +182,7 @@ def _split(address: str) -> tuple[str, int]:
 async def serve(args, admin_key: str, upstream_headers: dict[str, str], stop: asyncio.Event) -> None:
     upstream = Upstream()
     grpc_gate = GrpcGate(args.triton_grpc, admin_key, upstream_headers, upstream)
-    server = grpc.aio.server(options=_MESSAGE_OPTIONS, maximum_concurrent_rpcs=None)
+    server = grpc.aio.server(options=_SERVER_OPTIONS, maximum_concurrent_rpcs=None)
     server.add_generic_rpc_handlers((grpc_gate,))
     if server.add_insecure_port(args.grpc) == 0:
         raise OSError(f"cannot listen on {args.grpc}")
