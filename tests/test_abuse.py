@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from common import contract
 from loadtest import procs
-from loadtest.abuse import cases
+from loadtest.abuse import cases, probes
 from loadtest.abuse import suite as abuse
 from loadtest.abuse.judge import judge
 
@@ -133,3 +135,42 @@ def collections_count(outcomes):
     from collections import Counter
 
     return Counter(outcomes)
+
+
+def test_probe_checks_can_fail(monkeypatch):
+    # A vanished Triton pid is a death even when the supervisor brings a new one; a longer or a different answer
+    # is not the caller's own.
+    samples = iter([{1}, {1}, {2}, set(), {3}, {3}])
+    monkeypatch.setattr(probes.procs, "triton_pids", lambda root: next(samples))
+    watch = probes.DeathWatch(root=1)
+    for _ in range(5):
+        watch._sample()
+    assert watch.deaths == 2
+    own = np.array([31.5], np.float32)
+    assert probes.is_own(own.copy(), own)
+    assert not probes.is_own(np.array([31.5, 47.0], np.float32), own)
+    assert not probes.is_own(np.array([47.0], np.float32), own)
+
+
+@pytest.mark.integration
+def test_probes_cli_passes_against_a_live_server(triton_tiny, tmp_path):
+    # The 60 s probes of issue 18 in a 2 s form: the CLI, its victims on 127.0.0.3-6 and its report.
+    out = tmp_path / "probes.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "loadtest.abuse.probes", "--http-url", triton_tiny.http_url]
+        + ["--grpc-url", triton_tiny.grpc_url, "--duration", "2", "--shape-calls", "40", "--pid", str(os.getpid())]
+        + ["--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    print(done.stdout, done.stderr[-2000:])
+    report = json.loads(out.read_text())
+    assert set(report["probes"]) == set(probes.PROBES) and report["server"]["root_pid"] == os.getpid()
+    for name, result in report["probes"].items():
+        assert result["victims"]["requests"] > 0 and result["triton_deaths"] == 0, (name, result)
+        assert result["attack"]["attacks"] > 0 and result["attack"]["foreign_answers"] == 0, (name, result)
+    assert report["probes"]["shape"]["attack"]["attacks"] == 40
+    assert sum(report["probes"]["cancel"]["attack"]["attack_outcomes"].values()) >= 8  # 5/s for 2 s
+    assert report["pass"] and done.returncode == 0, done.stdout
+    assert "| cancel |" in done.stdout and "| slow |" in done.stdout

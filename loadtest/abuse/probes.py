@@ -141,7 +141,7 @@ def probe_shape(http_url: str, grpc_url: str, duration: float, refs, calls: int 
             sent += 1
             key = f"{protocol} {model} {status}"
             outcomes[key] = outcomes.get(key, 0) + 1
-            if rows is not None and not (rows.shape == own.shape and np.allclose(rows, own, atol=ATOL)):
+            if rows is not None and not is_own(rows, own):
                 foreign += 1
                 if len(samples) < 10:
                     samples.append(f"{key} {shape}: {rows.tolist()[:4]}")
@@ -151,6 +151,11 @@ def probe_shape(http_url: str, grpc_url: str, duration: float, refs, calls: int 
         "foreign_answers": foreign,
         "foreign_samples": samples,
     }, victims
+
+
+def is_own(rows: np.ndarray, own: np.ndarray) -> bool:
+    """Whether an answer is exactly the caller's own: its rows, no more, no fewer, no one else's."""
+    return rows.shape == own.shape and bool(np.allclose(rows, own, atol=ATOL))
 
 
 def _http_rows(body: bytes) -> np.ndarray:
