@@ -50,6 +50,22 @@ def test_ports_config_and_host_defaults(monkeypatch, tmp_path):
         TritonServer(tmp_path, config_name="gpu")
 
 
+def test_free_port_skips_a_port_another_live_process_reserved(tmp_path, monkeypatch):
+    from serving.runtime import ports
+
+    monkeypatch.setattr(ports, "RESERVATIONS", tmp_path)
+    monkeypatch.setattr(ports, "_handed_out", set())
+    monkeypatch.setattr(ports.secrets, "randbelow", lambda n: 7)  # every try proposes the same port
+    proposed = 7 + max(1024, ports._ephemeral_low() - ports.PORT_SPAN)
+    (tmp_path / f"{proposed}.1").touch()  # reserved by init, which is alive
+    assert free_port() != proposed
+    (tmp_path / f"{proposed}.1").unlink()
+    (tmp_path / f"{proposed}.999999999").touch()  # a reservation whose process is gone lapses
+    monkeypatch.setattr(ports, "_handed_out", set())
+    assert free_port() == proposed
+    assert [p.name for p in tmp_path.iterdir()] == [f"{proposed}.{os.getpid()}"]
+
+
 def test_free_port_hands_out_distinct_bindable_ports():
     chosen = [free_port() for _ in range(20)]
     assert len(set(chosen)) == len(chosen)

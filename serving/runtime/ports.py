@@ -20,6 +20,10 @@ PORT_SPAN = 10_000
 #: Ports handed out by free_port() in this process: never handed out twice (a server's public port, chosen
 #: before it starts, is not bound yet when its internal ports are chosen).
 _handed_out: set[int] = set()
+#: Cross-process reservations: a test session and the launchers it spawns each pick ports, and a port picked by
+#: one but not bound yet looks free to the others (seen in make test: a launcher's internal port taken by the
+#: session's next server). One empty file per port, named PORT.PID; a reservation lapses when its process exits.
+RESERVATIONS = Path(os.environ.get("TMPDIR", "/tmp")) / "agegender-ports"
 
 
 def env_name(kind: str) -> str:
@@ -35,6 +39,31 @@ def _ephemeral_low() -> int:
         return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return 32768
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _reserve(port: int) -> bool:
+    """Whether ``port`` is now reserved for this process (False: a live process holds it)."""
+    try:
+        RESERVATIONS.mkdir(mode=0o1777, exist_ok=True)
+        for held in RESERVATIONS.glob(f"{port}.*"):
+            owner = int(held.suffix[1:])
+            if owner != os.getpid() and _alive(owner):
+                return False
+            held.unlink(missing_ok=True)
+        (RESERVATIONS / f"{port}.{os.getpid()}").touch()
+    except (OSError, ValueError):
+        pass  # best effort: an unwritable temp folder leaves the in-process check alone
+    return True
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -53,6 +82,8 @@ def free_port(host: str = "127.0.0.1") -> int:
                 s.bind((host, port))
             except OSError:
                 continue
+        if not _reserve(port):
+            continue
         _handed_out.add(port)
         return port
     with socket.socket() as s:  # a crowded range: the kernel's pick
