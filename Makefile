@@ -30,9 +30,10 @@ $(STAMP): pyproject.toml
 		|| echo 'chromium not installed: tests/test_gradio_browser.py will be skipped')
 	touch $(STAMP)
 
+# Two pytest workers (pytest-xdist): each starts its own session servers; about 6.5 instead of 9.5 minutes on 2 cores.
 test: setup
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

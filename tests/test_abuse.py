@@ -98,7 +98,7 @@ def test_short_abuse_run_leaves_the_server_serving(triton_tiny, tmp_path):
     assert set(report["categories"]) == {*cases.WEIGHTS, *cases.FIXED, "well_formed"}
     assert report["rss_bytes"]["before"]["tritonserver"] > 0 and report["rss_bytes"]["after"]["nginx"] > 0
     assert json.loads(json_path.read_text())["totals"] == totals
-    assert procs.triton_pids(os.getpid()) == {triton_tiny._proc.pid}
+    assert triton_tiny._proc.pid in procs.triton_pids(os.getpid())  # found among this session's servers
 
 
 @pytest.mark.integration

@@ -8,8 +8,6 @@ import os
 import secrets
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +17,7 @@ from tritonclient.utils import InferenceServerException
 
 from common import contract
 from serving.runtime import binary, security
+from tests.test_hardening import http
 
 
 def _cmdlines() -> dict[int, bytes]:
@@ -86,15 +85,6 @@ def test_no_process_has_a_key_on_its_command_line(triton_tiny):
     assert triton_tiny._door.config_path.stat().st_mode & 0o077 == 0
 
 
-def _http(url: str, path: str, data: bytes | None = None, headers: dict | None = None) -> tuple[int, bytes]:
-    request = urllib.request.Request(f"http://{url}{path}", data=data, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
-
-
 def _crop_body() -> bytes:
     tensor = {"name": contract.CROP_INPUT, "datatype": "BYTES", "shape": [1, 1], "data": ["not an image"]}
     return json.dumps({"inputs": [tensor]}).encode()
@@ -104,10 +94,10 @@ def _crop_body() -> bytes:
 def test_triton_own_ports_refuse_inference_without_the_internal_key(triton_tiny):
     inner_http = f"127.0.0.1:{triton_tiny.triton_http_port}"
     infer = f"/v2/models/{contract.CROP_ENSEMBLE}/infer"
-    status, text = _http(inner_http, infer, _crop_body())
+    status, text = http(inner_http, infer, _crop_body())
     assert status == 403 and security.INTERNAL_HEADER.encode() in text
-    assert _http(inner_http, f"/v2/models/{contract.CROP_ENSEMBLE}/config")[0] == 403
-    assert _http(inner_http, "/v2/health/ready")[0] == 200  # probes stay open
+    assert http(inner_http, f"/v2/models/{contract.CROP_ENSEMBLE}/config")[0] == 403
+    assert http(inner_http, "/v2/health/ready")[0] == 200  # probes stay open
     client = grpcclient.InferenceServerClient(f"127.0.0.1:{triton_tiny.triton_grpc_port}")
     inp = grpcclient.InferInput(contract.CROP_INPUT, [1, 1], "BYTES")
     inp.set_data_from_numpy(np.array([[b"not an image"]], dtype=object))
@@ -117,7 +107,7 @@ def test_triton_own_ports_refuse_inference_without_the_internal_key(triton_tiny)
     finally:
         client.close()
     # Through the door the same call is answered (the item's own error: it is not an image).
-    status, text = _http(triton_tiny.http_url, infer, _crop_body())
+    status, text = http(triton_tiny.http_url, infer, _crop_body())
     assert status == 200, text
     door_client = grpcclient.InferenceServerClient(triton_tiny.grpc_url)
     try:
@@ -130,8 +120,8 @@ def test_triton_own_ports_refuse_inference_without_the_internal_key(triton_tiny)
 def test_admin_key_is_the_real_one_not_the_placeholder(triton_tiny):
     # Were the preload not loaded, Triton would take the placeholder itself as the key: it must be refused.
     for key, expected in ((security.placeholder(security.ADMIN_KEY_ENV), 403), (triton_tiny.admin_key, 200)):
-        assert _http(triton_tiny.http_url, "/v2/logging", headers={security.ADMIN_HEADER: key})[0] == expected
+        assert http(triton_tiny.http_url, "/v2/logging", headers={security.ADMIN_HEADER: key})[0] == expected
     inner_http = f"127.0.0.1:{triton_tiny.triton_http_port}"
     placeholder = security.placeholder(security.INTERNAL_KEY_ENV)
-    status, _ = _http(inner_http, f"/v2/models/{contract.CROP_ENSEMBLE}/config", headers={"internal-key": placeholder})
+    status, _ = http(inner_http, f"/v2/models/{contract.CROP_ENSEMBLE}/config", headers={"internal-key": placeholder})
     assert status == 403

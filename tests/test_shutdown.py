@@ -29,6 +29,7 @@ from tritonclient.utils import InferenceServerException
 
 from serving.runtime.launch import free_port
 from tests.conftest import start_launcher
+from tests.test_launch import group_alive
 
 CROP_MODELS = ("preprocess_crop", "age", "gender", "postprocess", "age_gender_crop")
 MODEL = "age_gender_crop"
@@ -103,14 +104,6 @@ def owned_groups(launcher_pid: int) -> set[int]:
     """Process groups of the launcher's children (each runs in a session of its own)."""
     kids = subprocess.run(["pgrep", "-P", str(launcher_pid)], capture_output=True, text=True).stdout.split()
     return {os.getpgid(int(k)) for k in kids}
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.mark.integration

@@ -53,18 +53,25 @@ class Tally:
         self.errors[type(err).__name__] = self.errors.get(type(err).__name__, 0) + 1
 
 
+async def _connect(host: str, port: int, tally: Tally):
+    """The attacker's next connection, from its own address; None (after a pause) when the door refuses it."""
+    try:
+        return await asyncio.open_connection(host, port, local_addr=(ATTACKER, 0))
+    except OSError as err:
+        tally.error(err)
+        await asyncio.sleep(0.5)
+        return None
+
+
 # --- HTTP/1.1 slow uploads -------------------------------------------------------------------------------------
 
 
 async def _slow_upload(host: str, port: int, tally: Tally, stop: asyncio.Event) -> None:
     """One connection at a time, reopened as it closes, until ``stop``."""
     while not stop.is_set():
-        try:
-            reader, writer = await asyncio.open_connection(host, port, local_addr=(ATTACKER, 0))
-        except OSError as err:
-            tally.error(err)
-            await asyncio.sleep(0.5)
+        if (streams := await _connect(host, port, tally)) is None:
             continue
+        reader, writer = streams
         tally.opened += 1
         try:
             head = (
@@ -137,12 +144,9 @@ async def _h2_reader(reader, writer, ended: set[int]) -> None:
 async def _slow_streams(host: str, port: int, tally: Tally, stop: asyncio.Event) -> None:
     """One HTTP/2 connection with STREAMS_PER_CONNECTION trickling streams, reopened as it closes."""
     while not stop.is_set():
-        try:
-            reader, writer = await asyncio.open_connection(host, port, local_addr=(ATTACKER, 0))
-        except OSError as err:
-            tally.error(err)
-            await asyncio.sleep(0.5)
+        if (streams := await _connect(host, port, tally)) is None:
             continue
+        reader, writer = streams
         ended: set[int] = set()
         reading = asyncio.ensure_future(_h2_reader(reader, writer, ended))
         try:

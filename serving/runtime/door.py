@@ -207,6 +207,18 @@ def nginx_config(
         f"too many requests from your address (at most {limits.connections} at once and {limits.rate} per second, "
         f"bursts of {limits.burst}); retry later"
     )
+    # How both inference locations forward to the gate or Triton (one connection pool, one time budget).
+    forward = f"\n{' ' * 20}".join(
+        [
+            "proxy_http_version 1.1;",
+            'proxy_set_header Connection "";',
+            http_key,
+            "proxy_connect_timeout 5s;",
+            f"proxy_send_timeout {REQUEST_TIMEOUT_S}s;",
+            f"proxy_read_timeout {REQUEST_TIMEOUT_S}s;",
+            "proxy_next_upstream off;",
+        ]
+    )
     pid_line = f"pid {pid or prefix + '/nginx.pid'};"
     strip = 'grpc_set_header grpc-timeout "";' if STRIP_GRPC_DEADLINE else ""
     kinds = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -303,13 +315,7 @@ def nginx_config(
                     if (-f {prefix}/draining) {{ return 503 '{{"error":"server is shutting down"}}'; }}
                     proxy_pass http://gate_http;
                     proxy_request_buffering off;
-                    proxy_http_version 1.1;
-                    proxy_set_header Connection "";
-                    {http_key}
-                    proxy_connect_timeout 5s;
-                    proxy_send_timeout {REQUEST_TIMEOUT_S}s;
-                    proxy_read_timeout {REQUEST_TIMEOUT_S}s;
-                    proxy_next_upstream off;
+                    {forward}
                 }}
                 location / {{
                     if ($compressed) {{
@@ -321,13 +327,7 @@ def nginx_config(
                     if (-f {prefix}/draining) {{ return 503 '{{"error":"server is shutting down"}}'; }}
                     if ($route = not_public) {{ return 404 '{{"error":"{_NOT_PUBLIC}"}}'; }}
                     proxy_pass http://$route;
-                    proxy_http_version 1.1;
-                    proxy_set_header Connection "";
-                    {http_key}
-                    proxy_connect_timeout 5s;
-                    proxy_send_timeout {REQUEST_TIMEOUT_S}s;
-                    proxy_read_timeout {REQUEST_TIMEOUT_S}s;
-                    proxy_next_upstream off;
+                    {forward}
                 }}
                 location @unavailable {{
                     return 503 '{{"error":"Triton is not reachable (restarting?); retry shortly"}}';
