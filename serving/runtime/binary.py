@@ -58,7 +58,10 @@ def pip_triton(run_dir: Path, env: dict[str, str]) -> tuple[str, Path]:
     backend = backends / "python"
     if not backend.is_dir():
         shutil.copytree(pkg / "backends" / "python", backend, ignore=shutil.ignore_patterns("__pycache__"))
-        shutil.copy2(stub / "triton_python_backend_stub", backend)
+        # A link, not a copy: exec of a file that any process still holds open for writing fails with ETXTBSY,
+        # and a child forked (by another thread) while the copy was being written kept that descriptor: Triton
+        # then never started its stubs ("Text file busy", seen with two pytest workers). A link is never written.
+        (backend / "triton_python_backend_stub").symlink_to(stub / "triton_python_backend_stub")
         # Our Python-based backends (serving/pipeline/backends/<name>/model.py, `backend: "<name>"`) must
         # sit next to the `python` backend, whose libtriton_python.so runs them.
         for own in PYTHON_BACKENDS.iterdir():

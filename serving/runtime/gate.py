@@ -78,6 +78,14 @@ OPEN_RPCS = frozenset({"ServerLive", "ServerReady", "ServerMetadata", "ModelInfe
 UPSTREAM_HEADERS_ENV = "GATE_UPSTREAM_HEADERS"
 READY_LINE = "gate listening"
 _MESSAGE_OPTIONS = [("grpc.max_receive_message_length", MAX_BODY), ("grpc.max_send_message_length", MAX_BODY)]
+#: The gate starts before Triton listens, so its first connection attempts fail; gRPC's default reconnect backoff
+#: (1 s, growing 1.6x) then held the first answer of a cold start about 2 s after Triton was ready (measured with
+#: loadtest.bench.coldstart). Triton is on loopback: retry every 0.1 s, never waiting more than 0.5 s.
+_RECONNECT_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+]
 #: What bounds a gRPC body that never completes (issue 18, "Fair sharing at the door"). grpc.aio calls a handler only
 #: once the whole message is in, so the gate cannot time the upload as gate_http does, and nginx times only the gaps
 #: between reads. But nginx carries one request at a time on each connection to the gate (it does not multiplex
@@ -98,7 +106,9 @@ _SERVER_OPTIONS = [
 class GrpcGate(grpc.GenericRpcHandler):
     def __init__(self, triton_grpc: str, admin_key: str, upstream_headers: dict[str, str], upstream: Upstream):
         # No retries: they would buffer every request a second time, and Triton's answer is final anyway.
-        self.channel = grpc.aio.insecure_channel(triton_grpc, options=[*_MESSAGE_OPTIONS, ("grpc.enable_retries", 0)])
+        self.channel = grpc.aio.insecure_channel(
+            triton_grpc, options=[*_MESSAGE_OPTIONS, ("grpc.enable_retries", 0), *_RECONNECT_OPTIONS]
+        )
         self.admin_key = admin_key
         self.metadata = tuple((k.lower(), v) for k, v in upstream_headers.items())
         # The door presents the same internal key it gives Triton; other local callers of the gate's port do not.
