@@ -95,7 +95,7 @@ RUN_TIME ?= 20s
 LOCUST_ARGS ?= --path crop --max-fail-ratio 0.01
 LOADTEST_OUT ?= loadtest/results
 
-.PHONY: loadtest benchmark-serving
+.PHONY: loadtest benchmark-serving bench-native
 
 loadtest: setup
 	mkdir -p $(LOADTEST_OUT)
@@ -106,3 +106,11 @@ loadtest: setup
 BENCH_DURATION ?= 15
 benchmark-serving: setup
 	PYTHONPATH=. $(BIN)/python -m loadtest.bench.benchmark --duration $(BENCH_DURATION)
+
+# Server capacity with native load generators (h2load: gRPC, wrk: HTTP; Debian packages) beside the served CNNs
+# in-process, one run; writes loadtest/results/native.{md,json}. BENCH_NATIVE_ARGS='--duration 10' etc.
+BENCH_NATIVE_ARGS ?=
+bench-native: setup
+	command -v h2load >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client)
+	command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
+	PYTHONPATH=. $(BIN)/python -m loadtest.bench.native $(BENCH_NATIVE_ARGS)

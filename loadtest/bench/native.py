@@ -1,0 +1,417 @@
+"""Server capacity with native load generators, beside the served CNNs in-process, in one run (issue 15).
+
+    python -m loadtest.bench.native [--duration 10] [--repository model_repository] [--out loadtest/results]
+
+``loadtest.bench.benchmark`` measures what a Python caller sees: its closed-loop tritonclient threads share the two
+cores with the server. Here the load comes from h2load (gRPC) and wrk (HTTP), C programs on one thread each
+(:mod:`loadtest.bench.loadgen`), so what is measured is what the server can serve. In order:
+
+1. the reference: both served CNNs in-process under OpenVINO, batch 64 and batch 1, ``--reference-threads``
+   threads (:mod:`loadtest.bench.openvino_reference`, a child process, before the server starts);
+2. Triton started here as ``benchmark.py`` starts it (:class:`serving.runtime.launch.TritonServer`: nginx door,
+   gate, free ports), ready meaning warm;
+3. each body (:mod:`loadtest.bench.wire`) sent once from Python, and the answer checked to be an estimate;
+4. per scenario, ``--warmup`` seconds of the same load unmeasured, then ``--duration`` seconds measured: gRPC
+   crop path (``age_gender_crop``, one 200x200 JPEG crop) at each ``--concurrency``, gRPC detection path
+   (``age_gender``, a 512x512 PNG portrait) at ``--detect-concurrency``, HTTP crop path at each ``--concurrency``.
+   Triton's own success and failure counters (metrics port) are read before and after: a scenario fails when
+   Triton failed a request or served fewer than the tool counted (h2load takes a gRPC error in an HTTP 200
+   for a success). The CPU seconds of Triton's process group (Triton and its stubs), of the door (nginx) and the
+   gate, and of the load generator are read from /proc over the window.
+
+Writes ``native.md`` and ``native.json`` to ``--out``; exits 1 when a scenario failed. Inputs are made from the
+shipped public-domain portrait (:mod:`loadtest.bench.corpus`), never from UTKFace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import os
+import platform
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from common import contract
+from loadtest.bench import corpus, loadgen, wire
+from serving.runtime.launch import TritonServer, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+SWEEP = (1, 16, 64)
+DETECT_CONCURRENCY = 8
+#: The issue's targets, each a ratio or a rate from this run: (key, label, threshold, unit, higher is better).
+TARGETS = (
+    ("crop_c16_vs_inprocess", "crop path, gRPC c=16 req/s / in-process batch 64 img/s", 0.8, "x", True),
+    ("crop_c1_latency_vs_inprocess", "crop path, gRPC c=1 mean latency / in-process batch 1 ms", 2.0, "x", False),
+    ("detect_c8", "detection path, 512x512 PNG, gRPC c=8", 70.0, "req/s", True),
+)
+#: Said beside the detection target: its threshold is for the issue's machine, not this one.
+DETECT_NOTE = "the issue's 70 req/s is for the checker's machine, about 2x slower than the development machine"
+
+
+@dataclass
+class Scenario:
+    transport: str  # grpc (h2load) or http (wrk)
+    path: str  # crop or detection
+    model: str
+    inputs: str
+    concurrency: int
+    run: dict | None = None  # loadgen.Run as a dict
+    triton_served: int | None = None  # Triton's successful inferences of ``model`` in the window
+    cpu_s: dict = field(default_factory=dict)  # {"triton": s, "door": s, "gate": s, "load generator": s}
+    wall_s: float | None = None  # the measured run, start to exit of the tool (what cpu_s is read over)
+    error: str | None = None
+
+
+# --- inputs -------------------------------------------------------------------------------------------------
+
+
+def crop_jpeg() -> bytes:
+    """One aligned 200x200 JPEG crop: the centred one of corpus.crop_corpus's portrait crops (no UTKFace)."""
+    crops, _ = corpus.crop_corpus(None)
+    return crops[len(crops) // 2]
+
+
+def portrait_png() -> bytes:
+    """A 512x512 PNG portrait: corpus.portrait (512x600) cut to a square that keeps the face (box y 146-342)."""
+    buf = io.BytesIO()
+    corpus.portrait().crop((0, 44, 512, 556)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# --- checks -------------------------------------------------------------------------------------------------
+
+
+def check_estimate(values: dict, what: str) -> dict:
+    """``values``: output name -> first element. Raises unless it is an estimate for a face, without error."""
+    error = values.get(contract.ENSEMBLE_ERROR)
+    if error:
+        raise RuntimeError(f"{what}: the server answered with error {error!r}")
+    age = values.get(contract.ENSEMBLE_AGE)
+    if not values.get(contract.ENSEMBLE_FOUND) or age is None or not math.isfinite(age):
+        raise RuntimeError(f"{what}: no estimate in the answer: {values}")
+    return values
+
+
+def grpc_answer(url: str, frame: bytes) -> dict:
+    """Sends the exact message h2load sends (the frame's protobuf) with Python's grpc; output name -> value."""
+    import grpc
+    from tritonclient.grpc import service_pb2
+    from tritonclient.utils import deserialize_bytes_tensor
+
+    with grpc.insecure_channel(url) as channel:
+        call = channel.unary_unary(wire.GRPC_PATH, response_deserializer=service_pb2.ModelInferResponse.FromString)
+        response = call(frame[5:], timeout=120)  # bytes in, no serializer: sent as they are
+    values = {}
+    for out, raw in zip(response.outputs, response.raw_output_contents, strict=True):
+        if out.datatype == "BYTES":
+            value = deserialize_bytes_tensor(raw)[0]
+            values[out.name] = value.decode(errors="replace") if isinstance(value, bytes) else value
+        else:
+            dtype = {"FP32": np.float32, "BOOL": np.bool_}.get(out.datatype, np.float32)
+            values[out.name] = np.frombuffer(raw, dtype=dtype)[0].item()
+    return values
+
+
+def http_answer(url: str, model: str, body: bytes, header_length: int) -> dict:
+    """Sends the body wrk sends with urllib; output name -> value."""
+    request = urllib.request.Request(
+        f"http://{url}/v2/models/{model}/infer",
+        data=body,
+        headers={wire.HEADER_LENGTH: str(header_length), "Content-Type": "application/octet-stream"},
+    )
+    with urllib.request.urlopen(request, timeout=120) as response:
+        answer = json.loads(response.read())
+    return {out["name"]: out["data"][0] for out in answer["outputs"]}
+
+
+_METRIC = re.compile(r'^nv_inference_request_(success|failure)\{model="([^"]+)",[^}]*\} (\d+(?:\.\d+)?)$', re.M)
+
+
+def parse_counts(text: str, model: str) -> tuple[int, int]:
+    """Successful and failed inference requests of ``model`` in Triton's metrics text (all versions and reasons)."""
+    counts = {"success": 0, "failure": 0}
+    for kind, name, value in _METRIC.findall(text):
+        if name == model:
+            counts[kind] += int(float(value))
+    return counts["success"], counts["failure"]
+
+
+def triton_counts(metrics_url: str, model: str) -> tuple[int, int]:
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+        return parse_counts(response.read().decode(), model)
+
+
+def settled_counts(metrics_url: str, model: str, timeout: float = 15.0) -> tuple[int, int]:
+    """The counts once they stop moving: requests in flight when the tool stopped still finish in Triton."""
+    last, deadline = triton_counts(metrics_url, model), time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        now = triton_counts(metrics_url, model)
+        if now == last:
+            return now
+        last = now
+    return last
+
+
+# --- CPU time -----------------------------------------------------------------------------------------------
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """utime + stime of every live process in process group ``pgid`` (Triton's: Triton and all its stubs)."""
+    tick, total = os.sysconf("SC_CLK_TCK"), 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields from `state`: pgrp is the 3rd, utime and stime the 12th and 13th
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+# --- the run ------------------------------------------------------------------------------------------------
+
+
+def reference(args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, "-m", "loadtest.bench.openvino_reference", "--repository", str(args.repository)]
+    cmd += ["--threads", str(args.reference_threads), "--duration", str(args.duration)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600 + 4 * args.duration)
+    if out.returncode != 0:
+        raise RuntimeError(f"in-process reference failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def loader(scenario: Scenario, triton: TritonServer, file: Path):
+    """``load(seconds) -> loadgen.Run`` for the scenario's tool; ``file``: the gRPC frame or the wrk script."""
+    if scenario.transport == "grpc":
+        return lambda seconds: loadgen.h2load(triton.grpc_url, file, scenario.concurrency, seconds)
+    return lambda seconds: loadgen.wrk(triton.http_url, scenario.model, file, scenario.concurrency, seconds)
+
+
+def measure(scenario: Scenario, triton: TritonServer, load, duration: int, warmup: int) -> None:
+    """``load(seconds) -> loadgen.Run``; fills in ``scenario`` (its error too, instead of raising)."""
+    groups = {"triton": triton._proc.pid, "door": triton._door.proc.pid, "gate": triton._gate.proc.pid}
+    try:
+        if warmup:
+            load(warmup)
+        before = settled_counts(triton.metrics_url, scenario.model)
+        cpu = {name: group_cpu_seconds(pgid) for name, pgid in groups.items()}
+        tool_cpu, start = children_cpu_seconds(), time.monotonic()
+        run = load(duration)
+        scenario.wall_s = time.monotonic() - start
+        tool_cpu = children_cpu_seconds() - tool_cpu
+        cpu = {name: group_cpu_seconds(pgid) - cpu[name] for name, pgid in groups.items()}
+        after = settled_counts(triton.metrics_url, scenario.model)
+        scenario.run = asdict(run)
+        scenario.cpu_s = {name: round(v, 3) for name, v in {**cpu, "load generator": tool_cpu}.items()}
+        served, failed = after[0] - before[0], after[1] - before[1]
+        scenario.triton_served = served
+        if failed or served < run.requests:
+            raise loadgen.LoadError(
+                f"{run.tool} counted {run.requests} successes, Triton served {served} and failed {failed} "
+                f"requests of {scenario.model}: the server answered with errors"
+            )
+    except (loadgen.LoadError, OSError, subprocess.TimeoutExpired) as err:
+        scenario.error = f"{type(err).__name__}: {err}"[:600]
+
+
+def tool_version(cmd: list[str]) -> str:
+    """The first line of ``cmd``'s output, without wrk's copyright notice."""
+    text = subprocess.run(cmd, capture_output=True, text=True)
+    first = (text.stdout + text.stderr).strip().splitlines()
+    return first[0].split(" Copyright")[0] if first else "?"
+
+
+def machine() -> dict:
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
+
+    def git(*cmd: str) -> str:
+        done = subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True)
+        return done.stdout.strip()
+
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "cpu_model": model[1].strip() if model else platform.processor(),
+        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "h2load": tool_version(["h2load", "--version"]),
+        "wrk": tool_version(["wrk", "--version"]),
+    }
+
+
+def find(scenarios: list[Scenario], **where) -> Scenario | None:
+    found = next((s for s in scenarios if all(getattr(s, k) == v for k, v in where.items())), None)
+    return found if found is not None and found.run is not None and found.error is None else None
+
+
+def targets(scenarios: list[Scenario], ref: dict | None) -> dict:
+    """The issue's three numbers, each taken from this run (None when its scenario or the reference failed)."""
+    c16 = find(scenarios, transport="grpc", path="crop", concurrency=16)
+    c1 = find(scenarios, transport="grpc", path="crop", concurrency=1)
+    detect = find(scenarios, transport="grpc", path="detection")
+    return {
+        "crop_c16_vs_inprocess": c16.run["req_per_s"] / ref["b64_img_s"] if c16 and ref else None,
+        "crop_c1_latency_vs_inprocess": c1.run["mean_ms"] / ref["b1_ms"] if c1 and ref else None,
+        "detect_c8": detect.run["req_per_s"] if detect else None,
+    }
+
+
+def _f(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None or value != value else f"{value:.{digits}f}"
+
+
+def write_markdown(path: Path, meta: dict, ref: dict | None, scenarios: list[Scenario], values: dict) -> None:
+    lines = [
+        "# Native load generators (`python -m loadtest.bench.native`)",
+        "",
+        f"Run {meta['date']} on {meta['host']}: {meta['cpus']} CPUs ({meta['cpu_model']}), load average "
+        f"{', '.join(map(str, meta['load_average_at_start']))} at start; commit {meta['commit']}"
+        f"{' with uncommitted changes' if meta['uncommitted_changes'] else ''}; "
+        f"Triton configs `{meta['config_name']}`; "
+        f"{meta['duration']} s per scenario after {meta['warmup']} s of the same load unmeasured. "
+        f"{meta['h2load']}, {meta['wrk']}; one thread and one request per connection each.",
+        "",
+    ]
+    if ref:
+        lines += [
+            f"In-process reference, both served CNNs ({', '.join(ref['models'].values())}) one after the other, "
+            f"{ref['runtime']}, {ref['threads']} threads: batch 64 **{ref['b64_img_s']:.0f} img/s**; batch 1 "
+            f"**{ref['b1_ms']:.2f} ms** per image ({ref['b1_img_s']:.0f} img/s).",
+            "",
+        ]
+    lines += [
+        "| transport | path | inputs | c | req/s | mean ms | p50 ms | p99 ms | requests | Triton served | "
+        "CPU-s Triton+stubs | CPU-s door+gate | cores used (server) | CPU-s load gen. |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s in scenarios:
+        r, cpu = s.run or {}, s.cpu_s
+        server = cpu.get("triton", 0) + cpu.get("door", 0) + cpu.get("gate", 0) if cpu else None
+        tool = {"grpc": "gRPC (h2load)", "http": "HTTP (wrk)"}[s.transport]
+        lines.append(
+            f"| {tool} | {s.path} ({s.model}) | {s.inputs} | {s.concurrency} | "
+            f"{'**failed**' if s.error else _f(r.get('req_per_s'))} | "
+            f"{_f(r.get('mean_ms'))} | {_f(r.get('p50_ms'))} | {_f(r.get('p99_ms'))} | {r.get('requests', '-')} | "
+            f"{s.triton_served if s.triton_served is not None else '-'} | {_f(cpu.get('triton'))} | "
+            f"{_f(cpu['door'] + cpu['gate'] if cpu else None)} | "
+            f"{_f(server / s.wall_s if cpu and s.wall_s else None, 2)} | "
+            f"{_f(cpu.get('load generator'), 2)} |"
+        )
+    lines += ["", "## Targets (issue 15, this run)", "", "| target | value | threshold | met |", "|---|---:|---:|---|"]
+    for key, label, threshold, unit, higher in TARGETS:
+        value = values[key]
+        met = "-" if value is None else ("yes" if (value >= threshold if higher else value <= threshold) else "**no**")
+        lines.append(f"| {label} | {_f(value, 2)} {unit} | {'>=' if higher else '<='} {threshold:g} {unit} | {met} |")
+    lines += ["", f"Detection path: {DETECT_NOTE}."]
+    failed = [s for s in scenarios if s.error]
+    if failed:
+        lines += ["", "## Failed scenarios", ""]
+        lines += [f"- {s.transport} {s.path} c={s.concurrency}: {s.error}" for s in failed]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repository", type=Path, default=ROOT / "model_repository")
+    p.add_argument("--out", type=Path, default=ROOT / "loadtest" / "results")
+    # Whole seconds: wrk takes no fraction.
+    p.add_argument("--duration", type=int, default=10, help="measured seconds per scenario (and per reference batch)")
+    p.add_argument("--warmup", type=int, default=3, help="unmeasured seconds of the same load before each scenario")
+    p.add_argument("--concurrency", type=lambda s: tuple(int(v) for v in s.split(",")), default=SWEEP)
+    p.add_argument("--detect-concurrency", type=int, default=DETECT_CONCURRENCY)
+    p.add_argument("--reference-threads", type=int, default=2, help="OpenVINO threads of the in-process reference")
+    p.add_argument("--config-name", choices=("auto", "cpu", "default"), default="auto")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if missing := loadgen.missing():
+        packages = " and ".join(f"{tool} (Debian {loadgen.PACKAGES[tool]})" for tool in missing)
+        sys.exit(f"{packages} not found: `{loadgen.MAKE_TARGET}` installs them")
+    args.repository = args.repository.resolve()
+
+    def log(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta = {**machine(), "duration": args.duration, "warmup": args.warmup}
+    crop, portrait = crop_jpeg(), portrait_png()
+    meta["inputs"] = {"crop JPEG bytes": len(crop), "portrait PNG bytes": len(portrait)}
+    log(f"In-process reference (OpenVINO, {args.reference_threads} threads) ...")
+    ref = reference(args)
+    log(f"  batch 64: {ref['b64_img_s']:.0f} img/s; batch 1: {ref['b1_ms']:.2f} ms")
+
+    plans = [Scenario("grpc", "crop", contract.CROP_ENSEMBLE, "200x200 JPEG crop", c) for c in args.concurrency]
+    plans.append(
+        Scenario("grpc", "detection", contract.DETECT_ENSEMBLE, "512x512 PNG portrait", args.detect_concurrency)
+    )
+    plans += [Scenario("http", "crop", contract.CROP_ENSEMBLE, "200x200 JPEG crop", c) for c in args.concurrency]
+    ports = {f"{k}_port": free_port() for k in ("http", "grpc", "metrics")}
+    with tempfile.TemporaryDirectory(prefix="native-bench-") as tmp:
+        files = {}
+        for path, image in (("crop", crop), ("detection", portrait)):
+            model = contract.CROP_ENSEMBLE if path == "crop" else contract.DETECT_ENSEMBLE
+            frame, (body, header_length) = wire.grpc_frame(model, image), wire.http_body(image)
+            files[path, "grpc"], files[path, "http"] = Path(tmp) / f"{path}.grpc", Path(tmp) / f"{path}.lua"
+            files[path, "grpc"].write_bytes(frame)
+            (Path(tmp) / f"{path}.http").write_bytes(body)
+            files[path, "http"].write_text(loadgen.wrk_script(Path(tmp) / f"{path}.http", header_length))
+            files[path, "answer"] = (model, frame, body, header_length)
+        log(f"Triton on {args.repository} ...")
+        with TritonServer(args.repository, config_name=args.config_name, **ports) as triton:
+            meta["config_name"] = triton.config_name
+            meta["triton_startup_s"] = triton.startup_seconds
+            # What each tool will send, answered once through the door, read as a Python caller reads it.
+            for path in ("crop", "detection"):
+                model, frame, body, header_length = files[path, "answer"]
+                check_estimate(grpc_answer(triton.grpc_url, frame), f"{path} path over gRPC")
+                check_estimate(http_answer(triton.http_url, model, body, header_length), f"{path} path over HTTP")
+            for s in plans:
+                log(f"  {s.transport} {s.path} c={s.concurrency} ...")
+                measure(s, triton, loader(s, triton, files[s.path, s.transport]), args.duration, args.warmup)
+                if s.error:
+                    log(f"    FAILED: {s.error}")
+                else:
+                    r = s.run
+                    log(
+                        f"    {r['req_per_s']:.1f} req/s, mean {r['mean_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms; "
+                        f"Triton served {s.triton_served}; CPU-s Triton {s.cpu_s['triton']:.1f}, "
+                        f"door+gate {s.cpu_s['door'] + s.cpu_s['gate']:.1f}"
+                    )
+
+    values = targets(plans, ref)
+    report = {"meta": meta, "reference": ref, "scenarios": [asdict(s) for s in plans], "targets": values}
+    (args.out / "native.json").write_text(json.dumps(report, indent=2))
+    write_markdown(args.out / "native.md", meta, ref, plans, values)
+    log((args.out / "native.md").read_text())
+    return 1 if any(s.error for s in plans) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""The native benchmark's pieces that need no server: the bodies it sends and the load generators' output parsed.
+
+Every fixture below is real output, captured on the development machine (h2load nghttp2/1.52.0, wrk 4.1.0), from
+short runs against the crop path through the door, or against a port that refuses, a server that never answers
+and one that closes each connection.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from tritonclient.utils import deserialize_bytes_tensor
+
+from common import contract
+from loadtest.bench import loadgen, native, wire
+
+H2LOAD_OK = """\
+starting benchmark...
+spawning thread #0: 2 total client(s). Timing-based test with 0s of warm-up time and 2s of main duration for measurements.
+Warm-up started for thread #0.
+progress: 50% of clients started
+progress: 100% of clients started
+Warm-up phase is over for thread #0.
+Main benchmark duration is started for thread #0.
+Application protocol: h2c
+Main benchmark duration is over for thread #0. Stopping all clients.
+Stopped all clients for thread #0
+
+finished in 2.00s, 68.00 req/s, 27.61KB/s
+requests: 136 total, 138 started, 136 done, 136 succeeded, 0 failed, 0 errored, 0 timeout
+status codes: 136 2xx, 0 3xx, 0 4xx, 0 5xx
+traffic: 55.21KB (56538) total, 10.36KB (10608) headers (space savings 37.60%), 37.98KB (38896) data
+                     min         max         mean         sd        +/- sd
+time for request:    23.13ms     49.98ms     29.35ms      4.82ms    76.47%
+time for connect:       95us       128us       111us        23us   100.00%
+time to 1st byte:    50.06ms     50.14ms     50.10ms        57us   100.00%
+req/s           :      33.97       33.97       33.97        0.00   100.00%
+"""  # noqa: E501 - h2load's own line
+# The first five rows of that run's --log-file: start (us since epoch), HTTP status, duration (us).
+H2LOAD_LOG = """\
+1796180777106590\t200\t49817
+1796180777106509\t200\t49978
+1796180777156535\t200\t36878
+1796180777156495\t200\t36956
+1796180777193460\t200\t31675
+"""
+# `--h1` against the HTTP port with a gRPC frame as the body: 400 from the server.
+H2LOAD_4XX = """\
+starting benchmark...
+spawning thread #0: 1 total client(s). 3 total requests
+Application protocol: http/1.1
+progress: 33% done
+progress: 66% done
+progress: 100% done
+
+finished in 5.21ms, 575.37 req/s, 129.23KB/s
+requests: 3 total, 3 started, 3 done, 0 succeeded, 3 failed, 0 errored, 0 timeout
+status codes: 0 2xx, 0 3xx, 3 4xx, 0 5xx
+traffic: 690B (690) total, 369B (369) headers (space savings 0.00%), 177B (177) data
+                     min         max         mean         sd        +/- sd
+time for request:      341us      3.74ms      1.55ms      1.90ms    66.67%
+time for connect:      248us       248us       248us         0us   100.00%
+time to 1st byte:     4.01ms      4.01ms      4.01ms         0us   100.00%
+req/s           :     601.01      601.01      601.01        0.00   100.00%
+"""
+# A port nobody listens on.
+H2LOAD_REFUSED = """\
+starting benchmark...
+spawning thread #0: 1 total client(s). 3 total requests
+
+finished in 1.93ms, 0.00 req/s, 0B/s
+requests: 3 total, 0 started, 0 done, 0 succeeded, 3 failed, 3 errored, 0 timeout
+status codes: 0 2xx, 0 3xx, 0 4xx, 0 5xx
+traffic: 0B (0) total, 0B (0) headers (space savings 0.00%), 0B (0) data
+                     min         max         mean         sd        +/- sd
+time for request:        0us         0us         0us         0us     0.00%
+time for connect:        0us         0us         0us         0us     0.00%
+time to 1st byte:        0us         0us         0us         0us     0.00%
+req/s           :       0.00        0.00        0.00        0.00   100.00%
+"""
+WRK_OK = """\
+Running 2s test @ http://127.0.0.1:18000/v2/models/age_gender_crop/infer
+  1 threads and 2 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency    26.90ms    2.63ms  33.57ms   68.67%
+    Req/Sec    74.30      8.84    80.00     75.00%
+  Latency Distribution
+     50%   26.31ms
+     75%   27.67ms
+     90%   31.06ms
+     99%   33.46ms
+  150 requests in 2.02s, 170.80KB read
+Requests/sec:     74.17
+Transfer/sec:     84.46KB
+"""
+# The body with a wrong Inference-Header-Content-Length: every answer a 400.
+WRK_NON_2XX = """\
+Running 1s test @ http://127.0.0.1:18000/v2/models/age_gender_crop/infer
+  1 threads and 2 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.09ms    1.53ms  11.04ms   84.47%
+    Req/Sec     4.10k     4.55k   14.86k    81.82%
+  Latency Distribution
+     50%  490.00us
+     75%    1.39ms
+     90%    3.50ms
+     99%    6.37ms
+  4491 requests in 1.10s, 1.14MB read
+  Non-2xx or 3xx responses: 4491
+Requests/sec:   4080.87
+Transfer/sec:      1.03MB
+"""
+# A server that answers 200 and closes each connection.
+WRK_SOCKET_ERRORS = """\
+Running 1s test @ http://127.0.0.1:18557/v2/models/age_gender_crop/infer
+  1 threads and 2 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   348.96us  831.63us   7.96ms   91.09%
+    Req/Sec     7.82k     1.85k    9.83k    70.00%
+  Latency Distribution
+     50%   84.00us
+     75%  136.00us
+     90%    0.94ms
+     99%    4.11ms
+  7778 requests in 1.00s, 303.83KB read
+  Socket errors: connect 0, read 7778, write 0, timeout 0
+Requests/sec:   7774.16
+Transfer/sec:    303.68KB
+"""
+# A server that accepts and never answers.
+WRK_NOTHING = """\
+Running 3s test @ http://127.0.0.1:18556/v2/models/age_gender_crop/infer
+  1 threads and 2 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     0.00us    0.00us   0.00us    -nan%
+    Req/Sec     0.00      0.00     0.00      -nan%
+  Latency Distribution
+     50%    0.00us
+     75%    0.00us
+     90%    0.00us
+     99%    0.00us
+  0 requests in 3.01s, 0.00B read
+Requests/sec:      0.00
+Transfer/sec:       0.00B
+"""
+# Lines of Triton 2.51's metrics page (HELP/TYPE lines and other models' rows as served).
+METRICS = """\
+# HELP nv_inference_request_success Number of successful inference requests, all batch sizes
+# TYPE nv_inference_request_success counter
+nv_inference_request_success{model="age_gender_crop",version="1"} 464
+nv_inference_request_success{model="preprocess_crop",version="1"} 464
+nv_inference_request_success{model="age_gender",version="1"} 0
+# HELP nv_inference_request_failure Number of failed inference requests, all batch sizes
+# TYPE nv_inference_request_failure counter
+nv_inference_request_failure{model="age_gender_crop",reason="OTHER",version="1"} 2
+nv_inference_request_failure{model="age_gender_crop",reason="BACKEND",version="1"} 3
+nv_inference_request_failure{model="preprocess_crop",reason="BACKEND",version="1"} 7
+nv_inference_request_failure{model="age_gender_crop",reason="CANCELED",version="1"} 0
+"""
+
+
+def test_grpc_frame_round_trips():
+    image = native.crop_jpeg()
+    frame = wire.grpc_frame(contract.CROP_ENSEMBLE, image)
+    assert frame[0] == 0 and int.from_bytes(frame[1:5], "big") == len(frame) - 5
+    request = wire.parse_grpc_frame(frame)
+    assert request.model_name == contract.CROP_ENSEMBLE
+    (tensor,) = request.inputs
+    assert (tensor.name, tensor.datatype, list(tensor.shape)) == (contract.IMAGE_INPUT, "BYTES", [1, 1])
+    assert [o.name for o in request.outputs] == list(wire.OUTPUTS)
+    (raw,) = request.raw_input_contents
+    assert list(deserialize_bytes_tensor(raw)) == [image]  # Triton's own BYTES layout, read by tritonclient
+    with pytest.raises(ValueError):
+        wire.parse_grpc_frame(frame[:-1])  # the length prefix no longer matches
+
+
+def test_http_body_splits_where_the_header_says():
+    image = native.portrait_png()
+    body, header_length = wire.http_body(image)
+    header = json.loads(body[:header_length])
+    (tensor,) = header["inputs"]
+    assert tensor["shape"] == [1, 1] and tensor["parameters"]["binary_data_size"] == len(body) - header_length
+    assert list(deserialize_bytes_tensor(body[header_length:])) == [image]
+
+
+def test_inputs_are_the_sizes_the_issue_names():
+    import io
+
+    from PIL import Image
+
+    assert Image.open(io.BytesIO(native.crop_jpeg())).size == (200, 200)
+    png = Image.open(io.BytesIO(native.portrait_png()))
+    assert (png.format, png.size) == ("PNG", (512, 512))
+
+
+def test_h2load_parsed():
+    run = loadgen.parse_h2load(H2LOAD_OK, H2LOAD_LOG, concurrency=2)
+    assert (run.requests, run.req_per_s, run.duration_s, run.concurrency) == (136, 68.0, 2.0, 2)
+    assert run.mean_ms == pytest.approx(29.35)
+    durations_ms = [49.817, 49.978, 36.878, 36.956, 31.675]
+    assert run.p50_ms == pytest.approx(36.956)
+    assert run.p99_ms == pytest.approx(49.817 + 0.96 * (49.978 - 49.817))  # numpy's linear interpolation
+    assert run.p99_ms == pytest.approx(np.percentile(durations_ms, 99))
+
+
+@pytest.mark.parametrize(
+    ("text", "says"), [(H2LOAD_4XX, "3 failed, 0 errored, 0 timed out, 3 non-2xx"), (H2LOAD_REFUSED, "3 errored")]
+)
+def test_h2load_failures_raise(text, says):
+    with pytest.raises(loadgen.LoadError, match=says):
+        loadgen.parse_h2load(text)
+
+
+def test_h2load_without_its_summary_raises():
+    with pytest.raises(loadgen.LoadError, match="no line matching"):
+        loadgen.parse_h2load(H2LOAD_OK.split("finished in")[0])
+
+
+def test_wrk_parsed():
+    run = loadgen.parse_wrk(WRK_OK, concurrency=2)
+    assert (run.requests, run.req_per_s, run.duration_s) == (150, 74.17, 2.02)
+    assert (run.mean_ms, run.p50_ms, run.p99_ms) == pytest.approx((26.90, 26.31, 33.46))
+
+
+def test_wrk_units():
+    assert loadgen._ms("490.00us") == pytest.approx(0.49)
+    assert loadgen._ms("1.02s") == pytest.approx(1020.0)
+    assert loadgen._ms("2.50m") == pytest.approx(150_000.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        (WRK_NON_2XX, "4491 non-2xx answers of 4491"),
+        (WRK_SOCKET_ERRORS, "read 7778"),
+        (WRK_NOTHING, "no request completed"),
+    ],
+)
+def test_wrk_failures_raise(text, says):
+    with pytest.raises(loadgen.LoadError, match=says):
+        loadgen.parse_wrk(text)
+
+
+def test_wrk_script_posts_the_body_with_its_header_length(tmp_path):
+    script = loadgen.wrk_script(tmp_path / "crop.http", 517)
+    assert 'wrk.method = "POST"' in script
+    assert f'wrk.headers["{wire.HEADER_LENGTH}"] = "517"' in script
+    assert f"io.open([==[{tmp_path / 'crop.http'}]==]" in script
+
+
+def test_triton_counts_are_the_models_own():
+    assert native.parse_counts(METRICS, contract.CROP_ENSEMBLE) == (464, 5)
+    assert native.parse_counts(METRICS, contract.DETECT_ENSEMBLE) == (0, 0)
+
+
+def test_an_error_answer_is_not_an_estimate():
+    ok = {"error": "", "face_found": True, "age": 78.6, "gender": "male"}
+    assert native.check_estimate(ok, "crop") is ok
+    with pytest.raises(RuntimeError, match="not a recognised image"):
+        native.check_estimate({**ok, "error": "The file is not a recognised image"}, "crop")
+    with pytest.raises(RuntimeError, match="no estimate"):
+        native.check_estimate({**ok, "face_found": False, "age": float("nan")}, "crop")
+
+
+def test_targets_are_ratios_of_this_run():
+    reference = {"b64_img_s": 200.0, "b1_ms": 10.0}
+    scenarios = [
+        native.Scenario("grpc", "crop", contract.CROP_ENSEMBLE, "crop", 16, run={"req_per_s": 170.0}),
+        native.Scenario("grpc", "crop", contract.CROP_ENSEMBLE, "crop", 1, run={"mean_ms": 25.0}),
+        native.Scenario("grpc", "detection", contract.DETECT_ENSEMBLE, "png", 8, run={"req_per_s": 40.0}),
+        native.Scenario("http", "crop", contract.CROP_ENSEMBLE, "crop", 16, run={"req_per_s": 999.0}),
+    ]
+    values = native.targets(scenarios, reference)
+    expected = {"crop_c16_vs_inprocess": 0.85, "crop_c1_latency_vs_inprocess": 2.5, "detect_c8": 40.0}
+    assert values == pytest.approx(expected)
+    scenarios[0].error = "LoadError: ..."  # a failed scenario gives no number rather than a wrong one
+    assert native.targets(scenarios, reference)["crop_c16_vs_inprocess"] is None
