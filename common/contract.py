@@ -16,7 +16,8 @@ GENDER_MODEL = "gender"
 TASK_MODELS = (AGE_MODEL, GENDER_MODEL)
 #: Input of the ensembles and of the preprocess models: one encoded image file (BYTES) per batch item.
 IMAGE_INPUT = spec.INPUT_NAME
-#: Input of the CNNs: ``(batch, IMAGE_SIZE, IMAGE_SIZE, 3)`` uint8 face crops (the SavedModel signature's name).
+#: Input of the CNNs: ``(batch, size, size, 3)`` uint8 face crops, size ``spec.image_size(task)`` (the SavedModel
+#: signature's name).
 #: The same string as IMAGE_INPUT today; kept apart so that each caller says which tensor it fills.
 CROP_INPUT = spec.INPUT_NAME
 #: Each CNN's estimate: age in years, probability of female.
@@ -71,9 +72,11 @@ ESTIMATE_OUTPUTS = (
 #: The ensembles' first step: decode (and detect, in ``preprocess``), align, crop. One model.py serves both.
 PREPROCESS_MODEL = "preprocess"
 PREPROCESS_CROP_MODEL = "preprocess_crop"
-PREPROCESS_FACE = "face"  # UINT8 [IMAGE_SIZE, IMAGE_SIZE, 3]: the crop the CNNs read
+#: The face as each CNN reads it, UINT8 [size, size, 3] with size ``spec.image_size(task)``: one crop per model,
+#: since the two models may take different sizes.
+PREPROCESS_FACES = {AGE_MODEL: "age_face", GENDER_MODEL: "gender_face"}
 # In this order: the preprocess model fills them from one tuple per item.
-PREPROCESS_OUTPUTS = (PREPROCESS_FACE, ENSEMBLE_BOX, ENSEMBLE_SCORE, ENSEMBLE_FOUND, ENSEMBLE_ERROR)
+PREPROCESS_OUTPUTS = (*PREPROCESS_FACES.values(), ENSEMBLE_BOX, ENSEMBLE_SCORE, ENSEMBLE_FOUND, ENSEMBLE_ERROR)
 #: The ensembles' last step: labels gender, passes the rest through.
 POSTPROCESS_MODEL = "postprocess"
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-#: Side of the square face crop both CNNs take, in pixels.
-IMAGE_SIZE = 64
+#: Side of the square face crop each CNN takes, in pixels, by task. The two may differ: each model learned from
+#: UTKFace's 200x200 faces resized straight to its own size (docs/models.md compares the sizes).
+IMAGE_SIZES = {"age": 64, "gender": 64}
 #: Channel order of the model input (PIL's native order; no BGR anywhere).
 CHANNEL_ORDER = "RGB"
 #: Resize filter; PIL's bilinear antialiases when it shrinks, which matters at 200 -> 64.
@@ -31,18 +32,31 @@ AGE_INTERVAL = (0.1, 0.9)
 GENDER_OUTPUT = "female_probability"
 
 
-def to_model_input(image: Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
+def image_size(task: str) -> int:
+    """The input side of the ``age`` or ``gender`` model."""
+    return IMAGE_SIZES[task]
+
+
+def to_model_input(image: Image.Image, size: int) -> np.ndarray:
     """Converts a face crop into one model input.
 
     Args:
         image: A face crop in any PIL mode, ideally framed like UTKFace's aligned crops.
+        size: The model's input side, :func:`image_size` (or a candidate size compared in training).
 
     Returns:
-        A ``(size, size, 3)`` uint8 array in RGB order; ``size`` is IMAGE_SIZE except for candidate
-        input sizes compared in training (``training.train --image-size``).
+        A ``(size, size, 3)`` uint8 array in RGB order.
     """
     if image.mode != CHANNEL_ORDER:
         image = image.convert(CHANNEL_ORDER)
     if image.size != (size, size):
         image = image.resize((size, size), RESIZE_METHOD)
     return np.asarray(image, dtype=INPUT_DTYPE)
+
+
+def model_inputs(image: Image.Image) -> dict[str, np.ndarray]:
+    """One face crop as each model's input, by task; a size both models share is resized once."""
+    if image.mode != CHANNEL_ORDER:
+        image = image.convert(CHANNEL_ORDER)
+    by_size = {size: to_model_input(image, size) for size in set(IMAGE_SIZES.values())}
+    return {task: by_size[size] for task, size in IMAGE_SIZES.items()}

@@ -200,13 +200,16 @@ def age_gender(scenes, faces, cropper: MultiFaceCropper) -> dict:
             alone = single(face_img)
             if alone is None:
                 continue
-            multi_crops.append(found[j].crop)
-            single_crops.append(alone.crop)
+            multi_crops.append(found[j].crops)
+            single_crops.append(alone.crops)
             labels.append(faces[index][1:])
 
-    def run(crops):
-        batch = tf.constant(np.stack(crops))
-        return age_fn(image=batch)["age"].numpy().ravel(), gender_fn(image=batch)["female_probability"].numpy().ravel()
+    def run(crops):  # each model reads its own crop size
+        batch = {task: tf.constant(np.stack([c[task] for c in crops])) for task in ("age", "gender")}
+        return (
+            age_fn(image=batch["age"])["age"].numpy().ravel(),
+            gender_fn(image=batch["gender"])["female_probability"].numpy().ravel(),
+        )
 
     ages, genders = np.array([a for a, _ in labels], float), np.array([g for _, g in labels])
     out = {"faces": len(labels)}

@@ -9,7 +9,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from common import contract
+from common import contract, spec
 
 ROOT = Path(__file__).resolve().parents[1]
 REPOSITORY = ROOT / "model_repository"
@@ -104,6 +104,30 @@ def test_configs_match_savedmodel_signature(task, tiny_repo):
     assert sorted(p.name for p in (tiny_repo / task / "1").iterdir()) == ["model.openvino", "model.savedmodel"]
 
 
+@pytest.mark.parametrize("task", contract.TASK_MODELS)
+def test_each_cnn_gets_the_crop_of_its_own_size(task):
+    # The two CNNs may take different sizes (common/spec.py IMAGE_SIZES): preprocessing makes one crop per model,
+    # each ensemble hands each model its own, and the served SavedModel takes that size.
+    want = (mc.TYPE_UINT8, (spec.image_size(task), spec.image_size(task), 3))
+    face = contract.PREPROCESS_FACES[task]
+    for variant in ("config.pbtxt", "configs/cpu.pbtxt"):
+        assert tensors(config(task, variant).input) == {contract.CROP_INPUT: want}
+        for pre in (contract.PREPROCESS_MODEL, contract.PREPROCESS_CROP_MODEL):
+            assert tensors(config(pre, variant).output)[face] == want, (pre, variant)
+        warm = config(task, variant).model_warmup
+        assert all(tuple(w.inputs[contract.CROP_INPUT].dims) == want[1] for w in warm), variant
+    for name in ENSEMBLES:
+        (step,) = [s for s in config(name).ensemble_scheduling.step if s.model_name == task]
+        assert dict(step.input_map) == {contract.CROP_INPUT: face}, name
+
+    import tensorflow as tf
+
+    from training.export import SAVEDMODEL, latest
+
+    served = tf.saved_model.load(str(latest(REPOSITORY, task) / SAVEDMODEL)).signatures["serving_default"]
+    assert tuple(served.structured_input_signature[1][spec.INPUT_NAME].shape[1:]) == want[1]
+
+
 def test_preprocess_crop_shares_code_and_skips_detection():
     link = REPOSITORY / contract.PREPROCESS_CROP_MODEL / "1" / "model.py"
     assert link.is_symlink() and not Path(link.readlink()).is_absolute()
@@ -130,8 +154,8 @@ def test_ensemble_wiring(name):
         for key, tensor in step.output_map.items():
             assert key in model_out and tensor not in available, f"{name}/{step.model_name}: output {key}"
             available[tensor] = model_out[key]
-    for name_, spec in tensors(ens.output).items():
-        assert available.get(name_) == spec, f"{name}: output {name_} not produced as declared"
+    for name_, declared in tensors(ens.output).items():
+        assert available.get(name_) == declared, f"{name}: output {name_} not produced as declared"
 
 
 @pytest.mark.parametrize("name", ENSEMBLES)

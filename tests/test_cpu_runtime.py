@@ -29,12 +29,16 @@ OUTPUTS = contract.TASK_MODEL_OUTPUTS
 TOLERANCE = 1e-3
 
 
-def crops() -> np.ndarray:
-    """A fixed set of 24 crops: the portrait's face at several framings, flat images and seeded noise."""
+def crops(task: str) -> np.ndarray:
+    """A fixed set of 24 crops at ``task``'s input size: the portrait's face at several framings, flat images and
+    seeded noise."""
+    side = spec.image_size(task)
     face = Image.open(PORTRAIT).convert("RGB").crop((150, 120, 380, 370))
-    real = [spec.to_model_input(face.rotate(a).crop((d, d, 230 - d, 250 - d))) for a in (-10, 0, 10) for d in (0, 20)]
-    flat = [np.full((spec.IMAGE_SIZE, spec.IMAGE_SIZE, 3), v, np.uint8) for v in (0, 128, 255)]
-    noise = np.random.default_rng(8).integers(0, 256, (15, spec.IMAGE_SIZE, spec.IMAGE_SIZE, 3), dtype=np.uint8)
+    real = [
+        spec.to_model_input(face.rotate(a).crop((d, d, 230 - d, 250 - d)), side) for a in (-10, 0, 10) for d in (0, 20)
+    ]
+    flat = [np.full((side, side, 3), v, np.uint8) for v in (0, 128, 255)]
+    noise = np.random.default_rng(8).integers(0, 256, (15, side, side, 3), dtype=np.uint8)
     return np.concatenate([np.stack(real + flat), noise])
 
 
@@ -62,9 +66,9 @@ def served(url: str, task: str, x: np.ndarray, *, per_item: bool, headers=None) 
 
 def check_equal_to_tf(server, repo: Path) -> dict[str, dict[str, np.ndarray]]:
     """Asserts the served outputs equal TensorFlow's; returns TensorFlow's, by task and output name."""
-    x = crops()
     references = {}
     for task in TASKS:
+        x = crops(task)
         expected = references[task] = tf_outputs(repo, task, x)
         for per_item in (False, True):  # one batch of 24, and 24 single requests (dynamic batching mixes them)
             # The CNNs are internal (not callable through the door): Triton's own port, with its internal key.
@@ -212,7 +216,7 @@ def test_stale_ir_is_never_served(tiny_repo, tmp_path):
     other = export_model(build(contract.AGE_MODEL, widths=(4, 8)), contract.AGE_MODEL, tmp_path / "other")
     shutil.rmtree(age / SAVEDMODEL)
     shutil.copytree(other / SAVEDMODEL, age / SAVEDMODEL)
-    x = crops()
+    x = crops(contract.AGE_MODEL)
     old_ir = ov_outputs(age / ir.IR_DIR / ir.XML, x)
     new = tf_outputs(repo, contract.AGE_MODEL, x)
     # The test can fail: the stale IR answers differently from the SavedModel now in the folder.

@@ -38,6 +38,14 @@ def portrait() -> Image.Image:
     return Image.open(path).convert("RGB")  # 512x600, face roughly at x 170-360, y 145-340
 
 
+def model_inputs_ok(face) -> bool:
+    """One uint8 RGB crop per model, each at that model's input size."""
+    want = {task: (spec.image_size(task), spec.image_size(task), 3) for task in spec.IMAGE_SIZES}
+    return {task: crop.shape for task, crop in face.crops.items()} == want and all(
+        crop.dtype == np.uint8 for crop in face.crops.values()
+    )
+
+
 def _eye_roll_degrees(det: Detection) -> float:
     (ax, ay), (bx, by) = det.eyes
     return math.degrees(math.atan2(by - ay, bx - ax))
@@ -46,7 +54,7 @@ def _eye_roll_degrees(det: Detection) -> float:
 def test_finds_the_portrait_face(cropper, portrait):
     face = cropper(portrait)
     assert face is not None
-    assert face.crop.shape == (spec.IMAGE_SIZE, spec.IMAGE_SIZE, 3) and face.crop.dtype == np.uint8
+    assert model_inputs_ok(face)
     x0, y0, x1, y1 = face.box
     assert 200 < (x0 + x1) / 2 < 330 and 190 < (y0 + y1) / 2 < 300
     assert 120 < x1 - x0 < 280 and 120 < y1 - y0 < 280
@@ -96,8 +104,8 @@ def test_rotated_portrait_is_levelled(cropper, portrait):
     again = cropper.detect(crop)
     assert again is not None and abs(_eye_roll_degrees(again)) < 5
     # And it shows the same face as the crop of the upright portrait.
-    a = cropper(portrait).crop.astype(float)
-    b = cropper(rotated).crop.astype(float)
+    a = cropper(portrait).crops["age"].astype(float)
+    b = cropper(rotated).crops["age"].astype(float)
     assert np.abs(a - b).mean() < 20
 
 
@@ -122,7 +130,7 @@ def test_prominence_rule_is_area_times_score():
 def test_greyscale_and_alpha_inputs(cropper, portrait):
     for mode in ("L", "RGBA"):
         face = cropper(portrait.convert(mode))
-        assert face is not None and face.crop.shape == (spec.IMAGE_SIZE, spec.IMAGE_SIZE, 3)
+        assert face is not None and model_inputs_ok(face)
 
 
 def test_face_cut_by_the_border(cropper, portrait):
@@ -130,7 +138,9 @@ def test_face_cut_by_the_border(cropper, portrait):
     assert cropper.detect(cut).box[0] < 0  # the detector's box extends past the edge
     face = cropper(cut)
     assert face is not None and face.box[0] == 0.0 and 0 < face.box[2] <= cut.width  # reported clipped
-    assert face.crop[:, :3].max() == 0 and face.crop[:, 30:34].mean() > 60  # black outside, like UTKFace
+    crop, side = face.crops["gender"], spec.image_size("gender")
+    # Black outside, like UTKFace.
+    assert crop[:, : side // 20].max() == 0 and crop[:, side * 30 // 64 : side * 34 // 64].mean() > 60
 
 
 def test_crop_near_border_is_black_outside(portrait):
@@ -163,10 +173,11 @@ def test_render_square_geometry():
 
 def test_crop_aligned_uses_the_whole_image(portrait):
     face = crop_aligned(portrait)
-    assert face.crop.shape == (spec.IMAGE_SIZE, spec.IMAGE_SIZE, 3) and face.crop.dtype == np.uint8
+    assert model_inputs_ok(face)
     assert face.box == (0.0, 0.0, 512.0, 600.0) and face.score == 1.0
-    np.testing.assert_array_equal(face.crop, spec.to_model_input(portrait))
-    assert crop_aligned(Image.new("L", (5, 5))).crop.shape == (spec.IMAGE_SIZE, spec.IMAGE_SIZE, 3)
+    for task, crop in face.crops.items():
+        np.testing.assert_array_equal(crop, spec.to_model_input(portrait, spec.image_size(task)))
+    assert model_inputs_ok(crop_aligned(Image.new("L", (5, 5))))
     with pytest.raises(ValueError):
         crop_aligned(Image.new("RGB", (0, 0)))
 

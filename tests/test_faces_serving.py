@@ -21,6 +21,7 @@ from PIL import Image
 from client import AgeGenderClient, DetectedFace, InvalidImageError
 from client.results import DETECTED_FACE_KEYS, FACES_RESULT_KEYS
 from common import contract as c
+from common import spec
 from common.contract import MAX_FACES
 from serving.pipeline.detect import FaceCropper, MultiFaceCropper, merge_detections, tiles
 from tests.composites import PORTRAIT, ROOT, grid, jpeg
@@ -83,7 +84,8 @@ def test_group_faces_found_and_single_path_unchanged():
     assert multi.detect(portrait) == FaceCropper().detect(portrait)
     group = grid(2, 2, cell=256)
     faces = multi.crop_all(group)
-    assert len(faces) == 4 and all(f.crop.shape == (64, 64, 3) for f in faces)
+    side = spec.image_size("age")
+    assert len(faces) == 4 and all(f.crops["age"].shape == (side, side, 3) for f in faces)
     centres = sorted((int((f.box[0] + f.box[2]) / 2 // 288), int((f.box[1] + f.box[3]) / 2 // 332)) for f in faces)
     assert centres == [(0, 0), (0, 1), (1, 0), (1, 1)]  # one face per cell
     assert multi.detect_all(group, max_faces=2) == multi.detect_all(group)[:2]

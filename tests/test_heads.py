@@ -65,7 +65,8 @@ def test_served_outputs_average_the_mirror_and_temperature_widens_only_the_inter
     kernel, _ = head.get_weights()
     head.set_weights([kernel, (-0.5 * ((np.arange(AGE_BINS) - 30) / 5.0) ** 2).astype(np.float32)])
     rng = np.random.default_rng(1)
-    faces = rng.integers(0, 255, (6, spec.IMAGE_SIZE, spec.IMAGE_SIZE, 3), dtype=np.uint8)
+    side = spec.image_size("age")
+    faces = rng.integers(0, 255, (6, side, side, 3), dtype=np.uint8)
     plain = heads.flat(heads.served_outputs(model, "age", tf.constant(faces), tta=False))
     mirror = heads.flat(heads.served_outputs(model, "age", tf.constant(faces[:, :, ::-1]), tta=False))
     both = heads.flat(heads.served_outputs(model, "age", tf.constant(faces), tta=True))
@@ -143,7 +144,7 @@ def test_warm_start_copies_the_trunk_and_resume_continues_the_run(archive, tmp_p
 def test_candidate_input_size_trains_and_exports_at_its_own_size(archive, tmp_path):
     from training import data as utk
 
-    served = utk.load(archive, cache_dir=tmp_path / "cache")  # the served size, cached first
+    served = utk.load(archive, size=spec.image_size("gender"), cache_dir=tmp_path / "cache")  # cached first
     run = tmp_path / "runs" / "gender"
     common = ["--task", "gender", "--data", str(archive), "--batch-size", "16", "--widths", "4,8", "--epochs", "1"]
     best = train.main([*common, "--out", str(run), "--image-size", "40", "--cache-dir", str(tmp_path / "cache")])
@@ -156,7 +157,8 @@ def test_candidate_input_size_trains_and_exports_at_its_own_size(archive, tmp_pa
     assert sig.structured_input_signature[1][spec.INPUT_NAME].shape.as_list() == [None, 40, 40, 3]
     # The candidate size has its own cache file: the served size's cache is left as it was.
     assert len(list((tmp_path / "cache").glob("utkface-*.npz"))) == 2
-    assert utk.load(archive, cache_dir=tmp_path / "cache").images.shape == served.images.shape
+    again = utk.load(archive, size=spec.image_size("gender"), cache_dir=tmp_path / "cache")
+    assert again.images.shape == served.images.shape
 
 
 def gaussians(centres: np.ndarray, sigma: np.ndarray) -> np.ndarray:
@@ -239,7 +241,8 @@ def test_per_band_calibration_never_moves_the_estimate_and_reaches_80_in_each_ce
 
     # Through a model's served graph too (what export folds in): the estimate is the uncalibrated one.
     model = models.build("age", widths=(4, 8))
-    faces = tf.constant(rng.integers(0, 255, (5, spec.IMAGE_SIZE, spec.IMAGE_SIZE, 3), dtype=np.uint8))
+    side = spec.image_size("age")
+    faces = tf.constant(rng.integers(0, 255, (5, side, side, 3), dtype=np.uint8))
     a = heads.flat(heads.served_outputs(model, "age", faces))
     b = heads.flat(heads.served_outputs(model, "age", faces, interval=interval))
     np.testing.assert_array_equal(a[spec.AGE_OUTPUT], b[spec.AGE_OUTPUT])

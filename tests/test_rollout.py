@@ -49,7 +49,8 @@ def load(url: str, headers: dict, stop: threading.Event, log: list, errors: list
     import tritonclient.http as httpclient
 
     client = httpclient.InferenceServerClient(url, network_timeout=30)
-    image = np.random.default_rng(0).integers(0, 255, (1, spec.IMAGE_SIZE, spec.IMAGE_SIZE, 3), dtype=np.uint8)
+    side = spec.image_size("age")
+    image = np.random.default_rng(0).integers(0, 255, (1, side, side, 3), dtype=np.uint8)
     inp = httpclient.InferInput(spec.INPUT_NAME, list(image.shape), "UINT8")
     inp.set_data_from_numpy(image)
     try:

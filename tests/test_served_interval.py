@@ -60,8 +60,8 @@ def test_served_interval_equals_the_exported_model_on_every_path(triton_committe
     url = triton_committed.grpc_url
 
     paths = {
-        c.CROP_ENSEMBLE: (png(crop), crop_aligned(crop).crop),
-        c.DETECT_ENSEMBLE: (png(photo), FaceCropper()(photo).crop),
+        c.CROP_ENSEMBLE: (png(crop), crop_aligned(crop).crops[c.AGE_MODEL]),
+        c.DETECT_ENSEMBLE: (png(photo), FaceCropper()(photo).crops[c.AGE_MODEL]),
     }
     for model, (data, face) in paths.items():
         got = infer(url, model, data, [1, 1], AGE_NAMES)
@@ -72,6 +72,6 @@ def test_served_interval_equals_the_exported_model_on_every_path(triton_committe
 
     # ``faces``: one face here, so its first row is the detecting ensemble's face.
     got = infer(url, c.FACES_MODEL, png(photo), [1], (c.FACES_AGE, c.FACES_AGE_LOW, c.FACES_AGE_HIGH))
-    want = exported(FaceCropper()(photo).crop)
+    want = exported(FaceCropper()(photo).crops[c.AGE_MODEL])
     for served, name in zip((c.FACES_AGE, c.FACES_AGE_LOW, c.FACES_AGE_HIGH), AGE_NAMES, strict=True):
         assert got[served][0] == pytest.approx(want[name], abs=TOLERANCE), name

@@ -40,11 +40,12 @@ def test_parse_name(name, label):
 
 
 def test_loader_counts_archive_and_folder_agree(archive, folder, tmp_path):
-    a = utk.load(archive, cache_dir=None)
-    f = utk.load(folder, cache_dir=None)
+    side = spec.image_size("gender")
+    a = utk.load(archive, size=side, cache_dir=None)
+    f = utk.load(folder, size=side, cache_dir=None)
     assert dataclasses.asdict(a.summary) == utk_fixture.EXPECTED
     assert dataclasses.asdict(f.summary) == utk_fixture.EXPECTED
-    assert a.images.shape == (utk_fixture.EXPECTED["kept"], spec.IMAGE_SIZE, spec.IMAGE_SIZE, 3)
+    assert a.images.shape == (utk_fixture.EXPECTED["kept"], side, side, 3)
     assert a.images.dtype == np.uint8
     assert sorted(a.names) == sorted(f.names)
     assert len(set(a.hashes)) == len(a)
@@ -55,16 +56,16 @@ def test_loader_counts_archive_and_folder_agree(archive, folder, tmp_path):
 
 
 def test_cache_round_trip(archive, tmp_path):
-    first = utk.load(archive, cache_dir=tmp_path)
+    first = utk.load(archive, size=32, cache_dir=tmp_path)
     assert len(list(tmp_path.glob("utkface-*.npz"))) == 1
-    second = utk.load(archive, cache_dir=tmp_path)
+    second = utk.load(archive, size=32, cache_dir=tmp_path)
     np.testing.assert_array_equal(first.images, second.images)
     np.testing.assert_array_equal(first.ages, second.ages)
     assert second.summary == first.summary
 
 
 def test_split_is_grouped_by_hash_and_seeded(archive):
-    data = utk.load(archive, cache_dir=None)
+    data = utk.load(archive, size=32, cache_dir=None)
     # Duplicate every row: copies of one image must land in the same split.
     doubled = data.subset(np.concatenate([np.arange(len(data)), np.arange(len(data))]))
     splits = utk.split(doubled, seed=7)
@@ -120,7 +121,7 @@ def test_smoke_train_export_signature_and_evaluate(archive, tmp_path):
         )
         assert best.exists()
         config = json.loads((run / "config.json").read_text())
-        assert config["image_size"] == spec.IMAGE_SIZE and config["task"] == task and config["epochs"] == 1
+        assert config["image_size"] == spec.image_size(task) and config["task"] == task and config["epochs"] == 1
         assert (run / "manifest.csv").read_text().count("\n") == utk_fixture.EXPECTED["kept"] + 1
         assert len((run / "history.csv").read_text().splitlines()) == 2
     written = export.main(["--runs", str(tmp_path / "runs"), "--repo", str(repo)])
@@ -139,9 +140,10 @@ def test_smoke_train_export_signature_and_evaluate(archive, tmp_path):
         inputs = sig.structured_input_signature[1]
         assert list(inputs) == [spec.INPUT_NAME]
         assert inputs[spec.INPUT_NAME].dtype == tf.uint8
-        assert inputs[spec.INPUT_NAME].shape.as_list() == [None, spec.IMAGE_SIZE, spec.IMAGE_SIZE, 3]
+        side = spec.image_size(task)
+        assert inputs[spec.INPUT_NAME].shape.as_list() == [None, side, side, 3]
         assert sorted(sig.structured_outputs) == names
-        result = sig(image=tf.zeros((3, spec.IMAGE_SIZE, spec.IMAGE_SIZE, 3), tf.uint8))
+        result = sig(image=tf.zeros((3, side, side, 3), tf.uint8))
         for output in names:
             assert sig.structured_outputs[output].shape.as_list() == [None, 1]
             out = result[output].numpy()
@@ -202,7 +204,7 @@ def test_batchnorm_recalibration_moves_statistics_to_the_given_faces():
     model = models.build("age", widths=(4, 8))
     bn = next(layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization))
     bn.moving_mean.assign(np.full(bn.moving_mean.shape, 50.0, np.float32))
-    bright = np.full((2048, spec.IMAGE_SIZE, spec.IMAGE_SIZE, 3), 200, np.uint8)
+    bright = np.full((2048, spec.image_size("age"), spec.image_size("age"), 3), 200, np.uint8)
     weights_before = [w.numpy().copy() for w in model.trainable_weights]
     models.recalibrate_batchnorm(model, bright, batch_size=32, steps=64)
     assert np.abs(bn.moving_mean.numpy()).max() < 5.0  # 50 decays towards the conv outputs' real mean
@@ -255,7 +257,8 @@ def test_calibrated_export_keeps_the_source_estimate_and_refuses_one_that_moves(
 
     interval = {"cells": [{**c, "q_low": 0.5, "q_high": 0.25} for c in calibrate.cells_for(threshold=0.3)]}
     version = export.export_model(loaded, "age", tmp_path, interval=interval)
-    faces = np.random.default_rng(9).integers(0, 255, (8, spec.IMAGE_SIZE, spec.IMAGE_SIZE, 3), dtype=np.uint8)
+    side = spec.image_size("age")
+    faces = np.random.default_rng(9).integers(0, 255, (8, side, side, 3), dtype=np.uint8)
     calibrate.check_estimate_unchanged(source, version, faces)
     before, after = evaluate.predict(source, faces), evaluate.predict(version, faces)
     np.testing.assert_array_equal(before[spec.AGE_OUTPUT], after[spec.AGE_OUTPUT])

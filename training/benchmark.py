@@ -41,7 +41,8 @@ def rate(step, per_call: int, seconds: float) -> float:
 
 def throughput(fn, batch: int, seconds: float) -> float:
     """Images per second of a SavedModel signature on one repeated random batch."""
-    x = tf.constant(np.random.default_rng(0).integers(0, 256, (batch, spec.IMAGE_SIZE, spec.IMAGE_SIZE, 3), np.uint8))
+    side = int(fn.structured_input_signature[1][spec.INPUT_NAME].shape[1])
+    x = tf.constant(np.random.default_rng(0).integers(0, 256, (batch, side, side, 3), np.uint8))
     return rate(lambda: fn(image=x), batch, seconds)
 
 

@@ -65,7 +65,7 @@ def load_model(version_dir: Path):
     """
     config = json.loads((version_dir / "training_config.json").read_text())
     widths = tuple(int(w) for w in str(config.get("widths", "16,32,64,128")).split(","))
-    model = models.build("age", widths=widths, size=config.get("image_size", spec.IMAGE_SIZE))
+    model = models.build("age", widths=widths, size=config.get("image_size") or spec.image_size("age"))
     loaded = tf.saved_model.load(str(version_dir / SAVEDMODEL))
     source = {v.name.split(":")[0]: v.numpy() for v in loaded.variables}
     for w in model.weights:
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
     source = args.repo / "age" / str(args.source)
     model, config = load_model(source)
     temperature = float(config.get("temperature", 1.0))
-    data = utk.load(args.data, cache_dir=args.cache_dir)
+    data = utk.load(args.data, size=config.get("image_size") or spec.image_size("age"), cache_dir=args.cache_dir)
     val = data.subset(np.flatnonzero(utk.split(data, seed=config.get("seed", 1337)) == "val"))
     if len(val) < 200:
         raise SystemExit(f"only {len(val)} validation faces in {args.data}; calibration needs the full UTKFace")
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> dict:
         tta=config.get("tta", True),
         temperature=temperature,
         interval=interval,
-        size=config.get("image_size", spec.IMAGE_SIZE),
+        size=config.get("image_size") or spec.image_size("age"),
         extra_files={"history.csv": source / "history.csv"},
     )
     # The source's record, plus how the interval was calibrated: one file says how this version was made.

@@ -33,6 +33,8 @@ VARIANTS = {
         "ldl+l1+wide": ["--age-loss", "ldl+l1", "--ema", "0", "--widths", "24,48,96,192"],
         # Input size: from scratch too; faces are decoded and cached at this size.
         "ldl+l1+96px": ["--age-loss", "ldl+l1", "--ema", "0", "--image-size", "96"],
+        # The tail past 40: the same 96 px run with each face's loss weighted by its age band's rarity.
+        "ldl+l1+96px+tail": ["--age-loss", "ldl+l1", "--ema", "0", "--image-size", "96", "--tail-weight", "0.5"],
     },
     "gender": {
         "plain": ["--ema", "0"],

@@ -137,7 +137,7 @@ def _decode(data: bytes, size: int) -> np.ndarray | None:
         return None
 
 
-def _read(path: Path, size: int = spec.IMAGE_SIZE) -> Dataset:
+def _read(path: Path, size: int) -> Dataset:
     """Reads, deduplicates and decodes a source (no cache)."""
     summary = LoadSummary()
     groups: dict[str, list[tuple[str, Label, bytes]]] = defaultdict(list)
@@ -176,7 +176,7 @@ def _read(path: Path, size: int = spec.IMAGE_SIZE) -> Dataset:
     )
 
 
-def _cache_key(path: Path, size: int = spec.IMAGE_SIZE) -> str:
+def _cache_key(path: Path, size: int) -> str:
     stat = path.stat()
     if path.is_dir():
         files = [f for f in path.rglob("*") if f.is_file()]
@@ -191,7 +191,7 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("AGEGENDER_CACHE", Path.home() / ".cache" / "agegender"))
 
 
-def load(path: str | Path, *, cache_dir: Path | None = None, size: int = spec.IMAGE_SIZE) -> Dataset:
+def load(path: str | Path, *, size: int, cache_dir: Path | None = None) -> Dataset:
     """Loads a UTKFace archive or folder, from the decode cache where possible.
 
     Args:
@@ -263,6 +263,23 @@ def rebalance(data: Dataset, *, seed: int = 1337, keep_young: float = 1 / 3, max
     young = data.ages <= 4
     keep = (data.ages < max_age) & (~young | (rng.random(len(data)) < keep_young))
     return np.flatnonzero(keep)
+
+
+def tail_weights(ages: np.ndarray, power: float, *, band: int = 10, top: int = 80, cap: float = 4.0) -> np.ndarray:
+    """Per-face loss weights that count the rare age bands more: ``(faces in the band) ** -power``.
+
+    UTKFace has about six faces in their twenties for every one past 60, so an unweighted loss is mostly
+    spent on the middle and regresses old faces toward it. ``power`` 0 weighs every face alike, 1 every band
+    alike; 0.5 sits between. Bands are ``band`` years wide with everything from ``top`` up in one. Weights
+    have mean 1 (so the learning rate keeps its meaning) and are capped at ``cap`` times the mean, so a band
+    of a handful of faces cannot dominate a batch.
+    """
+    bands = np.minimum(np.asarray(ages, int), top) // band
+    counts = np.bincount(bands)
+    w = counts[bands].astype("float64") ** -power
+    w /= w.mean()
+    w = np.minimum(w, cap)
+    return (w / w.mean()).astype("float32")
 
 
 def write_manifest(data: Dataset, splits: np.ndarray, path: Path) -> None:

@@ -28,7 +28,7 @@ import tensorflow as tf  # noqa: E402
 from common import contract, spec  # noqa: E402
 from training import data as utk  # noqa: E402
 from training import heads  # noqa: E402
-from training.export import SAVEDMODEL, latest  # noqa: E402
+from training.export import SAVEDMODEL, input_side, latest  # noqa: E402
 
 AGE_BANDS = heads.AGE_BANDS
 #: Issue 16's targets for the interval: coverage within this range in every true-age band with at least
@@ -360,10 +360,17 @@ def main(argv: list[str] | None = None) -> dict:
     if args.seed is None:
         cfg = models["age"] / "training_config.json"
         args.seed = json.loads(cfg.read_text())["seed"] if cfg.exists() else 1337
-    data = utk.load(args.data, cache_dir=args.cache_dir)
+    # Each model sees the faces at its own input size; the rows (and so the split) are the same at every size.
+    sides = {task: input_side(version) for task, version in models.items()}
+    by_side = {side: utk.load(args.data, size=side, cache_dir=args.cache_dir) for side in set(sides.values())}
+    data = by_side[sides["age"]]
+    if any(not np.array_equal(other.names, data.names) for other in by_side.values()):
+        raise SystemExit("the decode caches of the two input sizes list different faces; delete them and rerun")
     splits = utk.split(data, seed=args.seed)
-    subset = data if args.split == "all" else data.subset(np.flatnonzero(splits == args.split))
-    pred = {**predict(models["age"], subset.images), **predict(models["gender"], subset.images)}
+    rows = np.arange(len(data)) if args.split == "all" else np.flatnonzero(splits == args.split)
+    subset = data.subset(rows)
+    pred = {task: predict(models[task], by_side[sides[task]].images[rows]) for task in models}
+    pred = {**pred["age"], **pred["gender"]}
     ages, probs = pred[spec.AGE_OUTPUT], pred[spec.GENDER_OUTPUT]
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,8 @@
 Each export adds ``<repo>/<task>/<v>/model.savedmodel`` under a new version
 number and keeps the earlier ones, with the OpenVINO IR made from it beside it (``model.openvino/``, keyed to
 the SavedModel: serving/pipeline/backends/openvino_savedmodel/ir.py). The signature ``serving_default`` takes
-``image`` (uint8, ``[-1, IMAGE_SIZE, IMAGE_SIZE, 3]``, RGB 0-255) and returns float32 ``[-1, 1]`` tensors:
+``image`` (uint8, ``[-1, size, size, 3]``, size ``spec.image_size(task)``, RGB 0-255) and returns float32
+``[-1, 1]`` tensors:
 ``age``, ``age_low`` and ``age_high`` (the 10th-90th percentile interval), or ``female_probability``.
 Flip test-time augmentation, the temperature fitted after training and any per-band interval
 correction (``training.calibrate``) are folded in
@@ -49,6 +50,12 @@ def latest(repo: Path, task: str) -> Path:
     return Path(repo) / task / str(found[-1])
 
 
+def input_side(version_dir: Path) -> int:
+    """The input side an exported version takes, read from its SavedModel's signature (the served truth)."""
+    fn = tf.saved_model.load(str(Path(version_dir) / SAVEDMODEL)).signatures["serving_default"]
+    return int(fn.structured_input_signature[1][spec.INPUT_NAME].shape[1])
+
+
 def export_model(
     model: keras.Model,
     task: str,
@@ -57,19 +64,19 @@ def export_model(
     tta: bool = True,
     temperature: float = 1.0,
     interval: dict | None = None,
-    size: int = spec.IMAGE_SIZE,
+    size: int | None = None,
     extra_files: dict[str, Path] | None = None,
 ) -> Path:
     """Writes ``model`` as the next version of ``<repo>/<task>``.
 
     Args:
-        model: A Keras model taking uint8 images of the shared size.
+        model: A Keras model taking uint8 images of its task's size.
         task: ``"age"`` or ``"gender"``; decides the output tensors.
         repo: The Triton model repository.
         tta: Fold flip test-time augmentation into the graph (twice the compute per face).
         temperature: Fitted after training (``config.json``); 1 leaves the network's outputs as they are.
         interval: Per-band correction of the age interval (``training.calibrate``); None for none.
-        size: Input side; only candidate architectures (``training.benchmark``) differ from the served size.
+        size: Input side; default the task's served size (``spec.image_size``), which the configs declare.
         extra_files: Files copied beside the SavedModel, by target name (config, history).
 
     Returns:
@@ -77,6 +84,7 @@ def export_model(
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    size = size or spec.image_size(task)
     model_dir = Path(repo) / task
     version_dir = model_dir / str((versions(model_dir) or [0])[-1] + 1)
     archive = keras.export.ExportArchive()
@@ -118,7 +126,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
             args.repo,
             tta=config.get("tta", False),
             temperature=config.get("temperature", 1.0),
-            size=config.get("image_size", spec.IMAGE_SIZE),
+            size=config.get("image_size") or spec.image_size(task),
             extra_files={"training_config.json": run / "config.json", "history.csv": run / "history.csv"},
         )
         meta = {"task": task, "source": str(run / "model.keras"), "version": int(version.name)}

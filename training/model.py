@@ -1,6 +1,6 @@
 """The two CNNs and the augmentation they train with.
 
-Both take ``(IMAGE_SIZE, IMAGE_SIZE, 3)`` uint8 RGB and rescale inside, so
+Each takes ``(size, size, 3)`` uint8 RGB (``common.spec.image_size(task)``) and rescales inside, so
 whatever serves them sends raw pixels.
 """
 
@@ -46,7 +46,7 @@ def augmentation(seed: int | None = None) -> keras.Sequential:
 def build(
     task: str,
     *,
-    size: int = spec.IMAGE_SIZE,
+    size: int | None = None,
     widths: tuple[int, ...] = DEFAULT_WIDTHS,
     dropout: float = 0.3,
     age_head: str = "bins",
@@ -55,7 +55,7 @@ def build(
 
     Args:
         task: ``"age"`` or ``"gender"`` (probability of female).
-        size: Input side in pixels.
+        size: Input side in pixels; default the served size of ``task`` (``common.spec.image_size``).
         widths: Channels of each conv block.
         dropout: Dropout before the head.
         age_head: ``"bins"`` (probabilities of each age 0..116, shape ``(N, AGE_BINS)``) or
@@ -63,6 +63,7 @@ def build(
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    size = size or spec.image_size(task)
     if age_head not in AGE_HEADS:
         raise ValueError(f"age_head must be one of {AGE_HEADS}, got {age_head!r}")
     inputs = keras.Input((size, size, 3), dtype="uint8", name=spec.INPUT_NAME)

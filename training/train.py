@@ -42,6 +42,7 @@ DEFAULTS = {
     "ema": 0.0,
     "tta": True,
     "rebalance": False,
+    "tail_weight": 0.0,
     "threads": 0,
     "limit": 0,
     "widths": "16,32,64,128",
@@ -103,14 +104,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=DEFAULTS["rebalance"],
         help="seed project's rebalancing of the training split (1/3 of ages 0-4, none >= 80)",
     )
+    p.add_argument(
+        "--tail-weight",
+        type=float,
+        default=DEFAULTS["tail_weight"],
+        help="age only: weigh each face's loss by (faces in its 10-year band) ** -POWER (data.tail_weights); 0 = off",
+    )
     p.add_argument("--threads", type=int, default=DEFAULTS["threads"], help="TensorFlow threads, 0 = all")
     p.add_argument("--limit", type=int, default=DEFAULTS["limit"], help="use at most N training images (smoke runs)")
     p.add_argument("--widths", default=DEFAULTS["widths"], help="channels per conv block")
     p.add_argument(
         "--image-size",
         type=int,
-        default=spec.IMAGE_SIZE,
-        help="input side in pixels; only for comparing input sizes (serving crops at common/spec.py's size)",
+        default=None,
+        help="input side in pixels (default: the served size, common/spec.py IMAGE_SIZES); others only to compare "
+        "input sizes",
     )
     p.add_argument(
         "--finish-only",
@@ -119,6 +127,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = p.parse_args(argv)
     args.out = args.out or Path("runs") / args.task
+    args.image_size = args.image_size or spec.image_size(args.task)
     return args
 
 
@@ -181,16 +190,24 @@ def main(argv: list[str] | None = None) -> Path:
 
     augment = models.augmentation(seed=args.seed)
 
+    # Loss weights for the rare ages, in training only: validation loss stays the plain mean, so checkpoints
+    # and early stopping compare weighted and unweighted runs on the same scale.
+    if args.tail_weight and args.task != "age":
+        raise SystemExit("--tail-weight is for --task age")
+
     def dataset(part: utk.Dataset, training: bool) -> tf.data.Dataset:
-        ds = tf.data.Dataset.from_tensor_slices((part.images, getattr(part, y).astype("float32")[:, None]))
+        columns = (part.images, getattr(part, y).astype("float32")[:, None])
+        if training and args.tail_weight:
+            columns += (utk.tail_weights(part.ages, args.tail_weight),)
+        ds = tf.data.Dataset.from_tensor_slices(columns)
         if training:
             ds = ds.shuffle(len(part), seed=args.seed, reshuffle_each_iteration=True)
         ds = ds.batch(args.batch_size)
         if training:
             ds = ds.map(
-                lambda x, t: (
+                lambda x, *rest: (
                     tf.cast(tf.clip_by_value(augment(tf.cast(x, "float32"), training=True), 0, 255), "uint8"),
-                    t,
+                    *rest,
                 ),
                 num_parallel_calls=tf.data.AUTOTUNE,
             )

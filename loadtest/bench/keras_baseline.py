@@ -31,7 +31,8 @@ def inprocess(args: argparse.Namespace) -> None:
     import tensorflow as tf
 
     rng = np.random.default_rng(0)
-    batch = tf.constant(rng.integers(0, 256, (args.batch, spec.IMAGE_SIZE, spec.IMAGE_SIZE, 3), dtype=np.uint8))
+    shape = {task: (args.batch, spec.image_size(task), spec.image_size(task), 3) for task in TASKS}
+    batch = {task: tf.constant(rng.integers(0, 256, shape[task], dtype=np.uint8)) for task in TASKS}
     fns, keep = {}, []
     for task in TASKS:
         loaded = tf.saved_model.load(str(latest(args.repository, task) / SAVEDMODEL))
@@ -39,7 +40,7 @@ def inprocess(args: argparse.Namespace) -> None:
         fns[task] = loaded.signatures["serving_default"]
 
     def measure(tasks: tuple[str, ...]) -> float:
-        return rate(lambda: [fns[t](image=batch)[OUTPUT_NAMES[t]].numpy() for t in tasks], args.batch, args.duration)
+        return rate(lambda: [fns[t](image=batch[t])[OUTPUT_NAMES[t]].numpy() for t in tasks], args.batch, args.duration)
 
     result = {
         "batch": args.batch,

@@ -43,7 +43,8 @@ def first_vs_steady(url: str, models: tuple[str, ...] = contract.TASK_MODELS, he
     try:
         for model in models:
             for batch in BATCHES:
-                x = rng.integers(0, 256, (batch, spec.IMAGE_SIZE, spec.IMAGE_SIZE, 3), dtype=np.uint8)
+                side = spec.image_size(model)  # the CNNs are named after their tasks
+                x = rng.integers(0, 256, (batch, side, side, 3), dtype=np.uint8)
                 infer("no_such_model", x)  # primes the connection for this message size
                 first = infer(model, x)
                 steady = statistics.median(infer(model, x) for _ in range(STEADY_REPEATS))

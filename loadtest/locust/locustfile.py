@@ -58,7 +58,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 ENSEMBLES = {"detect": c.DETECT_ENSEMBLE, "crop": c.CROP_ENSEMBLE, "faces": FACES_MODEL}
 #: Models whose input is the decoded, resized face rather than encoded bytes.
 TENSOR_MODELS = set(c.TASK_MODELS)
-_PREPROCESS_OUTPUTS = (c.PREPROCESS_FACE, c.ENSEMBLE_FOUND, c.ENSEMBLE_ERROR)
+_PREPROCESS_OUTPUTS = (*c.PREPROCESS_FACES.values(), c.ENSEMBLE_FOUND, c.ENSEMBLE_ERROR)
 OUTPUTS = {
     c.DETECT_ENSEMBLE: c.ESTIMATE_OUTPUTS,
     c.CROP_ENSEMBLE: c.ESTIMATE_OUTPUTS,
@@ -111,9 +111,9 @@ def load_corpus(image_dir: str | os.PathLike, model: str) -> list[Any]:
         raise SystemExit(f"--image-dir {image_dir}: no {sorted(IMAGE_SUFFIXES)} images found")
     if model in TENSOR_MODELS:
         # Imported lazily: only this mode needs the shared preprocessing spec.
-        from common.spec import to_model_input
+        from common.spec import image_size, to_model_input
 
-        return [to_model_input(Image.open(p)) for p in files]
+        return [to_model_input(Image.open(p), image_size(model)) for p in files]  # CNNs are named after tasks
     return [p.read_bytes() for p in files]
 
 

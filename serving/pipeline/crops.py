@@ -34,7 +34,7 @@ CALIBRATION_PATH = Path(__file__).with_name("crop_calibration.json")
 class Face:
     """One face, ready for the models."""
 
-    crop: np.ndarray  # (IMAGE_SIZE, IMAGE_SIZE, 3) uint8 RGB from common.spec.to_model_input
+    crops: dict[str, np.ndarray]  # task -> (size, size, 3) uint8 RGB model input (common.spec.model_inputs)
     box: tuple[float, float, float, float]  # x0, y0, x1, y1 detector box in original image pixels, clipped to it
     score: float  # detector confidence in [0, 1]; 1.0 where no detector ran
 
@@ -80,7 +80,7 @@ def crop_aligned(image: Image.Image) -> Face:
     width, height = image.size
     if width == 0 or height == 0:
         raise ValueError("The image has no pixels.")
-    return Face(crop=spec.to_model_input(image), box=(0.0, 0.0, float(width), float(height)), score=1.0)
+    return Face(crops=spec.model_inputs(image), box=(0.0, 0.0, float(width), float(height)), score=1.0)
 
 
 def square_for(detection: Detection, cal: CropCalibration) -> tuple[tuple[float, float], float, float]:

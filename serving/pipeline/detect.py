@@ -95,7 +95,7 @@ class FaceCropper:
         x0, y0, x1, y1 = detection.box
         width, height = image.size
         box = (max(0.0, x0), max(0.0, y0), min(float(width), x1), min(float(height), y1))
-        return Face(crop=spec.to_model_input(crop), box=box, score=detection.score)
+        return Face(crops=spec.model_inputs(crop), box=box, score=detection.score)
 
     def detect(self, image: Image.Image) -> Detection | None:
         """Returns the most prominent detection (box and eyes in image pixels, possibly outside it), or None."""
@@ -361,7 +361,7 @@ class MultiFaceCropper(FaceCropper):
             crop = self._crop(image, det)
             x0, y0, x1, y1 = det.box
             box = (max(0.0, x0), max(0.0, y0), min(float(width), x1), min(float(height), y1))
-            faces.append(Face(crop=spec.to_model_input(crop), box=box, score=det.score))
+            faces.append(Face(crops=spec.model_inputs(crop), box=box, score=det.score))
         return faces
 
 

@@ -59,14 +59,15 @@ class TritonPythonModel:
             return _response([], NO_FACES, f"Could not process the image: {err}")
         if not faces:
             return _response([], NO_FACES, "")
-        crops = np.stack([f.crop for f in faces]).astype(spec.INPUT_DTYPE)
-        # One Tensor per call: once, with one Tensor shared by the two concurrent BLS requests, Triton 2.51
-        # received 0 bytes for one of them ("input byte size mismatch ... got 0"); separate ones rule that out.
+        # Each model gets its own crops (the two may take different sizes) in its own Tensor: once, with one
+        # Tensor shared by the two concurrent BLS requests, Triton 2.51 received 0 bytes for one of them
+        # ("input byte size mismatch ... got 0"); separate ones rule that out.
+        crops = {model: np.stack([f.crops[model] for f in faces]).astype(spec.INPUT_DTYPE) for model, _ in CALLS}
         calls = [
             pb_utils.InferenceRequest(
                 model_name=model,
                 requested_output_names=list(outputs),
-                inputs=[pb_utils.Tensor(c.CROP_INPUT, crops)],
+                inputs=[pb_utils.Tensor(c.CROP_INPUT, crops[model])],
             )
             for model, outputs in CALLS
         ]

@@ -1,4 +1,4 @@
-"""Decodes uploaded images and crops the face both CNNs take, one batch item at a time.
+"""Decodes uploaded images and crops the face each CNN takes, one batch item at a time.
 
 Serves two Triton models: ``preprocess`` (face detection) and ``preprocess_crop``
 (whose ``1/model.py`` links here; parameter ``detect: "false"`` skips detection
@@ -13,7 +13,7 @@ import json
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from common import contract, spec
+from common import contract
 from serving.pipeline.crops import crop_aligned
 from serving.pipeline.decode import REQUEST_MAX_PIXELS, DecodeLimits, ImageDecodeError, PixelBudget
 from serving.pipeline.detect import FaceCropper
@@ -31,10 +31,11 @@ class TritonPythonModel:
         self._request_pixels = int(params.get("request_max_pixels") or REQUEST_MAX_PIXELS)
         self._detect = params.get("detect", "true").lower() != "false"
         self._crop = FaceCropper() if self._detect else self._crop_only
-        self._dtypes = {
-            name: pb_utils.triton_string_to_numpy(pb_utils.get_output_config_by_name(config, name)["data_type"])
-            for name in OUTPUTS
-        }
+        outputs = {name: pb_utils.get_output_config_by_name(config, name) for name in OUTPUTS}
+        self._dtypes = {name: pb_utils.triton_string_to_numpy(out["data_type"]) for name, out in outputs.items()}
+        # What an item without a face sends each model: zeros of the shape its config declares.
+        faces = contract.PREPROCESS_FACES
+        self._blank = {task: np.zeros(outputs[name]["dims"], self._dtypes[name]) for task, name in faces.items()}
 
     def execute(self, requests: list) -> list:
         responses = []
@@ -60,20 +61,20 @@ class TritonPythonModel:
         return crop_aligned(image)
 
     def _one(self, data: bytes, budget: PixelBudget) -> tuple:
-        """Returns (face, box, [score], [found], [error]) for one upload, never raising.
+        """Returns (age face, gender face, box, [score], [found], [error]) for one upload, never raising.
 
         The crop path reports ``detection_score`` NaN: no detector ran, ``face_found`` only means "used as a face".
         """
-        blank = np.zeros((spec.IMAGE_SIZE, spec.IMAGE_SIZE, 3), np.uint8)
+        blank = tuple(self._blank[task] for task in contract.PREPROCESS_FACES)
         try:
             decoded = self._limits.decode(bytes(data), budget=budget)
             face = self._crop(decoded.image)
         except ImageDecodeError as err:
-            return blank, (0.0,) * 4, [0.0], [False], [str(err).encode()]
+            return *blank, (0.0,) * 4, [0.0], [False], [str(err).encode()]
         except Exception as err:  # noqa: BLE001 - one bad upload must not fail the other items of the batch
-            return blank, (0.0,) * 4, [0.0], [False], [f"Could not process the image: {err}".encode()]
+            return *blank, (0.0,) * 4, [0.0], [False], [f"Could not process the image: {err}".encode()]
         if face is None:
-            return blank, (0.0,) * 4, [0.0], [False], [b""]
+            return *blank, (0.0,) * 4, [0.0], [False], [b""]
         box = tuple(v * decoded.scale for v in face.box)  # back to the uploaded file's pixels
         score = face.score if self._detect else float("nan")
-        return face.crop, box, [score], [True], [b""]
+        return *(face.crops[task] for task in contract.PREPROCESS_FACES), box, [score], [True], [b""]
