@@ -210,3 +210,15 @@ def test_cpu_override_drops_gpu_and_selects_cpu_configs(compose_cpu):
     assert triton["deploy"] == {}, "the override must reset the GPU reservation"
     raw = COMPOSE_CPU.read_text()
     assert re.search(r"^\s*deploy:\s*!reset", raw, re.M), "use !reset so Compose drops the inherited devices"
+
+
+def test_cpu_override_keeps_compiled_models_on_a_volume(compose, compose_cpu):
+    from serving.pipeline.backends.openvino_savedmodel import ov_runtime
+
+    triton = compose_cpu["services"]["triton"]
+    cache = triton["environment"][ov_runtime.ENV]
+    mounts = dict(m.split(":")[:2][::-1] for m in triton["volumes"])  # container path -> source
+    volume = next(path for path in mounts if cache.startswith(path + "/"))
+    assert mounts[volume] in compose_cpu["volumes"]  # a named volume: it outlives the container
+    # Compose replaces a service's volume list only entry by entry: the models stay mounted read-only.
+    assert set(triton["volumes"]) >= set(compose["services"]["triton"]["volumes"])

@@ -201,10 +201,11 @@ def test_committed_served_versions_ship_a_valid_ir():
 
 
 @pytest.mark.integration
-def test_stale_ir_is_never_served(tiny_repo, tmp_path):
-    """The age SavedModel is replaced by another model while the old IR stays beside it: Triton must serve the
-    new SavedModel (converted at load), and gender's still valid IR is read instead of converting."""
-    from serving.pipeline.backends.openvino_savedmodel import ir
+def test_stale_ir_is_never_served(tiny_repo, tmp_path, monkeypatch):
+    """The age SavedModel is replaced by another model while the old IR stays beside it and the old compiled
+    model sits in OpenVINO's cache: Triton must serve the new SavedModel (converted at load), and gender's still
+    valid IR is read instead of converting."""
+    from serving.pipeline.backends.openvino_savedmodel import ir, ov_runtime
     from serving.runtime.launch import TritonServer, free_port
     from training.export import export_model
     from training.model import build
@@ -212,6 +213,20 @@ def test_stale_ir_is_never_served(tiny_repo, tmp_path):
     repo = tmp_path / "model_repository"
     for task in TASKS:  # only the two CNNs: a lean server
         shutil.copytree(tiny_repo / task, repo / task, symlinks=True)
+
+    def server() -> TritonServer:
+        # Triton itself, no front door: the door passes only the public ensembles, and this checks the backend.
+        return TritonServer(
+            repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), front_door=False
+        )
+
+    # A first start compiles the original models into a private cache, as a machine's earlier start would.
+    cache = tmp_path / "ov-cache"
+    monkeypatch.setenv(ov_runtime.ENV, str(cache))
+    with server():
+        pass
+    primed = set(cache.glob("*.blob"))
+    assert len(primed) >= 2 and cache.stat().st_mode & 0o777 == 0o700
     age = latest(repo, contract.AGE_MODEL)
     other = export_model(build(contract.AGE_MODEL, widths=(4, 8)), contract.AGE_MODEL, tmp_path / "other")
     shutil.rmtree(age / SAVEDMODEL)
@@ -221,19 +236,17 @@ def test_stale_ir_is_never_served(tiny_repo, tmp_path):
     new = tf_outputs(repo, contract.AGE_MODEL, x)
     # The test can fail: the stale IR answers differently from the SavedModel now in the folder.
     assert np.abs(old_ir[contract.AGE_OUTPUT] - new[contract.AGE_OUTPUT]).max() > 10 * TOLERANCE
-    # Triton itself, no front door: the door passes only the public ensembles, and this checks the backend.
-    server = TritonServer(
-        repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), front_door=False
-    )
-    with server:
-        check_equal_to_tf(server, repo)
+    with server() as second:
+        check_equal_to_tf(second, repo)
         sources = {
             record["model"]: record["source"]
-            for line in server.logs().splitlines()
+            for line in second.logs().splitlines()
             if (m := re.search(r"\[coldstart\] (\{.*\})", line)) and (record := json.loads(m[1]))
         }
     assert sources[contract.AGE_MODEL].startswith("converted: savedmodel_sha256 differs"), sources
     assert sources[contract.GENDER_MODEL] == "ir", sources
+    # The new age model was compiled and cached beside the old blob, which stays unused.
+    assert set(cache.glob("*.blob")) > primed
 
 
 def ov_outputs(xml: Path, x: np.ndarray) -> dict[str, np.ndarray]:

@@ -270,3 +270,24 @@ def test_calibrated_export_keeps_the_source_estimate_and_refuses_one_that_moves(
     with pytest.raises(RuntimeError, match="moves the age estimate"):
         calibrate.check_estimate_unchanged(source, other, faces)
     assert not other.exists()
+
+
+def test_tail_weights_count_rare_age_bands_more():
+    ages = np.array([25] * 600 + [45] * 150 + [65] * 60 + [95] * 6 + [1] * 100)
+    plain = utk.tail_weights(ages, 0.0)
+    np.testing.assert_allclose(plain, 1.0)  # power 0: every face alike
+    w = utk.tail_weights(ages, 0.5)
+    assert w.dtype == np.float32 and abs(float(w.mean()) - 1.0) < 1e-5  # the learning rate keeps its meaning
+    by_age = {age: float(w[ages == age][0]) for age in (25, 45, 65, 95)}
+    assert by_age[25] < by_age[45] < by_age[65] < by_age[95]  # rarer band, larger weight
+    np.testing.assert_allclose(by_age[45] / by_age[25], (600 / 150) ** 0.5, rtol=1e-5)
+    # Six faces past 90 would weigh 4.1x the mean before the cap: capped at 4x, then all scaled to mean 1 again.
+    uncapped = utk.tail_weights(ages, 0.5, cap=100.0)
+    assert float(uncapped[ages == 95][0]) > 4.1 and 4.0 < by_age[95] < 4.1
+    even = utk.tail_weights(ages, 1.0)  # every band alike, up to the cap
+    assert even[ages == 45].sum() == pytest.approx(even[ages == 65].sum(), rel=1e-5)
+
+
+def test_tail_weight_is_for_age_only(archive, tmp_path):
+    with pytest.raises(SystemExit, match="tail-weight"):
+        train.main(["--task", "gender", "--data", str(archive), "--out", str(tmp_path), "--tail-weight", "0.5"])

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from training import train
@@ -45,7 +47,7 @@ VARIANTS = {
 }
 
 
-def row(name: str, config: dict, task: str) -> dict:
+def row(name: str, config: dict, task: str, run: Path) -> dict:
     served, plain = config["val_served"], config["val_served_no_tta"]
     key = "mae" if task == "age" else "accuracy"
     return {
@@ -56,6 +58,7 @@ def row(name: str, config: dict, task: str) -> dict:
         "width": served.get("interval_width"),
         "temperature": config["temperature"],
         "minutes": round(config.get("train_seconds", 0) / 60, 1),
+        "epochs": max(0, len((run / "history.csv").read_text().splitlines()) - 1),  # one CSV row per epoch
     }
 
 
@@ -63,8 +66,8 @@ def table(rows: list[dict], task: str) -> str:
     metric = "val MAE" if task == "age" else "val accuracy"
     lines = [
         f"| variant | {metric}, flip TTA | {metric}, no TTA | 80% interval coverage | mean width | temperature | "
-        "train min |",
-        "|---|---|---|---|---|---|---|",
+        "train min | epochs |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         cov = f"{r['coverage']:.3f}" if r["coverage"] is not None else "-"
@@ -72,7 +75,7 @@ def table(rows: list[dict], task: str) -> str:
         fmt = ".3f" if task == "age" else ".4f"
         lines.append(
             f"| {r['variant']} | {r['val']:{fmt}} | {r['val_no_tta']:{fmt}} | {cov} | {width} | "
-            f"{r['temperature']:.2f} | {r['minutes']} |"
+            f"{r['temperature']:.2f} | {r['minutes']} | {r.get('epochs') or '-'} |"
         )
     return "\n".join(lines)
 
@@ -90,28 +93,57 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--limit", type=int, default=0, help="training images per variant (smoke runs)")
     p.add_argument("--variants", default=None, help=f"comma-separated; default all of the task's: {VARIANTS}")
     p.add_argument("--reuse", action="store_true", help="keep variants already finished under --out")
+    p.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=None,
+        help="also stop each variant after this wall-clock budget (its cosine schedule follows whichever ends "
+        "first); the table's epochs column then says how many each got",
+    )
+    p.add_argument("--jobs", type=int, default=1, help="variants trained at once, each in its own process")
     args = p.parse_args(argv)
     out = args.out or Path("runs") / f"compare-{args.task}"
     names = args.variants.split(",") if args.variants else list(VARIANTS[args.task])
 
+    def finished(name: str) -> bool:
+        done = out / name / "config.json"
+        return done.exists() and "val_served" in json.loads(done.read_text())
+
+    def train_args(name: str) -> list[str]:
+        common = ["--task", args.task, "--data", str(args.data), "--out", str(out / name), "--epochs", str(args.epochs)]
+        common += ["--lr", str(args.lr), "--threads", str(args.threads), "--seed", str(args.seed)]
+        common += ["--patience", str(args.epochs + 1), "--limit", str(args.limit)]
+        common += ["--init-from", str(args.init_from)] if args.init_from else []
+        common += ["--budget-minutes", str(args.budget_minutes)] if args.budget_minutes else []
+        return [*common, *VARIANTS[args.task][name]]
+
+    todo = [name for name in names if not (args.reuse and finished(name))]
+    if args.jobs > 1:
+        # Side by side, so both see the same machine (and the same contention) for the same minutes.
+        for start in range(0, len(todo), args.jobs):
+            procs = [
+                subprocess.Popen([sys.executable, "-m", "training.train", *train_args(name)])
+                for name in todo[start : start + args.jobs]
+            ]
+            if any(proc.wait() for proc in procs):
+                raise SystemExit("a variant failed; see its output above")
+    else:
+        for name in todo:
+            train.main(train_args(name))
+
     rows = []
     for name in names:
-        run = out / name
-        done = run / "config.json"
-        if not (args.reuse and done.exists() and "val_served" in json.loads(done.read_text())):
-            common = ["--task", args.task, "--data", str(args.data), "--out", str(run), "--epochs", str(args.epochs)]
-            common += ["--lr", str(args.lr), "--threads", str(args.threads), "--seed", str(args.seed)]
-            common += ["--patience", str(args.epochs + 1), "--limit", str(args.limit)]
-            common += ["--init-from", str(args.init_from)] if args.init_from else []
-            train.main([*common, *VARIANTS[args.task][name]])
-        rows.append(row(name, json.loads(done.read_text()), args.task))
+        rows.append(row(name, json.loads((out / name / "config.json").read_text()), args.task, out / name))
         print(table(rows[-1:], args.task).splitlines()[-1], flush=True)
 
     out.mkdir(parents=True, exist_ok=True)
     start = f"from `{args.init_from}`" if args.init_from else "from scratch"
     header = (
         f"{args.task}: each variant trained {args.epochs} epochs (equal steps) {start}, peak learning rate "
-        f"{args.lr}; scored on the validation split as served (temperature fitted on the same split).\n\n"
+        f"{args.lr}"
+        + (f", or as many as fitted in {args.budget_minutes:g} minutes" if args.budget_minutes else "")
+        + (f", {args.jobs} at a time" if args.jobs > 1 else "")
+        + "; scored on the validation split as served (temperature fitted on the same split).\n\n"
     )
     (out / "compare.json").write_text(
         json.dumps({"args": vars(args) | {"data": str(args.data)}, "rows": rows}, default=str, indent=2)

@@ -271,8 +271,8 @@ def tail_weights(ages: np.ndarray, power: float, *, band: int = 10, top: int = 8
     UTKFace has about six faces in their twenties for every one past 60, so an unweighted loss is mostly
     spent on the middle and regresses old faces toward it. ``power`` 0 weighs every face alike, 1 every band
     alike; 0.5 sits between. Bands are ``band`` years wide with everything from ``top`` up in one. Weights
-    have mean 1 (so the learning rate keeps its meaning) and are capped at ``cap`` times the mean, so a band
-    of a handful of faces cannot dominate a batch.
+    are capped at ``cap`` times their mean, so a band of a handful of faces cannot dominate a batch, then
+    scaled to mean 1 (so the learning rate keeps its meaning; a capped band ends slightly above ``cap``).
     """
     bands = np.minimum(np.asarray(ages, int), top) // band
     counts = np.bincount(bands)

@@ -54,9 +54,9 @@ class OpenVinoInterpreter:
     """
 
     def __init__(self, model_path: str, num_threads: int = 1) -> None:
-        import openvino as ov
+        from serving.pipeline.backends.openvino_savedmodel import ov_runtime
 
-        core = ov.Core()
+        core = ov_runtime.import_openvino().Core()
         model = core.read_model(model_path)
         # f32 like TFLite's CPU kernels, so boxes stay those of the TFLite runtime (bf16 would move them).
         config = {
@@ -64,7 +64,7 @@ class OpenVinoInterpreter:
             "INFERENCE_PRECISION_HINT": "f32",
             "PERFORMANCE_HINT": "LATENCY",
         }
-        self._compiled = core.compile_model(model, "CPU", config)
+        self._compiled = ov_runtime.compile_model(core, model, config)  # through the compiled-model cache
         self._request = self._compiled.create_infer_request()
         self._inputs: dict[int, np.ndarray] = {}
         self._outputs: list[np.ndarray] = []

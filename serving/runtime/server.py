@@ -21,6 +21,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from serving.pipeline.backends.openvino_savedmodel import ov_runtime
 from serving.runtime import binary, children, command, ports, security, shm_guard, storage
 from serving.runtime import door as proxy
 from serving.runtime.errors import TritonStartError
@@ -38,6 +39,11 @@ EXIT_TIMEOUT = command.EXIT_TIMEOUT
 # Restart backoff after a crash: doubles from the first value up to the cap; reset after a stable minute.
 RESTART_BACKOFF_S = (1.0, 30.0)
 STABLE_S = 60.0
+
+
+def default_ov_cache() -> Path:
+    """Where this user's compiled models are cached: ``$XDG_CACHE_HOME/agegender/openvino`` (``~/.cache``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "agegender" / "openvino"
 
 
 class TritonServer:
@@ -150,6 +156,9 @@ class TritonServer:
         # Python models import `serving` and `common` from the project root.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(binary.ROOT), env.get("PYTHONPATH")]))
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        # Compiled models are cached per machine and loaded on later starts (ov_runtime.py); an operator's own
+        # AGEGENDER_OV_CACHE wins, and an empty one turns the cache off.
+        env.setdefault(ov_runtime.ENV, str(default_ov_cache()))
         if storage.is_s3(self.model_repository):
             # Triton copies the models into this folder; it must exist and be empty, so each start (restarts by
             # the supervisor included) gets a fresh one inside the run folder, which stop() and the reaper remove.

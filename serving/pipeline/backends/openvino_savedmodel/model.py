@@ -32,18 +32,6 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
-# `import openvino` also imports its model converter (openvino.tools.ovc, with its telemetry client and urllib:
-# about a third of the import), which only a SavedModel without a valid IR needs; ir.convert imports it then.
-_OVC = "openvino.tools.ovc"
-_defer_ovc = _OVC not in sys.modules
-if _defer_ovc:
-    sys.modules[_OVC] = None  # makes openvino's own `try: from openvino.tools.ovc import ...` skip it
-try:
-    import openvino as ov  # noqa: E402
-finally:
-    if _defer_ovc:
-        del sys.modules[_OVC]
-
 
 def _sibling(name: str):
     """A module of this backend's folder, loaded by path: nothing promises that the folder is on the stub's
@@ -54,6 +42,8 @@ def _sibling(name: str):
     return module
 
 
+ov_runtime = _sibling("ov_runtime")  # the lean `import openvino` and the compiled-model cache
+ov = ov_runtime.import_openvino()
 ir = _sibling("ir")
 SAVEDMODEL = ir.SAVEDMODEL
 #: Prefix of the timing line each instance prints after initialize() (parsed by loadtest.bench.coldstart).
@@ -85,9 +75,9 @@ class TritonPythonModel:
         core = ov.Core()
         model, source = ir.load(path.parent, core)  # the IR if valid for this SavedModel, else converted now
         compile_start = time.time()
-        self._compiled = core.compile_model(
+        self._compiled = ov_runtime.compile_model(
+            core,
             model,
-            "CPU",
             {
                 "INFERENCE_NUM_THREADS": threads,
                 # f32, not the bf16 OpenVINO picks by itself on CPUs with AMX: outputs must match TF within 1e-3.

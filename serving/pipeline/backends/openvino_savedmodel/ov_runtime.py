@@ -1,0 +1,85 @@
+"""OpenVINO as every model inside Triton starts it on CPU: a lean import and a compiled-model cache.
+
+Used by this backend (loaded by path, as a sibling of model.py) and by the BlazeFace detector
+(serving/pipeline/detector_runtime.py, as ``serving.pipeline.backends.openvino_savedmodel.ov_runtime``), so the
+preprocess and faces stubs start the way the CNNs' do.
+
+``import openvino`` also imports its model converter (``openvino.tools.ovc``, with its telemetry client and
+urllib: about a third of the import), which only a SavedModel without a valid IR needs; :func:`import_openvino`
+leaves it out and ``ir.convert`` imports it when it is needed.
+
+Compiling is the largest part of a CPU model's start: per start, 0.2-0.45 CPU-s for each BlazeFace detector
+(two in every ``preprocess`` and ``faces`` instance) and 0.1-0.2 CPU-s for each CNN, against 0.03-0.08 CPU-s
+to load the same compiled model from OpenVINO's cache (measured in-process on the 2-core development machine,
+docs/performance.md#cold-start). On two cores, with five such processes starting together, that is most of a
+second of every cold start.
+
+A cached blob is only valid for one model, OpenVINO version, CPU and set of compile options, so it is not a
+release artifact: each machine fills its own cache on its first start, and later starts (a restart, a scale
+from zero on the same node) load from it. OpenVINO names each blob by a hash of the model's content and those
+settings, so a new model or version compiles anew and never loads an old blob; a blob it cannot read is
+compiled again (``tests/test_compile_cache.py`` checks both).
+
+The folder is ``$AGEGENDER_OV_CACHE``, which the launcher sets (serving/runtime/server.py); unset or empty
+means no cache. It is used only if it is ours and no one else can write to it: a blob planted there would be
+served as the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: The environment variable naming the cache folder.
+ENV = "AGEGENDER_OV_CACHE"
+
+
+_OVC = "openvino.tools.ovc"
+
+
+def import_openvino() -> types.ModuleType:
+    """``openvino``, imported without its model converter unless something loaded the converter already."""
+    defer = _OVC not in sys.modules
+    if defer:
+        sys.modules[_OVC] = None  # makes openvino's own `try: from openvino.tools.ovc import ...` skip it
+    try:
+        import openvino
+    finally:
+        if defer:
+            del sys.modules[_OVC]
+    return openvino
+
+
+def cache_dir() -> str | None:
+    """The cache folder to use, created private if missing; None when caching is off or the folder is unsafe."""
+    path = os.environ.get(ENV, "")
+    if not path:
+        return None
+    folder = Path(path)
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = folder.stat()
+    except OSError as err:
+        log.warning("OpenVINO cache %s unusable (%s): compiling without it", folder, err)
+        return None
+    if info.st_uid != os.getuid() or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        log.warning("OpenVINO cache %s is not private to this user: compiling without it", folder)
+        return None
+    return str(folder)
+
+
+def compile_model(core: Any, model: Any, config: dict[str, Any]) -> Any:
+    """``core.compile_model(model, "CPU", config)`` through the cache when there is one.
+
+    ``model`` is an ``ov.Model`` (not a path): OpenVINO then keys the blob by the model's content, so a file
+    replaced under the same name can never load the old blob.
+    """
+    folder = cache_dir()
+    return core.compile_model(model, "CPU", {**config, "CACHE_DIR": folder} if folder else config)

@@ -1,0 +1,84 @@
+"""OpenVINO's compiled-model cache (serving/pipeline/backends/openvino_savedmodel/ov_runtime.py), in-process."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from serving.pipeline.backends.openvino_savedmodel import ov_runtime
+
+ov = ov_runtime.import_openvino()
+CONFIG = {"INFERENCE_NUM_THREADS": 1, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+X = np.arange(8, dtype=np.float32).reshape(2, 4)
+
+
+def save(path, factor: float) -> None:
+    """A small model computing ``relu(x * factor)``, written as an IR at ``path``."""
+    from openvino import opset13 as ops
+
+    x = ops.parameter([2, 4], np.float32, name="x")
+    y = ops.relu(ops.multiply(x, ops.constant(np.full((1, 4), factor, np.float32))))
+    ov.save_model(ov.Model([y], [x], "scale"), str(path))
+
+
+def run(path) -> np.ndarray:
+    """Reads the IR and compiles it the way the backend does, through the cache; returns its output on X."""
+    core = ov.Core()
+    compiled = ov_runtime.compile_model(core, core.read_model(str(path)), CONFIG)
+    return compiled(X)[compiled.outputs[0]]
+
+
+def test_cache_is_private_and_optional(tmp_path, monkeypatch):
+    monkeypatch.delenv(ov_runtime.ENV, raising=False)
+    assert ov_runtime.cache_dir() is None
+    monkeypatch.setenv(ov_runtime.ENV, "")
+    assert ov_runtime.cache_dir() is None
+    folder = tmp_path / "a" / "cache"
+    monkeypatch.setenv(ov_runtime.ENV, str(folder))
+    assert ov_runtime.cache_dir() == str(folder) and folder.stat().st_mode & 0o777 == 0o700
+    # Others could plant a blob there, which would be served as the model: not used.
+    folder.chmod(0o777)
+    assert ov_runtime.cache_dir() is None
+    folder.chmod(0o700)
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv(ov_runtime.ENV, str(tmp_path / "file"))
+    assert ov_runtime.cache_dir() is None  # not a folder: compile without a cache rather than fail
+
+
+def test_a_changed_model_never_loads_the_old_blob(tmp_path, monkeypatch):
+    monkeypatch.setenv(ov_runtime.ENV, str(tmp_path / "cache"))
+    model = tmp_path / "model.xml"
+    save(model, 2.0)
+    np.testing.assert_array_equal(run(model), X * 2)
+    blobs = set((tmp_path / "cache").glob("*.blob"))
+    assert len(blobs) == 1
+    np.testing.assert_array_equal(run(model), X * 2)  # loaded from the cache: no new blob
+    assert set((tmp_path / "cache").glob("*.blob")) == blobs
+    # The same file name with other weights: compiled anew, never the old blob.
+    save(model, 3.0)
+    np.testing.assert_array_equal(run(model), X * 3)
+    assert len(set((tmp_path / "cache").glob("*.blob"))) == 2
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_a_damaged_blob_is_compiled_again(tmp_path, monkeypatch, damage):
+    monkeypatch.setenv(ov_runtime.ENV, str(tmp_path / "cache"))
+    model = tmp_path / "model.xml"
+    save(model, 2.0)
+    run(model)
+    (blob,) = (tmp_path / "cache").glob("*.blob")
+    data = blob.read_bytes()
+    blob.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"garbage" * 10)
+    np.testing.assert_array_equal(run(model), X * 2)
+
+
+def test_import_leaves_the_converter_out():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from serving.pipeline.backends.openvino_savedmodel import ov_runtime; "
+        "ov_runtime.import_openvino(); print('openvino.tools.ovc' in sys.modules, 'openvino' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"]
