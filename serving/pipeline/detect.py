@@ -142,15 +142,12 @@ class FaceCropper:
             image = padded
         else:
             scale, shift = np.ones(2), np.zeros(2)
-        grey = None
         out = []
         for det in detector(image):
             if det.score < self.min_score:
                 continue
             pts = det.data * scale - shift  # rows: box min, box max, then keypoints (eyes first)
-            if grey is None:
-                grey = original.convert("L")
-            if _flat(grey, pts[0], pts[1]):
+            if _flat(original, pts[0], pts[1]):
                 continue
             out.append(
                 Detection(
@@ -167,14 +164,16 @@ class FaceCropper:
         return render_square(image, centre=centre, side=side, angle=angle)
 
 
-def _flat(grey: Image.Image, low: np.ndarray, high: np.ndarray) -> bool:
-    """Whether the relative box ``low``-``high`` of a greyscale picture is too uniform to hold a face."""
-    w, h = grey.size
+def _flat(image: Image.Image, low: np.ndarray, high: np.ndarray) -> bool:
+    """Whether the relative box ``low``-``high`` of a picture is too uniform (in greyscale) to hold a face."""
+    w, h = image.size
     x0, y0 = max(0, int(low[0] * w)), max(0, int(low[1] * h))
     x1, y1 = min(w, int(np.ceil(high[0] * w))), min(h, int(np.ceil(high[1] * h)))
     if x1 - x0 < 2 or y1 - y0 < 2:
         return False  # too small to judge; the score decides
-    return float(np.asarray(grey.crop((x0, y0, x1, y1)), np.float32).std()) < MIN_FACE_CONTRAST
+    # Only the box goes to greyscale (the same pixels as cropping the greyscale picture, without converting it all).
+    grey = image.crop((x0, y0, x1, y1)).convert("L")
+    return float(np.asarray(grey, np.float32).std()) < MIN_FACE_CONTRAST
 
 
 def most_prominent(detections: list[Detection]) -> Detection:
