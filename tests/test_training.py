@@ -13,7 +13,7 @@ import tensorflow as tf
 from common import spec
 from tests import utk_fixture
 from training import data as utk
-from training import evaluate, export, train
+from training import evaluate, export, heads, train
 from training import model as models
 
 
@@ -190,6 +190,21 @@ def test_smoke_train_export_signature_and_evaluate(archive, tmp_path):
     assert 0 <= report["all_ages"]["age"]["coverage"] <= 1
     assert all("coverage" in band for band in report["all_ages"]["age_by_band"].values())
     assert "80% interval coverage" in (report_dir / "evaluation.md").read_text()
+
+    # Test-time augmentation is a per-deployment choice: the same run exported without it answers for the face
+    # alone, which the flip-averaged version does not (a tiny untrained model is not mirror-symmetric).
+    (plain,) = export.main(["--runs", str(tmp_path / "runs"), "--repo", str(repo), "--tasks", "age", "--no-tta"])
+    record = json.loads((plain / "training_config.json").read_text())
+    assert record["tta"] is False and record["tta_trained"] is True
+    side = spec.image_size("age")
+    faces = np.random.default_rng(3).integers(0, 255, (4, side, side, 3), dtype=np.uint8)
+    model = keras.models.load_model(tmp_path / "runs" / "age" / "model.keras")
+    alone = heads.served_outputs(model, "age", tf.constant(faces), tta=False, temperature=config["temperature"])
+    alone = heads.flat(alone)
+    got = evaluate.predict(plain, faces)
+    np.testing.assert_allclose(got[spec.AGE_OUTPUT], alone[spec.AGE_OUTPUT], atol=1e-4)
+    flipped = evaluate.predict(export.latest(repo, "age").with_name(str(int(plain.name) - 1)), faces)
+    assert np.abs(flipped[spec.AGE_OUTPUT] - got[spec.AGE_OUTPUT]).max() > 1e-3
 
 
 def test_models_take_uint8_and_carry_their_normalisation():

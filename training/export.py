@@ -114,21 +114,33 @@ def main(argv: list[str] | None = None) -> list[Path]:
     p.add_argument("--runs", type=Path, default=Path("runs"), help="training runs, one folder per task")
     p.add_argument("--repo", type=Path, default=Path(os.environ.get("MODEL_REPOSITORY", "model_repository")))
     p.add_argument("--tasks", default=",".join(TASKS))
+    p.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fold flip test-time augmentation in or leave it out (twice or once the CNN work per face); "
+        "default: as the run was trained (docs/performance.md compares the two)",
+    )
     args = p.parse_args(argv)
     written = []
     for task in args.tasks.split(","):
         run = args.runs / task
         model = keras.models.load_model(run / "model.keras")
         config = json.loads((run / "config.json").read_text())
+        tta = config.get("tta", False) if args.tta is None else args.tta
         version = export_model(
             model,
             task,
             args.repo,
-            tta=config.get("tta", False),
+            tta=tta,
             temperature=config.get("temperature", 1.0),
             size=config.get("image_size") or spec.image_size(task),
             extra_files={"training_config.json": run / "config.json", "history.csv": run / "history.csv"},
         )
+        if tta != config.get("tta", False):
+            # The version's record says what it serves (training.calibrate reads it), and that this was a choice.
+            record = {**config, "tta": tta, "tta_trained": config.get("tta", False)}
+            (version / "training_config.json").write_text(json.dumps(record, indent=2))
         meta = {"task": task, "source": str(run / "model.keras"), "version": int(version.name)}
         (version / "export.json").write_text(json.dumps(meta, indent=2))
         print(f"exported {task} -> {version}")
