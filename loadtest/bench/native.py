@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from common import contract
-from loadtest.bench import corpus, loadgen, wire
+from loadtest.bench import corpus, loadgen, memory, wire
 from serving.runtime.launch import TritonServer, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -327,6 +327,14 @@ def write_markdown(path: Path, meta: dict, ref: dict | None, scenarios: list[Sce
         value = values[key]
         met = "-" if value is None else ("yes" if (value >= threshold if higher else value <= threshold) else "**no**")
         lines.append(f"| {label} | {_f(value, 2)} {unit} | {'>=' if higher else '<='} {threshold:g} {unit} | {met} |")
+    mem = meta.get("memory_after_warmup")
+    if mem:
+        lines += [
+            "",
+            f"Memory of Triton and its stubs after warm-up, before any load: **{mem['total_mb']:.0f} MB RSS** "
+            f"(issue 15: <= 700 MB), {mem['pss_mb']:.0f} MB PSS (shared pages counted once); per process: "
+            + ", ".join(f"{name} {mb:.0f}" for name, mb in sorted(mem["processes"].items())),
+        ]
     lines += ["", f"Detection path: {DETECT_NOTE}."]
     failed = [s for s in scenarios if s.error]
     if failed:
@@ -387,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
         with TritonServer(args.repository, config_name=args.config_name, **ports) as triton:
             meta["config_name"] = triton.config_name
             meta["triton_startup_s"] = triton.startup_seconds
+            # Issue 15's memory target is Triton plus stubs after warm-up: ready means warm, so right now.
+            meta["memory_after_warmup"] = memory.group_rss_mb(triton._proc.pid)
             # What each tool will send, answered once through the door, read as a Python caller reads it.
             for path in ("crop", "detection"):
                 model, frame, body, header_length = files[path, "answer"]
