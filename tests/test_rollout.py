@@ -152,3 +152,15 @@ def test_rollout_and_rollback_under_load_without_a_failed_request(tmp_path, monk
     assert any(rollback_start <= s <= rollback_done for s, _ in log), "no request during the rollback"
     print(f"\n{len(log)} requests in {duration:.1f} s, 0 failed; {len(during)} sent during the rollout")
     assert len(log) > 100
+
+
+@pytest.mark.parametrize("extra", [[], ["--status"], ["--version", "1"]])
+def test_no_server_is_one_clear_line(extra):
+    port = free_port()  # nothing listens there
+    cmd = [sys.executable, "-m", "serving.ops.rollout", "--url", f"127.0.0.1:{port}", "--model", "age", *extra]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [
+        f"error: no Triton answering HTTP at 127.0.0.1:{port} ([Errno 111] Connection refused); is it running? "
+        "(--url / TRITON_HTTP_URL)"
+    ]

@@ -119,6 +119,12 @@ def main(argv: list[str] | None = None) -> int:
     except RolloutError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except OSError as err:  # refused, reset, unreachable, timed out: no Triton (or not this one) at --url
+        print(
+            f"error: no Triton answering HTTP at {args.url} ({err}); is it running? (--url / TRITON_HTTP_URL)",
+            file=sys.stderr,
+        )
+        return 1
     print(f"{args.model}: now serving version(s) {ready}")
     return 0
 
