@@ -193,7 +193,8 @@ class AgeGenderClient:
             return None
         return ProtocolMismatchError(
             f"{self.url} answers {PROTOCOL_LABELS[answered]}, not {PROTOCOL_LABELS[self.protocol]}: "
-            f"use --protocol {answered} (protocol={answered!r}) or port {DEFAULT_PORTS[self.protocol]}"
+            f"use --protocol {answered} (protocol={answered!r}), or the server's {PROTOCOL_LABELS[self.protocol]} "
+            f"port ({DEFAULT_PORTS[self.protocol]} unless it was started on others)"
         )
 
     def health(self) -> Health:
