@@ -72,9 +72,10 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, signal.getsignal(signal.SIGINT))
     if args.serve_triton:
         # Imported here: the UI alone (as in its container) needs neither the launcher nor the repository.
-        from serving.runtime.launch import TritonServer
+        from serving.runtime.server import DRAIN_GRACE_S, TritonServer
 
-        server = TritonServer()
+        # Other callers may use this Triton too (its ports are public): stopping drains them as `make serve` does.
+        server = TritonServer(drain_grace=DRAIN_GRACE_S)
         server.start()
         print(f"Triton ready in {server.wait_ready(600):.1f} s ({server.config_name} configs)", flush=True)
         args.triton_url = server.grpc_url if args.protocol == "grpc" else server.http_url

@@ -27,7 +27,7 @@ from serving.runtime.binary import DEFAULT_REPOSITORY
 from serving.runtime.children import describe_exit
 from serving.runtime.errors import TritonStartError
 from serving.runtime.ports import PortInUseError, free_port
-from serving.runtime.server import SHM_DIR, SHM_PREFIX, TritonServer
+from serving.runtime.server import DRAIN_GRACE_S, SHM_DIR, SHM_PREFIX, TritonServer
 
 # Re-exported: tests and tools import these from the launcher.
 __all__ = ["DEFAULT_REPOSITORY", "SHM_DIR", "SHM_PREFIX", "TritonServer", "TritonStartError", "free_port", "main"]
@@ -54,7 +54,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--timeout", type=float, default=300, help="seconds to wait for readiness")
     p.add_argument(
-        "--drain-grace", type=float, default=2.0, help="seconds readiness is off before new requests are refused"
+        "--drain-grace",
+        type=float,
+        default=DRAIN_GRACE_S,
+        help="seconds readiness is off before new requests are refused",
     )
     p.add_argument("--no-front-door", action="store_true", help="serve Triton directly, without nginx (debugging)")
     p.add_argument(

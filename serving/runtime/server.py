@@ -41,6 +41,11 @@ RESTART_BACKOFF_S = (1.0, 30.0)
 STABLE_S = 60.0
 
 
+#: Seconds readiness is off before new requests are refused, when stopping (``make serve``, ``make demo``): long
+#: enough for a load balancer polling readiness every second or so to stop sending new work here.
+DRAIN_GRACE_S = 2.0
+
+
 def default_ov_cache() -> Path:
     """Where this user's compiled models are cached: ``$XDG_CACHE_HOME/agegender/openvino`` (``~/.cache``)."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "agegender" / "openvino"
