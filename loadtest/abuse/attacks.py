@@ -18,16 +18,17 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from common import contract
+from common import contract, spec
 from loadtest.abuse import slow
 from loadtest.abuse.victims import CROP, grpc_request, serialize
 
 ATTACKER = "127.0.0.2"
 TIMEOUT_S = 60.0
 #: Issue 18 item 1: the internal ``age`` model with a batch dimension that Triton 2.51 truncates, and the crop
-#: ensemble with the shapes it accepted. (model, declared shape); ``age`` takes one 64 x 64 RGB float image.
+#: ensemble with the shapes it accepted. (model, declared shape); ``age`` takes square uint8 RGB crops.
+_AGE_SIDE = spec.image_size(contract.AGE_MODEL)
 OVERFLOW_TARGETS = (
-    (contract.AGE_MODEL, [2**62, 64, 64, 3]),
+    (contract.AGE_MODEL, [2**62, _AGE_SIDE, _AGE_SIDE, 3]),
     (CROP, [2**62, 1]),
     (CROP, [2**62 + 1, 1]),
     (CROP, [2**32 + 1, 1]),

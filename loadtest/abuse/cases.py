@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from common import contract
+from common.spec import image_size
 
 ROOT = Path(__file__).resolve().parents[2]
 FACE_PHOTO = ROOT / "gradio_frontend" / "examples" / "grace_hopper.jpg"
@@ -408,10 +409,11 @@ def make_case(category: str, i: int, rng: random.Random) -> Case:  # noqa: C901,
         return Case(category, proto, "infer", model, [face_crop()], Expect("error"), {"compress": True})
     if category == "shape_overflow":
         variant = i % 5
-        if variant == 4:  # a CNN directly, as issue 18 found it: one 64x64 crop declared as 2**62 of them
+        if variant == 4:  # a CNN directly, as issue 18 found it: one crop declared as 2**62 of them
+            side = image_size(contract.AGE_MODEL)
             spec = {"model": contract.AGE_MODEL, "datatype": "UINT8", "input": contract.CROP_INPUT}
-            spec["shape"] = [2**62, 64, 64, 3]
-            return Case(category, proto, "infer", model, [bytes(64 * 64 * 3)], Expect("error"), spec, note="direct")
+            spec["shape"] = [2**62, side, side, 3]
+            return Case(category, proto, "infer", model, [bytes(side * side * 3)], Expect("error"), spec, note="direct")
         shape = [[2**62, 1], [2**62 + 1, 1], [2**32 + 1, 1], [2**62 + 3, 1]][variant]
         return Case(category, proto, "infer", model, [face_crop()], Expect("error"), {"shape": shape})
     if category == "cancelled":

@@ -35,7 +35,7 @@ import numpy as np
 import tritonclient.http as httpclient
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from common import contract
+from common import contract, spec
 from loadtest import procs
 from loadtest.abuse import attacks, cases, slow
 from loadtest.abuse.victims import ATOL, CROP, Victims, grpc_answer, grpc_request, references
@@ -110,7 +110,8 @@ def probe_cancel(http_url: str, grpc_url: str, duration: float, refs) -> dict:
 
 def probe_shape(http_url: str, grpc_url: str, duration: float, refs, calls: int = SHAPE_CALLS) -> dict:
     crop, own = refs[-1]  # the attacker's crop (victims use the first VICTIMS ones) and its own answer
-    image = np.zeros((64, 64, 3), np.uint8)
+    side = spec.image_size(contract.AGE_MODEL)
+    image = np.zeros((side, side, 3), np.uint8)
     outcomes: dict[str, int] = {}
     foreign = 0
     samples: list[str] = []
