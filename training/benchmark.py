@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -27,16 +26,7 @@ import tensorflow as tf  # noqa: E402
 
 from common import spec  # noqa: E402
 from training.export import SAVEDMODEL, latest  # noqa: E402
-
-
-def rate(step, per_call: int, seconds: float) -> float:
-    """Items per second of ``step()`` (``per_call`` items a call), after one warm-up call."""
-    step()
-    n, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds:
-        step()
-        n += per_call
-    return n / elapsed
+from training.timing import rate  # noqa: E402
 
 
 def throughput(fn, batch: int, seconds: float) -> float:

@@ -22,9 +22,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 from common import spec  # noqa: E402
-from training.benchmark import rate  # noqa: E402
 from training.export import SAVEDMODEL, latest  # noqa: E402
 from training.model import OUTPUT_NAMES, TASKS  # noqa: E402
+from training.timing import rate  # noqa: E402
 
 
 def inprocess(args: argparse.Namespace) -> None:

@@ -20,26 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 from common import spec
 from research.runtimes import _load, savedmodel_paths
+from training.timing import rate
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def rate(step, per_call: int, seconds: float) -> float:
-    """Items per second of ``step()`` over ``seconds``, after one unmeasured call (training.benchmark.rate, which
-    imports TensorFlow at module level)."""
-    step()
-    n, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds:
-        step()
-        n += per_call
-    return n / elapsed
 
 
 def measure(repository: Path, threads: int, duration: float) -> dict:
