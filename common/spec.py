@@ -12,7 +12,7 @@ from PIL import Image
 
 #: Side of the square face crop each CNN takes, in pixels, by task. The two may differ: each model learned from
 #: UTKFace's 200x200 faces resized straight to its own size (docs/models.md compares the sizes).
-IMAGE_SIZES = {"age": 64, "gender": 64}
+IMAGE_SIZES = {"age": 96, "gender": 64}
 #: Channel order of the model input (PIL's native order; no BGR anywhere).
 CHANNEL_ORDER = "RGB"
 #: Resize filter; PIL's bilinear antialiases when it shrinks, which matters at 200 -> 64.

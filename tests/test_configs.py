@@ -225,7 +225,8 @@ def test_faces_contract(variant):
     for task in c.TASK_MODELS:
         model = config(task, variant)
         assert max_faces <= model.max_batch_size and model.dynamic_batching.max_queue_delay_microseconds > 0
-        assert tensors(model.input) == {c.CROP_INPUT: (mc.TYPE_UINT8, (64, 64, 3))}
+        side = spec.image_size(task)
+        assert tensors(model.input) == {c.CROP_INPUT: (mc.TYPE_UINT8, (side, side, 3))}
         # The faces model asks each CNN for these (BLS); a name the config lacks fails every request.
         assert set(c.TASK_MODEL_OUTPUTS[task]) <= set(tensors(model.output))
     pre = config(contract.PREPROCESS_MODEL, variant)
