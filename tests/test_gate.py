@@ -157,6 +157,10 @@ def test_shape_overflow_is_refused_and_victims_get_only_their_own_answers(triton
 def test_cancel_flood_never_reaches_triton(triton_tiny, references):
     pid, restarts = triton_tiny._proc.pid, triton_tiny.restarts
     photo = cases.face_images()[0]
+    # For the deadline calls, a large PNG, so that decoding and detection outlast the 5 ms deadline by far: the
+    # reset must land mid-inference (the 512x600 JPEG was once answered within 5 ms after detection got faster).
+    # The hand-framed resets keep the JPEG: their request must fit HTTP/2's initial flow-control window.
+    large = cases.encode(cases.face_photo().resize((1536, 1800)), "PNG")
     sent = 0
     with (
         Victims(references, grpc_url=triton_tiny.grpc_url) as victims,
@@ -165,7 +169,7 @@ def test_cancel_flood_never_reaches_triton(triton_tiny, references):
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            request = attacks.cancel_request(photo)
+            request = attacks.cancel_request(large if sent % 3 == 0 else photo)
             if sent % 3 == 0:
                 # A client deadline of 5 ms: its library resets the stream (RST_STREAM) mid-inference.
                 assert attacks.deadline_call(stub, request) != "OK"

@@ -13,6 +13,7 @@ import tritonclient.http as httpclient
 from PIL import Image
 
 from common import contract as c
+from common import spec
 
 pytestmark = pytest.mark.integration
 
@@ -111,7 +112,8 @@ def test_dynamic_batch_is_split_back_per_request(triton_tiny):
     client = httpclient.InferenceServerClient(triton_tiny.internal_http_url, concurrency=4)
     headers = triton_tiny.internal_headers()
     rng = np.random.default_rng(0)
-    batches = [rng.integers(0, 256, (n, 64, 64, 3), dtype=np.uint8) for n in (1, 2, 3, 4)]
+    side = spec.image_size(c.AGE_MODEL)
+    batches = [rng.integers(0, 256, (n, side, side, 3), dtype=np.uint8) for n in (1, 2, 3, 4)]
     try:
         pending = []
         for batch in batches:
@@ -119,7 +121,7 @@ def test_dynamic_batch_is_split_back_per_request(triton_tiny):
             image.set_data_from_numpy(batch)
             pending.append(client.async_infer(c.AGE_MODEL, [image], headers=headers))
         results = [p.get_result() for p in pending]
-        image = httpclient.InferInput(c.CROP_INPUT, [10, 64, 64, 3], "UINT8")
+        image = httpclient.InferInput(c.CROP_INPUT, [10, side, side, 3], "UINT8")
         image.set_data_from_numpy(np.concatenate(batches))
         whole = client.infer(c.AGE_MODEL, [image], headers=headers)
     finally:

@@ -202,9 +202,11 @@ def test_smoke_train_export_signature_and_evaluate(archive, tmp_path):
     alone = heads.served_outputs(model, "age", tf.constant(faces), tta=False, temperature=config["temperature"])
     alone = heads.flat(alone)
     got = evaluate.predict(plain, faces)
-    np.testing.assert_allclose(got[spec.AGE_OUTPUT], alone[spec.AGE_OUTPUT], atol=1e-4)
+    same = np.abs(got[spec.AGE_OUTPUT] - alone[spec.AGE_OUTPUT]).max()
     flipped = evaluate.predict(export.latest(repo, "age").with_name(str(int(plain.name) - 1)), faces)
-    assert np.abs(flipped[spec.AGE_OUTPUT] - got[spec.AGE_OUTPUT]).max() > 1e-3
+    # An untrained tiny model is nearly mirror-symmetric: the flip-averaged answer differs little, but by far
+    # more than float noise, which is all that separates the no-TTA export from the model run on the face alone.
+    assert same < 1e-5 and np.abs(flipped[spec.AGE_OUTPUT] - got[spec.AGE_OUTPUT]).max() > max(10 * same, 1e-4)
 
 
 def test_models_take_uint8_and_carry_their_normalisation():

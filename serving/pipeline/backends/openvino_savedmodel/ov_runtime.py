@@ -54,6 +54,16 @@ def import_openvino() -> types.ModuleType:
     finally:
         if defer:
             del sys.modules[_OVC]
+    if not hasattr(openvino, "convert_model"):
+        # Whatever in this process converts a model later (training.export's IR, research.runtimes) still
+        # finds openvino.convert_model: the converter is imported on that first call.
+        def convert_model(*args, **kwargs):
+            from openvino.tools.ovc import convert_model as real
+
+            openvino.convert_model = real
+            return real(*args, **kwargs)
+
+        openvino.convert_model = convert_model
     return openvino
 
 
