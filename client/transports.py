@@ -10,6 +10,7 @@ import atexit
 import http.client
 import logging
 import threading
+import time
 import weakref
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -119,12 +120,15 @@ class GrpcTransport:
         answer: dict[str, Any] = {}
 
         def callback(result: Any, error: Any) -> None:
-            answer["result"], answer["error"] = result, error
+            answer["result"], answer["error"], answer["at"] = result, error, time.monotonic()
             done.set()
             self._finished()
 
         with self._idle:
             self._in_flight += 1
+        # The timeout counts from here: on a busy machine this thread may not run again until after the answer
+        # came, and an answer later than the timeout is a timeout however soon this thread sees it.
+        start = time.monotonic()
         try:
             # async_infer keeps the call in an attribute between two statements, so concurrent submissions race.
             with self._submit_lock:
@@ -132,7 +136,7 @@ class GrpcTransport:
         except BaseException:
             self._finished()
             raise
-        if not done.wait(self._timeout):
+        if not done.wait(max(0.0, start + self._timeout - time.monotonic())) or answer["at"] - start > self._timeout:
             raise TimeoutError(f"no answer within {self._timeout:g} s")
         if answer["error"] is not None:
             raise answer["error"]

@@ -495,3 +495,34 @@ def test_triton_statuses_map_onto_the_hierarchy(status, message, expected):
     assert type(error) is expected
     assert message in str(error)
     assert error.retryable is (expected in (ServerUnavailableError, ModelNotReadyError))
+
+
+def test_grpc_timeout_counts_from_the_call_not_from_when_the_thread_runs_again():
+    # On a busy machine the caller's thread may be descheduled while the answer arrives: an answer later than the
+    # timeout is a timeout, even when it is already there by the time the thread waits for it.
+    from client.transports import GrpcTransport
+
+    class Late:
+        def __init__(self, delay: float) -> None:
+            self.delay = delay
+
+        def async_infer(self, model, inputs, callback, outputs, client_timeout):
+            time.sleep(self.delay)  # the answer comes in this thread, before infer() starts waiting
+
+            class Result:
+                def as_numpy(self, name):
+                    return np.zeros((1, 1), np.float32)
+
+            callback(Result(), None)
+
+    transport = GrpcTransport("127.0.0.1:1", timeout=0.005, ssl=False, root_certificates=None)
+    real = transport._client
+    try:
+        transport._client = Late(0.05)
+        with pytest.raises(TimeoutError, match="no answer within 0.005 s"):
+            transport.infer("m", "image", np.array([[b"x"]], dtype=np.object_), ["age"])
+        transport._client = Late(0.0)
+        assert transport.infer("m", "image", np.array([[b"x"]], dtype=np.object_), ["age"])["age"].shape == (1, 1)
+    finally:
+        transport._client = real
+        transport.close()
