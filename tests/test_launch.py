@@ -55,8 +55,20 @@ def test_free_port_skips_a_port_another_live_process_reserved(tmp_path, monkeypa
 
     monkeypatch.setattr(ports, "RESERVATIONS", tmp_path)
     monkeypatch.setattr(ports, "_handed_out", set())
-    monkeypatch.setattr(ports.secrets, "randbelow", lambda n: 7)  # every try proposes the same port
-    proposed = 7 + max(1024, ports._ephemeral_low() - ports.PORT_SPAN)
+    low = max(1024, ports._ephemeral_low() - ports.PORT_SPAN)
+
+    def bindable(port: int) -> bool:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+        return True
+
+    # A port nothing listens on now (the other pytest worker's servers take ports from the same range).
+    k = next(k for k in range(7, ports.PORT_SPAN) if bindable(low + k))
+    monkeypatch.setattr(ports.secrets, "randbelow", lambda n: k)  # every try proposes the same port
+    proposed = low + k
     (tmp_path / f"{proposed}.1").touch()  # reserved by init, which is alive
     assert free_port() != proposed
     (tmp_path / f"{proposed}.1").unlink()
