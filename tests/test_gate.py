@@ -23,9 +23,10 @@ from common import contract
 from loadtest.abuse import attacks, cases
 from loadtest.abuse import victims as victims_mod
 from loadtest.abuse.attacks import http_call, http_infer
-from loadtest.abuse.victims import Victims, serialize
+from loadtest.abuse.victims import Victims
 from loadtest.abuse.victims import grpc_answer as _answer
 from loadtest.abuse.victims import grpc_request as _request
+from loadtest.bench.wire import serialize_bytes
 from serving.runtime import gate_check, gate_relay, security
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,7 +104,7 @@ def test_internal_models_are_not_public(triton_tiny, stub):
             with pytest.raises(grpc.RpcError) as err:
                 rpc(message(name=model))
             assert err.value.code() == grpc.StatusCode.NOT_FOUND
-        status, body = http_infer(triton_tiny.http_url, model, [1, 1], serialize([crop]))
+        status, body = http_infer(triton_tiny.http_url, model, [1, 1], serialize_bytes([crop]))
         assert status == 404 and b"not a public model" in body, body[:200]
     for path in (
         "/v2/models/age",
@@ -143,7 +144,7 @@ def test_shape_overflow_is_refused_and_victims_get_only_their_own_answers(triton
                     answered += 1
                 except grpc.RpcError as err:
                     refused += err.code() == grpc.StatusCode.INVALID_ARGUMENT
-                status, _ = http_infer(triton_tiny.http_url, CROP, shape, serialize([crop]))
+                status, _ = http_infer(triton_tiny.http_url, CROP, shape, serialize_bytes([crop]))
                 refused += status == 400
                 answered += status == 200
             for model, shape in (("age", [2**62, 64, 64, 3]), (DETECT, [2**62, 1])):

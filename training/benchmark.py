@@ -24,14 +24,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from common import spec  # noqa: E402
-from training.export import SAVEDMODEL, latest  # noqa: E402
+from training.export import SAVEDMODEL, latest, signature_side  # noqa: E402
 from training.timing import rate  # noqa: E402
 
 
 def throughput(fn, batch: int, seconds: float) -> float:
     """Images per second of a SavedModel signature on one repeated random batch."""
-    side = int(fn.structured_input_signature[1][spec.INPUT_NAME].shape[1])
+    side = signature_side(fn)
     x = tf.constant(np.random.default_rng(0).integers(0, 256, (batch, side, side, 3), np.uint8))
     return rate(lambda: fn(image=x), batch, seconds)
 

@@ -28,7 +28,7 @@ import tensorflow as tf  # noqa: E402
 from common import contract, spec  # noqa: E402
 from training import data as utk  # noqa: E402
 from training import heads  # noqa: E402
-from training.export import SAVEDMODEL, input_side, latest  # noqa: E402
+from training.export import SAVEDMODEL, latest, signature_side  # noqa: E402
 
 AGE_BANDS = heads.AGE_BANDS
 #: Issue 16's targets for the interval: coverage within this range in every true-age band with at least
@@ -40,7 +40,11 @@ SEED = {"age_val_mse": 226.0, "age_val_rmse": 15.0, "gender_val_accuracy": 0.81}
 
 def predict(version_dir: Path, images: np.ndarray, batch: int = 256) -> dict[str, np.ndarray]:
     """Every output of an exported model's signature over ``images``, as ``(N,)`` arrays."""
-    fn = tf.saved_model.load(str(version_dir / SAVEDMODEL)).signatures["serving_default"]
+    return outputs(tf.saved_model.load(str(version_dir / SAVEDMODEL)).signatures["serving_default"], images, batch)
+
+
+def outputs(fn, images: np.ndarray, batch: int = 256) -> dict[str, np.ndarray]:
+    """Every output of a loaded SavedModel signature over ``images``, as ``(N,)`` arrays."""
     parts = [fn(image=tf.constant(images[i : i + batch])) for i in range(0, len(images), batch)]
     names = list(fn.structured_outputs)
     return {k: np.concatenate([p[k].numpy()[:, 0] for p in parts]) if parts else np.zeros(0, np.float32) for k in names}
@@ -361,7 +365,10 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = models["age"] / "training_config.json"
         args.seed = json.loads(cfg.read_text())["seed"] if cfg.exists() else 1337
     # Each model sees the faces at its own input size; the rows (and so the split) are the same at every size.
-    sides = {task: input_side(version) for task, version in models.items()}
+    # Loaded once (the objects kept alive for their signatures): the signature gives the size, then runs.
+    saved = {task: tf.saved_model.load(str(version / SAVEDMODEL)) for task, version in models.items()}
+    fns = {task: loaded.signatures["serving_default"] for task, loaded in saved.items()}
+    sides = {task: signature_side(fn) for task, fn in fns.items()}
     by_side = {side: utk.load(args.data, size=side, cache_dir=args.cache_dir) for side in set(sides.values())}
     data = by_side[sides["age"]]
     if any(not np.array_equal(other.names, data.names) for other in by_side.values()):
@@ -369,7 +376,7 @@ def main(argv: list[str] | None = None) -> dict:
     splits = utk.split(data, seed=args.seed)
     rows = np.arange(len(data)) if args.split == "all" else np.flatnonzero(splits == args.split)
     subset = data.subset(rows)
-    pred = {task: predict(models[task], by_side[sides[task]].images[rows]) for task in models}
+    pred = {task: outputs(fns[task], by_side[sides[task]].images[rows]) for task in models}
     pred = {**pred["age"], **pred["gender"]}
     ages, probs = pred[spec.AGE_OUTPUT], pred[spec.GENDER_OUTPUT]
 

@@ -50,9 +50,8 @@ def latest(repo: Path, task: str) -> Path:
     return Path(repo) / task / str(found[-1])
 
 
-def input_side(version_dir: Path) -> int:
-    """The input side an exported version takes, read from its SavedModel's signature (the served truth)."""
-    fn = tf.saved_model.load(str(Path(version_dir) / SAVEDMODEL)).signatures["serving_default"]
+def signature_side(fn) -> int:
+    """The input side a SavedModel signature takes, which Triton's configs must declare (the served truth)."""
     return int(fn.structured_input_signature[1][spec.INPUT_NAME].shape[1])
 
 

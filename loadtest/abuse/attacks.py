@@ -20,7 +20,8 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from common import contract, spec
 from loadtest.abuse import slow
-from loadtest.abuse.victims import CROP, grpc_request, serialize
+from loadtest.abuse.victims import CROP, grpc_request
+from loadtest.bench.wire import frame, serialize_bytes
 
 ATTACKER = "127.0.0.2"
 TIMEOUT_S = 60.0
@@ -82,8 +83,7 @@ def raw_reset(grpc_url: str, request: pb.ModelInferRequest, after_s: float, sour
     The message must fit the peer's initial 64 KiB flow-control window (no WINDOW_UPDATE is awaited).
     """
     host, port = grpc_url.removeprefix("grpc://").rsplit(":", 1)
-    message = request.SerializeToString()
-    body = b"\x00" + struct.pack(">I", len(message)) + message
+    body = frame(request)
     if len(body) > 65535:
         raise ValueError("the request must fit HTTP/2's initial flow-control window")
     with socket.create_connection((host, int(port)), timeout=10, source_address=(source, 0)) as sock:
@@ -116,4 +116,4 @@ def overflow_raw(model: str, image: np.ndarray, crop: bytes) -> tuple[str, bytes
     """(datatype, raw tensor bytes) an overflow call to ``model`` carries: one image's worth of data."""
     if model == contract.AGE_MODEL:
         return "UINT8", image.astype(np.uint8).tobytes()
-    return "BYTES", serialize([crop])
+    return "BYTES", serialize_bytes([crop])

@@ -24,6 +24,7 @@ import tritonclient.http as httpclient
 
 from common import contract
 from loadtest.abuse import cases
+from loadtest.bench.wire import serialize_bytes
 from serving.runtime.security import ADMIN_HEADER, GRPC_ADMIN_METADATA
 
 TIMEOUT_S = 60.0
@@ -31,15 +32,11 @@ TIMEOUT_S = 60.0
 WRONG_KEY = "wrong-key"
 
 
-def _serialize_bytes(blobs: list[bytes]) -> bytes:
-    return b"".join(struct.pack("<I", len(b)) + b for b in blobs)
-
-
 def _tensor_spec(case: cases.Case) -> tuple[str, str, list[int], bytes]:
     """Input name, datatype, shape and raw contents of an "infer" case."""
     spec = case.spec
     datatype = spec.get("datatype", "BYTES")
-    raw = _serialize_bytes(case.blobs) if datatype == "BYTES" else b"".join(case.blobs)
+    raw = serialize_bytes(case.blobs) if datatype == "BYTES" else b"".join(case.blobs)
     shape = spec.get("shape", [len(case.blobs), 1])
     return spec.get("input", contract.IMAGE_INPUT), datatype, shape, raw
 
@@ -172,7 +169,7 @@ class Sender:
         request.raw_input_contents.append(raw)
         if spec.get("extra_input"):
             request.inputs.add(name="foo", datatype="BYTES", shape=[1, 1])
-            request.raw_input_contents.append(_serialize_bytes([b"x"]))
+            request.raw_input_contents.append(serialize_bytes([b"x"]))
         outputs = spec.get("outputs", cases.OUTPUTS)
         for o in outputs:
             request.outputs.add(name=o)
@@ -193,18 +190,18 @@ class Sender:
             elif variant == 3:  # trailing bytes after the last element
                 request.raw_input_contents.append(struct.pack("<I", 3) + b"abcdef")
             elif variant == 4:  # two raw buffers for one input
-                request.raw_input_contents.extend([_serialize_bytes([b"a"]), _serialize_bytes([b"b"])])
+                request.raw_input_contents.extend([serialize_bytes([b"a"]), serialize_bytes([b"b"])])
             elif variant == 5:  # typed contents whose count does not match the shape
                 tensor.contents.bytes_contents.extend([b"a", b"b", b"c"])
             elif variant == 6:  # typed and raw contents at once
                 tensor.contents.bytes_contents.append(b"a")
-                request.raw_input_contents.append(_serialize_bytes([b"a"]))
+                request.raw_input_contents.append(serialize_bytes([b"a"]))
             elif variant == 7:  # float contents for a BYTES input
                 tensor.contents.fp32_contents.extend([1.0])
             else:  # negative and huge dimensions
                 del tensor.shape[:]
                 tensor.shape.extend([-1, 2**40])
-                request.raw_input_contents.append(_serialize_bytes([b"a"]))
+                request.raw_input_contents.append(serialize_bytes([b"a"]))
             response = self.stub.ModelInfer(request, timeout=TIMEOUT_S)
         result = grpcclient.InferResult(response)
         return 200, "", {o: result.as_numpy(o) for o in cases.OUTPUTS if result.get_output(o) is not None}
@@ -216,7 +213,7 @@ class Sender:
         i = case.spec["i"]
         request = pb.ModelInferRequest(model_name=case.model)
         request.inputs.add(name=contract.IMAGE_INPUT, datatype="BYTES", shape=[len(case.blobs), 1])
-        request.raw_input_contents.append(_serialize_bytes(case.blobs))
+        request.raw_input_contents.append(serialize_bytes(case.blobs))
         try:
             if i % 2 == 0:
                 response = self.stub.ModelInfer(request, timeout=0.005)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import http.client
 import io
-import struct
 import threading
 
 import grpc
@@ -23,6 +22,7 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from common import contract
 from loadtest.abuse import cases
+from loadtest.bench.wire import serialize_bytes
 
 CROP = contract.CROP_ENSEMBLE
 ADDRESSES = tuple(f"127.0.0.{i}" for i in range(3, 7))
@@ -31,17 +31,12 @@ TIMEOUT_S = 60.0
 ATOL = 1e-3
 
 
-def serialize(blobs: list[bytes]) -> bytes:
-    """Triton's BYTES tensor contents: each element prefixed by its little-endian 4-byte length."""
-    return b"".join(struct.pack("<I", len(b)) + b for b in blobs)
-
-
 def grpc_request(model: str, shape: list[int], blobs: list[bytes]) -> pb.ModelInferRequest:
     """A hand-built ModelInfer request: the declared ``shape`` goes out as given, however wrong."""
     request = pb.ModelInferRequest(model_name=model)
     tensor = request.inputs.add(name=contract.IMAGE_INPUT, datatype="BYTES")
     tensor.shape.extend(shape)
-    request.raw_input_contents.append(serialize(blobs))
+    request.raw_input_contents.append(serialize_bytes(blobs))
     return request
 
 

@@ -26,9 +26,10 @@ GRPC_HEADERS = ("content-type: application/grpc", "te: trailers")
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
-def bytes_element(data: bytes) -> bytes:
-    """One element of a BYTES tensor as Triton lays it out: a little-endian uint32 length, then the bytes."""
-    return struct.pack("<I", len(data)) + data
+def serialize_bytes(blobs: list[bytes]) -> bytes:
+    """A BYTES tensor's raw contents as Triton lays them out: each element a little-endian uint32 length, then the
+    bytes (also what the abuse suite's hand-built requests carry)."""
+    return b"".join(struct.pack("<I", len(b)) + b for b in blobs)
 
 
 def infer_request(model: str, image: bytes) -> service_pb2.ModelInferRequest:
@@ -37,14 +38,19 @@ def infer_request(model: str, image: bytes) -> service_pb2.ModelInferRequest:
     request.inputs.add(name=contract.IMAGE_INPUT, datatype="BYTES", shape=[1, 1])
     for name in OUTPUTS:
         request.outputs.add(name=name)
-    request.raw_input_contents.append(bytes_element(image))
+    request.raw_input_contents.append(serialize_bytes([image]))
     return request
 
 
-def grpc_frame(model: str, image: bytes) -> bytes:
+def frame(request: service_pb2.ModelInferRequest) -> bytes:
     """A length-prefixed gRPC message: flag 0 (not compressed), 4-byte big-endian length, the protobuf."""
-    message = infer_request(model, image).SerializeToString()
+    message = request.SerializeToString()
     return struct.pack(">BI", 0, len(message)) + message
+
+
+def grpc_frame(model: str, image: bytes) -> bytes:
+    """The framed ``ModelInfer`` of :func:`infer_request`: what h2load sends."""
+    return frame(infer_request(model, image))
 
 
 def parse_grpc_frame(frame: bytes) -> service_pb2.ModelInferRequest:
@@ -59,7 +65,7 @@ def http_body(image: bytes) -> tuple[bytes, int]:
     """The v2 infer body for ``image`` and the length of its JSON part (the value of :data:`HEADER_LENGTH`).
 
     Outputs come back as JSON (``binary_data: false``): a few hundred bytes that wrk reads and drops."""
-    raw = bytes_element(image)
+    raw = serialize_bytes([image])
     header = {
         "inputs": [
             {

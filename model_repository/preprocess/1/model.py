@@ -34,8 +34,9 @@ class TritonPythonModel:
         outputs = {name: pb_utils.get_output_config_by_name(config, name) for name in OUTPUTS}
         self._dtypes = {name: pb_utils.triton_string_to_numpy(out["data_type"]) for name, out in outputs.items()}
         # What an item without a face sends each model: zeros of the shape its config declares.
-        faces = contract.PREPROCESS_FACES
-        self._blank = {task: np.zeros(outputs[name]["dims"], self._dtypes[name]) for task, name in faces.items()}
+        self._blank = tuple(
+            np.zeros(outputs[name]["dims"], self._dtypes[name]) for name in contract.PREPROCESS_FACES.values()
+        )
 
     def execute(self, requests: list) -> list:
         responses = []
@@ -65,7 +66,7 @@ class TritonPythonModel:
 
         The crop path reports ``detection_score`` NaN: no detector ran, ``face_found`` only means "used as a face".
         """
-        blank = tuple(self._blank[task] for task in contract.PREPROCESS_FACES)
+        blank = self._blank
         try:
             decoded = self._limits.decode(bytes(data), budget=budget)
             face = self._crop(decoded.image)

@@ -18,7 +18,7 @@ A cached blob is only valid for one model, OpenVINO version, CPU and set of comp
 release artifact: each machine fills its own cache on its first start, and later starts (a restart, a scale
 from zero on the same node) load from it. OpenVINO names each blob by a hash of the model's content and those
 settings, so a new model or version compiles anew and never loads an old blob; a blob it cannot read is
-compiled again (``tests/test_compile_cache.py`` checks both).
+compiled again (``tests/test_ov_runtime.py`` checks both).
 
 The folder is ``$AGEGENDER_OV_CACHE``, which the launcher sets (serving/runtime/server.py); unset or empty
 means no cache. It is used only if it is ours and no one else can write to it: a blob planted there would be
