@@ -75,9 +75,14 @@ def test_model_configs_run_the_savedmodel(task):
     # The CPU variant runs the same SavedModel through our Python-based backend (serving/pipeline/backends/).
     assert cpu.backend == "openvino_savedmodel" and cpu.runtime == "model.py"
     assert (ROOT / "serving" / "pipeline" / "backends" / cpu.backend / "model.py").is_file()
-    # Ready means warm: every preferred batch size (and single requests) is run once before ready.
+    # Ready means warm: every batch shape OpenVINO runs at a preferred size (larger ones run in slices of
+    # max_infer_batch), and single requests, is run once before ready; the largest it will ever run is among
+    # them, so memory after warm-up is the stub's memory under load (its activations grow with the batch).
+    cap = int(cpu.parameters["max_infer_batch"].string_value)
+    assert 0 < cap <= cpu.max_batch_size
     warm = {w.batch_size for w in cpu.model_warmup}
-    assert warm >= {1, *cpu.dynamic_batching.preferred_batch_size}
+    assert warm >= {1, cap, *(min(b, cap) for b in cpu.dynamic_batching.preferred_batch_size)}
+    assert max(warm) == cap
     assert all(set(w.inputs) == {i.name for i in cpu.input} for w in cpu.model_warmup)
     for c in (prod, cpu):
         assert c.version_policy.WhichOneof("policy_choice") == "latest"

@@ -136,25 +136,37 @@ def test_bad_storage_fails_fast_with_a_clear_message(aws_env, monkeypatch, chang
 
 
 @pytest.mark.integration
-def test_serve_portrait_from_s3_like_from_disk(aws_env, triton_committed, tmp_path):
+@pytest.mark.parametrize("s3_read", storage.READ_MODES)
+def test_serve_portrait_from_s3_like_from_disk(aws_env, triton_committed, tmp_path, s3_read):
     from client import AgeGenderClient
 
-    uri = aws_env.uri("serve-test")
+    uri = aws_env.uri(f"serve-test-{s3_read}")
     publish(REPOSITORY, uri, out=io.StringIO())
-    server = TritonServer(uri, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    objects = len(storage.list_keys(storage.S3Location.parse(uri)))
+    server = TritonServer(uri, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), s3_read=s3_read)
     assert server.config_name == "cpu"  # configs/cpu.pbtxt is fetched from the bucket with the rest
     before = len(aws_env.requests())
     with server:
         mount = server.s3_mount
-        assert mount.is_dir() and any(mount.iterdir())  # Triton downloaded the models there
+        assert mount.is_dir() and any(mount.iterdir())  # the models were copied there
+        assert (mount.stat().st_mode & 0o077) == 0, "the local copy is private"
         # What this cold start read from the bucket (moto's access log): version files of served versions only.
-        reads = [path for method, path in aws_env.requests()[before:] if method == "GET" and "?" not in path]
-        fetched = {"/".join(p.split("/serve-test/", 1)[1].split("/")[:2]) for p in reads if "/serve-test/" in p}
+        requests = aws_env.requests()[before:]
+        reads = [path for method, path in requests if method == "GET" and "?" not in path]
+        prefix = f"/serve-test-{s3_read}/"
+        fetched = {"/".join(p.split(prefix, 1)[1].split("/")[:2]) for p in reads if prefix in p}
         fetched = {v for v in fetched if v.split("/")[1].isdigit()}
         served = {f"{m.name}/{v}" for m in REPOSITORY.iterdir() if m.is_dir() for v in served_versions(m)}
         assert fetched and fetched <= served, (fetched, served)
         assert {"age/1", "gender/1"}.isdisjoint(fetched)
-        print(f"\n[s3] cold start: {len(aws_env.requests()) - before} S3 requests, {len(reads)} object GETs")
+        if s3_read == "stage":
+            # The launcher's copy: the preflight listing, one listing, one GET per object; Triton reads none.
+            assert server.staged is not None and server.staged.objects == objects
+            assert len(requests) <= objects + 2, (len(requests), objects)
+        else:
+            assert server.staged is None
+            assert len(requests) > 2 * objects  # what staging saves: Triton's HEADs and listings per object
+        print(f"\n[s3 {s3_read}] cold start: {len(requests)} S3 requests for {objects} objects, {len(reads)} GETs")
         with (
             AgeGenderClient(server.grpc_url, protocol="grpc") as remote,
             AgeGenderClient(triton_committed.grpc_url, protocol="grpc") as local,
@@ -163,8 +175,29 @@ def test_serve_portrait_from_s3_like_from_disk(aws_env, triton_committed, tmp_pa
     assert from_s3.face_found and from_s3.error in (None, "")
     assert from_s3.age == pytest.approx(from_disk.age, abs=1e-4)
     assert from_s3.female_probability == pytest.approx(from_disk.female_probability, abs=1e-5)
-    assert not mount.exists(), "the launcher removes its download folder"
-    assert "AWS_ENDPOINT_URL" not in os.environ  # Triton took the endpoint from the URI
+    assert not mount.exists(), "the launcher removes its local copy"
+    assert "AWS_ENDPOINT_URL" not in os.environ  # the endpoint came from the URI
+
+
+def test_staging_refuses_keys_that_leave_the_folder(aws_env, tmp_path):
+    uri = aws_env.uri("stage-escape")
+    location = storage.S3Location.parse(uri)
+    s3 = aws_env.client()
+    s3.put_object(Bucket=location.bucket, Key=location.key("age/config.pbtxt"), Body=b'name: "age"')
+    s3.put_object(Bucket=location.bucket, Key=location.key("age/1/../../../escaped"), Body=b"x")
+    with pytest.raises(storage.StorageError, match="not a plain relative path"):
+        storage.stage(uri, tmp_path / "copy")
+    assert not any(tmp_path.rglob("escaped")) and not (tmp_path.parent / "escaped").exists()
+    # A clean prefix lands as it is in the bucket, the publisher's empty-folder placeholder as an empty folder.
+    clean = storage.S3Location.parse(aws_env.uri("stage-clean"))
+    s3.put_object(Bucket=clean.bucket, Key=clean.key("age/config.pbtxt"), Body=b'name: "age"')
+    s3.put_object(Bucket=clean.bucket, Key=clean.key("ens/1/.keep"), Body=b"")
+    staged = storage.stage(str(clean), tmp_path / "clean")
+    assert (tmp_path / "clean/age/config.pbtxt").read_bytes() == b'name: "age"'
+    assert (tmp_path / "clean/ens/1").is_dir() and not any((tmp_path / "clean/ens/1").iterdir())
+    assert staged.objects == 2 and staged.bytes == len(b'name: "age"')
+    with pytest.raises(storage.StorageError, match="not empty"):
+        storage.stage(str(clean), tmp_path / "clean")
 
 
 def test_launcher_cli_names_the_storage_problem(aws_env):

@@ -220,7 +220,8 @@ def load(path: str | Path, *, size: int, cache_dir: Path | None = None) -> Datas
         data = _read(path, size)
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(".tmp.npz")
+            # Per process: variants trained side by side (training.compare --jobs) may build the same cache at once.
+            tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.npz")
             np.savez(
                 tmp,
                 images=data.images,

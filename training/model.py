@@ -43,6 +43,24 @@ def augmentation(seed: int | None = None) -> keras.Sequential:
     )
 
 
+def mixup(images, labels, alpha: float, seed: int | None = None):
+    """Blends each face of a batch with another one of the same batch, and their labels alike (mixup).
+
+    A regulariser for the gender net, which at 64 px stops gaining on validation while its training accuracy
+    keeps climbing (it memorises). Each pair's weight is Beta(alpha, alpha); labels must be probabilities
+    (gender), not age distributions. Images come back uint8, as the models take them.
+    """
+    n = tf.shape(images)[0]
+    g1 = tf.random.gamma([n, 1], alpha, seed=seed)
+    g2 = tf.random.gamma([n, 1], alpha, seed=None if seed is None else seed + 1)
+    lam = g1 / (g1 + g2)
+    other = tf.random.shuffle(tf.range(n), seed=seed)
+    x = tf.cast(images, "float32")
+    mixed = lam[:, :, None, None] * x + (1.0 - lam[:, :, None, None]) * tf.gather(x, other)
+    y = lam * labels + (1.0 - lam) * tf.gather(labels, other)
+    return tf.cast(tf.clip_by_value(tf.round(mixed), 0, 255), "uint8"), y
+
+
 def build(
     task: str,
     *,

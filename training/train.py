@@ -43,6 +43,7 @@ DEFAULTS = {
     "tta": True,
     "rebalance": False,
     "tail_weight": 0.0,
+    "mixup": 0.0,
     "threads": 0,
     "limit": 0,
     "widths": "16,32,64,128",
@@ -109,6 +110,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=DEFAULTS["tail_weight"],
         help="age only: weigh each face's loss by (faces in its 10-year band) ** -POWER (data.tail_weights); 0 = off",
+    )
+    p.add_argument(
+        "--mixup",
+        type=float,
+        default=DEFAULTS["mixup"],
+        help="gender only: blend training faces and labels in pairs, weight ~ Beta(ALPHA, ALPHA) "
+        "(model.mixup); 0 = off",
     )
     p.add_argument("--threads", type=int, default=DEFAULTS["threads"], help="TensorFlow threads, 0 = all")
     p.add_argument("--limit", type=int, default=DEFAULTS["limit"], help="use at most N training images (smoke runs)")
@@ -194,6 +202,8 @@ def main(argv: list[str] | None = None) -> Path:
     # and early stopping compare weighted and unweighted runs on the same scale.
     if args.tail_weight and args.task != "age":
         raise SystemExit("--tail-weight is for --task age")
+    if args.mixup and args.task != "gender":
+        raise SystemExit("--mixup is for --task gender (a blend of two age distributions is not one face's)")
 
     def dataset(part: utk.Dataset, training: bool) -> tf.data.Dataset:
         columns = (part.images, getattr(part, y).astype("float32")[:, None])
@@ -211,6 +221,8 @@ def main(argv: list[str] | None = None) -> Path:
                 ),
                 num_parallel_calls=tf.data.AUTOTUNE,
             )
+            if args.mixup:
+                ds = ds.map(lambda x, y: models.mixup(x, y, args.mixup), num_parallel_calls=tf.data.AUTOTUNE)
         return ds.prefetch(tf.data.AUTOTUNE)
 
     widths = tuple(int(w) for w in args.widths.split(","))

@@ -1,6 +1,7 @@
 """Cold start: from `python -m serving.runtime.launch` to the first successful inference, and a clean stop.
 
-    python -m loadtest.bench.coldstart [--runs 3] [--model-repository model_repository] [--s3] [--path crop|detect]
+    python -m loadtest.bench.coldstart [--runs 3] [--model-repository model_repository] [--s3 [--s3-read stage|triton]]
+                                       [--path crop|detect]
 
 Each run starts the launcher as a user would, sends a face crop through `age_gender_crop` (``--path detect``:
 the example portrait through `age_gender`) until an answer comes back, then stops the
@@ -9,13 +10,15 @@ segment outlives it. Each run also records when the HTTP endpoint went live
 (process start) and ready (all models loaded), which splits the cost.
 
 ``--s3`` publishes the repository to a local S3 server (moto, loadtest/local_s3.py)
-and serves it from there: the same launcher, the ``s3://`` URI, the download included.
+and serves it from there: the same launcher, the ``s3://`` URI, the download included (``--s3-read``: the
+launcher stages a local copy first, its default, or Triton reads the bucket itself).
 
 ``--breakdown`` adds a table per model, medians over the runs, in seconds: when Triton asked for the model,
 when its first stub process started (/proc), the stub's imports, reading the IR or converting the SavedModel,
 compiling (all three from the line the openvino_savedmodel backend prints after initialize()), warm-up
 (initialize() done to Triton's "successfully loaded"), and with ``--s3`` when the model's files landed in
-Triton's download folder. Python models without such a line show stub start to loaded as one span.
+Triton's download folder (or the launcher's staging folder). Python models without such a line show stub start
+to loaded as one span.
 """
 
 from __future__ import annotations
@@ -124,6 +127,9 @@ def _snapshot(grpc_port: str) -> dict:
                 # instance name later on the line (Python-based backends); either way a token names the model.
                 stubs.append({"argv": argv[1:], "start": _proc_start(pid)})
             else:
+                # Staged by the launcher (storage.stage): Triton serves the local copy it was given.
+                staged = [a.split("=", 1)[1] for a in argv if a.startswith("--model-repository=") and "/s3-stage" in a]
+                mount = staged[0] if staged else mount
                 env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
                 mount = next(
                     (e.split(b"=", 1)[1].decode() for e in env if e.startswith(b"TRITON_AWS_MOUNT_DIR")), mount
@@ -183,7 +189,13 @@ def breakdown(log: str, wall_start: float, snapshot: dict) -> dict[str, dict[str
 
 
 def one_run(
-    repository: Path | str, timeout: float, *, check_shm: bool = True, detail: bool = False, path: str = "crop"
+    repository: Path | str,
+    timeout: float,
+    *,
+    check_shm: bool = True,
+    detail: bool = False,
+    path: str = "crop",
+    s3_read: str = "stage",
 ) -> dict:
     """One cold start; ``check_shm=False`` where other servers create and remove segments meanwhile.
     ``detail`` adds the per-model ``breakdown``."""
@@ -193,7 +205,7 @@ def one_run(
     log = tempfile.TemporaryFile("w+")
     start, wall_start = time.monotonic(), time.time()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "serving.runtime.launch", "--model-repository", str(repository)],
+        [sys.executable, "-m", "serving.runtime.launch", "--model-repository", str(repository), "--s3-read", s3_read],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=log,  # the launcher echoes Triton's log there: its timestamps split the cold start
@@ -260,6 +272,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-repository", default=str(DEFAULT_REPOSITORY), help="a folder or an s3:// URI")
     p.add_argument("--s3", action="store_true", help="publish the folder to a local moto S3 server, serve from there")
+    p.add_argument(
+        "--s3-read", choices=("stage", "triton"), default="stage", help="with --s3: the launcher's --s3-read"
+    )
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--timeout", type=float, default=300)
     p.add_argument("--breakdown", action="store_true", help="per model: stub start, imports, IR/convert, compile...")
@@ -274,7 +289,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
         repository, s3 = _local_s3(stack, args.model_repository) if args.s3 else (args.model_repository, None)
         for i in range(args.runs):
             before = len(s3.requests()) if s3 else 0
-            runs.append(one_run(repository, args.timeout, check_shm=not shared, detail=args.breakdown, path=args.path))
+            runs.append(
+                one_run(
+                    repository,
+                    args.timeout,
+                    check_shm=not shared,
+                    detail=args.breakdown,
+                    path=args.path,
+                    s3_read=args.s3_read,
+                )
+            )
             if s3:
                 runs[-1]["s3_requests"] = s3_requests(s3.requests()[before:])
             print(
@@ -287,9 +311,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 flush=True,
             )
     keys = ("triton_start_s", "models_loaded_s", "first_inference_s")
+    origin = f"S3 (moto, --s3-read {args.s3_read})" if args.s3 else "local disk"
     med = {k: statistics.median(r[k] for r in runs if r[k] is not None) for k in keys}
     print(
-        f"cold start from {'S3 (moto)' if args.s3 else 'local disk'} (command -> first {args.path} answer), median of "
+        f"cold start from {origin} (command -> first {args.path} answer), median of "
         f"{len(runs)}: {med['first_inference_s']:.1f} s = launcher to Triton {med['triton_start_s']:.1f} s "
         f"+ loading (and downloading) models {med['models_loaded_s'] - med['triton_start_s']:.1f} s "
         f"+ endpoints up and first answer {med['first_inference_s'] - med['models_loaded_s']:.1f} s"

@@ -14,6 +14,11 @@ from serving.runtime import binary, door, security
 #: nothing is in flight any more; this is the time it has to unload its models.
 EXIT_TIMEOUT = door.REQUEST_TIMEOUT_S
 CONFIG_NAMES = ("auto", "cpu", "default")
+#: Models Triton loads side by side at start (--model-load-thread-count; its default is 4). The repository has six
+#: models with instances (the two ensembles load after them): with four threads the last two waited for a thread
+#: while the first four's stubs were still importing (cold-start breakdown, docs/performance.md), so the start
+#: ended with one model loading alone. All at once, the two cores are busy from the first second to the last.
+MODEL_LOAD_THREADS = 8
 
 
 def resolve_config_name(config_name: str) -> str:
@@ -53,6 +58,7 @@ def triton_args(
         args.append(f"--model-config-name={config_name}")
     args += [
         f"--exit-timeout-secs={EXIT_TIMEOUT}",
+        f"--model-load-thread-count={MODEL_LOAD_THREADS}",
         # Every config is complete; without this the Python backend starts one extra stub process per
         # model just to ask it to complete its config, which doubles the stubs started at cold start.
         "--disable-auto-complete-config",

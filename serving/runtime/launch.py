@@ -22,7 +22,7 @@ import sys
 import time
 
 from serving.ops.rollout import CONTROL_ARGS
-from serving.runtime import door, ports, security
+from serving.runtime import door, ports, security, storage
 from serving.runtime.binary import DEFAULT_REPOSITORY
 from serving.runtime.children import describe_exit
 from serving.runtime.errors import TritonStartError
@@ -66,6 +66,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="none",
         help="explicit: versions switch through the repository API (python -m serving.ops.rollout); poll: every 5 s",
     )
+    p.add_argument(
+        "--s3-read",
+        choices=storage.READ_MODES,
+        default="stage",
+        help="s3:// repositories only. stage: copy it to a private local folder first (one listing, parallel "
+        "reads), then serve that; triton: Triton reads the bucket itself (slower start, but rollout can load a "
+        "version published after the start)",
+    )
     # Fair sharing at the door (docs/security.md): per client address; defaults from door.ClientLimits / env.
     for name, env in door.ClientLimits.ENV.items():
         p.add_argument(f"--door-client-{name}", type=int, metavar="N", help=f"per client address (env {env})")
@@ -98,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         drain_grace=args.drain_grace,
         door_limits=args.door_limits,
         extra_args=CONTROL_ARGS[args.model_control_mode],
+        s3_read=args.s3_read,
     )
     try:
         server.start()

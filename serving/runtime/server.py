@@ -75,11 +75,16 @@ class TritonServer:
         admin_key: str | None = None,
         drain_grace: float = 0.0,
         door_limits: proxy.ClientLimits | None = None,
+        s3_read: str = "stage",
     ):
         # An s3:// URI is kept as given (Triton reads it itself); a folder is made absolute.
         self.model_repository = (
             model_repository if storage.is_s3(model_repository) else Path(model_repository).resolve()
         )
+        if s3_read not in storage.READ_MODES:
+            raise ValueError(f"s3_read must be one of {storage.READ_MODES}, got {s3_read!r}")
+        self.s3_read = s3_read
+        self.staged: storage.Staged | None = None  # the local copy an s3:// repository is served from
         self.host = host
         self.http_port = http_port or ports.env_port("http")
         self.grpc_port = grpc_port or ports.env_port("grpc")
@@ -164,7 +169,10 @@ class TritonServer:
         # Compiled models are cached per machine and loaded on later starts (ov_runtime.py); an operator's own
         # AGEGENDER_OV_CACHE wins, and an empty one turns the cache off.
         env.setdefault(ov_runtime.ENV, str(default_ov_cache()))
-        if storage.is_s3(self.model_repository):
+        repository = self.model_repository
+        if self.staged is not None:
+            repository = self.staged.folder  # kept across restarts: a crashed Triton reloads from disk
+        elif storage.is_s3(self.model_repository):
             # Triton copies the models into this folder; it must exist and be empty, so each start (restarts by
             # the supervisor included) gets a fresh one inside the run folder, which stop() and the reaper remove.
             mount = Path(self._run_dir()) / f"s3-{uuid.uuid4().hex[:8]}"
@@ -184,7 +192,7 @@ class TritonServer:
         except FileNotFoundError as err:
             raise TritonStartError(str(err)) from None
         args = command.triton_args(
-            model_repository=self.model_repository,
+            model_repository=repository,
             backend_directory=backends,
             # Behind the door Triton only listens on loopback.
             inner_host="127.0.0.1" if self.front_door else self.host,
@@ -241,6 +249,8 @@ class TritonServer:
         )
         self._tell_reaper(f"path {self._run_dir()}")
         self._tell_reaper(f"shm {self.shm_prefix}")
+        if storage.is_s3(self.model_repository) and self.s3_read == "stage":
+            self._stage()
         if self.front_door:
             self._start_door()
         self._spawn_triton()
@@ -248,6 +258,22 @@ class TritonServer:
         self._supervisor.start()
         threading.Thread(target=shm_guard.guard, args=(SHM_DIR, self.shm_prefix, self._stopping), daemon=True).start()
         return self
+
+    def _stage(self) -> None:
+        """Copies the s3:// repository into the run folder (removed by stop() and the reaper) before Triton starts."""
+        try:
+            self.staged = storage.stage(str(self.model_repository), Path(self._run_dir()) / "s3-stage")
+        except storage.StorageError as err:
+            self.stop()
+            raise TritonStartError(str(err)) from None
+        self.s3_mount = self.staged.folder
+        if self.echo:
+            print(
+                f"staged {self.staged.objects} objects ({self.staged.bytes / 1e6:.1f} MB) from {self.model_repository} "
+                f"in {self.staged.seconds:.2f} s",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def _start_door(self) -> None:
         self.triton_http_port, self.triton_grpc_port = ports.free_port(), ports.free_port()

@@ -134,6 +134,72 @@ def preflight(uri: str) -> list[str]:
     return models
 
 
+#: How a server reads an s3:// repository. ``stage`` (the default): the launcher copies it once into a private
+#: local folder, one listing and parallel GETs, and Triton loads that folder, as KServe's storage initializer does
+#: for a pod. ``triton``: Triton reads the bucket itself, which costs about 25 S3 requests per object at every
+#: start (HEADs and listings, sequential: 994 requests for 40 objects, 6.5 of an 8.2 s cold start on moto), but
+#: lets ``serving.ops.rollout`` load a version published after the start.
+READ_MODES = ("stage", "triton")
+STAGE_WORKERS = 8
+
+
+@dataclass(frozen=True)
+class Staged:
+    """What :func:`stage` copied."""
+
+    folder: Path
+    objects: int
+    bytes: int
+    seconds: float
+
+
+def _local_path(dest: Path, relative_key: str) -> Path:
+    """Where ``relative_key`` lands under ``dest``; refuses a key that would land anywhere else."""
+    parts = relative_key.split("/")
+    if not relative_key or relative_key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise StorageError(f"refusing to stage object key {relative_key!r}: it is not a plain relative path")
+    return dest.joinpath(*parts)
+
+
+def stage(uri: str, dest: str | Path, *, workers: int = STAGE_WORKERS) -> Staged:
+    """Copies every object under ``uri`` into the empty folder ``dest`` (created private); returns the counts.
+
+    One listing, then GETs in ``workers`` threads. A version folder that exists only as the publisher's empty
+    ``.keep`` placeholder (an ensemble's ``1/``) becomes an empty folder. Keys that would escape ``dest`` are
+    refused before anything is written.
+    """
+    import concurrent.futures
+    import time
+
+    from botocore import exceptions as bex
+
+    started = time.monotonic()
+    location = S3Location.parse(uri)
+    dest = Path(dest)
+    dest.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if any(dest.iterdir()):
+        raise StorageError(f"staging folder {dest} is not empty")
+    s3 = client(location)
+    keys = list_keys(location, s3)
+    targets = {key: _local_path(dest, key) for key in keys}
+    for path in targets.values():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def get(key: str) -> int:
+        if key.rsplit("/", 1)[-1] == ".keep":
+            return 0
+        try:
+            body = s3.get_object(Bucket=location.bucket, Key=location.key(key))["Body"].read()
+        except (bex.BotoCoreError, bex.ClientError) as err:
+            raise explain(err, location) from None
+        targets[key].write_bytes(body)
+        return len(body)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        sizes = list(pool.map(get, keys))
+    return Staged(folder=dest, objects=len(keys), bytes=sum(sizes), seconds=time.monotonic() - started)
+
+
 def triton_env(mount_dir: str | Path) -> dict[str, str]:
     """The environment Triton needs to read an s3:// repository, copying models into ``mount_dir``."""
     env = {
