@@ -32,13 +32,40 @@ def _read(path: Path) -> str | None:
         return None
 
 
+def stat_fields(pid: int | str) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name, from ``state`` on (so ``ppid`` is [1], ``pgrp`` [2],
+    ``utime``/``stime`` [11]/[12], ``starttime`` [19]); None if the process is gone. The name is in parentheses
+    and may contain spaces and parentheses itself, so the split is after the last ")"."""
+    stat = _read(PROC / str(pid) / "stat")
+    return None if stat is None else _fields(stat)
+
+
+def _fields(stat: str) -> list[str]:
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def started_at(pid: int | str) -> float | None:
+    """Epoch seconds at which ``pid`` started (its starttime in clock ticks after boot)."""
+    fields = stat_fields(pid)
+    boot = next((float(x.split()[1]) for x in (_read(PROC / "stat") or "").splitlines() if x.startswith("btime")), None)
+    return None if fields is None or boot is None else boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """utime + stime of every live process in process group ``pgid`` (Triton's: Triton and all its stubs)."""
+    total = 0
+    for entry in PROC.iterdir():
+        if entry.name.isdigit() and (fields := stat_fields(entry.name)) is not None and int(fields[2]) == pgid:
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def process(pid: int) -> Proc | None:
     stat = _read(PROC / str(pid) / "stat")
     cmdline = _read(PROC / str(pid) / "cmdline")
     if stat is None:
         return None
-    # The command name in stat is in parentheses and may contain spaces; ppid follows the closing one.
-    ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+    ppid = int(_fields(stat)[1])
     argv0 = (cmdline or "").split("\0")[0]
     # nginx renames itself "nginx: master process ...".
     name = os.path.basename(argv0.split()[0]).rstrip(":") if argv0 else stat[stat.index("(") + 1 : stat.rindex(")")]

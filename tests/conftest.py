@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from serving.runtime.launch import TritonServer, free_port
+from serving.runtime.ports import PortInUseError
 from tests import utk_fixture
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,11 +92,25 @@ def start_launcher(repo: Path, *args: str, start_new_session: bool = False) -> t
     return proc, f"127.0.0.1:{http_port}"
 
 
-def _serve(repo: Path):
-    server = TritonServer(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
-    with server:
+def _serve(repo: Path, attempts: int = 3):
+    # free_port's reservations are among this project's processes; any other program (another worker's Triton
+    # stubs, the OS) may still bind the chosen port before the server does. Nothing has started then
+    # (start() checks first), so a fresh set of ports is a clean retry.
+    for attempt in range(attempts):
+        server = TritonServer(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+        try:
+            server.start()
+        except PortInUseError:
+            if attempt == attempts - 1:
+                raise
+            continue
+        break
+    try:
+        server.wait_ready()
         print(f"\n[triton] {repo} ready in {server.startup_seconds:.1f} s")
         yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

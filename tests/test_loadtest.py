@@ -195,3 +195,30 @@ def test_coldstart_breakdown_reads_the_logs():
     assert (pre["stub_start_at"], pre["instances"], pre["stub_to_ready"]) == (2.0, 2, 7.0)
     table = breakdown_table([rows, rows])
     assert table.index("| age |") < table.index("| preprocess |")  # in the order they became ready
+
+
+def test_proc_stat_fields_survive_odd_command_names(tmp_path):
+    """One /proc/PID/stat parser serves the abuse suite, the cold-start and the native benchmarks."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from loadtest import procs
+
+    # A command name with spaces and parentheses, as a renamed process may carry.
+    odd = tmp_path / "a) (b c"
+    odd.symlink_to(sys.executable)
+    before = time.time()
+    child = subprocess.Popen([str(odd), "-c", "import time; time.sleep(30)"], start_new_session=True)
+    try:
+        fields = procs.stat_fields(child.pid)
+        assert fields is not None and fields[0] in "RSD"  # state
+        assert int(fields[1]) == os.getpid() and int(fields[2]) == child.pid  # ppid; its own process group
+        assert before - 1.0 <= procs.started_at(child.pid) <= time.time()
+        assert procs.process(child.pid).ppid == os.getpid()
+        assert procs.group_cpu_seconds(child.pid) >= 0.0
+    finally:
+        child.kill()
+        child.wait()
+    assert procs.stat_fields(child.pid) is None

@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 from client import AgeGenderClient, AgeGenderError
+from loadtest import procs
 from serving.runtime.launch import DEFAULT_REPOSITORY, SHM_DIR, SHM_PREFIX, free_port
 
 PORTRAIT = Path(__file__).resolve().parents[2] / "gradio_frontend" / "examples" / "grace_hopper.jpg"
@@ -107,13 +108,6 @@ def _phases(log: str, wall_start: float) -> dict:
     return {"triton_start_s": stamps[0][0] if stamps else None, "models_loaded_s": max(loaded) if loaded else None}
 
 
-def _proc_start(pid: str) -> float:
-    """Epoch seconds at which process ``pid`` started."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    boot = next(float(x.split()[1]) for x in Path("/proc/stat").read_text().splitlines() if x.startswith("btime"))
-    return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
-
-
 def _snapshot(grpc_port: str) -> dict:
     """While this run's server is up: each stub's model folder and start time, and Triton's S3 download folder."""
     stubs, mount = [], None
@@ -125,7 +119,7 @@ def _snapshot(grpc_port: str) -> dict:
             if "triton_python_backend_stub" in argv[0]:
                 # argv[1] is the model file: <repo>/<model>/<version>/model.py, or <backend>/model.py with the
                 # instance name later on the line (Python-based backends); either way a token names the model.
-                stubs.append({"argv": argv[1:], "start": _proc_start(pid)})
+                stubs.append({"argv": argv[1:], "start": procs.started_at(pid)})
             else:
                 # Staged by the launcher (storage.stage): Triton serves the local copy it was given.
                 staged = [a.split("=", 1)[1] for a in argv if a.startswith("--model-repository=") and "/s3-stage" in a]

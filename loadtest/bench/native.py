@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from common import contract
+from loadtest import procs
 from loadtest.bench import corpus, loadgen, memory, wire
 from serving.runtime.launch import TritonServer, free_port
 
@@ -169,21 +170,6 @@ def settled_counts(metrics_url: str, model: str, timeout: float = 15.0) -> tuple
 # --- CPU time -----------------------------------------------------------------------------------------------
 
 
-def group_cpu_seconds(pgid: int) -> float:
-    """utime + stime of every live process in process group ``pgid`` (Triton's: Triton and all its stubs)."""
-    tick, total = os.sysconf("SC_CLK_TCK"), 0
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:  # fields from `state`: pgrp is the 3rd, utime and stime the 12th and 13th
-            total += int(fields[11]) + int(fields[12])
-    return total / tick
-
-
 def children_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -216,12 +202,12 @@ def measure(scenario: Scenario, triton: TritonServer, load, duration: int, warmu
         if warmup:
             load(warmup)
         before = settled_counts(triton.metrics_url, scenario.model)
-        cpu = {name: group_cpu_seconds(pgid) for name, pgid in groups.items()}
+        cpu = {name: procs.group_cpu_seconds(pgid) for name, pgid in groups.items()}
         tool_cpu, start = children_cpu_seconds(), time.monotonic()
         run = load(duration)
         scenario.wall_s = time.monotonic() - start
         tool_cpu = children_cpu_seconds() - tool_cpu
-        cpu = {name: group_cpu_seconds(pgid) - cpu[name] for name, pgid in groups.items()}
+        cpu = {name: procs.group_cpu_seconds(pgid) - cpu[name] for name, pgid in groups.items()}
         after = settled_counts(triton.metrics_url, scenario.model)
         scenario.run = asdict(run)
         scenario.cpu_s = {name: round(v, 3) for name, v in {**cpu, "load generator": tool_cpu}.items()}
