@@ -4,6 +4,13 @@
 #
 # The model repository is not baked in: docker-compose.yml mounts ./model_repository,
 # so a fresh `python -m training.export` is served without rebuilding the image.
+# argv_secret.so keeps the admin key off Triton's command line (serving/runtime/argv_secret.c): compiled in a
+# throwaway stage, so the served image carries no compiler.
+FROM nvcr.io/nvidia/tritonserver:25.02-py3 AS argv-secret
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
+COPY serving/runtime/argv_secret.c /tmp/argv_secret.c
+RUN gcc -shared -fPIC -O2 -Wall -Wextra -Werror -o /tmp/argv_secret.so /tmp/argv_secret.c
+
 FROM nvcr.io/nvidia/tritonserver:25.02-py3
 
 # The image's system Python (Ubuntu 24.04) is the one the Python backend embeds;
@@ -34,6 +41,9 @@ COPY common/ common/
 COPY serving/__init__.py serving/__init__.py
 COPY serving/pipeline/ serving/pipeline/
 ENV PYTHONPATH=/opt/agegender
+# Preloaded only where the deployment says so (docker-compose.yml, the KServe ServingRuntime: LD_PRELOAD,
+# ARGV_SECRETS, and the key in the environment); it unsets those variables before Triton's main().
+COPY --from=argv-secret /tmp/argv_secret.so /opt/agegender/lib/argv_secret.so
 
 EXPOSE 8000 8001 8002
 CMD ["tritonserver", "--model-repository=/models"]

@@ -144,9 +144,20 @@ def test_admin_apis_restricted_with_a_secret_from_the_env_file(compose, compose_
     from serving.runtime import door as proxy
     from serving.runtime import security
 
+    # The key is in the environment and the command holds placeholders that the image's argv_secret.so fills in
+    # before Triton's main(): `docker inspect` and /proc/PID/cmdline never show the key (docs/security.md).
+    env = {"LD_PRELOAD": "/opt/agegender/lib/argv_secret.so"}
+    env[security.ARGV_SECRETS_ENV] = f"{security.ADMIN_KEY_ENV},{security.PRELOAD_CHECK_ENV}"
+    env[security.PRELOAD_CHECK_ENV] = security.PRELOAD_CHECK_VALUE
+    env[security.ADMIN_KEY_ENV] = "${TRITON_ADMIN_KEY:?copy .env.example to .env and set TRITON_ADMIN_KEY}"
+    assert env.items() <= compose["services"]["triton"]["environment"].items()
+    dockerfile = (ROOT / "docker" / "triton.Dockerfile").read_text()
+    assert f"COPY --from=argv-secret /tmp/argv_secret.so {env['LD_PRELOAD']}" in dockerfile
     for triton in (compose["services"]["triton"], compose_cpu["services"]["triton"]):
-        args = security.restricted_args("${TRITON_ADMIN_KEY:?copy .env.example to .env and set TRITON_ADMIN_KEY}")
+        args = security.restricted_args(security.placeholder(security.ADMIN_KEY_ENV))
         assert all(a in triton["command"] for a in args)
+        assert security.placeholder(security.PRELOAD_CHECK_ENV) in triton["command"]
+        assert not any("TRITON_ADMIN_KEY" in a and "@" not in a for a in triton["command"])
     assert ".env" in (ROOT / ".gitignore").read_text().split()
     assert "TRITON_ADMIN_KEY=\n" in (ROOT / ".env.example").read_text()
     conf = (ROOT / "docker" / "nginx.conf").read_text()

@@ -157,10 +157,17 @@ def test_runtime_image_args_and_security():
     assert args[0] == "tritonserver" and "--model-repository=/mnt/models" in args
     assert {"--http-port=8080", "--grpc-port=9000", "--metrics-port=8002"} <= set(args)
     assert {"--model-control-mode=explicit", "--load-model=*"} <= set(args)
-    assert f"--http-restricted-api={RESTRICTED}:admin-key=$(TRITON_ADMIN_KEY)" in args
-    assert f"--grpc-restricted-protocol={RESTRICTED}:admin-key=$(TRITON_ADMIN_KEY)" in args
-    (key_env,) = [e for e in container["env"] if e["name"] == "TRITON_ADMIN_KEY"]
-    assert key_env["valueFrom"]["secretKeyRef"] == {"name": "agegender-triton-admin", "key": "admin-key"}
+    # The key stays off the command line: a placeholder the preloaded argv_secret.so fills in (docs/security.md).
+    assert f"--http-restricted-api={RESTRICTED}:admin-key=@TRITON_ADMIN_KEY@" in args
+    assert f"--grpc-restricted-protocol={RESTRICTED}:admin-key=@TRITON_ADMIN_KEY@" in args
+    assert "@ARGV_SECRET_CHECK@" in args and not any("$(" in a for a in args)
+    env = {e["name"]: e for e in container["env"]}
+    secret = {"name": "agegender-triton-admin", "key": "admin-key"}
+    assert env["TRITON_ADMIN_KEY"]["valueFrom"]["secretKeyRef"] == secret
+    assert env["LD_PRELOAD"]["value"] == "/opt/agegender/lib/argv_secret.so"
+    assert "COPY --from=argv-secret /tmp/argv_secret.so /opt/agegender/lib/argv_secret.so" in dockerfile
+    assert env["ARGV_SECRETS"]["value"] == "TRITON_ADMIN_KEY,ARGV_SECRET_CHECK"
+    assert env["ARGV_SECRET_CHECK"]["value"] == "--exit-on-error=true"
     assert set(runtime["spec"]["protocolVersions"]) == {"v2", "grpc-v2"}
     sc = container["securityContext"]
     assert sc["runAsNonRoot"] is True and sc["runAsUser"] > 0
