@@ -59,9 +59,14 @@ def http(url: str, path: str, data: bytes | None = None, headers: dict | None = 
 def test_row1_ensemble_deadlines_leave_a_serving_server(triton_tiny):
     # The door strips grpc-timeout, but a client's cancellation still reaches Triton 2.51 and may crash it
     # (server#7368): the supervisor must bring it back within its cold start, the launcher staying up.
+    # A large noisy photo: decoding and detecting it take well over the deadline, so every call is cut (a flat
+    # 200x200 JPEG was once answered within the 5 ms).
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (1600, 1600, 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
     for _ in range(5):
         with pytest.raises(InferenceServerException):
-            grpc_infer(triton_tiny.grpc_url, "age_gender", [jpeg()], client_timeout=0.005)
+            grpc_infer(triton_tiny.grpc_url, "age_gender", [buf.getvalue()], client_timeout=0.005)
     time.sleep(2)
     deadline = time.monotonic() + 90
     while not triton_tiny.is_ready() and time.monotonic() < deadline:

@@ -136,7 +136,16 @@ def test_bad_storage_fails_fast_with_a_clear_message(aws_env, monkeypatch, chang
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("s3_read", storage.READ_MODES)
+def test_auto_read_mode_stages_unless_the_bucket_may_change_under_the_server():
+    assert storage.read_mode("auto", []) == "stage"
+    assert storage.read_mode("auto", ["--model-control-mode=explicit", "--load-model=*"]) == "triton"
+    assert storage.read_mode("auto", ["--model-control-mode=poll", "--repository-poll-secs=5"]) == "triton"
+    assert storage.read_mode("stage", ["--model-control-mode=explicit"]) == "stage"  # the operator's choice
+    with pytest.raises(ValueError, match="s3_read must be one of"):
+        storage.read_mode("copy", [])
+
+
+@pytest.mark.parametrize("s3_read", ["stage", "triton"])
 def test_serve_portrait_from_s3_like_from_disk(aws_env, triton_committed, tmp_path, s3_read):
     from client import AgeGenderClient
 

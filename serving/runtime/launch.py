@@ -69,10 +69,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--s3-read",
         choices=storage.READ_MODES,
-        default="stage",
+        default="auto",
         help="s3:// repositories only. stage: copy it to a private local folder first (one listing, parallel "
-        "reads), then serve that; triton: Triton reads the bucket itself (slower start, but rollout can load a "
-        "version published after the start)",
+        "reads), then serve that; triton: Triton reads the bucket itself (slower start, but rollout and polling "
+        "see versions published after the start); auto: triton under explicit or poll model control, else stage",
     )
     # Fair sharing at the door (docs/security.md): per client address; defaults from door.ClientLimits / env.
     for name, env in door.ClientLimits.ENV.items():

@@ -75,15 +75,13 @@ class TritonServer:
         admin_key: str | None = None,
         drain_grace: float = 0.0,
         door_limits: proxy.ClientLimits | None = None,
-        s3_read: str = "stage",
+        s3_read: str = "auto",
     ):
         # An s3:// URI is kept as given (Triton reads it itself); a folder is made absolute.
         self.model_repository = (
             model_repository if storage.is_s3(model_repository) else Path(model_repository).resolve()
         )
-        if s3_read not in storage.READ_MODES:
-            raise ValueError(f"s3_read must be one of {storage.READ_MODES}, got {s3_read!r}")
-        self.s3_read = s3_read
+        self.s3_read = storage.read_mode(s3_read, extra_args)  # "stage" or "triton"
         self.staged: storage.Staged | None = None  # the local copy an s3:// repository is served from
         self.host = host
         self.http_port = http_port or ports.env_port("http")
@@ -252,8 +250,17 @@ class TritonServer:
         if storage.is_s3(self.model_repository) and self.s3_read == "stage":
             self._stage()
         if self.front_door:
-            self._start_door()
+            self.triton_http_port, self.triton_grpc_port = ports.free_port(), ports.free_port()
+        # Triton first: loading its models is the longest part of a start, and the gate's and nginx's own starts
+        # (the gate is a Python process that imports grpc and aiohttp) now happen meanwhile instead of before it.
+        # Nothing can reach Triton before the door listens, and readiness is asked through the door.
         self._spawn_triton()
+        if self.front_door:
+            try:
+                self._start_door()
+            except BaseException:
+                self.stop()
+                raise
         self._supervisor = threading.Thread(target=self._supervise, daemon=True)
         self._supervisor.start()
         threading.Thread(target=shm_guard.guard, args=(SHM_DIR, self.shm_prefix, self._stopping), daemon=True).start()
@@ -276,7 +283,6 @@ class TritonServer:
             )
 
     def _start_door(self) -> None:
-        self.triton_http_port, self.triton_grpc_port = ports.free_port(), ports.free_port()
         # The gate listens before nginx forwards to it; nginx routes gRPC and HTTP inference through it.
         self._gate = GateProcess(
             triton_http=f"127.0.0.1:{self.triton_http_port}",

@@ -134,12 +134,26 @@ def preflight(uri: str) -> list[str]:
     return models
 
 
-#: How a server reads an s3:// repository. ``stage`` (the default): the launcher copies it once into a private
-#: local folder, one listing and parallel GETs, and Triton loads that folder, as KServe's storage initializer does
-#: for a pod. ``triton``: Triton reads the bucket itself, which costs about 25 S3 requests per object at every
-#: start (HEADs and listings, sequential: 994 requests for 40 objects, 6.5 of an 8.2 s cold start on moto), but
-#: lets ``serving.ops.rollout`` load a version published after the start.
-READ_MODES = ("stage", "triton")
+#: How a server reads an s3:// repository. ``stage``: the launcher copies it once into a private local folder,
+#: one listing and parallel GETs, and Triton loads that folder, as KServe's storage initializer does for a pod.
+#: ``triton``: Triton reads the bucket itself, which costs about 25 S3 requests per object at every start (HEADs
+#: and listings, sequential: 994 requests for 36 objects, 6.5 of an 8.2 s cold start on moto), but sees what is
+#: published after the start: ``serving.ops.rollout`` can load a new version, and polling finds it.
+#: ``auto`` (the default): ``triton`` under explicit or poll model control, where the bucket may change under a
+#: running server, else ``stage``.
+READ_MODES = ("auto", "stage", "triton")
+
+
+def read_mode(mode: str, triton_args: tuple[str, ...] | list[str]) -> str:
+    """Resolves ``auto`` (see :data:`READ_MODES`) from the model-control flag among Triton's arguments."""
+    if mode not in READ_MODES:
+        raise ValueError(f"s3_read must be one of {READ_MODES}, got {mode!r}")
+    if mode != "auto":
+        return mode
+    changing = {"--model-control-mode=explicit", "--model-control-mode=poll"}
+    return "triton" if changing.intersection(triton_args) else "stage"
+
+
 STAGE_WORKERS = 8
 
 

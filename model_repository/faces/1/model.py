@@ -17,6 +17,7 @@ import triton_python_backend_utils as pb_utils
 
 from common import contract as c
 from common import spec
+from serving.pipeline.background import Background, NotReady
 from serving.pipeline.decode import DecodeLimits, ImageDecodeError
 from serving.pipeline.detect import MultiFaceCropper
 
@@ -39,7 +40,8 @@ class TritonPythonModel:
         # The multi-face detector looks at the picture at most DRAFT_SIDE px wide, so larger JPEGs decode smaller.
         self._limits = DecodeLimits.from_params(params)
         self._max_faces = int(params.get("max_faces") or c.MAX_FACES)
-        self._cropper = MultiFaceCropper()
+        # Built in the background (serving/pipeline/background.py): the server's start does not wait for it.
+        self._cropper = Background(MultiFaceCropper, name="face detector")
 
     async def execute(self, requests: list) -> list:
         # max_batch_size 0: each request is one image. Several requests of one call run concurrently, so
@@ -52,8 +54,8 @@ class TritonPythonModel:
             if data.size != 1:
                 raise ImageDecodeError(f"Send exactly one image per request, got {data.size}.")
             decoded = self._limits.decode(bytes(data[0]))
-            faces = self._cropper.crop_all(decoded.image, max_faces=self._max_faces)
-        except ImageDecodeError as err:
+            faces = self._cropper.get().crop_all(decoded.image, max_faces=self._max_faces)
+        except (ImageDecodeError, NotReady) as err:
             return _response([], NO_FACES, str(err))
         except Exception as err:  # noqa: BLE001 - same message shape as the preprocess model's
             return _response([], NO_FACES, f"Could not process the image: {err}")

@@ -14,6 +14,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from common import contract
+from serving.pipeline.background import Background, NotReady
 from serving.pipeline.crops import crop_aligned
 from serving.pipeline.decode import REQUEST_MAX_PIXELS, DecodeLimits, ImageDecodeError, PixelBudget
 from serving.pipeline.detect import FaceCropper
@@ -30,7 +31,10 @@ class TritonPythonModel:
         self._limits = DecodeLimits.from_params(params)
         self._request_pixels = int(params.get("request_max_pixels") or REQUEST_MAX_PIXELS)
         self._detect = params.get("detect", "true").lower() != "false"
-        self._crop = FaceCropper() if self._detect else self._crop_only
+        # The detector builds in the background (serving/pipeline/background.py): the server's start, and the
+        # crop path, do not wait for it; a detection request does, when it comes first.
+        self._detector = Background(FaceCropper, name="face detector") if self._detect else None
+        self._crop = self._detect_and_crop if self._detect else self._crop_only
         outputs = {name: pb_utils.get_output_config_by_name(config, name) for name in OUTPUTS}
         self._dtypes = {name: pb_utils.triton_string_to_numpy(out["data_type"]) for name, out in outputs.items()}
         # What an item without a face sends each model: zeros of the shape its config declares.
@@ -51,6 +55,9 @@ class TritonPythonModel:
             responses.append(pb_utils.InferenceResponse(tensors))
         return responses
 
+    def _detect_and_crop(self, image):
+        return self._detector.get()(image)
+
     @staticmethod
     def _crop_only(image):
         width, height = image.size
@@ -70,7 +77,7 @@ class TritonPythonModel:
         try:
             decoded = self._limits.decode(bytes(data), budget=budget)
             face = self._crop(decoded.image)
-        except ImageDecodeError as err:
+        except (ImageDecodeError, NotReady) as err:
             return *blank, (0.0,) * 4, [0.0], [False], [str(err).encode()]
         except Exception as err:  # noqa: BLE001 - one bad upload must not fail the other items of the batch
             return *blank, (0.0,) * 4, [0.0], [False], [f"Could not process the image: {err}".encode()]
