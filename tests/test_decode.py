@@ -98,3 +98,58 @@ def test_empty_garbage_and_unsupported(data, match):
     with pytest.raises(ImageDecodeError, match=match) as info:
         decode_image(data)
     assert isinstance(info.value, ValueError)
+
+
+def _png_variants() -> dict[str, bytes]:
+    rng = np.random.default_rng(3)
+    photo = Image.fromarray(rng.integers(0, 256, (61, 83, 3), dtype=np.uint8))  # odd sizes: row padding
+    rotated = photo.getexif()
+    rotated[0x0112] = 6  # EXIF orientation: rotate on display
+    rgba = photo.convert("RGBA")
+    rgba.putalpha(Image.fromarray(rng.integers(0, 256, (61, 83), dtype=np.uint8)))
+    return {
+        "rgb": encode(photo, "PNG"),
+        "rgb, optimised": encode(photo, "PNG", optimize=True),
+        "rgb with eXIf orientation": encode(photo, "PNG", exif=rotated),
+        "rgba": encode(rgba, "PNG"),
+        "grey": encode(photo.convert("L"), "PNG"),
+        "palette": encode(photo.convert("P"), "PNG"),
+        "16-bit grey": encode(Image.fromarray(np.asarray(photo.convert("L"), np.uint16) * 257), "PNG"),
+    }
+
+
+@pytest.mark.parametrize("name", list(_png_variants()))
+def test_png_fast_path_gives_the_same_pixels_as_pil(name, monkeypatch):
+    """8-bit RGB PNGs go to libspng (serving.pipeline.decode._fast_png), everything else to PIL: same pictures."""
+    import builtins
+
+    data = _png_variants()[name]
+    fast = np.asarray(decode_image(data))
+    real_import = builtins.__import__
+
+    def no_pyspng(module, *args, **kwargs):
+        if module == "pyspng":
+            raise ImportError(module)
+        return real_import(module, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pyspng)
+    pil = np.asarray(decode_image(data))
+    np.testing.assert_array_equal(fast, pil)
+    assert fast.dtype == np.uint8 and fast.shape[2] == 3
+
+
+def test_png_fast_path_is_taken_for_rgb_and_broken_files_keep_their_message(monkeypatch):
+    from serving.pipeline import decode
+
+    pytest.importorskip("pyspng")
+    calls = []
+    real = decode._fast_png
+    monkeypatch.setattr(decode, "_fast_png", lambda img, data: calls.append(real(img, data)) or calls[-1])
+    data = _png_variants()["rgb"]
+    decode_image(data)
+    assert calls[-1] is not None  # libspng decoded it
+    decode_image(_png_variants()["rgba"])
+    assert calls[-1] is None  # PIL composites the alpha
+    with pytest.raises(ImageDecodeError, match="truncated"):
+        decode_image(data[: len(data) // 2])  # libspng refuses it; PIL names the problem
+    assert calls[-1] is None
