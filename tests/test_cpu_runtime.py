@@ -160,6 +160,8 @@ def test_serving_installs_no_tensorflow():
     code = "\n".join(line for line in dockerfile.lower().splitlines() if not line.lstrip().startswith("#"))
     assert "tensorflow" not in code and "keras" not in code
     assert f'"{openvino}"' in dockerfile, "the image must pin the same OpenVINO as the serve extra"
+    for pin in serve:  # the rest of what runs inside Triton, pinned alike (pytriton is the local Triton itself)
+        assert pin.startswith("nvidia-pytriton") or f'"{pin}"' in dockerfile, pin
     for backend in (ROOT / "serving" / "pipeline" / "backends").iterdir():
         if (backend / "model.py").is_file():
             line = f"COPY serving/pipeline/backends/{backend.name}/ /opt/tritonserver/backends/{backend.name}/"
