@@ -7,18 +7,36 @@ faces the models learned from.
 
 from __future__ import annotations
 
-import numpy as np
-from PIL import Image
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
+
+# numpy and PIL are imported where they are used (PEP 562 below for the two constants that are their objects):
+# the launcher, the door and the gate read names from here and from common.contract, and a scale-from-zero start
+# waits for the launcher's imports before Triton is spawned.
 
 #: Side of the square face crop each CNN takes, in pixels, by task. The two may differ: each model learned from
 #: UTKFace's 200x200 faces resized straight to its own size (docs/models.md compares the sizes).
 IMAGE_SIZES = {"age": 96, "gender": 64}
 #: Channel order of the model input (PIL's native order; no BGR anywhere).
 CHANNEL_ORDER = "RGB"
-#: Resize filter; PIL's bilinear antialiases when it shrinks, which matters at 200 -> 64.
-RESIZE_METHOD = Image.Resampling.BILINEAR
-#: Model input dtype: raw 0-255 pixels, the models rescale inside.
-INPUT_DTYPE = np.uint8
+#: ``RESIZE_METHOD``: the resize filter, PIL's bilinear (it antialiases when it shrinks, which matters at
+#: 200 -> 64). ``INPUT_DTYPE``: the model input dtype, numpy's uint8 (raw 0-255 pixels; the models rescale inside).
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RESIZE_METHOD":
+        from PIL import Image
+
+        return Image.Resampling.BILINEAR
+    if name == "INPUT_DTYPE":
+        import numpy as np
+
+        return np.uint8
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 #: SavedModel signature and Triton tensor names, fixed so configs can rely on them.
 INPUT_NAME = "image"
@@ -47,11 +65,13 @@ def to_model_input(image: Image.Image, size: int) -> np.ndarray:
     Returns:
         A ``(size, size, 3)`` uint8 array in RGB order.
     """
+    import numpy as np
+
     if image.mode != CHANNEL_ORDER:
         image = image.convert(CHANNEL_ORDER)
     if image.size != (size, size):
-        image = image.resize((size, size), RESIZE_METHOD)
-    return np.asarray(image, dtype=INPUT_DTYPE)
+        image = image.resize((size, size), __getattr__("RESIZE_METHOD"))
+    return np.asarray(image, dtype=__getattr__("INPUT_DTYPE"))
 
 
 def model_inputs(image: Image.Image) -> dict[str, np.ndarray]:

@@ -24,9 +24,6 @@ MAX_DECODED_BYTES = 64 * 2**20
 #: Decoded pixels one request may take, summed over its items (after JPEG draft reduction); items past the
 #: budget get an error, the ones before it are served. 100 MP is 32 phone photos drafted to ~3 MP each.
 REQUEST_MAX_PIXELS = 100_000_000
-#: Largest request body the front proxy accepts (serving/runtime/door.py): a full batch must average 2 MiB per image.
-#: Same value as Triton's own --http-max-input-size default in the releases that have that flag.
-REQUEST_MAX_BYTES = 64 * 2**20
 #: JPEGs larger than this on their longer side are decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling,
 #: several times faster than a full decode), never below it. Detection runs at ``faces.DETECT_MAX_SIDE``
 #: (640) anyway; twice that keeps the face crop sharp for faces down to ~1/20 of the picture's side.

@@ -8,7 +8,7 @@ installs it). :func:`nginx_config` writes the whole configuration, used both by 
 
 Limits, per request:
 
-* body: :data:`MAX_BODY` = ``serving.pipeline.decode.REQUEST_MAX_BYTES`` (64 MiB of images) + 1 MiB for the JSON or
+* body: :data:`MAX_BODY` = :data:`REQUEST_MAX_BYTES` (64 MiB of images) + 1 MiB for the JSON or
   protobuf framing; larger gets HTTP 413 / gRPC RESOURCE_EXHAUSTED;
 * compression: HTTP ``Content-Encoding`` or gRPC ``grpc-encoding`` other than identity is refused
   (HTTP 415 / gRPC INVALID_ARGUMENT) since the inflated size would be unbounded inside Triton;
@@ -43,7 +43,6 @@ import textwrap
 from pathlib import Path
 
 from common.contract import PUBLIC_MODELS
-from serving.pipeline.decode import REQUEST_MAX_BYTES
 from serving.runtime.security import ADMIN_HEADER
 from serving.runtime.subproc import stop_process
 
@@ -53,6 +52,9 @@ except ImportError:  # not POSIX
     resource = None
 
 #: Largest request body accepted at the door (images plus framing).
+#: Largest request body of images the door accepts: a full batch must average 2 MiB per image. Same value as
+#: Triton's own --http-max-input-size default in the releases that have that flag.
+REQUEST_MAX_BYTES = 64 * 2**20
 MAX_BODY = REQUEST_MAX_BYTES + 2**20
 #: Longest a request may take from the door's point of view (queueing and inference). The worst single
 #: request is bounded by the per-request pixel budget (serving.pipeline.decode.REQUEST_MAX_PIXELS, ~5 s of decoding on

@@ -47,6 +47,7 @@ from serving.runtime import security
 from serving.runtime.door import MAX_BODY
 from serving.runtime.gate_check import Refused, check_grpc_infer, model_for
 from serving.runtime.gate_http import HttpGate
+from serving.runtime.gate_process import READY_LINE, UPSTREAM_HEADERS_ENV
 from serving.runtime.gate_relay import NOT_FROM_THE_DOOR, UNREACHABLE, Upstream, bounded, from_the_door, is_admin
 
 SERVICE = "/inference.GRPCInferenceService/"
@@ -75,8 +76,6 @@ NAMED_RPCS = {
 }
 OPEN_RPCS = frozenset({"ServerLive", "ServerReady", "ServerMetadata", "ModelInfer", *NAMED_RPCS})
 #: Environment variable with the headers / metadata the gate adds to every call to Triton (a JSON object).
-UPSTREAM_HEADERS_ENV = "GATE_UPSTREAM_HEADERS"
-READY_LINE = "gate listening"
 _MESSAGE_OPTIONS = [("grpc.max_receive_message_length", MAX_BODY), ("grpc.max_send_message_length", MAX_BODY)]
 #: The gate starts before Triton listens, so its first connection attempts fail; gRPC's default reconnect backoff
 #: (1 s, growing 1.6x) then held the first answer of a cold start about 2 s after Triton was ready (measured with

@@ -12,12 +12,16 @@ from pathlib import Path
 
 from serving.runtime import children, ports, security
 from serving.runtime.errors import TritonStartError
-from serving.runtime.gate import READY_LINE, UPSTREAM_HEADERS_ENV
 from serving.runtime.subproc import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Seconds the gate may take to listen (imports grpc, aiohttp and protobuf: ~1 s on an idle core).
 START_TIMEOUT_S = 30.0
+#: The gate's environment variable for the headers it adds upstream, and the line it prints once it listens. Here,
+#: not in gate.py, so that the launcher starts without importing the gate's grpc and aiohttp (a cold start waits
+#: for the launcher's imports before Triton is spawned).
+UPSTREAM_HEADERS_ENV = "GATE_UPSTREAM_HEADERS"
+READY_LINE = "gate listening"
 
 
 class GateProcess:
