@@ -226,7 +226,12 @@ class HttpTransport:
         inp = self._mod.InferInput(input_name, list(batch.shape), "BYTES")
         inp.set_data_from_numpy(batch, binary_data=True)
         requested = [self._mod.InferRequestedOutput(name, binary_data=True) for name in outputs]
+        start = time.monotonic()
         result = self._client().infer(model, [inp], outputs=requested)
+        # network_timeout only bounds each wait on the socket: on a busy machine this thread may read the answer
+        # at once after the server took longer than the timeout. The timeout is for the whole call, as over gRPC.
+        if time.monotonic() - start > self._timeout:
+            raise TimeoutError(f"no answer within {self._timeout:g} s")
         return {name: result.as_numpy(name) for name in outputs}
 
     def close(self) -> None:

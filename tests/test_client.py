@@ -526,3 +526,32 @@ def test_grpc_timeout_counts_from_the_call_not_from_when_the_thread_runs_again()
     finally:
         transport._client = real
         transport.close()
+
+
+def test_http_timeout_is_for_the_whole_call_not_each_socket_wait():
+    # geventhttpclient's network_timeout bounds each wait on the socket; a descheduled caller finds the late answer
+    # already there and never waits. The call as a whole must still count as timed out.
+    from client.transports import HttpTransport
+
+    class Late:
+        def __init__(self, delay: float) -> None:
+            self.delay = delay
+
+        def infer(self, model, inputs, outputs):
+            time.sleep(self.delay)
+
+            class Result:
+                def as_numpy(self, name):
+                    return np.zeros((1, 1), np.float32)
+
+            return Result()
+
+    transport = HttpTransport("127.0.0.1:1", timeout=0.005, ssl=False, root_certificates=None)
+    try:
+        transport._local.client = Late(0.05)
+        with pytest.raises(TimeoutError, match="no answer within 0.005 s"):
+            transport.infer("m", "image", np.array([[b"x"]], dtype=np.object_), ["age"])
+        transport._local.client = Late(0.0)
+        assert transport.infer("m", "image", np.array([[b"x"]], dtype=np.object_), ["age"])["age"].shape == (1, 1)
+    finally:
+        transport.close()
