@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from serving.pipeline.background import Background, NotReady
 
+ROOT = Path(__file__).resolve().parents[1]
 
-def test_builds_once_in_its_own_thread_at_normal_priority_and_get_waits_for_it():
+
+def test_builds_once_at_the_lowest_priority_and_get_waits_for_it():
     release, seen = threading.Event(), []
 
     def factory():
-        seen.append((threading.get_ident(), os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
         release.wait(5)
         return object()
 
@@ -27,8 +31,28 @@ def test_builds_once_in_its_own_thread_at_normal_priority_and_get_waits_for_it()
     release.set()
     value = built.get(timeout=5)
     assert built.ready and built.get() is value and len(seen) == 1
-    # Not this thread; and not a lower priority, which the runtime's worker threads would inherit for good.
-    assert seen[0][0] != threading.get_ident() and seen[0][1] == here
+    assert seen == [19]  # the building thread only...
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == here  # ...not the caller's
+
+
+def test_detectors_built_in_the_background_serve_at_normal_priority():
+    """OpenVINO's inference threads keep the priority of the thread that compiles: the detectors compile on first
+    use, in the caller's thread, so no thread that serves a detection runs at the builder's nice 19."""
+    from PIL import Image
+
+    from serving.pipeline.detect import FaceCropper
+
+    here = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    built = Background(FaceCropper, name="face detector")
+    cropper = built.get(timeout=60)
+    built._thread.join(5)  # the builder itself, gone once done
+    portrait = Image.open(ROOT / "gradio_frontend" / "examples" / "grace_hopper.jpg").convert("RGB")
+    assert cropper(portrait) is not None
+    nices = {}
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(OSError):
+            nices[task.name] = int((task / "stat").read_text().rsplit(")", 1)[1].split()[16])
+    assert set(nices.values()) == {here}, nices
 
 
 def test_a_failed_build_fails_each_request_with_its_cause():

