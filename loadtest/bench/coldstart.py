@@ -40,6 +40,7 @@ from pathlib import Path
 from client import AgeGenderClient, AgeGenderError
 from loadtest import procs
 from serving.runtime.launch import DEFAULT_REPOSITORY, SHM_DIR, SHM_PREFIX, free_port
+from serving.runtime.server import STAGE_FOLDER
 
 PORTRAIT = Path(__file__).resolve().parents[2] / "gradio_frontend" / "examples" / "grace_hopper.jpg"
 #: What the first request is: ``crop``, an aligned 200x200 face crop through ``age_gender_crop`` (what issue 15
@@ -122,7 +123,9 @@ def _snapshot(grpc_port: str) -> dict:
                 stubs.append({"argv": argv[1:], "start": procs.started_at(pid)})
             else:
                 # Staged by the launcher (storage.stage): Triton serves the local copy it was given.
-                staged = [a.split("=", 1)[1] for a in argv if a.startswith("--model-repository=") and "/s3-stage" in a]
+                staged = [
+                    a.split("=", 1)[1] for a in argv if a.startswith("--model-repository=") and f"/{STAGE_FOLDER}" in a
+                ]
                 mount = staged[0] if staged else mount
                 env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
                 mount = next(

@@ -49,7 +49,7 @@ SKIP_SUFFIXES = (".pyc", ".pyo", "~")
 # (HEAD bucket, listings, GET; loadtest.bench.coldstart --s3), whatever the object's size. export.json, which
 # names the training run a version came from, is kept as the bucket's provenance.
 NOT_SERVED = {"README.md", "history.csv", "training_config.json"}
-KEEP = ".keep"  # placeholder object that makes an otherwise empty version folder exist
+KEEP = storage.KEEP  # placeholder object that makes an otherwise empty version folder exist (staging skips it)
 
 
 def _skipped(name: str) -> bool:

@@ -165,6 +165,11 @@ def decode_upload(
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
 
 
+def _png_depth_and_colour(data: bytes) -> tuple[int, int] | None:
+    """Bit depth and colour type from a PNG's IHDR chunk (2 = RGB), or None when the first chunk is not IHDR."""
+    return struct.unpack(">BB", data[24:26]) if data[12:16] == b"IHDR" else None
+
+
 def _fast_png(img: Image.Image, data: bytes) -> Image.Image | None:
     """The picture of an 8-bit RGB PNG decoded by libspng (pyspng), else None for PIL to decode.
 
@@ -174,7 +179,7 @@ def _fast_png(img: Image.Image, data: bytes) -> Image.Image | None:
     Anything else (16-bit, palette, grey, alpha or tRNS, an eXIf orientation to apply, pyspng not installed, a
     file libspng refuses) goes to PIL, whose messages for broken files the callers already show.
     """
-    if img.format != "PNG" or data[12:16] != b"IHDR" or struct.unpack(">BB", data[24:26]) != (8, 2):
+    if img.format != "PNG" or _png_depth_and_colour(data) != (8, 2):
         return None
     if "transparency" in img.info or b"eXIf" in data:
         return None
@@ -194,9 +199,9 @@ def _fast_png(img: Image.Image, data: bytes) -> Image.Image | None:
 def _decoded_bytes(img: Image.Image, data: bytes) -> int:
     """Bytes the decoder will produce for ``img`` (its current, possibly drafted, size)."""
     width, height = img.size
-    if img.format == "PNG" and data[12:16] == b"IHDR":
+    if img.format == "PNG" and (header := _png_depth_and_colour(data)) is not None:
         # The inflated stream: PIL reports 16-bit RGB as mode RGB, but inflating it costs 6 bytes per pixel.
-        depth, colour = struct.unpack(">BB", data[24:26])
+        depth, colour = header
         return height * (1 + math.ceil(width * _PNG_CHANNELS.get(colour, 4) * depth / 8))
     sample = 4 if img.mode in ("I", "F") else 2 if ";16" in img.mode else 1
     return width * height * len(img.getbands()) * sample

@@ -51,10 +51,10 @@ try:
 except ImportError:  # not POSIX
     resource = None
 
-#: Largest request body accepted at the door (images plus framing).
 #: Largest request body of images the door accepts: a full batch must average 2 MiB per image. Same value as
 #: Triton's own --http-max-input-size default in the releases that have that flag.
 REQUEST_MAX_BYTES = 64 * 2**20
+#: Largest request body accepted at the door (images plus framing).
 MAX_BODY = REQUEST_MAX_BYTES + 2**20
 #: Longest a request may take from the door's point of view (queueing and inference). The worst single
 #: request is bounded by the per-request pixel budget (serving.pipeline.decode.REQUEST_MAX_PIXELS, ~5 s of decoding on

@@ -44,6 +44,9 @@ STABLE_S = 60.0
 #: Seconds readiness is off before new requests are refused, when stopping (``make serve``, ``make demo``): long
 #: enough for a load balancer polling readiness every second or so to stop sending new work here.
 DRAIN_GRACE_S = 2.0
+#: The folder, inside the run folder, that a staged s3:// repository is copied to (loadtest.bench.coldstart finds
+#: it on Triton's command line).
+STAGE_FOLDER = "s3-stage"
 
 
 def default_ov_cache() -> Path:
@@ -230,10 +233,13 @@ class TritonServer:
         # *other* server ("ready in 0.0 s") while this one fails behind it.
         ports.check_free(self.host, self.public_ports())
         if storage.is_s3(self.model_repository):
-            try:
-                storage.preflight(self.model_repository)
-            except storage.StorageError as err:
-                raise TritonStartError(str(err)) from None
+            # Staging (below) lists the bucket once with the same checks; Triton reading it itself reports a wrong
+            # key or an empty prefix only as load errors in its log, so ask first.
+            if self.s3_read == "triton":
+                try:
+                    storage.preflight(self.model_repository)
+                except storage.StorageError as err:
+                    raise TritonStartError(str(err)) from None
         elif not self.model_repository.is_dir():
             raise TritonStartError(f"Model repository {self.model_repository} does not exist.")
         self._stopping.clear()
@@ -269,7 +275,7 @@ class TritonServer:
     def _stage(self) -> None:
         """Copies the s3:// repository into the run folder (removed by stop() and the reaper) before Triton starts."""
         try:
-            self.staged = storage.stage(str(self.model_repository), Path(self._run_dir()) / "s3-stage")
+            self.staged = storage.stage(str(self.model_repository), Path(self._run_dir()) / STAGE_FOLDER)
         except storage.StorageError as err:
             self.stop()
             raise TritonStartError(str(err)) from None

@@ -125,7 +125,12 @@ def list_keys(location: S3Location, s3=None, prefix: str | None = None) -> list[
 def preflight(uri: str) -> list[str]:
     """Checks that the credentials can list ``uri`` and that it holds models; returns the model names."""
     location = S3Location.parse(uri)
-    models = sorted({k.split("/")[0] for k in list_keys(location) if k.endswith("/config.pbtxt") and k.count("/") == 1})
+    return models_in(location, list_keys(location))
+
+
+def models_in(location: S3Location, keys: list[str]) -> list[str]:
+    """The model names among ``keys`` (a listing relative to ``location``); StorageError when there is none."""
+    models = sorted({k.split("/")[0] for k in keys if k.endswith("/config.pbtxt") and k.count("/") == 1})
     if not models:
         raise StorageError(
             f"no models under {location}: expected MODEL/config.pbtxt objects; "
@@ -142,6 +147,8 @@ def preflight(uri: str) -> list[str]:
 #: ``auto`` (the default): ``triton`` under explicit or poll model control, where the bucket may change under a
 #: running server, else ``stage``.
 READ_MODES = ("auto", "stage", "triton")
+#: The publisher's placeholder object that makes an otherwise empty version folder (an ensemble's ``1/``) exist.
+KEEP = ".keep"
 
 
 def read_mode(mode: str, triton_args: tuple[str, ...] | list[str]) -> str:
@@ -178,9 +185,9 @@ def _local_path(dest: Path, relative_key: str) -> Path:
 def stage(uri: str, dest: str | Path, *, workers: int = STAGE_WORKERS) -> Staged:
     """Copies every object under ``uri`` into the empty folder ``dest`` (created private); returns the counts.
 
-    One listing, then GETs in ``workers`` threads. A version folder that exists only as the publisher's empty
-    ``.keep`` placeholder (an ensemble's ``1/``) becomes an empty folder. Keys that would escape ``dest`` are
-    refused before anything is written.
+    One client and one listing, which also does :func:`preflight`'s checks (credentials, bucket, models present),
+    then GETs in ``workers`` threads. A version folder that exists only as the publisher's :data:`KEEP`
+    placeholder becomes an empty folder. Keys that would escape ``dest`` are refused before anything is written.
     """
     import concurrent.futures
     import time
@@ -195,12 +202,13 @@ def stage(uri: str, dest: str | Path, *, workers: int = STAGE_WORKERS) -> Staged
         raise StorageError(f"staging folder {dest} is not empty")
     s3 = client(location)
     keys = list_keys(location, s3)
+    models_in(location, keys)
     targets = {key: _local_path(dest, key) for key in keys}
     for path in targets.values():
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def get(key: str) -> int:
-        if key.rsplit("/", 1)[-1] == ".keep":
+        if key.rsplit("/", 1)[-1] == KEEP:
             return 0
         try:
             body = s3.get_object(Bucket=location.bucket, Key=location.key(key))["Body"].read()
