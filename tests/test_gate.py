@@ -11,6 +11,8 @@ import os
 import re
 import signal
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -61,6 +63,20 @@ def test_declared_shapes_outside_the_schema_are_refused(shape):
     header = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": shape, "parameters": {"binary_data_size": 5}}]}
     with pytest.raises(gate_check.Refused, match="shape"):
         gate_check.check_http_infer(CROP, header, struct.pack("<I", 1) + b"x")
+
+
+def test_the_gate_parses_messages_without_the_grpc_client():
+    """The gate starts beside Triton's stubs on a cold start: its message classes come without tritonclient's gRPC
+    client, numpy and ml_dtypes (serving/runtime/triton_messages.py), and are the classes the client uses."""
+    code = (
+        "import sys, serving.runtime.gate as g; "
+        "print(','.join(m for m in ('numpy', 'ml_dtypes', 'tritonclient.grpc') if m in sys.modules)); "
+        "r = g.pb.ModelInferRequest(model_name='m', inputs=[g.pb.ModelInferRequest.InferInputTensor(shape=[1])]); "
+        "import tritonclient.grpc; from tritonclient.grpc import service_pb2; "
+        "print(service_pb2.ModelInferRequest.FromString(r.SerializeToString()).inputs[0].shape, service_pb2 is g.pb)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:2] == ["", "[1] True"], out.stdout
 
 
 def test_element_count_must_match_the_data():

@@ -93,3 +93,17 @@ def test_import_leaves_the_converter_out():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     # Left out at import; still there for a later conversion in the same process.
     assert out.stdout.split() == ["False", "True", "True", "True"]
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_threads_are_never_pinned_to_cores(tmp_path, monkeypatch, cached):
+    """Every stub compiles through compile_model; OpenVINO's default pins each model's threads from the first core
+    on, so the stubs' threads piled onto one core (crop path at c=16: 113 -> 137 req/s unpinned)."""
+    monkeypatch.setenv(ov_runtime.ENV, str(tmp_path / "cache") if cached else "")
+    save(tmp_path / "m.xml", 2.0)
+    core = ov.Core()
+    assert core.get_property("CPU", "ENABLE_CPU_PINNING") is True  # the default this guards against, on Linux
+    for _ in range(2):  # the second compile loads the cached blob, when there is a cache
+        compiled = ov_runtime.compile_model(core, core.read_model(str(tmp_path / "m.xml")), CONFIG)
+        assert compiled.get_property("ENABLE_CPU_PINNING") is False
+        assert compiled.get_property("INFERENCE_NUM_THREADS") == 1

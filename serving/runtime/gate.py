@@ -41,7 +41,7 @@ import sys
 import grpc
 from aiohttp import web
 from google.protobuf.message import DecodeError
-from tritonclient.grpc import service_pb2 as pb
+from serving.runtime.triton_messages import service_pb2 as pb
 
 from serving.runtime import security
 from serving.runtime.door import MAX_BODY

@@ -85,11 +85,19 @@ def cache_dir() -> str | None:
     return str(folder)
 
 
+#: Settings for every model compiled here. OpenVINO pins each compiled model's threads to cores by default on Linux
+#: (ENABLE_CPU_PINNING), and every stub pins its own from the first core on: age's two threads, gender's one and the
+#: detectors' then fought over the same core while the other idled, and a parallel inference waits for its slowest
+#: thread. Unpinned, the kernel spreads the stubs' threads over the cores.
+SHARED_CPU = {"ENABLE_CPU_PINNING": False}
+
+
 def compile_model(core: Any, model: Any, config: dict[str, Any]) -> Any:
     """``core.compile_model(model, "CPU", config)`` through the cache when there is one.
 
     ``model`` is an ``ov.Model`` (not a path): OpenVINO then keys the blob by the model's content, so a file
     replaced under the same name can never load the old blob.
     """
+    config = {**SHARED_CPU, **config}
     folder = cache_dir()
     return core.compile_model(model, "CPU", {**config, "CACHE_DIR": folder} if folder else config)
