@@ -41,7 +41,6 @@ import sys
 import grpc
 from aiohttp import web
 from google.protobuf.message import DecodeError
-from serving.runtime.triton_messages import service_pb2 as pb
 
 from serving.runtime import security
 from serving.runtime.door import MAX_BODY
@@ -49,6 +48,7 @@ from serving.runtime.gate_check import Refused, check_grpc_infer, model_for
 from serving.runtime.gate_http import HttpGate
 from serving.runtime.gate_process import READY_LINE, UPSTREAM_HEADERS_ENV
 from serving.runtime.gate_relay import NOT_FROM_THE_DOOR, UNREACHABLE, Upstream, bounded, from_the_door, is_admin
+from serving.runtime.triton_messages import service_pb2 as pb
 
 SERVICE = "/inference.GRPCInferenceService/"
 #: RPCs whose API group is restricted (security.RESTRICTED_APIS), by Triton's grouping.
