@@ -92,10 +92,20 @@ def test_every_copied_path_exists(compose):
         ROOT / s["build"]["context"] / s["build"]["dockerfile"] for s in compose["services"].values() if "build" in s
     }
     for dockerfile in dockerfiles:
-        for line in _dockerfile_lines(dockerfile):
+        lines = _dockerfile_lines(dockerfile)
+        froms = [line for line in lines if line.upper().startswith("FROM ")]
+        stages = {shlex.split(line)[-1] for line in froms if " AS " in line.upper()}
+        for line in lines:
             if not line.upper().startswith(("COPY ", "ADD ")):
                 continue
-            args = [a for a in shlex.split(line)[1:] if not a.startswith("--")]
+            words = shlex.split(line)[1:]
+            stage = next((w.split("=", 1)[1] for w in words if w.startswith("--from=")), None)
+            args = [a for a in words if not a.startswith("--")]
+            if stage is not None:
+                # From an earlier build stage, not the context: the stage must be defined here, and what it copies
+                # is made inside it (a path on this machine, e.g. /tmp/..., says nothing about it).
+                assert stage in stages, f"{dockerfile.name}: {line!r} copies from undefined stage {stage}"
+                continue
             for src in args[:-1]:
                 assert (ROOT / src).exists(), f"{dockerfile.name}: {line!r} copies missing {src}"
 
