@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from common import contract
 from serving.runtime import binary, door, security
 
 #: Triton's own shutdown bound (--exit-timeout-secs): by the time it gets SIGTERM the door has drained, so
@@ -19,6 +20,27 @@ CONFIG_NAMES = ("auto", "cpu", "default")
 #: while the first four's stubs were still importing (cold-start breakdown, docs/performance.md), so the start
 #: ended with one model loading alone. All at once, the two cores are busy from the first second to the last.
 MODEL_LOAD_THREADS = 8
+
+
+#: What a cold start loads first: the crop path. The rest (the detection ensemble with its detectors, `faces`, and any
+#: other model in the folder) loads right after it is ready (server.py, ``TritonServer._load_the_rest``): eight stubs
+#: starting at once on two cores held the first crop answer 1.5 -> 2.5 s (docs/performance.md, cold start).
+FIRST_MODEL = contract.CROP_ENSEMBLE
+
+
+def loads_first(model_repository: str | Path, extra_args: tuple[str, ...]) -> bool:
+    """Whether Triton starts with the crop path only: under Triton's default model control (the caller chose none),
+    from a local folder that holds the crop ensemble. Anything else loads as the caller's control mode says."""
+    if any(arg.startswith(("--model-control-mode", "--load-model")) for arg in extra_args):
+        return False
+    folder = Path(model_repository)
+    return folder.is_dir() and (folder / FIRST_MODEL / "config.pbtxt").is_file()
+
+
+def first_args() -> tuple[str, ...]:
+    """Triton's arguments for :func:`loads_first`: explicit control, loading the crop ensemble (Triton loads the
+    models an ensemble steps through with it); the launcher loads the rest through the repository API."""
+    return ("--model-control-mode=explicit", f"--load-model={FIRST_MODEL}")
 
 
 def resolve_config_name(config_name: str) -> str:

@@ -46,8 +46,16 @@ from serving.runtime import security
 from serving.runtime.door import MAX_BODY
 from serving.runtime.gate_check import Refused, check_grpc_infer, model_for
 from serving.runtime.gate_http import HttpGate
-from serving.runtime.gate_process import READY_LINE, UPSTREAM_HEADERS_ENV
-from serving.runtime.gate_relay import NOT_FROM_THE_DOOR, UNREACHABLE, Upstream, bounded, from_the_door, is_admin
+from serving.runtime.gate_process import LATER_MODELS_ENV, READY_LINE, UPSTREAM_HEADERS_ENV
+from serving.runtime.gate_relay import (
+    NOT_FROM_THE_DOOR,
+    UNREACHABLE,
+    Loading,
+    Upstream,
+    bounded,
+    from_the_door,
+    is_admin,
+)
 from serving.runtime.triton_messages import service_pb2 as pb
 
 SERVICE = "/inference.GRPCInferenceService/"
@@ -113,6 +121,7 @@ class GrpcGate(grpc.GenericRpcHandler):
         # The door presents the same internal key it gives Triton; other local callers of the gate's port do not.
         self.door_key = upstream_headers.get(security.GRPC_INTERNAL_METADATA)
         self.upstream = upstream
+        self.loading = Loading((), self.model_ready)  # serve() sets the models loaded after the crop path
         self.stubs = {}
         # Built once per RPC name: service() runs for every call.
         self.handlers = {rpc: self._handler(rpc) for rpc in (*OPEN_RPCS, *ADMIN_RPCS)}
@@ -141,9 +150,12 @@ class GrpcGate(grpc.GenericRpcHandler):
         given = dict(context.invocation_metadata() or ())
         if not from_the_door(self.door_key, given.get(security.GRPC_INTERNAL_METADATA)):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, NOT_FROM_THE_DOOR)
+        name = None
         try:
             if rpc == "ModelInfer":
-                check_grpc_infer(pb.ModelInferRequest.FromString(request))
+                parsed = pb.ModelInferRequest.FromString(request)
+                check_grpc_infer(parsed)
+                name = parsed.model_name
             elif rpc in NAMED_RPCS:
                 name = NAMED_RPCS[rpc].FromString(request).name
                 if not is_admin(self.admin_key, self._given(context)):  # operators (rollout) read internal models
@@ -160,10 +172,20 @@ class GrpcGate(grpc.GenericRpcHandler):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the {rpc} request is not a valid protobuf message")
         except Refused as refusal:
             await context.abort(getattr(grpc.StatusCode, refusal.code), bounded(str(refusal)))
+        if name is not None and rpc != "ModelReady":  # readiness is answered as it is, loading or not
+            await self.loading.wait(name)
         status, payload = await self.upstream.run(self._call(rpc, request, metadata))
         if status is not None:
             await context.abort(status, payload)
         return payload
+
+    async def model_ready(self, name: str) -> bool:
+        """Whether Triton has the model ready (for :class:`Loading`); False while it cannot be reached."""
+        try:
+            answer = await self._call("ModelReady", pb.ModelReadyRequest(name=name).SerializeToString(), self.metadata)
+        except grpc.aio.AioRpcError:
+            return False
+        return answer[0] is None and pb.ModelReadyResponse.FromString(answer[1]).ready
 
     @staticmethod
     def _given(context) -> str:
@@ -191,12 +213,16 @@ def _split(address: str) -> tuple[str, int]:
 async def serve(args, admin_key: str, upstream_headers: dict[str, str], stop: asyncio.Event) -> None:
     upstream = Upstream()
     grpc_gate = GrpcGate(args.triton_grpc, admin_key, upstream_headers, upstream)
+    later = [m for m in os.environ.get(LATER_MODELS_ENV, "").split(",") if m]
+    grpc_gate.loading = loading = Loading(later, grpc_gate.model_ready)
     server = grpc.aio.server(options=_SERVER_OPTIONS, maximum_concurrent_rpcs=None)
     server.add_generic_rpc_handlers((grpc_gate,))
     if server.add_insecure_port(args.grpc) == 0:
         raise OSError(f"cannot listen on {args.grpc}")
     await server.start()
-    runner = web.AppRunner(HttpGate(args.triton_http, admin_key, upstream_headers, upstream).app(), access_log=None)
+    runner = web.AppRunner(
+        HttpGate(args.triton_http, admin_key, upstream_headers, upstream, loading).app(), access_log=None
+    )
     await runner.setup()
     host, port = _split(args.http)
     await web.TCPSite(runner, host, port).start()

@@ -17,6 +17,7 @@ from serving.runtime.gate_relay import (
     MAX_UPSTREAM,
     NOT_FROM_THE_DOOR,
     UNREACHABLE,
+    Loading,
     Upstream,
     bounded,
     from_the_door,
@@ -50,13 +51,21 @@ class HttpGate:
     metadata, config and readiness of any model when the caller presents an admin key (the operators' tools, such
     as serving.ops.rollout, read the internal models' configs); everything else nginx answers or passes itself."""
 
-    def __init__(self, triton_http: str, admin_key: str, upstream_headers: dict[str, str], upstream: Upstream):
+    def __init__(
+        self,
+        triton_http: str,
+        admin_key: str,
+        upstream_headers: dict[str, str],
+        upstream: Upstream,
+        loading: Loading | None = None,
+    ):
         self.base = f"http://{triton_http}"
         self.admin_key = admin_key
         self.headers = dict(upstream_headers)
         # The door presents the same internal key it gives Triton; other local callers of the gate's port do not.
         self.door_key = upstream_headers.get(security.INTERNAL_HEADER)
         self.upstream = upstream
+        self.loading = loading  # the models Triton loads after the crop path (gate_relay.Loading)
         self.session: aiohttp.ClientSession | None = None
 
     def app(self) -> web.Application:
@@ -123,6 +132,8 @@ class HttpGate:
         headers = {"Content-Type": request.headers.get("Content-Type", "application/octet-stream"), **self.headers}
         if length is not None:
             headers["Inference-Header-Content-Length"] = str(split)
+        if self.loading is not None:
+            await self.loading.wait(name)
         return await self.upstream.run(self._forward(path, body, headers))
 
     def _about(self, suffix: str):

@@ -21,18 +21,29 @@ START_TIMEOUT_S = 30.0
 #: not in gate.py, so that the launcher starts without importing the gate's grpc and aiohttp (a cold start waits
 #: for the launcher's imports before Triton is spawned).
 UPSTREAM_HEADERS_ENV = "GATE_UPSTREAM_HEADERS"
+#: The public models Triton loads after the crop path (comma-separated): their requests wait at the gate until ready.
+LATER_MODELS_ENV = "GATE_LATER_MODELS"
 READY_LINE = "gate listening"
 
 
 class GateProcess:
     """``python -m serving.runtime.gate`` on two free loopback ports (``grpc`` / ``http`` are ``host:port``)."""
 
-    def __init__(self, *, triton_http: str, triton_grpc: str, admin_key: str, upstream_headers: dict[str, str]):
+    def __init__(
+        self,
+        *,
+        triton_http: str,
+        triton_grpc: str,
+        admin_key: str,
+        upstream_headers: dict[str, str],
+        later_models: tuple[str, ...] = (),
+    ):
         self.grpc = f"127.0.0.1:{ports.free_port()}"
         self.http = f"127.0.0.1:{ports.free_port()}"
         self.triton_http, self.triton_grpc = triton_http, triton_grpc
         self.admin_key = admin_key
         self.upstream_headers = upstream_headers
+        self.later_models = later_models
         self.log: collections.deque[str] = collections.deque(maxlen=100)
         self.restarts = 0
         self.proc = None
@@ -46,6 +57,7 @@ class GateProcess:
         # Secrets in the environment (owner-only in /proc), never in argv.
         env[security.ADMIN_KEY_ENV] = self.admin_key
         env[UPSTREAM_HEADERS_ENV] = json.dumps(self.upstream_headers)
+        env[LATER_MODELS_ENV] = ",".join(self.later_models)
         cmd = [sys.executable, "-m", "serving.runtime.gate", "--grpc", self.grpc, "--http", self.http]
         return [*cmd, "--triton-grpc", self.triton_grpc, "--triton-http", self.triton_http], env
 

@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+from collections.abc import Awaitable, Callable
 
 #: Most bytes of an error message passed back (Triton echoes caller-chosen names into its messages).
 ERROR_BYTES = 1024
 #: Most calls in flight to Triton at once; more wait here (Triton's own queues hold far fewer).
 MAX_UPSTREAM = 256
 UNREACHABLE = "Triton is not reachable (restarting?); retry shortly"
+#: How long a request for a model that Triton loads after the crop path (server.py, command.loads_first) waits here
+#: for it: its load takes about 0.4 s on the development machine; past this the request goes on and gets Triton's
+#: own answer.
+LOADING_WAIT_S = 30.0
+#: How often a waiting request asks Triton whether its model is ready.
+LOADING_POLL_S = 0.05
 NOT_FROM_THE_DOOR = "call the public port: the gate serves the front door only"
 
 
@@ -57,3 +64,24 @@ class Upstream:
     async def drain(self, timeout: float) -> None:
         if self.tasks:
             await asyncio.wait(list(self.tasks), timeout=timeout)
+
+
+class Loading:
+    """The public models Triton loads after the crop path: a request for one of them that comes first waits here
+    until Triton has it ready (at most :data:`LOADING_WAIT_S`), instead of getting "unknown model". Once a model is
+    ready it is forgotten, so later requests pay nothing. ``is_ready(name)`` asks Triton."""
+
+    def __init__(self, models, is_ready: Callable[[str], Awaitable[bool]]):
+        self.pending = set(models)
+        self.is_ready = is_ready
+
+    async def wait(self, model: str) -> None:
+        if model not in self.pending:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LOADING_WAIT_S
+        while model in self.pending and loop.time() < deadline:
+            if await self.is_ready(model):
+                self.pending.discard(model)
+                return
+            await asyncio.sleep(LOADING_POLL_S)

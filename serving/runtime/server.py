@@ -11,16 +11,20 @@ new requests refused at the door, accepted ones finish, then Triton stops); a re
 from __future__ import annotations
 
 import collections
+import json
 import os
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
 
+from common import contract
 from serving.pipeline.backends.openvino_savedmodel import ov_runtime
 from serving.runtime import binary, children, command, ports, security, shm_guard, storage
 from serving.runtime import door as proxy
@@ -47,6 +51,9 @@ DRAIN_GRACE_S = 2.0
 #: The folder, inside the run folder, that a staged s3:// repository is copied to (loadtest.bench.coldstart finds
 #: it on Triton's command line).
 STAGE_FOLDER = "s3-stage"
+#: How long the launcher gives the models loaded after the crop path (command.loads_first), each; a load that has not
+#: finished by then is reported, and its requests get Triton's own error.
+LATER_LOAD_TIMEOUT_S = 120.0
 
 
 def default_ov_cache() -> Path:
@@ -126,6 +133,12 @@ class TritonServer:
         self._stopping = threading.Event()
         self._ready_once = False
         self._final_code: int | None = None
+        # Crop path first, the rest right after (command.loads_first); decided at start(), when the folder is known.
+        self.loads_first = False
+        self._rest_loaded = threading.Event()
+        self._later_failures: list[str] = []
+        #: Seconds to hold the loads after the crop path is ready: 0, except in tests that need the gap to be long.
+        self.later_load_delay_s = 0.0
 
     @property
     def _client_host(self) -> str:
@@ -183,6 +196,7 @@ class TritonServer:
         executable, backends = binary.container_binary(), None
         if executable is None:
             executable, backends = binary.pip_triton(Path(self._run_dir()), env)
+        extra_args = (*self.extra_args, *command.first_args()) if self.loads_first else self.extra_args
         # Keys travel in the environment; Triton's argv holds placeholders (serving/runtime/argv_secret.c). Behind
         # the door, Triton's own ports also want the internal key for inference, which only the door presents.
         keys = {security.ADMIN_KEY_ENV: self.admin_key}
@@ -205,7 +219,7 @@ class TritonServer:
             shm_prefix=self.shm_prefix,
             admin_key=hidden[security.ADMIN_KEY_ENV],
             internal_key=hidden.get(security.INTERNAL_KEY_ENV),
-            extra_args=self.extra_args,
+            extra_args=extra_args,
         )
         return [executable, *args, hidden[security.PRELOAD_CHECK_ENV]], env
 
@@ -255,6 +269,9 @@ class TritonServer:
         self._tell_reaper(f"shm {self.shm_prefix}")
         if storage.is_s3(self.model_repository) and self.s3_read == "stage":
             self._stage()
+        if self.staged is not None or not storage.is_s3(self.model_repository):
+            folder = self.staged.folder if self.staged is not None else self.model_repository
+            self.loads_first = command.loads_first(folder, self.extra_args)
         if self.front_door:
             self.triton_http_port, self.triton_grpc_port = ports.free_port(), ports.free_port()
         # Triton first: loading its models is the longest part of a start, and the gate's and nginx's own starts
@@ -295,6 +312,7 @@ class TritonServer:
             triton_grpc=f"127.0.0.1:{self.triton_grpc_port}",
             admin_key=self.admin_key,
             upstream_headers=security.internal_headers(security.internal_key()),
+            later_models=self.later_models(),
         )
         self._gate.on_start = lambda proc: self._tell_reaper(f"pgid {proc.pid}")
         self._gate.start()
@@ -319,10 +337,76 @@ class TritonServer:
 
     def _spawn_triton(self) -> None:
         cmd, env = self.command()
+        self._rest_loaded.clear()
         self._proc = children.spawn(cmd, env=env, private=True)
         self._tell_reaper(f"pgid {self._proc.pid}")
         self._reader = threading.Thread(target=self._read_logs, args=(self._proc, self._log), daemon=True)
         self._reader.start()
+        if self.loads_first:  # after every (re)start: a restarted Triton loads the crop path first again
+            threading.Thread(target=self._load_the_rest, args=(self._proc,), daemon=True).start()
+        else:
+            self._rest_loaded.set()
+
+    def _triton_http(self, path: str, *, post: bool = False, timeout: float = 2.0) -> tuple[int, bytes]:
+        """A call to Triton's own HTTP port (not through the door), with the internal and admin keys."""
+        headers = {**self.internal_headers(), security.ADMIN_HEADER: self.admin_key}
+        request = urllib.request.Request(
+            f"http://{self.internal_http_url}{path}", data=b"{}" if post else None, headers=headers
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as answer:
+                return answer.status, answer.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+
+    def _load_the_rest(self, proc: subprocess.Popen) -> None:
+        """Once Triton serves the crop path, asks it to load every model of the folder it has not loaded yet.
+
+        Until then a request for one of them waits at the gate (gate_relay.Loading), and readiness (which counts
+        every model) says not ready for the moment the loads take. Runs once per Triton process."""
+        try:
+            while proc.poll() is None and not self._stopping.is_set():
+                try:
+                    if self._triton_http("/v2/health/ready")[0] == 200:
+                        break
+                except OSError:
+                    pass
+                time.sleep(0.05)
+            else:
+                return
+            if self._stopping.wait(self.later_load_delay_s):
+                return
+            tried: set[str] = set()
+            while proc.poll() is None and not self._stopping.is_set():
+                # Listed again after each load: an ensemble's load brings the models it steps through with it.
+                status, body = self._triton_http("/v2/repository/index", post=True)
+                if status != 200:
+                    self._later_failed(f"could not list the repository to load the rest: HTTP {status} {body[:200]!r}")
+                    return
+                waiting = [m["name"] for m in json.loads(body) if not m.get("state") and m["name"] not in tried]
+                if not waiting:
+                    return
+                model = waiting[0]
+                tried.add(model)
+                status, body = self._triton_http(
+                    f"/v2/repository/models/{urllib.parse.quote(model, safe='')}/load",
+                    post=True,
+                    timeout=LATER_LOAD_TIMEOUT_S,
+                )
+                if status != 200:
+                    self._later_failed(f"loading {model} after the crop path failed: HTTP {status} {body[:300]!r}")
+        except (OSError, ValueError) as err:
+            self._later_failed(f"loading the rest of the models after the crop path failed: {err}")
+        finally:
+            self._rest_loaded.set()
+
+    def _later_failed(self, message: str) -> None:
+        self._later_failures.append(message)
+        self._event(message)
+
+    def later_models(self) -> tuple[str, ...]:
+        """The public models loaded after the crop path (their requests wait at the gate until they are ready)."""
+        return tuple(m for m in contract.PUBLIC_MODELS if m != command.FIRST_MODEL) if self.loads_first else ()
 
     def _read_logs(self, proc: subprocess.Popen, sink: collections.deque, tag: str = "") -> None:
         # Draining the pipe continuously keeps a chatty server from blocking on a full pipe.
@@ -392,7 +476,10 @@ class TritonServer:
     def wait_ready(self, timeout: float = 180) -> float:
         """Blocks until ``/v2/health/ready`` answers 200; returns the seconds since ``start()``."""
         deadline = time.monotonic() + timeout
-        while not self.is_ready():
+        # Ready means every model: with the crop path loaded first, also the ones loaded after it.
+        while not (self._rest_loaded.is_set() and self.is_ready()):
+            if self._later_failures and not self._ready_once:
+                raise TritonStartError("; ".join(self._later_failures) + f"\nLast log lines:\n{self.logs(40)}")
             if self._proc.poll() is not None and not self._ready_once:
                 self._reader.join(timeout=5)
                 raise TritonStartError(

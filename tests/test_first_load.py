@@ -1,0 +1,90 @@
+"""A start loads the crop path first and every other model right after it (serving/runtime/command.py
+``loads_first``): the first crop answer does not wait for the detectors, and a request for a model that is still
+loading waits at the gate (gate_relay.Loading) instead of failing."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+from client import AgeGenderClient
+from common import contract
+from serving.ops.rollout import CONTROL_ARGS
+from serving.runtime import command
+from serving.runtime.launch import TritonServer, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+PORTRAIT = ROOT / "gradio_frontend" / "examples" / "grace_hopper.jpg"
+#: Seconds the test holds the later loads after the crop path is ready, so that requests surely come before them.
+HOLD_S = 3.0
+
+
+def test_only_a_default_start_from_a_folder_loads_the_crop_path_first(tiny_repo, tmp_path):
+    assert command.loads_first(tiny_repo, ())
+    for mode, args in CONTROL_ARGS.items():
+        # explicit and poll: the operator's control mode decides, and rollouts see every model from the start
+        assert command.loads_first(tiny_repo, args) == (mode == "none"), mode
+    assert not command.loads_first(tmp_path, ())  # no crop ensemble in the folder: everything loads as before
+
+
+def _states(server: TritonServer) -> dict[str, str | None]:
+    status, body = server._triton_http("/v2/repository/index", post=True)
+    assert status == 200, body
+    return {m["name"]: m.get("state") for m in json.loads(body)}
+
+
+def test_crop_path_first_and_early_requests_wait_for_their_model(tiny_repo):
+    server = TritonServer(tiny_repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    server.later_load_delay_s = HOLD_S
+    server.start()
+    try:
+        args = server.command()[0]
+        assert "--model-control-mode=explicit" in args and f"--load-model={contract.CROP_ENSEMBLE}" in args
+        # retries=0: the client's own retries on "model not ready" would hide a request that failed at the gate.
+        grpc_client = AgeGenderClient(server.grpc_url, protocol="grpc", retries=0, timeout=60)
+        http_client = AgeGenderClient(server.http_url, protocol="http", retries=0, timeout=60)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                crop = grpc_client.predict(PORTRAIT, detect=False)
+                break
+            except Exception:  # noqa: BLE001 - not up yet
+                assert time.monotonic() < deadline, server.logs(40)
+                time.sleep(0.05)
+        assert crop.error is None and crop.age is not None
+        states = _states(server)
+        assert states[contract.CROP_ENSEMBLE] == "READY"
+        later = [contract.DETECT_ENSEMBLE, contract.FACES_MODEL]
+        assert all(states[m] is None for m in later), states  # not loaded yet: the crop path came first
+        assert server.later_models() == tuple(later)
+
+        # Sent now, while their models are not loaded: each waits at the gate, over gRPC and HTTP, then succeeds.
+        answers: dict[str, object] = {}
+
+        def ask(name, call):
+            try:
+                answers[name] = call()
+            except Exception as err:  # noqa: BLE001 - reported by the assertion below
+                answers[name] = err
+
+        calls = {
+            "grpc detect": lambda: grpc_client.predict(PORTRAIT, detect=True),
+            "http detect": lambda: http_client.predict(PORTRAIT, detect=True),
+            "grpc faces": lambda: grpc_client.predict_faces(PORTRAIT),
+        }
+        threads = [threading.Thread(target=ask, args=item) for item in calls.items()]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(90)
+        for name in ("grpc detect", "http detect"):
+            assert getattr(answers[name], "error", "no answer") is None, (name, answers[name])
+            assert answers[name].face_found, name
+        assert isinstance(answers["grpc faces"], list) and answers["grpc faces"], answers["grpc faces"]
+
+        server.wait_ready(timeout=120)  # ready means every model, the later ones included
+        assert all(state == "READY" for state in _states(server).values())
+    finally:
+        server.stop()
