@@ -46,7 +46,7 @@ from serving.runtime import security
 from serving.runtime.door import MAX_BODY
 from serving.runtime.gate_check import Refused, check_grpc_infer, model_for
 from serving.runtime.gate_http import HttpGate
-from serving.runtime.gate_process import LATER_MODELS_ENV, READY_LINE, UPSTREAM_HEADERS_ENV
+from serving.runtime.gate_process import LATER_MODELS_ENV, READY_LINE, UPSTREAM_HEADERS_ENV, WAITING_LINE
 from serving.runtime.gate_relay import (
     NOT_FROM_THE_DOOR,
     UNREACHABLE,
@@ -86,12 +86,13 @@ OPEN_RPCS = frozenset({"ServerLive", "ServerReady", "ServerMetadata", "ModelInfe
 #: Environment variable with the headers / metadata the gate adds to every call to Triton (a JSON object).
 _MESSAGE_OPTIONS = [("grpc.max_receive_message_length", MAX_BODY), ("grpc.max_send_message_length", MAX_BODY)]
 #: The gate starts before Triton listens, so its first connection attempts fail; gRPC's default reconnect backoff
-#: (1 s, growing 1.6x) then held the first answer of a cold start about 2 s after Triton was ready (measured with
-#: loadtest.bench.coldstart). Triton is on loopback: retry every 0.1 s, never waiting more than 0.5 s.
+#: (1 s, growing 1.6x) then held the first answer of a cold start about 2 s after Triton was ready, and a backoff of
+#: 0.1-0.5 s still 0.3-0.4 s (the launcher's timeline: Triton ready at 1.4-1.7 s, the gate answering "not reachable"
+#: until 1.7-2.1 s). Triton is on loopback, where a refused connection costs next to nothing: retry every 20-100 ms.
 _RECONNECT_OPTIONS = [
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 500),
+    ("grpc.initial_reconnect_backoff_ms", 20),
+    ("grpc.min_reconnect_backoff_ms", 20),
+    ("grpc.max_reconnect_backoff_ms", 100),
 ]
 #: What bounds a gRPC body that never completes (issue 18, "Fair sharing at the door"). grpc.aio calls a handler only
 #: once the whole message is in, so the gate cannot time the upload as gate_http does, and nginx times only the gaps
@@ -214,7 +215,7 @@ async def serve(args, admin_key: str, upstream_headers: dict[str, str], stop: as
     upstream = Upstream()
     grpc_gate = GrpcGate(args.triton_grpc, admin_key, upstream_headers, upstream)
     later = [m for m in os.environ.get(LATER_MODELS_ENV, "").split(",") if m]
-    grpc_gate.loading = loading = Loading(later, grpc_gate.model_ready)
+    grpc_gate.loading = loading = Loading(later, grpc_gate.model_ready, WAITING_LINE)
     server = grpc.aio.server(options=_SERVER_OPTIONS, maximum_concurrent_rpcs=None)
     server.add_generic_rpc_handlers((grpc_gate,))
     if server.add_insecure_port(args.grpc) == 0:

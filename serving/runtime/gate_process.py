@@ -23,6 +23,8 @@ START_TIMEOUT_S = 30.0
 UPSTREAM_HEADERS_ENV = "GATE_UPSTREAM_HEADERS"
 #: The public models Triton loads after the crop path (comma-separated): their requests wait at the gate until ready.
 LATER_MODELS_ENV = "GATE_LATER_MODELS"
+#: The line the gate prints when a request starts waiting for one of them: the launcher then loads them at once.
+WAITING_LINE = "gate waiting for"
 READY_LINE = "gate listening"
 
 
@@ -47,6 +49,7 @@ class GateProcess:
         self.log: collections.deque[str] = collections.deque(maxlen=100)
         self.restarts = 0
         self.proc = None
+        self.wanted = threading.Event()  # a request waits for a model loaded after the crop path (WAITING_LINE)
         self._ready = threading.Event()
         self._stopping = threading.Event()
         self.on_start = lambda proc: None  # the launcher tells its reaper about each new process
@@ -82,6 +85,8 @@ class GateProcess:
             self.log.append("[gate] " + line.rstrip("\n"))
             if line.startswith(READY_LINE):
                 self._ready.set()
+            elif line.startswith(WAITING_LINE):
+                self.wanted.set()
         self._ready.set()  # exited: start() and the supervisor look at the exit code
 
     def _supervise(self) -> None:

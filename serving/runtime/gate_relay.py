@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import sys
 from collections.abc import Awaitable, Callable
 
 #: Most bytes of an error message passed back (Triton echoes caller-chosen names into its messages).
@@ -71,13 +72,19 @@ class Loading:
     until Triton has it ready (at most :data:`LOADING_WAIT_S`), instead of getting "unknown model". Once a model is
     ready it is forgotten, so later requests pay nothing. ``is_ready(name)`` asks Triton."""
 
-    def __init__(self, models, is_ready: Callable[[str], Awaitable[bool]]):
+    def __init__(self, models, is_ready: Callable[[str], Awaitable[bool]], waiting_line: str = ""):
         self.pending = set(models)
         self.is_ready = is_ready
+        # Printed once, when the first request waits: the launcher holds the later loads back for the first crop
+        # answer, and this tells it not to (serving/runtime/server.py, _load_the_rest).
+        self.waiting_line = waiting_line
 
     async def wait(self, model: str) -> None:
         if model not in self.pending:
             return
+        if self.waiting_line:
+            print(f"{self.waiting_line} {model}", file=sys.stderr, flush=True)
+            self.waiting_line = ""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + LOADING_WAIT_S
         while model in self.pending and loop.time() < deadline:
