@@ -1,6 +1,6 @@
-"""A start loads the crop path first and every other model right after it (serving/runtime/command.py
-``loads_first``): the first crop answer does not wait for the detectors, and a request for a model that is still
-loading waits at the gate (gate_relay.Loading) instead of failing."""
+"""A start loads both ensembles first and every other model (`faces`) right after the first answer
+(serving/runtime/command.py ``loads_first``), and a request for a model that is still loading waits at the gate
+(gate_relay.Loading) instead of failing."""
 
 from __future__ import annotations
 
@@ -17,16 +17,16 @@ from serving.runtime.launch import TritonServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PORTRAIT = ROOT / "gradio_frontend" / "examples" / "grace_hopper.jpg"
-#: Seconds the test holds the later loads after the crop path is ready, so that requests surely come before them.
+#: Seconds the test holds the later loads back, so that requests surely come before them.
 HOLD_S = 3.0
 
 
-def test_only_a_default_start_from_a_folder_loads_the_crop_path_first(tiny_repo, tmp_path):
+def test_only_a_default_start_from_a_folder_loads_the_ensembles_first(tiny_repo, tmp_path):
     assert command.loads_first(tiny_repo, ())
     for mode, args in CONTROL_ARGS.items():
         # explicit and poll: the operator's control mode decides, and rollouts see every model from the start
         assert command.loads_first(tiny_repo, args) == (mode == "none"), mode
-    assert not command.loads_first(tmp_path, ())  # no crop ensemble in the folder: everything loads as before
+    assert not command.loads_first(tmp_path, ())  # no ensembles in the folder: everything loads as before
 
 
 def _states(server: TritonServer) -> dict[str, str | None]:
@@ -35,13 +35,14 @@ def _states(server: TritonServer) -> dict[str, str | None]:
     return {m["name"]: m.get("state") for m in json.loads(body)}
 
 
-def test_crop_path_first_and_early_requests_wait_for_their_model(tiny_repo):
+def test_ensembles_first_and_early_requests_wait_for_their_model(tiny_repo):
     server = TritonServer(tiny_repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
     server.later_load_delay_s = HOLD_S
     server.start()
     try:
         args = server.command()[0]
-        assert "--model-control-mode=explicit" in args and f"--load-model={contract.CROP_ENSEMBLE}" in args
+        assert "--model-control-mode=explicit" in args
+        assert {f"--load-model={m}" for m in (contract.CROP_ENSEMBLE, contract.DETECT_ENSEMBLE)} <= set(args)
         # retries=0: the client's own retries on "model not ready" would hide a request that failed at the gate.
         grpc_client = AgeGenderClient(server.grpc_url, protocol="grpc", retries=0, timeout=60)
         http_client = AgeGenderClient(server.http_url, protocol="http", retries=0, timeout=60)
@@ -55,12 +56,11 @@ def test_crop_path_first_and_early_requests_wait_for_their_model(tiny_repo):
                 time.sleep(0.05)
         assert crop.error is None and crop.age is not None
         states = _states(server)
-        assert states[contract.CROP_ENSEMBLE] == "READY"
-        later = [contract.DETECT_ENSEMBLE, contract.FACES_MODEL]
-        assert all(states[m] is None for m in later), states  # not loaded yet: the crop path came first
-        assert server.later_models() == tuple(later)
+        assert states[contract.CROP_ENSEMBLE] == states[contract.DETECT_ENSEMBLE] == "READY", states
+        assert states[contract.FACES_MODEL] is None, states  # not loaded yet: the ensembles came first
+        assert server.later_models() == (contract.FACES_MODEL,)
 
-        # Sent now, while their models are not loaded: each waits at the gate, over gRPC and HTTP, then succeeds.
+        # Sent now, while `faces` is not loaded: its requests wait at the gate, over gRPC and HTTP, then succeed.
         answers: dict[str, object] = {}
 
         def ask(name, call):
@@ -70,19 +70,19 @@ def test_crop_path_first_and_early_requests_wait_for_their_model(tiny_repo):
                 answers[name] = err
 
         calls = {
-            "grpc detect": lambda: grpc_client.predict(PORTRAIT, detect=True),
-            "http detect": lambda: http_client.predict(PORTRAIT, detect=True),
             "grpc faces": lambda: grpc_client.predict_faces(PORTRAIT),
+            "http faces": lambda: http_client.predict_faces(PORTRAIT),
+            "grpc detect": lambda: grpc_client.predict(PORTRAIT, detect=True),
         }
         threads = [threading.Thread(target=ask, args=item) for item in calls.items()]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(90)
-        for name in ("grpc detect", "http detect"):
-            assert getattr(answers[name], "error", "no answer") is None, (name, answers[name])
-            assert answers[name].face_found, name
-        assert isinstance(answers["grpc faces"], list) and answers["grpc faces"], answers["grpc faces"]
+        for name in ("grpc faces", "http faces"):
+            assert isinstance(answers[name], list) and answers[name], (name, answers[name])
+        assert getattr(answers["grpc detect"], "error", "no answer") is None, answers["grpc detect"]
+        assert _states(server)[contract.FACES_MODEL] == "READY"
 
         server.wait_ready(timeout=120)  # ready means every model, the later ones included
         assert all(state == "READY" for state in _states(server).values())

@@ -122,7 +122,7 @@ class GrpcGate(grpc.GenericRpcHandler):
         # The door presents the same internal key it gives Triton; other local callers of the gate's port do not.
         self.door_key = upstream_headers.get(security.GRPC_INTERNAL_METADATA)
         self.upstream = upstream
-        self.loading = Loading((), self.model_ready)  # serve() sets the models loaded after the crop path
+        self.loading = Loading((), self.model_ready)  # serve() sets the models loaded after the ensembles
         self.stubs = {}
         # Built once per RPC name: service() runs for every call.
         self.handlers = {rpc: self._handler(rpc) for rpc in (*OPEN_RPCS, *ADMIN_RPCS)}

@@ -21,7 +21,7 @@ START_TIMEOUT_S = 30.0
 #: not in gate.py, so that the launcher starts without importing the gate's grpc and aiohttp (a cold start waits
 #: for the launcher's imports before Triton is spawned).
 UPSTREAM_HEADERS_ENV = "GATE_UPSTREAM_HEADERS"
-#: The public models Triton loads after the crop path (comma-separated): their requests wait at the gate until ready.
+#: The public models Triton loads after the ensembles (comma-separated): their requests wait at the gate until ready.
 LATER_MODELS_ENV = "GATE_LATER_MODELS"
 #: The line the gate prints when a request starts waiting for one of them: the launcher then loads them at once.
 WAITING_LINE = "gate waiting for"
@@ -49,7 +49,7 @@ class GateProcess:
         self.log: collections.deque[str] = collections.deque(maxlen=100)
         self.restarts = 0
         self.proc = None
-        self.wanted = threading.Event()  # a request waits for a model loaded after the crop path (WAITING_LINE)
+        self.wanted = threading.Event()  # a request waits for a model loaded after the ensembles (WAITING_LINE)
         self._ready = threading.Event()
         self._stopping = threading.Event()
         self.on_start = lambda proc: None  # the launcher tells its reaper about each new process

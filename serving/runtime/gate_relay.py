@@ -13,7 +13,7 @@ ERROR_BYTES = 1024
 #: Most calls in flight to Triton at once; more wait here (Triton's own queues hold far fewer).
 MAX_UPSTREAM = 256
 UNREACHABLE = "Triton is not reachable (restarting?); retry shortly"
-#: How long a request for a model that Triton loads after the crop path (server.py, command.loads_first) waits here
+#: How long a request for a model that Triton loads after the ensembles (server.py, command.loads_first) waits here
 #: for it: its load takes about 0.4 s on the development machine; past this the request goes on and gets Triton's
 #: own answer.
 LOADING_WAIT_S = 30.0
@@ -68,14 +68,14 @@ class Upstream:
 
 
 class Loading:
-    """The public models Triton loads after the crop path: a request for one of them that comes first waits here
+    """The public models Triton loads after the ensembles: a request for one of them that comes first waits here
     until Triton has it ready (at most :data:`LOADING_WAIT_S`), instead of getting "unknown model". Once a model is
     ready it is forgotten, so later requests pay nothing. ``is_ready(name)`` asks Triton."""
 
     def __init__(self, models, is_ready: Callable[[str], Awaitable[bool]], waiting_line: str = ""):
         self.pending = set(models)
         self.is_ready = is_ready
-        # Printed once, when the first request waits: the launcher holds the later loads back for the first crop
+        # Printed once, when the first request waits: the launcher holds the later loads back for the first
         # answer, and this tells it not to (serving/runtime/server.py, _load_the_rest).
         self.waiting_line = waiting_line
 

@@ -51,12 +51,12 @@ DRAIN_GRACE_S = 2.0
 #: The folder, inside the run folder, that a staged s3:// repository is copied to (loadtest.bench.coldstart finds
 #: it on Triton's command line).
 STAGE_FOLDER = "s3-stage"
-#: How long the launcher gives the models loaded after the crop path (command.loads_first), each; a load that has not
+#: How long the launcher gives the models loaded after the ensembles (command.loads_first), each; a load that has not
 #: finished by then is reported, and its requests get Triton's own error.
 LATER_LOAD_TIMEOUT_S = 120.0
-#: The later loads wait for the first answer from the crop path, for a request that waits for one of the later
-#: models at the gate, or this long after the crop path is ready, whichever comes first: a woken server answers the
-#: request that woke it before it starts three more stubs on the same cores (0.4-0.5 s of a cold start otherwise).
+#: The later loads wait for the first answer from an ensemble, for a request that waits for one of the later models
+#: at the gate, or this long after the ensembles are ready, whichever comes first: a woken server answers the
+#: request that woke it before it starts more stubs on the same cores.
 LATER_LOAD_GRACE_S = 1.0
 
 
@@ -137,11 +137,11 @@ class TritonServer:
         self._stopping = threading.Event()
         self._ready_once = False
         self._final_code: int | None = None
-        # Crop path first, the rest right after (command.loads_first); decided at start(), when the folder is known.
+        # The ensembles first, the rest right after (command.loads_first); decided at start(), when the folder is known.
         self.loads_first = False
         self._rest_loaded = threading.Event()
         self._later_failures: list[str] = []
-        #: Seconds to hold the loads after the crop path is ready: 0, except in tests that need the gap to be long.
+        #: Seconds to hold the later loads back: 0, except in tests that need the gap to be long.
         self.later_load_delay_s = 0.0
 
     @property
@@ -346,7 +346,7 @@ class TritonServer:
         self._tell_reaper(f"pgid {self._proc.pid}")
         self._reader = threading.Thread(target=self._read_logs, args=(self._proc, self._log), daemon=True)
         self._reader.start()
-        if self.loads_first:  # after every (re)start: a restarted Triton loads the crop path first again
+        if self.loads_first:  # after every (re)start: a restarted Triton loads the ensembles first again
             threading.Thread(target=self._load_the_rest, args=(self._proc,), daemon=True).start()
         else:
             self._rest_loaded.set()
@@ -364,7 +364,7 @@ class TritonServer:
             return err.code, err.read()
 
     def _load_the_rest(self, proc: subprocess.Popen) -> None:
-        """Once Triton serves the crop path, asks it to load every model of the folder it has not loaded yet.
+        """Once Triton serves both paths, asks it to load every model of the folder it has not loaded yet.
 
         Until then a request for one of them waits at the gate (gate_relay.Loading), and readiness (which counts
         every model) says not ready for the moment the loads take. Runs once per Triton process."""
@@ -399,15 +399,15 @@ class TritonServer:
                     timeout=LATER_LOAD_TIMEOUT_S,
                 )
                 if status != 200:
-                    self._later_failed(f"loading {model} after the crop path failed: HTTP {status} {body[:300]!r}")
+                    self._later_failed(f"loading {model} after the ensembles failed: HTTP {status} {body[:300]!r}")
         except (OSError, ValueError) as err:
-            self._later_failed(f"loading the rest of the models after the crop path failed: {err}")
+            self._later_failed(f"loading the rest of the models after the ensembles failed: {err}")
         finally:
             self._rest_loaded.set()
 
     def _await_first_use(self, proc: subprocess.Popen) -> None:
-        """Returns once the crop path has answered (Triton's success counter), a request waits at the gate for a
-        later model, or LATER_LOAD_GRACE_S has passed since the crop path was ready."""
+        """Returns once an ensemble has answered (Triton's success counters), a request waits at the gate for a
+        later model, or LATER_LOAD_GRACE_S has passed since the ensembles were ready."""
         deadline = time.monotonic() + LATER_LOAD_GRACE_S
         wanted = self._gate.wanted if self._gate is not None else threading.Event()
         while time.monotonic() < deadline and proc.poll() is None and not self._stopping.is_set():
@@ -421,16 +421,16 @@ class TritonServer:
                 text = answer.read().decode("utf-8", "replace")
         except OSError:
             return False
-        prefix = f'nv_inference_request_success{{model="{command.FIRST_MODEL}",'
-        return any(line.startswith(prefix) and not line.endswith(" 0") for line in text.splitlines())
+        prefixes = tuple(f'nv_inference_request_success{{model="{m}",' for m in command.FIRST_MODELS)
+        return any(line.startswith(prefixes) and not line.endswith(" 0") for line in text.splitlines())
 
     def _later_failed(self, message: str) -> None:
         self._later_failures.append(message)
         self._event(message)
 
     def later_models(self) -> tuple[str, ...]:
-        """The public models loaded after the crop path (their requests wait at the gate until they are ready)."""
-        return tuple(m for m in contract.PUBLIC_MODELS if m != command.FIRST_MODEL) if self.loads_first else ()
+        """The public models loaded after the ensembles (their requests wait at the gate until they are ready)."""
+        return tuple(m for m in contract.PUBLIC_MODELS if m not in command.FIRST_MODELS) if self.loads_first else ()
 
     def _read_logs(self, proc: subprocess.Popen, sink: collections.deque, tag: str = "") -> None:
         # Draining the pipe continuously keeps a chatty server from blocking on a full pipe.
@@ -500,7 +500,7 @@ class TritonServer:
     def wait_ready(self, timeout: float = 180) -> float:
         """Blocks until ``/v2/health/ready`` answers 200; returns the seconds since ``start()``."""
         deadline = time.monotonic() + timeout
-        # Ready means every model: with the crop path loaded first, also the ones loaded after it.
+        # Ready means every model: with the ensembles loaded first, also the ones loaded after them.
         while not (self._rest_loaded.is_set() and self.is_ready()):
             if self._later_failures and not self._ready_once:
                 raise TritonStartError("; ".join(self._later_failures) + f"\nLast log lines:\n{self.logs(40)}")
