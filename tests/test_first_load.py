@@ -30,7 +30,15 @@ def test_only_a_default_start_from_a_folder_loads_the_ensembles_first(tiny_repo,
 
 
 def _states(server: TritonServer) -> dict[str, str | None]:
-    status, body = server._triton_http("/v2/repository/index", post=True)
+    # Triton opens its gRPC port before its HTTP port: the first answer (over gRPC) can come before this one listens.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            status, body = server._triton_http("/v2/repository/index", post=True)
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "Triton's HTTP port never opened"
+            time.sleep(0.05)
     assert status == 200, body
     return {m["name"]: m.get("state") for m in json.loads(body)}
 
