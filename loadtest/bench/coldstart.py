@@ -105,7 +105,7 @@ def _stamped(log: str, wall_start: float) -> list[tuple[float, str]]:
 
 def _phases(log: str, wall_start: float, path: str = "crop") -> dict:
     """Seconds from the command to Triton's first log line, to the first request's ensemble loaded (the launcher
-    loads the crop path first, the rest after it: serving/runtime/command.py), and to the last model loaded."""
+    loads the ensembles first and `faces` after them: serving/runtime/command.py), and to the last model loaded."""
     stamps = _stamped(log, wall_start)
     loaded = {m[1]: t for t, line in stamps if (m := LOADED.search(line))}
     ensemble = contract.CROP_ENSEMBLE if path == "crop" else contract.DETECT_ENSEMBLE

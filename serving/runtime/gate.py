@@ -112,7 +112,14 @@ _SERVER_OPTIONS = [
 
 
 class GrpcGate(grpc.GenericRpcHandler):
-    def __init__(self, triton_grpc: str, admin_key: str, upstream_headers: dict[str, str], upstream: Upstream):
+    def __init__(
+        self,
+        triton_grpc: str,
+        admin_key: str,
+        upstream_headers: dict[str, str],
+        upstream: Upstream,
+        later_models=(),
+    ):
         # No retries: they would buffer every request a second time, and Triton's answer is final anyway.
         self.channel = grpc.aio.insecure_channel(
             triton_grpc, options=[*_MESSAGE_OPTIONS, ("grpc.enable_retries", 0), *_RECONNECT_OPTIONS]
@@ -122,7 +129,8 @@ class GrpcGate(grpc.GenericRpcHandler):
         # The door presents the same internal key it gives Triton; other local callers of the gate's port do not.
         self.door_key = upstream_headers.get(security.GRPC_INTERNAL_METADATA)
         self.upstream = upstream
-        self.loading = Loading((), self.model_ready)  # serve() sets the models loaded after the ensembles
+        # The models Triton loads after the ensembles: their requests wait for them (the HTTP side shares this).
+        self.loading = Loading(later_models, self.model_ready, WAITING_LINE)
         self.stubs = {}
         # Built once per RPC name: service() runs for every call.
         self.handlers = {rpc: self._handler(rpc) for rpc in (*OPEN_RPCS, *ADMIN_RPCS)}
@@ -213,16 +221,15 @@ def _split(address: str) -> tuple[str, int]:
 
 async def serve(args, admin_key: str, upstream_headers: dict[str, str], stop: asyncio.Event) -> None:
     upstream = Upstream()
-    grpc_gate = GrpcGate(args.triton_grpc, admin_key, upstream_headers, upstream)
     later = [m for m in os.environ.get(LATER_MODELS_ENV, "").split(",") if m]
-    grpc_gate.loading = loading = Loading(later, grpc_gate.model_ready, WAITING_LINE)
+    grpc_gate = GrpcGate(args.triton_grpc, admin_key, upstream_headers, upstream, later)
     server = grpc.aio.server(options=_SERVER_OPTIONS, maximum_concurrent_rpcs=None)
     server.add_generic_rpc_handlers((grpc_gate,))
     if server.add_insecure_port(args.grpc) == 0:
         raise OSError(f"cannot listen on {args.grpc}")
     await server.start()
     runner = web.AppRunner(
-        HttpGate(args.triton_http, admin_key, upstream_headers, upstream, loading).app(), access_log=None
+        HttpGate(args.triton_http, admin_key, upstream_headers, upstream, grpc_gate.loading).app(), access_log=None
     )
     await runner.setup()
     host, port = _split(args.http)

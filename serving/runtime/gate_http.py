@@ -57,7 +57,7 @@ class HttpGate:
         admin_key: str,
         upstream_headers: dict[str, str],
         upstream: Upstream,
-        loading: Loading | None = None,
+        loading: Loading,
     ):
         self.base = f"http://{triton_http}"
         self.admin_key = admin_key
@@ -65,7 +65,7 @@ class HttpGate:
         # The door presents the same internal key it gives Triton; other local callers of the gate's port do not.
         self.door_key = upstream_headers.get(security.INTERNAL_HEADER)
         self.upstream = upstream
-        self.loading = loading  # the models Triton loads after the crop path (gate_relay.Loading)
+        self.loading = loading  # the models Triton loads after the ensembles (gate_relay.Loading)
         self.session: aiohttp.ClientSession | None = None
 
     def app(self) -> web.Application:
@@ -132,8 +132,7 @@ class HttpGate:
         headers = {"Content-Type": request.headers.get("Content-Type", "application/octet-stream"), **self.headers}
         if length is not None:
             headers["Inference-Header-Content-Length"] = str(split)
-        if self.loading is not None:
-            await self.loading.wait(name)
+        await self.loading.wait(name)
         return await self.upstream.run(self._forward(path, body, headers))
 
     def _about(self, suffix: str):

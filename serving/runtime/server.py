@@ -411,11 +411,11 @@ class TritonServer:
         deadline = time.monotonic() + LATER_LOAD_GRACE_S
         wanted = self._gate.wanted if self._gate is not None else threading.Event()
         while time.monotonic() < deadline and proc.poll() is None and not self._stopping.is_set():
-            if wanted.is_set() or self._crop_answered():
+            if wanted.is_set() or self._an_ensemble_answered():
                 return
             time.sleep(0.02)
 
-    def _crop_answered(self) -> bool:
+    def _an_ensemble_answered(self) -> bool:
         try:
             with urllib.request.urlopen(self.metrics_url, timeout=1) as answer:
                 text = answer.read().decode("utf-8", "replace")
