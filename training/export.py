@@ -63,6 +63,7 @@ def export_model(
     tta: bool = True,
     temperature: float = 1.0,
     interval: dict | None = None,
+    estimate: str = heads.AGE_ESTIMATE,
     size: int | None = None,
     extra_files: dict[str, Path] | None = None,
 ) -> Path:
@@ -75,6 +76,7 @@ def export_model(
         tta: Fold flip test-time augmentation into the graph (twice the compute per face).
         temperature: Fitted after training (``config.json``); 1 leaves the network's outputs as they are.
         interval: Per-band correction of the age interval (``training.calibrate``); None for none.
+        estimate: How the served age is read from the age distribution (``heads.AGE_ESTIMATES``).
         size: Input side; default the task's served size (``spec.image_size``), which the configs declare.
         extra_files: Files copied beside the SavedModel, by target name (config, history).
 
@@ -90,7 +92,9 @@ def export_model(
     archive.track(model)
     archive.add_endpoint(
         name="serving_default",
-        fn=lambda image: heads.served_outputs(model, task, image, tta=tta, temperature=temperature, interval=interval),
+        fn=lambda image: heads.served_outputs(
+            model, task, image, tta=tta, temperature=temperature, interval=interval, estimate=estimate
+        ),
         input_signature=[tf.TensorSpec((None, size, size, 3), tf.uint8, name=spec.INPUT_NAME)],
     )
     tmp = model_dir / f".tmp-{version_dir.name}"
@@ -133,6 +137,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
             args.repo,
             tta=tta,
             temperature=config.get("temperature", 1.0),
+            estimate=config.get("estimate", "mean"),  # runs recorded before the choice existed served the mean
             size=config.get("image_size") or spec.image_size(task),
             extra_files={"training_config.json": run / "config.json", "history.csv": run / "history.csv"},
         )

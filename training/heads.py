@@ -1,10 +1,11 @@
 """What the two heads are trained with and what they serve.
 
-Training side: the age losses the comparison chooses between (``training.compare``) and the metric they are
-all judged by, the mean absolute error of the served age. Serving side: :func:`served_outputs`, the one
-function that turns the network's raw output into the served tensors, with flip test-time augmentation and
-a temperature. ``training.export`` folds it into the SavedModel and the temperature fit calls it too, so the
-numbers chosen on the validation split are the numbers the server returns. :func:`calibrate_interval` is the
+Training side: the age losses the comparison chooses between (``training.compare``) and the training metric,
+the mean absolute error of the expected age; runs are compared on the served age after training. Serving side:
+:func:`served_outputs`, the one function that turns the network's raw output into the served tensors, with
+flip test-time augmentation, a temperature and the age estimate (:func:`age_estimate`). ``training.export``
+folds it into the SavedModel and the temperature fit calls it too, so the numbers chosen on the validation
+split are the numbers the server returns. :func:`calibrate_interval` is the
 per-band correction of that interval (``training.calibrate``), and :func:`band_coverage` the one place per-band
 coverage is counted, with its uncertainty.
 """
@@ -31,6 +32,12 @@ AGE_BANDS = ((0, 2), (3, 9), (10, 19), (20, 29), (30, 39), (40, 49), (50, 59), (
 #: The youngest age that is not a teenager: the model's probability of an age below it separates teenagers from
 #: the young adults they are predicted among (``training.calibrate``).
 ADULT_AGE = 20
+#: How the served age is read from the 117-bin distribution. ``median``: the age whose absolute error is
+#: smallest on average if the distribution is right, and the targets measure absolute error (validation, age
+#: v6: MAE 4.71 against 4.78 for the mean; docs/models.md). ``mean``: what age versions 1-7 serve, and what a
+#: version whose record names no estimate was made with.
+AGE_ESTIMATES = ("mean", "median")
+AGE_ESTIMATE = "median"
 
 
 def expected_age(probs: tf.Tensor) -> tf.Tensor:
@@ -50,13 +57,24 @@ def age_quantile(probs: tf.Tensor, q: float) -> tf.Tensor:
     return tf.clip_by_value(tf.reduce_sum(filled, axis=-1) - 0.5, 0.0, float(AGE_BINS) - 0.5)
 
 
+def age_estimate(probs: tf.Tensor, estimate: str = AGE_ESTIMATE) -> tf.Tensor:
+    """``(N, AGE_BINS)`` probabilities -> ``(N,)`` served age in years (``AGE_ESTIMATES``)."""
+    if estimate == "median":
+        return age_quantile(probs, 0.5)
+    if estimate == "mean":
+        return expected_age(probs)
+    raise ValueError(f"age estimate must be one of {AGE_ESTIMATES}, got {estimate!r}")
+
+
 def _age_true(y_true: tf.Tensor) -> tf.Tensor:
     return tf.reshape(tf.cast(y_true, "float32"), [-1])
 
 
 @keras.saving.register_keras_serializable(package="agegender")
 def age_mae(y_true, y_pred):
-    """Mean absolute error of the served age for either head: the expected value of bins, or the regression."""
+    """Mean absolute error of the expected age (bins) or the regression: the training metric, and the L1 term of
+    ``ldl+l1``. The served estimate may be the median (``AGE_ESTIMATE``); ``training.train`` scores that after
+    training (``val_served``)."""
     pred = expected_age(y_pred) if y_pred.shape[-1] == AGE_BINS else tf.reshape(y_pred, [-1])
     return tf.abs(pred - _age_true(y_true))
 
@@ -82,7 +100,7 @@ def age_ldl(y_true, y_pred):
 @keras.saving.register_keras_serializable(package="agegender")
 def age_ldl_l1(y_true, y_pred):
     """The label distribution plus the expected age's absolute error (DLDL-v2): learns the distribution
-    and, directly, the estimate the MAE is measured on."""
+    and, directly, its expected age's error."""
     return age_ldl(y_true, y_pred) + L1_WEIGHT * age_mae(y_true, y_pred)
 
 
@@ -106,23 +124,28 @@ def served_outputs(
     tta: bool = True,
     temperature: float = 1.0,
     interval: dict | None = None,
+    estimate: str = AGE_ESTIMATE,
 ) -> dict[str, tf.Tensor]:
     """The served tensors for a uint8 batch, each float32 ``(N, 1)``.
 
     Flip test-time augmentation averages the face and its mirror image, as probabilities (so it averages
     distributions, not ages). The temperature divides log-probabilities (bins) or the logit (gender) before
     that (for age, of the interval only); it is fitted on the validation split after training. A regression
-    head serves NaN for the interval. ``interval``: the per-band correction of the age interval, if any.
+    head serves NaN for the interval. ``interval``: the per-band correction of the age interval, if any;
+    ``estimate``: how the age is read from the distribution (``AGE_ESTIMATES``).
     """
     views = [image, tf.reverse(image, axis=[2])] if tta else [image]
-    return summarize([model(v, training=False) for v in views], task, temperature=temperature, interval=interval)
+    raw = [model(v, training=False) for v in views]
+    return summarize(raw, task, temperature=temperature, interval=interval, estimate=estimate)
 
 
-def summarize(raw: list, task: str, *, temperature: float = 1.0, interval: dict | None = None) -> dict[str, tf.Tensor]:
+def summarize(
+    raw: list, task: str, *, temperature: float = 1.0, interval: dict | None = None, estimate: str = AGE_ESTIMATE
+) -> dict[str, tf.Tensor]:
     """Averages the network's outputs on several views of the same faces into the served tensors.
 
     ``interval`` is a per-band correction of the 10-90% interval (:func:`calibrate_interval`); None serves the
-    tempered quantiles as they are.
+    tempered quantiles as they are. ``estimate``: the age read from the (untempered) distribution.
     """
     raw = [tf.cast(r, "float32") for r in raw]
     col = lambda t: tf.reshape(t, [-1, 1])  # noqa: E731
@@ -135,13 +158,13 @@ def summarize(raw: list, task: str, *, temperature: float = 1.0, interval: dict 
         age = col(tf.add_n(raw) / len(raw))
         nan = tf.fill(tf.shape(age), float("nan"))
         return {spec.AGE_OUTPUT: age, spec.AGE_LOW_OUTPUT: nan, spec.AGE_HIGH_OUTPUT: nan}
-    # The age is the mean of the network's own distribution; the temperature only widens or narrows the
+    # The age is read from the network's own distribution; the temperature only widens or narrows the
     # interval, so fitting it for coverage cannot move the estimate the MAE is measured on.
     dist = tf.add_n(raw) / len(raw)
     tempered = [tf.nn.softmax(tf.math.log(tf.clip_by_value(p, 1e-12, 1.0)) / temperature) for p in raw]
     tempered = tf.add_n(tempered) / len(tempered)
     q_low, q_high = spec.AGE_INTERVAL
-    age, low, high = expected_age(dist), age_quantile(tempered, q_low), age_quantile(tempered, q_high)
+    age, low, high = age_estimate(dist, estimate), age_quantile(tempered, q_low), age_quantile(tempered, q_high)
     if interval is not None:
         low, high = calibrate_interval(dist, age, low, high, interval)
     return {spec.AGE_OUTPUT: col(age), spec.AGE_LOW_OUTPUT: col(low), spec.AGE_HIGH_OUTPUT: col(high)}

@@ -15,8 +15,9 @@ from common import spec
 
 TASKS = ("age", "gender")
 OUTPUT_NAMES = {"age": spec.AGE_OUTPUT, "gender": spec.GENDER_OUTPUT}
-#: Age heads: ``bins`` is a softmax over whole years 0..MAX_AGE (the served age is its expected value and the
-#: interval its percentiles); ``regression`` is the single linear output of the first models (no interval).
+#: Age heads: ``bins`` is a softmax over whole years 0..MAX_AGE (the served age is its median,
+#: ``heads.AGE_ESTIMATE``, and the interval its percentiles); ``regression`` is the single linear output of the
+#: first models (no interval).
 AGE_HEADS = ("bins", "regression")
 MAX_AGE = 116
 AGE_BINS = MAX_AGE + 1

@@ -41,6 +41,7 @@ DEFAULTS = {
     "huber_delta": 5.0,
     "ema": 0.0,
     "tta": True,
+    "estimate": heads.AGE_ESTIMATE,
     "rebalance": False,
     "tail_weight": 0.0,
     "mixup": 0.0,
@@ -86,6 +87,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=DEFAULTS["tta"],
         help="fold flip test-time augmentation into the export (and fit the temperature with it)",
+    )
+    p.add_argument(
+        "--estimate",
+        choices=heads.AGE_ESTIMATES,
+        default=DEFAULTS["estimate"],
+        help="age only: how the served age is read from the distribution (scored after training, exported)",
     )
     p.add_argument(
         "--init-from",
@@ -318,17 +325,20 @@ def main(argv: list[str] | None = None) -> Path:
     raw = heads.raw_views(model, val.images, tta=args.tta)
     fit = heads.fit_temperature(raw, args.task, val.ages, val.genders)
     config["temperature"], config["temperature_fit"] = fit["temperature"], fit["chosen"]
-    config["val_served"] = score(raw, args.task, val, fit["temperature"])
-    config["val_served_no_tta"] = score(raw[:1], args.task, val, fit["temperature"])
+    config["estimate"] = args.estimate
+    config["val_served"] = score(raw, args.task, val, fit["temperature"], args.estimate)
+    config["val_served_no_tta"] = score(raw[:1], args.task, val, fit["temperature"], args.estimate)
     (args.out / "config.json").write_text(json.dumps(config, indent=2))
     logging.info("temperature %.3f; validation as served: %s", fit["temperature"], config["val_served"])
     logging.info("best model (lowest val_loss) in %s", best)
     return best
 
 
-def score(raw: list[np.ndarray], task: str, part: utk.Dataset, temperature: float) -> dict:
+def score(
+    raw: list[np.ndarray], task: str, part: utk.Dataset, temperature: float, estimate: str = heads.AGE_ESTIMATE
+) -> dict:
     """Validation metrics of the served outputs (what the export will return) for the given views."""
-    out = heads.flat(heads.summarize(raw, task, temperature=temperature))
+    out = heads.flat(heads.summarize(raw, task, temperature=temperature, estimate=estimate))
     if task == "gender":
         p = out[spec.GENDER_OUTPUT]
         return {"accuracy": float((contract.is_female(p) == part.genders).mean())}
