@@ -48,9 +48,10 @@ train: setup
 export: setup
 	$(BIN)/python -m training.export
 
-# The age interval calibrated per band on the validation split, exported as the next age version (the estimate stays).
+# The newest age version's interval calibrated per band on the validation split, exported as the next age version
+# (the estimate stays; CALIBRATE_ARGS='--estimate median' reads it as the median).
 calibrate: setup
-	$(BIN)/python -m training.calibrate --data $(DATA)
+	$(BIN)/python -m training.calibrate --data $(DATA) $(CALIBRATE_ARGS)
 
 evaluate: setup
 	$(BIN)/python -m training.evaluate --data $(DATA) --split test

@@ -1,6 +1,6 @@
 """Calibrates the served age model's 80% interval per band and exports it as a new version; the estimate stays.
 
-    python -m training.calibrate --data ../shared/datasets/UTKFace.tar.gz [--source 2] [--estimate median] [--dry-run]
+    python -m training.calibrate --data ../shared/datasets/UTKFace.tar.gz [--source V] [--estimate median] [--dry-run]
 
 One temperature (``heads.fit_temperature``) makes the interval cover 80% of validation ages on average, but
 not within an age band: too wide for babies, too narrow for teenagers and for ages 40-59. This fits a
@@ -41,7 +41,7 @@ from common import spec  # noqa: E402
 from training import data as utk  # noqa: E402
 from training import heads  # noqa: E402
 from training import model as models  # noqa: E402
-from training.export import SAVEDMODEL, export_model  # noqa: E402
+from training.export import SAVEDMODEL, export_model, latest  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +239,9 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, type=Path, help="UTKFace-format archive or folder")
     p.add_argument("--repo", type=Path, default=Path(os.environ.get("MODEL_REPOSITORY", "model_repository")))
-    p.add_argument("--source", type=int, default=2, help="age version whose weights and temperature are kept")
+    p.add_argument(
+        "--source", type=int, default=None, help="age version whose weights and temperature are kept (default: newest)"
+    )
     p.add_argument(
         "--estimate",
         choices=heads.AGE_ESTIMATES,
@@ -252,7 +254,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    source = args.repo / "age" / str(args.source)
+    source = args.repo / "age" / str(args.source) if args.source is not None else latest(args.repo, "age")
+    args.source = int(source.name)
     model, config = load_model(source)
     temperature = float(config.get("temperature", 1.0))
     estimate = args.estimate or config.get("estimate", "mean")
