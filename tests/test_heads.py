@@ -53,6 +53,9 @@ def test_the_median_estimate_errs_less_than_the_mean_on_skewed_distributions():
     assert mae["median"] < 0.95 * mae["mean"], mae
     np.testing.assert_allclose(served["mean"], heads.expected_age(dist).numpy(), atol=1e-3)
     assert heads.AGE_ESTIMATE == "median"  # what new exports serve (docs/models.md)
+    # A record from before the choice (age versions 1-8) was exported with the mean; calibrate and export keep it.
+    assert heads.recorded_estimate({"temperature": 1.0}) == "mean"
+    assert heads.recorded_estimate({"estimate": "median"}) == "median"
 
 
 def test_quantiles_match_sampling_on_a_skewed_distribution():

@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.source = int(source.name)
     model, config = load_model(source)
     temperature = float(config.get("temperature", 1.0))
-    estimate = args.estimate or config.get("estimate", "mean")
+    estimate = args.estimate or heads.recorded_estimate(config)
     data = utk.load(args.data, size=config.get("image_size") or spec.image_size("age"), cache_dir=args.cache_dir)
     val = data.subset(np.flatnonzero(utk.split(data, seed=config.get("seed", 1337)) == "val"))
     if len(val) < 200:
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> dict:
     record = {
         "source_version": args.source,
         "estimate": estimate,
-        "source_estimate": config.get("estimate", "mean"),
+        "source_estimate": heads.recorded_estimate(config),
         "val_mae": float(np.abs(b[spec.AGE_OUTPUT] - ages).mean()),
         "data": str(args.data),
         "n_val": len(val),

@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
             args.repo,
             tta=tta,
             temperature=config.get("temperature", 1.0),
-            estimate=config.get("estimate", "mean"),  # runs recorded before the choice existed served the mean
+            estimate=heads.recorded_estimate(config),
             size=config.get("image_size") or spec.image_size(task),
             extra_files={"training_config.json": run / "config.json", "history.csv": run / "history.csv"},
         )

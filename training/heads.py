@@ -40,6 +40,11 @@ AGE_ESTIMATES = ("mean", "median")
 AGE_ESTIMATE = "median"
 
 
+def recorded_estimate(config: dict) -> str:
+    """The estimate a run's or version's record says it serves; records from before the choice existed: the mean."""
+    return config.get("estimate", "mean")
+
+
 def expected_age(probs: tf.Tensor) -> tf.Tensor:
     """``(N, AGE_BINS)`` probabilities -> ``(N,)`` expected age in years."""
     return tf.reduce_sum(probs * AGES, axis=-1)
