@@ -68,6 +68,34 @@ def test_quantiles_match_sampling_on_a_skewed_distribution():
         assert abs(heads.age_quantile(probs, q).numpy()[0] - np.quantile(samples, q)) < 0.3
 
 
+def test_median_l1_loss_counts_the_median_and_its_gradient_stays_finite():
+    """ldl+l1med's L1 term is the median's error; its gradient is the expected age's, signed by the median's error,
+    so a median sitting in a nearly empty bin cannot blow it up."""
+    true = tf.constant([[40.0]])
+    # Two modes, at 10 and 60, and a trickle between: the median falls in a bin holding 1e-6 of the mass.
+    probs = np.full((1, AGE_BINS), 1e-6, np.float32)
+    probs[0, 10] = 0.5 - 2e-5
+    probs[0, 60] = 1 - probs.sum() + probs[0, 60]
+    probs = tf.constant(probs)
+    median = float(heads.age_quantile(probs, 0.5).numpy()[0])
+    assert 11 < median < 59
+    want = float(heads.age_ldl(true, probs)[0]) + abs(median - 40.0)
+    assert float(heads.age_ldl_l1_median(true, probs)[0]) == pytest.approx(want, rel=1e-4)
+
+    logits = tf.Variable(tf.math.log(probs))
+
+    def gradient(loss_fn):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(true, tf.nn.softmax(logits))
+        return tape.gradient(loss, logits).numpy()
+
+    naive = gradient(lambda t, p: tf.abs(heads.age_quantile(p, 0.5) - heads._age_true(t)))
+    assert np.abs(naive).max() > 1e3  # the median's own gradient: divided by that bin's 1e-6
+    grad = gradient(heads.age_ldl_l1_median)
+    assert np.isfinite(grad).all() and np.abs(grad).max() < 100
+    assert heads.age_loss("ldl+l1med") is heads.age_ldl_l1_median
+
+
 def test_losses_prefer_the_true_age_and_ldl_gives_neighbours_credit():
     true = np.array([[40.0]], np.float32)
     right, near, far = one_hot([40]), one_hot([42]), one_hot([70])

@@ -35,6 +35,8 @@ VARIANTS = {
         "ldl+l1+wide": ["--age-loss", "ldl+l1", "--ema", "0", "--widths", "24,48,96,192"],
         # Input size: from scratch too; faces are decoded and cached at this size.
         "ldl+l1+96px": ["--age-loss", "ldl+l1", "--ema", "0", "--image-size", "96"],
+        # The L1 term on the served median instead of the mean (heads.age_ldl_l1_median); against "ldl+l1".
+        "ldl+l1med": ["--age-loss", "ldl+l1med", "--ema", "0"],
         # The tail past 40: the same 96 px run with each face's loss weighted by its age band's rarity.
         "ldl+l1+96px+tail": ["--age-loss", "ldl+l1", "--ema", "0", "--image-size", "96", "--tail-weight", "0.5"],
     },

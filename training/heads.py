@@ -24,7 +24,7 @@ AGES = np.arange(AGE_BINS, dtype="float32")
 #: people guessing the age of the same face, so neighbouring ages share credit instead of counting as wrong.
 LABEL_SIGMA = 2.0
 #: Age losses by name. ``huber`` trains the regression head; the others the 117-bin head.
-AGE_LOSSES = ("huber", "ce", "ldl", "ldl+l1")
+AGE_LOSSES = ("huber", "ce", "ldl", "ldl+l1", "ldl+l1med")
 #: Weight of the expected age's absolute error (years) beside the label-distribution loss in ``ldl+l1``.
 L1_WEIGHT = 1.0
 #: Decade bands of age (inclusive years) that coverage and accuracy are reported in; UTKFace's 80-116 are few.
@@ -109,6 +109,19 @@ def age_ldl_l1(y_true, y_pred):
     return age_ldl(y_true, y_pred) + L1_WEIGHT * age_mae(y_true, y_pred)
 
 
+@keras.saving.register_keras_serializable(package="agegender")
+def age_ldl_l1_median(y_true, y_pred):
+    """The label distribution plus the served median's absolute error, for models served as the median.
+
+    The median's own gradient runs through the one bin it falls in (divided by that bin's probability), so the
+    error is taken of the median while its gradient is the expected age's (straight-through): the sign says which
+    way the whole distribution should move, the mean says how, and no bin's small probability can blow it up.
+    """
+    mean = expected_age(y_pred)
+    median = mean + tf.stop_gradient(age_quantile(y_pred, 0.5) - mean)
+    return age_ldl(y_true, y_pred) + L1_WEIGHT * tf.abs(median - _age_true(y_true))
+
+
 def age_loss(name: str, *, huber_delta: float = 5.0):
     if name == "huber":
         return keras.losses.Huber(delta=huber_delta)
@@ -118,6 +131,8 @@ def age_loss(name: str, *, huber_delta: float = 5.0):
         return age_ldl
     if name == "ldl+l1":
         return age_ldl_l1
+    if name == "ldl+l1med":
+        return age_ldl_l1_median
     raise ValueError(f"age loss must be one of {AGE_LOSSES}, got {name!r}")
 
 
