@@ -1,4 +1,4 @@
-"""The Python models' warm-up requests: the committed files are what serving/pipeline/warmup.py makes, they go
+"""The Python models' warm-up requests: the committed files are what serving/ops/warmup.py makes, they go
 the whole way through the crop path (no per-item error), and every config variant names them.
 
 That Triton accepts them is checked by every real-Triton test: a warm-up that fails fails the model's load.
@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
+from tritonclient.utils import deserialize_bytes_tensor
 
 from common import contract, spec
-from serving.pipeline import warmup
+from serving.ops import warmup
 from serving.pipeline.crops import crop_aligned
 from serving.pipeline.decode import DecodeLimits
 from tests.test_configs import config
@@ -21,14 +22,14 @@ VARIANTS = ("config.pbtxt", "configs/cpu.pbtxt")
 @pytest.mark.parametrize("name", sorted(warmup.FILES))
 def test_committed_files_are_what_the_generator_makes(name):
     committed = (warmup.FOLDER / name).read_bytes()
-    assert committed == warmup.triton_bytes([warmup.encoded(warmup.FILES[name])]), (
-        "rerun `python -m serving.pipeline.warmup` and commit model_repository/preprocess_crop/warmup/"
+    assert committed == warmup.warmup_file(warmup.FILES[name]), (
+        "rerun `python -m serving.ops.warmup` and commit model_repository/preprocess_crop/warmup/"
     )
 
 
 @pytest.mark.parametrize("name", sorted(warmup.FILES))
 def test_each_file_is_one_upload_that_the_crop_path_serves(name):
-    (upload,) = warmup.elements((warmup.FOLDER / name).read_bytes())
+    (upload,) = deserialize_bytes_tensor((warmup.FOLDER / name).read_bytes())  # one element, as Triton reads it
     params = {k: v.string_value for k, v in config(contract.PREPROCESS_CROP_MODEL).parameters.items()}
     assert upload.startswith({"JPEG": b"\xff\xd8\xff", "PNG": b"\x89PNG\r\n"}[warmup.FILES[name]])
     decoded = DecodeLimits.from_params(params).decode(upload)
@@ -36,14 +37,6 @@ def test_each_file_is_one_upload_that_the_crop_path_serves(name):
     face = crop_aligned(decoded.image)
     for task, crop in face.crops.items():
         assert crop.shape == (spec.image_size(task), spec.image_size(task), 3)
-
-
-def test_elements_refuses_truncated_blobs():
-    blob = warmup.triton_bytes([b"abc", b""])
-    assert warmup.elements(blob) == [b"abc", b""]
-    for cut in (blob[:2], blob[:6]):
-        with pytest.raises(ValueError, match="truncated"):
-            warmup.elements(cut)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

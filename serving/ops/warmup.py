@@ -1,6 +1,6 @@
 """The crop path's warm-up uploads: made here, committed beside ``preprocess_crop``'s configs.
 
-    python -m serving.pipeline.warmup   # rewrites model_repository/preprocess_crop/warmup/
+    python -m serving.ops.warmup   # rewrites model_repository/preprocess_crop/warmup/
 
 Triton runs a model's ``model_warmup`` requests before it calls the model ready. Without them the first real
 crop after a cold start paid what the stub does once: PIL's JPEG and PNG plugins loaded, libspng's first call,
@@ -10,18 +10,19 @@ way, decode and crop, as a user's would. The picture is synthetic (smooth gradie
 anywhere), at UTKFace's crop size.
 
 Triton reads a ``TYPE_STRING`` warm-up input from a file of elements, each a 4-byte little-endian length and
-then its bytes (``triton_bytes``); ``tests/test_warmup.py`` checks that the committed files are what this
-module makes and that they decode into a crop without an error.
+then its bytes: what tritonclient's ``serialize_byte_tensor`` writes, so this module calls it rather than
+restating the layout. ``tests/test_warmup.py`` checks that the committed files are what this module makes and
+that they decode into a crop without an error.
 """
 
 from __future__ import annotations
 
 import io
-import struct
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tritonclient.utils import serialize_byte_tensor
 
 FOLDER = Path(__file__).resolve().parents[2] / "model_repository" / "preprocess_crop" / "warmup"
 #: UTKFace's aligned crops are 200x200: the size the crop path is built for.
@@ -43,29 +44,15 @@ def encoded(fmt: str) -> bytes:
     return out.getvalue()
 
 
-def triton_bytes(items: list[bytes]) -> bytes:
-    """Triton's serialisation of a BYTES tensor: each element as a uint32 length (little-endian), then its bytes."""
-    return b"".join(struct.pack("<I", len(item)) + item for item in items)
-
-
-def elements(blob: bytes) -> list[bytes]:
-    """The inverse of :func:`triton_bytes`; raises ValueError on a truncated blob."""
-    items, at = [], 0
-    while at < len(blob):
-        if at + 4 > len(blob):
-            raise ValueError("truncated length prefix")
-        (n,) = struct.unpack_from("<I", blob, at)
-        if at + 4 + n > len(blob):
-            raise ValueError("truncated element")
-        items.append(blob[at + 4 : at + 4 + n])
-        at += 4 + n
-    return items
+def warmup_file(fmt: str) -> bytes:
+    """The content of the warm-up file for ``fmt``: one BYTES element holding the encoded picture."""
+    return serialize_byte_tensor(np.array([encoded(fmt)], dtype=np.object_)).item()
 
 
 def main() -> None:
     FOLDER.mkdir(parents=True, exist_ok=True)
     for name, fmt in FILES.items():
-        (FOLDER / name).write_bytes(triton_bytes([encoded(fmt)]))
+        (FOLDER / name).write_bytes(warmup_file(fmt))
         print(f"wrote {FOLDER / name}")
 
 
