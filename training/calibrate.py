@@ -39,7 +39,7 @@ import tensorflow as tf  # noqa: E402
 
 from common import spec  # noqa: E402
 from training import data as utk  # noqa: E402
-from training import heads  # noqa: E402
+from training import ensemble, heads  # noqa: E402
 from training import model as models  # noqa: E402
 from training.export import SAVEDMODEL, export_model, latest  # noqa: E402
 
@@ -63,11 +63,15 @@ def load_model(version_dir: Path):
     """The Keras age model with an exported version's weights, read from its SavedModel by variable path.
 
     Only the SavedModel is committed; the architecture is ``training.model.build`` with the widths recorded in
-    ``training_config.json``.
+    ``training_config.json``, or, for an average of networks, ``training.ensemble.architecture`` with its members'.
     """
     config = json.loads((version_dir / "training_config.json").read_text())
-    widths = tuple(int(w) for w in str(config.get("widths", "16,32,64,128")).split(","))
-    model = models.build("age", widths=widths, size=config.get("image_size") or spec.image_size("age"))
+    size = config.get("image_size") or spec.image_size("age")
+    if "ensemble" in config:
+        model = ensemble.architecture("age", [m["config"] for m in config["ensemble"]], size)
+    else:
+        widths = tuple(int(w) for w in str(config.get("widths", "16,32,64,128")).split(","))
+        model = models.build("age", widths=widths, size=size)
     loaded = tf.saved_model.load(str(version_dir / SAVEDMODEL))
     source = {v.name.split(":")[0]: v.numpy() for v in loaded.variables}
     for w in model.weights:

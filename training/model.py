@@ -69,6 +69,7 @@ def build(
     widths: tuple[int, ...] = DEFAULT_WIDTHS,
     dropout: float = 0.3,
     age_head: str = "bins",
+    name: str | None = None,
 ) -> keras.Model:
     """Builds the age model or the gender classifier.
 
@@ -79,33 +80,37 @@ def build(
         dropout: Dropout before the head.
         age_head: ``"bins"`` (probabilities of each age 0..116, shape ``(N, AGE_BINS)``) or
             ``"regression"`` (years, shape ``(N, 1)``).
+        name: The model's name, default ``task``. A given name also prefixes every weighted layer's name
+            (``member0_conv0_0``), so that the members of an ensemble keep distinct weight paths through saving,
+            export and ``training.calibrate``'s reading of a SavedModel's variables.
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     size = size or spec.image_size(task)
     if age_head not in AGE_HEADS:
         raise ValueError(f"age_head must be one of {AGE_HEADS}, got {age_head!r}")
+    p = f"{name}_" if name else ""
     inputs = keras.Input((size, size, 3), dtype="uint8", name=spec.INPUT_NAME)
     x = layers.Rescaling(1 / 127.5, offset=-1.0)(layers.Identity()(inputs))
     for i, width in enumerate(widths):
         for j in range(2):
-            x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"conv{i}_{j}")(x)
-            x = layers.BatchNormalization(name=f"bn{i}_{j}")(x)
+            x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"{p}conv{i}_{j}")(x)
+            x = layers.BatchNormalization(name=f"{p}bn{i}_{j}")(x)
             x = layers.ReLU()(x)
         x = layers.MaxPooling2D()(x) if i < len(widths) - 1 else layers.GlobalAveragePooling2D()(x)
     x = layers.Dropout(dropout)(x)
-    x = layers.Dense(128, activation="relu", name="fc")(x)
+    x = layers.Dense(128, activation="relu", name=f"{p}fc")(x)
     x = layers.Dropout(dropout / 2)(x)
     if task == "age" and age_head == "bins":
         # Logits, then a separate softmax: export divides the logits' log-probabilities by a temperature.
-        x = layers.Dense(AGE_BINS, name="age_logits")(x)
-        out = layers.Softmax(name="age_distribution")(x)
+        x = layers.Dense(AGE_BINS, name=f"{p}age_logits")(x)
+        out = layers.Softmax(name=f"{p}age_distribution")(x)
     elif task == "age":
         # Start the bias at UTKFace's mean age so early epochs are not spent getting there.
-        out = layers.Dense(1, bias_initializer=keras.initializers.Constant(33.0), name=OUTPUT_NAMES[task])(x)
+        out = layers.Dense(1, bias_initializer=keras.initializers.Constant(33.0), name=p + OUTPUT_NAMES[task])(x)
     else:
-        out = layers.Dense(1, activation="sigmoid", name=OUTPUT_NAMES[task])(x)
-    return keras.Model(inputs, out, name=task)
+        out = layers.Dense(1, activation="sigmoid", name=p + OUTPUT_NAMES[task])(x)
+    return keras.Model(inputs, out, name=name or task)
 
 
 def recalibrate_batchnorm(

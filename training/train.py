@@ -64,7 +64,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=DEFAULTS["budget_minutes"],
         help="stop after the last epoch that fits in this wall-clock budget",
     )
-    p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    p.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="the train/val/test split's seed (keep it)")
+    p.add_argument(
+        "--order-seed",
+        type=int,
+        default=None,
+        help="seed of initialisation, shuffling and augmentation (default: --seed); another value trains a "
+        "different member for an ensemble on the same split",
+    )
     p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
     p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
     p.add_argument("--weight-decay", type=float, default=DEFAULTS["weight_decay"])
@@ -186,7 +193,11 @@ def main(argv: list[str] | None = None) -> Path:
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-    keras.utils.set_random_seed(args.seed)
+    # The split must never move (evaluation and calibration read it from the recorded seed); everything random in
+    # training itself follows the order seed, so a second ensemble member sees other orders on the same faces.
+    if args.order_seed is None:
+        args.order_seed = args.seed
+    keras.utils.set_random_seed(args.order_seed)
 
     data = utk.load(args.data, cache_dir=args.cache_dir, size=args.image_size)
     splits = utk.split(data, seed=args.seed)
@@ -203,7 +214,7 @@ def main(argv: list[str] | None = None) -> Path:
     y = "ages" if args.task == "age" else "genders"
     logging.info("train %d, val %d images of %dx%d", len(train), len(val), args.image_size, args.image_size)
 
-    augment = models.augmentation(seed=args.seed)
+    augment = models.augmentation(seed=args.order_seed)
 
     # Loss weights for the rare ages, in training only: validation loss stays the plain mean, so checkpoints
     # and early stopping compare weighted and unweighted runs on the same scale.
@@ -218,7 +229,7 @@ def main(argv: list[str] | None = None) -> Path:
             columns += (utk.tail_weights(part.ages, args.tail_weight),)
         ds = tf.data.Dataset.from_tensor_slices(columns)
         if training:
-            ds = ds.shuffle(len(part), seed=args.seed, reshuffle_each_iteration=True)
+            ds = ds.shuffle(len(part), seed=args.order_seed, reshuffle_each_iteration=True)
         ds = ds.batch(args.batch_size)
         if training:
             ds = ds.map(
@@ -305,7 +316,7 @@ def main(argv: list[str] | None = None) -> Path:
         candidate = keras.models.load_model(path)
         candidate.compile(**compile_args)  # a reloaded Huber loss forgets its delta
         before = candidate.evaluate(dataset(val, False), verbose=0, return_dict=True)
-        models.recalibrate_batchnorm(candidate, train.images, seed=args.seed)
+        models.recalibrate_batchnorm(candidate, train.images, seed=args.order_seed)
         after = candidate.evaluate(dataset(val, False), verbose=0, return_dict=True)
         kept = after["loss"] < before["loss"]
         if not kept:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 import struct
 
+import numpy as np
 from tritonclient.grpc import service_pb2
+from tritonclient.utils import serialize_byte_tensor
 
 from common import contract
 from loadtest.bench.driver import OUTPUTS
@@ -27,9 +29,11 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
 def serialize_bytes(blobs: list[bytes]) -> bytes:
-    """A BYTES tensor's raw contents as Triton lays them out: each element a little-endian uint32 length, then the
-    bytes (also what the abuse suite's hand-built requests carry)."""
-    return b"".join(struct.pack("<I", len(b)) + b for b in blobs)
+    """A BYTES tensor's raw contents as Triton lays them out (each element a little-endian uint32 length, then the
+    bytes), by tritonclient's own serializer; also what the abuse suite's hand-built requests carry."""
+    column = np.empty(len(blobs), dtype=object)
+    column[:] = blobs  # element by element: numpy would otherwise make equal-length blobs a 2-D array
+    return serialize_byte_tensor(column).item() if len(blobs) else b""
 
 
 def infer_request(model: str, image: bytes) -> service_pb2.ModelInferRequest:

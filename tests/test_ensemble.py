@@ -1,0 +1,108 @@
+"""training.ensemble: the average of networks is one model whose outputs are its members' mean, it exports like any
+run, training.calibrate reads its weights back, and members from different splits are refused."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from common import spec
+from training import calibrate, ensemble, evaluate, export, heads, train
+from training import model as models
+
+WIDTHS = "4,8"
+
+
+def member(tmp_path, name: str, task: str, seed: int, *, split_seed: int = 1337):
+    """A saved run with distinct random weights, as training leaves one (``model.keras`` and ``config.json``)."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    net = models.build(task, widths=(4, 8))
+    if task == "age":  # a skewed distribution per member, so mean and median differ and members disagree
+        head = net.get_layer("age_logits")
+        centre = np.log(20 + 15 * seed)
+        head.set_weights([head.get_weights()[0], (-0.5 * ((np.log1p(np.arange(heads.AGE_BINS)) - centre) / 0.4) ** 2)])
+    run = tmp_path / name
+    run.mkdir()
+    net.save(run / "model.keras")
+    (run / "config.json").write_text(json.dumps({"task": task, "widths": WIDTHS, "seed": split_seed, "tta": True}))
+    return run / "model.keras", net
+
+
+@pytest.mark.parametrize("task", ["age", "gender"])
+def test_the_ensemble_outputs_its_members_mean(tmp_path, task):
+    (a, net_a), (b, net_b) = member(tmp_path, "a", task, 1), member(tmp_path, "b", task, 2)
+    side = spec.image_size(task)
+    model, configs = ensemble.build(task, [a, b], side)
+    assert [c["seed"] for c in configs] == [1337, 1337]
+    faces = np.random.default_rng(3).integers(0, 255, (6, side, side, 3), dtype=np.uint8)
+    mean = (net_a.predict(faces, verbose=0) + net_b.predict(faces, verbose=0)) / 2
+    np.testing.assert_allclose(model.predict(faces, verbose=0), mean, atol=1e-6)
+    # The members disagree, so the average is neither of them: the test would catch a member copied twice.
+    assert np.abs(net_a.predict(faces, verbose=0) - net_b.predict(faces, verbose=0)).max() > 1e-3
+    # Every weight path is unique, so saving and the SavedModel's variables keep the members apart.
+    paths = [w.path for w in model.weights]
+    assert len(paths) == len(set(paths)) == 2 * len(net_a.weights)
+
+
+def test_an_exported_ensemble_reads_back_for_calibration_and_serves_the_mixture(tmp_path):
+    (a, net_a), (b, net_b) = member(tmp_path, "a", "age", 1), member(tmp_path, "b", "age", 2)
+    side = spec.image_size("age")
+    model, configs = ensemble.build("age", [a, b], side)
+    record = tmp_path / "training_config.json"
+    record.write_text(
+        json.dumps({"task": "age", "image_size": side, "tta": True, "ensemble": [{"config": c} for c in configs]})
+    )
+    version = export.export_model(model, "age", tmp_path / "repo", extra_files={"training_config.json": record})
+    loaded, _ = calibrate.load_model(version)
+    for x, y in zip(model.weights, loaded.weights, strict=True):
+        assert x.path == y.path
+        np.testing.assert_array_equal(x.numpy(), y.numpy())
+    faces = np.random.default_rng(4).integers(0, 255, (5, side, side, 3), dtype=np.uint8)
+    served = evaluate.predict(version, faces)
+    # The served age is the median of the mixture of the members' distributions (each averaged over the flip).
+    views = [faces, faces[:, :, ::-1]]
+    mixture = [(net_a.predict(v, verbose=0) + net_b.predict(v, verbose=0)) / 2 for v in views]
+    expected = heads.flat(heads.summarize(mixture, "age"))[spec.AGE_OUTPUT]
+    np.testing.assert_allclose(served[spec.AGE_OUTPUT], expected, atol=1e-3)
+    alone = heads.flat(heads.served_outputs(net_a, "age", tf.constant(faces)))[spec.AGE_OUTPUT]
+    assert np.abs(alone - expected).max() > 0.5
+
+
+def test_members_from_different_splits_are_refused(tmp_path):
+    a, _ = member(tmp_path, "a", "gender", 1)
+    b, _ = member(tmp_path, "b", "gender", 2, split_seed=7)
+    with pytest.raises(ValueError, match="different splits"):
+        ensemble.build("gender", [a, b], spec.image_size("gender"))
+
+
+def test_a_member_of_another_architecture_is_refused(tmp_path):
+    a, _ = member(tmp_path, "a", "gender", 1)
+    other = tmp_path / "other"
+    other.mkdir()
+    models.build("gender", widths=(2, 2)).save(other / "model.keras")
+    (other / "config.json").write_text(json.dumps({"task": "gender", "widths": WIDTHS, "seed": 1337}))
+    with pytest.raises(ValueError, match="weights match"):
+        ensemble.build("gender", [a, other / "model.keras"], spec.image_size("gender"))
+
+
+def test_the_order_seed_changes_training_but_never_the_split(archive, tmp_path):
+    runs = {}
+    for order in (None, 5):
+        out = tmp_path / f"run-{order}"
+        args = ["--task", "gender", "--data", str(archive), "--out", str(out), "--epochs", "1", "--batch-size", "16"]
+        args += ["--widths", WIDTHS, "--cache-dir", str(tmp_path / "cache")]
+        train.main(args + (["--order-seed", str(order)] if order is not None else []))
+        runs[order] = out
+    assert (runs[None] / "manifest.csv").read_text() == (runs[5] / "manifest.csv").read_text()
+    configs = {k: json.loads((v / "config.json").read_text()) for k, v in runs.items()}
+    assert configs[None]["seed"] == configs[5]["seed"] == 1337
+    assert (configs[None]["order_seed"], configs[5]["order_seed"]) == (1337, 5)
+    import keras
+
+    weights = [keras.models.load_model(v / "model.keras").get_layer("fc").get_weights()[0] for v in runs.values()]
+    assert np.abs(weights[0] - weights[1]).max() > 1e-4

@@ -1,0 +1,149 @@
+"""Averages independently trained networks of one task into one model, and makes it a run that exports as usual.
+
+    python -m training.ensemble --task age --data ../shared/datasets/UTKFace.tar.gz \\
+        --members model_repository/age/8 runs/age-snap/model.keras --out runs/ensemble
+    python -m training.export --runs runs/ensemble --tasks age
+
+Networks that start from different points or see the faces in another order make partly independent errors, and
+the average of their distributions errs less than either (age: the mixture of the members' distributions over the
+117 ages, read as the served estimate; gender: the mean of the members' probabilities). The result is still one
+Keras model per task, one SavedModel, one Triton model: the server, the clients and the interval's calibration see
+a model like any other, with twice the CNN work per face for two members.
+
+Every member must be trained on the same split (the recorded split seed), or one member's training faces would be
+in the validation faces the temperature and the interval are fitted on. The temperature is fitted again on the
+validation split for the average, and the record keeps each member's own validation score beside the average's,
+so the gain is there to read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from common import spec  # noqa: E402
+from training import data as utk  # noqa: E402
+from training import heads  # noqa: E402
+from training import model as models  # noqa: E402
+from training.train import DEFAULTS, init_weights, score  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+def _widths(config: dict) -> tuple[int, ...]:
+    return tuple(int(w) for w in str(config.get("widths", DEFAULTS["widths"])).split(","))
+
+
+def architecture(task: str, member_configs: list[dict], size: int) -> keras.Model:
+    """The untrained ensemble: one network per member record, each named ``member<i>``.
+
+    The name prefixes every weighted layer (``member0_conv0_0/kernel``), so each variable keeps a unique path in a
+    saved ``.keras`` file and in the SavedModel, where ``training.calibrate`` reads an exported version's weights.
+    """
+    inputs = keras.Input((size, size, 3), dtype="uint8", name=spec.INPUT_NAME)
+    outputs = []
+    for i, config in enumerate(member_configs):
+        net = models.build(task, size=size, widths=_widths(config), name=f"member{i}")
+        outputs.append(net(inputs))
+    # Age: a mixture of distributions is their mean, still a distribution over the same ages.
+    out = keras.layers.Average(name="average")(outputs) if len(outputs) > 1 else outputs[0]
+    return keras.Model(inputs, out, name=task)
+
+
+def member_config(source: Path) -> dict:
+    """The training record of a member: a run's ``config.json`` beside its ``.keras`` file, or a version's."""
+    record = source.parent / "config.json" if source.suffix == ".keras" else source / "training_config.json"
+    if not record.exists():
+        raise FileNotFoundError(f"{source}: no training record at {record}")
+    return json.loads(record.read_text())
+
+
+def build(task: str, sources: list[Path], size: int) -> tuple[keras.Model, list[dict]]:
+    """The ensemble with each member's trained weights (from a ``.keras`` run or an exported version folder)."""
+    configs = [member_config(s) for s in sources]
+    splits = {c.get("seed", DEFAULTS["seed"]) for c in configs}
+    if len(splits) != 1:
+        raise ValueError(f"members were trained on different splits (seeds {sorted(splits)}); refusing to average")
+    model = architecture(task, configs, size)
+    for i, source in enumerate(sources):
+        net = model.get_layer(f"member{i}")
+        # A plain network of the member's architecture loads the weights by their usual paths, then hands each to
+        # the member's weight of the same path under the member's prefix; every weight must be found.
+        plain = models.build(task, size=size, widths=_widths(configs[i]))
+        copied = init_weights(plain, source)
+        if len(copied) != len(plain.weights):
+            raise ValueError(f"{source}: {len(copied)} of {len(plain.weights)} weights match; not a {task} network")
+        values = {f"{net.name}_{w.path}": w for w in plain.weights}
+        for target in net.weights:
+            target.assign(values.pop(target.path))
+        assert not values, f"weights left over: {sorted(values)}"
+    return model, configs
+
+
+def main(argv: list[str] | None = None) -> Path:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", required=True, choices=models.TASKS)
+    p.add_argument("--data", required=True, type=Path, help="UTKFace.tar.gz or a folder of UTKFace images")
+    p.add_argument("--members", required=True, nargs="+", type=Path, help="runs' .keras files or exported versions")
+    p.add_argument("--out", type=Path, default=Path("runs/ensemble"), help="writes <out>/<task>/ for training.export")
+    p.add_argument("--cache-dir", type=Path, default=utk.default_cache_dir())
+    p.add_argument("--estimate", choices=heads.AGE_ESTIMATES, default=heads.AGE_ESTIMATE)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    size = spec.image_size(args.task)
+    model, configs = build(args.task, args.members, size)
+    data = utk.load(args.data, size=size, cache_dir=args.cache_dir)
+    split_seed = configs[0].get("seed", DEFAULTS["seed"])
+    val = data.subset(np.flatnonzero(utk.split(data, seed=split_seed) == "val"))
+
+    members = []
+    for i, (source, config) in enumerate(zip(args.members, configs, strict=True)):
+        raw = heads.raw_views(model.get_layer(f"member{i}"), val.images)
+        fit = heads.fit_temperature(raw, args.task, val.ages, val.genders)
+        members.append(
+            {
+                "source": str(source),
+                "val_served": score(raw, args.task, val, fit["temperature"], args.estimate),
+                "config": config,
+            }
+        )
+        log.info("member %d (%s): validation as served %s", i, source, members[-1]["val_served"])
+    raw = heads.raw_views(model, val.images)
+    fit = heads.fit_temperature(raw, args.task, val.ages, val.genders)
+    record = {
+        "task": args.task,
+        "seed": split_seed,
+        "image_size": size,
+        "widths": configs[0].get("widths", DEFAULTS["widths"]),
+        "tta": True,
+        "temperature": fit["temperature"],
+        "temperature_fit": fit["chosen"],
+        "estimate": args.estimate,
+        "val_served": score(raw, args.task, val, fit["temperature"], args.estimate),
+        "val_served_no_tta": score(raw[:1], args.task, val, fit["temperature"], args.estimate),
+        "ensemble": members,
+    }
+    log.info(
+        "average of %d: temperature %.3f, validation as served %s",
+        len(members),
+        fit["temperature"],
+        record["val_served"],
+    )
+    out = args.out / args.task
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(out / "model.keras")
+    (out / "config.json").write_text(json.dumps(record, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    main()
