@@ -46,7 +46,7 @@ def architectures(candidates: list[str], seconds: float) -> None:
     rng = np.random.default_rng(0)
     for candidate in candidates:
         size, widths = candidate.split(":")
-        size, widths = int(size), tuple(int(w) for w in widths.split(","))
+        size, widths = int(size), models.parse_widths(widths)
         model = models.build("age", size=size, widths=widths)
         model.compile(optimizer="adam", loss="mae")
         x = rng.integers(0, 256, (256, size, size, 3), np.uint8)

@@ -70,8 +70,7 @@ def load_model(version_dir: Path):
     if "ensemble" in config:
         model = ensemble.architecture("age", [m["config"] for m in config["ensemble"]], size)
     else:
-        widths = tuple(int(w) for w in str(config.get("widths", "16,32,64,128")).split(","))
-        model = models.build("age", widths=widths, size=size)
+        model = models.build("age", widths=models.parse_widths(config.get("widths")), size=size)
     loaded = tf.saved_model.load(str(version_dir / SAVEDMODEL))
     source = {v.name.split(":")[0]: v.numpy() for v in loaded.variables}
     for w in model.weights:

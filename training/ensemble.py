@@ -38,10 +38,6 @@ from training.train import DEFAULTS, init_weights, score  # noqa: E402
 log = logging.getLogger(__name__)
 
 
-def _widths(config: dict) -> tuple[int, ...]:
-    return tuple(int(w) for w in str(config.get("widths", DEFAULTS["widths"])).split(","))
-
-
 def architecture(task: str, member_configs: list[dict], size: int) -> keras.Model:
     """The untrained ensemble: one network per member record, each named ``member<i>``.
 
@@ -51,7 +47,7 @@ def architecture(task: str, member_configs: list[dict], size: int) -> keras.Mode
     inputs = keras.Input((size, size, 3), dtype="uint8", name=spec.INPUT_NAME)
     outputs = []
     for i, config in enumerate(member_configs):
-        net = models.build(task, size=size, widths=_widths(config), name=f"member{i}")
+        net = models.build(task, size=size, widths=models.parse_widths(config.get("widths")), name=f"member{i}")
         outputs.append(net(inputs))
     # Age: a mixture of distributions is their mean, still a distribution over the same ages.
     out = keras.layers.Average(name="average")(outputs) if len(outputs) > 1 else outputs[0]
@@ -77,7 +73,7 @@ def build(task: str, sources: list[Path], size: int) -> tuple[keras.Model, list[
         net = model.get_layer(f"member{i}")
         # A plain network of the member's architecture loads the weights by their usual paths, then hands each to
         # the member's weight of the same path under the member's prefix; every weight must be found.
-        plain = models.build(task, size=size, widths=_widths(configs[i]))
+        plain = models.build(task, size=size, widths=models.parse_widths(configs[i].get("widths")))
         copied = init_weights(plain, source)
         if len(copied) != len(plain.weights):
             raise ValueError(f"{source}: {len(copied)} of {len(plain.weights)} weights match; not a {task} network")

@@ -25,6 +25,12 @@ AGE_BINS = MAX_AGE + 1
 DEFAULT_WIDTHS = (16, 32, 64, 128)
 
 
+def parse_widths(value: str | None) -> tuple[int, ...]:
+    """Channels per conv block from their written form (``--widths``, and every run's recorded config): "16,32,64,128";
+    None (a record from before the option) is the default."""
+    return tuple(int(w) for w in str(value).split(",")) if value else DEFAULT_WIDTHS
+
+
 def augmentation(seed: int | None = None) -> keras.Sequential:
     """Face-safe augmentation: mirror, small shifts and turns, brightness and contrast.
 

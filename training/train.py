@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> Path:
                 ds = ds.map(lambda x, y: models.mixup(x, y, args.mixup), num_parallel_calls=tf.data.AUTOTUNE)
         return ds.prefetch(tf.data.AUTOTUNE)
 
-    widths = tuple(int(w) for w in args.widths.split(","))
+    widths = models.parse_widths(args.widths)
     model = models.build(args.task, size=args.image_size, widths=widths, age_head=age_head(args))
     metrics = (
         [heads.age_mae]
