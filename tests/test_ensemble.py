@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -18,8 +19,6 @@ WIDTHS = "4,8"
 
 def member(tmp_path, name: str, task: str, seed: int, *, split_seed: int = 1337):
     """A saved run with distinct random weights, as training leaves one (``model.keras`` and ``config.json``)."""
-    import keras
-
     keras.utils.set_random_seed(seed)
     net = models.build(task, widths=(4, 8))
     if task == "age":  # a skewed distribution per member, so mean and median differ and members disagree
@@ -102,7 +101,5 @@ def test_the_order_seed_changes_training_but_never_the_split(archive, tmp_path):
     configs = {k: json.loads((v / "config.json").read_text()) for k, v in runs.items()}
     assert configs[None]["seed"] == configs[5]["seed"] == 1337
     assert (configs[None]["order_seed"], configs[5]["order_seed"]) == (1337, 5)
-    import keras
-
     weights = [keras.models.load_model(v / "model.keras").get_layer("fc").get_weights()[0] for v in runs.values()]
     assert np.abs(weights[0] - weights[1]).max() > 1e-4

@@ -101,9 +101,10 @@ def main(argv: list[str] | None = None) -> Path:
     split_seed = configs[0].get("seed", DEFAULTS["seed"])
     val = data.subset(np.flatnonzero(utk.split(data, seed=split_seed) == "val"))
 
-    members = []
+    members, member_raw = [], []
     for i, (source, config) in enumerate(zip(args.members, configs, strict=True)):
         raw = heads.raw_views(model.get_layer(f"member{i}"), val.images)
+        member_raw.append(raw)
         fit = heads.fit_temperature(raw, args.task, val.ages, val.genders)
         members.append(
             {
@@ -113,13 +114,13 @@ def main(argv: list[str] | None = None) -> Path:
             }
         )
         log.info("member %d (%s): validation as served %s", i, source, members[-1]["val_served"])
-    raw = heads.raw_views(model, val.images)
+    # The average's output is its members' mean (architecture()), so its views are theirs averaged, not a second pass.
+    raw = [np.mean(views, axis=0) for views in zip(*member_raw, strict=True)]
     fit = heads.fit_temperature(raw, args.task, val.ages, val.genders)
     record = {
         "task": args.task,
         "seed": split_seed,
         "image_size": size,
-        "widths": configs[0].get("widths", DEFAULTS["widths"]),
         "tta": True,
         "temperature": fit["temperature"],
         "temperature_fit": fit["chosen"],
