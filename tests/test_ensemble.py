@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from common import spec
-from training import calibrate, ensemble, evaluate, export, heads, train
+from training import calibrate, ensemble, evaluate, export, heads
 from training import model as models
 
 WIDTHS = "4,8"
@@ -87,19 +87,3 @@ def test_a_member_of_another_architecture_is_refused(tmp_path):
     (other / "config.json").write_text(json.dumps({"task": "gender", "widths": WIDTHS, "seed": 1337}))
     with pytest.raises(ValueError, match="weights match"):
         ensemble.build("gender", [a, other / "model.keras"], spec.image_size("gender"))
-
-
-def test_the_order_seed_changes_training_but_never_the_split(archive, tmp_path):
-    runs = {}
-    for order in (None, 5):
-        out = tmp_path / f"run-{order}"
-        args = ["--task", "gender", "--data", str(archive), "--out", str(out), "--epochs", "1", "--batch-size", "16"]
-        args += ["--widths", WIDTHS, "--cache-dir", str(tmp_path / "cache")]
-        train.main(args + (["--order-seed", str(order)] if order is not None else []))
-        runs[order] = out
-    assert (runs[None] / "manifest.csv").read_text() == (runs[5] / "manifest.csv").read_text()
-    configs = {k: json.loads((v / "config.json").read_text()) for k, v in runs.items()}
-    assert configs[None]["seed"] == configs[5]["seed"] == 1337
-    assert (configs[None]["order_seed"], configs[5]["order_seed"]) == (1337, 5)
-    weights = [keras.models.load_model(v / "model.keras").get_layer("fc").get_weights()[0] for v in runs.values()]
-    assert np.abs(weights[0] - weights[1]).max() > 1e-4

@@ -48,6 +48,7 @@ DEFAULTS = {
     "threads": 0,
     "limit": 0,
     "widths": "16,32,64,128",
+    "schedule": "cosine",
 }
 
 
@@ -131,6 +132,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=DEFAULTS["mixup"],
         help="gender only: blend training faces and labels in pairs, weight ~ Beta(ALPHA, ALPHA) "
         "(model.mixup); 0 = off",
+    )
+    p.add_argument(
+        "--schedule",
+        choices=("cosine", "constant"),
+        default=DEFAULTS["schedule"],
+        help="learning rate after the warm-up epoch: cosine decay to 1%%, or held at --lr (the phase whose "
+        "epochs training.swa averages; use with --keep-epochs)",
+    )
+    p.add_argument(
+        "--keep-epochs",
+        action="store_true",
+        help="also save every epoch's weights as epoch<N>.keras (snapshots for training.swa)",
     )
     p.add_argument("--threads", type=int, default=DEFAULTS["threads"], help="TensorFlow threads, 0 = all")
     p.add_argument("--limit", type=int, default=DEFAULTS["limit"], help="use at most N training images (smoke runs)")
@@ -286,13 +299,14 @@ def main(argv: list[str] | None = None) -> Path:
         (args.out / "config.json").write_text(json.dumps(config, indent=2))
         ema = WeightAverage(args.ema, args.out / "ema.npz", resume=args.resume) if args.ema else None
         callbacks = [
-            BudgetAndCosine(args.lr, args.epochs, args.budget_minutes),
+            BudgetAndCosine(args.lr, args.epochs, args.budget_minutes, constant=args.schedule == "constant"),
             *([ema] if ema else []),  # swaps the averaged weights in before validation...
             keras.callbacks.ModelCheckpoint(
                 best, monitor="val_loss", save_best_only=True, initial_value_threshold=best_loss
             ),
             *([ema.restore_callback()] if ema else []),  # ...and the live ones back after the best is saved
             keras.callbacks.ModelCheckpoint(last),
+            *([keras.callbacks.ModelCheckpoint(args.out / "epoch{epoch:03d}.keras")] if args.keep_epochs else []),
             ResumeState(state_file, best_loss),
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=args.patience),
             keras.callbacks.CSVLogger(args.out / "history.csv", append=args.resume),
@@ -442,12 +456,15 @@ class BudgetAndCosine(keras.callbacks.Callback):
     """Cosine learning-rate decay over whichever runs out first, epochs or the time budget.
 
     Stops before an epoch that would overrun the budget, so a budgeted run still
-    ends on an annealed learning rate and a full validation pass.
+    ends on an annealed learning rate and a full validation pass. ``constant`` holds the rate at ``lr`` after the
+    warm-up instead: the phase of stochastic weight averaging, whose epochs are averaged rather than annealed.
     """
 
-    def __init__(self, lr: float, epochs: int, budget_minutes: float | None, warmup: int = 1):
+    def __init__(
+        self, lr: float, epochs: int, budget_minutes: float | None, warmup: int = 1, *, constant: bool = False
+    ):
         super().__init__()
-        self.lr, self.epochs, self.warmup = lr, epochs, warmup
+        self.lr, self.epochs, self.warmup, self.constant = lr, epochs, warmup, constant
         self.budget = budget_minutes * 60 if budget_minutes else math.inf
         self.start = self.epoch_start = time.time()
         self.longest_epoch = 0.0
@@ -463,6 +480,8 @@ class BudgetAndCosine(keras.callbacks.Callback):
         scale = (
             (epoch + 1) / (self.warmup + 1)
             if epoch < self.warmup
+            else 1.0
+            if self.constant
             else 0.5 * (1 + math.cos(math.pi * self._progress(epoch)))
         )
         self.model.optimizer.learning_rate.assign(max(self.lr * scale, self.lr * 0.01))

@@ -1,0 +1,134 @@
+"""Averages the weights of snapshots from one training trajectory into one network (stochastic weight averaging).
+
+    python -m training.swa --task age --data ../shared/datasets/UTKFace.tar.gz \\
+        --snapshots model_repository/age/10 model_repository/age/12 runs/age-cycle1/model.keras --out runs/swa
+    python -m training.export --runs runs/swa --tasks age
+
+Each high restart of the learning rate (``train.py --init-from ... --lr 1e-3``) ends in a nearby low-loss point of
+the same basin, and the mean of such points lies nearer the basin's flat centre than any one of them (Izmailov et
+al., 2018, "Averaging Weights Leads to Wider Optima and Better Generalization"). Unlike ``training.ensemble``,
+which averages outputs at N times the work per face, this averages weights: one network, the served compute of
+any one snapshot.
+
+A mean of weights is not a mean of BatchNorm statistics, so the moving statistics are estimated again on clean
+training faces (``model.recalibrate_batchnorm``), then the temperature is fitted on the validation split as after
+training. Every snapshot must share the split (the recorded seed) and the architecture; the record keeps each
+snapshot's own validation score beside the average's, so the choice is made, and can be read, on validation only.
+A snapshot's score is as saved: an epoch's checkpoint (``--keep-epochs``) still holds the BatchNorm statistics of
+augmented faces, so it reads worse than the same weights after ``train.py``'s post-training re-estimation would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from common import spec  # noqa: E402
+from training import data as utk  # noqa: E402
+from training import heads  # noqa: E402
+from training import model as models  # noqa: E402
+from training.ensemble import member_config  # noqa: E402
+from training.train import DEFAULTS, init_weights, score  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+def load(task: str, source: Path, config: dict, size: int) -> keras.Model:
+    """One snapshot as a plain network of its recorded architecture; every weight must be found."""
+    net = models.build(task, size=size, widths=models.parse_widths(config.get("widths")))
+    copied = init_weights(net, source)
+    if len(copied) != len(net.weights):
+        raise ValueError(f"{source}: {len(copied)} of {len(net.weights)} weights match; not this {task} network")
+    return net
+
+
+def average(task: str, sources: list[Path], size: int) -> tuple[keras.Model, list[keras.Model], list[dict]]:
+    """The network whose every weight is the snapshots' mean, and the snapshots themselves (for their scores)."""
+    configs = [member_config(s) for s in sources]
+    splits = {c.get("seed", DEFAULTS["seed"]) for c in configs}
+    if len(splits) != 1:
+        raise ValueError(f"snapshots were trained on different splits (seeds {sorted(splits)}); refusing to average")
+    shapes = {models.parse_widths(c.get("widths")) for c in configs}
+    if len(shapes) != 1:
+        raise ValueError(f"snapshots have different architectures (widths {sorted(shapes)}); refusing to average")
+    nets = [load(task, s, c, size) for s, c in zip(sources, configs, strict=True)]
+    mean = models.build(task, size=size, widths=shapes.pop())
+    for i, target in enumerate(mean.weights):
+        target.assign(np.mean([net.weights[i].numpy() for net in nets], axis=0))
+    return mean, nets, configs
+
+
+def main(argv: list[str] | None = None) -> Path:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", required=True, choices=models.TASKS)
+    p.add_argument("--data", required=True, type=Path, help="UTKFace.tar.gz or a folder of UTKFace images")
+    p.add_argument("--snapshots", required=True, nargs="+", type=Path, help="runs' .keras files or exported versions")
+    p.add_argument("--out", type=Path, default=Path("runs/swa"), help="writes <out>/<task>/ for training.export")
+    p.add_argument("--cache-dir", type=Path, default=utk.default_cache_dir())
+    p.add_argument("--estimate", choices=heads.AGE_ESTIMATES, default=heads.AGE_ESTIMATE)
+    p.add_argument("--bn-seed", type=int, default=0, help="order of the clean faces BatchNorm is re-estimated on")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if len(args.snapshots) < 2:
+        p.error("--snapshots needs at least two")
+
+    size = spec.image_size(args.task)
+    model, nets, configs = average(args.task, args.snapshots, size)
+    data = utk.load(args.data, size=size, cache_dir=args.cache_dir)
+    split_seed = configs[0].get("seed", DEFAULTS["seed"])
+    splits = utk.split(data, seed=split_seed)
+    train = data.subset(np.flatnonzero(splits == "train"))
+    val = data.subset(np.flatnonzero(splits == "val"))
+
+    def served(net: keras.Model) -> tuple[list[np.ndarray], dict, dict]:
+        raw = heads.raw_views(net, val.images)
+        fit = heads.fit_temperature(raw, args.task, val.ages, val.genders)
+        return raw, fit, score(raw, args.task, val, fit["temperature"], args.estimate)
+
+    snapshots = []
+    for source, net in zip(args.snapshots, nets, strict=True):
+        snapshots.append({"source": str(source), "val_served": served(net)[2]})
+        log.info("snapshot %s: validation as served %s", source, snapshots[-1]["val_served"])
+    models.recalibrate_batchnorm(model, train.images, seed=args.bn_seed)
+    raw, fit, val_served = served(model)
+    record = {
+        **configs[-1],  # the architecture and training record of the last snapshot, which the average shares
+        "task": args.task,
+        "seed": split_seed,
+        "image_size": size,
+        "tta": True,
+        "temperature": fit["temperature"],
+        "temperature_fit": fit["chosen"],
+        "estimate": args.estimate,
+        "val_served": val_served,
+        "val_served_no_tta": score(raw[:1], args.task, val, fit["temperature"], args.estimate),
+        "weight_average": {"bn_seed": args.bn_seed, "snapshots": snapshots},
+    }
+    for stale in ("post_training", "interval_calibration", "train_seconds", "ensemble"):
+        record.pop(stale, None)
+    log.info(
+        "weight average of %d: temperature %.3f, validation as served %s", len(nets), fit["temperature"], val_served
+    )
+    out = args.out / args.task
+    out.mkdir(parents=True, exist_ok=True)
+    model.save(out / "model.keras")
+    (out / "config.json").write_text(json.dumps(record, indent=2))
+    # The training curves travel with the export (the evaluation report plots them): the last snapshot's run's.
+    last = args.snapshots[-1]
+    history = last.parent / "history.csv" if last.suffix == ".keras" else last / "history.csv"
+    if history.exists():
+        shutil.copy(history, out / "history.csv")
+    return out
+
+
+if __name__ == "__main__":
+    main()
