@@ -47,6 +47,15 @@ def test_snapshots_of_other_splits_or_architectures_are_refused(tmp_path):
     (other / "config.json").write_text(json.dumps({"task": "gender", "widths": "2,2", "seed": 1337}))
     with pytest.raises(ValueError, match="different architectures"):
         swa.average("gender", [a, other / "model.keras"], spec.image_size("gender"))
+    # The trunk is fully convolutional, so a 96 px gender net would load; it is another model all the same.
+    larger = tmp_path / "larger"
+    larger.mkdir()
+    models.build("gender", widths=(4, 8), size=96).save(larger / "model.keras")
+    (larger / "config.json").write_text(
+        json.dumps({"task": "gender", "widths": WIDTHS, "seed": 1337, "image_size": 96})
+    )
+    with pytest.raises(ValueError, match="px"):
+        swa.average("gender", [a, larger / "model.keras"], spec.image_size("gender"))
 
 
 LR = 4e-3

@@ -60,6 +60,9 @@ def average(task: str, sources: list[Path], size: int) -> tuple[keras.Model, lis
     shapes = {models.parse_widths(c.get("widths")) for c in configs}
     if len(shapes) != 1:
         raise ValueError(f"snapshots have different architectures (widths {sorted(shapes)}); refusing to average")
+    sizes = {c.get("image_size") or size for c in configs}
+    if sizes != {size}:
+        raise ValueError(f"snapshots were trained at {sorted(sizes)} px, the served {task} input is {size}; refusing")
     nets = [load(task, s, c, size) for s, c in zip(sources, configs, strict=True)]
     mean = models.build(task, size=size, widths=shapes.pop())
     for i, target in enumerate(mean.weights):
