@@ -33,7 +33,7 @@ from common import spec  # noqa: E402
 from training import data as utk  # noqa: E402
 from training import heads  # noqa: E402
 from training import model as models  # noqa: E402
-from training.train import DEFAULTS, init_weights, score  # noqa: E402
+from training.train import DEFAULTS, init_weights, served_record  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -62,21 +62,34 @@ def member_config(source: Path) -> dict:
     return json.loads(record.read_text())
 
 
+def split_seed(configs: list[dict]) -> int:
+    """The split seed every one of these training records shares; refuses records of different splits, since one
+    network's training faces would then be in the validation faces the temperature and interval are fitted on."""
+    splits = {c.get("seed", DEFAULTS["seed"]) for c in configs}
+    if len(splits) != 1:
+        raise ValueError(f"networks trained on different splits (seeds {sorted(splits)}); refusing to average")
+    return splits.pop()
+
+
+def trained_network(task: str, source: Path, config: dict, size: int) -> keras.Model:
+    """A plain network of the recorded architecture with the weights of ``source`` (a ``.keras`` run or an exported
+    version folder), by their usual paths; every weight must be found."""
+    net = models.build(task, size=size, widths=models.parse_widths(config.get("widths")))
+    copied = init_weights(net, source)
+    if len(copied) != len(net.weights):
+        raise ValueError(f"{source}: {len(copied)} of {len(net.weights)} weights match; not this {task} network")
+    return net
+
+
 def build(task: str, sources: list[Path], size: int) -> tuple[keras.Model, list[dict]]:
     """The ensemble with each member's trained weights (from a ``.keras`` run or an exported version folder)."""
     configs = [member_config(s) for s in sources]
-    splits = {c.get("seed", DEFAULTS["seed"]) for c in configs}
-    if len(splits) != 1:
-        raise ValueError(f"members were trained on different splits (seeds {sorted(splits)}); refusing to average")
+    split_seed(configs)
     model = architecture(task, configs, size)
     for i, source in enumerate(sources):
         net = model.get_layer(f"member{i}")
-        # A plain network of the member's architecture loads the weights by their usual paths, then hands each to
-        # the member's weight of the same path under the member's prefix; every weight must be found.
-        plain = models.build(task, size=size, widths=models.parse_widths(configs[i].get("widths")))
-        copied = init_weights(plain, source)
-        if len(copied) != len(plain.weights):
-            raise ValueError(f"{source}: {len(copied)} of {len(plain.weights)} weights match; not a {task} network")
+        # The member's weights, loaded by their usual paths, go to the same paths under the member's prefix.
+        plain = trained_network(task, source, configs[i], size)
         values = {f"{net.name}_{w.path}": w for w in plain.weights}
         for target in net.weights:
             target.assign(values.pop(target.path))
@@ -98,41 +111,30 @@ def main(argv: list[str] | None = None) -> Path:
     size = spec.image_size(args.task)
     model, configs = build(args.task, args.members, size)
     data = utk.load(args.data, size=size, cache_dir=args.cache_dir)
-    split_seed = configs[0].get("seed", DEFAULTS["seed"])
-    val = data.subset(np.flatnonzero(utk.split(data, seed=split_seed) == "val"))
+    seed = split_seed(configs)
+    val = data.subset(np.flatnonzero(utk.split(data, seed=seed) == "val"))
 
     members, member_raw = [], []
     for i, (source, config) in enumerate(zip(args.members, configs, strict=True)):
         raw = heads.raw_views(model.get_layer(f"member{i}"), val.images)
         member_raw.append(raw)
-        fit = heads.fit_temperature(raw, args.task, val.ages, val.genders)
-        members.append(
-            {
-                "source": str(source),
-                "val_served": score(raw, args.task, val, fit["temperature"], args.estimate),
-                "config": config,
-            }
-        )
+        served = served_record(raw, args.task, val, args.estimate)
+        members.append({"source": str(source), "val_served": served["val_served"], "config": config})
         log.info("member %d (%s): validation as served %s", i, source, members[-1]["val_served"])
     # The average's output is its members' mean (architecture()), so its views are theirs averaged, not a second pass.
     raw = [np.mean(views, axis=0) for views in zip(*member_raw, strict=True)]
-    fit = heads.fit_temperature(raw, args.task, val.ages, val.genders)
     record = {
         "task": args.task,
-        "seed": split_seed,
+        "seed": seed,
         "image_size": size,
         "tta": True,
-        "temperature": fit["temperature"],
-        "temperature_fit": fit["chosen"],
-        "estimate": args.estimate,
-        "val_served": score(raw, args.task, val, fit["temperature"], args.estimate),
-        "val_served_no_tta": score(raw[:1], args.task, val, fit["temperature"], args.estimate),
+        **served_record(raw, args.task, val, args.estimate),
         "ensemble": members,
     }
     log.info(
         "average of %d: temperature %.3f, validation as served %s",
         len(members),
-        fit["temperature"],
+        record["temperature"],
         record["val_served"],
     )
     out = args.out / args.task

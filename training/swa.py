@@ -36,34 +36,23 @@ from common import spec  # noqa: E402
 from training import data as utk  # noqa: E402
 from training import heads  # noqa: E402
 from training import model as models  # noqa: E402
-from training.ensemble import member_config  # noqa: E402
-from training.train import DEFAULTS, init_weights, score  # noqa: E402
+from training.ensemble import member_config, split_seed, trained_network  # noqa: E402
+from training.train import served_record  # noqa: E402
 
 log = logging.getLogger(__name__)
-
-
-def load(task: str, source: Path, config: dict, size: int) -> keras.Model:
-    """One snapshot as a plain network of its recorded architecture; every weight must be found."""
-    net = models.build(task, size=size, widths=models.parse_widths(config.get("widths")))
-    copied = init_weights(net, source)
-    if len(copied) != len(net.weights):
-        raise ValueError(f"{source}: {len(copied)} of {len(net.weights)} weights match; not this {task} network")
-    return net
 
 
 def average(task: str, sources: list[Path], size: int) -> tuple[keras.Model, list[keras.Model], list[dict]]:
     """The network whose every weight is the snapshots' mean, and the snapshots themselves (for their scores)."""
     configs = [member_config(s) for s in sources]
-    splits = {c.get("seed", DEFAULTS["seed"]) for c in configs}
-    if len(splits) != 1:
-        raise ValueError(f"snapshots were trained on different splits (seeds {sorted(splits)}); refusing to average")
+    split_seed(configs)
     shapes = {models.parse_widths(c.get("widths")) for c in configs}
     if len(shapes) != 1:
         raise ValueError(f"snapshots have different architectures (widths {sorted(shapes)}); refusing to average")
     sizes = {c.get("image_size") or size for c in configs}
     if sizes != {size}:
         raise ValueError(f"snapshots were trained at {sorted(sizes)} px, the served {task} input is {size}; refusing")
-    nets = [load(task, s, c, size) for s, c in zip(sources, configs, strict=True)]
+    nets = [trained_network(task, s, c, size) for s, c in zip(sources, configs, strict=True)]
     mean = models.build(task, size=size, widths=shapes.pop())
     for i, target in enumerate(mean.weights):
         target.assign(np.mean([net.weights[i].numpy() for net in nets], axis=0))
@@ -87,39 +76,35 @@ def main(argv: list[str] | None = None) -> Path:
     size = spec.image_size(args.task)
     model, nets, configs = average(args.task, args.snapshots, size)
     data = utk.load(args.data, size=size, cache_dir=args.cache_dir)
-    split_seed = configs[0].get("seed", DEFAULTS["seed"])
-    splits = utk.split(data, seed=split_seed)
+    seed = split_seed(configs)
+    splits = utk.split(data, seed=seed)
     train = data.subset(np.flatnonzero(splits == "train"))
     val = data.subset(np.flatnonzero(splits == "val"))
 
-    def served(net: keras.Model) -> tuple[list[np.ndarray], dict, dict]:
-        raw = heads.raw_views(net, val.images)
-        fit = heads.fit_temperature(raw, args.task, val.ages, val.genders)
-        return raw, fit, score(raw, args.task, val, fit["temperature"], args.estimate)
+    def served(net: keras.Model) -> dict:
+        return served_record(heads.raw_views(net, val.images), args.task, val, args.estimate)
 
     snapshots = []
     for source, net in zip(args.snapshots, nets, strict=True):
-        snapshots.append({"source": str(source), "val_served": served(net)[2]})
+        snapshots.append({"source": str(source), "val_served": served(net)["val_served"]})
         log.info("snapshot %s: validation as served %s", source, snapshots[-1]["val_served"])
     models.recalibrate_batchnorm(model, train.images, seed=args.bn_seed)
-    raw, fit, val_served = served(model)
     record = {
         **configs[-1],  # the architecture and training record of the last snapshot, which the average shares
         "task": args.task,
-        "seed": split_seed,
+        "seed": seed,
         "image_size": size,
         "tta": True,
-        "temperature": fit["temperature"],
-        "temperature_fit": fit["chosen"],
-        "estimate": args.estimate,
-        "val_served": val_served,
-        "val_served_no_tta": score(raw[:1], args.task, val, fit["temperature"], args.estimate),
+        **served(model),
         "weight_average": {"bn_seed": args.bn_seed, "snapshots": snapshots},
     }
     for stale in ("post_training", "interval_calibration", "train_seconds", "ensemble"):
         record.pop(stale, None)
     log.info(
-        "weight average of %d: temperature %.3f, validation as served %s", len(nets), fit["temperature"], val_served
+        "weight average of %d: temperature %.3f, validation as served %s",
+        len(nets),
+        record["temperature"],
+        record["val_served"],
     )
     out = args.out / args.task
     out.mkdir(parents=True, exist_ok=True)

@@ -347,16 +347,24 @@ def main(argv: list[str] | None = None) -> Path:
     model.save(best)
     config["post_training"] = {"chosen": chosen, **{name: r for name, (_, r) in candidates.items()}}
     config["tta"] = args.tta
-    raw = heads.raw_views(model, val.images, tta=args.tta)
-    fit = heads.fit_temperature(raw, args.task, val.ages, val.genders)
-    config["temperature"], config["temperature_fit"] = fit["temperature"], fit["chosen"]
-    config["estimate"] = args.estimate
-    config["val_served"] = score(raw, args.task, val, fit["temperature"], args.estimate)
-    config["val_served_no_tta"] = score(raw[:1], args.task, val, fit["temperature"], args.estimate)
+    config.update(served_record(heads.raw_views(model, val.images, tta=args.tta), args.task, val, args.estimate))
     (args.out / "config.json").write_text(json.dumps(config, indent=2))
-    logging.info("temperature %.3f; validation as served: %s", fit["temperature"], config["val_served"])
+    logging.info("temperature %.3f; validation as served: %s", config["temperature"], config["val_served"])
     logging.info("best model (lowest val_loss) in %s", best)
     return best
+
+
+def served_record(raw: list[np.ndarray], task: str, part: utk.Dataset, estimate: str) -> dict:
+    """The temperature fitted on a model's views of ``part`` and what it serves there, with and without flip TTA: the
+    record every run keeps (``train``, ``training.ensemble``, ``training.swa``) and the export reads."""
+    fit = heads.fit_temperature(raw, task, part.ages, part.genders)
+    return {
+        "temperature": fit["temperature"],
+        "temperature_fit": fit["chosen"],
+        "estimate": estimate,
+        "val_served": score(raw, task, part, fit["temperature"], estimate),
+        "val_served_no_tta": score(raw[:1], task, part, fit["temperature"], estimate),
+    }
 
 
 def score(
