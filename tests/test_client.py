@@ -80,7 +80,7 @@ def assert_face(result: FaceResult) -> None:
     assert result.age_interval == (result.age_low, result.age_high)
     assert result.gender in ("male", "female")
     assert 0.0 <= result.female_probability <= 1.0
-    assert result.gender == ("female" if result.female_probability >= 0.5 else "male")
+    assert result.gender == contract.gender_label(result.female_probability)
     x0, y0, x1, y1 = result.box
     width, height = GRACE_SIZE
     assert 0 <= x0 < x1 <= width + 1 and 0 <= y0 < y1 <= height + 1

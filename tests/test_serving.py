@@ -54,6 +54,11 @@ def assert_interval(out: dict[str, np.ndarray], row: int) -> None:
     assert AGE_RANGE[0] <= low <= high <= AGE_RANGE[1], (low, high)
 
 
+def assert_label(out: dict[str, np.ndarray], row: int) -> None:
+    """The row's label is the decision on its own probability (common.contract, one threshold)."""
+    assert out["gender"][row, 0] == c.gender_label(float(out["female_probability"][row, 0])).encode()
+
+
 def assert_no_estimate(out: dict[str, np.ndarray], row: int) -> None:
     names = (c.ENSEMBLE_AGE, c.ENSEMBLE_AGE_LOW, c.ENSEMBLE_AGE_HIGH, c.ENSEMBLE_FEMALE)
     assert all(np.isnan(out[name][row, 0]) for name in names), {name: out[name][row, 0] for name in names}
@@ -154,7 +159,7 @@ def test_committed_repository_serves_portrait(triton_committed, protocol):
     # on this portrait); the label must be valid.
     assert 45 < out["age"][0, 0] < 100
     assert out["gender"][0, 0] in (b"male", b"female")
-    assert (out["gender"][0, 0] == b"female") == (out["female_probability"][0, 0] >= 0.5)
+    assert_label(out, 0)
     assert out["error"][1, 0] and not out["face_found"][1, 0]
     assert_no_estimate(out, 1)
     # The committed age model has the distributional head, so its interval is always there.
@@ -178,6 +183,5 @@ def test_committed_ensembles_agree_on_an_aligned_crop(triton_committed, protocol
     # face sits near the threshold. Each label must be its own probability's.
     assert abs(detect["age"][0, 0] - skip["age"][0, 0]) < 8
     assert abs(detect["female_probability"][0, 0] - skip["female_probability"][0, 0]) < 0.43
-    for out in (detect, skip):
-        female = bool(c.is_female(out["female_probability"][0, 0]))
-        assert out["gender"][0, 0] == (c.FEMALE if female else c.MALE).encode()
+    assert_label(detect, 0)
+    assert_label(skip, 0)
