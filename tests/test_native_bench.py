@@ -277,3 +277,21 @@ def test_targets_are_ratios_of_this_run():
     assert values == pytest.approx(expected)
     scenarios[0].error = "LoadError: ..."  # a failed scenario gives no number rather than a wrong one
     assert native.targets(scenarios, reference)["crop_c16_vs_inprocess"] is None
+
+
+def test_the_reference_is_bracketed_and_its_drift_flagged():
+    before = {"models": {}, "b64_img_s": 200.0, "b1_ms": 6.0, "b1_img_s": 166.7}
+    after = {"models": {}, "b64_img_s": 180.0, "b1_ms": 6.6, "b1_img_s": 151.5}
+    ref = native.bracket(before, after)
+    assert (ref["b64_img_s"], ref["b1_ms"]) == pytest.approx((190.0, 6.3))
+    assert ref["b1_img_s"] == pytest.approx(1000 / 6.3)
+    assert ref["runs"] == [before, after]
+    assert ref["drift"] == pytest.approx(0.105, abs=1e-3) and not ref["drifted"]  # b64: 20/190, b1: 0.6/6.3
+    # The ratios are taken against the mean: 150 req/s over 190 img/s.
+    c16 = native.Scenario("grpc", "crop", contract.CROP_ENSEMBLE, "crop", 16, run={"req_per_s": 150.0})
+    assert native.targets([c16], ref)["crop_c16_vs_inprocess"] == pytest.approx(150 / 190)
+    # A machine that halved its speed during the run is said to have done so.
+    assert native.bracket(before, {**after, "b64_img_s": 100.0})["drifted"]
+    # Without a second run (--no-reference-after) the reference is the first, and no drift is claimed.
+    alone = native.bracket(before, None)
+    assert (alone["b64_img_s"], alone["drift"], alone["drifted"]) == (200.0, None, None)
