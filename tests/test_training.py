@@ -258,6 +258,24 @@ def test_gender_calibration_error_and_reliability_table():
     assert result["bins"][0]["observed"] > result["bins"][0]["mean_p"]  # low predictions are too low
 
 
+def test_a_small_band_s_ece_is_read_against_what_sampling_alone_gives():
+    from training.evaluate import calibration, ece_noise
+
+    rng = np.random.default_rng(1)
+    prob = rng.beta(0.5, 0.5, 130)  # a baby band's size, probabilities spread to both ends as the model's are
+    calibrated = (rng.random(130) < prob).astype(int)
+    noise = ece_noise(calibrated, prob, draws=500)
+    # ECE of an exactly calibrated model is far from 0 on 130 faces; the test does not call that miscalibration.
+    assert 0.03 < noise["calibrated_mean"] < noise["calibrated_p95"] < 0.2
+    assert calibration(calibrated, prob)["ece"] > 0.03 and noise["p"] > 0.05
+    # The same probabilities for faces that are a coin toss: over-confident beyond any sampling noise.
+    coin = (rng.random(130) < 0.5).astype(int)
+    assert ece_noise(coin, prob, draws=500)["p"] < 0.01
+    # Reproducible (a fixed seed), and nothing to say about an empty band.
+    assert ece_noise(calibrated, prob, draws=500) == noise
+    assert ece_noise(np.zeros(0, int), np.zeros(0))["p"] is None
+
+
 def test_calibrated_export_keeps_the_source_estimate_and_refuses_one_that_moves(tmp_path):
     """training.calibrate's path on a tiny model: weights read back from the SavedModel, the interval changed
     in the exported graph, the estimate not; an export whose estimate differs is refused and removed."""
