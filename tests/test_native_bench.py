@@ -279,7 +279,7 @@ def test_targets_are_ratios_of_this_run():
     assert native.targets(scenarios, reference)["crop_c16_vs_inprocess"] is None
 
 
-def test_the_reference_is_bracketed_and_its_drift_flagged():
+def test_the_reference_is_bracketed_and_its_drift_flagged(tmp_path):
     before = {"models": {}, "b64_img_s": 200.0, "b1_ms": 6.0, "b1_img_s": 166.7}
     after = {"models": {}, "b64_img_s": 180.0, "b1_ms": 6.6, "b1_img_s": 151.5}
     ref = native.bracket(before, after)
@@ -292,6 +292,26 @@ def test_the_reference_is_bracketed_and_its_drift_flagged():
     assert native.targets([c16], ref)["crop_c16_vs_inprocess"] == pytest.approx(150 / 190)
     # A machine that halved its speed during the run is said to have done so.
     assert native.bracket(before, {**after, "b64_img_s": 100.0})["drifted"]
+    # ... in the report's targets too, not only beside the reference.
+    meta = {
+        "date": "d",
+        "host": "h",
+        "cpus": 2,
+        "cpu_model": "c",
+        "load_average_at_start": [0.0],
+        "commit": "x",
+        "uncommitted_changes": False,
+        "config_name": "cpu",
+        "duration": 10,
+        "warmup": 3,
+        "h2load": "h",
+        "wrk": "w",
+    }
+    drifted = {**native.bracket(before, {**after, "b64_img_s": 100.0}), "runtime": "openvino", "threads": 2}
+    for reference, says in ((drifted, True), ({**ref, "runtime": "openvino", "threads": 2}, False)):
+        native.write_markdown(tmp_path / "native.md", meta, reference, [c16], native.targets([c16], reference))
+        text = (tmp_path / "native.md").read_text()
+        assert ("the reference drifted" in text) is says and ("speed moved during this run" in text) is says
     # Without a second run (--no-reference-after) the reference is the first, and no drift is claimed.
     alone = native.bracket(before, None)
     assert (alone["b64_img_s"], alone["drift"], alone["drifted"]) == (200.0, None, None)
