@@ -291,9 +291,10 @@ def markdown(report: dict) -> str:
         if interval:
             lo, hi = m["coverage_ci"]
             extra = f" {m['coverage']:.3f} ({lo:.2f}-{hi:.2f}) | {m['width']:.1f} |"
-        noise = m.get("gender_ece_noise") or {}
-        floor = f" {noise['calibrated_p95']:.3f} | {noise['p']:.2f} |" if noise.get("p") is not None else " - | - |"
-        gender = f" {m['gender_accuracy']:.3f} | {m['gender_ece']:.3f} |{floor}"
+        noise = m["gender_ece_noise"]  # every band in the report has faces, so a p
+        gender = (
+            f" {m['gender_accuracy']:.3f} | {m['gender_ece']:.3f} | {noise['calibrated_p95']:.3f} | {noise['p']:.2f} |"
+        )
         return f"| {name} | {m['n']} | {m['mae']:.2f} | {m['rmse']:.2f} |{extra}{gender}"
 
     band_head = "| n | MAE | RMSE |" + (" 80% interval coverage (95% CI) | mean width |" if interval else "")
