@@ -93,6 +93,8 @@ def test_short_abuse_run_leaves_the_server_serving(triton_tiny, tmp_path):
     assert totals["deaths"] == 0 and triton_tiny.restarts == restarts, report["deaths"]
     assert totals["wrong_answer"] == 0, report["samples"].get("wrong_answer")
     assert totals["no_answer"] == 0, report["samples"].get("no_answer")
+    # A caller's mistake is a 4xx / INVALID_ARGUMENT with the reason, never a server error.
+    assert totals["server_error"] == 0, report["samples"].get("server_error")
     assert report["categories"]["well_formed"]["answered"] == report["categories"]["well_formed"]["sent"]
     # Every category of the issue was sent, and the server's processes were found for the RSS reading.
     assert set(report["categories"]) == {*cases.WEIGHTS, *cases.FIXED, "well_formed"}

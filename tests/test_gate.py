@@ -7,6 +7,7 @@ same time and must get their own answers, and only those.
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import re
 import signal
@@ -29,7 +30,7 @@ from loadtest.abuse.victims import Victims
 from loadtest.abuse.victims import grpc_answer as _answer
 from loadtest.abuse.victims import grpc_request as _request
 from loadtest.bench.wire import serialize_bytes
-from serving.runtime import gate_check, gate_relay, security
+from serving.runtime import gate_check, gate_http, gate_relay, security
 
 ROOT = Path(__file__).resolve().parents[1]
 CROP, DETECT = contract.CROP_ENSEMBLE, contract.DETECT_ENSEMBLE
@@ -91,6 +92,98 @@ def test_element_count_must_match_the_data():
     request.parameters["timeout"].int64_param = 1
     with pytest.raises(gate_check.Refused, match="timeout"):
         gate_check.check_grpc_infer(request)
+
+
+_IMAGE_JSON = {"name": "image", "datatype": "BYTES", "shape": [1, 1], "data": ["x"]}
+#: HTTP request fields of a type Triton 2.51 cannot read, which it answered with HTTP 500 (its own fault) before.
+WRONG_JSON = {
+    "id 5": {"id": 5},
+    "id null": {"id": None},
+    "outputs not a list": {"outputs": 5},
+    "output not an object": {"outputs": [5]},
+    "output without a name": {"outputs": [{}]},
+    "output name a number": {"outputs": [{"name": 5}]},
+    "output parameters not an object": {"outputs": [{"name": "age", "parameters": 5}]},
+    "binary_data a string": {"outputs": [{"name": "age", "parameters": {"binary_data": "yes"}}]},
+    "classification": {"outputs": [{"name": "age", "parameters": {"classification": 3}}]},
+    "binary_data_output a string": {"parameters": {"binary_data_output": "x"}},
+    "binary_data_output a number": {"parameters": {"binary_data_output": 1}},
+    "shared memory offset a flag": {"inputs": [{**_IMAGE_JSON, "parameters": {"shared_memory_offset": True}}]},
+}
+
+
+@pytest.mark.parametrize("fields", WRONG_JSON.values(), ids=WRONG_JSON.keys())
+def test_wrongly_typed_request_fields_are_the_callers_mistake(fields):
+    with pytest.raises(gate_check.Refused) as refusal:
+        gate_check.check_http_infer(CROP, {"inputs": [_IMAGE_JSON], **fields}, b"")
+    assert refusal.value.code == gate_check.INVALID_ARGUMENT
+    # The same request, written right, passes.
+    good = {"id": "a", "outputs": [{"name": "age", "parameters": {"binary_data": True}}]}
+    good["parameters"] = {"binary_data_output": False}
+    gate_check.check_http_infer(CROP, {"inputs": [_IMAGE_JSON], **good}, b"")
+
+
+def test_grpc_parameters_are_held_to_their_type():
+    request = _request(CROP, [1, 1], [b"x"])
+    request.outputs.add(name="age").parameters["binary_data"].bool_param = True
+    gate_check.check_grpc_infer(request)
+    request.outputs[0].parameters["binary_data"].string_param = "yes"
+    with pytest.raises(gate_check.Refused, match="'binary_data' must be bool"):
+        gate_check.check_grpc_infer(request)
+    del request.outputs[0].parameters["binary_data"]
+    request.outputs[0].parameters["classification"].int64_param = 3
+    with pytest.raises(gate_check.Refused, match="'classification' is not accepted"):
+        gate_check.check_grpc_infer(request)
+
+
+def test_json_answers_are_made_valid_json():
+    nan = b'{"parameters":{"sequence_id":0,"sequence_id":0},'
+    nan += b'"outputs":[{"data":[NaN,Infinity,-Infinity,1.5,"\xc3\xa9"]}]}'
+    text, length = gate_http.strict_json(nan, None)
+    assert length is None
+    assert json.loads(text, parse_constant=_not_json) == {
+        "parameters": {"sequence_id": 0},
+        "outputs": [{"data": [None, None, None, 1.5, "\u00e9"]}],
+    }
+    # Binary outputs after the JSON header are kept, and the header's length follows its new size.
+    text, length = gate_http.strict_json(nan + b"\x00\xffraw", str(len(nan)))
+    assert text.endswith(b"\x00\xffraw") and int(length) == len(text) - 5
+    assert json.loads(text[: int(length)], parse_constant=_not_json)["outputs"][0]["data"][0] is None
+    assert gate_http.strict_json(b"not json", None) == (b"not json", None)
+
+
+#: One reading for the gate, another for Triton: Python's json keeps a repeated key's last value, Triton's parser its
+#: first. Each of these passed the gate's checks on a valid input while Triton ran two items (or [2**62, 1]).
+REPEATED_KEYS = (
+    b'{"inputs": [{"name": "image", "shape": [2, 1], "datatype": "BYTES", "data": ["x", "y"]}],'
+    b' "inputs": [{"name": "image", "shape": [1, 1], "datatype": "BYTES", "data": ["x"]}]}',
+    b'{"inputs": [{"name": "image", "shape": [4611686018427387904, 1], "shape": [1, 1], "datatype": "BYTES",'
+    b' "data": ["x"]}]}',
+)
+
+
+#: JSON that Python reads and Triton's parser does not (HTTP 500 from Triton before the gate refused it).
+NOT_TRITONS_JSON = (
+    json.dumps({"inputs": [_IMAGE_JSON]}).encode("utf-16"),
+    json.dumps({"inputs": [_IMAGE_JSON]}).encode("utf-32"),
+    json.dumps({"inputs": [{**_IMAGE_JSON, "data": ["\ud800"]}]}, ensure_ascii=True).encode(),  # a lone surrogate
+)
+
+
+def test_the_gate_reads_request_json_as_triton_does():
+    nested = b'{"a": {"b": [{"c": "\\ud83d\\ude00"}]}}'  # an escaped surrogate pair is one character
+    assert gate_http.request_json(nested) == {"a": {"b": [{"c": "\U0001f600"}]}}
+    assert gate_http.request_json(b"\xef\xbb\xbf" + nested) == gate_http.request_json(nested)  # Triton skips a BOM
+    for body in REPEATED_KEYS:
+        with pytest.raises(gate_http.RepeatedKey, match="twice"):
+            gate_http.request_json(body)
+    for body in NOT_TRITONS_JSON:
+        with pytest.raises(ValueError):
+            gate_http.request_json(body)
+
+
+def _not_json(constant: str):
+    raise ValueError(f"{constant} is not JSON")
 
 
 # -- through the door, against a real server -----------------------------------------------------------------------
@@ -267,3 +360,24 @@ def test_the_gate_serves_only_the_door(triton_tiny):
     connection.request("POST", f"/v2/models/{CROP}/infer", body=b"{}")
     assert connection.getresponse().status == 403
     connection.close()
+
+
+@pytest.mark.integration
+def test_http_json_is_strict_and_callers_mistakes_are_4xx(triton_tiny):
+    """A JSON answer parses with a strict parser (a browser's JSON.parse has no NaN), and a wrongly typed field gets
+    400 with the reason, not Triton 2.51's 500."""
+    face = http_infer(triton_tiny.http_url, CROP, [1, 1], serialize_bytes([cases.face_crop()]))
+    garbage = http_call(
+        triton_tiny.http_url, "POST", f"/v2/models/{CROP}/infer", json.dumps({"inputs": [_IMAGE_JSON]}).encode()
+    )
+    answers = []
+    for status, text in (face, garbage):
+        assert status == 200, text[:300]
+        answers.append({o["name"]: o["data"] for o in json.loads(text, parse_constant=_not_json)["outputs"]})
+    assert isinstance(answers[0][contract.ENSEMBLE_AGE][0], float) and answers[0][contract.ENSEMBLE_ERROR] == [""]
+    assert answers[0][contract.ENSEMBLE_SCORE] == [None]  # NaN on the crop path: no detector ran
+    assert answers[1][contract.ENSEMBLE_AGE] == [None] and answers[1][contract.ENSEMBLE_ERROR][0]
+    bodies = [json.dumps({"inputs": [_IMAGE_JSON], **fields}).encode() for fields in WRONG_JSON.values()]
+    for body in [*bodies, *REPEATED_KEYS, *NOT_TRITONS_JSON]:
+        status, text = http_call(triton_tiny.http_url, "POST", f"/v2/models/{CROP}/infer", body)
+        assert status == 400 and json.loads(text)["error"], (body, status, text[:200])

@@ -445,6 +445,17 @@ def malformed_json(rng: random.Random, model: str) -> dict:
         b'{"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1, 1], "data": ' + b"[" * depth + b"]" * depth,
         b'{"inputs": ' + b"[" * depth,
         b'{"a":' * (depth // 5) + b"1" + b"}" * (depth // 5),
+        # Fields of a type Triton 2.51 cannot read (it answered 500, its own fault, before the gate checked them).
+        json.dumps({**good, "id": rng.choice([5, None, ["a"]])}).encode(),
+        json.dumps({**good, "outputs": rng.choice([5, [5], [{}], [{"name": 5}]])}).encode(),
+        json.dumps({**good, "outputs": [{"name": "age", "parameters": {"binary_data": "yes"}}]}).encode(),
+        json.dumps({**good, "parameters": {"binary_data_output": rng.choice(["x", 1, None])}}).encode(),
+        # A repeated key: Python's json keeps the last, Triton's parser the first (the gate refuses repetitions).
+        b'{"inputs": [{"name": "image", "datatype": "BYTES", "shape": [2, 1], "data": ["x", "y"]}], '
+        + json.dumps(good).encode()[1:],
+        # JSON Python reads and Triton's parser does not: UTF-16, a lone surrogate escape.
+        json.dumps(good).encode("utf-16"),
+        json.dumps(good).encode().replace(b'"x"', b'"\\ud800"'),
     ]
     body = rng.choice(bodies)
     headers = {"Content-Type": "application/json"}

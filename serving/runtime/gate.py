@@ -9,7 +9,9 @@ nginx bounds sizes and times but cannot look inside a gRPC message, and Triton 2
   other model (the CNNs, pre/postprocess) get NOT_FOUND / HTTP 404.
 * **Declared shapes and sizes** are held against the model's exact input schema (serving/runtime/gate_check.py)
   before Triton's batcher sees them: Triton 2.51's size arithmetic wraps on ``[2**62, ...]`` and mixes callers'
-  rows. INVALID_ARGUMENT / HTTP 400 with the reason.
+  rows. So are the parameters' types and, over HTTP, the ``id`` and ``outputs`` fields, whose wrong types 2.51
+  answers with HTTP 500. INVALID_ARGUMENT / HTTP 400 with the reason. HTTP answers in JSON are made valid JSON
+  (gate_http.strict_json: 2.51 writes NaN as a bare token).
 * **Cancellations stop here**: the call to Triton runs in its own task, with no deadline, which a caller's cancel,
   deadline or stream reset does not touch; the answer is dropped at the gate (Triton 2.51 segfaults when an
   in-flight ensemble request is cancelled: common/triton_workarounds.py). Calls to Triton are bounded

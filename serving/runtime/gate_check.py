@@ -54,6 +54,23 @@ ALLOWED_REQUEST_PARAMETERS = frozenset({"binary_data_output"})
 ALLOWED_INPUT_PARAMETERS = frozenset(
     {"binary_data_size", "shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"}
 )
+#: Per-output parameters passed on: the binary extension's flag, and shared memory as for inputs.
+ALLOWED_OUTPUT_PARAMETERS = frozenset(
+    {"binary_data", "shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"}
+)
+#: The type each passed-on parameter must have. Triton 2.51 reads a JSON parameter of another type as its own
+#: failure: ``"binary_data": "yes"`` got HTTP 500 ("attempt to access JSON non-boolean as boolean"), a server error
+#: for a caller's mistake, which callers retry and monitors page on. gRPC names the type in the parameter's oneof.
+PARAMETER_TYPES: dict[str, type] = {
+    "binary_data_output": bool,
+    "binary_data": bool,
+    "binary_data_size": int,
+    "shared_memory_region": str,
+    "shared_memory_byte_size": int,
+    "shared_memory_offset": int,
+}
+_GRPC_PARAMETER_FIELDS = {bool: ("bool_param",), int: ("int64_param", "uint64_param"), str: ("string_param",)}
+assert set(PARAMETER_TYPES) == ALLOWED_REQUEST_PARAMETERS | ALLOWED_INPUT_PARAMETERS | ALLOWED_OUTPUT_PARAMETERS
 #: Longest name echoed back in a refusal (names are caller-chosen: a 5,000-character one must not fill headers).
 NAME_ECHO = 80
 
@@ -135,6 +152,30 @@ def check_parameters(keys, allowed: frozenset[str], where: str) -> None:
         raise Refused(INVALID_ARGUMENT, f"{where} parameter {echo(extra[0])} is not accepted")
 
 
+def _wrong_type(where: str, key: str) -> Refused:
+    return Refused(INVALID_ARGUMENT, f"{where} parameter {key!r} must be {PARAMETER_TYPES[key].__name__}")
+
+
+def check_grpc_parameters(parameters, allowed: frozenset[str], where: str) -> None:
+    """Only ``allowed`` keys, each holding its :data:`PARAMETER_TYPES` type (a map of ``InferParameter``)."""
+    check_parameters(parameters.keys(), allowed, where)
+    for key, value in parameters.items():
+        if value.WhichOneof("parameter_choice") not in _GRPC_PARAMETER_FIELDS[PARAMETER_TYPES[key]]:
+            raise _wrong_type(where, key)
+
+
+def check_json_parameters(parameters: object, allowed: frozenset[str], where: str) -> None:
+    """An HTTP request's ``parameters`` object: only ``allowed`` keys, each of its :data:`PARAMETER_TYPES` type."""
+    if not isinstance(parameters, dict):
+        raise Refused(INVALID_ARGUMENT, f"{where} parameters must be an object")
+    check_parameters(parameters, allowed, where)
+    for key, value in parameters.items():
+        kind = PARAMETER_TYPES[key]
+        # JSON's true is a Python int too: a count must not be a boolean, nor a flag a number.
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise _wrong_type(where, key)
+
+
 def check_all_inputs(model_name: str, model: Model, names: list[str]) -> None:
     if sorted(names) != sorted(model.inputs):
         raise Refused(
@@ -150,7 +191,9 @@ def check_grpc_infer(request) -> None:
     """Validates a ``inference.ModelInferRequest`` (tritonclient.grpc.service_pb2); raises :class:`Refused`."""
     model = model_for(request.model_name)
     name = request.model_name
-    check_parameters(request.parameters.keys(), ALLOWED_REQUEST_PARAMETERS, "request")
+    check_grpc_parameters(request.parameters, ALLOWED_REQUEST_PARAMETERS, "request")
+    for output in request.outputs:
+        check_grpc_parameters(output.parameters, ALLOWED_OUTPUT_PARAMETERS, f"output {echo(output.name)}")
     check_all_inputs(name, model, [i.name for i in request.inputs])
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
@@ -158,7 +201,7 @@ def check_grpc_infer(request) -> None:
     for index, tensor in enumerate(request.inputs):
         check_datatype(name, model, tensor.name, tensor.datatype)
         count = check_shape(name, model, tensor.name, tensor.shape)
-        check_parameters(tensor.parameters.keys(), ALLOWED_INPUT_PARAMETERS, f"input {echo(tensor.name)}")
+        check_grpc_parameters(tensor.parameters, ALLOWED_INPUT_PARAMETERS, f"input {echo(tensor.name)}")
         shm = "shared_memory_region" in tensor.parameters
         has_contents = tensor.HasField("contents")
         if raw:
@@ -196,10 +239,18 @@ def check_http_infer(model_name: str, header: object, binary: bytes | memoryview
     model = model_for(model_name)
     if not isinstance(header, dict):
         raise Refused(INVALID_ARGUMENT, "the request JSON must be an object")
-    params = header.get("parameters", {})
-    if not isinstance(params, dict):
-        raise Refused(INVALID_ARGUMENT, "request parameters must be an object")
-    check_parameters(params, ALLOWED_REQUEST_PARAMETERS, "request")
+    check_json_parameters(header.get("parameters", {}), ALLOWED_REQUEST_PARAMETERS, "request")
+    # Triton 2.51 answers a wrongly typed 'id' or 'outputs' with HTTP 500 ("Unable to parse 'id': attempt to
+    # access JSON non-string as string"): the caller's mistake must read as one.
+    if not isinstance(header.get("id", ""), str):
+        raise Refused(INVALID_ARGUMENT, "the request 'id' must be a string")
+    outputs = header.get("outputs", [])
+    named = isinstance(outputs, list) and all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs)
+    if not named:
+        raise Refused(INVALID_ARGUMENT, "'outputs' must be a list of objects, each with a string 'name'")
+    for output in outputs:
+        where = f"output {echo(output['name'])}"
+        check_json_parameters(output.get("parameters", {}), ALLOWED_OUTPUT_PARAMETERS, where)
     inputs = header.get("inputs")
     if not isinstance(inputs, list) or not all(isinstance(i, dict) for i in inputs):
         raise Refused(INVALID_ARGUMENT, "the request JSON needs 'inputs', a list of objects")
@@ -214,12 +265,10 @@ def check_http_infer(model_name: str, header: object, binary: bytes | memoryview
             raise Refused(INVALID_ARGUMENT, f"input {echo(input_name)}: 'shape' must be a list")
         count = check_shape(model_name, model, input_name, shape)
         tparams = tensor.get("parameters", {})
-        if not isinstance(tparams, dict):
-            raise Refused(INVALID_ARGUMENT, f"input {echo(input_name)}: parameters must be an object")
-        check_parameters(tparams, ALLOWED_INPUT_PARAMETERS, f"input {echo(input_name)}")
+        check_json_parameters(tparams, ALLOWED_INPUT_PARAMETERS, f"input {echo(input_name)}")
         size = tparams.get("binary_data_size")
         if size is not None:
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(view):
+            if size < 0 or offset + size > len(view):  # an int: check_json_parameters
                 raise Refused(
                     INVALID_ARGUMENT, f"input {echo(input_name)}: binary_data_size does not fit the request body"
                 )

@@ -39,6 +39,67 @@ _TOO_SLOW = (
 )
 
 
+class RepeatedKey(ValueError):
+    """A JSON object that names a key twice."""
+
+
+def unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """``object_pairs_hook`` refusing a key given twice in one object.
+
+    JSON leaves repeated keys to the parser, and two parsers differ: Python keeps the last, Triton's (rapidjson's
+    FindMember) reads the first. ``{"inputs": [shape [2**62, 1]], "inputs": [a valid one]}`` passed the gate's
+    checks on the second while Triton ran the first (seen with a harmless ``[2, 1]``: the gate checked one item,
+    Triton answered two). Refusing the repetition leaves one reading.
+    """
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen = set()
+        key = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise RepeatedKey(f"the JSON part of the request names the key {key[:80]!r} twice in one object")
+    return out
+
+
+def request_json(part: bytes) -> object:
+    """The JSON part of an HTTP inference, read as Triton reads it, or ValueError (:class:`RepeatedKey` included).
+
+    Triton's parser takes UTF-8 only (a leading byte-order mark is skipped), while Python's ``json.loads(bytes)``
+    also reads UTF-16 and UTF-32, and it refuses a ``\\ud800`` escape without its pair, which Python reads into a
+    lone surrogate: both reached Triton past the gate and came back as HTTP 500.
+    """
+    text = bytes(part).decode("utf-8-sig")
+    header = json.loads(text, object_pairs_hook=unique_keys)
+    if "\\u" in text:  # escapes are rare in a request; only then look for a lone surrogate
+        try:
+            json.dumps(header, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise ValueError("a \\u escape names half of a surrogate pair") from None
+    return header
+
+
+def _null(_constant: str) -> None:
+    return None
+
+
+def strict_json(data: bytes, header_length: str | None) -> tuple[bytes, str | None]:
+    """Triton's JSON answer to an inference, made valid JSON; ``header_length``: its Inference-Header-Content-Length.
+
+    Triton 2.51 writes a float output's NaN as a bare ``NaN`` token (and infinities as ``Infinity``), which JSON
+    does not have: a browser's ``JSON.parse``, Go's encoding/json or jq refuse the whole answer, and the crop path
+    has NaN in every answer (``detection_score``; age and gender of a face it could not read). It also repeats the
+    answer's ``parameters`` keys once per output. Here NaN and infinities become ``null`` (the usual JSON stand-in;
+    tritonclient's ``as_numpy`` reads null back as NaN for float outputs) and each key appears once. Binary outputs
+    (after the JSON header) are passed as they are, with the header's new length. A body that is not JSON is
+    passed as it is.
+    """
+    split = len(data) if header_length is None else int(header_length)
+    try:
+        header = json.loads(data[:split], parse_constant=_null)
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    except ValueError:  # not JSON, or a float literal too large for a double (Triton writes none)
+        return data, header_length
+    return text + data[split:], None if header_length is None else str(len(text))
+
+
 def body_deadline_s(content_length: int | None) -> float:
     """Seconds the whole body of ``content_length`` bytes may take; chunked bodies (no length) get the largest."""
     length = MAX_BODY if content_length is None else min(content_length, MAX_BODY)
@@ -122,9 +183,11 @@ class HttpGate:
             if split > MAX_JSON_BYTES:
                 return self._error(413, f"the JSON part of the request is over {MAX_JSON_BYTES} bytes")
             try:
-                header = json.loads(body[:split])
+                header = request_json(body[:split])
+            except RepeatedKey as repeated:
+                raise Refused(INVALID_ARGUMENT, str(repeated)) from None
             except (ValueError, RecursionError):
-                raise Refused(INVALID_ARGUMENT, "the JSON part of the request is not valid JSON") from None
+                raise Refused(INVALID_ARGUMENT, "the JSON part of the request is not valid JSON in UTF-8") from None
             check_http_infer(name, header, memoryview(body)[split:])
         except Refused as refusal:
             return self._error(_HTTP_STATUS[refusal.code], str(refusal))
@@ -133,7 +196,7 @@ class HttpGate:
         if length is not None:
             headers["Inference-Header-Content-Length"] = str(split)
         await self.loading.wait(name)
-        return await self.upstream.run(self._forward(path, body, headers))
+        return await self.upstream.run(self._forward(path, body, headers, strict=True))
 
     def _about(self, suffix: str):
         async def about(request: web.Request) -> web.Response:
@@ -149,7 +212,10 @@ class HttpGate:
 
         return about
 
-    async def _forward(self, path: str, body: bytes | None, headers: dict[str, str], method: str = "POST"):
+    async def _forward(
+        self, path: str, body: bytes | None, headers: dict[str, str], method: str = "POST", strict: bool = False
+    ):
+        """Triton's answer; ``strict``: an inference's JSON made valid JSON (:func:`strict_json`)."""
         try:
             async with self.session.request(method, self.base + path, data=body, headers=headers) as answer:
                 data = await answer.read()
@@ -160,8 +226,11 @@ class HttpGate:
                         message = data.decode("utf-8", "replace")
                     return self._error(answer.status, message)
                 out = {"Content-Type": answer.headers.get("Content-Type", "application/json")}
-                if "Inference-Header-Content-Length" in answer.headers:
-                    out["Inference-Header-Content-Length"] = answer.headers["Inference-Header-Content-Length"]
+                length = answer.headers.get("Inference-Header-Content-Length")
+                if strict and (length is None or length.isdigit() and int(length) <= len(data)):
+                    data, length = strict_json(data, length)
+                if length is not None:
+                    out["Inference-Header-Content-Length"] = length
                 return web.Response(status=answer.status, body=data, headers=out)
         except aiohttp.ClientError:
             return self._error(503, UNREACHABLE)
