@@ -6,6 +6,7 @@ same time and must get their own answers, and only those.
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import os
@@ -17,8 +18,10 @@ import sys
 import time
 from pathlib import Path
 
+import aiohttp
 import grpc
 import pytest
+from aiohttp import web
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
@@ -31,6 +34,7 @@ from loadtest.abuse.victims import grpc_answer as _answer
 from loadtest.abuse.victims import grpc_request as _request
 from loadtest.bench.wire import serialize_bytes
 from serving.runtime import gate_check, gate_http, gate_relay, security
+from serving.runtime.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CROP, DETECT = contract.CROP_ENSEMBLE, contract.DETECT_ENSEMBLE
@@ -180,6 +184,43 @@ def test_the_gate_reads_request_json_as_triton_does():
     for body in NOT_TRITONS_JSON:
         with pytest.raises(ValueError):
             gate_http.request_json(body)
+
+
+def test_the_gate_asks_triton_for_uncompressed_answers():
+    """aiohttp asks for gzip by default and Triton complies: the gate would inflate what Triton deflated, both on
+    loopback. A stand-in for Triton's HTTP port records what the gate sends and answers as Triton does."""
+    seen = {}
+
+    async def triton(request: web.Request) -> web.Response:
+        seen.update(request.headers)
+        return web.Response(body=b'{"outputs":[{"name":"age","data":[NaN]}]}', content_type="application/json")
+
+    async def main() -> tuple[int, bytes]:
+        fake, gate = free_port(), free_port()
+        upstream_app = web.Application()
+        upstream_app.router.add_post("/v2/models/{name}/infer", triton)
+        runners = [web.AppRunner(upstream_app)]
+        key = {security.INTERNAL_HEADER: "door-key"}
+        relay = gate_relay.Upstream()
+        http_gate = gate_http.HttpGate(f"127.0.0.1:{fake}", "admin", key, relay, gate_relay.Loading([], None))
+        runners.append(web.AppRunner(http_gate.app()))
+        for runner, port in zip(runners, (fake, gate), strict=True):
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            async with aiohttp.ClientSession() as session:
+                body = json.dumps({"inputs": [_IMAGE_JSON]}).encode()
+                url = f"http://127.0.0.1:{gate}/v2/models/{CROP}/infer"
+                async with session.post(url, data=body, headers=key) as answer:
+                    return answer.status, await answer.read()
+        finally:
+            for runner in reversed(runners):
+                await runner.cleanup()
+
+    status, body = asyncio.run(main())
+    assert status == 200
+    assert json.loads(body, parse_constant=_not_json) == {"outputs": [{"name": "age", "data": [None]}]}
+    assert seen["Accept-Encoding"] == "identity" and seen[security.INTERNAL_HEADER] == "door-key"
 
 
 def _not_json(constant: str):
