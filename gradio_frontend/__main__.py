@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 
+from common import upload
 from common.ports import PortInUseError, check_free
 from gradio_frontend import uploads
 
@@ -83,7 +84,14 @@ def main(argv: list[str] | None = None) -> None:
         demo = build_app(args.triton_url, args.protocol, timeout=args.timeout)
         print(f"Web UI: http://{args.host}:{args.port} (Triton {args.protocol} at {args.triton_url})", flush=True)
         # share=False always: a public tunnel would expose the server to the internet.
-        demo.launch(server_name=args.host, server_port=args.port, share=False, footer_links=["api"])
+        demo.launch(
+            server_name=args.host,
+            server_port=args.port,
+            share=False,
+            footer_links=["api"],
+            # The server takes no larger file (common/upload.py); Gradio would otherwise store any size first.
+            max_file_size=upload.MAX_BYTES,
+        )
     finally:
         try:
             if server is not None:

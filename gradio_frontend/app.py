@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import logging
 import os
 import threading
@@ -32,6 +31,7 @@ from client import (
     ServerUnavailableError,
 )
 from client.errors import InferenceTimeoutError, ModelNotReadyError
+from common import upload
 from gradio_frontend import uploads
 from gradio_frontend.labels import place_labels
 
@@ -44,6 +44,8 @@ DEFAULT_TIMEOUT_S = float(os.environ.get("TRITON_TIMEOUT", "15"))
 
 HEALTH_POLL_S = float(os.environ.get("GRADIO_HEALTH_POLL", "15"))
 
+#: The longest side of the picture the page shows and draws on; a phone photo's 4,000 px only slow the page down.
+DISPLAY_SIDE = 2048
 EXAMPLES_DIR = Path(__file__).parent / "examples"
 EXAMPLES = [
     [str(EXAMPLES_DIR / "grace_hopper.jpg"), True],
@@ -184,28 +186,50 @@ def summary(result: FaceResult | DetectedFace, *, dash: str = DASH) -> str:
     return ", ".join(parts)
 
 
-def load_display_image(data: bytes) -> Image.Image:
-    """Opens the upload upright and in RGB, as the server's decoder does, so the box lands on the face."""
-    with Image.open(io.BytesIO(data)) as img:
+def load_display_image(data: bytes) -> tuple[Image.Image, float]:
+    """Opens the upload upright and in RGB, as the server's decoder does, at most :data:`DISPLAY_SIDE` on its longer
+    side; returns it with the factor that maps its pixels to the file's (the boxes' coordinates).
+
+    Raises:
+        upload.ImageDecodeError: For what the server refuses from the header too (size, format, pixels, decoded
+            bytes: common/upload.py), before any pixel is decoded here.
+    """
+    opened, scale = upload.open_bounded(data, draft_side=DISPLAY_SIDE)
+    with opened as img:
         img = ImageOps.exif_transpose(img)
         if img.mode in ("RGBA", "LA", "P") and (img.mode != "P" or "transparency" in img.info):
             rgba = img.convert("RGBA")
-            return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
-        return img.convert("RGB")
+            img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+        img = img.convert("RGB")
+    if max(img.size) > DISPLAY_SIDE:
+        factor = DISPLAY_SIDE / max(img.size)
+        img = img.resize((max(1, round(img.width * factor)), max(1, round(img.height * factor))), Image.BILINEAR)
+        scale /= factor
+    return img, scale
 
 
-def annotate(image: Image.Image, result: FaceResult) -> Image.Image:
-    """Draws the face box and the summary label onto a copy of ``image``."""
+def _shown(box, scale: float) -> tuple[float, ...]:
+    """A box in the file's pixels, on the picture shown (``scale``: from :func:`load_display_image`)."""
+    return tuple(float(v) / scale for v in box)
+
+
+def annotate(image: Image.Image, result: FaceResult, scale: float = 1.0) -> Image.Image:
+    """Draws the face box and the summary label onto a copy of ``image`` (shown ``scale`` times smaller than the file
+    the box refers to)."""
     out = image.copy()
     if not result.face_found:
         return out
     width, height = out.size
-    _draw_box(out, result.box or (0.0, 0.0, float(width), float(height)), summary(result, dash="-"))
+    box = _shown(result.box, scale) if result.box else (0.0, 0.0, float(width), float(height))
+    _draw_box(out, box, summary(result, dash="-"))
     return out
 
 
-def annotate_faces(image: Image.Image, faces: list[DetectedFace] | tuple[DetectedFace, ...]) -> Image.Image:
+def annotate_faces(
+    image: Image.Image, faces: list[DetectedFace] | tuple[DetectedFace, ...], scale: float = 1.0
+) -> Image.Image:
     """Draws every face's box with its number on a copy; the details are in the table, on the row of that number.
+    ``scale``: the picture is shown that many times smaller than the file the boxes refer to.
 
     Numbers instead of text labels: a crowd's labels would cover each other and the faces. Each number sits
     on its box's corner where it collides with no other number (gradio_frontend/labels.py).
@@ -213,21 +237,20 @@ def annotate_faces(image: Image.Image, faces: list[DetectedFace] | tuple[Detecte
     out = image.copy()
     draw = ImageDraw.Draw(out)
     width, height = out.size
+    boxes = [_shown(face.box, scale) for face in faces]
     fonts, sizes = [], []
-    for k, face in enumerate(faces, 1):
-        x0, _, x1, _ = face.box
+    for k, (x0, _, x1, _) in enumerate(boxes, 1):
         # Scales with its face within readable limits, so small faces in a crowd get small markers.
         font = ImageFont.load_default(size=max(14, min(round(min(width, height) / 10), round((x1 - x0) / 2.5))))
         left, top, right, bottom = draw.textbbox((0, 0), str(k), font=font)
         pad = max(2, (bottom - top) // 4)
         fonts.append((font, left, top, pad))
         sizes.append((right - left + 2 * pad, bottom - top + 2 * pad))
-    for face in faces:
-        x0, y0, x1, y1 = (float(v) for v in face.box)
+    for x0, y0, x1, y1 in boxes:
         line = max(2, min(round(min(width, height) / 150), round((x1 - x0) / 30)))
         draw.rectangle((x0, y0, x1, y1), outline=BOX_COLOUR, width=line)
     for k, ((font, left, top, pad), (tx, ty, tx1, ty1)) in enumerate(
-        zip(fonts, place_labels([f.box for f in faces], sizes, (width, height)), strict=True), 1
+        zip(fonts, place_labels(boxes, sizes, (width, height)), strict=True), 1
     ):
         draw.rectangle((tx, ty, tx1, ty1), fill=BOX_COLOUR)
         draw.text((tx + pad - left, ty + pad - top), str(k), fill=(255, 255, 255), font=font)
@@ -281,7 +304,10 @@ def analyse(
     if photo is None:
         return None, MSG_PROMPT, None, []
     try:
-        display = load_display_image(photo.data)
+        display, scale = load_display_image(photo.data)
+    except upload.ImageDecodeError as err:  # refused from its header, as the server would: nothing decoded
+        message = f"**The image was rejected**: {photo.name} could not be read as an image: {err}"
+        return None, message, _error_json("invalid_image", str(err)), []
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         # The server would refuse it too; saying so here avoids a pointless round trip. PIL's message for an
         # unknown format names an in-memory buffer, which tells the user nothing.
@@ -325,7 +351,7 @@ def analyse(
         count = len(result.faces)
         lines = [f"**{count} face{'s' if count > 1 else ''} found**"]
         lines += [f"#{k}: {summary(face)}" for k, face in enumerate(result.faces, 1)]
-        return annotate_faces(display, result.faces), "  \n".join(lines), payload, faces_table(result.faces)
+        return annotate_faces(display, result.faces, scale), "  \n".join(lines), payload, faces_table(result.faces)
     if not result.face_found:
         return display, MSG_NO_FACE, payload, []
     status = f"**{summary(result)}**"
@@ -334,7 +360,7 @@ def analyse(
         status += f"  \n80% interval of the model's age estimate: {interval} years"
     if result.detection_score is not None and detect:
         status += f"  \nface detector confidence {result.detection_score:.0%}"
-    return annotate(display, result), status, payload, []
+    return annotate(display, result, scale), status, payload, []
 
 
 def _table(rows: list[list[Any]]) -> dict[str, Any]:

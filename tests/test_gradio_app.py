@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from client import DetectedFace, FaceResult
+from common import upload
 from gradio_frontend import app, uploads
 from gradio_frontend.labels import place_labels
 
@@ -79,7 +80,9 @@ def test_an_unreadable_upload_gets_the_apps_message_and_is_deleted(tmp_path, mon
     assert not fake.exists() and not fake.parent.exists()  # Gradio's copy is gone once read
     image, status, raw, rows = app.analyse(app.TritonBackend("127.0.0.1:1", "grpc"), photo, True, True)
     assert image is None and rows == []
-    assert status.startswith("**The image was rejected**: notes.jpg could not be read as an image (not a recognised")
+    assert status.startswith(
+        "**The image was rejected**: notes.jpg could not be read as an image: The file is not a recognised image"
+    )
     assert raw["error_kind"] == "invalid_image"
     # Estimate again on the same (deleted) upload: the session's copy answers; without one, a clear message.
     assert app.take_photo({"path": str(fake)}, photo) is photo
@@ -102,3 +105,43 @@ def test_sweep_deletes_what_is_older_than_the_limit(tmp_path, monkeypatch):
         os.utime(path, (time.time() - 120, time.time() - 120))
     assert uploads.sweep(60) == 1
     assert not old.exists() and not old.parent.exists() and new.exists() and example.exists()
+
+
+def test_the_page_refuses_what_the_server_refuses_before_decoding_it():
+    """A 140 KB PNG of 144 megapixels took 0.85 s and 958 MB to decode in the page's process; the server refuses
+    it from its header (common/upload.py), and now so does the page, in milliseconds."""
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("L", (12000, 12000)).save(buffer, "PNG")
+    started = time.process_time()
+    with pytest.raises(upload.ImageDecodeError, match="144 megapixels"):
+        app.load_display_image(buffer.getvalue())
+    assert time.process_time() - started < 0.2
+    photo = app.Photo(buffer.getvalue(), "bomb.png")
+    image, status, raw, rows = app.analyse(app.TritonBackend("127.0.0.1:1", "grpc"), photo, True, True)
+    assert image is None and rows == [] and raw["error_kind"] == "invalid_image"
+    assert status.startswith("**The image was rejected**: bomb.png could not be read as an image: The image is 12000")
+
+
+def test_a_large_photo_is_shown_smaller_and_its_boxes_follow():
+    """A photo past DISPLAY_SIDE is shown smaller (a JPEG decoded at reduced scale, anything else resized), and the
+    server's boxes, in the file's pixels, are drawn where the face is on the smaller picture."""
+    import io
+
+    side = app.DISPLAY_SIDE * 2 + 400
+    picture = Image.new("RGB", (side, side // 2), "white")
+    face_box = (side * 0.5, side * 0.125, side * 0.75, side * 0.375)  # in the file's pixels
+    for fmt in ("JPEG", "PNG"):
+        buffer = io.BytesIO()
+        picture.save(buffer, fmt)
+        shown, scale = app.load_display_image(buffer.getvalue())
+        assert max(shown.size) <= app.DISPLAY_SIDE and scale == pytest.approx(side / shown.width, rel=0.01)
+        face = FaceResult(34.4, "female", 0.87, True, face_box, 0.9, None, None)
+        corner = tuple(round(v / scale) - 1 for v in face_box[2:])  # the box's lower right corner, as shown
+        assert app.annotate(shown, face, scale).getpixel(corner) == app.BOX_COLOUR
+        # Drawn in the file's coordinates instead, the box would miss the face on the smaller picture.
+        assert app.annotate(shown, face).getpixel(corner) != app.BOX_COLOUR
+    small = io.BytesIO()
+    picture.resize((400, 200)).save(small, "PNG")
+    assert app.load_display_image(small.getvalue())[1] == 1.0

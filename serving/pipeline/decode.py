@@ -2,37 +2,28 @@
 
 from __future__ import annotations
 
-import io
-import math
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
-#: Formats accepted from clients; anything else PIL could open (PSD, TIFF, ...) is refused on purpose.
-FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
-#: Defaults shared by the Triton preprocess config and the client's own pre-checks.
-MAX_BYTES = 10 * 1024 * 1024
-MAX_PIXELS = 40_000_000
-#: Decoded size one item may reach (width x height x bytes per pixel of the stored samples), checked from the
-#: header before decoding. Bounds the work of images that compress absurdly well: a zero-filled 40-megapixel
-#: 16-bit PNG is 78 KB on the wire but 80 MB to inflate and unfilter (about 1 s of CPU). 64 MiB still takes a
-#: 21-megapixel 8-bit RGB PNG.
-MAX_DECODED_BYTES = 64 * 2**20
+# The limits and the header checks live in common/upload.py, shared with the web page; re-exported here for the
+# models' code and configs, which read them from this module.
+from common.upload import (  # noqa: F401
+    DRAFT_SIDE,
+    FORMATS,
+    MAX_BYTES,
+    MAX_DECODED_BYTES,
+    MAX_PIXELS,
+    ImageDecodeError,
+    open_bounded,
+    png_depth_and_colour,
+)
+
 #: Decoded pixels one request may take, summed over its items (after JPEG draft reduction); items past the
 #: budget get an error, the ones before it are served. 100 MP is 32 phone photos drafted to ~3 MP each.
 REQUEST_MAX_PIXELS = 100_000_000
-#: JPEGs larger than this on their longer side are decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling,
-#: several times faster than a full decode), never below it. Detection runs at ``faces.DETECT_MAX_SIDE``
-#: (640) anyway; twice that keeps the face crop sharp for faces down to ~1/20 of the picture's side.
-#: Raise it (issue 11: small faces in crowds) if the crops of small faces get blurry.
-DRAFT_SIDE = 1280
-
-
-class ImageDecodeError(ValueError):
-    """The bytes are not an image this service accepts; ``str(err)`` is meant for the end user."""
 
 
 class PixelBudget:
@@ -113,40 +104,9 @@ def decode_upload(
     Raises:
         ImageDecodeError: For empty, oversized, unrecognised, truncated or corrupt input.
     """
-    if not data:
-        raise ImageDecodeError("The image is empty (0 bytes); upload a JPEG, PNG, WebP, BMP or GIF file.")
-    if len(data) > max_bytes:
-        raise ImageDecodeError(
-            f"The file is {len(data) / 2**20:.1f} MiB; the limit is {max_bytes / 2**20:.0f} MiB. "
-            "Upload a smaller image."
-        )
-    try:
-        img = Image.open(io.BytesIO(data), formats=FORMATS)
-    except Image.DecompressionBombError as err:
-        # PIL's own, process-wide bomb guard fires at open for absurd sizes; report it like ours.
-        raise ImageDecodeError(f"The image has too many pixels (limit {max_pixels / 1e6:.0f} megapixels).") from err
-    except UnidentifiedImageError as err:
-        raise ImageDecodeError("The file is not a recognised image; upload a JPEG, PNG, WebP, BMP or GIF.") from err
-    width, height = img.size
-    if width * height > max_pixels:
-        raise ImageDecodeError(
-            f"The image is {width}x{height} ({width * height / 1e6:.0f} megapixels); the limit is "
-            f"{max_pixels / 1e6:.0f} megapixels. Downscale it before uploading."
-        )
-    if width == 0 or height == 0:
-        raise ImageDecodeError("The image has no pixels.")
-    scale = 1.0
-    if draft_side and img.format == "JPEG" and max(width, height) > draft_side:
-        # draft() keeps both sides >= the requested size and picks the smallest DCT scale that does.
-        ratio = draft_side / max(width, height)
-        img.draft("RGB", (math.ceil(width * ratio), math.ceil(height * ratio)))
-        scale = width / img.size[0]
-    decoded = _decoded_bytes(img, data)
-    if decoded > max_decoded_bytes:
-        raise ImageDecodeError(
-            f"The image would take {decoded / 2**20:.0f} MiB to decode ({width}x{height}, {img.mode}); the limit "
-            f"is {max_decoded_bytes / 2**20:.0f} MiB. Upload an 8-bit JPEG or a smaller image."
-        )
+    img, scale = open_bounded(
+        data, max_pixels=max_pixels, max_bytes=max_bytes, max_decoded_bytes=max_decoded_bytes, draft_side=draft_side
+    )
     if budget is not None:
         budget.take(img.size[0] * img.size[1])
     fast = _fast_png(img, data)
@@ -162,14 +122,6 @@ def decode_upload(
         ) from err
 
 
-_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
-
-
-def _png_depth_and_colour(data: bytes) -> tuple[int, int] | None:
-    """Bit depth and colour type from a PNG's IHDR chunk (2 = RGB), or None when the first chunk is not IHDR."""
-    return struct.unpack(">BB", data[24:26]) if data[12:16] == b"IHDR" else None
-
-
 def _fast_png(img: Image.Image, data: bytes) -> Image.Image | None:
     """The picture of an 8-bit RGB PNG decoded by libspng (pyspng), else None for PIL to decode.
 
@@ -179,7 +131,7 @@ def _fast_png(img: Image.Image, data: bytes) -> Image.Image | None:
     Anything else (16-bit, palette, grey, alpha or tRNS, an eXIf orientation to apply, pyspng not installed, a
     file libspng refuses) goes to PIL, whose messages for broken files the callers already show.
     """
-    if img.format != "PNG" or _png_depth_and_colour(data) != (8, 2):
+    if img.format != "PNG" or png_depth_and_colour(data) != (8, 2):
         return None
     if "transparency" in img.info or b"eXIf" in data:
         return None
@@ -194,17 +146,6 @@ def _fast_png(img: Image.Image, data: bytes) -> Image.Image | None:
     if pixels.shape != (img.size[1], img.size[0], 3) or pixels.dtype != np.uint8:
         return None
     return Image.fromarray(pixels)
-
-
-def _decoded_bytes(img: Image.Image, data: bytes) -> int:
-    """Bytes the decoder will produce for ``img`` (its current, possibly drafted, size)."""
-    width, height = img.size
-    if img.format == "PNG" and (header := _png_depth_and_colour(data)) is not None:
-        # The inflated stream: PIL reports 16-bit RGB as mode RGB, but inflating it costs 6 bytes per pixel.
-        depth, colour = header
-        return height * (1 + math.ceil(width * _PNG_CHANNELS.get(colour, 4) * depth / 8))
-    sample = 4 if img.mode in ("I", "F") else 2 if ";16" in img.mode else 1
-    return width * height * len(img.getbands()) * sample
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

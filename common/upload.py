@@ -1,0 +1,105 @@
+"""What an upload may be, checked from its header before any pixel is decoded.
+
+Shared by the server's decoder (serving/pipeline/decode.py, inside Triton) and the web page
+(gradio_frontend/app.py), which draws the picture it shows: both refuse the same files for the same reasons, and
+neither decodes one it would refuse. A 140 KB PNG of 144 megapixels decoded in the page's process took 0.85 s and
+958 MB before the page applied these checks; the server refuses it from its header.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+
+from PIL import Image, UnidentifiedImageError
+
+#: Formats accepted from clients; anything else PIL could open (PSD, TIFF, ...) is refused on purpose.
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+#: Defaults shared by the Triton preprocess config, the client's own pre-checks and the web page.
+MAX_BYTES = 10 * 1024 * 1024
+MAX_PIXELS = 40_000_000
+#: Decoded size one item may reach (width x height x bytes per pixel of the stored samples), checked from the
+#: header before decoding. Bounds the work of images that compress absurdly well: a zero-filled 40-megapixel
+#: 16-bit PNG is 78 KB on the wire but 80 MB to inflate and unfilter (about 1 s of CPU). 64 MiB still takes a
+#: 21-megapixel 8-bit RGB PNG.
+MAX_DECODED_BYTES = 64 * 2**20
+#: JPEGs larger than this on their longer side are decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling,
+#: several times faster than a full decode), never below it. Detection runs at ``faces.DETECT_MAX_SIDE``
+#: (640) anyway; twice that keeps the face crop sharp for faces down to ~1/20 of the picture's side.
+#: Raise it (issue 11: small faces in crowds) if the crops of small faces get blurry.
+DRAFT_SIDE = 1280
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not an image this service accepts; ``str(err)`` is meant for the end user."""
+
+
+def open_bounded(
+    data: bytes,
+    *,
+    max_pixels: int = MAX_PIXELS,
+    max_bytes: int = MAX_BYTES,
+    max_decoded_bytes: int = MAX_DECODED_BYTES,
+    draft_side: int | None = None,
+) -> tuple[Image.Image, float]:
+    """Opens an upload without decoding it, once its header has passed every bound.
+
+    Returns the opened image (JPEGs larger than ``draft_side`` set to decode at a reduced scale) and the factor
+    that maps its pixel coordinates back to the file's. Raises :class:`ImageDecodeError` for empty, oversized or
+    unrecognised input, too many pixels, or too many decoded bytes.
+    """
+    if not data:
+        raise ImageDecodeError("The image is empty (0 bytes); upload a JPEG, PNG, WebP, BMP or GIF file.")
+    if len(data) > max_bytes:
+        raise ImageDecodeError(
+            f"The file is {len(data) / 2**20:.1f} MiB; the limit is {max_bytes / 2**20:.0f} MiB. "
+            "Upload a smaller image."
+        )
+    try:
+        img = Image.open(io.BytesIO(data), formats=FORMATS)
+    except Image.DecompressionBombError as err:
+        # PIL's own, process-wide bomb guard fires at open for absurd sizes; report it like ours.
+        raise ImageDecodeError(f"The image has too many pixels (limit {max_pixels / 1e6:.0f} megapixels).") from err
+    except UnidentifiedImageError as err:
+        raise ImageDecodeError("The file is not a recognised image; upload a JPEG, PNG, WebP, BMP or GIF.") from err
+    width, height = img.size
+    if width * height > max_pixels:
+        raise ImageDecodeError(
+            f"The image is {width}x{height} ({width * height / 1e6:.0f} megapixels); the limit is "
+            f"{max_pixels / 1e6:.0f} megapixels. Downscale it before uploading."
+        )
+    if width == 0 or height == 0:
+        raise ImageDecodeError("The image has no pixels.")
+    scale = 1.0
+    if draft_side and img.format == "JPEG" and max(width, height) > draft_side:
+        # draft() keeps both sides >= the requested size and picks the smallest DCT scale that does.
+        ratio = draft_side / max(width, height)
+        img.draft("RGB", (math.ceil(width * ratio), math.ceil(height * ratio)))
+        scale = width / img.size[0]
+    decoded = decoded_bytes(img, data)
+    if decoded > max_decoded_bytes:
+        raise ImageDecodeError(
+            f"The image would take {decoded / 2**20:.0f} MiB to decode ({width}x{height}, {img.mode}); the limit "
+            f"is {max_decoded_bytes / 2**20:.0f} MiB. Upload an 8-bit JPEG or a smaller image."
+        )
+    return img, scale
+
+
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+
+
+def png_depth_and_colour(data: bytes) -> tuple[int, int] | None:
+    """Bit depth and colour type from a PNG's IHDR chunk (2 = RGB), or None when the first chunk is not IHDR."""
+    return struct.unpack(">BB", data[24:26]) if data[12:16] == b"IHDR" else None
+
+
+def decoded_bytes(img: Image.Image, data: bytes) -> int:
+    """Bytes the decoder will produce for ``img`` (its current, possibly drafted, size)."""
+    width, height = img.size
+    if img.format == "PNG" and (header := png_depth_and_colour(data)) is not None:
+        # The inflated stream: PIL reports 16-bit RGB as mode RGB, but inflating it costs 6 bytes per pixel.
+        depth, colour = header
+        return height * (1 + math.ceil(width * _PNG_CHANNELS.get(colour, 4) * depth / 8))
+    sample = 4 if img.mode in ("I", "F") else 2 if ";16" in img.mode else 1
+    return width * height * len(img.getbands()) * sample
