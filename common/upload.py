@@ -1,9 +1,10 @@
-"""What an upload may be, checked from its header before any pixel is decoded.
+"""What an upload may be, checked from its header before any pixel is decoded, and how it becomes an RGB picture.
 
 Shared by the server's decoder (serving/pipeline/decode.py, inside Triton) and the web page
-(gradio_frontend/app.py), which draws the picture it shows: both refuse the same files for the same reasons, and
-neither decodes one it would refuse. A 140 KB PNG of 144 megapixels decoded in the page's process took 0.85 s and
-958 MB before the page applied these checks; the server refuses it from its header.
+(gradio_frontend/app.py), which draws the picture it shows: both refuse the same files for the same reasons,
+neither decodes one it would refuse, and both see the same upright RGB picture. A 140 KB PNG of 144 megapixels
+decoded in the page's process took 0.85 s and 958 MB before the page applied these checks; the server refuses it
+from its header.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import io
 import math
 import struct
 
-from PIL import Image, UnidentifiedImageError
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 #: Formats accepted from clients; anything else PIL could open (PSD, TIFF, ...) is refused on purpose.
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
@@ -103,3 +105,34 @@ def decoded_bytes(img: Image.Image, data: bytes) -> int:
         return height * (1 + math.ceil(width * _PNG_CHANNELS.get(colour, 4) * depth / 8))
     sample = 4 if img.mode in ("I", "F") else 2 if ";16" in img.mode else 1
     return width * height * len(img.getbands()) * sample
+
+
+def load_rgb(img: Image.Image) -> Image.Image:
+    """Decodes an image :func:`open_bounded` let through: its first frame, upright (EXIF orientation), in RGB.
+
+    Raises:
+        ImageDecodeError: The file is truncated or corrupt.
+    """
+    fmt = img.format
+    try:
+        img.load()  # decodes the first frame of animations
+        return to_rgb(ImageOps.exif_transpose(img))
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        raise ImageDecodeError(f"The {fmt} file is truncated or corrupt ({err}); re-export or re-upload it.") from err
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """``img`` in RGB: 16-bit and float samples scaled to 8 bits, transparency composited on white."""
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I") or img.mode == "F":
+        # convert("L") would clip 16-bit samples at 255 and wash the picture out.
+        arr = np.asarray(img, dtype=np.float32)
+        scale = 255 / 65535 if arr.max(initial=0) > 255 else 1.0
+        return Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8)).convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info:
+        # Transparent pixels often hold black or garbage colour; users expect them to look like a white page.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
-from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont
 
 from client import (
     AgeGenderClient,
@@ -187,20 +187,17 @@ def summary(result: FaceResult | DetectedFace, *, dash: str = DASH) -> str:
 
 
 def load_display_image(data: bytes) -> tuple[Image.Image, float]:
-    """Opens the upload upright and in RGB, as the server's decoder does, at most :data:`DISPLAY_SIDE` on its longer
-    side; returns it with the factor that maps its pixels to the file's (the boxes' coordinates).
+    """The upload as the server's decoder sees it (bounded, upright, RGB: common/upload.py), at most
+    :data:`DISPLAY_SIDE` on its longer side; returns it with the factor that maps its pixels to the file's (the
+    boxes' coordinates).
 
     Raises:
-        upload.ImageDecodeError: For what the server refuses from the header too (size, format, pixels, decoded
-            bytes: common/upload.py), before any pixel is decoded here.
+        upload.ImageDecodeError: For what the server refuses too: size, format, pixels and decoded bytes from the
+            header, before any pixel is decoded here; a truncated or corrupt file once decoded.
     """
     opened, scale = upload.open_bounded(data, draft_side=DISPLAY_SIDE)
-    with opened as img:
-        img = ImageOps.exif_transpose(img)
-        if img.mode in ("RGBA", "LA", "P") and (img.mode != "P" or "transparency" in img.info):
-            rgba = img.convert("RGBA")
-            img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-        img = img.convert("RGB")
+    with opened:
+        img = upload.load_rgb(opened)
     if max(img.size) > DISPLAY_SIDE:
         factor = DISPLAY_SIDE / max(img.size)
         img = img.resize((max(1, round(img.width * factor)), max(1, round(img.height * factor))), Image.BILINEAR)
@@ -305,16 +302,9 @@ def analyse(
         return None, MSG_PROMPT, None, []
     try:
         display, scale = load_display_image(photo.data)
-    except upload.ImageDecodeError as err:  # refused from its header, as the server would: nothing decoded
+    except upload.ImageDecodeError as err:  # what the server would refuse too; bounded before any decoding
         message = f"**The image was rejected**: {photo.name} could not be read as an image: {err}"
         return None, message, _error_json("invalid_image", str(err)), []
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        # The server would refuse it too; saying so here avoids a pointless round trip. PIL's message for an
-        # unknown format names an in-memory buffer, which tells the user nothing.
-        detail = "not a recognised image format" if isinstance(err, UnidentifiedImageError) else str(err)
-        message = f"**The image was rejected**: {photo.name} could not be read as an image ({detail}). "
-        message += "Upload a JPEG, PNG, WebP, BMP or GIF."
-        return None, message, _error_json("invalid_image", detail), []
 
     where = f"`{backend.url}` ({backend.protocol})"
     try:

@@ -6,10 +6,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
-# The limits and the header checks live in common/upload.py, shared with the web page; re-exported here for the
-# models' code and configs, which read them from this module.
+# The limits, the header checks and the conversion to RGB live in common/upload.py, shared with the web page;
+# re-exported here for the models' code and configs, which read them from this module.
 from common.upload import (  # noqa: F401
     DRAFT_SIDE,
     FORMATS,
@@ -17,6 +17,7 @@ from common.upload import (  # noqa: F401
     MAX_DECODED_BYTES,
     MAX_PIXELS,
     ImageDecodeError,
+    load_rgb,
     open_bounded,
     png_depth_and_colour,
 )
@@ -110,16 +111,7 @@ def decode_upload(
     if budget is not None:
         budget.take(img.size[0] * img.size[1])
     fast = _fast_png(img, data)
-    if fast is not None:
-        return Decoded(fast, scale)
-    try:
-        img.load()  # decodes the first frame of animations
-        img = ImageOps.exif_transpose(img)
-        return Decoded(_to_rgb(img), scale)
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
-        raise ImageDecodeError(
-            f"The {img.format} file is truncated or corrupt ({err}); re-export or re-upload it."
-        ) from err
+    return Decoded(fast if fast is not None else load_rgb(img), scale)
 
 
 def _fast_png(img: Image.Image, data: bytes) -> Image.Image | None:
@@ -146,19 +138,3 @@ def _fast_png(img: Image.Image, data: bytes) -> Image.Image | None:
     if pixels.shape != (img.size[1], img.size[0], 3) or pixels.dtype != np.uint8:
         return None
     return Image.fromarray(pixels)
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode == "RGB":
-        return img
-    if img.mode.startswith("I") or img.mode == "F":
-        # convert("L") would clip 16-bit samples at 255 and wash the picture out.
-        arr = np.asarray(img, dtype=np.float32)
-        scale = 255 / 65535 if arr.max(initial=0) > 255 else 1.0
-        return Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8)).convert("RGB")
-    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info:
-        # Transparent pixels often hold black or garbage colour; users expect them to look like a white page.
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
