@@ -45,14 +45,16 @@ def test_detectors_built_in_the_background_serve_at_normal_priority():
     here = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     built = Background(FaceCropper, name="face detector")
     cropper = built.get(timeout=60)
-    built._thread.join(5)  # the builder itself, gone once done
     portrait = Image.open(ROOT / "gradio_frontend" / "examples" / "grace_hopper.jpg").convert("RGB")
     assert cropper(portrait) is not None
+    # The builder itself serves nothing, and at nice 19 on a busy machine it may still be on its way out: a CI run
+    # with the other worker training found one nice-19 thread after a 5 s join. Every thread but it must be at ours.
+    builder = str(built._thread.native_id)
     nices = {}
     for task in Path("/proc/self/task").iterdir():
         with contextlib.suppress(OSError):
             nices[task.name] = int((task / "stat").read_text().rsplit(")", 1)[1].split()[16])
-    assert set(nices.values()) == {here}, nices
+    assert nices and {nice for tid, nice in nices.items() if tid != builder} == {here}, (builder, nices)
 
 
 def test_a_failed_build_fails_each_request_with_its_cause():
