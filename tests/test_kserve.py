@@ -153,10 +153,16 @@ def test_runtime_image_args_and_security():
     assert "latest" not in image
     dockerfile = (ROOT / "docker" / "triton.Dockerfile").read_text()
     assert "FROM nvcr.io/nvidia/tritonserver:25.02-py3" in dockerfile
-    args = container["args"]
+    # The gate holds KServe's ports, Triton listens on loopback only: read by edge.py's own parser and check.
+    assert container["command"] == ["python3", "-m", "serving.runtime.edge"]
+    edge = pytest.importorskip("serving.runtime.edge")
+    gate, args = edge.parse_args(container["args"])
+    edge.check_triton(args, triton_http=gate.triton_http, triton_grpc=gate.triton_grpc, preload=gate.triton_preload)
+    assert (gate.http, gate.grpc) == ("0.0.0.0:8080", "0.0.0.0:9000")
     assert args[0] == "tritonserver" and "--model-repository=/mnt/models" in args
-    assert {"--http-port=8080", "--grpc-port=9000", "--metrics-port=8002"} <= set(args)
+    assert {"--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-port=8002"} <= set(args)
     assert {"--model-control-mode=explicit", "--load-model=*"} <= set(args)
+    assert "COPY serving/runtime/ serving/runtime/" in dockerfile and "tritonclient[grpc,http]==" in dockerfile
     # The key stays off the command line: a placeholder the preloaded argv_secret.so fills in (docs/security.md).
     assert f"--http-restricted-api={RESTRICTED}:admin-key=@TRITON_ADMIN_KEY@" in args
     assert f"--grpc-restricted-protocol={RESTRICTED}:admin-key=@TRITON_ADMIN_KEY@" in args
@@ -164,7 +170,8 @@ def test_runtime_image_args_and_security():
     env = {e["name"]: e for e in container["env"]}
     secret = {"name": "agegender-triton-admin", "key": "admin-key"}
     assert env["TRITON_ADMIN_KEY"]["valueFrom"]["secretKeyRef"] == secret
-    assert env["LD_PRELOAD"]["value"] == "/opt/agegender/lib/argv_secret.so"
+    # Preloaded into Triton alone: set for the whole container it would wipe the key from the gate's environment.
+    assert "LD_PRELOAD" not in env and gate.triton_preload == "/opt/agegender/lib/argv_secret.so"
     assert "COPY --from=argv-secret /tmp/argv_secret.so /opt/agegender/lib/argv_secret.so" in dockerfile
     assert env["ARGV_SECRETS"]["value"] == "TRITON_ADMIN_KEY,ARGV_SECRET_CHECK"
     assert env["ARGV_SECRET_CHECK"]["value"] == "--exit-on-error=true"
@@ -204,6 +211,10 @@ def test_grpc_overlay():
     assert model["ports"] == [{"name": "h2c", "containerPort": 9000, "protocol": "TCP"}]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert model[probe]["grpc"] == {"port": 9000}
+    # That port is the gate's gRPC side, which relays the health check (tests/test_edge.py).
+    (runtime,) = docs_of("ServingRuntime", "overlays/grpc")
+    edge = pytest.importorskip("serving.runtime.edge")
+    assert edge.parse_args(runtime["spec"]["containers"][0]["args"])[0].grpc.endswith(":9000")
 
 
 def test_secrets_are_templates_outside_the_build():

@@ -24,7 +24,8 @@ nginx bounds sizes and times but cannot look inside a gRPC message, and Triton 2
   ports need (``GATE_UPSTREAM_HEADERS``, JSON in the environment, never on a command line).
 
 This file is the gRPC side and the process; the HTTP side is gate_http.py, the checks gate_check.py, what both
-share gate_relay.py. Run by the launcher (serving/runtime/gate_process.py) before nginx; standalone:
+share gate_relay.py. Run by the launcher (serving/runtime/gate_process.py) before nginx; in a KServe pod, where no
+nginx runs, by serving/runtime/edge.py with ``--edge``; standalone:
 
     TRITON_ADMIN_KEY=... python -m serving.runtime.gate --grpc 127.0.0.1:P --http 127.0.0.1:Q \\
         --triton-grpc 127.0.0.1:X --triton-http 127.0.0.1:Y
@@ -61,6 +62,9 @@ from serving.runtime.gate_relay import (
 from serving.runtime.triton_messages import service_pb2 as pb
 
 SERVICE = "/inference.GRPCInferenceService/"
+#: The standard gRPC health check (grpc.health.v1), relayed to Triton's: Kubernetes' gRPC probes of a KServe pod
+#: (deploy/kserve/overlays/grpc) reach Triton through the gate, the pod's only open gRPC port.
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 #: RPCs whose API group is restricted (security.RESTRICTED_APIS), by Triton's grouping.
 ADMIN_RPCS = frozenset(
     {
@@ -137,9 +141,12 @@ class GrpcGate(grpc.GenericRpcHandler):
         # Built once per RPC name: service() runs for every call.
         self.handlers = {rpc: self._handler(rpc) for rpc in (*OPEN_RPCS, *ADMIN_RPCS)}
         self.handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(self._refuse_stream)
+        self.health = grpc.unary_unary_rpc_method_handler(self._health_check)
 
     def service(self, handler_call_details):
         method = handler_call_details.method
+        if method == HEALTH_CHECK:
+            return self.health
         # Anything else (other services, unknown RPCs): None, i.e. UNIMPLEMENTED.
         return self.handlers.get(method[len(SERVICE) :]) if method.startswith(SERVICE) else None
 
@@ -149,6 +156,15 @@ class GrpcGate(grpc.GenericRpcHandler):
             return await self._unary(rpc, request, context)
 
         return grpc.unary_unary_rpc_method_handler(handler)
+
+    async def _health_check(self, request: bytes, context) -> bytes:
+        given = dict(context.invocation_metadata() or ()).get(security.GRPC_INTERNAL_METADATA)
+        if not from_the_door(self.door_key, given):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, NOT_FROM_THE_DOOR)
+        try:
+            return await self.channel.unary_unary(HEALTH_CHECK)(request, metadata=self.metadata, timeout=10)
+        except grpc.aio.AioRpcError as err:
+            await context.abort(err.code(), bounded(err.details() or ""))
 
     async def _refuse_stream(self, request_iterator, context):
         await context.abort(
@@ -230,9 +246,9 @@ async def serve(args, admin_key: str, upstream_headers: dict[str, str], stop: as
     if server.add_insecure_port(args.grpc) == 0:
         raise OSError(f"cannot listen on {args.grpc}")
     await server.start()
-    runner = web.AppRunner(
-        HttpGate(args.triton_http, admin_key, upstream_headers, upstream, grpc_gate.loading).app(), access_log=None
-    )
+    edge = getattr(args, "edge", False)
+    http_gate = HttpGate(args.triton_http, admin_key, upstream_headers, upstream, grpc_gate.loading, edge=edge)
+    runner = web.AppRunner(http_gate.app(), access_log=None)
     await runner.setup()
     host, port = _split(args.http)
     await web.TCPSite(runner, host, port).start()
@@ -251,6 +267,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--http", required=True, help="host:port the gate's HTTP infer side listens on")
     p.add_argument("--triton-grpc", required=True, help="Triton's gRPC host:port")
     p.add_argument("--triton-http", required=True, help="Triton's HTTP host:port")
+    p.add_argument(
+        "--edge",
+        action="store_true",
+        help="no nginx in front (a KServe pod, serving/runtime/edge.py): the HTTP side also answers health and server "
+        "metadata, relays other paths for admins only, and refuses compressed bodies",
+    )
     args = p.parse_args(argv)
     # Secrets come from the environment (never argv, which every local user can read in /proc).
     admin_key = os.environ.get(security.ADMIN_KEY_ENV, "")

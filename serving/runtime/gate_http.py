@@ -10,9 +10,10 @@ import urllib.parse
 import aiohttp
 from aiohttp import web
 
+from common import contract
 from serving.runtime import security
 from serving.runtime.door import MAX_BODY, MAX_JSON_BYTES
-from serving.runtime.gate_check import INVALID_ARGUMENT, Refused, check_http_infer, model_for
+from serving.runtime.gate_check import INVALID_ARGUMENT, PUBLIC_INPUTS, Refused, check_http_infer, model_for
 from serving.runtime.gate_relay import (
     MAX_UPSTREAM,
     NOT_FROM_THE_DOOR,
@@ -36,6 +37,17 @@ BODY_MIN_RATE = 256 * 1024
 _TOO_SLOW = (
     "the request body did not arrive within {:.0f} s ({:.0f} s plus 1 s per 256 KiB declared); "
     "send it at 256 KiB/s or more"
+)
+
+
+#: What the gate answers itself when nothing is in front of it (``edge``): the health and server-metadata paths, the
+#: refusal of compressed bodies and of non-public paths, in the words of the door (docker/nginx.conf, door.py).
+EDGE_OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/v2")
+COMPRESSED = "compressed request bodies (Content-Encoding) are not accepted"
+NOT_PUBLIC = (
+    "not a public model, or not a public API of one (public models: "
+    + ", ".join(contract.PUBLIC_MODELS)
+    + "); other paths need the admin key"
 )
 
 
@@ -110,7 +122,12 @@ class HttpGate:
     """What nginx sends here: ``POST /v2/models/NAME[/versions/N]/infer`` of public models (body streamed as it
     arrives, read under :func:`body_deadline_s`), and
     metadata, config and readiness of any model when the caller presents an admin key (the operators' tools, such
-    as serving.ops.rollout, read the internal models' configs); everything else nginx answers or passes itself."""
+    as serving.ops.rollout, read the internal models' configs); everything else nginx answers or passes itself.
+
+    ``edge``: no nginx in front (a KServe pod, serving/runtime/edge.py), so the gate answers the rest of the API too:
+    health and server metadata for anyone, public models' metadata, compressed bodies refused (415, as the door
+    does), and every other path only for a caller with the admin key (relayed with it; Triton checks it again).
+    """
 
     def __init__(
         self,
@@ -119,8 +136,11 @@ class HttpGate:
         upstream_headers: dict[str, str],
         upstream: Upstream,
         loading: Loading,
+        *,
+        edge: bool = False,
     ):
         self.base = f"http://{triton_http}"
+        self.edge = edge
         self.admin_key = admin_key
         # aiohttp asks for "gzip, deflate, br" by default, and Triton then compressed every answer on loopback for
         # the gate to inflate again (a 1.3 KB crop-path answer: 329 bytes gzipped): CPU twice, for nothing.
@@ -132,12 +152,19 @@ class HttpGate:
         self.session: aiohttp.ClientSession | None = None
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_BODY, middlewares=[self._only_the_door])
+        middlewares = [self._only_the_door, *([self._not_compressed] if self.edge else [])]
+        app = web.Application(client_max_size=MAX_BODY, middlewares=middlewares)
         app.router.add_post("/v2/models/{name}/infer", self.infer)
         app.router.add_post("/v2/models/{name}/versions/{version}/infer", self.infer)
+        if self.edge:  # before the metadata routes, which would read it as the model "stats"
+            app.router.add_route("*", "/v2/models/stats", self._admin_only)
         for version in ("", "/versions/{version}"):
             for suffix in ("", "/config", "/ready"):
                 app.router.add_get(f"/v2/models/{{name}}{version}{suffix}", self._about(suffix))
+        if self.edge:
+            for path in EDGE_OPEN_PATHS:
+                app.router.add_get(path, self._open_path)
+            app.router.add_route("*", "/{tail:.*}", self._admin_only)  # last: the routes above match first
         app.on_startup.append(self._open)
         app.on_cleanup.append(self._close)
         return app
@@ -157,6 +184,29 @@ class HttpGate:
         if not from_the_door(self.door_key, request.headers.get(security.INTERNAL_HEADER)):
             return self._error(403, NOT_FROM_THE_DOOR)
         return await handler(request)
+
+    @web.middleware
+    async def _not_compressed(self, request: web.Request, handler):
+        # aiohttp would inflate the body itself: a small upload could then cost MAX_BODY of memory and CPU here.
+        if request.headers.get("Content-Encoding", "identity").lower() not in ("", "identity"):
+            return self._error(415, COMPRESSED)
+        return await handler(request)
+
+    async def _open_path(self, request: web.Request) -> web.Response:
+        """Health and server metadata, relayed as they are (the probes of a KServe pod come here)."""
+        return await self.upstream.run(self._forward(request.path, None, dict(self.headers), method="GET"))
+
+    async def _admin_only(self, request: web.Request) -> web.Response:
+        """Everything else Triton serves (repository, statistics, logging, trace, shared memory) for admins only;
+        other callers get 404, as behind the door."""
+        given = request.headers.get(security.ADMIN_HEADER, "")
+        if not is_admin(self.admin_key, given):
+            return self._error(404, NOT_PUBLIC)
+        body = await request.read() if request.can_read_body else None
+        headers = {**self.headers, security.ADMIN_HEADER: given}
+        if body is not None:
+            headers["Content-Type"] = request.headers.get("Content-Type", "application/json")
+        return await self.upstream.run(self._forward(request.path_qs, body, headers, method=request.method))
 
     @staticmethod
     def _error(status: int, message: str) -> web.Response:
@@ -203,7 +253,9 @@ class HttpGate:
     def _about(self, suffix: str):
         async def about(request: web.Request) -> web.Response:
             name, version = request.match_info["name"], request.match_info.get("version")
-            if not is_admin(self.admin_key, request.headers.get(security.ADMIN_HEADER, "")):
+            # Public models' metadata is public (behind the door nginx sends it to Triton itself, not here).
+            public = name in PUBLIC_INPUTS
+            if not public and not is_admin(self.admin_key, request.headers.get(security.ADMIN_HEADER, "")):
                 return self._error(403, f"metadata of models that are not public needs the {security.ADMIN_HEADER} key")
             if version is not None and not (version.isdigit() and len(version) <= 18):
                 return self._error(400, "the model version must be a number")

@@ -1,0 +1,129 @@
+"""A KServe pod's entry point: Triton and the gate in one container, with only the gate on the public ports.
+
+    python -m serving.runtime.edge --http 0.0.0.0:8080 --grpc 0.0.0.0:9000 \\
+        --triton-http 127.0.0.1:8085 --triton-grpc 127.0.0.1:9005 --triton-preload /opt/agegender/lib/argv_secret.so \\
+        -- tritonserver --model-repository=/mnt/models --http-address=127.0.0.1 --http-port=8085 \\
+           --grpc-address=127.0.0.1 --grpc-port=9005 ...
+
+Locally the launcher puts nginx and the gate in front of Triton (serving/runtime/launch.py). A KServe pod has no nginx
+(Knative's queue-proxy bounds concurrency and time), but it needs the gate as much: Triton 25.02 still truncates an
+overflowing batch dimension and mixes callers' rows (docs/security.md, "Production"). Why one container and not a
+sidecar: Knative routes one port of one container, and only that container gets its drain (a preStop hook that
+waits for the queue-proxy). Triton in a container of its own would get SIGTERM while the queue-proxy still sends
+requests, and fail them. Here both stop only after the drain, in order.
+
+* **Triton listens on loopback only**: its ``--http-address`` / ``--grpc-address`` must be 127.0.0.1 and its ports
+  the gate's upstream ones, or nothing starts (exit 2). Metrics (read-only) may stay on the pod's address.
+* **Secrets**: ``TRITON_ADMIN_KEY`` comes from the environment (a Kubernetes Secret). Triton's arguments hold
+  placeholders that argv_secret.so fills in (serving/runtime/argv_secret.c); the library is preloaded into Triton
+  only (``--triton-preload``): in this process it would wipe the key before Python read it.
+* **Stopping**: on SIGTERM (Knative sends it after the drain) the gate stops first, finishing what it holds
+  (``GATE_STOP_S``), then Triton (its ``--exit-timeout-secs``, bounded by ``TRITON_STOP_S``). If either child exits
+  on its own, the other is stopped and this process exits with the child's code: the kubelet restarts the container.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+
+from serving.runtime import children, security
+from serving.runtime.subproc import stop_process
+
+#: How long the gate has to finish the requests it holds (its own grace is 5 s for gRPC and 5 s for Triton's answers).
+GATE_STOP_S = 15.0
+#: How long Triton has to unload after the gate stopped (the manifests give it --exit-timeout-secs=30).
+TRITON_STOP_S = 40.0
+LOOPBACK = "127.0.0.1"
+
+
+class EdgeError(ValueError):
+    """The command would expose Triton or could not keep its secrets: nothing was started."""
+
+
+def _flag(args: list[str], name: str) -> str | None:
+    """The last value of ``--name=value`` or ``--name value`` in ``args`` (tritonserver's last one wins)."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg.startswith(f"--{name}="):
+            value = arg.split("=", 1)[1]
+        elif arg == f"--{name}" and i + 1 < len(args):
+            value = args[i + 1]
+    return value
+
+
+def check_triton(triton: list[str], *, triton_http: str, triton_grpc: str, preload: str | None) -> None:
+    """Raises :class:`EdgeError` unless Triton's HTTP and gRPC listen on loopback, where the gate expects them, and
+    any secret placeholder in its arguments has the library that fills it in."""
+    if not triton:
+        raise EdgeError("give Triton's command after --")
+    for protocol, upstream in (("http", triton_http), ("grpc", triton_grpc)):
+        host, _, port = upstream.rpartition(":")
+        address, given_port = _flag(triton, f"{protocol}-address"), _flag(triton, f"{protocol}-port")
+        if address != LOOPBACK or host != LOOPBACK:
+            raise EdgeError(
+                f"Triton's {protocol.upper()} must listen on {LOOPBACK} only (--{protocol}-address={LOOPBACK}) and "
+                f"the gate call it there; got --{protocol}-address={address} and --triton-{protocol} {upstream}"
+            )
+        if given_port != port:
+            raise EdgeError(f"--{protocol}-port={given_port} is not the gate's --triton-{protocol} port {port}")
+    if any("@" in arg for arg in triton) and not preload:
+        raise EdgeError("Triton's arguments hold secret placeholders: give --triton-preload (argv_secret.so)")
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    if "--" in argv:
+        split = argv.index("--")
+        argv, triton = argv[:split], argv[split + 1 :]
+    else:
+        triton = []
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--http", required=True, help="host:port of the gate's public HTTP side")
+    p.add_argument("--grpc", required=True, help="host:port of the gate's public gRPC side")
+    p.add_argument("--triton-http", required=True, help=f"{LOOPBACK}:port where Triton's HTTP listens")
+    p.add_argument("--triton-grpc", required=True, help=f"{LOOPBACK}:port where Triton's gRPC listens")
+    p.add_argument("--triton-preload", help="argv_secret.so, preloaded into Triton only")
+    return p.parse_args(argv), triton
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, triton = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        check_triton(triton, triton_http=args.triton_http, triton_grpc=args.triton_grpc, preload=args.triton_preload)
+    except EdgeError as err:
+        print(f"edge: {err}", file=sys.stderr)
+        return 2
+    if args.triton_preload and not os.path.isfile(args.triton_preload):
+        print(f"edge: --triton-preload {args.triton_preload} is not a file", file=sys.stderr)
+        return 2
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    triton_env = {**env, **({"LD_PRELOAD": args.triton_preload} if args.triton_preload else {})}
+    gate_env = {k: v for k, v in env.items() if k not in (security.ARGV_SECRETS_ENV, security.PRELOAD_CHECK_ENV)}
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    # Triton's stubs share its process group and its umask (077: their /dev/shm regions hold uploads).
+    server = children.spawn(triton, env=triton_env, private=True, capture=False)
+    gate_cmd = [sys.executable, "-m", "serving.runtime.gate", "--edge", "--http", args.http, "--grpc", args.grpc]
+    gate = children.spawn(
+        [*gate_cmd, "--triton-http", args.triton_http, "--triton-grpc", args.triton_grpc], env=gate_env, capture=False
+    )
+    code = 0
+    while not stop.wait(0.2):
+        exited = [(name, proc) for name, proc in (("Triton", server), ("the gate", gate)) if proc.poll() is not None]
+        if exited:
+            name, proc = exited[0]
+            print(f"edge: {name} {children.describe_exit(proc.returncode)}; stopping", file=sys.stderr, flush=True)
+            code = proc.returncode if proc.returncode > 0 else 1
+            break
+    stop_process(gate, timeout=GATE_STOP_S)
+    stop_process(server, timeout=TRITON_STOP_S)
+    children.kill_group(server.pid)  # stubs a killed Triton left behind
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

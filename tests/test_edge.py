@@ -1,0 +1,179 @@
+"""The KServe pod's entry point (serving/runtime/edge.py): Triton on loopback, the gate (``--edge``) on the public
+ports with no nginx in front, against a real Triton started as the ServingRuntime starts it."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+from common import contract
+from loadtest.abuse import cases
+from loadtest.abuse.attacks import http_call, http_infer
+from loadtest.abuse.victims import grpc_request
+from loadtest.bench.wire import serialize_bytes
+from serving.runtime import binary, command, edge, ports, security
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "edge-test-" + uuid.uuid4().hex
+CROP = contract.CROP_ENSEMBLE
+LOCAL = "127.0.0.1"
+
+
+def _edge_cmd(http: str, grpc_: str, triton_http: str, triton_grpc: str, *rest: str) -> list[str]:
+    return [
+        sys.executable, "-m", "serving.runtime.edge", "--http", http, "--grpc", grpc_,
+        "--triton-http", triton_http, "--triton-grpc", triton_grpc, *rest,
+    ]  # fmt: skip
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env[security.ADMIN_KEY_ENV] = KEY
+    return env
+
+
+@pytest.fixture(scope="module")
+def pod(tiny_repo, tmp_path_factory):
+    """``python -m serving.runtime.edge`` as the ServingRuntime runs it, on free loopback ports."""
+    run = tmp_path_factory.mktemp("edge")
+    env = _env()
+    executable, backends = binary.pip_triton(run, env)
+    hidden = security.hide_in_env(env, {security.ADMIN_KEY_ENV: KEY})
+    preload = env.pop("LD_PRELOAD")  # the pod sets no LD_PRELOAD: edge.py gives it to Triton only
+    t_http, t_grpc, metrics = (ports.free_port() for _ in range(3))
+    prefix = f"edge{uuid.uuid4().hex[:6]}"
+    triton = [executable] + command.triton_args(
+        model_repository=tiny_repo, backend_directory=backends, inner_host=LOCAL, http_port=t_http,
+        grpc_port=t_grpc, metrics_host=LOCAL, metrics_port=metrics, config_name="cpu", shm_prefix=prefix,
+        admin_key=hidden[security.ADMIN_KEY_ENV],
+    ) + [hidden[security.PRELOAD_CHECK_ENV]]  # fmt: skip
+    http, grpc_ = f"{LOCAL}:{ports.free_port()}", f"{LOCAL}:{ports.free_port()}"
+    cmd = _edge_cmd(http, grpc_, f"{LOCAL}:{t_http}", f"{LOCAL}:{t_grpc}", "--triton-preload", preload, "--", *triton)
+    log = open(run / "edge.log", "w+")  # noqa: SIM115 - read at the end
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while True:
+        assert proc.poll() is None, f"edge exited {proc.returncode}:\n{Path(log.name).read_text()[-3000:]}"
+        try:
+            if http_call(f"http://{http}", "GET", "/v2/health/ready", source=LOCAL)[0] == 200:
+                break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, Path(log.name).read_text()[-3000:]
+        time.sleep(0.5)
+    pod = type("Pod", (), {"proc": proc, "http": f"http://{http}", "grpc": grpc_, "prefix": prefix, "log": log})
+    yield pod
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    log.close()
+
+
+def _triton_pid(pod) -> int:
+    for task in Path("/proc").iterdir():
+        if task.name.isdigit():
+            try:
+                if int((task / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pod.proc.pid:
+                    if (task / "cmdline").read_bytes().split(b"\0")[0].endswith(b"tritonserver"):
+                        return int(task.name)
+            except (OSError, IndexError, ValueError):
+                continue
+    raise AssertionError("no tritonserver child of the edge process")
+
+
+@pytest.mark.integration
+def test_the_gate_is_the_only_way_in_and_answers_the_probes(pod):
+    for path in ("/v2/health/live", "/v2/health/ready", "/v2", f"/v2/models/{CROP}", f"/v2/models/{CROP}/config"):
+        status, body = http_call(pod.http, "GET", path, source=LOCAL)
+        assert status == 200, (path, body)
+    assert json.loads(http_call(pod.http, "GET", "/v2", source=LOCAL)[1])["name"] == "triton"
+    status, body = http_infer(pod.http, CROP, [1, 1], serialize_bytes([cases.face_crop()]))
+    assert status == 200, body
+    with grpc.insecure_channel(pod.grpc) as channel:
+        answer = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(grpc_request(CROP, [1, 1], [cases.face_crop()]))
+        # The gRPC probe (grpc.health.v1 Check, service ""): relayed to Triton's, SERVING is field 1 = 1.
+        assert channel.unary_unary("/grpc.health.v1.Health/Check")(b"", timeout=10) == b"\x08\x01"
+    assert contract.ENSEMBLE_AGE in [o.name for o in answer.outputs]
+    # Triton's own ports are on loopback, and its command line shows the placeholder, not the key.
+    cmdline = Path(f"/proc/{_triton_pid(pod)}/cmdline").read_bytes()
+    assert KEY.encode() not in cmdline and b"--http-address=127.0.0.1" in cmdline
+
+
+@pytest.mark.integration
+def test_what_the_door_refused_the_edge_gate_refuses(pod):
+    # Internal models: neither inference nor (without the admin key) metadata.
+    status, body = http_infer(pod.http, contract.AGE_MODEL, [1, 1], serialize_bytes([cases.face_crop()]))
+    assert status == 404 and b"not a public model" in body
+    assert http_call(pod.http, "GET", f"/v2/models/{contract.AGE_MODEL}/config", source=LOCAL)[0] == 403
+    admin = {"admin-key": KEY}
+    assert http_call(pod.http, "GET", f"/v2/models/{contract.AGE_MODEL}/config", None, admin, LOCAL)[0] == 200
+    # The overflowing shape that mixes callers' rows in Triton.
+    status, body = http_infer(pod.http, CROP, [2**62, 1], serialize_bytes([cases.face_crop()]))
+    assert status == 400, body
+    # Admin APIs: 404 without the key, relayed with it (Triton checks it too).
+    assert http_call(pod.http, "POST", "/v2/repository/index", b"{}", source=LOCAL)[0] == 404
+    assert http_call(pod.http, "POST", "/v2/repository/index", b"{}", {"admin-key": "wrong"}, LOCAL)[0] == 404
+    status, body = http_call(pod.http, "POST", "/v2/repository/index", b"{}", admin, LOCAL)
+    assert status == 200 and CROP in {m["name"] for m in json.loads(body)}
+    assert http_call(pod.http, "GET", "/v2/models/stats", source=LOCAL)[0] == 404
+    status, body = http_call(pod.http, "GET", f"/v2/models/{CROP}/stats", None, admin, LOCAL)
+    assert status == 200 and json.loads(body)["model_stats"], body
+    # A compressed body: refused before aiohttp inflates it.
+    header = json.dumps({"inputs": []}).encode()
+    status, body = http_call(
+        pod.http, "POST", f"/v2/models/{CROP}/infer", gzip.compress(header), {"Content-Encoding": "gzip"}, LOCAL
+    )
+    assert status == 415 and b"compressed" in body
+    assert pod.proc.poll() is None
+
+
+@pytest.mark.integration
+def test_sigterm_stops_the_gate_then_triton_and_leaves_nothing(pod):
+    triton = _triton_pid(pod)
+    os.kill(pod.proc.pid, signal.SIGTERM)
+    assert pod.proc.wait(timeout=edge.GATE_STOP_S + edge.TRITON_STOP_S) == 0
+    assert not Path(f"/proc/{triton}").exists() or "Z" in Path(f"/proc/{triton}/stat").read_text().split()[2]
+    with pytest.raises(OSError):
+        http_call(pod.http, "GET", "/v2/health/live", source=LOCAL)
+    assert not [p for p in os.listdir("/dev/shm") if p.startswith(pod.prefix)]
+
+
+def test_a_child_that_exits_ends_the_pod_with_its_code(tmp_path):
+    t_http, t_grpc = f"{LOCAL}:{ports.free_port()}", f"{LOCAL}:{ports.free_port()}"
+    http = f"{LOCAL}:{ports.free_port()}"
+    fake = ["/bin/sh", "-c", "sleep 3; exit 7", "sh", f"--http-address={LOCAL}", f"--http-port={t_http.split(':')[1]}"]
+    fake += [f"--grpc-address={LOCAL}", f"--grpc-port={t_grpc.split(':')[1]}"]
+    cmd = _edge_cmd(http, f"{LOCAL}:{ports.free_port()}", t_http, t_grpc, "--", *fake)
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 7, proc.stderr
+    assert "Triton exited with code 7; stopping" in proc.stderr
+    with pytest.raises(OSError):  # the gate went with it
+        http_call(f"http://{http}", "GET", "/v2/health/live", source=LOCAL)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--http-address=0.0.0.0", "--http-port=1", "--grpc-address=127.0.0.1", "--grpc-port=2"], "loopback|only"),
+        (["--http-port=1", "--grpc-address=127.0.0.1", "--grpc-port=2"], "only"),
+        (["--http-address=127.0.0.1", "--http-port=3", "--grpc-address=127.0.0.1", "--grpc-port=2"], "not the gate"),
+        (["--http-address=127.0.0.1", "--http-port=1", "--grpc-address=127.0.0.1", "--grpc-port=2", "@K@"], "preload"),
+    ],
+)
+def test_a_command_that_would_expose_triton_starts_nothing(flags, message, capsys):
+    argv = ["--http", "127.0.0.1:8080", "--grpc", "127.0.0.1:9000", "--triton-http", "127.0.0.1:1"]
+    assert edge.main([*argv, "--triton-grpc", "127.0.0.1:2", "--", "tritonserver", *flags]) == 2
+    assert re.search(message, capsys.readouterr().err)
