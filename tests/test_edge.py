@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -82,15 +83,22 @@ def pod(tiny_repo, tmp_path_factory):
     log.close()
 
 
-def _triton_pid(pod) -> int:
+def _children(pid: int) -> list[int]:
+    found = []
     for task in Path("/proc").iterdir():
         if task.name.isdigit():
             try:
-                if int((task / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pod.proc.pid:
-                    if (task / "cmdline").read_bytes().split(b"\0")[0].endswith(b"tritonserver"):
-                        return int(task.name)
+                if int((task / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(task.name))
             except (OSError, IndexError, ValueError):
                 continue
+    return found
+
+
+def _triton_pid(pod) -> int:
+    for child in _children(pod.proc.pid):
+        if Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[0].endswith(b"tritonserver"):
+            return child
     raise AssertionError("no tritonserver child of the edge process")
 
 
@@ -141,6 +149,23 @@ def test_what_the_door_refused_the_edge_gate_refuses(pod):
 
 
 @pytest.mark.integration
+def test_a_killed_gate_is_started_again_and_triton_keeps_running(pod):
+    triton = _triton_pid(pod)
+    (gate,) = [p for p in _children(pod.proc.pid) if b"serving.runtime.gate" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    os.kill(gate, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if http_infer(pod.http, CROP, [1, 1], serialize_bytes([cases.face_crop()]))[0] == 200:
+                break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "the gate did not come back"
+        time.sleep(0.2)
+    assert _triton_pid(pod) == triton and pod.proc.poll() is None
+
+
+@pytest.mark.integration
 def test_sigterm_stops_the_gate_then_triton_and_leaves_nothing(pod):
     triton = _triton_pid(pod)
     os.kill(pod.proc.pid, signal.SIGTERM)
@@ -162,6 +187,21 @@ def test_a_child_that_exits_ends_the_pod_with_its_code(tmp_path):
     assert "Triton exited with code 7; stopping" in proc.stderr
     with pytest.raises(OSError):  # the gate went with it
         http_call(f"http://{http}", "GET", "/v2/health/live", source=LOCAL)
+
+
+def test_a_gate_that_cannot_start_ends_the_pod_after_its_restarts():
+    t_http, t_grpc = f"{LOCAL}:{ports.free_port()}", f"{LOCAL}:{ports.free_port()}"
+    fake = ["/bin/sh", "-c", "sleep 120", "sh", f"--http-address={LOCAL}", f"--http-port={t_http.split(':')[1]}"]
+    fake += [f"--grpc-address={LOCAL}", f"--grpc-port={t_grpc.split(':')[1]}"]
+    with socket.socket() as taken:  # the gate's HTTP port is held by someone else
+        taken.bind((LOCAL, 0))
+        taken.listen()
+        http = f"{LOCAL}:{taken.getsockname()[1]}"
+        cmd = _edge_cmd(http, f"{LOCAL}:{ports.free_port()}", t_http, t_grpc, "--", *fake)
+        proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=90)
+    assert proc.returncode != 0, proc.stderr
+    assert proc.stderr.count("starting it again") == edge.GATE_RESTARTS
+    assert f"for the {edge.GATE_RESTARTS + 1}th time in a minute" in proc.stderr
 
 
 @pytest.mark.parametrize(

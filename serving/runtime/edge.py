@@ -18,8 +18,10 @@ requests, and fail them. Here both stop only after the drain, in order.
   placeholders that argv_secret.so fills in (serving/runtime/argv_secret.c); the library is preloaded into Triton
   only (``--triton-preload``): in this process it would wipe the key before Python read it.
 * **Stopping**: on SIGTERM (Knative sends it after the drain) the gate stops first, finishing what it holds
-  (``GATE_STOP_S``), then Triton (its ``--exit-timeout-secs``, bounded by ``TRITON_STOP_S``). If either child exits
-  on its own, the other is stopped and this process exits with the child's code: the kubelet restarts the container.
+  (``GATE_STOP_S``), then Triton (its ``--exit-timeout-secs``, bounded by ``TRITON_STOP_S``).
+* **A child that dies**: the gate is started again at once (about a second; Triton keeps its loaded models), up to
+  ``GATE_RESTARTS`` times a minute. If Triton exits, or the gate keeps dying, the other is stopped and this process
+  exits with the child's code: the kubelet restarts the container.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 from serving.runtime import children, security
 from serving.runtime.subproc import stop_process
@@ -38,6 +41,8 @@ GATE_STOP_S = 15.0
 #: How long Triton has to unload after the gate stopped (the manifests give it --exit-timeout-secs=30).
 TRITON_STOP_S = 40.0
 LOOPBACK = "127.0.0.1"
+#: Restarts of the gate allowed within a minute before the pod gives up (a gate that cannot start is not transient).
+GATE_RESTARTS = 5
 
 
 class EdgeError(ValueError):
@@ -108,21 +113,31 @@ def main(argv: list[str] | None = None) -> int:
     # Triton's stubs share its process group and its umask (077: their /dev/shm regions hold uploads).
     server = children.spawn(triton, env=triton_env, private=True, capture=False)
     gate_cmd = [sys.executable, "-m", "serving.runtime.gate", "--edge", "--http", args.http, "--grpc", args.grpc]
-    gate = children.spawn(
-        [*gate_cmd, "--triton-http", args.triton_http, "--triton-grpc", args.triton_grpc], env=gate_env, capture=False
-    )
+    gate_cmd += ["--triton-http", args.triton_http, "--triton-grpc", args.triton_grpc]
+    gate = children.spawn(gate_cmd, env=gate_env, capture=False)
+    restarts: list[float] = []
     code = 0
     while not stop.wait(0.2):
-        exited = [(name, proc) for name, proc in (("Triton", server), ("the gate", gate)) if proc.poll() is not None]
-        if exited:
-            name, proc = exited[0]
-            print(f"edge: {name} {children.describe_exit(proc.returncode)}; stopping", file=sys.stderr, flush=True)
-            code = proc.returncode if proc.returncode > 0 else 1
+        if server.poll() is not None:
+            code = _gone("Triton", server.returncode)
             break
+        if gate.poll() is not None:
+            now = time.monotonic()
+            restarts = [t for t in restarts if now - t < 60] + [now]
+            if len(restarts) > GATE_RESTARTS:
+                code = _gone(f"the gate, for the {len(restarts)}th time in a minute,", gate.returncode)
+                break
+            print(f"edge: the gate {children.describe_exit(gate.returncode)}; starting it again", file=sys.stderr)
+            gate = children.spawn(gate_cmd, env=gate_env, capture=False)
     stop_process(gate, timeout=GATE_STOP_S)
     stop_process(server, timeout=TRITON_STOP_S)
     children.kill_group(server.pid)  # stubs a killed Triton left behind
     return code
+
+
+def _gone(name: str, returncode: int) -> int:
+    print(f"edge: {name} {children.describe_exit(returncode)}; stopping", file=sys.stderr, flush=True)
+    return returncode if returncode > 0 else 1
 
 
 if __name__ == "__main__":
