@@ -143,7 +143,9 @@ _JSON_LEN = "([0-9]{1,4}|1[0-5][0-9]{3}|16[0-2][0-9]{2}|163[0-7][0-9]|1638[0-4])
 # Model names in nginx regexes (they are plain identifiers), and the answer for every other model's path.
 _PUBLIC = "|".join(PUBLIC_MODELS)
 _ADMIN_VAR = ADMIN_HEADER.lower().replace("-", "_")  # nginx's $http_<name> for that header
-_NOT_PUBLIC = f"not a public model, or not a public API of one (public models: {', '.join(PUBLIC_MODELS)})"
+#: The door's answers in words the gate repeats where no door stands in front of it (gate_http, ``edge``).
+NOT_PUBLIC = f"not a public model, or not a public API of one (public models: {', '.join(PUBLIC_MODELS)})"
+COMPRESSED = "compressed request bodies (Content-Encoding) are not accepted"
 
 
 def find_nginx() -> str | None:
@@ -309,7 +311,7 @@ def nginx_config(
                 # (client_body_timeout is per read). Content-Length is still capped here (413 before any byte).
                 location ~ "^/v2/models/({_PUBLIC})(/versions/[0-9]+)?/infer$" {{
                     if ($compressed) {{
-                        return 415 '{{"error":"compressed request bodies (Content-Encoding) are not accepted"}}';
+                        return 415 '{{"error":"{COMPRESSED}"}}';
                     }}
                     if ($json_too_long) {{
                         return 413 '{{"error":"{_JSON_TOO_LONG}"}}';
@@ -321,13 +323,13 @@ def nginx_config(
                 }}
                 location / {{
                     if ($compressed) {{
-                        return 415 '{{"error":"compressed request bodies (Content-Encoding) are not accepted"}}';
+                        return 415 '{{"error":"{COMPRESSED}"}}';
                     }}
                     if ($json_too_long) {{
                         return 413 '{{"error":"{_JSON_TOO_LONG}"}}';
                     }}
                     if (-f {prefix}/draining) {{ return 503 '{{"error":"server is shutting down"}}'; }}
-                    if ($route = not_public) {{ return 404 '{{"error":"{_NOT_PUBLIC}"}}'; }}
+                    if ($route = not_public) {{ return 404 '{{"error":"{NOT_PUBLIC}"}}'; }}
                     proxy_pass http://$route;
                     {forward}
                 }}

@@ -34,6 +34,7 @@ import threading
 import time
 
 from serving.runtime import children, security
+from serving.runtime.gate_process import gate_command
 from serving.runtime.subproc import stop_process
 
 #: How long the gate has to finish the requests it holds (its own grace is 5 s for gRPC and 5 s for Triton's answers).
@@ -112,8 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, lambda *_: stop.set())
     # Triton's stubs share its process group and its umask (077: their /dev/shm regions hold uploads).
     server = children.spawn(triton, env=triton_env, private=True, capture=False)
-    gate_cmd = [sys.executable, "-m", "serving.runtime.gate", "--edge", "--http", args.http, "--grpc", args.grpc]
-    gate_cmd += ["--triton-http", args.triton_http, "--triton-grpc", args.triton_grpc]
+    gate_cmd = gate_command(
+        grpc=args.grpc, http=args.http, triton_grpc=args.triton_grpc, triton_http=args.triton_http, edge=True
+    )
     gate = children.spawn(gate_cmd, env=gate_env, capture=False)
     restarts: list[float] = []
     code = 0

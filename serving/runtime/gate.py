@@ -138,33 +138,21 @@ class GrpcGate(grpc.GenericRpcHandler):
         # The models Triton loads after the ensembles: their requests wait for them (the HTTP side shares this).
         self.loading = Loading(later_models, self.model_ready, WAITING_LINE)
         self.stubs = {}
-        # Built once per RPC name: service() runs for every call.
-        self.handlers = {rpc: self._handler(rpc) for rpc in (*OPEN_RPCS, *ADMIN_RPCS)}
-        self.handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(self._refuse_stream)
-        self.health = grpc.unary_unary_rpc_method_handler(self._health_check)
+        # Built once per method: service() runs for every call. The health check is relayed like an open RPC.
+        methods = (*(SERVICE + rpc for rpc in (*OPEN_RPCS, *ADMIN_RPCS)), HEALTH_CHECK)
+        self.handlers = {method: self._handler(method) for method in methods}
+        self.handlers[SERVICE + "ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(self._refuse_stream)
 
     def service(self, handler_call_details):
-        method = handler_call_details.method
-        if method == HEALTH_CHECK:
-            return self.health
         # Anything else (other services, unknown RPCs): None, i.e. UNIMPLEMENTED.
-        return self.handlers.get(method[len(SERVICE) :]) if method.startswith(SERVICE) else None
+        return self.handlers.get(handler_call_details.method)
 
-    def _handler(self, rpc: str):
+    def _handler(self, method: str):
         # No (de)serializers: requests and answers pass as bytes; only the ones checked are parsed.
         async def handler(request: bytes, context) -> bytes:  # a coroutine function: grpc.aio checks for one
-            return await self._unary(rpc, request, context)
+            return await self._unary(method, request, context)
 
         return grpc.unary_unary_rpc_method_handler(handler)
-
-    async def _health_check(self, request: bytes, context) -> bytes:
-        given = dict(context.invocation_metadata() or ()).get(security.GRPC_INTERNAL_METADATA)
-        if not from_the_door(self.door_key, given):
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, NOT_FROM_THE_DOOR)
-        try:
-            return await self.channel.unary_unary(HEALTH_CHECK)(request, metadata=self.metadata, timeout=10)
-        except grpc.aio.AioRpcError as err:
-            await context.abort(err.code(), bounded(err.details() or ""))
 
     async def _refuse_stream(self, request_iterator, context):
         await context.abort(
@@ -172,7 +160,8 @@ class GrpcGate(grpc.GenericRpcHandler):
             "ModelStreamInfer is not served here; send each request with ModelInfer",
         )
 
-    async def _unary(self, rpc: str, request: bytes, context) -> bytes:
+    async def _unary(self, method: str, request: bytes, context) -> bytes:
+        rpc = method.removeprefix(SERVICE)
         metadata = self.metadata
         given = dict(context.invocation_metadata() or ())
         if not from_the_door(self.door_key, given.get(security.GRPC_INTERNAL_METADATA)):
@@ -201,7 +190,7 @@ class GrpcGate(grpc.GenericRpcHandler):
             await context.abort(getattr(grpc.StatusCode, refusal.code), bounded(str(refusal)))
         if name is not None and rpc != "ModelReady":  # readiness is answered as it is, loading or not
             await self.loading.wait(name)
-        status, payload = await self.upstream.run(self._call(rpc, request, metadata))
+        status, payload = await self.upstream.run(self._call(method, request, metadata))
         if status is not None:
             await context.abort(status, payload)
         return payload
@@ -209,7 +198,8 @@ class GrpcGate(grpc.GenericRpcHandler):
     async def model_ready(self, name: str) -> bool:
         """Whether Triton has the model ready (for :class:`Loading`); False while it cannot be reached."""
         try:
-            answer = await self._call("ModelReady", pb.ModelReadyRequest(name=name).SerializeToString(), self.metadata)
+            request = pb.ModelReadyRequest(name=name).SerializeToString()
+            answer = await self._call(SERVICE + "ModelReady", request, self.metadata)
         except grpc.aio.AioRpcError:
             return False
         return answer[0] is None and pb.ModelReadyResponse.FromString(answer[1]).ready
@@ -218,10 +208,10 @@ class GrpcGate(grpc.GenericRpcHandler):
     def _given(context) -> str:
         return str(dict(context.invocation_metadata() or ()).get(security.GRPC_ADMIN_METADATA, ""))
 
-    async def _call(self, rpc: str, request: bytes, metadata) -> tuple[grpc.StatusCode | None, bytes | str]:
-        stub = self.stubs.get(rpc)
+    async def _call(self, method: str, request: bytes, metadata) -> tuple[grpc.StatusCode | None, bytes | str]:
+        stub = self.stubs.get(method)
         if stub is None:
-            stub = self.stubs[rpc] = self.channel.unary_unary(SERVICE + rpc)
+            stub = self.stubs[method] = self.channel.unary_unary(method)
         try:
             # No timeout: Triton must never see a deadline or a cancel (common/triton_workarounds.py).
             return None, await stub(request, metadata=metadata)

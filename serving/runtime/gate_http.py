@@ -10,9 +10,8 @@ import urllib.parse
 import aiohttp
 from aiohttp import web
 
-from common import contract
 from serving.runtime import security
-from serving.runtime.door import MAX_BODY, MAX_JSON_BYTES
+from serving.runtime.door import COMPRESSED, MAX_BODY, MAX_JSON_BYTES, NOT_PUBLIC
 from serving.runtime.gate_check import INVALID_ARGUMENT, PUBLIC_INPUTS, Refused, check_http_infer, model_for
 from serving.runtime.gate_relay import (
     MAX_UPSTREAM,
@@ -40,15 +39,9 @@ _TOO_SLOW = (
 )
 
 
-#: What the gate answers itself when nothing is in front of it (``edge``): the health and server-metadata paths, the
-#: refusal of compressed bodies and of non-public paths, in the words of the door (docker/nginx.conf, door.py).
+#: What the gate answers itself when nothing is in front of it (``edge``): the health and server-metadata paths, and
+#: the refusals of compressed bodies and of non-public paths in the words of the door (door.COMPRESSED, NOT_PUBLIC).
 EDGE_OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/v2")
-COMPRESSED = "compressed request bodies (Content-Encoding) are not accepted"
-NOT_PUBLIC = (
-    "not a public model, or not a public API of one (public models: "
-    + ", ".join(contract.PUBLIC_MODELS)
-    + "); other paths need the admin key"
-)
 
 
 class RepeatedKey(ValueError):
@@ -201,7 +194,7 @@ class HttpGate:
         other callers get 404, as behind the door."""
         given = request.headers.get(security.ADMIN_HEADER, "")
         if not is_admin(self.admin_key, given):
-            return self._error(404, NOT_PUBLIC)
+            return self._error(404, f"{NOT_PUBLIC}; other paths need the admin key")
         body = await request.read() if request.can_read_body else None
         headers = {**self.headers, security.ADMIN_HEADER: given}
         if body is not None:

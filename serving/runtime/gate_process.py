@@ -28,6 +28,12 @@ WAITING_LINE = "gate waiting for"
 READY_LINE = "gate listening"
 
 
+def gate_command(*, grpc: str, http: str, triton_grpc: str, triton_http: str, edge: bool = False) -> list[str]:
+    """``python -m serving.runtime.gate`` with its addresses (``host:port``); ``edge``: no nginx in front (edge.py)."""
+    cmd = [sys.executable, "-m", "serving.runtime.gate", "--grpc", grpc, "--http", http]
+    return [*cmd, "--triton-grpc", triton_grpc, "--triton-http", triton_http, *(["--edge"] if edge else [])]
+
+
 class GateProcess:
     """``python -m serving.runtime.gate`` on two free loopback ports (``grpc`` / ``http`` are ``host:port``)."""
 
@@ -61,8 +67,8 @@ class GateProcess:
         env[security.ADMIN_KEY_ENV] = self.admin_key
         env[UPSTREAM_HEADERS_ENV] = json.dumps(self.upstream_headers)
         env[LATER_MODELS_ENV] = ",".join(self.later_models)
-        cmd = [sys.executable, "-m", "serving.runtime.gate", "--grpc", self.grpc, "--http", self.http]
-        return [*cmd, "--triton-grpc", self.triton_grpc, "--triton-http", self.triton_http], env
+        cmd = gate_command(grpc=self.grpc, http=self.http, triton_grpc=self.triton_grpc, triton_http=self.triton_http)
+        return cmd, env
 
     def start(self) -> None:
         """Starts the gate and returns once it listens (nginx must not forward to a closed port)."""
