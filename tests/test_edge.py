@@ -20,6 +20,7 @@ import pytest
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from common import contract
+from loadtest import procs
 from loadtest.abuse import cases
 from loadtest.abuse.attacks import http_call, http_infer
 from loadtest.abuse.victims import grpc_request
@@ -85,23 +86,13 @@ def pod(tiny_repo, tmp_path_factory):
     log.close()
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for task in Path("/proc").iterdir():
-        if task.name.isdigit():
-            try:
-                if int((task / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    found.append(int(task.name))
-            except (OSError, IndexError, ValueError):
-                continue
-    return found
+def _children(pod) -> list[procs.Proc]:
+    return [p for p in procs.all_processes() if p.ppid == pod.proc.pid]
 
 
 def _triton_pid(pod) -> int:
-    for child in _children(pod.proc.pid):
-        if Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[0].endswith(b"tritonserver"):
-            return child
-    raise AssertionError("no tritonserver child of the edge process")
+    (triton,) = [p.pid for p in _children(pod) if p.name == "tritonserver"]
+    return triton
 
 
 @pytest.mark.integration
@@ -153,7 +144,7 @@ def test_what_the_door_refused_the_edge_gate_refuses(pod):
 @pytest.mark.integration
 def test_a_killed_gate_is_started_again_and_triton_keeps_running(pod):
     triton = _triton_pid(pod)
-    (gate,) = [p for p in _children(pod.proc.pid) if b"serving.runtime.gate" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    (gate,) = [p.pid for p in _children(pod) if b"serving.runtime.gate" in Path(f"/proc/{p.pid}/cmdline").read_bytes()]
     os.kill(gate, signal.SIGKILL)
     deadline = time.monotonic() + 60
     while True:
