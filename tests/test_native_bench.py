@@ -315,3 +315,50 @@ def test_the_reference_is_bracketed_and_its_drift_flagged(tmp_path):
     # Without a second run (--no-reference-after) the reference is the first, and no drift is claimed.
     alone = native.bracket(before, None)
     assert (alone["b64_img_s"], alone["drift"], alone["drifted"]) == (200.0, None, None)
+
+
+def _stats(**models) -> dict:
+    """A ``/v2/models/stats`` answer in Triton 2.51's shape (every field the benchmark reads; counts and ns)."""
+    rows = []
+    for name, (requests, batches, ns) in models.items():
+        stages = dict(zip(native.STAGES, ns, strict=True))
+        rows.append(
+            {
+                "name": name,
+                "version": "1",
+                "execution_count": batches,
+                "inference_count": requests,
+                "inference_stats": {
+                    "success": {"count": requests, "ns": sum(ns)},
+                    "fail": {"count": 0, "ns": 0},
+                    **{stage: {"count": requests, "ns": v} for stage, v in stages.items()},
+                },
+            }
+        )
+    return {"model_stats": rows}
+
+
+def test_step_times_are_per_request_deltas_of_the_window():
+    before = _stats(
+        age=(100, 20, (1e6, 2e6, 300e6, 4e6)), postprocess=(100, 50, (0, 0, 10e6, 0)), faces=(3, 3, (0,) * 4)
+    )
+    after = _stats(
+        age=(300, 40, (41e6, 2e6 + 200e3, 300e6 + 1_400e6, 4e6 + 20e6)),
+        postprocess=(300, 90, (0, 0, 10e6 + 100e6, 0)),
+        faces=(3, 3, (0,) * 4),  # served nothing in the window: no row
+        preprocess_crop=(200, 60, (2e6, 0, 300e6, 0)),  # loaded during the window: counted from zero
+    )
+    steps = native.step_times(before, after)
+    assert set(steps) == {"age", "postprocess", "preprocess_crop"}
+    assert steps["age"] == {
+        "requests": 200,
+        "batches": 20,
+        "queue_ms": 0.2,
+        "compute_input_ms": 0.001,
+        "compute_infer_ms": 7.0,
+        "compute_output_ms": 0.1,
+    }
+    assert steps["postprocess"]["compute_infer_ms"] == 0.5 and steps["preprocess_crop"]["compute_infer_ms"] == 1.5
+    table = "\n".join(native.steps_table([native.Scenario("grpc", "crop", "age_gender_crop", "crop", 16, steps=steps)]))
+    assert "| grpc | crop | 16 | age | 200 | 10.0 | 0.20 | 0.00 | 7.00 | 0.10 |" in table
+    assert native.steps_table([native.Scenario("grpc", "crop", "age_gender_crop", "crop", 1)]) == []

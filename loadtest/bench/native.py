@@ -19,7 +19,9 @@ cores with the server. Here the load comes from h2load (gRPC) and wrk (HTTP), C 
    Triton's own success and failure counters (metrics port) are read before and after: a scenario fails when
    Triton failed a request or served fewer than the tool counted (h2load takes a gRPC error in an HTTP 200
    for a success). The CPU seconds of Triton's process group (Triton and its stubs), of the door (nginx) and the
-   gate, and of the load generator are read from /proc over the window.
+   gate, and of the load generator are read from /proc over the window, and Triton's per-model statistics (queue
+   and compute times, batches) before and after it: where each request's time went, step by step
+   (:func:`step_times`).
 
 Writes ``native.md`` and ``native.json`` to ``--out``; exits 1 when a scenario failed. Inputs are made from the
 shipped public-domain portrait (:mod:`loadtest.bench.corpus`), never from UTKFace.
@@ -75,6 +77,7 @@ class Scenario:
     triton_served: int | None = None  # Triton's successful inferences of ``model`` in the window
     cpu_s: dict = field(default_factory=dict)  # {"triton": s, "door": s, "gate": s, "load generator": s}
     wall_s: float | None = None  # the measured run, start to exit of the tool (what cpu_s is read over)
+    steps: dict = field(default_factory=dict)  # per model, from Triton's statistics over the window (step_times)
     error: str | None = None
 
 
@@ -172,6 +175,49 @@ def settled_counts(metrics_url: str, model: str, timeout: float = 15.0) -> tuple
 # --- CPU time -----------------------------------------------------------------------------------------------
 
 
+#: The stages of a request in Triton's statistics (``/v2/models/stats``), in the order a request meets them.
+STAGES = ("queue", "compute_input", "compute_infer", "compute_output")
+
+
+def model_stats(triton: TritonServer) -> dict:
+    """Triton's per-model statistics from its own port (an admin API: the server's admin key goes with the call)."""
+    status, body = triton._triton_http("/v2/models/stats", timeout=10)
+    if status != 200:
+        raise loadgen.LoadError(f"Triton's statistics answered HTTP {status}: {body[:200]!r}")
+    return json.loads(body)
+
+
+def step_times(before: dict, after: dict) -> dict[str, dict]:
+    """Where a request's time went between two reads of Triton's statistics, per model that served in between:
+    requests, batches (executions) and the mean milliseconds per request in each of :data:`STAGES`. A request
+    that ran in a batch counts the whole batch's compute time, as Triton counts it; an ensemble's own stages
+    hold its steps' times. Versions of one model are added up."""
+
+    def totals(stats: dict) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for model in stats.get("model_stats", []):
+            row = out.setdefault(model["name"], {"requests": 0, "batches": 0, **{k: 0 for k in STAGES}})
+            inference = model.get("inference_stats", {})
+            row["requests"] += int(inference.get("success", {}).get("count", 0))
+            row["batches"] += int(model.get("execution_count", 0))
+            for stage in STAGES:
+                row[stage] += int(inference.get(stage, {}).get("ns", 0))
+        return out
+
+    first, last = totals(before), totals(after)
+    steps = {}
+    for name, row in sorted(last.items()):
+        delta = {k: v - first.get(name, {}).get(k, 0) for k, v in row.items()}
+        if delta["requests"] <= 0:
+            continue
+        steps[name] = {
+            "requests": delta["requests"],
+            "batches": delta["batches"],
+            **{f"{stage}_ms": round(delta[stage] / delta["requests"] / 1e6, 3) for stage in STAGES},
+        }
+    return steps
+
+
 def children_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -230,6 +276,7 @@ def measure(scenario: Scenario, triton: TritonServer, load, duration: int, warmu
         if warmup:
             load(warmup)
         before = settled_counts(triton.metrics_url, scenario.model)
+        stats = model_stats(triton)
         cpu = {name: procs.group_cpu_seconds(pgid) for name, pgid in groups.items()}
         tool_cpu, start = children_cpu_seconds(), time.monotonic()
         run = load(duration)
@@ -237,6 +284,7 @@ def measure(scenario: Scenario, triton: TritonServer, load, duration: int, warmu
         tool_cpu = children_cpu_seconds() - tool_cpu
         cpu = {name: procs.group_cpu_seconds(pgid) - cpu[name] for name, pgid in groups.items()}
         after = settled_counts(triton.metrics_url, scenario.model)
+        scenario.steps = step_times(stats, model_stats(triton))
         scenario.run = asdict(run)
         scenario.cpu_s = {name: round(v, 3) for name, v in {**cpu, "load generator": tool_cpu}.items()}
         served, failed = after[0] - before[0], after[1] - before[1]
@@ -299,6 +347,31 @@ def _f(value: float | None, digits: int = 1) -> str:
     return "-" if value is None or value != value else f"{value:.{digits}f}"
 
 
+def steps_table(scenarios: list[Scenario]) -> list[str]:
+    """Markdown lines: each scenario's time per request in every model it went through (:func:`step_times`)."""
+    rows = [(s, name, t) for s in scenarios for name, t in s.steps.items()]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Where a request's time goes, per step (Triton's own statistics over each measured window)",
+        "",
+        "Milliseconds per request; a request that ran in a batch counts the whole batch's compute time. The "
+        "ensemble's row holds its steps'. Queue is the wait for the model's batcher and a free instance.",
+        "",
+        "| transport | path | c | model | requests | mean batch | queue | input | infer | output |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for s, name, t in rows:
+        batch = t["requests"] / t["batches"] if t["batches"] else None
+        lines.append(
+            f"| {s.transport} | {s.path} | {s.concurrency} | {name} | {t['requests']} | {_f(batch)} | "
+            + " | ".join(_f(t[f"{stage}_ms"], 2) for stage in STAGES)
+            + " |"
+        )
+    return lines
+
+
 def write_markdown(path: Path, meta: dict, ref: dict | None, scenarios: list[Scenario], values: dict) -> None:
     lines = [
         "# Native load generators (`python -m loadtest.bench.native`)",
@@ -349,6 +422,7 @@ def write_markdown(path: Path, meta: dict, ref: dict | None, scenarios: list[Sce
             f"{_f(server / s.wall_s if cpu and s.wall_s else None, 2)} | "
             f"{_f(cpu.get('load generator'), 2)} |"
         )
+    lines += steps_table(scenarios)
     heading = "## Targets (issue 15, this run" + (
         "; the reference drifted, see above)" if ref and ref.get("drifted") else ")"
     )
