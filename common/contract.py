@@ -77,8 +77,14 @@ PREPROCESS_CROP_MODEL = "preprocess_crop"
 PREPROCESS_FACES = {AGE_MODEL: "age_face", GENDER_MODEL: "gender_face"}
 # In this order: the preprocess model fills them from one tuple per item.
 PREPROCESS_OUTPUTS = (*PREPROCESS_FACES.values(), ENSEMBLE_BOX, ENSEMBLE_SCORE, ENSEMBLE_FOUND, ENSEMBLE_ERROR)
-#: The ensembles' last step: labels gender, passes the rest through.
+#: The ensembles' last step: labels gender and blanks the estimates where no usable face was found. It reads only
+#: what it needs: box and detection score go from preprocessing to the ensemble's outputs directly, and found and
+#: error are read, not passed on (each tensor through a Python stub is a copy each way).
 POSTPROCESS_MODEL = "postprocess"
+#: Its inputs, by the ensemble outputs' names: the CNNs' numbers and the two that say whether they mean anything.
+POSTPROCESS_ESTIMATES = (ENSEMBLE_AGE, ENSEMBLE_AGE_LOW, ENSEMBLE_AGE_HIGH, ENSEMBLE_FEMALE)
+POSTPROCESS_INPUTS = (*POSTPROCESS_ESTIMATES, ENSEMBLE_FOUND, ENSEMBLE_ERROR)
+POSTPROCESS_OUTPUTS = (*POSTPROCESS_ESTIMATES, ENSEMBLE_GENDER)
 
 #: The BLS model that returns every face of one image.
 FACES_MODEL = "faces"

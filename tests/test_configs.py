@@ -179,6 +179,21 @@ def test_every_cnn_output_reaches_the_ensemble_output_of_its_name(name):
 
 
 @pytest.mark.parametrize("name", ENSEMBLES)
+def test_what_postprocess_does_not_change_goes_from_preprocess_to_the_ensemble_output(name):
+    # Box, detection score, face_found and error skip postprocess (a copy each way through its stub for nothing),
+    # and face_found and error still reach it: the estimates are blanked by the very tensors the caller gets.
+    steps = config(name).ensemble_scheduling.step
+    pre, post = steps[0], {s.model_name: s for s in steps}[contract.POSTPROCESS_MODEL]
+    unchanged = set(contract.PREPROCESS_OUTPUTS) - set(contract.PREPROCESS_FACES.values())
+    assert unchanged == set(contract.ENSEMBLE_OUTPUTS) - set(contract.POSTPROCESS_OUTPUTS)
+    for output in unchanged:
+        assert pre.output_map[output] == output, f"{name}: preprocess {output} -> ensemble output"
+        assert output not in post.output_map, f"{name}: postprocess would produce {output} a second time"
+    for output in (contract.ENSEMBLE_FOUND, contract.ENSEMBLE_ERROR):
+        assert post.input_map[output] == pre.output_map[output], f"{name}: {output} -> postprocess"
+
+
+@pytest.mark.parametrize("name", ENSEMBLES)
 def test_ensemble_steps_map_each_tensor_once(name):
     # Protobuf keeps the last of repeated map keys without a word, so a doubled line would parse as if fine.
     for step in (REPOSITORY / name / "config.pbtxt").read_text().split("model_name:")[1:]:
@@ -202,8 +217,8 @@ def test_ensemble_tensor_names_match_the_contract(variant):
     assert list(tensors(pre.input)) == [contract.IMAGE_INPUT]
     assert list(tensors(pre.output)) == list(contract.PREPROCESS_OUTPUTS)
     post = config(contract.POSTPROCESS_MODEL, variant)
-    assert set(tensors(post.input)) == set(contract.ENSEMBLE_OUTPUTS) - {contract.ENSEMBLE_GENDER}
-    assert list(tensors(post.output)) == list(contract.ENSEMBLE_OUTPUTS)
+    assert list(tensors(post.input)) == list(contract.POSTPROCESS_INPUTS)
+    assert list(tensors(post.output)) == list(contract.POSTPROCESS_OUTPUTS)
     for name in ENSEMBLES:
         ens = config(name, variant)
         assert list(tensors(ens.input)) == [contract.IMAGE_INPUT]

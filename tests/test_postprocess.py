@@ -1,4 +1,5 @@
-"""The postprocess model called directly (issue 18, item 6): a NaN gender probability never becomes a gender."""
+"""The postprocess model called directly (issue 18, item 6): a NaN gender probability never becomes a gender, and
+where no usable face was found (not found, or the item failed) every estimate is blanked."""
 
 from __future__ import annotations
 
@@ -27,17 +28,16 @@ def test_nan_probability_gives_no_gender_and_stays_nan(tmp_path):
     server = TritonServer(
         tmp_path, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), front_door=False
     )
-    probabilities = [float("nan"), 0.7, 0.2]  # NaN, female, male; the same face otherwise
+    # NaN, female, male on a usable face; then a female face that was not found, and one whose item failed.
+    probabilities = [float("nan"), 0.7, 0.2, 0.7, 0.7]
     body = {
         "inputs": [
-            tensor(contract.ENSEMBLE_AGE, "FP32", [30.0] * 3),
-            tensor(contract.ENSEMBLE_AGE_LOW, "FP32", [24.0] * 3),
-            tensor(contract.ENSEMBLE_AGE_HIGH, "FP32", [37.0] * 3),
+            tensor(contract.ENSEMBLE_AGE, "FP32", [30.0] * 5),
+            tensor(contract.ENSEMBLE_AGE_LOW, "FP32", [24.0] * 5),
+            tensor(contract.ENSEMBLE_AGE_HIGH, "FP32", [37.0] * 5),
             tensor(contract.ENSEMBLE_FEMALE, "FP32", probabilities),
-            tensor(contract.ENSEMBLE_BOX, "FP32", [0, 0, 1, 1] * 3, width=4),
-            tensor(contract.ENSEMBLE_SCORE, "FP32", [0.9] * 3),
-            tensor(contract.ENSEMBLE_FOUND, "BOOL", [True] * 3),
-            tensor(contract.ENSEMBLE_ERROR, "BYTES", [""] * 3),
+            tensor(contract.ENSEMBLE_FOUND, "BOOL", [True, True, True, False, True]),
+            tensor(contract.ENSEMBLE_ERROR, "BYTES", ["", "", "", "", "Could not decode the image."]),
         ]
     }
     with server:
@@ -48,6 +48,15 @@ def test_nan_probability_gives_no_gender_and_stays_nan(tmp_path):
         )
         with urllib.request.urlopen(request, timeout=30) as response:
             outputs = {o["name"]: o["data"] for o in json.loads(response.read())["outputs"]}
-    assert outputs[contract.ENSEMBLE_GENDER] == ["", contract.FEMALE, contract.MALE]
+    assert list(outputs) == list(contract.POSTPROCESS_OUTPUTS)  # nothing passed through for nothing
+    assert outputs[contract.ENSEMBLE_GENDER] == ["", contract.FEMALE, contract.MALE, "", ""]
+
+    def nan(value) -> bool:
+        return value is None or math.isnan(value)  # Triton 2.51 writes NaN as a bare token or null
+
     female = outputs[contract.ENSEMBLE_FEMALE]
-    assert (female[0] is None or math.isnan(female[0])) and female[1:] == pytest.approx([0.7, 0.2])
+    assert nan(female[0]) and female[1:3] == pytest.approx([0.7, 0.2]) and all(map(nan, female[3:]))
+    # No usable face: every estimate blanked, not only the gender.
+    sent = {contract.ENSEMBLE_AGE: 30.0, contract.ENSEMBLE_AGE_LOW: 24.0, contract.ENSEMBLE_AGE_HIGH: 37.0}
+    for name, value in sent.items():
+        assert outputs[name][:3] == pytest.approx([value] * 3) and all(map(nan, outputs[name][3:]))
