@@ -274,9 +274,15 @@ def test_targets_are_ratios_of_this_run():
     ]
     values = native.targets(scenarios, reference)
     expected = {"crop_c16_vs_inprocess": 0.85, "crop_c1_latency_vs_inprocess": 2.5, "detect_c8": 40.0}
-    assert values == pytest.approx(expected)
+    assert values == pytest.approx({**expected, "crop_c16_vs_beside": None, "crop_c1_latency_vs_beside": None})
+    # Each target scenario's own reference, measured right before it, gives the same ratios against it.
+    assert [s.concurrency for s in scenarios if native.is_target(s)] == [16, 1]
+    scenarios[0].reference, scenarios[1].reference = {"b64_img_s": 170.0}, {"b1_ms": 12.5}
+    values = native.targets(scenarios, reference)
+    assert values == pytest.approx({**expected, "crop_c16_vs_beside": 1.0, "crop_c1_latency_vs_beside": 2.0})
     scenarios[0].error = "LoadError: ..."  # a failed scenario gives no number rather than a wrong one
-    assert native.targets(scenarios, reference)["crop_c16_vs_inprocess"] is None
+    values = native.targets(scenarios, reference)
+    assert values["crop_c16_vs_inprocess"] is None and values["crop_c16_vs_beside"] is None
 
 
 def test_the_reference_is_bracketed_and_its_drift_flagged(tmp_path):

@@ -21,7 +21,9 @@ cores with the server. Here the load comes from h2load (gRPC) and wrk (HTTP), C 
    for a success). The CPU seconds of Triton's process group (Triton and its stubs), of the door (nginx) and the
    gate, and of the load generator are read from /proc over the window, and Triton's per-model statistics (queue
    and compute times, batches) before and after it: where each request's time went, step by step
-   (:func:`step_times`).
+   (:func:`step_times`). Right before each scenario whose ratio is a target (gRPC crop path at c=1 and c=16), the
+   reference runs once more with the server up and idle (``--reference-beside``), and those ratios are given
+   against it too: a reference seconds away tracks the machine's speed better than one minutes away.
 
 Writes ``native.md`` and ``native.json`` to ``--out``; exits 1 when a scenario failed. Inputs are made from the
 shipped public-domain portrait (:mod:`loadtest.bench.corpus`), never from UTKFace.
@@ -61,6 +63,21 @@ TARGETS = (
     ("crop_c16_vs_inprocess", "crop path, gRPC c=16 req/s / in-process batch 64 img/s", 0.8, "x", True),
     ("crop_c1_latency_vs_inprocess", "crop path, gRPC c=1 mean latency / in-process batch 1 ms", 2.0, "x", False),
     ("detect_c8", "detection path, 512x512 PNG, gRPC c=8", 70.0, "req/s", True),
+    # The same two ratios against the reference run seconds before their scenario, with the server up and idle
+    # (--reference-beside): a reference taken minutes away, before and after the server, has moved by up to 30%.
+    ("crop_c16_vs_beside", "crop path, gRPC c=16 req/s / in-process batch 64 img/s measured beside it", 0.8, "x", True),
+    (
+        "crop_c1_latency_vs_beside",
+        "crop path, gRPC c=1 mean latency / in-process batch 1 ms measured beside it",
+        2.0,
+        "x",
+        False,
+    ),
+)
+#: The scenarios whose ratios are targets: each gets its own reference, measured right before it (--reference-beside).
+BESIDE = (
+    {"transport": "grpc", "path": "crop", "concurrency": 16},
+    {"transport": "grpc", "path": "crop", "concurrency": 1},
 )
 #: Said beside the detection target: its threshold is for the issue's machine, not this one.
 DETECT_NOTE = "the issue's 70 req/s is for the checker's machine, about 2x slower than the development machine"
@@ -78,6 +95,7 @@ class Scenario:
     cpu_s: dict = field(default_factory=dict)  # {"triton": s, "door": s, "gate": s, "load generator": s}
     wall_s: float | None = None  # the measured run, start to exit of the tool (what cpu_s is read over)
     steps: dict = field(default_factory=dict)  # per model, from Triton's statistics over the window (step_times)
+    reference: dict | None = None  # the in-process reference run right before this scenario, the server idle
     error: str | None = None
 
 
@@ -326,6 +344,11 @@ def machine() -> dict:
     }
 
 
+def is_target(scenario: Scenario) -> bool:
+    """Whether ``scenario`` is one whose ratio is a target (:data:`BESIDE`), measured or not."""
+    return any(all(getattr(scenario, k) == v for k, v in where.items()) for where in BESIDE)
+
+
 def find(scenarios: list[Scenario], **where) -> Scenario | None:
     found = next((s for s in scenarios if all(getattr(s, k) == v for k, v in where.items())), None)
     return found if found is not None and found.run is not None and found.error is None else None
@@ -340,6 +363,8 @@ def targets(scenarios: list[Scenario], ref: dict | None) -> dict:
         "crop_c16_vs_inprocess": c16.run["req_per_s"] / ref["b64_img_s"] if c16 and ref else None,
         "crop_c1_latency_vs_inprocess": c1.run["mean_ms"] / ref["b1_ms"] if c1 and ref else None,
         "detect_c8": detect.run["req_per_s"] if detect else None,
+        "crop_c16_vs_beside": c16.run["req_per_s"] / c16.reference["b64_img_s"] if c16 and c16.reference else None,
+        "crop_c1_latency_vs_beside": c1.run["mean_ms"] / c1.reference["b1_ms"] if c1 and c1.reference else None,
     }
 
 
@@ -404,6 +429,18 @@ def write_markdown(path: Path, meta: dict, ref: dict | None, scenarios: list[Sce
             ),
             "",
         ]
+    beside = [sc for sc in scenarios if sc.reference]
+    if beside:
+        lines += [
+            "Measured beside, right before each target scenario with the server up and idle: "
+            + "; ".join(
+                f"gRPC crop c={sc.concurrency}: batch 64 {sc.reference['b64_img_s']:.0f} img/s, batch 1 "
+                f"{sc.reference['b1_ms']:.2f} ms"
+                for sc in beside
+            )
+            + ". The targets are given against both.",
+            "",
+        ]
     lines += [
         "| transport | path | inputs | c | req/s | mean ms | p50 ms | p99 ms | requests | Triton served | "
         "CPU-s Triton+stubs | CPU-s door+gate | cores used (server) | CPU-s load gen. |",
@@ -466,6 +503,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=True,
         help="run the reference again after the server stops, and take the ratios against the mean (bracket())",
     )
+    p.add_argument(
+        "--reference-beside",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the reference right before each target scenario (gRPC crop c=1 and c=16), the server up and "
+        "idle, and give those ratios against it too",
+    )
     return p.parse_args(argv)
 
 
@@ -515,6 +559,12 @@ def main(argv: list[str] | None = None) -> int:
                 check_estimate(grpc_answer(triton.grpc_url, frame), f"{path} path over gRPC")
                 check_estimate(http_answer(triton.http_url, model, body, header_length), f"{path} path over HTTP")
             for s in plans:
+                if args.reference_beside and is_target(s):
+                    s.reference = reference(args)
+                    log(
+                        f"  reference beside: batch 64 {s.reference['b64_img_s']:.0f} img/s; batch 1 "
+                        f"{s.reference['b1_ms']:.2f} ms"
+                    )
                 log(f"  {s.transport} {s.path} c={s.concurrency} ...")
                 measure(s, triton, loader(s, triton, files[s.path, s.transport]), args.duration, args.warmup)
                 if s.error:
