@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -152,6 +153,16 @@ def test_probe_checks_can_fail(monkeypatch):
     assert probes.is_own(own.copy(), own)
     assert not probes.is_own(np.array([31.5, 47.0], np.float32), own)
     assert not probes.is_own(np.array([47.0], np.float32), own)
+
+
+def test_paced_calls_all_come_even_when_each_is_late():
+    # The shape probe promises --shape-calls calls: a slow machine makes them late, never fewer (CI once saw 38 of 40
+    # when the calls stopped at the probe's duration). Here each call takes 5x its slot.
+    start, done = time.monotonic(), []
+    for k in probes._paced(6, 0.002):
+        done.append(k)
+        time.sleep(0.01)
+    assert done == list(range(6)) and time.monotonic() - start >= 0.06
 
 
 @pytest.mark.integration

@@ -9,9 +9,10 @@ probe (loadtest/abuse/victims.py). Attacker: 127.0.0.2 (loadtest/abuse/attacks.p
 
 * ``cancel``: every 0.2 s (5/s) a call to ``age_gender`` the caller gives up on, alternately a gRPC call with a
   5 ms deadline and a complete ModelInfer on a raw HTTP/2 stream reset 2-40 ms later;
-* ``shape``: ``--shape-calls`` (400) calls spread over the probe, cycling over ``age`` with ``[2**62,64,64,3]`` and
-  the crop ensemble with ``[2**62,1]``, ``[2**62+1,1]``, ``[2**32+1,1]``, over gRPC and HTTP. An answer counts as
-  *foreign* unless it is exactly the attacker's own one-row crop answer (``age`` must not answer at all);
+* ``shape``: ``--shape-calls`` (400) calls spread over the probe (all of them, late on a slow machine), cycling
+  over ``age`` with ``[2**62,64,64,3]`` and the crop ensemble with ``[2**62,1]``, ``[2**62+1,1]``, ``[2**32+1,1]``,
+  over gRPC and HTTP. An answer counts as *foreign* unless it is exactly the attacker's own one-row crop answer
+  (``age`` must not answer at all);
 * ``slow``: loadtest/abuse/slow.py's 1,100 slow uploads from 127.0.0.2 (its own victims on 127.0.0.3-6 check that
   an answer came, not whose it is: ``wrong_answers`` is null there).
 
@@ -89,6 +90,15 @@ def _until(duration: float, every_s: float):
         time.sleep(max(0.0, start + k * every_s - time.monotonic()))
 
 
+def _paced(count: int, every_s: float):
+    """Yields 0 .. ``count - 1``, one every ``every_s`` seconds: all of them, late if the machine is slow (a probe
+    that promises N calls makes N, however busy the two cores are)."""
+    start = time.monotonic()
+    for k in range(count):
+        yield k
+        time.sleep(max(0.0, start + (k + 1) * every_s - time.monotonic()))
+
+
 def probe_cancel(http_url: str, grpc_url: str, duration: float, refs) -> dict:
     photo = cases.face_images()[0]
     request = attacks.cancel_request(photo)
@@ -118,9 +128,7 @@ def probe_shape(http_url: str, grpc_url: str, duration: float, refs, calls: int 
     with grpc.insecure_channel(grpc_url) as channel, Victims(refs, http_url=http_url, count=VICTIMS) as victims:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         sent = 0
-        for k in _until(duration, duration / calls):
-            if sent >= calls:
-                break
+        for k in _paced(calls, duration / calls):
             model, shape = attacks.OVERFLOW_TARGETS[k // 2 % len(attacks.OVERFLOW_TARGETS)]
             protocol = ("grpc", "http")[k % 2]
             rows = None
