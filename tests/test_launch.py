@@ -78,6 +78,44 @@ def test_free_port_skips_a_port_another_live_process_reserved(tmp_path, monkeypa
     assert [p.name for p in tmp_path.iterdir()] == [f"{proposed}.{os.getpid()}"]
 
 
+def test_a_child_holds_the_ports_its_parent_handed_it_after_the_parent_is_gone(tmp_path, monkeypatch):
+    # A launcher killed mid-start leaves Triton loading, and Triton binds its ports only then: the reservation must
+    # live as long as that child, or another process's free_port() hands the port out meanwhile (seen once in
+    # make test: "port ... is already in use" at a server's start).
+    from serving.runtime import ports
+
+    monkeypatch.setattr(ports, "RESERVATIONS", tmp_path)
+    monkeypatch.setattr(ports, "_handed_out", set())
+    port = free_port()
+    child = subprocess.Popen(["sleep", "30"])
+    try:
+        ports.hold_for(child.pid, port, 8000)  # 8000 was not handed out here: left alone
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"{port}.{os.getpid()}", f"{port}.{child.pid}"])
+        (tmp_path / f"{port}.{os.getpid()}").unlink()  # the parent is gone
+        monkeypatch.setattr(ports, "_handed_out", set())  # as seen from another process
+        monkeypatch.setattr(ports.secrets, "randbelow", lambda n: port - max(1024, ports._ephemeral_low() - n))
+        assert not ports._reserve(port)  # the child still holds it
+        assert free_port() != port
+    finally:
+        child.kill()
+        child.wait()
+    assert ports._reserve(port)  # lapsed with the child
+
+
+def test_reservations_of_processes_that_are_gone_are_swept_once(tmp_path, monkeypatch):
+    from serving.runtime import ports
+
+    monkeypatch.setattr(ports, "RESERVATIONS", tmp_path)
+    monkeypatch.setattr(ports, "_swept", False)
+    (tmp_path / "1234.1").touch()  # init: alive
+    (tmp_path / "1235.999999999").touch()  # no such process
+    free_port()
+    assert "1234.1" in {p.name for p in tmp_path.iterdir()} and not (tmp_path / "1235.999999999").exists()
+    (tmp_path / "1236.999999999").touch()
+    free_port()  # once per process: later calls do not list the folder again
+    assert (tmp_path / "1236.999999999").exists()
+
+
 def test_free_port_hands_out_distinct_bindable_ports():
     chosen = [free_port() for _ in range(20)]
     assert len(set(chosen)) == len(chosen)

@@ -84,6 +84,7 @@ class GateProcess:
         cmd, env = self._command()
         self.proc = children.spawn(cmd, env=env)
         self.on_start(self.proc)
+        ports.hold_for(self.proc.pid, *(int(address.rsplit(":", 1)[1]) for address in (self.grpc, self.http)))
         threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
 
     def _read(self, proc) -> None:

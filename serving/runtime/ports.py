@@ -12,7 +12,8 @@ from pathlib import Path
 
 from common.ports import PortInUseError, check_free, in_use
 
-__all__ = ["PortInUseError", "check_free", "env_name", "env_port", "free_port", "in_use"]  # the check: common/
+# The check itself lives in common/ (the web UI has no serving/).
+__all__ = ["PortInUseError", "check_free", "env_name", "env_port", "free_port", "hold_for", "in_use"]
 
 DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 #: How far below the kernel's ephemeral range free_port() looks.
@@ -51,6 +52,27 @@ def _alive(pid: int) -> bool:
     return True
 
 
+_swept = False
+
+
+def _sweep() -> None:
+    """Removes the reservations of processes that are gone, once per process: each lapses by itself when its port
+    comes up again, but in a long test session the folder would otherwise keep one file per port ever used."""
+    global _swept
+    if _swept:
+        return
+    _swept = True
+    try:
+        for held in RESERVATIONS.glob("*.*"):
+            try:
+                if not _alive(int(held.suffix[1:])):
+                    held.unlink(missing_ok=True)
+            except ValueError:
+                continue
+    except OSError:
+        pass
+
+
 def _reserve(port: int) -> bool:
     """Whether ``port`` is now reserved for this process (False: a live process holds it)."""
     try:
@@ -66,6 +88,22 @@ def _reserve(port: int) -> bool:
     return True
 
 
+def hold_for(pid: int, *ports: int) -> None:
+    """Reserves, for the child ``pid`` that binds them, the ``ports`` this process handed out (free_port()).
+
+    A reservation otherwise lapses with the process that chose the port, while the child it started may bind it
+    only later (Triton opens its ports once its models have loaded) or hold it after the parent is gone: a launcher
+    killed mid-start leaves that child running until the reaper stops it, and another process's free_port() must
+    not hand the port out meanwhile. Ports this process did not hand out (a fixed 8000, or one its parent chose and
+    still holds) are left alone. Best effort, like the reservations themselves."""
+    for port in ports:
+        if port in _handed_out:
+            try:
+                (RESERVATIONS / f"{port}.{pid}").touch()
+            except OSError:
+                pass
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that was free a moment ago (another process may still take it before the server binds).
 
@@ -73,6 +111,7 @@ def free_port(host: str = "127.0.0.1") -> int:
     so a client retrying against a server that is still starting cannot be holding the port it will bind.
     """
     low = _ephemeral_low()
+    _sweep()
     for _ in range(100):
         port = secrets.randbelow(PORT_SPAN) + max(1024, low - PORT_SPAN)
         if port in _handed_out or port >= low:

@@ -337,6 +337,7 @@ class TritonServer:
         except FileNotFoundError as err:
             raise TritonStartError(str(err)) from err
         self._tell_reaper(f"pgid {door.pid}")  # its own group: the master and its workers
+        ports.hold_for(door.pid, self.http_port, self.grpc_port)
         threading.Thread(target=self._read_logs, args=(door, self._door_log, "[nginx] "), daemon=True).start()
 
     def _spawn_triton(self) -> None:
@@ -344,6 +345,8 @@ class TritonServer:
         self._rest_loaded.clear()
         self._proc = children.spawn(cmd, env=env, private=True)
         self._tell_reaper(f"pgid {self._proc.pid}")
+        inner = (self.triton_http_port, self.triton_grpc_port) if self.front_door else (self.http_port, self.grpc_port)
+        ports.hold_for(self._proc.pid, *inner, self.metrics_port)  # Triton binds them after loading its models
         self._reader = threading.Thread(target=self._read_logs, args=(self._proc, self._log), daemon=True)
         self._reader.start()
         if self.loads_first:  # after every (re)start: a restarted Triton loads the ensembles first again
