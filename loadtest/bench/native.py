@@ -344,13 +344,17 @@ def machine() -> dict:
     }
 
 
+def _matches(scenario: Scenario, where: dict) -> bool:
+    return all(getattr(scenario, k) == v for k, v in where.items())
+
+
 def is_target(scenario: Scenario) -> bool:
     """Whether ``scenario`` is one whose ratio is a target (:data:`BESIDE`), measured or not."""
-    return any(all(getattr(scenario, k) == v for k, v in where.items()) for where in BESIDE)
+    return any(_matches(scenario, where) for where in BESIDE)
 
 
 def find(scenarios: list[Scenario], **where) -> Scenario | None:
-    found = next((s for s in scenarios if all(getattr(s, k) == v for k, v in where.items())), None)
+    found = next((s for s in scenarios if _matches(s, where)), None)
     return found if found is not None and found.run is not None and found.error is None else None
 
 

@@ -46,8 +46,8 @@ class GateProcess:
         upstream_headers: dict[str, str],
         later_models: tuple[str, ...] = (),
     ):
-        self.grpc = f"127.0.0.1:{ports.free_port()}"
-        self.http = f"127.0.0.1:{ports.free_port()}"
+        self.listen_ports = (ports.free_port(), ports.free_port())  # gRPC, HTTP
+        self.grpc, self.http = (f"127.0.0.1:{port}" for port in self.listen_ports)
         self.triton_http, self.triton_grpc = triton_http, triton_grpc
         self.admin_key = admin_key
         self.upstream_headers = upstream_headers
@@ -84,7 +84,7 @@ class GateProcess:
         cmd, env = self._command()
         self.proc = children.spawn(cmd, env=env)
         self.on_start(self.proc)
-        ports.hold_for(self.proc.pid, *(int(address.rsplit(":", 1)[1]) for address in (self.grpc, self.http)))
+        ports.hold_for(self.proc.pid, *self.listen_ports)
         threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
 
     def _read(self, proc) -> None:

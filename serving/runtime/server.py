@@ -345,8 +345,8 @@ class TritonServer:
         self._rest_loaded.clear()
         self._proc = children.spawn(cmd, env=env, private=True)
         self._tell_reaper(f"pgid {self._proc.pid}")
-        inner = (self.triton_http_port, self.triton_grpc_port) if self.front_door else (self.http_port, self.grpc_port)
-        ports.hold_for(self._proc.pid, *inner, self.metrics_port)  # Triton binds them after loading its models
+        # Triton binds them after loading its models (without the door its own ports are the public ones).
+        ports.hold_for(self._proc.pid, self.triton_http_port, self.triton_grpc_port, self.metrics_port)
         self._reader = threading.Thread(target=self._read_logs, args=(self._proc, self._log), daemon=True)
         self._reader.start()
         if self.loads_first:  # after every (re)start: a restarted Triton loads the ensembles first again
