@@ -80,8 +80,7 @@ def test_free_port_skips_a_port_another_live_process_reserved(tmp_path, monkeypa
 
 def test_a_child_holds_the_ports_its_parent_handed_it_after_the_parent_is_gone(tmp_path, monkeypatch):
     # A launcher killed mid-start leaves Triton loading, and Triton binds its ports only then: the reservation must
-    # live as long as that child, or another process's free_port() hands the port out meanwhile (seen once in
-    # make test: "port ... is already in use" at a server's start).
+    # live as long as that child, or another process's free_port() hands the port out meanwhile.
     from serving.runtime import ports
 
     monkeypatch.setattr(ports, "RESERVATIONS", tmp_path)
