@@ -7,7 +7,12 @@ and reports "ready in 0.0 s", and Gradio raises its own ``OSError: Cannot find e
 
 from __future__ import annotations
 
+import os
 import socket
+from pathlib import Path
+
+#: /proc/net/tcp's state codes, for the ones that hold a port against a new listener.
+_STATES = {"01": "connected", "02": "connecting", "07": "bound", "0A": "listening"}
 
 
 class PortInUseError(RuntimeError):
@@ -27,10 +32,47 @@ def in_use(host: str, port: int) -> bool:
     return False
 
 
+def holders(port: int, proc: Path = Path("/proc")) -> list[str]:
+    """Who holds local TCP ``port``, as far as this user may see: ``"pid 812 (nginx), listening"``, one per socket.
+
+    Read from /proc (Linux) so that the error can name the process instead of guessing; other users' processes
+    show their socket's state without a pid. Empty where /proc cannot be read."""
+    sockets: dict[str, str] = {}  # inode -> state
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = (proc / "net" / table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                sockets[fields[9]] = _STATES.get(fields[3], f"state {fields[3]}")
+    found = []
+    for pid_dir in proc.glob("[0-9]*"):
+        try:
+            fds = list((pid_dir / "fd").iterdir())
+        except OSError:
+            continue  # gone, or another user's
+        for fd in fds:
+            try:
+                link = os.readlink(fd)
+            except OSError:
+                continue  # closed meanwhile (the listing's own descriptor, for this process)
+            inode = link[len("socket:[") : -1] if link.startswith("socket:[") else None
+            if inode in sockets:
+                try:
+                    name = (pid_dir / "comm").read_text().strip()
+                except OSError:
+                    name = "?"
+                found.append(f"pid {pid_dir.name} ({name}), {sockets.pop(inode)}")
+    # A socket left over is another user's (no fd of ours names it), or has no owner at all (inode 0: TIME_WAIT,
+    # which does not block a listener that sets SO_REUSEADDR, as in_use() does).
+    return found + [f"{state} (another user's process)" for inode, state in sockets.items() if inode != "0"]
+
+
 def check_free(host: str, ports: dict[str, int]) -> None:
     """Raises PortInUseError for the first taken port; ``ports`` maps the setting that chooses each to the port."""
     for setting, port in ports.items():
         if in_use(host, port):
-            raise PortInUseError(
-                f"port {port} on {host} is already in use (another `make serve` or `make demo`?); set {setting}"
-            )
+            who = "; ".join(holders(port)) or "another `make serve` or `make demo`?"
+            raise PortInUseError(f"port {port} on {host} is already in use ({who}); set {setting}")

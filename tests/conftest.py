@@ -10,6 +10,7 @@ model has been exported there. Tests that use them are marked ``integration``
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.runtime.launch import TritonServer, free_port
-from serving.runtime.ports import PortInUseError
+from serving.runtime.launch import TritonServer
 from tests import utk_fixture
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,17 +67,17 @@ def tiny_repo(tmp_path_factory) -> Path:
     return repo
 
 
-def start_launcher(repo: Path, *args: str, start_new_session: bool = False) -> tuple[subprocess.Popen, str]:
+def start_launcher(repo: Path, *args: str, start_new_session: bool = False) -> tuple[subprocess.Popen, str, str]:
     """Runs the launcher CLI (``python -m serving.runtime.launch``) on ``repo`` and returns once Triton is ready.
 
-    Returns the process, whose stderr is still an open text pipe (read or drain it), and its HTTP ``host:port``.
+    Returns the process, whose stderr is still an open text pipe (read or drain it), and its HTTP and gRPC
+    ``host:port``.
     ``args`` are extra launcher options; ``start_new_session`` gives it a process group of its own (as a shell
     gives `make serve`), which a test may signal as a whole.
     """
-    http_port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "serving.runtime.launch", "--model-repository", str(repo), "--http-port", str(http_port)]
-        + ["--grpc-port", str(free_port()), "--metrics-port", str(free_port()), "--timeout", "120", *args],
+        [sys.executable, "-m", "serving.runtime.launch", "--model-repository", str(repo), "--timeout", "120"]
+        + ["--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", *args],  # free ports, printed when ready
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -89,22 +89,14 @@ def start_launcher(repo: Path, *args: str, start_new_session: bool = False) -> t
     while not any("Triton ready in" in line for line in seen[-1:]):
         seen.append(proc.stderr.readline())
         assert seen[-1], "launcher exited before ready:\n" + "".join(seen[-30:])
-    return proc, f"127.0.0.1:{http_port}"
+    http, grpc = re.search(r"HTTP (\S+), gRPC (\S+),", seen[-1]).groups()
+    return proc, http, grpc
 
 
-def _serve(repo: Path, attempts: int = 3):
-    # free_port's reservations are among this project's processes; any other program (another worker's Triton
-    # stubs, the OS) may still bind the chosen port before the server does. Nothing has started then
-    # (start() checks first), so a fresh set of ports is a clean retry.
-    for attempt in range(attempts):
-        server = TritonServer(repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
-        try:
-            server.start()
-        except PortInUseError:
-            if attempt == attempts - 1:
-                raise
-            continue
-        break
+def _serve(repo: Path):
+    # Ports 0: chosen by start(), and chosen again there if another program binds one before the check.
+    server = TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0)
+    server.start()
     try:
         server.wait_ready()
         print(f"\n[triton] {repo} ready in {server.startup_seconds:.1f} s")

@@ -212,7 +212,7 @@ def test_stale_ir_is_never_served(tiny_repo, tmp_path, monkeypatch):
     model sits in OpenVINO's cache: Triton must serve the new SavedModel (converted at load), and gender's still
     valid IR is read instead of converting."""
     from serving.pipeline.backends.openvino_savedmodel import ir, ov_runtime
-    from serving.runtime.launch import TritonServer, free_port
+    from serving.runtime.launch import TritonServer
     from training.export import export_model
     from training.model import build
 
@@ -222,9 +222,7 @@ def test_stale_ir_is_never_served(tiny_repo, tmp_path, monkeypatch):
 
     def server() -> TritonServer:
         # Triton itself, no front door: the door passes only the public ensembles, and this checks the backend.
-        return TritonServer(
-            repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), front_door=False
-        )
+        return TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, front_door=False)
 
     # A first start compiles the original models into a private cache, as a machine's earlier start would.
     cache = tmp_path / "ov-cache"

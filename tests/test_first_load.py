@@ -13,7 +13,7 @@ from client import AgeGenderClient
 from common import contract
 from serving.ops.rollout import CONTROL_ARGS
 from serving.runtime import command
-from serving.runtime.launch import TritonServer, free_port
+from serving.runtime.launch import TritonServer
 
 ROOT = Path(__file__).resolve().parents[1]
 PORTRAIT = ROOT / "gradio_frontend" / "examples" / "grace_hopper.jpg"
@@ -44,7 +44,7 @@ def _states(server: TritonServer) -> dict[str, str | None]:
 
 
 def test_ensembles_first_and_early_requests_wait_for_their_model(tiny_repo):
-    server = TritonServer(tiny_repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    server = TritonServer(tiny_repo, http_port=0, grpc_port=0, metrics_port=0)
     server.later_load_delay_s = HOLD_S
     server.start()
     try:

@@ -21,7 +21,7 @@ from tritonclient.utils import InferenceServerException
 
 from common import contract
 from serving.runtime import launch, security
-from serving.runtime.launch import TritonServer, free_port
+from serving.runtime.launch import TritonServer
 from tests.conftest import start_launcher
 
 pytestmark = pytest.mark.integration
@@ -193,7 +193,7 @@ def postprocess_body() -> bytes:
 
 
 def test_crash_is_logged_and_restarted(small_repo):
-    with TritonServer(small_repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()) as server:
+    with TritonServer(small_repo, http_port=0, grpc_port=0, metrics_port=0) as server:
         os.kill(server._proc.pid, 11)
         deadline = time.monotonic() + 60
         while not (server.restarts and server.is_ready()) and time.monotonic() < deadline:
@@ -206,7 +206,7 @@ def test_crash_is_logged_and_restarted(small_repo):
 
 
 def launcher(repo: Path) -> tuple[subprocess.Popen, str]:
-    proc, url = start_launcher(repo, "--drain-grace", "0.5")
+    proc, url, _ = start_launcher(repo, "--drain-grace", "0.5")
     threading.Thread(target=proc.stderr.read, daemon=True).start()
     return proc, url
 

@@ -78,9 +78,9 @@ def test_rollout_and_rollback_under_load_without_a_failed_request(tmp_path, monk
 
     server = TritonServer(
         repo,
-        http_port=free_port(),
-        grpc_port=free_port(),
-        metrics_port=free_port(),
+        http_port=0,  # free ports, chosen at start
+        grpc_port=0,
+        metrics_port=0,
         extra_args=CONTROL_ARGS["explicit"],
     )
     with server:

@@ -14,7 +14,7 @@ import pytest
 
 from serving.ops.publish import plan, publish, served_versions
 from serving.runtime import storage
-from serving.runtime.launch import TritonServer, TritonStartError, free_port
+from serving.runtime.launch import TritonServer, TritonStartError
 
 pytest.importorskip("moto.server", reason="moto[server] is in the dev extra (make setup)")
 from loadtest.local_s3 import LocalS3  # noqa: E402
@@ -130,7 +130,7 @@ def test_bad_storage_fails_fast_with_a_clear_message(aws_env, monkeypatch, chang
     bucket = change.get("bucket", aws_env.bucket)
     uri = f"s3://127.0.0.1:{aws_env.port}/{bucket}/{change.get('prefix', 'publish-test')}"
     start = time.monotonic()
-    with pytest.raises(TritonStartError, match=message), TritonServer(uri, http_port=free_port()):
+    with pytest.raises(TritonStartError, match=message), TritonServer(uri, http_port=0):
         pass
     assert time.monotonic() - start < 15
 
@@ -152,7 +152,7 @@ def test_serve_portrait_from_s3_like_from_disk(aws_env, triton_committed, tmp_pa
     uri = aws_env.uri(f"serve-test-{s3_read}")
     publish(REPOSITORY, uri, out=io.StringIO())
     objects = len(storage.list_keys(storage.S3Location.parse(uri)))
-    server = TritonServer(uri, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(), s3_read=s3_read)
+    server = TritonServer(uri, http_port=0, grpc_port=0, metrics_port=0, s3_read=s3_read)
     assert server.config_name == "cpu"  # configs/cpu.pbtxt is fetched from the bucket with the rest
     before = len(aws_env.requests())
     with server:
@@ -210,7 +210,7 @@ def test_staging_refuses_keys_that_leave_the_folder(aws_env, tmp_path):
 
 
 def test_launcher_cli_names_the_storage_problem(aws_env):
-    ports = [f"--{kind}-port={free_port()}" for kind in ("http", "grpc", "metrics")]
+    ports = [f"--{kind}-port=0" for kind in ("http", "grpc", "metrics")]  # free ones, chosen at start
     uri = f"s3://127.0.0.1:{aws_env.port}/no-such-bucket/releases/r1"
     cli = subprocess.run(
         [sys.executable, "-m", "serving.runtime.launch", "--model-repository", uri, *ports],

@@ -27,7 +27,6 @@ import tritonclient.grpc as grpcclient
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from serving.runtime.launch import free_port
 from tests.conftest import start_launcher
 from tests.test_launch import group_alive
 
@@ -109,10 +108,7 @@ def owned_groups(launcher_pid: int) -> set[int]:
 @pytest.mark.integration
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_to_the_group_answers_everything_accepted(crop_repo, sig):
-    grpc_port = free_port()
-    proc, http_url = start_launcher(
-        crop_repo, "--grpc-port", str(grpc_port), "--drain-grace", "1", start_new_session=True
-    )
+    proc, http_url, grpc_url = start_launcher(crop_repo, "--drain-grace", "1", start_new_session=True)
     try:
         errors = []
         threading.Thread(target=lambda: errors.extend(proc.stderr), daemon=True).start()
@@ -123,7 +119,7 @@ def test_signal_to_the_group_answers_everything_accepted(crop_repo, sig):
         outcomes: list[tuple[bool, str]] = []  # (sent before the signal, outcome)
 
         def client(protocol: str) -> None:
-            grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") if protocol == "grpc" else None
+            grpc = grpcclient.InferenceServerClient(grpc_url) if protocol == "grpc" else None
             try:
                 while True:
                     before = not signalled.is_set()

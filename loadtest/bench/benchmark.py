@@ -38,7 +38,7 @@ from loadtest.bench import corpus, memory, warmup
 from loadtest.bench.driver import Result, closed_loop, triton_call_factory
 from loadtest.bench.report import headline, write_markdown
 from loadtest.bench.variants import repository_without_dynamic_batching, strip_dynamic_batching  # noqa: F401 - re-exported
-from serving.runtime.launch import TritonServer, free_port
+from serving.runtime.launch import TritonServer
 
 ROOT = Path(__file__).resolve().parents[2]
 SWEEP = (1, 4, 16)
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
 
     def server(repository: Path) -> TritonServer:
-        ports = {f"{k}_port": free_port() for k in ("http", "grpc", "metrics")}
+        ports = {f"{k}_port": 0 for k in ("http", "grpc", "metrics")}  # free ones, chosen at start
         return TritonServer(repository, config_name=args.config_name, **ports)
 
     if args.triton_grpc_url:

@@ -53,7 +53,7 @@ import numpy as np
 from common import contract
 from loadtest import procs
 from loadtest.bench import corpus, loadgen, memory, wire
-from serving.runtime.launch import TritonServer, free_port
+from serving.runtime.launch import TritonServer
 
 ROOT = Path(__file__).resolve().parents[2]
 SWEEP = (1, 16, 64)
@@ -540,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
         Scenario("grpc", "detection", contract.DETECT_ENSEMBLE, "512x512 PNG portrait", args.detect_concurrency)
     )
     plans += [Scenario("http", "crop", contract.CROP_ENSEMBLE, "200x200 JPEG crop", c) for c in args.concurrency]
-    ports = {f"{k}_port": free_port() for k in ("http", "grpc", "metrics")}
+    ports = {f"{k}_port": 0 for k in ("http", "grpc", "metrics")}  # free ones, chosen at start
     with tempfile.TemporaryDirectory(prefix="native-bench-") as tmp:
         files = {}
         for path, image in (("crop", crop), ("detection", portrait)):

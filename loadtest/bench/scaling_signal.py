@@ -148,11 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as stack:
         grpc_url, metrics_url = args.grpc_url, args.metrics_url
         if args.serve:
-            from serving.runtime.launch import TritonServer, free_port
+            from serving.runtime.launch import TritonServer
 
-            server = stack.enter_context(
-                TritonServer(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
-            )
+            server = stack.enter_context(TritonServer(http_port=0, grpc_port=0, metrics_port=0))
             grpc_url, metrics_url = server.grpc_url, server.metrics_url
         data = run(args, grpc_url, metrics_url)
     args.out.parent.mkdir(parents=True, exist_ok=True)

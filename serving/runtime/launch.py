@@ -6,7 +6,8 @@
 
 ``--model-repository`` also takes ``s3://[HOST:PORT/]BUCKET/PREFIX`` (serving/runtime/storage.py).
 Ports default to env TRITON_HTTP_PORT / TRITON_GRPC_PORT / TRITON_METRICS_PORT, else 8000 / 8001 / 8002; a
-port already taken ends the launcher at once with exit code 2. Everything binds 127.0.0.1 unless told otherwise.
+port already taken ends the launcher at once with exit code 2, naming the process that holds it; port 0 asks for a
+free one, printed when ready. Everything binds 127.0.0.1 unless told otherwise.
 
 This file is the command line only. The parts: ports.py (defaults, free ports, in-use check), binary.py (which
 tritonserver, the pip wheel's backend folder), command.py (Triton's argument list), children.py (how every child

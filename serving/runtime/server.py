@@ -43,6 +43,8 @@ EXIT_TIMEOUT = command.EXIT_TIMEOUT
 # Restart backoff after a crash: doubles from the first value up to the cap; reset after a stable minute.
 RESTART_BACKOFF_S = (1.0, 30.0)
 STABLE_S = 60.0
+#: Sets of free ports start() tries for public ports asked for as 0, before it gives up.
+PORT_ATTEMPTS = 3
 
 
 #: Seconds readiness is off before new requests are refused, when stopping (``make serve``, ``make demo``): long
@@ -98,9 +100,13 @@ class TritonServer:
         self.s3_read = storage.read_mode(s3_read, extra_args)  # "stage" or "triton"
         self.staged: storage.Staged | None = None  # the local copy an s3:// repository is served from
         self.host = host
-        self.http_port = http_port or ports.env_port("http")
-        self.grpc_port = grpc_port or ports.env_port("grpc")
-        self.metrics_port = metrics_port or ports.env_port("metrics")
+        # None: the environment's port (ports.env_port); 0: a free one, chosen by start() and chosen again there if
+        # another process binds it first (tests and benchmarks, which run beside each other's servers).
+        given = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
+        self._any_port = tuple(kind for kind, port in given.items() if port == 0)
+        self.http_port, self.grpc_port, self.metrics_port = (
+            ports.env_port(kind) if port is None else port for kind, port in given.items()
+        )
         self.config_name = command.resolve_config_name(config_name)
         self.echo = echo
         self.extra_args = tuple(extra_args)
@@ -247,9 +253,7 @@ class TritonServer:
     def start(self) -> TritonServer:
         if self._proc is not None:
             raise RuntimeError("server already started")
-        # Before anything starts: a taken public port would otherwise make the readiness probe reach the
-        # *other* server ("ready in 0.0 s") while this one fails behind it.
-        ports.check_free(self.host, self.public_ports())
+        self._claim_ports()
         if storage.is_s3(self.model_repository):
             # Staging (below) lists the bucket once with the same checks; Triton reading it itself reports a wrong
             # key or an empty prefix only as load errors in its log, so ask first.
@@ -292,6 +296,26 @@ class TritonServer:
         self._supervisor.start()
         threading.Thread(target=shm_guard.guard, args=(SHM_DIR, self.shm_prefix, self._stopping), daemon=True).start()
         return self
+
+    def _claim_ports(self) -> None:
+        """Checks the public ports before anything starts: a taken one would otherwise make the readiness probe reach
+        the *other* server ("ready in 0.0 s") while this one fails behind it. Ports asked for as 0 are chosen here,
+        and chosen again if one is taken by then: free_port()'s reservations bind only this project's processes, and
+        a port can be taken between the choice and the check (seen in make test, holder unknown at the time)."""
+        chosen = {ports.env_name(kind) for kind in self._any_port}
+        ports.check_free(self.host, {k: v for k, v in self.public_ports().items() if k not in chosen})
+        for attempt in range(PORT_ATTEMPTS if chosen else 0):
+            for kind in self._any_port:
+                setattr(self, f"{kind}_port", ports.free_port(self.host))
+            try:
+                ports.check_free(self.host, {k: v for k, v in self.public_ports().items() if k in chosen})
+                break
+            except ports.PortInUseError as err:
+                if attempt == PORT_ATTEMPTS - 1:
+                    raise
+                self._event(f"{err}: choosing free ports again")
+        if not self.front_door:  # Triton listens on the public ports itself
+            self.triton_http_port, self.triton_grpc_port = self.http_port, self.grpc_port
 
     def _stage(self) -> None:
         """Copies the s3:// repository into the run folder (removed by stop() and the reaper) before Triton starts."""
