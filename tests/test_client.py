@@ -252,7 +252,8 @@ def test_http_client_is_safe_across_threads(triton_tiny, reference):
 @integration
 def test_retries_until_a_starting_server_is_ready(tiny_repo, reference):
     """A request sent before Triton is up succeeds once it has started (connection refused, then model loading)."""
-    server = TritonServer(tiny_repo, http_port=0, grpc_port=0, metrics_port=0)
+    # Ports chosen here, not at start (0): the client must know its address before the server starts.
+    server = TritonServer(tiny_repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
     outcome: dict[str, object] = {}
     # Generous budget: under load the tiny repository takes about a minute to load.
     client = AgeGenderClient(server.grpc_url, retries=40, backoff=0.25, timeout=30)
