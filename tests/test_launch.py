@@ -42,6 +42,8 @@ def test_ports_config_and_host_defaults(monkeypatch, tmp_path):
     cmd, env = server.command()
     assert server.http_url == "127.0.0.1:18123" and server.grpc_url == "127.0.0.1:18124"
     assert server.metrics_port == 8002
+    # Behind the door Triton's own ports are chosen at start(): none before, never the public ones.
+    assert (server.triton_http_port, server.triton_grpc_port) == (None, None)
     assert "--model-config-name=cpu" in cmd and "--http-address=127.0.0.1" in cmd
     assert str(ROOT) in env["PYTHONPATH"].split(os.pathsep)
     assert "--model-config-name=cpu" not in TritonServer(tmp_path, config_name="default").command()[0]

@@ -122,8 +122,8 @@ class TritonServer:
             generated = False
         self.admin_key = admin_key
         self.admin_key_generated = generated
-        self.triton_http_port = self.http_port
-        self.triton_grpc_port = self.grpc_port
+        # Triton's own HTTP and gRPC ports behind the door, chosen by start() (triton_http_port, triton_grpc_port).
+        self._inner_ports: tuple[int, int] | None = None
         self.restarts = 0
         self.events: list[str] = []  # crashes and restarts, as logged
         self.startup_seconds: float | None = None
@@ -165,6 +165,15 @@ class TritonServer:
     @property
     def metrics_url(self) -> str:
         return f"http://{self._client_host}:{self.metrics_port}/metrics"
+
+    @property
+    def triton_http_port(self) -> int | None:
+        """Where Triton's HTTP listens: an internal port behind the door (None until start()), else the public one."""
+        return (self._inner_ports or (None, None))[0] if self.front_door else self.http_port
+
+    @property
+    def triton_grpc_port(self) -> int | None:
+        return (self._inner_ports or (None, None))[1] if self.front_door else self.grpc_port
 
     @property
     def internal_grpc_url(self) -> str:
@@ -281,7 +290,7 @@ class TritonServer:
             folder = self.staged.folder if self.staged is not None else self.model_repository
             self.loads_first = command.loads_first(folder, self.extra_args)
         if self.front_door:
-            self.triton_http_port, self.triton_grpc_port = ports.free_port(), ports.free_port()
+            self._inner_ports = (ports.free_port(), ports.free_port())
         # Triton first: loading its models is the longest part of a start, and the gate's and nginx's own starts
         # (the gate is a Python process that imports grpc and aiohttp) now happen meanwhile instead of before it.
         # Nothing can reach Triton before the door listens, and readiness is asked through the door.
@@ -314,8 +323,6 @@ class TritonServer:
                 if attempt == PORT_ATTEMPTS - 1:
                     raise
                 self._event(f"{err}: choosing free ports again")
-        if not self.front_door:  # Triton listens on the public ports itself
-            self.triton_http_port, self.triton_grpc_port = self.http_port, self.grpc_port
 
     def _stage(self) -> None:
         """Copies the s3:// repository into the run folder (removed by stop() and the reaper) before Triton starts."""
