@@ -58,7 +58,7 @@ def test_batch_statistics_match_too_so_training_continues_from_the_same_function
     net = models.build("age", widths=(7, 10), dropout=0.0)
     for var in net.weights:
         var.assign(grown[var.path])
-    x = faces(16).astype("uint8")
+    x = faces(16)
     np.testing.assert_allclose(np.asarray(net(x, training=True)), np.asarray(source(x, training=True)), atol=1e-5)
 
 

@@ -176,9 +176,12 @@ def age_head(args: argparse.Namespace) -> str:
     return "regression" if args.age_loss == "huber" else "bins"
 
 
-def read_weights(source: Path) -> dict[str, np.ndarray]:
-    """Every weight of an earlier model by its variable path (``conv0_0/kernel``): a ``.keras`` file or an exported
-    version folder (its SavedModel's variables)."""
+def init_weights(model: keras.Model, source: Path) -> list[str]:
+    """Copies the weights whose variable path and shape match from an earlier model of the same task.
+
+    Lets a long schedule build on an earlier run (only ever trained on this project's training split), and
+    a new head start on a trained trunk. Returns the variable paths copied.
+    """
     if source.suffix == ".keras":
         found = {v.path: v.numpy() for v in keras.models.load_model(source).weights}
     else:
@@ -186,16 +189,6 @@ def read_weights(source: Path) -> dict[str, np.ndarray]:
         found = {v.name.removesuffix(":0"): v.numpy() for v in tf.saved_model.load(str(folder)).variables}
     # The first models' hidden dense layer had Keras's automatic name; it is "fc" now.
     found.update({"fc/" + k.split("/", 1)[1]: v for k, v in found.items() if k.startswith("dense") and "/" in k})
-    return found
-
-
-def init_weights(model: keras.Model, source: Path) -> list[str]:
-    """Copies the weights whose variable path and shape match from an earlier model of the same task.
-
-    Lets a long schedule build on an earlier run (only ever trained on this project's training split), and
-    a new head start on a trained trunk. Returns the variable paths copied.
-    """
-    found = read_weights(source)
     copied = []
     for var in model.weights:
         value = found.get(var.path)
