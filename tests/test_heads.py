@@ -345,3 +345,19 @@ def test_balanced_calibration_evens_out_coverage_per_band_of_true_age():
     np.testing.assert_array_equal(
         fixed[spec.AGE_OUTPUT], heads.flat(heads.summarize([test_dist], "age"))[spec.AGE_OUTPUT]
     )
+
+
+def test_a_gender_network_can_start_from_the_age_networks_trunk(tmp_path):
+    # Both networks share the trunk's layer names (training.model.build), so --init-from an age run gives gender
+    # the age network's convolutions, BatchNorm and hidden dense layer; the output layer starts fresh.
+    age = models.build("age", size=32, widths=(4, 8))
+    for w in age.weights:
+        w.assign(np.random.default_rng(len(w.path)).normal(size=w.shape).astype("float32"))
+    age.save(tmp_path / "age.keras")
+    gender = models.build("gender", size=32, widths=(4, 8))
+    before = {w.path: w.numpy().copy() for w in gender.weights}
+    copied = set(train.init_weights(gender, tmp_path / "age.keras"))
+    source = {w.path: w.numpy() for w in age.weights}
+    assert {p for p in before if p not in copied} == {"female_probability/kernel", "female_probability/bias"}
+    for w in gender.weights:
+        np.testing.assert_array_equal(w.numpy(), source[w.path] if w.path in copied else before[w.path])

@@ -106,8 +106,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--init-from",
         type=Path,
         default=None,
-        help="start from the weights of an earlier model of this task (a .keras file or an exported version "
-        "folder); layers whose name and shape match are copied, a new head starts fresh",
+        help="start from the weights of an earlier model (a .keras file or an exported version folder, of this "
+        "task or the other's trunk); layers whose name and shape match are copied, a new head starts fresh",
     )
     p.add_argument(
         "--resume",
@@ -177,10 +177,12 @@ def age_head(args: argparse.Namespace) -> str:
 
 
 def init_weights(model: keras.Model, source: Path) -> list[str]:
-    """Copies the weights whose variable path and shape match from an earlier model of the same task.
+    """Copies the weights whose variable path and shape match from an earlier model (only ever trained on this
+    project's training split).
 
-    Lets a long schedule build on an earlier run (only ever trained on this project's training split), and
-    a new head start on a trained trunk. Returns the variable paths copied.
+    Lets a long schedule build on an earlier run, a new head start on a trained trunk, and one task's network
+    start from the other's trunk: age and gender share the trunk's layer names (training.model.build), so only the
+    output layer starts fresh. Returns the variable paths copied.
     """
     if source.suffix == ".keras":
         found = {v.path: v.numpy() for v in keras.models.load_model(source).weights}
