@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,10 +46,14 @@ def _fields(stat: str) -> list[str]:
 
 
 def started_at(pid: int | str) -> float | None:
-    """Epoch seconds at which ``pid`` started (its starttime in clock ticks after boot)."""
+    """Epoch seconds at which ``pid`` started, to a clock tick: its starttime (ticks after boot) placed on the wall
+    clock through /proc/uptime, read now. /proc/stat's btime would place it in whole seconds, rounded down: up to a
+    second early, the length of a whole cold start (loadtest.bench.coldstart times each stub's start with this)."""
     fields = stat_fields(pid)
-    boot = next((float(x.split()[1]) for x in (_read(PROC / "stat") or "").splitlines() if x.startswith("btime")), None)
-    return None if fields is None or boot is None else boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    uptime = _read(PROC / "uptime")
+    if fields is None or not uptime:
+        return None
+    return time.time() - float(uptime.split()[0]) + int(fields[19]) / os.sysconf("SC_CLK_TCK")
 
 
 def group_cpu_seconds(pgid: int) -> float:
