@@ -358,6 +358,7 @@ def test_a_gender_network_can_start_from_the_age_networks_trunk(tmp_path):
     before = {w.path: w.numpy().copy() for w in gender.weights}
     copied = set(train.init_weights(gender, tmp_path / "age.keras"))
     source = {w.path: w.numpy() for w in age.weights}
-    assert {p for p in before if p not in copied} == {"female_probability/kernel", "female_probability/bias"}
+    head = models.OUTPUT_NAMES["gender"]
+    assert {p for p in before if p not in copied} == {f"{head}/kernel", f"{head}/bias"}
     for w in gender.weights:
         np.testing.assert_array_equal(w.numpy(), source[w.path] if w.path in copied else before[w.path])
