@@ -337,3 +337,27 @@ def test_tail_weights_count_rare_age_bands_more():
 def test_tail_weight_is_for_age_only(archive, tmp_path):
     with pytest.raises(SystemExit, match="tail-weight"):
         train.main(["--task", "gender", "--data", str(archive), "--out", str(tmp_path), "--tail-weight", "0.5"])
+
+
+def test_occlusion_augmentation_erases_patches_and_keeps_the_standard_one_unchanged():
+    # A flat grey batch: the standard steps (flip, shifts, turns and zoom with reflected borders, brightness and
+    # contrast per face) leave every face flat, so only an erased rectangle of noise can make one face uneven.
+    faces = np.full((64, 32, 32, 3), 128.0, "float32")
+    standard = models.augmentation(seed=0)(faces, training=True).numpy()
+    assert standard.std(axis=(1, 2, 3)).max() < 1.0
+    occluded = models.augmentation(seed=0, strength="occlude")(faces, training=True).numpy()
+    uneven = occluded.std(axis=(1, 2, 3)) > 5.0
+    # factor 0.5: each face's erasing probability is drawn in [0, 0.5], so about a quarter of the faces.
+    assert 4 <= uneven.sum() <= 40, uneven.sum()
+    assert occluded.min() >= 0 and occluded.max() <= 255
+    # Served models trained with the standard steps: the default must stay exactly those six.
+    assert [type(layer).__name__ for layer in models.augmentation().layers] == [
+        "RandomFlip",
+        "RandomTranslation",
+        "RandomRotation",
+        "RandomZoom",
+        "RandomBrightness",
+        "RandomContrast",
+    ]
+    with pytest.raises(ValueError, match="augmentation"):
+        models.augmentation(strength="strong")

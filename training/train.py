@@ -45,6 +45,7 @@ DEFAULTS = {
     "rebalance": False,
     "tail_weight": 0.0,
     "mixup": 0.0,
+    "augment": "standard",
     "threads": 0,
     "limit": 0,
     "widths": "16,32,64,128",
@@ -132,6 +133,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=DEFAULTS["mixup"],
         help="gender only: blend training faces and labels in pairs, weight ~ Beta(ALPHA, ALPHA) "
         "(model.mixup); 0 = off",
+    )
+    p.add_argument(
+        "--augment",
+        choices=models.AUGMENTATIONS,
+        default=DEFAULTS["augment"],
+        help="training augmentation (model.augmentation): standard, or occlude, which adds random erasing and a "
+        "slight blur",
     )
     p.add_argument(
         "--schedule",
@@ -229,7 +237,7 @@ def main(argv: list[str] | None = None) -> Path:
     y = "ages" if args.task == "age" else "genders"
     logging.info("train %d, val %d images of %dx%d", len(train), len(val), args.image_size, args.image_size)
 
-    augment = models.augmentation(seed=args.order_seed)
+    augment = models.augmentation(seed=args.order_seed, strength=args.augment)
 
     # Loss weights for the rare ages, in training only: validation loss stays the plain mean, so checkpoints
     # and early stopping compare weighted and unweighted runs on the same scale.
