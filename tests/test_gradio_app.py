@@ -145,3 +145,9 @@ def test_a_large_photo_is_shown_smaller_and_its_boxes_follow():
     small = io.BytesIO()
     picture.resize((400, 200)).save(small, "PNG")
     assert app.load_display_image(small.getvalue())[1] == 1.0
+
+
+def test_the_ui_sends_no_analytics(monkeypatch):
+    # Gradio turns its analytics on unless told otherwise; the environment must not be what turns them off here.
+    monkeypatch.delenv("GRADIO_ANALYTICS_ENABLED", raising=False)
+    assert app.build_app("127.0.0.1:1").analytics_enabled is False

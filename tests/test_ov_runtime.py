@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -93,6 +95,39 @@ def test_import_leaves_the_converter_out():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     # Left out at import; still there for a later conversion in the same process.
     assert out.stdout.split() == ["False", "True", "True", "True"]
+
+
+@pytest.mark.parametrize("lean", [True, False], ids=["import_openvino", "plain_import"])
+def test_converting_sends_no_telemetry(tmp_path, lean):
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    # A fresh process with a home of its own, as a server's first start has: no opt-out file there, so OpenVINO's
+    # telemetry client, when it runs, consents by itself and writes its client id under ~/intel before sending.
+    # CI=true also turns it off, so the variables it reads for that are removed.
+    savedmodel = Path(__file__).resolve().parents[1] / "model_repository" / "gender" / "4"
+    code = textwrap.dedent(
+        f"""
+        from serving.pipeline.backends.openvino_savedmodel import ir, ov_runtime
+        if {lean}:
+            ov_runtime.import_openvino()
+            ir.convert({str(savedmodel)!r})
+        else:
+            import openvino  # what the guard is for: the real client is loaded (not run: it would send)
+        from openvino.tools.ovc import telemetry_utils
+        print(telemetry_utils.tm.__name__)
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "JENKINS_URL")}
+    env["HOME"] = str(tmp_path)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    if lean:
+        assert out.stdout.split()[-1] == "openvino.tools.ovc.telemetry_stub"
+        assert not (tmp_path / "intel").exists(), sorted(tmp_path.rglob("*"))
+    else:  # the control: without the guard the converter holds the real client, so the check above can fail
+        assert out.stdout.split()[-1] == "openvino_telemetry"
 
 
 @pytest.mark.parametrize("cached", [True, False])

@@ -42,10 +42,17 @@ ENV = "AGEGENDER_OV_CACHE"
 
 
 _OVC = "openvino.tools.ovc"
+#: OpenVINO's telemetry client. Its converter sends usage events to Google Analytics (a forked process per event,
+#: and a client id kept in ~/intel) unless the user opted out, and it falls back to its own no-op stub when this
+#: package cannot be imported. A server sends nothing anywhere it was not asked to.
+_TELEMETRY = "openvino_telemetry"
 
 
 def import_openvino() -> types.ModuleType:
-    """``openvino``, imported without its model converter unless something loaded the converter already."""
+    """``openvino``, imported without its model converter unless something loaded the converter already, and with
+    the converter's telemetry off for the whole process (unless something imported the telemetry client first)."""
+    if _TELEMETRY not in sys.modules:
+        sys.modules[_TELEMETRY] = None  # kept: `import openvino_telemetry` now fails, and ovc uses telemetry_stub
     defer = _OVC not in sys.modules
     if defer:
         sys.modules[_OVC] = None  # makes openvino's own `try: from openvino.tools.ovc import ...` skip it
