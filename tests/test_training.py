@@ -361,3 +361,25 @@ def test_occlusion_augmentation_erases_patches_and_keeps_the_standard_one_unchan
     ]
     with pytest.raises(ValueError, match="augmentation"):
         models.augmentation(strength="strong")
+
+
+def test_auxiliary_age_head_trains_beside_gender_and_is_not_kept(archive, tmp_path):
+    run = tmp_path / "gender-aux"
+    args = ["--task", "gender", "--data", str(archive), "--out", str(run), "--epochs", "1", "--batch-size", "16"]
+    args += ["--widths", "4,8", "--cache-dir", str(tmp_path / "cache"), "--keep-epochs", "--aux-age", "0.5"]
+    best = train.main(args)
+    # The head trained: its loss is in the history, and the epoch checkpoint carries both outputs.
+    history = (run / "history.csv").read_text().splitlines()[0].split(",")
+    assert f"{models.AUX_AGE}_loss" in history and f"val_{spec.GENDER_OUTPUT}_loss" in history
+    trained = keras.models.load_model(run / "epoch001.keras")
+    assert sorted(trained.output_names) == sorted([spec.GENDER_OUTPUT, models.AUX_AGE])
+    # What is kept (and exported) is the gender network alone, the same size as one trained without the head.
+    kept = keras.models.load_model(best)
+    plain = models.build("gender", widths=(4, 8))
+    assert len(kept.outputs) == 1 and kept.count_params() == plain.count_params()
+    faces = np.random.default_rng(0).integers(0, 256, (4, *kept.input_shape[1:]), dtype=np.uint8)
+    both = trained(faces, training=False)
+    assert np.asarray(both[models.AUX_AGE]).shape == (4, models.AGE_BINS)
+    assert json.loads((run / "config.json").read_text())["aux_age"] == 0.5
+    with pytest.raises(SystemExit, match="aux-age"):
+        train.main(["--task", "age", "--data", str(archive), "--out", str(tmp_path / "x"), "--aux-age", "0.5"])

@@ -193,7 +193,11 @@ def plots(
             rows = list(csv.DictReader(hist.open()))
             epochs = [int(r["epoch"]) + 1 for r in rows]
             # "age_mae" since the age models share one metric for both heads; "mae" in the first models' history.
-            key = ("age_mae" if "age_mae" in rows[0] else "mae") if task == "age" else "accuracy"
+            # A gender network trained with an auxiliary age head (train --aux-age) logs per output, by its name.
+            if task == "age":
+                key = "age_mae" if "age_mae" in rows[0] else "mae"
+            else:
+                key = "accuracy" if "accuracy" in rows[0] else f"{spec.GENDER_OUTPUT}_accuracy"
             for k in (key, f"val_{key}"):
                 ax.plot(epochs, [float(r[k]) for r in rows], label=k)
             ax.set(title=f"{task} training", xlabel="epoch")

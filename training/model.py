@@ -133,6 +133,31 @@ def build(
     return keras.Model(inputs, out, name=name or task)
 
 
+#: The auxiliary head of ``with_aux_age``: a distribution over ages 0..MAX_AGE, trained, never exported.
+AUX_AGE = "aux_age_distribution"
+
+
+def with_aux_age(model: keras.Model, dropout: float = 0.15) -> keras.Model:
+    """The gender network with a second head on its hidden layer: the face's age, as a distribution over years.
+
+    Multi-task supervision (``training.train --aux-age``): the age of every training face is known, and asking the
+    shared features to carry it may help the gender head where gender and age interact (children, whose faces say
+    less about gender). The head is dropped by :func:`without_aux` before anything is evaluated or exported, so the
+    served gender CNN is the same network, of the same size, as without it.
+    """
+    hidden = model.get_layer("fc").output
+    aux = layers.Dense(AGE_BINS, name="aux_age_logits")(layers.Dropout(dropout)(hidden))
+    aux = layers.Softmax(name=AUX_AGE)(aux)
+    return keras.Model(model.inputs, {spec.GENDER_OUTPUT: model.outputs[0], AUX_AGE: aux}, name=model.name)
+
+
+def without_aux(model: keras.Model) -> keras.Model:
+    """The gender network alone, from a model :func:`with_aux_age` made (any other model comes back as it is)."""
+    if len(model.outputs) == 1:
+        return model
+    return keras.Model(model.inputs, model.get_layer(spec.GENDER_OUTPUT).output, name=model.name)
+
+
 def recalibrate_batchnorm(
     model: keras.Model, images: np.ndarray, *, batch_size: int = 64, steps: int = 150, seed: int = 0
 ) -> None:

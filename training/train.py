@@ -45,6 +45,7 @@ DEFAULTS = {
     "rebalance": False,
     "tail_weight": 0.0,
     "mixup": 0.0,
+    "aux_age": 0.0,
     "augment": "standard",
     "threads": 0,
     "limit": 0,
@@ -135,6 +136,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "(model.mixup); 0 = off",
     )
     p.add_argument(
+        "--aux-age",
+        type=float,
+        default=DEFAULTS["aux_age"],
+        help="gender only: weight of an auxiliary age head on the trunk (model.with_aux_age), trained beside the "
+        "gender output and dropped before evaluation and export; 0 = off",
+    )
+    p.add_argument(
         "--augment",
         choices=models.AUGMENTATIONS,
         default=DEFAULTS["augment"],
@@ -178,6 +186,25 @@ def make_loss(args: argparse.Namespace):
     if args.task == "gender":
         return keras.losses.BinaryCrossentropy()
     return heads.age_loss(args.age_loss, huber_delta=args.huber_delta)
+
+
+def metric_list(task: str) -> list:
+    if task == "age":
+        return [heads.age_mae]
+    return [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")]
+
+
+def training_compile_args(args: argparse.Namespace) -> dict:
+    """Loss and metrics of the network as trained: with ``--aux-age``, the gender output and the auxiliary age
+    head (LDL + L1 on its distribution, as the age CNN trains), weighted ``1 : aux_age``."""
+    if not args.aux_age:
+        return {"loss": make_loss(args), "metrics": metric_list(args.task)}
+    gender, aux = spec.GENDER_OUTPUT, models.AUX_AGE
+    return {
+        "loss": {gender: make_loss(args), aux: heads.age_loss("ldl+l1")},
+        "loss_weights": {gender: 1.0, aux: args.aux_age},
+        "metrics": {gender: metric_list(args.task)},
+    }
 
 
 def age_head(args: argparse.Namespace) -> str:
@@ -245,11 +272,16 @@ def main(argv: list[str] | None = None) -> Path:
         raise SystemExit("--tail-weight is for --task age")
     if args.mixup and args.task != "gender":
         raise SystemExit("--mixup is for --task gender (a blend of two age distributions is not one face's)")
+    if args.aux_age and (args.task != "gender" or args.mixup):
+        raise SystemExit("--aux-age is for --task gender, without --mixup (a blend of two faces has no one age)")
 
-    def dataset(part: utk.Dataset, training: bool) -> tf.data.Dataset:
+    def dataset(part: utk.Dataset, training: bool, aux: bool = bool(args.aux_age)) -> tf.data.Dataset:
+        """Faces and labels; ``aux``: with the auxiliary head's ages (False for the network as kept)."""
         columns = (part.images, getattr(part, y).astype("float32")[:, None])
         if training and args.tail_weight:
             columns += (utk.tail_weights(part.ages, args.tail_weight),)
+        if aux:
+            columns += (part.ages.astype("float32")[:, None],)
         ds = tf.data.Dataset.from_tensor_slices(columns)
         if training:
             ds = ds.shuffle(len(part), seed=args.order_seed, reshuffle_each_iteration=True)
@@ -264,16 +296,19 @@ def main(argv: list[str] | None = None) -> Path:
             )
             if args.mixup:
                 ds = ds.map(lambda x, y: models.mixup(x, y, args.mixup), num_parallel_calls=tf.data.AUTOTUNE)
+        if aux:
+            ds = ds.map(lambda x, gender, age: (x, {spec.GENDER_OUTPUT: gender, models.AUX_AGE: age}))
         return ds.prefetch(tf.data.AUTOTUNE)
 
     widths = models.parse_widths(args.widths)
     model = models.build(args.task, size=args.image_size, widths=widths, age_head=age_head(args))
-    metrics = (
-        [heads.age_mae]
-        if args.task == "age"
-        else [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")]
-    )
-    compile_args = {"loss": make_loss(args), "metrics": metrics}
+    if args.aux_age:
+        model = models.with_aux_age(model)
+    compile_args = training_compile_args(args)
+    # What is evaluated, kept and exported: the network without an auxiliary head (the same loss without one).
+    served_compile_args = {"loss": make_loss(args), "metrics": metric_list(args.task)}
+    # Checkpoints follow the served output's loss, not a sum that includes the auxiliary head's.
+    monitor = f"val_{spec.GENDER_OUTPUT}_loss" if args.aux_age else "val_loss"
     model.compile(optimizer=keras.optimizers.AdamW(args.lr, weight_decay=args.weight_decay), **compile_args)
 
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
@@ -312,13 +347,13 @@ def main(argv: list[str] | None = None) -> Path:
             BudgetAndCosine(args.lr, args.epochs, args.budget_minutes, constant=args.schedule == "constant"),
             *([ema] if ema else []),  # swaps the averaged weights in before validation...
             keras.callbacks.ModelCheckpoint(
-                best, monitor="val_loss", save_best_only=True, initial_value_threshold=best_loss
+                best, monitor=monitor, mode="min", save_best_only=True, initial_value_threshold=best_loss
             ),
             *([ema.restore_callback()] if ema else []),  # ...and the live ones back after the best is saved
             keras.callbacks.ModelCheckpoint(last),
             *([keras.callbacks.ModelCheckpoint(args.out / "epoch{epoch:03d}.keras")] if args.keep_epochs else []),
-            ResumeState(state_file, best_loss),
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=args.patience),
+            ResumeState(state_file, best_loss, monitor),
+            keras.callbacks.EarlyStopping(monitor=monitor, mode="min", patience=args.patience),
             keras.callbacks.CSVLogger(args.out / "history.csv", append=args.resume),
         ]
         start = time.time()
@@ -337,14 +372,14 @@ def main(argv: list[str] | None = None) -> Path:
     # checkpoint it picked is not always the best model. Both candidates, that checkpoint and the last epoch's
     # weights, get clean statistics (kept only where they help) and the lower validation loss is kept.
     def finished(path: Path) -> tuple[keras.Model, dict]:
-        candidate = keras.models.load_model(path)
-        candidate.compile(**compile_args)  # a reloaded Huber loss forgets its delta
-        before = candidate.evaluate(dataset(val, False), verbose=0, return_dict=True)
+        candidate = models.without_aux(keras.models.load_model(path))
+        candidate.compile(**served_compile_args)  # a reloaded Huber loss forgets its delta
+        before = candidate.evaluate(dataset(val, False, aux=False), verbose=0, return_dict=True)
         models.recalibrate_batchnorm(candidate, train.images, seed=args.order_seed)
-        after = candidate.evaluate(dataset(val, False), verbose=0, return_dict=True)
+        after = candidate.evaluate(dataset(val, False, aux=False), verbose=0, return_dict=True)
         kept = after["loss"] < before["loss"]
         if not kept:
-            candidate = keras.models.load_model(path)
+            candidate = models.without_aux(keras.models.load_model(path))
         logging.info(
             "%s, BatchNorm recalibration: val %s -> %s (%s)", path.name, before, after, "kept" if kept else "dropped"
         )
@@ -459,12 +494,12 @@ class WeightAverage(keras.callbacks.Callback):
 class ResumeState(keras.callbacks.Callback):
     """Records the finished epoch and the best validation loss so far, for ``--resume``."""
 
-    def __init__(self, path: Path, best: float | None = None):
+    def __init__(self, path: Path, best: float | None = None, monitor: str = "val_loss"):
         super().__init__()
-        self.path, self.best = path, best
+        self.path, self.best, self.monitor = path, best, monitor
 
     def on_epoch_end(self, epoch, logs=None):
-        loss = (logs or {}).get("val_loss")
+        loss = (logs or {}).get(self.monitor)
         if loss is not None and (self.best is None or loss < self.best):
             self.best = float(loss)
         self.path.write_text(json.dumps({"epoch": epoch, "best_val_loss": self.best}))
