@@ -194,15 +194,15 @@ def metric_list(task: str) -> list:
     return [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")]
 
 
-def training_compile_args(args: argparse.Namespace) -> dict:
-    """Loss and metrics of the network as trained: with ``--aux-age``, the gender output and the auxiliary age
-    head (LDL + L1 on its distribution, as the age CNN trains), weighted ``1 : aux_age``."""
-    if not args.aux_age:
+def compile_args_for(args: argparse.Namespace, *, aux: bool) -> dict:
+    """Loss and metrics of the network: ``aux``, as trained with ``--aux-age``: the gender output and the auxiliary
+    age head (LDL + L1 on its distribution, as the age CNN trains), weighted ``1 : aux_age``; else the one output."""
+    if not aux:
         return {"loss": make_loss(args), "metrics": metric_list(args.task)}
-    gender, aux = spec.GENDER_OUTPUT, models.AUX_AGE
+    gender, head = spec.GENDER_OUTPUT, models.AUX_AGE
     return {
-        "loss": {gender: make_loss(args), aux: heads.age_loss("ldl+l1")},
-        "loss_weights": {gender: 1.0, aux: args.aux_age},
+        "loss": {gender: make_loss(args), head: heads.age_loss("ldl+l1")},
+        "loss_weights": {gender: 1.0, head: args.aux_age},
         "metrics": {gender: metric_list(args.task)},
     }
 
@@ -304,9 +304,9 @@ def main(argv: list[str] | None = None) -> Path:
     model = models.build(args.task, size=args.image_size, widths=widths, age_head=age_head(args))
     if args.aux_age:
         model = models.with_aux_age(model)
-    compile_args = training_compile_args(args)
+    compile_args = compile_args_for(args, aux=bool(args.aux_age))
     # What is evaluated, kept and exported: the network without an auxiliary head (the same loss without one).
-    served_compile_args = {"loss": make_loss(args), "metrics": metric_list(args.task)}
+    served_compile_args = compile_args_for(args, aux=False)
     # Checkpoints follow the served output's loss, not a sum that includes the auxiliary head's.
     monitor = f"val_{spec.GENDER_OUTPUT}_loss" if args.aux_age else "val_loss"
     model.compile(optimizer=keras.optimizers.AdamW(args.lr, weight_decay=args.weight_decay), **compile_args)
