@@ -147,7 +147,9 @@ def test_a_large_photo_is_shown_smaller_and_its_boxes_follow():
     assert app.load_display_image(small.getvalue())[1] == 1.0
 
 
-def test_the_ui_sends_no_analytics(monkeypatch):
+def test_the_ui_sends_no_analytics(monkeypatch, tmp_path):
     # Gradio turns its analytics on unless told otherwise; the environment must not be what turns them off here.
     monkeypatch.delenv("GRADIO_ANALYTICS_ENABLED", raising=False)
+    # Building the page caches copies of its examples: in this test's folder, not in the machine's /tmp/gradio.
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
     assert app.build_app("127.0.0.1:1").analytics_enabled is False
