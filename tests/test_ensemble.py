@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 from common import spec
+from research import shared_errors
 from training import calibrate, ensemble, evaluate, export, heads
 from training import model as models
 
@@ -87,3 +88,39 @@ def test_a_member_of_another_architecture_is_refused(tmp_path):
     (other / "config.json").write_text(json.dumps({"task": "gender", "widths": WIDTHS, "seed": 1337}))
     with pytest.raises(ValueError, match="weights match"):
         ensemble.build("gender", [a, other / "model.keras"], spec.image_size("gender"))
+
+
+def test_shared_errors_counts_what_no_mixture_can_fix_per_band():
+    ages = np.array([1, 1, 5, 25, 25, 25])
+    wrong = np.array(
+        [
+            [1, 1, 0, 1, 0, 0],  # member 0
+            [1, 0, 1, 1, 0, 0],  # member 1
+        ],
+        dtype=bool,
+    )
+    rows = shared_errors.shared_errors(wrong, ages)
+    assert rows["all"] == {"n": 6, "errors": [3, 3], "all_wrong": 2, "any_right": pytest.approx(4 / 6)}
+    assert rows["0-2"] == {"n": 2, "errors": [2, 1], "all_wrong": 1, "any_right": 0.5}
+    assert rows["3-9"]["all_wrong"] == 0 and rows["3-9"]["any_right"] == 1.0
+    assert rows["20-29"] == {"n": 3, "errors": [1, 1], "all_wrong": 1, "any_right": pytest.approx(2 / 3)}
+    assert "10-19" not in rows  # no faces there
+
+
+def test_shared_errors_reads_each_members_served_label_on_the_validation_split(tmp_path, archive):
+    # One member says female for every face, the other male: each is wrong on exactly the other sex, and no face is
+    # missed by both. A label read the wrong way round, or faces matched to another split's labels, fail here.
+    sources = []
+    for name, bias, seed in (("female", 40.0, 1), ("male", -40.0, 2)):
+        path, net = member(tmp_path, name, "gender", seed)
+        head = net.get_layer(models.OUTPUT_NAMES["gender"])
+        kernel, _ = head.get_weights()
+        head.set_weights([np.zeros_like(kernel), np.full((1,), bias, dtype="float32")])
+        net.save(path)
+        sources.append(path)
+    wrong, val = shared_errors.member_errors(sources, archive, cache_dir=tmp_path / "cache")
+    assert wrong.shape == (2, len(val.ages)) and 0 < val.genders.sum() < len(val.ages)  # both sexes among them
+    np.testing.assert_array_equal(wrong[0], val.genders == 0)  # "female" for all: wrong on the males (gender 0)
+    np.testing.assert_array_equal(wrong[1], val.genders == 1)
+    rows = shared_errors.shared_errors(wrong, val.ages)
+    assert rows["all"]["all_wrong"] == 0 and rows["all"]["any_right"] == 1.0
