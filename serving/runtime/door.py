@@ -75,12 +75,6 @@ WORKER_CONNECTIONS = 8192
 #: Open files nginx asks for (a connection is one file); capped to the hard limit when not root (no privilege to
 #: raise it).
 WORKER_NOFILE = 2 * WORKER_CONNECTIONS + 64
-#: Accept queue of each public port. nginx asks Linux for 511 by default; a burst of more new connections than that
-#: (a scale-from-zero herd, or the 1,100 uploads of loadtest.abuse.slow) overflows it, and the kernel then drops the
-#: handshakes' last ACK: the callers believe they are connected and send, but nginx never sees them, so neither its
-#: per-address limits nor a timely 429 apply, and legitimate callers wait out SYN-ACK retransmits (1, 2, 4 s ...).
-#: The kernel caps the value at net.core.somaxconn (4096 on current kernels).
-LISTEN_BACKLOG = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -300,7 +294,7 @@ def nginx_config(
             }}
 
             server {{
-                listen {host}:{http_port} backlog={LISTEN_BACKLOG};
+                listen {host}:{http_port};
                 error_page 502 504 =503 @unavailable;
                 error_page 413 @too_large;
                 error_page 429 @too_many;
@@ -352,7 +346,7 @@ def nginx_config(
             }}
 
             server {{
-                listen {host}:{grpc_port} http2 backlog={LISTEN_BACKLOG};
+                listen {host}:{grpc_port} http2;
                 error_page 413 @too_large;
                 error_page 429 @too_many;
                 error_page 502 504 @unavailable;
