@@ -11,8 +11,9 @@ import pytest
 import tensorflow as tf
 
 from common import spec
-from research import shared_errors
+from research import shared_errors, views
 from training import calibrate, ensemble, evaluate, export, heads
+from training import data as utk
 from training import model as models
 
 WIDTHS = "4,8"
@@ -124,3 +125,35 @@ def test_shared_errors_reads_each_members_served_label_on_the_validation_split(t
     np.testing.assert_array_equal(wrong[1], val.genders == 1)
     rows = shared_errors.shared_errors(wrong, val.ages)
     assert rows["all"]["all_wrong"] == 0 and rows["all"]["any_right"] == 1.0
+
+
+def test_zoomed_view_cuts_the_margin_and_keeps_the_served_shape():
+    faces = np.zeros((2, 64, 64, 3), dtype=np.uint8)
+    faces[:, 0, :] = faces[:, -1, :] = faces[:, :, 0] = faces[:, :, -1] = 255  # a one-pixel frame around black
+    zoomed = views.zoom(faces, 1)
+    assert zoomed.shape == faces.shape and zoomed.dtype == np.uint8
+    assert zoomed.max() == 0  # the frame is cut away, nothing else is added
+    assert views.zoom(faces, 0) is faces
+    v = views.views(faces, 1)
+    np.testing.assert_array_equal(v["mirror"], faces[:, :, ::-1])
+    np.testing.assert_array_equal(v["zoom_mirror"], zoomed[:, :, ::-1])
+
+
+def test_view_scores_read_the_served_label_and_estimate(tmp_path, archive):
+    # A member that says "female" for every face scores the share of females in every view set; a wrong way round
+    # label, or faces matched to another split's labels, fail here.
+    path, net = member(tmp_path, "female", "gender", 1)
+    head = net.get_layer(models.OUTPUT_NAMES["gender"])
+    head.set_weights([np.zeros_like(head.get_weights()[0]), np.full((1,), 40.0, dtype="float32")])
+    net.save(path)
+    s = views.member_scores(path, archive, 0.02, cache_dir=tmp_path / "cache")
+    faces = utk.load(archive, size=spec.image_size("gender"), cache_dir=tmp_path / "cache")
+    val_genders = faces.genders[utk.split(faces) == "val"]
+    assert s["n"] == len(val_genders) and s["margin"] == 1
+    assert [s[c] for c in views.COMBOS] == [pytest.approx(val_genders.mean())] * len(views.COMBOS)
+    # Age: the MAE of the served estimate, the same number whichever path computes it.
+    ages = np.array([10.0, 30.0])
+    onehot = np.zeros((2, heads.AGE_BINS), dtype="float32")
+    onehot[[0, 1], [12, 30]] = 1.0
+    raw = {name: onehot for name in ("face", "mirror", "zoom", "zoom_mirror")}
+    assert views.score("age", raw, ages, np.zeros(2)) == {c: pytest.approx(1.0) for c in views.COMBOS}
