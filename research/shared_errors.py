@@ -52,7 +52,7 @@ def member_errors(sources: list[Path], data: Path, cache_dir: Path | None = None
     size = spec.image_size("gender")
     model, configs = ensemble.build("gender", sources, size)
     faces = utk.load(data, size=size, cache_dir=cache_dir or utk.default_cache_dir())
-    val = faces.subset(np.flatnonzero(utk.split(faces, seed=ensemble.split_seed(configs)) == "val"))
+    val = utk.part(faces, "val", seed=ensemble.split_seed(configs))
     wrong = []
     for i in range(len(sources)):
         raw = heads.raw_views(model.get_layer(f"member{i}"), val.images)

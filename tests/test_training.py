@@ -81,6 +81,17 @@ def test_split_is_grouped_by_hash_and_seeded(archive):
     assert abs(fractions["train"] - 0.8) < 0.03 and abs(fractions["test"] - 0.1) < 0.02
 
 
+def test_a_part_is_the_faces_of_one_split_under_its_seed(archive):
+    data = utk.load(archive, size=32, cache_dir=None)
+    parts = {name: utk.part(data, name, seed=7) for name in utk.SPLITS}
+    for name, part in parts.items():
+        np.testing.assert_array_equal(part.hashes, data.hashes[utk.split(data, seed=7) == name])
+    assert sum(len(p) for p in parts.values()) == len(data)
+    assert set(utk.part(data, "val", seed=7).hashes) != set(utk.part(data, "val", seed=8).hashes)
+    with pytest.raises(ValueError, match="split 'validation'"):
+        utk.part(data, "validation")
+
+
 def test_rebalance_drops_old_and_thins_young():
     n = 3000
     ages = np.repeat(np.array([2, 30, 85]), n)

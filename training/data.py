@@ -254,6 +254,14 @@ def split(data: Dataset, *, seed: int = 1337, val: float = 0.1, test: float = 0.
     return out.astype(str)
 
 
+def part(data: Dataset, name: str, *, seed: int = 1337) -> Dataset:
+    """The faces of one split (``SPLITS``) under split seed ``seed``: what every fit, choice and report on the
+    validation split reads."""
+    if name not in SPLITS:
+        raise ValueError(f"split {name!r}: expected one of {SPLITS}")
+    return data.subset(np.flatnonzero(split(data, seed=seed) == name))
+
+
 def rebalance(data: Dataset, *, seed: int = 1337, keep_young: float = 1 / 3, max_age: int = 80) -> np.ndarray:
     """The seed project's rebalancing: keeps ~1/3 of ages 0-4 and drops ages >= ``max_age``.
 

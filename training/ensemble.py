@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> Path:
     model, configs = build(args.task, args.members, size)
     data = utk.load(args.data, size=size, cache_dir=args.cache_dir)
     seed = split_seed(configs)
-    val = data.subset(np.flatnonzero(utk.split(data, seed=seed) == "val"))
+    val = utk.part(data, "val", seed=seed)
 
     members, member_raw = [], []
     for i, (source, config) in enumerate(zip(args.members, configs, strict=True)):
