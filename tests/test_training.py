@@ -345,9 +345,39 @@ def test_tail_weights_count_rare_age_bands_more():
     assert even[ages == 45].sum() == pytest.approx(even[ages == 65].sum(), rel=1e-5)
 
 
-def test_tail_weight_is_for_age_only(archive, tmp_path):
-    with pytest.raises(SystemExit, match="tail-weight"):
-        train.main(["--task", "gender", "--data", str(archive), "--out", str(tmp_path), "--tail-weight", "0.5"])
+@pytest.mark.parametrize("function, option", [("tail_weights", "--tail-weight"), ("child_weights", "--child-weight")])
+def test_loss_weights_reach_the_gender_loss_beside_the_auxiliary_head(archive, tmp_path, monkeypatch, function, option):
+    # Weights of zero for every training face: if they reach the loss, the training loss is zero, for the gender
+    # output and the auxiliary head alike, while validation (never weighted) is not.
+    called = []
+
+    def zeros(ages, value):
+        called.append((len(ages), value))
+        return np.zeros(len(ages), "float32")
+
+    monkeypatch.setattr(train.utk, function, zeros)
+    run = tmp_path / "gender-weighted"
+    args = ["--task", "gender", "--data", str(archive), "--out", str(run), "--epochs", "1", "--batch-size", "16"]
+    args += ["--widths", "4,8", "--cache-dir", str(tmp_path / "cache"), "--aux-age", "0.5", option, "3.0"]
+    train.main(args)
+    assert called and called[0][1] == 3.0
+    history = dict(zip(*[line.split(",") for line in (run / "history.csv").read_text().splitlines()[:2]], strict=True))
+    assert float(history[f"{spec.GENDER_OUTPUT}_loss"]) == 0.0 and float(history[f"{models.AUX_AGE}_loss"]) == 0.0
+    assert float(history[f"val_{spec.GENDER_OUTPUT}_loss"]) > 0.0
+    with pytest.raises(SystemExit, match="mixup"):
+        train.main(["--task", "gender", "--data", str(archive), "--out", str(tmp_path / "x"), option, "0.5", "--mixup", "0.2"])
+    if option == "--child-weight":
+        with pytest.raises(SystemExit, match="child-weight is for --task gender"):
+            train.main(["--task", "age", "--data", str(archive), "--out", str(tmp_path / "y"), option, "3.0"])
+
+
+def test_child_weights_count_children_the_given_times_and_keep_mean_one():
+    ages = np.array([1] * 10 + [9] * 10 + [10] * 30 + [40] * 50)
+    w = utk.child_weights(ages, 3.0)
+    assert w.dtype == np.float32 and abs(float(w.mean()) - 1.0) < 1e-6
+    assert float(w[0]) == pytest.approx(3 * float(w[-1])) and float(w[19]) == float(w[0])
+    assert float(w[20]) == float(w[-1])  # ten is not a child here
+    np.testing.assert_allclose(utk.child_weights(ages, 1.0), 1.0)
 
 
 def test_occlusion_augmentation_erases_patches_and_keeps_the_standard_one_unchanged():

@@ -44,6 +44,7 @@ DEFAULTS = {
     "estimate": heads.AGE_ESTIMATE,
     "rebalance": False,
     "tail_weight": 0.0,
+    "child_weight": 1.0,
     "mixup": 0.0,
     "aux_age": 0.0,
     "augment": "standard",
@@ -126,7 +127,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--tail-weight",
         type=float,
         default=DEFAULTS["tail_weight"],
-        help="age only: weigh each face's loss by (faces in its 10-year band) ** -POWER (data.tail_weights); 0 = off",
+        help="weigh each face's loss by (faces in its 10-year band) ** -POWER (data.tail_weights): for age the rare "
+        "old faces, for gender also the children, where its errors are; 0 = off",
+    )
+    p.add_argument(
+        "--child-weight",
+        type=float,
+        default=DEFAULTS["child_weight"],
+        help="gender only: weigh the loss of faces under ten years this many times an older face's "
+        "(data.child_weights); 1 = off",
     )
     p.add_argument(
         "--mixup",
@@ -266,10 +275,13 @@ def main(argv: list[str] | None = None) -> Path:
 
     augment = models.augmentation(seed=args.order_seed, strength=args.augment)
 
-    # Loss weights for the rare ages, in training only: validation loss stays the plain mean, so checkpoints
-    # and early stopping compare weighted and unweighted runs on the same scale.
-    if args.tail_weight and args.task != "age":
-        raise SystemExit("--tail-weight is for --task age")
+    # Loss weights for the rare ages (and, for gender, the children), in training only: validation loss stays the
+    # plain mean, so checkpoints and early stopping compare weighted and unweighted runs on the same scale.
+    weighted = bool(args.tail_weight) or args.child_weight != 1.0
+    if args.child_weight != 1.0 and args.task != "gender":
+        raise SystemExit("--child-weight is for --task gender")
+    if weighted and args.mixup:
+        raise SystemExit("--tail-weight and --child-weight cannot go with --mixup (a blend of two faces has no one age)")
     if args.mixup and args.task != "gender":
         raise SystemExit("--mixup is for --task gender (a blend of two age distributions is not one face's)")
     if args.aux_age and (args.task != "gender" or args.mixup):
@@ -278,8 +290,12 @@ def main(argv: list[str] | None = None) -> Path:
     def dataset(part: utk.Dataset, training: bool, aux: bool = bool(args.aux_age)) -> tf.data.Dataset:
         """Faces and labels; ``aux``: with the auxiliary head's ages (False for the network as kept)."""
         columns = (part.images, getattr(part, y).astype("float32")[:, None])
-        if training and args.tail_weight:
-            columns += (utk.tail_weights(part.ages, args.tail_weight),)
+        if training and weighted:
+            factors = [utk.tail_weights(part.ages, args.tail_weight)] if args.tail_weight else []
+            if args.child_weight != 1.0:
+                factors.append(utk.child_weights(part.ages, args.child_weight))
+            weights = np.prod(factors, axis=0)  # each factor has mean 1; their product is brought back to it
+            columns += (weights if len(factors) == 1 else (weights / weights.mean()).astype("float32"),)
         if aux:
             columns += (part.ages.astype("float32")[:, None],)
         ds = tf.data.Dataset.from_tensor_slices(columns)
@@ -297,7 +313,8 @@ def main(argv: list[str] | None = None) -> Path:
             if args.mixup:
                 ds = ds.map(lambda x, y: models.mixup(x, y, args.mixup), num_parallel_calls=tf.data.AUTOTUNE)
         if aux:
-            ds = ds.map(lambda x, gender, age: (x, {spec.GENDER_OUTPUT: gender, models.AUX_AGE: age}))
+            # The age is the last column; a loss weight, when there is one, stays the third element.
+            ds = ds.map(lambda x, gender, *rest: (x, {spec.GENDER_OUTPUT: gender, models.AUX_AGE: rest[-1]}, *rest[:-1]))
         return ds.prefetch(tf.data.AUTOTUNE)
 
     widths = models.parse_widths(args.widths)
