@@ -365,7 +365,8 @@ def test_loss_weights_reach_the_gender_loss_beside_the_auxiliary_head(archive, t
     assert float(history[f"{spec.GENDER_OUTPUT}_loss"]) == 0.0 and float(history[f"{models.AUX_AGE}_loss"]) == 0.0
     assert float(history[f"val_{spec.GENDER_OUTPUT}_loss"]) > 0.0
     with pytest.raises(SystemExit, match="mixup"):
-        train.main(["--task", "gender", "--data", str(archive), "--out", str(tmp_path / "x"), option, "0.5", "--mixup", "0.2"])
+        base = ["--task", "gender", "--data", str(archive), "--out", str(tmp_path / "x")]
+        train.main([*base, option, "0.5", "--mixup", "0.2"])
     if option == "--child-weight":
         with pytest.raises(SystemExit, match="child-weight is for --task gender"):
             train.main(["--task", "age", "--data", str(archive), "--out", str(tmp_path / "y"), option, "3.0"])
@@ -424,3 +425,28 @@ def test_auxiliary_age_head_trains_beside_gender_and_is_not_kept(archive, tmp_pa
     assert json.loads((run / "config.json").read_text())["aux_age"] == 0.5
     with pytest.raises(SystemExit, match="aux-age"):
         train.main(["--task", "age", "--data", str(archive), "--out", str(tmp_path / "x"), "--aux-age", "0.5"])
+
+
+def test_a_mixture_plots_the_training_histories_of_its_members_still_on_disk(tmp_path):
+    repo = tmp_path / "repo"
+    trained, mixture, member_run = repo / "gender" / "5", repo / "gender" / "6", tmp_path / "runs" / "gender-x"
+    for folder in (trained, mixture, member_run):
+        folder.mkdir(parents=True)
+    for folder in (trained, member_run):
+        (folder / "history.csv").write_text("epoch,accuracy,val_accuracy\n0,0.8,0.79\n")
+    assert evaluate.histories(trained) == [("v5", trained / "history.csv")]
+    record = {
+        "ensemble": [
+            {"source": str(trained)},
+            {"source": str(member_run / "model.keras")},
+            {"source": str(tmp_path / "runs" / "gone" / "model.keras")},
+        ]
+    }
+    (mixture / "training_config.json").write_text(json.dumps(record))
+    assert evaluate.histories(mixture) == [
+        ("member 1 (gender/5)", trained / "history.csv"),
+        ("member 2 (gender-x)", member_run / "history.csv"),
+    ]
+    (trained / "history.csv").unlink()
+    (member_run / "history.csv").unlink()
+    assert evaluate.histories(mixture) == []

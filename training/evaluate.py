@@ -38,6 +38,33 @@ TARGET_BAND, TARGET_OVERALL, TARGET_MIN_N = (0.72, 0.88), (0.78, 0.82), 90
 SEED = {"age_val_mse": 226.0, "age_val_rmse": 15.0, "gender_val_accuracy": 0.81}
 
 
+#: The project root: a mixture's record names its members by paths relative to it (training.ensemble runs from it).
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def histories(version: Path) -> list[tuple[str, Path]]:
+    """The training histories behind an exported version, as (name, history.csv) pairs.
+
+    A version trained by ``training.train`` has its own. A mixture (``training.ensemble``) has none: its record lists
+    its members, and each member's history is used where it is still on disk (a version folder of the repository, or
+    the run folder of a ``model.keras``); none found gives an empty list.
+    """
+    own = version / "history.csv"
+    if own.exists():
+        return [(f"v{version.name}", own)]
+    record = version / "training_config.json"
+    members = json.loads(record.read_text()).get("ensemble", []) if record.exists() else []
+    found = []
+    for i, member in enumerate(members, start=1):
+        source = Path(member["source"])
+        source = source if source.is_absolute() else ROOT / source
+        folder = source if source.is_dir() else source.parent
+        if (folder / "history.csv").exists():
+            name = f"{folder.parent.name}/{folder.name}" if source.is_dir() else folder.name  # gender/5, or the run's
+            found.append((f"member {i} ({name})", folder / "history.csv"))
+    return found
+
+
 def predict(version_dir: Path, images: np.ndarray, batch: int = 256) -> dict[str, np.ndarray]:
     """Every output of an exported model's signature over ``images``, as ``(N,)`` arrays."""
     return outputs(tf.saved_model.load(str(version_dir / SAVEDMODEL)).signatures["serving_default"], images, batch)
@@ -188,8 +215,9 @@ def plots(
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for ax, task in zip(axes, ("age", "gender"), strict=True):
-        hist = latest(repo, task) / "history.csv"
-        if hist.exists():
+        version = latest(repo, task)
+        found = histories(version)
+        for name, hist in found:
             rows = list(csv.DictReader(hist.open()))
             epochs = [int(r["epoch"]) + 1 for r in rows]
             # "age_mae" since the age models share one metric for both heads; "mae" in the first models' history.
@@ -199,9 +227,21 @@ def plots(
             else:
                 key = "accuracy" if "accuracy" in rows[0] else f"{spec.GENDER_OUTPUT}_accuracy"
             for k in (key, f"val_{key}"):
-                ax.plot(epochs, [float(r[k]) for r in rows], label=k)
-            ax.set(title=f"{task} training", xlabel="epoch")
-            ax.legend()
+                ax.plot(epochs, [float(r[k]) for r in rows], label=k if len(found) == 1 else f"{name}: {k}")
+        ax.set(title=f"{task} v{version.name} training", xlabel="epoch")
+        if found:
+            ax.legend(fontsize="small" if len(found) > 1 else None)
+        else:
+            # A mixture's members were trained elsewhere (runs/ is not committed): say so rather than draw nothing.
+            ax.text(
+                0.5,
+                0.5,
+                "no training history on disk\n(docs/models.md says how it was trained)",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+            )
+            ax.set_axis_off()
     save(fig, "training_curves.png")
 
     if train_ages is not None:

@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> Path:
     if args.child_weight != 1.0 and args.task != "gender":
         raise SystemExit("--child-weight is for --task gender")
     if weighted and args.mixup:
-        raise SystemExit("--tail-weight and --child-weight cannot go with --mixup (a blend of two faces has no one age)")
+        raise SystemExit("--tail-weight and --child-weight cannot go with --mixup (a blend of two faces has no age)")
     if args.mixup and args.task != "gender":
         raise SystemExit("--mixup is for --task gender (a blend of two age distributions is not one face's)")
     if args.aux_age and (args.task != "gender" or args.mixup):
@@ -314,7 +314,9 @@ def main(argv: list[str] | None = None) -> Path:
                 ds = ds.map(lambda x, y: models.mixup(x, y, args.mixup), num_parallel_calls=tf.data.AUTOTUNE)
         if aux:
             # The age is the last column; a loss weight, when there is one, stays the third element.
-            ds = ds.map(lambda x, gender, *rest: (x, {spec.GENDER_OUTPUT: gender, models.AUX_AGE: rest[-1]}, *rest[:-1]))
+            ds = ds.map(
+                lambda x, gender, *rest: (x, {spec.GENDER_OUTPUT: gender, models.AUX_AGE: rest[-1]}, *rest[:-1])
+            )
         return ds.prefetch(tf.data.AUTOTUNE)
 
     widths = models.parse_widths(args.widths)
