@@ -127,8 +127,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--tail-weight",
         type=float,
         default=DEFAULTS["tail_weight"],
-        help="weigh each face's loss by (faces in its 10-year band) ** -POWER (data.tail_weights): for age the rare "
-        "old faces, for gender also the children, where its errors are; 0 = off",
+        help="weigh each face's loss by (faces in its 10-year band) ** -POWER (data.tail_weights): the rare old faces "
+        "(for gender too; ages 0-9 get about the mean weight, so --child-weight names the children); 0 = off",
     )
     p.add_argument(
         "--child-weight",
