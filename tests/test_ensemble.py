@@ -1,9 +1,11 @@
 """training.ensemble: the average of networks is one model whose outputs are its members' mean, it exports like any
-run, training.calibrate reads its weights back, and members from different splits are refused."""
+run, its weights read back from the SavedModel (for training.calibrate and export --from-repo), and members from
+different splits are refused."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -59,7 +61,7 @@ def test_an_exported_ensemble_reads_back_for_calibration_and_serves_the_mixture(
         json.dumps({"task": "age", "image_size": side, "tta": True, "ensemble": [{"config": c} for c in configs]})
     )
     version = export.export_model(model, "age", tmp_path / "repo", extra_files={"training_config.json": record})
-    loaded, _ = calibrate.load_model(version)
+    loaded, _ = export.load_version(version)
     for x, y in zip(model.weights, loaded.weights, strict=True):
         assert x.path == y.path
         np.testing.assert_array_equal(x.numpy(), y.numpy())
@@ -72,6 +74,78 @@ def test_an_exported_ensemble_reads_back_for_calibration_and_serves_the_mixture(
     np.testing.assert_allclose(served[spec.AGE_OUTPUT], expected, atol=1e-3)
     alone = heads.flat(heads.served_outputs(net_a, "age", tf.constant(faces)))[spec.AGE_OUTPUT]
     assert np.abs(alone - expected).max() > 0.5
+
+
+def served_mixture(tmp_path, task: str, **record) -> tuple[Path, keras.Model]:
+    """A two-member mixture exported with flip TTA into ``tmp_path/repo``, as training.ensemble and export leave it."""
+    (a, _), (b, _) = member(tmp_path, "a", task, 1), member(tmp_path, "b", task, 2)
+    side = spec.image_size(task)
+    model, configs = ensemble.build(task, [a, b], side)
+    config = {"task": task, "image_size": side, "tta": True, "temperature": 1.5, **record}
+    (tmp_path / "training_config.json").write_text(json.dumps({**config, "ensemble": [{"config": c} for c in configs]}))
+    version = export.export_model(
+        model,
+        task,
+        tmp_path / "repo",
+        temperature=1.5,
+        extra_files={"training_config.json": tmp_path / "training_config.json"},
+    )
+    return version, model
+
+
+def test_a_served_mixture_is_exported_without_flip_tta_from_the_repository_alone(tmp_path):
+    """export --from-repo --no-tta, the per-deployment choice with only the committed models: the newest version's
+    weights read back from its SavedModel and exported again, answering for the face alone."""
+    served, model = served_mixture(tmp_path, "gender")
+    repo = tmp_path / "repo"
+    (variant,) = export.main(["--from-repo", "--repo", str(repo), "--tasks", "gender", "--no-tta"])
+    assert variant == export.latest(repo, "gender") and int(variant.name) == int(served.name) + 1
+    record = json.loads((variant / "training_config.json").read_text())
+    assert record["tta"] is False and record["tta_source"] is True and record["source_version"] == int(served.name)
+    assert record["temperature"] == 1.5 and len(record["ensemble"]) == 2
+
+    side = spec.image_size("gender")
+    faces = np.random.default_rng(5).integers(0, 255, (6, side, side, 3), dtype=np.uint8)
+    faces[:, :, : side // 2] //= 4  # a dark left half: the mirror is another picture
+    alone = heads.flat(heads.served_outputs(model, "gender", tf.constant(faces), tta=False, temperature=1.5))
+    got = evaluate.predict(variant, faces)[spec.GENDER_OUTPUT]
+    same = np.abs(got - alone[spec.GENDER_OUTPUT]).max()
+    # The served version averages the face and its mirror. An untrained tiny network answers nearly the same for
+    # both, so that answer differs little, but by far more than the float noise between the variant and the
+    # network run on the face alone: the test sees which one ran.
+    flipped = np.abs(evaluate.predict(served, faces)[spec.GENDER_OUTPUT] - got).max()
+    assert same < 1e-6 and flipped > 10 * max(same, 1e-7), (same, flipped)
+
+    # A variant that would change nothing is refused, and so is one that names no choice; nothing is written.
+    for argv in (["--no-tta"], []):
+        with pytest.raises(SystemExit, match="already serves"):
+            export.main(["--from-repo", "--repo", str(repo), "--tasks", "gender", *argv])
+    assert export.latest(repo, "gender") == variant
+
+
+def test_a_calibrated_age_variant_is_calibrated_again_for_its_own_views(tmp_path, monkeypatch):
+    """The per-band interval was fitted to the served views, so the no-TTA variant of a calibrated age version is
+    handed to training.calibrate (which needs the full UTKFace, so its call is recorded here, not run); without
+    --data it is refused before anything is written."""
+    served, _ = served_mixture(tmp_path, "age", interval_calibration={"chosen": "age bands"})
+    repo = tmp_path / "repo"
+    with pytest.raises(SystemExit, match="--data"):
+        export.main(["--from-repo", "--repo", str(repo), "--tasks", "age", "--no-tta"])
+    assert export.latest(repo, "age") == served
+
+    calls = []
+
+    def calibrate_main(argv):
+        calls.append(argv)
+        return {"version": str(repo / "age" / argv[argv.index("--source") + 1])}
+
+    monkeypatch.setattr(calibrate, "main", calibrate_main)
+    (variant,) = export.main(["--from-repo", "--repo", str(repo), "--tasks", "age", "--no-tta", "--data", "utk.tgz"])
+    assert variant == export.latest(repo, "age") and int(variant.name) == int(served.name) + 1
+    assert calls == [["--data", "utk.tgz", "--repo", str(repo), "--source", variant.name]]
+    record = json.loads((variant / "training_config.json").read_text())
+    # The uncalibrated variant does not claim the source's calibration; calibrate's version records its own.
+    assert record["tta"] is False and "interval_calibration" not in record
 
 
 def test_members_from_different_splits_are_refused(tmp_path):

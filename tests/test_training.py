@@ -300,7 +300,7 @@ def test_calibrated_export_keeps_the_source_estimate_and_refuses_one_that_moves(
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"task": "age", "widths": "4,8", "temperature": 1.0, "tta": True}))
     source = export.export_model(model, "age", tmp_path, extra_files={"training_config.json": config})
-    loaded, _ = calibrate.load_model(source)
+    loaded, _ = export.load_version(source)
     for a, b in zip(model.weights, loaded.weights, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 

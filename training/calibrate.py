@@ -39,9 +39,8 @@ import tensorflow as tf  # noqa: E402
 
 from common import spec  # noqa: E402
 from training import data as utk  # noqa: E402
-from training import ensemble, heads  # noqa: E402
-from training import model as models  # noqa: E402
-from training.export import SAVEDMODEL, export_model, latest  # noqa: E402
+from training import heads  # noqa: E402
+from training.export import SAVEDMODEL, export_model, latest, load_version  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -57,25 +56,6 @@ TAIL = spec.AGE_INTERVAL[0]
 FOLDS, FOLD_SEED = 5, 0
 #: Bands of TRUE age with at least this many faces are the ones the targets (and the choice) look at.
 MIN_BAND = 90
-
-
-def load_model(version_dir: Path):
-    """The Keras age model with an exported version's weights, read from its SavedModel by variable path.
-
-    Only the SavedModel is committed; the architecture is ``training.model.build`` with the widths recorded in
-    ``training_config.json``, or, for an average of networks, ``training.ensemble.architecture`` with its members'.
-    """
-    config = json.loads((version_dir / "training_config.json").read_text())
-    size = config.get("image_size") or spec.image_size("age")
-    if "ensemble" in config:
-        model = ensemble.architecture("age", [m["config"] for m in config["ensemble"]], size)
-    else:
-        model = models.build("age", widths=models.parse_widths(config.get("widths")), size=size)
-    loaded = tf.saved_model.load(str(version_dir / SAVEDMODEL))
-    source = {v.name.split(":")[0]: v.numpy() for v in loaded.variables}
-    for w in model.weights:
-        w.assign(source[w.path])
-    return model, config
 
 
 def cells_for(edges=AGE_EDGES, split=SPLIT_BAND, threshold: float | None = None) -> list[dict]:
@@ -259,7 +239,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     source = args.repo / "age" / str(args.source) if args.source is not None else latest(args.repo, "age")
     args.source = int(source.name)
-    model, config = load_model(source)
+    model, config = load_version(source)
     temperature = float(config.get("temperature", 1.0))
     estimate = args.estimate or heads.recorded_estimate(config)
     data = utk.load(args.data, size=config.get("image_size") or spec.image_size("age"), cache_dir=args.cache_dir)

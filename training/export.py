@@ -1,6 +1,7 @@
 """Exports trained Keras models as TensorFlow SavedModels into the Triton repository.
 
     python -m training.export [--runs runs] [--repo model_repository] [--tasks age,gender]
+    python -m training.export --from-repo --tasks age,gender --no-tta --data ../shared/datasets/UTKFace.tar.gz
 
 Each export adds ``<repo>/<task>/<v>/model.savedmodel`` under a new version
 number and keeps the earlier ones, with the OpenVINO IR made from it beside it (``model.openvino/``, keyed to
@@ -11,6 +12,12 @@ the SavedModel: serving/pipeline/backends/openvino_savedmodel/ir.py). The signat
 Flip test-time augmentation, the temperature fitted after training and any per-band interval
 correction (``training.calibrate``) are folded in
 (:func:`training.heads.served_outputs`), so the server needs to know nothing about either.
+
+``--from-repo`` makes a deployment's variant of what is served from the repository alone, without the training
+runs (which are not committed): the newest version of each task, its weights read back from the SavedModel
+(:func:`load_version`), exported again with flip TTA on or off. An age version whose interval was calibrated per
+band (``training.calibrate``) was calibrated for its own views, so its variant is calibrated again on the validation
+split (``--data``) and the calibrated one becomes the newest.
 """
 
 from __future__ import annotations
@@ -53,6 +60,30 @@ def latest(repo: Path, task: str) -> Path:
 def signature_side(fn) -> int:
     """The input side a SavedModel signature takes, which Triton's configs must declare (the served truth)."""
     return int(fn.structured_input_signature[1][spec.INPUT_NAME].shape[1])
+
+
+def load_version(version_dir: Path) -> tuple[keras.Model, dict]:
+    """The Keras model of an exported version and its training record, the weights read from its SavedModel by
+    variable path.
+
+    Only the SavedModel is committed; the architecture is ``training.model.build`` with the widths recorded in
+    ``training_config.json``, or, for an average of networks, ``training.ensemble.architecture`` with its members'.
+    """
+    from training import ensemble  # here: training.ensemble imports training.train, which an export needs not
+    from training import model as models
+
+    config = json.loads((version_dir / "training_config.json").read_text())
+    task = config.get("task") or version_dir.parent.name
+    size = config.get("image_size") or spec.image_size(task)
+    if "ensemble" in config:
+        model = ensemble.architecture(task, [m["config"] for m in config["ensemble"]], size)
+    else:
+        model = models.build(task, widths=models.parse_widths(config.get("widths")), size=size)
+    loaded = tf.saved_model.load(str(version_dir / SAVEDMODEL))
+    source = {v.name.split(":")[0]: v.numpy() for v in loaded.variables}
+    for w in model.weights:
+        w.assign(source[w.path])
+    return model, config
 
 
 def export_model(
@@ -124,9 +155,19 @@ def main(argv: list[str] | None = None) -> list[Path]:
         help="fold flip test-time augmentation in or leave it out (twice or once the CNN work per face); "
         "default: as the run was trained (docs/performance.md compares the two)",
     )
+    p.add_argument(
+        "--from-repo",
+        action="store_true",
+        help="export from the newest version of each task in --repo instead of --runs: a deployment's variant "
+        "of what is served (needs --tta or --no-tta)",
+    )
+    p.add_argument("--data", type=Path, help="UTKFace archive: calibrates a calibrated age version's variant again")
     args = p.parse_args(argv)
+    tasks = args.tasks.split(",")
+    if args.from_repo:
+        return from_repo(args.repo, tasks, args.tta, args.data)
     written = []
-    for task in args.tasks.split(","):
+    for task in tasks:
         run = args.runs / task
         model = keras.models.load_model(run / "model.keras")
         config = json.loads((run / "config.json").read_text())
@@ -148,6 +189,51 @@ def main(argv: list[str] | None = None) -> list[Path]:
         meta = {"task": task, "source": str(run / "model.keras"), "version": int(version.name)}
         (version / "export.json").write_text(json.dumps(meta, indent=2))
         print(f"exported {task} -> {version}")
+        written.append(version)
+    return written
+
+
+def from_repo(repo: Path, tasks: list[str], tta: bool | None, data: Path | None) -> list[Path]:
+    """Exports the newest version of each task again with flip TTA set to ``tta``; see the module's docstring."""
+    sources = {task: latest(repo, task) for task in tasks}
+    records = {task: json.loads((src / "training_config.json").read_text()) for task, src in sources.items()}
+    # Everything is checked before anything is written: a half-made variant is worse than none.
+    for task, record in records.items():
+        if tta is None or tta == record.get("tta", False):
+            raise SystemExit(
+                f"{sources[task]} already serves with tta={record.get('tta', False)}: --from-repo makes a variant, "
+                "give --tta or --no-tta to change it"
+            )
+        if "interval_calibration" in record and data is None:
+            raise SystemExit(
+                f"{sources[task]}'s interval was calibrated per band for its own views: give --data (the UTKFace "
+                "archive) to calibrate the variant's again on the validation split"
+            )
+    written = []
+    for task, source in sources.items():
+        model, config = load_version(source)
+        record = {k: v for k, v in config.items() if k != "interval_calibration"}
+        record.update(tta=tta, tta_source=config.get("tta", False), source_version=int(source.name))
+        version = export_model(
+            model,
+            task,
+            repo,
+            tta=tta,
+            temperature=config.get("temperature", 1.0),
+            estimate=heads.recorded_estimate(config),
+            size=config.get("image_size") or spec.image_size(task),
+            extra_files={"history.csv": source / "history.csv"},
+        )
+        (version / "training_config.json").write_text(json.dumps(record, indent=2))
+        meta = {"task": task, "source": str(source / SAVEDMODEL), "version": int(version.name), "by": "--from-repo"}
+        (version / "export.json").write_text(json.dumps(meta, indent=2))
+        print(f"exported {task} -> {version} (from {source}, tta={tta})")
+        if "interval_calibration" in config:
+            from training import calibrate  # here: it imports this module
+
+            version = Path(
+                calibrate.main(["--data", str(data), "--repo", str(repo), "--source", version.name])["version"]
+            )
         written.append(version)
     return written
 
