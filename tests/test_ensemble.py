@@ -96,13 +96,15 @@ def served_mixture(tmp_path, task: str, **record) -> tuple[Path, keras.Model]:
 def test_a_served_mixture_is_exported_without_flip_tta_from_the_repository_alone(tmp_path):
     """export --from-repo --no-tta, the per-deployment choice with only the committed models: the newest version's
     weights read back from its SavedModel and exported again, answering for the face alone."""
-    served, model = served_mixture(tmp_path, "gender")
+    scores = {"val_served": {"accuracy": 0.94}, "val_served_no_tta": {"accuracy": 0.93}}
+    served, model = served_mixture(tmp_path, "gender", **scores)
     repo = tmp_path / "repo"
     (variant,) = export.main(["--from-repo", "--repo", str(repo), "--tasks", "gender", "--no-tta"])
     assert variant == export.latest(repo, "gender") and int(variant.name) == int(served.name) + 1
     record = json.loads((variant / "training_config.json").read_text())
     assert record["tta"] is False and record["tta_source"] is True and record["source_version"] == int(served.name)
     assert record["temperature"] == 1.5 and len(record["ensemble"]) == 2
+    assert record["val_served"] == scores["val_served_no_tta"]  # what the variant serves, not the source's score
 
     side = spec.image_size("gender")
     faces = np.random.default_rng(5).integers(0, 255, (6, side, side, 3), dtype=np.uint8)

@@ -214,6 +214,11 @@ def from_repo(repo: Path, tasks: list[str], tta: bool | None, data: Path | None)
         model, config = load_version(source)
         record = {k: v for k, v in config.items() if k != "interval_calibration"}
         record.update(tta=tta, tta_source=config.get("tta", False), source_version=int(source.name))
+        # What the variant serves on validation: the source's single-view score is exactly that without the
+        # mirror (same weights and temperature); with it, it was never measured, so none is claimed.
+        record.pop("val_served", None)
+        if not tta and "val_served_no_tta" in config:
+            record["val_served"] = config["val_served_no_tta"]
         version = export_model(
             model,
             task,
