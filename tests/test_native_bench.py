@@ -318,6 +318,16 @@ def test_the_reference_is_bracketed_and_its_drift_flagged(tmp_path):
         native.write_markdown(tmp_path / "native.md", meta, reference, [c16], native.targets([c16], reference))
         text = (tmp_path / "native.md").read_text()
         assert ("the reference drifted" in text) is says and ("speed moved during this run" in text) is says
+    # The report says which vector instructions the CNN kernels had, and when they were held below the CPU's.
+    assert "CPUs (c), load" in text
+    capped = {**meta, "vector_isa": "AVX-512", "isa_cap": "AVX2"}
+    native.write_markdown(tmp_path / "native.md", capped, reference, [c16], native.targets([c16], reference))
+    assert (
+        "CPUs (c, AVX-512; the CNN kernels held to AVX2 by ONEDNN_MAX_CPU_ISA)" in (tmp_path / "native.md").read_text()
+    )
+    flags = "processor : 0\nflags : fpu sse2 avx avx2 fma\n"
+    assert native.vector_isa(flags) == "AVX2" and native.vector_isa(flags.replace("avx2", "avx512f avx2")) == "AVX-512"
+    assert native.vector_isa("") == "no AVX2"
     # Without a second run (--no-reference-after) the reference is the first, and no drift is claimed.
     alone = native.bracket(before, None)
     assert (alone["b64_img_s"], alone["drift"], alone["drifted"]) == (200.0, None, None)

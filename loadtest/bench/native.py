@@ -323,6 +323,18 @@ def tool_version(cmd: list[str]) -> str:
     return first[0].split(" Copyright")[0] if first else "?"
 
 
+#: oneDNN's cap on the instruction set its kernels use, which OpenVINO's CPU plugin honours: ``AVX2`` on an AVX-512
+#: machine runs the CNNs as a machine without AVX-512 would (1.7x the CPU here), everything else as before
+#: (docs/performance.md, twenty-first part). The report says when it was set.
+ISA_CAP_ENV = "ONEDNN_MAX_CPU_ISA"
+
+
+def vector_isa(cpuinfo: str) -> str:
+    """The widest vector instruction set the CPU offers that the CNN kernels use: what their speed mostly rides on."""
+    flags = set(next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), []))
+    return "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+
+
 def machine() -> dict:
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     model = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
@@ -336,6 +348,8 @@ def machine() -> dict:
         "host": platform.node(),
         "cpus": os.cpu_count(),
         "cpu_model": model[1].strip() if model else platform.processor(),
+        "vector_isa": vector_isa(cpuinfo),
+        "isa_cap": os.environ.get(ISA_CAP_ENV, ""),
         "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
         "commit": git("rev-parse", "--short", "HEAD"),
         "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no")),
@@ -401,11 +415,17 @@ def steps_table(scenarios: list[Scenario]) -> list[str]:
     return lines
 
 
+def _isa(meta: dict) -> str:
+    isa = f", {meta['vector_isa']}" if meta.get("vector_isa") else ""
+    cap = meta.get("isa_cap")
+    return f"{isa}; the CNN kernels held to {cap} by {ISA_CAP_ENV}" if cap else isa
+
+
 def write_markdown(path: Path, meta: dict, ref: dict | None, scenarios: list[Scenario], values: dict) -> None:
     lines = [
         "# Native load generators (`python -m loadtest.bench.native`)",
         "",
-        f"Run {meta['date']} on {meta['host']}: {meta['cpus']} CPUs ({meta['cpu_model']}), load average "
+        f"Run {meta['date']} on {meta['host']}: {meta['cpus']} CPUs ({meta['cpu_model']}{_isa(meta)}), load average "
         f"{', '.join(map(str, meta['load_average_at_start']))} at start; commit {meta['commit']}"
         f"{' with uncommitted changes' if meta['uncommitted_changes'] else ''}; "
         f"Triton configs `{meta['config_name']}`; "
