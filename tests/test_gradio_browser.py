@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -105,13 +106,18 @@ def gradio_ui(triton_url: str, protocol: str = "grpc", timeout: float = 10.0, te
         "--timeout",
         str(timeout),
     ]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # The UI's output goes to a file, not a pipe: nothing reads a pipe while the tests run, and a full one would
+    # block the UI on its next log line. A failed expectation shows the file's end (status_text).
+    log = Path(tempfile.mkstemp(prefix="agegender-ui-", suffix=".log")[1])
     url = f"http://127.0.0.1:{port}/"
+    UI_LOGS[url] = log
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 120
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"gradio_frontend exited with {proc.returncode}:\n{proc.stdout.read()[-3000:]}")
+                raise RuntimeError(f"gradio_frontend exited with {proc.returncode}:\n{ui_log(url)}")
             try:
                 with urllib.request.urlopen(url, timeout=2):
                     break
@@ -122,6 +128,18 @@ def gradio_ui(triton_url: str, protocol: str = "grpc", timeout: float = 10.0, te
         yield url
     finally:
         stop_process(proc, timeout=15)
+        UI_LOGS.pop(url, None)
+        log.unlink(missing_ok=True)
+
+
+#: The log file of each running UI, by its base URL.
+UI_LOGS: dict[str, Path] = {}
+
+
+def ui_log(url: str, chars: int = 3000) -> str:
+    """The end of the log of the UI serving ``url`` (a page's URL under it will do)."""
+    log = next((path for base, path in UI_LOGS.items() if url.startswith(base)), None)
+    return log.read_text(errors="replace")[-chars:] if log is not None and log.exists() else "(no UI log)"
 
 
 class TcpRelay:
@@ -175,7 +193,10 @@ def status_text(page, expected: str) -> str:
     from playwright.sync_api import expect
 
     status = page.locator("#status")
-    expect(status).to_contain_text(expected, timeout=RESULT_TIMEOUT_MS)
+    try:
+        expect(status).to_contain_text(expected, timeout=RESULT_TIMEOUT_MS)
+    except AssertionError as err:
+        raise AssertionError(f"{err}\n--- the UI's log ---\n{ui_log(page.url)}") from None
     return status.inner_text()
 
 
