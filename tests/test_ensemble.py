@@ -150,6 +150,30 @@ def test_a_calibrated_age_variant_is_calibrated_again_for_its_own_views(tmp_path
     assert record["tta"] is False and "interval_calibration" not in record
 
 
+@pytest.mark.parametrize("task", ["age", "gender"])
+def test_the_served_versions_read_back_into_what_they_serve(task):
+    """The committed newest version of each CNN, read back by export.load_version (what --from-repo and
+    training.calibrate start from), serves what its SavedModel serves once its record's TTA, temperature, estimate
+    and interval are folded in again: a clone can make its variants from the committed versions alone."""
+    version = export.latest(Path(__file__).resolve().parents[1] / "model_repository", task)
+    model, config = export.load_version(version)
+    side = spec.image_size(task)
+    faces = np.random.default_rng(11).integers(0, 255, (4, side, side, 3), dtype=np.uint8)
+    faces[:, :, : side // 2] //= 3
+    again = heads.served_outputs(
+        model,
+        task,
+        tf.constant(faces),
+        tta=config["tta"],
+        temperature=config.get("temperature", 1.0),
+        interval=config.get("interval_calibration", {}).get("interval"),
+        estimate=heads.recorded_estimate(config),
+    )
+    served = evaluate.predict(version, faces)
+    for name, values in heads.flat(again).items():
+        np.testing.assert_allclose(values, served[name], atol=1e-3, err_msg=f"{version} {name}")
+
+
 def test_members_from_different_splits_are_refused(tmp_path):
     a, _ = member(tmp_path, "a", "gender", 1)
     b, _ = member(tmp_path, "b", "gender", 2, split_seed=7)
