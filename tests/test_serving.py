@@ -156,8 +156,7 @@ def test_committed_repository_serves_portrait(triton_committed, protocol):
     assert out["face_found"][0, 0] and out["error"][0, 0] == b""
     # Grace Hopper was 77 in this 1984 portrait: the committed models say 86-89 (age v21 and gender v6: 87.7 (80-96),
     # female probability 0.97, "female"; v19 said 88.1 (78-97), v17 87.7 (80-96); gender v5 0.99, v4 0.56, v3 0.45,
-    # "male"),
-    # errors docs/models.md reports (nothing is tuned on this portrait); the label must be valid.
+    # "male"), errors docs/models.md reports (nothing is tuned on this portrait); the label must be valid.
     assert 45 < out["age"][0, 0] < 100
     assert out["gender"][0, 0] in (b"male", b"female")
     assert_label(out, 0)
