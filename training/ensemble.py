@@ -54,9 +54,14 @@ def architecture(task: str, member_configs: list[dict], size: int) -> keras.Mode
     return keras.Model(inputs, out, name=task)
 
 
+def member_folder(source: Path) -> Path:
+    """Where a member's records live: a run's folder (its ``.keras`` file's parent), or the version folder itself."""
+    return source.parent if source.suffix == ".keras" else source
+
+
 def member_config(source: Path) -> dict:
     """The training record of a member: a run's ``config.json`` beside its ``.keras`` file, or a version's."""
-    record = source.parent / "config.json" if source.suffix == ".keras" else source / "training_config.json"
+    record = member_folder(source) / ("config.json" if source.suffix == ".keras" else "training_config.json")
     if not record.exists():
         raise FileNotFoundError(f"{source}: no training record at {record}")
     return json.loads(record.read_text())

@@ -27,7 +27,7 @@ import tensorflow as tf  # noqa: E402
 
 from common import contract, spec  # noqa: E402
 from training import data as utk  # noqa: E402
-from training import heads  # noqa: E402
+from training import ensemble, heads  # noqa: E402
 from training.export import SAVEDMODEL, latest, signature_side  # noqa: E402
 
 AGE_BANDS = heads.AGE_BANDS
@@ -58,9 +58,9 @@ def histories(version: Path) -> list[tuple[str, Path]]:
     for i, member in enumerate(members, start=1):
         source = Path(member["source"])
         source = source if source.is_absolute() else ROOT / source
-        folder = source if source.is_dir() else source.parent
+        folder = ensemble.member_folder(source)
         if (folder / "history.csv").exists():
-            name = f"{folder.parent.name}/{folder.name}" if source.is_dir() else folder.name  # gender/5, or the run's
+            name = folder.name if folder != source else f"{folder.parent.name}/{folder.name}"  # the run's, or gender/5
             found.append((f"member {i} ({name})", folder / "history.csv"))
     return found
 

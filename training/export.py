@@ -211,7 +211,8 @@ def from_repo(repo: Path, tasks: list[str], tta: bool | None, data: Path | None)
             )
     written = []
     for task, source in sources.items():
-        model, config = load_version(source)
+        model, _ = load_version(source)
+        config = records[task]
         record = {k: v for k, v in config.items() if k != "interval_calibration"}
         record.update(tta=tta, tta_source=config.get("tta", False), source_version=int(source.name))
         # What the variant serves on validation: the source's single-view score is exactly that without the
