@@ -325,7 +325,7 @@ def tool_version(cmd: list[str]) -> str:
 
 #: oneDNN's cap on the instruction set its kernels use, which OpenVINO's CPU plugin honours: ``AVX2`` on an AVX-512
 #: machine runs the CNNs as a machine without AVX-512 would (1.7x the CPU here), everything else as before
-#: (docs/performance.md, twenty-first part). The report says when it was set.
+#: (docs/performance-log.md, twenty-first part). The report says when it was set.
 ISA_CAP_ENV = "ONEDNN_MAX_CPU_ISA"
 
 

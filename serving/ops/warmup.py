@@ -5,9 +5,9 @@
 Triton runs a model's ``model_warmup`` requests before it calls the model ready. Without them the first real
 crop after a cold start paid what the stub does once: PIL's JPEG and PNG plugins loaded, libspng's first call,
 the first allocations of decode and resize; that first answer took 91-146 ms against 19-32 ms with them
-(docs/performance.md). So the warm-up sends one upload per format the crop path is sent, each going the whole
-way, decode and crop, as a user's would. The picture is synthetic (smooth gradients, no face, no data from
-anywhere), at UTKFace's crop size.
+(docs/performance-log.md, cold start). So the warm-up sends one upload per format the crop path is sent, each
+going the whole way, decode and crop, as a user's would. The picture is synthetic (smooth gradients, no face, no
+data from anywhere), at UTKFace's crop size.
 
 Triton reads a ``TYPE_STRING`` warm-up input from a file of elements, each a 4-byte little-endian length and
 then its bytes: what tritonclient's ``serialize_byte_tensor`` writes, so this module calls it rather than

@@ -11,7 +11,8 @@ needs it with the cause, not the stub.
 Threads inherit their creator's priority. So what is built here must not start the threads that later serve
 requests: the detectors compile (and OpenVINO starts its inference threads) on their first use, in the request's
 thread (serving/pipeline/detector_runtime.py, ``OpenVinoInterpreter.compile``). Compiled here, every later
-detection ran at nice 19 and the detection path lost throughput under load (measured, docs/performance.md).
+detection ran at nice 19 and the detection path lost throughput under load (measured: docs/performance-log.md,
+cold start, third part).
 """
 
 from __future__ import annotations

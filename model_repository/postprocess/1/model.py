@@ -3,7 +3,7 @@
 Reads only ``common.contract.POSTPROCESS_INPUTS`` and writes ``POSTPROCESS_OUTPUTS``: the box, the detection score,
 ``face_found`` and ``error`` reach the ensemble's outputs from preprocessing directly, since a tensor sent through
 this stub and back is copied twice for nothing. On the crop path at c=16 this step's execution took 3.6-3.9 ms per
-batch of about four with all nine tensors in and out, 2.4-2.8 ms with these (docs/performance.md, twelfth part).
+batch of about four with all nine tensors in and out, 2.4-2.8 ms with these (docs/performance-log.md, twelfth part).
 Imports ``common`` from the project root, which the launcher puts on PYTHONPATH.
 """
 
