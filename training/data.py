@@ -296,7 +296,7 @@ def child_weights(ages: np.ndarray, weight: float, *, below: int = 10) -> np.nda
     mean 1 (so the learning rate keeps its meaning).
 
     For gender: children under ten are 14% of UTKFace's faces and two thirds of the gender network's errors
-    (docs/models.md, twelfth part). Decade bands do not single them out (:func:`tail_weights` gives ages 0-9 about
+    (docs/models-log.md, twelfth part). Decade bands do not single them out (:func:`tail_weights` gives ages 0-9 about
     the mean weight: the band is not rare), so this weight names them.
     """
     w = np.where(np.asarray(ages) < below, float(weight), 1.0)

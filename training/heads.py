@@ -34,7 +34,7 @@ AGE_BANDS = ((0, 2), (3, 9), (10, 19), (20, 29), (30, 39), (40, 49), (50, 59), (
 ADULT_AGE = 20
 #: How the served age is read from the 117-bin distribution. ``median``: the age whose absolute error is
 #: smallest on average if the distribution is right, and the targets measure absolute error (validation, age
-#: v6: MAE 4.71 against 4.78 for the mean; docs/models.md). ``mean``: what age versions 1-7 serve, and what a
+#: v6: MAE 4.71 against 4.78 for the mean; docs/models-log.md). ``mean``: what age versions 1-7 serve, and what a
 #: version whose record names no estimate was made with.
 AGE_ESTIMATES = ("mean", "median")
 AGE_ESTIMATE = "median"

@@ -145,7 +145,7 @@ def with_aux_age(model: keras.Model, dropout: float = 0.15) -> keras.Model:
     less about gender). The head is dropped by :func:`without_aux` before anything is evaluated or exported, so the
     served gender CNN is the same network, of the same size, as without it. Against a control at equal epochs from
     scratch it gave +0.005 validation accuracy with one seed and -0.005 with another: no effect seen so far
-    (docs/models.md, "Gender v5"), so it is off by default.
+    (docs/models-log.md, "Gender v5"), so it is off by default.
     """
     hidden = model.get_layer("fc").output
     aux = layers.Dense(AGE_BINS, name="aux_age_logits")(layers.Dropout(dropout)(hidden))
