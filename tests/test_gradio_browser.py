@@ -181,8 +181,13 @@ class TcpRelay:
 
 
 def open_ui(page, url: str) -> None:
+    from playwright.sync_api import expect
+
     page.goto(url)
     page.locator("#input-image input[type=file]").wait_for(state="attached", timeout=60_000)
+    # The page is live once its load event has been answered: the server line then says where Triton is. A click
+    # before that could land on a page that has rendered but not yet wired its events.
+    expect(page.locator("#server-status")).to_contain_text("Triton at", timeout=60_000)
 
 
 def upload(page, path: Path) -> None:
