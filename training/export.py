@@ -62,9 +62,9 @@ def signature_side(fn) -> int:
     return int(fn.structured_input_signature[1][spec.INPUT_NAME].shape[1])
 
 
-def load_version(version_dir: Path) -> tuple[keras.Model, dict]:
-    """The Keras model of an exported version and its training record, the weights read from its SavedModel by
-    variable path.
+def load_version(version_dir: Path, config: dict | None = None) -> tuple[keras.Model, dict]:
+    """The Keras model of an exported version and its training record (``config``, when the caller has read it
+    already), the weights read from its SavedModel by variable path.
 
     Only the SavedModel is committed; the architecture is ``training.model.build`` with the widths recorded in
     ``training_config.json``, or, for an average of networks, ``training.ensemble.architecture`` with its members'.
@@ -72,7 +72,8 @@ def load_version(version_dir: Path) -> tuple[keras.Model, dict]:
     from training import ensemble  # here: training.ensemble imports training.train, which an export needs not
     from training import model as models
 
-    config = json.loads((version_dir / "training_config.json").read_text())
+    if config is None:
+        config = json.loads((version_dir / "training_config.json").read_text())
     task = config.get("task") or version_dir.parent.name
     size = config.get("image_size") or spec.image_size(task)
     if "ensemble" in config:
@@ -211,8 +212,7 @@ def from_repo(repo: Path, tasks: list[str], tta: bool | None, data: Path | None)
             )
     written = []
     for task, source in sources.items():
-        model, _ = load_version(source)
-        config = records[task]
+        model, config = load_version(source, records[task])
         record = {k: v for k, v in config.items() if k != "interval_calibration"}
         record.update(tta=tta, tta_source=config.get("tta", False), source_version=int(source.name))
         # What the variant serves on validation: the source's single-view score is exactly that without the
