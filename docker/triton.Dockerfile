@@ -21,7 +21,8 @@ ENV PIP_BREAK_SYSTEM_PACKAGES=1 \
 
 # Versions mirror pyproject.toml's `serve` extra. numpy stays < 2 because the Python
 # backend's tensor bridge corrupts data with numpy 2. No TensorFlow: OpenVINO serves the
-# CPU configs (SavedModels converted at load) and runs the face detector's .tflite
+# CPU configs (the OpenVINO IR that training.export ships beside each SavedModel; a
+# SavedModel without one is converted at load) and runs the face detector's .tflite
 # models; the GPU configs run the SavedModels in Triton's own TensorFlow backend.
 RUN pip install \
         "numpy==1.26.4" \
