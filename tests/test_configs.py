@@ -84,6 +84,11 @@ def test_model_configs_run_the_savedmodel(task):
     assert warm >= {1, cap, *(min(b, cap) for b in cpu.dynamic_batching.preferred_batch_size)}
     assert max(warm) == cap
     assert all(set(w.inputs) == {i.name for i in cpu.input} for w in cpu.model_warmup)
+    # Production too: TensorFlow's first call at each batch shape builds its kernels, so single requests and every
+    # preferred size run before ready.
+    warm = {w.batch_size for w in prod.model_warmup}
+    assert warm >= {1, *prod.dynamic_batching.preferred_batch_size} and max(warm) <= prod.max_batch_size
+    assert all(set(w.inputs) == {i.name for i in prod.input} for w in prod.model_warmup)
     for c in (prod, cpu):
         assert c.version_policy.WhichOneof("policy_choice") == "latest"
         assert c.dynamic_batching.preferred_batch_size and c.dynamic_batching.max_queue_delay_microseconds > 0
