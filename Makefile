@@ -33,7 +33,8 @@ $(STAMP): pyproject.toml
 		|| echo 'chromium not installed: tests/test_gradio_browser.py will be skipped')
 	touch $(STAMP)
 
-# Two pytest workers (pytest-xdist): each starts its own session servers; about 6.5 instead of 9.5 minutes on 2 cores.
+# Two pytest workers (pytest-xdist): each starts its own session servers; on 2 cores about two thirds of one worker's
+# time (6.5 against 9.5 minutes when measured, 2026-12-02; 4-8 minutes now, README).
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
@@ -66,7 +67,8 @@ benchmark: setup
 demo: setup
 	$(BIN)/python -m gradio_frontend --serve-triton
 
-# Triton on model_repository/ (ports 8000/8001/8002, 127.0.0.1); CPU configs unless a GPU is visible.
+# Triton on model_repository/ (ports 8000/8001/8002, 127.0.0.1); CPU configs unless a GPU and the NVIDIA image's
+# tritonserver are there.
 #   make serve MODEL_REPOSITORY=s3://127.0.0.1:9000/models/r1 SERVE_ARGS='--model-control-mode explicit'
 serve: setup
 	$(BIN)/python -m serving.runtime.launch --model-repository $(MODEL_REPOSITORY) $(SERVE_ARGS)

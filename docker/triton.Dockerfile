@@ -42,7 +42,8 @@ COPY serving/pipeline/backends/openvino_savedmodel/ /opt/tritonserver/backends/o
 
 # The project itself is not pip-installed: it pins Python 3.11 while this image runs
 # 3.12. The Python models import `common` and `serving.pipeline` (the code that runs inside
-# Triton) and nothing else: the launcher, door, ops and research code stay out of the image.
+# Triton) and nothing else; serving/runtime/ comes too, for the gate in front of Triton (below). Training, ops,
+# client and research code stay out of the image.
 WORKDIR /opt/agegender
 COPY common/ common/
 COPY serving/__init__.py serving/__init__.py
