@@ -95,6 +95,8 @@ def _translate_triton(exc: InferenceServerException, *, url: str, protocol: str,
     where = f"model {model!r} on {url}" if model else url
 
     if status in ("DEADLINE_EXCEEDED", "408", "504") or "deadline exceeded" in lowered:
+        if "no answer within" in lowered:  # the server's own deadline (the door's 504): a longer wait would not help
+            return InferenceTimeoutError(f"{where} gave up on the request: {message}")
         return InferenceTimeoutError(
             f"{where} did not answer in time ({message}); raise the client timeout (timeout= or --timeout)"
         )

@@ -482,6 +482,8 @@ def test_parse_outputs_maps_nan_interval_to_none():
             ModelNotReadyError,
         ),
         ("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded", InferenceTimeoutError),
+        # The door's own deadline: not retried, since the overloaded server would get the same work again.
+        ("504", "no answer within 60 s: the server is overloaded", InferenceTimeoutError),
         ("StatusCode.RESOURCE_EXHAUSTED", "Received message larger than max", RequestTooLargeError),
         ("400", "inference request batch-size must be <= 32 for 'age_gender'", RequestTooLargeError),
         ("400", "Request for unknown model: 'age_gender' is not found", ModelNotReadyError),

@@ -1,5 +1,6 @@
 """Issue 18 item 3: fair sharing at the door. One address's slow uploads or slow gRPC streams leave everyone else
-served, and a client over its per-address limits gets a clear 429 / RESOURCE_EXHAUSTED.
+served, and a client over its per-address limits gets a clear 429 / RESOURCE_EXHAUSTED. Also the door's answer
+when nothing behind it answers in time.
 
 The attacker binds 127.0.0.2, the victims 127.0.0.3 and up (loadtest/abuse/slow.py; the 60 s version is its CLI).
 """
@@ -22,6 +23,7 @@ import tritonclient.grpc as grpcclient
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
+from client.errors import InferenceTimeoutError, translate
 from common import contract
 from loadtest.abuse import slow
 from serving.pipeline.decode import MAX_BYTES
@@ -216,3 +218,56 @@ def test_a_grpc_body_that_never_completes_is_bounded_by_the_gate_connection_age(
     assert options["grpc.max_connection_age_ms"] == gate.GRPC_CONNECTION_AGE_S * 1000
     # A request that starts just before a GOAWAY still has time for an upload and the door's answer timeout.
     assert options["grpc.max_connection_age_grace_ms"] >= 2 * door.REQUEST_TIMEOUT_S * 1000
+
+
+def test_no_answer_in_time_is_a_timeout_not_a_retryable_unavailable(tmp_path):
+    # Behind the door, something that takes the connection and never answers (an overloaded gate or Triton): the
+    # caller gets 504 / DEADLINE_EXCEEDED, which our client does not retry; only a refused connection (nothing
+    # listening, a restart) is the retryable 503 / UNAVAILABLE.
+    if door.find_nginx() is None:
+        pytest.skip("nginx not installed (make setup)")
+    silent = socket.create_server(("127.0.0.1", 0), backlog=64)  # the kernel accepts; nobody ever reads or answers
+    silent_at = f"127.0.0.1:{silent.getsockname()[1]}"
+    closed_at = f"127.0.0.1:{free_port()}"
+    front = door.Door(
+        Path(tmp_path) / "nginx", listen_host="127.0.0.1", http_port=free_port(), grpc_port=free_port(),
+        triton_http=silent_at, triton_grpc=closed_at, gate_http=silent_at, gate_grpc=silent_at, request_timeout_s=1,
+    )  # fmt: skip
+    front.start()
+    try:
+        http_at, grpc_at = (f"127.0.0.1:{front.config[k]}" for k in ("http_port", "grpc_port"))
+        wait_until = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", front.config["grpc_port"]), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < wait_until, "the door did not start"
+                time.sleep(0.1)
+        conn = http.client.HTTPConnection(*http_at.split(":"), timeout=20)
+        started = time.monotonic()
+        conn.request("GET", "/v2/health/live")
+        response = conn.getresponse()
+        body = response.read()
+        assert response.status == 504 and b"no answer within 1 s" in body, (response.status, body)
+        assert time.monotonic() - started < 10
+        conn.close()
+        client = grpcclient.InferenceServerClient(grpc_at)
+        try:
+            with pytest.raises(InferenceServerException) as caught:
+                client.is_server_live()
+            assert caught.value.status() == "StatusCode.DEADLINE_EXCEEDED", caught.value
+            assert "no answer within 1 s" in caught.value.message()
+            error = translate(caught.value, url=grpc_at, protocol="grpc")
+            assert isinstance(error, InferenceTimeoutError) and not error.retryable
+        finally:
+            client.close()
+        # A public model's inference goes to the gate: the same answer from there.
+        conn = http.client.HTTPConnection(*http_at.split(":"), timeout=20)
+        conn.request("POST", f"/v2/models/{contract.CROP_ENSEMBLE}/infer", body=b"{}")
+        response = conn.getresponse()
+        assert response.status == 504 and b"no answer within 1 s" in response.read()
+        conn.close()
+    finally:
+        front.stop(timeout=5)
+        silent.close()

@@ -12,9 +12,11 @@ Limits, per request:
   protobuf framing; larger gets HTTP 413 / gRPC RESOURCE_EXHAUSTED;
 * compression: HTTP ``Content-Encoding`` or gRPC ``grpc-encoding`` other than identity is refused
   (HTTP 415 / gRPC INVALID_ARGUMENT) since the inflated size would be unbounded inside Triton;
-* time: :data:`REQUEST_TIMEOUT_S` for the whole answer, 10 s for headers, :data:`BODY_READ_TIMEOUT_S` between body
-  packets; the body of a public model's HTTP inference streams to the gate unbuffered, which holds the whole upload to
-  a total deadline that grows with its length (``serving.runtime.gate_http.body_deadline_s``; HTTP 408 past it);
+* time: :data:`REQUEST_TIMEOUT_S` for the whole answer (past it HTTP 504 / gRPC DEADLINE_EXCEEDED, not the 503 /
+  UNAVAILABLE of a server that cannot be reached, which invites a retry), 10 s for headers,
+  :data:`BODY_READ_TIMEOUT_S` between body packets; the body of a public model's HTTP inference streams to the gate
+  unbuffered, which holds the whole upload to a total deadline that grows with its length
+  (``serving.runtime.gate_http.body_deadline_s``; HTTP 408 past it);
 * connections: keep-alive 30 s and 1,000 requests, 128 concurrent gRPC streams per connection;
 * per client address (:class:`ClientLimits`, docs/security.md "Fair sharing at the door"): concurrent requests
   (HTTP/2: streams) and a request rate with a burst; over them HTTP 429 / gRPC RESOURCE_EXHAUSTED;
@@ -43,7 +45,7 @@ import textwrap
 from pathlib import Path
 
 from common.contract import PUBLIC_MODELS
-from serving.runtime.security import ADMIN_HEADER
+from serving.runtime.security import ADMIN_HEADER, without_keys
 from serving.runtime.subproc import stop_process
 
 try:
@@ -193,6 +195,7 @@ def nginx_config(
     nofile: int | None = None,
     gate_http: str | None = None,
     gate_grpc: str | None = None,
+    request_timeout_s: int = REQUEST_TIMEOUT_S,
 ) -> str:
     """The complete nginx.conf. ``triton_http``/``triton_grpc`` are the ``host:port`` Triton listens on.
 
@@ -211,6 +214,10 @@ def nginx_config(
         f"too many requests from your address (at most {limits.connections} at once and {limits.rate} per second, "
         f"bursts of {limits.burst}); retry later"
     )
+    timed_out = (
+        f"no answer within {request_timeout_s} s: the server is overloaded or the request too large; "
+        "send fewer or smaller images, or retry later"
+    )
     # How both inference locations forward to the gate or Triton (one connection pool, one time budget).
     forward = f"\n{' ' * 20}".join(
         [
@@ -218,8 +225,8 @@ def nginx_config(
             'proxy_set_header Connection "";',
             http_key,
             "proxy_connect_timeout 5s;",
-            f"proxy_send_timeout {REQUEST_TIMEOUT_S}s;",
-            f"proxy_read_timeout {REQUEST_TIMEOUT_S}s;",
+            f"proxy_send_timeout {request_timeout_s}s;",
+            f"proxy_read_timeout {request_timeout_s}s;",
             "proxy_next_upstream off;",
         ]
     )
@@ -295,7 +302,10 @@ def nginx_config(
 
             server {{
                 listen {host}:{http_port};
-                error_page 502 504 =503 @unavailable;
+                # 502: nothing answers behind the door (a restart); 504: it took the connection but gave no answer
+                # within the request timeout (overload), which a retry would only add to.
+                error_page 502 =503 @unavailable;
+                error_page 504 @timed_out;
                 error_page 413 @too_large;
                 error_page 429 @too_many;
                 location = /v2/health/ready {{
@@ -336,6 +346,9 @@ def nginx_config(
                 location @unavailable {{
                     return 503 '{{"error":"Triton is not reachable (restarting?); retry shortly"}}';
                 }}
+                location @timed_out {{
+                    return 504 '{{"error":"{timed_out}"}}';
+                }}
                 location @too_large {{
                     return 413 '{{"error":"request body larger than {MAX_BODY} bytes; send fewer or smaller images"}}';
                 }}
@@ -349,7 +362,8 @@ def nginx_config(
                 listen {host}:{grpc_port} http2;
                 error_page 413 @too_large;
                 error_page 429 @too_many;
-                error_page 502 504 @unavailable;
+                error_page 502 @unavailable;
+                error_page 504 @timed_out;
                 location / {{
                     if ($grpc_compressed) {{
                         add_header grpc-status 3 always;
@@ -370,8 +384,8 @@ def nginx_config(
                     # a 5,000-character model name into a misleading UNAVAILABLE (found by loadtest/abuse/suite.py).
                     grpc_buffer_size 64k;
                     grpc_connect_timeout 5s;
-                    grpc_send_timeout {REQUEST_TIMEOUT_S}s;
-                    grpc_read_timeout {REQUEST_TIMEOUT_S}s;
+                    grpc_send_timeout {request_timeout_s}s;
+                    grpc_read_timeout {request_timeout_s}s;
                 }}
                 location @too_large {{
                     add_header grpc-status 8 always;
@@ -388,6 +402,12 @@ def nginx_config(
                 location @unavailable {{
                     add_header grpc-status 14 always;
                     add_header grpc-message "Triton is not reachable (restarting?); retry shortly" always;
+                    add_header content-type application/grpc always;
+                    return 200;
+                }}
+                location @timed_out {{
+                    add_header grpc-status 4 always;
+                    add_header grpc-message "{timed_out}" always;
                     add_header content-type application/grpc always;
                     return 200;
                 }}
@@ -424,6 +444,8 @@ class Door:
             out.write(nginx_config(prefix=str(self.prefix), **self.config))
         self.proc = subprocess.Popen(
             [binary, "-p", str(self.prefix), "-c", str(self.config_path), "-e", "stderr"],
+            # nginx gets the internal key in its owner-only config, never the operator's keys in its environment.
+            env=without_keys(),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

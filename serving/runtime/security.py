@@ -131,6 +131,15 @@ def hide_in_env(env: dict[str, str], values: dict[str, str]) -> dict[str, str]:
     return {name: placeholder(name) for name in values}
 
 
+#: The environment variables that may hold our keys: children that need neither (nginx, the reaper) start without them.
+KEY_ENVS = (ADMIN_KEY_ENV, INTERNAL_KEY_ENV)
+
+
+def without_keys(env: dict[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: this process's) less :data:`KEY_ENVS`: what a child that holds no key inherits."""
+    return {k: v for k, v in (os.environ if env is None else env).items() if k not in KEY_ENVS}
+
+
 def internal_headers(key: str) -> dict[str, str]:
     """What a forwarder (the door, or the gate) adds to every call to Triton: the HTTP header and the gRPC metadata
     (each side ignores the other's name)."""

@@ -278,6 +278,7 @@ class TritonServer:
         # In its own session, without a death signal: it survives the launcher's group signals and the launcher.
         self._reaper = children.spawn(
             [sys.executable, str(Path(__file__).with_name("reaper.py"))],
+            env=security.without_keys(),  # it outlives the launcher and needs no key
             stdin=subprocess.PIPE,
             outlive=True,
             capture=False,
