@@ -16,11 +16,13 @@ from typing import Literal, TypeVar
 import numpy as np
 
 from client.errors import (
+    RETRY_AFTER_S,
     AgeGenderError,
     InferenceTimeoutError,
     InvalidImageError,
     ModelNotReadyError,
     ProtocolMismatchError,
+    RateLimitedError,
     RequestTooLargeError,
     ServerError,
     ServerUnavailableError,
@@ -177,7 +179,8 @@ class AgeGenderClient:
                 if attempt:
                     error.args = (f"{error.args[0]} (after {attempt + 1} attempts)",)
                 raise error from cause
-            time.sleep(backoff_delay(attempt, self.backoff))
+            delay = backoff_delay(attempt, self.backoff)
+            time.sleep(max(delay, RETRY_AFTER_S) if isinstance(error, RateLimitedError) else delay)
             attempt += 1
 
     def _protocol_mismatch(self) -> ProtocolMismatchError | None:
@@ -386,7 +389,7 @@ class AgeGenderClient:
                 return [(index, FaceResult.failed(str(exc), file=file))]
             half = len(items) // 2
             return self._infer_isolating(model, items[:half]) + self._infer_isolating(model, items[half:])
-        except InferenceTimeoutError as exc:
-            # Splitting would multiply the wait; report the timeout on each image instead.
+        except (InferenceTimeoutError, RateLimitedError) as exc:
+            # Splitting would multiply the wait (or the requests a rate limit refuses); report it on each image.
             return [(index, FaceResult.failed(str(exc), file=file)) for index, _, file in items]
         return [(index, result) for (index, _, _), result in zip(items, results, strict=True)]

@@ -30,6 +30,17 @@ class ModelNotReadyError(AgeGenderError):
     retryable = True
 
 
+class RateLimitedError(AgeGenderError):
+    """The server's front door refused the request for this caller's rate or concurrency (HTTP 429); it asks for a
+    pause of :data:`RETRY_AFTER_S` before the next try."""
+
+    retryable = True
+
+
+#: What the front door's 429 asks for (its ``Retry-After`` header, serving/runtime/door.py).
+RETRY_AFTER_S = 1.0
+
+
 class InferenceTimeoutError(AgeGenderError):
     """The request did not complete within the client's timeout."""
 
@@ -100,6 +111,10 @@ def _translate_triton(exc: InferenceServerException, *, url: str, protocol: str,
         return InferenceTimeoutError(
             f"{where} did not answer in time ({message}); raise the client timeout (timeout= or --timeout)"
         )
+    # The door's per-address limits (429 over HTTP, RESOURCE_EXHAUSTED with its message over gRPC): a pause helps,
+    # sending fewer images does not.
+    if status == "429" or (status == "RESOURCE_EXHAUSTED" and "too many requests" in lowered):
+        return RateLimitedError(f"{where} is limiting requests from this address: {message}")
     if status == "RESOURCE_EXHAUSTED" or status == "413" or "batch-size must be" in lowered:
         return RequestTooLargeError(f"request rejected by {where}: {message}; send fewer or smaller images")
     model_missing = "model" in lowered and any(hint in lowered for hint in _MODEL_MISSING_HINTS)

@@ -30,7 +30,7 @@ from client import (
     InvalidImageError,
     ServerUnavailableError,
 )
-from client.errors import InferenceTimeoutError, ModelNotReadyError
+from client.errors import InferenceTimeoutError, ModelNotReadyError, RateLimitedError
 from common import upload
 from gradio_frontend import uploads
 from gradio_frontend.labels import place_labels
@@ -328,6 +328,9 @@ def analyse(
     except InferenceTimeoutError as err:
         message = f"**Triton did not answer in time** ({backend.timeout:g} s) at {where}. It may be overloaded."
         return display, message, _error_json("timeout", str(err)), []
+    except RateLimitedError as err:
+        message = f"**Too many requests** from this address at {where}. Wait a moment and press *Estimate* again."
+        return display, message, _error_json("rate_limited", str(err)), []
     except AgeGenderError as err:
         return display, f"**The request failed**: {err}", _error_json(type(err).__name__, str(err)), []
 

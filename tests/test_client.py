@@ -26,6 +26,7 @@ from client import (
     InvalidImageError,
     ModelNotReadyError,
     ProtocolMismatchError,
+    RateLimitedError,
     RequestTooLargeError,
     ServerError,
     ServerUnavailableError,
@@ -484,6 +485,9 @@ def test_parse_outputs_maps_nan_interval_to_none():
         ("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded", InferenceTimeoutError),
         # The door's own deadline: not retried, since the overloaded server would get the same work again.
         ("504", "no answer within 60 s: the server is overloaded", InferenceTimeoutError),
+        # The door's per-address limits: a pause helps, sending fewer images does not.
+        ("429", "too many requests from your address (at most 128 at once)", RateLimitedError),
+        ("StatusCode.RESOURCE_EXHAUSTED", "too many requests from your address", RateLimitedError),
         ("StatusCode.RESOURCE_EXHAUSTED", "Received message larger than max", RequestTooLargeError),
         ("400", "inference request batch-size must be <= 32 for 'age_gender'", RequestTooLargeError),
         ("400", "Request for unknown model: 'age_gender' is not found", ModelNotReadyError),
@@ -497,7 +501,7 @@ def test_triton_statuses_map_onto_the_hierarchy(status, message, expected):
     error = translate(InferenceServerException(message, status=status), url="h:1", protocol="grpc", model="m")
     assert type(error) is expected
     assert message in str(error)
-    assert error.retryable is (expected in (ServerUnavailableError, ModelNotReadyError))
+    assert error.retryable is (expected in (ServerUnavailableError, ModelNotReadyError, RateLimitedError))
 
 
 def test_grpc_timeout_counts_from_the_call_not_from_when_the_thread_runs_again():

@@ -25,7 +25,7 @@ from tritonclient.utils import InferenceServerException
 
 from client.errors import InferenceTimeoutError, translate
 from common import contract
-from loadtest.abuse import slow
+from loadtest.abuse import cases, slow
 from serving.pipeline.decode import MAX_BYTES
 from serving.runtime import door, gate, gate_http, launch
 from serving.runtime.launch import free_port
@@ -271,3 +271,30 @@ def test_no_answer_in_time_is_a_timeout_not_a_retryable_unavailable(tmp_path):
     finally:
         front.stop(timeout=5)
         silent.close()
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_the_client_waits_out_the_doors_rate_limit_instead_of_halving_or_giving_up(strict_door, protocol):
+    # The door allows 1 request per second (burst 1) and has nothing behind it (503 once past the limit). Our client
+    # must read its 429 / RESOURCE_EXHAUSTED as "pause, then retry" (not "send fewer images", not a server error).
+    from client import AgeGenderClient, RateLimitedError, ServerUnavailableError
+
+    url = f"127.0.0.1:{strict_door.config[f'{protocol}_port']}"
+    crop = cases.face_crop()
+    seen = []
+    with AgeGenderClient(url, protocol=protocol, retries=0, timeout=5) as client:
+        for _ in range(4):
+            try:
+                client.predict(crop, detect=False)
+            except (RateLimitedError, ServerUnavailableError) as err:
+                seen.append(err)
+    limited = [e for e in seen if isinstance(e, RateLimitedError)]
+    assert limited and all(e.retryable and "too many requests" in str(e) for e in limited), seen
+    # Right after that burst the limit is spent: with one retry, even a tiny backoff waits the door's Retry-After
+    # (1 s), so the retry gets past the limit and meets the 503 behind it; a retry 10 ms later would only have met
+    # the limit again.
+    with AgeGenderClient(url, protocol=protocol, retries=1, backoff=0.01, timeout=5) as client:
+        started = time.monotonic()
+        with pytest.raises(ServerUnavailableError):
+            client.predict(crop, detect=False)
+        assert time.monotonic() - started >= 0.9
