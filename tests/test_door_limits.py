@@ -7,6 +7,7 @@ The attacker binds 127.0.0.2, the victims 127.0.0.3 and up (loadtest/abuse/slow.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import io
 import select
@@ -232,6 +233,7 @@ def test_no_answer_in_time_is_a_timeout_not_a_retryable_unavailable(tmp_path):
     front = door.Door(
         Path(tmp_path) / "nginx", listen_host="127.0.0.1", http_port=free_port(), grpc_port=free_port(),
         triton_http=silent_at, triton_grpc=closed_at, gate_http=silent_at, gate_grpc=silent_at, request_timeout_s=1,
+        repository_timeout_s=3,
     )  # fmt: skip
     front.start()
     try:
@@ -268,6 +270,22 @@ def test_no_answer_in_time_is_a_timeout_not_a_retryable_unavailable(tmp_path):
         response = conn.getresponse()
         assert response.status == 504 and b"no answer within 1 s" in response.read()
         conn.close()
+        # The repository API waits longer (a model load answers when the model is loaded), over HTTP and gRPC.
+        conn = http.client.HTTPConnection(*http_at.split(":"), timeout=20)
+        started = time.monotonic()
+        conn.request("POST", "/v2/repository/index", body=b"{}")
+        assert conn.getresponse().status == 504
+        assert 2.5 <= time.monotonic() - started < 10
+        conn.close()
+        client = grpcclient.InferenceServerClient(grpc_at)
+        try:
+            started = time.monotonic()
+            with pytest.raises(InferenceServerException) as caught:
+                client.get_model_repository_index()
+            assert caught.value.status() == "StatusCode.DEADLINE_EXCEEDED", caught.value
+            assert 2.5 <= time.monotonic() - started < 10
+        finally:
+            client.close()
     finally:
         front.stop(timeout=5)
         silent.close()
@@ -298,3 +316,56 @@ def test_the_client_waits_out_the_doors_rate_limit_instead_of_halving_or_giving_
         with pytest.raises(ServerUnavailableError):
             client.predict(crop, detect=False)
         assert time.monotonic() - started >= 0.9
+
+
+def test_a_stop_past_its_drain_timeout_leaves_no_nginx_worker(tmp_path):
+    # A client trickling a body keeps a worker busy after the graceful stop signal (up to the 10 s body read timeout);
+    # when the drain times out, the master is killed, and its workers must go with it, not linger as orphans.
+    if door.find_nginx() is None:
+        pytest.skip("nginx not installed (make setup)")
+    from serving.runtime import children
+
+    front = door.Door(
+        tmp_path / "nginx", listen_host="127.0.0.1", http_port=free_port(), grpc_port=free_port(),
+        triton_http=f"127.0.0.1:{free_port()}", triton_grpc=f"127.0.0.1:{free_port()}",
+    )  # fmt: skip
+    master = front.start(preexec_fn=children.own_session_child)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                held = socket.create_connection(("127.0.0.1", front.config["http_port"]), timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the door did not start"
+                time.sleep(0.1)
+        held.sendall(b"POST /v2/health/live HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab")
+        time.sleep(0.3)
+        workers = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _ppid(p) == master.pid]
+        assert workers
+        started = time.monotonic()
+        front.stop(timeout=1)
+        assert time.monotonic() - started < 5
+        time.sleep(0.5)
+        alive = [pid for pid in workers if _running(pid)]
+        assert not alive, alive
+    finally:
+        if front.proc is not None:
+            front.stop(timeout=1)
+        with contextlib.suppress(NameError):
+            held.close()
+
+
+def _ppid(proc_dir: Path) -> int | None:
+    try:
+        return int((proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie."""
+    try:
+        return (Path(f"/proc/{pid}") / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

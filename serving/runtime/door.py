@@ -46,7 +46,6 @@ from pathlib import Path
 
 from common.contract import PUBLIC_MODELS
 from serving.runtime.security import ADMIN_HEADER, without_keys
-from serving.runtime.subproc import stop_process
 
 try:
     import resource
@@ -63,6 +62,10 @@ MAX_BODY = REQUEST_MAX_BYTES + 2**20
 #: one core, measured on the 2-core CI machine); 60 s lets about 20 such requests queue ahead of one
 #: on the two preprocess instances. The launcher's drain timeout is derived from it (serving.runtime.launch).
 REQUEST_TIMEOUT_S = 60
+#: The same for the repository API (admins only: load, unload, index): a model load may take minutes (TensorFlow
+#: on a GPU, with its warm-up), and ``serving.ops.rollout`` waits up to 300 s for one; a shorter bound here would
+#: report a load that is still running as failed.
+REPOSITORY_TIMEOUT_S = 600
 
 #: Between two reads of a request body. nginx has no total upload deadline (client_body_timeout is per read): public
 #: HTTP inference bodies get one at the gate (gate_http.body_deadline_s); elsewhere a body trickled just faster than
@@ -196,6 +199,7 @@ def nginx_config(
     gate_http: str | None = None,
     gate_grpc: str | None = None,
     request_timeout_s: int = REQUEST_TIMEOUT_S,
+    repository_timeout_s: int = REPOSITORY_TIMEOUT_S,
 ) -> str:
     """The complete nginx.conf. ``triton_http``/``triton_grpc`` are the ``host:port`` Triton listens on.
 
@@ -218,20 +222,61 @@ def nginx_config(
         f"no answer within {request_timeout_s} s: the server is overloaded or the request too large; "
         "send fewer or smaller images, or retry later"
     )
-    # How both inference locations forward to the gate or Triton (one connection pool, one time budget).
-    forward = f"\n{' ' * 20}".join(
+
+    def forward(seconds: int) -> str:
+        """How the HTTP locations forward to the gate or Triton (one connection pool, one time budget)."""
+        return f"\n{' ' * 20}".join(
+            [
+                "proxy_http_version 1.1;",
+                'proxy_set_header Connection "";',
+                http_key,
+                "proxy_connect_timeout 5s;",
+                f"proxy_send_timeout {seconds}s;",
+                f"proxy_read_timeout {seconds}s;",
+                "proxy_next_upstream off;",
+            ]
+        )
+
+    strip = 'grpc_set_header grpc-timeout "";' if STRIP_GRPC_DEADLINE else ""
+    # The checks every forwarded HTTP request passes first.
+    http_checks = f"\n{' ' * 20}".join(
         [
-            "proxy_http_version 1.1;",
-            'proxy_set_header Connection "";',
-            http_key,
-            "proxy_connect_timeout 5s;",
-            f"proxy_send_timeout {request_timeout_s}s;",
-            f"proxy_read_timeout {request_timeout_s}s;",
-            "proxy_next_upstream off;",
+            f'if ($compressed) {{ return 415 \'{{"error":"{COMPRESSED}"}}\'; }}',
+            f'if ($json_too_long) {{ return 413 \'{{"error":"{_JSON_TOO_LONG}"}}\'; }}',
+            f'if (-f {prefix}/draining) {{ return 503 \'{{"error":"server is shutting down"}}\'; }}',
         ]
     )
+
+    def grpc_location(match: str, seconds: int) -> str:
+        """A gRPC location: refusals first, then to the gate with ``seconds`` for the answer."""
+        lines = [
+            f"location {match} {{",
+            "    if ($grpc_compressed) {",
+            "        add_header grpc-status 3 always;",
+            '        add_header grpc-message "compressed gRPC messages (grpc-encoding) are not accepted" always;',
+            "        add_header content-type application/grpc always;",
+            "        return 200;",
+            "    }",
+            f"    if (-f {prefix}/draining) {{",
+            "        add_header grpc-status 14 always;",
+            '        add_header grpc-message "server is shutting down" always;',
+            "        add_header content-type application/grpc always;",
+            "        return 200;",
+            "    }",
+            f"    {strip}",
+            f"    {grpc_key}",
+            "    grpc_pass grpc://gate_grpc;",
+            "    # Triton echoes names into grpc-message; nginx's default 4-8k header buffer turned the error of",
+            "    # a 5,000-character model name into a misleading UNAVAILABLE (found by loadtest/abuse/suite.py).",
+            "    grpc_buffer_size 64k;",
+            "    grpc_connect_timeout 5s;",
+            f"    grpc_send_timeout {seconds}s;",
+            f"    grpc_read_timeout {seconds}s;",
+            "}",
+        ]
+        return f"\n{' ' * 16}".join(lines)
+
     pid_line = f"pid {pid or prefix + '/nginx.pid'};"
-    strip = 'grpc_set_header grpc-timeout "";' if STRIP_GRPC_DEADLINE else ""
     kinds = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     temps = "\n".join(f"{kind}_temp_path {prefix}/{kind}_temp;" for kind in kinds)
     host = f"[{listen_host}]" if ":" in listen_host else listen_host
@@ -320,28 +365,22 @@ def nginx_config(
                 # gate can hold the whole upload to a total deadline (gate_http.body_deadline_s), which nginx cannot
                 # (client_body_timeout is per read). Content-Length is still capped here (413 before any byte).
                 location ~ "^/v2/models/({_PUBLIC})(/versions/[0-9]+)?/infer$" {{
-                    if ($compressed) {{
-                        return 415 '{{"error":"{COMPRESSED}"}}';
-                    }}
-                    if ($json_too_long) {{
-                        return 413 '{{"error":"{_JSON_TOO_LONG}"}}';
-                    }}
-                    if (-f {prefix}/draining) {{ return 503 '{{"error":"server is shutting down"}}'; }}
+                    {http_checks}
                     proxy_pass http://gate_http;
                     proxy_request_buffering off;
-                    {forward}
+                    {forward(request_timeout_s)}
+                }}
+                # The repository API (Triton checks the admin key): a load answers when the model is loaded.
+                location ^~ /v2/repository/ {{
+                    {http_checks}
+                    proxy_pass http://triton_http;
+                    {forward(repository_timeout_s)}
                 }}
                 location / {{
-                    if ($compressed) {{
-                        return 415 '{{"error":"{COMPRESSED}"}}';
-                    }}
-                    if ($json_too_long) {{
-                        return 413 '{{"error":"{_JSON_TOO_LONG}"}}';
-                    }}
-                    if (-f {prefix}/draining) {{ return 503 '{{"error":"server is shutting down"}}'; }}
+                    {http_checks}
                     if ($route = not_public) {{ return 404 '{{"error":"{NOT_PUBLIC}"}}'; }}
                     proxy_pass http://$route;
-                    {forward}
+                    {forward(request_timeout_s)}
                 }}
                 location @unavailable {{
                     return 503 '{{"error":"Triton is not reachable (restarting?); retry shortly"}}';
@@ -364,29 +403,9 @@ def nginx_config(
                 error_page 429 @too_many;
                 error_page 502 @unavailable;
                 error_page 504 @timed_out;
-                location / {{
-                    if ($grpc_compressed) {{
-                        add_header grpc-status 3 always;
-                        add_header grpc-message "compressed gRPC messages (grpc-encoding) are not accepted" always;
-                        add_header content-type application/grpc always;
-                        return 200;
-                    }}
-                    if (-f {prefix}/draining) {{
-                        add_header grpc-status 14 always;
-                        add_header grpc-message "server is shutting down" always;
-                        add_header content-type application/grpc always;
-                        return 200;
-                    }}
-                    {strip}
-                    {grpc_key}
-                    grpc_pass grpc://gate_grpc;
-                    # Triton echoes names into grpc-message; nginx's default 4-8k header buffer turned the error of
-                    # a 5,000-character model name into a misleading UNAVAILABLE (found by loadtest/abuse/suite.py).
-                    grpc_buffer_size 64k;
-                    grpc_connect_timeout 5s;
-                    grpc_send_timeout {request_timeout_s}s;
-                    grpc_read_timeout {request_timeout_s}s;
-                }}
+                {grpc_location("/", request_timeout_s)}
+                # The repository API (the gate checks the admin key): a load answers when the model is loaded.
+                {grpc_location("~ ^/inference[.]GRPCInferenceService/Repository", repository_timeout_s)}
                 location @too_large {{
                     add_header grpc-status 8 always;
                     add_header grpc-message "request larger than {MAX_BODY} bytes; send fewer or smaller images" always;
@@ -458,12 +477,24 @@ class Door:
         (self.prefix / name).touch()
 
     def stop(self, timeout: float) -> None:
-        """Graceful stop: listeners close, accepted requests finish (up to ``timeout`` s), then exit."""
+        """Graceful stop: listeners close, accepted requests finish (up to ``timeout`` s), then exit; past the
+        timeout the master and its workers are killed."""
         proc = self.proc
         if proc is None:
             return
         if proc.poll() is None:
-            stop_process(proc, timeout=timeout, sig=signal.SIGQUIT)
+            proc.send_signal(signal.SIGQUIT)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                # A worker outlives its killed master for as long as a client keeps a connection open (a body
+                # trickled within the read timeout). Started in its own session (children.own_session_child), the
+                # master leads the workers' group: kill them all while its unreaped pid still names that group.
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    if os.getpgid(proc.pid) == proc.pid:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                proc.kill()
+                proc.wait()
         self.proc = None
 
 
