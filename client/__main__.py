@@ -22,7 +22,14 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from client.client import AgeGenderClient
-from client.errors import AgeGenderError, InvalidImageError
+from client.errors import (
+    AgeGenderError,
+    InferenceTimeoutError,
+    InvalidImageError,
+    RateLimitedError,
+    RequestTooLargeError,
+    ServerError,
+)
 from client.results import FaceResult, FacesResult
 
 EXIT_OK = 0
@@ -106,6 +113,10 @@ def all_faces(client: AgeGenderClient, images: Sequence[str], *, concurrency: in
             return client.predict_faces_result(image)
         except InvalidImageError as exc:  # unreadable here, before any request
             return FacesResult.failed(str(exc).removeprefix(f"{image}: "), file=image)
+        except (InferenceTimeoutError, RateLimitedError, RequestTooLargeError, ServerError) as exc:
+            # This image's request failed, as predict_many reports it: the other images still get their answers
+            # (exit 1). A server that cannot be used at all (unreachable, not ready) still stops the run (exit 2).
+            return FacesResult.failed(str(exc), file=image)
 
     with ThreadPoolExecutor(max(1, concurrency)) as pool:
         return list(pool.map(one, images))

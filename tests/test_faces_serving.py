@@ -211,3 +211,24 @@ def test_cli_all_faces_json(triton_tiny, tmp_path):
     assert all(tuple(face) == DETECTED_FACE_KEYS for line in lines for face in line["faces"])
     assert all(face["age_low"] <= face["age_high"] for line in lines for face in line["faces"])
     assert lines[0]["error"] is None and "not a recognised image" in lines[2]["error"]
+
+
+@pytest.mark.integration
+def test_cli_all_faces_reports_a_failed_request_on_its_image(triton_tiny, tmp_path):
+    # A request that fails for one image (here: the client's own timeout, far too short) is that image's error, as
+    # with predict_many, and the exit code is 1; 2 is kept for a server that cannot be used at all.
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("TRITON_URL", None)
+    args = [str(PORTRAIT), str(PORTRAIT), "--url", triton_tiny.http_url, "--protocol", "http"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "client", *args, "--all-faces", "--json", "--timeout", "0.001", "--retries", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env=env,
+    )
+    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [line["file"] for line in lines] == args[:2]
+    assert all("timed out" in line["error"] and line["faces"] == [] for line in lines), lines

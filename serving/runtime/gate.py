@@ -244,7 +244,11 @@ async def serve(args, admin_key: str, upstream_headers: dict[str, str], stop: as
     await web.TCPSite(runner, host, port).start()
     print(f"{READY_LINE}: gRPC {args.grpc}, HTTP {args.http}", file=sys.stderr, flush=True)
     await stop.wait()
-    # The door drains first, so little is left; what is, finishes (bounded by the door's request timeout).
+    # The door drains first, so little is left: calls still answering get 5 s, and calls whose callers are gone
+    # (answered 504 by the door, or cancelled) 5 s more in Triton. Closing the channel then cancels what remains,
+    # moments before Triton itself is stopped; Triton 2.51 may crash on that cancel, which loses nothing accepted,
+    # since no caller waits for those answers any more. (GateProcess.stop and edge.GATE_STOP_S allow for these
+    # 10 s.)
     await server.stop(grace=5)
     await upstream.drain(timeout=5)
     await runner.cleanup()

@@ -113,8 +113,9 @@ class GateProcess:
             self._spawn()
             self._ready.wait(START_TIMEOUT_S)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM (the gate lets what is still in flight finish), SIGKILL after ``timeout``."""
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM (the gate lets what is still in flight finish, for up to 10 s: gate.serve), SIGKILL after
+        ``timeout``."""
         self._stopping.set()
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
