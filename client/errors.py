@@ -106,7 +106,9 @@ def _translate_triton(exc: InferenceServerException, *, url: str, protocol: str,
     where = f"model {model!r} on {url}" if model else url
 
     if status in ("DEADLINE_EXCEEDED", "408", "504") or "deadline exceeded" in lowered:
-        if "no answer within" in lowered:  # the server's own deadline (the door's 504): a longer wait would not help
+        # The server's own deadlines, which a longer client timeout would not change: the door's 504 (no answer in
+        # time) and the gate's 408 (the upload itself too slow).
+        if "no answer within" in lowered or status == "408":
             return InferenceTimeoutError(f"{where} gave up on the request: {message}")
         return InferenceTimeoutError(
             f"{where} did not answer in time ({message}); raise the client timeout (timeout= or --timeout)"

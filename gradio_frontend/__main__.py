@@ -77,10 +77,11 @@ def main(argv: list[str] | None = None) -> None:
 
         # Other callers may use this Triton too (its ports are public): stopping drains them as `make serve` does.
         server = TritonServer(drain_grace=DRAIN_GRACE_S)
-        server.start()
-        print(f"Triton ready in {server.wait_ready(600):.1f} s ({server.config_name} configs)", flush=True)
-        args.triton_url = server.grpc_url if args.protocol == "grpc" else server.http_url
     try:
+        if server is not None:  # inside the try: a Ctrl-C while Triton loads stops it too
+            server.start()
+            print(f"Triton ready in {server.wait_ready(600):.1f} s ({server.config_name} configs)", flush=True)
+            args.triton_url = server.grpc_url if args.protocol == "grpc" else server.http_url
         demo = build_app(args.triton_url, args.protocol, timeout=args.timeout)
         print(f"Web UI: http://{args.host}:{args.port} (Triton {args.protocol} at {args.triton_url})", flush=True)
         # share=False always: a public tunnel would expose the server to the internet.

@@ -485,6 +485,7 @@ def test_parse_outputs_maps_nan_interval_to_none():
         ("StatusCode.DEADLINE_EXCEEDED", "Deadline Exceeded", InferenceTimeoutError),
         # The door's own deadline: not retried, since the overloaded server would get the same work again.
         ("504", "no answer within 60 s: the server is overloaded", InferenceTimeoutError),
+        ("408", "the request body did not arrive within 12 s", InferenceTimeoutError),  # the gate's upload deadline
         # The door's per-address limits: a pause helps, sending fewer images does not.
         ("429", "too many requests from your address (at most 128 at once)", RateLimitedError),
         ("StatusCode.RESOURCE_EXHAUSTED", "too many requests from your address", RateLimitedError),

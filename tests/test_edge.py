@@ -118,7 +118,10 @@ def test_what_the_door_refused_the_edge_gate_refuses(pod):
     # Internal models: neither inference nor (without the admin key) metadata.
     status, body = http_infer(pod.http, contract.AGE_MODEL, [1, 1], serialize_bytes([cases.face_crop()]))
     assert status == 404 and b"not a public model" in body
-    assert http_call(pod.http, "GET", f"/v2/models/{contract.AGE_MODEL}/config", source=LOCAL)[0] == 403
+    status, body = http_call(pod.http, "GET", f"/v2/models/{contract.AGE_MODEL}/config", source=LOCAL)
+    assert status == 404 and b"not a public model" in body  # as the door answers: no internal name confirmed
+    wrong = {"admin-key": "not-the-key"}
+    assert http_call(pod.http, "GET", f"/v2/models/{contract.AGE_MODEL}/config", None, wrong, LOCAL)[0] == 403
     admin = {"admin-key": KEY}
     assert http_call(pod.http, "GET", f"/v2/models/{contract.AGE_MODEL}/config", None, admin, LOCAL)[0] == 200
     # The overflowing shape that mixes callers' rows in Triton.

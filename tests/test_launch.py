@@ -173,6 +173,18 @@ def test_taken_port_fails_before_anything_starts(taken_port, tmp_path):
     server.stop()
 
 
+def test_a_start_that_fails_at_triton_leaves_nothing_behind(small_repo, monkeypatch):
+    # The reaper and the run folder exist by the time Triton's command is built; a refusal there (no binary, here a
+    # missing wheel) must stop them as the door's and the S3 stage's failures do.
+    from serving.runtime import binary
+
+    monkeypatch.setattr(binary, "pytriton_dir", lambda: None)
+    server = TritonServer(small_repo, http_port=0, grpc_port=0, metrics_port=0)
+    with pytest.raises(TritonStartError, match="nvidia-pytriton"):
+        server.start()
+    assert server._reaper is None and server._tmp is None and server._proc is None
+
+
 def run_cli(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", *args],

@@ -248,7 +248,12 @@ class HttpGate:
             name, version = request.match_info["name"], request.match_info.get("version")
             # Public models' metadata is public (behind the door nginx sends it to Triton itself, not here).
             public = name in PUBLIC_INPUTS
-            if not public and not is_admin(self.admin_key, request.headers.get(security.ADMIN_HEADER, "")):
+            given = request.headers.get(security.ADMIN_HEADER, "")
+            if not public and not is_admin(self.admin_key, given):
+                # Without a key the model is simply not public (404, as the door and the gRPC side answer), so
+                # internal model names are not confirmed to strangers; a wrong key hears that the key is wrong.
+                if not given:
+                    return self._error(404, NOT_PUBLIC)
                 return self._error(403, f"metadata of models that are not public needs the {security.ADMIN_HEADER} key")
             if version is not None and not (version.isdigit() and len(version) <= 18):
                 return self._error(400, "the model version must be a number")

@@ -295,13 +295,13 @@ class TritonServer:
         # Triton first: loading its models is the longest part of a start, and the gate's and nginx's own starts
         # (the gate is a Python process that imports grpc and aiohttp) now happen meanwhile instead of before it.
         # Nothing can reach Triton before the door listens, and readiness is asked through the door.
-        self._spawn_triton()
-        if self.front_door:
-            try:
+        try:
+            self._spawn_triton()  # may refuse (no binary, no argv_secret.so) after the reaper and run folder exist
+            if self.front_door:
                 self._start_door()
-            except BaseException:
-                self.stop()
-                raise
+        except BaseException:
+            self.stop()
+            raise
         self._supervisor = threading.Thread(target=self._supervise, daemon=True)
         self._supervisor.start()
         threading.Thread(target=shm_guard.guard, args=(SHM_DIR, self.shm_prefix, self._stopping), daemon=True).start()
