@@ -224,3 +224,54 @@ def test_proc_stat_fields_survive_odd_command_names(tmp_path):
         child.kill()
         child.wait()
     assert procs.stat_fields(child.pid) is None
+
+
+@pytest.mark.integration
+def test_scaling_signal_ramps_locust_and_reads_the_metrics(tmp_path, triton_tiny):
+    """`make scaling-signal` end to end, briefly: Locust really sends (Triton's counters move) and the plot is made."""
+    out = tmp_path / "signal"
+    cmd = [sys.executable, "-m", "loadtest.bench.scaling_signal", "--grpc-url", triton_tiny.grpc_url]
+    cmd += ["--metrics-url", triton_tiny.metrics_url, "--users", "2", "--spawn-rate", "2", "--duration", "4"]
+    cmd += ["--interval", "0.5", "--out", str(out)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert sum(data["rps"]["age_gender_crop"]) > 0 and data["t"], data["locust_summary"]
+    assert out.with_suffix(".png").stat().st_size > 0
+
+
+def test_locust_web_ui_listens_on_loopback_by_default(tmp_path):
+    # Locust's own default is every interface, and its UI has no login: anyone reaching it could start load.
+    from serving.runtime.launch import free_port
+
+    port = free_port()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--web-port", str(port)],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (bound := _listening(port)):
+            assert proc.poll() is None and time.monotonic() < deadline, "locust did not start its web UI"
+            time.sleep(0.2)
+        assert bound == {"127.0.0.1"}, bound
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _listening(port: int) -> set[str]:
+    """Local IPv4/IPv6 addresses with a socket listening on ``port`` (from /proc/net/tcp*)."""
+    found = set()
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                if width == 8:
+                    found.add(".".join(str(b) for b in reversed(bytes.fromhex(address))))
+                else:
+                    found.add("::" if set(address) == {"0"} else address)
+    return found

@@ -112,7 +112,7 @@ def run(args, grpc_url: str, metrics_url: str) -> dict:
     thread = threading.Thread(target=scraper, daemon=True)
     thread.start()
     cmd = [
-        sys.executable, "-m", "locust", "-f", str(ROOT / "loadtest" / "locustfile.py"), "--headless",
+        sys.executable, "-m", "locust", "-f", str(ROOT / "loadtest" / "locust" / "locustfile.py"), "--headless",
         "-u", str(args.users), "-r", str(args.spawn_rate), "-t", f"{args.duration}s", "--only-summary",
         "--triton-grpc-url", grpc_url, "--path", args.path, "--max-fail-ratio", "0.01", "TritonGrpcUser",
     ]  # fmt: skip
@@ -124,9 +124,12 @@ def run(args, grpc_url: str, metrics_url: str) -> dict:
     )
     stop.set()
     thread.join()
-    if locust.returncode not in (0, 1):
-        raise RuntimeError(f"locust failed ({locust.returncode}):\n{locust.stderr[-3000:]}")
     data = series(samples)
+    # Exit code 1 is Locust's "some requests failed", which a ramp past capacity may cause; but a run that served
+    # nothing (a wrong locustfile path, a server that was never reached) is a failure, not a flat signal.
+    served = sum(sum(rps) for rps in data["rps"].values())
+    if locust.returncode not in (0, 1) or not served:
+        raise RuntimeError(f"locust failed ({locust.returncode}, {served:.0f} requests seen):\n{locust.stderr[-3000:]}")
     data["locust_exit_code"] = locust.returncode
     data["locust_summary"] = locust.stderr[-2500:]
     return data

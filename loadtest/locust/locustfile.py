@@ -72,6 +72,9 @@ OUTPUTS = {
 
 @events.init_command_line_parser.add_listener
 def _add_arguments(parser: Any) -> None:
+    # Locust's web UI (no login: anyone who reaches it can start load) and its master port listen on every interface
+    # by default; here on loopback unless asked (the compose master passes 0.0.0.0 inside its network).
+    parser.set_defaults(web_host="127.0.0.1", master_bind_host="127.0.0.1")
     group = parser.add_argument_group("Triton age/gender")
     group.add_argument(
         "--image-dir",
