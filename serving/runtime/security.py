@@ -15,9 +15,9 @@ metrics port (read-only Prometheus counters). Restricted to callers presenting t
 * ``logging``, ``trace``: reconfiguring the server's log and trace files and verbosity;
 * ``statistics``: per-model request counts and timings of every caller.
 
-In a Kubernetes manifest, write the arguments with the secret from the environment, e.g.
-``--http-restricted-api=shared-memory,model-repository,statistics,trace,logging:admin-key=$(TRITON_ADMIN_KEY)``
-(see :func:`restricted_args` with ``secret="$(TRITON_ADMIN_KEY)"``).
+In a Kubernetes manifest, write the arguments with a placeholder, never ``$(TRITON_ADMIN_KEY)`` (the kubelet would
+expand it into the process's command line): ``...:admin-key=@TRITON_ADMIN_KEY@``, with ``argv_secret.so``
+preloaded into Triton to put the key from the environment in its place (deploy/kserve/base/servingruntime.yaml).
 
 Locally (docs/security.md "Secrets and ports") no secret is ever on a command line: :func:`hidden_restricted_args`
 gives Triton placeholders, and ``argv_secret.so`` (serving/runtime/argv_secret.c, built by ``make setup``), preloaded
