@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime
 import logging
 import os
 import threading
+import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -438,4 +441,40 @@ def build_app(
         # Re-probing keeps the status line truthful when Triton goes away or comes back while the page is open.
         gr.Timer(HEALTH_POLL_S).tick(backend.health_markdown, None, server_status, show_progress="hidden")
     demo.queue(default_concurrency_limit=8)
+    threading.Thread(target=_session_sweeper, args=(weakref.ref(demo),), name="session-sweeper", daemon=True).start()
     return demo
+
+
+def forget_sessions(demo: gr.Blocks, max_idle_s: float = uploads.MAX_AGE_S) -> int:
+    """Drops, from the UI process's memory, every session closed or idle for ``max_idle_s``; returns how many.
+
+    Gradio keeps each session's page on the server (the upload's file name, the answer shown, the raw JSON) until
+    10,000 other sessions push it out, and a closed tab's ``gr.State`` (the photo's bytes) for an hour; here both go
+    within :data:`uploads.SWEEP_EVERY_S` of the tab closing or of a minute without events (an open page's health
+    poll keeps its own session alive). A session that comes back starts afresh, as after a reload.
+    """
+    holder = getattr(demo, "state_holder", None)  # set when the app is launched
+    if holder is None:
+        return 0
+    cutoff = datetime.datetime.now() - datetime.timedelta(seconds=max_idle_s)
+    dropped = 0
+    for session in list(holder.session_data):
+        state, last = holder.session_data.get(session), holder.time_last_used.get(session)
+        if state is None or not (state.is_closed or last is None or last < cutoff):
+            continue
+        holder.delete_state(session)  # the State components' own delete callbacks
+        with holder.lock:
+            holder.session_data.pop(session, None)
+            holder.time_last_used.pop(session, None)
+        dropped += 1
+    return dropped
+
+
+def _session_sweeper(demo_ref: weakref.ref) -> None:
+    while (demo := demo_ref()) is not None:
+        try:
+            forget_sessions(demo)
+        except Exception:  # noqa: BLE001 - a Gradio internals change must not stop the UI; the log says so
+            log.warning("forgetting idle sessions failed", exc_info=True)
+        del demo
+        time.sleep(uploads.SWEEP_EVERY_S)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import hashlib
 import logging
 import os
@@ -26,10 +27,13 @@ log = logging.getLogger(__name__)
 MAX_AGE_S = 60.0
 #: How often the sweeper looks; a file is deleted at most MAX_AGE_S + SWEEP_EVERY_S after it was written.
 SWEEP_EVERY_S = 10.0
-#: Folder names: the owner's pid in the name lets a later start remove the folder of a killed (SIGKILL) UI.
+#: Folder names (then the owner's pid, for people reading the temp folder). The owner holds an flock on its folder
+#: for as long as it lives, so a later start can tell the folder of a killed (SIGKILL) UI: its lock is free.
 PREFIX = "agegender-ui-"
 
 _folder: Path | None = None
+#: The open descriptor of our folder, flock-ed for this process's life (closed by the kernel when it dies).
+_lock_fd: int | None = None
 _stop = threading.Event()
 #: Sizes and SHA-256 of files that are not personal (the app's examples): Gradio caches them once at start
 #: and never copies them again, and an upload of the same photo shares that cached copy, so they stay.
@@ -61,6 +65,9 @@ def activate(max_age_s: float = MAX_AGE_S, every_s: float = SWEEP_EVERY_S) -> Pa
     parent.mkdir(parents=True, exist_ok=True)
     _remove_orphans(parent)
     _folder = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-", dir=parent))  # mkdtemp: mode 0700
+    global _lock_fd
+    _lock_fd = os.open(_folder, os.O_RDONLY | os.O_DIRECTORY)  # not inherited by children (Triton, with --serve-triton)
+    fcntl.flock(_lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     os.environ["GRADIO_TEMP_DIR"] = str(_folder)
     atexit.register(remove)
     threading.Thread(target=_sweep_loop, args=(max_age_s, every_s), name="upload-sweeper", daemon=True).start()
@@ -118,14 +125,22 @@ def _sweep_loop(max_age_s: float, every_s: float) -> None:
 
 
 def _remove_orphans(parent: Path) -> None:
-    """Deletes folders left by UIs that were killed before they could clean up (their pid is gone)."""
+    """Deletes folders left by UIs that were killed before they could clean up: nobody holds their lock any more.
+
+    Not the pid in the name: pids are reused, and a UI restarted in the same container (PID 1 again) would have
+    kept its killed predecessor's photos for good.
+    """
     for path in parent.glob(f"{PREFIX}*"):
-        pid = path.name.removeprefix(PREFIX).split("-", 1)[0]
-        if not pid.isdigit() or not path.is_dir() or path.stat().st_uid != os.getuid():
+        try:
+            if not path.is_dir() or path.is_symlink() or path.stat().st_uid != os.getuid():
+                continue
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
             continue
         try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(path, ignore_errors=True)
-        except PermissionError:
-            pass  # alive, someone else's
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # its UI is alive
+        finally:
+            os.close(fd)
+        shutil.rmtree(path, ignore_errors=True)

@@ -153,3 +153,50 @@ def test_the_ui_sends_no_analytics(monkeypatch, tmp_path):
     # Building the page caches copies of its examples: in this test's folder, not in the machine's /tmp/gradio.
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
     assert app.build_app("127.0.0.1:1").analytics_enabled is False
+
+
+def test_a_killed_uis_folder_goes_at_the_next_start_even_when_its_pid_lives_again(tmp_path):
+    # A UI restarted in the same container is PID 1 again: the pid in a folder's name says nothing. The lock does.
+    import signal
+    import subprocess
+    import sys
+
+    reused = tmp_path / f"{uploads.PREFIX}{os.getpid()}-killed"  # a live pid, nobody holds its lock
+    (reused / "abc").mkdir(parents=True)
+    (reused / "abc" / "face.jpg").write_bytes(b"a photo")
+    alive = tmp_path / f"{uploads.PREFIX}1-alive"
+    alive.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY);"
+         " fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)", str(alive)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        uploads._remove_orphans(tmp_path)
+        assert not reused.exists() and alive.exists()
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=10)
+        uploads._remove_orphans(tmp_path)
+        assert not alive.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_closed_and_idle_sessions_leave_the_ui_process_memory():
+    # Gradio keeps a session's page (file name, answer, raw JSON) until 10,000 others push it out, and a closed tab's
+    # State for an hour: the app drops both (gradio's own StateHolder, as launch() attaches it).
+    import datetime
+
+    from gradio.state_holder import StateHolder
+
+    demo = app.build_app("127.0.0.1:1", "grpc")
+    holder = StateHolder()
+    holder.set_blocks(demo)
+    for session in ("idle", "closed", "active"):
+        holder[session]  # noqa: B018 - creates the session as a request would
+    holder.time_last_used["idle"] -= datetime.timedelta(seconds=uploads.MAX_AGE_S + 1)
+    holder.session_data["closed"].is_closed = True
+    assert app.forget_sessions(demo) == 2
+    assert list(holder.session_data) == ["active"] and list(holder.time_last_used) == ["active"]
