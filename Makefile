@@ -31,6 +31,9 @@ $(STAMP): pyproject.toml
 	# Optional: without it (no root, no apt) that test is skipped with the reason, everything else runs.
 	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
 		|| echo 'chromium not installed: tests/test_gradio_browser.py will be skipped')
+	# kubectl for `kubectl kustomize` in tests/test_kserve.py (offline); optional the same way.
+	command -v kubectl >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubectl \
+		|| echo 'kubectl not installed: the kustomize builds in tests/test_kserve.py will be skipped')
 	touch $(STAMP)
 
 # Two pytest workers (pytest-xdist): each starts its own session servers; on 2 cores about two thirds of one worker's

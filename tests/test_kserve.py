@@ -1,7 +1,7 @@
 """The KServe manifests in deploy/kserve: every document validates, the kustomizations build, and the
 fields that make the deployment serverless, secure and pinned are what they should be.
 
-KServe kinds are checked against the CRDs' openAPIV3Schema (../shared/schemas/kserve, copied from the
+KServe kinds are checked against the CRDs' openAPIV3Schema (tests/kserve_crds, copied from the
 kserve repository) with unknown fields rejected, as the API server's pruning would silently drop them;
 core kinds with kubernetes-validate in strict mode (its bundled schemas, offline).
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import gzip
 import re
 import shutil
 import subprocess
@@ -17,12 +18,15 @@ from pathlib import Path
 
 import pytest
 
+from serving.runtime import edge, security
+
 yaml = pytest.importorskip("yaml")
 jsonschema = pytest.importorskip("jsonschema")
 
 ROOT = Path(__file__).resolve().parents[1]
 KSERVE = ROOT / "deploy" / "kserve"
-SCHEMAS = ROOT.parent / "shared" / "schemas" / "kserve"
+#: The KServe CRDs, committed (gzipped, unchanged) so a fresh clone validates against them: tests/kserve_crds/.
+SCHEMAS = Path(__file__).with_name("kserve_crds")
 BUILDS = ("base", "overlays/cpu", "overlays/grpc")
 K8S_VERSION = "1.32.0"  # a Kubernetes that current KServe and Knative releases support
 CRDS = {
@@ -65,10 +69,8 @@ def _closed(schema):
 
 @functools.cache
 def crd_validator(kind: str, version: str):
-    path = SCHEMAS / CRDS[kind]
-    if not path.exists():
-        pytest.skip(f"KServe CRD schemas not found at {SCHEMAS} (a checkout beside ../shared has them)")
-    crd = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # 2 MB: libyaml if there
+    text = gzip.decompress((SCHEMAS / f"{CRDS[kind]}.gz").read_bytes()).decode()
+    crd = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # 2 MB: libyaml if there
     (entry,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
     schema = _closed(copy.deepcopy(entry["schema"]["openAPIV3Schema"]))
     schema["properties"]["metadata"] = {"type": "object"}  # ObjectMeta is checked by the API server, not the CRD
@@ -155,7 +157,6 @@ def test_runtime_image_args_and_security():
     assert "FROM nvcr.io/nvidia/tritonserver:25.02-py3" in dockerfile
     # The gate holds KServe's ports, Triton listens on loopback only: read by edge.py's own parser and check.
     assert container["command"] == ["python3", "-m", "serving.runtime.edge"]
-    edge = pytest.importorskip("serving.runtime.edge")
     gate, args = edge.parse_args(container["args"])
     edge.check_triton(args, triton_http=gate.triton_http, triton_grpc=gate.triton_grpc, preload=gate.triton_preload)
     assert (gate.http, gate.grpc) == ("0.0.0.0:8080", "0.0.0.0:9000")
@@ -191,7 +192,6 @@ def test_runtime_image_args_and_security():
 
 
 def test_restricted_apis_match_the_launcher():
-    security = pytest.importorskip("serving.runtime.security", reason="the launcher's restricted-API list (issue #7)")
     assert ",".join(security.RESTRICTED_APIS) == RESTRICTED
     assert security.ADMIN_HEADER == "admin-key" and security.ADMIN_KEY_ENV == "TRITON_ADMIN_KEY"
 
@@ -213,7 +213,6 @@ def test_grpc_overlay():
         assert model[probe]["grpc"] == {"port": 9000}
     # That port is the gate's gRPC side, which relays the health check (tests/test_edge.py).
     (runtime,) = docs_of("ServingRuntime", "overlays/grpc")
-    edge = pytest.importorskip("serving.runtime.edge")
     assert edge.parse_args(runtime["spec"]["containers"][0]["args"])[0].grpc.endswith(":9000")
 
 
