@@ -523,11 +523,12 @@ def test_grpc_timeout_counts_from_the_call_not_from_when_the_thread_runs_again()
 
             callback(Result(), None)
 
-    transport = GrpcTransport("127.0.0.1:1", timeout=0.005, ssl=False, root_certificates=None)
+    # 0.5 s, and an answer a whole second late: wide margins, so a descheduled test thread cannot flip either case.
+    transport = GrpcTransport("127.0.0.1:1", timeout=0.5, ssl=False, root_certificates=None)
     real = transport._client
     try:
-        transport._client = Late(0.05)
-        with pytest.raises(TimeoutError, match="no answer within 0.005 s"):
+        transport._client = Late(1.0)
+        with pytest.raises(TimeoutError, match="no answer within 0.5 s"):
             transport.infer("m", "image", np.array([[b"x"]], dtype=np.object_), ["age"])
         transport._client = Late(0.0)
         assert transport.infer("m", "image", np.array([[b"x"]], dtype=np.object_), ["age"])["age"].shape == (1, 1)
@@ -554,10 +555,11 @@ def test_http_timeout_is_for_the_whole_call_not_each_socket_wait():
 
             return Result()
 
-    transport = HttpTransport("127.0.0.1:1", timeout=0.005, ssl=False, root_certificates=None)
+    # 0.5 s, and an answer a whole second late: wide margins, so a descheduled test thread cannot flip either case.
+    transport = HttpTransport("127.0.0.1:1", timeout=0.5, ssl=False, root_certificates=None)
     try:
-        transport._local.client = Late(0.05)
-        with pytest.raises(TimeoutError, match="no answer within 0.005 s"):
+        transport._local.client = Late(1.0)
+        with pytest.raises(TimeoutError, match="no answer within 0.5 s"):
             transport.infer("m", "image", np.array([[b"x"]], dtype=np.object_), ["age"])
         transport._local.client = Late(0.0)
         assert transport.infer("m", "image", np.array([[b"x"]], dtype=np.object_), ["age"])["age"].shape == (1, 1)

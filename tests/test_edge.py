@@ -172,15 +172,29 @@ def test_sigterm_stops_the_gate_then_triton_and_leaves_nothing(pod):
     assert not [p for p in os.listdir("/dev/shm") if p.startswith(pod.prefix)]
 
 
-def test_a_child_that_exits_ends_the_pod_with_its_code(tmp_path):
-    t_http, t_grpc = f"{LOCAL}:{ports.free_port()}", f"{LOCAL}:{ports.free_port()}"
+def test_a_triton_that_exits_ends_the_pod_with_its_code(tmp_path):
+    # The real Triton, as the ServingRuntime starts it, on a repository whose one model cannot load: with
+    # --exit-on-error (what the placeholder check turns into) it exits, and the pod goes with its code.
+    repo = tmp_path / "repo"
+    (repo / "broken" / "1").mkdir(parents=True)
+    (repo / "broken" / "config.pbtxt").write_text('name: "broken"\nbackend: "no_such_backend"\n')
+    env = _env()
+    executable, backends = binary.pip_triton(tmp_path, env)
+    hidden = security.hide_in_env(env, {security.ADMIN_KEY_ENV: KEY})
+    preload = env.pop("LD_PRELOAD")
+    t_http, t_grpc, metrics = (ports.free_port() for _ in range(3))
+    triton = [executable] + command.triton_args(
+        model_repository=repo, backend_directory=backends, inner_host=LOCAL, http_port=t_http, grpc_port=t_grpc,
+        metrics_host=LOCAL, metrics_port=metrics, config_name="cpu", shm_prefix=f"edge{uuid.uuid4().hex[:6]}",
+        admin_key=hidden[security.ADMIN_KEY_ENV], extra_args=("--model-control-mode=explicit", "--load-model=broken"),
+    ) + [hidden[security.PRELOAD_CHECK_ENV]]  # fmt: skip
     http = f"{LOCAL}:{ports.free_port()}"
-    fake = ["/bin/sh", "-c", "sleep 3; exit 7", "sh", f"--http-address={LOCAL}", f"--http-port={t_http.split(':')[1]}"]
-    fake += [f"--grpc-address={LOCAL}", f"--grpc-port={t_grpc.split(':')[1]}"]
-    cmd = _edge_cmd(http, f"{LOCAL}:{ports.free_port()}", t_http, t_grpc, "--", *fake)
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 7, proc.stderr
-    assert "Triton exited with code 7; stopping" in proc.stderr
+    cmd = _edge_cmd(http, f"{LOCAL}:{ports.free_port()}", f"{LOCAL}:{t_http}", f"{LOCAL}:{t_grpc}")
+    cmd += ["--triton-preload", preload, "--", *triton]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    code = re.search(r"Triton exited with code (-?\d+); stopping", proc.stderr)
+    assert code and proc.returncode == int(code.group(1)) != 0, proc.stderr[-3000:]
+    assert "no_such_backend" in proc.stderr  # Triton's own reason: it did start, and refused the model
     with pytest.raises(OSError):  # the gate went with it
         http_call(f"http://{http}", "GET", "/v2/health/live", source=LOCAL)
 

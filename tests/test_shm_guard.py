@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -15,9 +16,20 @@ def _mode(path: Path) -> int:
     return path.stat().st_mode & 0o777
 
 
+def _until_owner_only(path: Path, seconds: float = 2.0) -> int:
+    deadline = time.monotonic() + seconds
+    while _mode(path) != 0o600 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return _mode(path)
+
+
 @pytest.mark.parametrize("inotify", [True, False], ids=["inotify", "polling"])
 def test_guard_makes_matching_regions_owner_only(tmp_path, monkeypatch, inotify):
-    if not inotify:
+    if inotify:
+        fd = shm_guard._watch(tmp_path)  # the inotify path really is the one taken, not the polling fallback
+        assert fd is not None
+        os.close(fd)
+    else:
         monkeypatch.setattr(shm_guard, "_watch", lambda directory: None)
     early = tmp_path / "region_x_early"
     early.touch(mode=0o644)
@@ -31,14 +43,10 @@ def test_guard_makes_matching_regions_owner_only(tmp_path, monkeypatch, inotify)
         for path in (late, other):
             path.touch()
             path.chmod(0o644)  # what boost.interprocess does right after creating a region
-        deadline = time.monotonic() + 2
-        while _mode(late) != 0o600 and time.monotonic() < deadline:
-            time.sleep(0.005)
-        assert _mode(early) == 0o600 and _mode(late) == 0o600
+        assert _until_owner_only(late) == 0o600 and _mode(early) == 0o600
         assert _mode(other) == 0o644  # only this server's prefix is touched
         late.chmod(0o644)  # and again, each time
-        time.sleep(0.1)
-        assert _mode(late) == 0o600
+        assert _until_owner_only(late) == 0o600
     finally:
         stop.set()
         thread.join(5)
