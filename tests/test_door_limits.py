@@ -26,6 +26,7 @@ from tritonclient.utils import InferenceServerException
 
 from client.errors import InferenceTimeoutError, translate
 from common import contract
+from loadtest import procs
 from loadtest.abuse import cases, slow
 from serving.pipeline.decode import MAX_BYTES
 from serving.runtime import door, gate, gate_http, launch
@@ -341,7 +342,7 @@ def test_a_stop_past_its_drain_timeout_leaves_no_nginx_worker(tmp_path):
                 time.sleep(0.1)
         held.sendall(b"POST /v2/health/live HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab")
         time.sleep(0.3)
-        workers = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _ppid(p) == master.pid]
+        workers = [p.pid for p in procs.all_processes() if p.ppid == master.pid]
         assert workers
         started = time.monotonic()
         front.stop(timeout=1)
@@ -358,16 +359,7 @@ def test_a_stop_past_its_drain_timeout_leaves_no_nginx_worker(tmp_path):
             held.close()
 
 
-def _ppid(proc_dir: Path) -> int | None:
-    try:
-        return int((proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 def _running(pid: int) -> bool:
     """Alive and not a zombie."""
-    try:
-        return (Path(f"/proc/{pid}") / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    fields = procs.stat_fields(pid)
+    return fields is not None and fields[0] != "Z"

@@ -47,25 +47,31 @@ def _env() -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module")
-def pod(tiny_repo, tmp_path_factory):
-    """``python -m serving.runtime.edge`` as the ServingRuntime runs it, on free loopback ports."""
-    run = tmp_path_factory.mktemp("edge")
+def _pod_cmd(run: Path, repo: Path, model: str, prefix: str) -> tuple[list[str], dict[str, str], str, str]:
+    """The pod's command as the ServingRuntime runs it (edge.py, then the pip wheel's tritonserver loading ``model``
+    from ``repo``), its environment, and the gate's HTTP and gRPC addresses, on free loopback ports."""
     env = _env()
     executable, backends = binary.pip_triton(run, env)
     hidden = security.hide_in_env(env, {security.ADMIN_KEY_ENV: KEY})
     preload = env.pop("LD_PRELOAD")  # the pod sets no LD_PRELOAD: edge.py gives it to Triton only
     t_http, t_grpc, metrics = (ports.free_port() for _ in range(3))
-    prefix = f"edge{uuid.uuid4().hex[:6]}"
     triton = [executable] + command.triton_args(
-        model_repository=tiny_repo, backend_directory=backends, inner_host=LOCAL, http_port=t_http,
+        model_repository=repo, backend_directory=backends, inner_host=LOCAL, http_port=t_http,
         grpc_port=t_grpc, metrics_host=LOCAL, metrics_port=metrics, config_name="cpu", shm_prefix=prefix,
-        admin_key=hidden[security.ADMIN_KEY_ENV],
-        # The crop path only (no face detectors to build): a quicker start, and all these tests need.
-        extra_args=("--model-control-mode=explicit", f"--load-model={CROP}"),
+        admin_key=hidden[security.ADMIN_KEY_ENV], extra_args=("--model-control-mode=explicit", f"--load-model={model}"),
     ) + [hidden[security.PRELOAD_CHECK_ENV]]  # fmt: skip
     http, grpc_ = f"{LOCAL}:{ports.free_port()}", f"{LOCAL}:{ports.free_port()}"
     cmd = _edge_cmd(http, grpc_, f"{LOCAL}:{t_http}", f"{LOCAL}:{t_grpc}", "--triton-preload", preload, "--", *triton)
+    return cmd, env, http, grpc_
+
+
+@pytest.fixture(scope="module")
+def pod(tiny_repo, tmp_path_factory):
+    """``python -m serving.runtime.edge`` as the ServingRuntime runs it, on free loopback ports."""
+    run = tmp_path_factory.mktemp("edge")
+    prefix = f"edge{uuid.uuid4().hex[:6]}"
+    # The crop path only (no face detectors to build): a quicker start, and all these tests need.
+    cmd, env, http, grpc_ = _pod_cmd(run, tiny_repo, CROP, prefix)
     log = open(run / "edge.log", "w+")  # noqa: SIM115 - read at the end
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 180
@@ -178,19 +184,7 @@ def test_a_triton_that_exits_ends_the_pod_with_its_code(tmp_path):
     repo = tmp_path / "repo"
     (repo / "broken" / "1").mkdir(parents=True)
     (repo / "broken" / "config.pbtxt").write_text('name: "broken"\nbackend: "no_such_backend"\n')
-    env = _env()
-    executable, backends = binary.pip_triton(tmp_path, env)
-    hidden = security.hide_in_env(env, {security.ADMIN_KEY_ENV: KEY})
-    preload = env.pop("LD_PRELOAD")
-    t_http, t_grpc, metrics = (ports.free_port() for _ in range(3))
-    triton = [executable] + command.triton_args(
-        model_repository=repo, backend_directory=backends, inner_host=LOCAL, http_port=t_http, grpc_port=t_grpc,
-        metrics_host=LOCAL, metrics_port=metrics, config_name="cpu", shm_prefix=f"edge{uuid.uuid4().hex[:6]}",
-        admin_key=hidden[security.ADMIN_KEY_ENV], extra_args=("--model-control-mode=explicit", "--load-model=broken"),
-    ) + [hidden[security.PRELOAD_CHECK_ENV]]  # fmt: skip
-    http = f"{LOCAL}:{ports.free_port()}"
-    cmd = _edge_cmd(http, f"{LOCAL}:{ports.free_port()}", f"{LOCAL}:{t_http}", f"{LOCAL}:{t_grpc}")
-    cmd += ["--triton-preload", preload, "--", *triton]
+    cmd, env, http, _ = _pod_cmd(tmp_path, repo, "broken", f"edge{uuid.uuid4().hex[:6]}")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     code = re.search(r"Triton exited with code (-?\d+); stopping", proc.stderr)
     assert code and proc.returncode == int(code.group(1)) != 0, proc.stderr[-3000:]

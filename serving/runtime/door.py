@@ -46,6 +46,7 @@ from pathlib import Path
 
 from common.contract import PUBLIC_MODELS
 from serving.runtime.security import ADMIN_HEADER, without_keys
+from serving.runtime.subproc import stop_process
 
 try:
     import resource
@@ -483,18 +484,10 @@ class Door:
         if proc is None:
             return
         if proc.poll() is None:
-            proc.send_signal(signal.SIGQUIT)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                # A worker outlives its killed master for as long as a client keeps a connection open (a body
-                # trickled within the read timeout). Started in its own session (children.own_session_child), the
-                # master leads the workers' group: kill them all while its unreaped pid still names that group.
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    if os.getpgid(proc.pid) == proc.pid:
-                        os.killpg(proc.pid, signal.SIGKILL)
-                proc.kill()
-                proc.wait()
+            # group: a worker outlives its killed master for as long as a client keeps a connection open (a body
+            # trickled within the read timeout); started in its own session (children.own_session_child), the
+            # master leads the workers' group.
+            stop_process(proc, timeout=timeout, sig=signal.SIGQUIT, group=True)
         self.proc = None
 
 
