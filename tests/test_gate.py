@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import io
+import itertools
 import json
 import os
 import re
@@ -20,7 +22,9 @@ from pathlib import Path
 
 import aiohttp
 import grpc
+import numpy as np
 import pytest
+from PIL import Image, ImageOps
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
@@ -40,6 +44,18 @@ OVERFLOWS = ([2**62, 1], [2**62 + 1, 1], [2**62 + 3, 1], [2**32 + 1, 1], [2**63 
 
 
 # -- pure checks (no server) -------------------------------------------------------------------------------------
+
+
+def test_victims_crops_are_told_apart_by_mirror_invariant_models():
+    # The served models average each face with its mirror: a victim crop that is another's mirror gets the same
+    # answer, and a swap between those two callers would pass as "their own".
+    crops = [Image.open(io.BytesIO(blob)).convert("RGB") for blob in victims_mod.images()]
+    for a, b in itertools.combinations(crops, 2):
+        assert ImageOps.mirror(a).tobytes() != b.tobytes()
+    answers = [(b"a", np.float32([30.0])), (b"b", np.float32([30.0004])), (b"c", np.float32([41.0]))]
+    assert [crop for crop, _ in victims_mod.choose(answers, 2)] == [b"a", b"c"]
+    with pytest.raises(RuntimeError, match="only 2 of 3"):
+        victims_mod.choose(answers, 3)
 
 
 def test_public_schema_matches_the_model_configs():

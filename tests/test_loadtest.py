@@ -121,7 +121,8 @@ def test_locust_exits_by_itself(tmp_path, triton_tiny):
 
 
 @pytest.mark.integration
-def test_locust_counts_a_dead_server_as_failures(tmp_path):
+@pytest.mark.parametrize(("max_fail_ratio", "code"), [("0.01", 1), ("1", 0)])
+def test_locust_counts_a_dead_server_as_failures(tmp_path, max_fail_ratio, code):
     from serving.runtime.launch import free_port
 
     class Dead:
@@ -129,9 +130,43 @@ def test_locust_counts_a_dead_server_as_failures(tmp_path):
         http_url = f"127.0.0.1:{free_port()}"
 
     # Retries ride out a restart (15 s by default); a server that stays dead is a failure after the window.
-    done, prefix = _locust(tmp_path, "TritonGrpcUser", Dead, "--path", "crop", "--retry-window", "1")
-    assert done.returncode == 1
+    # The exit code is the threshold's, not Locust's own "any failure is 1": every request failing is within
+    # --max-fail-ratio 1.
+    done, prefix = _locust(
+        tmp_path, "TritonGrpcUser", Dead, "--path", "crop", "--retry-window", "1", "--max-fail-ratio", max_fail_ratio
+    )
+    assert done.returncode == code, done.stderr[-3000:]
     assert int(_aggregated(prefix)["Failure Count"]) > 0
+    verdict = "fail ratio 1.000 > --max-fail-ratio" if code else "thresholds met"
+    assert verdict in done.stderr
+
+
+def test_locust_does_not_retry_the_doors_rate_limit():
+    # In a child: importing the locustfile patches the process for gevent.
+    script = """
+from tritonclient.utils import InferenceServerException
+from loadtest.locust.locustfile import TritonRequester
+
+class Options:
+    retry_window = 15.0
+
+class Environment:
+    parsed_options = Options()
+
+requester = TritonRequester(Environment(), "127.0.0.1:1", 1.0)
+for status, message in [("429", "too many requests"), ("StatusCode.RESOURCE_EXHAUSTED", "too many requests"),
+                        ("503", "Triton is not reachable"), ("StatusCode.UNAVAILABLE", "failed to connect")]:
+    print(status, requester._unavailable(InferenceServerException(message, status=status), "age_gender_crop"))
+"""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split("\n")[:4] == [
+        "429 False",
+        "StatusCode.RESOURCE_EXHAUSTED False",
+        "503 True",
+        "StatusCode.UNAVAILABLE True",
+    ]
 
 
 @pytest.mark.integration

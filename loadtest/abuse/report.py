@@ -17,8 +17,28 @@ def percentiles(seconds: list[float]) -> dict:
     return {k: round(float(np.percentile(ms, q)), 1) for k, q in (("p50", 50), ("p95", 95), ("max", 100))}
 
 
-def failed(report: dict) -> bool:
-    return bool(report["totals"]["deaths"] or report["totals"]["wrong_answer"] or report["aborted"])
+def failures(report: dict) -> list[str]:
+    """Why the run failed, empty when it passed: the rule ``make test``'s abuse test holds the server to.
+
+    A server that stays up but answers well-formed requests with 5xx, 503 or nothing fails too: the suite's point
+    is that bad input gets a clear error while every other caller keeps being served.
+    """
+    t, well_formed = report["totals"], report["categories"].get("well_formed", {})
+    reasons = [f"{t[key]} {what}" for key, what in FAILING.items() if t[key]]
+    if well_formed.get("answered", 0) != well_formed.get("sent", 0):
+        reasons.append(f"{well_formed['sent'] - well_formed['answered']} of {well_formed['sent']} well-formed unserved")
+    if report["aborted"]:
+        reasons.append("aborted: the server did not come back")
+    return reasons
+
+
+#: Outcomes that fail a run whatever the request was (a clean error or a 4xx is the right answer to abuse).
+FAILING = {
+    "deaths": "server deaths",
+    "wrong_answer": "wrong answers",
+    "server_error": "server errors (5xx / INTERNAL)",
+    "no_answer": "requests without an answer",
+}
 
 
 def markdown(report: dict) -> str:

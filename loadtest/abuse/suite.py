@@ -36,7 +36,7 @@ from pathlib import Path
 from loadtest import procs
 from loadtest.abuse import cases
 from loadtest.abuse.judge import OUTCOMES, Result, run_case
-from loadtest.abuse.report import DEFAULT_OUT, failed, markdown, percentiles, write_report
+from loadtest.abuse.report import DEFAULT_OUT, failures, markdown, percentiles, write_report
 from loadtest.abuse.send import Sender
 
 
@@ -209,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     paths = write_report(report, args.out)
     print(markdown(report))
     print(f"wrote {paths[0]} and {paths[1]}")
-    return 1 if failed(report) else 0
+    reasons = failures(report)
+    print("FAILED: " + "; ".join(reasons) if reasons else "passed")
+    return 1 if reasons else 0
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import threading
 import grpc
 import numpy as np
 import tritonclient.http as httpclient
-from PIL import Image, ImageOps
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
@@ -47,14 +47,24 @@ def grpc_answer(response: pb.ModelInferResponse) -> np.ndarray:
 
 
 def images() -> list[bytes]:
-    """Crops that the tiny models answer differently, so a mixed-up row shows."""
+    """Candidate crops, each a different picture of one face, for :func:`references` to choose from.
+
+    No image is another's mirror: the served models average each face with its mirror (flip test-time
+    augmentation), so a crop and its mirror get the same answer and a swap between them would pass unseen.
+    """
     base = Image.open(io.BytesIO(cases.face_crop())).convert("RGB")
+    red, green, blue = base.split()
     variants = [
         base,
-        ImageOps.mirror(base),
+        ImageEnhance.Brightness(base).enhance(0.6),
         ImageOps.invert(base),
         base.rotate(90),
         ImageOps.grayscale(base).convert("RGB"),
+        Image.merge("RGB", (blue, green, red)),
+        base.filter(ImageFilter.GaussianBlur(4)),
+        ImageEnhance.Contrast(base).enhance(0.4),
+        base.crop((30, 30, 170, 170)).resize(base.size),
+        ImageOps.solarize(base, 128),
     ]
     out = []
     for img in variants:
@@ -64,15 +74,38 @@ def images() -> list[bytes]:
     return out
 
 
-def references(grpc_url: str) -> list[tuple[bytes, np.ndarray]]:
-    """(crop, its answer) pairs, computed before any attack; fails if the crops do not tell victims apart."""
+def references(grpc_url: str, count: int = 5) -> list[tuple[bytes, np.ndarray]]:
+    """``count`` (crop, its answer) pairs, computed before any attack, every two answers apart by more than ATOL.
+
+    Chosen from :func:`images` by their answers, since how far apart the answers lie depends on the models
+    (the tests' tiny random ones answer every crop within a few hundredths of a year).
+    """
     with grpc.insecure_channel(grpc_url) as channel:
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
-        crops = images()
-        answers = [grpc_answer(stub.ModelInfer(grpc_request(CROP, [1, 1], [c]), timeout=TIMEOUT_S)) for c in crops]
-    if len({round(float(a[0]), 4) for a in answers}) < 2:
-        raise RuntimeError("the reference crops get the same answer: victims could not tell theirs apart")
-    return list(zip(crops, answers, strict=True))
+        candidates = [
+            (crop, grpc_answer(stub.ModelInfer(grpc_request(CROP, [1, 1], [crop]), timeout=TIMEOUT_S)))
+            for crop in images()
+        ]
+    return choose(candidates, count)
+
+
+def choose(candidates: list[tuple[bytes, np.ndarray]], count: int) -> list[tuple[bytes, np.ndarray]]:
+    """The first ``count`` candidates whose answers differ from every one chosen before them; raises if too few."""
+    chosen: list[tuple[bytes, np.ndarray]] = []
+    for crop, answer in candidates:
+        if len(chosen) < count and all(not _same(answer, other) for _, other in chosen):
+            chosen.append((crop, answer))
+    if len(chosen) < count:
+        raise RuntimeError(
+            f"only {len(chosen)} of {len(candidates)} reference crops get answers {ATOL} apart, {count} needed: "
+            "callers sending the same answer could not tell a swapped one from their own"
+        )
+    return chosen
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    """What a victim takes for its own answer (:meth:`Victims._record`)."""
+    return a.shape == b.shape and np.allclose(a, b, atol=ATOL)
 
 
 def http_crop_request(image: bytes) -> tuple[bytes, dict[str, str]]:
@@ -120,7 +153,7 @@ class Victims:
                 self.failed += 1
                 if len(self.errors) < 50:
                     self.errors.append(error[:200])
-            elif got.shape == expected.shape and np.allclose(got, expected, atol=ATOL):
+            elif _same(got, expected):
                 self.ok += 1
             else:
                 self.wrong += 1
