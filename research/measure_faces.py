@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from common import contract
+from common import contract, spec
 from serving.pipeline.detect import FaceCropper, MultiFaceCropper, _area
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,20 +57,21 @@ CONFIGS = {
 
 
 def held_out_faces(path: Path, *, seed: int = 1337) -> list[tuple[bytes, int, int]]:
-    """(JPEG bytes, age, gender) of every face in the test split, as training assigns it."""
+    """(JPEG bytes, age, gender) of every face in the test split, as training assigns it (``training.data.split``,
+    near copies of training faces left out)."""
     from training import data as utk
 
+    data = utk.load(path, size=spec.image_size("gender"), cache_dir=utk.default_cache_dir())
+    test = {
+        str(h): (int(a), int(g))
+        for h, a, g, s in zip(data.hashes, data.ages, data.genders, utk.split(data, seed=seed), strict=True)
+        if s == "test"
+    }
     faces = []
-    seen = set()
-    for name, blob in utk.iter_source(path):
-        label = utk.parse_name(name)
-        digest = hashlib.sha256(blob).hexdigest()
-        if label is None or digest in seen:
-            continue
-        seen.add(digest)
-        u = int(hashlib.sha256(f"{seed}:{digest}".encode()).hexdigest()[:12], 16) / 16**12
-        if u < 0.1:  # split(): test is the first 10% of the hash range
-            faces.append((blob, label.age, label.gender))
+    for _, blob in utk.iter_source(path):
+        label = test.pop(hashlib.sha256(blob).hexdigest(), None)  # pop: one entry per set of identical copies
+        if label is not None:
+            faces.append((blob, *label))
     return faces
 
 

@@ -125,6 +125,27 @@ def test_a_served_mixture_is_exported_without_flip_tta_from_the_repository_alone
     assert export.latest(repo, "gender") == variant
 
 
+def test_a_calibrated_version_records_its_own_interval_on_validation():
+    # Its source's record described the source's interval: copied forward, v21 claimed v20's coverage and width.
+    source = {
+        "val_served": {"mae": 4.4, "interval_coverage": 0.804, "interval_width": 13.6},
+        "val_served_no_tta": {"mae": 4.5, "interval_coverage": 0.796, "interval_width": 13.4},
+    }
+    record = {
+        "val_mae": 4.4,
+        "estimate": "mean",
+        "source_estimate": "mean",
+        "val_fitted": {"coverage": 0.801, "width": 15.0, "worst_big_band_gap": 0.02, "bands": {}},
+    }
+    served = calibrate.served_on_validation(source, record)
+    assert served == {
+        "val_served": {"mae": 4.4, "interval_coverage": 0.801, "interval_width": 15.0},
+        "val_served_no_tta": {"mae": 4.5},
+    }
+    # Another estimate (the median) has another MAE, unmeasured without the mirror: none claimed.
+    assert "val_served_no_tta" not in calibrate.served_on_validation(source, {**record, "estimate": "median"})
+
+
 def test_a_calibrated_age_variant_is_calibrated_again_for_its_own_views(tmp_path, monkeypatch):
     """The per-band interval was fitted to the served views, so the no-TTA variant of a calibrated age version is
     handed to training.calibrate (which needs the full UTKFace, so its call is recorded here, not run); without

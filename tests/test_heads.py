@@ -191,13 +191,18 @@ def test_warm_start_copies_the_trunk_and_resume_continues_the_run(archive, tmp_p
     assert config["init_copied"] == len([w for w in source.weights if not w.path.startswith("age/")])
     with pytest.raises(ValueError, match="no weight matches"):
         train.init_weights(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="other")]), first)
+    # Weights trained on another split have seen this one's validation and test faces: refused.
+    with pytest.raises(SystemExit, match="split of seed 1337"):
+        train.main([*common, "--out", str(tmp_path / "b2"), "--epochs", "1", "--init-from", str(first), "--seed", "7"])
 
     # Stop after one of two epochs, then resume: the history holds both epochs once each.
     run = [*common, "--out", str(tmp_path / "c"), "--epochs", "2"]
     train.main([*run[:-1], "1"])
     state = json.loads((tmp_path / "c" / "state.json").read_text())
     assert state["epoch"] == 0
-    train.main([*run, "--resume"])
+    manifest = (tmp_path / "c" / "manifest.csv").read_text()
+    train.main([*run, "--resume", "--seed", "7"])  # the run's split (1337), not the command line's
+    assert (tmp_path / "c" / "manifest.csv").read_text() == manifest
     history = (tmp_path / "c" / "history.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in history[1:]] == ["0", "1"]
     assert json.loads((tmp_path / "c" / "state.json").read_text())["epoch"] == 1

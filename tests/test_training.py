@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import shutil
 
@@ -10,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from PIL import Image, ImageOps
 
 from common import spec
 from tests import utk_fixture
@@ -53,6 +55,8 @@ def test_loader_counts_archive_and_folder_agree(archive, folder, tmp_path):
     # Conflicting copies are gone; the agreeing pair left its first name.
     assert not {"20_1_0_20170117000000003.jpg.chip.jpg", "45_1_0_20170117000000004.jpg.chip.jpg"} & set(a.names)
     assert "30_0_0_20170117000000001.jpg.chip.jpg" in set(a.names)
+    # Its copies agree on age and gender but name races 0 and 2: the race is unknown, not the first name's.
+    assert a.races[list(a.names).index("30_0_0_20170117000000001.jpg.chip.jpg")] == -1
     assert utk.LoadSummary(**utk_fixture.EXPECTED).line("x").startswith("x: 73 files, kept 65")
 
 
@@ -77,8 +81,35 @@ def test_split_is_grouped_by_hash_and_seeded(archive):
     assert (utk.split(data, seed=7) != utk.split(data, seed=8)).any()
     big = data.subset(np.zeros(0, int))
     big.hashes = np.array([f"{i:064x}" for i in range(5000)])
+    big.thumbs = np.random.default_rng(0).integers(0, 256, (5000, 4, 4), dtype=np.uint8)  # no two alike
     fractions = {s: (utk.split(big, seed=1) == s).mean() for s in utk.SPLITS}
     assert abs(fractions["train"] - 0.8) < 0.03 and abs(fractions["test"] - 0.1) < 0.02
+
+
+def test_a_photo_saved_twice_under_other_names_never_trains_and_scores(tmp_path):
+    # UTKFace holds one photo under several names, re-encoded or mirrored, often with other labels: a test or
+    # validation face that is a training face's copy would score memory.
+    folder = utk_fixture.write_folder(tmp_path)
+    photo = Image.open(io.BytesIO(utk_fixture.jpeg(5000)))
+    for i, variant in enumerate([photo, photo.resize((180, 180)), ImageOps.mirror(photo)]):
+        buf = io.BytesIO()
+        variant.save(buf, "JPEG", quality=95 - 5 * i)
+        (folder / f"{30 + i}_{i % 2}_0_20170118{i:09d}.jpg.chip.jpg").write_bytes(buf.getvalue())
+    data = utk.load(folder, size=32, cache_dir=None)
+    copies = np.flatnonzero(np.char.find(data.names, "_20170118") > 0)
+    assert len(copies) == 3 and len(set(data.hashes[copies])) == 3  # three files, three different byte strings
+    seen = set()
+    for seed in range(40):
+        splits = utk.split(data, seed=seed)
+        ours = splits[copies]
+        seen.add(tuple(sorted(ours)))
+        # One of them may train, or be scored once; never both, never in two evaluation splits.
+        assert not ("train" in ours and ({"val", "test"} & set(ours))), ours
+        assert sum(s in ("val", "test") for s in ours) <= 1 or len(set(ours) - {utk.COPY}) == 1, ours
+        # The fixture's other faces are different photos: none is left out.
+        others = np.setdiff1d(np.arange(len(data)), copies)
+        assert utk.COPY not in set(splits[others])
+    assert any(utk.COPY in s for s in seen)  # the rule ran, not just luck of the hash
 
 
 def test_a_part_is_the_faces_of_one_split_under_its_seed(archive):
@@ -86,7 +117,7 @@ def test_a_part_is_the_faces_of_one_split_under_its_seed(archive):
     parts = {name: utk.part(data, name, seed=7) for name in utk.SPLITS}
     for name, part in parts.items():
         np.testing.assert_array_equal(part.hashes, data.hashes[utk.split(data, seed=7) == name])
-    assert sum(len(p) for p in parts.values()) == len(data)
+    assert sum(len(p) for p in parts.values()) == len(data) - (utk.split(data, seed=7) == utk.COPY).sum()
     assert set(utk.part(data, "val", seed=7).hashes) != set(utk.part(data, "val", seed=8).hashes)
     with pytest.raises(ValueError, match="split 'validation'"):
         utk.part(data, "validation")
@@ -102,6 +133,7 @@ def test_rebalance_drops_old_and_thins_young():
         np.zeros(3 * n, int),
         np.array(["x"] * 3 * n),
         np.array(["h"] * 3 * n),
+        np.zeros((3 * n, 1, 1), np.uint8),
     )
     kept = ages[utk.rebalance(data, seed=0)]
     assert (kept < 80).all()
@@ -202,6 +234,13 @@ def test_smoke_train_export_signature_and_evaluate(archive, tmp_path):
     assert 0 <= report["all_ages"]["age"]["coverage"] <= 1
     assert all("coverage" in band for band in report["all_ages"]["age_by_band"].values())
     assert "80% interval coverage" in (report_dir / "evaluation.md").read_text()
+    # A gender network trained on another split would be scored on faces it trained on: refused.
+    gender_record = export.latest(repo, "gender") / "training_config.json"
+    record = json.loads(gender_record.read_text())
+    gender_record.write_text(json.dumps({**record, "seed": record["seed"] + 1}))
+    with pytest.raises(SystemExit, match="different splits"):
+        evaluate.main(["--data", str(archive), "--repo", str(repo), "--out", str(tmp_path / "mixed")])
+    gender_record.write_text(json.dumps(record))
 
     # Test-time augmentation is a per-deployment choice: the same run exported without it answers for the face
     # alone, which the flip-averaged version does not (a tiny untrained model is not mirror-symmetric).

@@ -292,6 +292,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     # The source's record, plus how the interval was calibrated: one file says how this version was made.
     record_all = {**config, "estimate": estimate, "interval_calibration": record}
+    record_all.update(served_on_validation(config, record))
     (version / "training_config.json").write_text(json.dumps(record_all, indent=2))
     meta = {"task": "age", "source": str(source / SAVEDMODEL), "version": int(version.name), "by": "training.calibrate"}
     (version / "export.json").write_text(json.dumps(meta, indent=2))
@@ -300,6 +301,25 @@ def main(argv: list[str] | None = None) -> dict:
     log.info(f"exported age -> {version}")
     record["version"] = str(version)
     return record
+
+
+def served_on_validation(config: dict, record: dict) -> dict:
+    """The new version's ``val_served`` (and ``val_served_no_tta``): the source's described the source's interval.
+
+    The MAE is the calibrated estimate's; without the mirror only the MAE carries over, since the interval fitted
+    here is for the views this version serves (``export --no-tta`` fits it again for the single view).
+    """
+    fitted = record["val_fitted"]
+    out = {
+        "val_served": {
+            "mae": record["val_mae"],
+            "interval_coverage": fitted["coverage"],
+            "interval_width": fitted["width"],
+        }
+    }
+    if "val_served_no_tta" in config and record["estimate"] == record["source_estimate"]:
+        out["val_served_no_tta"] = {"mae": config["val_served_no_tta"]["mae"]}
+    return out
 
 
 def check_estimate_unchanged(expected: np.ndarray, version: Path, images: np.ndarray) -> None:

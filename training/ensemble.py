@@ -33,7 +33,7 @@ from common import spec  # noqa: E402
 from training import data as utk  # noqa: E402
 from training import heads  # noqa: E402
 from training import model as models  # noqa: E402
-from training.train import DEFAULTS, init_weights, served_record  # noqa: E402
+from training.train import DEFAULTS, init_weights, member_config, member_folder, served_record  # noqa: E402, F401
 
 log = logging.getLogger(__name__)
 
@@ -52,19 +52,6 @@ def architecture(task: str, member_configs: list[dict], size: int) -> keras.Mode
     # Age: a mixture of distributions is their mean, still a distribution over the same ages.
     out = keras.layers.Average(name="average")(outputs) if len(outputs) > 1 else outputs[0]
     return keras.Model(inputs, out, name=task)
-
-
-def member_folder(source: Path) -> Path:
-    """Where a member's records live: a run's folder (its ``.keras`` file's parent), or the version folder itself."""
-    return source.parent if source.suffix == ".keras" else source
-
-
-def member_config(source: Path) -> dict:
-    """The training record of a member: a run's ``config.json`` beside its ``.keras`` file, or a version's."""
-    record = member_folder(source) / ("config.json" if source.suffix == ".keras" else "training_config.json")
-    if not record.exists():
-        raise FileNotFoundError(f"{source}: no training record at {record}")
-    return json.loads(record.read_text())
 
 
 def split_seed(configs: list[dict]) -> int:

@@ -427,7 +427,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--data", required=True, type=Path, help="UTKFace-format archive or folder")
     p.add_argument("--repo", type=Path, default=Path(os.environ.get("MODEL_REPOSITORY", "model_repository")))
     p.add_argument("--split", choices=("all", *utk.SPLITS), default="all")
-    p.add_argument("--seed", type=int, default=None, help="split seed (default: the age model's training seed)")
+    p.add_argument("--seed", type=int, default=None, help="split seed (default: the models' training seed)")
     p.add_argument("--out", type=Path, default=Path("reports"))
     p.add_argument("--predictions", type=Path, default=None, help="CSV with one row per image")
     p.add_argument("--cache-dir", type=Path, default=utk.default_cache_dir())
@@ -437,9 +437,17 @@ def main(argv: list[str] | None = None) -> dict:
     models = {task: latest(args.repo, task) for task in ("age", "gender")}
     if args.age_version is not None:
         models["age"] = args.repo / "age" / str(args.age_version)
+    # Both networks' records must name one split: a gender network trained on another seed would be scored on
+    # faces it trained on.
+    records = [json.loads(c.read_text()) for v in models.values() if (c := v / "training_config.json").exists()]
+    try:
+        trained_on = ensemble.split_seed(records) if records else None
+    except ValueError as err:
+        raise SystemExit(f"{err}: no test split is unseen by both") from err
     if args.seed is None:
-        cfg = models["age"] / "training_config.json"
-        args.seed = json.loads(cfg.read_text())["seed"] if cfg.exists() else 1337
+        args.seed = 1337 if trained_on is None else trained_on
+    elif trained_on is not None and args.seed != trained_on:
+        raise SystemExit(f"--seed {args.seed}: the models were trained on the split of seed {trained_on}")
     # Each model sees the faces at its own input size; the rows (and so the split) are the same at every size.
     # Loaded once (the objects kept alive for their signatures): the signature gives the size, then runs.
     saved = {task: tf.saved_model.load(str(version / SAVEDMODEL)) for task, version in models.items()}
@@ -463,7 +471,11 @@ def main(argv: list[str] | None = None) -> dict:
         "data": str(args.data),
         "split": args.split,
         "seed": args.seed,
-        "summary": data.summary.line(args.data),
+        "summary": data.summary.line(args.data)
+        + (
+            f"; {int((splits == utk.COPY).sum())} validation and test faces left out as near copies of a face in "
+            "an earlier split"
+        ),
         "models": {k: str(v) for k, v in models.items()},
         "all_ages": metrics(subset, pred),
         "under_80": metrics(subset.subset(np.flatnonzero(young)), {k: v[young] for k, v in pred.items()}),

@@ -220,6 +220,26 @@ def age_head(args: argparse.Namespace) -> str:
     return "regression" if args.age_loss == "huber" else "bins"
 
 
+def member_folder(source: Path) -> Path:
+    """Where a member's records live: a run's folder (its ``.keras`` file's parent), or the version folder itself."""
+    return source.parent if source.suffix == ".keras" else source
+
+
+def member_config(source: Path) -> dict:
+    """The training record of a member: a run's ``config.json`` beside its ``.keras`` file, or a version's."""
+    record = member_folder(source) / ("config.json" if source.suffix == ".keras" else "training_config.json")
+    if not record.exists():
+        raise FileNotFoundError(f"{source}: no training record at {record}")
+    return json.loads(record.read_text())
+
+
+def check_same_split(source: Path, seed: int) -> None:
+    """Refuses weights trained on another split: their training faces would be in this run's validation and test."""
+    trained_on = member_config(source).get("seed", DEFAULTS["seed"])
+    if trained_on != seed:
+        raise SystemExit(f"--init-from {source} was trained on the split of seed {trained_on}, this run's is {seed}")
+
+
 def init_weights(model: keras.Model, source: Path) -> list[str]:
     """Copies the weights whose variable path and shape match from an earlier model (only ever trained on this
     project's training split).
@@ -258,6 +278,10 @@ def main(argv: list[str] | None = None) -> Path:
         args.order_seed = args.seed
     keras.utils.set_random_seed(args.order_seed)
 
+    if args.resume:  # the run's own split, whatever the command line says
+        args.seed = json.loads((args.out / "config.json").read_text()).get("seed", args.seed)
+    elif args.init_from:
+        check_same_split(args.init_from, args.seed)
     data = utk.load(args.data, cache_dir=args.cache_dir, size=args.image_size)
     splits = utk.split(data, seed=args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
