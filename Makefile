@@ -79,7 +79,8 @@ serve: setup
 # Object storage and versions (docs/serverless.md): upload, then switch a running Triton (explicit model control).
 #   make publish S3_URI=s3://BUCKET/releases/r2 [PUBLISH_ARGS=--skip-existing]
 #   make rollout MODEL=age            # serve the newest version
-#   make rollback MODEL=age VERSION=1 # serve version 1 again
+#   make rollback MODEL=age VERSION=20 # serve version 20 again (one with the config's inputs and outputs:
+#                                      # age 1-3 take 64 px faces, and Triton refuses them, keeping what it serves)
 TRITON_HTTP_URL ?= 127.0.0.1:8000
 .PHONY: publish rollout rollback scaling-signal
 publish: setup

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 KSERVE = ROOT / "deploy" / "kserve"
 #: The KServe CRDs, committed (gzipped, unchanged) so a fresh clone validates against them: tests/kserve_crds/.
 SCHEMAS = Path(__file__).with_name("kserve_crds")
-BUILDS = ("base", "overlays/cpu", "overlays/grpc")
+BUILDS = ("base", "overlays/cpu", "overlays/grpc", "overlays/cpu-grpc")
 K8S_VERSION = "1.32.0"  # a Kubernetes that current KServe and Knative releases support
 CRDS = {
     "InferenceService": "serving.kserve.io_inferenceservices.yaml",
@@ -184,11 +184,13 @@ def test_runtime_image_args_and_security():
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in runtime["spec"]["volumes"]}
     assert {"/tmp", "/dev/shm"} <= mounts and volumes["dshm"]["emptyDir"]["medium"] == "Memory"
+    # KServe's webhook (metrics_aggregate_injector.go) sets prometheus.io/port to queue-proxy's 9091 unless
+    # metric aggregation is on, when 9088 serves queue-proxy's metrics and prometheus.kserve.io/port's together.
     ann = runtime["spec"]["annotations"]
-    assert (
-        ann["prometheus.io/scrape"] == "true"
-        and ann["prometheus.io/port"] == ann["prometheus.kserve.io/port"] == "8002"
-    )
+    assert ann["prometheus.kserve.io/port"] == "8002" and ann["prometheus.kserve.io/path"] == "/metrics"
+    assert ann["serving.kserve.io/enable-prometheus-scraping"] == "true"
+    assert ann["serving.kserve.io/enable-metric-aggregation"] == "true"
+    assert not [key for key in ann if key.startswith("prometheus.io/")]  # the webhook's to set
 
 
 def test_restricted_apis_match_the_launcher():
@@ -196,23 +198,26 @@ def test_restricted_apis_match_the_launcher():
     assert security.ADMIN_HEADER == "admin-key" and security.ADMIN_KEY_ENV == "TRITON_ADMIN_KEY"
 
 
-def test_cpu_overlay():
-    (isvc,) = docs_of("InferenceService", "overlays/cpu")
+@pytest.mark.parametrize(("path", "name"), [("overlays/cpu", "agegender"), ("overlays/cpu-grpc", "agegender-grpc")])
+def test_cpu_overlays(path, name):
+    # Both services run without a GPU: a GPU request on a CPU-only cluster leaves the pod Pending for good.
+    (isvc,) = docs_of("InferenceService", path)
     model = isvc["spec"]["predictor"]["model"]
-    assert model["args"] == ["--model-config-name=cpu"]
+    assert isvc["metadata"]["name"] == name and model["args"] == ["--model-config-name=cpu"]
     assert "nvidia.com/gpu" not in str(model["resources"])
     assert isvc["spec"]["predictor"]["minReplicas"] == 0
 
 
-def test_grpc_overlay():
-    (isvc,) = docs_of("InferenceService", "overlays/grpc")
+@pytest.mark.parametrize("path", ["overlays/grpc", "overlays/cpu-grpc"])
+def test_grpc_overlays(path):
+    (isvc,) = docs_of("InferenceService", path)
     model = isvc["spec"]["predictor"]["model"]
     assert isvc["metadata"]["name"] == "agegender-grpc" and model["protocolVersion"] == "grpc-v2"
     assert model["ports"] == [{"name": "h2c", "containerPort": 9000, "protocol": "TCP"}]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert model[probe]["grpc"] == {"port": 9000}
     # That port is the gate's gRPC side, which relays the health check (tests/test_edge.py).
-    (runtime,) = docs_of("ServingRuntime", "overlays/grpc")
+    (runtime,) = docs_of("ServingRuntime", path)
     assert edge.parse_args(runtime["spec"]["containers"][0]["args"])[0].grpc.endswith(":9000")
 
 
