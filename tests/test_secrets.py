@@ -33,17 +33,24 @@ def _cmdlines() -> dict[int, bytes]:
     return found
 
 
-def test_preload_swaps_the_placeholder_and_leaves_no_trace():
+@pytest.mark.parametrize("wrapped", [False, True], ids=["direct", "through-a-wrapper-script"])
+def test_preload_swaps_the_placeholder_and_leaves_no_trace(wrapped):
     secret = secrets.token_urlsafe(24)
     env = dict(os.environ)
     hidden = security.hide_in_env(env, {"A2_TEST_SECRET": secret})
+    env["ARGV_SECRET_EXE"] = Path(os.path.realpath(sys.executable)).name  # the program meant (tritonserver's stand-in)
     code = (
         "import os, sys, time; print(sys.argv[1], os.environ.get('A2_TEST_SECRET'), os.environ.get('LD_PRELOAD'),"
         " flush=True); time.sleep(30)"
     )
-    # sys.executable is the interpreter binary itself (a wrapper script would exec it with the value in argv).
+    # The NVIDIA image starts Triton through a shell entrypoint (`exec "$@"`) that LD_PRELOAD loads the library into
+    # too: swapped there, the shell would exec the program with the key in its arguments.
+    wrapper = ["bash", "-c", 'exec "$@"', "entrypoint"] if wrapped else []
     child = subprocess.Popen(
-        [sys.executable, "-c", code, f"key={hidden['A2_TEST_SECRET']}"], env=env, stdout=subprocess.PIPE, text=True
+        [*wrapper, sys.executable, "-c", code, f"key={hidden['A2_TEST_SECRET']}"],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert child.stdout.readline().split() == [f"key={secret}", "None", "None"]  # parsed; children inherit none

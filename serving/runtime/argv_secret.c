@@ -7,11 +7,17 @@
  * the program parses the secret, /proc/PID/cmdline (the original strings on the stack) still shows the placeholder.
  * It then wipes the secret from the environment block and unsets ARGV_SECRETS, the names and LD_PRELOAD, so children
  * (Triton's Python backend stubs) inherit none of it.
+ *
+ * Only in the program meant (the file name of /proc/self/exe equal to ARGV_SECRET_EXE, default "tritonserver"):
+ * LD_PRELOAD also loads it into any wrapper that starts Triton, such as the NVIDIA image's entrypoint script, and a
+ * wrapper swapped like that would exec Triton with the secret in its arguments. Anywhere else it changes nothing, so
+ * the environment, the library included, reaches the program the wrapper execs.
  */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* `arg` with every `placeholder` replaced by `value`, newly allocated; NULL when `arg` holds no placeholder. */
 static char *substitute(const char *arg, const char *placeholder, const char *value) {
@@ -30,10 +36,22 @@ static char *substitute(const char *arg, const char *placeholder, const char *va
     return out;
 }
 
+/* Whether this process runs the program named by ARGV_SECRET_EXE (default tritonserver). */
+static int is_target(void) {
+    const char *want = getenv("ARGV_SECRET_EXE");
+    if (want == NULL || *want == '\0') want = "tritonserver";
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n < 0) return 0;
+    exe[n] = '\0';
+    const char *base = strrchr(exe, '/');
+    return strcmp(base ? base + 1 : exe, want) == 0;
+}
+
 __attribute__((constructor)) static void argv_secret(int argc, char **argv, char **envp) {
     (void)envp;
     const char *names = getenv("ARGV_SECRETS");
-    if (names == NULL) return;
+    if (names == NULL || !is_target()) return;
     char *list = strdup(names);
     if (list == NULL) abort();
     char *save = NULL;
@@ -52,5 +70,6 @@ __attribute__((constructor)) static void argv_secret(int argc, char **argv, char
     }
     free(list);
     unsetenv("ARGV_SECRETS");
+    unsetenv("ARGV_SECRET_EXE");
     unsetenv("LD_PRELOAD");
 }
