@@ -188,6 +188,19 @@ def test_benchmark_runs_against_a_live_server(tmp_path, triton_tiny, tiny_repo):
     assert data["meta"]["12mp_jpeg_bytes"] > 1_000_000
 
 
+def test_coldstart_fails_a_start_that_did_not_answer_stop_or_clean_up():
+    from loadtest.bench.coldstart import problems
+
+    good = {"exit_code": 0, "leftovers": [], "face_found": True}
+    assert problems([good, good]) == []
+    bad = [good, {"exit_code": -9, "leftovers": ["tritonserver 1234", "/dev/shm/x"], "face_found": False}]
+    assert problems(bad) == [
+        "run 2: the launcher exited with -9 after Ctrl-C",
+        "run 2: left behind tritonserver 1234, /dev/shm/x",
+        "run 2: the first answer found no face",
+    ]
+
+
 def test_coldstart_breakdown_reads_the_logs():
     """`coldstart --breakdown` on a made-up launcher log: Triton's lines, the backend's timing line, stub starts
     and S3 file times land in the right model's row (seconds since the command)."""

@@ -318,6 +318,22 @@ def test_the_reference_is_bracketed_and_its_drift_flagged(tmp_path):
         native.write_markdown(tmp_path / "native.md", meta, reference, [c16], native.targets([c16], reference))
         text = (tmp_path / "native.md").read_text()
         assert ("the reference drifted" in text) is says and ("speed moved during this run" in text) is says
+    # A failed scenario's row gives no number at all (its tool counted answers the server got wrong).
+    failed = native.Scenario(
+        "grpc",
+        "crop",
+        contract.CROP_ENSEMBLE,
+        "crop",
+        16,
+        run={"req_per_s": 150.0, "mean_ms": 58.0, "requests": 9},
+        error="LoadError: ...",
+        cpu_s={"triton": 1.0, "door": 0.1, "gate": 0.2},
+        wall_s=10.0,
+    )
+    reference = {**ref, "runtime": "openvino", "threads": 2}
+    native.write_markdown(tmp_path / "native.md", meta, reference, [failed], native.targets([failed], reference))
+    (row,) = [line for line in (tmp_path / "native.md").read_text().splitlines() if "**failed**" in line]
+    assert "150" not in row and "58" not in row and row.endswith("| **failed** |" + " - |" * 9)
     # The report says which vector instructions the CNN kernels had, and when they were held below the CPU's.
     assert "CPUs (c), load" in text
     capped = {**meta, "vector_isa": "AVX-512", "isa_cap": "AVX2"}

@@ -82,14 +82,14 @@ def _batches(model_dir: Path) -> bool:
 
 
 def coldstart(repository: Path, runs: int, log) -> dict:
-    from loadtest.bench.coldstart import leftovers, one_run
+    from loadtest.bench.coldstart import leftovers, one_run, problems
 
-    seconds, shared = [], bool(leftovers())
+    seconds, shared, done = [], bool(leftovers()), []
     for i in range(runs):
-        run = one_run(repository, timeout=300, check_shm=not shared)
-        seconds.append(run["first_inference_s"])
+        done.append(one_run(repository, timeout=300, check_shm=not shared))
+        seconds.append(done[-1]["first_inference_s"])
         log(f"  cold start {i + 1}: {seconds[-1]:.2f} s")
-    return {"runs_s": seconds, "median_s": statistics.median(seconds)}
+    return {"runs_s": seconds, "median_s": statistics.median(seconds), "problems": problems(done)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -180,7 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "benchmark.json").write_text(json.dumps(report, indent=2))
     write_markdown(args.out / "benchmark.md", results, meta, extra)
     log((args.out / "benchmark.md").read_text())
-    return 0
+    failed = [f"{r.scenario} c={r.concurrency}: {r.errors} errors" for r in results if r.errors]
+    if extra.get("coldstart", {}).get("problems"):
+        failed += extra["coldstart"]["problems"]
+    for problem in failed:
+        log(f"FAILED: {problem}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

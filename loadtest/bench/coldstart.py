@@ -327,7 +327,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(breakdown_table([r["breakdown"] for r in runs]))
     if args.json:
         args.json.write_text(json.dumps({"s3": args.s3, "shared_machine": shared, "runs": runs}, indent=1))
+    for problem in problems(runs):
+        print(f"FAILED: {problem}")
     return runs
+
+
+def problems(runs: list[dict]) -> list[str]:
+    """What went wrong in the runs: a start is only measured if it answered, stopped cleanly and left nothing."""
+    found = []
+    for i, run in enumerate(runs, 1):
+        if run["exit_code"] != 0:
+            found.append(f"run {i}: the launcher exited with {run['exit_code']} after Ctrl-C")
+        if run["leftovers"]:
+            found.append(f"run {i}: left behind {', '.join(map(str, run['leftovers']))}")
+        if not run["face_found"]:
+            found.append(f"run {i}: the first answer found no face")
+    return found
 
 
 #: Columns of the breakdown table: (key, heading); ``*_at`` are seconds since the command, the rest spans.
@@ -371,4 +386,4 @@ def breakdown_table(runs: list[dict[str, dict]]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(1 if problems(main()) else 0)

@@ -471,12 +471,15 @@ def write_markdown(path: Path, meta: dict, ref: dict | None, scenarios: list[Sce
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in scenarios:
+        tool = {"grpc": "gRPC (h2load)", "http": "HTTP (wrk)"}[s.transport]
+        if s.error:  # no number from a failed scenario: its tool counted answers the server got wrong
+            lines.append(f"| {tool} | {s.path} ({s.model}) | {s.inputs} | {s.concurrency} | **failed** |" + " - |" * 9)
+            continue
         r, cpu = s.run or {}, s.cpu_s
         server = cpu.get("triton", 0) + cpu.get("door", 0) + cpu.get("gate", 0) if cpu else None
-        tool = {"grpc": "gRPC (h2load)", "http": "HTTP (wrk)"}[s.transport]
         lines.append(
             f"| {tool} | {s.path} ({s.model}) | {s.inputs} | {s.concurrency} | "
-            f"{'**failed**' if s.error else _f(r.get('req_per_s'))} | "
+            f"{_f(r.get('req_per_s'))} | "
             f"{_f(r.get('mean_ms'))} | {_f(r.get('p50_ms'))} | {_f(r.get('p99_ms'))} | {r.get('requests', '-')} | "
             f"{s.triton_served if s.triton_served is not None else '-'} | {_f(cpu.get('triton'))} | "
             f"{_f(cpu['door'] + cpu['gate'] if cpu else None)} | "
