@@ -22,8 +22,6 @@ from common import triton_workarounds
 
 log = logging.getLogger(__name__)
 
-#: Output tensors by name; None for an output the server did not send.
-Outputs = dict[str, np.ndarray | None]
 #: Longest wait in close() (and at exit) for requests the client stopped waiting for.
 GRPC_DRAIN_S = 30.0
 

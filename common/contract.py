@@ -28,7 +28,6 @@ TASK_OUTPUTS = {AGE_MODEL: AGE_OUTPUT, GENDER_MODEL: GENDER_OUTPUT}
 #: years; NaN from an age model without a distributional head.
 AGE_LOW_OUTPUT = spec.AGE_LOW_OUTPUT
 AGE_HIGH_OUTPUT = spec.AGE_HIGH_OUTPUT
-AGE_INTERVAL = spec.AGE_INTERVAL
 #: Every output of each CNN, in config order (what a caller wanting all of a model's answer asks for).
 TASK_MODEL_OUTPUTS = {AGE_MODEL: (AGE_OUTPUT, AGE_LOW_OUTPUT, AGE_HIGH_OUTPUT), GENDER_MODEL: (GENDER_OUTPUT,)}
 

@@ -47,6 +47,8 @@ AGE_LOW_OUTPUT = "age_low"
 AGE_HIGH_OUTPUT = "age_high"
 #: The quantiles those two outputs report.
 AGE_INTERVAL = (0.1, 0.9)
+#: The share of true ages a calibrated interval covers: what temperatures and interval calibration aim at.
+NOMINAL_COVERAGE = round(AGE_INTERVAL[1] - AGE_INTERVAL[0], 6)
 GENDER_OUTPUT = "female_probability"
 
 

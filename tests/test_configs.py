@@ -261,3 +261,23 @@ def test_faces_contract(variant):
     pre = config(contract.PREPROCESS_MODEL, variant)
     for key in ("max_bytes", "max_pixels"):
         assert faces.parameters[key].string_value == pre.parameters[key].string_value
+
+
+@pytest.mark.parametrize("variant", ["config.pbtxt", "configs/cpu.pbtxt"])
+def test_decode_limits_in_the_configs_are_the_codes(variant):
+    # The web page refuses files by common.upload's limits before sending them, the server by these parameters:
+    # the two must refuse the same files (and DecodeLimits falls back to the same values without them).
+    from common import upload
+    from serving.pipeline import decode
+
+    expected = {
+        "max_bytes": upload.MAX_BYTES,
+        "max_pixels": upload.MAX_PIXELS,
+        "max_decoded_bytes": upload.MAX_DECODED_BYTES,
+        "draft_side": upload.DRAFT_SIDE,
+        "request_max_pixels": decode.REQUEST_MAX_PIXELS,
+    }
+    for model in (contract.PREPROCESS_MODEL, contract.PREPROCESS_CROP_MODEL, contract.FACES_MODEL):
+        params = {k: int(v.string_value) for k, v in config(model, variant).parameters.items() if k in expected}
+        assert {"max_bytes", "max_pixels"} <= set(params), model
+        assert params == {k: expected[k] for k in params}, model

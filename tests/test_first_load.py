@@ -11,8 +11,8 @@ from pathlib import Path
 
 from client import AgeGenderClient
 from common import contract
-from serving.ops.rollout import CONTROL_ARGS
 from serving.runtime import command
+from serving.runtime.command import CONTROL_ARGS
 from serving.runtime.launch import TritonServer
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 
 from common import spec
-from serving.ops.rollout import CONTROL_ARGS, RolloutError, switch
+from serving.ops.rollout import RolloutError, switch
+from serving.runtime.command import CONTROL_ARGS
 from serving.runtime.launch import TritonServer, free_port
 
 pytestmark = pytest.mark.integration

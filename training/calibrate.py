@@ -150,8 +150,8 @@ def balance(b: dict[str, np.ndarray], ages: np.ndarray, interval: dict, cell: np
         new_low = np.clip(low - q[cell, 0] * width, 0.0, top)
         new_high = np.clip(high + q[cell, 1] * width, 0.0, top)
         hit = (ages >= np.minimum(new_low, new_high)) & (ages <= np.maximum(new_low, new_high))
-        gaps = [hit[band == i].mean() - 0.8 for i in big]
-        return float(np.mean(np.square(gaps)) + OVERALL_WEIGHT * (hit.mean() - 0.8) ** 2)
+        gaps = [hit[band == i].mean() - spec.NOMINAL_COVERAGE for i in big]
+        return float(np.mean(np.square(gaps)) + OVERALL_WEIGHT * (hit.mean() - spec.NOMINAL_COVERAGE) ** 2)
 
     best = loss(q)
     for _ in range(rounds):
@@ -194,7 +194,7 @@ def apply(b: dict[str, np.ndarray], interval: dict) -> tuple[np.ndarray, np.ndar
 def summary(ages: np.ndarray, low: np.ndarray, high: np.ndarray) -> dict:
     """Overall coverage and width, per true-age band, and the worst gap from 80% among the big bands."""
     bands = heads.band_coverage(ages, low, high)
-    big = [abs(v["coverage"] - 0.8) for v in bands.values() if v["n"] >= MIN_BAND]
+    big = [abs(v["coverage"] - spec.NOMINAL_COVERAGE) for v in bands.values() if v["n"] >= MIN_BAND]
     return {**heads.interval_stats(ages, low, high), "worst_big_band_gap": max(big), "bands": bands}
 
 

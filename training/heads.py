@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from common import spec
+from common import contract, spec
 from training.model import AGE_BINS
 
 AGES = np.arange(AGE_BINS, dtype="float32")
@@ -291,13 +291,14 @@ def fit_temperature(raw: list[np.ndarray], task: str, ages: np.ndarray | None, g
         if task == "gender":
             p = np.clip(out[spec.GENDER_OUTPUT], 1e-7, 1 - 1e-7)
             nll = float(-np.mean(genders * np.log(p) + (1 - genders) * np.log(1 - p)))
-            rows.append({"temperature": float(t), "nll": nll, "accuracy": float(((p >= 0.5) == genders).mean())})
+            rows.append(
+                {"temperature": float(t), "nll": nll, "accuracy": float((contract.is_female(p) == genders).mean())}
+            )
         else:  # the age itself does not depend on the temperature, only the interval does
             stats = interval_stats(ages, out[spec.AGE_LOW_OUTPUT], out[spec.AGE_HIGH_OUTPUT])
             rows.append({"temperature": float(t), **stats})
     if task == "gender":
         best = min(rows, key=lambda r: r["nll"])
     else:
-        target = spec.AGE_INTERVAL[1] - spec.AGE_INTERVAL[0]
-        best = min(rows, key=lambda r: abs(r["coverage"] - target))
+        best = min(rows, key=lambda r: abs(r["coverage"] - spec.NOMINAL_COVERAGE))
     return {"temperature": best["temperature"], "chosen": best, "grid": rows}

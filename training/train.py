@@ -1,4 +1,4 @@
-"""Trains the age regressor or the gender classifier on UTKFace.
+"""Trains the age network (a distribution over ages, or a regressor) or the gender classifier on UTKFace.
 
     python -m training.train --task age --data ../shared/datasets/UTKFace.tar.gz --budget-minutes 60
 

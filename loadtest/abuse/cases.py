@@ -50,7 +50,8 @@ class Expect:
 class Case:
     category: str
     protocol: str  # "http" | "grpc"
-    kind: str  # how abuse.py sends it: "infer", "http_raw", "http_socket", "grpc_raw", "grpc_admin", "http_admin"
+    # How send.py sends it: "infer", "http_raw", "http_socket", "grpc_raw", "grpc_cancel", "grpc_admin", "http_admin".
+    kind: str
     model: str = DETECT
     blobs: list[bytes] = field(default_factory=list)
     expect: Expect = Expect()

@@ -28,14 +28,7 @@ import os
 import sys
 import time
 
-ADMIN_HEADER = "admin-key"
-ADMIN_KEY_ENV = "TRITON_ADMIN_KEY"
-# `serving.runtime.launch --model-control-mode` maps to these tritonserver arguments.
-CONTROL_ARGS = {
-    "none": (),
-    "explicit": ("--model-control-mode=explicit", "--load-model=*"),
-    "poll": ("--model-control-mode=poll", "--repository-poll-secs=5"),
-}
+from serving.runtime.security import ADMIN_HEADER, ADMIN_KEY_ENV
 
 
 class RolloutError(RuntimeError):

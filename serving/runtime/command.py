@@ -30,6 +30,14 @@ MODEL_LOAD_THREADS = 8
 FIRST_MODELS = (contract.CROP_ENSEMBLE, contract.DETECT_ENSEMBLE)
 
 
+#: `serving.runtime.launch --model-control-mode` maps to these tritonserver arguments.
+CONTROL_ARGS = {
+    "none": (),
+    "explicit": ("--model-control-mode=explicit", "--load-model=*"),
+    "poll": ("--model-control-mode=poll", "--repository-poll-secs=5"),
+}
+
+
 def loads_first(model_repository: str | Path, extra_args: tuple[str, ...]) -> bool:
     """Whether Triton starts with :data:`FIRST_MODELS` only: under Triton's default model control (the caller chose
     none), from a local folder that holds them. Anything else loads as the caller's control mode says."""
@@ -42,7 +50,7 @@ def loads_first(model_repository: str | Path, extra_args: tuple[str, ...]) -> bo
 def first_args() -> tuple[str, ...]:
     """Triton's arguments for :func:`loads_first`: explicit control, loading the ensembles (Triton loads the models
     an ensemble steps through with it); the launcher loads the rest through the repository API."""
-    return ("--model-control-mode=explicit", *(f"--load-model={m}" for m in FIRST_MODELS))
+    return (CONTROL_ARGS["explicit"][0], *(f"--load-model={m}" for m in FIRST_MODELS))
 
 
 def resolve_config_name(config_name: str) -> str:

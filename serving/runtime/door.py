@@ -61,7 +61,7 @@ MAX_BODY = REQUEST_MAX_BYTES + 2**20
 #: Longest a request may take from the door's point of view (queueing and inference). The worst single
 #: request is bounded by the per-request pixel budget (serving.pipeline.decode.REQUEST_MAX_PIXELS, ~5 s of decoding on
 #: one core, measured on the 2-core CI machine); 60 s lets about 20 such requests queue ahead of one
-#: on the two preprocess instances. The launcher's drain timeout is derived from it (serving.runtime.launch).
+#: on the two preprocess instances. The server's drain timeout is derived from it (serving.runtime.server).
 REQUEST_TIMEOUT_S = 60
 #: The same for the repository API (admins only: load, unload, index): a model load may take minutes (TensorFlow
 #: on a GPU, with its warm-up), and ``serving.ops.rollout`` waits up to 300 s for one; a shorter bound here would
@@ -96,7 +96,8 @@ class ClientLimits:
 
     #: Requests in flight at once (HTTP/1.1: connections with a request; HTTP/2: streams), nginx ``limit_conn``.
     connections: int = 128
-    #: Sustained requests per second (nginx ``limit_req``); the crop path serves ~430/s at c=16 on two cores.
+    #: Sustained requests per second (nginx ``limit_req``): above what one server serves on the crop path (about
+    #: 200-350/s at c=16 on the 2-core VMs, docs/performance.md), so one load generator is never limited by it.
     rate: int = 1000
     #: Requests above the rate accepted at once before 429 (``burst ... nodelay``: no added latency).
     burst: int = 1000

@@ -34,11 +34,11 @@ import threading
 import time
 
 from serving.runtime import children, security
-from serving.runtime.gate_process import gate_command
+from serving.runtime.gate_process import STOP_S, gate_command
 from serving.runtime.subproc import stop_process
 
-#: How long the gate has to finish the requests it holds (its own grace is 5 s for gRPC and 5 s for Triton's answers).
-GATE_STOP_S = 15.0
+#: How long the gate has to finish the requests it holds (gate_process.STOP_S).
+GATE_STOP_S = STOP_S
 #: How long Triton has to unload after the gate stopped (the manifests give it --exit-timeout-secs=30).
 TRITON_STOP_S = 40.0
 LOOPBACK = "127.0.0.1"

@@ -46,7 +46,7 @@ from aiohttp import web
 from google.protobuf.message import DecodeError
 
 from serving.runtime import security
-from serving.runtime.door import MAX_BODY
+from serving.runtime.door import MAX_BODY, REQUEST_TIMEOUT_S
 from serving.runtime.gate_check import Refused, check_grpc_infer, model_for
 from serving.runtime.gate_http import HttpGate
 from serving.runtime.gate_process import LATER_MODELS_ENV, READY_LINE, UPSTREAM_HEADERS_ENV, WAITING_LINE
@@ -89,7 +89,6 @@ NAMED_RPCS = {
     "ModelConfig": pb.ModelConfigRequest,
 }
 OPEN_RPCS = frozenset({"ServerLive", "ServerReady", "ServerMetadata", "ModelInfer", *NAMED_RPCS})
-#: Environment variable with the headers / metadata the gate adds to every call to Triton (a JSON object).
 _MESSAGE_OPTIONS = [("grpc.max_receive_message_length", MAX_BODY), ("grpc.max_send_message_length", MAX_BODY)]
 #: The gate starts before Triton listens, so its first connection attempts fail; gRPC's default reconnect backoff
 #: (1 s, growing 1.6x) then held the first answer of a cold start about 2 s after Triton was ready, and a backoff of
@@ -109,7 +108,7 @@ _RECONNECT_OPTIONS = [
 #: UNAVAILABLE). A trickled stream thus ends within about 33 + 120 s; a request that starts just before a GOAWAY still
 #: has the grace, twice the door's answer timeout (door.REQUEST_TIMEOUT_S), for its upload and answer.
 GRPC_CONNECTION_AGE_S = 30
-GRPC_CONNECTION_GRACE_S = 120
+GRPC_CONNECTION_GRACE_S = 2 * REQUEST_TIMEOUT_S
 _SERVER_OPTIONS = [
     *_MESSAGE_OPTIONS,
     ("grpc.max_connection_age_ms", GRPC_CONNECTION_AGE_S * 1000),

@@ -37,7 +37,7 @@ class Model:
     inputs: dict[str, Tensor]
 
 
-_IMAGE = {"image": Tensor("BYTES", (1,))}
+_IMAGE = {contract.IMAGE_INPUT: Tensor("BYTES", (1,))}
 #: The public models (common.contract.PUBLIC_MODELS) and their inputs, as their config.pbtxt declare them.
 PUBLIC_INPUTS: dict[str, Model] = {
     contract.DETECT_ENSEMBLE: Model(32, _IMAGE),
@@ -216,11 +216,6 @@ def check_grpc_infer(request) -> None:
                 )
         elif not shm:
             raise Refused(INVALID_ARGUMENT, f"input {echo(tensor.name)} has no data")
-
-
-def check_grpc_model_name(name: str) -> None:
-    """Metadata, config and readiness of internal models are not public either."""
-    model_for(name)
 
 
 # -- HTTP ------------------------------------------------------------------------------------------------------

@@ -17,6 +17,9 @@ from serving.runtime.subproc import stop_process
 ROOT = Path(__file__).resolve().parents[2]
 #: Seconds the gate may take to listen (imports grpc, aiohttp and protobuf: ~1 s on an idle core).
 START_TIMEOUT_S = 30.0
+#: How long a stopping gate has to finish the requests it holds (gate.serve: 5 s for gRPC calls still answering, 5 s
+#: more for Triton's answers to calls whose callers are gone), with room to exit; SIGKILL after it.
+STOP_S = 15.0
 #: The gate's environment variable for the headers it adds upstream, and the line it prints once it listens. Here,
 #: not in gate.py, so that the launcher starts without importing the gate's grpc and aiohttp (a cold start waits
 #: for the launcher's imports before Triton is spawned).
@@ -113,7 +116,7 @@ class GateProcess:
             self._spawn()
             self._ready.wait(START_TIMEOUT_S)
 
-    def stop(self, timeout: float = 15.0) -> None:
+    def stop(self, timeout: float = STOP_S) -> None:
         """SIGTERM (the gate lets what is still in flight finish, for up to 10 s: gate.serve), SIGKILL after
         ``timeout``."""
         self._stopping.set()

@@ -22,10 +22,10 @@ import signal
 import sys
 import time
 
-from serving.ops.rollout import CONTROL_ARGS
 from serving.runtime import door, ports, security, storage
 from serving.runtime.binary import DEFAULT_REPOSITORY
 from serving.runtime.children import describe_exit
+from serving.runtime.command import CONTROL_ARGS
 from serving.runtime.errors import TritonStartError
 from serving.runtime.ports import PortInUseError, free_port
 from serving.runtime.server import DRAIN_GRACE_S, SHM_DIR, SHM_PREFIX, TritonServer

@@ -26,8 +26,7 @@ from pathlib import Path
 
 from common import contract
 from serving.pipeline.backends.openvino_savedmodel import ov_runtime
-from serving.runtime import binary, children, command, ports, security, shm_guard, storage
-from serving.runtime import door as proxy
+from serving.runtime import binary, children, command, door, ports, security, shm_guard, storage
 from serving.runtime.errors import TritonStartError
 from serving.runtime.gate_process import GateProcess
 from serving.runtime.subproc import stop_process
@@ -35,10 +34,10 @@ from serving.runtime.subproc import stop_process
 DEFAULT_REPOSITORY = binary.DEFAULT_REPOSITORY
 SHM_DIR = Path("/dev/shm")
 SHM_PREFIX = "triton_python_backend_shm_region_"
-# Shutdown bounds, derived from the longest a request may take (proxy.REQUEST_TIMEOUT_S, itself derived from
+# Shutdown bounds, derived from the longest a request may take (door.REQUEST_TIMEOUT_S, itself derived from
 # the per-request decode budget): the door waits that long for accepted requests (anything slower has already
 # been answered 504 by it), then Triton, with nothing in flight any more, gets command.EXIT_TIMEOUT to unload.
-DRAIN_TIMEOUT = proxy.REQUEST_TIMEOUT_S + 5
+DRAIN_TIMEOUT = door.REQUEST_TIMEOUT_S + 5
 EXIT_TIMEOUT = command.EXIT_TIMEOUT
 # Restart backoff after a crash: doubles from the first value up to the cap; reset after a stable minute.
 RESTART_BACKOFF_S = (1.0, 30.0)
@@ -90,7 +89,7 @@ class TritonServer:
         restart: bool = True,
         admin_key: str | None = None,
         drain_grace: float = 0.0,
-        door_limits: proxy.ClientLimits | None = None,
+        door_limits: door.ClientLimits | None = None,
         s3_read: str = "auto",
     ):
         # An s3:// URI is kept as given (Triton reads it itself); a folder is made absolute.
@@ -113,7 +112,7 @@ class TritonServer:
         # nginx in front (public ports) and Triton on internal ones; front_door=False serves Triton directly.
         self.front_door = front_door
         # Per client address at the door (docs/security.md "Fair sharing at the door"); env DOOR_CLIENT_*.
-        self.door_limits = door_limits or proxy.ClientLimits.from_env()
+        self.door_limits = door_limits or door.ClientLimits.from_env()
         self.restart = restart
         self.drain_grace = drain_grace
         if admin_key is None:
@@ -136,7 +135,7 @@ class TritonServer:
         self._door_log: collections.deque[str] = collections.deque(maxlen=100)  # nginx's own errors
         self._reader: threading.Thread | None = None
         self._started_at = 0.0
-        self._door: proxy.Door | None = None
+        self._door: door.Door | None = None
         self._gate: GateProcess | None = None  # between the door and Triton (serving/runtime/gate.py)
         self._reaper: subprocess.Popen | None = None
         self._supervisor: threading.Thread | None = None
@@ -352,7 +351,7 @@ class TritonServer:
         )
         self._gate.on_start = lambda proc: self._tell_reaper(f"pgid {proc.pid}")
         self._gate.start()
-        self._door = proxy.Door(
+        self._door = door.Door(
             Path(self._run_dir()) / "nginx",
             listen_host=self.host,
             http_port=self.http_port,
@@ -365,12 +364,12 @@ class TritonServer:
             internal_key=security.internal_key(),  # the forwarder next to Triton presents it
         )
         try:
-            door = self._door.start(preexec_fn=children.own_session_child)
+            nginx = self._door.start(preexec_fn=children.own_session_child)
         except FileNotFoundError as err:
             raise TritonStartError(str(err)) from err
-        self._tell_reaper(f"pgid {door.pid}")  # its own group: the master and its workers
-        ports.hold_for(door.pid, self.http_port, self.grpc_port)
-        threading.Thread(target=self._read_logs, args=(door, self._door_log, "[nginx] "), daemon=True).start()
+        self._tell_reaper(f"pgid {nginx.pid}")  # its own group: the master and its workers
+        ports.hold_for(nginx.pid, self.http_port, self.grpc_port)
+        threading.Thread(target=self._read_logs, args=(nginx, self._door_log, "[nginx] "), daemon=True).start()
 
     def _spawn_triton(self) -> None:
         cmd, env = self.command()
@@ -545,10 +544,10 @@ class TritonServer:
                     f"tritonserver exited with code {self._proc.returncode} before it was ready. "
                     f"Last log lines:\n{self.logs(40)}"
                 )
-            door = self._door.proc if self._door is not None else None
-            if door is not None and door.poll() is not None:
+            nginx = self._door.proc if self._door is not None else None
+            if nginx is not None and nginx.poll() is not None:
                 raise TritonStartError(
-                    f"the nginx front door exited with code {door.returncode} (a public port taken?). "
+                    f"the nginx front door exited with code {nginx.returncode} (a public port taken?). "
                     f"Its log:\n" + "\n".join(self._door_log)
                 )
             if time.monotonic() > deadline:
@@ -569,17 +568,17 @@ class TritonServer:
         (SIGKILL for its group after EXIT_TIMEOUT + 10 s); leftover shared memory and the temporary folder are
         removed."""
         self._stopping.set()
-        door, self._door = self._door, None
-        if door is not None:
-            if door.proc is not None and door.proc.poll() is None and self._ready_once:
-                door.set_flag("unready")  # load balancers stop sending first
+        front, self._door = self._door, None
+        if front is not None:
+            if front.proc is not None and front.proc.poll() is None and self._ready_once:
+                front.set_flag("unready")  # load balancers stop sending first
                 time.sleep(self.drain_grace)
-                door.set_flag("draining")  # then new requests get 503 / UNAVAILABLE
-                # ... for as long again while the door still listens: closing its listeners resets connections
+                front.set_flag("draining")  # then new requests get 503 / UNAVAILABLE
+                # ... for as long again while the front still listens: closing its listeners resets connections
                 # still in the accept queue, and a graceful nginx stop closes accepted ones whose request has not
                 # arrived yet; callers that got their 503 have stopped sending by then.
                 time.sleep(self.drain_grace)
-            door.stop(timeout=DRAIN_TIMEOUT)  # listeners close; accepted requests finish, then nginx exits
+            front.stop(timeout=DRAIN_TIMEOUT)  # listeners close; accepted requests finish, then nginx exits
         gate, self._gate = self._gate, None
         if gate is not None:
             gate.stop()  # after the door: nothing new reaches it, and what it still forwards finishes
