@@ -37,6 +37,7 @@ from client.errors import (
     RequestTooLargeError,
     ServerError,
     ServerUnavailableError,
+    UnknownModelError,
 )
 from client.results import RESULT_KEYS, DetectedFace, FaceResult, FacesResult, Health
 
@@ -57,6 +58,7 @@ __all__ = [
     "RequestTooLargeError",
     "ServerError",
     "ServerUnavailableError",
+    "UnknownModelError",
     "default_url",
     "encode_image",
 ]

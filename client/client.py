@@ -67,7 +67,7 @@ class AgeGenderClient:
 
     One instance can be shared by many threads (see the module docstring). Every server call retries with
     exponential backoff while the server is unreachable or the model is still loading, and never retries a
-    request the server rejected.
+    request the server rejected, nor one for a model it does not serve.
     """
 
     def __init__(
@@ -273,7 +273,9 @@ class AgeGenderClient:
         """Estimates age and gender of the most prominent face in one image.
 
         Args:
-            image: A path, encoded image bytes (sent as is), a PIL image or a uint8 array (encoded here).
+            image: A path, encoded image bytes (sent as is), a PIL image or a uint8 array (encoded here). An array
+                is HxW (grey), HxWx1, HxWx3 in RGB order (not OpenCV's BGR: convert with ``img[..., ::-1]``) or
+                HxWx4 RGBA. A PIL image is sent as it looks; one as opened from a file keeps its EXIF orientation.
             detect: Find the face first (``age_gender``); False sends the image as an already aligned face
                 crop (``age_gender_crop``).
 
@@ -281,8 +283,10 @@ class AgeGenderClient:
             The :class:`FaceResult`; ``face_found`` is False (and age/gender None) when there is no face.
 
         Raises:
-            InvalidImageError: The image cannot be read here or decoded by the server.
+            InvalidImageError: The image cannot be read here or decoded by the server, or the array is not one of
+                the shapes above in uint8.
             ServerUnavailableError, ModelNotReadyError: Still failing after the retries.
+            UnknownModelError: The server does not serve the model at all (a wrong ``model=``); never retried.
             InferenceTimeoutError, RequestTooLargeError, ServerError: The request failed.
         """
         file = image_name(image)
@@ -331,6 +335,7 @@ class AgeGenderClient:
 
         Raises:
             ServerUnavailableError, ModelNotReadyError: The server cannot serve at all (after the retries).
+            UnknownModelError: The server does not serve the model (a wrong ``model=``/``crop_model=``).
         """
         images = list(images)
         if not images:

@@ -41,6 +41,14 @@ class RateLimitedError(AgeGenderError):
 RETRY_AFTER_S = 1.0
 
 
+class UnknownModelError(AgeGenderError):
+    """The server does not serve the requested model at all (a wrong model name): retrying cannot help.
+
+    The server's gate refuses any model that is not public (serving/runtime/gate_check.py), loaded or not; Triton's
+    own "unknown model" while it is still loading stays a :class:`ModelNotReadyError`.
+    """
+
+
 class InferenceTimeoutError(AgeGenderError):
     """The request did not complete within the client's timeout."""
 
@@ -62,6 +70,9 @@ class ProtocolMismatchError(AgeGenderError):
 
 
 _MODEL_MISSING_HINTS = ("unknown model", "not ready", "no available versions", "is not found", "not found")
+#: The gate's and the door's refusal of a model that is not public (serving/runtime/gate_check.py, door.NOT_PUBLIC);
+#: it answers the same whether Triton has loaded anything yet, so it never means "still starting".
+_NOT_PUBLIC_HINT = "not a public model"
 
 
 def unavailable_message(url: str, protocol: str, detail: str) -> str:
@@ -119,6 +130,8 @@ def _translate_triton(exc: InferenceServerException, *, url: str, protocol: str,
         return RateLimitedError(f"{where} is limiting requests from this address: {message}")
     if status == "RESOURCE_EXHAUSTED" or status == "413" or "batch-size must be" in lowered:
         return RequestTooLargeError(f"request rejected by {where}: {message}; send fewer or smaller images")
+    if status in ("NOT_FOUND", "404") and _NOT_PUBLIC_HINT in lowered:
+        return UnknownModelError(f"{where} is not served ({message}); check the model name")
     model_missing = "model" in lowered and any(hint in lowered for hint in _MODEL_MISSING_HINTS)
     # 502: the front door (nginx) lost Triton mid-request, e.g. a crash the launcher is restarting it from.
     if status in ("UNAVAILABLE", "503", "502"):

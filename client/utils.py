@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from client.errors import InvalidImageError
+from common.upload import orientation, to_rgb
 
 ProtocolName = Literal["grpc", "http"]
 #: Everything :meth:`client.AgeGenderClient.predict` accepts as an image.
@@ -86,11 +87,14 @@ def encode_image(image: ImageInput, *, image_format: Literal["PNG", "JPEG"] = "P
     """Returns the encoded bytes to send for ``image``.
 
     Paths are read and bytes passed through untouched: decoding and preprocessing happen on the server,
-    so every client sees the same pixels. PIL images and ``HxWxC`` uint8 arrays are encoded here.
+    so every client sees the same pixels. PIL images and uint8 arrays are encoded here, as they look: only a PIL
+    image as opened from a file keeps its EXIF orientation, for the server to apply.
 
     Args:
-        image: A path, encoded image bytes, a PIL image or an RGB(A)/grey uint8 array.
-        image_format: Encoding for PIL images and arrays; PNG is lossless so results match the original file.
+        image: A path, encoded image bytes, a PIL image, or a uint8 array: HxW or HxWx1 (grey), HxWx3 (RGB order,
+            not OpenCV's BGR) or HxWx4 (RGBA).
+        image_format: Encoding for PIL images and arrays; PNG is lossless so results match the original file. JPEG
+            has no alpha: transparency is composited on white, as the server does for a PNG.
 
     Raises:
         InvalidImageError: The file is missing or unreadable, the bytes are empty, or the object is not an image.
@@ -113,10 +117,7 @@ def encode_image(image: ImageInput, *, image_format: Literal["PNG", "JPEG"] = "P
             raise InvalidImageError("image bytes are empty")
         return bytes(image)
     if isinstance(image, np.ndarray):
-        try:
-            image = Image.fromarray(image)
-        except (TypeError, ValueError) as exc:
-            raise InvalidImageError(f"array of shape {image.shape} and dtype {image.dtype} is not an image") from exc
+        image = _array_image(image)
     if isinstance(image, Image.Image):
         return _encode_pil(image, image_format)
     raise InvalidImageError(
@@ -124,19 +125,42 @@ def encode_image(image: ImageInput, *, image_format: Literal["PNG", "JPEG"] = "P
     )
 
 
+def _array_image(array: np.ndarray) -> Image.Image:
+    """A uint8 grey, RGB or RGBA array as a PIL image; any other array is refused rather than guessed at.
+
+    PIL takes far more, and guesses badly: a float array became a black picture (no face, no error), int32 a 16-bit
+    one, a 1-D array a picture one pixel high.
+    """
+    channels = array.shape[2] if array.ndim == 3 else None
+    if array.dtype != np.uint8 or array.ndim not in (2, 3) or channels not in (None, 1, 3, 4):
+        raise InvalidImageError(
+            f"array of shape {array.shape} and dtype {array.dtype} is not an image; pass a uint8 array of shape "
+            "HxW or HxWx1 (grey), HxWx3 (RGB order, not BGR) or HxWx4 (RGBA)"
+        )
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise InvalidImageError(f"array of shape {array.shape} has no pixels")
+    return Image.fromarray(array[..., 0] if channels == 1 else array)
+
+
 def _encode_pil(image: Image.Image, image_format: Literal["PNG", "JPEG"]) -> bytes:
-    exif = image.getexif()
+    # Only an image as opened from a file (it has a format) may still have an orientation to apply. A derived one
+    # (transposed, rotated, resized, converted) carries the file's EXIF along but already looks as it should: sent
+    # with the tag, the server turned it a second time.
+    turn = orientation(image) if image.format is not None else 1
     if image_format == "JPEG":
-        if image.mode not in ("RGB", "L"):
-            image = image.convert("RGB")
+        if image.mode not in ("RGB", "L") or "transparency" in image.info:
+            image = to_rgb(image)  # convert("RGB") would drop the alpha and show what lies under it, often black
         save_kwargs: dict[str, Any] = {"quality": 95}
     else:
         if image.mode not in ("RGB", "RGBA", "L", "LA", "P", "1", "I", "I;16"):
             image = image.convert("RGB")
         # Speed matters more than size for a request that lives a few milliseconds.
         save_kwargs = {"compress_level": 1}
-    if exif:
-        # Keeps the orientation tag, so the server's EXIF handling sees what it would see in the original file.
+    if turn != 1:
+        # The orientation alone: the server needs nothing else of the EXIF (camera, GPS), and writing a camera's
+        # whole block back fails on a tag of the wrong type.
+        exif = Image.Exif()
+        exif[0x0112] = turn
         save_kwargs["exif"] = exif
     buffer = io.BytesIO()
     try:

@@ -14,11 +14,11 @@ import math
 import struct
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 #: Formats accepted from clients; anything else PIL could open (PSD, TIFF, ...) is refused on purpose.
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
-#: Defaults shared by the Triton preprocess config, the client's own pre-checks and the web page.
+#: Defaults shared by the Triton preprocess configs (tests/test_configs.py ties them) and the web page's checks.
 MAX_BYTES = 10 * 1024 * 1024
 MAX_PIXELS = 40_000_000
 #: Decoded size one item may reach (width x height x bytes per pixel of the stored samples), checked from the
@@ -35,6 +35,11 @@ DRAFT_SIDE = 1280
 
 class ImageDecodeError(ValueError):
     """The bytes are not an image this service accepts; ``str(err)`` is meant for the end user."""
+
+
+#: What PIL's decoders raise for a truncated or corrupt file, at open ("Truncated File Read", WebP's "could not
+#: create decoder object") or when decoding; struct.error and TypeError come from malformed headers and tags.
+DECODER_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, TypeError)
 
 
 def open_bounded(
@@ -65,6 +70,8 @@ def open_bounded(
         raise ImageDecodeError(f"The image has too many pixels (limit {max_pixels / 1e6:.0f} megapixels).") from err
     except UnidentifiedImageError as err:
         raise ImageDecodeError("The file is not a recognised image; upload a JPEG, PNG, WebP, BMP or GIF.") from err
+    except DECODER_ERRORS as err:  # recognised, but its header is cut short or broken
+        raise ImageDecodeError(corrupt_message(None, err)) from err
     width, height = img.size
     if width * height > max_pixels:
         raise ImageDecodeError(
@@ -116,20 +123,69 @@ def load_rgb(img: Image.Image) -> Image.Image:
     fmt = img.format
     try:
         img.load()  # decodes the first frame of animations
-        return to_rgb(ImageOps.exif_transpose(img))
-    except (OSError, SyntaxError, ValueError, EOFError) as err:
-        raise ImageDecodeError(f"The {fmt} file is truncated or corrupt ({err}); re-export or re-upload it.") from err
+        return to_rgb(upright(img))
+    except DECODER_ERRORS as err:
+        raise ImageDecodeError(corrupt_message(fmt, err)) from err
+
+
+def corrupt_message(fmt: str | None, err: BaseException) -> str:
+    """What the user reads for a truncated or corrupt file; ``fmt`` None when it failed before PIL named one."""
+    what = f"{fmt} file" if fmt else "file"
+    return f"The {what} is truncated or corrupt ({err}); re-export or re-upload it."
+
+
+#: How to turn a picture stored with EXIF orientation 2-8 upright (the tag's values, as PIL's exif_transpose).
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+#: Where an opened file keeps its EXIF (with the orientation) and XMP (which may hold one too).
+_ORIENTATION_KEYS = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp")
+
+
+def orientation(img: Image.Image) -> int:
+    """The EXIF (or XMP) orientation of an opened file, 1 to 8; 1 (as stored) when it has none or it is unreadable.
+
+    Read tag by tag, never re-serialised: PIL's exif_transpose writes the whole block back and raised TypeError or
+    struct.error on a tag of the wrong type (e.g. a Canon's 0x011E stored as text), failing a photo viewers show.
+    """
+    try:
+        value = img.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - a broken EXIF block: show the pixels as stored, as browsers do
+        return 1
+    return value if isinstance(value, int) and value in _UPRIGHT else 1
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """A copy of ``img`` turned as its EXIF orientation says, without the metadata that says it.
+
+    The metadata goes because it describes the file, not this picture: kept, anything that saves the picture again
+    (Gradio saves the annotated copy it shows with the info's EXIF) would have it turned a second time.
+    """
+    method = _UPRIGHT.get(orientation(img))
+    out = img.transpose(method) if method is not None else img.copy()
+    for key in _ORIENTATION_KEYS:
+        out.info.pop(key, None)
+    return out
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """``img`` in RGB: 16-bit and float samples scaled to 8 bits, transparency composited on white."""
-    if img.mode == "RGB":
+    if img.mode == "RGB" and "transparency" not in img.info:  # an RGB PNG's tRNS colour is composited below
         return img
     if img.mode.startswith("I") or img.mode == "F":
-        # convert("L") would clip 16-bit samples at 255 and wash the picture out.
+        # convert("L") would clip 16-bit samples at 255 and wash the picture out. The scale follows the declared
+        # depth, not the pixels: scaled only when some sample exceeded 255, a 16-bit grey of 255 came out white
+        # and one of 256 black. I;16*: a PNG's 16-bit grey; I: the same in older PIL (no accepted format gives a
+        # wider integer); F (no accepted format gives it either): taken as 0-255.
         arr = np.asarray(img, dtype=np.float32)
-        scale = 255 / 65535 if arr.max(initial=0) > 255 else 1.0
-        return Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8)).convert("RGB")
+        scale = 255 / 65535 if img.mode.startswith("I") else 1.0
+        return Image.fromarray(np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)).convert("RGB")
     if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info:
         # Transparent pixels often hold black or garbage colour; users expect them to look like a white page.
         rgba = img.convert("RGBA")

@@ -21,15 +21,16 @@ from gradio_frontend import uploads
 # Before gradio is imported (by gradio_frontend.app): gradio reads GRADIO_TEMP_DIR at import time.
 uploads.activate()
 
-from gradio_frontend.app import DEFAULT_PROTOCOL, DEFAULT_TIMEOUT_S, DEFAULT_TRITON_URL, build_app  # noqa: E402
+from client.utils import default_url  # noqa: E402
+from gradio_frontend.app import DEFAULT_PROTOCOL, DEFAULT_TIMEOUT_S, build_app  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "--triton-url",
-        default=DEFAULT_TRITON_URL,
-        help="host:port of Triton's gRPC (8001) or HTTP (8000) endpoint [$TRITON_URL]",
+        default=None,
+        help="host:port of Triton's gRPC (8001) or HTTP (8000) endpoint, by --protocol [$TRITON_URL]",
     )
     p.add_argument("--protocol", choices=("grpc", "http"), default=DEFAULT_PROTOCOL, help="[$TRITON_PROTOCOL]")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per request [$TRITON_TIMEOUT]")
@@ -43,7 +44,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also start a local Triton on the committed model repository first (what `make demo` does)",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.triton_url is None:  # the protocol's port, as the client chooses it ($TRITON_GRPC_PORT / _HTTP_PORT)
+        args.triton_url = default_url(args.protocol)
+    return args
 
 
 def exit_if_ports_taken(args: argparse.Namespace) -> None:

@@ -33,15 +33,17 @@ from client import (
     InvalidImageError,
     ServerUnavailableError,
 )
-from client.errors import InferenceTimeoutError, ModelNotReadyError, RateLimitedError
+from client.errors import InferenceTimeoutError, ModelNotReadyError, RateLimitedError, translate
+from client.utils import default_url
 from common import upload
 from gradio_frontend import uploads
 from gradio_frontend.labels import place_labels
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TRITON_URL = os.environ.get("TRITON_URL", "localhost:8001")
 DEFAULT_PROTOCOL = os.environ.get("TRITON_PROTOCOL", "grpc")
+# As the client and the CLI choose it: $TRITON_URL, else localhost on $TRITON_GRPC_PORT / $TRITON_HTTP_PORT.
+DEFAULT_TRITON_URL = default_url("http" if DEFAULT_PROTOCOL == "http" else "grpc")
 # Short: a user waiting on a spinner for a dead server is worse than a clear message now.
 DEFAULT_TIMEOUT_S = float(os.environ.get("TRITON_TIMEOUT", "15"))
 
@@ -63,6 +65,7 @@ MSG_NO_FACE = (
 MSG_GONE = (
     "**The photo is no longer stored** (uploads are deleted once answered, see docs/privacy.md): upload it again."
 )
+MSG_FAILED = "**Something went wrong** while handling this photo (the UI's log has the details): try another photo."
 BOX_COLOUR = (255, 64, 64)
 #: Columns of the faces table (all-faces mode); "#" is the number drawn on the face's box.
 TABLE_HEADERS = ["#", "age", "80% interval", "gender", "confidence", "detector score", "box (x0, y0, x1, y1)"]
@@ -143,6 +146,10 @@ def take_photo(payload: dict[str, Any] | None, kept: Photo | None) -> Photo | No
     a file that is no image failed with bare "Error" badges instead of this app's message. The bytes stay in
     the session (``kept``, a ``gr.State`` that expires) so *Estimate* can run again on the same photo.
 
+    Another session that uploaded the same bytes under the same name has the same path (Gradio names the folder by
+    the bytes' hash): once the first is answered, the file is gone and the second is answered from the bytes
+    uploads.py holds for a minute after deleting them.
+
     Raises:
         FileNotFoundError: Gradio's copy is gone and the session holds no other copy (a stale page).
     """
@@ -150,12 +157,12 @@ def take_photo(payload: dict[str, Any] | None, kept: Photo | None) -> Photo | No
         return None
     path, url = payload.get("path"), payload.get("url") or ""
     name = payload.get("orig_name") or (Path(path).name if path else "image")
-    if path and os.path.isfile(path):
-        data = Path(path).read_bytes()
-        uploads.forget(path)  # answered from memory from now on; nothing personal stays on disk
-        return Photo(data, name, key=path)
+    if path and (data := uploads.take(path)) is not None:
+        return Photo(data, name, key=path)  # answered from memory from now on; nothing personal stays on disk
     if kept is not None and kept.key == path:
         return kept
+    if path and (data := uploads.held(path)) is not None:
+        return Photo(data, name, key=path)
     if url.startswith("data:"):  # a webcam or pasted image sent inline
         try:
             return Photo(base64.b64decode(url.partition(",")[2], validate=True), name)
@@ -309,33 +316,15 @@ def analyse(
         message = f"**The image was rejected**: {photo.name} could not be read as an image: {err}"
         return None, message, _error_json("invalid_image", str(err)), []
 
-    where = f"`{backend.url}` ({backend.protocol})"
     try:
         # The original bytes, not a re-encode: the server sees exactly what the user uploaded.
         data = photo.data
         result = backend.predict_faces(data) if all_faces and detect else backend.predict(data, detect=detect)
-    except InvalidImageError as err:
-        return display, f"**The image was rejected**: {err}", _error_json("invalid_image", str(err)), []
-    except ModelNotReadyError as err:
-        message = (
-            f"**Triton is starting**: it answers at {where} but the models are not ready yet. "
-            "Try again in a few seconds."
-        )
-        return display, message, _error_json("model_not_ready", str(err)), []
-    except ServerUnavailableError as err:
-        message = (
-            f"**Triton server is unreachable** at {where}: it is down or still starting. "
-            "This page keeps working; press *Estimate* again once the server is up."
-        )
-        return display, message, _error_json("server_unavailable", str(err)), []
-    except InferenceTimeoutError as err:
-        message = f"**Triton did not answer in time** ({backend.timeout:g} s) at {where}. It may be overloaded."
-        return display, message, _error_json("timeout", str(err)), []
-    except RateLimitedError as err:
-        message = f"**Too many requests** from this address at {where}. Wait a moment and press *Estimate* again."
-        return display, message, _error_json("rate_limited", str(err)), []
     except AgeGenderError as err:
-        return display, f"**The request failed**: {err}", _error_json(type(err).__name__, str(err)), []
+        return display, *request_failed(backend, err), []
+    except Exception as exc:  # noqa: BLE001 - mapped as the client maps its own: a socket error is "unreachable"
+        log.warning("the client let an error through untranslated", exc_info=True)
+        return display, *request_failed(backend, translate(exc, url=backend.url, protocol=backend.protocol)), []
 
     payload = result.to_dict()
     payload["file"] = photo.name
@@ -359,6 +348,54 @@ def analyse(
     return annotate(display, result, scale), status, payload, []
 
 
+def request_failed(backend: TritonBackend, err: AgeGenderError) -> tuple[str, dict[str, Any]]:
+    """The status markdown and raw JSON for a request the client could not complete."""
+    where = f"`{backend.url}` ({backend.protocol})"
+    if isinstance(err, InvalidImageError):
+        return f"**The image was rejected**: {err}", _error_json("invalid_image", str(err))
+    if isinstance(err, ModelNotReadyError):
+        message = (
+            f"**Triton is starting**: it answers at {where} but the models are not ready yet. "
+            "Try again in a few seconds."
+        )
+        return message, _error_json("model_not_ready", str(err))
+    if isinstance(err, ServerUnavailableError):
+        message = (
+            f"**Triton server is unreachable** at {where}: it is down or still starting. "
+            "This page keeps working; press *Estimate* again once the server is up."
+        )
+        return message, _error_json("server_unavailable", str(err))
+    if isinstance(err, InferenceTimeoutError):
+        message = f"**Triton did not answer in time** ({backend.timeout:g} s) at {where}. It may be overloaded."
+        return message, _error_json("timeout", str(err))
+    if isinstance(err, RateLimitedError):
+        message = f"**Too many requests** from this address at {where}. Wait a moment and press *Estimate* again."
+        return message, _error_json("rate_limited", str(err))
+    return f"**The request failed**: {err}", _error_json(type(err).__name__, str(err))
+
+
+def handle(
+    backend: TritonBackend, payload: dict[str, Any] | None, detect: bool, all_faces: bool, kept: Photo | None
+) -> tuple[Image.Image | None, str, Any, list[list[Any]], Photo | None]:
+    """One event of the page: the photo Gradio hands over, analysed; returns :func:`analyse`'s four outputs and the
+    photo the session keeps.
+
+    Never raises: Gradio would show a bare "Error" badge, and the session would lose the photo whose file
+    :func:`take_photo` has already deleted (the next *Estimate* then said "no longer stored"). A failure nobody
+    foresaw gets :data:`MSG_FAILED`, and the session keeps the photo for the next try.
+    """
+    try:
+        photo = take_photo(payload, kept)
+    except FileNotFoundError:
+        return None, MSG_GONE, None, [], None
+    try:
+        return *analyse(backend, photo, detect, all_faces), photo
+    except Exception as exc:  # noqa: BLE001 - logged; the page shows a status instead of a bare "Error"
+        log.exception("handling a photo failed")
+        # The exception's type only: its message may name the machine's paths; the log has the rest.
+        return None, MSG_FAILED, _error_json("internal", type(exc).__name__), [], photo
+
+
 def _table(rows: list[list[Any]]) -> dict[str, Any]:
     return {"headers": TABLE_HEADERS, "data": rows}
 
@@ -372,11 +409,7 @@ def build_app(
         uploads.mark_public(example)  # public images: their cached copies stay for the next click
 
     def run(payload: dict[str, Any] | None, detect: bool, all_faces: bool, kept: Photo | None):
-        try:
-            photo = take_photo(payload, kept)
-        except FileNotFoundError:
-            return None, MSG_GONE, None, gr.Dataframe(value=_table([]), visible=False), None
-        image, status, raw, rows = analyse(backend, photo, detect, all_faces)
+        image, status, raw, rows, photo = handle(backend, payload, detect, all_faces, kept)
         # The table only when it has rows: single-face mode and errors leave nothing empty on the page.
         return image, status, raw, gr.Dataframe(value=_table(rows), visible=bool(rows)), photo
 

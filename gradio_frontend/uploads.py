@@ -2,8 +2,8 @@
 
 Face photos are personal data, and Gradio keeps every upload under the system temp folder after the demo
 stops. :func:`activate` points ``GRADIO_TEMP_DIR`` at a fresh 0700 folder before gradio is imported (gradio
-reads it at import); the app deletes each upload once answered (:func:`forget`), a sweeper deletes anything
-older than :data:`MAX_AGE_S`, and the folder goes on exit (normal exit, SIGTERM and Ctrl-C end in
+reads it at import); the app reads and deletes each upload as it answers it (:func:`take`), a sweeper deletes
+anything older than :data:`MAX_AGE_S`, and the folder goes on exit (normal exit, SIGTERM and Ctrl-C end in
 :func:`remove`). What is kept, where and for how long: docs/privacy.md.
 """
 
@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import hashlib
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -38,6 +39,13 @@ _stop = threading.Event()
 #: Sizes and SHA-256 of files that are not personal (the app's examples): Gradio caches them once at start
 #: and never copies them again, and an upload of the same photo shares that cached copy, so they stay.
 _public: dict[int, set[str]] = {}
+#: The bytes of uploads :func:`take` deleted, by path, with when it deleted them; kept MAX_AGE_S after that. Gradio
+#: stores an upload at ``<hash of its bytes>/<its name>`` (the hash keyed by a secret seed), so two sessions that
+#: upload the same photo under the same name get the same path, and the first one answered deleted the file the
+#: other still needed ("The photo is no longer stored"). Only a session that uploaded those very bytes learns the
+#: path, so answering it from here gives nobody a photo they did not send.
+_held: dict[str, tuple[float, bytes]] = {}
+_held_lock = threading.Lock()
 
 
 def mark_public(path: str | os.PathLike) -> None:
@@ -74,24 +82,62 @@ def activate(max_age_s: float = MAX_AGE_S, every_s: float = SWEEP_EVERY_S) -> Pa
     return _folder
 
 
-def forget(path: str | os.PathLike | None) -> None:
-    """Deletes one file Gradio stored (an upload that has been answered), and its folder when that is empty."""
+def take(path: str | os.PathLike) -> bytes | None:
+    """The bytes of a file Gradio stored, deleted from disk at once (:func:`forget`); None when it is not there.
+
+    A file this deletes is answered from memory for :data:`MAX_AGE_S` more (:func:`held`): another session may have
+    uploaded the same bytes to the same path.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError:  # gone (deleted when another session was answered), or not a file
+        return None
+    if forget(path):
+        with _held_lock:
+            _held[_key(path)] = (time.monotonic(), data)
+    return data
+
+
+def held(path: str | os.PathLike) -> bytes | None:
+    """The bytes :func:`take` read from ``path`` and deleted less than :data:`MAX_AGE_S` ago, else None."""
+    with _held_lock:
+        deleted, data = _held.get(_key(path), (-math.inf, None))
+    return data if time.monotonic() - deleted < MAX_AGE_S else None
+
+
+def _key(path: str | os.PathLike) -> str:
+    return str(Path(path).resolve())
+
+
+def forget(path: str | os.PathLike | None) -> bool:
+    """Deletes one file Gradio stored (an upload that has been answered), and its folder when that is empty; returns
+    whether it deleted the file."""
     if path is None or _folder is None:
-        return
+        return False
     file = Path(path).resolve()
     if not file.is_relative_to(_folder.resolve()):
-        return  # an example shipped with the app, or a file that is not ours to delete
-    with contextlib.suppress(FileNotFoundError):
+        return False  # an example shipped with the app, or a file that is not ours to delete
+    try:
         if _is_public(file):
-            return
+            return False
         file.unlink()
+    except FileNotFoundError:
+        return False
     with contextlib.suppress(OSError):  # not empty, or already gone
         if file.parent != _folder.resolve():
             file.parent.rmdir()
+    return True
 
 
 def sweep(max_age_s: float = MAX_AGE_S) -> int:
-    """Deletes every file older than ``max_age_s`` seconds in the folder, and emptied subfolders; returns how many."""
+    """Deletes every file older than ``max_age_s`` seconds in the folder, and emptied subfolders; returns how many.
+
+    Drops the bytes :func:`take` holds in memory after the same time.
+    """
+    now = time.monotonic()
+    with _held_lock:
+        for key in [key for key, (deleted, _) in _held.items() if now - deleted >= max_age_s]:
+            del _held[key]
     if _folder is None:
         return 0
     cutoff = time.time() - max_age_s
@@ -110,8 +156,10 @@ def sweep(max_age_s: float = MAX_AGE_S) -> int:
 
 
 def remove() -> None:
-    """Stops the sweeper and deletes the folder with everything in it."""
+    """Stops the sweeper, drops the held bytes and deletes the folder with everything in it."""
     _stop.set()
+    with _held_lock:
+        _held.clear()
     if _folder is not None:
         shutil.rmtree(_folder, ignore_errors=True)
 

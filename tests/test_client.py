@@ -31,7 +31,8 @@ from client import (
     ServerError,
     ServerUnavailableError,
 )
-from client.errors import translate
+from client.errors import UnknownModelError, translate
+from client.utils import encode_image
 from common import contract
 from serving.runtime.launch import TritonServer, free_port
 
@@ -196,12 +197,19 @@ def test_health(triton_tiny, protocol):
 
 @integration
 @pytest.mark.parametrize("protocol", PROTOCOLS)
-def test_unknown_model_is_model_not_ready(triton_tiny, protocol):
+def test_a_model_the_server_does_not_serve_fails_at_once(triton_tiny, protocol):
+    # The gate's "not a public model" was read as "not loaded yet": retried for the whole budget (15 s in the web
+    # UI, which then said "Triton is starting") for a name that can never work.
     url = url_of(triton_tiny, protocol)
-    with AgeGenderClient(url, protocol=protocol, model="no_such_model", retries=1, backoff=0.01) as client:
-        with pytest.raises(ModelNotReadyError, match="no_such_model"):
+    with AgeGenderClient(url, protocol=protocol, model="no_such_model", retries=3, backoff=2.0) as client:
+        start = time.monotonic()
+        with pytest.raises(UnknownModelError, match="no_such_model.*not a public model") as info:
             client.predict(GRACE)
+        with pytest.raises(UnknownModelError):
+            client.predict_many([GRACE, GRACE])  # the whole call fails, not each image
+        assert time.monotonic() - start < 2.0  # the first retry alone would have slept 2 s
         health = client.health()
+    assert not info.value.retryable and "attempts" not in str(info.value)
     assert health.live and not health.ok and health.models["no_such_model"] is False
 
 
@@ -420,6 +428,49 @@ def test_invalid_images_are_rejected_before_any_request(tmp_path):
             client.predict(12345)  # type: ignore[arg-type]
 
 
+def server_sees(image, **kwargs) -> Image.Image:
+    """The upright picture the server's decoder makes of what the client sends for ``image``."""
+    from serving.pipeline.decode import decode_upload
+
+    return decode_upload(encode_image(image, **kwargs)).image
+
+
+def test_only_an_image_as_opened_keeps_its_exif_orientation(tmp_path):
+    # A 40x20 picture stored sideways (EXIF orientation 6: viewers turn it to 20x40).
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "sideways.jpg"
+    Image.new("RGB", (40, 20), "blue").save(path, exif=exif)
+    with Image.open(path) as opened:
+        assert server_sees(opened).size == (20, 40)  # as the file itself: the server turns it
+        # Turned by the caller already: PIL copies the file's EXIF along, and with it the server turned it again.
+        assert server_sees(opened.transpose(Image.Transpose.ROTATE_270)).size == (20, 40)
+        assert server_sees(opened.rotate(-90, expand=True)).size == (20, 40)
+        # Any other derived image is sent as its pixels are (docs/client.md says to call exif_transpose first).
+        assert server_sees(opened.resize((80, 40))).size == (80, 40)
+        assert server_sees(opened, image_format="JPEG").size == (20, 40)
+
+
+def test_arrays_must_be_uint8_grey_rgb_or_rgba():
+    for array in (
+        np.full((30, 40), 0.5, np.float32),  # PIL made it a black picture: no face, no error
+        np.full((30, 40), 200, np.int32),  # a 16-bit picture
+        np.zeros(40, np.uint8),  # a picture one pixel high
+        np.zeros((30, 40, 2), np.uint8),
+        np.zeros((0, 40, 3), np.uint8),
+    ):
+        with pytest.raises(InvalidImageError, match=r"uint8 array of shape HxW .*RGB order|no pixels"):
+            encode_image(array)
+    assert server_sees(np.full((30, 40, 1), 7, np.uint8)).getpixel((0, 0)) == (7, 7, 7)
+    rgb = np.zeros((30, 40, 3), np.uint8)
+    rgb[..., 0] = 255
+    assert server_sees(rgb).getpixel((0, 0)) == (255, 0, 0)  # the first channel is red
+    # Transparent pixels are white in a JPEG too, as the server shows a transparent PNG (not black).
+    rgba = np.zeros((30, 40, 4), np.uint8)
+    for image_format in ("PNG", "JPEG"):
+        assert min(server_sees(rgba, image_format=image_format).getpixel((5, 5))) > 250, image_format
+
+
 def test_default_url_and_scheme(monkeypatch):
     monkeypatch.delenv("TRITON_URL", raising=False)
     monkeypatch.delenv("TRITON_GRPC_PORT", raising=False)
@@ -492,6 +543,10 @@ def test_parse_outputs_maps_nan_interval_to_none():
         ("StatusCode.RESOURCE_EXHAUSTED", "Received message larger than max", RequestTooLargeError),
         ("400", "inference request batch-size must be <= 32 for 'age_gender'", RequestTooLargeError),
         ("400", "Request for unknown model: 'age_gender' is not found", ModelNotReadyError),
+        # Triton's own while it loads: retried. The gate's and the door's for a model that is not public: not.
+        ("StatusCode.NOT_FOUND", "Request for unknown model: 'age_gender' is not found", ModelNotReadyError),
+        ("StatusCode.NOT_FOUND", "model 'agegender' is not a public model (public: age_gender)", UnknownModelError),
+        ("404", "not a public model, or not a public API of one (public models: age_gender)", UnknownModelError),
         ("503", "Server not ready", ServerUnavailableError),
         ("502", "Bad Gateway", ServerUnavailableError),  # the door lost Triton mid-request (a restart)
         ("400", "unexpected shape for input 'image'", ServerError),

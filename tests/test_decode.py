@@ -161,3 +161,55 @@ def test_png_fast_path_is_taken_for_rgb_and_broken_files_keep_their_message(monk
     with pytest.raises(ImageDecodeError, match="truncated"):
         decode_image(data[: len(data) // 2])  # libspng refuses it; PIL names the problem
     assert calls[-1] is None
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_comes_out_upright_without_its_tag(orientation):
+    """As PIL's exif_transpose turns it, for all eight values; the tag goes with the turn, so nothing that saves the
+    picture again (the web page's annotated copy) turns it a second time."""
+    from PIL import ImageOps
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(gradient(40, 30), "PNG", exif=exif)  # lossless: the pixels must match exactly
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
+    out = decode_image(data)
+    np.testing.assert_array_equal(np.asarray(out), expected)
+    assert 0x0112 not in out.getexif()
+
+
+def test_a_mistyped_exif_tag_does_not_fail_a_photo():
+    """A camera's EXIF with orientation 6 and tag 0x011E written as text: exif_transpose wrote the block back and
+    raised TypeError, answered as "Could not process the image: bad operand type for abs(): 'str'"."""
+    exif = bytes.fromhex(
+        "4578696600004d4d002a000000080002011e000200000006000000260112000300000001000600000000000043616e6f6e00"
+    )
+    assert decode_image(encode(gradient(40, 30), "JPEG", exif=exif)).size == (30, 40)  # turned, not refused
+    # An EXIF block that cannot be read at all: the pixels as stored, as browsers show them.
+    assert decode_image(encode(gradient(40, 30), "JPEG", exif=b"Exif\0\0MM\0*garbage")).size == (40, 30)
+
+
+@pytest.mark.parametrize(
+    "fmt,cut",
+    [("JPEG", lambda data: data[:200]), ("WEBP", lambda data: data[: len(data) // 2]), ("BMP", lambda d: d[:40])],
+    ids=["jpeg header", "half a webp", "bmp header"],
+)
+def test_a_file_cut_in_its_header_is_refused_as_truncated(fmt, cut):
+    # PIL raises these while opening, not decoding ("Truncated File Read", "could not create decoder object"): they
+    # escaped as OSError, which the server answered "Could not process the image" and the web page as a bare Error.
+    with pytest.raises(ImageDecodeError, match="truncated or corrupt"):
+        decode_image(cut(encode(gradient(200, 200), fmt)))
+
+
+def test_an_rgb_pngs_transparent_colour_is_composited_on_white():
+    img = Image.new("RGB", (10, 10), (0, 0, 0))  # black is the tRNS colour: transparent
+    img.putpixel((0, 0), (255, 0, 0))
+    arr = np.asarray(decode_image(encode(img, "PNG", transparency=(0, 0, 0))))
+    assert arr[5, 5].tolist() == [255, 255, 255] and arr[0, 0].tolist() == [255, 0, 0]
+
+
+@pytest.mark.parametrize("value,expected", [(0, 0), (255, 1), (256, 1), (257 * 128, 128), (65535, 255)])
+def test_16_bit_grey_is_scaled_by_its_depth_not_its_pixels(value, expected):
+    # Scaled only when some sample exceeded 255, a flat 16-bit 255 came out white and a flat 256 black.
+    data = encode(Image.fromarray(np.full((8, 8), value, np.uint16)), "PNG")
+    assert np.asarray(decode_image(data))[4, 4].tolist() == [expected] * 3

@@ -73,6 +73,7 @@ def test_numbers_are_drawn_on_the_image_in_the_box_colour():
 
 def test_an_unreadable_upload_gets_the_apps_message_and_is_deleted(tmp_path, monkeypatch):
     monkeypatch.setattr(uploads, "_folder", tmp_path)
+    monkeypatch.setattr(uploads, "_held", {})
     fake = tmp_path / "abc123" / "notes.jpg"
     fake.parent.mkdir()
     fake.write_text("this is not a JPEG")
@@ -84,8 +85,10 @@ def test_an_unreadable_upload_gets_the_apps_message_and_is_deleted(tmp_path, mon
         "**The image was rejected**: notes.jpg could not be read as an image: The file is not a recognised image"
     )
     assert raw["error_kind"] == "invalid_image"
-    # Estimate again on the same (deleted) upload: the session's copy answers; without one, a clear message.
+    # Estimate again on the same (deleted) upload: the session's copy answers; without one, once the bytes held for
+    # other sessions with the same upload are gone too, a clear message.
     assert app.take_photo({"path": str(fake)}, photo) is photo
+    uploads.sweep(0)
     with pytest.raises(FileNotFoundError):
         app.take_photo({"path": str(fake)}, None)
 
@@ -200,3 +203,98 @@ def test_closed_and_idle_sessions_leave_the_ui_process_memory():
     holder.session_data["closed"].is_closed = True
     assert app.forget_sessions(demo) == 2
     assert list(holder.session_data) == ["active"] and list(holder.time_last_used) == ["active"]
+
+
+def jpeg(size: tuple[int, int] = (64, 48)) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, "grey").save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def test_two_sessions_that_upload_the_same_photo_are_both_answered(tmp_path, monkeypatch):
+    # Gradio stores an upload at <hash of its bytes>/<name>: the same photo under the same name from two sessions is
+    # one file, and the first session answered deleted it under the other ("The photo is no longer stored").
+    monkeypatch.setattr(uploads, "_folder", tmp_path)
+    monkeypatch.setattr(uploads, "_held", {})
+    shared = tmp_path / "3f2a" / "me.jpg"
+    shared.parent.mkdir()
+    shared.write_bytes(jpeg())
+    payload = {"path": str(shared), "orig_name": "me.jpg"}
+    first = app.take_photo(payload, None)
+    assert not shared.exists()  # off the disk at once, as before
+    second = app.take_photo(payload, None)
+    assert second is not None and second.data == first.data
+    # Held for a minute only: after that (the sweeper's turn) the page says the photo is gone.
+    uploads.sweep(0)
+    with pytest.raises(FileNotFoundError):
+        app.take_photo(payload, None)
+
+
+def test_a_truncated_upload_is_rejected_with_the_apps_message():
+    # Cut in its header, PIL fails while opening it ("Truncated File Read"): the handler raised, the page showed a
+    # bare "Error", and the next Estimate said the photo was no longer stored.
+    photo = app.Photo(jpeg()[:200], "cut.jpg")
+    image, status, raw, rows = app.analyse(app.TritonBackend("127.0.0.1:1", "grpc"), photo, True, True)
+    assert image is None and rows == [] and raw["error_kind"] == "invalid_image"
+    assert status.startswith("**The image was rejected**: cut.jpg could not be read as an image: The file is truncated")
+
+
+def test_an_unforeseen_failure_shows_a_status_and_the_session_keeps_the_photo(tmp_path, monkeypatch):
+    monkeypatch.setattr(uploads, "_folder", tmp_path)
+    monkeypatch.setattr(uploads, "_held", {})
+    upload_path = tmp_path / "a1" / "me.jpg"
+    upload_path.parent.mkdir()
+    upload_path.write_bytes(jpeg())
+
+    def broken(data):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(app, "load_display_image", broken)
+    payload = {"path": str(upload_path), "orig_name": "me.jpg"}
+    backend = app.TritonBackend("127.0.0.1:1", "grpc")
+    image, status, raw, rows, kept = app.handle(backend, payload, True, True, None)
+    assert (image, status, raw, rows) == (None, app.MSG_FAILED, {"error": "RuntimeError", "error_kind": "internal"}, [])
+    assert kept is not None and kept.name == "me.jpg" and not upload_path.exists()
+    uploads.sweep(0)  # only the session's copy is left
+    # Estimate again: the same photo from the session, the same status (not "no longer stored").
+    assert app.handle(backend, payload, True, True, kept)[1:] == (status, raw, rows, kept)
+
+
+def test_a_socket_error_the_client_lets_through_still_reads_unreachable():
+    class Dropped(app.TritonBackend):
+        """A connection that breaks under the client in a way it does not translate (a raw OSError)."""
+
+        def predict(self, image, *, detect):
+            raise ConnectionResetError(104, "Connection reset by peer")
+
+    photo = app.Photo(jpeg(), "me.jpg")
+    image, status, raw, rows = app.analyse(Dropped("127.0.0.1:1", "grpc"), photo, True, False)
+    assert image is not None and rows == [] and raw["error_kind"] == "server_unavailable"
+    assert status.startswith("**Triton server is unreachable** at `127.0.0.1:1` (grpc)")
+
+
+def test_the_default_url_follows_the_protocol_and_port_settings():
+    # It was localhost:8001 whatever TRITON_PROTOCOL and TRITON_*_PORT said; now as the client chooses it.
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TRITON_")}
+    code = "from gradio_frontend import app; print(app.DEFAULT_PROTOCOL, app.DEFAULT_TRITON_URL)"
+    for settings, expected in (
+        ({"TRITON_PROTOCOL": "http", "TRITON_HTTP_PORT": "18123"}, "http localhost:18123"),
+        ({"TRITON_GRPC_PORT": "18124"}, "grpc localhost:18124"),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-c", code], env={**env, **settings}, capture_output=True, text=True, timeout=120
+        )
+        assert proc.stdout.strip() == expected, proc.stderr[-2000:]
+    # The command line's --protocol picks the port too (the flag, not only $TRITON_PROTOCOL).
+    code = (
+        "from gradio_frontend.__main__ import parse_args, uploads; uploads.remove(); "
+        "print(parse_args(['--protocol', 'http']).triton_url, parse_args([]).triton_url, "
+        "parse_args(['--triton-url', 'h:1']).triton_url)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.split() == ["localhost:8000", "localhost:8001", "h:1"], proc.stderr[-2000:]
