@@ -363,3 +363,72 @@ def _running(pid: int) -> bool:
     """Alive and not a zombie."""
     fields = procs.stat_fields(pid)
     return fields is not None and fields[0] != "Z"
+
+
+def _raw_grpc_answered(grpc_url: str, headers: list[tuple[str, str]], message: bytes, compressed: bool) -> bool:
+    """Sends one ModelInfer over a hand-made HTTP/2 connection (any headers, repeated ones too); True when the answer
+    carries a message (a DATA frame), as only a served request's does: a refusal is trailers only."""
+    host, port = grpc_url.rsplit(":", 1)
+    fields = [(":method", "POST"), (":scheme", "http"), (":path", slow.GRPC_INFER), (":authority", grpc_url)]
+    fields += [("content-type", "application/grpc"), ("te", "trailers"), *headers]
+    block = b"".join(slow._literal(k, v) for k, v in fields)
+    body = bytes([1 if compressed else 0]) + struct.pack(">I", len(message)) + message
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(slow._PREFACE + slow._frame(slow._SETTINGS, 0, 0))
+        sock.sendall(slow._frame(slow._HEADERS, slow._END_HEADERS, 1, block))
+        sock.sendall(slow._frame(slow._DATA, slow._END_STREAM, 1, body))
+        reader = sock.makefile("rb")
+        while True:
+            head = reader.read(9)
+            if len(head) < 9:
+                return False
+            length, kind, flags, stream = int.from_bytes(head[:3], "big"), head[3], head[4], int.from_bytes(head[5:])
+            payload = reader.read(length)
+            if kind == slow._SETTINGS and not flags & slow._ACK:
+                sock.sendall(slow._frame(slow._SETTINGS, slow._ACK, 0))
+            elif stream == 1 and kind == slow._DATA and payload:
+                return True
+            elif stream == 1 and (kind == slow._RST or flags & slow._END_STREAM) or kind == slow._GOAWAY:
+                return False
+
+
+@pytest.mark.integration
+def test_a_second_encoding_header_does_not_get_a_compressed_body_inflated(triton_tiny):
+    # nginx 1.22 checks the first Content-Encoding / grpc-encoding only: "identity" then "gzip" passed, and the gate
+    # inflated 58 KB into 60 MB (audit). Now no encoding header passes the door, so such a body is refused as garbage.
+    import gzip
+
+    from loadtest.abuse.victims import grpc_request
+
+    body, headers = _infer_body(cases.face_crop())
+    host, port = triton_tiny.http_url.rsplit(":", 1)
+    for encodings, compressed in ((["identity"], False), (["identity", "gzip"], True)):
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        data = gzip.compress(body) if compressed else body
+        conn.putrequest("POST", slow.CROP_PATH)
+        for name, value in {**headers, "Content-Length": str(len(data))}.items():
+            conn.putheader(name, value)
+        for encoding in encodings:
+            conn.putheader("Content-Encoding", encoding)
+        conn.endheaders(data)
+        status = conn.getresponse().status
+        conn.close()
+        assert (status == 200) is (not compressed), (encodings, status)
+    message = grpc_request(contract.CROP_ENSEMBLE, [1, 1], [cases.face_crop()]).SerializeToString()
+    assert _raw_grpc_answered(triton_tiny.grpc_url, [("grpc-encoding", "identity")], message, False)
+    doubled = [("grpc-encoding", "identity"), ("grpc-encoding", "gzip")]
+    assert not _raw_grpc_answered(triton_tiny.grpc_url, doubled, gzip.compress(message), True)
+
+
+@pytest.mark.integration
+def test_only_inference_may_name_its_json_length(triton_tiny):
+    # Triton reads every other body whole, whatever Inference-Header-Content-Length says: the header let a 1 MB
+    # nested JSON body reach it (an admin's trace setting then crashed it, audit).
+    nested = b"[" * 10000 + b"]" * 10000
+    for path in ("/v2/repository/index", "/v2/trace/setting", "/v2/models/age_gender/config"):
+        host, port = triton_tiny.http_url.rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.request("POST", path, nested, {"Inference-Header-Content-Length": "2"})
+        response = conn.getresponse()
+        assert response.status == 413 and b"the JSON part of the request is over" in response.read(), path
+        conn.close()

@@ -36,7 +36,7 @@ from loadtest.abuse.victims import Victims
 from loadtest.abuse.victims import grpc_answer as _answer
 from loadtest.abuse.victims import grpc_request as _request
 from loadtest.bench.wire import serialize_bytes
-from serving.runtime import gate_check, gate_http, gate_relay, security
+from serving.runtime import door, gate_check, gate_http, gate_relay, security
 
 ROOT = Path(__file__).resolve().parents[1]
 CROP, DETECT = contract.CROP_ENSEMBLE, contract.DETECT_ENSEMBLE
@@ -132,8 +132,8 @@ WRONG_JSON = {
 
 @pytest.mark.parametrize("fields", WRONG_JSON.values(), ids=WRONG_JSON.keys())
 def test_wrongly_typed_request_fields_are_the_callers_mistake(fields):
-    with pytest.raises(gate_check.Refused) as refusal:
-        gate_check.check_http_infer(CROP, {"inputs": [_IMAGE_JSON], **fields}, b"")
+    with pytest.raises(gate_check.Refused) as refusal:  # an admin's mistake too (shared memory is theirs alone)
+        gate_check.check_http_infer(CROP, {"inputs": [_IMAGE_JSON], **fields}, b"", admin=True)
     assert refusal.value.code == gate_check.INVALID_ARGUMENT
     # The same request, written right, passes.
     good = {"id": "a", "outputs": [{"name": "age", "parameters": {"binary_data": True}}]}
@@ -428,4 +428,111 @@ def test_http_json_is_strict_and_callers_mistakes_are_4xx(triton_tiny):
     bodies = [json.dumps({"inputs": [_IMAGE_JSON], **fields}).encode() for fields in WRONG_JSON.values()]
     for body in [*bodies, *REPEATED_KEYS, *NOT_TRITONS_JSON]:
         status, text = http_call(triton_tiny.http_url, "POST", f"/v2/models/{CROP}/infer", body)
-        assert status == 400 and json.loads(text)["error"], (body, status, text[:200])
+        # Shared memory without the admin key is refused for the key (403) before its type is looked at.
+        expected = 403 if b"shared_memory" in body else 400
+        assert status == expected and json.loads(text)["error"], (body, status, text[:200])
+
+
+def test_calls_still_waiting_when_their_callers_go_are_dropped_and_each_address_is_bounded():
+    # A caller that hangs up frees its place at the door while its call went on here: one address could queue work
+    # no door limit saw, and everyone waited behind it (audit: a lone request held past the door's 60 s).
+    async def scenario():
+        upstream = gate_relay.Upstream(per_client=3, max_upstream=1)
+        release, ran = asyncio.Event(), []
+
+        async def call(tag):
+            ran.append(tag)
+            await release.wait()
+            return tag
+
+        first = asyncio.ensure_future(upstream.run(call("first"), client="a"))
+        await asyncio.sleep(0)
+        waiting = [asyncio.ensure_future(upstream.run(call(f"w{i}"), client=f"b{i}")) for i in range(50)]
+        await asyncio.sleep(0.01)
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+        await asyncio.sleep(0)
+        assert len(upstream.tasks) == 1 and ran == ["first"]  # the 50 never reach Triton, nor wait for it
+        assert dict(upstream.outstanding) == {"a": 1}
+        # "a" hangs up too: its call has reached Triton, so it runs on and counts until it is answered.
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        more = [asyncio.ensure_future(upstream.run(call("a2"), client="a")) for _ in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(gate_relay.TooMany, match="at most 3"):
+            await upstream.run(call("a4"), client="a")
+        assert await asyncio.wait_for(_one(upstream.run(call("other"), client="c"), release), 5) == "other"
+        await asyncio.gather(*more)
+        await upstream.drain(5)
+        assert not upstream.outstanding and not upstream.tasks
+
+    async def _one(coro, release):
+        release.set()
+        return await coro
+
+    asyncio.run(scenario())
+
+
+def test_shared_memory_needs_the_admin_key():
+    # Triton's regions are one table for every caller: a stranger naming an admin's region read it through
+    # inference and wrote an output over it (audit).
+    request = _request(contract.CROP_ENSEMBLE, [1, 1], [b"x"])
+    del request.raw_input_contents[:]
+    request.inputs[0].parameters["shared_memory_region"].string_param = "victim"
+    request.inputs[0].parameters["shared_memory_byte_size"].int64_param = 5
+    with pytest.raises(gate_check.Refused, match="shared memory needs the admin-key key") as refused:
+        gate_check.check_grpc_infer(request)
+    assert refused.value.code == "PERMISSION_DENIED"
+    gate_check.check_grpc_infer(request, admin=True)
+    header = {
+        "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1, 1], "parameters": {"binary_data_size": 5}}],
+        "outputs": [{"name": "age", "parameters": {"shared_memory_region": "victim", "shared_memory_byte_size": 4}}],
+    }
+    with pytest.raises(gate_check.Refused, match="shared memory") as refused:
+        gate_check.check_http_infer(contract.CROP_ENSEMBLE, header, b"\x01\x00\x00\x00x")
+    assert refused.value.code == "PERMISSION_DENIED"
+    gate_check.check_http_infer(contract.CROP_ENSEMBLE, header, b"\x01\x00\x00\x00x", admin=True)
+
+
+def _photo(seed: int, side: int = 1024) -> bytes:
+    """A smooth random picture (a cheap upload that still costs its decode and a face search)."""
+    rng = np.random.default_rng(seed)
+    picture = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((side, side), Image.BILINEAR)
+    buffer = io.BytesIO()
+    picture.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.integration
+def test_calls_abandoned_behind_the_door_count_against_their_address(tiny_repo):
+    # One connection per address at the door: a caller that hangs up frees it, but its call still runs in Triton and
+    # counts against that address at the gate until answered, so sending and hanging up cannot queue work unseen.
+    from tests.conftest import start_launcher
+
+    proc, _, grpc_url = start_launcher(tiny_repo, "--door-client-connections", "1", start_new_session=True)
+    options = [("grpc.max_send_message_length", door.MAX_BODY)]
+    try:
+        with grpc.insecure_channel(grpc_url, options=options) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            crop = _request(contract.CROP_ENSEMBLE, [1, 1], [cases.face_crop()])
+            stub.ModelInfer(crop, timeout=60)  # warm, and served: the bound is not in the way of one caller
+            heavy = _request(contract.DETECT_ENSEMBLE, [32, 1], [_photo(i) for i in range(32)])
+            with pytest.raises(grpc.RpcError) as abandoned:
+                stub.ModelInfer(heavy, timeout=0.6)
+            assert abandoned.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.ModelInfer(crop, timeout=60)
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, refused.value.details()
+            assert "still being served" in refused.value.details()
+            deadline = time.monotonic() + 30
+            while True:  # once Triton has answered the abandoned call, the address is served again
+                try:
+                    stub.ModelInfer(crop, timeout=60)
+                    break
+                except grpc.RpcError as err:
+                    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and time.monotonic() < deadline, err
+                    time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.communicate(timeout=60)

@@ -153,6 +153,9 @@ _ADMIN_VAR = ADMIN_HEADER.lower().replace("-", "_")  # nginx's $http_<name> for 
 #: The door's answers in words the gate repeats where no door stands in front of it (gate_http, ``edge``).
 NOT_PUBLIC = f"not a public model, or not a public API of one (public models: {', '.join(PUBLIC_MODELS)})"
 COMPRESSED = "compressed request bodies (Content-Encoding) are not accepted"
+#: The caller's address, as nginx saw it, on every request it forwards (replacing any the caller sent): the gate
+#: counts each address's calls still outstanding behind the door (gate_relay.Upstream).
+CLIENT_HEADER = "X-Agegender-Client"
 
 
 def find_nginx() -> str | None:
@@ -231,6 +234,10 @@ def nginx_config(
             [
                 "proxy_http_version 1.1;",
                 'proxy_set_header Connection "";',
+                # nginx 1.22's $http_content_encoding is the first such header only: a second one (identity,
+                # then gzip) passed the check below and the gate inflated the body. None is passed on at all.
+                'proxy_set_header Content-Encoding "";',
+                f"proxy_set_header {CLIENT_HEADER} $remote_addr;",
                 http_key,
                 "proxy_connect_timeout 5s;",
                 f"proxy_send_timeout {seconds}s;",
@@ -240,14 +247,18 @@ def nginx_config(
         )
 
     strip = 'grpc_set_header grpc-timeout "";' if STRIP_GRPC_DEADLINE else ""
-    # The checks every forwarded HTTP request passes first.
-    http_checks = f"\n{' ' * 20}".join(
-        [
-            f'if ($compressed) {{ return 415 \'{{"error":"{COMPRESSED}"}}\'; }}',
-            f'if ($json_too_long) {{ return 413 \'{{"error":"{_JSON_TOO_LONG}"}}\'; }}',
-            f'if (-f {prefix}/draining) {{ return 503 \'{{"error":"server is shutting down"}}\'; }}',
-        ]
-    )
+
+    def http_checks(json_too_long: str) -> str:
+        """The checks every forwarded HTTP request passes first; ``json_too_long``: the variable saying its JSON is
+        over MAX_JSON_BYTES (only inference bodies may name their JSON part's length; Triton reads any other body
+        whole, whatever Inference-Header-Content-Length says)."""
+        return f"\n{' ' * 20}".join(
+            [
+                f'if ($compressed) {{ return 415 \'{{"error":"{COMPRESSED}"}}\'; }}',
+                f'if (${json_too_long}) {{ return 413 \'{{"error":"{_JSON_TOO_LONG}"}}\'; }}',
+                f'if (-f {prefix}/draining) {{ return 503 \'{{"error":"server is shutting down"}}\'; }}',
+            ]
+        )
 
     def grpc_location(match: str, seconds: int) -> str:
         """A gRPC location: refusals first, then to the gate with ``seconds`` for the answer."""
@@ -267,6 +278,10 @@ def nginx_config(
             "    }",
             f"    {strip}",
             f"    {grpc_key}",
+            # The first grpc-encoding header only is checked above: none is passed on, so a second one (identity,
+            # then gzip) cannot have the gate inflate a message.
+            '    grpc_set_header grpc-encoding "";',
+            f"    grpc_set_header {CLIENT_HEADER.lower()} $remote_addr;",
             "    grpc_pass grpc://gate_grpc;",
             "    # Triton echoes names into grpc-message; nginx's default 4-8k header buffer turned the error of",
             "    # a 5,000-character model name into a misleading UNAVAILABLE (found by loadtest/abuse/suite.py).",
@@ -329,6 +344,10 @@ def nginx_config(
                 "~^{_JSON_LEN}:" 0;
                 "~^:{_JSON_LEN}?:$" 0;
             }}
+            map "$content_length:$http_transfer_encoding" $body_too_long {{
+                default 1;
+                "~^{_JSON_LEN}?:$" 0;
+            }}
             upstream triton_http {{ server {triton_http}; keepalive 16; }}
             upstream triton_grpc {{ server {triton_grpc}; keepalive 16; }}
             # The gate (serving/runtime/gate.py) checks what nginx cannot read: all gRPC, and HTTP inference of the
@@ -367,19 +386,19 @@ def nginx_config(
                 # gate can hold the whole upload to a total deadline (gate_http.body_deadline_s), which nginx cannot
                 # (client_body_timeout is per read). Content-Length is still capped here (413 before any byte).
                 location ~ "^/v2/models/({_PUBLIC})(/versions/[0-9]+)?/infer$" {{
-                    {http_checks}
+                    {http_checks("json_too_long")}
                     proxy_pass http://gate_http;
                     proxy_request_buffering off;
                     {forward(request_timeout_s)}
                 }}
                 # The repository API (Triton checks the admin key): a load answers when the model is loaded.
                 location ^~ /v2/repository/ {{
-                    {http_checks}
+                    {http_checks("body_too_long")}
                     proxy_pass http://triton_http;
                     {forward(repository_timeout_s)}
                 }}
                 location / {{
-                    {http_checks}
+                    {http_checks("body_too_long")}
                     if ($route = not_public) {{ return 404 '{{"error":"{NOT_PUBLIC}"}}'; }}
                     proxy_pass http://$route;
                     {forward(request_timeout_s)}

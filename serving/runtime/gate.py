@@ -46,7 +46,7 @@ from aiohttp import web
 from google.protobuf.message import DecodeError
 
 from serving.runtime import security
-from serving.runtime.door import MAX_BODY, REQUEST_TIMEOUT_S
+from serving.runtime.door import CLIENT_HEADER, MAX_BODY, REQUEST_TIMEOUT_S, ClientLimits
 from serving.runtime.gate_check import Refused, check_grpc_infer, model_for
 from serving.runtime.gate_http import HttpGate
 from serving.runtime.gate_process import LATER_MODELS_ENV, READY_LINE, UPSTREAM_HEADERS_ENV, WAITING_LINE
@@ -54,6 +54,7 @@ from serving.runtime.gate_relay import (
     NOT_FROM_THE_DOOR,
     UNREACHABLE,
     Loading,
+    TooMany,
     Upstream,
     bounded,
     from_the_door,
@@ -113,6 +114,9 @@ _SERVER_OPTIONS = [
     *_MESSAGE_OPTIONS,
     ("grpc.max_connection_age_ms", GRPC_CONNECTION_AGE_S * 1000),
     ("grpc.max_connection_age_grace_ms", GRPC_CONNECTION_GRACE_S * 1000),
+    # Never inflate a message (grpc-encoding): 58 KB of gzip became 60 MB here, behind the door's check of the first
+    # grpc-encoding header only, and in a KServe pod with no door at all. A compressed message then fails to parse.
+    ("grpc.per_message_decompression", 0),
 ]
 
 
@@ -165,12 +169,13 @@ class GrpcGate(grpc.GenericRpcHandler):
         given = dict(context.invocation_metadata() or ())
         if not from_the_door(self.door_key, given.get(security.GRPC_INTERNAL_METADATA)):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, NOT_FROM_THE_DOOR)
-        name = None
+        name = client = None
         try:
             if rpc == "ModelInfer":
                 parsed = pb.ModelInferRequest.FromString(request)
-                check_grpc_infer(parsed)
+                check_grpc_infer(parsed, admin=is_admin(self.admin_key, self._given(context)))
                 name = parsed.model_name
+                client = given.get(CLIENT_HEADER.lower())  # set by the door (none in a KServe pod)
             elif rpc in NAMED_RPCS:
                 name = NAMED_RPCS[rpc].FromString(request).name
                 if not is_admin(self.admin_key, self._given(context)):  # operators (rollout) read internal models
@@ -189,7 +194,10 @@ class GrpcGate(grpc.GenericRpcHandler):
             await context.abort(getattr(grpc.StatusCode, refusal.code), bounded(str(refusal)))
         if name is not None and rpc != "ModelReady":  # readiness is answered as it is, loading or not
             await self.loading.wait(name)
-        status, payload = await self.upstream.run(self._call(method, request, metadata))
+        try:
+            status, payload = await self.upstream.run(self._call(method, request, metadata), client=client)
+        except TooMany as refusal:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(refusal))
         if status is not None:
             await context.abort(status, payload)
         return payload
@@ -227,7 +235,8 @@ def _split(address: str) -> tuple[str, int]:
 
 
 async def serve(args, admin_key: str, upstream_headers: dict[str, str], stop: asyncio.Event) -> None:
-    upstream = Upstream()
+    per_client = getattr(args, "per_client", None)
+    upstream = Upstream(per_client=per_client if per_client is not None else ClientLimits.from_env().connections)
     later = [m for m in os.environ.get(LATER_MODELS_ENV, "").split(",") if m]
     grpc_gate = GrpcGate(args.triton_grpc, admin_key, upstream_headers, upstream, later)
     server = grpc.aio.server(options=_SERVER_OPTIONS, maximum_concurrent_rpcs=None)
@@ -237,7 +246,8 @@ async def serve(args, admin_key: str, upstream_headers: dict[str, str], stop: as
     await server.start()
     edge = getattr(args, "edge", False)
     http_gate = HttpGate(args.triton_http, admin_key, upstream_headers, upstream, grpc_gate.loading, edge=edge)
-    runner = web.AppRunner(http_gate.app(), access_log=None)
+    # Bodies are never inflated here (compressed ones are refused before; this makes sure of it).
+    runner = web.AppRunner(http_gate.app(), access_log=None, auto_decompress=False)
     await runner.setup()
     host, port = _split(args.http)
     await web.TCPSite(runner, host, port).start()
@@ -265,6 +275,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="no nginx in front (a KServe pod, serving/runtime/edge.py): the HTTP side also answers health and server "
         "metadata, relays other paths for admins only, and refuses compressed bodies",
+    )
+    p.add_argument(
+        "--per-client",
+        type=int,
+        default=None,
+        help="calls one address may have outstanding here, abandoned ones included (the door's "
+        "connections per client; default from DOOR_CLIENT_CONNECTIONS, else 128)",
     )
     args = p.parse_args(argv)
     # Secrets come from the environment (never argv, which every local user can read in /proc).

@@ -16,10 +16,12 @@ import struct
 from dataclasses import dataclass
 
 from common import contract
+from serving.runtime.security import ADMIN_HEADER
 
 #: Refusal codes, named as gRPC status codes; gate.py maps them to HTTP statuses.
 INVALID_ARGUMENT = "INVALID_ARGUMENT"
 NOT_FOUND = "NOT_FOUND"
+PERMISSION_DENIED = "PERMISSION_DENIED"
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,11 @@ assert set(PUBLIC_INPUTS) == set(contract.PUBLIC_MODELS)
 #: Request-level parameters passed on. Everything else (``timeout``, ``priority``, sequence controls, custom
 #: keys) is refused: none of our models uses them, and a request timeout is one more way to cancel an ensemble.
 ALLOWED_REQUEST_PARAMETERS = frozenset({"binary_data_output"})
-#: Per-input parameters passed on: the HTTP binary extension's size, and shared memory (registering a region
-#: needs the admin key, and Triton checks the region against the byte size of the now-validated shape).
+#: Shared-memory parameters: passed on only with the admin key. Registering a region needs the key, but Triton's
+#: regions are one table for every caller: a stranger naming an admin's region read its contents through inference
+#: and wrote an output over it (audit, 2026-12-05). Triton checks a region against the validated shape's size.
+SHARED_MEMORY_PARAMETERS = frozenset({"shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"})
+#: Per-input parameters passed on: the HTTP binary extension's size, and shared memory (admins only).
 ALLOWED_INPUT_PARAMETERS = frozenset(
     {"binary_data_size", "shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"}
 )
@@ -148,8 +153,15 @@ def check_bytes_elements(input_name: str, raw: bytes | memoryview, count: int) -
 
 def check_parameters(keys, allowed: frozenset[str], where: str) -> None:
     extra = sorted(set(keys) - allowed)
+    if extra and extra[0] in SHARED_MEMORY_PARAMETERS:
+        raise Refused(PERMISSION_DENIED, f"{where} parameter {extra[0]!r}: shared memory needs the {ADMIN_HEADER} key")
     if extra:
         raise Refused(INVALID_ARGUMENT, f"{where} parameter {echo(extra[0])} is not accepted")
+
+
+def allowed_for(allowed: frozenset[str], admin: bool) -> frozenset[str]:
+    """``allowed`` for this caller: without the admin key, no shared memory."""
+    return allowed if admin else allowed - SHARED_MEMORY_PARAMETERS
 
 
 def _wrong_type(where: str, key: str) -> Refused:
@@ -187,13 +199,16 @@ def check_all_inputs(model_name: str, model: Model, names: list[str]) -> None:
 # -- gRPC ------------------------------------------------------------------------------------------------------
 
 
-def check_grpc_infer(request) -> None:
-    """Validates a ``inference.ModelInferRequest`` (tritonclient.grpc.service_pb2); raises :class:`Refused`."""
+def check_grpc_infer(request, admin: bool = False) -> None:
+    """Validates a ``inference.ModelInferRequest`` (tritonclient.grpc.service_pb2); raises :class:`Refused`.
+    ``admin``: the caller presented the admin key (shared memory allowed)."""
     model = model_for(request.model_name)
     name = request.model_name
     check_grpc_parameters(request.parameters, ALLOWED_REQUEST_PARAMETERS, "request")
     for output in request.outputs:
-        check_grpc_parameters(output.parameters, ALLOWED_OUTPUT_PARAMETERS, f"output {echo(output.name)}")
+        check_grpc_parameters(
+            output.parameters, allowed_for(ALLOWED_OUTPUT_PARAMETERS, admin), f"output {echo(output.name)}"
+        )
     check_all_inputs(name, model, [i.name for i in request.inputs])
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
@@ -201,7 +216,9 @@ def check_grpc_infer(request) -> None:
     for index, tensor in enumerate(request.inputs):
         check_datatype(name, model, tensor.name, tensor.datatype)
         count = check_shape(name, model, tensor.name, tensor.shape)
-        check_grpc_parameters(tensor.parameters, ALLOWED_INPUT_PARAMETERS, f"input {echo(tensor.name)}")
+        check_grpc_parameters(
+            tensor.parameters, allowed_for(ALLOWED_INPUT_PARAMETERS, admin), f"input {echo(tensor.name)}"
+        )
         shm = "shared_memory_region" in tensor.parameters
         has_contents = tensor.HasField("contents")
         if raw:
@@ -229,8 +246,9 @@ def _flatten(data, out: list) -> None:
         out.append(data)
 
 
-def check_http_infer(model_name: str, header: object, binary: bytes | memoryview) -> None:
-    """Validates the JSON part of an HTTP infer request and the binary part that follows it."""
+def check_http_infer(model_name: str, header: object, binary: bytes | memoryview, admin: bool = False) -> None:
+    """Validates the JSON part of an HTTP infer request and the binary part that follows it; ``admin``: the
+    caller presented the admin key (shared memory allowed)."""
     model = model_for(model_name)
     if not isinstance(header, dict):
         raise Refused(INVALID_ARGUMENT, "the request JSON must be an object")
@@ -245,7 +263,7 @@ def check_http_infer(model_name: str, header: object, binary: bytes | memoryview
         raise Refused(INVALID_ARGUMENT, "'outputs' must be a list of objects, each with a string 'name'")
     for output in outputs:
         where = f"output {echo(output['name'])}"
-        check_json_parameters(output.get("parameters", {}), ALLOWED_OUTPUT_PARAMETERS, where)
+        check_json_parameters(output.get("parameters", {}), allowed_for(ALLOWED_OUTPUT_PARAMETERS, admin), where)
     inputs = header.get("inputs")
     if not isinstance(inputs, list) or not all(isinstance(i, dict) for i in inputs):
         raise Refused(INVALID_ARGUMENT, "the request JSON needs 'inputs', a list of objects")
@@ -260,7 +278,7 @@ def check_http_infer(model_name: str, header: object, binary: bytes | memoryview
             raise Refused(INVALID_ARGUMENT, f"input {echo(input_name)}: 'shape' must be a list")
         count = check_shape(model_name, model, input_name, shape)
         tparams = tensor.get("parameters", {})
-        check_json_parameters(tparams, ALLOWED_INPUT_PARAMETERS, f"input {echo(input_name)}")
+        check_json_parameters(tparams, allowed_for(ALLOWED_INPUT_PARAMETERS, admin), f"input {echo(input_name)}")
         size = tparams.get("binary_data_size")
         if size is not None:
             if size < 0 or offset + size > len(view):  # an int: check_json_parameters

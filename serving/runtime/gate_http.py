@@ -11,13 +11,14 @@ import aiohttp
 from aiohttp import web
 
 from serving.runtime import security
-from serving.runtime.door import COMPRESSED, MAX_BODY, MAX_JSON_BYTES, NOT_PUBLIC
+from serving.runtime.door import CLIENT_HEADER, COMPRESSED, MAX_BODY, MAX_JSON_BYTES, NOT_PUBLIC
 from serving.runtime.gate_check import INVALID_ARGUMENT, PUBLIC_INPUTS, Refused, check_http_infer, model_for
 from serving.runtime.gate_relay import (
     MAX_UPSTREAM,
     NOT_FROM_THE_DOOR,
     UNREACHABLE,
     Loading,
+    TooMany,
     Upstream,
     bounded,
     from_the_door,
@@ -180,8 +181,11 @@ class HttpGate:
 
     @web.middleware
     async def _not_compressed(self, request: web.Request, handler):
-        # aiohttp would inflate the body itself: a small upload could then cost MAX_BODY of memory and CPU here.
-        if request.headers.get("Content-Encoding", "identity").lower() not in ("", "identity"):
+        # Every Content-Encoding header, not the first: "identity" then "gzip" passed a first-only check. (The
+        # server does not inflate bodies at all, gate.serve; refused, the caller learns why.)
+        if any(
+            value.strip().lower() not in ("", "identity") for value in request.headers.getall("Content-Encoding", [])
+        ):
             return self._error(415, COMPRESSED)
         return await handler(request)
 
@@ -233,7 +237,8 @@ class HttpGate:
                 raise Refused(INVALID_ARGUMENT, str(repeated)) from None
             except (ValueError, RecursionError):
                 raise Refused(INVALID_ARGUMENT, "the JSON part of the request is not valid JSON in UTF-8") from None
-            check_http_infer(name, header, memoryview(body)[split:])
+            admin = is_admin(self.admin_key, request.headers.get(security.ADMIN_HEADER, ""))
+            check_http_infer(name, header, memoryview(body)[split:], admin=admin)
         except Refused as refusal:
             return self._error(_HTTP_STATUS[refusal.code], str(refusal))
         path = f"/v2/models/{name}" + (f"/versions/{version}" if version else "") + "/infer"
@@ -241,7 +246,12 @@ class HttpGate:
         if length is not None:
             headers["Inference-Header-Content-Length"] = str(split)
         await self.loading.wait(name)
-        return await self.upstream.run(self._forward(path, body, headers, strict=True))
+        try:
+            # The caller's address from the door (none in a KServe pod): its calls outstanding here are bounded.
+            client = request.headers.get(CLIENT_HEADER)
+            return await self.upstream.run(self._forward(path, body, headers, strict=True), client=client)
+        except TooMany as refusal:
+            return web.json_response({"error": str(refusal)}, status=429, headers={"Retry-After": "1"})
 
     def _about(self, suffix: str):
         async def about(request: web.Request) -> web.Response:

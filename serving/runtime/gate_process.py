@@ -31,10 +31,14 @@ WAITING_LINE = "gate waiting for"
 READY_LINE = "gate listening"
 
 
-def gate_command(*, grpc: str, http: str, triton_grpc: str, triton_http: str, edge: bool = False) -> list[str]:
-    """``python -m serving.runtime.gate`` with its addresses (``host:port``); ``edge``: no nginx in front (edge.py)."""
+def gate_command(
+    *, grpc: str, http: str, triton_grpc: str, triton_http: str, edge: bool = False, per_client: int | None = None
+) -> list[str]:
+    """``python -m serving.runtime.gate`` with its addresses (``host:port``); ``edge``: no nginx in front (edge.py);
+    ``per_client``: calls one address may have outstanding at the gate (the door's connections per client)."""
     cmd = [sys.executable, "-m", "serving.runtime.gate", "--grpc", grpc, "--http", http]
-    return [*cmd, "--triton-grpc", triton_grpc, "--triton-http", triton_http, *(["--edge"] if edge else [])]
+    cmd += ["--triton-grpc", triton_grpc, "--triton-http", triton_http, *(["--edge"] if edge else [])]
+    return [*cmd, *(["--per-client", str(per_client)] if per_client is not None else [])]
 
 
 class GateProcess:
@@ -48,6 +52,7 @@ class GateProcess:
         admin_key: str,
         upstream_headers: dict[str, str],
         later_models: tuple[str, ...] = (),
+        per_client: int | None = None,
     ):
         self.listen_ports = (ports.free_port(), ports.free_port())  # gRPC, HTTP
         self.grpc, self.http = (f"127.0.0.1:{port}" for port in self.listen_ports)
@@ -55,6 +60,7 @@ class GateProcess:
         self.admin_key = admin_key
         self.upstream_headers = upstream_headers
         self.later_models = later_models
+        self.per_client = per_client
         self.log: collections.deque[str] = collections.deque(maxlen=100)
         self.restarts = 0
         self.proc = None
@@ -70,7 +76,13 @@ class GateProcess:
         env[security.ADMIN_KEY_ENV] = self.admin_key
         env[UPSTREAM_HEADERS_ENV] = json.dumps(self.upstream_headers)
         env[LATER_MODELS_ENV] = ",".join(self.later_models)
-        cmd = gate_command(grpc=self.grpc, http=self.http, triton_grpc=self.triton_grpc, triton_http=self.triton_http)
+        cmd = gate_command(
+            grpc=self.grpc,
+            http=self.http,
+            triton_grpc=self.triton_grpc,
+            triton_http=self.triton_http,
+            per_client=self.per_client,
+        )
         return cmd, env
 
     def start(self) -> None:

@@ -4,6 +4,8 @@ error messages, the admin key check."""
 from __future__ import annotations
 
 import asyncio
+import collections
+import functools
 import hmac
 import sys
 from collections.abc import Awaitable, Callable
@@ -39,26 +41,65 @@ def is_admin(admin_key: str, given: str) -> bool:
     return bool(admin_key) and hmac.compare_digest(given.encode(), admin_key.encode())
 
 
+class TooMany(Exception):
+    """The caller's address already has its share of calls outstanding here; ``str(err)`` is the message."""
+
+
 class Upstream:
-    """Calls to Triton that outlive their caller: started as tasks, awaited through a shield."""
+    """Calls to Triton that outlive their caller: started as tasks, awaited through a shield.
 
-    def __init__(self):
-        self.limit = asyncio.Semaphore(MAX_UPSTREAM)
+    A caller that hangs up frees its place at the door (nginx counts connections and streams), while its call goes
+    on here: without a bound, one address that sends and hangs up again and again queued work no door limit saw,
+    and every other caller waited behind it (audit, 2026-12-05: 300 abandoned requests from four connections held
+    a lone request past the door's 60 s). So a call still waiting for a place (:data:`MAX_UPSTREAM`) when its caller
+    goes is dropped, since Triton never saw it; and calls that name their ``client`` (the door's address header)
+    count against ``per_client`` until Triton has answered them, abandoned or not: the door's own per-address
+    concurrency, now also over the work its callers left behind.
+    """
+
+    def __init__(self, per_client: int | None = None, max_upstream: int = MAX_UPSTREAM):
+        self.limit = asyncio.Semaphore(max_upstream)
         self.tasks: set[asyncio.Task] = set()
+        self.per_client = per_client
+        self.outstanding: collections.Counter[str] = collections.Counter()
 
-    async def run(self, coro):
-        task = asyncio.ensure_future(self._limited(coro))
+    async def run(self, coro, client: str | None = None):
+        """``coro``'s result; raises :class:`TooMany` (``coro`` not started) when ``client`` is over its share."""
+        if client is not None and self.per_client is not None:
+            if self.outstanding[client] >= self.per_client:
+                coro.close()
+                raise TooMany(
+                    f"too many requests from your address still being served here (at most {self.per_client}, "
+                    "counting those whose callers hung up); retry later"
+                )
+            self.outstanding[client] += 1
+        sent: list[bool] = []
+        task = asyncio.ensure_future(self._limited(coro, sent))
         self.tasks.add(task)
-        task.add_done_callback(self._done)
-        # A cancelled caller cancels the shield only: the task finishes and its answer is dropped.
-        return await asyncio.shield(task)
+        task.add_done_callback(functools.partial(self._done, client=client))
+        try:
+            # A cancelled caller cancels the shield only: a call Triton has, finishes and its answer is dropped.
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not sent:
+                task.cancel()  # still waiting for a place: Triton never saw it, so no cancel reaches Triton
+            raise
 
-    async def _limited(self, coro):
-        async with self.limit:
-            return await coro
+    async def _limited(self, coro, sent: list[bool]):
+        try:
+            async with self.limit:
+                sent.append(True)
+                return await coro
+        finally:
+            if not sent:
+                coro.close()  # cancelled while waiting: never started
 
-    def _done(self, task: asyncio.Task) -> None:
+    def _done(self, task: asyncio.Task, client: str | None) -> None:
         self.tasks.discard(task)
+        if client is not None and client in self.outstanding:
+            self.outstanding[client] -= 1
+            if self.outstanding[client] <= 0:
+                del self.outstanding[client]
         if not task.cancelled():
             task.exception()  # retrieved, so an abandoned failure is not logged as "never retrieved"
 

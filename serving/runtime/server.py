@@ -348,6 +348,7 @@ class TritonServer:
             admin_key=self.admin_key,
             upstream_headers=security.internal_headers(security.internal_key()),
             later_models=self.later_models(),
+            per_client=self.door_limits.connections,  # the door's own per-address bound, over abandoned calls too
         )
         self._gate.on_start = lambda proc: self._tell_reaper(f"pgid {proc.pid}")
         self._gate.start()
