@@ -235,8 +235,11 @@ def _split(address: str) -> tuple[str, int]:
 
 
 async def serve(args, admin_key: str, upstream_headers: dict[str, str], stop: asyncio.Event) -> None:
-    per_client = getattr(args, "per_client", None)
-    upstream = Upstream(per_client=per_client if per_client is not None else ClientLimits.from_env().connections)
+    # Per address only behind the door, which names it (X-Agegender-Client); in a KServe pod any caller could.
+    per_client = None if getattr(args, "edge", False) else getattr(args, "per_client", None)
+    if per_client is None and not getattr(args, "edge", False):
+        per_client = ClientLimits.from_env().connections
+    upstream = Upstream(per_client=per_client)
     later = [m for m in os.environ.get(LATER_MODELS_ENV, "").split(",") if m]
     grpc_gate = GrpcGate(args.triton_grpc, admin_key, upstream_headers, upstream, later)
     server = grpc.aio.server(options=_SERVER_OPTIONS, maximum_concurrent_rpcs=None)
