@@ -398,8 +398,9 @@ def nginx_config(
                     {forward(repository_timeout_s)}
                 }}
                 location / {{
-                    {http_checks("body_too_long")}
+                    # First: whatever the body, a model that is not public is simply not there (as for a GET).
                     if ($route = not_public) {{ return 404 '{{"error":"{NOT_PUBLIC}"}}'; }}
+                    {http_checks("body_too_long")}
                     proxy_pass http://$route;
                     {forward(request_timeout_s)}
                 }}
