@@ -203,6 +203,13 @@ def test_h2load_parsed():
     assert run.p50_ms == pytest.approx(36.956)
     assert run.p99_ms == pytest.approx(49.817 + 0.96 * (49.978 - 49.817))  # numpy's linear interpolation
     assert run.p99_ms == pytest.approx(np.percentile(durations_ms, 99))
+    # 136 answers of 286 bytes each: every success carried a message.
+    assert run.data_bytes == 38896 == 136 * 286
+    loadgen.check_grpc_answers(run, 286)
+    # Five of them refusals in the trailers (an HTTP 200 with no message), which Triton never counted: caught.
+    refused = loadgen.parse_h2load(H2LOAD_OK.replace("(38896) data", f"({131 * 286}) data"), H2LOAD_LOG)
+    with pytest.raises(loadgen.LoadError, match="5 were refusals"):
+        loadgen.check_grpc_answers(refused, 286)
 
 
 @pytest.mark.parametrize(

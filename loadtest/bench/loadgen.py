@@ -44,6 +44,8 @@ class Run:
     mean_ms: float
     p50_ms: float
     p99_ms: float
+    #: Bytes of DATA received (h2load): a served gRPC answer carries its message there, a refusal none.
+    data_bytes: int = 0
 
 
 def missing() -> list[str]:
@@ -99,6 +101,7 @@ def parse_h2load(text: str, log: str = "", concurrency: int = 0) -> Run:
     if not succeeded:
         raise LoadError(f"h2load: no request succeeded ({total} sent, {done} done)")
     mean = _field(r"^time for request:\s+(\S+)\s+(\S+)\s+(\S+)", text, "h2load")[3]
+    data = int(_field(r"^traffic: .*\((\d+)\) data$", text, "h2load")[1])
     rows = [line.split("\t") for line in log.splitlines() if line.strip()]
     latencies = np.array([int(r[2]) / 1000.0 for r in rows if r[1].startswith("2")])
     return Run(
@@ -110,7 +113,34 @@ def parse_h2load(text: str, log: str = "", concurrency: int = 0) -> Run:
         mean_ms=_ms(mean),
         p50_ms=float(np.percentile(latencies, 50)) if latencies.size else float("nan"),
         p99_ms=float(np.percentile(latencies, 99)) if latencies.size else float("nan"),
+        data_bytes=data,
     )
+
+
+def check_grpc_answers(run: Run, answer_bytes: int) -> None:
+    """Raises unless every request h2load counted carried a served answer of ``answer_bytes``.
+
+    h2load counts every HTTP 200 as a success, and a gRPC error (a gate refusal, which never reaches Triton's
+    counters) is an HTTP 200 with its status in the trailers and no message. Triton's counters catch errors it
+    made, but not up to ``concurrency`` refusals hidden behind the requests still in flight at the end: the DATA
+    bytes do.
+    """
+    if run.data_bytes < run.requests * answer_bytes:
+        missing = run.requests - run.data_bytes // answer_bytes
+        raise LoadError(
+            f"h2load counted {run.requests} successes but received answers for about {run.requests - missing}: "
+            f"{missing} were refusals (a gRPC status in the trailers, no message)"
+        )
+
+
+def h2load_answer_bytes(url: str, body: Path) -> int:
+    """The DATA bytes of one answer to ``body`` (the same for every served answer to the same body)."""
+    cmd = ["h2load", "-n", "1", "-c", "1", "-m", "1", *(a for h in wire.GRPC_HEADERS for a in ("-H", h))]
+    text = _run([*cmd, "-d", str(body), f"http://{url}{wire.GRPC_PATH}"], timeout=120)
+    data = int(_field(r"^traffic: .*\((\d+)\) data$", text, "h2load")[1])
+    if data == 0:
+        raise LoadError("h2load: the one request sent to measure the answer got none (refused in the trailers)")
+    return data
 
 
 # --- wrk ----------------------------------------------------------------------------------------------------

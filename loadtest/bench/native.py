@@ -283,7 +283,16 @@ def bracket(before: dict, after: dict | None) -> dict:
 def loader(scenario: Scenario, triton: TritonServer, file: Path):
     """``load(seconds) -> loadgen.Run`` for the scenario's tool; ``file``: the gRPC frame or the wrk script."""
     if scenario.transport == "grpc":
-        return lambda seconds: loadgen.h2load(triton.grpc_url, file, scenario.concurrency, seconds)
+        answer_bytes: list[int] = []  # measured at the first call, inside measure()'s error handling
+
+        def load(seconds):
+            if not answer_bytes:
+                answer_bytes.append(loadgen.h2load_answer_bytes(triton.grpc_url, file))
+            run = loadgen.h2load(triton.grpc_url, file, scenario.concurrency, seconds)
+            loadgen.check_grpc_answers(run, answer_bytes[0])
+            return run
+
+        return load
     return lambda seconds: loadgen.wrk(triton.http_url, scenario.model, file, scenario.concurrency, seconds)
 
 
