@@ -34,7 +34,6 @@ from client.outputs import parse_outputs
 from client.results import DetectedFace, FaceResult, FacesResult, Health
 from client.transports import TRANSPORTS, Transport
 from client.utils import (
-    DEFAULT_PORTS,
     PROTOCOL_LABELS,
     ImageInput,
     ProtocolName,
@@ -46,6 +45,7 @@ from client.utils import (
     split_scheme,
 )
 from common import contract
+from common.ports import DEFAULT_PORTS
 
 T = TypeVar("T")
 #: Longest wait for the one-connection protocol probe made after a failed call.

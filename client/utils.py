@@ -12,13 +12,13 @@ import numpy as np
 from PIL import Image
 
 from client.errors import InvalidImageError
+from common.ports import default_address
 from common.upload import orientation, to_rgb
 
 ProtocolName = Literal["grpc", "http"]
 #: Everything :meth:`client.AgeGenderClient.predict` accepts as an image.
 ImageInput = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | np.ndarray
 
-DEFAULT_PORTS: dict[str, int] = {"grpc": 8001, "http": 8000}
 #: How messages name the protocols.
 PROTOCOL_LABELS: dict[str, str] = {"grpc": "gRPC", "http": "HTTP"}
 #: Longest single wait between retries; keeps a long retry budget from turning into minute-long sleeps.
@@ -33,8 +33,7 @@ def default_url(protocol: ProtocolName) -> str:
     """Returns ``$TRITON_URL``, else localhost on ``$TRITON_GRPC_PORT``/``$TRITON_HTTP_PORT`` (8001/8000)."""
     if env := os.environ.get("TRITON_URL"):
         return env
-    variable = "TRITON_GRPC_PORT" if protocol == "grpc" else "TRITON_HTTP_PORT"
-    return f"localhost:{os.environ.get(variable, DEFAULT_PORTS[protocol])}"
+    return default_address(protocol, host="localhost")
 
 
 def split_scheme(url: str) -> tuple[str | None, str]:

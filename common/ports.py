@@ -11,6 +11,24 @@ import os
 import socket
 from pathlib import Path
 
+#: Triton's usual ports, the one definition: the launcher, the client, the UI and every tool default to them.
+DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
+
+
+def env_name(kind: str) -> str:
+    """The variable that moves a port: ``TRITON_HTTP_PORT``, ``TRITON_GRPC_PORT``, ``TRITON_METRICS_PORT``."""
+    return f"TRITON_{kind.upper()}_PORT"
+
+
+def env_port(kind: str) -> int:
+    return int(os.environ.get(env_name(kind), DEFAULT_PORTS[kind]))
+
+
+def default_address(kind: str, host: str = "127.0.0.1") -> str:
+    """``host:port`` of a local server's ``kind`` port (``$TRITON_<KIND>_PORT``, else the usual one)."""
+    return f"{host}:{env_port(kind)}"
+
+
 #: /proc/net/tcp's state codes, for the ones that hold a port against a new listener.
 _STATES = {"01": "connected", "02": "connecting", "07": "bound", "0A": "listening"}
 

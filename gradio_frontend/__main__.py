@@ -15,7 +15,7 @@ import signal
 import sys
 
 from common import upload
-from common.ports import PortInUseError, check_free
+from common.ports import DEFAULT_PORTS, PortInUseError, check_free, env_name, env_port
 from gradio_frontend import uploads
 
 # Before gradio is imported (by gradio_frontend.app): gradio reads GRADIO_TEMP_DIR at import time.
@@ -57,10 +57,7 @@ def exit_if_ports_taken(args: argparse.Namespace) -> None:
     try:
         check_free(args.host, ports)
         if args.serve_triton:
-            from serving.runtime import ports as triton_ports
-
-            kinds = triton_ports.DEFAULT_PORTS
-            check_free("127.0.0.1", {triton_ports.env_name(k): triton_ports.env_port(k) for k in kinds})
+            check_free("127.0.0.1", {env_name(kind): env_port(kind) for kind in DEFAULT_PORTS})
     except PortInUseError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -21,6 +21,7 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from client import AgeGenderClient
+from common.ports import default_address
 
 PORTRAIT = Path(__file__).resolve().parents[1] / "gradio_frontend" / "examples" / "grace_hopper.jpg"
 
@@ -72,7 +73,7 @@ def run(call, *, concurrency: int, seconds: float) -> dict:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--url", default="localhost:8001", help="Triton gRPC host:port")
+    p.add_argument("--url", default=default_address("grpc", "localhost"), help="Triton gRPC host:port")
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--faces", type=int, default=4, help="faces per composite")
     p.add_argument("--seconds", type=float, default=20.0, help="per path")

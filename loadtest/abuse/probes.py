@@ -37,6 +37,7 @@ import tritonclient.http as httpclient
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from common import contract, spec
+from common.ports import default_address
 from loadtest import procs
 from loadtest.abuse import attacks, cases, slow
 from loadtest.abuse.victims import ATOL, CROP, Victims, grpc_answer, grpc_request, references
@@ -274,8 +275,8 @@ def markdown(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--http-url", default="127.0.0.1:8000", help="host:port of the HTTP endpoint (the door)")
-    p.add_argument("--grpc-url", default="127.0.0.1:8001", help="host:port of the gRPC endpoint")
+    p.add_argument("--http-url", default=default_address("http"), help="host:port of the HTTP endpoint (the door)")
+    p.add_argument("--grpc-url", default=default_address("grpc"), help="host:port of the gRPC endpoint")
     p.add_argument("--probes", default=",".join(PROBES), help=f"comma-separated subset of {','.join(PROBES)}")
     p.add_argument("--duration", type=float, default=60.0, help="seconds per probe")
     p.add_argument("--pid", type=int, help="the launcher's pid (else found from the HTTP port's listener)")

@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 
 from common import contract
+from common.ports import default_address
 
 ATTACKER = "127.0.0.2"
 VICTIMS = tuple(f"127.0.0.{i}" for i in range(3, 7))
@@ -305,8 +306,8 @@ def run(http_url: str, grpc_url: str, kind: str, duration: float, ramp: float = 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--http-url", default="127.0.0.1:8000")
-    p.add_argument("--grpc-url", default="127.0.0.1:8001")
+    p.add_argument("--http-url", default=default_address("http"))
+    p.add_argument("--grpc-url", default=default_address("grpc"))
     p.add_argument("--kind", choices=("uploads", "streams", "both"), default="both")
     p.add_argument("--duration", type=float, default=60.0, help="seconds the victims call while attacked")
     p.add_argument("--min-success", type=float, default=0.99, help="exit 1 below this victim success ratio")

@@ -33,6 +33,7 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from common.ports import default_address
 from loadtest import procs
 from loadtest.abuse import cases
 from loadtest.abuse.judge import OUTCOMES, Result, run_case
@@ -184,8 +185,8 @@ def run(
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--http-url", default="127.0.0.1:8000", help="host:port of the HTTP endpoint (the door)")
-    p.add_argument("--grpc-url", default="127.0.0.1:8001", help="host:port of the gRPC endpoint")
+    p.add_argument("--http-url", default=default_address("http"), help="host:port of the HTTP endpoint (the door)")
+    p.add_argument("--grpc-url", default=default_address("grpc"), help="host:port of the gRPC endpoint")
     p.add_argument("--count", type=int, default=1200, help="malformed requests to send (>= 1,000 by default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--concurrency", type=int, default=2, help="requests in flight (the machine may be shared)")

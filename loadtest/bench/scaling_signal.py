@@ -30,6 +30,7 @@ import urllib.request
 from pathlib import Path
 
 from common import contract
+from common.ports import default_address
 
 ROOT = Path(__file__).resolve().parents[2]
 ENSEMBLES = {"detect": contract.DETECT_ENSEMBLE, "crop": contract.CROP_ENSEMBLE}
@@ -138,8 +139,8 @@ def run(args, grpc_url: str, metrics_url: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--serve", action="store_true", help="start a Triton on model_repository/ for the run")
-    p.add_argument("--grpc-url", default="127.0.0.1:8001")
-    p.add_argument("--metrics-url", default="http://127.0.0.1:8002/metrics")
+    p.add_argument("--grpc-url", default=default_address("grpc"))
+    p.add_argument("--metrics-url", default=f"http://{default_address('metrics')}/metrics")
     p.add_argument("--users", type=int, default=16)
     p.add_argument("--spawn-rate", type=float, default=0.5, help="users added per second (the ramp)")
     p.add_argument("--duration", type=int, default=40, help="seconds of load")

@@ -50,6 +50,7 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 from client.errors import RateLimitedError, translate  # noqa: E402
 from common import contract as c  # noqa: E402
 from common.contract import FACES_BOX, FACES_MODEL, FACES_OUTPUTS  # noqa: E402
+from common.ports import default_address  # noqa: E402
 
 log = logging.getLogger("loadtest")
 
@@ -90,8 +91,8 @@ def _add_arguments(parser: Any) -> None:
     )
     group.add_argument("--model", default="", help="target this model instead of the --path ensemble")
     group.add_argument("--batch-size", type=int, default=1, help="images per request")
-    group.add_argument("--triton-grpc-url", env_var="TRITON_GRPC_URL", default="localhost:8001")
-    group.add_argument("--triton-http-url", env_var="TRITON_HTTP_URL", default="localhost:8000")
+    group.add_argument("--triton-grpc-url", env_var="TRITON_GRPC_URL", default=default_address("grpc", "localhost"))
+    group.add_argument("--triton-http-url", env_var="TRITON_HTTP_URL", default=default_address("http", "localhost"))
     group.add_argument("--request-timeout", type=float, default=30.0, help="seconds per request")
     group.add_argument(
         "--retry-window",

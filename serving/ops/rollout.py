@@ -28,6 +28,7 @@ import os
 import sys
 import time
 
+from common.ports import default_address
 from serving.runtime.security import ADMIN_HEADER, ADMIN_KEY_ENV
 
 
@@ -91,7 +92,9 @@ def switch(url: str, model: str, version: int | None = None, *, timeout: float =
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--url", default=os.environ.get("TRITON_HTTP_URL", "127.0.0.1:8000"), help="Triton HTTP host:port")
+    p.add_argument(
+        "--url", default=os.environ.get("TRITON_HTTP_URL", default_address("http")), help="Triton HTTP host:port"
+    )
     p.add_argument("--model", required=True)
     group = p.add_mutually_exclusive_group()
     group.add_argument("--version", type=int, help="version to serve (rollback); default: the newest")

@@ -10,12 +10,10 @@ import secrets
 import socket
 from pathlib import Path
 
-from common.ports import PortInUseError, check_free, in_use
+from common.ports import DEFAULT_PORTS, PortInUseError, check_free, env_name, env_port, in_use
 
 # The check itself lives in common/ (the web UI has no serving/).
-__all__ = ["PortInUseError", "check_free", "env_name", "env_port", "free_port", "hold_for", "in_use"]
-
-DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
+__all__ = ["DEFAULT_PORTS", "PortInUseError", "check_free", "env_name", "env_port", "free_port", "hold_for", "in_use"]
 #: How far below the kernel's ephemeral range free_port() looks.
 PORT_SPAN = 10_000
 #: Ports handed out by free_port() in this process: never handed out twice (a server's public port, chosen
@@ -25,14 +23,6 @@ _handed_out: set[int] = set()
 #: one but not bound yet looks free to the others (seen in make test: a launcher's internal port taken by the
 #: session's next server). One empty file per port, named PORT.PID; a reservation lapses when its process exits.
 RESERVATIONS = Path(os.environ.get("TMPDIR", "/tmp")) / "agegender-ports"
-
-
-def env_name(kind: str) -> str:
-    return f"TRITON_{kind.upper()}_PORT"
-
-
-def env_port(kind: str) -> int:
-    return int(os.environ.get(env_name(kind), DEFAULT_PORTS[kind]))
 
 
 def _ephemeral_low() -> int:
