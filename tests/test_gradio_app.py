@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -213,15 +214,21 @@ def jpeg(size: tuple[int, int] = (64, 48)) -> bytes:
     return buffer.getvalue()
 
 
+def stored_upload(folder, monkeypatch) -> dict:
+    """A photo as Gradio stores an upload (``<hash>/<name>`` in the UI's private folder), and its event payload."""
+    monkeypatch.setattr(uploads, "_folder", folder)
+    monkeypatch.setattr(uploads, "_held", {})
+    path = folder / "3f2a" / "me.jpg"
+    path.parent.mkdir()
+    path.write_bytes(jpeg())
+    return {"path": str(path), "orig_name": "me.jpg"}
+
+
 def test_two_sessions_that_upload_the_same_photo_are_both_answered(tmp_path, monkeypatch):
     # Gradio stores an upload at <hash of its bytes>/<name>: the same photo under the same name from two sessions is
     # one file, and the first session answered deleted it under the other ("The photo is no longer stored").
-    monkeypatch.setattr(uploads, "_folder", tmp_path)
-    monkeypatch.setattr(uploads, "_held", {})
-    shared = tmp_path / "3f2a" / "me.jpg"
-    shared.parent.mkdir()
-    shared.write_bytes(jpeg())
-    payload = {"path": str(shared), "orig_name": "me.jpg"}
+    payload = stored_upload(tmp_path, monkeypatch)
+    shared = Path(payload["path"])
     first = app.take_photo(payload, None)
     assert not shared.exists()  # off the disk at once, as before
     second = app.take_photo(payload, None)
@@ -242,17 +249,13 @@ def test_a_truncated_upload_is_rejected_with_the_apps_message():
 
 
 def test_an_unforeseen_failure_shows_a_status_and_the_session_keeps_the_photo(tmp_path, monkeypatch):
-    monkeypatch.setattr(uploads, "_folder", tmp_path)
-    monkeypatch.setattr(uploads, "_held", {})
-    upload_path = tmp_path / "a1" / "me.jpg"
-    upload_path.parent.mkdir()
-    upload_path.write_bytes(jpeg())
+    payload = stored_upload(tmp_path, monkeypatch)
+    upload_path = Path(payload["path"])
 
     def broken(data):
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(app, "load_display_image", broken)
-    payload = {"path": str(upload_path), "orig_name": "me.jpg"}
     backend = app.TritonBackend("127.0.0.1:1", "grpc")
     image, status, raw, rows, kept = app.handle(backend, payload, True, True, None)
     assert (image, status, raw, rows) == (None, app.MSG_FAILED, {"error": "RuntimeError", "error_kind": "internal"}, [])
