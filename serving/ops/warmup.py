@@ -17,6 +17,7 @@ that they decode into a crop without an error.
 
 from __future__ import annotations
 
+import argparse
 import io
 from pathlib import Path
 
@@ -49,7 +50,8 @@ def warmup_file(fmt: str) -> bytes:
     return serialize_byte_tensor(np.array([encoded(fmt)], dtype=np.object_)).item()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     FOLDER.mkdir(parents=True, exist_ok=True)
     for name, fmt in FILES.items():
         (FOLDER / name).write_bytes(warmup_file(fmt))
