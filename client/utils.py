@@ -141,11 +141,28 @@ def _array_image(array: np.ndarray) -> Image.Image:
     return Image.fromarray(array[..., 0] if channels == 1 else array)
 
 
+def orientation_to_send(image: Image.Image) -> int:
+    """The EXIF orientation the server should still apply to ``image``'s pixels, 1 for none.
+
+    PIL copies the file's EXIF to every image derived from it. ``convert`` and ``resize`` (the common cases) leave
+    the pixels as stored, so the tag still applies; ``transpose`` or ``rotate`` by hand turn them, and the tag sent
+    along turned them twice. A quarter turn shows when the size is the file's own (EXIF 0xA002/0xA003) swapped;
+    ``ImageOps.exif_transpose`` drops the tag itself.
+    """
+    turn = orientation(image)
+    if turn in (5, 6, 7, 8):
+        try:
+            exif_ifd = image.getexif().get_ifd(0x8769)
+            stored = (int(exif_ifd[0xA002]), int(exif_ifd[0xA003]))
+        except (KeyError, TypeError, ValueError):
+            return turn
+        if stored[0] != stored[1] and image.size == stored[::-1]:
+            return 1  # already turned a quarter
+    return turn
+
+
 def _encode_pil(image: Image.Image, image_format: Literal["PNG", "JPEG"]) -> bytes:
-    # Only an image as opened from a file (it has a format) may still have an orientation to apply. A derived one
-    # (transposed, rotated, resized, converted) carries the file's EXIF along but already looks as it should: sent
-    # with the tag, the server turned it a second time.
-    turn = orientation(image) if image.format is not None else 1
+    turn = orientation_to_send(image)
     if image_format == "JPEG":
         if image.mode not in ("RGB", "L") or "transparency" in image.info:
             image = to_rgb(image)  # convert("RGB") would drop the alpha and show what lies under it, often black

@@ -49,12 +49,13 @@ def open_bounded(
     max_bytes: int = MAX_BYTES,
     max_decoded_bytes: int = MAX_DECODED_BYTES,
     draft_side: int | None = None,
-) -> tuple[Image.Image, float]:
+) -> tuple[Image.Image, tuple[int, int]]:
     """Opens an upload without decoding it, once its header has passed every bound.
 
-    Returns the opened image (JPEGs larger than ``draft_side`` set to decode at a reduced scale) and the factor
-    that maps its pixel coordinates back to the file's. Raises :class:`ImageDecodeError` for empty, oversized or
-    unrecognised input, too many pixels, or too many decoded bytes.
+    Returns the opened image (JPEGs larger than ``draft_side`` set to decode at a reduced scale) and the file's
+    own size as stored (before any draft; :func:`upright_size` turns it as the picture is shown). Raises
+    :class:`ImageDecodeError` for empty, oversized or unrecognised input, too many pixels, or too many decoded
+    bytes.
     """
     if not data:
         raise ImageDecodeError("The image is empty (0 bytes); upload a JPEG, PNG, WebP, BMP or GIF file.")
@@ -80,19 +81,22 @@ def open_bounded(
         )
     if width == 0 or height == 0:
         raise ImageDecodeError("The image has no pixels.")
-    scale = 1.0
     if draft_side and img.format == "JPEG" and max(width, height) > draft_side:
         # draft() keeps both sides >= the requested size and picks the smallest DCT scale that does.
         ratio = draft_side / max(width, height)
         img.draft("RGB", (math.ceil(width * ratio), math.ceil(height * ratio)))
-        scale = width / img.size[0]
     decoded = decoded_bytes(img, data)
     if decoded > max_decoded_bytes:
         raise ImageDecodeError(
             f"The image would take {decoded / 2**20:.0f} MiB to decode ({width}x{height}, {img.mode}); the limit "
             f"is {max_decoded_bytes / 2**20:.0f} MiB. Upload an 8-bit JPEG or a smaller image."
         )
-    return img, scale
+    return img, (width, height)
+
+
+def upright_size(img: Image.Image, stored: tuple[int, int]) -> tuple[int, int]:
+    """The file's size as :func:`load_rgb` turns it: sides swapped for EXIF orientations 5-8 (a quarter turn)."""
+    return (stored[1], stored[0]) if orientation(img) in (5, 6, 7, 8) else stored
 
 
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}

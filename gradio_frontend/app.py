@@ -205,9 +205,10 @@ def load_display_image(data: bytes) -> tuple[Image.Image, float]:
         upload.ImageDecodeError: For what the server refuses too: size, format, pixels and decoded bytes from the
             header, before any pixel is decoded here; a truncated or corrupt file once decoded.
     """
-    opened, scale = upload.open_bounded(data, draft_side=DISPLAY_SIDE)
+    opened, stored = upload.open_bounded(data, draft_side=DISPLAY_SIDE)
     with opened:
         img = upload.load_rgb(opened)
+        scale = upload.upright_size(opened, stored)[0] / img.width
     if max(img.size) > DISPLAY_SIDE:
         factor = DISPLAY_SIDE / max(img.size)
         img = img.resize((max(1, round(img.width * factor)), max(1, round(img.height * factor))), Image.BILINEAR)

@@ -15,7 +15,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 from tritonclient.utils import InferenceServerException
 
 from client import (
@@ -435,20 +435,24 @@ def server_sees(image, **kwargs) -> Image.Image:
     return decode_upload(encode_image(image, **kwargs)).image
 
 
-def test_only_an_image_as_opened_keeps_its_exif_orientation(tmp_path):
-    # A 40x20 picture stored sideways (EXIF orientation 6: viewers turn it to 20x40).
+def test_a_pil_images_exif_orientation_is_applied_once(tmp_path):
+    # A 40x20 picture stored sideways (EXIF orientation 6: viewers turn it to 20x40), with its own size in the EXIF
+    # as cameras write it.
     exif = Image.Exif()
     exif[0x0112] = 6
+    exif.get_ifd(0x8769).update({0xA002: 40, 0xA003: 20})
     path = tmp_path / "sideways.jpg"
     Image.new("RGB", (40, 20), "blue").save(path, exif=exif)
     with Image.open(path) as opened:
         assert server_sees(opened).size == (20, 40)  # as the file itself: the server turns it
+        assert server_sees(opened, image_format="JPEG").size == (20, 40)
+        # Converted or resized, the pixels are still as stored: the tag still applies (the common case).
+        assert server_sees(opened.convert("RGB")).size == (20, 40)
+        assert server_sees(opened.resize((80, 40))).size == (40, 80)
         # Turned by the caller already: PIL copies the file's EXIF along, and with it the server turned it again.
         assert server_sees(opened.transpose(Image.Transpose.ROTATE_270)).size == (20, 40)
         assert server_sees(opened.rotate(-90, expand=True)).size == (20, 40)
-        # Any other derived image is sent as its pixels are (docs/client.md says to call exif_transpose first).
-        assert server_sees(opened.resize((80, 40))).size == (80, 40)
-        assert server_sees(opened, image_format="JPEG").size == (20, 40)
+        assert server_sees(ImageOps.exif_transpose(opened)).size == (20, 40)
 
 
 def test_arrays_must_be_uint8_grey_rgb_or_rgba():

@@ -213,3 +213,18 @@ def test_16_bit_grey_is_scaled_by_its_depth_not_its_pixels(value, expected):
     # Scaled only when some sample exceeded 255, a flat 16-bit 255 came out white and a flat 256 black.
     data = encode(Image.fromarray(np.full((8, 8), value, np.uint16)), "PNG")
     assert np.asarray(decode_image(data))[4, 4].tolist() == [expected] * 3
+
+
+@pytest.mark.parametrize(("size", "orientation"), [((4000, 3001), 1), ((10240, 1001), 6), ((3001, 4000), 8)])
+def test_a_drafted_jpegs_boxes_map_back_to_the_upright_file_exactly(size, orientation):
+    # A draft divides both sides by one power of two, rounding each up: one factor for both axes put the bottom of
+    # a 4000x3001 file at 3002, and an EXIF-rotated file's x at the stored width's factor (30 px off at 10 kpx).
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(gradient(*size), "JPEG", quality=80, exif=exif)
+    decoded = DecodeLimits(draft_side=1280).decode(data)
+    upright = size if orientation == 1 else size[::-1]
+    assert max(decoded.image.size) < max(size)  # really drafted
+    width, height = decoded.image.size
+    assert decoded.to_file((0, 0, width, height)) == (0, 0, *upright)
+    assert decoded.to_file((width / 2, height / 4, width * 2, -5)) == (upright[0] / 2, upright[1] / 4, upright[0], 0)

@@ -495,6 +495,20 @@ def test_shared_memory_needs_the_admin_key():
     gate_check.check_http_infer(contract.CROP_ENSEMBLE, header, b"\x01\x00\x00\x00x", admin=True)
 
 
+def _http_body(model: str, blobs: list[bytes]) -> tuple[bytes, dict[str, str]]:
+    """An inference request for ``blobs`` in the binary data extension, as tritonclient sends it."""
+    import tritonclient.http as httpclient
+
+    inp = httpclient.InferInput(contract.IMAGE_INPUT, [len(blobs), 1], "BYTES")
+    inp.set_data_from_numpy(np.array(blobs, dtype=object).reshape(-1, 1), binary_data=True)
+    body, json_size = httpclient.InferenceServerClient.generate_request_body([inp])
+    return body, {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(json_size)}
+
+
+def _crop_body() -> tuple[bytes, dict[str, str]]:
+    return _http_body(contract.CROP_ENSEMBLE, [cases.face_crop()])
+
+
 def _photo(seed: int, side: int = 1024) -> bytes:
     """A smooth random picture (a cheap upload that still costs its decode and a face search)."""
     rng = np.random.default_rng(seed)
@@ -510,7 +524,7 @@ def test_calls_abandoned_behind_the_door_count_against_their_address(tiny_repo):
     # counts against that address at the gate until answered, so sending and hanging up cannot queue work unseen.
     from tests.conftest import start_launcher
 
-    proc, _, grpc_url = start_launcher(tiny_repo, "--door-client-connections", "1", start_new_session=True)
+    proc, http_url, grpc_url = start_launcher(tiny_repo, "--door-client-connections", "1", start_new_session=True)
     options = [("grpc.max_send_message_length", door.MAX_BODY)]
     try:
         with grpc.insecure_channel(grpc_url, options=options) as channel:
@@ -533,6 +547,18 @@ def test_calls_abandoned_behind_the_door_count_against_their_address(tiny_repo):
                 except grpc.RpcError as err:
                     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and time.monotonic() < deadline, err
                     time.sleep(0.2)
+        # The same over HTTP: the caller closes its connection (aiohttp cancels the gate's handler, the shield keeps
+        # Triton's call), and the address stays counted until Triton has answered.
+        host, port = http_url.rsplit(":", 1)
+        body, headers = _http_body(contract.DETECT_ENSEMBLE, [_photo(i) for i in range(32)])
+        conn = http.client.HTTPConnection(host, int(port), timeout=0.6)
+        conn.request("POST", f"/v2/models/{contract.DETECT_ENSEMBLE}/infer", body, headers)
+        with pytest.raises(TimeoutError):
+            conn.getresponse()
+        conn.close()
+        crop_path = f"/v2/models/{contract.CROP_ENSEMBLE}/infer"
+        status, text = http_call(http_url, "POST", crop_path, *_crop_body(), source="127.0.0.1")  # the same address
+        assert status == 429 and b"still being served" in text, (status, text[:300])
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         proc.communicate(timeout=60)

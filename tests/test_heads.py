@@ -203,6 +203,8 @@ def test_warm_start_copies_the_trunk_and_resume_continues_the_run(archive, tmp_p
     manifest = (tmp_path / "c" / "manifest.csv").read_text()
     train.main([*run, "--resume", "--seed", "7"])  # the run's split (1337), not the command line's
     assert (tmp_path / "c" / "manifest.csv").read_text() == manifest
+    train.main([*run, "--finish-only", "--seed", "7"])  # its choices on the run's validation faces too
+    assert (tmp_path / "c" / "manifest.csv").read_text() == manifest
     history = (tmp_path / "c" / "history.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in history[1:]] == ["0", "1"]
     assert json.loads((tmp_path / "c" / "state.json").read_text())["epoch"] == 1

@@ -63,6 +63,20 @@ def test_preload_swaps_the_placeholder_and_leaves_no_trace(wrapped):
         child.wait()
 
 
+def test_a_listed_secret_that_is_not_set_stops_the_program():
+    # The check argument is swapped like any other: with the key's variable missing, the program would have run
+    # with the public placeholder as its key and the check passed.
+    env = dict(os.environ)
+    hidden = security.hide_in_env(env, {"A2_TEST_SECRET": "x"})
+    del env["A2_TEST_SECRET"]
+    env["ARGV_SECRET_EXE"] = Path(os.path.realpath(sys.executable)).name
+    done = subprocess.run(
+        [sys.executable, "-c", "print('ran')", hidden["A2_TEST_SECRET"]], env=env, capture_output=True, text=True
+    )
+    assert done.returncode != 0 and "ran" not in done.stdout
+    assert "A2_TEST_SECRET is listed in ARGV_SECRETS but not set" in done.stderr
+
+
 def test_without_the_preload_triton_refuses_to_start(tmp_path):
     # Fail closed: were argv_secret.so not loaded, Triton must not run with the (public) placeholder as its key.
     env = dict(os.environ)

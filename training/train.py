@@ -272,16 +272,18 @@ def main(argv: list[str] | None = None) -> Path:
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    if args.resume or args.finish_only:  # the run's own split and orders, whatever the command line says
+        recorded = json.loads((args.out / "config.json").read_text())
+        args.seed = recorded.get("seed", args.seed)
+        args.order_seed = recorded.get("order_seed", args.order_seed)
+    elif args.init_from:
+        check_same_split(args.init_from, args.seed)
     # The split must never move (evaluation and calibration read it from the recorded seed); everything random in
     # training itself follows the order seed, so a second ensemble member sees other orders on the same faces.
     if args.order_seed is None:
         args.order_seed = args.seed
     keras.utils.set_random_seed(args.order_seed)
 
-    if args.resume:  # the run's own split, whatever the command line says
-        args.seed = json.loads((args.out / "config.json").read_text()).get("seed", args.seed)
-    elif args.init_from:
-        check_same_split(args.init_from, args.seed)
     data = utk.load(args.data, cache_dir=args.cache_dir, size=args.image_size)
     splits = utk.split(data, seed=args.seed)
     args.out.mkdir(parents=True, exist_ok=True)

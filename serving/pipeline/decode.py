@@ -20,6 +20,7 @@ from common.upload import (  # noqa: F401
     load_rgb,
     open_bounded,
     png_depth_and_colour,
+    upright_size,
 )
 
 #: Decoded pixels one request may take, summed over its items (after JPEG draft reduction); items past the
@@ -45,10 +46,26 @@ class PixelBudget:
 
 @dataclass(frozen=True)
 class Decoded:
-    """An upright RGB image and the factor that maps its pixel coordinates back to the uploaded file's."""
+    """An upright RGB image, possibly decoded at a reduced scale (JPEG draft), and the uploaded file's size upright."""
 
     image: Image.Image
-    scale: float = 1.0
+    file_size: tuple[int, int] | None = None  # None: the image is the file's own size
+
+    def to_file(self, box) -> tuple[float, float, float, float]:
+        """A box on :attr:`image` in the uploaded file's pixels (upright), clipped to the file.
+
+        Each axis has its own factor: a draft divides the sides by one power of two but rounds each up, so a
+        4000x3001 JPEG drafted to 1000x751 is 4.0 wide and 3.996 high (one factor put a box's bottom at 3002).
+        """
+        width, height = self.file_size or self.image.size
+        sx, sy = width / self.image.width, height / self.image.height
+        x0, y0, x1, y1 = (float(v) for v in box)
+        return (
+            min(max(x0 * sx, 0.0), width),
+            min(max(y0 * sy, 0.0), height),
+            min(max(x1 * sx, 0.0), width),
+            min(max(y1 * sy, 0.0), height),
+        )
 
 
 @dataclass(frozen=True)
@@ -105,13 +122,13 @@ def decode_upload(
     Raises:
         ImageDecodeError: For empty, oversized, unrecognised, truncated or corrupt input.
     """
-    img, scale = open_bounded(
+    img, stored = open_bounded(
         data, max_pixels=max_pixels, max_bytes=max_bytes, max_decoded_bytes=max_decoded_bytes, draft_side=draft_side
     )
     if budget is not None:
         budget.take(img.size[0] * img.size[1])
     fast = _fast_png(img, data)
-    return Decoded(fast if fast is not None else load_rgb(img), scale)
+    return Decoded(fast if fast is not None else load_rgb(img), upright_size(img, stored))
 
 
 def _fast_png(img: Image.Image, data: bytes) -> Image.Image | None:

@@ -57,7 +57,12 @@ __attribute__((constructor)) static void argv_secret(int argc, char **argv, char
     char *save = NULL;
     for (char *name = strtok_r(list, ",", &save); name; name = strtok_r(NULL, ",", &save)) {
         char *value = getenv(name);
-        if (value == NULL) continue;
+        if (value == NULL) {
+            /* Named but not set: the program would run with the (public) placeholder as its secret, and the
+             * fail-closed check argument, swapped like the others, would not stop it. */
+            fprintf(stderr, "argv_secret: %s is listed in ARGV_SECRETS but not set; refusing to start\n", name);
+            abort();
+        }
         char placeholder[256];
         if (snprintf(placeholder, sizeof placeholder, "@%s@", name) >= (int)sizeof placeholder) continue;
         for (int i = 1; i < argc; i++) {

@@ -250,7 +250,9 @@ async def serve(args, admin_key: str, upstream_headers: dict[str, str], stop: as
     edge = getattr(args, "edge", False)
     http_gate = HttpGate(args.triton_http, admin_key, upstream_headers, upstream, grpc_gate.loading, edge=edge)
     # Bodies are never inflated here (compressed ones are refused before; this makes sure of it).
-    runner = web.AppRunner(http_gate.app(), access_log=None, auto_decompress=False)
+    # handler_cancellation: a caller that hangs up cancels its handler (aiohttp's default lets it run on), so a call
+    # still waiting for a place to Triton is dropped, as on the gRPC side; one Triton has runs on (Upstream's shield).
+    runner = web.AppRunner(http_gate.app(), access_log=None, auto_decompress=False, handler_cancellation=True)
     await runner.setup()
     host, port = _split(args.http)
     await web.TCPSite(runner, host, port).start()

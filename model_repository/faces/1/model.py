@@ -85,14 +85,14 @@ class TritonPythonModel:
             for output in outputs:
                 tensor = pb_utils.get_output_tensor_by_name(answer, output)
                 estimates[ANSWER_NAMES[output]] = tensor.as_numpy().reshape(-1).astype(np.float32)
-        return _response(faces, estimates, "", scale=decoded.scale)
+        return _response(faces, estimates, "", to_file=decoded.to_file)
 
 
 def _response(
-    faces: list, estimates: dict[str, np.ndarray], error: str, *, scale: float = 1.0
+    faces: list, estimates: dict[str, np.ndarray], error: str, *, to_file=tuple
 ) -> pb_utils.InferenceResponse:
-    # Boxes go back to the uploaded file's pixels when the JPEG was decoded at reduced scale.
-    box = (np.array([f.box for f in faces], np.float32) * np.float32(scale)).reshape(-1, 4)
+    # Boxes go back to the uploaded file's pixels (upright), each axis by its own factor when the JPEG was drafted.
+    box = np.array([to_file(f.box) for f in faces], np.float32).reshape(-1, 4)
     score = np.array([f.score for f in faces], np.float32)
     female = estimates[c.FACES_FEMALE]
     gender = np.array([c.gender_label(p).encode() for p in female], np.object_)

@@ -22,6 +22,8 @@ from serving.pipeline.detect import FaceCropper
 OUTPUTS = contract.PREPROCESS_OUTPUTS
 #: Shortest side the crop path accepts: below it an upload cannot be a face crop (UTKFace's are 200 px).
 MIN_CROP_SIDE = 32
+#: ``detection_score`` where no face was scored (common/contract.py).
+NO_SCORE = float("nan")
 
 
 class TritonPythonModel:
@@ -34,7 +36,6 @@ class TritonPythonModel:
         # The detector builds in the background (serving/pipeline/background.py): the server's start, and the
         # crop path, do not wait for it; a detection request does, when it comes first.
         self._detector = Background(FaceCropper, name="face detector") if self._detect else None
-        self._crop = self._detect_and_crop if self._detect else self._crop_only
         outputs = {name: pb_utils.get_output_config_by_name(config, name) for name in OUTPUTS}
         self._dtypes = {name: pb_utils.triton_string_to_numpy(out["data_type"]) for name, out in outputs.items()}
         # What an item without a face sends each model: zeros of the shape its config declares.
@@ -47,16 +48,20 @@ class TritonPythonModel:
         for request in requests:
             items = pb_utils.get_input_tensor_by_name(request, contract.IMAGE_INPUT).as_numpy().reshape(-1)
             budget = PixelBudget(self._request_pixels)  # per request, not per item: bounds one caller's work
-            rows = [self._one(item, budget) for item in items]
+            try:
+                # Once per request: waited for per item, a detector that never got ready held one request for
+                # items x the wait (a 32-item request 32 minutes), and items of one request could differ.
+                crop = self._detector.get() if self._detect else self._crop_only
+            except NotReady as err:
+                rows = [self._failed(str(err)) for _ in items]
+            else:
+                rows = [self._one(item, budget, crop) for item in items]
             tensors = [
                 pb_utils.Tensor(name, np.asarray([row[i] for row in rows], dtype=self._dtypes[name]))
                 for i, name in enumerate(OUTPUTS)
             ]
             responses.append(pb_utils.InferenceResponse(tensors))
         return responses
-
-    def _detect_and_crop(self, image):
-        return self._detector.get()(image)
 
     @staticmethod
     def _crop_only(image):
@@ -68,21 +73,26 @@ class TritonPythonModel:
             )
         return crop_aligned(image)
 
-    def _one(self, data: bytes, budget: PixelBudget) -> tuple:
+    def _failed(self, error: str) -> tuple:
+        """The row of an item without a face: blank crops, no box, no score, not found, ``error`` ('' for none)."""
+        return *self._blank, (0.0,) * 4, [NO_SCORE], [False], [error.encode()]
+
+    def _one(self, data: bytes, budget: PixelBudget, crop) -> tuple:
         """Returns (age face, gender face, box, [score], [found], [error]) for one upload, never raising.
 
-        The crop path reports ``detection_score`` NaN: no detector ran, ``face_found`` only means "used as a face".
+        ``detection_score`` is the found face's detector confidence, NaN where there is none (no face, the crop
+        path, an upload that did not decode): not a confidence of 0. ``face_found`` on the crop path only means
+        "used as a face".
         """
-        blank = self._blank
         try:
             decoded = self._limits.decode(bytes(data), budget=budget)
-            face = self._crop(decoded.image)
-        except (ImageDecodeError, NotReady) as err:
-            return *blank, (0.0,) * 4, [0.0], [False], [str(err).encode()]
+            face = crop(decoded.image)
+        except ImageDecodeError as err:
+            return self._failed(str(err))
         except Exception as err:  # noqa: BLE001 - one bad upload must not fail the other items of the batch
-            return *blank, (0.0,) * 4, [0.0], [False], [f"Could not process the image: {err}".encode()]
-        if face is None:
-            return *blank, (0.0,) * 4, [0.0], [False], [b""]
-        box = tuple(v * decoded.scale for v in face.box)  # back to the uploaded file's pixels
-        score = face.score if self._detect else float("nan")
+            return self._failed(f"Could not process the image: {err}")
+        if face is None:  # the detector ran and found nothing
+            return self._failed("")
+        score = face.score if self._detect else NO_SCORE
+        box = decoded.to_file(face.box)  # the uploaded file's pixels
         return *(face.crops[task] for task in contract.PREPROCESS_FACES), box, [score], [True], [b""]
