@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--views", type=int, default=3)
     args = p.parse_args(argv)
     data = utk.load(args.data, size=spec.image_size("gender"), cache_dir=utk.default_cache_dir())
-    val = utk.part(data, "val", seed=1337)
+    val = utk.part(data, "val", seed=utk.SPLIT_SEED)
     rng = np.random.default_rng(0)
     views = [reframe(val.images, rng) for _ in range(args.views)]  # the same re-framings for every version
     for version in args.versions:

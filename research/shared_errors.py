@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 
 from common import contract, spec  # noqa: E402
 from training import data as utk  # noqa: E402
-from training import ensemble, heads  # noqa: E402
+from training import ensemble, heads, runs  # noqa: E402
 
 
 def shared_errors(wrong: np.ndarray, ages: np.ndarray, bands=heads.AGE_BANDS) -> dict[str, dict]:
@@ -52,7 +52,7 @@ def member_errors(sources: list[Path], data: Path, cache_dir: Path | None = None
     size = spec.image_size("gender")
     model, configs = ensemble.build("gender", sources, size)
     faces = utk.load(data, size=size, cache_dir=cache_dir or utk.default_cache_dir())
-    val = utk.part(faces, "val", seed=ensemble.split_seed(configs))
+    val = utk.part(faces, "val", seed=runs.split_seed(configs))
     wrong = []
     for i in range(len(sources)):
         raw = heads.raw_views(model.get_layer(f"member{i}"), val.images)

@@ -25,7 +25,7 @@ import tensorflow as tf  # noqa: E402
 
 from common import contract, spec  # noqa: E402
 from training import data as utk  # noqa: E402
-from training import ensemble, heads  # noqa: E402
+from training import heads, runs  # noqa: E402
 
 #: The view sets compared, by name: the served pair, the zoomed pair alone, and all four.
 COMBOS = {
@@ -69,11 +69,11 @@ def validation_faces(data: Path, size: int, seed: int, cache_dir: Path) -> utk.D
 
 def member_scores(source: Path, data: Path, margin_fraction: float, cache_dir: Path | None = None) -> dict:
     """One network's validation scores per view set (its task and size from its training record)."""
-    config = ensemble.member_config(source)
+    config = runs.member_config(source)
     task = config["task"]
     size = int(config.get("image_size") or spec.image_size(task))
-    net = ensemble.trained_network(task, source, config, size)
-    val = validation_faces(data, size, ensemble.split_seed([config]), cache_dir or utk.default_cache_dir())
+    net = runs.trained_network(task, source, config, size)
+    val = validation_faces(data, size, runs.split_seed([config]), cache_dir or utk.default_cache_dir())
     margin = int(round(margin_fraction * size))
     raw = {name: net.predict(v, batch_size=256, verbose=0) for name, v in views(val.images, margin).items()}
     return {"task": task, "n": len(val.ages), "margin": margin, **score(task, raw, val.ages, val.genders)}

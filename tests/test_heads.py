@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 from common import spec
-from training import heads, train
+from training import callbacks, heads, runs, train
 from training import model as models
 from training.model import AGE_BINS
 
@@ -164,7 +164,7 @@ def test_weight_average_is_what_gets_validated_and_saved(tmp_path):
     y = x @ np.array([[1.0], [2.0], [-1.0], [0.5]], np.float32)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
     model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")
-    ema = train.WeightAverage(0.9, tmp_path / "ema.npz")
+    ema = callbacks.WeightAverage(0.9, tmp_path / "ema.npz")
     seen = {}
 
     class Spy(keras.callbacks.Callback):
@@ -190,7 +190,7 @@ def test_warm_start_copies_the_trunk_and_resume_continues_the_run(archive, tmp_p
     config = json.loads((tmp_path / "b" / "config.json").read_text())
     assert config["init_copied"] == len([w for w in source.weights if not w.path.startswith("age/")])
     with pytest.raises(ValueError, match="no weight matches"):
-        train.init_weights(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="other")]), first)
+        runs.init_weights(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="other")]), first)
     # Weights trained on another split have seen this one's validation and test faces: refused.
     with pytest.raises(SystemExit, match="split of seed 1337"):
         train.main([*common, "--out", str(tmp_path / "b2"), "--epochs", "1", "--init-from", str(first), "--seed", "7"])
@@ -363,7 +363,7 @@ def test_a_gender_network_can_start_from_the_age_networks_trunk(tmp_path):
     age.save(tmp_path / "age.keras")
     gender = models.build("gender", size=32, widths=(4, 8))
     before = {w.path: w.numpy().copy() for w in gender.weights}
-    copied = set(train.init_weights(gender, tmp_path / "age.keras"))
+    copied = set(runs.init_weights(gender, tmp_path / "age.keras"))
     source = {w.path: w.numpy() for w in age.weights}
     head = models.OUTPUT_NAMES["gender"]
     assert {p for p in before if p not in copied} == {f"{head}/kernel", f"{head}/bias"}

@@ -16,7 +16,7 @@ from PIL import Image, ImageOps
 from common import spec
 from tests import utk_fixture
 from training import data as utk
-from training import evaluate, export, heads, train
+from training import evaluate, export, heads, runs, train
 from training import model as models
 
 
@@ -473,7 +473,7 @@ def test_a_mixture_plots_the_training_histories_of_its_members_still_on_disk(tmp
         folder.mkdir(parents=True)
     for folder in (trained, member_run):
         (folder / "history.csv").write_text("epoch,accuracy,val_accuracy\n0,0.8,0.79\n")
-    assert evaluate.histories(trained) == [("v5", trained / "history.csv")]
+    assert runs.histories(trained) == [("v5", trained / "history.csv")]
     record = {
         "ensemble": [
             {"source": str(trained)},
@@ -482,10 +482,10 @@ def test_a_mixture_plots_the_training_histories_of_its_members_still_on_disk(tmp
         ]
     }
     (mixture / "training_config.json").write_text(json.dumps(record))
-    assert evaluate.histories(mixture) == [
+    assert runs.histories(mixture) == [
         ("member 1 (gender/5)", trained / "history.csv"),
         ("member 2 (gender-x)", member_run / "history.csv"),
     ]
     (trained / "history.csv").unlink()
     (member_run / "history.csv").unlink()
-    assert evaluate.histories(mixture) == []
+    assert runs.histories(mixture) == []

@@ -14,7 +14,7 @@ import pytest
 
 from common import spec
 from training import model as models
-from training import swa, train, widen
+from training import runs, swa, widen
 
 from .test_ensemble import WIDTHS, member
 
@@ -99,4 +99,4 @@ def test_the_command_writes_a_run_that_swa_and_init_from_read(tmp_path):
     mean, nets, _ = swa.average("age", [out, out], SIZE)
     assert mean.get_layer("conv1_1").kernel.shape == (3, 3, 12, 12)
     fresh = models.build("age", widths=(6, 12))
-    assert len(train.init_weights(fresh, out)) == len(fresh.weights)
+    assert len(runs.init_weights(fresh, out)) == len(fresh.weights)

@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> dict:
     temperature = float(config.get("temperature", 1.0))
     estimate = args.estimate or heads.recorded_estimate(config)
     data = utk.load(args.data, size=config.get("image_size") or spec.image_size("age"), cache_dir=args.cache_dir)
-    val = utk.part(data, "val", seed=config.get("seed", 1337))
+    val = utk.part(data, "val", seed=config.get("seed", utk.SPLIT_SEED))
     if len(val) < 200:
         raise SystemExit(f"only {len(val)} validation faces in {args.data}; calibration needs the full UTKFace")
     ages = val.ages.astype(np.float32)

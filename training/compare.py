@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from training import data as utk
 from training import train
 
 #: Name -> extra ``training.train`` arguments. EMA is off unless the variant names it, so each row changes
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--init-from", type=Path, default=None, help="common starting weights (training.train)")
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--seed", type=int, default=utk.SPLIT_SEED)
     p.add_argument("--limit", type=int, default=0, help="training images per variant (smoke runs)")
     p.add_argument("--variants", default=None, help=f"comma-separated; default all of the task's: {VARIANTS}")
     p.add_argument("--reuse", action="store_true", help="keep variants already finished under --out")

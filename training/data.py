@@ -31,6 +31,8 @@ MAX_AGE = 116
 N_RACES = 5
 RACES = ("white", "black", "asian", "indian", "others")
 SPLITS = ("train", "val", "test")
+#: The split every served model was trained on; a run records its own (``--seed``), and later steps read that.
+SPLIT_SEED = 1337
 # Bump when the cached arrays would change for the same source.
 CACHE_VERSION = 3
 #: Side of the grey thumbnail that finds re-encoded copies of one photo (:func:`near_copies`), from the full file.
@@ -254,7 +256,7 @@ def load(path: str | Path, *, size: int, cache_dir: Path | None = None) -> Datas
     return data
 
 
-def split(data: Dataset, *, seed: int = 1337, val: float = 0.1, test: float = 0.1) -> np.ndarray:
+def split(data: Dataset, *, seed: int = SPLIT_SEED, val: float = 0.1, test: float = 0.1) -> np.ndarray:
     """Assigns each image to a split, grouped by file hash, and leaves re-encoded copies out of val and test.
 
     Grouping by content hash keeps every copy of an image in one split even for
@@ -308,7 +310,7 @@ def _unit(thumbs: np.ndarray) -> np.ndarray:
     return flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-6)
 
 
-def part(data: Dataset, name: str, *, seed: int = 1337) -> Dataset:
+def part(data: Dataset, name: str, *, seed: int = SPLIT_SEED) -> Dataset:
     """The faces of one split (``SPLITS``) under split seed ``seed``: what every fit, choice and report on the
     validation split reads."""
     if name not in SPLITS:
@@ -316,7 +318,7 @@ def part(data: Dataset, name: str, *, seed: int = 1337) -> Dataset:
     return data.subset(np.flatnonzero(split(data, seed=seed) == name))
 
 
-def rebalance(data: Dataset, *, seed: int = 1337, keep_young: float = 1 / 3, max_age: int = 80) -> np.ndarray:
+def rebalance(data: Dataset, *, seed: int = SPLIT_SEED, keep_young: float = 1 / 3, max_age: int = 80) -> np.ndarray:
     """The seed project's rebalancing: keeps ~1/3 of ages 0-4 and drops ages >= ``max_age``.
 
     Returns:

@@ -33,7 +33,7 @@ from common import spec  # noqa: E402
 from training import data as utk  # noqa: E402
 from training import heads  # noqa: E402
 from training import model as models  # noqa: E402
-from training.train import DEFAULTS, init_weights, member_config, member_folder, served_record  # noqa: E402, F401
+from training.runs import member_config, served_record, split_seed, trained_network  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -52,25 +52,6 @@ def architecture(task: str, member_configs: list[dict], size: int) -> keras.Mode
     # Age: a mixture of distributions is their mean, still a distribution over the same ages.
     out = keras.layers.Average(name="average")(outputs) if len(outputs) > 1 else outputs[0]
     return keras.Model(inputs, out, name=task)
-
-
-def split_seed(configs: list[dict]) -> int:
-    """The split seed every one of these training records shares; refuses records of different splits, since one
-    network's training faces would then be in the validation faces the temperature and interval are fitted on."""
-    splits = {c.get("seed", DEFAULTS["seed"]) for c in configs}
-    if len(splits) != 1:
-        raise ValueError(f"networks trained on different splits (seeds {sorted(splits)}); refusing to average")
-    return splits.pop()
-
-
-def trained_network(task: str, source: Path, config: dict, size: int) -> keras.Model:
-    """A plain network of the recorded architecture with the weights of ``source`` (a ``.keras`` run or an exported
-    version folder), by their usual paths; every weight must be found."""
-    net = models.build(task, size=size, widths=models.parse_widths(config.get("widths")))
-    copied = init_weights(net, source)
-    if len(copied) != len(net.weights):
-        raise ValueError(f"{source}: {len(copied)} of {len(net.weights)} weights match; not this {task} network")
-    return net
 
 
 def build(task: str, sources: list[Path], size: int) -> tuple[keras.Model, list[dict]]:

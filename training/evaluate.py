@@ -3,7 +3,7 @@
     python -m training.evaluate --data UTKFace.tar.gz --split test [--predictions out.csv]
 
 Loads the newest version of ``age`` and ``gender`` from the model repository
-and writes ``evaluation.json``, ``evaluation.md`` and PNG plots to ``--out``.
+and writes ``evaluation.json``, ``evaluation.md`` and PNG plots (``training.plots``) to ``--out``.
 ``--split`` selects one split of the training seed's hash split (the same split
 training used); ``all`` scores every image.
 """
@@ -18,15 +18,11 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import matplotlib  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from common import contract, spec  # noqa: E402
-from training import calibrate, ensemble, heads  # noqa: E402
+from training import calibrate, heads, runs  # noqa: E402
 from training import data as utk  # noqa: E402
 from training.export import SAVEDMODEL, latest, signature_side  # noqa: E402
 
@@ -36,33 +32,6 @@ AGE_BANDS = heads.AGE_BANDS
 TARGET_BAND, TARGET_OVERALL, TARGET_MIN_N = (0.72, 0.88), (0.78, 0.82), calibrate.MIN_BAND
 # The seed project's validation figures, for comparison.
 SEED = {"age_val_mse": 226.0, "age_val_rmse": 15.0, "gender_val_accuracy": 0.81}
-
-
-#: The project root: a mixture's record names its members by paths relative to it (training.ensemble runs from it).
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def histories(version: Path) -> list[tuple[str, Path]]:
-    """The training histories behind an exported version, as (name, history.csv) pairs.
-
-    A version trained by ``training.train`` has its own. A mixture (``training.ensemble``) has none: its record lists
-    its members, and each member's history is used where it is still on disk (a version folder of the repository, or
-    the run folder of a ``model.keras``); none found gives an empty list.
-    """
-    own = version / "history.csv"
-    if own.exists():
-        return [(f"v{version.name}", own)]
-    record = version / "training_config.json"
-    members = json.loads(record.read_text()).get("ensemble", []) if record.exists() else []
-    found = []
-    for i, member in enumerate(members, start=1):
-        source = Path(member["source"])
-        source = source if source.is_absolute() else ROOT / source
-        folder = ensemble.member_folder(source)
-        if (folder / "history.csv").exists():
-            name = folder.name if folder != source else f"{folder.parent.name}/{folder.name}"  # the run's, or gender/5
-            found.append((f"member {i} ({name})", folder / "history.csv"))
-    return found
 
 
 def predict(version_dir: Path, images: np.ndarray, batch: int = 256) -> dict[str, np.ndarray]:
@@ -196,120 +165,6 @@ def metrics(data: utk.Dataset, pred: dict[str, np.ndarray]) -> dict:
     }
 
 
-def plots(
-    out: Path,
-    data: utk.Dataset,
-    pred: dict[str, np.ndarray],
-    repo: Path,
-    train_ages: np.ndarray | None,
-    rebalanced_ages: np.ndarray | None,
-) -> list[str]:
-    files = []
-    ages, probs = pred[spec.AGE_OUTPUT], pred[spec.GENDER_OUTPUT]
-
-    def save(fig, name):
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=90)
-        plt.close(fig)
-        files.append(name)
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for ax, task in zip(axes, ("age", "gender"), strict=True):
-        version = latest(repo, task)
-        found = histories(version)
-        for name, hist in found:
-            rows = list(csv.DictReader(hist.open()))
-            epochs = [int(r["epoch"]) + 1 for r in rows]
-            # "age_mae" since the age models share one metric for both heads; "mae" in the first models' history.
-            # A gender network trained with an auxiliary age head (train --aux-age) logs per output, by its name.
-            if task == "age":
-                key = "age_mae" if "age_mae" in rows[0] else "mae"
-            else:
-                key = "accuracy" if "accuracy" in rows[0] else f"{spec.GENDER_OUTPUT}_accuracy"
-            for k in (key, f"val_{key}"):
-                ax.plot(epochs, [float(r[k]) for r in rows], label=k if len(found) == 1 else f"{name}: {k}")
-        ax.set(title=f"{task} v{version.name} training", xlabel="epoch")
-        if found:
-            ax.legend(fontsize="small" if len(found) > 1 else None)
-        else:
-            # A mixture's members were trained elsewhere (runs/ is not committed): say so rather than draw nothing.
-            ax.text(
-                0.5,
-                0.5,
-                "no training history on disk\n(docs/models.md says how it was trained)",
-                ha="center",
-                va="center",
-                transform=ax.transAxes,
-            )
-            ax.set_axis_off()
-    save(fig, "training_curves.png")
-
-    if train_ages is not None:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        bins = np.arange(0, 118, 2)
-        ax.hist(train_ages, bins=bins, alpha=0.6, label="training split")
-        ax.hist(rebalanced_ages, bins=bins, alpha=0.6, label="after rebalancing")
-        ax.set(title="Age distribution", xlabel="age", ylabel="images")
-        ax.legend()
-        save(fig, "age_histogram.png")
-
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.scatter(data.ages, ages, s=3, alpha=0.3)
-    ax.plot([0, 116], [0, 116], "k--", lw=1)
-    ax.set(title="Predicted vs true age", xlabel="true age", ylabel="predicted age", xlim=(0, 117), ylim=(0, 117))
-    save(fig, "age_scatter.png")
-
-    cm = np.array(gender_metrics(data.genders, probs)["confusion_matrix"])
-    fig, ax = plt.subplots(figsize=(3.8, 3.4))
-    ax.imshow(cm, cmap="Blues")
-    for (i, j), v in np.ndenumerate(cm):
-        ax.text(j, i, str(v), ha="center", va="center")
-    ax.set(
-        xticks=[0, 1],
-        yticks=[0, 1],
-        xticklabels=["male", "female"],
-        yticklabels=["male", "female"],
-        xlabel="predicted",
-        ylabel="true",
-        title="Gender confusion matrix",
-    )
-    save(fig, "gender_confusion.png")
-
-    bands = metrics(data, pred)["age_by_band"]
-    if all("coverage" in b for b in bands.values()):
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        cov = np.array([b["coverage"] for b in bands.values()])
-        ci = np.array([b["coverage_ci"] for b in bands.values()])
-        ax.bar(
-            list(bands),
-            cov,
-            yerr=np.maximum([cov - ci[:, 0], ci[:, 1] - cov], 0),
-            capsize=3,
-            label="coverage, Wilson 95%",
-        )
-        ax.axhline(spec.NOMINAL_COVERAGE, color="k", ls="--", lw=1, label=f"nominal {spec.NOMINAL_COVERAGE:.2f}")
-        ax.set(title="Age interval (80%) coverage by true age", xlabel="true age band", ylabel="coverage")
-        ax.set_ylim(0, 1)
-        ax.tick_params(axis="x", labelrotation=45)
-        ax.legend()
-        save(fig, "age_interval_coverage.png")
-
-    cal = calibration(data.genders, probs)
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.plot([0, 1], [0, 1], "k--", lw=1, label="calibrated")
-    ax.plot([r["mean_p"] for r in cal["bins"]], [r["observed"] for r in cal["bins"]], "o-", label="model")
-    ax.set(
-        title=f"Gender reliability (ECE {cal['ece']:.3f})",
-        xlabel="predicted female probability (bin mean)",
-        ylabel="observed fraction female",
-        xlim=(0, 1),
-        ylim=(0, 1),
-    )
-    ax.legend()
-    save(fig, "gender_reliability.png")
-    return files
-
-
 def interval_targets(m: dict) -> str:
     """One line: does the interval meet issue 16's coverage targets on these faces, and where not."""
     big = {k: v["coverage"] for k, v in m["age_by_band"].items() if v["n"] >= TARGET_MIN_N}
@@ -441,11 +296,11 @@ def main(argv: list[str] | None = None) -> dict:
     # faces it trained on.
     records = [json.loads(c.read_text()) for v in models.values() if (c := v / "training_config.json").exists()]
     try:
-        trained_on = ensemble.split_seed(records) if records else None
+        trained_on = runs.split_seed(records) if records else None
     except ValueError as err:
         raise SystemExit(f"{err}: no test split is unseen by both") from err
     if args.seed is None:
-        args.seed = 1337 if trained_on is None else trained_on
+        args.seed = utk.SPLIT_SEED if trained_on is None else trained_on
     elif trained_on is not None and args.seed != trained_on:
         raise SystemExit(f"--seed {args.seed}: the models were trained on the split of seed {trained_on}")
     # Each model sees the faces at its own input size; the rows (and so the split) are the same at every size.
@@ -481,6 +336,8 @@ def main(argv: list[str] | None = None) -> dict:
         "under_80": metrics(subset.subset(np.flatnonzero(young)), {k: v[young] for k, v in pred.items()}),
         "seed_project": SEED,
     }
+    from training.plots import plots  # here: it draws with this module's metrics, so it imports this module
+
     report["plots"] = plots(
         args.out,
         subset,

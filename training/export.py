@@ -69,7 +69,7 @@ def load_version(version_dir: Path, config: dict | None = None) -> tuple[keras.M
     Only the SavedModel is committed; the architecture is ``training.model.build`` with the widths recorded in
     ``training_config.json``, or, for an average of networks, ``training.ensemble.architecture`` with its members'.
     """
-    from training import ensemble  # here: training.ensemble imports training.train, which an export needs not
+    from training import ensemble  # here: only a version that averages networks needs it
     from training import model as models
 
     if config is None:

@@ -36,8 +36,7 @@ from common import spec  # noqa: E402
 from training import data as utk  # noqa: E402
 from training import heads  # noqa: E402
 from training import model as models  # noqa: E402
-from training.ensemble import member_config, split_seed, trained_network  # noqa: E402
-from training.train import served_record  # noqa: E402
+from training.runs import member_config, served_record, split_seed, trained_network  # noqa: E402
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -24,15 +23,17 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from common import contract, spec  # noqa: E402
+from common import spec  # noqa: E402
 from training import data as utk  # noqa: E402
 from training import heads  # noqa: E402
 from training import model as models  # noqa: E402
+from training.callbacks import BudgetAndCosine, ResumeState, WeightAverage  # noqa: E402
+from training.runs import SPLIT_SEED, init_weights, member_config, served_record  # noqa: E402
 
 DEFAULTS = {
     "epochs": 80,
     "budget_minutes": None,
-    "seed": 1337,
+    "seed": SPLIT_SEED,
     "batch_size": 64,
     "lr": 2e-3,
     "weight_decay": 1e-4,
@@ -220,50 +221,11 @@ def age_head(args: argparse.Namespace) -> str:
     return "regression" if args.age_loss == "huber" else "bins"
 
 
-def member_folder(source: Path) -> Path:
-    """Where a member's records live: a run's folder (its ``.keras`` file's parent), or the version folder itself."""
-    return source.parent if source.suffix == ".keras" else source
-
-
-def member_config(source: Path) -> dict:
-    """The training record of a member: a run's ``config.json`` beside its ``.keras`` file, or a version's."""
-    record = member_folder(source) / ("config.json" if source.suffix == ".keras" else "training_config.json")
-    if not record.exists():
-        raise FileNotFoundError(f"{source}: no training record at {record}")
-    return json.loads(record.read_text())
-
-
 def check_same_split(source: Path, seed: int) -> None:
     """Refuses weights trained on another split: their training faces would be in this run's validation and test."""
     trained_on = member_config(source).get("seed", DEFAULTS["seed"])
     if trained_on != seed:
         raise SystemExit(f"--init-from {source} was trained on the split of seed {trained_on}, this run's is {seed}")
-
-
-def init_weights(model: keras.Model, source: Path) -> list[str]:
-    """Copies the weights whose variable path and shape match from an earlier model (only ever trained on this
-    project's training split).
-
-    Lets a long schedule build on an earlier run, a new head start on a trained trunk, and one task's network
-    start from the other's trunk: age and gender share the trunk's layer names (training.model.build), so only the
-    output layer starts fresh. Returns the variable paths copied.
-    """
-    if source.suffix == ".keras":
-        found = {v.path: v.numpy() for v in keras.models.load_model(source).weights}
-    else:
-        folder = source / "model.savedmodel" if (source / "model.savedmodel").is_dir() else source
-        found = {v.name.removesuffix(":0"): v.numpy() for v in tf.saved_model.load(str(folder)).variables}
-    # The first models' hidden dense layer had Keras's automatic name; it is "fc" now.
-    found.update({"fc/" + k.split("/", 1)[1]: v for k, v in found.items() if k.startswith("dense") and "/" in k})
-    copied = []
-    for var in model.weights:
-        value = found.get(var.path)
-        if value is not None and tuple(value.shape) == tuple(var.shape):
-            var.assign(value)
-            copied.append(var.path)
-    if not copied:
-        raise ValueError(f"--init-from {source}: no weight matches this model by name and shape")
-    return copied
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -442,155 +404,6 @@ def main(argv: list[str] | None = None) -> Path:
     logging.info("temperature %.3f; validation as served: %s", config["temperature"], config["val_served"])
     logging.info("best model (lowest val_loss) in %s", best)
     return best
-
-
-def served_record(raw: list[np.ndarray], task: str, part: utk.Dataset, estimate: str) -> dict:
-    """The temperature fitted on a model's views of ``part`` and what it serves there, with and without flip TTA: the
-    record every run keeps (``train``, ``training.ensemble``, ``training.swa``) and the export reads."""
-    fit = heads.fit_temperature(raw, task, part.ages, part.genders)
-    return {
-        "temperature": fit["temperature"],
-        "temperature_fit": fit["chosen"],
-        "estimate": estimate,
-        "val_served": score(raw, task, part, fit["temperature"], estimate),
-        "val_served_no_tta": score(raw[:1], task, part, fit["temperature"], estimate),
-    }
-
-
-def score(
-    raw: list[np.ndarray], task: str, part: utk.Dataset, temperature: float, estimate: str = heads.AGE_ESTIMATE
-) -> dict:
-    """Validation metrics of the served outputs (what the export will return) for the given views."""
-    out = heads.flat(heads.summarize(raw, task, temperature=temperature, estimate=estimate))
-    if task == "gender":
-        p = out[spec.GENDER_OUTPUT]
-        return {"accuracy": float((contract.is_female(p) == part.genders).mean())}
-    err = np.abs(out[spec.AGE_OUTPUT] - part.ages)
-    result = {"mae": float(err.mean())}
-    if np.isfinite(out[spec.AGE_LOW_OUTPUT]).all():
-        stats = heads.interval_stats(part.ages, out[spec.AGE_LOW_OUTPUT], out[spec.AGE_HIGH_OUTPUT])
-        result["interval_coverage"], result["interval_width"] = stats["coverage"], stats["width"]
-    return result
-
-
-class WeightAverage(keras.callbacks.Callback):
-    """Exponential moving average of the trainable weights: validated, checkpointed and kept as the model.
-
-    Averaging the last few hundred steps' weights smooths the noise of the final updates (Polyak averaging).
-    The average replaces the live weights from validation until the best checkpoint is written; the
-    companion :meth:`restore_callback`, placed after that checkpoint, puts the live weights back for training.
-    The average is saved beside the run after every epoch so ``--resume`` continues it.
-    """
-
-    def __init__(self, decay: float, path: Path, *, resume: bool = False):
-        super().__init__()
-        self.decay, self.path, self.resume = decay, path, resume
-        self.shadow: list[tf.Variable] = []
-        self.live: list[np.ndarray] | None = None
-        self.updates = 0
-
-    def on_train_begin(self, logs=None):
-        weights = self.model.trainable_weights
-        self.shadow = [tf.Variable(w.value, trainable=False) for w in weights]
-        if self.resume and self.path.exists():
-            with np.load(self.path) as z:
-                for i, var in enumerate(self.shadow):
-                    var.assign(z[f"w{i}"])
-                self.updates = int(z["updates"])
-        self._update = tf.function(self._update_fn)
-
-    def _update_fn(self, decay):
-        for avg, w in zip(self.shadow, self.model.trainable_weights, strict=True):
-            avg.assign(decay * avg + (1 - decay) * w)
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.updates += 1
-        # The usual warm-up of the decay: early on the average would remember the starting weights too long.
-        self._update(tf.constant(min(self.decay, (1 + self.updates) / (10 + self.updates)), "float32"))
-
-    def on_test_begin(self, logs=None):
-        if self.live is not None:
-            return
-        self.live = [w.numpy() for w in self.model.trainable_weights]
-        for w, avg in zip(self.model.trainable_weights, self.shadow, strict=True):
-            w.assign(avg)
-
-    def swap_back(self):
-        if self.live is None:
-            return
-        for w, value in zip(self.model.trainable_weights, self.live, strict=True):
-            w.assign(value)
-        self.live = None
-        np.savez(self.path, updates=self.updates, **{f"w{i}": v.numpy() for i, v in enumerate(self.shadow)})
-
-    def restore_callback(self) -> keras.callbacks.Callback:
-        outer = self
-
-        class Restore(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                outer.swap_back()
-
-        return Restore()
-
-    def on_train_end(self, logs=None):
-        self.swap_back()
-
-
-class ResumeState(keras.callbacks.Callback):
-    """Records the finished epoch and the best validation loss so far, for ``--resume``."""
-
-    def __init__(self, path: Path, best: float | None = None, monitor: str = "val_loss"):
-        super().__init__()
-        self.path, self.best, self.monitor = path, best, monitor
-
-    def on_epoch_end(self, epoch, logs=None):
-        loss = (logs or {}).get(self.monitor)
-        if loss is not None and (self.best is None or loss < self.best):
-            self.best = float(loss)
-        self.path.write_text(json.dumps({"epoch": epoch, "best_val_loss": self.best}))
-
-
-class BudgetAndCosine(keras.callbacks.Callback):
-    """Cosine learning-rate decay over whichever runs out first, epochs or the time budget.
-
-    Stops before an epoch that would overrun the budget, so a budgeted run still
-    ends on an annealed learning rate and a full validation pass. ``constant`` holds the rate at ``lr`` after the
-    warm-up instead: the phase of stochastic weight averaging, whose epochs are averaged rather than annealed.
-    """
-
-    def __init__(
-        self, lr: float, epochs: int, budget_minutes: float | None, warmup: int = 1, *, constant: bool = False
-    ):
-        super().__init__()
-        self.lr, self.epochs, self.warmup, self.constant = lr, epochs, warmup, constant
-        self.budget = budget_minutes * 60 if budget_minutes else math.inf
-        self.start = self.epoch_start = time.time()
-        self.longest_epoch = 0.0
-
-    def _progress(self, epoch: int) -> float:
-        return min(1.0, max(epoch / self.epochs, (time.time() - self.start) / self.budget))
-
-    def on_train_begin(self, logs=None):
-        self.start = time.time()
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch_start = time.time()
-        scale = (
-            (epoch + 1) / (self.warmup + 1)
-            if epoch < self.warmup
-            else 1.0
-            if self.constant
-            else 0.5 * (1 + math.cos(math.pi * self._progress(epoch)))
-        )
-        self.model.optimizer.learning_rate.assign(max(self.lr * scale, self.lr * 0.01))
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["lr"] = float(self.model.optimizer.learning_rate.numpy())
-        self.longest_epoch = max(self.longest_epoch, time.time() - self.epoch_start)
-        if time.time() - self.start + self.longest_epoch > self.budget:
-            logging.info("time budget reached after epoch %d", epoch + 1)
-            self.model.stop_training = True
 
 
 if __name__ == "__main__":

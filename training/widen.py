@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 
 from common import spec  # noqa: E402
 from training import model as models  # noqa: E402
-from training.ensemble import member_config, trained_network  # noqa: E402
+from training.runs import member_config, trained_network  # noqa: E402
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ MODEL_LOAD_THREADS = 8
 
 #: What a cold start loads first: both paths a photo takes (the ensembles, with the models they step through). The
 #: rest (`faces`, with a third face detector, and any other model in the folder) loads right after the first answer
-#: (server.py, ``TritonServer._load_the_rest``): fewer stubs starting at once on two cores. Loading the crop path
+#: (first_load.py, ``LaterLoads.load_the_rest``): fewer stubs starting at once on two cores. Loading the crop path
 #: alone first was tried: its first answer came 0.4-1.0 s sooner, but a first detection 1.0 s later, as its
 #: detector then started building only after the crop path was up (docs/performance-log.md, cold start, fourth part).
 FIRST_MODELS = (contract.CROP_ENSEMBLE, contract.DETECT_ENSEMBLE)

@@ -15,7 +15,7 @@ ERROR_BYTES = 1024
 #: Most calls in flight to Triton at once; more wait here (Triton's own queues hold far fewer).
 MAX_UPSTREAM = 256
 UNREACHABLE = "Triton is not reachable (restarting?); retry shortly"
-#: How long a request for a model that Triton loads after the ensembles (server.py, command.loads_first) waits here
+#: How long a request for a model that Triton loads after the ensembles (first_load.py, command.loads_first) waits here
 #: for it: its load takes about 0.4 s on the development machine; past this the request goes on and gets Triton's
 #: own answer.
 LOADING_WAIT_S = 30.0
@@ -117,7 +117,7 @@ class Loading:
         self.pending = set(models)
         self.is_ready = is_ready
         # Printed once, when the first request waits: the launcher holds the later loads back for the first
-        # answer, and this tells it not to (serving/runtime/server.py, _load_the_rest).
+        # answer, and this tells it not to (serving/runtime/first_load.py, LaterLoads).
         self.waiting_line = waiting_line
 
     async def wait(self, model: str) -> None:

@@ -11,8 +11,9 @@ free one, printed when ready. Everything binds 127.0.0.1 unless told otherwise.
 
 This file is the command line only. The parts: ports.py (defaults, free ports, in-use check), binary.py (which
 tritonserver, the pip wheel's backend folder), command.py (Triton's argument list), children.py (how every child
-process is started: its own session), server.py (TritonServer: start, supervise, ready, drain and stop), door.py
-(nginx), reaper.py (cleanup after a killed launcher). Stopping: docs/operations.md.
+process is started: its own session), server.py (TritonServer: start, supervise, ready, drain and stop), first_load.py
+(the models loaded after the ensembles), door.py (nginx), reaper.py (cleanup after a killed launcher). Stopping:
+docs/operations.md.
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ one line each: ``pgid N`` (a child's process group: every child runs in its own 
 Python-backend stubs, and nginx with its workers), ``pid N`` (a single process), ``shm PREFIX`` (Python-backend
 shared-memory segments), ``path DIR`` (temporary folders). A clean stop writes ``clear``. End of file without
 ``clear`` means the launcher is gone: the reaper sends SIGTERM to what is listed, SIGKILL after :data:`GRACE_S`,
-removes the segments and folders, and exits. Standard library only.
+removes the segments and folders, and exits. Standard library only: it runs as a script, not as part of the
+package. :func:`remove_segments` is also how the launcher removes a Triton's segments after a crash and on stop
+(server.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import time
 from pathlib import Path
 
 GRACE_S = 8.0
+#: Where the Python backend's shared-memory segments live (RAM-backed: a killed Triton's stay until removed).
+SHM_DIR = Path("/dev/shm")
 
 
 def _alive(pgids: set[int], pids: set[int]) -> bool:
@@ -35,6 +39,13 @@ def _signal(pgids: set[int], pids: set[int], sig: int) -> None:
     for kill, target in [(os.killpg, g) for g in pgids] + [(os.kill, p) for p in pids]:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             kill(target, sig)
+
+
+def remove_segments(directory: Path, prefix: str) -> None:
+    """Removes every segment in ``directory`` whose name starts with ``prefix``; gone already is fine. The one
+    cleanup of leftover segments: here after a killed launcher, and in TritonServer after a crash and on stop."""
+    for leftover in directory.glob(f"{prefix}*"):
+        leftover.unlink(missing_ok=True)
 
 
 def main() -> int:
@@ -63,8 +74,7 @@ def main() -> int:
     _signal(pgids, pids, signal.SIGKILL)
     time.sleep(0.5)
     for prefix in prefixes:
-        for leftover in Path("/dev/shm").glob(f"{prefix}*"):
-            leftover.unlink(missing_ok=True)
+        remove_segments(SHM_DIR, prefix)
     for path in paths:
         shutil.rmtree(path, ignore_errors=True)
     return 0

@@ -5,13 +5,13 @@ Triton listens on internal 127.0.0.1 ports behind it; admin APIs need ``admin-ke
 (serving/runtime/security.py; a random key per start when unset); Triton runs with umask 077 so its shared
 memory is private; a crashed Triton is restarted with backoff; :meth:`TritonServer.stop` drains (readiness off,
 new requests refused at the door, accepted ones finish, then Triton stops); a reaper process
-(serving/runtime/reaper.py) removes servers, segments and temp folders if the launcher itself is killed.
+(serving/runtime/reaper.py) removes servers, segments and temp folders if the launcher itself is killed. With the
+ensembles loaded first (command.loads_first), the rest load after the first answer (serving/runtime/first_load.py).
 """
 
 from __future__ import annotations
 
 import collections
-import json
 import os
 import subprocess
 import sys
@@ -19,20 +19,18 @@ import tempfile
 import threading
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
 
-from common import contract
 from serving.pipeline.backends.openvino_savedmodel import ov_runtime
-from serving.runtime import binary, children, command, door, ports, security, shm_guard, storage
+from serving.runtime import binary, children, command, door, first_load, ports, security, shm_guard, storage
 from serving.runtime.errors import TritonStartError
 from serving.runtime.gate_process import GateProcess
+from serving.runtime.reaper import SHM_DIR, remove_segments
 from serving.runtime.subproc import stop_process
 
 DEFAULT_REPOSITORY = binary.DEFAULT_REPOSITORY
-SHM_DIR = Path("/dev/shm")
 SHM_PREFIX = "triton_python_backend_shm_region_"
 # Shutdown bounds, derived from the longest a request may take (door.REQUEST_TIMEOUT_S, itself derived from
 # the per-request decode budget): the door waits that long for accepted requests (anything slower has already
@@ -52,13 +50,6 @@ DRAIN_GRACE_S = 2.0
 #: The folder, inside the run folder, that a staged s3:// repository is copied to (loadtest.bench.coldstart finds
 #: it on Triton's command line).
 STAGE_FOLDER = "s3-stage"
-#: How long the launcher gives the models loaded after the ensembles (command.loads_first), each; a load that has not
-#: finished by then is reported, and its requests get Triton's own error.
-LATER_LOAD_TIMEOUT_S = 120.0
-#: The later loads wait for the first answer from an ensemble, for a request that waits for one of the later models
-#: at the gate, or this long after the ensembles are ready, whichever comes first: a woken server answers the
-#: request that woke it before it starts more stubs on the same cores.
-LATER_LOAD_GRACE_S = 1.0
 
 
 def default_ov_cache() -> Path:
@@ -144,10 +135,22 @@ class TritonServer:
         self._final_code: int | None = None
         # The ensembles first, the rest right after (command.loads_first); decided at start(), when the folder is known.
         self.loads_first = False
-        self._rest_loaded = threading.Event()
-        self._later_failures: list[str] = []
-        #: Seconds to hold the later loads back: 0, except in tests that need the gap to be long.
-        self.later_load_delay_s = 0.0
+        self._later = first_load.LaterLoads(
+            triton_http=self._triton_http,
+            metrics_url=lambda: self.metrics_url,  # a port asked for as 0 is chosen by start()
+            gate_wanted=lambda: self._gate.wanted if self._gate is not None else None,  # the gate starts after Triton
+            stopping=self._stopping,
+            report=self._event,
+        )
+
+    @property
+    def later_load_delay_s(self) -> float:
+        """Seconds to hold the later loads back: 0, except in tests that need the gap to be long."""
+        return self._later.delay_s
+
+    @later_load_delay_s.setter
+    def later_load_delay_s(self, seconds: float) -> None:
+        self._later.delay_s = seconds
 
     @property
     def _client_host(self) -> str:
@@ -374,7 +377,7 @@ class TritonServer:
 
     def _spawn_triton(self) -> None:
         cmd, env = self.command()
-        self._rest_loaded.clear()
+        self._later.done.clear()
         self._proc = children.spawn(cmd, env=env, private=True)
         self._tell_reaper(f"pgid {self._proc.pid}")
         # Triton binds them after loading its models (without the door its own ports are the public ones).
@@ -382,9 +385,9 @@ class TritonServer:
         self._reader = threading.Thread(target=self._read_logs, args=(self._proc, self._log), daemon=True)
         self._reader.start()
         if self.loads_first:  # after every (re)start: a restarted Triton loads the ensembles first again
-            threading.Thread(target=self._load_the_rest, args=(self._proc,), daemon=True).start()
+            self._later.start(self._proc)
         else:
-            self._rest_loaded.set()
+            self._later.done.set()
 
     def _triton_http(self, path: str, *, post: bool = False, timeout: float = 2.0) -> tuple[int, bytes]:
         """A call to Triton's own HTTP port (not through the door), with the internal and admin keys."""
@@ -398,74 +401,9 @@ class TritonServer:
         except urllib.error.HTTPError as err:
             return err.code, err.read()
 
-    def _load_the_rest(self, proc: subprocess.Popen) -> None:
-        """Once Triton serves both paths, asks it to load every model of the folder it has not loaded yet.
-
-        Until then a request for one of them waits at the gate (gate_relay.Loading), and readiness (which counts
-        every model) says not ready for the moment the loads take. Runs once per Triton process."""
-        try:
-            while proc.poll() is None and not self._stopping.is_set():
-                try:
-                    if self._triton_http("/v2/health/ready")[0] == 200:
-                        break
-                except OSError:
-                    pass
-                time.sleep(0.05)
-            else:
-                return
-            self._await_first_use(proc)
-            if self._stopping.wait(self.later_load_delay_s):
-                return
-            tried: set[str] = set()
-            while proc.poll() is None and not self._stopping.is_set():
-                # Listed again after each load: an ensemble's load brings the models it steps through with it.
-                status, body = self._triton_http("/v2/repository/index", post=True)
-                if status != 200:
-                    self._later_failed(f"could not list the repository to load the rest: HTTP {status} {body[:200]!r}")
-                    return
-                waiting = [m["name"] for m in json.loads(body) if not m.get("state") and m["name"] not in tried]
-                if not waiting:
-                    return
-                model = waiting[0]
-                tried.add(model)
-                status, body = self._triton_http(
-                    f"/v2/repository/models/{urllib.parse.quote(model, safe='')}/load",
-                    post=True,
-                    timeout=LATER_LOAD_TIMEOUT_S,
-                )
-                if status != 200:
-                    self._later_failed(f"loading {model} after the ensembles failed: HTTP {status} {body[:300]!r}")
-        except (OSError, ValueError) as err:
-            self._later_failed(f"loading the rest of the models after the ensembles failed: {err}")
-        finally:
-            self._rest_loaded.set()
-
-    def _await_first_use(self, proc: subprocess.Popen) -> None:
-        """Returns once an ensemble has answered (Triton's success counters), a request waits at the gate for a
-        later model, or LATER_LOAD_GRACE_S has passed since the ensembles were ready."""
-        deadline = time.monotonic() + LATER_LOAD_GRACE_S
-        wanted = self._gate.wanted if self._gate is not None else threading.Event()
-        while time.monotonic() < deadline and proc.poll() is None and not self._stopping.is_set():
-            if wanted.is_set() or self._an_ensemble_answered():
-                return
-            time.sleep(0.02)
-
-    def _an_ensemble_answered(self) -> bool:
-        try:
-            with urllib.request.urlopen(self.metrics_url, timeout=1) as answer:
-                text = answer.read().decode("utf-8", "replace")
-        except OSError:
-            return False
-        prefixes = tuple(f'nv_inference_request_success{{model="{m}",' for m in command.FIRST_MODELS)
-        return any(line.startswith(prefixes) and not line.endswith(" 0") for line in text.splitlines())
-
-    def _later_failed(self, message: str) -> None:
-        self._later_failures.append(message)
-        self._event(message)
-
     def later_models(self) -> tuple[str, ...]:
         """The public models loaded after the ensembles (their requests wait at the gate until they are ready)."""
-        return tuple(m for m in contract.PUBLIC_MODELS if m not in command.FIRST_MODELS) if self.loads_first else ()
+        return first_load.later_models() if self.loads_first else ()
 
     def _read_logs(self, proc: subprocess.Popen, sink: collections.deque, tag: str = "") -> None:
         # Draining the pipe continuously keeps a chatty server from blocking on a full pipe.
@@ -495,8 +433,7 @@ class TritonServer:
                 self._final_code = code
                 return
             children.kill_group(proc.pid)  # its Python stubs
-            for leftover in SHM_DIR.glob(f"{self.shm_prefix}*"):
-                leftover.unlink(missing_ok=True)
+            remove_segments(SHM_DIR, self.shm_prefix)
             if time.monotonic() - born > STABLE_S:
                 backoff = RESTART_BACKOFF_S[0]
             self._event(
@@ -536,9 +473,9 @@ class TritonServer:
         """Blocks until ``/v2/health/ready`` answers 200; returns the seconds since ``start()``."""
         deadline = time.monotonic() + timeout
         # Ready means every model: with the ensembles loaded first, also the ones loaded after them.
-        while not (self._rest_loaded.is_set() and self.is_ready()):
-            if self._later_failures and not self._ready_once:
-                raise TritonStartError("; ".join(self._later_failures) + f"\nLast log lines:\n{self.logs(40)}")
+        while not (self._later.done.is_set() and self.is_ready()):
+            if self._later.failures and not self._ready_once:
+                raise TritonStartError("; ".join(self._later.failures) + f"\nLast log lines:\n{self.logs(40)}")
             if self._proc.poll() is not None and not self._ready_once:
                 self._reader.join(timeout=5)
                 raise TritonStartError(
@@ -592,8 +529,7 @@ class TritonServer:
             if self._reader is not None:
                 self._reader.join(timeout=5)
         # Triton removes its segments on a clean exit; a killed one leaves them in RAM-backed /dev/shm.
-        for leftover in SHM_DIR.glob(f"{self.shm_prefix}*"):
-            leftover.unlink(missing_ok=True)
+        remove_segments(SHM_DIR, self.shm_prefix)
         if self._supervisor is not None and self._supervisor is not threading.current_thread():
             self._supervisor.join(timeout=5)
             self._supervisor = None
