@@ -25,6 +25,7 @@ from common import contract, spec  # noqa: E402
 from training import calibrate, heads, runs  # noqa: E402
 from training import data as utk  # noqa: E402
 from training.export import SAVEDMODEL, latest, signature_side  # noqa: E402
+from training.plots import plots  # noqa: E402
 
 AGE_BANDS = heads.AGE_BANDS
 #: Issue 16's targets for the interval: coverage within this range in every true-age band with at least
@@ -336,12 +337,11 @@ def main(argv: list[str] | None = None) -> dict:
         "under_80": metrics(subset.subset(np.flatnonzero(young)), {k: v[young] for k, v in pred.items()}),
         "seed_project": SEED,
     }
-    from training.plots import plots  # here: it draws with this module's metrics, so it imports this module
-
     report["plots"] = plots(
         args.out,
         subset,
         pred,
+        report["all_ages"],
         args.repo,
         train.ages if len(train) else None,
         train.ages[utk.rebalance(train, seed=args.seed)] if len(train) else None,

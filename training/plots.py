@@ -16,7 +16,6 @@ import numpy as np  # noqa: E402
 
 from common import spec  # noqa: E402
 from training import data as utk  # noqa: E402
-from training.evaluate import calibration, gender_metrics, metrics  # noqa: E402
 from training.export import latest  # noqa: E402
 from training.runs import histories  # noqa: E402
 
@@ -25,12 +24,15 @@ def plots(
     out: Path,
     data: utk.Dataset,
     pred: dict[str, np.ndarray],
+    computed: dict,
     repo: Path,
     train_ages: np.ndarray | None,
     rebalanced_ages: np.ndarray | None,
 ) -> list[str]:
+    """The report's PNG plots of ``data``'s predictions ``pred``; ``computed``: ``evaluate.metrics`` of the same faces
+    (drawn, not computed again: the per-band calibration noise alone takes thousands of draws)."""
     files = []
-    ages, probs = pred[spec.AGE_OUTPUT], pred[spec.GENDER_OUTPUT]
+    ages = pred[spec.AGE_OUTPUT]
 
     def save(fig, name):
         fig.tight_layout()
@@ -84,7 +86,7 @@ def plots(
     ax.set(title="Predicted vs true age", xlabel="true age", ylabel="predicted age", xlim=(0, 117), ylim=(0, 117))
     save(fig, "age_scatter.png")
 
-    cm = np.array(gender_metrics(data.genders, probs)["confusion_matrix"])
+    cm = np.array(computed["gender"]["confusion_matrix"])
     fig, ax = plt.subplots(figsize=(3.8, 3.4))
     ax.imshow(cm, cmap="Blues")
     for (i, j), v in np.ndenumerate(cm):
@@ -100,7 +102,7 @@ def plots(
     )
     save(fig, "gender_confusion.png")
 
-    bands = metrics(data, pred)["age_by_band"]
+    bands = computed["age_by_band"]
     if all("coverage" in b for b in bands.values()):
         fig, ax = plt.subplots(figsize=(6, 3.5))
         cov = np.array([b["coverage"] for b in bands.values()])
@@ -119,7 +121,7 @@ def plots(
         ax.legend()
         save(fig, "age_interval_coverage.png")
 
-    cal = calibration(data.genders, probs)
+    cal = computed["gender"]["calibration"]
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="calibrated")
     ax.plot([r["mean_p"] for r in cal["bins"]], [r["observed"] for r in cal["bins"]], "o-", label="model")
