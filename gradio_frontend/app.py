@@ -159,7 +159,7 @@ def take_photo(payload: dict[str, Any] | None, kept: Photo | None) -> Photo | No
     name = payload.get("orig_name") or (Path(path).name if path else "image")
     if path and (data := uploads.take(path)) is not None:
         return Photo(data, name, key=path)  # answered from memory from now on; nothing personal stays on disk
-    if kept is not None and kept.key == path:
+    if path and kept is not None and kept.key == path:  # an inline photo has no path: it is always the new one
         return kept
     if path and (data := uploads.held(path)) is not None:
         return Photo(data, name, key=path)

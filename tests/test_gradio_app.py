@@ -239,6 +239,17 @@ def test_two_sessions_that_upload_the_same_photo_are_both_answered(tmp_path, mon
         app.take_photo(payload, None)
 
 
+def test_an_inline_photo_is_never_taken_for_the_one_the_session_kept():
+    # Inline (webcam or pasted) photos have no path, and the kept one's key was None too: the session's previous
+    # inline photo was analysed again instead of the new one.
+    import base64
+
+    first, second = jpeg((64, 48)), jpeg((48, 64))
+    kept = app.take_photo({"url": "data:image/jpeg;base64," + base64.b64encode(first).decode()}, None)
+    new = app.take_photo({"url": "data:image/jpeg;base64," + base64.b64encode(second).decode()}, kept)
+    assert kept.data == first and new.data == second
+
+
 def test_a_truncated_upload_is_rejected_with_the_apps_message():
     # Cut in its header, PIL fails while opening it ("Truncated File Read"): the handler raised, the page showed a
     # bare "Error", and the next Estimate said the photo was no longer stored.
