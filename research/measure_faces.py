@@ -183,10 +183,10 @@ def age_gender(scenes, faces, cropper: MultiFaceCropper) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
-    from training.export import latest
+    from training.export import SAVEDMODEL, latest
 
     def model(task):
-        fn = tf.saved_model.load(str(latest(ROOT / "model_repository", task) / "model.savedmodel"))
+        fn = tf.saved_model.load(str(latest(ROOT / "model_repository", task) / SAVEDMODEL))
         return fn.signatures["serving_default"]
 
     age_fn, gender_fn = model("age"), model("gender")

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from common import contract
+from serving.pipeline.backends.openvino_savedmodel import ir
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIMES = ("tensorflow", "openvino", "onnxruntime")
@@ -47,7 +48,7 @@ def savedmodel_paths(repository: Path) -> dict[str, Path]:
         versions = sorted((p for p in (repository / task).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
         if not versions:
             raise FileNotFoundError(f"no exported {task} model under {repository / task}")
-        paths[task] = versions[-1] / "model.savedmodel"
+        paths[task] = versions[-1] / ir.SAVEDMODEL
     return paths
 
 

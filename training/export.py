@@ -39,7 +39,8 @@ from serving.pipeline.backends.openvino_savedmodel import ir as openvino_ir  # n
 from training import heads  # noqa: E402
 from training.model import TASKS  # noqa: E402
 
-SAVEDMODEL = "model.savedmodel"
+#: The SavedModel's folder in a version folder, as the serving backend reads it (one definition, in ir.py).
+SAVEDMODEL = openvino_ir.SAVEDMODEL
 
 
 def versions(model_dir: Path) -> list[int]:

@@ -21,6 +21,7 @@ from common import contract, spec
 from training import data as utk
 from training import heads
 from training import model as models
+from training.export import SAVEDMODEL
 
 #: The project root: a mixture's record names its members by paths relative to it (training.ensemble runs from it).
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,7 +85,7 @@ def init_weights(model: keras.Model, source: Path) -> list[str]:
     if source.suffix == ".keras":
         found = {v.path: v.numpy() for v in keras.models.load_model(source).weights}
     else:
-        folder = source / "model.savedmodel" if (source / "model.savedmodel").is_dir() else source
+        folder = source / SAVEDMODEL if (source / SAVEDMODEL).is_dir() else source
         found = {v.name.removesuffix(":0"): v.numpy() for v in tf.saved_model.load(str(folder)).variables}
     # The first models' hidden dense layer had Keras's automatic name; it is "fc" now.
     found.update({"fc/" + k.split("/", 1)[1]: v for k, v in found.items() if k.startswith("dense") and "/" in k})
