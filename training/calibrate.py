@@ -40,7 +40,7 @@ import tensorflow as tf  # noqa: E402
 from common import spec  # noqa: E402
 from training import data as utk  # noqa: E402
 from training import heads  # noqa: E402
-from training.export import SAVEDMODEL, export_model, latest, load_version  # noqa: E402
+from training.export import EXPORT_RECORD, HISTORY, RECORD, SAVEDMODEL, export_model, latest, load_version  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -288,14 +288,14 @@ def main(argv: list[str] | None = None) -> dict:
         interval=interval,
         estimate=estimate,
         size=config.get("image_size") or spec.image_size("age"),
-        extra_files={"history.csv": source / "history.csv"},
+        extra_files={HISTORY: source / HISTORY},
     )
     # The source's record, plus how the interval was calibrated: one file says how this version was made.
     record_all = {**config, "estimate": estimate, "interval_calibration": record}
     record_all.update(served_on_validation(config, record))
-    (version / "training_config.json").write_text(json.dumps(record_all, indent=2))
+    (version / RECORD).write_text(json.dumps(record_all, indent=2))
     meta = {"task": "age", "source": str(source / SAVEDMODEL), "version": int(version.name), "by": "training.calibrate"}
-    (version / "export.json").write_text(json.dumps(meta, indent=2))
+    (version / EXPORT_RECORD).write_text(json.dumps(meta, indent=2))
     # b holds the estimate before calibration, computed above from the same weights: nothing runs twice.
     check_estimate_unchanged(b[spec.AGE_OUTPUT][:256], version, val.images[:256])
     log.info(f"exported age -> {version}")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from training import data as utk
 from training import train
+from training.export import HISTORY
 
 #: Name -> extra ``training.train`` arguments. EMA is off unless the variant names it, so each row changes
 #: one thing against its neighbour.
@@ -65,7 +66,7 @@ def row(name: str, config: dict, task: str, run: Path) -> dict:
         "width": served.get("interval_width"),
         "temperature": config["temperature"],
         "minutes": round(config.get("train_seconds", 0) / 60, 1),
-        "epochs": max(0, len((run / "history.csv").read_text().splitlines()) - 1),  # one CSV row per epoch
+        "epochs": max(0, len((run / HISTORY).read_text().splitlines()) - 1),  # one CSV row per epoch
     }
 
 

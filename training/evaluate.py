@@ -24,7 +24,7 @@ import tensorflow as tf  # noqa: E402
 from common import contract, spec  # noqa: E402
 from training import calibrate, heads, runs  # noqa: E402
 from training import data as utk  # noqa: E402
-from training.export import SAVEDMODEL, latest, signature_side  # noqa: E402
+from training.export import RECORD, SAVEDMODEL, latest, signature_side  # noqa: E402
 from training.plots import plots  # noqa: E402
 
 AGE_BANDS = heads.AGE_BANDS
@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> dict:
         models["age"] = args.repo / "age" / str(args.age_version)
     # Both networks' records must name one split: a gender network trained on another seed would be scored on
     # faces it trained on.
-    records = [json.loads(c.read_text()) for v in models.values() if (c := v / "training_config.json").exists()]
+    records = [json.loads(c.read_text()) for v in models.values() if (c := v / RECORD).exists()]
     try:
         trained_on = runs.split_seed(records) if records else None
     except ValueError as err:

@@ -41,6 +41,9 @@ from training.model import TASKS  # noqa: E402
 
 #: The SavedModel's folder in a version folder, as the serving backend reads it (one definition, in ir.py).
 SAVEDMODEL = openvino_ir.SAVEDMODEL
+#: What a version folder holds beside it: the training record, the epoch history (a run folder's too), how it was
+#: exported. (serving/ops/publish.py leaves the first two out of a release: Triton never reads them.)
+RECORD, HISTORY, EXPORT_RECORD = "training_config.json", "history.csv", "export.json"
 
 
 def versions(model_dir: Path) -> list[int]:
@@ -74,7 +77,7 @@ def load_version(version_dir: Path, config: dict | None = None) -> tuple[keras.M
     from training import model as models
 
     if config is None:
-        config = json.loads((version_dir / "training_config.json").read_text())
+        config = json.loads((version_dir / RECORD).read_text())
     task = config.get("task") or version_dir.parent.name
     size = config.get("image_size") or spec.image_size(task)
     if "ensemble" in config:
@@ -182,14 +185,14 @@ def main(argv: list[str] | None = None) -> list[Path]:
             temperature=config.get("temperature", 1.0),
             estimate=heads.recorded_estimate(config),
             size=config.get("image_size") or spec.image_size(task),
-            extra_files={"training_config.json": run / "config.json", "history.csv": run / "history.csv"},
+            extra_files={RECORD: run / "config.json", HISTORY: run / HISTORY},
         )
         if tta != config.get("tta", False):
             # The version's record says what it serves (training.calibrate reads it), and that this was a choice.
             record = {**config, "tta": tta, "tta_trained": config.get("tta", False)}
-            (version / "training_config.json").write_text(json.dumps(record, indent=2))
+            (version / RECORD).write_text(json.dumps(record, indent=2))
         meta = {"task": task, "source": str(run / "model.keras"), "version": int(version.name)}
-        (version / "export.json").write_text(json.dumps(meta, indent=2))
+        (version / EXPORT_RECORD).write_text(json.dumps(meta, indent=2))
         print(f"exported {task} -> {version}")
         written.append(version)
     return written
@@ -198,7 +201,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
 def from_repo(repo: Path, tasks: list[str], tta: bool | None, data: Path | None) -> list[Path]:
     """Exports the newest version of each task again with flip TTA set to ``tta``; see the module's docstring."""
     sources = {task: latest(repo, task) for task in tasks}
-    records = {task: json.loads((src / "training_config.json").read_text()) for task, src in sources.items()}
+    records = {task: json.loads((src / RECORD).read_text()) for task, src in sources.items()}
     # Everything is checked before anything is written: a half-made variant is worse than none.
     for task, record in records.items():
         if tta is None or tta == record.get("tta", False):
@@ -229,11 +232,11 @@ def from_repo(repo: Path, tasks: list[str], tta: bool | None, data: Path | None)
             temperature=config.get("temperature", 1.0),
             estimate=heads.recorded_estimate(config),
             size=config.get("image_size") or spec.image_size(task),
-            extra_files={"history.csv": source / "history.csv"},
+            extra_files={HISTORY: source / HISTORY},
         )
-        (version / "training_config.json").write_text(json.dumps(record, indent=2))
+        (version / RECORD).write_text(json.dumps(record, indent=2))
         meta = {"task": task, "source": str(source / SAVEDMODEL), "version": int(version.name), "by": "--from-repo"}
-        (version / "export.json").write_text(json.dumps(meta, indent=2))
+        (version / EXPORT_RECORD).write_text(json.dumps(meta, indent=2))
         print(f"exported {task} -> {version} (from {source}, tta={tta})")
         if "interval_calibration" in config:
             from training import calibrate  # here: it imports this module

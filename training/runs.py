@@ -21,7 +21,7 @@ from common import contract, spec
 from training import data as utk
 from training import heads
 from training import model as models
-from training.export import SAVEDMODEL
+from training.export import HISTORY, RECORD, SAVEDMODEL
 
 #: The project root: a mixture's record names its members by paths relative to it (training.ensemble runs from it).
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,7 +36,7 @@ def member_folder(source: Path) -> Path:
 
 def member_config(source: Path) -> dict:
     """The training record of a member: a run's ``config.json`` beside its ``.keras`` file, or a version's."""
-    record = member_folder(source) / ("config.json" if source.suffix == ".keras" else "training_config.json")
+    record = member_folder(source) / ("config.json" if source.suffix == ".keras" else RECORD)
     if not record.exists():
         raise FileNotFoundError(f"{source}: no training record at {record}")
     return json.loads(record.read_text())
@@ -58,19 +58,19 @@ def histories(version: Path) -> list[tuple[str, Path]]:
     its members, and each member's history is used where it is still on disk (a version folder of the repository, or
     the run folder of a ``model.keras``); none found gives an empty list.
     """
-    own = version / "history.csv"
+    own = version / HISTORY
     if own.exists():
         return [(f"v{version.name}", own)]
-    record = version / "training_config.json"
+    record = version / RECORD
     members = json.loads(record.read_text()).get("ensemble", []) if record.exists() else []
     found = []
     for i, member in enumerate(members, start=1):
         source = Path(member["source"])
         source = source if source.is_absolute() else ROOT / source
         folder = member_folder(source)
-        if (folder / "history.csv").exists():
+        if (folder / HISTORY).exists():
             name = folder.name if folder != source else f"{folder.parent.name}/{folder.name}"  # the run's, or gender/5
-            found.append((f"member {i} ({name})", folder / "history.csv"))
+            found.append((f"member {i} ({name})", folder / HISTORY))
     return found
 
 

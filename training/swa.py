@@ -36,6 +36,7 @@ from common import spec  # noqa: E402
 from training import data as utk  # noqa: E402
 from training import heads  # noqa: E402
 from training import model as models  # noqa: E402
+from training.export import HISTORY  # noqa: E402
 from training.runs import member_config, served_record, split_seed, trained_network  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -111,9 +112,9 @@ def main(argv: list[str] | None = None) -> Path:
     (out / "config.json").write_text(json.dumps(record, indent=2))
     # The training curves travel with the export (the evaluation report plots them): the last snapshot's run's.
     last = args.snapshots[-1]
-    history = last.parent / "history.csv" if last.suffix == ".keras" else last / "history.csv"
+    history = last.parent / HISTORY if last.suffix == ".keras" else last / HISTORY
     if history.exists():
-        shutil.copy(history, out / "history.csv")
+        shutil.copy(history, out / HISTORY)
     return out
 
 

@@ -28,6 +28,7 @@ from training import data as utk  # noqa: E402
 from training import heads  # noqa: E402
 from training import model as models  # noqa: E402
 from training.callbacks import BudgetAndCosine, ResumeState, WeightAverage  # noqa: E402
+from training.export import HISTORY  # noqa: E402
 from training.runs import SPLIT_SEED, init_weights, member_config, served_record  # noqa: E402
 
 DEFAULTS = {
@@ -361,7 +362,7 @@ def main(argv: list[str] | None = None) -> Path:
             *([keras.callbacks.ModelCheckpoint(args.out / "epoch{epoch:03d}.keras")] if args.keep_epochs else []),
             ResumeState(state_file, best_loss, monitor),
             keras.callbacks.EarlyStopping(monitor=monitor, mode="min", patience=args.patience),
-            keras.callbacks.CSVLogger(args.out / "history.csv", append=args.resume),
+            keras.callbacks.CSVLogger(args.out / HISTORY, append=args.resume),
         ]
         start = time.time()
         model.fit(
