@@ -249,3 +249,9 @@ def test_cpu_override_keeps_compiled_models_on_a_volume(compose, compose_cpu):
     assert mounts[volume] in compose_cpu["volumes"]  # a named volume: it outlives the container
     # Compose replaces a service's volume list only entry by entry: the models stay mounted read-only.
     assert set(triton["volumes"]) >= set(compose["services"]["triton"]["volumes"])
+
+
+def test_no_service_can_gain_privileges(compose):
+    # A setuid binary in an image would otherwise give a compromised process root again (audit).
+    for name, service in compose["services"].items():
+        assert "no-new-privileges:true" in service.get("security_opt", []), name
