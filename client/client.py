@@ -275,7 +275,7 @@ class AgeGenderClient:
         Args:
             image: A path, encoded image bytes (sent as is), a PIL image or a uint8 array (encoded here). An array
                 is HxW (grey), HxWx1, HxWx3 in RGB order (not OpenCV's BGR: convert with ``img[..., ::-1]``) or
-                HxWx4 RGBA. A PIL image is sent as it looks; one as opened from a file keeps its EXIF orientation.
+                HxWx4 RGBA. A PIL image's EXIF orientation is applied by the server, once (docs/client.md).
             detect: Find the face first (``age_gender``); False sends the image as an already aligned face
                 crop (``age_gender_crop``).
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from client.errors import InvalidImageError
 from common.ports import default_address
-from common.upload import orientation, to_rgb
+from common.upload import QUARTER_TURNS, orientation, to_rgb
 
 ProtocolName = Literal["grpc", "http"]
 #: Everything :meth:`client.AgeGenderClient.predict` accepts as an image.
@@ -86,8 +86,8 @@ def encode_image(image: ImageInput, *, image_format: Literal["PNG", "JPEG"] = "P
     """Returns the encoded bytes to send for ``image``.
 
     Paths are read and bytes passed through untouched: decoding and preprocessing happen on the server,
-    so every client sees the same pixels. PIL images and uint8 arrays are encoded here, as they look: only a PIL
-    image as opened from a file keeps its EXIF orientation, for the server to apply.
+    so every client sees the same pixels. PIL images and uint8 arrays are encoded here; a PIL image's EXIF
+    orientation goes along, as the tag alone, for the server to apply (:func:`orientation_to_send`).
 
     Args:
         image: A path, encoded image bytes, a PIL image, or a uint8 array: HxW or HxWx1 (grey), HxWx3 (RGB order,
@@ -150,7 +150,7 @@ def orientation_to_send(image: Image.Image) -> int:
     ``ImageOps.exif_transpose`` drops the tag itself.
     """
     turn = orientation(image)
-    if turn in (5, 6, 7, 8):
+    if turn in QUARTER_TURNS:
         try:
             exif_ifd = image.getexif().get_ifd(0x8769)
             stored = (int(exif_ifd[0xA002]), int(exif_ifd[0xA003]))

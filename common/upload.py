@@ -95,8 +95,8 @@ def open_bounded(
 
 
 def upright_size(img: Image.Image, stored: tuple[int, int]) -> tuple[int, int]:
-    """The file's size as :func:`load_rgb` turns it: sides swapped for EXIF orientations 5-8 (a quarter turn)."""
-    return (stored[1], stored[0]) if orientation(img) in (5, 6, 7, 8) else stored
+    """The file's size as :func:`load_rgb` turns it: sides swapped for a quarter turn."""
+    return (stored[1], stored[0]) if orientation(img) in QUARTER_TURNS else stored
 
 
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
@@ -148,6 +148,8 @@ _UPRIGHT = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
+#: The EXIF orientations that turn a picture a quarter (its sides swap).
+QUARTER_TURNS = (5, 6, 7, 8)
 #: Where an opened file keeps its EXIF (with the orientation) and XMP (which may hold one too).
 _ORIENTATION_KEYS = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp")
 

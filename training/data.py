@@ -275,10 +275,10 @@ def split(data: Dataset, *, seed: int = SPLIT_SEED, val: float = 0.1, test: floa
         u = int(hashlib.sha256(f"{seed}:{digest}".encode()).hexdigest()[:12], 16) / 16**12
         out[i] = "test" if u < test else "val" if u < test + val else "train"
     out = out.astype(str)
+    unit, mirrored = _unit(data.thumbs), _unit(data.thumbs[:, :, ::-1])  # once: train's serve both checks
     for name, earlier in (("val", ("train",)), ("test", ("train", "val"))):
-        rows = np.flatnonzero(out == name)
-        copies = near_copies(data.thumbs[rows], data.thumbs[np.isin(out, earlier)])
-        out[rows[copies]] = COPY
+        rows, others = np.flatnonzero(out == name), np.isin(out, earlier)
+        out[rows[near_copies(unit[rows], unit[others], mirrored[others])]] = COPY
     return out
 
 
@@ -286,8 +286,9 @@ def split(data: Dataset, *, seed: int = SPLIT_SEED, val: float = 0.1, test: floa
 COPY = "copy"
 
 
-def near_copies(faces: np.ndarray, others: np.ndarray, *, chunk: int = 1024) -> np.ndarray:
-    """Which ``faces`` are near copies of one of ``others`` (grey thumbnails, as :attr:`Dataset.thumbs`).
+def near_copies(faces: np.ndarray, others: np.ndarray, mirrored: np.ndarray, *, chunk: int = 1024) -> np.ndarray:
+    """Which ``faces`` are near copies of one of ``others`` (each row a thumbnail as :func:`_unit` gives it;
+    ``mirrored``: ``others``' mirror images, the same way).
 
     One photo saved twice differs in compression, size and sometimes by a mirror, not in what it shows: its
     thumbnails, less their mean and scaled to unit length, correlate above :data:`NEAR_COPY_CORRELATION`.
@@ -295,16 +296,15 @@ def near_copies(faces: np.ndarray, others: np.ndarray, *, chunk: int = 1024) -> 
     found = np.zeros(len(faces), bool)
     if not len(faces) or not len(others):
         return found
-    theirs = _unit(others)
-    mirrored = _unit(others[:, :, ::-1])
     for start in range(0, len(faces), chunk):
-        mine = _unit(faces[start : start + chunk])
-        best = np.maximum((mine @ theirs.T).max(1), (mine @ mirrored.T).max(1))
+        mine = faces[start : start + chunk]
+        best = np.maximum((mine @ others.T).max(1), (mine @ mirrored.T).max(1))
         found[start : start + chunk] = best > NEAR_COPY_CORRELATION
     return found
 
 
 def _unit(thumbs: np.ndarray) -> np.ndarray:
+    """Grey thumbnails as rows less their mean, scaled to unit length: a dot product is their correlation."""
     flat = thumbs.reshape(len(thumbs), -1).astype(np.float32)
     flat -= flat.mean(1, keepdims=True)
     return flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-6)

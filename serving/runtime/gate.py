@@ -235,9 +235,12 @@ def _split(address: str) -> tuple[str, int]:
 
 
 async def serve(args, admin_key: str, upstream_headers: dict[str, str], stop: asyncio.Event) -> None:
+    edge = getattr(args, "edge", False)
     # Per address only behind the door, which names it (X-Agegender-Client); in a KServe pod any caller could.
-    per_client = None if getattr(args, "edge", False) else getattr(args, "per_client", None)
-    if per_client is None and not getattr(args, "edge", False):
+    per_client = getattr(args, "per_client", None)
+    if edge:
+        per_client = None
+    elif per_client is None:
         per_client = ClientLimits.from_env().connections
     upstream = Upstream(per_client=per_client)
     later = [m for m in os.environ.get(LATER_MODELS_ENV, "").split(",") if m]
@@ -247,7 +250,6 @@ async def serve(args, admin_key: str, upstream_headers: dict[str, str], stop: as
     if server.add_insecure_port(args.grpc) == 0:
         raise OSError(f"cannot listen on {args.grpc}")
     await server.start()
-    edge = getattr(args, "edge", False)
     http_gate = HttpGate(args.triton_http, admin_key, upstream_headers, upstream, grpc_gate.loading, edge=edge)
     # Bodies are never inflated here (compressed ones are refused before; this makes sure of it).
     # handler_cancellation: a caller that hangs up cancels its handler (aiohttp's default lets it run on), so a call

@@ -56,13 +56,9 @@ ALLOWED_REQUEST_PARAMETERS = frozenset({"binary_data_output"})
 #: and wrote an output over it (audit, 2026-12-05). Triton checks a region against the validated shape's size.
 SHARED_MEMORY_PARAMETERS = frozenset({"shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"})
 #: Per-input parameters passed on: the HTTP binary extension's size, and shared memory (admins only).
-ALLOWED_INPUT_PARAMETERS = frozenset(
-    {"binary_data_size", "shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"}
-)
+ALLOWED_INPUT_PARAMETERS = frozenset({"binary_data_size"}) | SHARED_MEMORY_PARAMETERS
 #: Per-output parameters passed on: the binary extension's flag, and shared memory as for inputs.
-ALLOWED_OUTPUT_PARAMETERS = frozenset(
-    {"binary_data", "shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"}
-)
+ALLOWED_OUTPUT_PARAMETERS = frozenset({"binary_data"}) | SHARED_MEMORY_PARAMETERS
 #: The type each passed-on parameter must have. Triton 2.51 reads a JSON parameter of another type as its own
 #: failure: ``"binary_data": "yes"`` got HTTP 500 ("attempt to access JSON non-boolean as boolean"), a server error
 #: for a caller's mistake, which callers retry and monitors page on. gRPC names the type in the parameter's oneof.
