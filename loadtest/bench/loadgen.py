@@ -73,13 +73,17 @@ def _field(pattern: str, text: str, tool: str) -> re.Match:
 # --- h2load -------------------------------------------------------------------------------------------------
 
 
+def _grpc_target(url: str, body: Path) -> list[str]:
+    """h2load's arguments for a gRPC ModelInfer: the headers, the framed body and the URL."""
+    headers = [arg for header in wire.GRPC_HEADERS for arg in ("-H", header)]
+    return [*headers, "-d", str(body), f"http://{url}{wire.GRPC_PATH}"]
+
+
 def h2load_command(url: str, body: Path, concurrency: int, duration_s: int, log_file: Path) -> list[str]:
     """``concurrency`` connections with one stream each: independent callers, as the Python benchmark's one
     channel per thread (one connection with many streams would measure HTTP/2 multiplexing through nginx)."""
-    cmd = ["h2load", "-t", "1", "-c", str(concurrency), "-m", "1", "-D", f"{duration_s}s"]
-    for header in wire.GRPC_HEADERS:
-        cmd += ["-H", header]
-    return [*cmd, "-d", str(body), "--log-file", str(log_file), f"http://{url}{wire.GRPC_PATH}"]
+    cmd = ["h2load", "-t", "1", "-c", str(concurrency), "-m", "1", "-D", f"{duration_s}s", "--log-file", str(log_file)]
+    return [*cmd, *_grpc_target(url, body)]
 
 
 def parse_h2load(text: str, log: str = "", concurrency: int = 0) -> Run:
@@ -135,9 +139,9 @@ def check_grpc_answers(run: Run, answer_bytes: int) -> None:
 
 def h2load_answer_bytes(url: str, body: Path) -> int:
     """The DATA bytes of one answer to ``body`` (the same for every served answer to the same body)."""
-    cmd = ["h2load", "-n", "1", "-c", "1", "-m", "1", *(a for h in wire.GRPC_HEADERS for a in ("-H", h))]
-    text = _run([*cmd, "-d", str(body), f"http://{url}{wire.GRPC_PATH}"], timeout=120)
-    data = int(_field(r"^traffic: .*\((\d+)\) data$", text, "h2load")[1])
+    data = parse_h2load(
+        _run(["h2load", "-n", "1", "-c", "1", "-m", "1", *_grpc_target(url, body)], timeout=120)
+    ).data_bytes
     if data == 0:
         raise LoadError("h2load: the one request sent to measure the answer got none (refused in the trailers)")
     return data
