@@ -505,10 +505,6 @@ def _http_body(model: str, blobs: list[bytes]) -> tuple[bytes, dict[str, str]]:
     return body, {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(json_size)}
 
 
-def _crop_body() -> tuple[bytes, dict[str, str]]:
-    return _http_body(contract.CROP_ENSEMBLE, [cases.face_crop()])
-
-
 def _photo(seed: int, side: int = 1024) -> bytes:
     """A smooth random picture (a cheap upload that still costs its decode and a face search)."""
     rng = np.random.default_rng(seed)
@@ -556,8 +552,8 @@ def test_calls_abandoned_behind_the_door_count_against_their_address(tiny_repo):
         with pytest.raises(TimeoutError):
             conn.getresponse()
         conn.close()
-        crop_path = f"/v2/models/{contract.CROP_ENSEMBLE}/infer"
-        status, text = http_call(http_url, "POST", crop_path, *_crop_body(), source="127.0.0.1")  # the same address
+        crop_path, crop = f"/v2/models/{contract.CROP_ENSEMBLE}/infer", victims_mod.http_crop_request(cases.face_crop())
+        status, text = http_call(http_url, "POST", crop_path, *crop, source="127.0.0.1")  # the same address
         assert status == 429 and b"still being served" in text, (status, text[:300])
     finally:
         os.killpg(proc.pid, signal.SIGINT)
