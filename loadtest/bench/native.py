@@ -359,6 +359,8 @@ def machine() -> dict:
         "cpu_model": model[1].strip() if model else platform.processor(),
         "vector_isa": vector_isa(cpuinfo),
         "isa_cap": os.environ.get(ISA_CAP_ENV, ""),
+        # The kernel decides how much of a mapped library each process's RSS counts (docs/performance.md).
+        "kernel": platform.release(),
         "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
         "commit": git("rev-parse", "--short", "HEAD"),
         "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no")),
@@ -427,7 +429,8 @@ def steps_table(scenarios: list[Scenario]) -> list[str]:
 def _isa(meta: dict) -> str:
     isa = f", {meta['vector_isa']}" if meta.get("vector_isa") else ""
     cap = meta.get("isa_cap")
-    return f"{isa}; the CNN kernels held to {cap} by {ISA_CAP_ENV}" if cap else isa
+    isa = f"{isa}; the CNN kernels held to {cap} by {ISA_CAP_ENV}" if cap else isa
+    return f"{isa}; Linux {meta['kernel']}" if meta.get("kernel") else isa
 
 
 def write_markdown(path: Path, meta: dict, ref: dict | None, scenarios: list[Scenario], values: dict) -> None:
