@@ -47,7 +47,9 @@ def grpc_answer(response: pb.ModelInferResponse) -> np.ndarray:
 
 
 def images() -> list[bytes]:
-    """Candidate crops, each a different picture of one face, for :func:`references` to choose from.
+    """Candidate crops for :func:`references` to choose from: different pictures of one face, then pictures of
+    nothing (solid colours, noise, stripes), which even the tests' untrained models answer far apart (their answers
+    to the face's pictures alone lay within 0.007 years for some random starts, too close to tell five apart).
 
     No image is another's mirror: the served models average each face with its mirror (flip test-time
     augmentation), so a crop and its mirror get the same answer and a swap between them would pass unseen.
@@ -66,6 +68,12 @@ def images() -> list[bytes]:
         base.crop((30, 30, 170, 170)).resize(base.size),
         ImageOps.solarize(base, 128),
     ]
+    side = base.size[0]
+    noise = np.random.default_rng(0).integers(0, 256, (side, side, 3), np.uint8)
+    stripes = np.zeros((side, side, 3), np.uint8)
+    stripes[::8] = 255
+    variants += [Image.new("RGB", base.size, colour) for colour in ("black", "white", "red", "green", "blue")]
+    variants += [Image.fromarray(noise), Image.fromarray(stripes)]
     out = []
     for img in variants:
         buf = io.BytesIO()
