@@ -363,7 +363,10 @@ def machine() -> dict:
         "kernel": platform.release(),
         "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
         "commit": git("rev-parse", "--short", "HEAD"),
-        "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no")),
+        # Changes to the code, not to the results a previous run left here.
+        "uncommitted_changes": bool(
+            git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!loadtest/results")
+        ),
         "h2load": tool_version(["h2load", "--version"]),
         "wrk": tool_version(["wrk", "--version"]),
     }
