@@ -149,6 +149,11 @@ def test_a_large_photo_is_shown_smaller_and_its_boxes_follow():
     small = io.BytesIO()
     picture.resize((400, 200)).save(small, "PNG")
     assert app.load_display_image(small.getvalue())[1] == 1.0
+    # A 4000x2000 JPEG is decoded at half scale, as the server drafts it, not in full and then resized (5x slower).
+    photo = io.BytesIO()
+    picture.resize((4000, 2000)).save(photo, "JPEG")
+    shown, scale = app.load_display_image(photo.getvalue())
+    assert shown.size == (2000, 1000) and scale == 2.0
 
 
 def test_the_ui_sends_no_analytics(monkeypatch, tmp_path):
