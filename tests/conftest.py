@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,17 @@ TINY_SEED = 7
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "integration: starts a real tritonserver (tens of seconds, several GB RAM)")
+    # Gradio copies the examples a page shows into $GRADIO_TEMP_DIR, read when gradio is imported (default
+    # /tmp/gradio, which outlives the tests): the tests' copies go to a folder of their own, removed at the end.
+    # Tests that look into the UI's upload folder set the variable themselves.
+    if "GRADIO_TEMP_DIR" not in os.environ:
+        config.gradio_temp_dir = tempfile.mkdtemp(prefix="agegender-tests-gradio-")
+        os.environ["GRADIO_TEMP_DIR"] = config.gradio_temp_dir
+
+
+def pytest_unconfigure(config):
+    if folder := getattr(config, "gradio_temp_dir", None):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
