@@ -183,10 +183,9 @@ def upright(img: Image.Image) -> Image.Image:
     for key in _ORIENTATION_KEYS:
         out.info.pop(key, None)
     if out is img:
-        try:
-            img.getexif().pop(0x0112, None)  # PIL's cached copy of the tag (1, or a value it does not know)
-        except Exception:  # noqa: BLE001 - a broken EXIF block, as orientation() reads it: nothing cached to drop
-            pass
+        # PIL's parsed copy too (camera, GPS, an orientation of 1), as a copy of the picture had none. It does not
+        # raise: orientation() parsed it once, and PIL hands back what it got then, even from a broken block.
+        img.getexif().clear()
     return out
 
 

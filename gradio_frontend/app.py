@@ -50,6 +50,8 @@ DEFAULT_TIMEOUT_S = float(os.environ.get("TRITON_TIMEOUT", "15"))
 HEALTH_POLL_S = float(os.environ.get("GRADIO_HEALTH_POLL", "15"))
 
 #: The longest side of the picture the page shows and draws on; a phone photo's 4,000 px only slow the page down.
+#: JPEGs are decoded at a reduced scale as the server decodes them (upload.DRAFT_SIDE), so a photo's longer side
+#: shows at 1280-2048 px (a 6000x4000 one at 1500).
 DISPLAY_SIDE = 2048
 EXAMPLES_DIR = Path(__file__).parent / "examples"
 EXAMPLES = [

@@ -31,9 +31,10 @@ TINY_SEED = 7
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "integration: starts a real tritonserver (tens of seconds, several GB RAM)")
-    # Gradio copies the examples a page shows into $GRADIO_TEMP_DIR, read when gradio is imported (default
-    # /tmp/gradio, which outlives the tests): the tests' copies go to a folder of their own, removed at the end.
-    # Tests that look into the UI's upload folder set the variable themselves.
+    # Gradio copies the examples a page shows into $GRADIO_TEMP_DIR (default /tmp/gradio, which outlives the
+    # tests; some of gradio's modules read it at import, so it is set here, before any test module imports gradio):
+    # the tests' copies go to a folder of their own, removed at the end. Tests that look into the UI's upload
+    # folder set the variable themselves.
     if "GRADIO_TEMP_DIR" not in os.environ:
         config.gradio_temp_dir = tempfile.mkdtemp(prefix="agegender-tests-gradio-")
         os.environ["GRADIO_TEMP_DIR"] = config.gradio_temp_dir
@@ -79,7 +80,8 @@ def tiny_repo(tmp_path_factory) -> Path:
         ignore=lambda d, names: [n for n in names if n == "__pycache__" or (Path(d).name in TASKS and n.isdigit())],
     )
     # Seeded: every run serves the same tiny models, so a test that depends on their answers (the victims'
-    # references, loadtest/abuse/victims.py) passes or fails the same way each time.
+    # references, loadtest/abuse/victims.py) passes or fails the same way each time. This seeds Python's, NumPy's
+    # and TensorFlow's global generators for the rest of the worker too; no test relies on them being unseeded.
     keras.utils.set_random_seed(TINY_SEED)
     for task in TASKS:
         export_model(build(task, widths=(4, 8)), task, repo)

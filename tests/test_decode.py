@@ -242,6 +242,12 @@ def test_an_upright_picture_is_not_copied():
 
     opened, _ = upload.open_bounded(encode(gradient(), "JPEG"))
     assert upload.load_rgb(opened) is opened
+    # Nor does it keep the file's EXIF (a camera's, its GPS), which a copy never had.
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0112] = "a camera", 1
+    opened, _ = upload.open_bounded(encode(gradient(), "JPEG", exif=exif))
+    picture = upload.load_rgb(opened)
+    assert picture is opened and dict(picture.getexif()) == {} and "exif" not in picture.info
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))

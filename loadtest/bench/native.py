@@ -429,7 +429,7 @@ def steps_table(scenarios: list[Scenario]) -> list[str]:
     return lines
 
 
-def _isa(meta: dict) -> str:
+def _machine_note(meta: dict) -> str:
     isa = f", {meta['vector_isa']}" if meta.get("vector_isa") else ""
     cap = meta.get("isa_cap")
     isa = f"{isa}; the CNN kernels held to {cap} by {ISA_CAP_ENV}" if cap else isa
@@ -440,7 +440,8 @@ def write_markdown(path: Path, meta: dict, ref: dict | None, scenarios: list[Sce
     lines = [
         "# Native load generators (`python -m loadtest.bench.native`)",
         "",
-        f"Run {meta['date']} on {meta['host']}: {meta['cpus']} CPUs ({meta['cpu_model']}{_isa(meta)}), load average "
+        f"Run {meta['date']} on {meta['host']}: {meta['cpus']} CPUs ({meta['cpu_model']}{_machine_note(meta)}), "
+        "load average "
         f"{', '.join(map(str, meta['load_average_at_start']))} at start; commit {meta['commit']}"
         f"{' with uncommitted changes' if meta['uncommitted_changes'] else ''}; "
         f"Triton configs `{meta['config_name']}`; "

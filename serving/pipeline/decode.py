@@ -130,11 +130,10 @@ def decode_upload(
     fast = _fast_png(img, data)
     if fast is not None:
         # Upright as stored: _fast_png takes no file that can carry an orientation. Asking PIL for it here would
-        # decode the whole PNG a second time (PIL reads a PNG's EXIF by loading it: 14 of 23 CPU-ms on a 512x512
-        # photo).
+        # decode the whole PNG a second time (PIL reads a PNG's EXIF by loading it): the 512x512 portrait took 21 ms
+        # to decode that way, 9.6 without (docs/performance-log.md, twenty-fourth part).
         return Decoded(fast, stored)
-    image = load_rgb(img)  # before upright_size, which then reads the orientation of the loaded file
-    return Decoded(image, upright_size(img, stored))
+    return Decoded(load_rgb(img), upright_size(img, stored))
 
 
 #: The text chunks' keywords under which PIL finds a PNG's orientation (common.upload.orientation): ImageMagick's
@@ -170,10 +169,10 @@ def _fast_png(img: Image.Image, data: bytes) -> Image.Image | None:
     """The picture of an 8-bit RGB PNG decoded by libspng (pyspng), else None for PIL to decode.
 
     Only after every check above (size, pixels, decoded bytes, budget) has passed on the header. libspng inflates
-    and unfilters with SIMD: a 512x512 photo PNG took 5.1 CPU-ms against PIL's 9.0 (same machine, same moment),
-    the largest single cost of the detection path's PNG requests. The pixels are the same (tests/test_decode.py).
-    Anything else (16-bit, palette, grey, alpha or tRNS, an orientation to apply, pyspng not installed, a file
-    libspng refuses) goes to PIL, whose messages for broken files the callers already show.
+    and unfilters with SIMD: a 512x512 photo PNG took 5.1 CPU-ms against PIL's 9.0 (an earlier 2-core VM, same
+    moment), the largest single cost of the detection path's PNG requests. The pixels are the same
+    (tests/test_decode.py). Anything else (16-bit, palette, grey, alpha or tRNS, an orientation to apply, pyspng not
+    installed, a file libspng refuses) goes to PIL, whose messages for broken files the callers already show.
     """
     if img.format != "PNG" or png_depth_and_colour(data) != (8, 2):
         return None
