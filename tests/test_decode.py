@@ -131,21 +131,28 @@ def _png_variants() -> dict[str, bytes]:
     }
 
 
+@pytest.fixture
+def fast_png_results(monkeypatch) -> list:
+    """What serving.pipeline.decode._fast_png returned, one entry per decode: a picture where libspng decoded the
+    file, None where it left it to PIL."""
+    from serving.pipeline import decode
+
+    results = []
+    real = decode._fast_png
+    monkeypatch.setattr(decode, "_fast_png", lambda img, data: results.append(real(img, data)) or results[-1])
+    return results
+
+
 @pytest.mark.parametrize("name", list(_png_variants()))
-def test_png_fast_path_gives_the_same_pixels_as_pil(name, monkeypatch):
+def test_png_fast_path_gives_the_same_pixels_as_pil(name, monkeypatch, fast_png_results):
     """8-bit RGB PNGs go to libspng (serving.pipeline.decode._fast_png), everything else to PIL: same pictures."""
     import builtins
 
-    from serving.pipeline import decode
-
     data = _png_variants()[name]
-    taken = []
-    real_fast = decode._fast_png
-    monkeypatch.setattr(decode, "_fast_png", lambda img, raw: taken.append(real_fast(img, raw)) or taken[-1])
     fast = np.asarray(decode_image(data))
     # Which decoder made the first picture: libspng exactly for the plain 8-bit RGB files, so the comparison below
     # is libspng against PIL there, and PIL's own conversions elsewhere.
-    assert (taken[-1] is not None) == (name in ("rgb", "rgb, optimised")), name
+    assert (fast_png_results[-1] is not None) == (name in ("rgb", "rgb, optimised")), name
     real_import = builtins.__import__
 
     def no_pyspng(module, *args, **kwargs):
@@ -178,13 +185,9 @@ def test_png_fast_path_decodes_the_file_once(monkeypatch):
     assert loads  # the control: PIL decodes what the fast path leaves to it, so the counter sees a PIL decode
 
 
-def test_png_fast_path_is_taken_for_rgb_and_broken_files_keep_their_message(monkeypatch):
-    from serving.pipeline import decode
-
+def test_png_fast_path_is_taken_for_rgb_and_broken_files_keep_their_message(fast_png_results):
     pytest.importorskip("pyspng")
-    calls = []
-    real = decode._fast_png
-    monkeypatch.setattr(decode, "_fast_png", lambda img, data: calls.append(real(img, data)) or calls[-1])
+    calls = fast_png_results
     data = _png_variants()["rgb"]
     decode_image(data)
     assert calls[-1] is not None  # libspng decoded it
@@ -211,16 +214,12 @@ def _chunk(kind: bytes, body: bytes) -> bytes:
     return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
 
 
-def test_png_orientation_is_found_from_the_chunks_wherever_they_lie(monkeypatch):
+def test_png_orientation_is_found_from_the_chunks_wherever_they_lie(fast_png_results):
     """The fast path's check reads chunk headers, not the file's bytes: an XMP orientation after the pixels (where
     PIL reads it at load) still goes to PIL and is turned; the three names inside a chunk that is not a text chunk
     (as they could lie, by chance, in the compressed pixels) leave the file to libspng."""
-    from serving.pipeline import decode
-
     pytest.importorskip("pyspng")
-    taken = []
-    real_fast = decode._fast_png
-    monkeypatch.setattr(decode, "_fast_png", lambda img, raw: taken.append(real_fast(img, raw)) or taken[-1])
+    taken = fast_png_results
     variants = _png_variants()
     chunks = _chunks(variants["rgb with XMP orientation"])
     xmp = next(c for c in chunks if c[4:8] == b"iTXt")
