@@ -94,7 +94,9 @@ class AgeGenderClient:
                 ``$TRITON_URL``, else ``localhost:8001`` for gRPC / ``localhost:8000`` for HTTP (ports from
                 ``$TRITON_GRPC_PORT`` / ``$TRITON_HTTP_PORT``).
             protocol: ``"grpc"`` or ``"http"``; defaults to the url's scheme, else gRPC.
-            timeout: Seconds one server call may take (gRPC deadline; HTTP connect and network timeouts).
+            timeout: Seconds one server call may take. HTTP: connect and network timeouts. gRPC: the client stops
+                waiting and raises; the deadline sent with the request is only a distant backstop, since Triton
+                2.51 can crash when an ensemble request is cancelled (docs/client.md).
             retries: Extra attempts while the server is unavailable or the model not ready; 0 disables retries.
             backoff: First wait between attempts in seconds, doubled after each attempt (capped at 8 s).
             max_batch: Most images per request in :meth:`predict_many`; lowered to the model's maximum.

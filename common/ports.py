@@ -2,7 +2,7 @@
 
 A taken port otherwise surfaces late and confusingly: the launcher's readiness probe reaches the *other* server
 and reports "ready in 0.0 s", and Gradio raises its own ``OSError: Cannot find empty port`` traceback. Here
-(not in serving/) because the web UI's image has only common/, client/ and gradio_frontend/.
+(not in serving/) because the web UI's image has common/, client/, gradio_frontend/ and loadtest/, not serving/.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ MAX_PIXELS = 40_000_000
 #: 21-megapixel 8-bit RGB PNG.
 MAX_DECODED_BYTES = 64 * 2**20
 #: JPEGs larger than this on their longer side are decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling,
-#: several times faster than a full decode), never below it. Detection runs at ``faces.DETECT_MAX_SIDE``
+#: several times faster than a full decode), never below it. Detection runs at ``serving.pipeline.detect.DETECT_MAX_SIDE``
 #: (640) anyway; twice that keeps the face crop sharp for faces down to ~1/20 of the picture's side.
 #: Raise it (issue 11: small faces in crowds) if the crops of small faces get blurry.
 DRAFT_SIDE = 1280

@@ -63,7 +63,7 @@ def frame_of(image: Image.Image, det: Detection) -> dict[str, float]:
     box_size = ((x1 - x0) + (y1 - y0)) / 2
     return {
         "eye_scale": side / eye_dist,
-        # Rotate the image-frame offset into the face frame (inverse of faces.square_for).
+        # Rotate the image-frame offset into the face frame (inverse of serving.pipeline.crops.square_for).
         "eye_offset_x": (cos * mx + sin * my) / eye_dist,
         "eye_offset_y": (-sin * mx + cos * my) / eye_dist,
         "box_scale": side / box_size,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -112,6 +113,35 @@ def start_launcher(repo: Path, *args: str, start_new_session: bool = False) -> t
         assert seen[-1], "launcher exited before ready:\n" + "".join(seen[-30:])
     http, grpc = re.search(r"HTTP (\S+), gRPC (\S+),", seen[-1]).groups()
     return proc, http, grpc
+
+
+#: The account the port tests bind as: another local user, as an attacker on the same machine would be.
+OTHER_UID = 65534
+
+
+def binds_as(port: int, *, uid: int | None = None, reuse_port: bool = True) -> bool:
+    """Whether a socket of user ``uid`` (None: this process's) can bind and listen on 127.0.0.1:``port``, asking for
+    SO_REUSEADDR and SO_REUSEPORT as a squatter would. In a forked child, which drops to ``uid`` before binding."""
+    pid = os.fork()
+    if pid == 0:  # the child: nothing but the socket calls, then _exit (no pytest teardown runs here)
+        code = 1
+        try:
+            if uid is not None:
+                os.setgroups([])
+                os.setgid(uid)
+                os.setuid(uid)
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(("127.0.0.1", port))
+            sock.listen()
+            code = 0
+        except OSError:
+            pass
+        finally:
+            os._exit(code)
+    return os.waitpid(pid, 0)[1] == 0
 
 
 def _serve(repo: Path):

@@ -37,6 +37,7 @@ from loadtest.abuse.victims import grpc_answer as _answer
 from loadtest.abuse.victims import grpc_request as _request
 from loadtest.bench.wire import serialize_bytes
 from serving.runtime import door, gate_check, gate_http, gate_relay, security
+from tests.conftest import OTHER_UID, binds_as
 
 ROOT = Path(__file__).resolve().parents[1]
 CROP, DETECT = contract.CROP_ENSEMBLE, contract.DETECT_ENSEMBLE
@@ -383,7 +384,13 @@ def test_admin_without_the_key_is_permission_denied(triton_tiny, stub):
 def test_a_killed_gate_is_restarted_on_its_ports(triton_tiny, stub):
     gate_process = triton_tiny._gate
     before = gate_process.restarts
-    os.kill(gate_process.proc.pid, signal.SIGKILL)
+    killed = gate_process.proc
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    # Until it listens again, nobody else may: nginx sends the internal key there (ports.Held).
+    if os.geteuid() == 0:
+        assert not any(binds_as(port, uid=OTHER_UID) for port in gate_process.listen_ports)
+    assert not any(binds_as(port, reuse_port=False) for port in gate_process.listen_ports)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:

@@ -22,7 +22,7 @@ from tritonclient.utils import InferenceServerException
 from common import contract
 from serving.runtime import launch, security
 from serving.runtime.launch import TritonServer
-from tests.conftest import start_launcher
+from tests.conftest import OTHER_UID, binds_as, start_launcher
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
@@ -196,6 +196,13 @@ def test_crash_is_logged_and_restarted(small_repo):
     with TritonServer(small_repo, http_port=0, grpc_port=0, metrics_port=0) as server:
         os.kill(server._proc.pid, 11)
         deadline = time.monotonic() + 60
+        while not server.events and time.monotonic() < deadline:  # dead and reaped: restarting after its backoff
+            time.sleep(0.01)
+        # Meanwhile nobody else may listen where the door, the gate and the launcher send the keys (ports.Held).
+        inner = (server.triton_http_port, server.triton_grpc_port)
+        assert not any(binds_as(port, reuse_port=False) for port in inner)
+        if os.geteuid() == 0:
+            assert not any(binds_as(port, uid=OTHER_UID) for port in inner)
         while not (server.restarts and server.is_ready()) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert server.restarts == 1 and server.is_ready() and server.poll() is None

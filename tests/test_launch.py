@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from common.ports import PortInUseError
-from serving.runtime import launch
+from serving.runtime import launch, ports
 from serving.runtime.launch import TritonServer, TritonStartError, free_port
-from tests.conftest import start_launcher
+from tests.conftest import OTHER_UID, binds_as, start_launcher
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -123,6 +123,38 @@ def test_free_port_hands_out_distinct_bindable_ports():
     for port in chosen:
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))  # raises if it was not free
+
+
+def test_a_held_port_lets_only_its_own_users_servers_listen_beside_it():
+    # The launcher holds Triton's and the gate's ports from start to stop (ports.Held): their listeners bind beside
+    # it with SO_REUSEPORT, and nobody else can take the port while they load or restart.
+    hold = ports.Held()
+    try:
+        assert not binds_as(hold.port, reuse_port=False)  # a server without SO_REUSEPORT (ours too) cannot
+        if os.geteuid() == 0:  # another account cannot, whatever it asks for (as root the test can be that account)
+            assert not binds_as(hold.port, uid=OTHER_UID)
+        # Held, not listening: a caller is refused at once, as by a closed port.
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", hold.port), timeout=5)
+    finally:
+        hold.close()
+    assert binds_as(hold.port, reuse_port=False)  # released by close()
+    with pytest.raises(PortInUseError, match=f"port {hold.port}"), socket.socket() as taken:
+        taken.bind(("127.0.0.1", hold.port))
+        taken.listen()
+        ports.Held("127.0.0.1", hold.port)
+    # Triton with --reuse-*-port and the gate bind beside it, and the callers reach them.
+    hold = ports.Held()
+    try:
+        with socket.socket() as server:
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            server.bind(("127.0.0.1", hold.port))
+            server.listen()
+            with socket.create_connection(("127.0.0.1", hold.port), timeout=5):
+                server.settimeout(5)
+                server.accept()[0].close()
+    finally:
+        hold.close()
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Switches the version a running Triton serves, without a failed request: rollout and rollback.
 
     python -m serving.ops.rollout --model age                # serve the newest version in the repository
-    python -m serving.ops.rollout --model age --version 1    # roll back (or pin) to version 1
+    python -m serving.ops.rollout --model age --version 20   # roll back (or pin) to version 20
     python -m serving.ops.rollout --model age --status       # which versions are ready now
 
 Triton must run with explicit model control (``serving.runtime.launch --model-control-mode

@@ -76,15 +76,19 @@ def triton_args(
     shm_prefix: str,
     admin_key: str,
     internal_key: str | None = None,
+    reuse_ports: bool = False,
     extra_args: tuple[str, ...] = (),
 ) -> list[str]:
     """Every ``tritonserver`` argument (not the binary). ``inner_host``: where Triton's HTTP and gRPC listen
-    (loopback behind the door); metrics (read-only) are served directly on ``metrics_host``."""
+    (loopback behind the door); metrics (read-only) are served directly on ``metrics_host``. ``reuse_ports``: bind
+    the HTTP and gRPC ports with SO_REUSEPORT, beside the launcher's :class:`serving.runtime.ports.Held` sockets."""
     args = [f"--model-repository={model_repository}"]
     if backend_directory is not None:
         args.append(f"--backend-directory={backend_directory}")
     args += [f"--http-address={inner_host}", f"--http-port={http_port}"]
     args += [f"--grpc-address={inner_host}", f"--grpc-port={grpc_port}"]
+    if reuse_ports:
+        args += ["--reuse-http-port=true", "--reuse-grpc-port=true"]
     args += [f"--metrics-address={metrics_host}", f"--metrics-port={metrics_port}"]
     if config_name != "default":
         args.append(f"--model-config-name={config_name}")

@@ -40,10 +40,10 @@ class LaterLoads:
     """Loads the rest of a Triton's models after the ensembles, in a thread per Triton process (:meth:`start`).
 
     What it needs from its server comes in at construction, and what the server chooses later as callables read
-    when needed: ``triton_http`` (a call to Triton's own HTTP port with the internal and admin keys, returning status
-    and body), ``metrics_url`` (chosen by the server's start), ``gate_wanted`` (the gate's event that a request waits
-    for a later model; None without a gate, which starts after Triton and is gone once stopping), ``stopping`` (set
-    when the server stops) and ``report`` (the server's event log). ``done`` is set once the later loads have
+    when needed: ``triton_http`` (a call to Triton's own HTTP port, with the admin key if ``admin=True``, returning
+    status and body), ``metrics_url`` (chosen by the server's start), ``gate_wanted`` (the gate's event that a request
+    waits for a later model; None without a gate, which starts after Triton and is gone once stopping), ``stopping``
+    (set when the server stops) and ``report`` (the server's event log). ``done`` is set once the later loads have
     finished or given up, and ``failures`` lists what went wrong, for the server's readiness wait."""
 
     def __init__(
@@ -91,7 +91,7 @@ class LaterLoads:
             tried: set[str] = set()
             while proc.poll() is None and not self._stopping.is_set():
                 # Listed again after each load: an ensemble's load brings the models it steps through with it.
-                status, body = self._triton_http("/v2/repository/index", post=True)
+                status, body = self._triton_http("/v2/repository/index", post=True, admin=True)
                 if status != 200:
                     self._failed(f"could not list the repository to load the rest: HTTP {status} {body[:200]!r}")
                     return
@@ -103,6 +103,7 @@ class LaterLoads:
                 status, body = self._triton_http(
                     f"/v2/repository/models/{urllib.parse.quote(model, safe='')}/load",
                     post=True,
+                    admin=True,
                     timeout=LATER_LOAD_TIMEOUT_S,
                 )
                 if status != 200:

@@ -117,6 +117,9 @@ _SERVER_OPTIONS = [
     # Never inflate a message (grpc-encoding): 58 KB of gzip became 60 MB here, behind the door's check of the first
     # grpc-encoding header only, and in a KServe pod with no door at all. A compressed message then fails to parse.
     ("grpc.per_message_decompression", 0),
+    # The launcher holds the gate's ports for its life (ports.Held): its listeners bind beside that socket with
+    # SO_REUSEPORT (gRPC's default on Linux, set here so that no other option turns it off unnoticed).
+    ("grpc.so_reuseport", 1),
 ]
 
 
@@ -257,7 +260,7 @@ async def serve(args, admin_key: str, upstream_headers: dict[str, str], stop: as
     runner = web.AppRunner(http_gate.app(), access_log=None, auto_decompress=False, handler_cancellation=True)
     await runner.setup()
     host, port = _split(args.http)
-    await web.TCPSite(runner, host, port).start()
+    await web.TCPSite(runner, host, port, reuse_port=True).start()  # beside the launcher's ports.Held, as gRPC's
     print(f"{READY_LINE}: gRPC {args.grpc}, HTTP {args.http}", file=sys.stderr, flush=True)
     await stop.wait()
     # The door drains first, so little is left: calls still answering get 5 s, and calls whose callers are gone

@@ -54,7 +54,10 @@ class GateProcess:
         later_models: tuple[str, ...] = (),
         per_client: int | None = None,
     ):
-        self.listen_ports = (ports.free_port(), ports.free_port())  # gRPC, HTTP
+        # Held from here to stop(): nginx sends the internal key to these ports, and a restarted gate binds them again
+        # (ports.Held; the gate's listeners set SO_REUSEPORT).
+        self._held = (ports.Held(), ports.Held())
+        self.listen_ports = tuple(hold.port for hold in self._held)  # gRPC, HTTP
         self.grpc, self.http = (f"127.0.0.1:{port}" for port in self.listen_ports)
         self.triton_http, self.triton_grpc = triton_http, triton_grpc
         self.admin_key = admin_key
@@ -135,3 +138,5 @@ class GateProcess:
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
             stop_process(proc, timeout=timeout)
+        for hold in self._held:
+            hold.close()

@@ -13,7 +13,17 @@ from pathlib import Path
 from common.ports import DEFAULT_PORTS, PortInUseError, check_free, env_name, env_port, in_use
 
 # The check itself lives in common/ (the web UI has no serving/).
-__all__ = ["DEFAULT_PORTS", "PortInUseError", "check_free", "env_name", "env_port", "free_port", "hold_for", "in_use"]
+__all__ = [
+    "DEFAULT_PORTS",
+    "Held",
+    "PortInUseError",
+    "check_free",
+    "env_name",
+    "env_port",
+    "free_port",
+    "hold_for",
+    "in_use",
+]
 #: How far below the kernel's ephemeral range free_port() looks.
 PORT_SPAN = 10_000
 #: Ports handed out by free_port() in this process: never handed out twice (a server's public port, chosen
@@ -94,27 +104,74 @@ def hold_for(pid: int, *ports: int) -> None:
                 pass
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (another process may still take it before the server binds).
+def _bound(host: str, port: int, *, reuse_port: bool) -> socket.socket | None:
+    """A socket bound to ``host:port`` (SO_REUSEPORT set first if asked), or None if the port is taken."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        return None
+    return sock
 
-    Chosen below the kernel's ephemeral range: outgoing connections take their source ports from that range,
-    so a client retrying against a server that is still starting cannot be holding the port it will bind.
-    """
+
+def _choose(host: str, *, reuse_port: bool) -> socket.socket:
+    """A socket bound to a port this process reserved, chosen below the kernel's ephemeral range: outgoing
+    connections take their source ports from that range, so a client retrying against a server that is still
+    starting cannot be holding the port it will bind."""
     low = _ephemeral_low()
     _sweep()
     for _ in range(100):
         port = secrets.randbelow(PORT_SPAN) + max(1024, low - PORT_SPAN)
         if port in _handed_out or port >= low:
             continue
-        with socket.socket() as s:
-            try:
-                s.bind((host, port))
-            except OSError:
-                continue
+        sock = _bound(host, port, reuse_port=reuse_port)
+        if sock is None:
+            continue
         if not _reserve(port):
+            sock.close()
             continue
         _handed_out.add(port)
-        return port
-    with socket.socket() as s:  # a crowded range: the kernel's pick
-        s.bind((host, 0))
-        return s.getsockname()[1]
+        return sock
+    sock = _bound(host, 0, reuse_port=reuse_port)  # a crowded range: the kernel's pick
+    if sock is None:
+        raise OSError(f"no free port on {host}")
+    return sock
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (another process may still take it before the server binds: for a port
+    whose listener will receive secrets, use :class:`Held`)."""
+    with _choose(host, reuse_port=False) as sock:
+        return sock.getsockname()[1]
+
+
+class Held:
+    """A TCP port this process keeps bound, and never listens on, until :meth:`close`: reserved against other users.
+
+    Why: the launcher publishes the ports of the servers it starts behind the door (Triton's command line, the
+    reservations folder) before they listen, and Triton listens only once its models have loaded (seconds here,
+    minutes on a GPU), then again after every restart, as does the gate after its own. Another local account that
+    bound the port meanwhile would receive what the launcher, nginx and the gate send there, the internal and admin
+    keys included. While this socket is bound with SO_REUSEPORT, Linux lets only sockets that also set SO_REUSEPORT
+    and belong to the same user bind the port beside it (the servers started for it: Triton with
+    ``--reuse-http-port``/``--reuse-grpc-port``, the gate's listeners), and a socket that never listens is handed no
+    connection. Same-user processes are not kept out: they could read the keys from the servers' environment anyway.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        """``port`` 0: a free one, chosen as :func:`free_port` chooses; else that port, which must be free."""
+        if port == 0:
+            self._sock: socket.socket | None = _choose(host, reuse_port=True)
+        else:
+            self._sock = _bound(host, port, reuse_port=True)
+            if self._sock is None:
+                raise PortInUseError(f"port {port} on {host} is already in use")
+        self.port: int = self._sock.getsockname()[1]
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()

@@ -114,6 +114,9 @@ class TritonServer:
         self.admin_key_generated = generated
         # Triton's own HTTP and gRPC ports behind the door, chosen by start() (triton_http_port, triton_grpc_port).
         self._inner_ports: tuple[int, int] | None = None
+        # Triton's HTTP and gRPC ports held by this process from start() to stop(), so that no other account can
+        # listen there while Triton loads or restarts and receive the keys sent to it (ports.Held).
+        self._held: list[ports.Held] = []
         self.restarts = 0
         self.events: list[str] = []  # crashes and restarts, as logged
         self.startup_seconds: float | None = None
@@ -240,6 +243,7 @@ class TritonServer:
             shm_prefix=self.shm_prefix,
             admin_key=hidden[security.ADMIN_KEY_ENV],
             internal_key=hidden.get(security.INTERNAL_KEY_ENV),
+            reuse_ports=True,  # beside this launcher's ports.Held
             extra_args=extra_args,
         )
         return [executable, *args, hidden[security.PRELOAD_CHECK_ENV]], env
@@ -292,8 +296,15 @@ class TritonServer:
         if self.staged is not None or not storage.is_s3(self.model_repository):
             folder = self.staged.folder if self.staged is not None else self.model_repository
             self.loads_first = command.loads_first(folder, self.extra_args)
-        if self.front_door:
-            self._inner_ports = (ports.free_port(), ports.free_port())
+        try:
+            if self.front_door:
+                self._held = [ports.Held(), ports.Held()]
+                self._inner_ports = (self._held[0].port, self._held[1].port)
+            else:
+                self._held = [ports.Held(self.host, self.http_port), ports.Held(self.host, self.grpc_port)]
+        except (OSError, ports.PortInUseError) as err:
+            self.stop()
+            raise TritonStartError(f"cannot hold Triton's ports: {err}") from None
         # Triton first: loading its models is the longest part of a start, and the gate's and nginx's own starts
         # (the gate is a Python process that imports grpc and aiohttp) now happen meanwhile instead of before it.
         # Nothing can reach Triton before the door listens, and readiness is asked through the door.
@@ -389,9 +400,12 @@ class TritonServer:
         else:
             self._later.done.set()
 
-    def _triton_http(self, path: str, *, post: bool = False, timeout: float = 2.0) -> tuple[int, bytes]:
-        """A call to Triton's own HTTP port (not through the door), with the internal and admin keys."""
-        headers = {**self.internal_headers(), security.ADMIN_HEADER: self.admin_key}
+    def _triton_http(
+        self, path: str, *, post: bool = False, admin: bool = False, timeout: float = 2.0
+    ) -> tuple[int, bytes]:
+        """A call to Triton's own HTTP port (not through the door); ``admin``: with the admin key, which only the
+        repository API needs (health needs no key at all)."""
+        headers = {security.ADMIN_HEADER: self.admin_key} if admin else {}
         request = urllib.request.Request(
             f"http://{self.internal_http_url}{path}", data=b"{}" if post else None, headers=headers
         )
@@ -536,6 +550,9 @@ class TritonServer:
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
+        held, self._held = self._held, []
+        for hold in held:
+            hold.close()
         self._tell_reaper("clear")
         reaper, self._reaper = self._reaper, None
         if reaper is not None:
