@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import socket
+import stat
 from pathlib import Path
 from typing import Any, Literal
 
@@ -101,6 +102,9 @@ def encode_image(image: ImageInput, *, image_format: Literal["PNG", "JPEG"] = "P
     if isinstance(image, str | os.PathLike):
         path = Path(image)
         try:
+            # A device or a pipe has no end a read can wait for (/dev/zero filled memory, a FIFO blocked the open).
+            if path.exists() and not path.is_dir() and not stat.S_ISREG(path.stat().st_mode):
+                raise InvalidImageError(f"{path}: not a regular file (a device, pipe or socket); save the image first")
             data = path.read_bytes()
         except FileNotFoundError:
             raise InvalidImageError(f"{path}: no such file") from None

@@ -16,8 +16,13 @@ import struct
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from common import structure
+
 #: Formats accepted from clients; anything else PIL could open (PSD, TIFF, ...) is refused on purpose.
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+#: What PIL calls an accepted JPEG: "MPO" is one that carries more pictures after the first (a camera's preview
+#: or a second view, CIPA's Multi-Picture Format), opened through the JPEG plugin; its first picture is the photo.
+JPEG_FORMATS = ("JPEG", "MPO")
 #: Defaults shared by the Triton preprocess configs (tests/test_configs.py ties them) and the web page's checks.
 MAX_BYTES = 10 * 1024 * 1024
 MAX_PIXELS = 40_000_000
@@ -27,9 +32,9 @@ MAX_PIXELS = 40_000_000
 #: 21-megapixel 8-bit RGB PNG.
 MAX_DECODED_BYTES = 64 * 2**20
 #: JPEGs larger than this on their longer side are decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling,
-#: several times faster than a full decode), never below it. Detection runs at ``serving.pipeline.detect.DETECT_MAX_SIDE``
-#: (640) anyway; twice that keeps the face crop sharp for faces down to ~1/20 of the picture's side.
-#: Raise it (issue 11: small faces in crowds) if the crops of small faces get blurry.
+#: several times faster than a full decode), never below it. Detection runs at
+#: ``serving.pipeline.detect.DETECT_MAX_SIDE`` (640) anyway; twice that keeps the face crop sharp for faces down to
+#: ~1/20 of the picture's side. Raise it (issue 11: small faces in crowds) if the crops of small faces get blurry.
 DRAFT_SIDE = 1280
 
 
@@ -54,8 +59,8 @@ def open_bounded(
 
     Returns the opened image (JPEGs larger than ``draft_side`` set to decode at a reduced scale) and the file's
     own size as stored (before any draft; :func:`upright_size` turns it as the picture is shown). Raises
-    :class:`ImageDecodeError` for empty, oversized or unrecognised input, too many pixels, or too many decoded
-    bytes.
+    :class:`ImageDecodeError` for empty, oversized or unrecognised input, a structure that costs more than its
+    pixels (common.structure), too many pixels, or too many decoded bytes.
     """
     if not data:
         raise ImageDecodeError("The image is empty (0 bytes); upload a JPEG, PNG, WebP, BMP or GIF file.")
@@ -64,6 +69,8 @@ def open_bounded(
             f"The file is {len(data) / 2**20:.1f} MiB; the limit is {max_bytes / 2**20:.0f} MiB. "
             "Upload a smaller image."
         )
+    if (why := structure.refusal(data)) is not None:  # before PIL, which walks some of it in Python at open
+        raise ImageDecodeError(why)
     try:
         img = Image.open(io.BytesIO(data), formats=FORMATS)
     except Image.DecompressionBombError as err:
@@ -81,7 +88,7 @@ def open_bounded(
         )
     if width == 0 or height == 0:
         raise ImageDecodeError("The image has no pixels.")
-    if draft_side and img.format == "JPEG" and max(width, height) > draft_side:
+    if draft_side and img.format in JPEG_FORMATS and max(width, height) > draft_side:
         # draft() keeps both sides >= the requested size and picks the smallest DCT scale that does.
         ratio = draft_side / max(width, height)
         img.draft("RGB", (math.ceil(width * ratio), math.ceil(height * ratio)))

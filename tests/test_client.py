@@ -422,6 +422,12 @@ def test_invalid_images_are_rejected_before_any_request(tmp_path):
             client.predict(empty)
         with pytest.raises(InvalidImageError, match="is a directory"):
             client.predict(tmp_path)
+        # Neither read to its end (that never comes) nor opened (a pipe's open waits for a writer).
+        pipe = tmp_path / "pipe.jpg"
+        os.mkfifo(pipe)
+        for special in ("/dev/zero", pipe):
+            with pytest.raises(InvalidImageError, match="not a regular file"):
+                client.predict(special)
         with pytest.raises(InvalidImageError, match="empty"):
             client.predict(b"")
         with pytest.raises(InvalidImageError, match="unsupported image type"):

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from common import structure
+
 # The limits, the header checks and the conversion to RGB live in common/upload.py, shared with the web page;
 # re-exported here for the models' code and configs, which read them from this module.
 from common.upload import (  # noqa: F401
@@ -140,29 +142,21 @@ def decode_upload(
 #: EXIF as hex text, and XMP; besides those, an eXIf chunk holds one.
 _ORIENTATION_KEYWORDS = (b"Raw profile type exif", b"XML:com.adobe.xmp")
 _TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
-#: Chunks :func:`_may_be_turned` reads before it gives up and leaves the file to PIL (which reads them all anyway):
-#: a photo has a dozen or a few hundred, and each costs a microsecond.
-_MAX_CHUNKS = 10_000
 
 
 def _may_be_turned(data: bytes) -> bool:
     """Whether a PNG has a chunk that can give it an orientation, from the chunks' headers (a keyword is never
     compressed; it ends at the first NUL, within 80 bytes): about 5 us on a photo, where searching its bytes for the
     three names took 0.5 ms. True for a file whose chunks do not add up, which PIL then decodes and names what is
-    wrong."""
-    at, end = 8, len(data)
-    for _ in range(_MAX_CHUNKS):
-        if at + 8 > end:
-            return True  # no IEND
-        length, kind = int.from_bytes(data[at : at + 4], "big"), data[at + 4 : at + 8]
+    wrong (open_bounded has refused files of more than structure.MAX_PNG_CHUNKS chunks)."""
+    for kind, at, length in structure.png_chunks(data):
         if kind == b"IEND":
             return False
         if kind == b"eXIf" or (
-            kind in _TEXT_CHUNKS and data[at + 8 : at + 8 + min(length, 80)].split(b"\0", 1)[0] in _ORIENTATION_KEYWORDS
+            kind in _TEXT_CHUNKS and data[at : at + min(length, 80)].split(b"\0", 1)[0] in _ORIENTATION_KEYWORDS
         ):
             return True
-        at += 12 + length  # length, type, data, CRC
-    return True
+    return True  # no IEND
 
 
 def _fast_png(img: Image.Image, data: bytes) -> Image.Image | None:
