@@ -47,7 +47,7 @@ from google.protobuf.message import DecodeError
 
 from serving.runtime import security
 from serving.runtime.door import CLIENT_HEADER, MAX_BODY, REQUEST_TIMEOUT_S, ClientLimits
-from serving.runtime.gate_check import Refused, check_grpc_infer, model_for
+from serving.runtime.gate_check import COMPANION, Refused, check_grpc_infer, companion_needed, model_for
 from serving.runtime.gate_http import HttpGate
 from serving.runtime.gate_process import LATER_MODELS_ENV, READY_LINE, UPSTREAM_HEADERS_ENV, WAITING_LINE
 from serving.runtime.gate_relay import (
@@ -173,12 +173,16 @@ class GrpcGate(grpc.GenericRpcHandler):
         if not from_the_door(self.door_key, given.get(security.GRPC_INTERNAL_METADATA)):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, NOT_FROM_THE_DOOR)
         name = client = None
+        companion = False
         try:
             if rpc == "ModelInfer":
                 parsed = pb.ModelInferRequest.FromString(request)
                 check_grpc_infer(parsed, admin=is_admin(self.admin_key, self._given(context)))
                 name = parsed.model_name
                 client = given.get(CLIENT_HEADER.lower())  # set by the door (none in a KServe pod)
+                if companion := companion_needed(name, [output.name for output in parsed.outputs]):
+                    parsed.outputs.add(name=COMPANION)
+                    request = parsed.SerializeToString()
             elif rpc in NAMED_RPCS:
                 name = NAMED_RPCS[rpc].FromString(request).name
                 if not is_admin(self.admin_key, self._given(context)):  # operators (rollout) read internal models
@@ -203,7 +207,7 @@ class GrpcGate(grpc.GenericRpcHandler):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(refusal))
         if status is not None:
             await context.abort(status, payload)
-        return payload
+        return without_companion(payload) if companion else payload
 
     async def model_ready(self, name: str) -> bool:
         """Whether Triton has the model ready (for :class:`Loading`); False while it cannot be reached."""
@@ -230,6 +234,16 @@ class GrpcGate(grpc.GenericRpcHandler):
             if code == grpc.StatusCode.UNAVAILABLE and "connect" in details.lower():
                 return code, UNREACHABLE
             return code, bounded(details)
+
+
+def without_companion(payload: bytes) -> bytes:
+    """A ModelInferResponse without the output the gate added (gate_check.COMPANION)."""
+    answer = pb.ModelInferResponse.FromString(payload)
+    index = next(i for i, output in enumerate(answer.outputs) if output.name == COMPANION)
+    del answer.outputs[index]
+    if answer.raw_output_contents:
+        del answer.raw_output_contents[index]
+    return answer.SerializeToString()
 
 
 def _split(address: str) -> tuple[str, int]:

@@ -89,6 +89,23 @@ def echo(name: object) -> str:
     return repr(text if len(text) <= NAME_ECHO else text[:NAME_ECHO] + "...")
 
 
+#: An ensemble's outputs that its first step (preprocess) gives directly. Triton 2.51 cannot answer a request that
+#: names only some of them: "unexpected deadlock, at least one output is not set" (HTTP 400 / INVALID_ARGUMENT, for
+#: every one or two of the four; found by the bad-input audit of 2026-12-05). The gate asks for :data:`COMPANION`
+#: too and takes it out of the answer (:func:`companion_needed`).
+EARLY_OUTPUTS = frozenset(
+    (contract.ENSEMBLE_BOX, contract.ENSEMBLE_SCORE, contract.ENSEMBLE_FOUND, contract.ENSEMBLE_ERROR)
+)
+#: An output of the ensembles' last step, one float per image: the cheapest to ask for and drop.
+COMPANION = contract.ENSEMBLE_AGE
+
+
+def companion_needed(model_name: str, outputs: list[str]) -> bool:
+    """Whether a request for ``outputs`` of ``model_name`` must also ask for :data:`COMPANION` (EARLY_OUTPUTS)."""
+    ensembles = (contract.DETECT_ENSEMBLE, contract.CROP_ENSEMBLE)
+    return model_name in ensembles and bool(outputs) and set(outputs) <= EARLY_OUTPUTS
+
+
 def model_for(name: str) -> Model:
     model = PUBLIC_INPUTS.get(name)
     if model is None:

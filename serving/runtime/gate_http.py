@@ -12,7 +12,15 @@ from aiohttp import web
 
 from serving.runtime import security
 from serving.runtime.door import CLIENT_HEADER, COMPRESSED, MAX_BODY, MAX_JSON_BYTES, NOT_PUBLIC
-from serving.runtime.gate_check import INVALID_ARGUMENT, PUBLIC_INPUTS, Refused, check_http_infer, model_for
+from serving.runtime.gate_check import (
+    COMPANION,
+    INVALID_ARGUMENT,
+    PUBLIC_INPUTS,
+    Refused,
+    check_http_infer,
+    companion_needed,
+    model_for,
+)
 from serving.runtime.gate_relay import (
     MAX_UPSTREAM,
     NOT_FROM_THE_DOOR,
@@ -86,7 +94,7 @@ def _null(_constant: str) -> None:
     return None
 
 
-def strict_json(data: bytes, header_length: str | None) -> tuple[bytes, str | None]:
+def strict_json(data: bytes, header_length: str | None, drop: str | None = None) -> tuple[bytes, str | None]:
     """Triton's JSON answer to an inference, made valid JSON; ``header_length``: its Inference-Header-Content-Length.
 
     Triton 2.51 writes a float output's NaN as a bare ``NaN`` token (and infinities as ``Infinity``), which JSON
@@ -95,15 +103,31 @@ def strict_json(data: bytes, header_length: str | None) -> tuple[bytes, str | No
     answer's ``parameters`` keys once per output. Here NaN and infinities become ``null`` (the usual JSON stand-in;
     tritonclient's ``as_numpy`` reads null back as NaN for float outputs) and each key appears once. Binary outputs
     (after the JSON header) are passed as they are, with the header's new length. A body that is not JSON is
-    passed as it is.
+    passed as it is. ``drop``: the name of an output the gate asked for itself (gate_check.COMPANION), taken out,
+    with its bytes if it came binary.
     """
     split = len(data) if header_length is None else int(header_length)
+    binary = data[split:]
     try:
         header = json.loads(data[:split], parse_constant=_null)
+        if drop is not None:
+            binary = _without_output(header, binary, drop)
         text = json.dumps(header, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
     except ValueError:  # not JSON, or a float literal too large for a double (Triton writes none)
         return data, header_length
-    return text + data[split:], None if header_length is None else str(len(text))
+    return text + binary, None if header_length is None else str(len(text))
+
+
+def _without_output(header: dict, binary: bytes, name: str) -> bytes:
+    """Removes output ``name`` from an answer's JSON ``header`` and returns the binary part without its bytes."""
+    at = 0
+    for index, output in enumerate(header.get("outputs", [])):
+        size = output.get("parameters", {}).get("binary_data_size", 0)
+        if output.get("name") == name:
+            del header["outputs"][index]
+            return binary[:at] + binary[at + size :]
+        at += size
+    return binary
 
 
 def body_deadline_s(content_length: int | None) -> float:
@@ -241,6 +265,12 @@ class HttpGate:
             check_http_infer(name, header, memoryview(body)[split:], admin=admin)
         except Refused as refusal:
             return self._error(_HTTP_STATUS[refusal.code], str(refusal))
+        drop = None
+        if companion_needed(name, [output["name"] for output in header.get("outputs", [])]):
+            drop = COMPANION
+            header["outputs"].append({"name": COMPANION, "parameters": {"binary_data": False}})
+            text = json.dumps(header, separators=(",", ":")).encode()
+            body, split = text + body[split:], len(text)
         path = f"/v2/models/{name}" + (f"/versions/{version}" if version else "") + "/infer"
         headers = {"Content-Type": request.headers.get("Content-Type", "application/octet-stream"), **self.headers}
         if length is not None:
@@ -249,7 +279,7 @@ class HttpGate:
         try:
             # The caller's address from the door (none in a KServe pod): its calls outstanding here are bounded.
             client = request.headers.get(CLIENT_HEADER)
-            return await self.upstream.run(self._forward(path, body, headers, strict=True), client=client)
+            return await self.upstream.run(self._forward(path, body, headers, strict=True, drop=drop), client=client)
         except TooMany as refusal:
             return web.json_response({"error": str(refusal)}, status=429, headers={"Retry-After": "1"})
 
@@ -275,9 +305,16 @@ class HttpGate:
         return about
 
     async def _forward(
-        self, path: str, body: bytes | None, headers: dict[str, str], method: str = "POST", strict: bool = False
+        self,
+        path: str,
+        body: bytes | None,
+        headers: dict[str, str],
+        method: str = "POST",
+        strict: bool = False,
+        drop: str | None = None,
     ):
-        """Triton's answer; ``strict``: an inference's JSON made valid JSON (:func:`strict_json`)."""
+        """Triton's answer; ``strict``: an inference's JSON made valid JSON, without output ``drop``
+        (:func:`strict_json`)."""
         try:
             async with self.session.request(method, self.base + path, data=body, headers=headers) as answer:
                 data = await answer.read()
@@ -290,7 +327,7 @@ class HttpGate:
                 out = {"Content-Type": answer.headers.get("Content-Type", "application/json")}
                 length = answer.headers.get("Inference-Header-Content-Length")
                 if strict and (length is None or length.isdigit() and int(length) <= len(data)):
-                    data, length = strict_json(data, length)
+                    data, length = strict_json(data, length, drop)
                 if length is not None:
                     out["Inference-Header-Content-Length"] = length
                 return web.Response(status=answer.status, body=data, headers=out)
