@@ -58,4 +58,12 @@ ENV PYTHONPATH=/opt/agegender
 COPY --from=argv-secret /tmp/argv_secret.so /opt/agegender/lib/argv_secret.so
 
 EXPOSE 8000 8001 8002
-CMD ["tritonserver", "--model-repository=/models"]
+# Secure by default, as docker-compose.yml runs it: the admin APIs behind the key, whose placeholder argv_secret.so
+# fills in from the environment. A plain `docker run` of this image without that library and the key does not
+# serve those APIs unprotected: Triton stops at "Unexpected argument @ARGV_SECRET_CHECK@". Run it with
+# -e TRITON_ADMIN_KEY -e LD_PRELOAD=/opt/agegender/lib/argv_secret.so -e ARGV_SECRETS=TRITON_ADMIN_KEY,ARGV_SECRET_CHECK
+# -e ARGV_SECRET_CHECK=--exit-on-error=true (docs/security.md); compose and the KServe runtime give their own command.
+CMD ["tritonserver", "--model-repository=/models", \
+     "--http-restricted-api=shared-memory,model-repository,statistics,trace,logging:admin-key=@TRITON_ADMIN_KEY@", \
+     "--grpc-restricted-protocol=shared-memory,model-repository,statistics,trace,logging:admin-key=@TRITON_ADMIN_KEY@", \
+     "@ARGV_SECRET_CHECK@"]

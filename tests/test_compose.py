@@ -7,6 +7,7 @@ client's defaults, and a health check that would never pass.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -166,11 +167,13 @@ def test_admin_apis_restricted_with_a_secret_from_the_env_file(compose, compose_
     assert env.items() <= compose["services"]["triton"]["environment"].items()
     dockerfile = (ROOT / "docker" / "triton.Dockerfile").read_text()
     assert f"COPY --from=argv-secret /tmp/argv_secret.so {env['LD_PRELOAD']}" in dockerfile
-    for triton in (compose["services"]["triton"], compose_cpu["services"]["triton"]):
+    # The image's own command too: a plain `docker run` must not serve the admin APIs without a key.
+    image_cmd = json.loads(re.search(r"^CMD (\[.*?\])", dockerfile.replace("\\\n", ""), re.M | re.S).group(1))
+    for command in (compose["services"]["triton"]["command"], compose_cpu["services"]["triton"]["command"], image_cmd):
         args = security.restricted_args(security.placeholder(security.ADMIN_KEY_ENV))
-        assert all(a in triton["command"] for a in args)
-        assert security.placeholder(security.PRELOAD_CHECK_ENV) in triton["command"]
-        assert not any("TRITON_ADMIN_KEY" in a and "@" not in a for a in triton["command"])
+        assert all(a in command for a in args)
+        assert security.placeholder(security.PRELOAD_CHECK_ENV) in command
+        assert not any("TRITON_ADMIN_KEY" in a and "@" not in a for a in command)
     assert ".env" in (ROOT / ".gitignore").read_text().split()
     assert "TRITON_ADMIN_KEY=\n" in (ROOT / ".env.example").read_text()
     conf = (ROOT / "docker" / "nginx.conf").read_text()
