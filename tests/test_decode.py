@@ -422,3 +422,42 @@ def test_a_jpeg_with_a_second_picture_mpo_is_drafted_and_bounded_as_a_jpeg():
     limits = DecodeLimits()  # the served defaults: 6000x4000x3 is 69 MiB undrafted, over the 64 MiB limit
     decoded = limits.decode(mpo)
     assert decoded.image.size == (1500, 1000) and decoded.file_size == (6000, 4000)
+
+
+def test_a_requests_pixel_budget_refuses_the_items_past_it_and_serves_the_ones_before():
+    from serving.pipeline.decode import PixelBudget
+
+    budget = PixelBudget(3 * 40 * 30)  # three 40x30 pictures
+    picture = encode(gradient(), "PNG")
+    for _ in range(3):
+        assert LIMITS.decode(picture, budget=budget).image.size == (40, 30)
+    with pytest.raises(ImageDecodeError, match="add up to more than 0 megapixels; send fewer or smaller"):
+        LIMITS.decode(picture, budget=budget)
+    assert budget.left == 0
+    # A drafted JPEG counts the pixels decoded, not the file's: 4000x3000 drafted to 1000x750 takes 0.75 MP.
+    budget = PixelBudget(1_000_000)
+    big = encode(gradient(4000, 3000), "JPEG", quality=50)
+    DecodeLimits(draft_side=1000).decode(big, budget=budget)
+    assert budget.left == 1_000_000 - 1000 * 750
+
+
+def test_the_models_decode_with_the_limits_their_config_gives():
+    """DecodeLimits.from_params is how preprocess and preprocess_crop read their config: each value is used."""
+    picture = encode(gradient(400, 300), "JPEG")
+    with pytest.raises(ImageDecodeError, match="the limit is 0 MiB"):
+        DecodeLimits.from_params({"max_bytes": "100"}).decode(picture)
+    with pytest.raises(ImageDecodeError, match="megapixels"):
+        DecodeLimits.from_params({"max_pixels": "1000"}).decode(picture)
+    with pytest.raises(ImageDecodeError, match="to decode"):
+        DecodeLimits.from_params({"max_decoded_bytes": "1000"}).decode(picture)
+    assert DecodeLimits.from_params({"draft_side": "100"}).decode(picture).image.size == (100, 75)
+    assert DecodeLimits.from_params({"draft_side": ""}).decode(picture).image.size == (400, 300)  # default 1280
+
+
+def test_pils_own_bomb_guard_reads_as_ours():
+    # Over PIL's process-wide limit (2 x MAX_IMAGE_PIXELS) PIL raises at open, before our pixel check.
+    chunks = _chunks(encode(Image.new("L", (1, 1)), "PNG"))
+    side = (20_000).to_bytes(4, "big")
+    huge = b"\x89PNG\r\n\x1a\n" + b"".join([_chunk(b"IHDR", side + side + chunks[0][16:21]), *chunks[1:]])
+    with pytest.raises(ImageDecodeError, match="too many pixels"):
+        DecodeLimits(max_pixels=10**12, max_decoded_bytes=10**12).decode(huge)

@@ -11,6 +11,7 @@ import http.client
 import io
 import itertools
 import json
+import math
 import os
 import re
 import signal
@@ -83,6 +84,96 @@ def test_declared_shapes_outside_the_schema_are_refused(shape):
     header = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": shape, "parameters": {"binary_data_size": 5}}]}
     with pytest.raises(gate_check.Refused, match="shape"):
         gate_check.check_http_infer(CROP, header, struct.pack("<I", 1) + b"x")
+
+
+#: Shapes outside the schema whose data matches them: only the shape check itself can refuse these (above, the
+#: element count refused them too).
+HONEST_OUTSIDE = ([33, 1], [0, 1], [1, 2], [1], [1, 1, 1])
+
+
+@pytest.mark.parametrize("shape", HONEST_OUTSIDE)
+def test_the_shape_check_refuses_shapes_whose_data_matches_them(shape):
+    blobs = [b"x"] * math.prod(shape)
+    expected = r"is not \[batch, 1\] with 1 <= batch <= 32"
+    with pytest.raises(gate_check.Refused, match=expected):
+        gate_check.check_grpc_infer(_request(CROP, shape, blobs))
+    raw = serialize_bytes(blobs)
+    header = {
+        "inputs": [{"name": "image", "datatype": "BYTES", "shape": shape, "parameters": {"binary_data_size": len(raw)}}]
+    }
+    with pytest.raises(gate_check.Refused, match=expected):
+        gate_check.check_http_infer(CROP, header, raw)
+    with pytest.raises(gate_check.Refused, match=r"shape \[1, 1\] is not \[1\]"):  # faces takes one image, no batch
+        gate_check.check_grpc_infer(_request(contract.FACES_MODEL, [1, 1], [b"x"]))
+
+
+def _grpc(**change) -> pb.ModelInferRequest:
+    """A valid crop-path request of two images, then ``change`` applied: each a callable on the request."""
+    request = _request(CROP, [2, 1], [b"x", b"yz"])
+    for apply in change.values():
+        apply(request)
+    return request
+
+
+def _contents(request):
+    del request.raw_input_contents[:]
+    request.inputs[0].contents.bytes_contents.extend([b"x"])  # one element where the shape says two
+
+
+#: Each of the gate's own refusals of a gRPC request (gate_check.check_grpc_infer), by the text it answers: the
+#: request is valid but for the one thing changed, so only that check can refuse it (Triton never sees it).
+GRPC_REFUSALS = {
+    "datatype": (dict(d=lambda r: setattr(r.inputs[0], "datatype", "UINT8")), "must be BYTES, got 'UINT8'"),
+    "input name": (dict(n=lambda r: setattr(r.inputs[0], "name", "img")), "has no input 'img'|takes exactly"),
+    "second input": (
+        dict(i=lambda r: r.inputs.add(name="image", datatype="BYTES", shape=[2, 1])),
+        "takes exactly the inputs image; got 2",
+    ),
+    "raw entries": (dict(r=lambda r: r.raw_input_contents.append(b"")), "one entry per input"),
+    "data twice": (
+        dict(c=lambda r: r.inputs[0].contents.bytes_contents.extend([b"x", b"yz"])),
+        "data given twice",
+    ),
+    "contents count": (dict(c=_contents), "exactly 2 bytes_contents elements"),
+    "no data": (dict(r=lambda r: r.ClearField("raw_input_contents")), "has no data"),
+}
+
+
+@pytest.mark.parametrize("change,message", GRPC_REFUSALS.values(), ids=GRPC_REFUSALS.keys())
+def test_each_grpc_check_refuses_on_its_own(change, message):
+    gate_check.check_grpc_infer(_grpc())  # the unchanged request passes
+    with pytest.raises(gate_check.Refused, match=message) as refusal:
+        gate_check.check_grpc_infer(_grpc(**change))
+    assert refusal.value.code == gate_check.INVALID_ARGUMENT
+
+
+def _http(binary: bytes = b"", **tensor) -> tuple[dict, bytes]:
+    raw = serialize_bytes([b"x", b"yz"])
+    image = {"name": "image", "datatype": "BYTES", "shape": [2, 1], "parameters": {"binary_data_size": len(raw)}}
+    return {"inputs": [{**image, **tensor}]}, raw + binary
+
+
+#: The same for HTTP (gate_check.check_http_infer).
+HTTP_REFUSALS = {
+    "datatype": (_http(datatype="UINT8"), "must be BYTES"),
+    "negative binary size": (_http(parameters={"binary_data_size": -1}), "binary_data_size does not fit"),
+    "binary size past the body": (_http(parameters={"binary_data_size": 10**6}), "binary_data_size does not fit"),
+    "bytes after the inputs": (_http(b"extra"), "the inputs' binary_data_size add up to"),
+    "data not strings": (
+        ({"inputs": [{**_http()[0]["inputs"][0], "parameters": {}, "data": [1, 2]}]}, b""),
+        "2 strings",
+    ),
+    "no data": (({"inputs": [{**_http()[0]["inputs"][0], "parameters": {}}]}, b""), "has no data"),
+    "shape not a list": (_http(shape="2,1"), "'shape' must be a list"),
+    "inputs not a list": (({"inputs": {"name": "image"}}, b""), "needs 'inputs', a list of objects"),
+}
+
+
+@pytest.mark.parametrize("request_,message", HTTP_REFUSALS.values(), ids=HTTP_REFUSALS.keys())
+def test_each_http_check_refuses_on_its_own(request_, message):
+    gate_check.check_http_infer(CROP, *_http())  # the unchanged request passes
+    with pytest.raises(gate_check.Refused, match=message):
+        gate_check.check_http_infer(CROP, *request_)
 
 
 def test_the_gate_parses_messages_without_the_grpc_client():
@@ -576,29 +667,27 @@ def test_a_request_for_only_the_first_steps_outputs_is_answered(triton_tiny, mod
     import tritonclient.http as httpclient
 
     blobs = np.array([[cases.face_crop()], [b"not an image"]], dtype=object)
+
+    def infer(module, client, names, binary=True):
+        tensor = module.InferInput(contract.IMAGE_INPUT, [2, 1], "BYTES")
+        tensor.set_data_from_numpy(blobs)
+        options = {} if module is grpcclient else {"binary_data": binary}
+        return client.infer(model, [tensor], outputs=[module.InferRequestedOutput(n, **options) for n in names])
+
+    def values(answer, name):  # strings come back as str from JSON, bytes from binary
+        return [v.decode() if isinstance(v, bytes) else v for v in answer.as_numpy(name).ravel()]
+
     wanted = [[contract.ENSEMBLE_BOX], [contract.ENSEMBLE_ERROR], [contract.ENSEMBLE_FOUND, contract.ENSEMBLE_ERROR]]
     for module, url in ((grpcclient, triton_tiny.grpc_url), (httpclient, triton_tiny.http_url)):
         with module.InferenceServerClient(url) as client:
-
-            def infer(names, binary=True):
-                tensor = module.InferInput(contract.IMAGE_INPUT, [2, 1], "BYTES")
-                tensor.set_data_from_numpy(blobs)
-                options = {} if module is grpcclient else {"binary_data": binary}
-                outputs = [module.InferRequestedOutput(n, **options) for n in names]
-                return client.infer(model, [tensor], outputs=outputs)
-
-            everything = infer(list(contract.ENSEMBLE_OUTPUTS))
+            everything = infer(module, client, list(contract.ENSEMBLE_OUTPUTS))
+            assert values(everything, contract.ENSEMBLE_ERROR)[1]  # the second item's own error
             for names in wanted:
                 for binary in (True, False) if module is httpclient else (True,):
-                    answer = infer(names, binary)
-                    got = answer.get_response()
-                    got = got["outputs"] if isinstance(got, dict) else got.outputs
-                    given = [o["name"] if isinstance(o, dict) else o.name for o in got]
+                    answer = infer(module, client, names, binary)
+                    response = answer.get_response()
+                    outputs = response["outputs"] if isinstance(response, dict) else response.outputs
+                    given = [o["name"] if isinstance(o, dict) else o.name for o in outputs]
                     assert sorted(given) == sorted(names), (module.__name__, names, binary)
-                    for name in names:  # strings come back as str from JSON, bytes from binary
-                        got, full = (
-                            [v.decode() if isinstance(v, bytes) else v for v in a.as_numpy(name).ravel()]
-                            for a in (answer, everything)
-                        )
-                        assert got == full, (module.__name__, name, binary)
-            assert b"" != everything.as_numpy(contract.ENSEMBLE_ERROR)[1][0]  # the second item's own error came back
+                    for name in names:
+                        assert values(answer, name) == values(everything, name), (module.__name__, name, binary)
