@@ -74,7 +74,7 @@ def _jpeg(data: bytes) -> str | None:
             "Re-save it as a baseline JPEG or a PNG."
         )
     at, end = 2, len(data)
-    for _ in range(MAX_JPEG_SEGMENTS):
+    for _ in range(MAX_JPEG_SEGMENTS + 1):  # the segments, then the first scan's marker
         while at < end and data[at] == 0xFF and at + 1 < end and data[at + 1] == 0xFF:
             at += 1  # fill bytes before a marker
         if at + 4 > end or data[at] != 0xFF:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
+from loadtest.abuse import cases
 from serving.pipeline.decode import DecodeLimits, ImageDecodeError
 
 #: Smaller than the served defaults so the limits are cheap to cross; decoded through the models' own entry point.
@@ -317,60 +318,34 @@ def test_a_drafted_jpegs_boxes_map_back_to_the_upright_file_exactly(size, orient
 
 
 # Files whose decode cost grows with their structure, not their pixels (common/structure.py): each is refused with a
-# message before PIL opens it, and the same kind of file within the limit still decodes.
-def _jpeg_segments(data: bytes) -> list[bytes]:
-    """A JPEG's segments after SOI, whole; a scan runs up to the next marker that is not a stuffed byte or a restart."""
-    out, at = [], 2
-    while at < len(data):
-        marker = data[at + 1]
-        if marker == 0xD9:
-            out.append(data[at:])
-            break
-        end = at + 2 + int.from_bytes(data[at + 2 : at + 4], "big")
-        if marker == 0xDA:
-            while not (data[end] == 0xFF and data[end + 1] != 0 and not 0xD0 <= data[end + 1] <= 0xD7):
-                end += 1
-        out.append(data[at:end])
-        at = end
-    return out
-
-
-def _progressive_with_scans(total: int) -> bytes:
-    """A progressive JPEG with ``total`` scans: its last refinement scan repeated (a legal stream, which libjpeg
-    decodes in a pass over the whole picture per scan)."""
-    segments = _jpeg_segments(encode(gradient(64, 48), "JPEG", progressive=True, quality=80))
-    scans = [s for s in segments if s[1] == 0xDA]
-    extra = [scans[-1]] * (total - len(scans))
-    return b"\xff\xd8" + b"".join(segments[:-1]) + b"".join(extra) + segments[-1]
-
-
+# message before PIL opens it, and the same kind of file within the limit still decodes. The files are the abuse
+# suite's (loadtest/abuse/cases.py, category costly_structure).
 def test_a_jpeg_with_too_many_scans_is_refused_before_decoding():
     from common import structure
 
-    assert decode_image(_progressive_with_scans(structure.MAX_JPEG_SCANS)).size == (64, 48)
+    assert decode_image(cases.jpeg_with_scans(structure.MAX_JPEG_SCANS)).size == (64, 48)
     with pytest.raises(ImageDecodeError, match=f"has {structure.MAX_JPEG_SCANS + 1} scans; the limit is"):
-        decode_image(_progressive_with_scans(structure.MAX_JPEG_SCANS + 1))
+        decode_image(cases.jpeg_with_scans(structure.MAX_JPEG_SCANS + 1))
 
 
 def test_a_jpeg_with_too_many_segments_before_its_picture_is_refused():
     from common import structure
 
-    plain = encode(gradient(), "JPEG")
-    comments = structure.MAX_JPEG_SEGMENTS - len(_jpeg_segments(plain))  # SOI and the scan are not counted
-    with_comments = plain[:2] + b"\xff\xfe\x00\x02" * comments + plain[2:]
-    assert decode_image(with_comments).size == (40, 30)
+    plain = cases.jpeg_with_comments(0)
+    room = structure.MAX_JPEG_SEGMENTS - (len(cases.jpeg_segments(plain)) - 2)  # the scan and EOI are not counted
+    assert decode_image(cases.jpeg_with_comments(room)).size == (16, 16)
     with pytest.raises(ImageDecodeError, match=f"more than {structure.MAX_JPEG_SEGMENTS} metadata segments"):
-        decode_image(plain[:2] + b"\xff\xfe\x00\x02" * (comments + 2) + plain[2:])
+        decode_image(cases.jpeg_with_comments(room + 1))
 
 
 def test_a_png_must_start_with_ihdr_and_may_have_only_so_many_chunks():
     from common import structure
 
-    plain = _chunks(encode(gradient(), "PNG"))
-    signature = b"\x89PNG\r\n\x1a\n"
     # PIL opens a PNG whose IHDR comes second, and read a 16-bit file's depth from it as 8 (half its decoded size).
     with pytest.raises(ImageDecodeError, match="first chunk is not the IHDR"):
-        decode_image(signature + b"".join([_chunk(b"tEXt", b"a\0b"), *plain]))
+        decode_image(cases.png_ihdr_second(40, 30))
+    plain = _chunks(encode(gradient(), "PNG"))
+    signature = b"\x89PNG\r\n\x1a\n"
     # IDAT in 100-byte chunks, as some encoders write it, and as many empty ones as the limit lets in: decoded.
     pixels = b"".join(c[8:-4] for c in plain if c[4:8] == b"IDAT")
     idats = [_chunk(b"IDAT", pixels[i : i + 100]) for i in range(0, len(pixels), 100)]
@@ -380,37 +355,25 @@ def test_a_png_must_start_with_ihdr_and_may_have_only_so_many_chunks():
     too_many = signature + b"".join([plain[0], *[_chunk(b"tEXt", b"")] * (room + 1), *idats, plain[-1]])
     with pytest.raises(ImageDecodeError, match=f"more than {structure.MAX_PNG_CHUNKS} chunks"):
         decode_image(too_many)
+    with pytest.raises(ImageDecodeError, match=f"more than {structure.MAX_PNG_CHUNKS} chunks"):
+        decode_image(cases.png_with_chunks(structure.MAX_PNG_CHUNKS))  # the abuse suite's, 3 chunks more
 
 
 def test_a_gif_with_too_much_metadata_before_its_picture_is_refused():
     from common import structure
 
-    assert decode_image(encode(gradient().convert("P"), "GIF", comment=b"c" * 50_000)).size == (40, 30)
+    assert decode_image(cases.gif_with_comment(50_000)).size == (16, 16)
     with pytest.raises(ImageDecodeError, match="KiB of comments and other metadata"):
-        decode_image(encode(gradient().convert("P"), "GIF", comment=b"c" * (structure.MAX_GIF_METADATA_BYTES + 1)))
-
-
-def _rle8_bmp(width: int, height: int, padding: int = 0) -> bytes:
-    """An 8-bit run-length compressed BMP (PIL writes none): each row one run of colour index 1, a grey palette,
-    ``padding`` bytes of extra rows' worth of empty runs (absolute-mode zeros PIL skips) before the end marker."""
-    palette = b"".join(bytes((i, i, i, 0)) for i in range(256))
-    rows = b"".join(bytes((width, 1, 0, 0)) for _ in range(height))
-    pixels = rows + b"\x00\x00" * (padding // 2) + b"\x00\x01"
-    offset = 14 + 40 + len(palette)
-    info = (40).to_bytes(4, "little") + width.to_bytes(4, "little") + height.to_bytes(4, "little")
-    info += (1).to_bytes(2, "little") + (8).to_bytes(2, "little") + (1).to_bytes(4, "little")  # planes, bits, RLE8
-    info += len(pixels).to_bytes(4, "little") + bytes(8) + (256).to_bytes(4, "little") + bytes(4)
-    head = b"BM" + (offset + len(pixels)).to_bytes(4, "little") + bytes(4) + offset.to_bytes(4, "little")
-    return head + info + palette + pixels
+        decode_image(cases.gif_with_comment(structure.MAX_GIF_METADATA_BYTES + 1))
 
 
 def test_a_large_run_length_compressed_bmp_is_refused():
     from common import structure
 
-    small = decode_image(_rle8_bmp(8, 4))
+    small = decode_image(cases.rle8_bmp(8, 4))
     assert small.size == (8, 4) and small.getpixel((0, 0)) == (1, 1, 1)
     with pytest.raises(ImageDecodeError, match="run-length compressed and .* KiB; the limit"):
-        decode_image(_rle8_bmp(8, 4, padding=structure.MAX_RLE_BMP_BYTES))
+        decode_image(cases.rle8_bmp(8, 4, padding=structure.MAX_RLE_BMP_BYTES))
 
 
 def test_a_jpeg_with_a_second_picture_mpo_is_drafted_and_bounded_as_a_jpeg():

@@ -210,6 +210,84 @@ def bombs() -> list[bytes]:
     ]
 
 
+# -- files whose decode cost is in their structure (common/structure.py refuses them before PIL opens them) -------
+
+
+def jpeg_segments(data: bytes) -> list[bytes]:
+    """A JPEG's segments after SOI, whole; a scan runs up to the next marker that is not a stuffed byte or a restart."""
+    out, at = [], 2
+    while at < len(data):
+        marker = data[at + 1]
+        if marker == 0xD9:
+            out.append(data[at:])
+            break
+        end = at + 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+        if marker == 0xDA:
+            while not (data[end] == 0xFF and data[end + 1] != 0 and not 0xD0 <= data[end + 1] <= 0xD7):
+                end += 1
+        out.append(data[at:end])
+        at = end
+    return out
+
+
+def jpeg_with_scans(total: int, size: tuple[int, int] = (64, 48)) -> bytes:
+    """A progressive JPEG of ``total`` scans: its last refinement scan repeated (legal; libjpeg makes a pass over
+    the whole picture per scan)."""
+    segments = jpeg_segments(encode(Image.new("RGB", size, (120, 90, 70)), "JPEG", progressive=True, quality=80))
+    scans = [s for s in segments if s[1] == 0xDA]
+    return b"\xff\xd8" + b"".join(segments[:-1]) + scans[-1] * (total - len(scans)) + segments[-1]
+
+
+def jpeg_with_comments(count: int) -> bytes:
+    """A small JPEG with ``count`` empty comment segments before everything else."""
+    plain = encode(Image.new("RGB", (16, 16), (120, 90, 70)), "JPEG")
+    return plain[:2] + b"\xff\xfe\x00\x02" * count + plain[2:]
+
+
+def png_with_chunks(count: int) -> bytes:
+    """A small PNG with ``count`` empty tEXt chunks between its header and its pixels."""
+    plain = encode(Image.new("RGB", (16, 16), (120, 90, 70)), "PNG")
+    ihdr_end = 8 + 12 + 13
+    return plain[:ihdr_end] + _png_chunk(b"tEXt", b"") * count + plain[ihdr_end:]
+
+
+def png_ihdr_second(width: int = 4000, height: int = 4000) -> bytes:
+    """A 16-bit RGBA PNG declared after another chunk: PIL accepts it and read its depth as 8."""
+    ihdr = _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 6, 0, 0, 0))
+    idat = _png_chunk(b"IDAT", zlib.compress(b"\0" * 4096, 9))
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"tEXt", b"a\0b") + ihdr + idat + _png_chunk(b"IEND", b"")
+
+
+def gif_with_comment(size: int) -> bytes:
+    """A small GIF with a comment of ``size`` bytes (PIL joins its 255-byte pieces one by one)."""
+    return encode(Image.new("P", (16, 16)), "GIF", comment=b"c" * size)
+
+
+def rle8_bmp(width: int, height: int, padding: int = 0) -> bytes:
+    """An 8-bit run-length compressed BMP (PIL writes none, and decodes them in Python): each row one run of colour
+    index 1 over a grey palette, then ``padding`` bytes of empty runs before the end marker."""
+    palette = b"".join(bytes((i, i, i, 0)) for i in range(256))
+    pixels = bytes((width, 1, 0, 0)) * height + b"\x00\x00" * (padding // 2) + b"\x00\x01"
+    offset = 14 + 40 + len(palette)
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(pixels), 0, 0, 256, 0)
+    return b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset) + info + palette + pixels
+
+
+@functools.cache
+def costly_structures() -> tuple[bytes, ...]:
+    """One of each, just past its limit: each must get its item error at once."""
+    from common import structure
+
+    return (
+        jpeg_with_scans(structure.MAX_JPEG_SCANS + 1),
+        jpeg_with_comments(structure.MAX_JPEG_SEGMENTS + 1),
+        png_with_chunks(structure.MAX_PNG_CHUNKS),
+        png_ihdr_second(),
+        gif_with_comment(structure.MAX_GIF_METADATA_BYTES + 1),
+        rle8_bmp(16, 16, padding=structure.MAX_RLE_BMP_BYTES),
+    )
+
+
 # -- garbage and mutations ---------------------------------------------------------------------------------
 
 MAGICS = (b"\xff\xd8\xff\xe0", b"\x89PNG\r\n\x1a\n", b"RIFF\0\0\0\0WEBPVP8 ", b"GIF89a", b"BM", b"")
@@ -289,6 +367,7 @@ WEIGHTS = {
     "truncated_images": 8,
     "undecodable": 6,
     "decompression_bombs": 6,
+    "costly_structure": 4,
     "no_face": 5,
     "tiny_and_crop_path": 5,
     "wrong_dtype": 5,
@@ -344,6 +423,10 @@ def make_case(category: str, i: int, rng: random.Random) -> Case:  # noqa: C901,
         return Case(category, proto, "infer", model, blobs, Expect("either", items))
     if category == "decompression_bombs":
         catalogue = bombs()
+        blobs = [catalogue[(i + k) % len(catalogue)] for k in range(rng.choice([1, 1, 2, 4]))]
+        return Case(category, proto, "infer", model, blobs, Expect("either", ("error",) * len(blobs)))
+    if category == "costly_structure":
+        catalogue = costly_structures()
         blobs = [catalogue[(i + k) % len(catalogue)] for k in range(rng.choice([1, 1, 2, 4]))]
         return Case(category, proto, "infer", model, blobs, Expect("either", ("error",) * len(blobs)))
     if category == "png_bomb_batch_of_32":
