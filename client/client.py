@@ -254,7 +254,9 @@ class AgeGenderClient:
         if limit is None:
             try:
                 server_max = self._call(lambda: self._transport.max_batch_size(model), model=model)
-            except (ServerError, RequestTooLargeError, InferenceTimeoutError):
+            except (RateLimitedError, InferenceTimeoutError):
+                return self.max_batch  # for this call: asked again next time, when the answer may come
+            except (ServerError, RequestTooLargeError):
                 server_max = 0  # config not readable: rely on max_batch and split on rejection.
             limit = min(self.max_batch, server_max) if server_max > 0 else self.max_batch
             self._batch_limits[model] = limit

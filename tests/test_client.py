@@ -630,3 +630,120 @@ def test_http_timeout_is_for_the_whole_call_not_each_socket_wait():
         assert transport.infer("m", "image", np.array([[b"x"]], dtype=np.object_), ["age"])["age"].shape == (1, 1)
     finally:
         transport.close()
+
+
+# -- splitting a rejected batch, with a fake transport (no server) ---------------------------------------------
+
+
+class FakeTransport:
+    """Answers ``infer`` with an age per image from ``ages`` (keyed by the image's bytes), or raises what
+    ``reject(blobs)`` returns for the whole request; records each request's images."""
+
+    errors = (InferenceServerException, OSError)
+
+    def __init__(self, ages: dict[bytes, float], reject) -> None:
+        self.ages, self.reject, self.calls = ages, reject, []
+
+    def max_batch_size(self, model: str) -> int:
+        return 0  # config not readable: the client relies on max_batch and splits on rejection
+
+    def infer(self, model, input_name, batch, outputs):
+        blobs = [row[0] for row in batch]
+        self.calls.append(blobs)
+        if (error := self.reject(blobs)) is not None:
+            raise error
+        n = len(blobs)
+        return {
+            contract.ENSEMBLE_AGE: np.array([[self.ages[b]] for b in blobs], np.float32),
+            contract.ENSEMBLE_FEMALE: np.full((n, 1), 0.8, np.float32),
+            contract.ENSEMBLE_GENDER: np.full((n, 1), b"female", np.object_),
+            contract.ENSEMBLE_FOUND: np.ones((n, 1), bool),
+            contract.ENSEMBLE_ERROR: np.full((n, 1), b"", np.object_),
+        }
+
+    def close(self) -> None:
+        pass
+
+
+AGES = {b"a": 11.0, b"b": 22.0, b"c": 33.0, b"d": 44.0, b"e": 55.0}
+
+
+def fake_client(monkeypatch, reject, **kwargs) -> tuple[AgeGenderClient, FakeTransport]:
+    from client import transports
+
+    fake = FakeTransport(AGES, reject)
+    monkeypatch.setitem(transports.TRANSPORTS, "http", lambda *args, **kw: fake)
+    return AgeGenderClient("127.0.0.1:1", protocol="http", **kwargs), fake
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        InferenceServerException("unexpected shape for input 'image'", status="400"),  # ServerError
+        # RequestTooLargeError: one image too big for the message limit.
+        InferenceServerException("Received message larger than max", status="StatusCode.RESOURCE_EXHAUSTED"),
+        InvalidImageError("the server cannot decode this image"),  # raised as is: the client's own error type
+    ],
+)
+def test_a_batch_rejected_for_one_image_is_halved_until_that_image_alone_fails(monkeypatch, error):
+    client, fake = fake_client(monkeypatch, lambda blobs: error if b"c" in blobs else None, retries=0)
+    with client:
+        results = client.predict_many(list(AGES))
+    assert [r.age for r in results] == [11.0, 22.0, None, 44.0, 55.0]
+    assert [r.error is None for r in results] == [True, True, False, True, True]
+    assert results[2].face_found is False
+    detail = error.message() if isinstance(error, InferenceServerException) else str(error)
+    assert detail in results[2].error
+    # abcde rejected -> ab | cde; cde rejected -> c | de: c alone carries the error.
+    assert fake.calls == [list(AGES), [b"a", b"b"], [b"c", b"d", b"e"], [b"c"], [b"d", b"e"]]
+
+
+def test_a_batch_over_the_servers_limit_is_split_until_it_fits(monkeypatch):
+    too_large = InferenceServerException("inference request batch-size must be <= 2 for 'age_gender'", status="400")
+    client, fake = fake_client(monkeypatch, lambda blobs: too_large if len(blobs) > 2 else None, retries=0)
+    with client:
+        results = client.predict_many(list(AGES))
+    assert [r.age for r in results] == list(AGES.values()) and all(r.error is None for r in results)
+    assert [len(call) for call in fake.calls] == [5, 2, 3, 1, 2]  # 5 -> 2 + 3, 3 -> 1 + 2
+
+
+@pytest.mark.parametrize(
+    ("error", "message", "attempts"),
+    [
+        (TimeoutError("no answer within 10 s"), "timed out", 1),  # a timeout is never sent again
+        (InferenceServerException("too many requests", status="429"), "limiting requests", 3),  # retried whole
+    ],
+)
+def test_a_timeout_or_rate_limit_fails_its_whole_chunk_without_splitting(monkeypatch, error, message, attempts):
+    monkeypatch.setattr("client.client.RETRY_AFTER_S", 0.0)  # the rate limit's pause, not what is tested here
+    # Two images a request: chunks ab, cd and e, each its own request; only the one with c fails.
+    client, fake = fake_client(
+        monkeypatch, lambda blobs: error if b"c" in blobs else None, retries=2, backoff=0.0, max_batch=2
+    )
+    with client:
+        results = client.predict_many(list(AGES))
+    assert [r.age for r in results] == [11.0, 22.0, None, None, 55.0]
+    assert [r.error is None for r in results] == [True, True, False, False, True]
+    assert message in results[2].error and message in results[3].error
+    assert [call for call in fake.calls if b"c" in call] == [[b"c", b"d"]] * attempts
+
+
+def test_a_rate_limited_or_slow_batch_size_question_fails_no_image_and_is_asked_again(monkeypatch):
+    # predict_many first asks the server how many images a request may carry; a 429 there raised out of
+    # predict_many (every image lost) and a timeout was kept as "unknown" for the client's life.
+    monkeypatch.setattr("client.client.RETRY_AFTER_S", 0.0)
+    client, fake = fake_client(monkeypatch, lambda blobs: None, retries=0, max_batch=5)
+    answers = iter([InferenceServerException("too many requests", status="429"), TimeoutError("slow"), 2])
+
+    def max_batch_size(model):
+        answer = next(answers)  # a fourth question would raise StopIteration
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer
+
+    fake.max_batch_size = max_batch_size
+    with client:
+        for _ in range(4):
+            assert [r.age for r in client.predict_many(list(AGES))] == list(AGES.values())
+    # The client's own 5 while the server does not say; its 2 once it did, kept without asking again.
+    assert [len(call) for call in fake.calls] == [5, 5, 2, 2, 1, 2, 2, 1]

@@ -9,6 +9,7 @@ import shutil
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from common import contract
@@ -58,3 +59,14 @@ def test_nan_probability_gives_no_gender_and_stays_nan(tmp_path):
     sent = {contract.ENSEMBLE_AGE: 30.0, contract.ENSEMBLE_AGE_LOW: 24.0, contract.ENSEMBLE_AGE_HIGH: 37.0}
     for name, value in sent.items():
         assert outputs[name][:3] == pytest.approx([value] * 3) and all(map(nan, outputs[name][3:]))
+
+
+def test_gender_threshold_is_female_at_one_half_and_above():
+    # Documented as "female at 0.5 and above" (common/contract.py, docs/models-log.md): 0.5 itself is female.
+    assert contract.GENDER_THRESHOLD == 0.5
+    assert contract.gender_label(0.5) == contract.FEMALE == "female"
+    assert contract.gender_label(0.4999) == contract.MALE == "male"
+    assert (contract.gender_label(0.0), contract.gender_label(1.0)) == ("male", "female")
+    # Elementwise on float32, as the postprocess model gets the CNN's output: the float just below 0.5 is male.
+    below = np.nextafter(np.float32(0.5), np.float32(0.0))
+    assert contract.is_female(np.array([below, 0.5, 0.5001], np.float32)).tolist() == [False, True, True]
