@@ -188,6 +188,17 @@ def test_benchmark_runs_against_a_live_server(tmp_path, triton_tiny, tiny_repo):
     assert data["meta"]["12mp_jpeg_bytes"] > 1_000_000
 
 
+@pytest.mark.integration
+def test_ready_means_warm_tries_each_batch_size_the_models_take(triton_tiny):
+    """The benchmark's first scenario, on Triton's own port: a fixed batch of 64 failed against the CPU configs,
+    whose CNNs take 32."""
+    from loadtest.bench import warmup
+
+    rows = warmup.first_vs_steady(triton_tiny.internal_grpc_url, headers=triton_tiny.internal_headers())
+    assert [(r["model"], r["batch"]) for r in rows] == [(m, b) for m in ("age", "gender") for b in (1, 16, 32)]
+    assert all(r["first_ms"] > 0 and r["p50_ms"] > 0 for r in rows)
+
+
 def test_coldstart_fails_a_start_that_did_not_answer_stop_or_clean_up():
     from loadtest.bench.coldstart import problems
 
