@@ -34,7 +34,7 @@ def _states(server: TritonServer) -> dict[str, str | None]:
     deadline = time.monotonic() + 30
     while True:
         try:
-            status, body = server._triton_http("/v2/repository/index", post=True)
+            status, body = server._triton_http("/v2/repository/index", post=True, admin=True)
             break
         except OSError:
             assert time.monotonic() < deadline, "Triton's HTTP port never opened"
