@@ -401,3 +401,11 @@ def test_step_times_are_per_request_deltas_of_the_window():
     table = "\n".join(native.steps_table([native.Scenario("grpc", "crop", "age_gender_crop", "crop", 16, steps=steps)]))
     assert "| grpc | crop | 16 | age | 200 | 10.0 | 0.20 | 0.00 | 7.00 | 0.10 |" in table
     assert native.steps_table([native.Scenario("grpc", "crop", "age_gender_crop", "crop", 1)]) == []
+
+
+@pytest.mark.integration
+def test_triton_statistics_are_read_with_the_admin_key(triton_tiny):
+    # The statistics API is an admin API: the launcher sends its admin key only where asked (the bench broke when the
+    # launcher stopped sending it with every call to Triton's port).
+    stats = native.model_stats(triton_tiny)
+    assert {row["name"] for row in stats["model_stats"]} >= {"age", "gender", "age_gender_crop"}

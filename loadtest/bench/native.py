@@ -199,7 +199,7 @@ STAGES = ("queue", "compute_input", "compute_infer", "compute_output")
 
 def model_stats(triton: TritonServer) -> dict:
     """Triton's per-model statistics from its own port (an admin API: the server's admin key goes with the call)."""
-    status, body = triton._triton_http("/v2/models/stats", timeout=10)
+    status, body = triton._triton_http("/v2/models/stats", admin=True, timeout=10)
     if status != 200:
         raise loadgen.LoadError(f"Triton's statistics answered HTTP {status}: {body[:200]!r}")
     return json.loads(body)
