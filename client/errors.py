@@ -129,7 +129,8 @@ def _translate_triton(exc: InferenceServerException, *, url: str, protocol: str,
     if status == "429" or (status == "RESOURCE_EXHAUSTED" and "too many requests" in lowered):
         return RateLimitedError(f"{where} is limiting requests from this address: {message}")
     if status == "RESOURCE_EXHAUSTED" or status == "413" or "batch-size must be" in lowered:
-        return RequestTooLargeError(f"request rejected by {where}: {message}; send fewer or smaller images")
+        advice = "" if "fewer or smaller images" in lowered else "; send fewer or smaller images"  # the door says it
+        return RequestTooLargeError(f"request rejected by {where}: {message}{advice}")
     if status in ("NOT_FOUND", "404") and _NOT_PUBLIC_HINT in lowered:
         return UnknownModelError(f"{where} is not served ({message}); check the model name")
     model_missing = "model" in lowered and any(hint in lowered for hint in _MODEL_MISSING_HINTS)

@@ -570,6 +570,14 @@ def test_triton_statuses_map_onto_the_hierarchy(status, message, expected):
     assert error.retryable is (expected in (ServerUnavailableError, ModelNotReadyError, RateLimitedError))
 
 
+def test_a_too_large_request_gives_its_advice_once():
+    door = InferenceServerException("request body larger than 68157440 bytes; send fewer or smaller images", status="413")
+    triton = InferenceServerException("Received message larger than max", status="StatusCode.RESOURCE_EXHAUSTED")
+    for raised in (door, triton):
+        message = str(translate(raised, url="h:1", protocol="http", model="m"))
+        assert message.count("send fewer or smaller images") == 1, message
+
+
 def test_grpc_timeout_counts_from_the_call_not_from_when_the_thread_runs_again():
     # On a busy machine the caller's thread may be descheduled while the answer arrives: an answer later than the
     # timeout is a timeout, even when it is already there by the time the thread waits for it.
