@@ -571,7 +571,7 @@ def test_triton_statuses_map_onto_the_hierarchy(status, message, expected):
 
 
 def test_a_too_large_request_gives_its_advice_once():
-    door = InferenceServerException("request body larger than 68157440 bytes; send fewer or smaller images", status="413")
+    door = InferenceServerException("request body larger than 68 MB; send fewer or smaller images", status="413")
     triton = InferenceServerException("Received message larger than max", status="StatusCode.RESOURCE_EXHAUSTED")
     for raised in (door, triton):
         message = str(translate(raised, url="h:1", protocol="http", model="m"))
