@@ -10,6 +10,7 @@ fail, and every request sent after a switch returned must be answered by the new
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import subprocess
@@ -67,6 +68,17 @@ def load(url: str, headers: dict, stop: threading.Event, log: list, errors: list
         client.close()
 
 
+def _queue_delay(server: TritonServer) -> int:
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(server.internal_http_url)
+    try:
+        headers = {**server.internal_headers(), "admin-key": server.admin_key}
+        return int(client.get_model_config("age", headers=headers)["dynamic_batching"]["max_queue_delay_microseconds"])
+    finally:
+        client.close()
+
+
 def test_rollout_and_rollback_under_load_without_a_failed_request(tmp_path, monkeypatch):
     # The repository API is an admin API: the launcher restricts it behind this secret (issue #7) and
     # serving.ops.rollout presents it as header `admin-key`, in this process and in the CLI run below.
@@ -101,7 +113,15 @@ def test_rollout_and_rollback_under_load_without_a_failed_request(tmp_path, monk
             time.sleep(3)
             rollout_start = time.monotonic()
             assert export_constant(repo, 2.0).name == "2"  # written while traffic runs
+            # Published with the new version, a changed config takes effect with the rollout: it loads the model
+            # from the repository as it stands (it used to send the config already loaded, and the change waited
+            # for the next restart).
+            config = repo / "age" / "configs" / "cpu.pbtxt"
+            config.write_text(
+                config.read_text().replace("max_queue_delay_microseconds: 200", "max_queue_delay_microseconds: 300")
+            )
             assert switch(server.http_url, "age") == [2]
+            assert _queue_delay(server) == 300
             rollout_done = time.monotonic()
             # At least 2 s of traffic on the new version, however long the export took on a busy machine (a slow
             # export left no request between rollout and rollback: an empty phase, not a wrong answer).
@@ -135,6 +155,18 @@ def test_rollout_and_rollback_under_load_without_a_failed_request(tmp_path, monk
                 timeout=60,
             )
             assert status.returncode == 0 and "age: ready versions [1]" in status.stdout, status.stderr
+            assert "pinned until Triton restarts" in cli.stderr  # what a pin does not survive
+            no_key = {k: v for k, v in os.environ.items() if k != "TRITON_ADMIN_KEY"}
+            status = subprocess.run(
+                [sys.executable, "-m", "serving.ops.rollout", "--url", server.http_url, "--model", "age", "--status"],
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+                timeout=60,
+                env=no_key,
+            )
+            assert status.returncode == 1 and "Traceback" not in status.stderr, status.stderr
+            assert "needs the admin key: set TRITON_ADMIN_KEY" in status.stderr
             time.sleep(max(2.0, LOAD_SECONDS - (time.monotonic() - start)))
         finally:
             stop.set()

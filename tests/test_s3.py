@@ -87,9 +87,15 @@ def test_publish_as_triton_reads_it_and_never_overwrites(aws_env, tmp_path):
     assert "skip     age/1/ (not served by its configs" in out.getvalue()
     assert {"age/1", "gender/1"} <= set(plan(repo, [], all_versions=True).new_versions)
     # Same versions again: refused before anything is written.
-    (repo / "age" / "config.pbtxt").write_text("# changed\n")
     with pytest.raises(storage.StorageError, match=f"refusing to overwrite.*age/{age_v}"):
         publish(repo, uri, out=io.StringIO())
+    # A model's config that differs from the bucket's: refused, --skip-existing or not (servers read it at every
+    # start); the bucket is left as it was.
+    config = (repo / "age" / "config.pbtxt").read_bytes()
+    (repo / "age" / "config.pbtxt").write_bytes(config.replace(b"max_batch_size: 64", b"max_batch_size: 63"))
+    with pytest.raises(storage.StorageError, match="age/config.pbtxt in .* differ from the local files"):
+        publish(repo, uri, skip_existing=True, out=io.StringIO())
+    (repo / "age" / "config.pbtxt").write_bytes(config)
     assert storage.list_keys(storage.S3Location.parse(uri)) == keys
 
     # A new version is published with --skip-existing, through the CLI; the existing ones are not re-sent.
@@ -104,6 +110,24 @@ def test_publish_as_triton_reads_it_and_never_overwrites(aws_env, tmp_path):
     assert cli.returncode == 0, cli.stderr
     assert f"new versions: age/{age_v + 1}" in cli.stdout and f"skip     gender/{gender_v}/" in cli.stdout
     assert f"s3://models/publish-test/age/{age_v}/" not in cli.stdout
+    assert "s3://models/publish-test/age/config.pbtxt" not in cli.stdout  # the same bytes: not sent again
+
+    # A publish interrupted halfway through a version: refused as it stands, finished by --skip-existing.
+    lost = f"publish-test/age/{age_v + 1}/model.openvino/model.bin"
+    aws_env.client().delete_object(Bucket=aws_env.bucket, Key=lost)
+    with pytest.raises(storage.StorageError, match=f"age/{age_v + 1} only partly: --skip-existing finishes it"):
+        publish(repo, uri, out=io.StringIO())
+    out = io.StringIO()
+    publish(repo, uri, skip_existing=True, out=out)
+    assert f"finish   age/{age_v + 1}/" in out.getvalue() and f"s3://models/{lost}" in out.getvalue()
+    assert out.getvalue().count("uploaded s3://") == 1
+    # A version whose files differ from the bucket's: refused whatever the flags.
+    record = repo / "age" / str(age_v + 1) / "export.json"
+    kept = record.read_bytes()
+    record.write_text("{}")
+    with pytest.raises(storage.StorageError, match=f"age/{age_v + 1} in .* differ from the local ones"):
+        publish(repo, uri, skip_existing=True, out=io.StringIO())
+    record.write_bytes(kept)
     cli = subprocess.run(
         [sys.executable, "-m", "serving.ops.publish", str(repo), uri],
         capture_output=True,

@@ -23,7 +23,12 @@
   immutable, so a server that loaded ``age/2`` keeps meaning the same model. Without
   ``--skip-existing`` the whole upload is refused, before anything is written, if any
   local version is already there; with it, only versions the bucket lacks are sent
-  (the way to publish a newly exported version).
+  (the way to publish a newly exported version), and a version an interrupted publish left
+  incomplete (some of its files there, each the size it is here) is finished. A version whose
+  objects differ from the local files is refused either way.
+- A model's own files (its configs, warm-up data) are immutable within a prefix too: one the bucket
+  holds with other bytes (size, or MD5 where the ETag gives it) is refused, whatever the flags; a new
+  config is a new release (a new prefix). Identical ones are not sent again.
 - Within a model, version files go first and the model's ``config.pbtxt`` last, so a
   reader never sees a new model's config before its files.
 
@@ -133,14 +138,39 @@ class Plan:
     """What one publish would upload: (local file, key relative to the prefix) pairs, in upload order."""
 
     uploads: list[tuple[Path | None, str]] = field(default_factory=list)  # path None: an empty placeholder
-    existing: list[str] = field(default_factory=list)  # "model/version" already in the bucket
+    existing: list[str] = field(default_factory=list)  # "model/version" already in the bucket, whole
+    incomplete: list[str] = field(default_factory=list)  # "model/version" partly there: its missing files in uploads
+    conflicting: list[str] = field(default_factory=list)  # "model/version" there with other bytes: never touched
+    changed: list[str] = field(default_factory=list)  # model-level keys the bucket holds with other bytes
     new_versions: list[str] = field(default_factory=list)
     unserved: list[str] = field(default_factory=list)  # "model/version" left out: no config serves it
 
 
-def plan(repository: Path, remote_keys: list[str], *, all_versions: bool = False) -> Plan:
+def _same(path: Path | None, remote: tuple[int | None, str]) -> bool:
+    """Whether the bucket's object (size, ETag) holds ``path``'s bytes: its size, and its MD5 where the ETag is one
+    (a multipart upload's is not); an unknown size (a bare key list) counts as the same."""
+    import hashlib
+
+    size, etag = remote
+    if size is None:
+        return True
+    local = path.stat().st_size if path is not None else 0
+    if local != size:
+        return False
+    if not etag or "-" in etag:
+        return True
+    digest = hashlib.md5(path.read_bytes() if path is not None else b"", usedforsecurity=False).hexdigest()
+    return digest == etag
+
+
+def plan(
+    repository: Path, remote: dict[str, tuple[int | None, str]] | list[str], *, all_versions: bool = False
+) -> Plan:
+    """``remote``: the bucket's objects under the prefix (storage.list_objects), or only their keys."""
     repository = Path(repository)
-    remote_versions = {"/".join(k.split("/")[:2]) for k in remote_keys if k.count("/") >= 2}
+    if not isinstance(remote, dict):
+        remote = dict.fromkeys(remote, (None, ""))
+    remote_versions = {"/".join(k.split("/")[:2]) for k in remote if k.count("/") >= 2}
     result = Plan()
     for model in sorted(p for p in repository.iterdir() if p.is_dir() and not _skipped(p.name)):
         if not (model / "config.pbtxt").is_file():
@@ -153,17 +183,32 @@ def plan(repository: Path, remote_keys: list[str], *, all_versions: bool = False
             if not all_versions and int(folder.name) not in served:
                 result.unserved.append(version)
                 continue
+            files = [(path, path.relative_to(repository).as_posix()) for path in _files(folder)]
+            files = files or [(None, f"{version}/{KEEP}")]
             if version in remote_versions:
-                result.existing.append(version)
+                there = {k for k in remote if k.startswith(f"{version}/")}
+                missing = [(path, key) for path, key in files if key not in remote]
+                if there - {key for _, key in files} or any(
+                    not _same(path, remote[key]) for path, key in files if key in remote
+                ):
+                    result.conflicting.append(version)
+                elif missing:
+                    result.incomplete.append(version)
+                    result.uploads += missing
+                else:
+                    result.existing.append(version)
                 continue
             result.new_versions.append(version)
-            files = [(path, path.relative_to(repository).as_posix()) for path in _files(folder)]
-            result.uploads += files or [(None, f"{version}/{KEEP}")]
-        model_files = [
-            (path, path.relative_to(repository).as_posix())
-            for path in _files(model)
-            if not path.relative_to(model).parts[0].isdigit()
-        ]
+            result.uploads += files
+        model_files = []
+        for path in _files(model):
+            key = path.relative_to(repository).as_posix()
+            if path.relative_to(model).parts[0].isdigit():
+                continue
+            if key not in remote:
+                model_files.append((path, key))
+            elif not _same(path, remote[key]):
+                result.changed.append(key)
         # config.pbtxt last: the file that makes a folder a model appears only once the rest is there.
         model_files.sort(key=lambda item: item[1] == f"{model.name}/config.pbtxt")
         result.uploads += model_files
@@ -189,17 +234,31 @@ def publish(
         raise storage.StorageError(f"model repository {repository} does not exist")
     location = storage.S3Location.parse(uri)
     s3 = storage.client(location)
-    remote = storage.list_keys(location, s3)  # first: bad credentials fail before minutes of conversion
+    remote = storage.list_objects(location, s3)  # first: bad credentials fail before minutes of conversion
     if ir:
         build_ir(repository, all_versions=all_versions, dry_run=dry_run, out=out)
     todo = plan(repository, remote, all_versions=all_versions)
-    if todo.existing and not skip_existing:
+    if todo.conflicting:
         raise storage.StorageError(
-            f"refusing to overwrite version(s) already in {location}: {', '.join(todo.existing)}. Versions are "
-            "immutable: export a new version number, or pass --skip-existing to upload only the new ones."
+            f"refusing: version(s) {', '.join(todo.conflicting)} in {location} differ from the local ones. Versions "
+            "are immutable: export a new version number."
+        )
+    if todo.changed:
+        raise storage.StorageError(
+            f"refusing: {', '.join(todo.changed)} in {location} differ from the local files. A release's configs are "
+            "immutable too, since servers read them at every start: publish to a new prefix."
+        )
+    if (todo.existing or todo.incomplete) and not skip_existing:
+        partly = f" ({', '.join(todo.incomplete)} only partly: --skip-existing finishes it)" if todo.incomplete else ""
+        raise storage.StorageError(
+            f"refusing to overwrite version(s) already in {location}: {', '.join(todo.existing + todo.incomplete)}"
+            f"{partly}. Versions are immutable: export a new version number, or pass --skip-existing to upload only "
+            "the new ones."
         )
     for version in todo.existing:
         print(f"skip     {version}/ (already in the bucket)", file=out)
+    for version in todo.incomplete:
+        print(f"finish   {version}/ (an earlier publish left it incomplete)", file=out)
     for version in todo.unserved:
         print(f"skip     {version}/ (not served by its configs; --all-versions publishes it)", file=out)
     total = 0
@@ -231,7 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("repository", type=Path, help="local model repository, e.g. model_repository")
     p.add_argument("uri", nargs="?", help="s3://[HOST:PORT/]BUCKET/PREFIX (not with --ir-only)")
-    p.add_argument("--skip-existing", action="store_true", help="upload only versions the bucket does not have")
+    p.add_argument(
+        "--skip-existing", action="store_true", help="upload only versions the bucket does not have (or has in part)"
+    )
     p.add_argument("--dry-run", action="store_true", help="print what would be uploaded, upload nothing")
     p.add_argument("--all-versions", action="store_true", help="every version folder, not only the served ones")
     p.add_argument("--no-ir", action="store_true", help="do not make missing OpenVINO IR before uploading")

@@ -11,9 +11,13 @@ folder again (local or s3://), loads the chosen version beside the one serving,
 moves new requests to it once it is ready, lets requests in flight on the old one
 finish, then unloads it. A version that fails to load leaves the old one serving.
 
-- Rollout: the model's current config with ``version_policy: latest 1``.
-- Rollback/pin: the same config with ``version_policy: specific [N]``, sent as the
-  load request's ``config`` override; nothing in the repository is edited.
+- Rollout: the model loaded again from the repository as it stands, its config there included (so a config
+  published with the new version takes effect) and the version(s) that config serves: the newest.
+- Rollback/pin: the model's current config with ``version_policy: specific [N]``, sent as the
+  load request's ``config`` override; nothing in the repository is edited. So a pin lasts until Triton
+  restarts (a crash the launcher restarts it from, a pod scaled from zero): Triton then serves what the
+  repository says again. A rollback that must last is a repository whose newest version is the one wanted
+  (on S3, a release prefix; deploy/kserve/README.md).
 
 The repository API is an admin API: when the server restricts it (issue #7,
 ``--http-restricted-api=model-repository,...:admin-key=<secret>``), the secret is
@@ -67,12 +71,12 @@ def switch(url: str, model: str, version: int | None = None, *, timeout: float =
         except InferenceServerException as err:
             hint = "" if admin_headers() else f" (an internal model's config needs the admin key: set {ADMIN_KEY_ENV})"
             raise RolloutError(f"cannot read the config of {model!r} at {url}{hint}: {err}") from None
-        if version is None:
-            config["version_policy"] = {"latest": {"num_versions": 1}}
-        else:
+        override = None
+        if version is not None:
             config["version_policy"] = {"specific": {"versions": [int(version)]}}
+            override = json.dumps(config)
         try:
-            client.load_model(model, headers=admin_headers(), config=json.dumps(config))
+            client.load_model(model, headers=admin_headers(), config=override)
         except InferenceServerException as err:
             hint = ""
             if "explicit" in str(err) or "polling" in str(err):
@@ -104,10 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.status:
             import tritonclient.http as httpclient
+            from tritonclient.utils import InferenceServerException
 
             client = httpclient.InferenceServerClient(args.url)
             try:
                 print(f"{args.model}: ready versions {ready_versions(client, args.model)}")
+            except InferenceServerException as err:  # no key, a wrong one, a server restarting: one line
+                hint = "" if admin_headers() else f" (the repository index needs the admin key: set {ADMIN_KEY_ENV})"
+                print(f"error: cannot read the repository index at {args.url}{hint}: {err}", file=sys.stderr)
+                return 1
             finally:
                 client.close()
             return 0
@@ -122,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     print(f"{args.model}: now serving version(s) {ready}")
+    if args.version is not None:
+        print("note: pinned until Triton restarts, which then serves the repository's newest again", file=sys.stderr)
     return 0
 
 

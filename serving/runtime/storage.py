@@ -106,20 +106,27 @@ def explain(err: Exception, location: S3Location) -> StorageError:
     return StorageError(f"S3 error for {where}: {err}")
 
 
-def list_keys(location: S3Location, s3=None, prefix: str | None = None) -> list[str]:
-    """Every object key under ``prefix`` (default: the location's prefix), relative to the location's prefix."""
+def list_objects(location: S3Location, s3=None, prefix: str | None = None) -> dict[str, tuple[int, str]]:
+    """Every object under ``prefix`` (default: the location's prefix), by key relative to the location's prefix:
+    its size and ETag (the MD5 of its bytes for a single-part upload)."""
     from botocore import exceptions as bex
 
     s3 = s3 or client(location)
     base = location.key(prefix or "")
     search = f"{base}/" if base else ""
-    keys = []
+    found = {}
     try:
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=location.bucket, Prefix=search):
-            keys += [o["Key"][len(location.key()) :].lstrip("/") for o in page.get("Contents", [])]
+            for o in page.get("Contents", []):
+                found[o["Key"][len(location.key()) :].lstrip("/")] = (o["Size"], o.get("ETag", "").strip('"'))
     except (bex.BotoCoreError, bex.ClientError) as err:
         raise explain(err, location) from None
-    return keys
+    return found
+
+
+def list_keys(location: S3Location, s3=None, prefix: str | None = None) -> list[str]:
+    """Every object key under ``prefix`` (default: the location's prefix), relative to the location's prefix."""
+    return list(list_objects(location, s3, prefix))
 
 
 def preflight(uri: str) -> list[str]:
