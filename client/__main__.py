@@ -73,7 +73,19 @@ def _print(result: FaceResult | FacesResult, as_json: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI and returns its exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.all_faces and args.no_detect:
+        # Every face needs detection; a crop is one face already (the web page's unticked "Detect face" wins there).
+        parser.error("--all-faces finds the faces in a photo and --no-detect says the image is one face: give one")
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(args) -> int:
     try:
         client = AgeGenderClient(
             args.url,
@@ -100,8 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for image in args.images:
                     _print(failed(str(exc), file=image), as_json=True)
             return EXIT_SERVER
-    for result in results:
-        _print(result, args.json)
+        # Before the client closes: closing waits (up to 30 s over gRPC) for requests given up on after a timeout.
+        for result in results:
+            _print(result, args.json)
     return EXIT_IMAGE_FAILED if any(result.error is not None for result in results) else EXIT_OK
 
 

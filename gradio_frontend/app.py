@@ -44,10 +44,21 @@ log = logging.getLogger(__name__)
 DEFAULT_PROTOCOL = os.environ.get("TRITON_PROTOCOL", "grpc")
 # As the client and the CLI choose it: $TRITON_URL, else localhost on $TRITON_GRPC_PORT / $TRITON_HTTP_PORT.
 DEFAULT_TRITON_URL = default_url("http" if DEFAULT_PROTOCOL == "http" else "grpc")
-# Short: a user waiting on a spinner for a dead server is worse than a clear message now.
-DEFAULT_TIMEOUT_S = float(os.environ.get("TRITON_TIMEOUT", "15"))
 
-HEALTH_POLL_S = float(os.environ.get("GRADIO_HEALTH_POLL", "15"))
+
+# Short: a user waiting on a spinner for a dead server is worse than a clear message now.
+def _seconds(name: str, default: str) -> float:
+    """A number of seconds from the environment; a value that is not one stops the start with one line."""
+    value = os.environ.get(name, default)
+    try:
+        return float(value)
+    except ValueError:
+        raise SystemExit(f"error: {name}={value!r} is not a number of seconds") from None
+
+
+DEFAULT_TIMEOUT_S = _seconds("TRITON_TIMEOUT", "15")
+
+HEALTH_POLL_S = _seconds("GRADIO_HEALTH_POLL", "15")
 
 #: The longest side of the picture the page shows and draws on; a phone photo's 4,000 px only slow the page down.
 #: JPEGs are decoded at a reduced scale as the server decodes them (upload.DRAFT_SIDE), so a photo's longer side
@@ -123,13 +134,13 @@ class TritonBackend:
         try:
             health = self.client().health()  # never retries: the status line shows what is true now
         except AgeGenderError as err:
-            return f"Triton at {where}: **unreachable** ({err})"
+            return f"Triton at {where}: **unreachable** ({for_the_page(str(err))})"
         if getattr(health, "ok", False):
             return f"Triton at {where}: **ready**"
         if getattr(health, "live", False):
             return f"Triton at {where}: **starting**, models still loading"
         error = getattr(health, "error", None)
-        return f"Triton at {where}: **unreachable**" + (f" ({error})" if error else "")
+        return f"Triton at {where}: **unreachable**" + (f" ({for_the_page(error)})" if error else "")
 
 
 @dataclass(frozen=True)
@@ -317,7 +328,7 @@ def analyse(
     try:
         display, scale = load_display_image(photo.data)
     except upload.ImageDecodeError as err:  # what the server would refuse too; bounded before any decoding
-        message = f"**The image was rejected**: {photo.name} could not be read as an image: {err}"
+        message = f"**The image was rejected**: {photo.name}: {err}"  # each message says what is wrong, and the fix
         return None, message, _error_json("invalid_image", str(err)), []
 
     try:
@@ -352,6 +363,11 @@ def analyse(
     return annotate(display, result, scale), status, payload, []
 
 
+def for_the_page(message: str) -> str:
+    """The client's advice in the page's terms: the CLI's --url is the page's --triton-url (set where it starts)."""
+    return message.replace("pass --url / set TRITON_URL", "start this page with --triton-url / TRITON_URL")
+
+
 def request_failed(backend: TritonBackend, err: AgeGenderError) -> tuple[str, dict[str, Any]]:
     """The status markdown and raw JSON for a request the client could not complete."""
     where = f"`{backend.url}` ({backend.protocol})"
@@ -368,7 +384,7 @@ def request_failed(backend: TritonBackend, err: AgeGenderError) -> tuple[str, di
             f"**Triton server is unreachable** at {where}: it is down or still starting. "
             "This page keeps working; press *Estimate* again once the server is up."
         )
-        return message, _error_json("server_unavailable", str(err))
+        return message, _error_json("server_unavailable", for_the_page(str(err)))
     if isinstance(err, InferenceTimeoutError):
         message = f"**Triton did not answer in time** ({backend.timeout:g} s) at {where}. It may be overloaded."
         return message, _error_json("timeout", str(err))

@@ -570,6 +570,12 @@ def test_triton_statuses_map_onto_the_hierarchy(status, message, expected):
     assert error.retryable is (expected in (ServerUnavailableError, ModelNotReadyError, RateLimitedError))
 
 
+def test_the_cli_refuses_every_face_of_an_image_that_is_one_face():
+    # --all-faces ran detection anyway, so --no-detect was silently ignored.
+    proc = run_cli(str(GRACE), "--all-faces", "--no-detect", "--url", f"127.0.0.1:{free_port()}")
+    assert proc.returncode == 2 and "--all-faces finds the faces" in proc.stderr and not proc.stdout
+
+
 def test_a_too_large_request_gives_its_advice_once():
     door = InferenceServerException("request body larger than 68 MB; send fewer or smaller images", status="413")
     triton = InferenceServerException("Received message larger than max", status="StatusCode.RESOURCE_EXHAUSTED")

@@ -82,9 +82,7 @@ def test_an_unreadable_upload_gets_the_apps_message_and_is_deleted(tmp_path, mon
     assert not fake.exists() and not fake.parent.exists()  # Gradio's copy is gone once read
     image, status, raw, rows = app.analyse(app.TritonBackend("127.0.0.1:1", "grpc"), photo, True, True)
     assert image is None and rows == []
-    assert status.startswith(
-        "**The image was rejected**: notes.jpg could not be read as an image: The file is not a recognised image"
-    )
+    assert status.startswith("**The image was rejected**: notes.jpg: The file is not a recognised image")
     assert raw["error_kind"] == "invalid_image"
     # Estimate again on the same (deleted) upload: the session's copy answers; without one, once the bytes held for
     # other sessions with the same upload are gone too, a clear message.
@@ -125,7 +123,7 @@ def test_the_page_refuses_what_the_server_refuses_before_decoding_it():
     photo = app.Photo(buffer.getvalue(), "bomb.png")
     image, status, raw, rows = app.analyse(app.TritonBackend("127.0.0.1:1", "grpc"), photo, True, True)
     assert image is None and rows == [] and raw["error_kind"] == "invalid_image"
-    assert status.startswith("**The image was rejected**: bomb.png could not be read as an image: The image is 12000")
+    assert status.startswith("**The image was rejected**: bomb.png: The image is 12000")
 
 
 def test_a_large_photo_is_shown_smaller_and_its_boxes_follow():
@@ -261,7 +259,7 @@ def test_a_truncated_upload_is_rejected_with_the_apps_message():
     photo = app.Photo(jpeg()[:200], "cut.jpg")
     image, status, raw, rows = app.analyse(app.TritonBackend("127.0.0.1:1", "grpc"), photo, True, True)
     assert image is None and rows == [] and raw["error_kind"] == "invalid_image"
-    assert status.startswith("**The image was rejected**: cut.jpg could not be read as an image: The file is truncated")
+    assert status.startswith("**The image was rejected**: cut.jpg: The file is truncated")
 
 
 def test_an_unforeseen_failure_shows_a_status_and_the_session_keeps_the_photo(tmp_path, monkeypatch):
@@ -292,6 +290,19 @@ def test_a_socket_error_the_client_lets_through_still_reads_unreachable():
     image, status, raw, rows = app.analyse(Dropped("127.0.0.1:1", "grpc"), photo, True, False)
     assert image is not None and rows == [] and raw["error_kind"] == "server_unavailable"
     assert status.startswith("**Triton server is unreachable** at `127.0.0.1:1` (grpc)")
+    # The client's advice names the CLI's --url; the page's own setting is --triton-url.
+    assert "--triton-url / TRITON_URL" in raw["error"] and "pass --url" not in raw["error"]
+    assert "pass --url" not in app.TritonBackend("127.0.0.1:1", "grpc", timeout=2).health_markdown()
+
+
+def test_a_timeout_setting_that_is_not_a_number_stops_the_start_with_one_line():
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TRITON_TIMEOUT": "abc"}
+    done = subprocess.run([sys.executable, "-c", "import gradio_frontend.app"], env=env, capture_output=True, text=True)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == "error: TRITON_TIMEOUT='abc' is not a number of seconds"
 
 
 def test_the_default_url_follows_the_protocol_and_port_settings():

@@ -246,7 +246,7 @@ def test_a_text_file_named_jpg_gets_the_apps_message(page, live_ui, tmp_path):
     open_ui(page, live_ui)
     upload(page, fake)
     text = status_text(page, "The image was rejected")
-    assert "could not be read as an image" in text
+    assert "notes.jpg: The file is not a recognised image" in text
     # Gradio's own failure shows bare "Error" toasts and badges; the app's answer replaces them.
     assert page.get_by_text("Error", exact=True).count() == 0
     assert page.locator("#faces-table").is_hidden()
