@@ -137,7 +137,8 @@ def test_serverless_fields():
     for knob in ("scale-down-delay", "initial-scale", "window"):
         assert f"autoscaling.knative.dev/{knob}" in meta["annotations"]
     model = predictor["model"]
-    assert re.fullmatch(r"s3://[a-z0-9.-]+/\S+", model["storageUri"])
+    # With its trailing slash: KServe lists the prefix as written, so releases/r1 would take releases/r10 too.
+    assert re.fullmatch(r"s3://[a-z0-9.-]+/\S+/", model["storageUri"])
     assert model["protocolVersion"] == "v2" and model["modelFormat"] == {"name": "triton", "version": "2"}
     assert model["ports"] == [{"name": "http1", "containerPort": 8080, "protocol": "TCP"}]
     assert model["startupProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": 8080}
