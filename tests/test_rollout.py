@@ -79,6 +79,11 @@ def _queue_delay(server: TritonServer) -> int:
         client.close()
 
 
+def _status(url: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "serving.ops.rollout", "--url", url, "--model", "age", "--status"]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=60, env=env)
+
+
 def test_rollout_and_rollback_under_load_without_a_failed_request(tmp_path, monkeypatch):
     # The repository API is an admin API: the launcher restricts it behind this secret (issue #7) and
     # serving.ops.rollout presents it as header `admin-key`, in this process and in the CLI run below.
@@ -147,24 +152,10 @@ def test_rollout_and_rollback_under_load_without_a_failed_request(tmp_path, monk
             rollback_done = time.monotonic()
             assert cli.returncode == 0, cli.stderr
             assert "now serving version(s) [1]" in cli.stdout
-            status = subprocess.run(
-                [sys.executable, "-m", "serving.ops.rollout", "--url", server.http_url, "--model", "age", "--status"],
-                capture_output=True,
-                text=True,
-                cwd=ROOT,
-                timeout=60,
-            )
+            status = _status(server.http_url)
             assert status.returncode == 0 and "age: ready versions [1]" in status.stdout, status.stderr
             assert "pinned until Triton restarts" in cli.stderr  # what a pin does not survive
-            no_key = {k: v for k, v in os.environ.items() if k != "TRITON_ADMIN_KEY"}
-            status = subprocess.run(
-                [sys.executable, "-m", "serving.ops.rollout", "--url", server.http_url, "--model", "age", "--status"],
-                capture_output=True,
-                text=True,
-                cwd=ROOT,
-                timeout=60,
-                env=no_key,
-            )
+            status = _status(server.http_url, env={k: v for k, v in os.environ.items() if k != "TRITON_ADMIN_KEY"})
             assert status.returncode == 1 and "Traceback" not in status.stderr, status.stderr
             assert "needs the admin key: set TRITON_ADMIN_KEY" in status.stderr
             time.sleep(max(2.0, LOAD_SECONDS - (time.monotonic() - start)))
