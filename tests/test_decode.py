@@ -363,8 +363,29 @@ def test_a_gif_with_too_much_metadata_before_its_picture_is_refused():
     from common import structure
 
     assert decode_image(cases.gif_with_comment(50_000)).size == (16, 16)
-    with pytest.raises(ImageDecodeError, match="KiB of comments and other metadata"):
-        decode_image(cases.gif_with_comment(structure.MAX_GIF_METADATA_BYTES + 1))
+    assert decode_image(cases.gif_with_comments(structure.MAX_GIF_EXTENSIONS)).size == (16, 16)
+    for too_much in (
+        cases.gif_with_comment(structure.MAX_GIF_METADATA_BYTES + 1),
+        cases.gif_with_comments(structure.MAX_GIF_EXTENSIONS + 1),  # empty ones: PIL joined them in quadratic time
+    ):
+        with pytest.raises(ImageDecodeError, match="KiB or 64 blocks of comments and other metadata"):
+            decode_image(too_much)
+    one = cases.gif_with_comments(1)
+    at = one.index(b"\x21\xfe\x00") + 3  # where the picture starts
+    with pytest.raises(ImageDecodeError, match="malformed: byte 0x00 where its picture should start"):
+        decode_image(one[:at] + b"\x00" * 1000 + one[at:])  # PIL stepped over such junk byte by byte
+
+
+def test_a_jpeg_counts_only_real_scans_and_bounds_the_bytes_between_segments():
+    from common import structure
+
+    # A phone's motion photo: a video after the picture, whose bytes hold 0xFF 0xDA by chance; not scans.
+    tail = b"\x00\x00\x00\x18ftypmp42" + b"\xff\xda\x12\x34" * (structure.MAX_JPEG_SCANS + 1)
+    assert decode_image(encode(gradient(), "JPEG") + tail).size == (40, 30)
+    # Fill bytes before a marker are legal, a few of them; PIL steps over each in Python.
+    assert decode_image(cases.jpeg_with_gap(structure.MAX_JPEG_GAP)).size == (16, 16)
+    with pytest.raises(ImageDecodeError, match=f"more than {structure.MAX_JPEG_GAP} stray bytes between two segments"):
+        decode_image(cases.jpeg_with_gap(structure.MAX_JPEG_GAP + 1))
 
 
 def test_a_large_run_length_compressed_bmp_is_refused():

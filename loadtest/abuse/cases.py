@@ -263,6 +263,19 @@ def gif_with_comment(size: int) -> bytes:
     return encode(Image.new("P", (16, 16)), "GIF", comment=b"c" * size)
 
 
+def gif_with_comments(count: int) -> bytes:
+    """A small GIF with ``count`` empty comment blocks before its picture (PIL joins them one to the next)."""
+    plain = encode(Image.new("P", (16, 16)), "GIF")
+    at = 13 + (3 << ((plain[10] & 0x07) + 1) if plain[10] & 0x80 else 0)
+    return plain[:at] + b"\x21\xfe\x00" * count + plain[at:]
+
+
+def jpeg_with_gap(size: int) -> bytes:
+    """A small JPEG with ``size`` fill bytes (0xFF) before its first segment's marker (PIL steps over each)."""
+    plain = encode(Image.new("RGB", (16, 16), (120, 90, 70)), "JPEG")
+    return plain[:2] + b"\xff" * size + plain[2:]
+
+
 def rle8_bmp(width: int, height: int, padding: int = 0) -> bytes:
     """An 8-bit run-length compressed BMP (PIL writes none, and decodes them in Python): each row one run of colour
     index 1 over a grey palette, then ``padding`` bytes of empty runs before the end marker."""
@@ -284,6 +297,8 @@ def costly_structures() -> tuple[bytes, ...]:
         png_with_chunks(structure.MAX_PNG_CHUNKS),
         png_ihdr_second(),
         gif_with_comment(structure.MAX_GIF_METADATA_BYTES + 1),
+        gif_with_comments(structure.MAX_GIF_EXTENSIONS + 1),
+        jpeg_with_gap(structure.MAX_JPEG_GAP + 1),
         rle8_bmp(16, 16, padding=structure.MAX_RLE_BMP_BYTES),
     )
 

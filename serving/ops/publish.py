@@ -25,10 +25,12 @@
   local version is already there; with it, only versions the bucket lacks are sent
   (the way to publish a newly exported version), and a version an interrupted publish left
   incomplete (some of its files there, each the size it is here) is finished. A version whose
-  objects differ from the local files is refused either way.
+  objects differ in size from the local files, or that holds files they lack, is refused either way
+  (sizes only: a retrained network of the same shape has the same sizes, so a version number is
+  never reused for other weights: ``training.export`` always writes a new one).
 - A model's own files (its configs, warm-up data) are immutable within a prefix too: one the bucket
-  holds with other bytes (size, or MD5 where the ETag gives it) is refused, whatever the flags; a new
-  config is a new release (a new prefix). Identical ones are not sent again.
+  holds with other bytes (read back and compared) is refused, whatever the flags; a new config is a
+  new release (a new prefix). Identical ones are not sent again.
 - Within a model, version files go first and the model's ``config.pbtxt`` last, so a
   reader never sees a new model's config before its files.
 
@@ -146,27 +148,24 @@ class Plan:
     unserved: list[str] = field(default_factory=list)  # "model/version" left out: no config serves it
 
 
-def _same(path: Path | None, remote: tuple[int | None, str]) -> bool:
-    """Whether the bucket's object (size, ETag) holds ``path``'s bytes: its size, and its MD5 where the ETag is one
-    (a multipart upload's is not); an unknown size (a bare key list) counts as the same."""
-    import hashlib
-
-    size, etag = remote
-    if size is None:
-        return True
-    local = path.stat().st_size if path is not None else 0
-    if local != size:
-        return False
-    if not etag or "-" in etag:
-        return True
-    digest = hashlib.md5(path.read_bytes() if path is not None else b"", usedforsecurity=False).hexdigest()
-    return digest == etag
+def _same_size(path: Path | None, remote: tuple[int | None, str]) -> bool:
+    """Whether the bucket's object (size, ETag) is ``path``'s size; an unknown size (a bare key list) counts as the
+    same. Sizes only: an ETag is the MD5 of the bytes only for a single-part upload without KMS or customer-key
+    encryption (boto3 sends files over 8 MiB, the weights, in parts)."""
+    size = remote[0]
+    return size is None or size == (path.stat().st_size if path is not None else 0)
 
 
 def plan(
-    repository: Path, remote: dict[str, tuple[int | None, str]] | list[str], *, all_versions: bool = False
+    repository: Path,
+    remote: dict[str, tuple[int | None, str]] | list[str],
+    *,
+    all_versions: bool = False,
+    read_remote=None,
 ) -> Plan:
-    """``remote``: the bucket's objects under the prefix (storage.list_objects), or only their keys."""
+    """``remote``: the bucket's objects under the prefix (storage.list_objects), or only their keys. ``read_remote``
+    (key -> bytes): how a model's own files in the bucket are read, to compare them byte for byte (they are small:
+    configs, warm-up data); None compares sizes only."""
     repository = Path(repository)
     if not isinstance(remote, dict):
         remote = dict.fromkeys(remote, (None, ""))
@@ -189,7 +188,7 @@ def plan(
                 there = {k for k in remote if k.startswith(f"{version}/")}
                 missing = [(path, key) for path, key in files if key not in remote]
                 if there - {key for _, key in files} or any(
-                    not _same(path, remote[key]) for path, key in files if key in remote
+                    not _same_size(path, remote[key]) for path, key in files if key in remote
                 ):
                     result.conflicting.append(version)
                 elif missing:
@@ -207,7 +206,9 @@ def plan(
                 continue
             if key not in remote:
                 model_files.append((path, key))
-            elif not _same(path, remote[key]):
+            elif not _same_size(path, remote[key]) or (
+                read_remote is not None and read_remote(key) != path.read_bytes()
+            ):
                 result.changed.append(key)
         # config.pbtxt last: the file that makes a folder a model appears only once the rest is there.
         model_files.sort(key=lambda item: item[1] == f"{model.name}/config.pbtxt")
@@ -237,7 +238,14 @@ def publish(
     remote = storage.list_objects(location, s3)  # first: bad credentials fail before minutes of conversion
     if ir:
         build_ir(repository, all_versions=all_versions, dry_run=dry_run, out=out)
-    todo = plan(repository, remote, all_versions=all_versions)
+
+    def read_remote(key: str) -> bytes:
+        try:
+            return s3.get_object(Bucket=location.bucket, Key=location.key(key))["Body"].read()
+        except (bex.BotoCoreError, bex.ClientError) as err:
+            raise storage.explain(err, location) from None
+
+    todo = plan(repository, remote, all_versions=all_versions, read_remote=read_remote)
     if todo.conflicting:
         raise storage.StorageError(
             f"refusing: version(s) {', '.join(todo.conflicting)} in {location} differ from the local ones. Versions "

@@ -239,7 +239,9 @@ class GrpcGate(grpc.GenericRpcHandler):
 def without_companion(payload: bytes) -> bytes:
     """A ModelInferResponse without the output the gate added (gate_check.COMPANION)."""
     answer = pb.ModelInferResponse.FromString(payload)
-    index = next(i for i, output in enumerate(answer.outputs) if output.name == COMPANION)
+    index = next((i for i, output in enumerate(answer.outputs) if output.name == COMPANION), None)
+    if index is None:
+        return payload
     del answer.outputs[index]
     if answer.raw_output_contents:
         del answer.raw_output_contents[index]

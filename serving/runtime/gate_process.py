@@ -89,7 +89,10 @@ class GateProcess:
         return cmd, env
 
     def start(self) -> None:
-        """Starts the gate and returns once it listens (nginx must not forward to a closed port)."""
+        """Starts the gate and returns once it listens (nginx must not forward to a closed port). Once: stop()
+        gives its ports up."""
+        if any(hold.closed for hold in self._held):
+            raise RuntimeError("a stopped gate does not start again: its ports are given up; make a new one")
         self._stopping.clear()
         self._spawn()
         if not self._ready.wait(START_TIMEOUT_S) or self.proc.poll() is not None:

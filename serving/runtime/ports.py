@@ -171,6 +171,10 @@ class Held:
                 raise PortInUseError(f"port {port} on {host} is already in use")
         self.port: int = self._sock.getsockname()[1]
 
+    @property
+    def closed(self) -> bool:
+        return self._sock is None
+
     def close(self) -> None:
         sock, self._sock = self._sock, None
         if sock is not None:

@@ -291,11 +291,7 @@ class TritonServer:
         )
         self._tell_reaper(f"path {self._run_dir()}")
         self._tell_reaper(f"shm {self.shm_prefix}")
-        if storage.is_s3(self.model_repository) and self.s3_read == "stage":
-            self._stage()
-        if self.staged is not None or not storage.is_s3(self.model_repository):
-            folder = self.staged.folder if self.staged is not None else self.model_repository
-            self.loads_first = command.loads_first(folder, self.extra_args)
+        # Held before staging, which can take minutes: without the door these are the public ports, just checked.
         try:
             if self.front_door:
                 self._held = [ports.Held(), ports.Held()]
@@ -305,6 +301,11 @@ class TritonServer:
         except (OSError, ports.PortInUseError) as err:
             self.stop()
             raise TritonStartError(f"cannot hold Triton's ports: {err}") from None
+        if storage.is_s3(self.model_repository) and self.s3_read == "stage":
+            self._stage()
+        if self.staged is not None or not storage.is_s3(self.model_repository):
+            folder = self.staged.folder if self.staged is not None else self.model_repository
+            self.loads_first = command.loads_first(folder, self.extra_args)
         # Triton first: loading its models is the longest part of a start, and the gate's and nginx's own starts
         # (the gate is a Python process that imports grpc and aiohttp) now happen meanwhile instead of before it.
         # Nothing can reach Triton before the door listens, and readiness is asked through the door.
