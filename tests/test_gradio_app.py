@@ -295,14 +295,14 @@ def test_a_socket_error_the_client_lets_through_still_reads_unreachable():
     assert "pass --url" not in app.TritonBackend("127.0.0.1:1", "grpc", timeout=2).health_markdown()
 
 
-def test_a_timeout_setting_that_is_not_a_number_stops_the_start_with_one_line():
-    import subprocess
-    import sys
-
-    env = {**os.environ, "TRITON_TIMEOUT": "abc"}
-    done = subprocess.run([sys.executable, "-c", "import gradio_frontend.app"], env=env, capture_output=True, text=True)
-    assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert done.stderr.strip() == "error: TRITON_TIMEOUT='abc' is not a number of seconds"
+def test_a_timeout_setting_that_is_not_a_number_stops_the_start_with_one_line(monkeypatch):
+    # Read when the page's module loads (TRITON_TIMEOUT, GRADIO_HEALTH_POLL): a traceback before.
+    monkeypatch.setenv("TRITON_TIMEOUT", "abc")
+    with pytest.raises(SystemExit) as stop:
+        app._seconds("TRITON_TIMEOUT", "15")
+    assert str(stop.value) == "error: TRITON_TIMEOUT='abc' is not a number of seconds"
+    monkeypatch.setenv("TRITON_TIMEOUT", "2.5")
+    assert app._seconds("TRITON_TIMEOUT", "15") == 2.5
 
 
 def test_the_default_url_follows_the_protocol_and_port_settings():
