@@ -142,33 +142,32 @@ class Plan:
     uploads: list[tuple[Path | None, str]] = field(default_factory=list)  # path None: an empty placeholder
     existing: list[str] = field(default_factory=list)  # "model/version" already in the bucket, whole
     incomplete: list[str] = field(default_factory=list)  # "model/version" partly there: its missing files in uploads
-    conflicting: list[str] = field(default_factory=list)  # "model/version" there with other bytes: never touched
+    conflicting: list[str] = field(default_factory=list)  # "model/version" there with other sizes or files: untouched
     changed: list[str] = field(default_factory=list)  # model-level keys the bucket holds with other bytes
     new_versions: list[str] = field(default_factory=list)
     unserved: list[str] = field(default_factory=list)  # "model/version" left out: no config serves it
 
 
-def _same_size(path: Path | None, remote: tuple[int | None, str]) -> bool:
-    """Whether the bucket's object (size, ETag) is ``path``'s size; an unknown size (a bare key list) counts as the
-    same. Sizes only: an ETag is the MD5 of the bytes only for a single-part upload without KMS or customer-key
+def _same_size(path: Path | None, size: int | None) -> bool:
+    """Whether the bucket's object, of ``size`` bytes, is ``path``'s size; an unknown size (a bare key list) counts as
+    the same. Not the ETag: it is the MD5 of the bytes only for a single-part upload without KMS or customer-key
     encryption (boto3 sends files over 8 MiB, the weights, in parts)."""
-    size = remote[0]
     return size is None or size == (path.stat().st_size if path is not None else 0)
 
 
 def plan(
     repository: Path,
-    remote: dict[str, tuple[int | None, str]] | list[str],
+    remote: dict[str, int | None] | list[str],
     *,
     all_versions: bool = False,
     read_remote=None,
 ) -> Plan:
-    """``remote``: the bucket's objects under the prefix (storage.list_objects), or only their keys. ``read_remote``
-    (key -> bytes): how a model's own files in the bucket are read, to compare them byte for byte (they are small:
-    configs, warm-up data); None compares sizes only."""
+    """``remote``: the bucket's objects under the prefix and their sizes (storage.list_objects), or only their keys.
+    ``read_remote`` (key -> bytes): how a model's own files in the bucket are read, to compare them byte for byte
+    (they are small: configs, warm-up data); None compares sizes only."""
     repository = Path(repository)
     if not isinstance(remote, dict):
-        remote = dict.fromkeys(remote, (None, ""))
+        remote = dict.fromkeys(remote)
     remote_versions = {"/".join(k.split("/")[:2]) for k in remote if k.count("/") >= 2}
     result = Plan()
     for model in sorted(p for p in repository.iterdir() if p.is_dir() and not _skipped(p.name)):

@@ -106,9 +106,9 @@ def explain(err: Exception, location: S3Location) -> StorageError:
     return StorageError(f"S3 error for {where}: {err}")
 
 
-def list_objects(location: S3Location, s3=None, prefix: str | None = None) -> dict[str, tuple[int, str]]:
-    """Every object under ``prefix`` (default: the location's prefix), by key relative to the location's prefix:
-    its size and ETag (the MD5 of its bytes for a single-part upload)."""
+def list_objects(location: S3Location, s3=None, prefix: str | None = None) -> dict[str, int]:
+    """Every object under ``prefix`` (default: the location's prefix): its size, by key relative to the location's
+    prefix."""
     from botocore import exceptions as bex
 
     s3 = s3 or client(location)
@@ -118,7 +118,7 @@ def list_objects(location: S3Location, s3=None, prefix: str | None = None) -> di
     try:
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=location.bucket, Prefix=search):
             for o in page.get("Contents", []):
-                found[o["Key"][len(location.key()) :].lstrip("/")] = (o["Size"], o.get("ETag", "").strip('"'))
+                found[o["Key"][len(location.key()) :].lstrip("/")] = o["Size"]
     except (bex.BotoCoreError, bex.ClientError) as err:
         raise explain(err, location) from None
     return found
