@@ -201,18 +201,9 @@ def test_png_fast_path_is_taken_for_rgb_and_broken_files_keep_their_message(fast
 
 def _chunks(data: bytes) -> list[bytes]:
     """A PNG's chunks, whole (length, type, data, CRC), after the signature."""
-    out, at = [], 8
-    while at < len(data):
-        length = int.from_bytes(data[at : at + 4], "big")
-        out.append(data[at : at + 12 + length])
-        at += 12 + length
-    return out
+    from common import structure
 
-
-def _chunk(kind: bytes, body: bytes) -> bytes:
-    import zlib
-
-    return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+    return [data[at - 8 : at + length + 4] for _, at, length in structure.png_chunks(data)]
 
 
 def test_png_orientation_is_found_from_the_chunks_wherever_they_lie(fast_png_results):
@@ -229,7 +220,7 @@ def test_png_orientation_is_found_from_the_chunks_wherever_they_lie(fast_png_res
     assert [c[4:8] for c in _chunks(after_pixels)][-3:] == [b"IDAT", b"iTXt", b"IEND"]
     assert decode_image(after_pixels).size == (61, 83) and taken[-1] is None  # turned, by PIL
     plain = _chunks(variants["rgb"])
-    decoy = _chunk(b"prVt", b"eXIf XML:com.adobe.xmp\0Raw profile type exif")
+    decoy = cases.png_chunk(b"prVt", b"eXIf XML:com.adobe.xmp\0Raw profile type exif")
     lucky = b"\x89PNG\r\n\x1a\n" + b"".join([plain[0], decoy, *plain[1:]])
     np.testing.assert_array_equal(np.asarray(decode_image(lucky)), np.asarray(decode_image(variants["rgb"])))
     assert taken[-2] is not None  # libspng
@@ -348,11 +339,11 @@ def test_a_png_must_start_with_ihdr_and_may_have_only_so_many_chunks():
     signature = b"\x89PNG\r\n\x1a\n"
     # IDAT in 100-byte chunks, as some encoders write it, and as many empty ones as the limit lets in: decoded.
     pixels = b"".join(c[8:-4] for c in plain if c[4:8] == b"IDAT")
-    idats = [_chunk(b"IDAT", pixels[i : i + 100]) for i in range(0, len(pixels), 100)]
+    idats = [cases.png_chunk(b"IDAT", pixels[i : i + 100]) for i in range(0, len(pixels), 100)]
     room = structure.MAX_PNG_CHUNKS - len(idats) - 2  # IHDR and IEND
-    many = signature + b"".join([plain[0], *[_chunk(b"tEXt", b"")] * room, *idats, plain[-1]])
+    many = signature + b"".join([plain[0], *[cases.png_chunk(b"tEXt", b"")] * room, *idats, plain[-1]])
     assert np.asarray(decode_image(many)).shape == (30, 40, 3)
-    too_many = signature + b"".join([plain[0], *[_chunk(b"tEXt", b"")] * (room + 1), *idats, plain[-1]])
+    too_many = signature + b"".join([plain[0], *[cases.png_chunk(b"tEXt", b"")] * (room + 1), *idats, plain[-1]])
     with pytest.raises(ImageDecodeError, match=f"more than {structure.MAX_PNG_CHUNKS} chunks"):
         decode_image(too_many)
     with pytest.raises(ImageDecodeError, match=f"more than {structure.MAX_PNG_CHUNKS} chunks"):
@@ -442,6 +433,6 @@ def test_pils_own_bomb_guard_reads_as_ours():
     # Over PIL's process-wide limit (2 x MAX_IMAGE_PIXELS) PIL raises at open, before our pixel check.
     chunks = _chunks(encode(Image.new("L", (1, 1)), "PNG"))
     side = (20_000).to_bytes(4, "big")
-    huge = b"\x89PNG\r\n\x1a\n" + b"".join([_chunk(b"IHDR", side + side + chunks[0][16:21]), *chunks[1:]])
+    huge = b"\x89PNG\r\n\x1a\n" + b"".join([cases.png_chunk(b"IHDR", side + side + chunks[0][16:21]), *chunks[1:]])
     with pytest.raises(ImageDecodeError, match="too many pixels"):
         DecodeLimits(max_pixels=10**12, max_decoded_bytes=10**12).decode(huge)

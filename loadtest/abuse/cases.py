@@ -136,7 +136,8 @@ def tiny_image(rng: random.Random) -> bytes:
 # -- decompression bombs -----------------------------------------------------------------------------------
 
 
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk, whole: length, type, data, CRC."""
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
@@ -144,7 +145,7 @@ def png_declared(width: int, height: int, depth: int = 8, colour: int = 2) -> by
     """A PNG whose header declares ``width`` x ``height`` but whose data is a few bytes of zeros."""
     ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
     idat = zlib.compress(b"\0" * 4096, 9)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
 
 
 @functools.cache
@@ -248,14 +249,14 @@ def png_with_chunks(count: int) -> bytes:
     """A small PNG with ``count`` empty tEXt chunks between its header and its pixels."""
     plain = encode(Image.new("RGB", (16, 16), (120, 90, 70)), "PNG")
     ihdr_end = 8 + 12 + 13
-    return plain[:ihdr_end] + _png_chunk(b"tEXt", b"") * count + plain[ihdr_end:]
+    return plain[:ihdr_end] + png_chunk(b"tEXt", b"") * count + plain[ihdr_end:]
 
 
 def png_ihdr_second(width: int = 4000, height: int = 4000) -> bytes:
     """A 16-bit RGBA PNG declared after another chunk: PIL accepts it and read its depth as 8."""
-    ihdr = _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 6, 0, 0, 0))
-    idat = _png_chunk(b"IDAT", zlib.compress(b"\0" * 4096, 9))
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"tEXt", b"a\0b") + ihdr + idat + _png_chunk(b"IEND", b"")
+    ihdr = png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 6, 0, 0, 0))
+    idat = png_chunk(b"IDAT", zlib.compress(b"\0" * 4096, 9))
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"tEXt", b"a\0b") + ihdr + idat + png_chunk(b"IEND", b"")
 
 
 def gif_with_comment(size: int) -> bytes:
