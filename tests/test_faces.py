@@ -55,6 +55,7 @@ def test_a_doubtful_short_range_detection_is_weighed_against_the_full_range_one(
     """The portrait 400 px wide on a 2000x1333 canvas: the short-range detector gives a loose box at 0.61, which was
     kept (the answer came out male, 0.18, where the faces path said female, 0.93); the full-range one gives the face
     at 0.81, and now the more confident of the two is kept (detect.SURE_SCORE)."""
+    from research.measure_faces import iou
     from serving.pipeline import detect
 
     width = 400
@@ -65,11 +66,7 @@ def test_a_doubtful_short_range_detection_is_weighed_against_the_full_range_one(
     k = width / 512
     expected = tuple(v * k + offset for v, offset in zip(own.box, (1000, 100, 1000, 100), strict=True))
     found = cropper.detect(canvas)
-    x0, y0, x1, y1 = found.box
-    ex0, ey0, ex1, ey1 = expected
-    overlap = max(0.0, min(x1, ex1) - max(x0, ex0)) * max(0.0, min(y1, ey1) - max(y0, ey0))
-    union = (x1 - x0) * (y1 - y0) + (ex1 - ex0) * (ey1 - ey0) - overlap
-    assert overlap / union >= 0.5, (found, expected)
+    assert iou(found.box, expected) >= 0.5, (found, expected)
 
 
 def test_finds_the_portrait_face(cropper, portrait):
