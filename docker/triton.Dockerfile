@@ -56,6 +56,11 @@ ENV PYTHONPATH=/opt/agegender
 # environment; the KServe ServingRuntime: edge.py's --triton-preload, Triton only); it unsets those variables before
 # Triton's main().
 COPY --from=argv-secret /tmp/argv_secret.so /opt/agegender/lib/argv_secret.so
+# The compiled-model cache's volume (docker-compose.cpu.yml) starts as a copy of this folder, owner included: the
+# unprivileged user below can fill it, and ov_runtime uses it only while it is that user's alone.
+RUN mkdir -p /var/cache/agegender && chown 1000:1000 /var/cache/agegender && chmod 700 /var/cache/agegender
+# The base image's triton-server user (uid 1000), as compose and KServe run it: not root.
+USER 1000:1000
 
 EXPOSE 8000 8001 8002
 # Secure by default, as docker-compose.yml runs it: the admin APIs behind the key, whose placeholder argv_secret.so

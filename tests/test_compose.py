@@ -258,3 +258,33 @@ def test_no_service_can_gain_privileges(compose):
     # A setuid binary in an image would otherwise give a compromised process root again (audit).
     for name, service in compose["services"].items():
         assert "no-new-privileges:true" in service.get("security_opt", []), name
+
+
+def test_services_drop_capabilities_and_run_bounded_and_unprivileged(compose):
+    # What a compromised process keeps: no Linux capabilities beyond the few named here, and no root where the
+    # service needs none. The serving services have memory and process bounds, so one cannot starve the host.
+    added = {"door": {"CHOWN", "SETGID", "SETUID"}, "locust-master": {"DAC_OVERRIDE"}}
+    for name, service in compose["services"].items():
+        assert service.get("cap_drop") == ["ALL"], name
+        assert set(service.get("cap_add", [])) == added.get(name, set()), name
+    users = {"gate": "nobody"}  # its image's USER
+    users |= {name: compose["services"][name].get("user") for name in ("triton", "gradio", "locust-worker")}
+    assert all(user and not str(user).startswith("0") and user != "root" for user in users.values()), users
+    assert "USER nobody" in _dockerfile_lines(ROOT / "docker" / "gate.Dockerfile")
+    for name in ("triton", "gate", "door", "gradio"):
+        service = compose["services"][name]
+        assert service["mem_limit"] and service["pids_limit"] > 0, name
+    # Read-only root filesystems where nothing but /tmp is written, as the KServe runtime's securityContext.
+    triton = compose["services"]["triton"]
+    assert triton["read_only"] is True and "/tmp" in triton["tmpfs"] and triton["environment"]["HOME"] == "/tmp"
+    assert compose["services"]["gate"]["read_only"] is True
+
+
+def test_triton_image_runs_unprivileged_and_can_fill_its_cache_volume(compose_cpu):
+    lines = _dockerfile_lines(ROOT / "docker" / "triton.Dockerfile")
+    user = [line for line in lines if line.startswith("USER ")]
+    assert user == ["USER 1000:1000"]  # a plain `docker run` is not root either
+    # The named cache volume is initialised from the image's folder, owner included, before the USER line.
+    cache = compose_cpu["services"]["triton"]["environment"]["AGEGENDER_OV_CACHE"]
+    chown = next(i for i, line in enumerate(lines) if "chown 1000:1000 /var/cache/agegender" in line)
+    assert cache.startswith("/var/cache/agegender/") and chown < lines.index("USER 1000:1000")
