@@ -398,6 +398,7 @@ def test_loss_weights_reach_the_gender_loss_beside_the_auxiliary_head(archive, t
     run = tmp_path / "gender-weighted"
     args = ["--task", "gender", "--data", str(archive), "--out", str(run), "--epochs", "1", "--batch-size", "16"]
     args += ["--widths", "4,8", "--cache-dir", str(tmp_path / "cache"), "--aux-age", "0.5", option, "3.0"]
+    args += ["--run-eagerly"]
     train.main(args)
     assert called and called[0][1] == 3.0
     history = dict(zip(*[line.split(",") for line in (run / "history.csv").read_text().splitlines()[:2]], strict=True))
@@ -448,6 +449,7 @@ def test_auxiliary_age_head_trains_beside_gender_and_is_not_kept(archive, tmp_pa
     run = tmp_path / "gender-aux"
     args = ["--task", "gender", "--data", str(archive), "--out", str(run), "--epochs", "1", "--batch-size", "16"]
     args += ["--widths", "4,8", "--cache-dir", str(tmp_path / "cache"), "--keep-epochs", "--aux-age", "0.5"]
+    args += ["--run-eagerly"]
     best = train.main(args)
     # The head trained: its loss is in the history, and the epoch checkpoint carries both outputs.
     history = (run / "history.csv").read_text().splitlines()[0].split(",")

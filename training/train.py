@@ -176,6 +176,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=DEFAULTS["limit"], help="use at most N training images (smoke runs)")
     p.add_argument("--widths", default=DEFAULTS["widths"], help="channels per conv block")
     p.add_argument(
+        "--run-eagerly",
+        action="store_true",
+        help="no graph tracing of the training and evaluation steps: for smoke runs on a few dozen images, where "
+        "tracing (5-8 s a run) costs more than the steps; much slower per image on real data",
+    )
+    p.add_argument(
         "--image-size",
         type=int,
         default=None,
@@ -209,12 +215,13 @@ def compile_args_for(args: argparse.Namespace, *, aux: bool) -> dict:
     """Loss and metrics of the network: ``aux``, as trained with ``--aux-age``: the gender output and the auxiliary
     age head (LDL + L1 on its distribution, as the age CNN trains), weighted ``1 : aux_age``; else the one output."""
     if not aux:
-        return {"loss": make_loss(args), "metrics": metric_list(args.task)}
+        return {"loss": make_loss(args), "metrics": metric_list(args.task), "run_eagerly": args.run_eagerly}
     gender, head = spec.GENDER_OUTPUT, models.AUX_AGE
     return {
         "loss": {gender: make_loss(args), head: heads.age_loss("ldl+l1")},
         "loss_weights": {gender: 1.0, head: args.aux_age},
         "metrics": {gender: metric_list(args.task)},
+        "run_eagerly": args.run_eagerly,
     }
 
 
