@@ -45,7 +45,7 @@ def test_repository_copy_without_dynamic_batching(tmp_path):
 
 
 def _locust(
-    tmp_path: Path, user: str, triton, *extra: str, users: int = 2, seconds: int = 5, timeout: float = 180
+    tmp_path: Path, user: str, triton, *extra: str, users: int = 2, seconds: int = 3, timeout: float = 180
 ) -> tuple[subprocess.CompletedProcess, Path]:
     prefix = tmp_path / user
     cmd = [
@@ -111,7 +111,7 @@ def test_locust_exits_by_itself(tmp_path, triton_tiny):
         started = time.monotonic()
         try:
             done, prefix = _locust(
-                tmp_path / str(run), "TritonGrpcUser", triton_tiny, "--path", "crop", users=8, seconds=5, timeout=60
+                tmp_path / str(run), "TritonGrpcUser", triton_tiny, "--path", "crop", users=8, seconds=2, timeout=60
             )
         except subprocess.TimeoutExpired as err:
             pytest.fail(f"run {run + 1}: still running after {err.timeout:.0f} s:\n{(err.stderr or b'')[-2000:]!r}")

@@ -30,7 +30,7 @@ from serving.runtime.launch import TritonServer, free_port
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[1]
-LOAD_SECONDS = 24
+LOAD_SECONDS = 12
 THREADS = 4
 
 
@@ -115,7 +115,7 @@ def test_rollout_and_rollback_under_load_without_a_failed_request(tmp_path, monk
         for t in threads:
             t.start()
         try:
-            time.sleep(3)
+            time.sleep(1.5)
             rollout_start = time.monotonic()
             assert export_constant(repo, 2.0).name == "2"  # written while traffic runs
             # Published with the new version, a changed config takes effect with the rollout: it loads the model
@@ -130,7 +130,7 @@ def test_rollout_and_rollback_under_load_without_a_failed_request(tmp_path, monk
             rollout_done = time.monotonic()
             # At least 2 s of traffic on the new version, however long the export took on a busy machine (a slow
             # export left no request between rollout and rollback: an empty phase, not a wrong answer).
-            time.sleep(max(2.0, 12 - (rollout_done - start)))
+            time.sleep(max(2.0, 6 - (rollout_done - start)))
             rollback_start = time.monotonic()
             cli = subprocess.run(
                 [
