@@ -311,20 +311,25 @@ def test_the_default_url_follows_the_protocol_and_port_settings():
     import sys
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRITON_")}
-    code = "from gradio_frontend import app; print(app.DEFAULT_PROTOCOL, app.DEFAULT_TRITON_URL)"
-    for settings, expected in (
-        ({"TRITON_PROTOCOL": "http", "TRITON_HTTP_PORT": "18123"}, "http localhost:18123"),
-        ({"TRITON_GRPC_PORT": "18124"}, "grpc localhost:18124"),
-    ):
-        proc = subprocess.run(
-            [sys.executable, "-c", code], env={**env, **settings}, capture_output=True, text=True, timeout=120
-        )
-        assert proc.stdout.strip() == expected, proc.stderr[-2000:]
-    # The command line's --protocol picks the port too (the flag, not only $TRITON_PROTOCOL).
-    code = (
-        "from gradio_frontend.__main__ import parse_args, uploads; uploads.remove(); "
-        "print(parse_args(['--protocol', 'http']).triton_url, parse_args([]).triton_url, "
-        "parse_args(['--triton-url', 'h:1']).triton_url)"
-    )
+    # One child (importing the page costs seconds): the module is reloaded under each setting, then the command line
+    # is read with none set. --protocol picks the port too (the flag, not only $TRITON_PROTOCOL).
+    code = """if True:
+        import importlib, os
+        from gradio_frontend import app
+        for settings in ({"TRITON_PROTOCOL": "http", "TRITON_HTTP_PORT": "18123"}, {"TRITON_GRPC_PORT": "18124"}, {}):
+            for name in ("TRITON_PROTOCOL", "TRITON_HTTP_PORT", "TRITON_GRPC_PORT"):
+                os.environ.pop(name, None)
+            os.environ.update(settings)
+            importlib.reload(app)
+            print(app.DEFAULT_PROTOCOL, app.DEFAULT_TRITON_URL)
+        from gradio_frontend.__main__ import parse_args, uploads
+        uploads.remove()
+        for argv in (["--protocol", "http"], [], ["--triton-url", "h:1"]):
+            print(parse_args(argv).triton_url, end=" ")
+    """
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert proc.stdout.split() == ["localhost:8000", "localhost:8001", "h:1"], proc.stderr[-2000:]
+    assert proc.stdout.splitlines()[:3] == ["http localhost:18123", "grpc localhost:18124", "grpc localhost:8001"], (
+        proc.stdout,
+        proc.stderr[-2000:],
+    )
+    assert proc.stdout.splitlines()[3].split() == ["localhost:8000", "localhost:8001", "h:1"], proc.stderr[-2000:]
