@@ -56,9 +56,9 @@ CONFIGS = {
 }
 
 
-def held_out_faces(path: Path, *, seed: int | None = None) -> list[tuple[bytes, int, int]]:
-    """(JPEG bytes, age, gender) of every face in the test split, as training assigns it (``training.data.split``,
-    near copies of training faces left out)."""
+def held_out_faces(path: Path, *, seed: int | None = None, split: str = "test") -> list[tuple[bytes, int, int]]:
+    """(JPEG bytes, age, gender) of every face in the test split (or ``split``), as training assigns it
+    (``training.data.split``, near copies of training faces left out)."""
     from training import data as utk
 
     data = utk.load(path, size=spec.image_size("gender"), cache_dir=utk.default_cache_dir())
@@ -66,7 +66,7 @@ def held_out_faces(path: Path, *, seed: int | None = None) -> list[tuple[bytes, 
     test = {
         str(h): (int(a), int(g))
         for h, a, g, s in zip(data.hashes, data.ages, data.genders, utk.split(data, seed=seed), strict=True)
-        if s == "test"
+        if s == split
     }
     faces = []
     for _, blob in utk.iter_source(path):

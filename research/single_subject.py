@@ -1,12 +1,17 @@
 """One face on a random background: does the single-face path (``FaceCropper.detect``) keep a box on it?
 
-    python -m research.single_subject --data ../shared/datasets/UTKFace.tar.gz [--n 600] [--seed 0]
+    python -m research.single_subject --data ../shared/datasets/UTKFace.tar.gz [--split val] [--n 400] [--seed 11]
 
-Each scene pastes one held-out UTKFace face (the test split, as ``research.measure_faces`` draws them) at a size
-log-uniform in 64-480 px on a 1280x960 smooth random background. The kept box is right when it overlaps the
-pasted square with IoU >= 0.5. Printed per size band for the detector as served, and for the rule it replaced
-(the short-range answer kept whenever there was one, the full-range detector only when it found nothing), from
-the same detector runs. Chose ``serving.pipeline.detect.SURE_SCORE`` (2026-12-06, 600 scenes).
+Three kinds of picture, with faces from one split of UTKFace (as ``training.data.split`` assigns it; choose on
+``val``, confirm on ``test``):
+
+- scenes: one face at a size log-uniform in 64-480 px on a 1280x960 smooth random background; the kept box is right
+  when it overlaps the pasted square with IoU >= 0.5 (printed per size band);
+- close crops: the 200x200 UTKFace pictures themselves, as someone uploads a cropped face; any face found counts;
+- faceless: the backgrounds alone (``--n`` / 2 of them); any face found is a false one.
+
+Each is printed for the cascade as served and for the one before it (2026-12-06: no tile pass, the bordered retry
+kept from 0.5), from the same detector runs.
 """
 
 from __future__ import annotations
@@ -19,14 +24,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from common import spec
 from research.measure_faces import CANVAS, ROOT, background, held_out_faces, iou
-from serving.pipeline.detect import DETECT_MAX_SIDE, FaceCropper, most_prominent
+from serving.pipeline import detect
+from serving.pipeline.crops import Detection
 
 BANDS = ((64, 96), (96, 144), (144, 216), (216, 324), (324, 481))
 
 
-def scenes(faces, n: int, seed: int):
+def scenes(faces: list[tuple[bytes, int, int]], n: int, seed: int):
     """(picture, pasted square) pairs."""
     rng = np.random.default_rng(seed)
     for _ in range(n):
@@ -39,41 +44,51 @@ def scenes(faces, n: int, seed: int):
         yield canvas, (x, y, x + size, y + size)
 
 
-def short_first(cropper: FaceCropper, picture: Image.Image):
-    """The rule before SURE_SCORE, as a box in picture pixels (None: nothing found by the two passes)."""
+def before(cropper: detect.FaceCropper, picture: Image.Image) -> Detection | None:
+    """The cascade before the tile pass, in picture pixels: short-range, full-range when it is not sure, the bordered
+    retry (from 0.5) when neither found anything."""
     w, h = picture.size
-    scale = DETECT_MAX_SIDE / max(w, h)
-    small = picture.resize((round(w * scale), round(h * scale)), spec.RESIZE_METHOD, reducing_gap=3.0)
-    found = cropper._run(cropper._short, small, pad=0.0) or cropper._run(cropper._full, small, pad=0.0)
+    small = detect._shrunk(picture, detect.DETECT_MAX_SIDE)
+    found = cropper._run(cropper._short, small, pad=0.0)
+    sure = bool(found) and max(d.score for d in found) >= detect.SURE_SCORE
+    if not sure:
+        found += cropper._run(cropper._full, small, pad=0.0)
+    if not found:
+        found = cropper._run(cropper._short, small, pad=detect.CLOSE_CROP_PAD)
     if not found:
         return None
-    x0, y0, x1, y1 = most_prominent(found).box
-    return (x0 * w, y0 * h, x1 * w, y1 * h)
+    return detect._scaled(detect.most_prominent(found) if sure else max(found, key=lambda d: d.score), w, h, 0, 0)
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "datasets" / "UTKFace.tar.gz")
-    p.add_argument("--n", type=int, default=600)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", choices=("val", "test"), default="val")
+    p.add_argument("--n", type=int, default=400)
+    p.add_argument("--seed", type=int, default=11)
     args = p.parse_args(argv)
-    cropper = FaceCropper()
-    sizes, served, before = [], [], []
-    for picture, truth in scenes(held_out_faces(args.data), args.n, args.seed):
+    faces = held_out_faces(args.data, split=args.split)
+    cropper = detect.FaceCropper()
+    rules = {"as served": cropper.detect, "before the tile pass": lambda picture: before(cropper, picture)}
+    sizes, right = [], {name: [] for name in rules}
+    for picture, truth in scenes(faces, args.n, args.seed):
         sizes.append(truth[2] - truth[0])
-        detection = cropper.detect(picture)
-        served.append(iou(detection.box, truth) if detection else 0.0)
-        old = short_first(cropper, picture)
-        before.append(iou(old, truth) if old else 0.0)
+        for name, rule in rules.items():
+            found = rule(picture)
+            right[name].append(found is not None and iou(found.box, truth) >= 0.5)
+    rng = np.random.default_rng(args.seed + 1)
+    close = [Image.open(io.BytesIO(faces[i][0])).convert("RGB") for i in rng.choice(len(faces), args.n, replace=False)]
+    empty = [background(rng) for _ in range(args.n // 2)]
     sizes = np.array(sizes)
-    print(f"{args.n} scenes; share with the kept box on the face (IoU >= 0.5), all and per face size:")
-    print("rule".ljust(34), "all  ", " ".join(f"{a}-{b - 1}px" for a, b in BANDS))
-    for name, values in (("as served (SURE_SCORE)", served), ("short-range kept when found", before)):
-        right = np.array(values) >= 0.5
-        shares = [right[(sizes >= a) & (sizes < b)].mean() for a, b in BANDS]
-        widths = [len(f"{a}-{b - 1}px") for a, b in BANDS]
-        bands = " ".join(f"{share:.2f}".rjust(width) for share, width in zip(shares, widths, strict=True))
-        print(name.ljust(34), f"{right.mean():.3f}", bands)
+    print(f"{args.split} faces; {args.n} scenes, {len(close)} close crops, {len(empty)} faceless backgrounds")
+    print("cascade".ljust(22), "scenes", " ".join(f"{a}-{b - 1}px" for a, b in BANDS), "close crops", "faceless: false")
+    for name, rule in rules.items():
+        hits = np.array(right[name])
+        shares = [hits[(sizes >= a) & (sizes < b)].mean() for a, b in BANDS]
+        bands = " ".join(f"{v:.2f}".rjust(len(f"{a}-{b - 1}px")) for v, (a, b) in zip(shares, BANDS, strict=True))
+        crops = np.mean([rule(picture) is not None for picture in close])
+        false = np.mean([rule(picture) is not None for picture in empty])
+        print(name.ljust(22), f"{hits.mean():.3f} ", bands, f"{crops:.3f}".rjust(11), f"{false:.3f}".rjust(15))
 
 
 if __name__ == "__main__":

@@ -69,6 +69,37 @@ def test_a_doubtful_short_range_detection_is_weighed_against_the_full_range_one(
     assert iou(found.box, expected) >= 0.5, (found, expected)
 
 
+def test_a_small_face_in_a_large_picture_is_found_on_tiles(cropper, portrait, monkeypatch):
+    """The portrait 160 px wide (the face about 60 px) on a 1280x960 canvas: shrunk to 640 px for the whole-picture
+    passes, the face is 30 px and neither model finds it; the short-range one on 320 px tiles of the picture at
+    1280 px does (the multi-face search's tiles; research.single_subject: 64-95 px faces 39% -> 100%)."""
+    from research.measure_faces import iou
+    from serving.pipeline import detect
+
+    width = 160
+    canvas = Image.new("RGB", (1280, 960), (200, 200, 200))
+    canvas.paste(portrait.resize((width, round(width * 600 / 512))), (300, 200))
+    k = width / 512
+    expected = tuple(v * k + offset for v, offset in zip(cropper.detect(portrait).box, (300, 200) * 2, strict=True))
+    found = cropper.detect(canvas)
+    assert found is not None and iou(found.box, expected) >= 0.5, (found, expected)
+    assert model_inputs_ok(cropper(canvas))
+    monkeypatch.setattr(detect.FaceCropper, "_small_faces", lambda self, image: [])
+    assert cropper.detect(canvas) is None  # the whole-picture passes alone
+
+
+def test_the_bordered_retry_is_kept_only_when_sure_enough(cropper, monkeypatch):
+    """A faceless background (research.measure_faces.background, seed 14) on which the retry with a black border
+    "finds" a face filling the frame at 0.61, as it did on 17-25% of such backgrounds (research.single_subject)."""
+    from research.measure_faces import background
+    from serving.pipeline import detect
+
+    empty = background(np.random.default_rng(14))
+    assert cropper.detect(empty) is None and cropper(empty) is None
+    monkeypatch.setattr(detect, "CLOSE_CROP_MIN_SCORE", 0.5)
+    assert 0.5 <= cropper.detect(empty).score < 0.65  # what the retry alone gives
+
+
 def test_finds_the_portrait_face(cropper, portrait):
     face = cropper(portrait)
     assert face is not None

