@@ -319,6 +319,33 @@ def test_the_client_waits_out_the_doors_rate_limit_instead_of_halving_or_giving_
         assert time.monotonic() - started >= 0.9
 
 
+def test_a_stop_in_time_leaves_nothing_of_the_group_either():
+    """A group leader that exits at once on the stop signal, leaving a child in its group: a test run once left a
+    door worker listening on its ports after its master had exited in time, so nothing killed the group."""
+    import signal
+    import subprocess
+
+    from serving.runtime.subproc import stop_process
+
+    leader = subprocess.Popen(
+        ["sh", "-c", "trap 'exit 0' QUIT; sleep 60 & echo $!; wait"], stdout=subprocess.PIPE, start_new_session=True
+    )
+    child = int(leader.stdout.readline())
+    stop_process(leader, timeout=30, sig=signal.SIGQUIT, group=True)
+    assert leader.returncode == 0  # it exited by itself, well within the timeout
+    deadline = time.monotonic() + 5  # the orphan is reaped by init a moment after its SIGKILL
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            break
+        if state == "Z":
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"the leader's child {child} outlived the stop")
+
+
 def test_a_stop_past_its_drain_timeout_leaves_no_nginx_worker(tmp_path):
     # A client trickling a body keeps a worker busy after the graceful stop signal (up to the 10 s body read timeout);
     # when the drain times out, the master is killed, and its workers must go with it, not linger as orphans.

@@ -6,22 +6,45 @@ import contextlib
 import os
 import signal
 import subprocess
+import time
 
 
 def stop_process(proc: subprocess.Popen, *, timeout: float, sig: int = signal.SIGTERM, group: bool = False) -> None:
     """Sends ``sig``, waits up to ``timeout`` seconds for an exit, then kills; the process is reaped either way.
 
-    ``group``: the kill takes the process's whole group too when the process leads one (started in its own
-    session), since children such as nginx's workers outlive a killed parent. Only while the parent is unreaped
-    does its pid still name that group, so this is done before the parent's ``wait``.
+    ``group``: whatever is left in the process's group once it has exited or been killed is killed too, when the
+    process leads one (started in its own session): children such as nginx's workers outlive a killed parent, and
+    a test run once left a door worker listening on its ports after its master had exited. Only while the parent
+    is unreaped does its pid still name that group (it cannot be reused), so the parent is reaped last.
     """
     proc.send_signal(sig)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        if group:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                if os.getpgid(proc.pid) == proc.pid:
-                    os.killpg(proc.pid, signal.SIGKILL)
+    if not group:
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        return
+    leads = False
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            leads = os.getpgid(proc.pid) == proc.pid
+    deadline = time.monotonic() + timeout
+    while not _exited_unreaped(proc) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if leads and proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # stragglers, or everything when the timeout ran out
+    with contextlib.suppress(ProcessLookupError):
         proc.kill()
-        proc.wait()
+    proc.wait()
+
+
+def _exited_unreaped(proc: subprocess.Popen) -> bool:
+    """Whether the child has exited, leaving it a zombie (``WNOWAIT``) so that its pid stays its own."""
+    if proc.returncode is not None:
+        return True  # reaped already (by an earlier poll): nothing of its group can be named any more
+    try:
+        return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
