@@ -324,15 +324,21 @@ def test_a_stop_in_time_leaves_nothing_of_the_group_either():
     door worker listening on its ports after its master had exited in time, so nothing killed the group."""
     import signal
     import subprocess
+    import sys
 
     from serving.runtime.subproc import stop_process
 
-    leader = subprocess.Popen(
-        ["sh", "-c", "trap 'exit 0' QUIT; sleep 60 & echo $!; wait"], stdout=subprocess.PIPE, start_new_session=True
+    # The leader unblocks SIGQUIT itself: a signal mask is inherited, and it must not depend on this process's.
+    code = (
+        "import os, signal, subprocess; signal.signal(signal.SIGQUIT, lambda *_: os._exit(0)); "
+        "signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGQUIT]); "
+        "print(subprocess.Popen(['sleep', '60']).pid, flush=True); signal.pause()"
     )
+    leader = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, start_new_session=True)
     child = int(leader.stdout.readline())
+    started = time.monotonic()
     stop_process(leader, timeout=30, sig=signal.SIGQUIT, group=True)
-    assert leader.returncode == 0  # it exited by itself, well within the timeout
+    assert leader.returncode == 0, (leader.returncode, time.monotonic() - started)  # exited by itself, in time
     deadline = time.monotonic() + 5  # the orphan is reaped by init a moment after its SIGKILL
     while time.monotonic() < deadline:
         try:

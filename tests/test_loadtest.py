@@ -111,7 +111,7 @@ def test_locust_exits_by_itself(tmp_path, triton_tiny):
         started = time.monotonic()
         try:
             done, prefix = _locust(
-                tmp_path / str(run), "TritonGrpcUser", triton_tiny, "--path", "crop", users=8, seconds=2, timeout=60
+                tmp_path / str(run), "TritonGrpcUser", triton_tiny, "--path", "crop", users=8, seconds=4, timeout=60
             )
         except subprocess.TimeoutExpired as err:
             pytest.fail(f"run {run + 1}: still running after {err.timeout:.0f} s:\n{(err.stderr or b'')[-2000:]!r}")

@@ -30,9 +30,11 @@ def stop_process(proc: subprocess.Popen, *, timeout: float, sig: int = signal.SI
         with contextlib.suppress(ProcessLookupError, PermissionError):
             leads = os.getpgid(proc.pid) == proc.pid
     deadline = time.monotonic() + timeout
-    while not _exited_unreaped(proc) and time.monotonic() < deadline:
+    state = _state(proc)
+    while state == "running" and time.monotonic() < deadline:
         time.sleep(0.02)
-    if leads and proc.returncode is None:
+        state = _state(proc)
+    if leads and state != "reaped":
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)  # stragglers, or everything when the timeout ran out
     with contextlib.suppress(ProcessLookupError):
@@ -40,11 +42,12 @@ def stop_process(proc: subprocess.Popen, *, timeout: float, sig: int = signal.SI
     proc.wait()
 
 
-def _exited_unreaped(proc: subprocess.Popen) -> bool:
-    """Whether the child has exited, leaving it a zombie (``WNOWAIT``) so that its pid stays its own."""
+def _state(proc: subprocess.Popen) -> str:
+    """``running``; ``exited``, left a zombie (``WNOWAIT``) so that its pid still names its group; or ``reaped``
+    (by an earlier poll, or by someone else's wait), when the pid may name another process already."""
     if proc.returncode is not None:
-        return True  # reaped already (by an earlier poll): nothing of its group can be named any more
+        return "reaped"
     try:
-        return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        return "running" if os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None else "exited"
     except ChildProcessError:
-        return True
+        return "reaped"
