@@ -44,6 +44,9 @@ COPY serving/pipeline/backends/openvino_savedmodel/ /opt/tritonserver/backends/o
 # 3.12. The Python models import `common` and `serving.pipeline` (the code that runs inside
 # Triton) and nothing else; serving/runtime/ comes too, for the gate in front of Triton (below). Training, ops,
 # client and research code stay out of the image.
+# Load-bearing: a Python backend stub whose interpreter runs isolated (as the 2.51 wheel's does, which ignores
+# PYTHONPATH) finds `common` and `serving` only through sys.path's '', its working directory, Triton's: this one
+# (compose and the KServe runtime set no other). PYTHONPATH below serves a stub that reads the environment.
 WORKDIR /opt/agegender
 COPY common/ common/
 COPY serving/__init__.py serving/__init__.py

@@ -288,3 +288,17 @@ def test_triton_image_runs_unprivileged_and_can_fill_its_cache_volume(compose_cp
     cache = compose_cpu["services"]["triton"]["environment"]["AGEGENDER_OV_CACHE"]
     chown = next(i for i, line in enumerate(lines) if "chown 1000:1000 /var/cache/agegender" in line)
     assert cache.startswith("/var/cache/agegender/") and chown < lines.index("USER 1000:1000")
+
+
+def test_the_python_models_find_the_project_in_the_working_directory(compose):
+    # The 2.51 stub's Python runs isolated and ignores PYTHONPATH (serving/runtime/server.py); a stub like it finds
+    # `common` and `serving` only through sys.path's '', Triton's working directory: the image's WORKDIR, where they
+    # are copied, and which neither compose nor the KServe runtime replaces.
+    lines = _dockerfile_lines(ROOT / "docker" / "triton.Dockerfile")
+    final = lines[max(i for i, line in enumerate(lines) if line.startswith("FROM ")) :]
+    (workdir,) = [line.split()[1] for line in final if line.startswith("WORKDIR ")]
+    copied = {line.split()[2].rstrip("/") for line in final if line.startswith("COPY ") and "--from" not in line}
+    assert {"common", "serving/pipeline", "serving/runtime"} <= copied and workdir == "/opt/agegender"
+    assert "working_dir" not in compose["services"]["triton"]
+    runtime = yaml.safe_load((ROOT / "deploy" / "kserve" / "base" / "servingruntime.yaml").read_text())
+    assert all("workingDir" not in c for c in runtime["spec"]["containers"])

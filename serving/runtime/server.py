@@ -201,7 +201,10 @@ class TritonServer:
     def command(self) -> tuple[list[str], dict[str, str]]:
         """The command line and environment ``start()`` uses."""
         env = dict(os.environ)
-        # Python models import `serving` and `common` from the project root.
+        # Python models import `serving` and `common` from the project root. The 2.51 wheel's stub runs its Python
+        # isolated (sys.flags.isolated 1, checked 2026-12-06), so it ignores PYTHONPATH and finds them through the
+        # editable install (`make setup`) and its working directory (sys.path's ''), Triton's, which is ours; a stub
+        # that reads the environment finds them here.
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(binary.ROOT), env.get("PYTHONPATH")]))
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         # Compiled models are cached per machine and loaded on later starts (ov_runtime.py); an operator's own
