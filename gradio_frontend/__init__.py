@@ -4,6 +4,11 @@
 upload folder (gradio_frontend/uploads.py) before anything imports gradio.
 """
 
+from common.grpc_fork import disable_grpc_fork_handlers
+
+# Before the page imports gRPC: `--serve-triton` starts the server's children from this process.
+disable_grpc_fork_handlers()
+
 __all__ = ["build_app"]
 
 

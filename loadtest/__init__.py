@@ -1,1 +1,5 @@
 """Load tests and serving benchmarks of the Triton deployment."""
+
+from common.grpc_fork import disable_grpc_fork_handlers
+
+disable_grpc_fork_handlers()  # before any module here imports gRPC and starts a server's children

@@ -17,6 +17,11 @@ import signal
 import subprocess
 from collections.abc import Callable
 
+from common.grpc_fork import disable_grpc_fork_handlers
+
+# Before anything here imports gRPC: a child forked by a process with gRPC's fork handlers on can die before its exec.
+disable_grpc_fork_handlers()
+
 try:
     _prctl = ctypes.CDLL(None).prctl  # looked up here: the child between fork and exec should do as little as possible
 except (OSError, AttributeError):
