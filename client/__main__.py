@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -78,11 +80,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.all_faces and args.no_detect:
         # Every face needs detection; a crop is one face already (the web page's unticked "Detect face" wins there).
         parser.error("--all-faces finds the faces in a photo and --no-detect says the image is one face: give one")
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when a caller has its own
+        signal.signal(signal.SIGINT, _on_interrupt)
     try:
         return _run(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
+        # Exiting anyway: one more Ctrl-C during the interpreter's shutdown, whose default handler is back by then,
+        # would end it as killed by SIGINT instead of with this code.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         return 130
+
+
+def _on_interrupt(signum, frame) -> None:
+    """The first Ctrl-C stops the work: the client closes and "interrupted" is printed. A second one while it closes
+    (up to 30 s over gRPC, for requests given up on) ends the process at once, where it used to print a traceback."""
+    signal.signal(signal.SIGINT, lambda *_: os._exit(130))
+    raise KeyboardInterrupt
+
+
+def _quiet_gevent_interrupts() -> None:
+    """tritonclient.http runs on gevent, whose hub prints an interrupt it sees ("KeyboardInterrupt" and a timestamp)
+    before passing it on: Ctrl-C over HTTP printed those two lines above "interrupted". Still passed on, unprinted."""
+    gevent = sys.modules.get("gevent")
+    if gevent is not None:
+        hub = gevent.get_hub()
+        hub.NOT_ERROR = (*hub.NOT_ERROR, KeyboardInterrupt)
 
 
 def _run(args) -> int:
@@ -98,6 +121,7 @@ def _run(args) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_SERVER
+    _quiet_gevent_interrupts()  # the HTTP transport has loaded gevent by now
     with client:
         try:
             if args.all_faces:

@@ -761,3 +761,29 @@ def test_a_rate_limited_or_slow_batch_size_question_fails_no_image_and_is_asked_
             assert [r.age for r in client.predict_many(list(AGES))] == list(AGES.values())
     # The client's own 5 while the server does not say; its 2 once it did, kept without asking again.
     assert [len(call) for call in fake.calls] == [5, 5, 2, 2, 1, 2, 2, 1]
+
+
+@pytest.mark.parametrize(("protocol", "signals"), [("http", 1), ("http", 2), ("grpc", 2)])
+def test_ctrl_c_prints_one_line_however_often_it_is_pressed(protocol, signals):
+    """Against a server that accepts and never answers: over HTTP gevent's hub printed "KeyboardInterrupt" and a
+    timestamp above the CLI's line, and a second Ctrl-C while the client closed printed a traceback."""
+    import signal
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    cmd = [sys.executable, "-m", "client", str(GRACE), "--url", f"127.0.0.1:{port}", "--protocol", protocol]
+    proc = subprocess.Popen([*cmd, "--timeout", "60"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        listener.settimeout(60)
+        held, _ = listener.accept()  # the request is on its way and waits for an answer that never comes
+        time.sleep(0.3)
+        for _ in range(signals):
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.05)
+        _, err = proc.communicate(timeout=60)
+        held.close()
+    finally:
+        proc.kill()
+        listener.close()
+    assert proc.returncode == 130 and err == "interrupted\n", (proc.returncode, err[-2000:])
