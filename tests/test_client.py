@@ -773,7 +773,10 @@ def test_ctrl_c_prints_one_line_however_often_it_is_pressed(protocol, signals):
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     cmd = [sys.executable, "-m", "client", str(GRACE), "--url", f"127.0.0.1:{port}", "--protocol", protocol]
-    proc = subprocess.Popen([*cmd, "--timeout", "60"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    # A test run started as a shell's background job ignores SIGINT, and a child inherits that (Python then keeps
+    # ignoring it): the default restored, as in a terminal.
+    default = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    proc = subprocess.Popen([*cmd, "--timeout", "60"], cwd=ROOT, stderr=subprocess.PIPE, text=True, preexec_fn=default)
     try:
         listener.settimeout(60)
         held, _ = listener.accept()  # the request is on its way and waits for an answer that never comes
