@@ -85,7 +85,7 @@ def test_publish_as_triton_reads_it_and_never_overwrites(aws_env, tmp_path):
     assert {"age/1", "gender/1"}.isdisjoint(published) and {f"age/{age_v}", f"gender/{gender_v}"} <= published
     assert f"age/{age_v}/model.openvino/key.json" in keys and f"gender/{gender_v}/model.openvino/model.bin" in keys
     assert "skip     age/1/ (not served by its configs" in out.getvalue()
-    assert {"age/1", "gender/1"} <= set(plan(repo, [], all_versions=True).new_versions)
+    assert {"age/1", "gender/1"} <= set(plan(repo, {}, all_versions=True).new_versions)
     # Same versions again: refused before anything is written.
     with pytest.raises(storage.StorageError, match=f"refusing to overwrite.*age/{age_v}"):
         publish(repo, uri, out=io.StringIO())

@@ -148,26 +148,24 @@ class Plan:
     unserved: list[str] = field(default_factory=list)  # "model/version" left out: no config serves it
 
 
-def _same_size(path: Path | None, size: int | None) -> bool:
-    """Whether the bucket's object, of ``size`` bytes, is ``path``'s size; an unknown size (a bare key list) counts as
-    the same. Not the ETag: it is the MD5 of the bytes only for a single-part upload without KMS or customer-key
-    encryption (boto3 sends files over 8 MiB, the weights, in parts)."""
-    return size is None or size == (path.stat().st_size if path is not None else 0)
+def _same_size(path: Path | None, size: int) -> bool:
+    """Whether the bucket's object, of ``size`` bytes, is ``path``'s size. Not the ETag: it is the MD5 of the bytes
+    only for a single-part upload without KMS or customer-key encryption (boto3 sends files over 8 MiB, the weights,
+    in parts)."""
+    return size == (path.stat().st_size if path is not None else 0)
 
 
 def plan(
     repository: Path,
-    remote: dict[str, int | None] | list[str],
+    remote: dict[str, int],
     *,
     all_versions: bool = False,
     read_remote=None,
 ) -> Plan:
-    """``remote``: the bucket's objects under the prefix and their sizes (storage.list_objects), or only their keys.
+    """``remote``: the bucket's objects under the prefix and their sizes (storage.list_objects).
     ``read_remote`` (key -> bytes): how a model's own files in the bucket are read, to compare them byte for byte
     (they are small: configs, warm-up data); None compares sizes only."""
     repository = Path(repository)
-    if not isinstance(remote, dict):
-        remote = dict.fromkeys(remote)
     remote_versions = {"/".join(k.split("/")[:2]) for k in remote if k.count("/") >= 2}
     result = Plan()
     for model in sorted(p for p in repository.iterdir() if p.is_dir() and not _skipped(p.name)):
