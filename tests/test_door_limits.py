@@ -340,16 +340,9 @@ def test_a_stop_in_time_leaves_nothing_of_the_group_either():
     stop_process(leader, timeout=30, sig=signal.SIGQUIT, group=True)
     assert leader.returncode == 0, (leader.returncode, time.monotonic() - started)  # exited by itself, in time
     deadline = time.monotonic() + 5  # the orphan is reaped by init a moment after its SIGKILL
-    while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except FileNotFoundError:
-            break
-        if state == "Z":
-            break
+    while _running(child) and time.monotonic() < deadline:
         time.sleep(0.05)
-    else:
-        pytest.fail(f"the leader's child {child} outlived the stop")
+    assert not _running(child), f"the leader's child {child} outlived the stop"
 
 
 def test_a_stop_past_its_drain_timeout_leaves_no_nginx_worker(tmp_path):
