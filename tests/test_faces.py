@@ -51,6 +51,15 @@ def _eye_roll_degrees(det: Detection) -> float:
     return math.degrees(math.atan2(by - ay, bx - ax))
 
 
+def on_canvas(cropper, portrait, size, *, width: int, at: tuple[int, int]):
+    """The portrait ``width`` px wide pasted at ``at`` on a plain grey canvas of ``size``, and where the box the
+    detector gives on the portrait alone lands on it."""
+    canvas = Image.new("RGB", size, (200, 200, 200))
+    canvas.paste(portrait.resize((width, round(width * portrait.height / portrait.width))), at)
+    k = width / portrait.width
+    return canvas, tuple(v * k + offset for v, offset in zip(cropper.detect(portrait).box, at * 2, strict=True))
+
+
 def test_a_doubtful_short_range_detection_is_weighed_against_the_full_range_one(cropper, portrait):
     """The portrait 400 px wide on a 2000x1333 canvas: the short-range detector gives a loose box at 0.61, which was
     kept (the answer came out male, 0.18, where the faces path said female, 0.93); the full-range one gives the face
@@ -58,13 +67,8 @@ def test_a_doubtful_short_range_detection_is_weighed_against_the_full_range_one(
     from research.measure_faces import iou
     from serving.pipeline import detect
 
-    width = 400
-    canvas = Image.new("RGB", (2000, 1333), (200, 200, 200))
-    canvas.paste(portrait.resize((width, round(width * 600 / 512))), (1000, 100))
-    own = cropper.detect(portrait)
-    assert own.score >= detect.SURE_SCORE  # alone, the portrait needs no second detector
-    k = width / 512
-    expected = tuple(v * k + offset for v, offset in zip(own.box, (1000, 100, 1000, 100), strict=True))
+    assert cropper.detect(portrait).score >= detect.SURE_SCORE  # alone, the portrait needs no second detector
+    canvas, expected = on_canvas(cropper, portrait, (2000, 1333), width=400, at=(1000, 100))
     found = cropper.detect(canvas)
     assert iou(found.box, expected) >= 0.5, (found, expected)
 
@@ -76,11 +80,7 @@ def test_a_small_face_in_a_large_picture_is_found_on_tiles(cropper, portrait, mo
     from research.measure_faces import iou
     from serving.pipeline import detect
 
-    width = 160
-    canvas = Image.new("RGB", (1280, 960), (200, 200, 200))
-    canvas.paste(portrait.resize((width, round(width * 600 / 512))), (300, 200))
-    k = width / 512
-    expected = tuple(v * k + offset for v, offset in zip(cropper.detect(portrait).box, (300, 200) * 2, strict=True))
+    canvas, expected = on_canvas(cropper, portrait, (1280, 960), width=160, at=(300, 200))
     found = cropper.detect(canvas)
     assert found is not None and iou(found.box, expected) >= 0.5, (found, expected)
     assert model_inputs_ok(cropper(canvas))
