@@ -11,7 +11,7 @@ Three kinds of picture, with faces from one split of UTKFace (as ``training.data
 - faceless: the backgrounds alone (``--n`` / 2 of them); any face found is a false one.
 
 Each is printed for the cascade as served and for the one before it (2026-12-06: no tile pass, the bordered retry
-kept from 0.5), from the same detector runs.
+kept from 0.5), on the same pictures.
 """
 
 from __future__ import annotations
