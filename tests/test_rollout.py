@@ -17,6 +17,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -154,7 +156,7 @@ def test_rollout_and_rollback_under_load_without_a_failed_request(tmp_path, monk
             assert "now serving version(s) [1]" in cli.stdout
             status = _status(server.http_url)
             assert status.returncode == 0 and "age: ready versions [1]" in status.stdout, status.stderr
-            assert "pinned until Triton restarts" in cli.stderr  # what a pin does not survive
+            assert "a new start serves the repository's newest again" in cli.stderr  # what a pin does not survive
             status = _status(server.http_url, env={k: v for k, v in os.environ.items() if k != "TRITON_ADMIN_KEY"})
             assert status.returncode == 1 and "Traceback" not in status.stderr, status.stderr
             assert "needs the admin key: set TRITON_ADMIN_KEY" in status.stderr
@@ -178,6 +180,63 @@ def test_rollout_and_rollback_under_load_without_a_failed_request(tmp_path, monk
     assert any(rollback_start <= s <= rollback_done for s, _ in log), "no request during the rollback"
     print(f"\n{len(log)} requests in {duration:.1f} s, 0 failed; {len(during)} sent during the rollout")
     assert len(log) > 100
+
+
+def _age_answer(server: TritonServer) -> float:
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(server.internal_http_url)
+    side = spec.image_size("age")
+    inp = httpclient.InferInput(spec.INPUT_NAME, [1, side, side, 3], "UINT8")
+    inp.set_data_from_numpy(np.zeros((1, side, side, 3), np.uint8))
+    try:
+        return float(client.infer("age", [inp], headers=server.internal_headers()).as_numpy(spec.AGE_OUTPUT)[0, 0])
+    finally:
+        client.close()
+
+
+def test_a_rollback_outlives_a_crash_of_triton(tmp_path, monkeypatch):
+    """The launcher restarts a crashed Triton; it must serve the version rolled back to, not the repository's
+    newest, and the door must refuse requests (saying why) until it does (serving/runtime/pins.py)."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    from serving.runtime import door, pins
+
+    monkeypatch.setenv("TRITON_ADMIN_KEY", secrets.token_urlsafe(16))
+    repo = tmp_path / "model_repository"
+    (repo / "age").mkdir(parents=True)
+    shutil.copy(ROOT / "model_repository" / "age" / "config.pbtxt", repo / "age")
+    shutil.copytree(ROOT / "model_repository" / "age" / "configs", repo / "age" / "configs")
+    export_constant(repo, 1.0)
+    export_constant(repo, 2.0)
+    server = TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, extra_args=CONTROL_ARGS["explicit"])
+    with server:
+        assert _age_answer(server) == 2.0
+        assert switch(server.http_url, "age", 1) == [1]
+        deadline = time.monotonic() + 4 * pins.POLL_S + 10
+        while server._served.served.get("age") != 1:  # recorded within POLL_S
+            assert time.monotonic() < deadline, server._served.served
+            time.sleep(0.1)
+        os.kill(server._proc.pid, 11)
+        while not server.events:
+            assert time.monotonic() < deadline + 60, "the crash was not noticed"
+            time.sleep(0.01)
+        # Restarting: readiness and every call say so, over HTTP and gRPC, until version 1 serves again.
+        request = urllib.request.Request(f"http://{server.http_url}/v2/health/ready")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=10)
+        assert refused.value.code == 503 and door.RESTARTING in refused.value.read().decode()
+        with pytest.raises(InferenceServerException, match="restarting after a crash") as unavailable:
+            grpcclient.InferenceServerClient(server.grpc_url).is_server_ready()
+        assert unavailable.value.status() == "StatusCode.UNAVAILABLE"
+        while not (server.restarts and server.is_ready()):
+            assert time.monotonic() < deadline + 120, server.logs(30)
+            time.sleep(0.1)
+        assert _age_answer(server) == 1.0
+        assert any("age: version 1 served again after the restart" in e for e in server.events), server.events
+        status = _status(server.http_url)
+        assert status.returncode == 0 and "age: ready versions [1]" in status.stdout, status.stderr
 
 
 @pytest.mark.parametrize("extra", [[], ["--status"], ["--version", "1"]])

@@ -14,10 +14,11 @@ finish, then unloads it. A version that fails to load leaves the old one serving
 - Rollout: the model loaded again from the repository as it stands, its config there included (so a config
   published with the new version takes effect) and the version(s) that config serves: the newest.
 - Rollback/pin: the model's current config with ``version_policy: specific [N]``, sent as the
-  load request's ``config`` override; nothing in the repository is edited. So a pin lasts until Triton
-  restarts (a crash the launcher restarts it from, a pod scaled from zero): Triton then serves what the
-  repository says again. A rollback that must last is a repository whose newest version is the one wanted
-  (on S3, a release prefix; deploy/kserve/README.md).
+  load request's ``config`` override; nothing in the repository is edited, and Triton keeps the override in
+  memory only. The launcher keeps it across the restarts of a crashed Triton (serving/runtime/pins.py: it serves
+  the versions it served before the crash again); a new start (``make serve`` again, a pod scaled from zero) serves
+  what the repository says. A rollback that must outlast that is a repository whose newest version is the one
+  wanted (on S3, a release prefix; deploy/kserve/README.md).
 
 The repository API is an admin API: when the server restricts it (issue #7,
 ``--http-restricted-api=model-repository,...:admin-key=<secret>``), the secret is
@@ -45,13 +46,15 @@ def admin_headers() -> dict[str, str]:
     return {ADMIN_HEADER: key} if key else {}
 
 
-def ready_versions(client, model: str) -> list[int]:
-    """Versions of ``model`` that are READY now, from the repository index."""
-    index = client.get_model_repository_index(headers=admin_headers())
+def ready_versions(client, model: str, headers: dict[str, str] | None = None) -> list[int]:
+    """Versions of ``model`` that are READY now, from the repository index (``headers``: as :func:`switch`)."""
+    index = client.get_model_repository_index(headers=admin_headers() if headers is None else headers)
     return sorted(int(m["version"]) for m in index if m.get("name") == model and m.get("state") == "READY")
 
 
-def switch(url: str, model: str, version: int | None = None, *, timeout: float = 300) -> list[int]:
+def switch(
+    url: str, model: str, version: int | None = None, *, timeout: float = 300, headers: dict[str, str] | None = None
+) -> list[int]:
     """Makes ``model`` serve ``version`` (None: the newest in the repository); returns the ready versions after.
 
     Args:
@@ -59,24 +62,28 @@ def switch(url: str, model: str, version: int | None = None, *, timeout: float =
         model: The model to switch (``age``, ``gender``...).
         version: The version to pin, or None for the newest.
         timeout: Seconds the load may take (a model loads beside the serving one first).
+        headers: What each call carries; None: the admin key from env TRITON_ADMIN_KEY (the launcher, which pins
+            again after a restart, passes its own key: serving/runtime/pins.py).
     """
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
+    if headers is None:
+        headers = admin_headers()
     client = httpclient.InferenceServerClient(url, connection_timeout=timeout, network_timeout=timeout)
     try:
         try:
             # The CNNs are internal models: the door shows their config to admins only (docs/security.md).
-            config = client.get_model_config(model, headers=admin_headers())
+            config = client.get_model_config(model, headers=headers)
         except InferenceServerException as err:
-            hint = "" if admin_headers() else f" (an internal model's config needs the admin key: set {ADMIN_KEY_ENV})"
+            hint = "" if headers else f" (an internal model's config needs the admin key: set {ADMIN_KEY_ENV})"
             raise RolloutError(f"cannot read the config of {model!r} at {url}{hint}: {err}") from None
         override = None
         if version is not None:
             config["version_policy"] = {"specific": {"versions": [int(version)]}}
             override = json.dumps(config)
         try:
-            client.load_model(model, headers=admin_headers(), config=override)
+            client.load_model(model, headers=headers, config=override)
         except InferenceServerException as err:
             hint = ""
             if "explicit" in str(err) or "polling" in str(err):
@@ -85,11 +92,11 @@ def switch(url: str, model: str, version: int | None = None, *, timeout: float =
                 hint = f" (the repository API is restricted: set {ADMIN_KEY_ENV})"
             raise RolloutError(f"Triton refused to load {model!r}{hint}: {err}") from None
         deadline = time.monotonic() + timeout
-        while not client.is_model_ready(model, str(version or ""), headers=admin_headers()):
+        while not client.is_model_ready(model, str(version or ""), headers=headers):
             if time.monotonic() > deadline:
                 raise RolloutError(f"{model!r} version {version or 'latest'} is not ready after {timeout:.0f} s")
             time.sleep(0.2)
-        return ready_versions(client, model)
+        return ready_versions(client, model, headers)
     finally:
         client.close()
 
@@ -132,7 +139,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"{args.model}: now serving version(s) {ready}")
     if args.version is not None:
-        print("note: pinned until Triton restarts, which then serves the repository's newest again", file=sys.stderr)
+        print(
+            "note: pinned while this server runs (the launcher pins it again after a crash); a new start serves "
+            "the repository's newest again",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -23,10 +23,11 @@ Limits, per request:
 * JSON: the JSON part of an HTTP request (the whole body, or the header part of the binary-data extension given by
   ``Inference-Header-Content-Length``) is at most :data:`MAX_JSON_BYTES`, else HTTP 413 (see there).
 
-Readiness and draining (:class:`Door`): while the file ``unready`` exists in the prefix,
+Readiness, draining and restarts (:class:`Door`): while the file ``unready`` exists in the prefix,
 ``/v2/health/ready`` answers 503 and inference is still served; while ``draining`` exists every new
 request gets 503 (gRPC UNAVAILABLE), and a graceful ``nginx`` stop (SIGQUIT) then lets every accepted
-request finish before it exits.
+request finish before it exits. While ``restarting`` exists (a crashed Triton being restarted, until it serves the
+versions it served before: serving/runtime/pins.py) every new request gets 503 / UNAVAILABLE saying so.
 """
 
 from __future__ import annotations
@@ -53,6 +54,10 @@ try:
 except ImportError:  # not POSIX
     resource = None
 
+#: What a refused request reads while the server stops (flag ``draining``) and while a crashed Triton is restarted
+#: (flag ``restarting``); both are 503 / gRPC UNAVAILABLE, which callers may retry.
+SHUTTING_DOWN = "server is shutting down"
+RESTARTING = "Triton is restarting after a crash; retry in a few seconds"
 #: Largest request body of images the door accepts: a full batch must average 2 MiB per image. Same value as
 #: Triton's own --http-max-input-size default in the releases that have that flag.
 REQUEST_MAX_BYTES = 64 * 2**20
@@ -256,7 +261,8 @@ def nginx_config(
             [
                 f'if ($compressed) {{ return 415 \'{{"error":"{COMPRESSED}"}}\'; }}',
                 f'if (${json_too_long}) {{ return 413 \'{{"error":"{_JSON_TOO_LONG}"}}\'; }}',
-                f'if (-f {prefix}/draining) {{ return 503 \'{{"error":"server is shutting down"}}\'; }}',
+                f'if (-f {prefix}/draining) {{ return 503 \'{{"error":"{SHUTTING_DOWN}"}}\'; }}',
+                f'if (-f {prefix}/restarting) {{ return 503 \'{{"error":"{RESTARTING}"}}\'; }}',
             ]
         )
 
@@ -270,12 +276,18 @@ def nginx_config(
             "        add_header content-type application/grpc always;",
             "        return 200;",
             "    }",
-            f"    if (-f {prefix}/draining) {{",
-            "        add_header grpc-status 14 always;",
-            '        add_header grpc-message "server is shutting down" always;',
-            "        add_header content-type application/grpc always;",
-            "        return 200;",
-            "    }",
+            *(
+                line
+                for flag, message in (("draining", SHUTTING_DOWN), ("restarting", RESTARTING))
+                for line in (
+                    f"    if (-f {prefix}/{flag}) {{",
+                    "        add_header grpc-status 14 always;",
+                    f'        add_header grpc-message "{message}" always;',
+                    "        add_header content-type application/grpc always;",
+                    "        return 200;",
+                    "    }",
+                )
+            ),
             f"    {strip}",
             f"    {grpc_key}",
             # The first grpc-encoding header only is checked above: none is passed on, so a second one (identity,
@@ -375,8 +387,9 @@ def nginx_config(
                 error_page 413 @too_large;
                 error_page 429 @too_many;
                 location = /v2/health/ready {{
-                    if (-f {prefix}/unready) {{ return 503 '{{"error":"server is shutting down"}}'; }}
-                    if (-f {prefix}/draining) {{ return 503 '{{"error":"server is shutting down"}}'; }}
+                    if (-f {prefix}/unready) {{ return 503 '{{"error":"{SHUTTING_DOWN}"}}'; }}
+                    if (-f {prefix}/draining) {{ return 503 '{{"error":"{SHUTTING_DOWN}"}}'; }}
+                    if (-f {prefix}/restarting) {{ return 503 '{{"error":"{RESTARTING}"}}'; }}
                     proxy_pass http://triton_http;
                     proxy_http_version 1.1;
                     proxy_set_header Connection "";
@@ -497,6 +510,9 @@ class Door:
 
     def set_flag(self, name: str) -> None:
         (self.prefix / name).touch()
+
+    def clear_flag(self, name: str) -> None:
+        (self.prefix / name).unlink(missing_ok=True)
 
     def stop(self, timeout: float) -> None:
         """Graceful stop: listeners close, accepted requests finish (up to ``timeout`` s), then exit; past the

@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 
 from serving.pipeline.backends.openvino_savedmodel import ov_runtime
-from serving.runtime import binary, children, command, door, first_load, ports, security, shm_guard, storage
+from serving.runtime import binary, children, command, door, first_load, pins, ports, security, shm_guard, storage
 from serving.runtime.errors import TritonStartError
 from serving.runtime.gate_process import GateProcess
 from serving.runtime.reaper import SHM_DIR, remove_segments
@@ -145,6 +145,8 @@ class TritonServer:
             stopping=self._stopping,
             report=self._event,
         )
+        # The versions Triton serves, served again after a crash restart (a rollback must not undo itself then).
+        self._served = pins.ServedVersions(triton_http=self._triton_http, pin=self._pin, report=self._event)
 
     @property
     def later_load_delay_s(self) -> float:
@@ -419,6 +421,32 @@ class TritonServer:
         except urllib.error.HTTPError as err:
             return err.code, err.read()
 
+    def _pin(self, model: str, version: int) -> None:
+        """Makes the running Triton serve ``version`` of ``model``, as ``serving.ops.rollout --version`` does."""
+        from serving.ops import rollout  # tritonclient: only when a restart has a version to pin again
+
+        # Triton's own port: the admin key for the repository API, the internal key for the model's config.
+        headers = {**self.internal_headers(), **({security.ADMIN_HEADER: self.admin_key} if self.admin_key else {})}
+        rollout.switch(self.internal_http_url, model, version, timeout=first_load.LATER_LOAD_TIMEOUT_S, headers=headers)
+
+    def _triton_ready(self) -> bool:
+        try:
+            return self._triton_http("/v2/health/ready")[0] == 200
+        except OSError:
+            return False
+
+    def _after_restart(self, proc: subprocess.Popen) -> None:
+        """Once the restarted ``proc`` has loaded every model: the versions served before the crash again
+        (pins.py), then the door lets requests in, and what it serves is watched from then on."""
+        while not (self._later.done.is_set() and self._triton_ready()):
+            if proc.poll() is not None or self._stopping.wait(0.1):
+                return
+        self._served.restore()
+        front = self._door
+        if front is not None and proc.poll() is None and not self._stopping.is_set():
+            front.clear_flag("restarting")
+        self._served.watch(proc, self._stopping)
+
     def later_models(self) -> tuple[str, ...]:
         """The public models loaded after the ensembles (their requests wait at the gate until they are ready)."""
         return first_load.later_models() if self.loads_first else ()
@@ -443,6 +471,7 @@ class TritonServer:
                 return
             born = time.monotonic()
             code = proc.wait()
+            self._served.settled.clear()  # first: what this Triton served is what a restart must serve again
             if self._stopping.is_set():
                 return
             if self._reader is not None:
@@ -450,6 +479,9 @@ class TritonServer:
             if not (self.restart and self._ready_once):
                 self._final_code = code
                 return
+            front = self._door
+            if front is not None:
+                front.set_flag("restarting")  # a clear 503 / UNAVAILABLE until it serves what it served (pins.py)
             children.kill_group(proc.pid)  # its Python stubs
             remove_segments(SHM_DIR, self.shm_prefix)
             if time.monotonic() - born > STABLE_S:
@@ -463,6 +495,7 @@ class TritonServer:
             backoff = min(backoff * 2, RESTART_BACKOFF_S[1])
             self.restarts += 1
             self._spawn_triton()
+            threading.Thread(target=self._after_restart, args=(self._proc,), daemon=True).start()
 
     def poll(self) -> int | None:
         """Triton's exit code once it has stopped for good, or None while it runs or is being restarted."""
@@ -515,6 +548,9 @@ class TritonServer:
             time.sleep(0.25)
         if self.startup_seconds is None:
             self.startup_seconds = time.monotonic() - self._started_at
+        if not self._ready_once:  # from the first readiness on, what it serves is kept across restarts (pins.py)
+            self._served.settled.set()
+            threading.Thread(target=self._served.watch, args=(self._proc, self._stopping), daemon=True).start()
         self._ready_once = True
         return self.startup_seconds
 
