@@ -102,7 +102,7 @@ def test_every_manifest_file_validates(path):
 @pytest.mark.parametrize("path", BUILDS)
 def test_kustomization_builds_and_validates(path):
     docs = build(path)
-    assert {d["kind"] for d in docs} == {"ServiceAccount", "ServingRuntime", "InferenceService"}
+    assert {d["kind"] for d in docs} == {"ServiceAccount", "ServingRuntime", "InferenceService", "NetworkPolicy"}
     for doc in docs:
         validate(doc)
         assert doc["metadata"]["namespace"] == "agegender"
@@ -192,6 +192,42 @@ def test_runtime_image_args_and_security():
     assert ann["serving.kserve.io/enable-prometheus-scraping"] == "true"
     assert ann["serving.kserve.io/enable-metric-aggregation"] == "true"
     assert not [key for key in ann if key.startswith("prometheus.io/")]  # the webhook's to set
+
+
+#: Knative's queue-proxy (knative.dev/networking: BackendHTTPPort, BackendHTTP2Port, QueueAdminPort,
+#: AutoscalingQueueMetricsPort, UserQueueMetricsPort) and KServe's metric aggregation port: what callers outside the pod
+#: may reach.
+QUEUE_PROXY_PORTS = {8012, 8013, 8022, 9090, 9091, 9088}
+
+
+@pytest.mark.parametrize("path", BUILDS)
+def test_only_queue_proxy_is_reachable_from_outside_the_pod(path):
+    """The gate's two ports and Triton's metrics listen on the pod's address (edge.py); the NetworkPolicy lets only
+    Knative's, the ingress layer's and Prometheus's namespaces in, and only to queue-proxy's ports."""
+    (policy,) = docs_of("NetworkPolicy", path)
+    spec = policy["spec"]
+    (isvc,) = docs_of("InferenceService", path)
+    (selector,) = spec["podSelector"]["matchExpressions"]
+    assert selector["key"] == "serving.kserve.io/inferenceservice" and selector["operator"] == "In"
+    assert isvc["metadata"]["name"] in selector["values"]  # every build's predictor pods are selected
+    assert spec["policyTypes"] == ["Ingress"]
+    allowed = {p["port"] for rule in spec["ingress"] for p in rule["ports"]}
+    assert allowed <= QUEUE_PROXY_PORTS, allowed - QUEUE_PROXY_PORTS
+    (runtime,) = docs_of("ServingRuntime", path)
+    gate, args = edge.parse_args(runtime["spec"]["containers"][0]["args"])
+    pod_ports = {int(gate.http.rsplit(":", 1)[1]), int(gate.grpc.rsplit(":", 1)[1])}
+    pod_ports |= {int(a.split("=", 1)[1]) for a in args if a.startswith("--metrics-port=")}
+    assert pod_ports == {8080, 9000, 8002} and not pod_ports & allowed
+    for rule in spec["ingress"]:  # always from named namespaces: an empty `from` would admit every source
+        assert rule["from"] and all(set(peer) == {"namespaceSelector"} for peer in rule["from"])
+    namespaces = {
+        v
+        for rule in spec["ingress"]
+        for peer in rule["from"]
+        for e in peer["namespaceSelector"]["matchExpressions"]
+        for v in e["values"]
+    }
+    assert "knative-serving" in namespaces  # the activator, which holds requests while a pod starts
 
 
 def test_restricted_apis_match_the_launcher():
