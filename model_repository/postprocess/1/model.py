@@ -4,7 +4,8 @@ Reads only ``common.contract.POSTPROCESS_INPUTS`` and writes ``POSTPROCESS_OUTPU
 ``face_found`` and ``error`` reach the ensemble's outputs from preprocessing directly, since a tensor sent through
 this stub and back is copied twice for nothing. On the crop path at c=16 this step's execution took 3.6-3.9 ms per
 batch of about four with all nine tensors in and out, 2.4-2.8 ms with these (docs/performance-log.md, twelfth part).
-Imports ``common`` from the project root, which the launcher puts on PYTHONPATH.
+Imports ``common`` from the project root: through the editable install (``make setup``) or Triton's working
+directory when that is the project root (the 2.51 stub ignores PYTHONPATH: serving/runtime/server.py ``command``).
 """
 
 from __future__ import annotations

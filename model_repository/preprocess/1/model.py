@@ -3,7 +3,8 @@
 Serves two Triton models: ``preprocess`` (face detection) and ``preprocess_crop``
 (whose ``1/model.py`` links here; parameter ``detect: "false"`` skips detection
 for inputs that are already aligned crops). Imports ``serving`` and ``common``
-from the project root, which the launcher puts on PYTHONPATH.
+from the project root: through the editable install (``make setup``) or Triton's working directory when that is
+the project root (the 2.51 stub ignores PYTHONPATH: serving/runtime/server.py ``command``).
 """
 
 from __future__ import annotations
