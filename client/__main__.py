@@ -10,7 +10,8 @@ With ``--all-faces`` every face is estimated (the ``faces`` model): one JSON obj
 faces (each with age, age_low, age_high, gender, female_probability, box, detection_score) and error.
 
 Exit codes: 0 when every image was processed, 1 when at least one image failed (its line carries the error),
-2 when the server cannot be used at all (unreachable, models not loaded) or the arguments are wrong.
+2 when the server cannot be used at all (unreachable, models not loaded) or the arguments are wrong, 130 on Ctrl-C
+(prints ``interrupted``).
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agegender",
         description="Estimate age and gender of the face in each image through Triton.",
-        epilog="Exit codes: 0 all images processed, 1 some image failed, 2 server unreachable or not ready.",
+        epilog="Exit codes: 0 all images processed, 1 some image failed, 2 server unreachable or not ready, "
+        "130 interrupted (Ctrl-C).",
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
     parser.add_argument(

@@ -2,7 +2,7 @@
 
 The ``age`` model is served alone (explicit model control, CPU config) as tiny Keras
 models whose output is their version number: kernel zero, bias = version. Four
-threads send requests for 24 s. Meanwhile version 2 is exported into the live
+threads send requests for about 12 s. Meanwhile version 2 is exported into the live
 repository and rolled out with ``serving.ops.rollout.switch``, then rolled back with the
 one-line command ``python -m serving.ops.rollout --model age --version 1``. No request may
 fail, and every request sent after a switch returned must be answered by the new version.

@@ -19,11 +19,12 @@ In a Kubernetes manifest, write the arguments with a placeholder, never ``$(TRIT
 expand it into the process's command line): ``...:admin-key=@TRITON_ADMIN_KEY@``, with ``argv_secret.so``
 preloaded into Triton to put the key from the environment in its place (deploy/kserve/base/servingruntime.yaml).
 
-Locally (docs/security.md "Secrets and ports") no secret is ever on a command line: :func:`hidden_restricted_args`
-gives Triton placeholders, and ``argv_secret.so`` (serving/runtime/argv_secret.c, built by ``make setup``), preloaded
-into tritonserver, swaps in the values from the environment before its ``main`` runs. Behind the front door,
-Triton's own loopback ports also refuse :data:`INTERNAL_APIS` (inference and model config) without a second,
-internal key that only the door presents, so another local user cannot skip the door's limits.
+Locally (docs/security.md "Secrets and ports") no secret is ever on a command line: :func:`hide_in_env` puts the
+values and the preload into Triton's environment and gives the placeholders that :func:`restricted_args` then writes
+in the arguments, and ``argv_secret.so`` (serving/runtime/argv_secret.c, built by ``make setup``), preloaded into
+tritonserver, swaps in the values from the environment before its ``main`` runs. Behind the front door, Triton's own
+loopback ports also refuse :data:`INTERNAL_APIS` (inference and model config) without a second, internal key that
+only the forwarders (nginx and the gate) present, so another local user cannot skip the door's limits.
 """
 
 from __future__ import annotations
