@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import io
+import os
 import select
 import socket
 import struct
@@ -383,6 +384,43 @@ def test_a_stop_past_its_drain_timeout_leaves_no_nginx_worker(tmp_path):
             front.stop(timeout=1)
         with contextlib.suppress(NameError):
             held.close()
+
+
+def test_a_master_that_died_before_its_stop_leaves_no_worker(tmp_path):
+    """Test runs twice left a door worker listening after its server stopped, its master gone: a master that dies
+    first orphans its workers, and a stop that reaped the dead master (poll()) before stopping could no longer name
+    their group. Checking and stopping must leave it unreaped and end the group."""
+    if door.find_nginx() is None:
+        pytest.skip("nginx not installed (make setup)")
+    import signal
+
+    from serving.runtime import children
+
+    front = door.Door(
+        tmp_path / "nginx", listen_host="127.0.0.1", http_port=free_port(), grpc_port=free_port(),
+        triton_http=f"127.0.0.1:{free_port()}", triton_grpc=f"127.0.0.1:{free_port()}",
+    )  # fmt: skip
+    master = front.start(preexec_fn=children.own_session_child)
+    try:
+        deadline = time.monotonic() + 10
+        while not (workers := [p.pid for p in procs.all_processes() if p.ppid == master.pid]):
+            assert time.monotonic() < deadline, "no worker started"
+            time.sleep(0.05)
+        os.kill(master.pid, signal.SIGKILL)  # the master alone: its workers stay, in its group
+        deadline = time.monotonic() + 5
+        while front.running():
+            assert time.monotonic() < deadline, "the killed master still runs"
+            time.sleep(0.02)
+        assert master.returncode is None  # running() did not reap it
+        assert all(_running(pid) for pid in workers)
+        front.stop(timeout=1)
+        deadline = time.monotonic() + 3
+        while (alive := [pid for pid in workers if _running(pid)]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive, f"workers {alive} outlived their dead master's stop"
+    finally:
+        if front.proc is not None:
+            front.stop(timeout=1)
 
 
 def _running(pid: int) -> bool:

@@ -212,6 +212,33 @@ def test_crash_is_logged_and_restarted(small_repo):
         assert http(server.http_url, "/v2/models/postprocess/infer", postprocess_body())[0] == 404
 
 
+def test_a_door_whose_master_died_starts_again_without_its_old_worker(small_repo):
+    """A door master was found gone twice in test runs, its worker still listening and answering 503: the server
+    starts the door again on the same ports, and the old worker goes (Door.keep_running)."""
+    import signal
+
+    from loadtest import procs
+
+    with TritonServer(small_repo, http_port=0, grpc_port=0, metrics_port=0) as server:
+        master = server._door.proc
+        workers = [p.pid for p in procs.all_processes() if p.ppid == master.pid]
+        assert workers
+        os.kill(master.pid, signal.SIGKILL)  # the master alone, as it was found
+        deadline = time.monotonic() + 60
+        while not any("front door" in e for e in server.events):
+            assert time.monotonic() < deadline, "the dead door was not noticed"
+            time.sleep(0.02)
+        assert "killed by signal 9" in server.events[-1]
+        while not server.is_ready():  # asked through the door, on its public port
+            assert time.monotonic() < deadline, server.events
+            time.sleep(0.1)
+        assert server._door.proc.pid != master.pid and server.poll() is None
+        for pid in workers:
+            fields = procs.stat_fields(pid)
+            assert fields is None or fields[0] == "Z", f"the dead master's worker {pid} still runs"
+        assert grpcclient.InferenceServerClient(server.grpc_url).is_server_ready()
+
+
 def launcher(repo: Path) -> tuple[subprocess.Popen, str]:
     proc, url, _ = start_launcher(repo, "--drain-grace", "0.5")
     threading.Thread(target=proc.stderr.read, daemon=True).start()

@@ -75,6 +75,12 @@ def spawn(
     )
 
 
+#: Restart backoff of a child that died (Triton after a crash, the door's nginx): doubles from the first value up to
+#: the cap; back to the first once the child has run STABLE_S.
+RESTART_BACKOFF_S = (1.0, 30.0)
+STABLE_S = 60.0
+
+
 def kill_group(pgid: int) -> None:
     """SIGKILL for a child's whole group (Triton's orphaned Python stubs share it); gone already is fine."""
     with contextlib.suppress(ProcessLookupError, PermissionError):

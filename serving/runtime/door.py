@@ -43,11 +43,15 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from common.contract import PUBLIC_MODELS
+from serving.runtime.children import RESTART_BACKOFF_S, STABLE_S, describe_exit
 from serving.runtime.security import ADMIN_HEADER, without_keys
-from serving.runtime.subproc import stop_process
+from serving.runtime.subproc import running, stop_process
 
 try:
     import resource
@@ -480,8 +484,12 @@ class Door:
         self.config_path = self.prefix / "nginx.conf"
         self.config = config
         self.proc: subprocess.Popen | None = None
+        self._preexec = None
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()  # a restart (keep_running) and stop() one at a time
 
     def start(self, preexec_fn=None) -> subprocess.Popen:
+        self._preexec = preexec_fn
         binary = find_nginx()
         if binary is None:
             raise FileNotFoundError(
@@ -517,15 +525,65 @@ class Door:
     def stop(self, timeout: float) -> None:
         """Graceful stop: listeners close, accepted requests finish (up to ``timeout`` s), then exit; past the
         timeout the master and its workers are killed."""
-        proc = self.proc
+        self._stopping.set()  # first: a master that dies from here on is not started again (keep_running)
+        with self._lock:
+            proc, self.proc = self.proc, None
         if proc is None:
             return
-        if proc.poll() is None:
-            # group: a worker outlives its killed master for as long as a client keeps a connection open (a body
-            # trickled within the read timeout); started in its own session (children.own_session_child), the
-            # master leads the workers' group.
-            stop_process(proc, timeout=timeout, sig=signal.SIGQUIT, group=True)
-        self.proc = None
+        # group: a worker outlives its killed master for as long as a client keeps a connection open (a body trickled
+        # within the read timeout), and a master that died before this stop leaves its workers running; started in
+        # its own session (children.own_session_child), the master leads the workers' group. Called whatever the
+        # master's state: stop_process also ends the group of a master that has exited (not yet reaped).
+        stop_process(proc, timeout=timeout, sig=signal.SIGQUIT, group=True)
+
+    def keep_running(self, report: Callable[[str], None], on_start: Callable[[subprocess.Popen], None]) -> None:
+        """From now until :meth:`stop`: whenever the master dies, what is left of its group is killed (its workers
+        still hold the public ports) and nginx starts again, same ports, prefix and flags, after a backoff
+        (children.RESTART_BACKOFF_S). ``report`` says what happened; ``on_start(proc)`` for each new master.
+
+        Why: twice in test runs a door master was gone before its server stopped (the cause not found), and its
+        worker kept listening, answering 503: the server would have served nothing on its public ports from then on
+        while Triton ran. The server calls this once it is ready, so a door that fails at start fails the start."""
+        threading.Thread(target=self._keep_running, args=(report, on_start), daemon=True, name="door-watch").start()
+
+    def _keep_running(self, report: Callable[[str], None], on_start: Callable[[subprocess.Popen], None]) -> None:
+        backoff = RESTART_BACKOFF_S[0]
+        while not self._stopping.is_set():
+            proc, born = self.proc, time.monotonic()
+            if proc is None:
+                return
+            try:  # blocks until the master exits, and leaves it unreaped: its pid still names the group
+                os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+            except ChildProcessError:  # reaped already: stop() did
+                return
+            with self._lock:
+                if self._stopping.is_set() or self.proc is not proc:
+                    return
+                stop_process(proc, timeout=0, group=True)
+            if time.monotonic() - born > STABLE_S:
+                backoff = RESTART_BACKOFF_S[0]
+            report(f"the nginx front door {describe_exit(proc.returncode)}; starting it again in {backoff:.0f} s")
+            if self._stopping.wait(backoff):
+                return
+            backoff = min(backoff * 2, RESTART_BACKOFF_S[1])
+            while True:
+                with self._lock:
+                    if self._stopping.is_set():
+                        return
+                    try:
+                        started = self.start(self._preexec)
+                        break
+                    except OSError as err:  # nginx gone from the machine, its prefix unwritable: say so, try again
+                        report(f"the nginx front door did not start again: {err}; trying again in {backoff:.0f} s")
+                if self._stopping.wait(backoff):
+                    return
+                backoff = min(backoff * 2, RESTART_BACKOFF_S[1])
+            on_start(started)
+
+    def running(self) -> bool:
+        """Whether the master runs, asked without reaping it (:func:`subproc.running`): :meth:`stop` needs an
+        unreaped master to find the group its workers are in."""
+        return self.proc is not None and running(self.proc)
 
 
 def compose_nginx_config() -> str:

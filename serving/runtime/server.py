@@ -3,7 +3,8 @@
 Hardening (docs/security.md): nginx (serving/runtime/door.py) owns the public HTTP and gRPC ports and
 Triton listens on internal 127.0.0.1 ports behind it; admin APIs need ``admin-key: $TRITON_ADMIN_KEY``
 (serving/runtime/security.py; a random key per start when unset); Triton runs with umask 077 so its shared
-memory is private; a crashed Triton is restarted with backoff; :meth:`TritonServer.stop` drains (readiness off,
+memory is private; a crashed Triton is restarted with backoff, serving the versions it served (pins.py), and so is a
+door whose nginx master died (door.Door.keep_running); :meth:`TritonServer.stop` drains (readiness off,
 new requests refused at the door, accepted ones finish, then Triton stops); a reaper process
 (serving/runtime/reaper.py) removes servers, segments and temp folders if the launcher itself is killed. With the
 ensembles loaded first (command.loads_first), the rest load after the first answer (serving/runtime/first_load.py).
@@ -37,9 +38,8 @@ SHM_PREFIX = "triton_python_backend_shm_region_"
 # been answered 504 by it), then Triton, with nothing in flight any more, gets command.EXIT_TIMEOUT to unload.
 DRAIN_TIMEOUT = door.REQUEST_TIMEOUT_S + 5
 EXIT_TIMEOUT = command.EXIT_TIMEOUT
-# Restart backoff after a crash: doubles from the first value up to the cap; reset after a stable minute.
-RESTART_BACKOFF_S = (1.0, 30.0)
-STABLE_S = 60.0
+RESTART_BACKOFF_S = children.RESTART_BACKOFF_S
+STABLE_S = children.STABLE_S
 #: Sets of free ports start() tries for public ports asked for as 0, before it gives up.
 PORT_ATTEMPTS = 3
 
@@ -388,6 +388,10 @@ class TritonServer:
             nginx = self._door.start(preexec_fn=children.own_session_child)
         except FileNotFoundError as err:
             raise TritonStartError(str(err)) from err
+        self._door_started(nginx)
+
+    def _door_started(self, nginx: subprocess.Popen) -> None:
+        """What each nginx master the door starts needs here: at start, and after a restart (Door.keep_running)."""
         self._tell_reaper(f"pgid {nginx.pid}")  # its own group: the master and its workers
         ports.hold_for(nginx.pid, self.http_port, self.grpc_port)
         threading.Thread(target=self._read_logs, args=(nginx, self._door_log, "[nginx] "), daemon=True).start()
@@ -534,10 +538,9 @@ class TritonServer:
                     f"Last log lines:\n{self.logs(40)}"
                 )
             nginx = self._door.proc if self._door is not None else None
-            if nginx is not None and nginx.poll() is not None:
+            if nginx is not None and not self._door.running():  # not poll(): Door.stop needs it unreaped
                 raise TritonStartError(
-                    f"the nginx front door exited with code {nginx.returncode} (a public port taken?). "
-                    f"Its log:\n" + "\n".join(self._door_log)
+                    "the nginx front door exited (a public port taken?). Its log:\n" + "\n".join(self._door_log)
                 )
             if time.monotonic() > deadline:
                 raise TritonStartError(
@@ -551,6 +554,8 @@ class TritonServer:
         if not self._ready_once:  # from the first readiness on, what it serves is kept across restarts (pins.py)
             self._served.settled.set()
             threading.Thread(target=self._served.watch, args=(self._proc, self._stopping), daemon=True).start()
+            if self._door is not None:  # and a door whose master dies starts again
+                self._door.keep_running(self._event, self._door_started)
         self._ready_once = True
         return self.startup_seconds
 
@@ -562,7 +567,7 @@ class TritonServer:
         self._stopping.set()
         front, self._door = self._door, None
         if front is not None:
-            if front.proc is not None and front.proc.poll() is None and self._ready_once:
+            if front.running() and self._ready_once:
                 front.set_flag("unready")  # load balancers stop sending first
                 time.sleep(self.drain_grace)
                 front.set_flag("draining")  # then new requests get 503 / UNAVAILABLE

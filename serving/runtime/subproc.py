@@ -14,11 +14,13 @@ def stop_process(proc: subprocess.Popen, *, timeout: float, sig: int = signal.SI
 
     ``group``: whatever is left in the process's group once it has exited or been killed is killed too, when the
     process leads one (started in its own session): children such as nginx's workers outlive a killed parent, and
-    a test run once left a door worker listening on its ports after its master had exited. Only while the parent
-    is unreaped does its pid still name that group (it cannot be reused), so the parent is reaped last.
+    test runs twice left a door worker listening on its ports after its master had exited. Only while the parent
+    is unreaped does its pid still name that group (it cannot be reused), so the parent is reaped last, and this
+    works on a parent that exited before the call as long as nobody reaped it (check with :func:`running`, not
+    ``poll()``).
     """
-    proc.send_signal(sig)
     if not group:
+        proc.send_signal(sig)
         try:
             proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -26,11 +28,16 @@ def stop_process(proc: subprocess.Popen, *, timeout: float, sig: int = signal.SI
             proc.wait()
         return
     leads = False
-    if proc.returncode is None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            leads = os.getpgid(proc.pid) == proc.pid
-    deadline = time.monotonic() + timeout
     state = _state(proc)
+    if state != "reaped":
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            leads = os.getpgid(proc.pid) == proc.pid  # a zombie keeps its group
+    if state == "running":
+        # Not proc.send_signal(): it polls first, and that reaps a process that has exited by itself (a door master
+        # that died before its stop), after which its pid no longer safely names the group its workers are still in.
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, sig)
+    deadline = time.monotonic() + timeout
     while state == "running" and time.monotonic() < deadline:
         time.sleep(0.02)
         state = _state(proc)
@@ -40,6 +47,12 @@ def stop_process(proc: subprocess.Popen, *, timeout: float, sig: int = signal.SI
     with contextlib.suppress(ProcessLookupError):
         proc.kill()
     proc.wait()
+
+
+def running(proc: subprocess.Popen) -> bool:
+    """Whether ``proc`` has not exited, asked without reaping it: ``poll()`` reaps a process that has exited, and an
+    unreaped one is what keeps its pid naming its process group for :func:`stop_process` (``group=True``)."""
+    return _state(proc) == "running"
 
 
 def _state(proc: subprocess.Popen) -> str:
