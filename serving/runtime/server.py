@@ -38,8 +38,6 @@ SHM_PREFIX = "triton_python_backend_shm_region_"
 # been answered 504 by it), then Triton, with nothing in flight any more, gets command.EXIT_TIMEOUT to unload.
 DRAIN_TIMEOUT = door.REQUEST_TIMEOUT_S + 5
 EXIT_TIMEOUT = command.EXIT_TIMEOUT
-RESTART_BACKOFF_S = children.RESTART_BACKOFF_S
-STABLE_S = children.STABLE_S
 #: Sets of free ports start() tries for public ports asked for as 0, before it gives up.
 PORT_ATTEMPTS = 3
 
@@ -468,7 +466,7 @@ class TritonServer:
 
     def _supervise(self) -> None:
         """Restarts Triton after a crash (once it has been ready), with exponential backoff."""
-        backoff = RESTART_BACKOFF_S[0]
+        backoff = children.RESTART_BACKOFF_S[0]
         while not self._stopping.is_set():
             proc = self._proc
             if proc is None:
@@ -488,15 +486,15 @@ class TritonServer:
                 front.set_flag("restarting")  # a clear 503 / UNAVAILABLE until it serves what it served (pins.py)
             children.kill_group(proc.pid)  # its Python stubs
             remove_segments(SHM_DIR, self.shm_prefix)
-            if time.monotonic() - born > STABLE_S:
-                backoff = RESTART_BACKOFF_S[0]
+            if time.monotonic() - born > children.STABLE_S:
+                backoff = children.RESTART_BACKOFF_S[0]
             self._event(
                 f"tritonserver {children.describe_exit(code)}; restarting in {backoff:.0f} s. Last log lines:\n"
                 + self.logs(15)
             )
             if self._stopping.wait(backoff):
                 return
-            backoff = min(backoff * 2, RESTART_BACKOFF_S[1])
+            backoff = min(backoff * 2, children.RESTART_BACKOFF_S[1])
             self.restarts += 1
             self._spawn_triton()
             threading.Thread(target=self._after_restart, args=(self._proc,), daemon=True).start()
