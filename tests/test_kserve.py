@@ -195,9 +195,9 @@ def test_runtime_image_args_and_security():
 
 
 #: Knative's queue-proxy (knative.dev/networking: BackendHTTPPort, BackendHTTP2Port, QueueAdminPort,
-#: AutoscalingQueueMetricsPort, UserQueueMetricsPort) and KServe's metric aggregation port: what callers outside the pod
-#: may reach.
-QUEUE_PROXY_PORTS = {8012, 8013, 8022, 9090, 9091, 9088}
+#: AutoscalingQueueMetricsPort, UserQueueMetricsPort), KServe's metric aggregation port and Istio's merged metrics
+#: (15020): what callers outside the pod may reach.
+QUEUE_PROXY_PORTS = {8012, 8013, 8022, 9090, 9091, 9088, 15020}
 
 
 @pytest.mark.parametrize("path", BUILDS)

@@ -32,6 +32,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 
 from common.ports import default_address
 from serving.runtime.security import ADMIN_HEADER, ADMIN_KEY_ENV
@@ -53,14 +54,20 @@ def ready_versions(client, model: str, headers: dict[str, str] | None = None) ->
 
 
 def switch(
-    url: str, model: str, version: int | None = None, *, timeout: float = 300, headers: dict[str, str] | None = None
+    url: str,
+    model: str,
+    version: int | Sequence[int] | None = None,
+    *,
+    timeout: float = 300,
+    headers: dict[str, str] | None = None,
 ) -> list[int]:
     """Makes ``model`` serve ``version`` (None: the newest in the repository); returns the ready versions after.
 
     Args:
         url: Triton's HTTP endpoint, ``host:port``.
         model: The model to switch (``age``, ``gender``...).
-        version: The version to pin, or None for the newest.
+        version: The version to pin (or versions: the launcher pins every version a model served, pins.py), or None
+            for the newest.
         timeout: Seconds the load may take (a model loads beside the serving one first).
         headers: What each call carries; None: the admin key from env TRITON_ADMIN_KEY (the launcher, which pins
             again after a restart, passes its own key: serving/runtime/pins.py).
@@ -79,8 +86,11 @@ def switch(
             hint = "" if headers else f" (an internal model's config needs the admin key: set {ADMIN_KEY_ENV})"
             raise RolloutError(f"cannot read the config of {model!r} at {url}{hint}: {err}") from None
         override = None
+        versions = None
         if version is not None:
-            config["version_policy"] = {"specific": {"versions": [int(version)]}}
+            versions = [int(version)] if isinstance(version, int) else sorted(map(int, version))
+        if versions is not None:
+            config["version_policy"] = {"specific": {"versions": versions}}
             override = json.dumps(config)
         try:
             client.load_model(model, headers=headers, config=override)
@@ -92,9 +102,10 @@ def switch(
                 hint = f" (the repository API is restricted: set {ADMIN_KEY_ENV})"
             raise RolloutError(f"Triton refused to load {model!r}{hint}: {err}") from None
         deadline = time.monotonic() + timeout
-        while not client.is_model_ready(model, str(version or ""), headers=headers):
+        while not all(client.is_model_ready(model, str(v), headers=headers) for v in versions or [""]):
             if time.monotonic() > deadline:
-                raise RolloutError(f"{model!r} version {version or 'latest'} is not ready after {timeout:.0f} s")
+                named = ", ".join(map(str, versions)) if versions else "latest"
+                raise RolloutError(f"{model!r} version {named} is not ready after {timeout:.0f} s")
             time.sleep(0.2)
         return ready_versions(client, model, headers)
     finally:

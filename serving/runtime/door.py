@@ -49,7 +49,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from common.contract import PUBLIC_MODELS
+from common.ports import PortInUseError
 from serving.runtime.children import RESTART_BACKOFF_S, STABLE_S, describe_exit
+from serving.runtime.ports import Held
 from serving.runtime.security import ADMIN_HEADER, without_keys
 from serving.runtime.subproc import running, stop_process
 
@@ -62,6 +64,10 @@ except ImportError:  # not POSIX
 #: (flag ``restarting``); both are 503 / gRPC UNAVAILABLE, which callers may retry.
 SHUTTING_DOWN = "server is shutting down"
 RESTARTING = "Triton is restarting after a crash; retry in a few seconds"
+#: Where the door sends the gRPC repository RPCs (admins only; not refused while Triton restarts).
+_GRPC_REPOSITORY = "~ ^/inference[.]GRPCInferenceService/Repository"
+#: How long a restart of the door tries to hold each public port while the dead master's workers let go of it.
+HOLD_WAIT_S = 0.3
 #: Largest request body of images the door accepts: a full batch must average 2 MiB per image. Same value as
 #: Triton's own --http-max-input-size default in the releases that have that flag.
 REQUEST_MAX_BYTES = 64 * 2**20
@@ -257,21 +263,27 @@ def nginx_config(
 
     strip = 'grpc_set_header grpc-timeout "";' if STRIP_GRPC_DEADLINE else ""
 
-    def http_checks(json_too_long: str) -> str:
+    def http_checks(json_too_long: str, restarting: bool = True) -> str:
         """The checks every forwarded HTTP request passes first; ``json_too_long``: the variable saying its JSON is
         over MAX_JSON_BYTES (only inference bodies may name their JSON part's length; Triton reads any other body
-        whole, whatever Inference-Header-Content-Length says)."""
+        whole, whatever Inference-Header-Content-Length says); ``restarting``: refused while the flag is set (not
+        the repository API: an admin must be able to act on a restart that does not settle)."""
         return f"\n{' ' * 20}".join(
             [
                 f'if ($compressed) {{ return 415 \'{{"error":"{COMPRESSED}"}}\'; }}',
                 f'if (${json_too_long}) {{ return 413 \'{{"error":"{_JSON_TOO_LONG}"}}\'; }}',
                 f'if (-f {prefix}/draining) {{ return 503 \'{{"error":"{SHUTTING_DOWN}"}}\'; }}',
-                f'if (-f {prefix}/restarting) {{ return 503 \'{{"error":"{RESTARTING}"}}\'; }}',
+                *(
+                    [f'if (-f {prefix}/restarting) {{ return 503 \'{{"error":"{RESTARTING}"}}\'; }}']
+                    if restarting
+                    else []
+                ),
             ]
         )
 
-    def grpc_location(match: str, seconds: int) -> str:
-        """A gRPC location: refusals first, then to the gate with ``seconds`` for the answer."""
+    def grpc_location(match: str, seconds: int, restarting: bool = True) -> str:
+        """A gRPC location: refusals first (``restarting``: as for http_checks), then to the gate with ``seconds``
+        for the answer."""
         lines = [
             f"location {match} {{",
             "    if ($grpc_compressed) {",
@@ -282,7 +294,7 @@ def nginx_config(
             "    }",
             *(
                 line
-                for flag, message in (("draining", SHUTTING_DOWN), ("restarting", RESTARTING))
+                for flag, message in (("draining", SHUTTING_DOWN), ("restarting", RESTARTING))[: 2 if restarting else 1]
                 for line in (
                     f"    if (-f {prefix}/{flag}) {{",
                     "        add_header grpc-status 14 always;",
@@ -410,7 +422,7 @@ def nginx_config(
                 }}
                 # The repository API (Triton checks the admin key): a load answers when the model is loaded.
                 location ^~ /v2/repository/ {{
-                    {http_checks("body_too_long")}
+                    {http_checks("body_too_long", restarting=False)}
                     proxy_pass http://triton_http;
                     {forward(repository_timeout_s)}
                 }}
@@ -444,7 +456,7 @@ def nginx_config(
                 error_page 504 @timed_out;
                 {grpc_location("/", request_timeout_s)}
                 # The repository API (the gate checks the admin key): a load answers when the model is loaded.
-                {grpc_location("~ ^/inference[.]GRPCInferenceService/Repository", repository_timeout_s)}
+                {grpc_location(_GRPC_REPOSITORY, repository_timeout_s, restarting=False)}
                 location @too_large {{
                     add_header grpc-status 8 always;
                     add_header grpc-message "request larger than {MAX_BODY} bytes; send fewer or smaller images" always;
@@ -549,36 +561,66 @@ class Door:
     def _keep_running(self, report: Callable[[str], None], on_start: Callable[[subprocess.Popen], None]) -> None:
         backoff = RESTART_BACKOFF_S[0]
         while not self._stopping.is_set():
-            proc, born = self.proc, time.monotonic()
+            proc = self.proc
             if proc is None:
-                return
-            try:  # blocks until the master exits, and leaves it unreaped: its pid still names the group
-                os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
-            except ChildProcessError:  # reaped already: stop() did
-                return
-            with self._lock:
-                if self._stopping.is_set() or self.proc is not proc:
+                return  # stopped
+            if proc.returncode is None:  # running, or dead and unreaped: wait for its end, still unreaped
+                born = time.monotonic()
+                try:  # WNOWAIT: its pid keeps naming the group its workers are in
+                    os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+                except ChildProcessError:  # reaped: by stop()
                     return
-                stop_process(proc, timeout=0, group=True)
-            if time.monotonic() - born > STABLE_S:
-                backoff = RESTART_BACKOFF_S[0]
-            report(f"the nginx front door {describe_exit(proc.returncode)}; starting it again in {backoff:.0f} s")
-            if self._stopping.wait(backoff):
-                return
-            backoff = min(backoff * 2, RESTART_BACKOFF_S[1])
-            while True:
-                with self._lock:
-                    if self._stopping.is_set():
-                        return
-                    try:
-                        started = self.start(self._preexec)
-                        break
-                    except OSError as err:  # nginx gone from the machine, its prefix unwritable: say so, try again
-                        report(f"the nginx front door did not start again: {err}; trying again in {backoff:.0f} s")
+                if time.monotonic() - born > STABLE_S:
+                    backoff = RESTART_BACKOFF_S[0]
+            try:
+                self._start_again(proc, backoff, report, on_start)
+            except Exception as err:  # noqa: BLE001 - this thread is what keeps the door up: it must outlive a failure
+                # (and a master it started gets SIGTERM when it ends: children.die_with_parent). A start that failed
+                # leaves the old, reaped master in self.proc, so the next round starts again without waiting for it.
+                report(f"the nginx front door did not start again ({err}); trying again in {backoff:.0f} s")
                 if self._stopping.wait(backoff):
                     return
-                backoff = min(backoff * 2, RESTART_BACKOFF_S[1])
-            on_start(started)
+            backoff = min(backoff * 2, RESTART_BACKOFF_S[1])
+
+    def _start_again(
+        self, dead: subprocess.Popen, backoff: float, report: Callable[[str], None], on_start: Callable
+    ) -> None:
+        with self._lock:
+            if self._stopping.is_set() or self.proc is not dead:
+                return
+            if dead.returncode is None:
+                stop_process(dead, timeout=0, group=True)  # what is left of its group: its workers hold the ports
+                report(f"the nginx front door {describe_exit(dead.returncode)}; starting it again in {backoff:.0f} s")
+        held = self._hold_public_ports()
+        try:
+            if self._stopping.wait(backoff):
+                return
+        finally:
+            for hold in held:
+                hold.close()
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            started = self.start(self._preexec)
+        on_start(started)
+
+    def _hold_public_ports(self) -> list[Held]:
+        """The public ports bound here (SO_REUSEPORT, never listening: ports.Held) while no nginx has them, so that
+        no other account takes them during the backoff and receives the callers' uploads; released right before
+        nginx binds them. Best effort: a port that cannot be bound within HOLD_WAIT_S (the killed workers' sockets
+        not gone yet, a connection of theirs in TIME_WAIT, which only nginx's SO_REUSEADDR binds past) is not held."""
+        held = []
+        for port in (self.config["http_port"], self.config["grpc_port"]):
+            deadline = time.monotonic() + HOLD_WAIT_S
+            while True:
+                try:
+                    held.append(Held(self.config["listen_host"], port))
+                    break
+                except (OSError, PortInUseError):
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.02)
+        return held
 
     def running(self) -> bool:
         """Whether the master runs, asked without reaping it (:func:`subproc.running`): :meth:`stop` needs an

@@ -4,10 +4,10 @@ A rollback (``python -m serving.ops.rollout --model age --version 20``) loads th
 which Triton keeps in memory only. A Triton that crashed and was restarted by the launcher's supervisor
 (server.TritonServer) would read the repository again and serve each model's newest version: the version an
 operator rolled back from would come back, unasked, at the moment of a crash. So :class:`ServedVersions` reads
-Triton's repository index every POLL_S while Triton runs settled, remembers the newest READY version of each model
-(the one an ensemble step with ``model_version: -1`` uses), and after a restart loads each model whose newest
-READY version differs at the remembered one again, pinned as serving.ops.rollout pins. The door refuses requests
-meanwhile (its ``restarting`` flag, server.py), so no caller is answered by the version rolled back from.
+Triton's repository index every POLL_S while Triton runs settled, remembers the READY versions of each model, and
+after a restart loads each model whose READY versions differ at the remembered ones again, pinned as
+serving.ops.rollout pins. The door refuses inference meanwhile (its ``restarting`` flag, server.py), so no caller is
+answered by the version rolled back from.
 
 What it cannot keep: a switch made less than POLL_S before the crash (the version before it comes back), and a
 version gone from the repository since (reported; the model serves what Triton loaded). A new start (``make
@@ -17,6 +17,7 @@ serve`` again, a pod scaled from zero) serves what the repository says: on KServ
 
 from __future__ import annotations
 
+import http.client
 import json
 import subprocess
 import threading
@@ -26,22 +27,23 @@ from collections.abc import Callable
 POLL_S = 2.0
 
 
-def newest_ready(index: list[dict]) -> dict[str, int]:
-    """Each model's newest READY version in a repository index (``POST /v2/repository/index``); models with none
-    (unloaded, loading, failed) are left out."""
-    newest: dict[str, int] = {}
+def ready_versions(index: list[dict]) -> dict[str, tuple[int, ...]]:
+    """Each model's READY versions in a repository index (``POST /v2/repository/index``), in order; models with none
+    (unloaded, loading, failed) are left out. One version for this repository's configs (``latest 1``); several
+    for a config that serves more, or for a moment during a rollout (the new version ready beside the old)."""
+    ready: dict[str, set[int]] = {}
     for entry in index:
         version = str(entry.get("version", ""))
         if entry.get("state") == "READY" and version.isdigit():
-            newest[entry["name"]] = max(newest.get(entry["name"], 0), int(version))
-    return newest
+            ready.setdefault(entry["name"], set()).add(int(version))
+    return {name: tuple(sorted(versions)) for name, versions in ready.items()}
 
 
 class ServedVersions:
     """What one server's Triton serves, kept across its restarts.
 
     ``triton_http`` is the server's call to Triton's own HTTP port (path, ``post``, ``admin``; returns status and
-    body), ``pin(model, version)`` makes Triton serve that version (raises when it cannot), ``report`` the server's
+    body), ``pin(model, versions)`` makes Triton serve those versions (raises when it cannot), ``report`` the server's
     event log. ``settled`` is set while the running Triton serves what :attr:`served` should record: from the first
     readiness, cleared by the supervisor the moment Triton dies, set again by :meth:`restore`."""
 
@@ -49,21 +51,21 @@ class ServedVersions:
         self,
         *,
         triton_http: Callable[..., tuple[int, bytes]],
-        pin: Callable[[str, int], object],
+        pin: Callable[[str, tuple[int, ...]], object],
         report: Callable[[str], None],
     ):
         self._triton_http = triton_http
         self._pin = pin
         self._report = report
-        self.served: dict[str, int] = {}
+        self.served: dict[str, tuple[int, ...]] = {}
         self.settled = threading.Event()
 
-    def read(self) -> dict[str, int] | None:
-        """The newest READY version of each model now, or None when Triton did not answer."""
+    def read(self) -> dict[str, tuple[int, ...]] | None:
+        """The READY versions of each model now, or None when Triton did not answer (or answered garbage)."""
         try:
             status, body = self._triton_http("/v2/repository/index", post=True, admin=True)
-            return newest_ready(json.loads(body)) if status == 200 else None
-        except (OSError, ValueError):
+            return ready_versions(json.loads(body)) if status == 200 else None
+        except (OSError, ValueError, http.client.HTTPException):  # a Triton dying mid-answer, too
             return None
 
     def record(self, proc: subprocess.Popen) -> None:
@@ -82,25 +84,21 @@ class ServedVersions:
             self.record(proc)
 
     def restore(self) -> None:
-        """After a restart, once every model has loaded: pins each model whose newest READY version is not the one
-        served before the crash, then marks the server settled."""
+        """After a restart (every model loaded, or given up on): pins each model whose READY versions are not the
+        ones served before the crash (a model that did not load is tried too), then marks the server settled."""
         now = self.read() or {}
-        for model, version in sorted(self.served.items()):
-            if now.get(model) == version:
+        for model, versions in sorted(self.served.items()):
+            if now.get(model) == versions:
                 continue
-            if model not in now:
-                self._report(f"{model} is not loaded after the restart; it served version {version} before")
-                continue
+            had, has = _names(versions), _names(now.get(model, ()))
             try:
-                self._pin(model, version)
+                self._pin(model, versions)
             except Exception as err:  # noqa: BLE001 - any failure leaves what Triton loaded serving: say which
-                self._report(
-                    f"could not serve {model} version {version} again after the restart ({err}); "
-                    f"it serves version {now[model]}"
-                )
+                self._report(f"could not serve {model} {had} again after the restart ({err}); it serves {has}")
             else:
-                self._report(
-                    f"{model}: version {version} served again after the restart (pinned; the repository's newest "
-                    f"is {now[model]})"
-                )
+                self._report(f"{model}: {had} served again after the restart (pinned; it had loaded {has})")
         self.settled.set()
+
+
+def _names(versions: tuple[int, ...]) -> str:
+    return f"version {', '.join(map(str, versions))}" if versions else "no version"

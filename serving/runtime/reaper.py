@@ -2,7 +2,8 @@
 
 Started by ``serving.runtime.server`` in its own session, with a pipe on stdin. The launcher writes what it owns,
 one line each: ``pgid N`` (a child's process group: every child runs in its own session, so Triton with its
-Python-backend stubs, and nginx with its workers), ``pid N`` (a single process), ``shm PREFIX`` (Python-backend
+Python-backend stubs, and nginx with its workers), ``forget N`` (a group that is gone: its number may lead another
+group after a pid wrap-around), ``pid N`` (a single process), ``shm PREFIX`` (Python-backend
 shared-memory segments), ``path DIR`` (temporary folders). A clean stop writes ``clear``. End of file without
 ``clear`` means the launcher is gone: the reaper sends SIGTERM to what is listed, SIGKILL after :data:`GRACE_S`,
 removes the segments and folders, and exits. Standard library only: it runs as a script, not as part of the
@@ -61,6 +62,8 @@ def main() -> int:
             return 0
         if kind == "pgid":
             pgids.add(int(value))
+        elif kind == "forget":  # a group that is gone (killed after a crash, a child restarted)
+            pgids.discard(int(value))
         elif kind == "pid":
             pids.add(int(value))
         elif kind == "shm":

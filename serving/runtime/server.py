@@ -13,6 +13,7 @@ ensembles loaded first (command.loads_first), the rest load after the first answ
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import subprocess
 import sys
@@ -45,6 +46,9 @@ PORT_ATTEMPTS = 3
 #: Seconds readiness is off before new requests are refused, when stopping (``make serve``, ``make demo``): long
 #: enough for a load balancer polling readiness every second or so to stop sending new work here.
 DRAIN_GRACE_S = 2.0
+#: How long a restarted Triton may take to load every model before the door opens again anyway (and the versions
+#: served before the crash are pinned again on what loaded).
+RESTORE_WAIT_S = 120.0
 #: The folder, inside the run folder, that a staged s3:// repository is copied to (loadtest.bench.coldstart finds
 #: it on Triton's command line).
 STAGE_FOLDER = "s3-stage"
@@ -145,6 +149,9 @@ class TritonServer:
         )
         # The versions Triton serves, served again after a crash restart (a rollback must not undo itself then).
         self._served = pins.ServedVersions(triton_http=self._triton_http, pin=self._pin, report=self._event)
+        self._crashes = 0  # of Triton; with the door's `restarting` flag under _crash_lock
+        self._crash_lock = threading.Lock()
+        self._pgids: dict[str, int] = {}  # the current group of the door and the gate, for the reaper
 
     @property
     def later_load_delay_s(self) -> float:
@@ -368,7 +375,7 @@ class TritonServer:
             later_models=self.later_models(),
             per_client=self.door_limits.connections,  # the door's own per-address bound, over abandoned calls too
         )
-        self._gate.on_start = lambda proc: self._tell_reaper(f"pgid {proc.pid}")
+        self._gate.on_start = lambda proc: self._new_group("gate", proc.pid)
         self._gate.start()
         self._door = door.Door(
             Path(self._run_dir()) / "nginx",
@@ -388,9 +395,19 @@ class TritonServer:
             raise TritonStartError(str(err)) from err
         self._door_started(nginx)
 
+    def _new_group(self, name: str, pgid: int) -> None:
+        """Tells the reaper about a child's new process group, and to forget the one it replaces (killed by then):
+        after a pid wrap-around that number may lead another group, which a reaper acting on a stale list would
+        kill."""
+        old = self._pgids.get(name)
+        self._pgids[name] = pgid
+        self._tell_reaper(f"pgid {pgid}")
+        if old is not None:
+            self._tell_reaper(f"forget {old}")
+
     def _door_started(self, nginx: subprocess.Popen) -> None:
         """What each nginx master the door starts needs here: at start, and after a restart (Door.keep_running)."""
-        self._tell_reaper(f"pgid {nginx.pid}")  # its own group: the master and its workers
+        self._new_group("door", nginx.pid)  # its own group: the master and its workers
         ports.hold_for(nginx.pid, self.http_port, self.grpc_port)
         threading.Thread(target=self._read_logs, args=(nginx, self._door_log, "[nginx] "), daemon=True).start()
 
@@ -423,13 +440,14 @@ class TritonServer:
         except urllib.error.HTTPError as err:
             return err.code, err.read()
 
-    def _pin(self, model: str, version: int) -> None:
-        """Makes the running Triton serve ``version`` of ``model``, as ``serving.ops.rollout --version`` does."""
+    def _pin(self, model: str, versions: tuple[int, ...]) -> None:
+        """Makes the running Triton serve ``versions`` of ``model``, as ``serving.ops.rollout --version`` does."""
         from serving.ops import rollout  # tritonclient: only when a restart has a version to pin again
 
         # Triton's own port: the admin key for the repository API, the internal key for the model's config.
         headers = {**self.internal_headers(), **({security.ADMIN_HEADER: self.admin_key} if self.admin_key else {})}
-        rollout.switch(self.internal_http_url, model, version, timeout=first_load.LATER_LOAD_TIMEOUT_S, headers=headers)
+        url, timeout = self.internal_http_url, first_load.LATER_LOAD_TIMEOUT_S
+        rollout.switch(url, model, versions, timeout=timeout, headers=headers)
 
     def _triton_ready(self) -> bool:
         try:
@@ -437,16 +455,28 @@ class TritonServer:
         except OSError:
             return False
 
-    def _after_restart(self, proc: subprocess.Popen) -> None:
-        """Once the restarted ``proc`` has loaded every model: the versions served before the crash again
-        (pins.py), then the door lets requests in, and what it serves is watched from then on."""
+    def _after_restart(self, proc: subprocess.Popen, crash: int) -> None:
+        """Once the restarted ``proc`` has loaded every model (or RESTORE_WAIT_S has passed: a model that does not
+        load must not keep the door shut): the versions served before the crash again (pins.py), then the door lets
+        requests in, and what it serves is watched from then on. ``crash``: the crash this restart follows."""
+        deadline = time.monotonic() + RESTORE_WAIT_S
         while not (self._later.done.is_set() and self._triton_ready()):
             if proc.poll() is not None or self._stopping.wait(0.1):
                 return
-        self._served.restore()
-        front = self._door
-        if front is not None and proc.poll() is None and not self._stopping.is_set():
-            front.clear_flag("restarting")
+            if time.monotonic() > deadline:
+                self._event(f"Triton was not ready {RESTORE_WAIT_S:.0f} s after its restart; serving what loaded")
+                break
+        try:
+            self._served.restore()
+        except Exception as err:  # noqa: BLE001 - whatever happens, the door must open again
+            self._event(f"could not serve the versions served before the restart again: {err!r}")
+            self._served.settled.set()
+        finally:
+            with self._crash_lock:  # not over the flag of a crash that came meanwhile
+                front = self._door
+                if front is not None and crash == self._crashes and not self._stopping.is_set():
+                    with contextlib.suppress(OSError):
+                        front.clear_flag("restarting")
         self._served.watch(proc, self._stopping)
 
     def later_models(self) -> tuple[str, ...]:
@@ -481,10 +511,14 @@ class TritonServer:
             if not (self.restart and self._ready_once):
                 self._final_code = code
                 return
-            front = self._door
-            if front is not None:
-                front.set_flag("restarting")  # a clear 503 / UNAVAILABLE until it serves what it served (pins.py)
+            with self._crash_lock:
+                self._crashes += 1
+                front = self._door
+                if front is not None:  # a clear 503 / UNAVAILABLE until it serves what it served (pins.py)
+                    with contextlib.suppress(OSError):  # the door's prefix gone: still restart Triton
+                        front.set_flag("restarting")
             children.kill_group(proc.pid)  # its Python stubs
+            self._tell_reaper(f"forget {proc.pid}")  # the group is gone: its number may name another one later
             remove_segments(SHM_DIR, self.shm_prefix)
             if time.monotonic() - born > children.STABLE_S:
                 backoff = children.RESTART_BACKOFF_S[0]
@@ -497,7 +531,7 @@ class TritonServer:
             backoff = min(backoff * 2, children.RESTART_BACKOFF_S[1])
             self.restarts += 1
             self._spawn_triton()
-            threading.Thread(target=self._after_restart, args=(self._proc,), daemon=True).start()
+            threading.Thread(target=self._after_restart, args=(self._proc, self._crashes), daemon=True).start()
 
     def poll(self) -> int | None:
         """Triton's exit code once it has stopped for good, or None while it runs or is being restarted."""
@@ -552,7 +586,7 @@ class TritonServer:
         if not self._ready_once:  # from the first readiness on, what it serves is kept across restarts (pins.py)
             self._served.settled.set()
             threading.Thread(target=self._served.watch, args=(self._proc, self._stopping), daemon=True).start()
-            if self._door is not None:  # and a door whose master dies starts again
+            if self._door is not None and self.restart:  # and a door whose master dies starts again
                 self._door.keep_running(self._event, self._door_started)
         self._ready_once = True
         return self.startup_seconds
