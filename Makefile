@@ -42,7 +42,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Two pytest workers (pytest-xdist): each starts its own session servers; on 2 cores about two thirds of one worker's
-# time (6.5 against 9.5 minutes when measured, 2026-12-02; 4-8 minutes now, README).
+# time (6.5 against 9.5 minutes when measured, 2026-12-02; 5-7 minutes now, README).
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
