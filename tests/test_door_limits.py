@@ -14,6 +14,7 @@ import os
 import select
 import socket
 import struct
+import subprocess
 import threading
 import time
 import urllib.error
@@ -349,15 +350,7 @@ def test_a_stop_in_time_leaves_nothing_of_the_group_either():
 def test_a_stop_past_its_drain_timeout_leaves_no_nginx_worker(tmp_path):
     # A client trickling a body keeps a worker busy after the graceful stop signal (up to the 10 s body read timeout);
     # when the drain times out, the master is killed, and its workers must go with it, not linger as orphans.
-    if door.find_nginx() is None:
-        pytest.skip("nginx not installed (make setup)")
-    from serving.runtime import children
-
-    front = door.Door(
-        tmp_path / "nginx", listen_host="127.0.0.1", http_port=free_port(), grpc_port=free_port(),
-        triton_http=f"127.0.0.1:{free_port()}", triton_grpc=f"127.0.0.1:{free_port()}",
-    )  # fmt: skip
-    master = front.start(preexec_fn=children.own_session_child)
+    front, master = _bare_door(tmp_path)
     try:
         deadline = time.monotonic() + 10
         while True:
@@ -390,17 +383,9 @@ def test_a_master_that_died_before_its_stop_leaves_no_worker(tmp_path):
     """Test runs twice left a door worker listening after its server stopped, its master gone: a master that dies
     first orphans its workers, and a stop that reaped the dead master (poll()) before stopping could no longer name
     their group. Checking and stopping must leave it unreaped and end the group."""
-    if door.find_nginx() is None:
-        pytest.skip("nginx not installed (make setup)")
     import signal
 
-    from serving.runtime import children
-
-    front = door.Door(
-        tmp_path / "nginx", listen_host="127.0.0.1", http_port=free_port(), grpc_port=free_port(),
-        triton_http=f"127.0.0.1:{free_port()}", triton_grpc=f"127.0.0.1:{free_port()}",
-    )  # fmt: skip
-    master = front.start(preexec_fn=children.own_session_child)
+    front, master = _bare_door(tmp_path)
     try:
         deadline = time.monotonic() + 10
         while not (workers := [p.pid for p in procs.all_processes() if p.ppid == master.pid]):
@@ -421,6 +406,19 @@ def test_a_master_that_died_before_its_stop_leaves_no_worker(tmp_path):
     finally:
         if front.proc is not None:
             front.stop(timeout=1)
+
+
+def _bare_door(tmp_path: Path) -> tuple[door.Door, subprocess.Popen]:
+    """A door (nginx in its own session, as the launcher starts it) with nothing behind it, started."""
+    if door.find_nginx() is None:
+        pytest.skip("nginx not installed (make setup)")
+    from serving.runtime import children
+
+    front = door.Door(
+        tmp_path / "nginx", listen_host="127.0.0.1", http_port=free_port(), grpc_port=free_port(),
+        triton_http=f"127.0.0.1:{free_port()}", triton_grpc=f"127.0.0.1:{free_port()}",
+    )  # fmt: skip
+    return front, front.start(preexec_fn=children.own_session_child)
 
 
 def _running(pid: int) -> bool:

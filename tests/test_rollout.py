@@ -49,6 +49,17 @@ def export_constant(repo: Path, value: float) -> Path:
     return export_model(model, "age", repo)
 
 
+def age_repository(tmp_path: Path, *values: float) -> Path:
+    """A repository of ``age`` alone, with the served config, one constant version per value (1, 2, ...)."""
+    repo = tmp_path / "model_repository"
+    (repo / "age").mkdir(parents=True)
+    shutil.copy(ROOT / "model_repository" / "age" / "config.pbtxt", repo / "age")
+    shutil.copytree(ROOT / "model_repository" / "age" / "configs", repo / "age" / "configs")
+    for value in values:
+        export_constant(repo, value)
+    return repo
+
+
 def load(url: str, headers: dict, stop: threading.Event, log: list, errors: list) -> None:
     import tritonclient.http as httpclient
 
@@ -90,11 +101,7 @@ def test_rollout_and_rollback_under_load_without_a_failed_request(tmp_path, monk
     # The repository API is an admin API: the launcher restricts it behind this secret (issue #7) and
     # serving.ops.rollout presents it as header `admin-key`, in this process and in the CLI run below.
     monkeypatch.setenv("TRITON_ADMIN_KEY", secrets.token_urlsafe(16))
-    repo = tmp_path / "model_repository"
-    (repo / "age").mkdir(parents=True)
-    shutil.copy(ROOT / "model_repository" / "age" / "config.pbtxt", repo / "age")
-    shutil.copytree(ROOT / "model_repository" / "age" / "configs", repo / "age" / "configs")
-    export_constant(repo, 1.0)
+    repo = age_repository(tmp_path, 1.0)
 
     server = TritonServer(
         repo,
@@ -204,12 +211,7 @@ def test_a_rollback_outlives_a_crash_of_triton(tmp_path, monkeypatch):
     from serving.runtime import door, pins
 
     monkeypatch.setenv("TRITON_ADMIN_KEY", secrets.token_urlsafe(16))
-    repo = tmp_path / "model_repository"
-    (repo / "age").mkdir(parents=True)
-    shutil.copy(ROOT / "model_repository" / "age" / "config.pbtxt", repo / "age")
-    shutil.copytree(ROOT / "model_repository" / "age" / "configs", repo / "age" / "configs")
-    export_constant(repo, 1.0)
-    export_constant(repo, 2.0)
+    repo = age_repository(tmp_path, 1.0, 2.0)
     server = TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, extra_args=CONTROL_ARGS["explicit"])
     with server:
         assert _age_answer(server) == 2.0
