@@ -140,6 +140,10 @@ def _translate_triton(exc: InferenceServerException, *, url: str, protocol: str,
             return ModelNotReadyError(
                 f"{where} is not ready ({message}); wait for the server to finish loading or check its log"
             )
+        if "restarting after a crash" in lowered or "shutting down" in lowered:
+            # The door answered for a server that is there but not serving now: "cannot reach" would send the user
+            # looking for a server that is not running.
+            return ServerUnavailableError(f"{where} is not serving right now: {message}")
         return ServerUnavailableError(unavailable_message(url, protocol, message))
     if status in ("NOT_FOUND", "404") or (status in ("INVALID_ARGUMENT", "400") and model_missing):
         return ModelNotReadyError(

@@ -559,6 +559,9 @@ def test_parse_outputs_maps_nan_interval_to_none():
         ("404", "not a public model, or not a public API of one (public models: age_gender)", UnknownModelError),
         ("503", "Server not ready", ServerUnavailableError),
         ("502", "Bad Gateway", ServerUnavailableError),  # the door lost Triton mid-request (a restart)
+        # The door's while the launcher restarts a crashed Triton, and while it stops: retried, not "unreachable".
+        ("StatusCode.UNAVAILABLE", "Triton is restarting after a crash; retry soon", ServerUnavailableError),
+        ("503", "server is shutting down", ServerUnavailableError),
         ("400", "unexpected shape for input 'image'", ServerError),
         ("StatusCode.INTERNAL", "stub crashed", ServerError),
     ],
@@ -567,6 +570,9 @@ def test_triton_statuses_map_onto_the_hierarchy(status, message, expected):
     error = translate(InferenceServerException(message, status=status), url="h:1", protocol="grpc", model="m")
     assert type(error) is expected
     assert message in str(error)
+    # "Cannot reach" only where nothing answered for the server: not for the door saying why it does not serve now.
+    door_says_why = "restarting after a crash" in message or "shutting down" in message
+    assert ("cannot reach" in str(error)) is (expected is ServerUnavailableError and not door_says_why)
     assert error.retryable is (expected in (ServerUnavailableError, ModelNotReadyError, RateLimitedError))
 
 

@@ -295,6 +295,18 @@ def test_a_socket_error_the_client_lets_through_still_reads_unreachable():
     assert "pass --url" not in app.TritonBackend("127.0.0.1:1", "grpc", timeout=2).health_markdown()
 
 
+def test_a_restart_of_triton_reads_as_a_restart_not_as_unreachable():
+    from tritonclient.utils import InferenceServerException
+
+    from client.errors import translate
+
+    backend = app.TritonBackend("127.0.0.1:1", "grpc")
+    said = InferenceServerException("Triton is restarting after a crash; retry in a few seconds", status="503")
+    status, raw = app.request_failed(backend, translate(said, url="127.0.0.1:1", protocol="http"))
+    assert status.startswith("**Triton is restarting** at `127.0.0.1:1` (grpc) after a crash")
+    assert raw["error_kind"] == "server_unavailable" and "unreachable" not in status
+
+
 def test_a_timeout_setting_that_is_not_a_number_stops_the_start_with_one_line(monkeypatch):
     # Read when the page's module loads (TRITON_TIMEOUT, GRADIO_HEALTH_POLL): a traceback before.
     monkeypatch.setenv("TRITON_TIMEOUT", "abc")
