@@ -306,17 +306,13 @@ port = server.add_insecure_port("127.0.0.1:0")
 server.start()
 grpc.channel_ready_future(grpc.insecure_channel(f"127.0.0.1:{port}")).result(timeout=30)
 import os, signal, threading
+from loadtest import procs
 def unstick():
     # A child stuck between fork and exec (gRPC's fork handlers can deadlock one too) holds spawn() itself, which waits
     # for the exec: kill this process's children, so the stuck one counts as failed instead of hanging the test.
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                ppid = int(stat.read().rsplit(")", 1)[1].split()[1])
-        except OSError:
-            continue
-        if ppid == os.getpid():
-            os.kill(int(entry), signal.SIGKILL)
+    for child in procs.all_processes():
+        if child.ppid == os.getpid():
+            os.kill(child.pid, signal.SIGKILL)
 failed = 0
 for _ in range(int(sys.argv[1])):
     timer = threading.Timer(10, unstick)

@@ -85,11 +85,9 @@ def switch(
         except InferenceServerException as err:
             hint = "" if headers else f" (an internal model's config needs the admin key: set {ADMIN_KEY_ENV})"
             raise RolloutError(f"cannot read the config of {model!r} at {url}{hint}: {err}") from None
-        override = None
-        versions = None
+        override = versions = None
         if version is not None:
             versions = [int(version)] if isinstance(version, int) else sorted(map(int, version))
-        if versions is not None:
             config["version_policy"] = {"specific": {"versions": versions}}
             override = json.dumps(config)
         try:

@@ -153,15 +153,16 @@ class FaceCropper:
         """
         small = _shrunk(image, DETECT_ALL_MAX_SIDE)
         sw, sh = small.size
-        if max(sw, sh) <= TILE_SIDE:
-            return []  # one tile: the picture the short-range model has seen already
         found = self._tile_pass(self._short, small, TILE_SIDE, TILE_OVERLAP)
         return [_scaled(d, 1 / sw, 1 / sh, 0, 0) for d in found if d.score >= DETECT_ALL_MIN_SCORE]
 
     def _tile_pass(self, detector: Any, small: Image.Image, side: int, overlap: float) -> list[Detection]:
-        """One detector on overlapping square tiles of ``small``; detections in ``small``'s pixels."""
+        """One detector on overlapping square tiles of ``small``; detections in ``small``'s pixels. None for a
+        picture that is one tile: the whole-picture pass has seen it already."""
         sw, sh = small.size
         found = []
+        if max(sw, sh) <= side:
+            return found
         for left, top, right, bottom in tiles(sw, sh, side, overlap):
             part = small.crop((left, top, right, bottom))
             # Sides of the tile inside the picture: a face cut there lies whole in a neighbour tile (the overlap is
@@ -377,8 +378,7 @@ class MultiFaceCropper(FaceCropper):
             for detector in self._whole:
                 found += [_scaled(d, sw, sh, 0, 0) for d in self._run(detector, small, pad=0.0)]
             for detector, side in self._tiled:
-                if max(sw, sh) > side:  # else the whole-picture pass saw it already
-                    found += self._tile_pass(detector, small, side, self.overlap)
+                found += self._tile_pass(detector, small, side, self.overlap)
             if not found:
                 found = [_scaled(d, sw, sh, 0, 0) for d in self._run(self._short, small, pad=CLOSE_CROP_PAD)]
         merged = sorted(merge_detections(found), key=lambda d: _area(d.box) * d.score, reverse=True)

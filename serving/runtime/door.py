@@ -284,6 +284,7 @@ def nginx_config(
     def grpc_location(match: str, seconds: int, restarting: bool = True) -> str:
         """A gRPC location: refusals first (``restarting``: as for http_checks), then to the gate with ``seconds``
         for the answer."""
+        refusals = [("draining", SHUTTING_DOWN), *([("restarting", RESTARTING)] if restarting else [])]
         lines = [
             f"location {match} {{",
             "    if ($grpc_compressed) {",
@@ -294,7 +295,7 @@ def nginx_config(
             "    }",
             *(
                 line
-                for flag, message in (("draining", SHUTTING_DOWN), ("restarting", RESTARTING))[: 2 if restarting else 1]
+                for flag, message in refusals
                 for line in (
                     f"    if (-f {prefix}/{flag}) {{",
                     "        add_header grpc-status 14 always;",

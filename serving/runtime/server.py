@@ -569,8 +569,8 @@ class TritonServer:
                     f"tritonserver exited with code {self._proc.returncode} before it was ready. "
                     f"Last log lines:\n{self.logs(40)}"
                 )
-            nginx = self._door.proc if self._door is not None else None
-            if nginx is not None and not self._door.running():  # not poll(): Door.stop needs it unreaped
+            front = self._door
+            if front is not None and front.proc is not None and not front.running():  # not poll(): stop needs it
                 raise TritonStartError(
                     "the nginx front door exited (a public port taken?). Its log:\n" + "\n".join(self._door_log)
                 )
