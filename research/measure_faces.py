@@ -49,6 +49,7 @@ CONFIGS = {
     "short+full / short 320 min 0.5": {"min_score": 0.5},
     "short+full / short 320 min 0.55": {"min_score": 0.55},
     "short+full / short 320 min 0.65": {"min_score": 0.65},
+    "short+full / short 320 no detail floor": {"min_detail": 0},
     "full / short 320": {"whole": ("full_sparse",), "tiled": (("short", 320),)},
     "full / short 384": {"whole": ("full_sparse",), "tiled": (("short", 384),)},
     "full / full 480 + short 320": {"whole": ("full_sparse",), "tiled": (("full_sparse", 480), ("short", 320))},

@@ -2,16 +2,18 @@
 
     python -m research.single_subject --data ../shared/datasets/UTKFace.tar.gz [--split val] [--n 400] [--seed 11]
 
-Three kinds of picture, with faces from one split of UTKFace (as ``training.data.split`` assigns it; choose on
+Four kinds of picture, with faces from one split of UTKFace (as ``training.data.split`` assigns it; choose on
 ``val``, confirm on ``test``):
 
 - scenes: one face at a size log-uniform in 64-480 px on a 1280x960 smooth random background; the kept box is right
   when it overlaps the pasted square with IoU >= 0.5 (printed per size band);
 - close crops: the 200x200 UTKFace pictures themselves, as someone uploads a cropped face; any face found counts;
+- degraded close crops: the same, blurred (4 px radius), saved as JPEG quality 10, or shrunk to 32 px and blown up
+  again, as poor uploads bring faces; any face found counts;
 - faceless: the backgrounds alone (``--n`` / 2 of them); any face found is a false one.
 
-Each is printed for the cascade as served and for the one before it (2026-12-06: no tile pass, the bordered retry
-kept from 0.5), on the same pictures.
+Each is printed for the cascade as served and for the same cascade without its detail floor
+(``detect.MIN_FACE_DETAIL``), on the same pictures.
 """
 
 from __future__ import annotations
@@ -22,11 +24,10 @@ import math
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from research.measure_faces import CANVAS, ROOT, background, held_out_faces, iou
 from serving.pipeline import detect
-from serving.pipeline.crops import Detection
 
 BANDS = ((64, 96), (96, 144), (144, 216), (216, 324), (324, 481))
 
@@ -44,20 +45,16 @@ def scenes(faces: list[tuple[bytes, int, int]], n: int, seed: int):
         yield canvas, (x, y, x + size, y + size)
 
 
-def before(cropper: detect.FaceCropper, picture: Image.Image) -> Detection | None:
-    """The cascade before the tile pass, in picture pixels: short-range, full-range when it is not sure, the bordered
-    retry (from 0.5) when neither found anything."""
+def degraded(picture: Image.Image) -> dict[str, Image.Image]:
+    """A close crop as a poor upload would bring it: out of focus, compressed to blocks, a thumbnail blown up."""
+    jpeg = io.BytesIO()
+    picture.save(jpeg, "JPEG", quality=10)
     w, h = picture.size
-    small = detect._shrunk(picture, detect.DETECT_MAX_SIDE)
-    found = cropper._run(cropper._short, small, pad=0.0)
-    sure = bool(found) and max(d.score for d in found) >= detect.SURE_SCORE
-    if not sure:
-        found += cropper._run(cropper._full, small, pad=0.0)
-    if not found:
-        found = cropper._run(cropper._short, small, pad=detect.CLOSE_CROP_PAD)
-    if not found:
-        return None
-    return detect._scaled(detect.most_prominent(found) if sure else max(found, key=lambda d: d.score), w, h, 0, 0)
+    return {
+        "blur 4px": picture.filter(ImageFilter.GaussianBlur(4)),
+        "JPEG q10": Image.open(io.BytesIO(jpeg.getvalue())).convert("RGB"),
+        "from 32px": picture.resize((32, 32), Image.Resampling.BILINEAR).resize((w, h), Image.Resampling.BICUBIC),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -68,8 +65,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=11)
     args = p.parse_args(argv)
     faces = held_out_faces(args.data, split=args.split)
-    cropper = detect.FaceCropper()
-    rules = {"as served": cropper.detect, "before the tile pass": lambda picture: before(cropper, picture)}
+    rules = {
+        "as served": detect.FaceCropper().detect,
+        "without the detail floor": detect.FaceCropper(min_detail=0).detect,
+    }
     sizes, right = [], {name: [] for name in rules}
     for picture, truth in scenes(faces, args.n, args.seed):
         sizes.append(truth[2] - truth[0])
@@ -81,14 +80,24 @@ def main(argv: list[str] | None = None) -> None:
     empty = [background(rng) for _ in range(args.n // 2)]
     sizes = np.array(sizes)
     print(f"{args.split} faces; {args.n} scenes, {len(close)} close crops, {len(empty)} faceless backgrounds")
-    print("cascade".ljust(22), "scenes", " ".join(f"{a}-{b - 1}px" for a, b in BANDS), "close crops", "faceless: false")
+    poor = [degraded(picture) for picture in close]
+    kinds = list(poor[0])
+    print(
+        "cascade".ljust(24),
+        "scenes",
+        " ".join(f"{a}-{b - 1}px" for a, b in BANDS),
+        "close crops",
+        " ".join(kinds),
+        "faceless: false",
+    )
     for name, rule in rules.items():
         hits = np.array(right[name])
         shares = [hits[(sizes >= a) & (sizes < b)].mean() for a, b in BANDS]
         bands = " ".join(f"{v:.2f}".rjust(len(f"{a}-{b - 1}px")) for v, (a, b) in zip(shares, BANDS, strict=True))
         crops = np.mean([rule(picture) is not None for picture in close])
         false = np.mean([rule(picture) is not None for picture in empty])
-        print(name.ljust(22), f"{hits.mean():.3f} ", bands, f"{crops:.3f}".rjust(11), f"{false:.3f}".rjust(15))
+        worse = " ".join(f"{np.mean([rule(p[kind]) is not None for p in poor]):.3f}".rjust(len(kind)) for kind in kinds)
+        print(name.ljust(24), f"{hits.mean():.3f} ", bands, f"{crops:.3f}".rjust(11), worse, f"{false:.3f}".rjust(15))
 
 
 if __name__ == "__main__":

