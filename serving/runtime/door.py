@@ -577,10 +577,10 @@ class Door:
                 self._start_again(proc, backoff, report, on_start)
             except Exception as err:  # noqa: BLE001 - this thread is what keeps the door up: it must outlive a failure
                 # (and a master it started gets SIGTERM when it ends: children.die_with_parent). A start that failed
-                # leaves the old, reaped master in self.proc, so the next round starts again without waiting for it.
-                report(f"the nginx front door did not start again ({err}); trying again in {backoff:.0f} s")
-                if self._stopping.wait(backoff):
-                    return
+                # leaves the old, reaped master in self.proc, so the next round starts again without waiting for it,
+                # after its own backoff: _start_again waits before every start, so nothing waits here.
+                retry = min(backoff * 2, RESTART_BACKOFF_S[1])
+                report(f"the nginx front door did not start again ({err}); trying again in {retry:.0f} s")
             backoff = min(backoff * 2, RESTART_BACKOFF_S[1])
 
     def _start_again(

@@ -36,6 +36,14 @@ def later_models() -> tuple[str, ...]:
     return tuple(m for m in contract.PUBLIC_MODELS if m not in command.FIRST_MODELS)
 
 
+def triton_ready(triton_http: Callable[..., tuple[int, bytes]]) -> bool:
+    """Whether Triton itself says ready, asked on its own port (past the door, which may be refusing callers)."""
+    try:
+        return triton_http("/v2/health/ready")[0] == 200
+    except OSError:
+        return False
+
+
 class LaterLoads:
     """Loads the rest of a Triton's models after the ensembles, in a thread per Triton process (:meth:`start`).
 
@@ -77,11 +85,8 @@ class LaterLoads:
         every model) says not ready for the moment the loads take. Runs once per Triton process."""
         try:
             while proc.poll() is None and not self._stopping.is_set():
-                try:
-                    if self._triton_http("/v2/health/ready")[0] == 200:
-                        break
-                except OSError:
-                    pass
+                if triton_ready(self._triton_http):
+                    break
                 time.sleep(0.05)
             else:
                 return

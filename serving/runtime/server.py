@@ -449,18 +449,12 @@ class TritonServer:
         url, timeout = self.internal_http_url, first_load.LATER_LOAD_TIMEOUT_S
         rollout.switch(url, model, versions, timeout=timeout, headers=headers)
 
-    def _triton_ready(self) -> bool:
-        try:
-            return self._triton_http("/v2/health/ready")[0] == 200
-        except OSError:
-            return False
-
     def _after_restart(self, proc: subprocess.Popen, crash: int) -> None:
         """Once the restarted ``proc`` has loaded every model (or RESTORE_WAIT_S has passed: a model that does not
         load must not keep the door shut): the versions served before the crash again (pins.py), then the door lets
         requests in, and what it serves is watched from then on. ``crash``: the crash this restart follows."""
         deadline = time.monotonic() + RESTORE_WAIT_S
-        while not (self._later.done.is_set() and self._triton_ready()):
+        while not (self._later.done.is_set() and first_load.triton_ready(self._triton_http)):
             if proc.poll() is not None or self._stopping.wait(0.1):
                 return
             if time.monotonic() > deadline:
