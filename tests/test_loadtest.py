@@ -106,6 +106,7 @@ def test_locust_exit_code_enforces_p95(tmp_path, triton_tiny):
 def test_locust_exits_by_itself(tmp_path, triton_tiny):
     # It used to print its summary and then hang at interpreter exit, in a second close of a gRPC channel from
     # tritonclient's __del__ (about one run in three with 8 users). subprocess.run kills it at the timeout.
+    served = 0
     for run in range(3):
         (tmp_path / str(run)).mkdir()
         started = time.monotonic()
@@ -116,8 +117,11 @@ def test_locust_exits_by_itself(tmp_path, triton_tiny):
         except subprocess.TimeoutExpired as err:
             pytest.fail(f"run {run + 1}: still running after {err.timeout:.0f} s:\n{(err.stderr or b'')[-2000:]!r}")
         assert done.returncode == 0, done.stderr[-3000:]
-        assert int(_aggregated(prefix)["Request Count"]) > 0  # the reports were written before the exit
+        served += int(_aggregated(prefix)["Request Count"])  # the reports were written before the exit
         print(f"run {run + 1}: exited in {time.monotonic() - started:.1f} s")
+    # The channels were used (the hang was in closing them). Counted over the runs: with the test workers busy, one
+    # 4 s run once got no answer in time (CI, three workers on two cores, 2026-12-06).
+    assert served > 0
 
 
 @pytest.mark.integration
