@@ -332,6 +332,17 @@ class TritonHttpUser(TritonUser):
         return options.triton_http_url
 
 
+@events.init.add_listener
+def _clock_now(**_kwargs: Any) -> None:
+    # gevent times a timer from its loop's clock, as read when the loop last ran; part of Locust's start-up runs after
+    # that without yielding (0.25 s on a quiet machine, seconds on a busy one), and Locust arms its --run-time limit
+    # right after this event. So every run was cut short by that much, and one whose start-up outlasted the limit
+    # ended at once with no request made (a CI run, three test workers on two cores). Read here, the clock is now.
+    import gevent
+
+    gevent.get_hub().loop.update_now()
+
+
 @events.quitting.add_listener
 def _enforce_thresholds(environment: Any, **_kwargs: Any) -> None:
     # Workers only see their own share of the stats; the master decides for the whole run.
