@@ -33,8 +33,9 @@ TINY_SEED = 7
 def pytest_configure(config):
     config.addinivalue_line("markers", "integration: starts a real tritonserver (tens of seconds, several GB RAM)")
     # TensorFlow's kernels on one thread in the tests (training runs, exports, SavedModel checks, and the processes
-    # they start): make test runs three workers on two cores, and a training test on every core starved the servers
-    # that timing-bound tests on the other workers wait for. TensorFlow reads these when it starts its thread pools.
+    # they start): make test runs three workers on two cores, and a training test then takes one core, not both, from
+    # the servers that the other workers' timing-bound tests wait on. pytest took 5:04 this way against 5:28 with
+    # TensorFlow on both cores (fresh clones, the 2-core Intel VM, 2026-12-06). Read when TensorFlow starts its pools.
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
     # Gradio copies the examples a page shows into $GRADIO_TEMP_DIR (default /tmp/gradio, which outlives the
     # tests; some of gradio's modules read it at import, so it is set here, before any test module imports gradio):
