@@ -43,7 +43,7 @@ $(STAMP): pyproject.toml
 
 # Three pytest workers (pytest-xdist) on 2 cores: most integration tests wait on servers, sleeps and attacks, not the
 # CPU, and with two workers the cores were busy 1.4 of 2 on average. Measured on the 2-core VM, quiet, 2026-12-06:
-# pytest 6:26 with -n 2, 5:30 with -n 3 (598 tests). Each worker starts its own session servers.
+# pytest 6:26 with -n 2, 5:30 with -n 3 (598 tests then). Each worker starts its own session servers.
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n 3 --dist loadfile

@@ -77,9 +77,10 @@ def held_out_faces(path: Path, *, seed: int | None = None, split: str = "test") 
     return faces
 
 
-def background(rng: np.random.Generator) -> Image.Image:
-    """A smooth random colour field with some blurred blobs: no faces, but not a flat wall either."""
-    w, h = CANVAS
+def background(rng: np.random.Generator, size: tuple[int, int] = CANVAS) -> Image.Image:
+    """A smooth random colour field with some blurred blobs, ``size`` (width, height): no faces, but not a flat wall
+    either."""
+    w, h = size
     low = rng.integers(40, 220, size=(6, 8, 3), dtype=np.uint8)
     img = Image.fromarray(low).resize((w, h), Image.Resampling.BICUBIC)
     noise = rng.normal(0, 12, size=(h, w, 3))

@@ -1,6 +1,7 @@
 """One face on a random background: does the single-face path (``FaceCropper.detect``) keep a box on it?
 
     python -m research.single_subject --data ../shared/datasets/UTKFace.tar.gz [--split val] [--n 400] [--seed 11]
+        [--floors 3,0]
 
 Four kinds of picture, with faces from one split of UTKFace (as ``training.data.split`` assigns it; choose on
 ``val``, confirm on ``test``):
@@ -12,8 +13,9 @@ Four kinds of picture, with faces from one split of UTKFace (as ``training.data.
   again, as poor uploads bring faces; any face found counts;
 - faceless: the backgrounds alone (``--n`` / 2 of them); any face found is a false one.
 
-Each is printed for the cascade as served and for the same cascade without its detail floor
-(``detect.MIN_FACE_DETAIL``), on the same pictures.
+Each is printed for the cascade with each of ``--floors`` as its detail floor (``detect.MIN_FACE_DETAIL``; by default
+the served one and none), on the same pictures. The comparisons before the detail floor (the cascade before the tile
+pass) are this file as of commit 9919efa.
 """
 
 from __future__ import annotations
@@ -63,12 +65,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--split", choices=("val", "test"), default="val")
     p.add_argument("--n", type=int, default=400)
     p.add_argument("--seed", type=int, default=11)
+    p.add_argument(
+        "--floors",
+        default=f"{detect.MIN_FACE_DETAIL:g},0",
+        help="comma-separated detail floors to compare (detect.MIN_FACE_DETAIL; 0: none); default: served, none",
+    )
     args = p.parse_args(argv)
     faces = held_out_faces(args.data, split=args.split)
-    rules = {
-        "as served": detect.FaceCropper().detect,
-        "without the detail floor": detect.FaceCropper(min_detail=0).detect,
-    }
+    rules = {}
+    for floor in (float(v) for v in args.floors.split(",")):
+        served = " (served)" if floor == detect.MIN_FACE_DETAIL else ""
+        name = f"detail floor {floor:g}{served}" if floor else "without the detail floor"
+        rules[name] = detect.FaceCropper(min_detail=floor).detect
     sizes, right = [], {name: [] for name in rules}
     for picture, truth in scenes(faces, args.n, args.seed):
         sizes.append(truth[2] - truth[0])
@@ -83,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     poor = [degraded(picture) for picture in close]
     kinds = list(poor[0])
     print(
-        "cascade".ljust(24),
+        "cascade".ljust(32),
         "scenes",
         " ".join(f"{a}-{b - 1}px" for a, b in BANDS),
         "close crops",
@@ -97,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
         crops = np.mean([rule(picture) is not None for picture in close])
         false = np.mean([rule(picture) is not None for picture in empty])
         worse = " ".join(f"{np.mean([rule(p[kind]) is not None for p in poor]):.3f}".rjust(len(kind)) for kind in kinds)
-        print(name.ljust(24), f"{hits.mean():.3f} ", bands, f"{crops:.3f}".rjust(11), worse, f"{false:.3f}".rjust(15))
+        print(name.ljust(32), f"{hits.mean():.3f} ", bands, f"{crops:.3f}".rjust(11), worse, f"{false:.3f}".rjust(15))
 
 
 if __name__ == "__main__":

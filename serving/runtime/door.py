@@ -500,6 +500,7 @@ class Door:
         self._preexec = None
         self._stopping = threading.Event()
         self._lock = threading.Lock()  # a restart (keep_running) and stop() one at a time
+        self._waited = False  # whether the watcher's current round has waited its backoff
 
     def start(self, preexec_fn=None) -> subprocess.Popen:
         self._preexec = preexec_fn
@@ -573,14 +574,18 @@ class Door:
                     return
                 if time.monotonic() - born > STABLE_S:
                     backoff = RESTART_BACKOFF_S[0]
+            self._waited = False
             try:
                 self._start_again(proc, backoff, report, on_start)
             except Exception as err:  # noqa: BLE001 - this thread is what keeps the door up: it must outlive a failure
                 # (and a master it started gets SIGTERM when it ends: children.die_with_parent). A start that failed
                 # leaves the old, reaped master in self.proc, so the next round starts again without waiting for it,
-                # after its own backoff: _start_again waits before every start, so nothing waits here.
+                # after its own backoff. A failure before this round's backoff waits it here, so that a failure that
+                # repeats cannot spin; one after it does not wait twice.
                 retry = min(backoff * 2, RESTART_BACKOFF_S[1])
                 report(f"the nginx front door did not start again ({err}); trying again in {retry:.0f} s")
+                if not self._waited and self._stopping.wait(backoff):
+                    return
             backoff = min(backoff * 2, RESTART_BACKOFF_S[1])
 
     def _start_again(
@@ -596,6 +601,7 @@ class Door:
         try:
             if self._stopping.wait(backoff):
                 return
+            self._waited = True
         finally:
             for hold in held:
                 hold.close()
