@@ -500,7 +500,6 @@ class Door:
         self._preexec = None
         self._stopping = threading.Event()
         self._lock = threading.Lock()  # a restart (keep_running) and stop() one at a time
-        self._waited = False  # whether the watcher's current round has waited its backoff
 
     def start(self, preexec_fn=None) -> subprocess.Popen:
         self._preexec = preexec_fn
@@ -574,23 +573,23 @@ class Door:
                     return
                 if time.monotonic() - born > STABLE_S:
                     backoff = RESTART_BACKOFF_S[0]
-            self._waited = False
+            retry = min(backoff * 2, RESTART_BACKOFF_S[1])
             try:
-                self._start_again(proc, backoff, report, on_start)
+                self._start_again(proc, backoff, retry, report, on_start)
             except Exception as err:  # noqa: BLE001 - this thread is what keeps the door up: it must outlive a failure
-                # (and a master it started gets SIGTERM when it ends: children.die_with_parent). A start that failed
-                # leaves the old, reaped master in self.proc, so the next round starts again without waiting for it,
-                # after its own backoff. A failure before this round's backoff waits it here, so that a failure that
-                # repeats cannot spin; one after it does not wait twice.
-                retry = min(backoff * 2, RESTART_BACKOFF_S[1])
+                # What escapes _start_again failed before its backoff (it reports what fails after): waited here, so
+                # that a failure that repeats cannot spin. The old, reaped master stays in self.proc, so the next
+                # round starts again without waiting for it to die, after its own backoff.
                 report(f"the nginx front door did not start again ({err}); trying again in {retry:.0f} s")
-                if not self._waited and self._stopping.wait(backoff):
+                if self._stopping.wait(backoff):
                     return
-            backoff = min(backoff * 2, RESTART_BACKOFF_S[1])
+            backoff = retry
 
     def _start_again(
-        self, dead: subprocess.Popen, backoff: float, report: Callable[[str], None], on_start: Callable
+        self, dead: subprocess.Popen, backoff: float, retry: float, report: Callable[[str], None], on_start: Callable
     ) -> None:
+        """Ends what is left of ``dead``'s group, waits ``backoff`` holding the public ports, starts nginx. A failure
+        from the start on is reported here (the next try in ``retry`` s); one before the backoff is raised."""
         with self._lock:
             if self._stopping.is_set() or self.proc is not dead:
                 return
@@ -601,15 +600,21 @@ class Door:
         try:
             if self._stopping.wait(backoff):
                 return
-            self._waited = True
         finally:
             for hold in held:
                 hold.close()
         with self._lock:
             if self._stopping.is_set():
                 return
-            started = self.start(self._preexec)
-        on_start(started)
+            try:  # a master it started gets SIGTERM when this process ends: children.die_with_parent
+                started = self.start(self._preexec)
+            except Exception as err:  # noqa: BLE001 - reported; the watcher tries again after the next backoff
+                report(f"the nginx front door did not start again ({err}); trying again in {retry:.0f} s")
+                return
+        try:
+            on_start(started)
+        except Exception as err:  # noqa: BLE001 - the door runs: only what the server does with a new master failed
+            report(f"the nginx front door started again, but setting it up failed: {err}")
 
     def _hold_public_ports(self) -> list[Held]:
         """The public ports bound here (SO_REUSEPORT, never listening: ports.Held) while no nginx has them, so that
