@@ -35,6 +35,7 @@ import time
 from collections.abc import Sequence
 
 from common.ports import default_address
+from serving.runtime import pins
 from serving.runtime.security import ADMIN_HEADER, ADMIN_KEY_ENV
 
 
@@ -50,7 +51,7 @@ def admin_headers() -> dict[str, str]:
 def ready_versions(client, model: str, headers: dict[str, str] | None = None) -> list[int]:
     """Versions of ``model`` that are READY now, from the repository index (``headers``: as :func:`switch`)."""
     index = client.get_model_repository_index(headers=admin_headers() if headers is None else headers)
-    return sorted(int(m["version"]) for m in index if m.get("name") == model and m.get("state") == "READY")
+    return list(pins.ready_versions(index).get(model, ()))
 
 
 def switch(
