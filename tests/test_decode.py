@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
+from common import upload
 from loadtest.abuse import cases
 from serving.pipeline.decode import DecodeLimits, ImageDecodeError
 
@@ -85,6 +86,67 @@ def test_truncated(fmt):
     data = encode(gradient(200, 200), fmt)
     with pytest.raises(ImageDecodeError, match="truncated"):
         decode_image(data[: len(data) // 2])
+
+
+def textured(w: int, h: int, seed: int = 0) -> Image.Image:
+    """A photo-like picture (smooth noise): a JPEG of it has real scan data all the way down."""
+    rng = np.random.default_rng(seed)
+    small = Image.fromarray(rng.integers(0, 256, (h // 16 + 2, w // 16 + 2, 3), dtype=np.uint8))
+    return small.resize((w, h), Image.BICUBIC)
+
+
+@pytest.mark.parametrize("progressive", [False, True], ids=["baseline", "progressive"])
+def test_a_jpeg_cut_short_and_given_its_end_marker_back_is_refused(progressive):
+    """libjpeg paints the missing part grey and PIL decodes such a file without a word: the service answered an age
+    and a gender for the top half of a face. The cut file without its end marker was refused already."""
+    data = encode(textured(320, 240), "JPEG", quality=90, progressive=progressive)
+    mended = data[: len(data) * 3 // 4] + b"\xff\xd9"
+    Image.open(io.BytesIO(mended)).load()  # PIL alone: no error
+    with pytest.raises(ImageDecodeError, match=r"JPEG file is truncated or corrupt \(Corrupt JPEG data: premature"):
+        decode_image(mended)
+    with pytest.raises(ImageDecodeError, match="truncated or corrupt"):
+        decode_image(data[: len(data) * 3 // 4])
+    # A progressive file cut between two scans is a whole picture, at a coarser quality: served, as PIL shows it.
+    if progressive:
+        scans = [i for i in range(len(data) - 1) if data[i : i + 2] == b"\xff\xda"]
+        whole = data[: scans[len(scans) // 2]] + b"\xff\xd9"
+        np.testing.assert_array_equal(
+            np.asarray(decode_image(whole)), np.asarray(Image.open(io.BytesIO(whole)).convert("RGB"))
+        )
+
+
+JPEG_KINDS = {
+    "4:4:4": {"subsampling": 0},
+    "4:2:2": {"subsampling": 1},
+    "4:2:0": {"subsampling": 2},
+    "progressive": {"progressive": True},
+    "grey": {},
+}
+
+
+@pytest.mark.parametrize("kind", JPEG_KINDS)
+@pytest.mark.parametrize("size", [(641, 481), (2003, 3001)], ids=["small", "drafted"])
+def test_jpegs_decode_to_the_pixels_pil_gives(kind, size):
+    """libjpeg-turbo through simplejpeg (which reports the warnings above) gives PIL's pixels, drafted or not: the
+    served answers do not move."""
+    img = textured(*size, seed=len(kind)).convert("L") if kind == "grey" else textured(*size, seed=len(kind))
+    data = encode(img, "JPEG", quality=90, **JPEG_KINDS[kind])
+    limits = DecodeLimits(max_pixels=10_000_000, max_bytes=10_000_000, draft_side=1280)
+    decoded = limits.decode(data).image
+    expected, _ = upload.open_bounded(data, draft_side=1280)
+    assert decoded.size == expected.size and (decoded.size == size) == (max(size) <= 1280)
+    np.testing.assert_array_equal(np.asarray(decoded), np.asarray(expected.convert("RGB")))
+
+
+def test_a_jpeg_with_a_harmless_warning_decodes_as_before():
+    """Stray bytes between two segments: libjpeg warns and decodes every pixel; simplejpeg stops there, and PIL
+    decodes the file as it always did."""
+    data = encode(textured(320, 240), "JPEG", quality=90)
+    at = data.index(b"\xff\xdb")  # the first quantisation table
+    junk = data[:at] + b"\x00" * 10 + data[at:]
+    np.testing.assert_array_equal(
+        np.asarray(decode_image(junk)), np.asarray(Image.open(io.BytesIO(junk)).convert("RGB"))
+    )
 
 
 @pytest.mark.parametrize(
@@ -229,16 +291,18 @@ def test_png_orientation_is_found_from_the_chunks_wherever_they_lie(fast_png_res
 def test_an_upright_picture_is_not_copied():
     """load_rgb returns an upright RGB file's own picture: a copy cost a memory copy and fresh page faults per
     request (the detection path's 1280 px photos 19% slower)."""
-    from common import upload
-
-    opened, _ = upload.open_bounded(encode(gradient(), "JPEG"))
-    assert upload.load_rgb(opened) is opened
-    # Nor does it keep the file's EXIF (a camera's, its GPS), which a copy never had.
+    data = encode(gradient(), "WEBP")  # decoded by PIL (JPEGs by simplejpeg, PNGs by libspng in the server)
+    opened, _ = upload.open_bounded(data)
+    assert upload.load_rgb(opened, data) is opened
+    # Nor does it keep the file's EXIF (a camera's, its GPS), which a copy never had: neither does a JPEG's picture.
     exif = Image.Exif()
     exif[0x010F], exif[0x0112] = "a camera", 1
-    opened, _ = upload.open_bounded(encode(gradient(), "JPEG", exif=exif))
-    picture = upload.load_rgb(opened)
-    assert picture is opened and dict(picture.getexif()) == {} and "exif" not in picture.info
+    for fmt in ("WEBP", "JPEG"):
+        data = encode(gradient(), fmt, exif=exif)
+        opened, _ = upload.open_bounded(data)
+        picture = upload.load_rgb(opened, data)
+        assert (picture is opened) == (fmt == "WEBP")
+        assert dict(picture.getexif()) == {} and "exif" not in picture.info
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))

@@ -39,6 +39,8 @@ CASES = {
     "garbage": (lambda: b"certainly not an image " * 20, "not a recognised image", False),
     "empty": (lambda: b"", "empty", False),
     "truncated": (lambda: GRACE.read_bytes()[:20_000], "truncated", False),
+    # Cut below the face and given its end marker back: PIL decodes it, the bottom painted grey.
+    "cut_and_mended": (lambda: GRACE.read_bytes()[:40_000] + b"\xff\xd9", "premature end", False),
     "bomb": (lambda: encode(Image.new("1", (8000, 6000)), "PNG"), "megapixels", False),  # 48 MP in ~8 KB
     "too_big": (lambda: b"\xff\xd8\xff" + bytes(11 * 2**20), "MiB", False),
     "no_face": (no_face, "", False),

@@ -363,6 +363,13 @@ def truncate(data: bytes, rng: random.Random) -> bytes:
     return data[: rng.randrange(0, len(data))]
 
 
+def cut_and_mend(data: bytes, rng: random.Random) -> bytes:
+    """A baseline JPEG cut inside its picture's data, with its end marker put back (as a tool that "repairs" a cut
+    download does): PIL decodes it with the rest painted grey; the service must refuse it."""
+    scan = data.index(b"\xff\xda")
+    return data[: rng.randrange(scan + 20, scan + (len(data) - scan) * 9 // 10)] + b"\xff\xd9"
+
+
 def seed_images(rng: random.Random) -> list[bytes]:
     return [*face_images(), face_crop(), no_face_image(rng, smooth=False), no_face_image(rng, smooth=False)]
 
@@ -381,6 +388,7 @@ WEIGHTS = {
     "random_bytes": 14,
     "mutated_images": 16,
     "truncated_images": 8,
+    "mended_jpegs": 3,
     "undecodable": 6,
     "decompression_bombs": 6,
     "costly_structure": 4,
@@ -434,6 +442,10 @@ def make_case(category: str, i: int, rng: random.Random) -> Case:  # noqa: C901,
         seeds = seed_images(rng)
         blobs = [truncate(rng.choice(seeds), rng) for _ in range(rng.choice([1, 2, 4]))]
         return Case(category, proto, "infer", model, blobs, Expect("either", ("any",) * len(blobs)))
+    if category == "mended_jpegs":
+        seeds = [FACE_PHOTO.read_bytes(), face_images()[1], face_crop()]
+        blobs, items = _batch(rng, lambda: cut_and_mend(rng.choice(seeds), rng), "error", rng.choice([1, 2, 4]))
+        return Case(category, proto, "infer", model, blobs, Expect("either", items))
     if category == "undecodable":
         blobs, items = _batch(rng, lambda: undecodable(rng), "error")
         return Case(category, proto, "infer", model, blobs, Expect("either", items))

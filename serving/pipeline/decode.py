@@ -135,7 +135,7 @@ def decode_upload(
         # decode the whole PNG a second time (PIL reads a PNG's EXIF by loading it): the 512x512 portrait took 21 ms
         # to decode that way, 9.6 without (docs/performance-log.md, twenty-fourth part).
         return Decoded(fast, stored)
-    return Decoded(load_rgb(img), upright_size(img, stored))
+    return Decoded(load_rgb(img, data), upright_size(img, stored))
 
 
 #: The text chunks' keywords under which PIL finds a PNG's orientation (common.upload.orientation): ImageMagick's
