@@ -261,3 +261,47 @@ def test_no_server_is_one_clear_line(extra):
         f"error: no Triton answering HTTP at 127.0.0.1:{port} ([Errno 111] Connection refused); is it running? "
         "(--url / TRITON_HTTP_URL)"
     ]
+
+
+def test_a_crash_with_a_broken_newest_version_on_disk_serves_what_it_served(tiny_repo, tmp_path, monkeypatch):
+    """A version that fails to load sits in the repository (a rollout that failed leaves it there). A Triton that
+    crashed then loaded it on its restart, exited on it, and was restarted again and again, serving nothing. Now the
+    restart runs on past it, and the version served before, with the ensembles that step through it, serves again
+    (serving/runtime/pins.py); the whole server as `make serve` runs it: both ensembles loaded first, door, gate."""
+    from client import AgeGenderClient
+    from serving.runtime import pins
+
+    monkeypatch.setenv("TRITON_ADMIN_KEY", secrets.token_urlsafe(16))
+    repo = tmp_path / "model_repository"
+    shutil.copytree(tiny_repo, repo, symlinks=True)
+    server = TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0)
+    with server:
+        server.wait_ready()
+        photo = (ROOT / "gradio_frontend" / "examples" / "grace_hopper.jpg").read_bytes()
+        with AgeGenderClient(server.grpc_url) as client:
+            before = client.predict(photo, detect=False)
+        broken = repo / "age" / "2"
+        shutil.copytree(repo / "age" / "1", broken)
+        for name in ("saved_model.pb", "model.xml"):
+            for path in broken.rglob(name):
+                path.write_bytes(b"not a model")
+        with pytest.raises(RolloutError, match="(?s)load failed.*what served before serves on"):
+            switch(server.http_url, "age")  # the rollout of version 2 fails; version 1 serves on
+        deadline = time.monotonic() + 2 * pins.POLL_S + 10
+        while server._served.served.get("age") != (1,) or "age_gender_crop" not in server._served.configs:
+            assert time.monotonic() < deadline, (server._served.served, list(server._served.configs))
+            time.sleep(0.1)
+        os.kill(server._proc.pid, 11)
+        deadline = time.monotonic() + 120
+        while not any("age_gender_crop: version 1 served again" in e for e in server.events):
+            assert time.monotonic() < deadline, "\n".join(server.events) + server.logs(30)
+            assert server.restarts <= 1, "\n".join(server.events)  # restarted once, not in a loop
+            time.sleep(0.2)
+        with AgeGenderClient(server.grpc_url) as client:
+            after = client.predict(photo, detect=False)
+        assert after.age == pytest.approx(before.age, abs=1e-3) and after.gender == before.gender
+        time.sleep(2)
+        assert server.restarts == 1 and server.poll() is None, "\n".join(server.events)
+        assert any("age: version 1 served again" in e for e in server.events), server.events
+        status = _status(server.http_url)
+        assert status.returncode == 0 and "age: ready versions [1]" in status.stdout, status.stderr

@@ -9,7 +9,8 @@ explicit``; the KServe runtime sets it too). Both moves are one call to Triton's
 repository API, ``POST /v2/repository/models/<model>/load``: Triton reads the model
 folder again (local or s3://), loads the chosen version beside the one serving,
 moves new requests to it once it is ready, lets requests in flight on the old one
-finish, then unloads it. A version that fails to load leaves the old one serving.
+finish, then unloads it. A version that fails to load leaves the old one serving (and Triton 2.51 saying it is not
+ready until its next start: docs/serverless.md).
 
 - Rollout: the model loaded again from the repository as it stands, its config there included (so a config
   published with the new version takes effect) and the version(s) that config serves: the newest.
@@ -28,6 +29,7 @@ sent as header ``admin-key`` from env TRITON_ADMIN_KEY.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -61,6 +63,7 @@ def switch(
     *,
     timeout: float = 300,
     headers: dict[str, str] | None = None,
+    known_config: dict | None = None,
 ) -> list[int]:
     """Makes ``model`` serve ``version`` (None: the newest in the repository); returns the ready versions after.
 
@@ -72,6 +75,8 @@ def switch(
         timeout: Seconds the load may take (a model loads beside the serving one first).
         headers: What each call carries; None: the admin key from env TRITON_ADMIN_KEY (the launcher, which pins
             again after a restart, passes its own key: serving/runtime/pins.py).
+        known_config: The config ``model`` was last served with, for when Triton has none to give (the model
+            failed to load: a restarted Triton that loaded a broken newest version, pins.py).
     """
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
@@ -84,8 +89,10 @@ def switch(
             # The CNNs are internal models: the door shows their config to admins only (docs/security.md).
             config = client.get_model_config(model, headers=headers)
         except InferenceServerException as err:
-            hint = "" if headers else f" (an internal model's config needs the admin key: set {ADMIN_KEY_ENV})"
-            raise RolloutError(f"cannot read the config of {model!r} at {url}{hint}: {err}") from None
+            if known_config is None:
+                hint = "" if headers else f" (an internal model's config needs the admin key: set {ADMIN_KEY_ENV})"
+                raise RolloutError(f"cannot read the config of {model!r} at {url}{hint}: {err}") from None
+            config = copy.deepcopy(known_config)
         override = versions = None
         if version is not None:
             versions = [int(version)] if isinstance(version, int) else sorted(map(int, version))
@@ -99,7 +106,12 @@ def switch(
                 hint = " (start Triton with --model-control-mode explicit)"
             elif "restricted" in str(err) or "admin" in str(err).lower():
                 hint = f" (the repository API is restricted: set {ADMIN_KEY_ENV})"
-            raise RolloutError(f"Triton refused to load {model!r}{hint}: {err}") from None
+            elif "load failed" in str(err):
+                hint = (
+                    " (what served before serves on; Triton 2.51 says it is not ready, /v2/health/ready, until its "
+                    "next start)"
+                )
+            raise RolloutError(f"Triton refused to load {model!r}: {err}{hint}") from None
         deadline = time.monotonic() + timeout
         while not all(client.is_model_ready(model, str(v), headers=headers) for v in versions or [""]):
             if time.monotonic() > deadline:

@@ -36,10 +36,12 @@ def later_models() -> tuple[str, ...]:
     return tuple(m for m in contract.PUBLIC_MODELS if m not in command.FIRST_MODELS)
 
 
-def triton_ready(triton_http: Callable[..., tuple[int, bytes]]) -> bool:
-    """Whether Triton itself says ready, asked on its own port (past the door, which may be refusing callers)."""
+def triton_up(triton_http: Callable[..., tuple[int, bytes]]) -> bool:
+    """Whether Triton answers on its own port (past the door, which may be refusing callers). It opens its ports
+    once the models it starts with have loaded, or failed to: a restart after a crash runs on when one fails
+    (server.py), and is then up but not ready (strict readiness) until the versions served before are back."""
     try:
-        return triton_http("/v2/health/ready")[0] == 200
+        return triton_http("/v2/health/live")[0] == 200
     except OSError:
         return False
 
@@ -79,13 +81,14 @@ class LaterLoads:
         threading.Thread(target=self.load_the_rest, args=(proc,), daemon=True).start()
 
     def load_the_rest(self, proc: subprocess.Popen) -> None:
-        """Once Triton serves both paths, asks it to load every model of the folder it has not loaded yet.
+        """Once Triton is up (both paths loaded; after a crash, loaded or failed), asks it to load every model of the
+        folder it has not loaded yet.
 
         Until then a request for one of them waits at the gate (gate_relay.Loading), and readiness (which counts
         every model) says not ready for the moment the loads take. Runs once per Triton process."""
         try:
             while proc.poll() is None and not self._stopping.is_set():
-                if triton_ready(self._triton_http):
+                if triton_up(self._triton_http):
                     break
                 time.sleep(0.05)
             else:

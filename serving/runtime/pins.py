@@ -9,6 +9,12 @@ after a restart loads each model whose READY versions differ at the remembered o
 serving.ops.rollout pins. The door refuses inference meanwhile (its ``restarting`` flag, server.py), so no caller is
 answered by the version rolled back from.
 
+A restarted Triton does not stop on a model that fails to load (server.py): the repository's newest version may be
+one published since that never served (a rollout that failed leaves it there). Such a model, and the ensembles that
+step through it, are loaded again at the versions served before, with the config each was last served with, which
+:class:`ServedVersions` keeps for that (Triton has none to give for a model that did not load); an ensemble is
+loaded once the models it steps through are back.
+
 What it cannot keep: a switch made less than POLL_S before the crash (the version before it comes back), and a
 version gone from the repository since (reported; the model serves what Triton loaded). A new start (``make
 serve`` again, a pod scaled from zero) serves what the repository says: on KServe a rollback is a release
@@ -43,21 +49,27 @@ class ServedVersions:
     """What one server's Triton serves, kept across its restarts.
 
     ``triton_http`` is the server's call to Triton's own HTTP port (path, ``post``, ``admin``; returns status and
-    body), ``pin(model, versions)`` makes Triton serve those versions (raises when it cannot), ``report`` the server's
-    event log. ``settled`` is set while the running Triton serves what :attr:`served` should record: from the first
-    readiness, cleared by the supervisor the moment Triton dies, set again by :meth:`restore`."""
+    body), ``config(model)`` reads a model's config from the running Triton, ``pin(model, versions, config)`` makes
+    Triton serve those versions (``config``: the one last served, for a model Triton has none of; raises when it
+    cannot), ``report`` the server's event log. ``settled`` is set while the running Triton serves what
+    :attr:`served` should record: from the first readiness, cleared by the supervisor the moment Triton dies, set
+    again by :meth:`restore`."""
 
     def __init__(
         self,
         *,
         triton_http: Callable[..., tuple[int, bytes]],
-        pin: Callable[[str, tuple[int, ...]], object],
+        config: Callable[[str], dict],
+        pin: Callable[[str, tuple[int, ...], dict | None], object],
         report: Callable[[str], None],
     ):
         self._triton_http = triton_http
+        self._config = config
         self._pin = pin
         self._report = report
         self.served: dict[str, tuple[int, ...]] = {}
+        #: Each served model's config as Triton served it, read again whenever its versions change.
+        self.configs: dict[str, dict] = {}
         self.settled = threading.Event()
 
     def read(self) -> dict[str, tuple[int, ...]] | None:
@@ -74,8 +86,17 @@ class ServedVersions:
         if not self.settled.is_set():
             return
         now = self.read()
-        if now is not None and self.settled.is_set() and proc.poll() is None:
-            self.served = now
+        if now is None:
+            return
+        configs = dict(self.configs)
+        for model, versions in now.items():
+            if versions != self.served.get(model) or model not in configs:
+                try:
+                    configs[model] = self._config(model)
+                except (OSError, ValueError, http.client.HTTPException):  # kept as it was; read at the next change
+                    pass
+        if self.settled.is_set() and proc.poll() is None:
+            self.served, self.configs = now, configs
 
     def watch(self, proc: subprocess.Popen, stopping: threading.Event) -> None:
         """Records what ``proc`` serves every POLL_S until it exits or the server stops (a thread per Triton)."""
@@ -87,16 +108,23 @@ class ServedVersions:
         """After a restart (every model loaded, or given up on): pins each model whose READY versions are not the
         ones served before the crash (a model that did not load is tried too), then marks the server settled."""
         now = self.read() or {}
-        for model, versions in sorted(self.served.items()):
-            if now.get(model) == versions:
-                continue
-            had, has = _names(versions), _names(now.get(model, ()))
-            try:
-                self._pin(model, versions)
-            except Exception as err:  # noqa: BLE001 - any failure leaves what Triton loaded serving: say which
-                self._report(f"could not serve {model} {had} again after the restart ({err}); it serves {has}")
-            else:
-                self._report(f"{model}: {had} served again after the restart (pinned; it had loaded {has})")
+        todo = [model for model in sorted(self.served) if now.get(model) != self.served[model]]
+        # A second round for what failed in the first: an ensemble loads only once the models it steps through are
+        # back, and the names do not say which models are ensembles.
+        for last in (False, True):
+            failed = []
+            for model in todo:
+                versions = self.served[model]
+                had, has = _names(versions), _names(now.get(model, ()))
+                try:
+                    self._pin(model, versions, self.configs.get(model))
+                except Exception as err:  # noqa: BLE001 - any failure leaves what Triton loaded serving: say which
+                    failed.append(model)
+                    if last:
+                        self._report(f"could not serve {model} {had} again after the restart ({err}); it serves {has}")
+                else:
+                    self._report(f"{model}: {had} served again after the restart (pinned; it had loaded {has})")
+            todo = failed
         self.settled.set()
 
 

@@ -61,7 +61,9 @@ ARGV_SECRET_LIB = Path(sys.prefix) / "lib" / "argv_secret.so"
 ARGV_SECRETS_ENV = "ARGV_SECRETS"
 #: Fail closed: the program gets one more argument, this variable's placeholder on its own, which the library turns
 #: into a flag tritonserver already defaults to. Were the library not loaded, Triton would stop at the stray argument
-#: ("Unexpected argument") instead of running with a placeholder, known from this source, as its admin key.
+#: ("Unexpected argument") instead of running with a placeholder, known from this source, as its admin key. Being
+#: Triton's last argument it wins over an earlier --exit-on-error: a start that wants the other value asks
+#: :func:`hide_in_env` for it.
 PRELOAD_CHECK_ENV = "ARGV_SECRET_CHECK"
 PRELOAD_CHECK_VALUE = "--exit-on-error=true"
 
@@ -115,17 +117,19 @@ def placeholder(env_name: str) -> str:
     return f"@{env_name}@"
 
 
-def hide_in_env(env: dict[str, str], values: dict[str, str]) -> dict[str, str]:
+def hide_in_env(env: dict[str, str], values: dict[str, str], *, exit_on_error: bool = True) -> dict[str, str]:
     """Moves secrets off the command line: puts ``values`` (env name -> secret) and the preload into ``env`` (the
     child's environment, readable by its owner only) and returns env name -> placeholder to write in the arguments
-    instead, and under :data:`PRELOAD_CHECK_ENV` the argument to append (see there). Only for a real ELF binary
-    started directly (a wrapper script would exec with the values in argv)."""
+    instead, and under :data:`PRELOAD_CHECK_ENV` the argument to append (see there), which sets Triton's
+    --exit-on-error to ``exit_on_error``. Only for a real ELF binary started directly (a wrapper script would exec
+    with the values in argv)."""
     if not ARGV_SECRET_LIB.is_file():
         raise FileNotFoundError(
             f"{ARGV_SECRET_LIB} is missing: it keeps the admin key off Triton's command line. "
             "Run `make setup` (it compiles serving/runtime/argv_secret.c with gcc)."
         )
-    values = {**values, PRELOAD_CHECK_ENV: PRELOAD_CHECK_VALUE}
+    check = PRELOAD_CHECK_VALUE if exit_on_error else "--exit-on-error=false"
+    values = {**values, PRELOAD_CHECK_ENV: check}
     env.update(values)
     env[ARGV_SECRETS_ENV] = ",".join(values)
     env["LD_PRELOAD"] = " ".join(filter(None, [str(ARGV_SECRET_LIB), env.get("LD_PRELOAD")]))

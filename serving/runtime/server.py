@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
@@ -148,7 +150,9 @@ class TritonServer:
             report=self._event,
         )
         # The versions Triton serves, served again after a crash restart (a rollback must not undo itself then).
-        self._served = pins.ServedVersions(triton_http=self._triton_http, pin=self._pin, report=self._event)
+        self._served = pins.ServedVersions(
+            triton_http=self._triton_http, config=self._model_config, pin=self._pin, report=self._event
+        )
         self._crashes = 0  # of Triton; with the door's `restarting` flag under _crash_lock
         self._crash_lock = threading.Lock()
         self._pgids: dict[str, int] = {}  # the current group of the door and the gate, for the reaper
@@ -237,7 +241,11 @@ class TritonServer:
         if self.front_door:
             keys[security.INTERNAL_KEY_ENV] = security.internal_key()
         try:
-            hidden = security.hide_in_env(env, keys)
+            # A first start fails when a model fails to load: the operator is there to read why. A restart after a
+            # crash must not: a version published since (a rollout that failed, one never rolled out) is what
+            # Triton loads now, and a Triton exiting on it was restarted again and again, serving nothing. It runs
+            # on, and the versions served before the crash are loaded again (pins.py).
+            hidden = security.hide_in_env(env, keys, exit_on_error=not self._ready_once)
         except FileNotFoundError as err:
             raise TritonStartError(str(err)) from None
         args = command.triton_args(
@@ -440,21 +448,32 @@ class TritonServer:
         except urllib.error.HTTPError as err:
             return err.code, err.read()
 
-    def _pin(self, model: str, versions: tuple[int, ...]) -> None:
-        """Makes the running Triton serve ``versions`` of ``model``, as ``serving.ops.rollout --version`` does."""
+    def _own_port_headers(self) -> dict[str, str]:
+        """Triton's own port: the admin key for the repository API, the internal key for a model's config."""
+        return {**self.internal_headers(), **({security.ADMIN_HEADER: self.admin_key} if self.admin_key else {})}
+
+    def _model_config(self, model: str) -> dict:
+        """``model``'s config as the running Triton serves it (pins.py keeps it for a restart)."""
+        path = f"/v2/models/{urllib.parse.quote(model, safe='')}/config"
+        request = urllib.request.Request(f"http://{self.internal_http_url}{path}", headers=self._own_port_headers())
+        with urllib.request.urlopen(request, timeout=2.0) as answer:
+            return json.loads(answer.read())
+
+    def _pin(self, model: str, versions: tuple[int, ...], config: dict | None = None) -> None:
+        """Makes the running Triton serve ``versions`` of ``model``, as ``serving.ops.rollout --version`` does;
+        ``config``: the one it was last served with, for a model Triton has none of (it failed to load)."""
         from serving.ops import rollout  # tritonclient: only when a restart has a version to pin again
 
-        # Triton's own port: the admin key for the repository API, the internal key for the model's config.
-        headers = {**self.internal_headers(), **({security.ADMIN_HEADER: self.admin_key} if self.admin_key else {})}
         url, timeout = self.internal_http_url, first_load.LATER_LOAD_TIMEOUT_S
-        rollout.switch(url, model, versions, timeout=timeout, headers=headers)
+        rollout.switch(url, model, versions, timeout=timeout, headers=self._own_port_headers(), known_config=config)
 
     def _after_restart(self, proc: subprocess.Popen, crash: int) -> None:
-        """Once the restarted ``proc`` has loaded every model (or RESTORE_WAIT_S has passed: a model that does not
-        load must not keep the door shut): the versions served before the crash again (pins.py), then the door lets
-        requests in, and what it serves is watched from then on. ``crash``: the crash this restart follows."""
+        """Once the restarted ``proc`` has loaded every model, or failed to (or RESTORE_WAIT_S has passed: a model
+        that does not finish loading must not keep the door shut): the versions served before the crash again
+        (pins.py), then the door lets requests in, and what it serves is watched from then on. ``crash``: the crash
+        this restart follows."""
         deadline = time.monotonic() + RESTORE_WAIT_S
-        while not (self._later.done.is_set() and first_load.triton_ready(self._triton_http)):
+        while not (self._later.done.is_set() and first_load.triton_up(self._triton_http)):
             if proc.poll() is not None or self._stopping.wait(0.1):
                 return
             if time.monotonic() > deadline:
