@@ -10,6 +10,8 @@ import socket
 
 from tritonclient.utils import InferenceServerException
 
+from common import contract
+
 
 class AgeGenderError(Exception):
     """Base class of every error the client raises."""
@@ -19,9 +21,15 @@ class AgeGenderError(Exception):
 
 
 class ServerUnavailableError(AgeGenderError):
-    """Triton cannot be reached (nothing listens, connection refused or reset, server shutting down)."""
+    """Triton cannot be reached (nothing listens, connection refused or reset, server shutting down).
+
+    ``restarting``: the front door says the launcher is restarting a crashed Triton (back in seconds)."""
 
     retryable = True
+
+    def __init__(self, message: str, *, restarting: bool = False):
+        super().__init__(message)
+        self.restarting = restarting
 
 
 class ModelNotReadyError(AgeGenderError):
@@ -140,10 +148,11 @@ def _translate_triton(exc: InferenceServerException, *, url: str, protocol: str,
             return ModelNotReadyError(
                 f"{where} is not ready ({message}); wait for the server to finish loading or check its log"
             )
-        if "restarting after a crash" in lowered or "shutting down" in lowered:
+        restarting = contract.RESTARTING.lower() in lowered
+        if restarting or contract.SHUTTING_DOWN in lowered:
             # The door answered for a server that is there but not serving now: "cannot reach" would send the user
             # looking for a server that is not running.
-            return ServerUnavailableError(f"{where} is not serving right now: {message}")
+            return ServerUnavailableError(f"{where} is not serving right now: {message}", restarting=restarting)
         return ServerUnavailableError(unavailable_message(url, protocol, message))
     if status in ("NOT_FOUND", "404") or (status in ("INVALID_ARGUMENT", "400") and model_missing):
         return ModelNotReadyError(

@@ -115,6 +115,12 @@ FACES_OUTPUTS = (
 #: The gate (serving/runtime/gate.py) refuses every other name, over gRPC and HTTP alike.
 PUBLIC_MODELS = (DETECT_ENSEMBLE, CROP_ENSEMBLE, FACES_MODEL)
 
+#: What the front door answers (HTTP 503, gRPC UNAVAILABLE, both retryable) while the server stops, and while the
+#: launcher restarts a crashed Triton (serving/runtime/door.py); the client tells the two from "cannot reach"
+#: (client/errors.py), and the web page says which (gradio_frontend/app.py).
+SHUTTING_DOWN = "server is shutting down"
+RESTARTING = "Triton is restarting after a crash; retry in a few seconds"
+
 #: At or above this probability of female the label is "female". Decided only by the functions below, which the
 #: postprocess and faces models, the client, training and evaluation call.
 GENDER_THRESHOLD = 0.5

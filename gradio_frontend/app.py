@@ -384,7 +384,7 @@ def request_failed(backend: TritonBackend, err: AgeGenderError) -> tuple[str, di
             f"**Triton server is unreachable** at {where}: it is down or still starting. "
             "This page keeps working; press *Estimate* again once the server is up."
         )
-        if "restarting after a crash" in str(err):  # the door says so while the launcher restarts Triton
+        if err.restarting:  # the door says so while the launcher restarts Triton
             message = (
                 f"**Triton is restarting** at {where} after a crash. "
                 "This page keeps working; press *Estimate* again in a few seconds."

@@ -560,8 +560,8 @@ def test_parse_outputs_maps_nan_interval_to_none():
         ("503", "Server not ready", ServerUnavailableError),
         ("502", "Bad Gateway", ServerUnavailableError),  # the door lost Triton mid-request (a restart)
         # The door's while the launcher restarts a crashed Triton, and while it stops: retried, not "unreachable".
-        ("StatusCode.UNAVAILABLE", "Triton is restarting after a crash; retry soon", ServerUnavailableError),
-        ("503", "server is shutting down", ServerUnavailableError),
+        ("StatusCode.UNAVAILABLE", contract.RESTARTING, ServerUnavailableError),
+        ("503", contract.SHUTTING_DOWN, ServerUnavailableError),
         ("400", "unexpected shape for input 'image'", ServerError),
         ("StatusCode.INTERNAL", "stub crashed", ServerError),
     ],
@@ -571,8 +571,9 @@ def test_triton_statuses_map_onto_the_hierarchy(status, message, expected):
     assert type(error) is expected
     assert message in str(error)
     # "Cannot reach" only where nothing answered for the server: not for the door saying why it does not serve now.
-    door_says_why = "restarting after a crash" in message or "shutting down" in message
+    door_says_why = message in (contract.RESTARTING, contract.SHUTTING_DOWN)
     assert ("cannot reach" in str(error)) is (expected is ServerUnavailableError and not door_says_why)
+    assert getattr(error, "restarting", False) is (message == contract.RESTARTING)
     assert error.retryable is (expected in (ServerUnavailableError, ModelNotReadyError, RateLimitedError))
 
 

@@ -301,7 +301,9 @@ def test_a_restart_of_triton_reads_as_a_restart_not_as_unreachable():
     from client.errors import translate
 
     backend = app.TritonBackend("127.0.0.1:1", "grpc")
-    said = InferenceServerException("Triton is restarting after a crash; retry in a few seconds", status="503")
+    from common.contract import RESTARTING
+
+    said = InferenceServerException(RESTARTING, status="503")
     status, raw = app.request_failed(backend, translate(said, url="127.0.0.1:1", protocol="http"))
     assert status.startswith("**Triton is restarting** at `127.0.0.1:1` (grpc) after a crash")
     assert raw["error_kind"] == "server_unavailable" and "unreachable" not in status

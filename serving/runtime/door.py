@@ -48,7 +48,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from common.contract import PUBLIC_MODELS
+# What a refused request reads while the server stops (flag ``draining``) and while a crashed Triton is restarted
+# (flag ``restarting``); both are 503 / gRPC UNAVAILABLE, which callers may retry. Part of the contract: the client
+# reads them.
+from common.contract import PUBLIC_MODELS, RESTARTING, SHUTTING_DOWN
 from common.ports import PortInUseError
 from serving.runtime.children import RESTART_BACKOFF_S, STABLE_S, describe_exit
 from serving.runtime.ports import Held
@@ -60,10 +63,6 @@ try:
 except ImportError:  # not POSIX
     resource = None
 
-#: What a refused request reads while the server stops (flag ``draining``) and while a crashed Triton is restarted
-#: (flag ``restarting``); both are 503 / gRPC UNAVAILABLE, which callers may retry.
-SHUTTING_DOWN = "server is shutting down"
-RESTARTING = "Triton is restarting after a crash; retry in a few seconds"
 #: Where the door sends the gRPC repository RPCs (admins only; not refused while Triton restarts).
 _GRPC_REPOSITORY = "~ ^/inference[.]GRPCInferenceService/Repository"
 #: How long a restart of the door tries to hold each public port while the dead master's workers let go of it.
