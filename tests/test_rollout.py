@@ -267,7 +267,10 @@ def test_a_crash_with_a_broken_newest_version_on_disk_serves_what_it_served(tiny
     """A version that fails to load sits in the repository (a rollout that failed leaves it there). A Triton that
     crashed then loaded it on its restart, exited on it, and was restarted again and again, serving nothing. Now the
     restart runs on past it, and the version served before, with the ensembles that step through it, serves again
-    (serving/runtime/pins.py); the whole server as `make serve` runs it: both ensembles loaded first, door, gate."""
+    (serving/runtime/pins.py); the whole server as `make serve` runs it: both ensembles loaded first, door, gate.
+    Readiness stays yes after the failed rollout, where Triton's own says no for as long as it runs."""
+    import tritonclient.grpc as grpcclient
+
     from client import AgeGenderClient
     from serving.runtime import pins
 
@@ -287,13 +290,16 @@ def test_a_crash_with_a_broken_newest_version_on_disk_serves_what_it_served(tiny
                 path.write_bytes(b"not a model")
         with pytest.raises(RolloutError, match="(?s)load failed.*what served before serves on"):
             switch(server.http_url, "age")  # the rollout of version 2 fails; version 1 serves on
+        # Triton's own readiness says no from here on, for as long as it runs; the server's asks each model.
+        assert server._triton_http("/v2/health/ready")[0] != 200
+        assert server.is_ready() and grpcclient.InferenceServerClient(server.grpc_url).is_server_ready()
         deadline = time.monotonic() + 2 * pins.POLL_S + 10
         while server._served.served.get("age") != (1,) or "age_gender_crop" not in server._served.configs:
             assert time.monotonic() < deadline, (server._served.served, list(server._served.configs))
             time.sleep(0.1)
         os.kill(server._proc.pid, 11)
         deadline = time.monotonic() + 120
-        while not any("age_gender_crop: version 1 served again" in e for e in server.events):
+        while not (any("age_gender_crop: version 1 served again" in e for e in server.events) and server.is_ready()):
             assert time.monotonic() < deadline, "\n".join(server.events) + server.logs(30)
             assert server.restarts <= 1, "\n".join(server.events)  # restarted once, not in a loop
             time.sleep(0.2)
@@ -305,3 +311,11 @@ def test_a_crash_with_a_broken_newest_version_on_disk_serves_what_it_served(tiny
         assert any("age: version 1 served again" in e for e in server.events), server.events
         status = _status(server.http_url)
         assert status.returncode == 0 and "age: ready versions [1]" in status.stdout, status.stderr
+        # A served model that is not ready makes the server not ready, and says which.
+        admin = {"admin-key": server.admin_key}
+        unload = f"http://{server.http_url}/v2/repository/models/faces/unload"
+        urllib.request.urlopen(urllib.request.Request(unload, data=b"{}", headers=admin), timeout=60)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://{server.http_url}/v2/health/ready", timeout=10)
+        assert refused.value.code == 503 and "not ready: faces" in refused.value.read().decode()
+        assert not grpcclient.InferenceServerClient(server.grpc_url).is_server_ready()

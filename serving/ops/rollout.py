@@ -9,8 +9,8 @@ explicit``; the KServe runtime sets it too). Both moves are one call to Triton's
 repository API, ``POST /v2/repository/models/<model>/load``: Triton reads the model
 folder again (local or s3://), loads the chosen version beside the one serving,
 moves new requests to it once it is ready, lets requests in flight on the old one
-finish, then unloads it. A version that fails to load leaves the old one serving (and Triton 2.51 saying it is not
-ready until its next start: docs/serverless.md).
+finish, then unloads it. A version that fails to load leaves the old one serving (and the server ready, though
+Triton 2.51's own readiness says no from then on: docs/serverless.md).
 
 - Rollout: the model loaded again from the repository as it stands, its config there included (so a config
   published with the new version takes effect) and the version(s) that config serves: the newest.
@@ -107,10 +107,7 @@ def switch(
             elif "restricted" in str(err) or "admin" in str(err).lower():
                 hint = f" (the repository API is restricted: set {ADMIN_KEY_ENV})"
             elif "load failed" in str(err):
-                hint = (
-                    " (what served before serves on; Triton 2.51 says it is not ready, /v2/health/ready, until its "
-                    "next start)"
-                )
+                hint = " (what served before serves on)"
             raise RolloutError(f"Triton refused to load {model!r}: {err}{hint}") from None
         deadline = time.monotonic() + timeout
         while not all(client.is_model_ready(model, str(v), headers=headers) for v in versions or [""]):

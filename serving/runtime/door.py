@@ -406,7 +406,9 @@ def nginx_config(
                     if (-f {prefix}/unready) {{ return 503 '{{"error":"{SHUTTING_DOWN}"}}'; }}
                     if (-f {prefix}/draining) {{ return 503 '{{"error":"{SHUTTING_DOWN}"}}'; }}
                     if (-f {prefix}/restarting) {{ return 503 '{{"error":"{RESTARTING}"}}'; }}
-                    proxy_pass http://triton_http;
+                    # The gate asks Triton about each served model: Triton's own readiness stays "not ready" once any
+                    # version has failed to load, though the one before serves on (gate.GrpcGate.not_ready).
+                    proxy_pass http://gate_http;
                     proxy_http_version 1.1;
                     proxy_set_header Connection "";
                     {http_key}

@@ -20,6 +20,8 @@ nginx bounds sizes and times but cannot look inside a gRPC message, and Triton 2
   UNAVAILABLE Triton 2.51 answers). ``ModelStreamInfer`` is refused (UNIMPLEMENTED): one stream would carry many
   requests past one check, and nothing here uses it.
 * **Errors relayed as they are**: Triton's status is kept and its message cut to ``gate_relay.ERROR_BYTES``.
+* **Readiness** behind the door (HTTP ``/v2/health/ready``, ``ServerReady``, the gRPC health check): every model
+  the server serves ready, asked model by model (:meth:`GrpcGate.not_ready`), not Triton's own answer.
 * **The internal credential**: callers' metadata and headers are not passed on; the gate adds what Triton's own
   ports need (``GATE_UPSTREAM_HEADERS``, JSON in the environment, never on a command line).
 
@@ -49,7 +51,13 @@ from serving.runtime import security
 from serving.runtime.door import CLIENT_HEADER, MAX_BODY, REQUEST_TIMEOUT_S, ClientLimits
 from serving.runtime.gate_check import COMPANION, Refused, check_grpc_infer, companion_needed, model_for
 from serving.runtime.gate_http import HttpGate
-from serving.runtime.gate_process import LATER_MODELS_ENV, READY_LINE, UPSTREAM_HEADERS_ENV, WAITING_LINE
+from serving.runtime.gate_process import (
+    LATER_MODELS_ENV,
+    READY_LINE,
+    SERVED_MODELS_ENV,
+    UPSTREAM_HEADERS_ENV,
+    WAITING_LINE,
+)
 from serving.runtime.gate_relay import (
     NOT_FROM_THE_DOOR,
     UNREACHABLE,
@@ -66,6 +74,8 @@ SERVICE = "/inference.GRPCInferenceService/"
 #: The standard gRPC health check (grpc.health.v1), relayed to Triton's: Kubernetes' gRPC probes of a KServe pod
 #: (deploy/kserve/overlays/grpc) reach Triton through the gate, the pod's only open gRPC port.
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+#: Its two answers (HealthCheckResponse, field 1 ``status``: 1 SERVING, 2 NOT_SERVING), when the gate answers it.
+_SERVING, _NOT_SERVING = b"\x08\x01", b"\x08\x02"
 #: RPCs whose API group is restricted (security.RESTRICTED_APIS), by Triton's grouping.
 ADMIN_RPCS = frozenset(
     {
@@ -131,6 +141,7 @@ class GrpcGate(grpc.GenericRpcHandler):
         upstream_headers: dict[str, str],
         upstream: Upstream,
         later_models=(),
+        served_models=(),
     ):
         # No retries: they would buffer every request a second time, and Triton's answer is final anyway.
         self.channel = grpc.aio.insecure_channel(
@@ -143,6 +154,7 @@ class GrpcGate(grpc.GenericRpcHandler):
         self.upstream = upstream
         # The models Triton loads after the ensembles: their requests wait for them (the HTTP side shares this).
         self.loading = Loading(later_models, self.model_ready, WAITING_LINE)
+        self.served_models = tuple(served_models)
         self.stubs = {}
         # Built once per method: service() runs for every call. The health check is relayed like an open RPC.
         methods = (*(SERVICE + rpc for rpc in (*OPEN_RPCS, *ADMIN_RPCS)), HEALTH_CHECK)
@@ -172,6 +184,10 @@ class GrpcGate(grpc.GenericRpcHandler):
         given = dict(context.invocation_metadata() or ())
         if not from_the_door(self.door_key, given.get(security.GRPC_INTERNAL_METADATA)):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, NOT_FROM_THE_DOOR)
+        if rpc in ("ServerReady", HEALTH_CHECK) and (missing := await self.not_ready()) is not None:
+            if rpc == HEALTH_CHECK:
+                return _NOT_SERVING if missing else _SERVING
+            return pb.ServerReadyResponse(ready=not missing).SerializeToString()
         name = client = None
         companion = False
         try:
@@ -208,6 +224,19 @@ class GrpcGate(grpc.GenericRpcHandler):
         if status is not None:
             await context.abort(status, payload)
         return without_companion(payload) if companion else payload
+
+    async def not_ready(self) -> list[str] | None:
+        """The served models Triton does not have ready (all of them while it cannot be reached); None where the
+        launcher named none (a KServe pod; an s3:// repository Triton reads itself): Triton's own answer then.
+
+        Why not Triton's own: from the moment any version fails to load (a rollout of a broken version, or a
+        restart after a crash that finds one in the repository), Triton 2.51 says "not ready" for as long as it
+        runs, although the version before serves on and every model says ready (docs/serverless.md). A model is
+        ready while a version of it serves, rollouts included."""
+        if not self.served_models:
+            return None
+        ready = await asyncio.gather(*(self.model_ready(name) for name in self.served_models))
+        return [name for name, yes in zip(self.served_models, ready, strict=True) if not yes]
 
     async def model_ready(self, name: str) -> bool:
         """Whether Triton has the model ready (for :class:`Loading`); False while it cannot be reached."""
@@ -263,13 +292,16 @@ async def serve(args, admin_key: str, upstream_headers: dict[str, str], stop: as
         per_client = ClientLimits.from_env().connections
     upstream = Upstream(per_client=per_client)
     later = [m for m in os.environ.get(LATER_MODELS_ENV, "").split(",") if m]
-    grpc_gate = GrpcGate(args.triton_grpc, admin_key, upstream_headers, upstream, later)
+    served = [m for m in os.environ.get(SERVED_MODELS_ENV, "").split(",") if m]
+    grpc_gate = GrpcGate(args.triton_grpc, admin_key, upstream_headers, upstream, later, served)
     server = grpc.aio.server(options=_SERVER_OPTIONS, maximum_concurrent_rpcs=None)
     server.add_generic_rpc_handlers((grpc_gate,))
     if server.add_insecure_port(args.grpc) == 0:
         raise OSError(f"cannot listen on {args.grpc}")
     await server.start()
-    http_gate = HttpGate(args.triton_http, admin_key, upstream_headers, upstream, grpc_gate.loading, edge=edge)
+    http_gate = HttpGate(
+        args.triton_http, admin_key, upstream_headers, upstream, grpc_gate.loading, grpc_gate.not_ready, edge=edge
+    )
     # Bodies are never inflated here (compressed ones are refused before; this makes sure of it).
     # handler_cancellation: a caller that hangs up cancels its handler (aiohttp's default lets it run on), so a call
     # still waiting for a place to Triton is dropped, as on the gRPC side; one Triton has runs on (Upstream's shield).

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import urllib.parse
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
@@ -50,7 +51,8 @@ _TOO_SLOW = (
 
 #: What the gate answers itself when nothing is in front of it (``edge``): the health and server-metadata paths, and
 #: the refusals of compressed bodies and of non-public paths in the words of the door (door.COMPRESSED, NOT_PUBLIC).
-EDGE_OPEN_PATHS = ("/v2/health/live", "/v2/health/ready", "/v2")
+READY_PATH = "/v2/health/ready"
+EDGE_OPEN_PATHS = ("/v2/health/live", READY_PATH, "/v2")
 
 
 class RepeatedKey(ValueError):
@@ -154,6 +156,7 @@ class HttpGate:
         upstream_headers: dict[str, str],
         upstream: Upstream,
         loading: Loading,
+        not_ready: Callable[[], Awaitable[list[str] | None]] | None = None,
         *,
         edge: bool = False,
     ):
@@ -167,6 +170,7 @@ class HttpGate:
         self.door_key = upstream_headers.get(security.INTERNAL_HEADER)
         self.upstream = upstream
         self.loading = loading  # the models Triton loads after the ensembles (gate_relay.Loading)
+        self.not_ready = not_ready  # readiness: the served models not ready (gate.GrpcGate.not_ready)
         self.session: aiohttp.ClientSession | None = None
 
     def app(self) -> web.Application:
@@ -179,9 +183,11 @@ class HttpGate:
         for version in ("", "/versions/{version}"):
             for suffix in ("", "/config", "/ready"):
                 app.router.add_get(f"/v2/models/{{name}}{version}{suffix}", self._about(suffix))
+        app.router.add_get(READY_PATH, self._ready)  # behind the door too, which sends readiness here
         if self.edge:
             for path in EDGE_OPEN_PATHS:
-                app.router.add_get(path, self._open_path)
+                if path != READY_PATH:
+                    app.router.add_get(path, self._open_path)
             app.router.add_route("*", "/{tail:.*}", self._admin_only)  # last: the routes above match first
         app.on_startup.append(self._open)
         app.on_cleanup.append(self._close)
@@ -216,6 +222,16 @@ class HttpGate:
     async def _open_path(self, request: web.Request) -> web.Response:
         """Health and server metadata, relayed as they are (the probes of a KServe pod come here)."""
         return await self.upstream.run(self._forward(request.path, None, dict(self.headers), method="GET"))
+
+    async def _ready(self, request: web.Request) -> web.Response:
+        """Server readiness: every served model ready (gate.GrpcGate.not_ready), else 503 naming the ones that are
+        not; Triton's own answer where the gate knows no served models."""
+        missing = None if self.not_ready is None else await self.not_ready()
+        if missing is None:
+            return await self._open_path(request)
+        if missing:
+            return self._error(503, f"not ready: {', '.join(missing)} (loading, or failed to load)")
+        return web.Response(status=200)
 
     async def _admin_only(self, request: web.Request) -> web.Response:
         """Everything else Triton serves (repository, statistics, logging, trace, shared memory) for admins only;

@@ -26,6 +26,8 @@ STOP_S = 15.0
 UPSTREAM_HEADERS_ENV = "GATE_UPSTREAM_HEADERS"
 #: The public models Triton loads after the ensembles (comma-separated): their requests wait at the gate until ready.
 LATER_MODELS_ENV = "GATE_LATER_MODELS"
+#: Every model the server serves (comma-separated): readiness asks Triton about each (gate.GrpcGate.not_ready).
+SERVED_MODELS_ENV = "GATE_SERVED_MODELS"
 #: The line the gate prints when a request starts waiting for one of them: the launcher then loads them at once.
 WAITING_LINE = "gate waiting for"
 READY_LINE = "gate listening"
@@ -52,6 +54,7 @@ class GateProcess:
         admin_key: str,
         upstream_headers: dict[str, str],
         later_models: tuple[str, ...] = (),
+        served_models: tuple[str, ...] = (),
         per_client: int | None = None,
     ):
         # Held from here to stop(): nginx sends the internal key to these ports, and a restarted gate binds them again
@@ -63,6 +66,7 @@ class GateProcess:
         self.admin_key = admin_key
         self.upstream_headers = upstream_headers
         self.later_models = later_models
+        self.served_models = served_models
         self.per_client = per_client
         self.log: collections.deque[str] = collections.deque(maxlen=100)
         self.restarts = 0
@@ -79,6 +83,7 @@ class GateProcess:
         env[security.ADMIN_KEY_ENV] = self.admin_key
         env[UPSTREAM_HEADERS_ENV] = json.dumps(self.upstream_headers)
         env[LATER_MODELS_ENV] = ",".join(self.later_models)
+        env[SERVED_MODELS_ENV] = ",".join(self.served_models)
         cmd = gate_command(
             grpc=self.grpc,
             http=self.http,

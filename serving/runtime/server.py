@@ -381,6 +381,7 @@ class TritonServer:
             admin_key=self.admin_key,
             upstream_headers=security.internal_headers(security.internal_key()),
             later_models=self.later_models(),
+            served_models=self.served_models(),
             per_client=self.door_limits.connections,  # the door's own per-address bound, over abandoned calls too
         )
         self._gate.on_start = lambda proc: self._new_group("gate", proc.pid)
@@ -491,6 +492,19 @@ class TritonServer:
                     with contextlib.suppress(OSError):
                         front.clear_flag("restarting")
         self._served.watch(proc, self._stopping)
+
+    def served_models(self) -> tuple[str, ...]:
+        """The models this server serves, for the gate's readiness: the ones named by ``--load-model``, else every
+        model (a folder with a config) of the local or staged repository; none for an s3:// repository Triton
+        reads itself, whose readiness is Triton's own."""
+        named = [arg.split("=", 1)[1] for arg in self.extra_args if arg.startswith("--load-model=")]
+        if named and "*" not in named:
+            return tuple(sorted(set(named)))
+        if self.staged is None and storage.is_s3(self.model_repository):
+            return ()
+        folder = Path(self.staged.folder if self.staged is not None else self.model_repository)
+        configs = ("config.pbtxt", f"configs/{self.config_name}.pbtxt")
+        return tuple(sorted(p.name for p in folder.iterdir() if any((p / c).is_file() for c in configs)))
 
     def later_models(self) -> tuple[str, ...]:
         """The public models loaded after the ensembles (their requests wait at the gate until they are ready)."""
