@@ -15,8 +15,9 @@ step through it, are loaded again at the versions served before, with the config
 :class:`ServedVersions` keeps for that (Triton has none to give for a model that did not load); an ensemble is
 loaded once the models it steps through are back.
 
-What it cannot keep: a switch made less than POLL_S before the crash (the version before it comes back), and a
-version gone from the repository since (reported; the model serves what Triton loaded). A new start (``make
+What it cannot keep: a switch whose log line Triton had not written out when it crashed (the version before it comes
+back; the index is read as soon as the line arrives, and every POLL_S anyway), and a version gone from the repository
+since (reported; the model serves what Triton loaded). A new start (``make
 serve`` again, a pod scaled from zero) serves what the repository says: on KServe a rollback is a release
 (deploy/kserve/README.md).
 """
@@ -29,8 +30,12 @@ import subprocess
 import threading
 from collections.abc import Callable
 
-#: Seconds between two reads of the repository index (one small admin call to Triton's own port).
+#: Seconds between two reads of the repository index (one small admin call to Triton's own port), at most: Triton's
+#: log saying a version was loaded or unloaded (:data:`CHANGE_LINES`, :meth:`ServedVersions.notice`) wakes the
+#: reader at once.
 POLL_S = 2.0
+#: What Triton 2.51 logs (at its default INFO level) when a model's version becomes ready, and when one is gone.
+CHANGE_LINES = ("\"successfully loaded '", "\"successfully unloaded '")
 
 
 def ready_versions(index: list[dict]) -> dict[str, tuple[int, ...]]:
@@ -71,6 +76,7 @@ class ServedVersions:
         #: Each served model's config as Triton served it, read again whenever its versions change.
         self.configs: dict[str, dict] = {}
         self.settled = threading.Event()
+        self.changed = threading.Event()  # set by notice(): read the index now
 
     def read(self) -> dict[str, tuple[int, ...]] | None:
         """The READY versions of each model now, or None when Triton did not answer (or answered garbage)."""
@@ -98,10 +104,21 @@ class ServedVersions:
         if self.settled.is_set() and proc.poll() is None:
             self.served, self.configs = now, configs
 
+    def notice(self, line: str) -> None:
+        """Reads a line of Triton's log (the server's log reader calls it for each): one that says a version was
+        loaded or unloaded wakes :meth:`watch` at once, so a switch is recorded as soon as Triton has made it."""
+        if any(mark in line for mark in CHANGE_LINES):
+            self.changed.set()
+
     def watch(self, proc: subprocess.Popen, stopping: threading.Event) -> None:
-        """Records what ``proc`` serves every POLL_S until it exits or the server stops (a thread per Triton)."""
+        """Records what ``proc`` serves when Triton logs a change (:meth:`notice`), and every POLL_S, until it exits or
+        the server stops (a thread per Triton)."""
         self.record(proc)
-        while not stopping.wait(POLL_S) and proc.poll() is None:
+        while not stopping.is_set() and proc.poll() is None:
+            self.changed.wait(POLL_S)
+            self.changed.clear()
+            if stopping.is_set() or proc.poll() is not None:
+                return
             self.record(proc)
 
     def restore(self) -> None:

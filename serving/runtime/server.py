@@ -25,6 +25,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from serving.pipeline.backends.openvino_savedmodel import ov_runtime
@@ -427,7 +428,9 @@ class TritonServer:
         self._tell_reaper(f"pgid {self._proc.pid}")
         # Triton binds them after loading its models (without the door its own ports are the public ones).
         ports.hold_for(self._proc.pid, self.triton_http_port, self.triton_grpc_port, self.metrics_port)
-        self._reader = threading.Thread(target=self._read_logs, args=(self._proc, self._log), daemon=True)
+        self._reader = threading.Thread(
+            target=self._read_logs, args=(self._proc, self._log, "", self._served.notice), daemon=True
+        )
         self._reader.start()
         if self.loads_first:  # after every (re)start: a restarted Triton loads the ensembles first again
             self._later.start(self._proc)
@@ -510,10 +513,18 @@ class TritonServer:
         """The public models loaded after the ensembles (their requests wait at the gate until they are ready)."""
         return first_load.later_models() if self.loads_first else ()
 
-    def _read_logs(self, proc: subprocess.Popen, sink: collections.deque, tag: str = "") -> None:
+    def _read_logs(
+        self,
+        proc: subprocess.Popen,
+        sink: collections.deque,
+        tag: str = "",
+        notice: Callable[[str], None] | None = None,
+    ) -> None:
         # Draining the pipe continuously keeps a chatty server from blocking on a full pipe.
         for line in proc.stdout:
             sink.append(tag + line.rstrip("\n"))
+            if notice is not None:
+                notice(line)
             if self.echo:
                 print(tag + line, end="", file=sys.stderr, flush=True)
 
