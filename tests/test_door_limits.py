@@ -31,7 +31,7 @@ from common import contract
 from loadtest import procs
 from loadtest.abuse import cases, slow
 from serving.pipeline.decode import MAX_BYTES
-from serving.runtime import door, gate, gate_http, launch
+from serving.runtime import children, door, gate, gate_http, launch
 from serving.runtime.launch import free_port
 
 #: Seconds the victims call while attacked: short for make test (the abuse CLI runs 60 s).
@@ -416,7 +416,7 @@ def test_a_failed_restart_of_the_door_waits_one_backoff_and_starts_again(tmp_pat
     twice)."""
     import signal
 
-    monkeypatch.setattr(door, "RESTART_BACKOFF_S", (0.2, 1.0))
+    monkeypatch.setattr(children, "RESTART_BACKOFF_S", (0.2, 1.0))
     front, master = _bare_door(tmp_path)
     waits: list[float] = []
     real_wait = front._stopping.wait
@@ -530,3 +530,14 @@ def test_only_inference_may_name_its_json_length(triton_tiny):
         response = conn.getresponse()
         assert response.status == 413 and b"the JSON part of the request is over" in response.read(), path
         conn.close()
+
+
+def test_a_restart_backoff_doubles_to_its_cap_and_starts_over_after_a_stable_run(monkeypatch):
+    # The one rule of both supervised children's restarts (Triton's in server.py, the door's master here).
+    monkeypatch.setattr(children, "RESTART_BACKOFF_S", (1.0, 5.0))
+    backoff, waits = children.Backoff(), []
+    for ran in (0.5, 2.0, 3.0, 4.0, children.STABLE_S + 1, 1.0):
+        backoff.died(ran)
+        waits.append(backoff.wait)
+        backoff.waited()
+    assert waits == [1.0, 2.0, 4.0, 5.0, 1.0, 2.0]

@@ -81,6 +81,29 @@ RESTART_BACKOFF_S = (1.0, 30.0)
 STABLE_S = 60.0
 
 
+class Backoff:
+    """The waits before starting a child again that keeps dying, one object per supervised child (Triton's
+    supervisor in server.py, the door's watcher): :attr:`wait` before this start, :attr:`after` before the next."""
+
+    def __init__(self):
+        self.first, self.cap = RESTART_BACKOFF_S
+        self.wait = self.first
+
+    def died(self, ran_s: float) -> None:
+        """The child died after running ``ran_s``: a child that ran STABLE_S is waited for as if it never died."""
+        if ran_s > STABLE_S:
+            self.wait = self.first
+
+    @property
+    def after(self) -> float:
+        """The wait before the start after this one, should this one fail too."""
+        return min(self.wait * 2, self.cap)
+
+    def waited(self) -> None:
+        """This start's wait is over: the next one waits :attr:`after`."""
+        self.wait = self.after
+
+
 def kill_group(pgid: int) -> None:
     """SIGKILL for a child's whole group (Triton's orphaned Python stubs share it); gone already is fine."""
     with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -53,7 +53,7 @@ from pathlib import Path
 # reads them.
 from common.contract import PUBLIC_MODELS, RESTARTING, SHUTTING_DOWN
 from common.ports import PortInUseError
-from serving.runtime.children import RESTART_BACKOFF_S, STABLE_S, describe_exit
+from serving.runtime.children import Backoff, describe_exit
 from serving.runtime.ports import Held
 from serving.runtime.security import ADMIN_HEADER, without_keys
 from serving.runtime.subproc import running, stop_process
@@ -561,7 +561,7 @@ class Door:
         threading.Thread(target=self._keep_running, args=(report, on_start), daemon=True, name="door-watch").start()
 
     def _keep_running(self, report: Callable[[str], None], on_start: Callable[[subprocess.Popen], None]) -> None:
-        backoff = RESTART_BACKOFF_S[0]
+        backoff = Backoff()
         while not self._stopping.is_set():
             proc = self.proc
             if proc is None:
@@ -572,19 +572,18 @@ class Door:
                     os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
                 except ChildProcessError:  # reaped: by stop()
                     return
-                if time.monotonic() - born > STABLE_S:
-                    backoff = RESTART_BACKOFF_S[0]
-            retry = min(backoff * 2, RESTART_BACKOFF_S[1])
+                backoff.died(time.monotonic() - born)
+            retry = backoff.after
             try:
-                self._start_again(proc, backoff, retry, report, on_start)
+                self._start_again(proc, backoff.wait, retry, report, on_start)
             except Exception as err:  # noqa: BLE001 - this thread is what keeps the door up: it must outlive a failure
                 # What escapes _start_again failed before its backoff (it reports what fails after): waited here, so
                 # that a failure that repeats cannot spin. The old, reaped master stays in self.proc, so the next
                 # round starts again without waiting for it to die, after its own backoff.
                 report(f"the nginx front door did not start again ({err}); trying again in {retry:.0f} s")
-                if self._stopping.wait(backoff):
+                if self._stopping.wait(backoff.wait):
                     return
-            backoff = retry
+            backoff.waited()
 
     def _start_again(
         self, dead: subprocess.Popen, backoff: float, retry: float, report: Callable[[str], None], on_start: Callable

@@ -534,7 +534,7 @@ class TritonServer:
 
     def _supervise(self) -> None:
         """Restarts Triton after a crash (once it has been ready), with exponential backoff."""
-        backoff = children.RESTART_BACKOFF_S[0]
+        backoff = children.Backoff()
         while not self._stopping.is_set():
             proc = self._proc
             if proc is None:
@@ -558,15 +558,14 @@ class TritonServer:
             children.kill_group(proc.pid)  # its Python stubs
             self._tell_reaper(f"forget {proc.pid}")  # the group is gone: its number may name another one later
             remove_segments(SHM_DIR, self.shm_prefix)
-            if time.monotonic() - born > children.STABLE_S:
-                backoff = children.RESTART_BACKOFF_S[0]
+            backoff.died(time.monotonic() - born)
             self._event(
-                f"tritonserver {children.describe_exit(code)}; restarting in {backoff:.0f} s. Last log lines:\n"
+                f"tritonserver {children.describe_exit(code)}; restarting in {backoff.wait:.0f} s. Last log lines:\n"
                 + self.logs(15)
             )
-            if self._stopping.wait(backoff):
+            if self._stopping.wait(backoff.wait):
                 return
-            backoff = min(backoff * 2, children.RESTART_BACKOFF_S[1])
+            backoff.waited()
             self.restarts += 1
             self._spawn_triton()
             threading.Thread(target=self._after_restart, args=(self._proc, self._crashes), daemon=True).start()
