@@ -115,6 +115,16 @@ def test_rollout_and_rollback_under_load_without_a_failed_request(tmp_path, monk
         # `age` is internal (not callable through the door): the load goes to Triton's own port, with its key.
         target = (server.internal_http_url, server.internal_headers())
         threads = [threading.Thread(target=load, args=(*target, stop, log, errors)) for _ in range(THREADS)]
+        # Readiness, asked through the door as a load balancer asks, stays yes through both switches (the gate asks
+        # each model; Triton's own readiness said no while a version was loading).
+        unready: list[float] = []
+
+        def probe() -> None:
+            while not stop.wait(0.05):
+                if not server.is_ready():
+                    unready.append(time.monotonic())
+
+        threads.append(threading.Thread(target=probe))
         if getattr(server, "admin_key", None):  # a launcher that restricts the admin APIs: no key, no switch
             with monkeypatch.context() as m:
                 m.delenv("TRITON_ADMIN_KEY")
@@ -175,6 +185,7 @@ def test_rollout_and_rollback_under_load_without_a_failed_request(tmp_path, monk
         duration = time.monotonic() - start
 
     assert not errors, f"{len(errors)} failed requests, first: {errors[:3]}"
+    assert not unready, f"readiness said no {len(unready)} times during the switches"
     by_phase = {
         "before": {v for s, v in log if s < rollout_start},
         "after rollout": {v for s, v in log if rollout_done < s < rollback_start},
