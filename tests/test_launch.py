@@ -265,7 +265,10 @@ def test_broken_model_reports_server_log(small_repo):
     with pytest.raises(TritonStartError, match="exited with code") as info:
         with server:
             pass
-    assert "nonexistent" in str(info.value)  # the message carries Triton's own explanation
+    # The message carries Triton's own explanation first, before the tables of its last log lines.
+    why = str(info.value).partition("Last log lines:")[0]
+    assert "Triton's errors:" in why and "postprocess" in why and "nonexistent" in why, why
+    assert "CudaDriverHelper" not in why  # what Triton says at every start without a GPU
 
 
 @pytest.mark.integration

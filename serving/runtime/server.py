@@ -16,6 +16,7 @@ import collections
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -52,6 +53,14 @@ DRAIN_GRACE_S = 2.0
 #: How long a restarted Triton may take to load every model before the door opens again anyway (and the versions
 #: served before the crash are pinned again on what loaded).
 RESTORE_WAIT_S = 120.0
+#: What the launcher writes into Triton's log when it starts one, and the lines of that log that are errors (glog's
+#: "E1206 12:00:00.000000 ..." and the binary's own "error: ..."), each cut to _ERROR_CHARS (Python tracebacks come
+#: inside them).
+_STARTED = "[launcher] tritonserver started"
+_ERROR_LINE = re.compile(r"E\d{4} |error: ")
+_ERROR_CHARS = 400
+#: An error line Triton writes at every start on a machine without a GPU: no cause of anything.
+_NO_GPU_NOISE = "CudaDriverHelper has not been initialized"
 #: The folder, inside the run folder, that a staged s3:// repository is copied to (loadtest.bench.coldstart finds
 #: it on Triton's command line).
 STAGE_FOLDER = "s3-stage"
@@ -425,6 +434,7 @@ class TritonServer:
         cmd, env = self.command()
         self._later.done.clear()
         self._proc = children.spawn(cmd, env=env, private=True)
+        self._log.append(f"{_STARTED} (pid {self._proc.pid})")  # errors() reads this run's lines only
         self._tell_reaper(f"pgid {self._proc.pid}")
         # Triton binds them after loading its models (without the door its own ports are the public ones).
         ports.hold_for(self._proc.pid, self.triton_http_port, self.triton_grpc_port, self.metrics_port)
@@ -560,8 +570,8 @@ class TritonServer:
             remove_segments(SHM_DIR, self.shm_prefix)
             backoff.died(time.monotonic() - born)
             self._event(
-                f"tritonserver {children.describe_exit(code)}; restarting in {backoff.wait:.0f} s. Last log lines:\n"
-                + self.logs(15)
+                f"tritonserver {children.describe_exit(code)}; restarting in {backoff.wait:.0f} s. {self.errors()}"
+                f"Last log lines:\n{self.logs(15)}"
             )
             if self._stopping.wait(backoff.wait):
                 return
@@ -585,6 +595,19 @@ class TritonServer:
         lines = list(self._log)
         return "\n".join(lines[-last:] if last else lines)
 
+    def errors(self, most: int = 6) -> str:
+        """The error lines of the running (or last) Triton's log, shortened, as a paragraph to put before its last
+        lines: a start that fails on a broken model showed 40 lines of Triton's option and model tables, and the
+        model's own error was cut off above them. Empty when it logged none."""
+        lines = list(self._log)
+        starts = [i for i, line in enumerate(lines) if line.startswith(_STARTED)]
+        found = [
+            " ".join(line.replace("\\n", " ").split())[:_ERROR_CHARS]
+            for line in lines[starts[-1] if starts else 0 :]
+            if _ERROR_LINE.match(line) and _NO_GPU_NOISE not in line
+        ]
+        return "Triton's errors:\n" + "\n".join(found[-most:]) + "\n" if found else ""
+
     def is_ready(self) -> bool:
         """Whether clients can be served: asked through the door, as clients ask."""
         try:
@@ -603,7 +626,7 @@ class TritonServer:
             if self._proc.poll() is not None and not self._ready_once:
                 self._reader.join(timeout=5)
                 raise TritonStartError(
-                    f"tritonserver exited with code {self._proc.returncode} before it was ready. "
+                    f"tritonserver exited with code {self._proc.returncode} before it was ready. {self.errors()}"
                     f"Last log lines:\n{self.logs(40)}"
                 )
             front = self._door
@@ -614,8 +637,8 @@ class TritonServer:
             if time.monotonic() > deadline:
                 raise TritonStartError(
                     f"tritonserver was not ready after {timeout:.0f} s (is a model failing to "
-                    f"load, or a port taken?). Last log lines:\n{self.logs(40)}\nThe door's log (nginx):\n"
-                    + "\n".join(list(self._door_log)[-10:])
+                    f"load, or a port taken?). {self.errors()}Last log lines:\n{self.logs(40)}\nThe door's log "
+                    "(nginx):\n" + "\n".join(list(self._door_log)[-10:])
                 )
             time.sleep(0.25)
         if self.startup_seconds is None:
