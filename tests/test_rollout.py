@@ -10,6 +10,7 @@ fail, and every request sent after a switch returned must be answered by the new
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -326,10 +327,15 @@ def test_a_crash_with_a_broken_newest_version_on_disk_serves_what_it_served(tiny
         assert any("age: version 1 served again" in e for e in server.events), server.events
         status = _status(server.http_url)
         assert status.returncode == 0 and "age: ready versions [1]" in status.stdout, status.stderr
-        # A served model that is not ready makes the server not ready, and says which.
+        # A model an admin unloads is left out, as Triton's strict readiness leaves it out; a served model that
+        # failed to load makes the server not ready, and says which.
         admin = {"admin-key": server.admin_key}
-        unload = f"http://{server.http_url}/v2/repository/models/faces/unload"
-        urllib.request.urlopen(urllib.request.Request(unload, data=b"{}", headers=admin), timeout=60)
+        faces = f"http://{server.http_url}/v2/repository/models/faces"
+        urllib.request.urlopen(urllib.request.Request(f"{faces}/unload", data=b"{}", headers=admin), timeout=60)
+        assert server.is_ready()
+        broken = json.dumps({"parameters": {"config": json.dumps({"name": "faces", "backend": "nonexistent"})}})
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(urllib.request.Request(f"{faces}/load", broken.encode(), admin), timeout=60)
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(f"http://{server.http_url}/v2/health/ready", timeout=10)
         assert refused.value.code == 503 and "not ready: faces" in refused.value.read().decode()

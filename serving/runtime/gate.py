@@ -232,11 +232,32 @@ class GrpcGate(grpc.GenericRpcHandler):
         Why not Triton's own: from the moment any version fails to load (a rollout of a broken version, or a
         restart after a crash that finds one in the repository), Triton 2.51 says "not ready" for as long as it
         runs, although the version before serves on and every model says ready (docs/serverless.md). A model is
-        ready while a version of it serves, rollouts included."""
+        ready while a version of it serves, rollouts included; one an admin unloaded is left out, as Triton's strict
+        readiness leaves it out."""
         if not self.served_models:
             return None
         ready = await asyncio.gather(*(self.model_ready(name) for name in self.served_models))
-        return [name for name, yes in zip(self.served_models, ready, strict=True) if not yes]
+        missing = [name for name, yes in zip(self.served_models, ready, strict=True) if not yes]
+        if missing:  # rare: only then is the index read
+            unloaded = await self._unloaded()
+            missing = [name for name in missing if name not in unloaded]
+        return missing
+
+    async def _unloaded(self) -> set[str]:
+        """The models every version of which an admin unloaded or is unloading (Triton's index: UNLOADING, or
+        UNAVAILABLE "unloaded"); none when the index cannot be read."""
+        metadata = (*self.metadata, (security.GRPC_ADMIN_METADATA, self.admin_key))
+        status, payload = await self._call(SERVICE + "RepositoryIndex", b"", metadata)
+        if status is not None:
+            return set()
+        states: dict[str, set[tuple[str, str]]] = {}
+        for model in pb.RepositoryIndexResponse.FromString(payload).models:
+            states.setdefault(model.name, set()).add((model.state, model.reason))
+        return {
+            name
+            for name, seen in states.items()
+            if all(state == "UNLOADING" or (state, reason) == ("UNAVAILABLE", "unloaded") for state, reason in seen)
+        }
 
     async def model_ready(self, name: str) -> bool:
         """Whether Triton has the model ready (for :class:`Loading`); False while it cannot be reached."""
