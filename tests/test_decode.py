@@ -383,6 +383,22 @@ def test_a_jpeg_with_too_many_scans_is_refused_before_decoding():
         decode_image(cases.jpeg_with_scans(structure.MAX_JPEG_SCANS + 1))
 
 
+def test_a_small_jpeg_with_few_scan_markers_skips_the_exact_count(monkeypatch):
+    """Up to COUNT_FIRST_BYTES, bytes.count bounds the scans from above: a face crop pays no numpy calls for it; a
+    file with more markers than scans allowed, or a larger one, gets the exact count."""
+    from common import structure
+
+    exact: list[int] = []
+    real = structure._jpeg_scans
+    monkeypatch.setattr(structure, "_jpeg_scans", lambda data: exact.append(len(data)) or real(data))
+    crop = cases.face_crop()
+    assert len(crop) <= structure.COUNT_FIRST_BYTES and structure.refusal(crop) is None and exact == []
+    many = cases.jpeg_with_scans(structure.MAX_JPEG_SCANS + 1)
+    assert len(many) <= structure.COUNT_FIRST_BYTES and "scans" in structure.refusal(many) and exact == [len(many)]
+    photo = encode(textured(640, 480), "JPEG", quality=95)
+    assert len(photo) > structure.COUNT_FIRST_BYTES and structure.refusal(photo) is None and exact[-1] == len(photo)
+
+
 def test_a_jpeg_with_too_many_segments_before_its_picture_is_refused():
     from common import structure
 
