@@ -149,6 +149,7 @@ class TritonServer:
         self._supervisor: threading.Thread | None = None
         self._stopping = threading.Event()
         self._ready_once = False
+        self._bucket_models: tuple[str, ...] = ()  # an s3:// repository Triton reads itself: its models at start
         self._final_code: int | None = None
         # The ensembles first, the rest right after (command.loads_first); decided at start(), when the folder is known.
         self.loads_first = False
@@ -302,7 +303,7 @@ class TritonServer:
             # key or an empty prefix only as load errors in its log, so ask first.
             if self.s3_read == "triton":
                 try:
-                    storage.preflight(self.model_repository)
+                    self._bucket_models = tuple(storage.preflight(self.model_repository))
                 except storage.StorageError as err:
                     raise TritonStartError(str(err)) from None
         elif not self.model_repository.is_dir():
@@ -508,13 +509,13 @@ class TritonServer:
 
     def served_models(self) -> tuple[str, ...]:
         """The models this server serves, for the gate's readiness: the ones named by ``--load-model``, else every
-        model (a folder with a config) of the local or staged repository; none for an s3:// repository Triton
-        reads itself, whose readiness is Triton's own."""
+        model (a folder with a config) of the local or staged repository, or of the s3:// repository Triton reads
+        itself as listed at the start."""
         named = [arg.split("=", 1)[1] for arg in self.extra_args if arg.startswith("--load-model=")]
         if named and "*" not in named:
             return tuple(sorted(set(named)))
         if self.staged is None and storage.is_s3(self.model_repository):
-            return ()
+            return self._bucket_models
         folder = Path(self.staged.folder if self.staged is not None else self.model_repository)
         configs = ("config.pbtxt", f"configs/{self.config_name}.pbtxt")
         return tuple(sorted(p.name for p in folder.iterdir() if any((p / c).is_file() for c in configs)))
