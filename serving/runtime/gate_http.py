@@ -224,11 +224,17 @@ class HttpGate:
         return await self.upstream.run(self._forward(request.path, None, dict(self.headers), method="GET"))
 
     async def _ready(self, request: web.Request) -> web.Response:
-        """Server readiness: every served model ready (gate.GrpcGate.not_ready), else 503 naming the ones that are
-        not; Triton's own answer where the gate knows no served models."""
+        """Server readiness: Triton's HTTP side up and every served model ready (gate.GrpcGate.not_ready, asked
+        over gRPC), else 503 naming what is not; Triton's own answer where the gate knows no served models.
+
+        Triton opens its gRPC port before its HTTP port: asked over gRPC alone, readiness said yes while an HTTP
+        caller's connection to Triton was still refused (seen once in `make test`)."""
         missing = None if self.not_ready is None else await self.not_ready()
         if missing is None:
             return await self._open_path(request)
+        live = await self.upstream.run(self._forward("/v2/health/live", None, dict(self.headers), method="GET"))
+        if live.status != 200:
+            return self._error(503, UNREACHABLE)
         if missing:
             return self._error(503, f"not ready: {', '.join(missing)} (loading, or failed to load)")
         return web.Response(status=200)
