@@ -340,3 +340,40 @@ def test_a_crash_with_a_broken_newest_version_on_disk_serves_what_it_served(tiny
             urllib.request.urlopen(f"http://{server.http_url}/v2/health/ready", timeout=10)
         assert refused.value.code == 503 and "not ready: faces" in refused.value.read().decode()
         assert not grpcclient.InferenceServerClient(server.grpc_url).is_server_ready()
+
+
+def test_a_restart_pins_an_ensemble_again_once_the_model_it_steps_through_is_back():
+    """pins.ServedVersions.restore without a Triton: what did not load is pinned again at the versions served before,
+    with the config it was served with; an ensemble whose step is not back yet fails its first try and is tried
+    again after the rest; what still fails is reported, and the server is marked settled whatever happens."""
+    from serving.runtime import pins
+
+    ready: dict[str, tuple[int, ...]] = {"age": (20,)}  # what the restarted Triton loaded by itself
+    pinned, reports = [], []
+
+    def index(path, **kwargs):
+        entries = [{"name": m, "version": str(v), "state": "READY"} for m, vs in ready.items() for v in vs]
+        return 200, json.dumps(entries).encode()
+
+    def pin(model, versions, config):
+        pinned.append((model, versions, config))
+        if model == "age_gender" and "gender" not in ready:  # sorted first, so its first try comes too early
+            raise RuntimeError("ensemble 'age_gender' depends on 'gender' which has no loaded version")
+        if model == "broken":
+            raise RuntimeError("still broken")
+        ready[model] = versions
+
+    served = pins.ServedVersions(
+        triton_http=index,
+        config=lambda model: {"name": model},
+        pin=pin,
+        report=reports.append,
+    )
+    served.served = {"age_gender": (1,), "age": (20,), "gender": (6,), "broken": (2,)}
+    served.configs = {name: {"name": name, "version_policy": {"latest": {"num_versions": 1}}} for name in served.served}
+    served.restore()
+    assert ready == {"age": (20,), "gender": (6,), "age_gender": (1,)}
+    assert [model for model, *_ in pinned] == ["age_gender", "broken", "gender", "age_gender", "broken"]
+    assert all(config == served.configs[model] for model, _, config in pinned)
+    assert any("could not serve broken version 2 again" in r for r in reports), reports
+    assert sum("could not serve" in r for r in reports) == 1 and served.settled.is_set()
