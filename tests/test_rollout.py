@@ -377,3 +377,27 @@ def test_a_restart_pins_an_ensemble_again_once_the_model_it_steps_through_is_bac
     assert all(config == served.configs[model] for model, _, config in pinned)
     assert any("could not serve broken version 2 again" in r for r in reports), reports
     assert sum("could not serve" in r for r in reports) == 1 and served.settled.is_set()
+
+
+def test_a_crash_in_the_middle_of_a_switch_brings_back_the_version_switched_to():
+    """For a second or so of a switch the old and the new version are both READY, and that is what a read then
+    records; brought back as it is, the ensembles would step through the newer one, after a rollback the one rolled
+    back from. The config read with it says which version is meant (pins.ServedVersions.meant)."""
+    from serving.runtime import pins
+
+    pinned = []
+    served = pins.ServedVersions(
+        triton_http=lambda path, **kwargs: (200, json.dumps([{"name": "age", "version": "2", "state": "READY"}])),
+        config=lambda model: {},
+        pin=lambda model, versions, config: pinned.append((model, versions)),
+        report=lambda message: None,
+    )
+    served.served = {"age": (1, 2)}
+    served.configs = {"age": {"version_policy": {"latest": {"num_versions": 1}}}}  # a rollout to the newest
+    assert served.meant("age") == (2,)
+    served.configs = {}  # no config read: every READY version
+    assert served.meant("age") == (1, 2)
+    served.configs = {"age": {"version_policy": {"specific": {"versions": [1]}}}}  # a rollback to 1
+    assert served.meant("age") == (1,)
+    served.restore()  # the restarted Triton loaded the repository's newest, 2
+    assert pinned == [("age", (1,))]

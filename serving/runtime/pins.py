@@ -125,13 +125,14 @@ class ServedVersions:
         """After a restart (every model loaded, or given up on): pins each model whose READY versions are not the
         ones served before the crash (a model that did not load is tried too), then marks the server settled."""
         now = self.read() or {}
-        todo = [model for model in sorted(self.served) if now.get(model) != self.served[model]]
+        wanted = {model: self.meant(model) for model in self.served}
+        todo = [model for model in sorted(wanted) if now.get(model) != wanted[model]]
         # A second round for what failed in the first: an ensemble loads only once the models it steps through are
         # back, and the names do not say which models are ensembles.
         for last in (False, True):
             failed = []
             for model in todo:
-                versions = self.served[model]
+                versions = wanted[model]
                 had, has = _names(versions), _names(now.get(model, ()))
                 try:
                     self._pin(model, versions, self.configs.get(model))
@@ -143,6 +144,21 @@ class ServedVersions:
                     self._report(f"{model}: {had} served again after the restart (pinned; it had loaded {has})")
             todo = failed
         self.settled.set()
+
+    def meant(self, model: str) -> tuple[int, ...]:
+        """The versions of ``model`` its config serves, among the READY ones recorded: in the second or so of a
+        switch both the old and the new version are READY, and a crash then would have brought both back, the
+        ensembles stepping through the newer, which after a rollback is the one rolled back from. The config read
+        when the versions changed (a rollback's ``specific``, a rollout's ``latest``) says which is meant."""
+        versions = self.served[model]
+        policy = (self.configs.get(model) or {}).get("version_policy") or {}
+        if "specific" in policy:
+            named = {int(v) for v in (policy["specific"] or {}).get("versions", [])}
+            return tuple(v for v in versions if v in named) or versions
+        if "latest" in policy:
+            newest = int((policy["latest"] or {}).get("num_versions", 1))
+            return versions[-newest:] if newest > 0 else versions
+        return versions  # "all", or no policy: every READY version
 
 
 def _names(versions: tuple[int, ...]) -> str:
