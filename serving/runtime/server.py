@@ -12,11 +12,9 @@ ensembles loaded first (command.loads_first), the rest load after the first answ
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -26,11 +24,11 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 from serving.pipeline.backends.openvino_savedmodel import ov_runtime
 from serving.runtime import binary, children, command, door, first_load, pins, ports, security, shm_guard, storage
+from serving.runtime.child_log import ChildLog
 from serving.runtime.errors import TritonStartError
 from serving.runtime.gate_process import GateProcess
 from serving.runtime.reaper import SHM_DIR, remove_segments
@@ -53,14 +51,6 @@ DRAIN_GRACE_S = 2.0
 #: How long a restarted Triton may take to load every model before the door opens again anyway (and the versions
 #: served before the crash are pinned again on what loaded).
 RESTORE_WAIT_S = 120.0
-#: What the launcher writes into Triton's log when it starts one, and the lines of that log that are errors (glog's
-#: "E1206 12:00:00.000000 ..." and the binary's own "error: ..."), each cut to _ERROR_CHARS (Python tracebacks come
-#: inside them).
-_STARTED = "[launcher] tritonserver started"
-_ERROR_LINE = re.compile(r"E\d{4} |error: ")
-_ERROR_CHARS = 400
-#: An error line Triton writes at every start on a machine without a GPU: no cause of anything.
-_NO_GPU_NOISE = "CudaDriverHelper has not been initialized"
 #: The folder, inside the run folder, that a staged s3:// repository is copied to (loadtest.bench.coldstart finds
 #: it on Triton's command line).
 STAGE_FOLDER = "s3-stage"
@@ -139,8 +129,8 @@ class TritonServer:
         self._proc: subprocess.Popen | None = None
         self._tmp: tempfile.TemporaryDirectory | None = None
         self.s3_mount: Path | None = None  # where the running Triton downloaded an s3:// repository
-        self._log: collections.deque[str] = collections.deque(maxlen=400)
-        self._door_log: collections.deque[str] = collections.deque(maxlen=100)  # nginx's own errors
+        self._log = ChildLog(400, echo=lambda: self.echo)
+        self._door_log = ChildLog(100, "[nginx] ", echo=lambda: self.echo)  # nginx's own errors
         self._reader: threading.Thread | None = None
         self._started_at = 0.0
         self._door: door.Door | None = None
@@ -429,19 +419,17 @@ class TritonServer:
         """What each nginx master the door starts needs here: at start, and after a restart (Door.keep_running)."""
         self._new_group("door", nginx.pid)  # its own group: the master and its workers
         ports.hold_for(nginx.pid, self.http_port, self.grpc_port)
-        threading.Thread(target=self._read_logs, args=(nginx, self._door_log, "[nginx] "), daemon=True).start()
+        threading.Thread(target=self._door_log.follow, args=(nginx,), daemon=True).start()
 
     def _spawn_triton(self) -> None:
         cmd, env = self.command()
         self._later.done.clear()
         self._proc = children.spawn(cmd, env=env, private=True)
-        self._log.append(f"{_STARTED} (pid {self._proc.pid})")  # errors() reads this run's lines only
+        self._log.started(self._proc)  # errors() reads this run's lines only
         self._tell_reaper(f"pgid {self._proc.pid}")
         # Triton binds them after loading its models (without the door its own ports are the public ones).
         ports.hold_for(self._proc.pid, self.triton_http_port, self.triton_grpc_port, self.metrics_port)
-        self._reader = threading.Thread(
-            target=self._read_logs, args=(self._proc, self._log, "", self._served.notice), daemon=True
-        )
+        self._reader = threading.Thread(target=self._log.follow, args=(self._proc, self._served.notice), daemon=True)
         self._reader.start()
         if self.loads_first:  # after every (re)start: a restarted Triton loads the ensembles first again
             self._later.start(self._proc)
@@ -524,21 +512,6 @@ class TritonServer:
         """The public models loaded after the ensembles (their requests wait at the gate until they are ready)."""
         return first_load.later_models() if self.loads_first else ()
 
-    def _read_logs(
-        self,
-        proc: subprocess.Popen,
-        sink: collections.deque,
-        tag: str = "",
-        notice: Callable[[str], None] | None = None,
-    ) -> None:
-        # Draining the pipe continuously keeps a chatty server from blocking on a full pipe.
-        for line in proc.stdout:
-            sink.append(tag + line.rstrip("\n"))
-            if notice is not None:
-                notice(line)
-            if self.echo:
-                print(tag + line, end="", file=sys.stderr, flush=True)
-
     def _event(self, message: str) -> None:
         self.events.append(message)
         print(f"[launcher] {message}", file=sys.stderr, flush=True)
@@ -593,21 +566,11 @@ class TritonServer:
         return None
 
     def logs(self, last: int | None = None) -> str:
-        lines = list(self._log)
-        return "\n".join(lines[-last:] if last else lines)
+        return self._log.last(last)
 
-    def errors(self, most: int = 6) -> str:
-        """The error lines of the running (or last) Triton's log, shortened, as a paragraph to put before its last
-        lines: a start that fails on a broken model showed 40 lines of Triton's option and model tables, and the
-        model's own error was cut off above them. Empty when it logged none."""
-        lines = list(self._log)
-        starts = [i for i, line in enumerate(lines) if line.startswith(_STARTED)]
-        found = [
-            " ".join(line.replace("\\n", " ").split())[:_ERROR_CHARS]
-            for line in lines[starts[-1] if starts else 0 :]
-            if _ERROR_LINE.match(line) and _NO_GPU_NOISE not in line
-        ]
-        return "Triton's errors:\n" + "\n".join(found[-most:]) + "\n" if found else ""
+    def errors(self) -> str:
+        """Triton's error lines of its last run, as a paragraph to put first in a message (child_log.py)."""
+        return self._log.errors()
 
     def is_ready(self) -> bool:
         """Whether clients can be served: asked through the door, as clients ask."""
@@ -633,13 +596,13 @@ class TritonServer:
             front = self._door
             if front is not None and front.proc is not None and not front.running():  # not poll(): stop needs it
                 raise TritonStartError(
-                    "the nginx front door exited (a public port taken?). Its log:\n" + "\n".join(self._door_log)
+                    "the nginx front door exited (a public port taken?). Its log:\n" + self._door_log.last()
                 )
             if time.monotonic() > deadline:
                 raise TritonStartError(
                     f"tritonserver was not ready after {timeout:.0f} s (is a model failing to "
                     f"load, or a port taken?). {self.errors()}Last log lines:\n{self.logs(40)}\nThe door's log "
-                    "(nginx):\n" + "\n".join(list(self._door_log)[-10:])
+                    "(nginx):\n" + self._door_log.last(10)
                 )
             time.sleep(0.25)
         if self.startup_seconds is None:
