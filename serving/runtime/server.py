@@ -437,11 +437,12 @@ class TritonServer:
             self._later.done.set()
 
     def _triton_http(
-        self, path: str, *, post: bool = False, admin: bool = False, timeout: float = 2.0
+        self, path: str, *, post: bool = False, admin: bool = False, internal: bool = False, timeout: float = 2.0
     ) -> tuple[int, bytes]:
         """A call to Triton's own HTTP port (not through the door); ``admin``: with the admin key, which only the
-        repository API needs (health needs no key at all)."""
-        headers = {security.ADMIN_HEADER: self.admin_key} if admin else {}
+        repository API needs (health needs no key at all); ``internal``: with the internal key, which a model's
+        config needs behind the door."""
+        headers = self._own_port_headers(admin=admin, internal=internal)
         request = urllib.request.Request(
             f"http://{self.internal_http_url}{path}", data=b"{}" if post else None, headers=headers
         )
@@ -451,16 +452,21 @@ class TritonServer:
         except urllib.error.HTTPError as err:
             return err.code, err.read()
 
-    def _own_port_headers(self) -> dict[str, str]:
-        """Triton's own port: the admin key for the repository API, the internal key for a model's config."""
-        return {**self.internal_headers(), **({security.ADMIN_HEADER: self.admin_key} if self.admin_key else {})}
+    def _own_port_headers(self, *, admin: bool = True, internal: bool = True) -> dict[str, str]:
+        """What Triton's own port wants: the admin key for the repository API, the internal key for a model's config
+        (and inference) behind the door."""
+        headers = dict(self.internal_headers()) if internal else {}
+        if admin and self.admin_key:
+            headers[security.ADMIN_HEADER] = self.admin_key
+        return headers
 
     def _model_config(self, model: str) -> dict:
         """``model``'s config as the running Triton serves it (pins.py keeps it for a restart)."""
         path = f"/v2/models/{urllib.parse.quote(model, safe='')}/config"
-        request = urllib.request.Request(f"http://{self.internal_http_url}{path}", headers=self._own_port_headers())
-        with urllib.request.urlopen(request, timeout=2.0) as answer:
-            return json.loads(answer.read())
+        status, body = self._triton_http(path, admin=True, internal=True)
+        if status != 200:  # an OSError, as a refused connection: pins.record keeps the config it had
+            raise OSError(f"Triton answered HTTP {status} for the config of {model}: {body[:200]!r}")
+        return json.loads(body)
 
     def _pin(self, model: str, versions: tuple[int, ...], config: dict | None = None) -> None:
         """Makes the running Triton serve ``versions`` of ``model``, as ``serving.ops.rollout --version`` does;
