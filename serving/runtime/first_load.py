@@ -39,7 +39,8 @@ def later_models() -> tuple[str, ...]:
 def triton_up(triton_http: Callable[..., tuple[int, bytes]]) -> bool:
     """Whether Triton answers on its own port (past the door, which may be refusing callers). It opens its ports
     once the models it starts with have loaded, or failed to: a restart after a crash runs on when one fails
-    (server.py), and is then up but not ready (strict readiness) until the versions served before are back."""
+    (server.py), and is then up, though its own strict readiness says no for as long as it runs
+    (docs/serverless.md)."""
     try:
         return triton_http("/v2/health/live")[0] == 200
     except OSError:
