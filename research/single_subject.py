@@ -1,7 +1,7 @@
 """One face on a random background: does the single-face path (``FaceCropper.detect``) keep a box on it?
 
     python -m research.single_subject --data ../shared/datasets/UTKFace.tar.gz [--split val] [--n 400] [--seed 11]
-        [--floors 3,0]
+        [--floors 3,0] [--confirm 0.65,0] [--backgrounds /usr/share/backgrounds]
 
 Four kinds of picture, with faces from one split of UTKFace (as ``training.data.split`` assigns it; choose on
 ``val``, confirm on ``test``):
@@ -11,11 +11,21 @@ Four kinds of picture, with faces from one split of UTKFace (as ``training.data.
 - close crops: the 200x200 UTKFace pictures themselves, as someone uploads a cropped face; any face found counts;
 - degraded close crops: the same, blurred (4 px radius), saved as JPEG quality 10, or shrunk to 32 px and blown up
   again, as poor uploads bring faces; any face found counts;
-- faceless: the backgrounds alone (``--n`` / 2 of them); any face found is a false one.
+- faceless: the backgrounds alone (``--n`` / 2 of them); any face found is a false one;
+- dead leaves: ``--n`` / 2 pictures of overlapping random discs (``research.measure_faces.dead_leaves``), textured
+  where the backgrounds are smooth; any face found is a false one.
+
+``--backgrounds DIR``: pictures (JPEG, PNG, WebP) under DIR, cut at random (20-100% of their area) and scaled to
+1280x960, serve as the background of every second scene and of three faceless pictures in four: textured photos
+and artwork, where the smooth random ones hold little that looks like a face. Debian's wallpaper packages are such a
+folder (``apt-get install gnome-backgrounds mate-backgrounds sway-backgrounds ukui-wallpapers lomiri-wallpapers
+plasma-workspace-wallpapers``, then ``/usr/share/backgrounds`` and ``/usr/share/wallpapers``, comma-separated; 94
+pictures, none with a face; they are read, never copied into the repository).
 
 Each is printed for the cascade with each of ``--floors`` as its detail floor (``detect.MIN_FACE_DETAIL``; by default
-the served one and none), on the same pictures. The comparisons before the detail floor (the cascade before the tile
-pass) are this file as of commit 9919efa.
+the served one and none) and each of ``--confirm`` as the score a doubtful detection must be found again with
+(``detect.CONFIRM_MIN_SCORE``; by default the served one and none), on the same pictures. The comparisons before the
+detail floor (the cascade before the tile pass) are this file as of commit 9919efa.
 """
 
 from __future__ import annotations
@@ -28,19 +38,30 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from research.measure_faces import CANVAS, ROOT, background, held_out_faces, iou
+from research.measure_faces import CANVAS, ROOT, background, dead_leaves, held_out_faces, iou
 from serving.pipeline import detect
 
 BANDS = ((64, 96), (96, 144), (144, 216), (216, 324), (324, 481))
 
 
-def scenes(faces: list[tuple[bytes, int, int]], n: int, seed: int):
-    """(picture, pasted square) pairs."""
+def textured(rng: np.random.Generator, pictures: list[Path]) -> Image.Image:
+    """A random cut (20-100% of the area) of one of ``pictures``, scaled to the canvas."""
+    with Image.open(pictures[int(rng.integers(len(pictures)))]) as picture:
+        picture = picture.convert("RGB")
+    width, height = picture.size
+    share = math.sqrt(rng.uniform(0.2, 1.0))
+    w, h = int(width * share), int(height * share)
+    x, y = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
+    return picture.crop((x, y, x + w, y + h)).resize(CANVAS, Image.Resampling.BILINEAR)
+
+
+def scenes(faces: list[tuple[bytes, int, int]], n: int, seed: int, pictures: list[Path]):
+    """(picture, pasted square) pairs; every second on a cut of ``pictures`` when there are any."""
     rng = np.random.default_rng(seed)
-    for _ in range(n):
+    for i in range(n):
         blob = faces[int(rng.integers(len(faces)))][0]
         size = int(round(math.exp(rng.uniform(math.log(64), math.log(480)))))
-        canvas = background(rng)
+        canvas = textured(rng, pictures) if pictures and i % 2 == 0 else background(rng)
         x, y = int(rng.integers(0, CANVAS[0] - size)), int(rng.integers(0, CANVAS[1] - size))
         face = Image.open(io.BytesIO(blob)).convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
         canvas.paste(face, (x, y))
@@ -70,24 +91,47 @@ def main(argv: list[str] | None = None) -> None:
         default=f"{detect.MIN_FACE_DETAIL:g},0",
         help="comma-separated detail floors to compare (detect.MIN_FACE_DETAIL; 0: none); default: served, none",
     )
+    p.add_argument(
+        "--confirm",
+        default=f"{detect.CONFIRM_MIN_SCORE:g},0",
+        help="comma-separated scores a doubtful detection must be found again with (detect.CONFIRM_MIN_SCORE; 0: "
+        "not checked); default: served, none",
+    )
+    p.add_argument("--backgrounds", default="", help="comma-separated folders of faceless pictures (see above)")
     args = p.parse_args(argv)
     faces = held_out_faces(args.data, split=args.split)
+    pictures = sorted(  # each file once: wallpaper packages link one picture under several sizes' names
+        {
+            path.resolve()
+            for folder in filter(None, args.backgrounds.split(","))
+            for path in Path(folder).rglob("*")
+            if path.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp") and path.is_file()
+        }
+    )
+    if args.backgrounds and not pictures:
+        p.error(f"no pictures under {args.backgrounds}")
     rules = {}
     for floor in (float(v) for v in args.floors.split(",")):
-        served = " (served)" if floor == detect.MIN_FACE_DETAIL else ""
-        name = f"detail floor {floor:g}{served}" if floor else "without the detail floor"
-        rules[name] = detect.FaceCropper(min_detail=floor).detect
+        for confirm in (float(v) for v in args.confirm.split(",")):
+            served = floor == detect.MIN_FACE_DETAIL and confirm == detect.CONFIRM_MIN_SCORE
+            name = f"detail {floor:g}, confirm {confirm:g}{' (served)' if served else ''}"
+            rules[name] = detect.FaceCropper(min_detail=floor, confirm_score=confirm).detect
     sizes, right = [], {name: [] for name in rules}
-    for picture, truth in scenes(faces, args.n, args.seed):
+    for picture, truth in scenes(faces, args.n, args.seed, pictures):
         sizes.append(truth[2] - truth[0])
         for name, rule in rules.items():
             found = rule(picture)
             right[name].append(found is not None and iou(found.box, truth) >= 0.5)
     rng = np.random.default_rng(args.seed + 1)
     close = [Image.open(io.BytesIO(faces[i][0])).convert("RGB") for i in rng.choice(len(faces), args.n, replace=False)]
-    empty = [background(rng) for _ in range(args.n // 2)]
+    empty = [textured(rng, pictures) if pictures and i % 4 else background(rng) for i in range(args.n // 2)]
+    leaves = [dead_leaves(rng) for _ in range(args.n // 2)]
     sizes = np.array(sizes)
-    print(f"{args.split} faces; {args.n} scenes, {len(close)} close crops, {len(empty)} faceless backgrounds")
+    textures = f" ({len(pictures)} textured pictures: half the scenes, 3/4 of the faceless)" if pictures else ""
+    print(
+        f"{args.split} faces; {args.n} scenes, {len(close)} close crops, {len(empty)} faceless backgrounds{textures}, "
+        f"{len(leaves)} dead-leaves pictures"
+    )
     poor = [degraded(picture) for picture in close]
     kinds = list(poor[0])
     print(
@@ -97,6 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         "close crops",
         " ".join(kinds),
         "faceless: false",
+        "dead leaves: false",
     )
     for name, rule in rules.items():
         hits = np.array(right[name])
@@ -104,8 +149,17 @@ def main(argv: list[str] | None = None) -> None:
         bands = " ".join(f"{v:.2f}".rjust(len(f"{a}-{b - 1}px")) for v, (a, b) in zip(shares, BANDS, strict=True))
         crops = np.mean([rule(picture) is not None for picture in close])
         false = np.mean([rule(picture) is not None for picture in empty])
+        on_leaves = np.mean([rule(picture) is not None for picture in leaves])
         worse = " ".join(f"{np.mean([rule(p[kind]) is not None for p in poor]):.3f}".rjust(len(kind)) for kind in kinds)
-        print(name.ljust(32), f"{hits.mean():.3f} ", bands, f"{crops:.3f}".rjust(11), worse, f"{false:.3f}".rjust(15))
+        print(
+            name.ljust(32),
+            f"{hits.mean():.3f} ",
+            bands,
+            f"{crops:.3f}".rjust(11),
+            worse,
+            f"{false:.3f}".rjust(15),
+            f"{on_leaves:.3f}".rjust(18),
+        )
 
 
 if __name__ == "__main__":
