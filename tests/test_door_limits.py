@@ -91,6 +91,12 @@ def strict_door(tmp_path):
     gate.stop(timeout=5)
 
 
+def test_a_door_leads_its_own_process_group(strict_door):
+    # Door.stop ends the workers of a killed or dead master by their group, which is the master's only when it leads
+    # one: a door started by default does (this fixture's, as every test's and the launcher's).
+    assert os.getpgid(strict_door.proc.pid) == os.getsid(strict_door.proc.pid) == strict_door.proc.pid
+
+
 def test_over_the_limits_is_a_clear_429_and_resource_exhausted(strict_door):
     port = strict_door.config["http_port"]
     answers = []

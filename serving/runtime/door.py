@@ -53,7 +53,7 @@ from pathlib import Path
 # reads them.
 from common.contract import PUBLIC_MODELS, RESTARTING, SHUTTING_DOWN
 from common.ports import PortInUseError
-from serving.runtime.children import Backoff, describe_exit
+from serving.runtime.children import Backoff, describe_exit, own_session_child
 from serving.runtime.ports import Held
 from serving.runtime.security import ADMIN_HEADER, without_keys
 from serving.runtime.subproc import running, stop_process
@@ -502,7 +502,12 @@ class Door:
         self._stopping = threading.Event()
         self._lock = threading.Lock()  # a restart (keep_running) and stop() one at a time
 
-    def start(self, preexec_fn=None) -> subprocess.Popen:
+    def start(self, preexec_fn: Callable[[], None] = own_session_child) -> subprocess.Popen:
+        """Starts nginx. ``preexec_fn``: by default the master leads its own session and process group, which
+        :meth:`stop` needs to end the workers of a master that was killed or had died; tests started their doors
+        without it, in their own group, where a killed master's worker would live on (one test run left a door
+        worker listening, cause not traced). The master also gets SIGTERM when the starting thread ends
+        (children.die_with_parent)."""
         self._preexec = preexec_fn
         binary = find_nginx()
         if binary is None:
