@@ -14,6 +14,7 @@ from PIL import Image
 
 from common import contract as c
 from common import spec
+from research.measure_faces import dead_leaves
 
 pytestmark = pytest.mark.integration
 
@@ -44,6 +45,9 @@ CASES = {
     "bomb": (lambda: encode(Image.new("1", (8000, 6000)), "PNG"), "megapixels", False),  # 48 MP in ~8 KB
     "too_big": (lambda: b"\xff\xd8\xff" + bytes(11 * 2**20), "MiB", False),
     "no_face": (no_face, "", False),
+    # Overlapping random discs: the detectors "find" a face at 0.66, which is not found again framed as a portrait
+    # (detect.CONFIRM_MIN_SCORE; tests/test_faces.py).
+    "texture": (lambda: encode(dead_leaves(np.random.default_rng(20), (640, 480)), "PNG"), "", False),
     "portrait": (GRACE.read_bytes, "", True),
 }
 
