@@ -1,11 +1,15 @@
 """Measures multi-face detection on group-photo composites of held-out UTKFace faces.
 
     python -m research.measure_faces --data ../shared/datasets/UTKFace.tar.gz [--n 100] [--configs all]
+        [--split test|val] [--backgrounds DIR[,DIR]] [--faceless N]
 
 Each composite is a 1280x960 canvas with a smooth random background and 2-8 faces from the project's held-out
-test split (``training.data.split``, seed 1337), pasted at sizes log-uniform in 40-200 px without overlap. A
-detection finds a face when its box overlaps the pasted square with IoU >= 0.3 (one detection per face);
-every other detection is a false one. The first config is then checked end to end: age and gender from the
+test split (``training.data.split``, seed 1337; ``--split val`` to choose), pasted at sizes log-uniform in 40-200 px
+without overlap. A detection finds a face when its box overlaps the pasted square with IoU >= 0.3 (one detection per
+face); every other detection is a false one. ``--backgrounds``: half the composites on a random cut of the pictures
+under those folders instead (textured photos and artwork, e.g. Debian's wallpapers: ``research.single_subject``);
+``--faceless N``: N dead-leaves pictures (:func:`dead_leaves`) and, with ``--backgrounds``, N cuts, whose
+detections are all false, counted apart. The first config is then checked end to end: age and gender from the
 committed SavedModels on each found face's multi-face crop, against the single-face path on the same face
 (the pasted face cut out as its own image and cropped by :class:`serving.pipeline.detect.FaceCropper`).
 
@@ -51,6 +55,7 @@ CONFIGS = {
     "short+full / short 320 min 0.65": {"min_score": 0.65},
     "short+full / short 320 no detail floor": {"min_detail": 0},
     "short+full / short 320 unconfirmed": {"confirm_score": 0},
+    "short+full / short 320 min 0.5 unconfirmed": {"min_score": 0.5, "confirm_score": 0},
     "full / short 320": {"whole": ("full_sparse",), "tiled": (("short", 320),)},
     "full / short 384": {"whole": ("full_sparse",), "tiled": (("short", 384),)},
     "full / full 480 + short 320": {"whole": ("full_sparse",), "tiled": (("full_sparse", 480), ("short", 320))},
@@ -105,9 +110,34 @@ def dead_leaves(rng: np.random.Generator, size: tuple[int, int] = CANVAS, discs:
     return picture.filter(ImageFilter.GaussianBlur(1))
 
 
-def composite(faces, rng: np.random.Generator):
-    """Pastes 2-8 faces without overlap; returns the picture and [(box, face index, resized face)]."""
-    canvas = background(rng)
+def textured(rng: np.random.Generator, pictures: list[Path], size: tuple[int, int] = CANVAS) -> Image.Image:
+    """A random cut (20-100% of the area) of one of ``pictures``, scaled to ``size``."""
+    with Image.open(pictures[int(rng.integers(len(pictures)))]) as picture:
+        picture = picture.convert("RGB")
+    width, height = picture.size
+    share = math.sqrt(rng.uniform(0.2, 1.0))
+    w, h = int(width * share), int(height * share)
+    x, y = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
+    return picture.crop((x, y, x + w, y + h)).resize(size, Image.Resampling.BILINEAR)
+
+
+def pictures_under(folders: str) -> list[Path]:
+    """The JPEG, PNG and WebP files under the comma-separated ``folders``, each file once (wallpaper packages link
+    one picture under several sizes' names)."""
+    return sorted(
+        {
+            path.resolve()
+            for folder in filter(None, folders.split(","))
+            for path in Path(folder).rglob("*")
+            if path.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp") and path.is_file()
+        }
+    )
+
+
+def composite(faces, rng: np.random.Generator, pictures: list[Path] = (), textured_share: float = 0.0):
+    """Pastes 2-8 faces without overlap; returns the picture and [(box, face index, resized face)]. The background
+    is smooth (:func:`background`), or with ``pictures`` a cut of one of them for ``textured_share`` of the calls."""
+    canvas = textured(rng, pictures) if pictures and rng.random() < textured_share else background(rng)
     placed: list[tuple[tuple[float, float, float, float], int, Image.Image]] = []
     n = int(rng.integers(2, 9))
     lo, hi = SIZE_RANGE
@@ -249,18 +279,45 @@ def main(argv=None) -> None:
     p.add_argument("--n", type=int, default=100, help="composites (default 100)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--configs", default=next(iter(CONFIGS)), help=f"comma-separated, or 'all': {', '.join(CONFIGS)}")
+    p.add_argument("--split", choices=("val", "test"), default="test", help="whose faces (choose on val)")
+    p.add_argument(
+        "--backgrounds",
+        default="",
+        help="comma-separated folders of faceless pictures (research.single_subject): half the composites on cuts of "
+        "them, and --faceless more pictures without faces",
+    )
+    p.add_argument(
+        "--faceless",
+        type=int,
+        default=0,
+        help="pictures without a face, counted apart: this many dead leaves, and as many cuts of --backgrounds",
+    )
     p.add_argument("--no-age-gender", action="store_true", help="detection only")
     p.add_argument("--out", type=Path, help="also write the results as JSON here")
     args = p.parse_args(argv)
     names = list(CONFIGS) if args.configs == "all" else args.configs.split(",")
-    faces = held_out_faces(args.data)
+    faces = held_out_faces(args.data, split=args.split)
+    pictures = pictures_under(args.backgrounds)
+    if args.backgrounds and not pictures:
+        p.error(f"no pictures under {args.backgrounds}")
     rng = np.random.default_rng(args.seed)
-    scenes = [composite(faces, rng) for _ in range(args.n)]
-    print(f"{len(faces)} held-out faces; {args.n} composites with {sum(len(s[1]) for s in scenes)} faces", flush=True)
+    scenes = [composite(faces, rng, pictures, 0.5) for _ in range(args.n)]
+    faceless = [dead_leaves(rng) for _ in range(args.faceless)]
+    faceless += [textured(rng, pictures) for _ in range(args.faceless if pictures else 0)]
+    print(
+        f"{len(faces)} held-out {args.split} faces; {args.n} composites with {sum(len(s[1]) for s in scenes)} faces"
+        f"{f', half on cuts of {len(pictures)} pictures' if pictures else ''}; {len(faceless)} faceless pictures",
+        flush=True,
+    )
     results = {}
     for name in names:
         cropper = MultiFaceCropper(**CONFIGS[name])
         results[name] = measure(cropper, scenes)
+        if faceless:
+            found = [len(cropper.detect_all(picture)) for picture in faceless]
+            half = args.faceless
+            results[name]["faceless_false"] = {"dead leaves": sum(found[:half]), "cuts": sum(found[half:])}
+            results[name]["faceless_with_any"] = sum(n > 0 for n in found) / len(found)
         print(name, json.dumps(results[name]), flush=True)
     if not args.no_age_gender:
         results["age_gender"] = age_gender(scenes, faces, MultiFaceCropper(**CONFIGS[names[0]]))

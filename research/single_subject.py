@@ -38,21 +38,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from research.measure_faces import CANVAS, ROOT, background, dead_leaves, held_out_faces, iou
+from research.measure_faces import CANVAS, ROOT, background, dead_leaves, held_out_faces, iou, pictures_under, textured
 from serving.pipeline import detect
 
 BANDS = ((64, 96), (96, 144), (144, 216), (216, 324), (324, 481))
-
-
-def textured(rng: np.random.Generator, pictures: list[Path]) -> Image.Image:
-    """A random cut (20-100% of the area) of one of ``pictures``, scaled to the canvas."""
-    with Image.open(pictures[int(rng.integers(len(pictures)))]) as picture:
-        picture = picture.convert("RGB")
-    width, height = picture.size
-    share = math.sqrt(rng.uniform(0.2, 1.0))
-    w, h = int(width * share), int(height * share)
-    x, y = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
-    return picture.crop((x, y, x + w, y + h)).resize(CANVAS, Image.Resampling.BILINEAR)
 
 
 def scenes(faces: list[tuple[bytes, int, int]], n: int, seed: int, pictures: list[Path]):
@@ -100,14 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--backgrounds", default="", help="comma-separated folders of faceless pictures (see above)")
     args = p.parse_args(argv)
     faces = held_out_faces(args.data, split=args.split)
-    pictures = sorted(  # each file once: wallpaper packages link one picture under several sizes' names
-        {
-            path.resolve()
-            for folder in filter(None, args.backgrounds.split(","))
-            for path in Path(folder).rglob("*")
-            if path.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp") and path.is_file()
-        }
-    )
+    pictures = pictures_under(args.backgrounds)
     if args.backgrounds and not pictures:
         p.error(f"no pictures under {args.backgrounds}")
     rules = {}
