@@ -199,6 +199,19 @@ def test_a_doubtful_face_is_found_again(cropper, portrait):
         assert cropper._confirmed(close, whole)
 
 
+@pytest.mark.parametrize(
+    "box",
+    [(math.nan, 0, 10, 10), (0, 0, math.inf, 10), (5, 5, 5, 5), (400, 300, 500, 400), (-500, -500, -400, -400)],
+    ids=["nan", "inf", "empty", "beyond", "before"],
+)
+def test_the_check_refuses_boxes_it_cannot_frame_without_raising(cropper, box):
+    # A box from the detector is never trusted to be finite, non-empty or on the picture: an error here would fail
+    # the upload's item instead of saying "no face".
+    picture = Image.new("RGB", (300, 200), (100, 120, 140))
+    with cropper._lock:
+        assert not cropper._confirmed(picture, Detection(box=box, eyes=((0, 0), (1, 1)), score=0.6))
+
+
 @pytest.mark.parametrize("radius", [4, 8])
 def test_a_blurred_face_keeps_its_detail(cropper, without_detail_floor, portrait, radius):
     # The portrait's face as a 200x200 close crop, as UTKFace's are, blurred until the detector barely sees it (0.53

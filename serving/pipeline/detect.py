@@ -269,7 +269,7 @@ class FaceCropper:
         lock held."""
         x0, y0, x1, y1 = detection.box
         side = CONFIRM_FRAME * max(x1 - x0, y1 - y0)
-        if side <= 0:
+        if not side > 0 or not math.isfinite(side):  # an empty box, or NaN/inf from the detector: not a face
             return False
         left, top = (x0 + x1 - side) / 2, (y0 + y1 - side) / 2
         # Only the part of the square inside the picture is resized (a close crop's square is four times the picture,
