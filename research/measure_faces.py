@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from common import contract, spec
-from serving.pipeline.detect import FaceCropper, MultiFaceCropper, _area
+from serving.pipeline.detect import FaceCropper, MultiFaceCropper, _area, iou
 
 ROOT = Path(__file__).resolve().parents[1]
 CANVAS = (1280, 960)
@@ -169,11 +169,6 @@ def composite(faces, rng: np.random.Generator, pictures: list[Path] = (), textur
                 placed.append((tuple(map(float, box)), index, face))
                 break
     return canvas, placed
-
-
-def iou(a, b) -> float:
-    inter = _area((max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])))
-    return inter / (_area(a) + _area(b) - inter) if inter > 0 else 0.0
 
 
 def match(truth: list, boxes: list) -> tuple[dict[int, int], int]:

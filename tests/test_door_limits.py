@@ -451,16 +451,14 @@ def test_a_failed_restart_of_the_door_waits_one_backoff_and_starts_again(tmp_pat
 
 
 def _bare_door(tmp_path: Path) -> tuple[door.Door, subprocess.Popen]:
-    """A door (nginx in its own session, as the launcher starts it) with nothing behind it, started."""
+    """A door (nginx in its own session, as every door starts it) with nothing behind it, started."""
     if door.find_nginx() is None:
         pytest.skip("nginx not installed (make setup)")
-    from serving.runtime import children
-
     front = door.Door(
         tmp_path / "nginx", listen_host="127.0.0.1", http_port=free_port(), grpc_port=free_port(),
         triton_http=f"127.0.0.1:{free_port()}", triton_grpc=f"127.0.0.1:{free_port()}",
     )  # fmt: skip
-    return front, front.start(preexec_fn=children.own_session_child)
+    return front, front.start()
 
 
 def _running(pid: int) -> bool:

@@ -286,7 +286,7 @@ class FaceCropper:
             frame.paste(part, (round((inside[0] - left) * scale), round((inside[1] - top) * scale)))
         expected = ((x0 - left) / side, (y0 - top) / side, (x1 - left) / side, (y1 - top) / side)
         return any(
-            d.score >= self.confirm_score and _iou(d.box, expected) >= CONFIRM_IOU
+            d.score >= self.confirm_score and iou(d.box, expected) >= CONFIRM_IOU
             for d in self._run(self._short, frame, pad=0.0)
         )
 
@@ -413,13 +413,18 @@ def merge_detections(detections: list[Detection]) -> list[Detection]:
     return kept
 
 
-def _iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
-    inter = _area((max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])))
+def _intersection(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    return _area((max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])))
+
+
+def iou(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> float:
+    """Intersection over union of two boxes (x0, y0, x1, y1); 0 when they do not overlap."""
+    inter = _intersection(a, b)
     return inter / (_area(a) + _area(b) - inter) if inter > 0 else 0.0
 
 
 def _same_face(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
-    inter = _area((max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])))
+    inter = _intersection(a, b)
     if inter <= 0:
         return False
     area_a, area_b = _area(a), _area(b)

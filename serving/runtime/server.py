@@ -400,7 +400,7 @@ class TritonServer:
             internal_key=security.internal_key(),  # the forwarder next to Triton presents it
         )
         try:
-            nginx = self._door.start(preexec_fn=children.own_session_child)
+            nginx = self._door.start()  # in its own session and group (Door.start's default): stop() needs it
         except FileNotFoundError as err:
             raise TritonStartError(str(err)) from err
         self._door_started(nginx)
