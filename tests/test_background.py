@@ -38,10 +38,11 @@ def test_builds_once_at_the_lowest_priority_and_get_waits_for_it():
 
 
 #: Run in a fresh interpreter, as a stub is: the pytest worker carries threads from earlier tests (the first test's
-#: builder, at nice 19, may still be exiting on a busy machine), and a thread pool another test started would hide a
-#: compile moved into the builder. Prints the nice value of every thread but the builder's.
+#: builder, at nice 19, may still be exiting on a busy machine). Builds the detector in the background as the models
+#: do, runs it on the portrait, and prints the CPU ticks the detections took, summed by the threads' nice value, and
+#: the nice value of every thread but the builder's.
 _PRIORITY_PROBE = """
-import json, os, threading
+import json, sys
 from pathlib import Path
 from PIL import Image
 from serving.pipeline.background import Background
@@ -49,30 +50,47 @@ from serving.pipeline.detect import FaceCropper
 
 built = Background(FaceCropper, name="face detector")
 cropper = built.get(timeout=60)
-assert cropper(Image.open(%r).convert("RGB")) is not None
-builder = str(built._thread.native_id)  # serves nothing; it may not have exited yet
-nices = {}
-for task in Path("/proc/self/task").iterdir():
-    if task.name != builder:
+picture = Image.open(sys.argv[1]).convert("RGB")
+
+def threads():
+    out = {}
+    for task in Path("/proc/self/task").iterdir():
         try:
-            nices[task.name] = int((task / "stat").read_text().rsplit(")", 1)[1].split()[16])
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
-            pass
-print(json.dumps(nices))
+            continue
+        out[task.name] = (int(fields[16]), int(fields[11]) + int(fields[12]))
+    return out
+
+before = threads()
+for _ in range(40):
+    assert cropper(picture) is not None
+after = threads()
+by_nice = {}
+for task, (nice, cpu) in after.items():
+    by_nice[nice] = by_nice.get(nice, 0) + cpu - before.get(task, (nice, 0))[1]
+builder = built._thread.native_id  # serves nothing; it may not have exited yet
+nices = {task: nice for task, (nice, _) in after.items() if task != str(builder)}
+print(json.dumps({"ticks_by_nice": by_nice, "nices": nices}))
 """
 
 
 def test_detectors_built_in_the_background_serve_at_normal_priority():
-    """OpenVINO's inference threads keep the priority of the thread that compiles: the detectors compile on first
-    use, in the caller's thread, so no thread that serves a detection runs at the builder's nice 19."""
+    """Threads keep the priority of the thread that starts them, and the detectors are built at nice 19: no thread
+    that serves a detection may have been started there. On LiteRT with one thread, XNNPACK runs each inference in
+    the calling thread, so all the detections' CPU must be the caller's (with two, XNNPACK's worker threads, started
+    at the build, ran part of each detection at nice 19: 5 of 40 ticks, measured)."""
     portrait = str(ROOT / "gradio_frontend" / "examples" / "grace_hopper.jpg")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     out = subprocess.run(
-        [sys.executable, "-c", _PRIORITY_PROBE % portrait], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", _PRIORITY_PROBE, portrait], env=env, capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    nices = json.loads(out.stdout.strip().splitlines()[-1])
-    assert len(nices) > 1 and set(nices.values()) == {os.getpriority(os.PRIO_PROCESS, 0)}, nices
+    probe = json.loads(out.stdout.strip().splitlines()[-1])
+    normal = os.getpriority(os.PRIO_PROCESS, 0)
+    assert probe["ticks_by_nice"].get(str(normal), 0) >= 5, probe  # 40 detections: about 0.1-0.3 CPU-s
+    assert probe["ticks_by_nice"].get("19", 0) <= 1, probe
+    assert set(probe["nices"].values()) == {normal}, probe
 
 
 def test_a_failed_build_fails_each_request_with_its_cause():

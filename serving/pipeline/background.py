@@ -1,18 +1,19 @@
 """Builds a model's face detector in a low-priority thread, so that the detector does not hold the server's start.
 
 Triton answers nothing until every model's ``initialize()`` has returned, and on two cores the three stubs that
-each build BlazeFace (both ``preprocess`` instances and ``faces``, about 0.45 CPU-s each with a warm compiled-model
-cache, more without) competed with the CNNs' load and warm-up for the whole start, though the crop path needs no
-detector. So those models hand the build to a :class:`Background` and return at once; the thread runs at the
-lowest CPU priority (nice 19, this thread only), so it takes the cores the rest of the start leaves idle, and the
-first detection request waits for it (:meth:`Background.get`, bounded). A failed build fails every request that
-needs it with the cause, not the stub.
+each build BlazeFace (both ``preprocess`` instances and ``faces``) competed with the CNNs' load and warm-up for the
+whole start, though the crop path needs no detector. So those models hand the build to a :class:`Background` and
+return at once; the thread runs at the lowest CPU priority (nice 19, this thread only), so it takes the cores the
+rest of the start leaves idle, and the first detection request waits for it (:meth:`Background.get`, bounded). A
+failed build fails every request that needs it with the cause, not the stub. The build also runs the detector once
+on two small pictures (``decode.sample_pictures``), so the first request does not pay for first uses: about
+0.1 CPU-s in all, where the build on OpenVINO took 0.45 and left the compile to the first detection.
 
 Threads inherit their creator's priority. So what is built here must not start the threads that later serve
-requests: the detectors compile (and OpenVINO starts its inference threads) on their first use, in the request's
-thread (serving/pipeline/detector_runtime.py, ``OpenVinoInterpreter.compile``). Compiled here, every later
-detection ran at nice 19 and the detection path lost throughput under load (measured: docs/performance-log.md,
-cold start, third part).
+requests: the detectors run on LiteRT with one thread, where XNNPACK runs each inference in the calling thread and
+starts no thread (serving/pipeline/detector_runtime.py; ``tests/test_background.py`` checks where the detections'
+CPU goes). On OpenVINO, which starts its inference threads where a model compiles, a compile here made every later
+detection run at nice 19 (measured: docs/performance-log.md, cold start, third part).
 """
 
 from __future__ import annotations

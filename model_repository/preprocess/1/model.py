@@ -17,7 +17,13 @@ import triton_python_backend_utils as pb_utils
 from common import contract
 from serving.pipeline.background import Background, NotReady
 from serving.pipeline.crops import crop_aligned
-from serving.pipeline.decode import REQUEST_MAX_PIXELS, DecodeLimits, ImageDecodeError, PixelBudget
+from serving.pipeline.decode import (
+    REQUEST_MAX_PIXELS,
+    DecodeLimits,
+    ImageDecodeError,
+    PixelBudget,
+    sample_pictures,
+)
 from serving.pipeline.detect import FaceCropper
 
 OUTPUTS = contract.PREPROCESS_OUTPUTS
@@ -35,8 +41,8 @@ class TritonPythonModel:
         self._request_pixels = int(params.get("request_max_pixels") or REQUEST_MAX_PIXELS)
         self._detect = params.get("detect", "true").lower() != "false"
         # The detector builds in the background (serving/pipeline/background.py): the server's start, and the
-        # crop path, do not wait for it; a detection request does, when it comes first.
-        self._detector = Background(FaceCropper, name="face detector") if self._detect else None
+        # crop path, do not wait for it; a detection request does, when it comes first (_request_detector).
+        self._detector = Background(self._build_detector, name="face detector") if self._detect else None
         outputs = {name: pb_utils.get_output_config_by_name(config, name) for name in OUTPUTS}
         self._dtypes = {name: pb_utils.triton_string_to_numpy(out["data_type"]) for name, out in outputs.items()}
         # What an item without a face sends each model: zeros of the shape its config declares.
@@ -49,20 +55,44 @@ class TritonPythonModel:
         for request in requests:
             items = pb_utils.get_input_tensor_by_name(request, contract.IMAGE_INPUT).as_numpy().reshape(-1)
             budget = PixelBudget(self._request_pixels)  # per request, not per item: bounds one caller's work
-            try:
-                # Once per request: waited for per item, a detector that never got ready held one request for
-                # items x the wait (a 32-item request 32 minutes), and items of one request could differ.
-                crop = self._detector.get() if self._detect else self._crop_only
-            except NotReady as err:
-                rows = [self._failed(str(err)) for _ in items]
-            else:
-                rows = [self._one(item, budget, crop) for item in items]
+            crop = self._request_detector() if self._detect else self._crop_only
+            rows = [self._one(item, budget, crop) for item in items]
             tensors = [
                 pb_utils.Tensor(name, np.asarray([row[i] for row in rows], dtype=self._dtypes[name]))
                 for i, name in enumerate(OUTPUTS)
             ]
             responses.append(pb_utils.InferenceResponse(tensors))
         return responses
+
+    def _request_detector(self):
+        """One request's detector: fetched at its first item that decodes, then kept for its other items.
+
+        Once per request: waited for per item, a detector that never got ready held one request for items x the
+        wait (a 32-item request 32 minutes), and items of one request could differ. Not before an item decodes:
+        an item that does not decode gets its error without waiting for a detector still being built, and so does
+        the config's warm-up (an empty upload), which Triton runs before it calls the model ready.
+        """
+        got: list = []
+
+        def crop(image):
+            if not got:
+                try:
+                    got.append(self._detector.get())
+                except NotReady as err:
+                    got.append(err)
+            if isinstance(got[0], NotReady):
+                raise got[0]
+            return got[0](image)
+
+        return crop
+
+    def _build_detector(self) -> FaceCropper:
+        """The detector, run once on each sample picture (serving/pipeline/decode.py): the decoders' and detectors'
+        first use, which a stub's first detection paid for, is paid here by the build's low-priority thread."""
+        cropper = FaceCropper()
+        for picture in sample_pictures():
+            cropper(picture)
+        return cropper
 
     @staticmethod
     def _crop_only(image):
@@ -88,7 +118,7 @@ class TritonPythonModel:
         try:
             decoded = self._limits.decode(bytes(data), budget=budget)
             face = crop(decoded.image)
-        except ImageDecodeError as err:
+        except (ImageDecodeError, NotReady) as err:
             return self._failed(str(err))
         except Exception as err:  # noqa: BLE001 - one bad upload must not fail the other items of the batch
             return self._failed(f"Could not process the image: {err}")

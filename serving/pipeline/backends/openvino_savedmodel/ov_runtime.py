@@ -1,18 +1,16 @@
 """OpenVINO as every model inside Triton starts it on CPU: a lean import and a compiled-model cache.
 
-Used by this backend (loaded by path, as a sibling of model.py) and by the BlazeFace detector
-(serving/pipeline/detector_runtime.py, as ``serving.pipeline.backends.openvino_savedmodel.ov_runtime``), so the
-preprocess and faces stubs start the way the CNNs' do.
+Used by this backend (loaded by path, as a sibling of model.py). The BlazeFace detectors used it too until they
+moved to LiteRT (serving/pipeline/detector_runtime.py), which compiles nothing.
 
 ``import openvino`` also imports its model converter (``openvino.tools.ovc``, with its telemetry client and
 urllib: about a third of the import), which only a SavedModel without a valid IR needs; :func:`import_openvino`
 leaves it out and ``ir.convert`` imports it when it is needed.
 
-Compiling is the largest part of a CPU model's start: per start, 0.2-0.45 CPU-s for each BlazeFace detector
-(two in every ``preprocess`` and ``faces`` instance) and 0.1-0.2 CPU-s for each CNN, against 0.03-0.08 CPU-s
-to load the same compiled model from OpenVINO's cache (measured in-process on the 2-core development machine,
-docs/performance.md#cold-start). On two cores, with five such processes starting together, that is most of a
-second of every cold start.
+Compiling is the largest part of a CPU model's start: per start, 0.1-0.2 CPU-s for each CNN (and 0.2-0.45 for each
+BlazeFace detector while they ran here), against 0.03-0.08 CPU-s to load the same compiled model from OpenVINO's
+cache (measured in-process on the 2-core development machine, docs/performance.md#cold-start). On two cores, with
+several such processes starting together, that was most of a second of every cold start.
 
 A cached blob is only valid for one model, OpenVINO version, CPU and set of compile options, so it is not a
 release artifact: each machine fills its own cache on its first start, and later starts (a restart, a scale
