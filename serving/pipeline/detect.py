@@ -295,14 +295,9 @@ class FaceCropper:
         angle = math.atan2(by - ay, bx - ax)
         if not side > 0 or not math.isfinite(side) or not math.isfinite(angle):  # NaN/inf or empty: not a face
             return False
-        # The square's pixel (u, v) samples the picture at the box's centre plus (u, v) from the square's centre,
-        # turned by the eye line's angle (as crops.render_square turns a face upright), one square pixel being
-        # side / MESH_SIDE picture pixels.
-        step, half = side / MESH_SIDE, MESH_SIDE / 2
-        cos, sin = step * math.cos(angle), step * math.sin(angle)
-        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-        coeffs = (cos, -sin, cx - half * (cos - sin), sin, cos, cy - half * (sin + cos))
-        square = image.transform((MESH_SIDE, MESH_SIDE), Image.Transform.AFFINE, coeffs, Image.Resampling.BILINEAR)
+        # Turned by the eye line's angle, black beyond the picture, box-reduced first when large: the crops' own
+        # rendering of a rotated square.
+        square = render_square(image, centre=((x0 + x1) / 2, (y0 + y1) / 2), side=side, angle=angle, out=MESH_SIDE)
         if self._mesh is None:
             self._mesh = _load_mesh()
         mesh, (tensor, flag) = self._mesh
