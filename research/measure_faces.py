@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from common import contract, spec
-from serving.pipeline.detect import FaceCropper, MultiFaceCropper, _area, iou
+from serving.pipeline.detect import CONFIRM_MIN_SCORE, FaceCropper, MultiFaceCropper, _area, iou
 
 ROOT = Path(__file__).resolve().parents[1]
 CANVAS = (1280, 960)
@@ -57,7 +57,11 @@ CONFIGS = {
     # Doubtful detections: neither check, or the confirmation served before the face mesh check (floor 0.6 then).
     "short+full / short 320 unconfirmed": {"min_score": 0.6, "confirm_score": 0, "mesh_flag": 0},
     "short+full / short 320 min 0.5 unconfirmed": {"min_score": 0.5, "confirm_score": 0, "mesh_flag": 0},
-    "short+full / short 320 confirmed (served before)": {"min_score": 0.6, "confirm_score": 0.65, "mesh_flag": 0},
+    "short+full / short 320 confirmed (served before)": {
+        "min_score": 0.6,
+        "confirm_score": CONFIRM_MIN_SCORE,
+        "mesh_flag": 0,
+    },
     "short+full / short 320 min 0.6 meshed": {"min_score": 0.6},
     "short+full / short 320 min 0.55 meshed": {"min_score": 0.55},
     "full / short 320": {"whole": ("full_sparse",), "tiled": (("short", 320),)},
