@@ -111,7 +111,7 @@ RUN_TIME ?= 20s
 LOCUST_ARGS ?= --path crop --max-fail-ratio 0.01
 LOADTEST_OUT ?= loadtest/results
 
-.PHONY: loadtest benchmark-serving bench-native
+.PHONY: loadtest benchmark-serving bench-native bench-baseline
 
 loadtest: setup
 	mkdir -p $(LOADTEST_OUT)
@@ -126,7 +126,15 @@ benchmark-serving: setup
 # Server capacity with native load generators (h2load: gRPC, wrk: HTTP; Debian packages) beside the served CNNs
 # in-process, one run; writes loadtest/results/native.{md,json}. BENCH_NATIVE_ARGS='--duration 10' etc.
 BENCH_NATIVE_ARGS ?=
+INSTALL_H2LOAD = command -v h2load >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client)
 bench-native: setup
-	command -v h2load >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client)
+	$(INSTALL_H2LOAD)
 	command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 	PYTHONPATH=. $(BIN)/python -m loadtest.bench.native $(BENCH_NATIVE_ARGS)
+
+# The served path beside the code issue 15 was measured on (git archive of its main, served by its own launcher and
+# code), alternating on this machine; writes loadtest/results/baseline.{md,json}. BENCH_BASELINE_ARGS='--rounds 3'.
+BENCH_BASELINE_ARGS ?= --rounds 3
+bench-baseline: setup
+	$(INSTALL_H2LOAD)
+	PYTHONPATH=. $(BIN)/python -m loadtest.bench.baseline --out $(LOADTEST_OUT) $(BENCH_BASELINE_ARGS)

@@ -1,0 +1,242 @@
+"""The served path beside the code issue 15 was measured on, in one run, on one machine (issue 15's "2x today").
+
+    python -m loadtest.bench.baseline [--commit 9fc7b59] [--rounds 2] [--duration 10] [--out DIR]
+
+Issue 15 sets the detection path's target as twice what its main served ("today"), and the development VMs
+differed by up to 3.5x between sessions: a baseline measured on another machine, or another day, says little
+(docs/performance-log.md, twenty-fifth part). So this runs both here, alternately, each as ``make serve`` runs it:
+
+1. ``git archive --commit`` (the issue's main by default) into a scratch folder, and this checkout as it is;
+2. per round, each in turn: ``python -m serving.runtime.launch`` in its own tree, on free ports, with this
+   checkout's Python environment (the old code runs on it: its dependencies are a subset); ready means warm;
+3. one request per body checked to be an estimate, then h2load (gRPC, through the public port, as
+   :mod:`loadtest.bench.native` does) on the detection path (the 512x512 PNG portrait, c=8) and the crop path
+   (c=16): ``--warmup`` seconds unmeasured, ``--duration`` measured, every answer checked by its size (a gRPC
+   error is an HTTP 200 to h2load), and the CPU seconds of the launcher and everything under it;
+4. the launcher stopped with SIGINT, as Ctrl-C stops ``make serve``.
+
+The ratio is the median of this checkout's rounds over the baseline's. The served models may differ from the
+baseline's (they did: issue 16's cost 2-2.5x the CNN work), which the ratio includes, as the issue's target does.
+Writes ``baseline.md`` and ``baseline.json`` to ``--out`` when given. Needs h2load (``make bench-native``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from common import contract
+from loadtest import procs
+from loadtest.bench import loadgen, native, wire
+from serving.runtime.ports import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+#: The main branch issue 15 was filed against (its numbers: docs/performance-log.md, first part).
+ISSUE_15_MAIN = "9fc7b59"
+#: (name, ensemble, body, concurrency): the issue's detection target, and the crop path at its c=16.
+SCENARIOS = (
+    ("detection", contract.DETECT_ENSEMBLE, native.portrait_png, native.DETECT_CONCURRENCY),
+    ("crop", contract.CROP_ENSEMBLE, native.crop_jpeg, 16),
+)
+READY_TIMEOUT_S = 180
+
+
+@dataclass
+class Reading:
+    tree: str  # "baseline" or "current"
+    round: int
+    scenario: str
+    req_per_s: float
+    mean_ms: float
+    cpu_ms_per_request: float
+
+
+def archive(commit: str, into: Path) -> Path:
+    """``commit``'s files (no .git) in ``into``; raises with git's message when the commit is not in this clone."""
+    ref = subprocess.run(
+        ["git", "rev-parse", "--verify", f"{commit}^{{commit}}"], cwd=ROOT, capture_output=True, text=True
+    )
+    if ref.returncode:
+        raise SystemExit(f"{commit} is not a commit of this clone ({ref.stderr.strip()}); a shallow clone lacks it")
+    tree = into / commit
+    tree.mkdir(parents=True)
+    data = subprocess.run(
+        ["git", "archive", "--format=tar", ref.stdout.strip()], cwd=ROOT, capture_output=True, check=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=data.stdout, check=True)
+    return tree
+
+
+class Launched:
+    """``python -m serving.runtime.launch`` of one tree on free ports, until :meth:`stop`."""
+
+    def __init__(self, tree: Path, log: Path):
+        self.ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
+        cmd = [sys.executable, "-m", "serving.runtime.launch", "--config-name", "cpu"]
+        cmd += [arg for name, port in self.ports.items() for arg in (f"--{name}-port", str(port))]
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        self.log = log.open("wb")
+        # Its own session: SIGINT reaches the launcher alone, which stops its children as Ctrl-C would.
+        self.proc = subprocess.Popen(
+            cmd, cwd=tree, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self._wait_ready(log)
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.ports['grpc']}"
+
+    def _wait_ready(self, log: Path) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        url = f"http://127.0.0.1:{self.ports['http']}/v2/health/ready"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the launcher exited ({self.proc.returncode}):\n{log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as answer:
+                    if answer.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"not ready after {READY_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
+
+    def cpu_seconds(self) -> float:
+        """utime + stime of the launcher and every live process under it (door, gate, Triton, stubs)."""
+        ticks = 0
+        for p in procs.descendants(self.proc.pid):
+            if (fields := procs.stat_fields(p.pid)) is not None:
+                ticks += int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+
+
+def measure(server: Launched, frame: Path, concurrency: int, duration: int, warmup: int) -> tuple[float, float, float]:
+    """req/s, mean ms and CPU-ms per request of ``duration`` seconds of h2load, every answer checked."""
+    answer_bytes = loadgen.h2load_answer_bytes(server.grpc_url, frame)
+    if warmup:
+        loadgen.h2load(server.grpc_url, frame, concurrency, warmup)
+    cpu = server.cpu_seconds()
+    run = loadgen.h2load(server.grpc_url, frame, concurrency, duration)
+    cpu = server.cpu_seconds() - cpu
+    loadgen.check_grpc_answers(run, answer_bytes)
+    return run.req_per_s, run.mean_ms, 1000 * cpu / run.requests
+
+
+def run_tree(name: str, tree: Path, rnd: int, frames: dict, args: argparse.Namespace, logs: Path) -> list[Reading]:
+    server = Launched(tree, logs / f"{name}-{rnd}.log")
+    try:
+        readings = []
+        for scenario, model, _, concurrency in SCENARIOS:
+            native.check_estimate(native.grpc_answer(server.grpc_url, frames[scenario].read_bytes()), f"{name} {model}")
+            rate, mean, cpu = measure(server, frames[scenario], concurrency, args.duration, args.warmup)
+            readings.append(Reading(name, rnd, scenario, round(rate, 1), round(mean, 1), round(cpu, 1)))
+            print(
+                f"round {rnd} {name:8s} {scenario:9s} c={concurrency}: {rate:.1f} req/s, {cpu:.1f} CPU-ms a request",
+                flush=True,
+            )
+        return readings
+    finally:
+        server.stop()
+
+
+def summary(readings: list[Reading], commit: str) -> dict:
+    """Per scenario: the medians of each tree's rounds and their ratio (current / baseline)."""
+    out = {}
+    for scenario, *_ in SCENARIOS:
+        rates = {
+            tree: [r.req_per_s for r in readings if r.tree == tree and r.scenario == scenario]
+            for tree in ("baseline", "current")
+        }
+        base, now = statistics.median(rates["baseline"]), statistics.median(rates["current"])
+        out[scenario] = {"baseline": base, "current": now, "ratio": round(now / base, 2), "rounds": rates}
+    return {"commit": commit, "scenarios": out}
+
+
+def write(out: Path, meta: dict, readings: list[Reading], result: dict, args: argparse.Namespace) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "baseline.json").write_text(
+        json.dumps({"machine": meta, **result, "readings": [asdict(r) for r in readings]}, indent=1)
+    )
+    lines = [
+        f"# The served path beside {result['commit']} (`python -m loadtest.bench.baseline`)",
+        "",
+        f"Run {meta['date']} on {meta['cpus']} CPUs ({meta['cpu_model']}, {meta['vector_isa']}; "
+        f"Linux {meta['kernel']}), "
+        f"this checkout at {meta['commit']}{' with uncommitted changes' if meta['uncommitted_changes'] else ''}; "
+        f"{args.rounds} alternating rounds, {args.duration} s of h2load each after {args.warmup} s unmeasured, gRPC "
+        "through the public port; this checkout's Python environment for both trees.",
+        "",
+        "| round | tree | scenario | req/s | mean ms | CPU-ms a request |",
+        "|---:|---|---|---:|---:|---:|",
+        *(
+            f"| {r.round} | {r.tree} | {r.scenario} | {r.req_per_s} | {r.mean_ms} | {r.cpu_ms_per_request} |"
+            for r in readings
+        ),
+        "",
+        "| scenario | baseline (median) | current (median) | current / baseline |",
+        "|---|---:|---:|---:|",
+        *(
+            f"| {name} | {s['baseline']} req/s | {s['current']} req/s | **{s['ratio']}x** |"
+            for name, s in result["scenarios"].items()
+        ),
+    ]
+    (out / "baseline.md").write_text("\n".join(lines) + "\n")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--commit", default=ISSUE_15_MAIN, help="the baseline (default: issue 15's main)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds, baseline first")
+    parser.add_argument("--duration", type=int, default=10, help="seconds measured per scenario")
+    parser.add_argument("--warmup", type=int, default=3, help="seconds of the same load first, unmeasured")
+    parser.add_argument("--out", type=Path, help="writes baseline.md and baseline.json here")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if "h2load" in loadgen.missing():
+        raise SystemExit("h2load not found: `make bench-native` installs it (Debian nghttp2-client)")
+    meta = native.machine()
+    with tempfile.TemporaryDirectory(prefix="baseline-") as tmp:
+        scratch = Path(tmp)
+        trees = {"baseline": archive(args.commit, scratch), "current": ROOT}
+        frames = {}
+        for scenario, model, body, _ in SCENARIOS:
+            frames[scenario] = scratch / f"{scenario}.grpc"
+            frames[scenario].write_bytes(wire.grpc_frame(model, body()))
+        readings = []
+        for rnd in range(1, args.rounds + 1):
+            for name, tree in trees.items():
+                readings += run_tree(name, tree, rnd, frames, args, scratch)
+    result = summary(readings, args.commit)
+    for name, s in result["scenarios"].items():
+        print(f"{name}: {s['current']} req/s against {s['baseline']} (medians): {s['ratio']}x")
+    if args.out:
+        write(args.out, meta, readings, result, args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

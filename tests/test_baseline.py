@@ -1,0 +1,68 @@
+"""loadtest.bench.baseline: a tree from git served by its own launcher and code, stopped without leftovers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from loadtest import procs
+from loadtest.bench import baseline, native
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_commit_the_clone_lacks_is_named(tmp_path):
+    with pytest.raises(SystemExit, match="0123abcd is not a commit of this clone"):
+        baseline.archive("0123abcd", tmp_path)
+
+
+def test_a_tree_from_git_is_served_from_its_own_files_and_stopped(tmp_path):
+    tree = baseline.archive("HEAD", tmp_path / "trees")
+    assert (tree / "model_repository" / "age" / "configs" / "cpu.pbtxt").is_file()
+    assert not (tree / ".git").exists()
+    server = baseline.Launched(tree, tmp_path / "launch.log")
+    try:
+        pids = {p.pid for p in procs.descendants(server.proc.pid)}
+        stubs = [p for p in procs.descendants(server.proc.pid) if p.name == "triton_python_backend_stub"]
+        assert stubs, "no Python stub under the launcher"
+        # The stubs import `serving` and `common` from their working directory: the archived tree's code is what
+        # runs, not this checkout's (which the editable install would give them from anywhere else).
+        assert {Path(os.readlink(f"/proc/{p.pid}/cwd")) for p in stubs} == {tree}
+        values = native.check_estimate(native.grpc_answer(server.grpc_url, _frame("crop")), "crop path")
+        assert 0 < values["age"] < 120
+        assert server.cpu_seconds() > 0
+    finally:
+        server.stop()
+    assert server.proc.returncode == 0, (tmp_path / "launch.log").read_text()[-2000:]
+    assert not [pid for pid in pids if procs.process(pid) is not None], "processes left after the stop"
+
+
+def _frame(scenario: str) -> bytes:
+    from loadtest.bench import wire
+
+    _, model, body, _ = next(s for s in baseline.SCENARIOS if s[0] == scenario)
+    return wire.grpc_frame(model, body())
+
+
+def test_the_ratio_is_of_the_medians():
+    readings = [
+        baseline.Reading(tree, rnd, "detection", rate, 100.0, 30.0)
+        for tree, rnd, rate in [
+            ("baseline", 1, 40.0),
+            ("current", 1, 60.0),
+            ("baseline", 2, 50.0),
+            ("current", 2, 90.0),
+            ("baseline", 3, 44.0),
+            ("current", 3, 70.0),
+        ]
+    ] + [baseline.Reading(tree, 1, "crop", rate, 10.0, 5.0) for tree, rate in [("baseline", 200.0), ("current", 100.0)]]
+    result = baseline.summary(readings, "abc")
+    assert result["scenarios"]["detection"] == {
+        "baseline": 44.0,
+        "current": 70.0,
+        "ratio": 1.59,
+        "rounds": {"baseline": [40.0, 50.0, 44.0], "current": [60.0, 90.0, 70.0]},
+    }
+    assert result["scenarios"]["crop"]["ratio"] == 0.5
