@@ -17,6 +17,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -95,6 +97,18 @@ def _status(url: str, env: dict[str, str] | None = None) -> subprocess.Completed
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=60, env=env)
 
 
+def _not_ready(http_url: str) -> str | None:
+    """None when the door answers readiness 200, else why not (status and body, or the error), as a load balancer's
+    probe asks: TritonServer.is_ready's question, with the reason kept."""
+    try:
+        with urllib.request.urlopen(f"http://{http_url}/v2/health/ready", timeout=2) as response:
+            return None if response.status == 200 else f"HTTP {response.status}"
+    except urllib.error.HTTPError as err:
+        return f"HTTP {err.code}: {err.read()[:200]!r}"
+    except OSError as err:
+        return f"{type(err).__name__}: {err}"
+
+
 def test_rollout_and_rollback_under_load_without_a_failed_request(tmp_path, monkeypatch):
     # The repository API is an admin API: the launcher restricts it behind this secret (issue #7) and
     # serving.ops.rollout presents it as header `admin-key`, in this process and in the CLI run below.
@@ -115,12 +129,14 @@ def test_rollout_and_rollback_under_load_without_a_failed_request(tmp_path, monk
         threads = [threading.Thread(target=load, args=(*target, stop, log, errors)) for _ in range(THREADS)]
         # Readiness, asked through the door as a load balancer asks, stays yes through both switches (the gate asks
         # each model; Triton's own readiness said no while a version was loading).
-        unready: list[float] = []
+        # (when, why): a 503 with the gate's reason, or no answer within the probe's 2 s on a machine the other test
+        # workers keep busy; both fail the test, and the message tells them apart.
+        unready: list[tuple[float, str]] = []
 
         def probe() -> None:
             while not stop.wait(0.05):
-                if not server.is_ready():
-                    unready.append(time.monotonic())
+                if (why := _not_ready(server.http_url)) is not None:
+                    unready.append((time.monotonic(), why))
 
         threads.append(threading.Thread(target=probe))
         if getattr(server, "admin_key", None):  # a launcher that restricts the admin APIs: no key, no switch
@@ -183,7 +199,15 @@ def test_rollout_and_rollback_under_load_without_a_failed_request(tmp_path, monk
         duration = time.monotonic() - start
 
     assert not errors, f"{len(errors)} failed requests, first: {errors[:3]}"
-    assert not unready, f"readiness said no {len(unready)} times during the switches"
+    phases = {"start": start, "rollout": rollout_start, "rolled out": rollout_done, "rollback": rollback_start}
+    phases["rolled back"] = rollback_done
+    assert not unready, (
+        f"readiness said no {len(unready)} times during the switches: "
+        + "; ".join(f"at {when - start:.2f} s: {why}" for when, why in unready[:5])
+        + " (phases, s: "
+        + ", ".join(f"{name} {at - start:.2f}" for name, at in phases.items())
+        + ")"
+    )
     by_phase = {
         "before": {v for s, v in log if s < rollout_start},
         "after rollout": {v for s, v in log if rollout_done < s < rollback_start},
