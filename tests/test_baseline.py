@@ -39,6 +39,13 @@ def test_a_tree_from_git_is_served_from_its_own_files_and_stopped(tmp_path):
     assert not [pid for pid in pids if procs.process(pid) is not None], "processes left after the stop"
 
 
+def test_a_tree_whose_launcher_fails_is_named_with_its_log(tmp_path):
+    tree = baseline.archive("HEAD", tmp_path / "trees")
+    (tree / "serving" / "runtime" / "launch.py").write_text("raise SystemExit('this tree cannot serve')\n")
+    with pytest.raises(RuntimeError, match=r"the launcher exited \(1\):\s+this tree cannot serve"):
+        baseline.Launched(tree, tmp_path / "launch.log")
+
+
 def _frame(scenario: str) -> bytes:
     from loadtest.bench import wire
 

@@ -101,6 +101,7 @@ class Launched:
         url = f"http://127.0.0.1:{self.ports['http']}/v2/health/ready"
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self.stop()
                 raise RuntimeError(f"the launcher exited ({self.proc.returncode}):\n{log.read_text()[-3000:]}")
             try:
                 with urllib.request.urlopen(url, timeout=2) as answer:
