@@ -22,7 +22,7 @@ def test_a_tree_from_git_is_served_from_its_own_files_and_stopped(tmp_path):
     tree = baseline.archive("HEAD", tmp_path / "trees")
     assert (tree / "model_repository" / "age" / "configs" / "cpu.pbtxt").is_file()
     assert not (tree / ".git").exists()
-    server = baseline.Launched(tree, tmp_path / "launch.log")
+    server = baseline.Launched(tree, tmp_path / "launch.log", first=_frame("crop"))
     try:
         pids = {p.pid for p in procs.descendants(server.proc.pid)}
         stubs = [p for p in procs.descendants(server.proc.pid) if p.name == "triton_python_backend_stub"]
@@ -33,6 +33,12 @@ def test_a_tree_from_git_is_served_from_its_own_files_and_stopped(tmp_path):
         values = native.check_estimate(native.grpc_answer(server.grpc_url, _frame("crop")), "crop path")
         assert 0 < values["age"] < 120
         assert server.cpu_seconds() > 0
+        # The first crop request went out from the start and was answered (held by the gate while models loaded).
+        assert 0 < server.first_answer_s <= server.ready_s < baseline.READY_TIMEOUT_S
+        # Every stub the tree starts, `faces` included (it loads after readiness), counted once they have settled.
+        rss = server.settled_rss_mb()
+        stubs = [p for p in procs.descendants(server.proc.pid) if p.name == "triton_python_backend_stub"]
+        assert len(stubs) >= 8 and 200 < rss < 2000, (len(stubs), rss)
     finally:
         server.stop()
     assert server.proc.returncode == 0, (tmp_path / "launch.log").read_text()[-2000:]
@@ -65,7 +71,17 @@ def test_the_ratio_is_of_the_medians():
             ("current", 3, 70.0),
         ]
     ] + [baseline.Reading(tree, 1, "crop", rate, 10.0, 5.0) for tree, rate in [("baseline", 200.0), ("current", 100.0)]]
-    result = baseline.summary(readings, "abc")
+    starts = [
+        baseline.Start("baseline", 1, 7.0, 7.4, 1200.0),
+        baseline.Start("baseline", 2, 9.0, 9.1, 1300.0),
+        baseline.Start("current", 1, 1.0, 1.2, 660.0),
+        baseline.Start("current", 2, 1.4, 1.6, 670.0),
+    ]
+    result = baseline.summary(starts, readings, "abc")
+    assert result["start"] == {
+        "baseline": {"ready_s": 8.0, "first_answer_s": 8.25, "rss_mb": 1250.0},
+        "current": {"ready_s": 1.2, "first_answer_s": 1.4, "rss_mb": 665.0},
+    }
     assert result["scenarios"]["detection"] == {
         "baseline": 44.0,
         "current": 70.0,

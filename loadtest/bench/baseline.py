@@ -9,11 +9,13 @@ differed by up to 3.5x between sessions: a baseline measured on another machine,
 1. ``git archive --commit`` (the issue's main by default) into a scratch folder, and this checkout as it is;
 2. per round, each in turn: ``python -m serving.runtime.launch`` in its own tree, on free ports, with this
    checkout's Python environment (the old code runs on it: its dependencies are a subset); ready means warm;
-3. one request per body checked to be an estimate, then h2load (gRPC, through the public port, as
+3. the seconds from the command to readiness and to the first crop-path answer (issue 15's cold start), and the
+   RSS of Triton and its stubs once every model has loaded, before any load (its memory target);
+4. one request per body checked to be an estimate, then h2load (gRPC, through the public port, as
    :mod:`loadtest.bench.native` does) on the detection path (the 512x512 PNG portrait, c=8) and the crop path
    (c=16): ``--warmup`` seconds unmeasured, ``--duration`` measured, every answer checked by its size (a gRPC
    error is an HTTP 200 to h2load), and the CPU seconds of the launcher and everything under it;
-4. the launcher stopped with SIGINT, as Ctrl-C stops ``make serve``.
+5. the launcher stopped with SIGINT, as Ctrl-C stops ``make serve``.
 
 The ratio is the median of this checkout's rounds over the baseline's. The served models may differ from the
 baseline's (they did: issue 16's cost 2-2.5x the CNN work), which the ratio includes, as the issue's target does.
@@ -37,7 +39,7 @@ from pathlib import Path
 
 from common import contract
 from loadtest import procs
-from loadtest.bench import loadgen, native, wire
+from loadtest.bench import loadgen, memory, native, wire
 from serving.runtime.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,6 +51,15 @@ SCENARIOS = (
     ("crop", contract.CROP_ENSEMBLE, native.crop_jpeg, 16),
 )
 READY_TIMEOUT_S = 180
+
+
+@dataclass
+class Start:
+    tree: str
+    round: int
+    ready_s: float  # the launcher's command to readiness 200 through the door
+    first_answer_s: float  # the command to the first crop-path answer (issue 15's cold start)
+    rss_mb: float  # Triton and its stubs once every model has loaded, before any load (issue 15's memory)
 
 
 @dataclass
@@ -78,39 +89,55 @@ def archive(commit: str, into: Path) -> Path:
 
 
 class Launched:
-    """``python -m serving.runtime.launch`` of one tree on free ports, until :meth:`stop`."""
+    """``python -m serving.runtime.launch`` of one tree on free ports, until :meth:`stop`; ``first``: a framed crop
+    request sent from the start until it is answered (``first_answer_s``), as loadtest.bench.coldstart times a cold
+    start, before readiness (``ready_s``) is waited for."""
 
-    def __init__(self, tree: Path, log: Path):
+    def __init__(self, tree: Path, log: Path, first: bytes | None = None):
         self.ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
         cmd = [sys.executable, "-m", "serving.runtime.launch", "--config-name", "cpu"]
         cmd += [arg for name, port in self.ports.items() for arg in (f"--{name}-port", str(port))]
         env = {**os.environ, "PYTHONPATH": str(tree)}
         self.log = log.open("wb")
+        self.started = time.monotonic()
         # Its own session: SIGINT reaches the launcher alone, which stops its children as Ctrl-C would.
         self.proc = subprocess.Popen(
             cmd, cwd=tree, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
         )
-        self._wait_ready(log)
+        self.first_answer_s: float | None = None
+        try:
+            self._wait_ready(log, first)
+        except BaseException:  # a wrong first answer, a timeout, Ctrl-C: nothing is left running
+            self.stop()
+            raise
 
     @property
     def grpc_url(self) -> str:
         return f"127.0.0.1:{self.ports['grpc']}"
 
-    def _wait_ready(self, log: Path) -> None:
+    def _wait_ready(self, log: Path, first: bytes | None) -> None:
+        import grpc
+
         deadline = time.monotonic() + READY_TIMEOUT_S
         url = f"http://127.0.0.1:{self.ports['http']}/v2/health/ready"
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                self.stop()
                 raise RuntimeError(f"the launcher exited ({self.proc.returncode}):\n{log.read_text()[-3000:]}")
+            if first is not None and self.first_answer_s is None:
+                try:  # the gate holds a request for a model still loading: refused only while nothing listens
+                    native.check_estimate(native.grpc_answer(self.grpc_url, first), "the first crop request")
+                    self.first_answer_s = time.monotonic() - self.started
+                except grpc.RpcError:
+                    time.sleep(0.05)
+                continue
             try:
                 with urllib.request.urlopen(url, timeout=2) as answer:
                     if answer.status == 200:
+                        self.ready_s = time.monotonic() - self.started
                         return
             except OSError:
                 pass
             time.sleep(0.2)
-        self.stop()
         raise RuntimeError(f"not ready after {READY_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
 
     def cpu_seconds(self) -> float:
@@ -120,6 +147,19 @@ class Launched:
             if (fields := procs.stat_fields(p.pid)) is not None:
                 ticks += int(fields[11]) + int(fields[12])
         return ticks / os.sysconf("SC_CLK_TCK")
+
+    def settled_rss_mb(self, quiet_s: float = 2.0, timeout_s: float = 30.0) -> float:
+        """RSS of Triton and its stubs (loadtest.bench.memory's sum) once no stub has started for ``quiet_s``: the
+        models loaded after readiness included."""
+        deadline, seen, since = time.monotonic() + timeout_s, None, time.monotonic()
+        while time.monotonic() < deadline:
+            stubs = {p.pid for p in procs.descendants(self.proc.pid) if p.name == "triton_python_backend_stub"}
+            if stubs != seen:
+                seen, since = stubs, time.monotonic()
+            elif time.monotonic() - since >= quiet_s:
+                break
+            time.sleep(0.25)
+        return sum(memory.group_rss_mb(pid)["total_mb"] for pid in procs.triton_pids(self.proc.pid))
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -144,9 +184,14 @@ def measure(server: Launched, frame: Path, concurrency: int, duration: int, warm
     return run.req_per_s, run.mean_ms, 1000 * cpu / run.requests
 
 
-def run_tree(name: str, tree: Path, rnd: int, frames: dict, args: argparse.Namespace, logs: Path) -> list[Reading]:
-    server = Launched(tree, logs / f"{name}-{rnd}.log")
+def run_tree(
+    name: str, tree: Path, rnd: int, frames: dict, args: argparse.Namespace, logs: Path
+) -> tuple[Start, list[Reading]]:
+    server = Launched(tree, logs / f"{name}-{rnd}.log", first=frames["crop"].read_bytes())
     try:
+        first = server.first_answer_s
+        start = Start(name, rnd, round(server.ready_s, 2), round(first, 2), round(server.settled_rss_mb()))
+        print(f"round {rnd} {name:8s} first crop answer {first:.2f} s after the command; {start.rss_mb} MB", flush=True)
         readings = []
         for scenario, model, _, concurrency in SCENARIOS:
             native.check_estimate(native.grpc_answer(server.grpc_url, frames[scenario].read_bytes()), f"{name} {model}")
@@ -156,13 +201,21 @@ def run_tree(name: str, tree: Path, rnd: int, frames: dict, args: argparse.Names
                 f"round {rnd} {name:8s} {scenario:9s} c={concurrency}: {rate:.1f} req/s, {cpu:.1f} CPU-ms a request",
                 flush=True,
             )
-        return readings
+        return start, readings
     finally:
         server.stop()
 
 
-def summary(readings: list[Reading], commit: str) -> dict:
-    """Per scenario: the medians of each tree's rounds and their ratio (current / baseline)."""
+def summary(starts: list[Start], readings: list[Reading], commit: str) -> dict:
+    """Per scenario, the medians of each tree's rounds and their ratio (current / baseline); per tree, the medians
+    of its starts."""
+    start = {
+        tree: {
+            key: statistics.median(getattr(s, key) for s in starts if s.tree == tree)
+            for key in ("ready_s", "first_answer_s", "rss_mb")
+        }
+        for tree in ("baseline", "current")
+    }
     out = {}
     for scenario, *_ in SCENARIOS:
         rates = {
@@ -171,14 +224,16 @@ def summary(readings: list[Reading], commit: str) -> dict:
         }
         base, now = statistics.median(rates["baseline"]), statistics.median(rates["current"])
         out[scenario] = {"baseline": base, "current": now, "ratio": round(now / base, 2), "rounds": rates}
-    return {"commit": commit, "scenarios": out}
+    return {"commit": commit, "scenarios": out, "start": start}
 
 
-def write(out: Path, meta: dict, readings: list[Reading], result: dict, args: argparse.Namespace) -> None:
+def write(
+    out: Path, meta: dict, starts: list[Start], readings: list[Reading], result: dict, args: argparse.Namespace
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "baseline.json").write_text(
-        json.dumps({"machine": meta, **result, "readings": [asdict(r) for r in readings]}, indent=1)
-    )
+    rows = {"starts": [asdict(s) for s in starts], "readings": [asdict(r) for r in readings]}
+    (out / "baseline.json").write_text(json.dumps({"machine": meta, **result, **rows}, indent=1))
+    medians = result["start"]
     lines = [
         f"# The served path beside {result['commit']} (`python -m loadtest.bench.baseline`)",
         "",
@@ -187,6 +242,14 @@ def write(out: Path, meta: dict, readings: list[Reading], result: dict, args: ar
         f"this checkout at {meta['commit']}{' with uncommitted changes' if meta['uncommitted_changes'] else ''}; "
         f"{args.rounds} alternating rounds, {args.duration} s of h2load each after {args.warmup} s unmeasured, gRPC "
         "through the public port; this checkout's Python environment for both trees.",
+        "",
+        "| round | tree | command to ready | to the first crop answer | RSS of Triton and stubs, models loaded |",
+        "|---:|---|---:|---:|---:|",
+        *(f"| {s.round} | {s.tree} | {s.ready_s} s | {s.first_answer_s} s | {s.rss_mb} MB |" for s in starts),
+        *(
+            f"| median | {tree} | {m['ready_s']} s | {m['first_answer_s']} s | {m['rss_mb']} MB |"
+            for tree, m in medians.items()
+        ),
         "",
         "| round | tree | scenario | req/s | mean ms | CPU-ms a request |",
         "|---:|---|---|---:|---:|---:|",
@@ -227,15 +290,19 @@ def main(argv: list[str] | None = None) -> int:
         for scenario, model, body, _ in SCENARIOS:
             frames[scenario] = scratch / f"{scenario}.grpc"
             frames[scenario].write_bytes(wire.grpc_frame(model, body()))
-        readings = []
+        starts, readings = [], []
         for rnd in range(1, args.rounds + 1):
             for name, tree in trees.items():
-                readings += run_tree(name, tree, rnd, frames, args, scratch)
-    result = summary(readings, args.commit)
+                start, read = run_tree(name, tree, rnd, frames, args, scratch)
+                starts.append(start)
+                readings += read
+    result = summary(starts, readings, args.commit)
+    for tree, m in result["start"].items():
+        print(f"{tree}: first crop answer {m['first_answer_s']} s after the command, {m['rss_mb']} MB (medians)")
     for name, s in result["scenarios"].items():
         print(f"{name}: {s['current']} req/s against {s['baseline']} (medians): {s['ratio']}x")
     if args.out:
-        write(args.out, meta, readings, result, args)
+        write(args.out, meta, starts, readings, result, args)
     return 0
 
 
