@@ -10,6 +10,7 @@ fail, and every request sent after a switch returned must be answered by the new
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 import shutil
@@ -97,16 +98,28 @@ def _status(url: str, env: dict[str, str] | None = None) -> subprocess.Completed
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=60, env=env)
 
 
-def _not_ready(http_url: str) -> str | None:
-    """None when the door answers readiness 200, else why not (status and body, or the error), as a load balancer's
-    probe asks: TritonServer.is_ready's question, with the reason kept."""
+def _deployed_readiness_probe() -> dict:
+    """The readiness probe the KServe deployment gives the pod (deploy/kserve/base/inferenceservice.yaml)."""
+    import yaml
+
+    service = yaml.safe_load((ROOT / "deploy" / "kserve" / "base" / "inferenceservice.yaml").read_text())
+    return service["spec"]["predictor"]["model"]["readinessProbe"]
+
+
+def _readiness(http_url: str, timeout: float) -> tuple[str, str]:
+    """("yes", ""), ("no", why) for any answer but 200 or a refused connection, or ("silent", why) for no answer
+    within ``timeout``: the door's readiness, asked as a load balancer's probe asks it."""
     try:
-        with urllib.request.urlopen(f"http://{http_url}/v2/health/ready", timeout=2) as response:
-            return None if response.status == 200 else f"HTTP {response.status}"
+        with urllib.request.urlopen(f"http://{http_url}/v2/health/ready", timeout=timeout) as response:
+            return ("yes", "") if response.status == 200 else ("no", f"HTTP {response.status}")
     except urllib.error.HTTPError as err:
-        return f"HTTP {err.code}: {err.read()[:200]!r}"
+        return "no", f"HTTP {err.code}: {err.read()[:200]!r}"
+    except (TimeoutError, urllib.error.URLError) as err:
+        if isinstance(err, TimeoutError) or isinstance(getattr(err, "reason", None), TimeoutError):
+            return "silent", f"no answer within {timeout} s"
+        return "no", f"{type(err).__name__}: {err}"
     except OSError as err:
-        return f"{type(err).__name__}: {err}"
+        return "no", f"{type(err).__name__}: {err}"
 
 
 def test_rollout_and_rollback_under_load_without_a_failed_request(tmp_path, monkeypatch):
@@ -128,15 +141,17 @@ def test_rollout_and_rollback_under_load_without_a_failed_request(tmp_path, monk
         target = (server.internal_http_url, server.internal_headers())
         threads = [threading.Thread(target=load, args=(*target, stop, log, errors)) for _ in range(THREADS)]
         # Readiness, asked through the door as a load balancer asks, stays yes through both switches (the gate asks
-        # each model; Triton's own readiness said no while a version was loading).
-        # (when, why): a 503 with the gate's reason, or no answer within the probe's 2 s on a machine the other test
-        # workers keep busy; both fail the test, and the message tells them apart.
-        unready: list[tuple[float, str]] = []
+        # each model; Triton's own readiness said no while a version was loading): every 50 ms, with the deployed
+        # probe's timeout. Any answer but yes fails the test. So would as many probes in a row without an answer
+        # within the timeout as the deployed probe's failureThreshold, which takes a pod out of service; fewer are
+        # a test machine's other workers keeping the cores busy, and do not (one CI run saw a single probe fail, before
+        # the reason was recorded).
+        deployed = _deployed_readiness_probe()
+        probes: list[tuple[float, str, str]] = []  # (when, "yes" | "no" | "silent", why)
 
         def probe() -> None:
             while not stop.wait(0.05):
-                if (why := _not_ready(server.http_url)) is not None:
-                    unready.append((time.monotonic(), why))
+                probes.append((time.monotonic(), *_readiness(server.http_url, deployed["timeoutSeconds"])))
 
         threads.append(threading.Thread(target=probe))
         if getattr(server, "admin_key", None):  # a launcher that restricts the admin APIs: no key, no switch
@@ -201,13 +216,22 @@ def test_rollout_and_rollback_under_load_without_a_failed_request(tmp_path, monk
     assert not errors, f"{len(errors)} failed requests, first: {errors[:3]}"
     phases = {"start": start, "rollout": rollout_start, "rolled out": rollout_done, "rollback": rollback_start}
     phases["rolled back"] = rollback_done
+    where = " (phases, s: " + ", ".join(f"{name} {at - start:.2f}" for name, at in phases.items()) + ")"
+    unready = [(when, why) for when, kind, why in probes if kind == "no"]
     assert not unready, (
         f"readiness said no {len(unready)} times during the switches: "
         + "; ".join(f"at {when - start:.2f} s: {why}" for when, why in unready[:5])
-        + " (phases, s: "
-        + ", ".join(f"{name} {at - start:.2f}" for name, at in phases.items())
-        + ")"
+        + where
     )
+    silent = [(when, why) for when, kind, why in probes if kind == "silent"]
+    longest = max(
+        (len(list(run)) for kind, run in itertools.groupby(k for _, k, _ in probes) if kind == "silent"), default=0
+    )
+    assert longest < deployed["failureThreshold"], (
+        f"{longest} readiness probes in a row had no answer (the deployed probe gives up after "
+        f"{deployed['failureThreshold']}): " + "; ".join(f"at {when - start:.2f} s" for when, _ in silent[:5]) + where
+    )
+    assert sum(kind == "yes" for _, kind, _ in probes) > 50, "too few readiness answers to tell"
     by_phase = {
         "before": {v for s, v in log if s < rollout_start},
         "after rollout": {v for s, v in log if rollout_done < s < rollback_start},
