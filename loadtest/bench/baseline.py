@@ -19,7 +19,8 @@ differed by up to 3.5x between sessions: a baseline measured on another machine,
 
 The ratio is the median of this checkout's rounds over the baseline's. The served models may differ from the
 baseline's (they did: issue 16's cost 2-2.5x the CNN work), which the ratio includes, as the issue's target does.
-Writes ``baseline.md`` and ``baseline.json`` to ``--out`` when given. Needs h2load (``make bench-native``).
+Writes ``baseline.md`` and ``baseline.json`` to ``--out`` when given. Needs h2load, which ``make bench-baseline``
+installs.
 """
 
 from __future__ import annotations
@@ -281,7 +282,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if "h2load" in loadgen.missing():
-        raise SystemExit("h2load not found: `make bench-native` installs it (Debian nghttp2-client)")
+        raise SystemExit("h2load not found: `make bench-baseline` installs it (Debian nghttp2-client)")
     meta = native.machine()
     with tempfile.TemporaryDirectory(prefix="baseline-") as tmp:
         scratch = Path(tmp)
