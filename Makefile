@@ -68,6 +68,7 @@ calibrate: setup
 
 evaluate: setup
 	$(BIN)/python -m training.evaluate --data $(DATA) --split test
+	$(BIN)/python -m training.precision --data $(DATA) --split test
 
 benchmark: setup
 	$(BIN)/python -m training.benchmark

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from common import contract
-from serving.pipeline.backends.openvino_savedmodel import ir
+from serving.pipeline.backends.openvino_savedmodel import ir, ov_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIMES = ("tensorflow", "openvino", "onnxruntime")
@@ -86,7 +86,7 @@ def _load(runtime: str, savedmodels: dict[str, Path], threads: int, workdir: Pat
             compiled = core.compile_model(
                 ov.convert_model(str(path)),
                 "CPU",
-                {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"},
+                ov_runtime.settings(threads, "f32"),  # f32: the runtimes are compared on one arithmetic
             )
             request = compiled.create_infer_request()
             out = compiled.output(contract.TASK_OUTPUTS[task])

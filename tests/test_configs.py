@@ -10,6 +10,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from common import contract, spec
+from serving.pipeline.backends.openvino_savedmodel import ov_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 REPOSITORY = ROOT / "model_repository"
@@ -85,6 +86,10 @@ def test_model_configs_run_the_savedmodel(task):
     assert warm >= {1, cap, *(min(b, cap) for b in cpu.dynamic_batching.preferred_batch_size)}
     assert max(warm) == cap
     assert all(set(w.inputs) == {i.name for i in cpu.input} for w in cpu.model_warmup)
+    # The precision is the config's choice, one the backend knows (a typo would fail the model's load), and bf16
+    # is never asked for outright: it is slower than f32 on CPUs without AMX (ov_runtime.PRECISIONS says by how much).
+    precision = cpu.parameters["inference_precision"].string_value
+    assert precision in ov_runtime.PRECISIONS and precision != "bf16"
     # Production too: TensorFlow's first call at each batch shape builds its kernels, so single requests and every
     # preferred size run before ready.
     warm = {w.batch_size for w in prod.model_warmup}

@@ -1,5 +1,6 @@
-"""The CPU runtime: OpenVINO serves the SavedModels as TensorFlow computes them, BlazeFace on LiteRT gives the
-boxes TensorFlow's TFLite interpreter gives, and no served process loads TensorFlow. Real servers, real models.
+"""The CPU runtime: OpenVINO serves the SavedModels as TensorFlow computes them (or, where the config's precision
+is bf16 on this CPU, as OpenVINO computes them in bf16), BlazeFace on LiteRT gives the boxes TensorFlow's TFLite
+interpreter gives, and no served process loads TensorFlow. Real servers, real models.
 
 "Ready means warm" is timed in the benchmark (loadtest/bench/warmup.py), not here: first-request times on a
 shared 2-core CI machine are too noisy for a test; tests/test_configs.py checks the warm-up covers every
@@ -19,6 +20,7 @@ import tritonclient.grpc as grpcclient
 from PIL import Image
 
 from common import contract, spec
+from serving.pipeline.backends.openvino_savedmodel import ov_runtime
 from tests.conftest import REPOSITORY, TASKS
 from training.export import SAVEDMODEL, latest
 
@@ -64,8 +66,17 @@ def served(url: str, task: str, x: np.ndarray, *, per_item: bool, headers=None) 
         client.close()
 
 
+def openvino_outputs(repo: Path, task: str, x: np.ndarray, precision: str) -> dict[str, np.ndarray]:
+    """The newest version of ``task`` in-process, compiled as the backend compiles it, at ``precision``."""
+    from training.precision import compile_version, run
+
+    return {name: value[:, None] for name, value in run(compile_version(latest(repo, task), precision, 1), x).items()}
+
+
 def check_equal_to_tf(server, repo: Path) -> dict[str, dict[str, np.ndarray]]:
-    """Asserts the served outputs equal TensorFlow's; returns TensorFlow's, by task and output name."""
+    """Asserts the served outputs equal the exported model's: TensorFlow's within 1e-3 where the config's precision
+    is f32 here, else OpenVINO's at that precision in-process (whose f32 must equal TensorFlow's). Returns
+    TensorFlow's, by task and output name."""
     references = {}
     for task in TASKS:
         x = crops(task)
@@ -73,7 +84,13 @@ def check_equal_to_tf(server, repo: Path) -> dict[str, dict[str, np.ndarray]]:
         cpu_config = (repo / task / "configs" / "cpu.pbtxt").read_text()
         cap = re.search(r'"max_infer_batch" value \{ string_value: "(\d+)"', cpu_config)
         assert cap and len(x) > int(cap[1]), "the batch must exceed max_infer_batch"
-        expected = references[task] = tf_outputs(repo, task, x)
+        choice = re.search(r'"inference_precision" value \{ string_value: "(\w+)"', cpu_config)
+        precision = ov_runtime.resolve_precision(choice[1] if choice else "")
+        references[task] = tf_outputs(repo, task, x)
+        f32 = openvino_outputs(repo, task, x, "f32")
+        for name in OUTPUTS[task]:  # the IR computes what the SavedModel computes
+            np.testing.assert_allclose(f32[name], references[task][name], rtol=0, atol=TOLERANCE, err_msg=name)
+        expected = f32 if precision == "f32" else openvino_outputs(repo, task, x, precision)
         for per_item in (False, True):  # one batch of 24, and 24 single requests (dynamic batching mixes them)
             # The CNNs are internal (not callable through the door): Triton's own port, with its internal key.
             got = served(server.internal_grpc_url, task, x, per_item=per_item, headers=server.internal_headers())
@@ -83,6 +100,8 @@ def check_equal_to_tf(server, repo: Path) -> dict[str, dict[str, np.ndarray]]:
                 np.testing.assert_allclose(
                     got[name], expected[name], rtol=0, atol=TOLERANCE, err_msg=f"{task}/{name} per_item={per_item}"
                 )
+            if precision != "f32":  # the config's choice took effect: bf16 answers are not f32's
+                assert any(np.abs(got[n] - f32[n]).max() > 1e-6 for n in OUTPUTS[task]), task
     return references
 
 

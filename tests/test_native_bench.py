@@ -409,3 +409,23 @@ def test_triton_statistics_are_read_with_the_admin_key(triton_tiny):
     # launcher stopped sending it with every call to Triton's port).
     stats = native.model_stats(triton_tiny)
     assert {row["name"] for row in stats["model_stats"]} >= {"age", "gender", "age_gender_crop"}
+
+
+def test_the_reference_runs_the_cnns_at_the_precision_their_configs_serve(tiny_repo, tmp_path):
+    """The yardstick is the served CNNs as served: each config's inference_precision, resolved for this CPU."""
+    import shutil
+
+    from loadtest.bench import openvino_reference
+    from serving.pipeline.backends.openvino_savedmodel import ov_runtime
+
+    auto = ov_runtime.resolve_precision("auto")
+    got = openvino_reference.measure(tiny_repo, 1, 0.2)
+    assert got["precision"] == {task: auto for task in contract.TASK_MODELS}
+    assert got["b64_img_s"] > 0 and got["b1_ms"] > 0
+    # A deployment that asks for f32 is measured in f32.
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_repo, repo, symlinks=True)
+    config = repo / contract.AGE_MODEL / "configs" / "cpu.pbtxt"
+    config.write_text(config.read_text().replace('string_value: "auto"', 'string_value: "f32"'))
+    got = openvino_reference.measure(repo, 1, 0.2)
+    assert got["precision"][contract.AGE_MODEL] == "f32" and got["precision"][contract.GENDER_MODEL] == auto

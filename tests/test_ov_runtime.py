@@ -142,3 +142,45 @@ def test_threads_are_never_pinned_to_cores(tmp_path, monkeypatch, cached):
         compiled = ov_runtime.compile_model(core, core.read_model(str(tmp_path / "m.xml")), CONFIG)
         assert compiled.get_property("ENABLE_CPU_PINNING") is False
         assert compiled.get_property("INFERENCE_NUM_THREADS") == 1
+
+
+AMX_CPU = "processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n"
+NO_AMX_CPU = "processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 avx512_vnni\n"
+
+
+def test_precision_is_the_configs_choice_and_auto_means_bf16_only_with_amx(monkeypatch):
+    monkeypatch.delenv(ov_runtime.ISA_CAP, raising=False)
+    assert ov_runtime.resolve_precision("") == ov_runtime.resolve_precision("f32") == "f32"
+    assert ov_runtime.resolve_precision(" BF16 ") == "bf16"
+    assert ov_runtime.resolve_precision("auto", amx=True) == "bf16"
+    assert ov_runtime.resolve_precision("auto", amx=False) == "f32"
+    with pytest.raises(ValueError, match="inference_precision 'fp16'"):
+        ov_runtime.resolve_precision("fp16")
+    # AVX512_BF16 without AMX (AMD Zen 4, Intel Cooper Lake) runs bf16 slower than f32: not AMX.
+    assert not ov_runtime.amx_usable(NO_AMX_CPU)
+    assert not ov_runtime.amx_usable("")
+    # A CPU with AMX still needs Linux to grant the tile state; here the answer is whatever this kernel says.
+    granted = ov_runtime.amx_usable(AMX_CPU)
+    assert granted in (True, False)
+    # oneDNN capped below AMX (how the benchmarks stand in for other CPUs) is no AMX, whatever the CPU has.
+    for cap in ("AVX512_CORE_BF16", "avx2"):
+        monkeypatch.setenv(ov_runtime.ISA_CAP, cap)
+        assert not ov_runtime.amx_usable(AMX_CPU)
+    for cap in ("ALL", "AVX512_CORE_AMX"):
+        monkeypatch.setenv(ov_runtime.ISA_CAP, cap)
+        assert ov_runtime.amx_usable(AMX_CPU) == granted
+
+
+def test_auto_compiles_what_it_resolves_to(tmp_path, monkeypatch):
+    """OpenVINO compiles the resolved precision: bf16 where AMX is usable, f32 under a cap below AMX."""
+    monkeypatch.delenv(ov_runtime.ENV, raising=False)
+    model = tmp_path / "model.xml"
+    save(model, 2.0)
+    core = ov.Core()
+    for cap in (None, "AVX512_CORE_BF16"):
+        if cap:
+            monkeypatch.setenv(ov_runtime.ISA_CAP, cap)
+        precision = ov_runtime.resolve_precision("auto")
+        compiled = ov_runtime.compile_model(core, core.read_model(str(model)), {"INFERENCE_PRECISION_HINT": precision})
+        assert compiled.get_property("INFERENCE_PRECISION_HINT").to_string() == precision
+    assert precision == "f32"

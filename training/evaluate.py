@@ -35,6 +35,22 @@ TARGET_BAND, TARGET_OVERALL, TARGET_MIN_N = (0.72, 0.88), (0.78, 0.82), calibrat
 SEED = {"age_val_mse": 226.0, "age_val_rmse": 15.0, "gender_val_accuracy": 0.81}
 
 
+def split_seed(models: dict[str, Path], seed: int | None = None) -> int:
+    """The split seed to score ``models`` (version folders by task) on: the one their records name, which
+    ``seed`` may repeat but not contradict. Both networks' records must name one split: a gender network trained
+    on another seed would be scored on faces it trained on."""
+    records = [json.loads(c.read_text()) for v in models.values() if (c := v / RECORD).exists()]
+    try:
+        trained_on = runs.split_seed(records) if records else None
+    except ValueError as err:
+        raise SystemExit(f"{err}: no test split is unseen by both") from err
+    if seed is None:
+        return utk.SPLIT_SEED if trained_on is None else trained_on
+    if trained_on is not None and seed != trained_on:
+        raise SystemExit(f"--seed {seed}: the models were trained on the split of seed {trained_on}")
+    return seed
+
+
 def predict(version_dir: Path, images: np.ndarray, batch: int = 256) -> dict[str, np.ndarray]:
     """Every output of an exported model's signature over ``images``, as ``(N,)`` arrays."""
     return outputs(tf.saved_model.load(str(version_dir / SAVEDMODEL)).signatures["serving_default"], images, batch)
@@ -293,17 +309,7 @@ def main(argv: list[str] | None = None) -> dict:
     models = {task: latest(args.repo, task) for task in ("age", "gender")}
     if args.age_version is not None:
         models["age"] = args.repo / "age" / str(args.age_version)
-    # Both networks' records must name one split: a gender network trained on another seed would be scored on
-    # faces it trained on.
-    records = [json.loads(c.read_text()) for v in models.values() if (c := v / RECORD).exists()]
-    try:
-        trained_on = runs.split_seed(records) if records else None
-    except ValueError as err:
-        raise SystemExit(f"{err}: no test split is unseen by both") from err
-    if args.seed is None:
-        args.seed = utk.SPLIT_SEED if trained_on is None else trained_on
-    elif trained_on is not None and args.seed != trained_on:
-        raise SystemExit(f"--seed {args.seed}: the models were trained on the split of seed {trained_on}")
+    args.seed = split_seed(models, args.seed)
     # Each model sees the faces at its own input size; the rows (and so the split) are the same at every size.
     # Loaded once (the objects kept alive for their signatures): the signature gives the size, then runs.
     saved = {task: tf.saved_model.load(str(version / SAVEDMODEL)) for task, version in models.items()}

@@ -452,10 +452,12 @@ def write_markdown(path: Path, meta: dict, ref: dict | None, scenarios: list[Sce
     if ref:
         runs = ref.get("runs", [ref])
         each = " and ".join(f"{r['b64_img_s']:.0f} img/s / {r['b1_ms']:.2f} ms" for r in runs)
+        # Each CNN's precision as its CPU config resolves on this machine (older results have none: f32).
+        precision = ", ".join(f"{t} {p}" for t, p in ref.get("precision", {}).items()) or "f32"
         lines += [
             f"In-process reference, both served CNNs ({', '.join(ref['models'].values())}) one after the other, "
-            f"{ref['runtime']}, {ref['threads']} threads: batch 64 **{ref['b64_img_s']:.0f} img/s**; batch 1 "
-            f"**{ref['b1_ms']:.2f} ms** per image ({ref['b1_img_s']:.0f} img/s)"
+            f"{ref['runtime']}, {ref['threads']} threads, {precision}: batch 64 **{ref['b64_img_s']:.0f} img/s**; "
+            f"batch 1 **{ref['b1_ms']:.2f} ms** per image ({ref['b1_img_s']:.0f} img/s)"
             + (
                 f": the mean of the runs before and after the server ({each}; spread {ref['drift']:.0%})."
                 if len(runs) > 1

@@ -2,9 +2,10 @@
 
     python -m loadtest.bench.openvino_reference [--repository model_repository] [--threads 2] [--duration 10]
 
-Loads both served models (the newest version of each, as their ``latest { num_versions: 1 }`` policy serves)
-with the compile settings ``research.runtimes`` compares runtimes with (the backend's: f32, latency hint), runs
-them one after the other as the ensemble does, and prints one JSON line:
+Loads both served models (the newest version of each, as their ``latest { num_versions: 1 }`` policy serves) as
+the backend does (the IR beside the SavedModel, the backend's compile settings, the precision each CPU config's
+``inference_precision`` resolves to on this machine), runs them one after the other as the ensemble does, and
+prints one JSON line:
 
 - ``b64_img_s``: images per second at batch 64 (each image through both models): the capacity the crop path is
   held against;
@@ -19,23 +20,37 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from common import spec
-from research.runtimes import _load, savedmodel_paths
+from research.runtimes import savedmodel_paths
+from serving.pipeline.backends.openvino_savedmodel import ir, ov_runtime
 from training.timing import rate
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def measure(repository: Path, threads: int, duration: float) -> dict:
-    import openvino as ov
+def served_precision(repository: Path, task: str) -> str:
+    """What ``task``'s CPU config asks for (``inference_precision``), resolved for this machine as the backend
+    resolves it."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2 as mc
 
-    with tempfile.TemporaryDirectory(prefix="ov-reference-") as workdir:  # _load's workdir is ONNX Runtime's only
-        fns, _ = _load("openvino", savedmodel_paths(repository), threads, Path(workdir))
+    config = text_format.Parse((repository / task / "configs" / "cpu.pbtxt").read_text(), mc.ModelConfig())
+    choice = config.parameters["inference_precision"].string_value if "inference_precision" in config.parameters else ""
+    return ov_runtime.resolve_precision(choice)
+
+
+def measure(repository: Path, threads: int, duration: float) -> dict:
+    ov = ov_runtime.import_openvino()
+    core, fns, precisions = ov.Core(), {}, {}
+    for task, savedmodel in savedmodel_paths(repository).items():
+        model, _ = ir.load(savedmodel.parent, core)
+        precisions[task] = served_precision(repository, task)
+        compiled = ov_runtime.compile_model(core, model, ov_runtime.settings(threads, precisions[task]))
+        fns[task] = compiled.create_infer_request().infer
     rng = np.random.default_rng(0)
 
     def both(batch: int):
@@ -49,6 +64,7 @@ def measure(repository: Path, threads: int, duration: float) -> dict:
         "runtime": f"openvino {ov.__version__}",
         "models": {task: str(path.relative_to(repository)) for task, path in savedmodel_paths(repository).items()},
         "threads": threads,
+        "precision": precisions,
         "duration_s": duration,
         "b64_img_s": b64,
         "b1_img_s": b1,

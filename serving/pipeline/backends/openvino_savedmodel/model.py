@@ -15,6 +15,9 @@ Why OpenVINO and not ONNX Runtime or TensorFlow: ``python -m research.runtimes``
 Model config parameters (all optional, string values):
     ``inference_threads``: OpenVINO CPU threads for this instance (default 1: Triton scales by
     instances and dynamic batching, and several stubs on a small machine must not each grab every core).
+    ``inference_precision``: ``f32`` (default: the exported model's own arithmetic), ``bf16``, or ``auto`` (bf16
+    where this process can use AMX, f32 elsewhere: ov_runtime.resolve_precision says why). bf16 changes the answers
+    slightly; reports/precision.md measures by how much on the test split.
     ``max_infer_batch``: the most images one OpenVINO call runs (default: no limit); a larger Triton batch runs
     in slices of it. OpenVINO keeps the activations of the largest batch it has run for the life of the stub
     (age at 96x96 with flip TTA: 99 MB RSS after batch 1, 139 after 16, 181 after 32), while per image the cost
@@ -72,6 +75,10 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         threads = int(params.get("inference_threads") or 1)
+        try:
+            precision = ov_runtime.resolve_precision(params.get("inference_precision", ""))
+        except ValueError as err:
+            raise pb_utils.TritonModelException(f"{args['model_name']}: {err}") from err
         self._max_batch = int(params.get("max_infer_batch") or 0) or None
         # args["model_repository"] is this model's folder; serve the version Triton asked this instance to load.
         path = Path(args["model_repository"]) / args["model_version"] / SAVEDMODEL
@@ -81,16 +88,7 @@ class TritonPythonModel:
         core = ov.Core()
         model, source = ir.load(path.parent, core)  # the IR if valid for this SavedModel, else converted now
         compile_start = time.time()
-        self._compiled = ov_runtime.compile_model(
-            core,
-            model,
-            {
-                "INFERENCE_NUM_THREADS": threads,
-                # f32, not the bf16 OpenVINO picks by itself on CPUs with AMX: outputs must match TF within 1e-3.
-                "INFERENCE_PRECISION_HINT": "f32",
-                "PERFORMANCE_HINT": "LATENCY",
-            },
-        )
+        self._compiled = ov_runtime.compile_model(core, model, ov_runtime.settings(threads, precision))
         # One request object per instance: Triton never calls execute() of one instance concurrently.
         self._request = self._compiled.create_infer_request()
         compile_end = time.time()
@@ -107,6 +105,9 @@ class TritonPythonModel:
             "version": args["model_version"],
             "instance": args["model_instance_name"],
             "source": source,
+            # What the config's inference_precision resolved to on this CPU, and what OpenVINO compiled.
+            "precision": precision,
+            "compiled_precision": self._compiled.get_property("INFERENCE_PRECISION_HINT").to_string(),
             "process_start": _process_start(),
             "imports": [_IMPORTS_START, _IMPORTS_END],
             "initialize": [started, time.time()],

@@ -97,6 +97,13 @@ def cache_dir() -> str | None:
 SHARED_CPU = {"ENABLE_CPU_PINNING": False}
 
 
+def settings(threads: int, precision: str) -> dict[str, Any]:
+    """The compile settings of a served CNN (the backend's), for everything that runs one as it is served: the
+    benchmarks' in-process reference, ``training.precision``. ``precision``: f32 or bf16 (:func:`resolve_precision`),
+    always given: left to itself OpenVINO picks bf16 on some CPUs."""
+    return {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+
+
 def compile_model(core: Any, model: Any, config: dict[str, Any]) -> Any:
     """``core.compile_model(model, "CPU", config)`` through the cache when there is one.
 
@@ -106,3 +113,51 @@ def compile_model(core: Any, model: Any, config: dict[str, Any]) -> Any:
     config = {**SHARED_CPU, **config}
     folder = cache_dir()
     return core.compile_model(model, "CPU", {**config, "CACHE_DIR": folder} if folder else config)
+
+
+#: What a model config may ask for in its ``inference_precision`` parameter. ``auto`` is bf16 where this process
+#: can use AMX and f32 elsewhere, because bf16 is only a saving there. Per image, in-process, one thread, batch 8
+#: (age v21 / gender v6 on the 2-core Intel VM, oneDNN capped with ONEDNN_MAX_CPU_ISA to stand in for other CPUs;
+#: docs/performance-log.md, twenty-sixth part): with AMX bf16 took 1.6 / 0.8 CPU-ms against f32's 6.5 / 2.7;
+#: with AVX512_BF16 but no AMX (e.g. AMD Zen 4) 11.6 / 4.9 against 6.8 / 2.8; with AVX-512 alone, where OpenVINO
+#: still accepts bf16 and emulates it, 32.7 / 16.2 against 7.1 / 3.0. What bf16 does to the answers is measured
+#: on the test split by ``training.precision`` (reports/precision.md).
+PRECISIONS = ("f32", "bf16", "auto")
+#: The oneDNN ISA cap (an environment variable) that the CPU plugin obeys; a cap below AMX means no AMX.
+ISA_CAP = "ONEDNN_MAX_CPU_ISA"
+_ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA, _SYS_ARCH_PRCTL = 0x1023, 18, 158
+
+
+def amx_usable(cpuinfo: str | None = None) -> bool:
+    """Whether oneDNN can run AMX tiles in this process: the CPU lists ``amx_bf16``, no ``ONEDNN_MAX_CPU_ISA``
+    below AMX is set, and Linux grants the process the tile state (what oneDNN itself asks for before it uses AMX;
+    a kernel or sandbox that refuses leaves oneDNN on slower bf16 kernels)."""
+    cap = os.environ.get(ISA_CAP, "").upper()
+    if cap and cap != "ALL" and "AMX" not in cap:
+        return False
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    if "amx_bf16" not in flags:
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.syscall(_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def resolve_precision(choice: str, amx: bool | None = None) -> str:
+    """The ``INFERENCE_PRECISION_HINT`` for a config's ``inference_precision`` (empty: f32, the exported model's
+    own arithmetic). ``amx``: whether AMX is usable (default: :func:`amx_usable`)."""
+    choice = (choice or "f32").strip().lower()
+    if choice not in PRECISIONS:
+        raise ValueError(f"inference_precision {choice!r}: expected one of {', '.join(PRECISIONS)}")
+    if choice != "auto":
+        return choice
+    return "bf16" if (amx_usable() if amx is None else amx) else "f32"
