@@ -20,7 +20,7 @@ import tritonclient.grpc as grpcclient
 from PIL import Image
 
 from common import contract, spec
-from serving.pipeline.backends.openvino_savedmodel import ov_runtime
+from loadtest.bench.openvino_reference import served_precision
 from tests.conftest import REPOSITORY, TASKS
 from training.export import SAVEDMODEL, latest
 
@@ -84,8 +84,7 @@ def check_equal_to_tf(server, repo: Path) -> dict[str, dict[str, np.ndarray]]:
         cpu_config = (repo / task / "configs" / "cpu.pbtxt").read_text()
         cap = re.search(r'"max_infer_batch" value \{ string_value: "(\d+)"', cpu_config)
         assert cap and len(x) > int(cap[1]), "the batch must exceed max_infer_batch"
-        choice = re.search(r'"inference_precision" value \{ string_value: "(\w+)"', cpu_config)
-        precision = ov_runtime.resolve_precision(choice[1] if choice else "")
+        precision = served_precision(repo, task)
         references[task] = tf_outputs(repo, task, x)
         f32 = openvino_outputs(repo, task, x, "f32")
         for name in OUTPUTS[task]:  # the IR computes what the SavedModel computes

@@ -14,6 +14,7 @@ from PIL import Image
 
 from common import contract as c
 from common import spec
+from loadtest.bench.openvino_reference import served_precision
 from tests.conftest import REPOSITORY
 from training.export import SAVEDMODEL, latest
 
@@ -32,9 +33,18 @@ def png(image: Image.Image) -> bytes:
 
 
 def exported(face: np.ndarray) -> dict[str, float]:
+    """The exported age model's answer for ``face``: TensorFlow's, or, where the CPU config's precision resolves to
+    bf16 on this machine, OpenVINO's in bf16 in-process (tests/test_cpu_runtime.py ties its f32 to TensorFlow)."""
+    version = latest(REPOSITORY, c.AGE_MODEL)
+    precision = served_precision(REPOSITORY, c.AGE_MODEL)
+    if precision != "f32":
+        from training.precision import compile_version, run
+
+        out = run(compile_version(version, precision, 1), face[None])
+        return {name: float(out[name][0]) for name in AGE_NAMES}
     import tensorflow as tf
 
-    fn = tf.saved_model.load(str(latest(REPOSITORY, c.AGE_MODEL) / SAVEDMODEL)).signatures["serving_default"]
+    fn = tf.saved_model.load(str(version / SAVEDMODEL)).signatures["serving_default"]
     out = fn(**{spec.INPUT_NAME: tf.constant(face[None])})
     return {name: float(out[name].numpy()[0, 0]) for name in AGE_NAMES}
 
