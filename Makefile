@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DATA ?= ../shared/datasets/UTKFace.tar.gz
 
-.PHONY: setup test lint format demo serve train evaluate export calibrate benchmark clean
+.PHONY: setup test lint format demo serve train evaluate export calibrate quantize benchmark clean
 # A folder or s3://[HOST:PORT/]BUCKET/PREFIX (credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).
 MODEL_REPOSITORY ?= model_repository
 
@@ -65,6 +65,10 @@ export: setup
 # (the estimate stays; CALIBRATE_ARGS='--estimate median' reads it as the median).
 calibrate: setup
 	$(BIN)/python -m training.calibrate --data $(DATA) $(CALIBRATE_ARGS)
+
+# The int8 models beside the newest versions (an opt-in CPU precision: reports/precision.md).
+quantize: setup
+	$(BIN)/python -m training.quantize --data $(DATA)
 
 evaluate: setup
 	$(BIN)/python -m training.evaluate --data $(DATA) --split test

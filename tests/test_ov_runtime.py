@@ -152,6 +152,8 @@ def test_precision_is_the_configs_choice_and_auto_means_bf16_only_with_amx(monke
     monkeypatch.delenv(ov_runtime.ISA_CAP, raising=False)
     assert ov_runtime.resolve_precision("") == ov_runtime.resolve_precision("f32") == "f32"
     assert ov_runtime.resolve_precision(" BF16 ") == "bf16"
+    # int8 moves answers more than bf16: only ever a config's explicit choice, never what auto picks.
+    assert ov_runtime.resolve_precision("int8") == "int8"
     assert ov_runtime.resolve_precision("auto", amx=True) == "bf16"
     assert ov_runtime.resolve_precision("auto", amx=False) == "f32"
     with pytest.raises(ValueError, match="inference_precision 'fp16'"):

@@ -1,15 +1,18 @@
-"""What serving the CNNs in bf16 changes: the served versions scored at each precision on the same faces.
+"""What serving the CNNs in bf16 or int8 changes: the served versions scored at each precision on the same faces.
 
     python -m training.precision --data ../shared/datasets/UTKFace.tar.gz [--split test] [--out reports]
 
 The CPU configs (``model_repository/{age,gender}/configs/cpu.pbtxt``) ask for ``inference_precision: auto``: bf16
 where OpenVINO can run it on AMX, f32 elsewhere (serving/pipeline/backends/openvino_savedmodel/ov_runtime.py). bf16
-keeps 8 bits of mantissa, so the served answers move. This scores the newest ``age`` and ``gender`` versions as
-the backend runs them (the IR beside the SavedModel, the backend's compile settings), once per precision, on the
-split the models never trained on, and writes ``precision.json`` and ``precision.md``:
+keeps 8 bits of mantissa, so the served answers move; a deployment may also ask for ``int8``, the convolutions
+quantized by ``training.quantize``, which move them more. This scores the newest ``age`` and ``gender`` versions as
+the backend runs them (the IR or the int8 model beside the SavedModel, the backend's compile settings), once per
+precision (int8 where both versions have a valid one), on the split the models never trained on, and writes
+``precision.json`` and ``precision.md``:
 
 - per precision: age MAE and RMSE, the 10-90% interval's coverage and width, gender accuracy and ECE;
-- per output: how far bf16 moved it from f32 (mean, 99th percentile, largest), and how many gender decisions flipped;
+- per output: how far each precision moved it from f32 (mean, 99th percentile, largest), and how many gender
+  decisions flipped;
 - per model: CPU-ms per image at each precision on this machine (one thread, batch 8).
 
 The scores are the report; the speed is this machine's (another CPU differs, which is why ``auto`` exists).
@@ -33,16 +36,20 @@ from training.evaluate import age_metrics, calibration, gender_metrics, split_se
 from training.export import latest
 
 TASKS = ("age", "gender")
+#: Scored always; ``int8`` too where both versions have a valid ``model.int8`` (training.quantize).
 PRECISIONS = ("f32", "bf16")
 #: Images per OpenVINO call: the backend's max_infer_batch in the CPU configs.
 BATCH = 8
 
 
 def compile_version(version: Path, precision: str, threads: int):
-    """``version``'s model compiled as the backend compiles it, at ``precision``."""
+    """``version``'s model compiled as the backend compiles it, at ``precision`` (int8: its ``model.int8``, which
+    must be valid, with the float parts in f32)."""
     ov = ov_runtime.import_openvino()
     core = ov.Core()
-    model, _ = ir.load(version, core)
+    model, source, served = ir.load_served(version, core, precision)
+    if served != precision:
+        raise SystemExit(f"{version}: no {precision} model to score ({source}); run python -m training.quantize")
     return ov_runtime.compile_model(core, model, ov_runtime.settings(threads, precision))
 
 
@@ -100,14 +107,17 @@ def evaluate(repo: Path, data_path: Path, split: str, seed: int | None, cache_di
     faces = {task: by_task[task].images[rows] for task in TASKS}
     ages, genders = data.ages[rows], data.genders[rows]
 
+    precisions = [*PRECISIONS, *(["int8"] if all(ir.int8_valid(v)[0] for v in models.values()) else [])]
     pred: dict[str, dict[str, np.ndarray]] = {}
     speed: dict[str, dict[str, float]] = {task: {} for task in TASKS}
     compiled_as: dict[str, dict[str, str]] = {task: {} for task in TASKS}
-    for precision in PRECISIONS:
+    for precision in precisions:
         pred[precision] = {}
         for task in TASKS:
             compiled = compile_version(models[task], precision, threads=os.cpu_count() or 1)
             compiled_as[task][precision] = compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+            if precision == "int8":  # the convolutions in int8, the rest in the compiled float precision
+                compiled_as[task][precision] = f"int8 + {compiled_as[task][precision]}"
             pred[precision].update(run(compiled, faces[task]))
             one = compile_version(models[task], precision, threads=1)
             speed[task][precision] = cpu_ms_per_image(one, faces[task], speed_s)
@@ -125,8 +135,9 @@ def evaluate(repo: Path, data_path: Path, split: str, seed: int | None, cache_di
             "python": platform.python_version(),
         },
         "compiled_as": compiled_as,
-        "scores": {p: scores(ages, genders, pred[p]) for p in PRECISIONS},
-        "moved_from_f32": {p: moved(pred["f32"], pred[p]) for p in PRECISIONS if p != "f32"},
+        "precisions": precisions,
+        "scores": {p: scores(ages, genders, pred[p]) for p in precisions},
+        "moved_from_f32": {p: moved(pred["f32"], pred[p]) for p in precisions if p != "f32"},
         "cpu_ms_per_image": speed,
     }
 
@@ -144,7 +155,7 @@ def _cpu_name() -> str:
 def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [
-        "# Served precision: f32 against bf16",
+        "# Served precision: f32 against bf16 and int8",
         "",
         f"`python -m training.precision`, split `{report['split']}` of seed {report['seed']} ({report['n']} faces), "
         f"models {', '.join(report['models'].values())}. OpenVINO {m['openvino']} on {m['cpu']}; AMX usable here: "
@@ -172,9 +183,10 @@ def markdown(report: dict) -> str:
         "CPU-ms per image on this machine (one thread, batch 8; OpenVINO's compiled precision in brackets):",
         "",
     ]
-    lines += ["| model | " + " | ".join(PRECISIONS) + " |", "|---|" + "---|" * len(PRECISIONS)]
+    precisions = report["precisions"]
+    lines += ["| model | " + " | ".join(precisions) + " |", "|---|" + "---|" * len(precisions)]
     for task, by_p in report["cpu_ms_per_image"].items():
-        cells = [f"{by_p[p]:.2f} ({report['compiled_as'][task][p]})" for p in PRECISIONS]
+        cells = [f"{by_p[p]:.2f} ({report['compiled_as'][task][p]})" for p in precisions]
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -193,11 +205,11 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "precision.json").write_text(json.dumps(report, indent=2))
     (args.out / "precision.md").write_text(markdown(report))
-    f32, bf16 = report["scores"]["f32"], report["scores"]["bf16"]
-    print(
-        f"{args.split}: age MAE f32 {f32['age']['mae']:.3f} bf16 {bf16['age']['mae']:.3f} | gender accuracy "
-        f"f32 {f32['gender_accuracy']:.4f} bf16 {bf16['gender_accuracy']:.4f} -> {args.out / 'precision.md'}"
+    line = " | ".join(
+        f"{p}: age MAE {s['age']['mae']:.3f}, gender accuracy {s['gender_accuracy']:.4f}"
+        for p, s in report["scores"].items()
     )
+    print(f"{args.split}: {line} -> {args.out / 'precision.md'}")
     return report
 
 

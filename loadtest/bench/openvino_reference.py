@@ -47,8 +47,7 @@ def measure(repository: Path, threads: int, duration: float) -> dict:
     ov = ov_runtime.import_openvino()
     core, fns, precisions = ov.Core(), {}, {}
     for task, savedmodel in savedmodel_paths(repository).items():
-        model, _ = ir.load(savedmodel.parent, core)
-        precisions[task] = served_precision(repository, task)
+        model, _, precisions[task] = ir.load_served(savedmodel.parent, core, served_precision(repository, task))
         compiled = ov_runtime.compile_model(core, model, ov_runtime.settings(threads, precisions[task]))
         fns[task] = compiled.create_infer_request().infer
     rng = np.random.default_rng(0)

@@ -10,6 +10,13 @@ every file of the SavedModel (paths and bytes), the OpenVINO version that conver
 otherwise converts the SavedModel as if there were no IR (a changed SavedModel, another OpenVINO, a truncated
 copy from object storage). Hashing the ~3 MB SavedModel costs a few milliseconds.
 
+    <version>/model.int8/         the same model quantized to int8 by ``training.quantize`` (optional)
+
+The int8 model is not a cache: quantizing needs the training faces, so only ``training.quantize`` makes it, from the
+SavedModel beside it, and its key records that SavedModel's digest the same way. :func:`load_int8` uses it only while
+that digest and its own files' digests match, else says why (the backend then serves f32). An IR that one OpenVINO
+wrote reads in a later one, so for it the OpenVINO version is recorded, not required.
+
 Nothing here imports Triton, so ``training.export`` and ``serving.ops.publish`` build the IR with this same code.
 """
 
@@ -23,6 +30,7 @@ from pathlib import Path
 
 SAVEDMODEL = "model.savedmodel"
 IR_DIR = "model.openvino"
+INT8_DIR = "model.int8"
 XML, BIN, KEY = "model.xml", "model.bin", "key.json"
 #: Bumped when the way the IR is made changes (e.g. the precision), so older caches stop matching.
 FORMAT = 1
@@ -58,21 +66,49 @@ def expected_key(version_dir: Path) -> dict:
 
 def valid(version_dir: Path) -> tuple[bool, str]:
     """Whether the IR of ``version_dir`` may be used, and why not when it may not."""
-    ir = Path(version_dir) / IR_DIR
-    if not (ir / KEY).is_file():
-        return False, "no IR"
+    return _matches(Path(version_dir) / IR_DIR, expected_key(version_dir))
+
+
+def int8_valid(version_dir: Path) -> tuple[bool, str]:
+    """Whether the int8 model of ``version_dir`` was quantized from the SavedModel there and is whole."""
+    want = {"savedmodel_sha256": savedmodel_digest(Path(version_dir) / SAVEDMODEL)}
+    return _matches(Path(version_dir) / INT8_DIR, want)
+
+
+def _matches(folder: Path, want: dict) -> tuple[bool, str]:
+    """Whether ``folder``'s key.json holds every field of ``want`` and the digests of the model files beside it."""
+    if not (folder / KEY).is_file():
+        return False, f"no {folder.name}"
     try:
-        stored = json.loads((ir / KEY).read_text())
+        stored = json.loads((folder / KEY).read_text())
     except (OSError, ValueError) as err:
         return False, f"unreadable {KEY}: {err}"
-    want = expected_key(version_dir)
     for field, value in want.items():
         if stored.get(field) != value:
-            return False, f"{field} differs (IR {stored.get(field)!r}, here {value!r})"
+            return False, f"{field} differs ({folder.name} {stored.get(field)!r}, here {value!r})"
     for name in (XML, BIN):
-        if not (ir / name).is_file() or _sha256(ir / name) != stored.get(f"{name}_sha256"):
-            return False, f"{name} is missing or not the one converted"
+        if not (folder / name).is_file() or _sha256(folder / name) != stored.get(f"{name}_sha256"):
+            return False, f"{folder.name}/{name} is missing or not the one written"
     return True, "valid"
+
+
+def write(version_dir: Path, folder_name: str, model, key: dict) -> Path:
+    """Saves ``model`` (an ``ov.Model``, f32 weights kept) as ``version_dir/folder_name`` with ``key`` and the
+    files' digests in key.json, atomically: a reader sees the old folder, none, or the whole new one."""
+    import openvino as ov
+
+    version_dir = Path(version_dir)
+    tmp = version_dir / f".{folder_name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    # f32 weights, not the f16 save_model writes by default: served outputs must match TensorFlow within 1e-3.
+    ov.save_model(model, str(tmp / XML), compress_to_fp16=False)
+    key = {**key, **{f"{name}_sha256": _sha256(tmp / name) for name in (XML, BIN)}}
+    (tmp / KEY).write_text(json.dumps(key, indent=2) + "\n")
+    final = version_dir / folder_name
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)  # last
+    return final
 
 
 def convert(version_dir: Path):
@@ -84,22 +120,7 @@ def convert(version_dir: Path):
 
 def build(version_dir: Path) -> Path:
     """Converts the SavedModel of ``version_dir`` and writes ``model.openvino/`` beside it, atomically."""
-    import openvino as ov
-
-    version_dir = Path(version_dir)
-    key = expected_key(version_dir)
-    tmp = version_dir / f".{IR_DIR}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    # f32 weights, not the f16 save_model writes by default: served outputs must match TensorFlow within 1e-3.
-    ov.save_model(convert(version_dir), str(tmp / XML), compress_to_fp16=False)
-    key.update({f"{name}_sha256": _sha256(tmp / name) for name in (XML, BIN)})
-    (tmp / KEY).write_text(json.dumps(key, indent=2) + "\n")
-    final = version_dir / IR_DIR
-    shutil.rmtree(final, ignore_errors=True)
-    # Rename last: a reader sees the old IR, no IR, or the whole new one, never a half-written one.
-    tmp.rename(final)
-    return final
+    return write(version_dir, IR_DIR, convert(version_dir), expected_key(version_dir))
 
 
 def ensure(version_dir: Path) -> bool:
@@ -120,3 +141,25 @@ def load(version_dir: Path, core) -> tuple[object, str]:
         ir = Path(version_dir) / IR_DIR
         return core.read_model(str(ir / XML), str(ir / BIN)), "ir"
     return convert(version_dir), f"converted: {why}"
+
+
+def load_int8(version_dir: Path, core) -> tuple[object | None, str]:
+    """The int8 model of ``version_dir`` when it is valid (``"int8"``), else None and why not."""
+    ok, why = int8_valid(version_dir)
+    if not ok:
+        return None, why
+    folder = Path(version_dir) / INT8_DIR
+    return core.read_model(str(folder / XML), str(folder / BIN)), "int8"
+
+
+def load_served(version_dir: Path, core, precision: str) -> tuple[object, str, str]:
+    """The model to compile for ``precision`` (f32, bf16 or int8), where it came from, and the precision it serves:
+    int8 without a valid ``model.int8`` serves f32, the SavedModel's own arithmetic, and says why in the source."""
+    if precision == "int8":
+        model, why = load_int8(version_dir, core)
+        if model is not None:
+            return model, why, "int8"
+        model, source = load(version_dir, core)
+        return model, f"{source}; int8 asked for, serving f32: {why}", "f32"
+    model, source = load(version_dir, core)
+    return model, source, precision

@@ -15,9 +15,10 @@ Why OpenVINO and not ONNX Runtime or TensorFlow: ``python -m research.runtimes``
 Model config parameters (all optional, string values):
     ``inference_threads``: OpenVINO CPU threads for this instance (default 1: Triton scales by
     instances and dynamic batching, and several stubs on a small machine must not each grab every core).
-    ``inference_precision``: ``f32`` (default: the exported model's own arithmetic), ``bf16``, or ``auto`` (bf16
-    where this process can use AMX, f32 elsewhere: ov_runtime.resolve_precision says why). bf16 changes the answers
-    slightly; reports/precision.md measures by how much on the test split.
+    ``inference_precision``: ``f32`` (default: the exported model's own arithmetic), ``bf16``, ``int8`` (the
+    version's ``model.int8/`` from training.quantize; f32 where there is no valid one), or ``auto`` (bf16 where this
+    process can use AMX, f32 elsewhere: ov_runtime.resolve_precision says why). bf16 and int8 change the answers;
+    reports/precision.md measures by how much on the test split.
     ``max_infer_batch``: the most images one OpenVINO call runs (default: no limit); a larger Triton batch runs
     in slices of it. OpenVINO keeps the activations of the largest batch it has run for the life of the stub
     (age at 96x96 with flip TTA: 99 MB RSS after batch 1, 139 after 16, 181 after 32), while per image the cost
@@ -86,7 +87,12 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(f"{path} not found: export a SavedModel there (training.export).")
         load_start = time.time()
         core = ov.Core()
-        model, source = ir.load(path.parent, core)  # the IR if valid for this SavedModel, else converted now
+        # The IR if valid for this SavedModel, else converted now; for int8 the version's model.int8, which only
+        # training.quantize can make (it needs the training faces): without a valid one, f32, said in the log.
+        model, source, served = ir.load_served(path.parent, core, precision)
+        if served != precision:
+            print(f"{args['model_name']}: {source}", file=sys.stderr, flush=True)
+            precision = served
         compile_start = time.time()
         self._compiled = ov_runtime.compile_model(core, model, ov_runtime.settings(threads, precision))
         # One request object per instance: Triton never calls execute() of one instance concurrently.

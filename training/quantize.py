@@ -1,0 +1,99 @@
+"""Quantizes the served CNNs' convolutions to int8 and writes ``<version>/model.int8/`` beside each SavedModel.
+
+    python -m training.quantize --data ../shared/datasets/UTKFace.tar.gz [--tasks age,gender] [--faces 512]
+
+For the newest version of each task: NNCF's post-training quantization of the OpenVINO model converted from the
+SavedModel (the IR beside it when valid), with activation ranges from ``--faces`` faces of the training split the
+version was trained on (seeded), at the model's input size. Only the convolutions are quantized: the heads
+(dense layers, the temperature, the age distribution's quantiles, the sigmoid) stay in float. NNCF's default,
+which quantizes them too, put a quantizer on the gender probability and broke both models (test-split gender
+accuracy 0.525, the age interval's coverage 0.61; docs/performance-log.md, twenty-sixth part).
+
+The key (``key.json``) records the SavedModel's digest, so an int8 model never serves beside another SavedModel
+(serving/pipeline/backends/openvino_savedmodel/ir.py), and how it was made. What it does to the answers:
+``python -m training.precision`` (reports/precision.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from common import spec
+from serving.pipeline.backends.openvino_savedmodel import ir, ov_runtime
+from training import data as utk
+from training.evaluate import split_seed
+from training.export import latest
+
+TASKS = ("age", "gender")
+#: Operations left in float: everything after the convolutions' features (the heads), and the flip TTA's
+#: bookkeeping. Types absent from a model are skipped (``validate=False``).
+FLOAT_TYPES = (
+    "MatMul", "Add", "Multiply", "Subtract", "Divide", "Sigmoid", "Softmax", "Log", "Clamp", "Minimum", "Maximum",
+    "CumSum", "ReduceSum", "ReduceMean", "Concat", "Gather", "Less", "GreaterEqual", "LogicalAnd", "StridedSlice",
+    "Reshape", "Unsqueeze", "Broadcast",
+)  # fmt: skip
+#: Calibration faces drawn from the training split, and the draw's seed.
+FACES, DRAW_SEED = 512, 0
+#: Bumped when the way the int8 model is made changes.
+FORMAT = 1
+
+
+def calibration_faces(data: utk.Dataset, seed: int, faces: int) -> np.ndarray:
+    """``faces`` training-split faces of split seed ``seed``, drawn with :data:`DRAW_SEED`: never a validation or
+    test face, so nothing the models are scored on shapes the quantization."""
+    train = np.flatnonzero(utk.split(data, seed=seed) == "train")
+    if not len(train):
+        raise SystemExit("no training faces in the data: the int8 model is calibrated on the training split")
+    rows = np.random.default_rng(DRAW_SEED).choice(train, min(faces, len(train)), replace=False)
+    return data.images[np.sort(rows)]
+
+
+def quantize(version: Path, images: np.ndarray, seed: int) -> Path:
+    """Writes ``version/model.int8/`` from the SavedModel there, calibrated on ``images``."""
+    import nncf
+
+    ov = ov_runtime.import_openvino()
+    model, _ = ir.load(version, ov.Core())
+    quantized = nncf.quantize(
+        model,
+        nncf.Dataset([images[i : i + 1] for i in range(len(images))]),
+        subset_size=len(images),
+        ignored_scope=nncf.IgnoredScope(types=list(FLOAT_TYPES), validate=False),
+    )
+    key = {
+        "format": FORMAT,
+        "savedmodel_sha256": ir.savedmodel_digest(version / ir.SAVEDMODEL),
+        "openvino": ov.get_version(),
+        "nncf": nncf.__version__,
+        "calibration": {"split": "train", "split_seed": seed, "faces": len(images), "draw_seed": DRAW_SEED},
+        "float_types": list(FLOAT_TYPES),
+    }
+    return ir.write(version, ir.INT8_DIR, quantized, key)
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, type=Path, help="UTKFace-format archive or folder")
+    p.add_argument("--repo", type=Path, default=Path(os.environ.get("MODEL_REPOSITORY", "model_repository")))
+    p.add_argument("--tasks", default=",".join(TASKS))
+    p.add_argument("--faces", type=int, default=FACES, help="training faces that set the activation ranges")
+    p.add_argument("--cache-dir", type=Path, default=utk.default_cache_dir())
+    args = p.parse_args(argv)
+    written = []
+    for task in args.tasks.split(","):
+        version = latest(args.repo, task)
+        seed = split_seed({task: version})
+        data = utk.load(args.data, size=spec.image_size(task), cache_dir=args.cache_dir)
+        out = quantize(version, calibration_faces(data, seed, args.faces), seed)
+        print(f"{task}: {out} ({json.loads((out / ir.KEY).read_text())['calibration']})")
+        written.append(out)
+    return written
+
+
+if __name__ == "__main__":
+    main()
