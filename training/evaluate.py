@@ -294,15 +294,21 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def scoring_parser(doc: str, split: str) -> argparse.ArgumentParser:
+    """The options of every script that scores the served versions on one split (this one, training.precision)."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, type=Path, help="UTKFace-format archive or folder")
     p.add_argument("--repo", type=Path, default=Path(os.environ.get("MODEL_REPOSITORY", "model_repository")))
-    p.add_argument("--split", choices=("all", *utk.SPLITS), default="all")
+    p.add_argument("--split", choices=("all", *utk.SPLITS), default=split)
     p.add_argument("--seed", type=int, default=None, help="split seed (default: the models' training seed)")
     p.add_argument("--out", type=Path, default=Path("reports"))
-    p.add_argument("--predictions", type=Path, default=None, help="CSV with one row per image")
     p.add_argument("--cache-dir", type=Path, default=utk.default_cache_dir())
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = scoring_parser(__doc__, "all")
+    p.add_argument("--predictions", type=Path, default=None, help="CSV with one row per image")
     p.add_argument("--age-version", type=int, default=None, help="an earlier age version, to compare (default: newest)")
     args = p.parse_args(argv)
 

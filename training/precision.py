@@ -20,7 +20,6 @@ The scores are the report; the speed is this machine's (another CPU differs, whi
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -32,7 +31,7 @@ import numpy as np
 from common import contract, spec
 from serving.pipeline.backends.openvino_savedmodel import ir, ov_runtime
 from training import data as utk
-from training.evaluate import age_metrics, calibration, gender_metrics, split_seed
+from training.evaluate import age_metrics, calibration, gender_metrics, scoring_parser, split_seed
 from training.export import latest
 
 TASKS = ("age", "gender")
@@ -192,13 +191,7 @@ def markdown(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, type=Path, help="UTKFace-format archive or folder")
-    p.add_argument("--repo", type=Path, default=Path(os.environ.get("MODEL_REPOSITORY", "model_repository")))
-    p.add_argument("--split", choices=("all", *utk.SPLITS), default="test")
-    p.add_argument("--seed", type=int, default=None, help="split seed (default: the models' training seed)")
-    p.add_argument("--out", type=Path, default=Path("reports"))
-    p.add_argument("--cache-dir", type=Path, default=utk.default_cache_dir())
+    p = scoring_parser(__doc__, "test")
     p.add_argument("--speed-seconds", type=float, default=3.0, help="measured seconds per model and precision")
     args = p.parse_args(argv)
     report = evaluate(args.repo, args.data, args.split, args.seed, args.cache_dir, args.speed_seconds)
