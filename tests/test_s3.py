@@ -285,3 +285,20 @@ def test_publish_ir_only_makes_the_missing_ir(tiny_repo, tmp_path):
     assert again.returncode == 0 and "(0 built)" in again.stdout
     wrong = subprocess.run([*cli[:-1], "s3://bucket/x", "--ir-only"], capture_output=True, text=True, timeout=60)
     assert wrong.returncode == 2 and "--ir-only without one" in wrong.stderr
+
+
+def test_int8_models_are_published_only_where_a_config_serves_them(tmp_path):
+    """A version's model.int8/ (training.quantize) is one more download per scale from zero: left out unless one
+    of the model's configs asks for int8."""
+    repo = _repo_with_cache(tmp_path)
+    versions = {t: max(int(p.name) for p in (repo / t).iterdir() if p.name.isdigit()) for t in ("age", "gender")}
+    for task, v in versions.items():
+        (repo / task / str(v) / "model.int8").mkdir(exist_ok=True)
+        (repo / task / str(v) / "model.int8" / "key.json").write_text("{}")
+    keys = [key for _, key in plan(repo, {}).uploads]
+    assert not [k for k in keys if "/model.int8/" in k] and f"age/{versions['age']}/model.openvino/model.bin" in keys
+    config = repo / "age" / "configs" / "cpu.pbtxt"
+    config.write_text(config.read_text().replace('string_value: "auto"', 'string_value: "int8"'))
+    keys = [key for _, key in plan(repo, {}).uploads]
+    assert f"age/{versions['age']}/model.int8/key.json" in keys
+    assert not [k for k in keys if k.startswith("gender/") and "/model.int8/" in k]

@@ -16,7 +16,7 @@
 - Caches and leftovers are not uploaded: ``__pycache__``, ``*.pyc``, hidden files,
   and the ``.tmp-N`` folders ``training.export`` writes before its atomic rename; nor are the files Triton
   never reads (``README.md``, ``history.csv``, ``training_config.json``: each object costs a cold start ~25 S3
-  requests).
+  requests); nor is a version's int8 model (``model.int8/``) unless one of the model's configs asks for it.
 - Every version folder is kept, under its own number. Object stores have no empty folders,
   so a version folder with no files (an ensemble's ``1/``) gets an empty ``.keep`` object.
 - A version that already exists in the bucket is never overwritten: versions are
@@ -48,6 +48,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from serving.pipeline.backends.openvino_savedmodel import ir
 from serving.runtime import storage
 
 SKIP_DIRS = {"__pycache__", ".ipynb_checkpoints", ".pytest_cache"}
@@ -88,6 +89,17 @@ def _policy_versions(config: str, available: list[int]) -> set[int]:
     return set(available[-count:]) if count else set()
 
 
+#: A config line asking for a version's int8 model (``inference_precision``: serving/pipeline/backends).
+_INT8 = re.compile(r'key\s*:\s*"inference_precision"\s*value\s*:?\s*\{\s*string_value\s*:\s*"int8"')
+
+
+def serves_int8(model: Path) -> bool:
+    """Whether any config of the model folder ``model`` serves its versions' ``model.int8/`` (training.quantize).
+    Where none does, that folder is not published: every object is paid for at each scale from zero."""
+    configs = [model / "config.pbtxt", *sorted((model / "configs").glob("*.pbtxt"))]
+    return any(c.is_file() and _INT8.search(re.sub(r"#[^\n]*", "", c.read_text())) for c in configs)
+
+
 def served_versions(model: Path) -> list[int]:
     """Versions of the model folder ``model`` that any of its configs serves, ascending."""
     available = sorted(int(p.name) for p in model.iterdir() if p.is_dir() and p.name.isdigit())
@@ -104,7 +116,6 @@ def build_ir(repository: Path, *, all_versions: bool = False, dry_run: bool = Fa
     if importlib.util.find_spec("openvino") is None:
         print("note: OpenVINO is not installed here, so no IR is made; the CPU backend converts at load", file=out)
         return []
-    from serving.pipeline.backends.openvino_savedmodel import ir
 
     built = []
     for model in sorted(p for p in Path(repository).iterdir() if (p / "config.pbtxt").is_file()):
@@ -172,6 +183,7 @@ def plan(
         if not (model / "config.pbtxt").is_file():
             continue  # not a model folder
         served = served_versions(model)
+        int8 = serves_int8(model)
         for folder in sorted(
             (p for p in model.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)
         ):
@@ -179,7 +191,11 @@ def plan(
             if not all_versions and int(folder.name) not in served:
                 result.unserved.append(version)
                 continue
-            files = [(path, path.relative_to(repository).as_posix()) for path in _files(folder)]
+            files = [
+                (path, path.relative_to(repository).as_posix())
+                for path in _files(folder)
+                if int8 or ir.INT8_DIR not in path.relative_to(folder).parts
+            ]
             files = files or [(None, f"{version}/{KEEP}")]
             if version in remote_versions:
                 there = {k for k in remote if k.startswith(f"{version}/")}
