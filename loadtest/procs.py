@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,13 +57,18 @@ def started_at(pid: int | str) -> float | None:
     return time.time() - float(uptime.split()[0]) + int(fields[19]) / os.sysconf("SC_CLK_TCK")
 
 
-def group_cpu_seconds(pgid: int) -> float:
-    """utime + stime of every live process in process group ``pgid`` (Triton's: Triton and all its stubs)."""
+def cpu_seconds(pids: Iterable[int | str], pgid: int | None = None) -> float:
+    """utime + stime of the live processes among ``pids`` (those in process group ``pgid`` only, when given)."""
     total = 0
-    for entry in PROC.iterdir():
-        if entry.name.isdigit() and (fields := stat_fields(entry.name)) is not None and int(fields[2]) == pgid:
+    for pid in pids:
+        if (fields := stat_fields(pid)) is not None and (pgid is None or int(fields[2]) == pgid):
             total += int(fields[11]) + int(fields[12])
     return total / os.sysconf("SC_CLK_TCK")
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """utime + stime of every live process in process group ``pgid`` (Triton's: Triton and all its stubs)."""
+    return cpu_seconds((entry.name for entry in PROC.iterdir() if entry.name.isdigit()), pgid)
 
 
 def process(pid: int) -> Proc | None:

@@ -154,7 +154,7 @@ def _cpu_name() -> str:
 def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [
-        "# Served precision: f32 against bf16 and int8",
+        f"# Served precision: f32 against {' and '.join(p for p in report['precisions'] if p != 'f32')}",
         "",
         f"`python -m training.precision`, split `{report['split']}` of seed {report['seed']} ({report['n']} faces), "
         f"models {', '.join(report['models'].values())}. OpenVINO {m['openvino']} on {m['cpu']}; AMX usable here: "

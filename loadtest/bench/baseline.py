@@ -143,11 +143,7 @@ class Launched:
 
     def cpu_seconds(self) -> float:
         """utime + stime of the launcher and every live process under it (door, gate, Triton, stubs)."""
-        ticks = 0
-        for p in procs.descendants(self.proc.pid):
-            if (fields := procs.stat_fields(p.pid)) is not None:
-                ticks += int(fields[11]) + int(fields[12])
-        return ticks / os.sysconf("SC_CLK_TCK")
+        return procs.cpu_seconds(p.pid for p in procs.descendants(self.proc.pid))
 
     def settled_rss_mb(self, quiet_s: float = 2.0, timeout_s: float = 30.0) -> float:
         """RSS of Triton and its stubs (loadtest.bench.memory's sum) once no stub has started for ``quiet_s``: the
