@@ -87,7 +87,8 @@ def test_model_configs_run_the_savedmodel(task):
     assert max(warm) == cap
     assert all(set(w.inputs) == {i.name for i in cpu.input} for w in cpu.model_warmup)
     # The precision is the config's choice, one the backend knows (a typo would fail the model's load), and bf16
-    # is never asked for outright: it is slower than f32 on CPUs without AMX (ov_runtime.PRECISIONS says by how much).
+    # is never asked for outright: it is slower than f32 on CPUs without native bf16 (ov_runtime.PRECISIONS says by how
+    # much).
     precision = cpu.parameters["inference_precision"].string_value
     assert precision in ov_runtime.PRECISIONS and precision != "bf16"
     # Production too: TensorFlow's first call at each batch shape builds its kernels, so single requests and every

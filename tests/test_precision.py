@@ -16,7 +16,7 @@ from training.export import latest
 
 def test_report_scores_each_precision_and_f32_is_the_exported_model(archive, tiny_repo, tmp_path):
     out = tmp_path / "report"
-    args = ["--data", str(archive), "--repo", str(tiny_repo), "--split", "all", "--out", str(out)]
+    args = ["--data", str(archive), "--repo", str(tiny_repo), "--split", "all", "--out", str(out), "--name", "cpu-x"]
     report = precision.main([*args, "--cache-dir", str(tmp_path / "cache"), "--speed-seconds", "0.05"])
     n = utk_fixture.EXPECTED["kept"]
     assert report["n"] == n and set(report["scores"]) == set(precision.PRECISIONS)
@@ -31,6 +31,6 @@ def test_report_scores_each_precision_and_f32_is_the_exported_model(archive, tin
     assert set(moved) == {spec.AGE_OUTPUT, spec.AGE_LOW_OUTPUT, spec.AGE_HIGH_OUTPUT, spec.GENDER_OUTPUT}
     assert 0 <= moved[spec.GENDER_OUTPUT]["decisions_flipped"] <= n
     assert all(v > 0 for by_p in report["cpu_ms_per_image"].values() for v in by_p.values())
-    assert json.loads((out / "precision.json").read_text()) == report
-    text = (out / "precision.md").read_text()
+    assert json.loads((out / "cpu-x.json").read_text()) == report
+    text = (out / "cpu-x.md").read_text()
     assert "| f32 |" in text and "| bf16 |" in text and f"of {n}" in text

@@ -1,14 +1,16 @@
 """What serving the CNNs in bf16 or int8 changes: the served versions scored at each precision on the same faces.
 
-    python -m training.precision --data ../shared/datasets/UTKFace.tar.gz [--split test] [--out reports]
+    python -m training.precision --data ../shared/datasets/UTKFace.tar.gz [--split test] [--out reports] [--name N]
 
 The CPU configs (``model_repository/{age,gender}/configs/cpu.pbtxt``) ask for ``inference_precision: auto``: bf16
-where OpenVINO can run it on AMX, f32 elsewhere (serving/pipeline/backends/openvino_savedmodel/ov_runtime.py). bf16
+where the CPU runs it natively (AMX, or AVX512_BF16 without AMX), f32 elsewhere
+(serving/pipeline/backends/openvino_savedmodel/ov_runtime.py). bf16
 keeps 8 bits of mantissa, so the served answers move; a deployment may also ask for ``int8``, the convolutions
 quantized by ``training.quantize``, which move them more. This scores the newest ``age`` and ``gender`` versions as
 the backend runs them (the IR or the int8 model beside the SavedModel, the backend's compile settings), once per
 precision (int8 where both versions have a valid one), on the split the models never trained on, and writes
-``precision.json`` and ``precision.md``:
+``<name>.json`` and ``<name>.md`` (``--name``, default ``precision``; reports/precision.md was made on a CPU with
+AMX, reports/precision-avx512bf16.md on one with AVX512_BF16 and no AMX):
 
 - per precision: age MAE and RMSE, the 10-90% interval's coverage and width, gender accuracy and ECE;
 - per output: how far each precision moved it from f32 (mean, 99th percentile, largest), and how many gender
@@ -128,7 +130,7 @@ def evaluate(repo: Path, data_path: Path, split: str, seed: int | None, cache_di
         "models": {task: str(v) for task, v in models.items()},
         "machine": {
             "cpu": _cpu_name(),
-            "amx_usable": ov_runtime.amx_usable(),
+            "native_bf16": ov_runtime.native_bf16() or "none",
             "auto_resolves_to": ov_runtime.resolve_precision("auto"),
             "openvino": ov_runtime.import_openvino().get_version(),
             "python": platform.python_version(),
@@ -157,9 +159,8 @@ def markdown(report: dict) -> str:
         f"# Served precision: f32 against {' and '.join(p for p in report['precisions'] if p != 'f32')}",
         "",
         f"`python -m training.precision`, split `{report['split']}` of seed {report['seed']} ({report['n']} faces), "
-        f"models {', '.join(report['models'].values())}. OpenVINO {m['openvino']} on {m['cpu']}; AMX usable here: "
-        f"{'yes' if m['amx_usable'] else 'no'}, so `inference_precision: auto` serves {m['auto_resolves_to']} on "
-        "this machine.",
+        f"models {', '.join(report['models'].values())}. OpenVINO {m['openvino']} on {m['cpu']}; native bf16 here: "
+        f"{m['native_bf16']}, so `inference_precision: auto` serves {m['auto_resolves_to']} on this machine.",
         "",
         "| precision | age MAE | age RMSE | interval coverage | interval width | gender accuracy | gender ECE |",
         "|---|---|---|---|---|---|---|",
@@ -193,16 +194,17 @@ def markdown(report: dict) -> str:
 def main(argv: list[str] | None = None) -> dict:
     p = scoring_parser(__doc__, "test")
     p.add_argument("--speed-seconds", type=float, default=3.0, help="measured seconds per model and precision")
+    p.add_argument("--name", default="precision", help="the report's file name, without .md and .json")
     args = p.parse_args(argv)
     report = evaluate(args.repo, args.data, args.split, args.seed, args.cache_dir, args.speed_seconds)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "precision.json").write_text(json.dumps(report, indent=2))
-    (args.out / "precision.md").write_text(markdown(report))
+    (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=2))
+    (args.out / f"{args.name}.md").write_text(markdown(report))
     line = " | ".join(
         f"{p}: age MAE {s['age']['mae']:.3f}, gender accuracy {s['gender_accuracy']:.4f}"
         for p, s in report["scores"].items()
     )
-    print(f"{args.split}: {line} -> {args.out / 'precision.md'}")
+    print(f"{args.split}: {line} -> {args.out / f'{args.name}.md'}")
     return report
 
 

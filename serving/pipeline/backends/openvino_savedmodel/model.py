@@ -17,8 +17,8 @@ Model config parameters (all optional, string values):
     instances and dynamic batching, and several stubs on a small machine must not each grab every core).
     ``inference_precision``: ``f32`` (default: the exported model's own arithmetic), ``bf16``, ``int8`` (the
     version's ``model.int8/`` from training.quantize; f32 where there is no valid one), or ``auto`` (bf16 where this
-    process can use AMX, f32 elsewhere: ov_runtime.resolve_precision says why). bf16 and int8 change the answers;
-    reports/precision.md measures by how much on the test split.
+    process runs it natively, on AMX or AVX512_BF16, f32 elsewhere: ov_runtime.resolve_precision says why). bf16 and
+    int8 change the answers; reports/precision.md measures by how much on the test split.
     ``max_infer_batch``: the most images one OpenVINO call runs (default: no limit); a larger Triton batch runs
     in slices of it. OpenVINO keeps the activations of the largest batch it has run for the life of the stub
     (age at 96x96 with flip TTA: 99 MB RSS after batch 1, 139 after 16, 181 after 32), while per image the cost

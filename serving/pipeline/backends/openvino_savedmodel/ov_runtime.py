@@ -118,35 +118,48 @@ def compile_model(core: Any, model: Any, config: dict[str, Any]) -> Any:
 
 
 #: What a model config may ask for in its ``inference_precision`` parameter. ``auto`` is bf16 where this process
-#: can use AMX and f32 elsewhere, because bf16 is only a saving there. Per image, in-process, one thread, batch 8
-#: (age v21 / gender v6 on the 2-core Intel VM, oneDNN capped with ONEDNN_MAX_CPU_ISA to stand in for other CPUs;
-#: docs/performance-log.md, twenty-sixth part): with AMX bf16 took 1.6 / 0.8 CPU-ms against f32's 6.5 / 2.7;
-#: with AVX512_BF16 but no AMX (e.g. AMD Zen 4) 11.6 / 4.9 against 6.8 / 2.8; with AVX-512 alone, where OpenVINO
-#: still accepts bf16 and emulates it, 32.7 / 16.2 against 7.1 / 3.0. What bf16 does to the answers is measured
-#: on the test split by ``training.precision`` (reports/precision.md). ``int8`` serves the version's ``model.int8``
-#: (``training.quantize``): faster than f32 on every CPU measured, AMX or not, but it moves answers more than bf16
-#: (on the validation split age MAE 4.421 -> 4.450, 99% of ages within 2.5 years of f32's, one face 26 years away),
-#: so it is a deployment's explicit choice, not part of ``auto``.
+#: runs bf16 natively (:func:`native_bf16`: AMX, or AVX512_BF16 on a CPU without AMX) and f32 elsewhere, because bf16
+#: is only a saving there. Per image, in-process, one thread, batch 8, age v21 / gender v6
+#: (docs/performance-log.md, twenty-sixth and twenty-seventh parts): on the Intel VM with AMX bf16 took 1.6 / 0.8
+#: CPU-ms against f32's 6.5 / 2.7; on an AMD EPYC VM with AVX512_BF16 and no AMX (Zen 4 class) 4.9 / 2.2 against
+#: 9.4 / 4.0. On AVX-512 alone, where OpenVINO still accepts bf16 and emulates it, 32.7 / 16.2 against 7.1 / 3.0
+#: (the Intel VM with oneDNN capped by ONEDNN_MAX_CPU_ISA). The same cap at AVX512_CORE_BF16 on that AMX CPU read
+#: bf16 1.7x slower than f32, unlike the real AVX512_BF16 CPU, so an AMX CPU that cannot use its tiles keeps f32.
+#: What bf16 does to the answers is measured on the test split by ``training.precision`` (reports/precision.md).
+#: ``int8`` serves the version's ``model.int8`` (``training.quantize``): faster than f32 on every CPU measured, but
+#: it moves answers more than bf16 (on the validation split age MAE 4.421 -> 4.450, 99% of ages within 2.5 years of
+#: f32's, one face 26 years away), so it is a deployment's explicit choice, not part of ``auto``.
 PRECISIONS = ("f32", "bf16", "int8", "auto")
 #: The oneDNN ISA cap (an environment variable) that the CPU plugin obeys; a cap below AMX means no AMX.
 ISA_CAP = "ONEDNN_MAX_CPU_ISA"
+#: Caps that still allow AVX512_BF16's dot products (oneDNN's names, older and newer: AVX512_CORE_FP16 became
+#: AVX10_1_512), and every cap naming AMX.
+_BF16_CAPS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512", "AVX10_2_512")
 _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA, _SYS_ARCH_PRCTL = 0x1023, 18, 158
+
+
+def _cpu_flags(cpuinfo: str | None) -> list[str]:
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return []
+    return next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+
+
+def _cap() -> str:
+    cap = os.environ.get(ISA_CAP, "").strip().upper()
+    return "" if cap == "ALL" else cap
 
 
 def amx_usable(cpuinfo: str | None = None) -> bool:
     """Whether oneDNN can run AMX tiles in this process: the CPU lists ``amx_bf16``, no ``ONEDNN_MAX_CPU_ISA``
     below AMX is set, and Linux grants the process the tile state (what oneDNN itself asks for before it uses AMX;
     a kernel or sandbox that refuses leaves oneDNN on slower bf16 kernels)."""
-    cap = os.environ.get(ISA_CAP, "").upper()
-    if cap and cap != "ALL" and "AMX" not in cap:
+    cap = _cap()
+    if cap and "AMX" not in cap:
         return False
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
-    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
-    if "amx_bf16" not in flags:
+    if "amx_bf16" not in _cpu_flags(cpuinfo):
         return False
     try:
         import ctypes
@@ -157,12 +170,25 @@ def amx_usable(cpuinfo: str | None = None) -> bool:
         return False
 
 
-def resolve_precision(choice: str, amx: bool | None = None) -> str:
+def native_bf16(cpuinfo: str | None = None) -> str:
+    """How this process runs bf16 natively: ``"amx"`` (:func:`amx_usable`), ``"avx512_bf16"`` (a CPU with AVX512_BF16
+    and without AMX, oneDNN not capped below it), or ``""`` (no native bf16: ``auto`` serves f32). An AMX CPU that
+    cannot use its tiles gives ``""``: held to AVX512_BF16 there, bf16 measured slower than f32 (above)."""
+    flags = _cpu_flags(cpuinfo)
+    if "amx_bf16" in flags:
+        return "amx" if amx_usable(cpuinfo) else ""
+    cap = _cap()
+    if "avx512_bf16" in flags and (not cap or "AMX" in cap or cap in _BF16_CAPS):
+        return "avx512_bf16"
+    return ""
+
+
+def resolve_precision(choice: str, bf16: bool | None = None) -> str:
     """The ``INFERENCE_PRECISION_HINT`` for a config's ``inference_precision`` (empty: f32, the exported model's
-    own arithmetic). ``amx``: whether AMX is usable (default: :func:`amx_usable`)."""
+    own arithmetic). ``bf16``: whether this process runs bf16 natively (default: :func:`native_bf16`)."""
     choice = (choice or "f32").strip().lower()
     if choice not in PRECISIONS:
         raise ValueError(f"inference_precision {choice!r}: expected one of {', '.join(PRECISIONS)}")
     if choice != "auto":
         return choice
-    return "bf16" if (amx_usable() if amx is None else amx) else "f32"
+    return "bf16" if (bool(native_bf16()) if bf16 is None else bf16) else "f32"
