@@ -82,5 +82,6 @@ def test_a_config_asking_for_int8_serves_the_int8_model_or_says_it_serves_f32(in
         assert "int8 asked for, serving f32: no model.int8" in logs
         lines = [json.loads(line.split("[coldstart] ", 1)[1]) for line in logs.splitlines() if "[coldstart] {" in line]
         assert {(t["model"], t["precision"]) for t in lines} == {("age", "int8"), ("gender", "f32")}
+        assert {t["native_bf16"] for t in lines} == {ov_runtime.native_bf16() or "none"}
     finally:
         server_gen.close()

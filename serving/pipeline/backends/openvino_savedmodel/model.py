@@ -111,8 +111,11 @@ class TritonPythonModel:
             "version": args["model_version"],
             "instance": args["model_instance_name"],
             "source": source,
-            # What the config's inference_precision resolved to on this CPU, and what OpenVINO compiled.
+            # What the config's inference_precision resolved to on this CPU, and what OpenVINO compiled; how this
+            # process runs bf16 natively ("amx", "avx512_bf16", "none"), which is what "auto" went by: on a pool of
+            # mixed nodes, why two pods serve different precisions.
             "precision": precision,
+            "native_bf16": ov_runtime.native_bf16() or "none",
             "compiled_precision": self._compiled.get_property("INFERENCE_PRECISION_HINT").to_string(),
             "process_start": _process_start(),
             "imports": [_IMPORTS_START, _IMPORTS_END],
