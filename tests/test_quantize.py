@@ -35,6 +35,7 @@ def test_int8_is_calibrated_on_training_faces_and_keyed_to_its_savedmodel(int8_r
     key = json.loads((version / ir.INT8_DIR / ir.KEY).read_text())
     assert key["savedmodel_sha256"] == ir.savedmodel_digest(version / ir.SAVEDMODEL)
     assert key["calibration"]["split"] == "train" and key["calibration"]["faces"] == 16
+    assert key["format"] == quantize.FORMAT and key["bias_correction"] == "full"
     # The calibration faces are training faces of the version's split, never validation or test ones.
     data = utk.load(archive, size=spec.image_size(contract.AGE_MODEL), cache_dir=None)
     faces = quantize.calibration_faces(data, key["calibration"]["split_seed"], 16)

@@ -9,8 +9,8 @@ keeps 8 bits of mantissa, so the served answers move; a deployment may also ask 
 quantized by ``training.quantize``, which move them more. This scores the newest ``age`` and ``gender`` versions as
 the backend runs them (the IR or the int8 model beside the SavedModel, the backend's compile settings), once per
 precision (int8 where both versions have a valid one), on the split the models never trained on, and writes
-``<name>.json`` and ``<name>.md`` (``--name``, default ``precision``; reports/precision.md was made on a CPU with
-AMX, reports/precision-avx512bf16.md on one with AVX512_BF16 and no AMX):
+``<name>.json`` and ``<name>.md`` (``--name``, default ``precision``: another name keeps another machine's report
+beside it):
 
 - per precision: age MAE and RMSE, the 10-90% interval's coverage and width, gender accuracy and ECE;
 - per output: how far each precision moved it from f32 (mean, 99th percentile, largest), and how many gender
