@@ -76,8 +76,9 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         threads = int(params.get("inference_threads") or 1)
+        native_bf16 = ov_runtime.native_bf16()  # read once: the CPU's flags, and on AMX a syscall
         try:
-            precision = ov_runtime.resolve_precision(params.get("inference_precision", ""))
+            precision = ov_runtime.resolve_precision(params.get("inference_precision", ""), bool(native_bf16))
         except ValueError as err:
             raise pb_utils.TritonModelException(f"{args['model_name']}: {err}") from err
         self._max_batch = int(params.get("max_infer_batch") or 0) or None
@@ -115,7 +116,7 @@ class TritonPythonModel:
             # process runs bf16 natively ("amx", "avx512_bf16", "none"), which is what "auto" went by: on a pool of
             # mixed nodes, why two pods serve different precisions.
             "precision": precision,
-            "native_bf16": ov_runtime.native_bf16() or "none",
+            "native_bf16": native_bf16 or "none",
             "compiled_precision": self._compiled.get_property("INFERENCE_PRECISION_HINT").to_string(),
             "process_start": _process_start(),
             "imports": [_IMPORTS_START, _IMPORTS_END],

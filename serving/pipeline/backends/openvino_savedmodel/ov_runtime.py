@@ -138,12 +138,16 @@ _BF16_CAPS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512", "AVX10_2_51
 _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA, _SYS_ARCH_PRCTL = 0x1023, 18, 158
 
 
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
 def _cpu_flags(cpuinfo: str | None) -> list[str]:
     if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return []
+        cpuinfo = _cpuinfo()
     return next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
 
 
@@ -174,6 +178,7 @@ def native_bf16(cpuinfo: str | None = None) -> str:
     """How this process runs bf16 natively: ``"amx"`` (:func:`amx_usable`), ``"avx512_bf16"`` (a CPU with AVX512_BF16
     and without AMX, oneDNN not capped below it), or ``""`` (no native bf16: ``auto`` serves f32). An AMX CPU that
     cannot use its tiles gives ``""``: held to AVX512_BF16 there, bf16 measured slower than f32 (above)."""
+    cpuinfo = _cpuinfo() if cpuinfo is None else cpuinfo  # read once, for the flags here and amx_usable's
     flags = _cpu_flags(cpuinfo)
     if "amx_bf16" in flags:
         return "amx" if amx_usable(cpuinfo) else ""
