@@ -66,7 +66,8 @@ export: setup
 calibrate: setup
 	$(BIN)/python -m training.calibrate --data $(DATA) $(CALIBRATE_ARGS)
 
-# The int8 models beside the newest versions (an opt-in CPU precision: reports/precision.md).
+# The int8 models beside the newest versions: what `inference_precision: auto` serves on CPUs with AVX2 and no native
+# bf16 (reports/precision.md). Run it after `make export`; a version without one serves f32 there, and publish says so.
 quantize: setup
 	$(BIN)/python -m training.quantize --data $(DATA)
 

@@ -91,6 +91,9 @@ def test_model_configs_run_the_savedmodel(task):
     # much).
     precision = cpu.parameters["inference_precision"].string_value
     assert precision in ov_runtime.PRECISIONS and precision != "bf16"
+    # The publisher and the benchmarks read it without protobuf (ov_runtime.configured_precision): the same value.
+    text = (REPOSITORY / task / "configs" / "cpu.pbtxt").read_text()
+    assert ov_runtime.configured_precision(text) == precision
     # Production too: TensorFlow's first call at each batch shape builds its kernels, so single requests and every
     # preferred size run before ready.
     warm = {w.batch_size for w in prod.model_warmup}

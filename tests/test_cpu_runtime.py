@@ -1,6 +1,6 @@
 """The CPU runtime: OpenVINO serves the SavedModels as TensorFlow computes them (or, where the config's precision
-is bf16 on this CPU, as OpenVINO computes them in bf16), BlazeFace on LiteRT gives the boxes TensorFlow's TFLite
-interpreter gives, and no served process loads TensorFlow. Real servers, real models.
+is bf16 or int8 on this CPU, as OpenVINO computes them at that precision), BlazeFace on LiteRT gives the boxes
+TensorFlow's TFLite interpreter gives, and no served process loads TensorFlow. Real servers, real models.
 
 "Ready means warm" is timed in the benchmark (loadtest/bench/warmup.py), not here: first-request times on a
 shared 2-core CI machine are too noisy for a test; tests/test_configs.py checks the warm-up covers every
@@ -99,7 +99,7 @@ def check_equal_to_tf(server, repo: Path) -> dict[str, dict[str, np.ndarray]]:
                 np.testing.assert_allclose(
                     got[name], expected[name], rtol=0, atol=TOLERANCE, err_msg=f"{task}/{name} per_item={per_item}"
                 )
-            if precision != "f32":  # the config's choice took effect: bf16 answers are not f32's
+            if precision != "f32":  # the config's choice took effect: bf16 and int8 answers are not f32's
                 assert any(np.abs(got[n] - f32[n]).max() > 1e-6 for n in OUTPUTS[task]), task
     return references
 

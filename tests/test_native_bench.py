@@ -418,7 +418,8 @@ def test_the_reference_runs_the_cnns_at_the_precision_their_configs_serve(tiny_r
     from loadtest.bench import openvino_reference
     from serving.pipeline.backends.openvino_savedmodel import ov_runtime
 
-    auto = ov_runtime.resolve_precision("auto")
+    # The tiny models have no model.int8: where auto picks int8 (no native bf16), they are served, and measured, in f32.
+    auto = {"int8": "f32"}.get(ov_runtime.resolve_precision("auto"), ov_runtime.resolve_precision("auto"))
     got = openvino_reference.measure(tiny_repo, 1, 0.2)
     assert got["precision"] == {task: auto for task in contract.TASK_MODELS}
     assert got["b64_img_s"] > 0 and got["b1_ms"] > 0

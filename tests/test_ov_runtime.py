@@ -9,6 +9,8 @@ import pytest
 
 from serving.pipeline.backends.openvino_savedmodel import ov_runtime
 
+ROOT = Path(__file__).resolve().parents[1]
+
 ov = ov_runtime.import_openvino()
 CONFIG = {"INFERENCE_NUM_THREADS": 1, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
 X = np.arange(8, dtype=np.float32).reshape(2, 4)
@@ -149,14 +151,16 @@ BF16_CPU = "processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 avx512_vnni\n
 AVX512_CPU = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_vnni\n"
 
 
-def test_precision_is_the_configs_choice_and_auto_means_bf16_where_it_is_native(monkeypatch):
+def test_precision_is_the_configs_choice_and_auto_means_native_bf16_else_int8(monkeypatch):
     monkeypatch.delenv(ov_runtime.ISA_CAP, raising=False)
     assert ov_runtime.resolve_precision("") == ov_runtime.resolve_precision("f32") == "f32"
     assert ov_runtime.resolve_precision(" BF16 ") == "bf16"
-    # int8 moves answers more than bf16: only ever a config's explicit choice, never what auto picks.
-    assert ov_runtime.resolve_precision("int8") == "int8"
-    assert ov_runtime.resolve_precision("auto", bf16=True) == "bf16"
-    assert ov_runtime.resolve_precision("auto", bf16=False) == "f32"
+    assert ov_runtime.resolve_precision("int8", bf16=True, int8=False) == "int8"  # a config's explicit choice
+    # auto: bf16 where it is native (it moves answers a quarter as far as int8), else int8 where AVX2 runs it.
+    assert ov_runtime.resolve_precision("auto", bf16=True, int8=True) == "bf16"
+    assert ov_runtime.resolve_precision("auto", bf16=True, int8=False) == "bf16"
+    assert ov_runtime.resolve_precision("auto", bf16=False, int8=True) == "int8"
+    assert ov_runtime.resolve_precision("auto", bf16=False, int8=False) == "f32"
     with pytest.raises(ValueError, match="inference_precision 'fp16'"):
         ov_runtime.resolve_precision("fp16")
     # AVX512_BF16 without AMX (AMD Zen 4, measured: bf16 half f32's cost) is native bf16, but not AMX.
@@ -185,19 +189,66 @@ def test_precision_is_the_configs_choice_and_auto_means_bf16_where_it_is_native(
         assert ov_runtime.native_bf16(BF16_CPU) == native, cap
 
 
+def test_native_int8_follows_the_cpus_flags_and_the_cap(monkeypatch):
+    monkeypatch.delenv(ov_runtime.ISA_CAP, raising=False)
+    avx2 = "processor\t: 0\nflags\t\t: fpu sse avx avx2 fma\n"
+    avx_vnni = avx2.replace("fma", "fma avx_vnni")
+    assert ov_runtime.native_int8(avx2) == "avx2"  # Zen 2 and 3, Haswell to Skylake
+    assert ov_runtime.native_int8(AVX512_CPU) == ov_runtime.native_int8(avx_vnni) == "vnni"
+    assert ov_runtime.native_int8(BF16_CPU) == ""  # no AVX2 listed: nothing measured, f32
+    assert ov_runtime.native_int8("") == ""
+    assert ov_runtime.native(AVX512_CPU) == {"bf16": "", "int8": "vnni"}
+    for cap, native in (
+        ("AVX512_CORE_VNNI", "vnni"),
+        ("avx512_core_bf16", "vnni"),
+        ("AVX512_CORE_AMX", "vnni"),
+        ("AVX512_CORE", "avx2"),
+        ("AVX2", "avx2"),
+        ("AVX2_VNNI", "avx2"),  # only the VEX-coded VNNI, which this CPU lacks
+        ("AVX", ""),
+        ("SSE41", ""),
+    ):
+        monkeypatch.setenv(ov_runtime.ISA_CAP, cap)
+        assert ov_runtime.native_int8(AVX512_CPU) == native, cap
+    monkeypatch.setenv(ov_runtime.ISA_CAP, "AVX2_VNNI")
+    assert ov_runtime.native_int8(avx_vnni) == "vnni"
+
+
+def test_configs_precision_is_read_one_way(tmp_path):
+    """The publisher and the benchmarks read a config's inference_precision with one reader; the committed CPU
+    configs say auto, so both may serve their int8 files."""
+    for task in ("age", "gender"):
+        text = (ROOT / "model_repository" / task / "configs" / "cpu.pbtxt").read_text()
+        assert ov_runtime.configured_precision(text) == "auto" and ov_runtime.may_serve_int8("auto")
+    assert (
+        ov_runtime.configured_precision('parameters {\n key:"inference_precision"\n value:{string_value:"INT8"}}')
+        == "int8"
+    )
+    assert ov_runtime.configured_precision('# key: "inference_precision" value { string_value: "int8" }\n') == ""
+    assert ov_runtime.configured_precision('parameters { key: "inference_threads" value { string_value: "2" } }') == ""
+    assert (
+        not ov_runtime.may_serve_int8("")
+        and not ov_runtime.may_serve_int8("bf16")
+        and ov_runtime.may_serve_int8("int8")
+    )
+
+
 def test_auto_compiles_what_it_resolves_to(tmp_path, monkeypatch):
-    """OpenVINO compiles the resolved precision: bf16 where this CPU runs it natively, f32 under a cap below
-    AVX512_CORE_BF16 whatever the CPU."""
+    """OpenVINO compiles the resolved precision: bf16 where this CPU runs it natively; int8 (whose float parts
+    compile as f32) without native bf16 on an AVX2 CPU; f32 under a cap below AVX2, whatever the CPU."""
     monkeypatch.delenv(ov_runtime.ENV, raising=False)
     model = tmp_path / "model.xml"
     save(model, 2.0)
     core = ov.Core()
-    for cap in (None, "AVX512_CORE"):
+    avx2 = "avx2" in Path("/proc/cpuinfo").read_text()
+    for cap, want in ((None, None), ("AVX512_CORE", "int8" if avx2 else "f32"), ("AVX", "f32")):
         if cap:
             monkeypatch.setenv(ov_runtime.ISA_CAP, cap)
         precision = ov_runtime.resolve_precision("auto")
         if cap is None:
-            assert precision == ("bf16" if ov_runtime.native_bf16() else "f32")
-        compiled = ov_runtime.compile_model(core, core.read_model(str(model)), {"INFERENCE_PRECISION_HINT": precision})
-        assert compiled.get_property("INFERENCE_PRECISION_HINT").to_string() == precision
-    assert precision == "f32"
+            want = "bf16" if ov_runtime.native_bf16() else ("int8" if ov_runtime.native_int8() else "f32")
+        assert precision == want, cap
+        compiled = ov_runtime.compile_model(core, core.read_model(str(model)), ov_runtime.settings(1, precision))
+        assert compiled.get_property("INFERENCE_PRECISION_HINT").to_string() == (
+            "f32" if precision == "int8" else precision
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from common import spec
 from serving.pipeline.backends.openvino_savedmodel import ov_runtime
@@ -34,3 +35,15 @@ def test_report_scores_each_precision_and_f32_is_the_exported_model(archive, tin
     assert json.loads((out / "cpu-x.json").read_text()) == report
     text = (out / "cpu-x.md").read_text()
     assert "| f32 |" in text and "| bf16 |" in text and f"of {n}" in text
+
+
+def test_precisions_to_score_can_be_named(archive, tiny_repo, tmp_path):
+    """--precisions: a stand-in CPU whose oneDNN cannot compile bf16 still scores f32 (always) and int8."""
+    args = ["--data", str(archive), "--repo", str(tiny_repo), "--split", "all", "--out", str(tmp_path)]
+    args += ["--cache-dir", str(tmp_path / "cache"), "--speed-seconds", "0.01"]
+    report = precision.main([*args, "--precisions", "bf16"])
+    assert report["precisions"] == ["f32", "bf16"] and set(report["moved_from_f32"]) == {"bf16"}
+    with pytest.raises(SystemExit, match="no int8 model to score"):  # the tiny models have none
+        precision.main([*args, "--precisions", "int8"])
+    with pytest.raises(SystemExit):
+        precision.main([*args, "--precisions", "fp16"])

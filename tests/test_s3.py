@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.ops.publish import plan, publish, served_versions
+from serving.ops.publish import missing_int8, plan, publish, served_versions
 from serving.runtime import storage
 from serving.runtime.launch import TritonServer, TritonStartError
 
@@ -287,18 +288,28 @@ def test_publish_ir_only_makes_the_missing_ir(tiny_repo, tmp_path):
     assert wrong.returncode == 2 and "--ir-only without one" in wrong.stderr
 
 
-def test_int8_models_are_published_only_where_a_config_serves_them(tmp_path):
-    """A version's model.int8/ (training.quantize) is one more download per scale from zero: left out unless one
-    of the model's configs asks for int8."""
+def test_int8_models_are_published_only_where_a_config_may_serve_them(tmp_path):
+    """A version's model.int8/ (training.quantize) is one more download per scale from zero: published where a
+    config asks for int8 or for auto (int8 on CPUs without native bf16), left out where every config says f32 or
+    bf16."""
     repo = _repo_with_cache(tmp_path)
     versions = {t: max(int(p.name) for p in (repo / t).iterdir() if p.name.isdigit()) for t in ("age", "gender")}
     for task, v in versions.items():
         (repo / task / str(v) / "model.int8").mkdir(exist_ok=True)
         (repo / task / str(v) / "model.int8" / "key.json").write_text("{}")
     keys = [key for _, key in plan(repo, {}).uploads]
-    assert not [k for k in keys if "/model.int8/" in k] and f"age/{versions['age']}/model.openvino/model.bin" in keys
-    config = repo / "age" / "configs" / "cpu.pbtxt"
-    config.write_text(config.read_text().replace('string_value: "auto"', 'string_value: "int8"'))
-    keys = [key for _, key in plan(repo, {}).uploads]
-    assert f"age/{versions['age']}/model.int8/key.json" in keys
-    assert not [k for k in keys if k.startswith("gender/") and "/model.int8/" in k]
+    assert {f"{t}/{v}/model.int8/key.json" for t, v in versions.items()} <= set(keys)  # the committed "auto"
+    # These int8 folders hold no model: the publisher says those versions serve f32 where int8 was to be served.
+    assert [v for v, _ in missing_int8(repo)] == [f"{t}/{versions[t]}" for t in ("age", "gender")]
+    for precision, published in (("f32", False), ("bf16", False), ("int8", True)):
+        config = repo / "age" / "configs" / "cpu.pbtxt"
+        config.write_text(
+            re.sub(r'(inference_precision" value \{ string_value: )"\w+"', rf'\1"{precision}"', config.read_text())
+        )
+        keys = [key for _, key in plan(repo, {}).uploads]
+        assert (f"age/{versions['age']}/model.int8/key.json" in keys) is published, precision
+        assert (f"age/{versions['age']}" in [v for v, _ in missing_int8(repo)]) is published, precision
+        assert (
+            f"gender/{versions['gender']}/model.int8/key.json" in keys
+            and f"age/{versions['age']}/model.openvino/model.bin" in keys
+        )

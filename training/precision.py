@@ -1,16 +1,18 @@
 """What serving the CNNs in bf16 or int8 changes: the served versions scored at each precision on the same faces.
 
     python -m training.precision --data ../shared/datasets/UTKFace.tar.gz [--split test] [--out reports] [--name N]
+                                 [--precisions f32,int8]
 
 The CPU configs (``model_repository/{age,gender}/configs/cpu.pbtxt``) ask for ``inference_precision: auto``: bf16
-where the CPU runs it natively (AMX, or AVX512_BF16 without AMX), f32 elsewhere
-(serving/pipeline/backends/openvino_savedmodel/ov_runtime.py). bf16
-keeps 8 bits of mantissa, so the served answers move; a deployment may also ask for ``int8``, the convolutions
-quantized by ``training.quantize``, which move them more. This scores the newest ``age`` and ``gender`` versions as
-the backend runs them (the IR or the int8 model beside the SavedModel, the backend's compile settings), once per
-precision (int8 where both versions have a valid one), on the split the models never trained on, and writes
+where the CPU runs it natively (AMX, or AVX512_BF16 without AMX), else int8 (the convolutions quantized by
+``training.quantize``) where it has AVX2, else f32 (serving/pipeline/backends/openvino_savedmodel/ov_runtime.py).
+bf16 keeps 8 bits of mantissa, so the served answers move; int8 moves them more. This scores the newest ``age``
+and ``gender`` versions as the backend runs them (the IR or the int8 model beside the SavedModel, the backend's
+compile settings), once per precision (int8 where both versions have a valid one), on the split the models never
+trained on, and writes
 ``<name>.json`` and ``<name>.md`` (``--name``, default ``precision``: another name keeps another machine's report
-beside it):
+beside it; ``--precisions`` names the ones to score, f32 always among them: under an ``ONEDNN_MAX_CPU_ISA`` cap below
+AVX-512, which stands in for a CPU without it, OpenVINO cannot compile the models in bf16):
 
 - per precision: age MAE and RMSE, the 10-90% interval's coverage and width, gender accuracy and ECE;
 - per output: how far each precision moved it from f32 (mean, 99th percentile, largest), and how many gender
@@ -95,7 +97,15 @@ def moved(f32: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> dict[str,
     return out
 
 
-def evaluate(repo: Path, data_path: Path, split: str, seed: int | None, cache_dir: Path | None, speed_s: float):
+def evaluate(
+    repo: Path,
+    data_path: Path,
+    split: str,
+    seed: int | None,
+    cache_dir: Path | None,
+    speed_s: float,
+    only: list[str] | None = None,
+):
     models = {task: latest(repo, task) for task in TASKS}
     seed = split_seed(models, seed)
     by_task = {task: utk.load(data_path, size=spec.image_size(task), cache_dir=cache_dir) for task in TASKS}
@@ -109,6 +119,8 @@ def evaluate(repo: Path, data_path: Path, split: str, seed: int | None, cache_di
     ages, genders = data.ages[rows], data.genders[rows]
 
     precisions = [*PRECISIONS, *(["int8"] if all(ir.int8_valid(v)[0] for v in models.values()) else [])]
+    if only:  # f32 first: every other precision is compared with it
+        precisions = ["f32", *(p for p in dict.fromkeys(only) if p != "f32")]
     pred: dict[str, dict[str, np.ndarray]] = {}
     speed: dict[str, dict[str, float]] = {task: {} for task in TASKS}
     compiled_as: dict[str, dict[str, str]] = {task: {} for task in TASKS}
@@ -131,6 +143,9 @@ def evaluate(repo: Path, data_path: Path, split: str, seed: int | None, cache_di
         "machine": {
             "cpu": _cpu_name(),
             "native_bf16": ov_runtime.native_bf16() or "none",
+            "native_int8": ov_runtime.native_int8() or "none",
+            # A cap (how the benchmarks stand in for another CPU) changes the kernels, so the answers and the speed.
+            "isa_cap": os.environ.get(ov_runtime.ISA_CAP, ""),
             "auto_resolves_to": ov_runtime.resolve_precision("auto"),
             "openvino": ov_runtime.import_openvino().get_version(),
             "python": platform.python_version(),
@@ -159,8 +174,15 @@ def markdown(report: dict) -> str:
         f"# Served precision: f32 against {' and '.join(p for p in report['precisions'] if p != 'f32')}",
         "",
         f"`python -m training.precision`, split `{report['split']}` of seed {report['seed']} ({report['n']} faces), "
-        f"models {', '.join(report['models'].values())}. OpenVINO {m['openvino']} on {m['cpu']}; native bf16 here: "
-        f"{m['native_bf16']}, so `inference_precision: auto` serves {m['auto_resolves_to']} on this machine.",
+        f"models {', '.join(report['models'].values())}. OpenVINO {m['openvino']} on {m['cpu']}"
+        + (
+            f", oneDNN held to {m['isa_cap']} (`{ov_runtime.ISA_CAP}`, a stand-in for a CPU without more)"
+            if m.get("isa_cap")
+            else ""
+        )
+        + "; native bf16 here: "
+        f"{m['native_bf16']}, native int8: {m.get('native_int8', 'not recorded')}, so `inference_precision: auto` "
+        f"serves {m['auto_resolves_to']} on this machine.",
         "",
         "| precision | age MAE | age RMSE | interval coverage | interval width | gender accuracy | gender ECE |",
         "|---|---|---|---|---|---|---|",
@@ -195,8 +217,16 @@ def main(argv: list[str] | None = None) -> dict:
     p = scoring_parser(__doc__, "test")
     p.add_argument("--speed-seconds", type=float, default=3.0, help="measured seconds per model and precision")
     p.add_argument("--name", default="precision", help="the report's file name, without .md and .json")
+    p.add_argument(
+        "--precisions",
+        default="",
+        help="comma-separated, from f32, bf16 and int8 (default: f32 and bf16, and int8 where both versions have one)",
+    )
     args = p.parse_args(argv)
-    report = evaluate(args.repo, args.data, args.split, args.seed, args.cache_dir, args.speed_seconds)
+    only = [x.strip().lower() for x in args.precisions.split(",") if x.strip()]
+    if unknown := [x for x in only if x not in ("f32", "bf16", "int8")]:
+        p.error(f"--precisions: unknown {', '.join(unknown)}")
+    report = evaluate(args.repo, args.data, args.split, args.seed, args.cache_dir, args.speed_seconds, only)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=2))
     (args.out / f"{args.name}.md").write_text(markdown(report))

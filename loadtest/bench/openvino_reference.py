@@ -34,13 +34,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def served_precision(repository: Path, task: str) -> str:
     """What ``task``'s CPU config asks for (``inference_precision``), resolved for this machine as the backend
-    resolves it."""
-    from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2 as mc
-
-    config = text_format.Parse((repository / task / "configs" / "cpu.pbtxt").read_text(), mc.ModelConfig())
-    choice = config.parameters["inference_precision"].string_value if "inference_precision" in config.parameters else ""
-    return ov_runtime.resolve_precision(choice)
+    resolves it: int8 where the served version has no valid ``model.int8`` is f32, as the backend serves it."""
+    choice = ov_runtime.configured_precision((repository / task / "configs" / "cpu.pbtxt").read_text())
+    precision = ov_runtime.resolve_precision(choice)
+    if precision == "int8" and not ir.int8_valid(savedmodel_paths(repository)[task].parent)[0]:
+        return "f32"
+    return precision
 
 
 def measure(repository: Path, threads: int, duration: float) -> dict:

@@ -16,7 +16,8 @@
 - Caches and leftovers are not uploaded: ``__pycache__``, ``*.pyc``, hidden files,
   and the ``.tmp-N`` folders ``training.export`` writes before its atomic rename; nor are the files Triton
   never reads (``README.md``, ``history.csv``, ``training_config.json``: each object costs a cold start ~25 S3
-  requests); nor is a version's int8 model (``model.int8/``) unless one of the model's configs asks for it.
+  requests); nor is a version's int8 model (``model.int8/``) unless one of the model's configs may serve it
+  (``inference_precision``: ``int8``, or ``auto``, which serves int8 on CPUs without native bf16).
 - Every version folder is kept, under its own number. Object stores have no empty folders,
   so a version folder with no files (an ensemble's ``1/``) gets an empty ``.keep`` object.
 - A version that already exists in the bucket is never overwritten: versions are
@@ -48,7 +49,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serving.pipeline.backends.openvino_savedmodel import ir
+from serving.pipeline.backends.openvino_savedmodel import ir, ov_runtime
 from serving.runtime import storage
 
 SKIP_DIRS = {"__pycache__", ".ipynb_checkpoints", ".pytest_cache"}
@@ -89,15 +90,13 @@ def _policy_versions(config: str, available: list[int]) -> set[int]:
     return set(available[-count:]) if count else set()
 
 
-#: A config line asking for a version's int8 model (``inference_precision``: serving/pipeline/backends).
-_INT8 = re.compile(r'key\s*:\s*"inference_precision"\s*value\s*:?\s*\{\s*string_value\s*:\s*"int8"')
-
-
 def serves_int8(model: Path) -> bool:
-    """Whether any config of the model folder ``model`` serves its versions' ``model.int8/`` (training.quantize).
-    Where none does, that folder is not published: every object is paid for at each scale from zero."""
+    """Whether any config of the model folder ``model`` may serve its versions' ``model.int8/`` (training.quantize).
+    Where none may, that folder is not published: every object is paid for at each scale from zero."""
     configs = [model / "config.pbtxt", *sorted((model / "configs").glob("*.pbtxt"))]
-    return any(c.is_file() and _INT8.search(re.sub(r"#[^\n]*", "", c.read_text())) for c in configs)
+    return any(
+        c.is_file() and ov_runtime.may_serve_int8(ov_runtime.configured_precision(c.read_text())) for c in configs
+    )
 
 
 def served_versions(model: Path) -> list[int]:
@@ -135,6 +134,23 @@ def build_ir(repository: Path, *, all_versions: bool = False, dry_run: bool = Fa
             built.append(f"{model.name}/{version}")
             print(f"{'would build' if dry_run else 'built'} {folder / ir.IR_DIR} ({why})", file=out)
     return built
+
+
+def missing_int8(repository: Path) -> list[tuple[str, str]]:
+    """Served versions whose configs may serve int8 (``int8``, or ``auto`` on a CPU without native bf16) but
+    that have no valid ``model.int8/``, with why: those serve f32 there. Not an error (f32 answers are the exported
+    model's own), but the capacity ``auto`` was chosen for is not there until ``make quantize`` runs."""
+    missing = []
+    for model in sorted(p for p in Path(repository).iterdir() if (p / "config.pbtxt").is_file()):
+        if not serves_int8(model):
+            continue
+        for version in served_versions(model):
+            folder = model / str(version)
+            if (folder / ir.SAVEDMODEL).is_dir():
+                ok, why = ir.int8_valid(folder)
+                if not ok:
+                    missing.append((f"{model.name}/{version}", why))
+    return missing
 
 
 def _files(folder: Path) -> list[Path]:
@@ -251,6 +267,11 @@ def publish(
     remote = storage.list_objects(location, s3)  # first: bad credentials fail before minutes of conversion
     if ir:
         build_ir(repository, all_versions=all_versions, dry_run=dry_run, out=out)
+    for version, why in missing_int8(repository):
+        print(
+            f"note: {version} has no int8 model ({why}): CPUs its config serves int8 on get f32 (make quantize)",
+            file=out,
+        )
 
     def read_remote(key: str) -> bytes:
         try:

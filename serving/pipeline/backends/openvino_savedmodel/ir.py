@@ -160,6 +160,6 @@ def load_served(version_dir: Path, core, precision: str) -> tuple[object, str, s
         if model is not None:
             return model, why, "int8"
         model, source = load(version_dir, core)
-        return model, f"{source}; int8 asked for, serving f32: {why}", "f32"
+        return model, f"{source}; int8 chosen, serving f32: {why}", "f32"
     model, source = load(version_dir, core)
     return model, source, precision

@@ -17,8 +17,9 @@ Model config parameters (all optional, string values):
     instances and dynamic batching, and several stubs on a small machine must not each grab every core).
     ``inference_precision``: ``f32`` (default: the exported model's own arithmetic), ``bf16``, ``int8`` (the
     version's ``model.int8/`` from training.quantize; f32 where there is no valid one), or ``auto`` (bf16 where this
-    process runs it natively, on AMX or AVX512_BF16, f32 elsewhere: ov_runtime.resolve_precision says why). bf16 and
-    int8 change the answers; reports/precision.md measures by how much on the test split.
+    process runs it natively, on AMX or AVX512_BF16; else int8 where the CPU has AVX2; else f32:
+    ov_runtime.PRECISIONS says why). bf16 and int8 change the answers; reports/precision.md measures by how much on
+    the test split.
     ``max_infer_batch``: the most images one OpenVINO call runs (default: no limit); a larger Triton batch runs
     in slices of it. OpenVINO keeps the activations of the largest batch it has run for the life of the stub
     (age at 96x96 with flip TTA: 99 MB RSS after batch 1, 139 after 16, 181 after 32), while per image the cost
@@ -76,9 +77,11 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         threads = int(params.get("inference_threads") or 1)
-        native_bf16 = ov_runtime.native_bf16()  # read once: the CPU's flags, and on AMX a syscall
+        native = ov_runtime.native()  # read once: the CPU's flags, and on AMX a syscall
         try:
-            precision = ov_runtime.resolve_precision(params.get("inference_precision", ""), bool(native_bf16))
+            precision = ov_runtime.resolve_precision(
+                params.get("inference_precision", ""), bool(native["bf16"]), bool(native["int8"])
+            )
         except ValueError as err:
             raise pb_utils.TritonModelException(f"{args['model_name']}: {err}") from err
         self._max_batch = int(params.get("max_infer_batch") or 0) or None
@@ -113,10 +116,11 @@ class TritonPythonModel:
             "instance": args["model_instance_name"],
             "source": source,
             # What the config's inference_precision resolved to on this CPU, and what OpenVINO compiled; how this
-            # process runs bf16 natively ("amx", "avx512_bf16", "none"), which is what "auto" went by: on a pool of
-            # mixed nodes, why two pods serve different precisions.
+            # process runs bf16 ("amx", "avx512_bf16", "none") and int8 ("vnni", "avx2", "none") natively, which is
+            # what "auto" went by: on a pool of mixed nodes, why two pods serve different precisions.
             "precision": precision,
-            "native_bf16": native_bf16 or "none",
+            "native_bf16": native["bf16"] or "none",
+            "native_int8": native["int8"] or "none",
             "compiled_precision": self._compiled.get_property("INFERENCE_PRECISION_HINT").to_string(),
             "process_start": _process_start(),
             "imports": [_IMPORTS_START, _IMPORTS_END],

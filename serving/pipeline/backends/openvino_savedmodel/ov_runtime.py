@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import stat
 import sys
 import types
@@ -117,24 +118,40 @@ def compile_model(core: Any, model: Any, config: dict[str, Any]) -> Any:
     return core.compile_model(model, "CPU", {**config, "CACHE_DIR": folder} if folder else config)
 
 
-#: What a model config may ask for in its ``inference_precision`` parameter. ``auto`` is bf16 where this process
-#: runs bf16 natively (:func:`native_bf16`: AMX, or AVX512_BF16 on a CPU without AMX) and f32 elsewhere, because bf16
-#: is only a saving there. Per image, in-process, one thread, batch 8, age v21 / gender v6
-#: (docs/performance-log.md, twenty-sixth and twenty-seventh parts): on the Intel VM with AMX bf16 took 1.6 / 0.8
-#: CPU-ms against f32's 6.5 / 2.7; on an AMD EPYC VM with AVX512_BF16 and no AMX (Zen 4 class) 4.9 / 2.2 against
-#: 9.4 / 4.0. On AVX-512 alone, where OpenVINO still accepts bf16 and emulates it, 32.7 / 16.2 against 7.1 / 3.0
-#: (the Intel VM with oneDNN capped by ONEDNN_MAX_CPU_ISA). The same cap at AVX512_CORE_BF16 on that AMX CPU read
-#: bf16 1.7x slower than f32, unlike the real AVX512_BF16 CPU, so an AMX CPU that cannot use its tiles keeps f32.
-#: What bf16 does to the answers is measured on the test split by ``training.precision`` (reports/precision.md).
-#: ``int8`` serves the version's ``model.int8`` (``training.quantize``): faster than f32 on every CPU measured, but
-#: it moves answers more than bf16 (on the test split each age 0.10 years from f32's on average against 0.02, 2.9 at
-#: most against 0.7; age MAE 4.803 -> 4.808), so it is a deployment's explicit choice, not part of ``auto``.
+#: What a model config may ask for in its ``inference_precision`` parameter. ``auto`` picks, for the CPU the process
+#: runs on, a precision that costs much less than f32 there and scores the same:
+#:
+#: - **bf16** where this process runs it natively (:func:`native_bf16`: AMX, or AVX512_BF16 on a CPU without AMX).
+#:   Per image, in-process, one thread, batch 8, age v21 / gender v6 (docs/performance-log.md, twenty-sixth and
+#:   twenty-seventh parts): on the Intel VM with AMX 1.6 / 0.8 CPU-ms against f32's 6.5 / 2.7; on an AMD EPYC VM
+#:   with AVX512_BF16 and no AMX (Zen 4) 4.9 / 2.2 against 9.4 / 4.0. Where it is not native it is no saving: on
+#:   AVX-512 alone OpenVINO emulates it (32.7 / 16.2 against 7.1 / 3.0, the Intel VM with oneDNN capped by
+#:   ONEDNN_MAX_CPU_ISA), and the same cap at AVX512_CORE_BF16 on that AMX CPU read bf16 1.7x slower than f32, unlike
+#:   the real AVX512_BF16 CPU, so an AMX CPU that cannot use its tiles does not count.
+#: - **int8** elsewhere, where the CPU has AVX2 (:func:`native_int8`): the version's ``model.int8`` from
+#:   ``training.quantize``, or f32 where the version has no valid one. On the Zen 4 VM with oneDNN held to the
+#:   instruction sets of CPUs without native bf16 (twenty-eighth part), age 3.0 / gender 1.5 CPU-ms with VNNI
+#:   (Cascade Lake, Ice Lake) and 5.1 / 2.4 with AVX2 alone (Zen 2 and 3, Haswell to Skylake) against f32's 9.3-9.5
+#:   / 4.0-4.3; served, 1.3-2x f32's requests. Its answers move more than bf16's (each age 0.10 years from f32's
+#:   on average against 0.02; 2.9 at most against 0.7) but score the same: test-split age MAE 4.808 against 4.803,
+#:   gender accuracy 0.932 against 0.933 (validation MAE 4.425 against 4.421, where that was judged).
+#: - **f32** on anything older, the exported model's own arithmetic.
+#:
+#: bf16 comes first where both are native: it moves answers a quarter as far as int8 and needs no second artifact.
+#: What each precision does to the answers is measured on the test split by ``training.precision``
+#: (reports/precision.md).
 PRECISIONS = ("f32", "bf16", "int8", "auto")
 #: The oneDNN ISA cap (an environment variable) that the CPU plugin obeys; a cap below AMX means no AMX.
 ISA_CAP = "ONEDNN_MAX_CPU_ISA"
 #: Caps that still allow AVX512_BF16's dot products (oneDNN's names, older and newer: AVX512_CORE_FP16 became
 #: AVX10_1_512), and every cap naming AMX.
 _BF16_CAPS = ("AVX512_CORE_BF16", "AVX512_CORE_FP16", "AVX10_1_512", "AVX10_2_512")
+#: Caps below AVX2, under which oneDNN's int8 kernels are SSE4.1's.
+_BELOW_AVX2 = ("SSE41", "AVX")
+#: Caps at or above AVX2 that leave out every VNNI instruction.
+_NO_VNNI_CAPS = ("AVX2", "AVX512_CORE")
+#: ``parameters { key: "inference_precision" value { string_value: "..." } }`` in a pbtxt.
+_PRECISION_PARAM = re.compile(r'key\s*:\s*"inference_precision"\s*value\s*:?\s*\{\s*string_value\s*:\s*"([^"]*)"')
 _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA, _SYS_ARCH_PRCTL = 0x1023, 18, 158
 
 
@@ -176,7 +193,7 @@ def amx_usable(cpuinfo: str | None = None) -> bool:
 
 def native_bf16(cpuinfo: str | None = None) -> str:
     """How this process runs bf16 natively: ``"amx"`` (:func:`amx_usable`), ``"avx512_bf16"`` (a CPU with AVX512_BF16
-    and without AMX, oneDNN not capped below it), or ``""`` (no native bf16: ``auto`` serves f32). An AMX CPU that
+    and without AMX, oneDNN not capped below it), or ``""`` (no native bf16: ``auto`` looks at int8). An AMX CPU that
     cannot use its tiles gives ``""``: held to AVX512_BF16 there, bf16 measured slower than f32 (above)."""
     cpuinfo = _cpuinfo() if cpuinfo is None else cpuinfo  # read once, for the flags here and amx_usable's
     flags = _cpu_flags(cpuinfo)
@@ -188,12 +205,46 @@ def native_bf16(cpuinfo: str | None = None) -> str:
     return ""
 
 
-def resolve_precision(choice: str, bf16: bool | None = None) -> str:
+def native_int8(cpuinfo: str | None = None) -> str:
+    """The int8 dot products oneDNN runs in this process: ``"vnni"`` (AVX512_VNNI or AVX-VNNI, oneDNN not capped
+    below them), ``"avx2"`` (AVX2's multiply-adds) or ``""`` (no AVX2, or capped below it: ``auto`` serves f32)."""
+    flags, cap = _cpu_flags(cpuinfo), _cap()
+    if "avx2" not in flags or cap in _BELOW_AVX2:
+        return ""
+    if cap in _NO_VNNI_CAPS:
+        return "avx2"
+    avx512_vnni = "avx512_vnni" in flags and not cap.startswith("AVX2_")  # AVX2_VNNI caps: only VEX-coded VNNI
+    return "vnni" if avx512_vnni or "avx_vnni" in flags else "avx2"
+
+
+def native(cpuinfo: str | None = None) -> dict[str, str]:
+    """:func:`native_bf16` and :func:`native_int8`, from one read of /proc/cpuinfo."""
+    cpuinfo = _cpuinfo() if cpuinfo is None else cpuinfo
+    return {"bf16": native_bf16(cpuinfo), "int8": native_int8(cpuinfo)}
+
+
+def configured_precision(config_text: str) -> str:
+    """The ``inference_precision`` a model config (pbtxt text) asks for, lower-case; "" where it asks for none.
+    Read without protobuf, so the publisher (which must know whether a model may serve its int8 files) and the
+    benchmarks read it the same way; the backend gets the same value from Triton's parsed config."""
+    found = _PRECISION_PARAM.search(re.sub(r"#[^\n]*", "", config_text))
+    return found.group(1).strip().lower() if found else ""
+
+
+def may_serve_int8(choice: str) -> bool:
+    """Whether a config's ``inference_precision`` can serve the version's ``model.int8/`` on some CPU."""
+    return (choice or "").strip().lower() in ("int8", "auto")
+
+
+def resolve_precision(choice: str, bf16: bool | None = None, int8: bool | None = None) -> str:
     """The ``INFERENCE_PRECISION_HINT`` for a config's ``inference_precision`` (empty: f32, the exported model's
-    own arithmetic). ``bf16``: whether this process runs bf16 natively (default: :func:`native_bf16`)."""
+    own arithmetic). ``bf16`` / ``int8``: whether this process runs them natively (default: :func:`native_bf16`,
+    :func:`native_int8`), which is all ``auto`` goes by (see :data:`PRECISIONS`)."""
     choice = (choice or "f32").strip().lower()
     if choice not in PRECISIONS:
         raise ValueError(f"inference_precision {choice!r}: expected one of {', '.join(PRECISIONS)}")
     if choice != "auto":
         return choice
-    return "bf16" if (bool(native_bf16()) if bf16 is None else bf16) else "f32"
+    if bool(native_bf16()) if bf16 is None else bf16:
+        return "bf16"
+    return "int8" if (bool(native_int8()) if int8 is None else int8) else "f32"
