@@ -57,6 +57,8 @@ def test_config_has_the_limits_and_room_for_the_target_concurrency():
     # c=64 from one address passes the defaults; 1,100 hostile connections fit in the table beside everyone else.
     assert door.ClientLimits().connections >= 64 + 32
     assert door.WORKER_CONNECTIONS >= 2 * (slow.CONNECTIONS + 2 * door.ClientLimits().connections)
+    # A connection is closed after this many requests (per-connection memory); the native benchmark knows it.
+    assert f"keepalive_requests {door.KEEPALIVE_REQUESTS};" in conf
     # The internal key only where given (the compose config is committed without one).
     assert "internal-key" not in conf and "#omit#" not in conf
     keyed = door.nginx_config(**where, internal_key="k")

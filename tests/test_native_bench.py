@@ -212,6 +212,25 @@ def test_h2load_parsed():
         loadgen.check_grpc_answers(refused, 286)
 
 
+def test_h2load_run_cut_short_by_the_door_counts_its_open_span():
+    """nginx closes a connection after keepalive_requests and h2load does not reconnect: a c=1 run that did its
+    requests in part of the window is rated over the span its requests took, not the window."""
+    text = (
+        H2LOAD_OK.replace("finished in 2.00s, 68.00 req/s", "finished in 10.00s, 0.50 req/s")
+        .replace("136 total, 138 started, 136 done, 136 succeeded", "5 total, 5 started, 5 done, 5 succeeded")
+        .replace("136 2xx", "5 2xx")
+    )
+    run = loadgen.parse_h2load(text, H2LOAD_LOG, concurrency=1)
+    span = (1796180777193460 + 31675 - 1796180777106509) / 1e6  # the last answer's end - the first request's start
+    assert run.open_s == pytest.approx(span) and run.req_per_s == pytest.approx(5 / span)
+    assert run.duration_s == 10.0 and run.requests == 5
+    # Requests over (nearly) the whole window: h2load's own rate stands.
+    whole = loadgen.parse_h2load(text.replace("finished in 10.00s", "finished in 0.12s"), H2LOAD_LOG, concurrency=1)
+    assert whole.open_s is None and whole.req_per_s == 0.5
+    # A partial log (the five first rows of 136) says nothing about the span.
+    assert loadgen.parse_h2load(H2LOAD_OK, H2LOAD_LOG, concurrency=2).open_s is None
+
+
 @pytest.mark.parametrize(
     ("text", "says"), [(H2LOAD_4XX, "3 failed, 0 errored, 0 timed out, 3 non-2xx"), (H2LOAD_REFUSED, "3 errored")]
 )
@@ -351,6 +370,22 @@ def test_the_reference_is_bracketed_and_its_drift_flagged(tmp_path):
     flags = "processor : 0\nflags : fpu sse2 avx avx2 fma\n"
     assert native.vector_isa(flags) == "AVX2" and native.vector_isa(flags.replace("avx2", "avx512f avx2")) == "AVX-512"
     assert native.vector_isa("") == "no AVX2"
+    # A c=1 run the door cut short (keepalive_requests): its rate and cores over the span, said under the table.
+    cut = native.Scenario(
+        "grpc",
+        "crop",
+        contract.CROP_ENSEMBLE,
+        "crop",
+        1,
+        run={"req_per_s": 125.0, "mean_ms": 7.9, "p50_ms": 7.8, "p99_ms": 9.0, "requests": 1000, "open_s": 8.0},
+        cpu_s={"triton": 8.0, "door": 0.5, "gate": 1.5},
+        wall_s=10.0,
+    )
+    native.write_markdown(tmp_path / "native.md", meta, reference, [cut], native.targets([cut], reference))
+    text = (tmp_path / "native.md").read_text()
+    (row,) = [line for line in text.splitlines() if line.startswith("| gRPC (h2load) | crop")]
+    assert "| 125.0* |" in row and "| 1.25 |" in row  # 10 CPU-s over the 8 s the connection was open
+    assert "after 1,000 requests each" in text and "8.0 s the connections were open" in text
     # Without a second run (--no-reference-after) the reference is the first, and no drift is claimed.
     alone = native.bracket(before, None)
     assert (alone["b64_img_s"], alone["drift"], alone["drifted"]) == (200.0, None, None)

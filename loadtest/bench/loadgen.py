@@ -28,6 +28,11 @@ MAKE_TARGET = "make bench-native"
 WRK_TIMEOUT = "60s"
 
 
+#: A run whose requests spanned less than this share of its window stopped early (:attr:`Run.open_s`); at the end of
+#: a full window the last requests in flight are cut, so a full run spans nearly all of it.
+OPEN_FRACTION = 0.9
+
+
 class LoadError(RuntimeError):
     """The load generator saw failed requests, or no successful one."""
 
@@ -46,6 +51,11 @@ class Run:
     p99_ms: float
     #: Bytes of DATA received (h2load): a served gRPC answer carries its message there, a refusal none.
     data_bytes: int = 0
+    #: Seconds the connections were open, where the door closed them well before the window ended (h2load): nginx
+    #: closes a connection after its ``keepalive_requests`` (serving/runtime/door.py KEEPALIVE_REQUESTS) and h2load
+    #: does not reconnect, so at c=1 a path faster than 1,000 requests per window stopped early and h2load's req/s,
+    #: over the whole window, read low (exactly 100.0 over 10 s). ``req_per_s`` is then over this span.
+    open_s: float | None = None
 
 
 def missing() -> list[str]:
@@ -108,16 +118,22 @@ def parse_h2load(text: str, log: str = "", concurrency: int = 0) -> Run:
     data = int(_field(r"^traffic: .*\((\d+)\) data$", text, "h2load")[1])
     rows = [line.split("\t") for line in log.splitlines() if line.strip()]
     latencies = np.array([int(r[2]) / 1000.0 for r in rows if r[1].startswith("2")])
+    duration_s, req_per_s, open_s = _ms(finished[1]) / 1000.0, float(finished[2]), None
+    if rows and len(rows) == done:  # the whole log: when the last answer came, and the first request left
+        span = (max(int(r[0]) + int(r[2]) for r in rows) - min(int(r[0]) for r in rows)) / 1e6
+        if 0 < span < OPEN_FRACTION * duration_s:
+            req_per_s, open_s = succeeded / span, span
     return Run(
         tool="h2load",
         concurrency=concurrency,
-        duration_s=_ms(finished[1]) / 1000.0,
+        duration_s=duration_s,
         requests=succeeded,
-        req_per_s=float(finished[2]),
+        req_per_s=req_per_s,
         mean_ms=_ms(mean),
         p50_ms=float(np.percentile(latencies, 50)) if latencies.size else float("nan"),
         p99_ms=float(np.percentile(latencies, 99)) if latencies.size else float("nan"),
         data_bytes=data,
+        open_s=open_s,
     )
 
 

@@ -53,6 +53,7 @@ import numpy as np
 from common import contract
 from loadtest import procs
 from loadtest.bench import corpus, loadgen, memory, wire
+from serving.runtime.door import KEEPALIVE_REQUESTS
 from serving.runtime.launch import TritonServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -495,15 +496,25 @@ def write_markdown(path: Path, meta: dict, ref: dict | None, scenarios: list[Sce
             continue
         r, cpu = s.run or {}, s.cpu_s
         server = cpu.get("triton", 0) + cpu.get("door", 0) + cpu.get("gate", 0) if cpu else None
+        busy_s = r.get("open_s") or s.wall_s  # the server idled once the door had closed every connection
         lines.append(
             f"| {tool} | {s.path} ({s.model}) | {s.inputs} | {s.concurrency} | "
-            f"{_f(r.get('req_per_s'))} | "
+            f"{_f(r.get('req_per_s'))}{'*' if r.get('open_s') else ''} | "
             f"{_f(r.get('mean_ms'))} | {_f(r.get('p50_ms'))} | {_f(r.get('p99_ms'))} | {r.get('requests', '-')} | "
             f"{s.triton_served if s.triton_served is not None else '-'} | {_f(cpu.get('triton'))} | "
             f"{_f(cpu['door'] + cpu['gate'] if cpu else None)} | "
-            f"{_f(server / s.wall_s if cpu and s.wall_s else None, 2)} | "
+            f"{_f(server / busy_s if cpu and busy_s else None, 2)} | "
             f"{_f(cpu.get('load generator'), 2)} |"
         )
+    cut = [s for s in scenarios if (s.run or {}).get("open_s")]
+    if cut:
+        lines += [
+            "",
+            f"\\* The door closed h2load's connections after {KEEPALIVE_REQUESTS:,} requests each (nginx's "
+            "`keepalive_requests`; gRPC clients reconnect, h2load does not): req/s and cores over the "
+            + ", ".join(f"{s.run['open_s']:.1f} s" for s in cut)
+            + " the connections were open, not the whole window.",
+        ]
     lines += steps_table(scenarios)
     heading = "## Targets (issue 15, this run" + (
         "; the reference drifted, see above)" if ref and ref.get("drifted") else ")"

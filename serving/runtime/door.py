@@ -92,6 +92,11 @@ BODY_READ_TIMEOUT_S = 10
 #: with room to spare; a proxied request takes two entries (client and upstream). nginx on two cores serves
 #: the crop path's few hundred requests/s with one worker, so more workers would only compete with Triton.
 WORKER_CONNECTIONS = 8192
+#: Requests on one client connection before nginx closes it (a GOAWAY on HTTP/2; gRPC clients reconnect): nginx
+#: frees some per-connection memory only when a connection closes, so a connection that lived forever would keep
+#: growing. nginx's own default. h2load does not reconnect, so the native benchmark accounts for it
+#: (loadtest/bench/loadgen.py, ``Run.open_s``).
+KEEPALIVE_REQUESTS = 1000
 #: Open files nginx asks for (a connection is one file); capped to the hard limit when not root (no privilege to
 #: raise it).
 WORKER_NOFILE = 2 * WORKER_CONNECTIONS + 64
@@ -360,7 +365,7 @@ def nginx_config(
             limit_req_log_level info;
             send_timeout 30s;
             keepalive_timeout 30s;
-            keepalive_requests 1000;
+            keepalive_requests {KEEPALIVE_REQUESTS};
             large_client_header_buffers 4 16k;
             http2_max_concurrent_streams 128;
             # Any compressed body is refused: its inflated size is unbounded inside Triton.
