@@ -269,7 +269,8 @@ def publish(
         build_ir(repository, all_versions=all_versions, dry_run=dry_run, out=out)
     for version, why in missing_int8(repository):
         print(
-            f"note: {version} has no int8 model ({why}): CPUs its config serves int8 on get f32 (make quantize)",
+            f"note: {version} has no int8 model ({why}); where its config serves int8 (auto on a CPU without "
+            "native bf16) it serves f32 until `make quantize` makes one",
             file=out,
         )
 
