@@ -85,6 +85,8 @@ def test_publish_as_triton_reads_it_and_never_overwrites(aws_env, tmp_path):
     published = {"/".join(k.split("/")[:2]) for k in keys if k.split("/")[1].isdigit()}
     assert {"age/1", "gender/1"}.isdisjoint(published) and {f"age/{age_v}", f"gender/{gender_v}"} <= published
     assert f"age/{age_v}/model.openvino/key.json" in keys and f"gender/{gender_v}/model.openvino/model.bin" in keys
+    # The CPU configs say auto, which serves int8 on CPUs without native bf16: the int8 models go up too.
+    assert f"age/{age_v}/model.int8/model.bin" in keys and "has no int8 model" not in out.getvalue()
     assert "skip     age/1/ (not served by its configs" in out.getvalue()
     assert {"age/1", "gender/1"} <= set(plan(repo, {}, all_versions=True).new_versions)
     # Same versions again: refused before anything is written.
@@ -288,7 +290,7 @@ def test_publish_ir_only_makes_the_missing_ir(tiny_repo, tmp_path):
     assert wrong.returncode == 2 and "--ir-only without one" in wrong.stderr
 
 
-def test_int8_models_are_published_only_where_a_config_may_serve_them(tmp_path):
+def test_int8_models_are_published_only_where_a_config_may_serve_them(aws_env, tmp_path):
     """A version's model.int8/ (training.quantize) is one more download per scale from zero: published where a
     config asks for int8 or for auto (int8 on CPUs without native bf16), left out where every config says f32 or
     bf16."""
@@ -301,6 +303,9 @@ def test_int8_models_are_published_only_where_a_config_may_serve_them(tmp_path):
     assert {f"{t}/{v}/model.int8/key.json" for t, v in versions.items()} <= set(keys)  # the committed "auto"
     # These int8 folders hold no model: the publisher says those versions serve f32 where int8 was to be served.
     assert [v for v, _ in missing_int8(repo)] == [f"{t}/{versions[t]}" for t in ("age", "gender")]
+    out = io.StringIO()
+    publish(repo, aws_env.uri("int8-note"), dry_run=True, out=out)
+    assert f"note: age/{versions['age']} has no int8 model (savedmodel_sha256 differs" in out.getvalue()
     for precision, published in (("f32", False), ("bf16", False), ("int8", True)):
         config = repo / "age" / "configs" / "cpu.pbtxt"
         config.write_text(
