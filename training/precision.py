@@ -134,6 +134,7 @@ def evaluate(
             pred[precision].update(run(compiled, faces[task]))
             one = compile_version(models[task], precision, threads=1)
             speed[task][precision] = cpu_ms_per_image(one, faces[task], speed_s)
+    native = ov_runtime.native()
     return {
         "data": str(data_path),
         "split": split,
@@ -142,11 +143,11 @@ def evaluate(
         "models": {task: str(v) for task, v in models.items()},
         "machine": {
             "cpu": _cpu_name(),
-            "native_bf16": ov_runtime.native_bf16() or "none",
-            "native_int8": ov_runtime.native_int8() or "none",
+            "native_bf16": native["bf16"] or "none",
+            "native_int8": native["int8"] or "none",
             # A cap (how the benchmarks stand in for another CPU) changes the kernels, so the answers and the speed.
             "isa_cap": os.environ.get(ov_runtime.ISA_CAP, ""),
-            "auto_resolves_to": ov_runtime.resolve_precision("auto"),
+            "auto_resolves_to": ov_runtime.resolve_precision("auto", bool(native["bf16"]), bool(native["int8"])),
             "openvino": ov_runtime.import_openvino().get_version(),
             "python": platform.python_version(),
         },

@@ -32,11 +32,17 @@ from training.timing import rate
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def served_precision(repository: Path, task: str) -> str:
+def asked_precision(repository: Path, task: str) -> str:
     """What ``task``'s CPU config asks for (``inference_precision``), resolved for this machine as the backend
-    resolves it: int8 where the served version has no valid ``model.int8`` is f32, as the backend serves it."""
+    resolves it, before the version's files are looked at."""
     choice = ov_runtime.configured_precision((repository / task / "configs" / "cpu.pbtxt").read_text())
-    precision = ov_runtime.resolve_precision(choice)
+    return ov_runtime.resolve_precision(choice)
+
+
+def served_precision(repository: Path, task: str) -> str:
+    """:func:`asked_precision` as the backend serves it: int8 where the served version has no valid
+    ``model.int8`` is f32 (``ir.load_served``)."""
+    precision = asked_precision(repository, task)
     if precision == "int8" and not ir.int8_valid(savedmodel_paths(repository)[task].parent)[0]:
         return "f32"
     return precision
@@ -46,7 +52,8 @@ def measure(repository: Path, threads: int, duration: float) -> dict:
     ov = ov_runtime.import_openvino()
     core, fns, precisions = ov.Core(), {}, {}
     for task, savedmodel in savedmodel_paths(repository).items():
-        model, _, precisions[task] = ir.load_served(savedmodel.parent, core, served_precision(repository, task))
+        # load_served falls back from int8 to f32 itself, and says which it served.
+        model, _, precisions[task] = ir.load_served(savedmodel.parent, core, asked_precision(repository, task))
         compiled = ov_runtime.compile_model(core, model, ov_runtime.settings(threads, precisions[task]))
         fns[task] = compiled.create_infer_request().infer
     rng = np.random.default_rng(0)

@@ -90,23 +90,23 @@ def _policy_versions(config: str, available: list[int]) -> set[int]:
     return set(available[-count:]) if count else set()
 
 
+def _configs(model: Path) -> list[Path]:
+    """The config files of the model folder ``model``: ``config.pbtxt`` and ``configs/*.pbtxt``, those that exist."""
+    return [c for c in (model / "config.pbtxt", *sorted((model / "configs").glob("*.pbtxt"))) if c.is_file()]
+
+
 def serves_int8(model: Path) -> bool:
     """Whether any config of the model folder ``model`` may serve its versions' ``model.int8/`` (training.quantize).
     Where none may, that folder is not published: every object is paid for at each scale from zero."""
-    configs = [model / "config.pbtxt", *sorted((model / "configs").glob("*.pbtxt"))]
-    return any(
-        c.is_file() and ov_runtime.may_serve_int8(ov_runtime.configured_precision(c.read_text())) for c in configs
-    )
+    return any(ov_runtime.may_serve_int8(ov_runtime.configured_precision(c.read_text())) for c in _configs(model))
 
 
 def served_versions(model: Path) -> list[int]:
     """Versions of the model folder ``model`` that any of its configs serves, ascending."""
     available = sorted(int(p.name) for p in model.iterdir() if p.is_dir() and p.name.isdigit())
-    configs = [model / "config.pbtxt", *sorted((model / "configs").glob("*.pbtxt"))]
     served = set()
-    for config in configs:
-        if config.is_file():
-            served |= _policy_versions(config.read_text(), available)
+    for config in _configs(model):
+        served |= _policy_versions(config.read_text(), available)
     return sorted(served)
 
 

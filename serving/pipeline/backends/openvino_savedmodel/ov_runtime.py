@@ -245,6 +245,8 @@ def resolve_precision(choice: str, bf16: bool | None = None, int8: bool | None =
         raise ValueError(f"inference_precision {choice!r}: expected one of {', '.join(PRECISIONS)}")
     if choice != "auto":
         return choice
-    if bool(native_bf16()) if bf16 is None else bf16:
-        return "bf16"
-    return "int8" if (bool(native_int8()) if int8 is None else int8) else "f32"
+    if bf16 is None or int8 is None:
+        found = native()  # one read of the CPU's flags for both
+        bf16 = bool(found["bf16"]) if bf16 is None else bf16
+        int8 = bool(found["int8"]) if int8 is None else int8
+    return "bf16" if bf16 else "int8" if int8 else "f32"
