@@ -40,12 +40,9 @@ def asked_precision(repository: Path, task: str) -> str:
 
 
 def served_precision(repository: Path, task: str) -> str:
-    """:func:`asked_precision` as the backend serves it: int8 where the served version has no valid
-    ``model.int8`` is f32 (``ir.load_served``)."""
-    precision = asked_precision(repository, task)
-    if precision == "int8" and not ir.int8_valid(savedmodel_paths(repository)[task].parent)[0]:
-        return "f32"
-    return precision
+    """:func:`asked_precision` as the backend serves it (``ir.served_precision``: int8 where the served version
+    has no valid ``model.int8`` is f32)."""
+    return ir.served_precision(savedmodel_paths(repository)[task].parent, asked_precision(repository, task))[0]
 
 
 def measure(repository: Path, threads: int, duration: float) -> dict:

@@ -13,7 +13,7 @@ copy from object storage). Hashing the ~3 MB SavedModel costs a few milliseconds
     <version>/model.int8/         the same model quantized to int8 by ``training.quantize`` (optional)
 
 The int8 model is not a cache: quantizing needs the training faces, so only ``training.quantize`` makes it, from the
-SavedModel beside it, and its key records that SavedModel's digest the same way. :func:`load_int8` uses it only while
+SavedModel beside it, and its key records that SavedModel's digest the same way. :func:`load_served` uses it only while
 that digest and its own files' digests match, else says why (the backend then serves f32). An IR that one OpenVINO
 wrote reads in a later one, so for it the OpenVINO version is recorded, not required.
 
@@ -143,23 +143,21 @@ def load(version_dir: Path, core) -> tuple[object, str]:
     return convert(version_dir), f"converted: {why}"
 
 
-def load_int8(version_dir: Path, core) -> tuple[object | None, str]:
-    """The int8 model of ``version_dir`` when it is valid (``"int8"``), else None and why not."""
+def served_precision(version_dir: Path, precision: str) -> tuple[str, str]:
+    """The precision ``version_dir`` serves for ``precision`` (f32, bf16 or int8), and why where it differs: int8
+    without a valid ``model.int8`` serves f32, the SavedModel's own arithmetic."""
+    if precision != "int8":
+        return precision, ""
     ok, why = int8_valid(version_dir)
-    if not ok:
-        return None, why
-    folder = Path(version_dir) / INT8_DIR
-    return core.read_model(str(folder / XML), str(folder / BIN)), "int8"
+    return ("int8", "") if ok else ("f32", why)
 
 
 def load_served(version_dir: Path, core, precision: str) -> tuple[object, str, str]:
-    """The model to compile for ``precision`` (f32, bf16 or int8), where it came from, and the precision it serves:
-    int8 without a valid ``model.int8`` serves f32, the SavedModel's own arithmetic, and says why in the source."""
-    if precision == "int8":
-        model, why = load_int8(version_dir, core)
-        if model is not None:
-            return model, why, "int8"
-        model, source = load(version_dir, core)
-        return model, f"{source}; int8 chosen, serving f32: {why}", "f32"
+    """The model to compile for ``precision``, where it came from, and the precision it serves
+    (:func:`served_precision`); where that is not the one asked for, the source says why."""
+    served, why = served_precision(version_dir, precision)
+    if served == "int8":
+        folder = Path(version_dir) / INT8_DIR
+        return core.read_model(str(folder / XML), str(folder / BIN)), "int8", "int8"
     model, source = load(version_dir, core)
-    return model, source, precision
+    return model, (f"{source}; int8 chosen, serving f32: {why}" if served != precision else source), served
