@@ -89,3 +89,28 @@ def test_the_ratio_is_of_the_medians():
         "rounds": {"baseline": [40.0, 50.0, 44.0], "current": [60.0, 90.0, 70.0]},
     }
     assert result["scenarios"]["crop"]["ratio"] == 0.5
+
+
+@pytest.mark.parametrize("cap", ["", "AVX2"])
+def test_the_report_says_when_the_cnn_kernels_were_held(tmp_path, cap):
+    """A run under ONEDNN_MAX_CPU_ISA stands in for another CPU (int8 where bf16 is not native): its report must not
+    read as the bare machine's, as loadtest.bench.native's does not."""
+    meta = {
+        "date": "2026-12-07 00:00 UTC",
+        "cpus": 2,
+        "cpu_model": "AMD EPYC",
+        "vector_isa": "AVX-512",
+        "isa_cap": cap,
+        "kernel": "6.18",
+        "commit": "abc",
+        "uncommitted_changes": False,
+    }
+    starts = [baseline.Start(tree, 1, 1.0, 1.1, 600.0) for tree in ("baseline", "current")]
+    readings = [
+        baseline.Reading(tree, 1, s[0], 50.0, 10.0, 5.0) for tree in ("baseline", "current") for s in baseline.SCENARIOS
+    ]
+    args = baseline.parse_args(["--rounds", "1"])
+    baseline.write(tmp_path, meta, starts, readings, baseline.summary(starts, readings, "abc"), args)
+    header = (tmp_path / "baseline.md").read_text().splitlines()[2]
+    assert "2 CPUs (AMD EPYC, AVX-512" in header and "Linux 6.18)" in header, header
+    assert ("the CNN kernels held to AVX2 by ONEDNN_MAX_CPU_ISA" in header) == bool(cap), header

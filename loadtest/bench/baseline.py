@@ -234,8 +234,7 @@ def write(
     lines = [
         f"# The served path beside {result['commit']} (`python -m loadtest.bench.baseline`)",
         "",
-        f"Run {meta['date']} on {meta['cpus']} CPUs ({meta['cpu_model']}, {meta['vector_isa']}; "
-        f"Linux {meta['kernel']}), "
+        f"Run {meta['date']} on {meta['cpus']} CPUs ({meta['cpu_model']}{native.machine_note(meta)}), "
         f"this checkout at {meta['commit']}{' with uncommitted changes' if meta['uncommitted_changes'] else ''}; "
         f"{args.rounds} alternating rounds, {args.duration} s of h2load each after {args.warmup} s unmeasured, gRPC "
         "through the public port; this checkout's Python environment for both trees.",

@@ -430,7 +430,10 @@ def steps_table(scenarios: list[Scenario]) -> list[str]:
     return lines
 
 
-def _machine_note(meta: dict) -> str:
+def machine_note(meta: dict) -> str:
+    """What a report says of the CPU after its model name, e.g. ``, AVX-512; the CNN kernels held to AVX2 by
+    ONEDNN_MAX_CPU_ISA; Linux 6.18``: this one's and loadtest.bench.baseline's, so that a run under a cap never reads
+    as the bare machine's."""
     isa = f", {meta['vector_isa']}" if meta.get("vector_isa") else ""
     cap = meta.get("isa_cap")
     isa = f"{isa}; the CNN kernels held to {cap} by {ISA_CAP_ENV}" if cap else isa
@@ -441,7 +444,7 @@ def write_markdown(path: Path, meta: dict, ref: dict | None, scenarios: list[Sce
     lines = [
         "# Native load generators (`python -m loadtest.bench.native`)",
         "",
-        f"Run {meta['date']} on {meta['host']}: {meta['cpus']} CPUs ({meta['cpu_model']}{_machine_note(meta)}), "
+        f"Run {meta['date']} on {meta['host']}: {meta['cpus']} CPUs ({meta['cpu_model']}{machine_note(meta)}), "
         "load average "
         f"{', '.join(map(str, meta['load_average_at_start']))} at start; commit {meta['commit']}"
         f"{' with uncommitted changes' if meta['uncommitted_changes'] else ''}; "
