@@ -90,6 +90,14 @@ def _policy_versions(config: str, available: list[int]) -> set[int]:
     return set(available[-count:]) if count else set()
 
 
+def _models(repository: Path) -> list[Path]:
+    """The model folders of ``repository`` that are published: those with a ``config.pbtxt``, caches and hidden
+    folders left out, in name order. What publish uploads is also what it builds IR for and checks for int8."""
+    return sorted(
+        p for p in Path(repository).iterdir() if p.is_dir() and not _skipped(p.name) and (p / "config.pbtxt").is_file()
+    )
+
+
 def _configs(model: Path) -> list[Path]:
     """The config files of the model folder ``model``: ``config.pbtxt`` and ``configs/*.pbtxt``, those that exist."""
     return [c for c in (model / "config.pbtxt", *sorted((model / "configs").glob("*.pbtxt"))) if c.is_file()]
@@ -117,7 +125,7 @@ def build_ir(repository: Path, *, all_versions: bool = False, dry_run: bool = Fa
         return []
 
     built = []
-    for model in sorted(p for p in Path(repository).iterdir() if (p / "config.pbtxt").is_file()):
+    for model in _models(repository):
         for version in (
             served_versions(model)
             if not all_versions
@@ -141,7 +149,7 @@ def missing_int8(repository: Path) -> list[tuple[str, str]]:
     that have no valid ``model.int8/``, with why: those serve f32 there. Not an error (f32 answers are the exported
     model's own), but the capacity ``auto`` was chosen for is not there until ``make quantize`` runs."""
     missing = []
-    for model in sorted(p for p in Path(repository).iterdir() if (p / "config.pbtxt").is_file()):
+    for model in _models(repository):
         if not serves_int8(model):
             continue
         for version in served_versions(model):
@@ -195,9 +203,7 @@ def plan(
     repository = Path(repository)
     remote_versions = {"/".join(k.split("/")[:2]) for k in remote if k.count("/") >= 2}
     result = Plan()
-    for model in sorted(p for p in repository.iterdir() if p.is_dir() and not _skipped(p.name)):
-        if not (model / "config.pbtxt").is_file():
-            continue  # not a model folder
+    for model in _models(repository):
         served = served_versions(model)
         int8 = serves_int8(model)
         for folder in sorted(
