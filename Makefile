@@ -32,6 +32,8 @@ $(STAMP): pyproject.toml
 	# benchmarks and tests convert models); the serving processes block it themselves (ov_runtime.import_openvino).
 	$(BIN)/opt_in_out --opt_out </dev/null >/dev/null
 	command -v nginx >/dev/null || test -x /usr/sbin/nginx || (apt-get update && apt-get install -y nginx-light)
+	# h2load (Debian nghttp2-client): the benchmarks' gRPC load, and tests/test_soak.py's.
+	$(INSTALL_H2LOAD)
 	# Debian's browser for tests/test_gradio_browser.py (Playwright drives it; its own download needs the internet).
 	# Optional: without it (no root, no apt) that test is skipped with the reason, everything else runs.
 	command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
@@ -117,7 +119,7 @@ RUN_TIME ?= 20s
 LOCUST_ARGS ?= --path crop --max-fail-ratio 0.01
 LOADTEST_OUT ?= loadtest/results
 
-.PHONY: loadtest benchmark-serving bench-native bench-baseline
+.PHONY: loadtest benchmark-serving bench-native bench-baseline bench-soak
 
 loadtest: setup
 	mkdir -p $(LOADTEST_OUT)
@@ -144,3 +146,10 @@ BENCH_BASELINE_ARGS ?= --rounds 3
 bench-baseline: setup
 	$(INSTALL_H2LOAD)
 	PYTHONPATH=. $(BIN)/python -m loadtest.bench.baseline --out $(LOADTEST_OUT) $(BENCH_BASELINE_ARGS)
+
+# Memory over a long mixed load (crop, detection and faces through the door, h2load): RSS per process after every
+# round; writes loadtest/results/soak.{md,json}, exits 1 on a failed request or on growth. BENCH_SOAK_ARGS='--minutes 60'.
+BENCH_SOAK_ARGS ?= --minutes 20
+bench-soak: setup
+	$(INSTALL_H2LOAD)
+	PYTHONPATH=. $(BIN)/python -m loadtest.bench.soak --out $(LOADTEST_OUT) $(BENCH_SOAK_ARGS)

@@ -8,6 +8,7 @@ and one that closes each connection.
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -465,3 +466,10 @@ def test_the_reference_runs_the_cnns_at_the_precision_their_configs_serve(tiny_r
     config.write_text(config.read_text().replace('string_value: "auto"', 'string_value: "f32"'))
     got = openvino_reference.measure(repo, 1, 0.2)
     assert got["precision"][contract.AGE_MODEL] == "f32" and got["precision"][contract.GENDER_MODEL] == auto
+
+
+def test_a_load_generator_that_is_not_installed_is_named_so_in_the_report():
+    # The soak benchmark needs h2load alone, and reads the machine as the native benchmark does: a missing wrk is a
+    # line in its report, not a crash.
+    assert native.tool_version(["no-such-load-generator-here"]) == "not installed"
+    assert native.tool_version([sys.executable, "--version"]).startswith("Python 3.")

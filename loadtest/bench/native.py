@@ -328,7 +328,10 @@ def measure(scenario: Scenario, triton: TritonServer, load, duration: int, warmu
 
 def tool_version(cmd: list[str]) -> str:
     """The first line of ``cmd``'s output, without wrk's copyright notice."""
-    text = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        text = subprocess.run(cmd, capture_output=True, text=True)
+    except FileNotFoundError:
+        return "not installed"
     first = (text.stdout + text.stderr).strip().splitlines()
     return first[0].split(" Copyright")[0] if first else "?"
 
