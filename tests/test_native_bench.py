@@ -177,6 +177,14 @@ def test_grpc_frame_round_trips():
         wire.parse_grpc_frame(frame[:-1])  # the length prefix no longer matches
 
 
+def test_faces_is_sent_as_one_image_without_a_batch_dimension():
+    request = wire.parse_grpc_frame(wire.faces_grpc_frame(b"\xff\xd8 not really a jpeg"))
+    assert request.model_name == contract.FACES_MODEL
+    (tensor,) = request.inputs
+    assert (tensor.name, tensor.datatype, list(tensor.shape)) == (contract.IMAGE_INPUT, "BYTES", [1])
+    assert not request.outputs  # every output of faces
+
+
 def test_http_body_splits_where_the_header_says():
     image = native.portrait_png()
     body, header_length = wire.http_body(image)

@@ -58,16 +58,6 @@ def test_the_report_has_every_process_and_the_verdict(tmp_path):
     assert "**FAILED**" in text and "grew by 33.0 MB" in text
 
 
-def test_faces_is_sent_as_one_image_without_a_batch_dimension():
-    from loadtest.bench import wire
-
-    request = wire.parse_grpc_frame(soak.faces_frame(b"\xff\xd8 not really a jpeg"))
-    assert request.model_name == contract.FACES_MODEL
-    (tensor,) = request.inputs
-    assert (tensor.name, tensor.datatype, list(tensor.shape)) == (contract.IMAGE_INPUT, "BYTES", [1])
-    assert not request.outputs  # every output of faces
-
-
 @pytest.mark.integration
 def test_a_short_soak_reads_every_process_and_counts_every_answer(triton_tiny):
     samples, failures = soak.soak(triton_tiny, minutes=0, round_s=3, log=lambda _: None)

@@ -29,7 +29,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tritonclient.grpc import service_pb2
 
 from common import contract
 from loadtest.bench import loadgen, memory, native, wire
@@ -52,17 +51,9 @@ LOADS = (
 )
 
 
-def faces_frame(image: bytes) -> bytes:
-    """A ``faces`` call as h2load sends it: no batch dimension (one image, any number of faces), every output."""
-    request = service_pb2.ModelInferRequest(model_name=contract.FACES_MODEL)
-    request.inputs.add(name=contract.IMAGE_INPUT, datatype="BYTES", shape=[1])
-    request.raw_input_contents.append(wire.serialize_bytes([image]))
-    return wire.frame(request)
-
-
 def frame(load: Load) -> bytes:
     image = native.crop_jpeg() if load.model == contract.CROP_ENSEMBLE else native.portrait_png()
-    return faces_frame(image) if load.model == contract.FACES_MODEL else wire.grpc_frame(load.model, image)
+    return wire.faces_grpc_frame(image) if load.model == contract.FACES_MODEL else wire.grpc_frame(load.model, image)
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Request bodies as they travel, for load generators that send fixed bytes (h2load, wrk): no Python client runs.
 
 * :func:`grpc_frame`: one gRPC message, a ``ModelInfer`` call with one encoded image (what tritonclient.grpc sends);
+  :func:`faces_grpc_frame` the same for ``faces``, which has no batch dimension;
 * :func:`http_body`: the KServe v2 HTTP request with the image in the binary-data extension (what tritonclient.http
   sends), and the header that says where its JSON part ends.
 
@@ -55,6 +56,14 @@ def frame(request: service_pb2.ModelInferRequest) -> bytes:
 def grpc_frame(model: str, image: bytes) -> bytes:
     """The framed ``ModelInfer`` of :func:`infer_request`: what h2load sends."""
     return frame(infer_request(model, image))
+
+
+def faces_grpc_frame(image: bytes) -> bytes:
+    """A framed ``faces`` call: no batch dimension (one image, any number of faces), every output asked for."""
+    request = service_pb2.ModelInferRequest(model_name=contract.FACES_MODEL)
+    request.inputs.add(name=contract.IMAGE_INPUT, datatype="BYTES", shape=[1])
+    request.raw_input_contents.append(serialize_bytes([image]))
+    return frame(request)
 
 
 def parse_grpc_frame(frame: bytes) -> service_pb2.ModelInferRequest:
