@@ -481,3 +481,15 @@ def test_a_load_generator_that_is_not_installed_is_named_so_in_the_report():
     # line in its report, not a crash.
     assert native.tool_version(["no-such-load-generator-here"]) == "not installed"
     assert native.tool_version([sys.executable, "--version"]).startswith("Python 3.")
+
+
+def test_a_run_counts_only_if_triton_served_every_request_the_tool_counted():
+    run = loadgen.Run(
+        tool="h2load", concurrency=2, duration_s=2.0, requests=136, req_per_s=68.0, mean_ms=29.4,
+        p50_ms=29.0, p99_ms=45.0, data_bytes=38896,
+    )  # fmt: skip
+    native.check_served((1000, 3), (1136, 3), run, "age_gender_crop")  # the failures before the window are not its own
+    with pytest.raises(loadgen.LoadError, match="Triton served 130 and failed 0"):
+        native.check_served((1000, 3), (1130, 3), run, "age_gender_crop")  # six gRPC errors counted as successes
+    with pytest.raises(loadgen.LoadError, match="failed 1 requests of faces"):
+        native.check_served((1000, 3), (1136, 4), run, "faces")

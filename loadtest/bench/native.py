@@ -297,6 +297,17 @@ def loader(scenario: Scenario, triton: TritonServer, file: Path):
     return lambda seconds: loadgen.wrk(triton.http_url, scenario.model, file, scenario.concurrency, seconds)
 
 
+def check_served(before: tuple[int, int], after: tuple[int, int], run: loadgen.Run, model: str) -> None:
+    """Raises unless Triton, between two reads of its counts (:func:`settled_counts`), failed nothing and served at
+    least what the tool counted: a gRPC error is an HTTP 200 to h2load."""
+    served, failed = after[0] - before[0], after[1] - before[1]
+    if failed or served < run.requests:
+        raise loadgen.LoadError(
+            f"{run.tool} counted {run.requests} successes, Triton served {served} and failed {failed} "
+            f"requests of {model}: the server answered with errors"
+        )
+
+
 def measure(scenario: Scenario, triton: TritonServer, load, duration: int, warmup: int) -> None:
     """``load(seconds) -> loadgen.Run``; fills in ``scenario`` (its error too, instead of raising)."""
     groups = {"triton": triton._proc.pid, "door": triton._door.proc.pid, "gate": triton._gate.proc.pid}
@@ -315,13 +326,8 @@ def measure(scenario: Scenario, triton: TritonServer, load, duration: int, warmu
         scenario.steps = step_times(stats, model_stats(triton))
         scenario.run = asdict(run)
         scenario.cpu_s = {name: round(v, 3) for name, v in {**cpu, "load generator": tool_cpu}.items()}
-        served, failed = after[0] - before[0], after[1] - before[1]
-        scenario.triton_served = served
-        if failed or served < run.requests:
-            raise loadgen.LoadError(
-                f"{run.tool} counted {run.requests} successes, Triton served {served} and failed {failed} "
-                f"requests of {scenario.model}: the server answered with errors"
-            )
+        scenario.triton_served = after[0] - before[0]
+        check_served(before, after, run, scenario.model)
     except (loadgen.LoadError, OSError, subprocess.TimeoutExpired) as err:
         scenario.error = f"{type(err).__name__}: {err}"[:600]
 

@@ -118,14 +118,11 @@ def run_round(triton: TritonServer, files: dict[str, Path], answers: dict[str, i
         try:
             run = loadgen.h2load(triton.grpc_url, files[load.model], load.concurrency, seconds)
             loadgen.check_grpc_answers(run, answers[load.model])
+            after = native.settled_counts(triton.metrics_url, load.model)
+            requests += after[0] - before[0]
+            native.check_served(before, after, run, load.model)
         except loadgen.LoadError as err:
             failures.append(f"{load.model}: {err}")
-            continue
-        after = native.settled_counts(triton.metrics_url, load.model)
-        served, failed = after[0] - before[0], after[1] - before[1]
-        if failed or served < run.requests:
-            failures.append(f"{load.model}: h2load counted {run.requests}, Triton served {served}, failed {failed}")
-        requests += served
     return requests, failures
 
 
