@@ -189,7 +189,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--round", dest="round_s", type=int, default=60, help="seconds per round (all three loads)")
     p.add_argument("--max-growth-mb", type=float, default=30.0)
     p.add_argument("--repository", type=Path, default=ROOT / "model_repository")
-    p.add_argument("--config-name", default="cpu")
+    p.add_argument("--config-name", choices=("auto", "cpu", "default"), default="auto")
     p.add_argument("--out", type=Path, default=ROOT / "loadtest" / "results")
     return p.parse_args(argv)
 
