@@ -13,8 +13,9 @@ import numpy as np
 from PIL import Image
 
 from client.errors import InvalidImageError
+from common import exif
 from common.ports import default_address
-from common.upload import QUARTER_TURNS, orientation, to_rgb
+from common.upload import QUARTER_TURNS, exif_block, orientation, to_rgb
 
 ProtocolName = Literal["grpc", "http"]
 #: Everything :meth:`client.AgeGenderClient.predict` accepts as an image.
@@ -155,12 +156,9 @@ def orientation_to_send(image: Image.Image) -> int:
     """
     turn = orientation(image)
     if turn in QUARTER_TURNS:
-        try:
-            exif_ifd = image.getexif().get_ifd(0x8769)
-            stored = (int(exif_ifd[0xA002]), int(exif_ifd[0xA003]))
-        except (KeyError, TypeError, ValueError):
-            return turn
-        if stored[0] != stored[1] and image.size == stored[::-1]:
+        block = exif_block(image)  # read without PIL's getexif(), which copies every tag's data (common/exif.py)
+        stored = None if block is None else exif.pixel_size(exif.tiff_of(block))
+        if stored is not None and stored[0] != stored[1] and image.size == stored[::-1]:
             return 1  # already turned a quarter
     return turn
 

@@ -17,7 +17,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
-from common import structure
+from common import exif, structure
 
 #: Formats accepted from clients; anything else PIL could open (PSD, TIFF, ...) is refused on purpose.
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
@@ -48,6 +48,13 @@ class ImageDecodeError(ValueError):
 DECODER_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, TypeError)
 
 
+def too_large(size: int, max_bytes: int = MAX_BYTES) -> str | None:
+    """What the user reads for a file of ``size`` bytes over ``max_bytes``; None when it is within."""
+    if size <= max_bytes:
+        return None
+    return f"The file is {size / 2**20:.1f} MiB; the limit is {max_bytes / 2**20:.0f} MiB. Upload a smaller image."
+
+
 def open_bounded(
     data: bytes,
     *,
@@ -65,11 +72,8 @@ def open_bounded(
     """
     if not data:
         raise ImageDecodeError("The image is empty (0 bytes); upload a JPEG, PNG, WebP, BMP or GIF file.")
-    if len(data) > max_bytes:
-        raise ImageDecodeError(
-            f"The file is {len(data) / 2**20:.1f} MiB; the limit is {max_bytes / 2**20:.0f} MiB. "
-            "Upload a smaller image."
-        )
+    if (why := too_large(len(data), max_bytes)) is not None:
+        raise ImageDecodeError(why)
     if (why := structure.refusal(data)) is not None:  # before PIL, which walks some of it in Python at open
         raise ImageDecodeError(why)
     try:
@@ -209,12 +213,31 @@ QUARTER_TURNS = (5, 6, 7, 8)
 _ORIENTATION_KEYS = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp")
 
 
+def exif_block(img: Image.Image) -> bytes | None:
+    """An opened file's EXIF block, from where PIL's ``getexif()`` takes it (a PNG's ImageMagick text chunk holds it
+    as hex); None when it has none. A PNG's eXIf chunk after its pixels is found only once it is loaded, as by
+    PIL."""
+    if img.format == "PNG" and "exif" not in img.info:
+        img.load()
+    block = img.info.get("exif")
+    if block is None and isinstance(text := img.info.get("Raw profile type exif"), str):
+        try:
+            block = bytes.fromhex("".join(text.split("\n")[3:]))
+        except ValueError:
+            return None
+    return block
+
+
 def orientation(img: Image.Image) -> int:
     """The EXIF (or XMP) orientation of an opened file, 1 to 8; 1 (as stored) when it has none or it is unreadable.
 
     Read tag by tag, never re-serialised: PIL's exif_transpose writes the whole block back and raised TypeError or
     struct.error on a tag of the wrong type (e.g. a Canon's 0x011E stored as text), failing a photo viewers show.
+    A block whose tags share their data is not parsed at all: PIL would copy it once per tag (common/exif.py).
     """
+    block = exif_block(img)
+    if block is not None and exif.costly(block) is not None:
+        return 1
     try:
         value = img.getexif().get(0x0112, 1)
     except Exception:  # noqa: BLE001 - a broken EXIF block: show the pixels as stored, as browsers do
@@ -238,7 +261,8 @@ def upright(img: Image.Image, picture: Image.Image | None = None) -> Image.Image
         out.info.pop(key, None)
     if out is img:
         # PIL's parsed copy too (camera, GPS, an orientation of 1), as a copy of the picture had none. It does not
-        # raise: orientation() parsed it once, and PIL hands back what it got then, even from a broken block.
+        # raise: orientation() parsed it once, and PIL hands back what it got then, even from a broken block; one it
+        # did not parse (its tags share their data) is not parsed now either, its keys being gone.
         img.getexif().clear()
     return out
 

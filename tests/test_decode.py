@@ -530,3 +530,56 @@ def test_the_warm_up_samples_take_the_paths_uploads_take(fast_png_results, monke
     assert [p.size for p in pictures] == [(64, 64)] * 2 and {p.mode for p in pictures} == {"RGB"}
     assert fast_png_results[0] is not None  # the PNG: libspng
     assert jpeg_calls == [1]  # the JPEG: libjpeg-turbo through simplejpeg
+
+
+# An EXIF block whose tags all point at the same bytes (common/exif.py): PIL's getexif() copies them once per tag.
+def served_picture(data: bytes) -> Image.Image:
+    """Decoded within the served limits (10 MiB a file), as common.upload decodes it."""
+    return upload.load_rgb(upload.open_bounded(data)[0], data)
+
+
+@pytest.mark.parametrize("make", [cases.png_with_exif, cases.webp_with_exif], ids=["png", "webp"])
+def test_exif_whose_tags_share_their_data_is_not_parsed_and_the_picture_is_served_as_stored(make):
+    """The red-team probe's bomb: a 9.6 MB PNG of such tags kept a preprocess stub over a minute, 300 distinct ones
+    took it to 2.8 GB. Here 2,000 distinct tags of 1 MiB: PIL would keep 2 GiB of copies (a few ms here)."""
+    import tracemalloc
+
+    data = make(cases.exif_sharing_tags(2_000, 2**20, distinct=True))
+    tracemalloc.start()
+    try:
+        picture = served_picture(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert picture.size == (64, 48) and peak < 16 * 2**20, peak
+    # A well-formed block as large is parsed as before: its orientation turns the picture.
+    exif = Image.Exif()
+    exif[0x0112], exif[0x9286] = 6, b"ASCII\0\0\0" + bytes(2**20)  # a 1 MiB user comment: its own bytes
+    assert served_picture(make(exif.tobytes())).size == (48, 64)
+
+
+@pytest.mark.parametrize("make", [cases.png_with_exif, cases.webp_with_exif], ids=["png", "webp"])
+def test_exif_behind_many_exif_headers_is_not_parsed(make):
+    """PIL strips each "Exif\\0\\0" before the structure with a copy of the rest: 400,000 of them took it 11 s."""
+    block = Image.Exif()
+    block[0x0112] = 6
+    data = make(b"Exif\0\0" * 400_000 + block.tobytes()[6:])
+    assert served_picture(data).size == (64, 48)  # as stored
+    assert served_picture(make(b"Exif\0\0" + block.tobytes())).size == (48, 64)  # two of them (PIL adds one): turned
+
+
+def test_a_jpeg_whose_exif_tags_share_their_data_is_refused_as_it_would_be_opened():
+    """PIL parses a JPEG's EXIF as it opens the file (for its resolution), joining every APP1 piece of it."""
+    from common import exif, structure
+
+    for tags, shared in ((5_000, 60_000), (65_535, 4 * 2**20)):  # in one segment; over 65 segments
+        data = cases.jpeg_with_exif(cases.exif_sharing_tags(tags, shared))
+        assert len(cases.jpeg_segments(data)) > (1 if tags < 6_000 else 60)
+        with pytest.raises(ImageDecodeError, match="EXIF block is malformed: its tags make .* MiB of data out of a"):
+            upload.open_bounded(data)
+    # Up to the block plus MAX_SHARED_BYTES is let through, as a camera's own data never comes near.
+    room = cases.exif_sharing_tags(65, 64_000)  # 65 x 64,000 bytes out of about 65 KB: within 4 MiB more
+    assert exif.costly(room) is None and structure.refusal(cases.jpeg_with_exif(room)) is None
+    assert exif.costly(cases.exif_sharing_tags(70, 64_000)) is not None
+    big_tiff = b"II+\0" + bytes(20)
+    assert "BigTIFF" in structure.refusal(cases.jpeg_with_exif(big_tiff))

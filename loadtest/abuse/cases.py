@@ -287,6 +287,54 @@ def rle8_bmp(width: int, height: int, padding: int = 0) -> bytes:
     return b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset) + info + palette + pixels
 
 
+def exif_sharing_tags(tags: int = 65_535, shared: int = 4 * 2**20, distinct: bool = False) -> bytes:
+    """An EXIF block (little-endian TIFF) whose first directory lists ``tags`` tags of ``shared`` bytes each, all
+    pointing at the same bytes: PIL's ``getexif()`` copies them once per tag (common/exif.py). With ``distinct``
+    tag numbers PIL keeps every copy too; with one number, each copy replaces the last (time, not memory)."""
+    data_at = 8 + 2 + 12 * tags + 4
+    numbers = range(1, tags + 1) if distinct else [0xFDE8] * tags
+    entries = b"".join(struct.pack("<HHII", number, 7, shared, data_at) for number in numbers)
+    return b"II*\0" + struct.pack("<IH", 8, tags) + entries + b"\0\0\0\0" + bytes(shared)
+
+
+def _plain_picture(fmt: str, **kw) -> bytes:
+    return encode(Image.new("RGB", (64, 48), (150, 120, 100)), fmt, **kw)
+
+
+def jpeg_with_exif(block: bytes) -> bytes:
+    """A small JPEG whose EXIF ``block`` is spread over as many APP1 segments as it needs (PIL joins them), without
+    the JFIF header (so PIL reads the resolution from the EXIF as it opens the file)."""
+    plain = _plain_picture("JPEG")
+    segments = jpeg_segments(plain)
+    assert segments[0][:2] == b"\xff\xe0"  # JFIF
+    step = 65_533 - 6
+    app1 = [block[at : at + step] for at in range(0, len(block), step)]
+    exif = b"".join(b"\xff\xe1" + struct.pack(">H", 2 + 6 + len(part)) + b"Exif\0\0" + part for part in app1)
+    return b"\xff\xd8" + exif + b"".join(segments[1:])
+
+
+def png_with_exif(block: bytes) -> bytes:
+    """A small PNG with ``block`` in its eXIf chunk, before its pixels."""
+    plain = _plain_picture("PNG")
+    after_ihdr = 8 + 25  # the signature, then IHDR: length, type, 13 bytes, CRC
+    return plain[:after_ihdr] + png_chunk(b"eXIf", block) + plain[after_ihdr:]
+
+
+def webp_with_exif(block: bytes) -> bytes:
+    """A small lossless WebP with ``block`` in its EXIF chunk."""
+    return _plain_picture("WEBP", lossless=True, exif=block)
+
+
+@functools.cache
+def exif_bombs() -> tuple[bytes, ...]:
+    """Pictures whose EXIF costs PIL's ``getexif()`` seconds (its tags share 4 MiB 65,535 times, or 400,000
+    "Exif\\0\\0" come before it, each stripped with a copy of the rest): a PNG's and a WebP's are served as stored
+    (no face in them), never parsed by PIL; a JPEG's, which PIL parses as it opens the file, is refused
+    (costly_structures)."""
+    shared, prefixed = exif_sharing_tags(), b"Exif\0\0" * 400_000 + exif_sharing_tags(1, 16)
+    return png_with_exif(shared), webp_with_exif(shared), png_with_exif(prefixed), webp_with_exif(prefixed)
+
+
 @functools.cache
 def costly_structures() -> tuple[bytes, ...]:
     """One of each, just past its limit: each must get its item error at once."""
@@ -301,6 +349,7 @@ def costly_structures() -> tuple[bytes, ...]:
         gif_with_comments(structure.MAX_GIF_EXTENSIONS + 1),
         jpeg_with_gap(structure.MAX_JPEG_GAP + 1),
         rle8_bmp(16, 16, padding=structure.MAX_RLE_BMP_BYTES),
+        jpeg_with_exif(exif_sharing_tags()),
     )
 
 
@@ -392,6 +441,7 @@ WEIGHTS = {
     "undecodable": 6,
     "decompression_bombs": 6,
     "costly_structure": 4,
+    "exif_bombs": 2,
     "no_face": 5,
     "tiny_and_crop_path": 5,
     "wrong_dtype": 5,
@@ -457,6 +507,10 @@ def make_case(category: str, i: int, rng: random.Random) -> Case:  # noqa: C901,
         catalogue = costly_structures()
         blobs = [catalogue[(i + k) % len(catalogue)] for k in range(rng.choice([1, 1, 2, 4]))]
         return Case(category, proto, "infer", model, blobs, Expect("either", ("error",) * len(blobs)))
+    if category == "exif_bombs":  # served as stored, at once: PIL never parses their EXIF
+        catalogue = exif_bombs()
+        blobs = [catalogue[(i + k) % len(catalogue)] for k in range(rng.choice([1, 2]))]
+        return Case(category, proto, "infer", DETECT, blobs, Expect("either", ("noface",) * len(blobs)))
     if category == "png_bomb_batch_of_32":
         return Case(category, proto, "infer", DETECT, [png_bomb_16bit()] * MAX_BATCH, Expect("either", ("error",) * 32))
     if category == "no_face":
