@@ -21,8 +21,11 @@ from gradio_frontend import uploads
 # Before gradio is imported (by gradio_frontend.app): gradio reads GRADIO_TEMP_DIR at import time.
 uploads.activate()
 
+from starlette.middleware import Middleware  # noqa: E402
+
 from client.utils import default_url  # noqa: E402
 from gradio_frontend.app import DEFAULT_PROTOCOL, DEFAULT_TIMEOUT_S, build_app  # noqa: E402
+from gradio_frontend.body_limit import BodyLimit  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -93,6 +96,8 @@ def main(argv: list[str] | None = None) -> None:
             footer_links=["api"],
             # The server takes no larger file (common/upload.py); Gradio would otherwise store any size first.
             max_file_size=upload.MAX_BYTES,
+            # And no larger photo inline (pasted, webcam), nor any other body (gradio_frontend/body_limit.py).
+            app_kwargs={"middleware": [Middleware(BodyLimit)]},
         )
     finally:
         try:

@@ -150,6 +150,8 @@ class Photo:
     data: bytes
     name: str
     key: str | None = None
+    #: Why it is refused before it was even decoded from the page's data URL (too large), else None.
+    refused: str | None = None
 
 
 def take_photo(payload: dict[str, Any] | None, kept: Photo | None) -> Photo | None:
@@ -177,8 +179,12 @@ def take_photo(payload: dict[str, Any] | None, kept: Photo | None) -> Photo | No
     if path and (data := uploads.held(path)) is not None:
         return Photo(data, name, key=path)
     if url.startswith("data:"):  # a webcam or pasted image sent inline
+        encoded = url.partition(",")[2]
+        size = len(encoded) // 4 * 3 - encoded[-2:].count("=")  # what it decodes to, before decoding it
+        if (why := upload.too_large(size)) is not None:
+            return Photo(b"", name, refused=why)
         try:
-            return Photo(base64.b64decode(url.partition(",")[2], validate=True), name)
+            return Photo(base64.b64decode(encoded, validate=True), name)
         except (binascii.Error, ValueError) as err:
             return Photo(f"not base64 ({err})".encode(), name)  # undecodable: rejected like any bad file
     raise FileNotFoundError(path)
@@ -200,6 +206,8 @@ def interval_text(result: FaceResult | DetectedFace, *, dash: str = DASH) -> str
 
 def summary(result: FaceResult | DetectedFace, *, dash: str = DASH) -> str:
     """The one-line label, e.g. ``age ~34 (27–41), female (87%)``: the interval only when the model gives one."""
+    if isinstance(result, DetectedFace) and result.age is None and result.female_probability is None:
+        return "too small to estimate"  # the server found it and sent no numbers (docs/serving.md, face detection)
     parts = [f"age ~{round(result.age)}" if result.age is not None else "age ?"]
     if result.age is not None and (interval := interval_text(result, dash=dash)) is not None:
         parts[0] += f" ({interval})"
@@ -326,6 +334,8 @@ def analyse(
     if photo is None:
         return None, MSG_PROMPT, None, []
     try:
+        if photo.refused is not None:
+            raise upload.ImageDecodeError(photo.refused)
         display, scale = load_display_image(photo.data)
     except upload.ImageDecodeError as err:  # what the server would refuse too; bounded before any decoding
         message = f"**The image was rejected**: {photo.name}: {err}"  # each message says what is wrong, and the fix

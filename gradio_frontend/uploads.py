@@ -16,7 +16,9 @@ import hashlib
 import logging
 import math
 import os
+import re
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -31,6 +33,8 @@ SWEEP_EVERY_S = 10.0
 #: Folder names (then the owner's pid, for people reading the temp folder). The owner holds an flock on its folder
 #: for as long as it lives, so a later start can tell the folder of a killed (SIGKILL) UI: its lock is free.
 PREFIX = "agegender-ui-"
+#: The whole name of such a folder: mkdtemp adds eight of ``[a-z0-9_]``.
+_FOLDER_NAME = re.compile(re.escape(PREFIX) + r"[0-9]+-[a-z0-9_]{8}")
 
 _folder: Path | None = None
 #: The open descriptor of our folder, flock-ed for this process's life (closed by the kernel when it dies).
@@ -172,6 +176,16 @@ def _sweep_loop(max_age_s: float, every_s: float) -> None:
             log.warning("sweeping the upload folder failed", exc_info=True)
 
 
+def _is_ours(path: Path) -> bool:
+    """Whether ``path`` is a folder :func:`activate` made: our name to the letter (the prefix, a pid, mkdtemp's eight
+    characters), our user, mode 0700, no link. A folder of the user's that merely starts with the prefix (the red-team
+    probe found ``agegender-ui-screenshots`` deleted) is none."""
+    if _FOLDER_NAME.fullmatch(path.name) is None:
+        return False
+    info = path.lstat()
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and stat.S_IMODE(info.st_mode) == 0o700
+
+
 def _remove_orphans(parent: Path) -> None:
     """Deletes folders left by UIs that were killed before they could clean up: nobody holds their lock any more.
 
@@ -180,7 +194,7 @@ def _remove_orphans(parent: Path) -> None:
     """
     for path in parent.glob(f"{PREFIX}*"):
         try:
-            if not path.is_dir() or path.is_symlink() or path.stat().st_uid != os.getuid():
+            if not _is_ours(path):
                 continue
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         except OSError:

@@ -23,6 +23,8 @@ def test_summary_shows_the_interval_only_when_there_is_one():
     assert app.summary(face_result(age_low=26.6, age_high=41.2)) == "age ~34 (27\u201341), female (87%)"
     assert app.summary(face_result()) == "age ~34, female (87%)"  # a model without a distributional head
     assert app.summary(FaceResult.failed("bad")) == "age ?"
+    # A face the server found and sent no numbers for: under MIN_FACE_SIDE px (serving/pipeline/crops.py).
+    assert app.summary(DetectedFace(None, None, None, (0.0, 0.0, 9.0, 9.0), 0.9)) == "too small to estimate"
 
 
 def test_faces_table_has_an_interval_column():
@@ -168,11 +170,19 @@ def test_a_killed_uis_folder_goes_at_the_next_start_even_when_its_pid_lives_agai
     import subprocess
     import sys
 
-    reused = tmp_path / f"{uploads.PREFIX}{os.getpid()}-killed"  # a live pid, nobody holds its lock
-    (reused / "abc").mkdir(parents=True)
+    reused = tmp_path / f"{uploads.PREFIX}{os.getpid()}-killed_1"  # a live pid, nobody holds its lock
+    reused.mkdir(mode=0o700)  # as mkdtemp makes it
+    (reused / "abc").mkdir()
     (reused / "abc" / "face.jpg").write_bytes(b"a photo")
-    alive = tmp_path / f"{uploads.PREFIX}1-alive"
-    alive.mkdir()
+    alive = tmp_path / f"{uploads.PREFIX}1-alive_12"
+    alive.mkdir(mode=0o700)
+    # Folders that only look like ours stay: the user's own (a name of theirs after the prefix), or one of our
+    # names that is not private (no mkdtemp made it).
+    users = [tmp_path / f"{uploads.PREFIX}screenshots", tmp_path / f"{uploads.PREFIX}7-notes_ab"]
+    for folder, mode in zip(users, (0o700, 0o755), strict=True):
+        folder.mkdir(mode=mode)
+        folder.chmod(mode)
+        (folder / "notes.txt").write_text("mine")
     holder = subprocess.Popen(
         [sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY);"
          " fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)", str(alive)],
@@ -186,6 +196,7 @@ def test_a_killed_uis_folder_goes_at_the_next_start_even_when_its_pid_lives_agai
         holder.wait(timeout=10)
         uploads._remove_orphans(tmp_path)
         assert not alive.exists()
+        assert all((folder / "notes.txt").read_text() == "mine" for folder in users)
     finally:
         holder.kill()
         holder.wait()
@@ -251,6 +262,45 @@ def test_an_inline_photo_is_never_taken_for_the_one_the_session_kept():
     kept = app.take_photo({"url": "data:image/jpeg;base64," + base64.b64encode(first).decode()}, None)
     new = app.take_photo({"url": "data:image/jpeg;base64," + base64.b64encode(second).decode()}, kept)
     assert kept.data == first and new.data == second
+
+
+def test_an_inline_photo_over_the_limit_is_refused_before_it_is_decoded(monkeypatch):
+    # The red-team probe's 200 MB data URL took the UI to 1.25 GB: decoded first, refused after.
+    import base64
+
+    decoded, real = [], base64.b64decode
+    monkeypatch.setattr(base64, "b64decode", lambda *a, **k: decoded.append(1) or real(*a, **k))
+    for size in (upload.MAX_BYTES - 1, upload.MAX_BYTES):  # base64 ends in "=" and in none: the size is exact
+        photo = app.take_photo({"url": "data:image/jpeg;base64," + base64.b64encode(bytes(size)).decode()}, None)
+        assert photo.refused is None and len(photo.data) == size
+    over = app.take_photo({"url": "data:image/png;base64," + "A" * (4 * (upload.MAX_BYTES // 3 + 1))}, None)
+    assert over.refused is not None and over.data == b"" and len(decoded) == 2
+    image, status, raw, rows = app.analyse(app.TritonBackend("127.0.0.1:1", "grpc"), over, True, True)
+    assert image is None and rows == [] and raw["error_kind"] == "invalid_image"
+    assert status == f"**The image was rejected**: image: {upload.too_large(upload.MAX_BYTES + 2)}"
+    assert "the limit is 10 MiB" in status
+
+
+def test_a_request_body_over_the_limit_gets_413_before_the_app_reads_it():
+    # Declared or streamed (chunked); Gradio's upload route bounds its files itself (max_file_size).
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from gradio_frontend.body_limit import BodyLimit
+
+    async def echo(request):
+        return JSONResponse({"read": len(await request.body())})
+
+    routes = [Route(path, echo, methods=["POST"]) for path in ("/gradio_api/queue/join", "/gradio_api/upload")]
+    client = TestClient(Starlette(routes=routes, middleware=[Middleware(BodyLimit, max_bytes=1000)]))
+    assert client.post("/gradio_api/queue/join", content=b"x" * 1000).json() == {"read": 1000}
+    for body in (b"x" * 1001, iter([b"x" * 600] * 2)):  # with a content-length; chunked
+        refused = client.post("/gradio_api/queue/join", content=body)
+        assert refused.status_code == 413 and "larger than 0 MiB" in refused.json()["error"]
+    assert client.post("/gradio_api/upload", content=b"x" * 5000).json() == {"read": 5000}
 
 
 def test_a_truncated_upload_is_rejected_with_the_apps_message():

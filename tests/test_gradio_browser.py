@@ -362,3 +362,21 @@ def test_no_copy_of_an_upload_remains(page, triton_tiny, tmp_path):
         page.locator("#estimate").click()
         status_text(page, "1 face found")
     assert list(temp.iterdir()) == [], "the upload folder outlived the UI"
+
+
+def test_the_ui_refuses_a_body_over_its_limit_from_the_declared_length(live_ui):
+    # Wired into the launched UI (gradio_frontend/__main__.py), not only the class: the head alone is answered.
+    from urllib.parse import urlsplit
+
+    from gradio_frontend.body_limit import MAX_BODY_BYTES
+
+    where = urlsplit(live_ui)
+    with socket.create_connection((where.hostname, where.port), timeout=30) as sock:
+        sock.sendall(
+            f"POST /gradio_api/queue/join HTTP/1.1\r\nHost: {where.netloc}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {MAX_BODY_BYTES + 1}\r\nConnection: close\r\n\r\n".encode()
+        )
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413") and b"send a smaller photo" in answer
