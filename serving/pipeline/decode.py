@@ -53,6 +53,12 @@ class Decoded:
     image: Image.Image
     file_size: tuple[int, int] | None = None  # None: the image is the file's own size
 
+    @property
+    def scale(self) -> float:
+        """The uploaded file's pixels per pixel of :attr:`image` (1 unless drafted), the two axes' mean."""
+        width, height = self.file_size or self.image.size
+        return (width / self.image.width + height / self.image.height) / 2
+
     def to_file(self, box) -> tuple[float, float, float, float]:
         """A box on :attr:`image` in the uploaded file's pixels (upright), clipped to the file.
 

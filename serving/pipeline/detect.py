@@ -176,15 +176,7 @@ class FaceCropper:
         if image.mode != "RGB":
             image = image.convert("RGB")
         detection = self.detect(image)
-        if detection is None:
-            return None
-        crop = self._crop(image, detection)
-        # Clipped for callers that draw it. The crop used the raw box: clipping would drag the fallback
-        # square towards the middle of the picture for faces cut by the border.
-        x0, y0, x1, y1 = detection.box
-        width, height = image.size
-        box = (max(0.0, x0), max(0.0, y0), min(float(width), x1), min(float(height), y1))
-        return Face(crops=spec.model_inputs(crop), box=box, score=detection.score)
+        return None if detection is None else self._face(image, detection)
 
     def detect(self, image: Image.Image) -> Detection | None:
         """Returns the most prominent detection (box and eyes in image pixels, possibly outside it), or None."""
@@ -333,10 +325,16 @@ class FaceCropper:
             for d in self._run(self._short, frame, pad=0.0)
         )
 
-    def _crop(self, image: Image.Image, detection: Detection) -> Image.Image:
-        """Renders the UTKFace-framed square (UTK_SIDE px) around a detection."""
+    def _face(self, image: Image.Image, detection: Detection) -> Face:
+        """The UTKFace-framed square around a detection, rendered (UTK_SIDE px) and resized for each model, with the
+        box clipped to the picture for callers that draw it. The square used the raw box: clipping would drag the
+        fallback square towards the middle of the picture for faces cut by the border."""
         centre, side, angle = square_for(detection, self.calibration)
-        return render_square(image, centre=centre, side=side, angle=angle)
+        crop = render_square(image, centre=centre, side=side, angle=angle)
+        x0, y0, x1, y1 = detection.box
+        width, height = image.size
+        box = (max(0.0, x0), max(0.0, y0), min(float(width), x1), min(float(height), y1))
+        return Face(crops=spec.model_inputs(crop), box=box, score=detection.score, side=side)
 
 
 def _not_a_face(image: Image.Image, low: np.ndarray, high: np.ndarray, *, min_detail: float) -> bool:
@@ -551,14 +549,7 @@ class MultiFaceCropper(FaceCropper):
         """Detects, aligns and crops every face (at most ``max_faces``), most prominent first."""
         if image.mode != "RGB":
             image = image.convert("RGB")
-        width, height = image.size
-        faces = []
-        for det in self.detect_all(image, max_faces=max_faces):
-            crop = self._crop(image, det)
-            x0, y0, x1, y1 = det.box
-            box = (max(0.0, x0), max(0.0, y0), min(float(width), x1), min(float(height), y1))
-            faces.append(Face(crops=spec.model_inputs(crop), box=box, score=det.score))
-        return faces
+        return [self._face(image, det) for det in self.detect_all(image, max_faces=max_faces)]
 
 
 def _shrunk(image: Image.Image, max_side: int) -> Image.Image:

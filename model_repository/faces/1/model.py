@@ -18,6 +18,7 @@ import triton_python_backend_utils as pb_utils
 from common import contract as c
 from common import spec
 from serving.pipeline.background import Background, NotReady
+from serving.pipeline.crops import too_small
 from serving.pipeline.decode import DecodeLimits, ImageDecodeError, sample_pictures
 from serving.pipeline.detect import MultiFaceCropper
 
@@ -93,6 +94,11 @@ class TritonPythonModel:
             for output in outputs:
                 tensor = pb_utils.get_output_tensor_by_name(answer, output)
                 estimates[ANSWER_NAMES[output]] = tensor.as_numpy().reshape(-1).astype(np.float32)
+        # A face too small for an estimate (serving/pipeline/crops.py MIN_FACE_SIDE) keeps its box and score, and
+        # its numbers go out as NaN, its gender empty: found, not estimated.
+        small = np.array([too_small(f.side * decoded.scale) is not None for f in faces])
+        for values in estimates.values():
+            values[small] = np.nan
         return _response(faces, estimates, "", to_file=decoded.to_file)
 
 
@@ -103,7 +109,7 @@ def _response(
     box = np.array([to_file(f.box) for f in faces], np.float32).reshape(-1, 4)
     score = np.array([f.score for f in faces], np.float32)
     female = estimates[c.FACES_FEMALE]
-    gender = np.array([c.gender_label(p).encode() for p in female], np.object_)
+    gender = np.array([b"" if np.isnan(p) else c.gender_label(p).encode() for p in female], np.object_)
     tensors = {
         c.FACES_BOX: box,
         c.FACES_SCORE: score,

@@ -16,7 +16,7 @@ import triton_python_backend_utils as pb_utils
 
 from common import contract
 from serving.pipeline.background import Background, NotReady
-from serving.pipeline.crops import crop_aligned
+from serving.pipeline.crops import MIN_FACE_SIDE, crop_aligned, too_small
 from serving.pipeline.decode import (
     REQUEST_MAX_PIXELS,
     DecodeLimits,
@@ -27,8 +27,6 @@ from serving.pipeline.decode import (
 from serving.pipeline.detect import FaceCropper
 
 OUTPUTS = contract.PREPROCESS_OUTPUTS
-#: Shortest side the crop path accepts: below it an upload cannot be a face crop (UTKFace's are 200 px).
-MIN_CROP_SIDE = 32
 #: ``detection_score`` where no face was scored (common/contract.py).
 NO_SCORE = float("nan")
 
@@ -97,9 +95,9 @@ class TritonPythonModel:
     @staticmethod
     def _crop_only(image):
         width, height = image.size
-        if min(width, height) < MIN_CROP_SIDE:
+        if min(width, height) < MIN_FACE_SIDE:  # no face crop: UTKFace's are 200 px (serving/pipeline/crops.py)
             raise ImageDecodeError(
-                f"The image is {width}x{height}; a face crop needs at least {MIN_CROP_SIDE} px on each side "
+                f"The image is {width}x{height}; a face crop needs at least {MIN_FACE_SIDE} px on each side "
                 "(send the whole photo to the detecting model instead)."
             )
         return crop_aligned(image)
@@ -126,4 +124,6 @@ class TritonPythonModel:
             return self._failed("")
         score = face.score if self._detect else NO_SCORE
         box = decoded.to_file(face.box)  # the uploaded file's pixels
+        if (why := too_small(face.side * decoded.scale)) is not None:  # found, but too few pixels for an estimate
+            return *self._blank, box, [score], [True], [why.encode()]
         return *(face.crops[task] for task in contract.PREPROCESS_FACES), box, [score], [True], [b""]
