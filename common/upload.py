@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import struct
 
 import numpy as np
@@ -48,6 +49,11 @@ class ImageDecodeError(ValueError):
 DECODER_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, TypeError)
 
 
+#: The start of an accepted format's file written in base64 (JPEG, PNG, WebP/RIFF, GIF, BMP), perhaps as a data URL:
+#: a caller that base64-encoded the file before putting it in the request (the KServe v2 JSON's habit elsewhere).
+_BASE64_IMAGE = re.compile(rb"\s*(data:image/[\w.+-]+;base64,)?(/9j/|iVBORw0KGgo|UklGR|R0lGOD|Qk[0-9A-Za-z+/]{6})")
+
+
 def too_large(size: int, max_bytes: int = MAX_BYTES) -> str | None:
     """What the user reads for a file of ``size`` bytes over ``max_bytes``; None when it is within."""
     if size <= max_bytes:
@@ -82,6 +88,11 @@ def open_bounded(
         # PIL's own, process-wide bomb guard fires at open for absurd sizes; report it like ours.
         raise ImageDecodeError(f"The image has too many pixels (limit {max_pixels / 1e6:.0f} megapixels).") from err
     except UnidentifiedImageError as err:
+        if _BASE64_IMAGE.match(data):
+            raise ImageDecodeError(
+                "The file is not a recognised image: it is an image written as base64 text. Send the file's own "
+                "bytes (a BYTES tensor holds them as they are), not base64."
+            ) from err
         raise ImageDecodeError("The file is not a recognised image; upload a JPEG, PNG, WebP, BMP or GIF.") from err
     except DECODER_ERRORS as err:  # recognised, but its header is cut short or broken
         raise ImageDecodeError(corrupt_message(None, err)) from err

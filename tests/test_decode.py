@@ -583,3 +583,16 @@ def test_a_jpeg_whose_exif_tags_share_their_data_is_refused_as_it_would_be_opene
     assert exif.costly(cases.exif_sharing_tags(70, 64_000)) is not None
     big_tiff = b"II+\0" + bytes(20)
     assert "BigTIFF" in structure.refusal(cases.jpeg_with_exif(big_tiff))
+
+
+def test_an_image_sent_as_base64_text_is_told_to_send_its_bytes():
+    """The KServe v2 JSON habit elsewhere: the red-team probe's base64 PNG got only "not a recognised image"."""
+    import base64
+
+    for fmt in ("JPEG", "PNG", "WEBP", "GIF", "BMP"):
+        text = base64.b64encode(encode(gradient(), fmt))
+        for data in (text, b"data:image/x;base64," + text):
+            with pytest.raises(ImageDecodeError, match="it is an image written as base64 text. Send the file's own"):
+                decode_image(data)
+    with pytest.raises(ImageDecodeError, match=r"not a recognised image; upload a JPEG"):
+        decode_image(base64.b64encode(b"some text that is no image at all"))

@@ -529,6 +529,10 @@ def test_http_json_is_strict_and_callers_mistakes_are_4xx(triton_tiny):
         # Shared memory without the admin key is refused for the key (403) before its type is looked at.
         expected = 403 if b"shared_memory" in body else 400
         assert status == expected and json.loads(text)["error"], (body, status, text[:200])
+    # Paths no route of the gate takes get JSON too, not aiohttp's plain text (red-team probe, 2026-12-07).
+    for path in (f"/v2/models/{CROP}//infer", f"/v2/models/{CROP}%2finfer", f"/v2/models/{CROP}/infer/x"):
+        status, text = http_call(triton_tiny.http_url, "POST", path, b"{}")
+        assert status in (404, 405) and json.loads(text)["error"], (path, status, text[:200])
 
 
 def test_calls_still_waiting_when_their_callers_go_are_dropped_and_each_address_is_bounded():

@@ -174,7 +174,7 @@ class HttpGate:
         self.session: aiohttp.ClientSession | None = None
 
     def app(self) -> web.Application:
-        middlewares = [self._only_the_door, *([self._not_compressed] if self.edge else [])]
+        middlewares = [self._json_errors, self._only_the_door, *([self._not_compressed] if self.edge else [])]
         app = web.Application(client_max_size=MAX_BODY, middlewares=middlewares)
         app.router.add_post("/v2/models/{name}/infer", self.infer)
         app.router.add_post("/v2/models/{name}/versions/{version}/infer", self.infer)
@@ -202,6 +202,18 @@ class HttpGate:
     async def _close(self, _app) -> None:
         if self.session is not None:
             await self.session.close()
+
+    @web.middleware
+    async def _json_errors(self, request: web.Request, handler):
+        """aiohttp's own refusals (a path no route matches, such as ``/v2/models/age_gender//infer``, or a method a
+        route does not take) as JSON like every other error here, not its plain-text "404: Not Found"."""
+        try:
+            return await handler(request)
+        except web.HTTPException as err:
+            if err.status not in (404, 405):
+                raise
+            what = "no such path" if err.status == 404 else f"method {request.method} not allowed on this path"
+            return self._error(err.status, f"{what}: {request.path[:200]}")
 
     @web.middleware
     async def _only_the_door(self, request: web.Request, handler):
