@@ -136,6 +136,7 @@ GRPC_REFUSALS = {
     ),
     "contents count": (dict(c=_contents), "exactly 2 bytes_contents elements"),
     "no data": (dict(r=lambda r: r.ClearField("raw_input_contents")), "has no data"),
+    "NUL in the id": (dict(i=lambda r: setattr(r, "id", "job-1\0job-2")), "'id' must not contain a NUL"),
 }
 
 
@@ -166,6 +167,7 @@ HTTP_REFUSALS = {
     "no data": (({"inputs": [{**_http()[0]["inputs"][0], "parameters": {}}]}, b""), "has no data"),
     "shape not a list": (_http(shape="2,1"), "'shape' must be a list"),
     "inputs not a list": (({"inputs": {"name": "image"}}, b""), "needs 'inputs', a list of objects"),
+    "NUL in the id": (({**_http()[0], "id": "job-1\0job-2"}, _http()[1]), "'id' must not contain a NUL"),
 }
 
 

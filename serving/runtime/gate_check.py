@@ -212,11 +212,19 @@ def check_all_inputs(model_name: str, model: Model, names: list[str]) -> None:
 # -- gRPC ------------------------------------------------------------------------------------------------------
 
 
+def check_id(request_id: str) -> None:
+    """A request id Triton would echo cut short: it keeps a C string, which ends at the first NUL, so a caller
+    matching answers by id would get another id back (red-team probe, 2026-12-07)."""
+    if "\0" in request_id:
+        raise Refused(INVALID_ARGUMENT, "the request 'id' must not contain a NUL character (Triton would cut it there)")
+
+
 def check_grpc_infer(request, admin: bool = False) -> None:
     """Validates a ``inference.ModelInferRequest`` (tritonclient.grpc.service_pb2); raises :class:`Refused`.
     ``admin``: the caller presented the admin key (shared memory allowed)."""
     model = model_for(request.model_name)
     name = request.model_name
+    check_id(request.id)
     check_grpc_parameters(request.parameters, ALLOWED_REQUEST_PARAMETERS, "request")
     for output in request.outputs:
         check_grpc_parameters(
@@ -270,6 +278,7 @@ def check_http_infer(model_name: str, header: object, binary: bytes | memoryview
     # access JSON non-string as string"): the caller's mistake must read as one.
     if not isinstance(header.get("id", ""), str):
         raise Refused(INVALID_ARGUMENT, "the request 'id' must be a string")
+    check_id(header.get("id", ""))
     outputs = header.get("outputs", [])
     named = isinstance(outputs, list) and all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs)
     if not named:
