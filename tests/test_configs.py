@@ -100,7 +100,8 @@ def test_model_configs_run_the_savedmodel(task):
     assert warm >= {1, *prod.dynamic_batching.preferred_batch_size} and max(warm) <= prod.max_batch_size
     assert all(set(w.inputs) == {i.name for i in prod.input} for w in prod.model_warmup)
     for c in (prod, cpu):
-        assert c.version_policy.WhichOneof("policy_choice") == "latest"
+        # The newest version alone: what serving.ops.rollout restores when it unpins a rollback.
+        assert c.version_policy.WhichOneof("policy_choice") == "latest" and c.version_policy.latest.num_versions == 1
         assert c.dynamic_batching.preferred_batch_size and c.dynamic_batching.max_queue_delay_microseconds > 0
 
 

@@ -212,6 +212,10 @@ def test_rollout_and_rollback_under_load_without_a_failed_request(tmp_path, monk
             for t in threads:
                 t.join(timeout=60)
         duration = time.monotonic() - start
+        # Rolled out again with nothing changed in the repository: the newest serves, not the pin (Triton kept the
+        # rollback's override through a plain load, and the rollout reported "now serving version(s) [1]").
+        assert switch(server.http_url, "age") == [2]
+        assert _status(server.http_url).stdout.strip() == "age: ready versions [2]"
 
     assert not errors, f"{len(errors)} failed requests, first: {errors[:3]}"
     phases = {"start": start, "rollout": rollout_start, "rolled out": rollout_done, "rollback": rollback_start}

@@ -13,7 +13,9 @@ finish, then unloads it. A version that fails to load leaves the old one serving
 Triton 2.51's own readiness says no from then on: docs/serverless.md).
 
 - Rollout: the model loaded again from the repository as it stands, its config there included (so a config
-  published with the new version takes effect) and the version(s) that config serves: the newest.
+  published with the new version takes effect) and the version(s) that config serves: the newest. After a
+  rollback with nothing changed in the repository, Triton keeps the pin through that load, so the loaded config
+  is sent once more with the repository's policy, the newest version.
 - Rollback/pin: the model's current config with ``version_policy: specific [N]``, sent as the
   load request's ``config`` override; nothing in the repository is edited, and Triton keeps the override in
   memory only. The launcher keeps it across the restarts of a crashed Triton (serving/runtime/pins.py: it serves
@@ -109,6 +111,16 @@ def switch(
             elif "load failed" in str(err):
                 hint = " (what served before serves on)"
             raise RolloutError(f"Triton refused to load {model!r}: {err}{hint}") from None
+        if version is None and "specific" in client.get_model_config(model, headers=headers).get("version_policy", {}):
+            # Still pinned: Triton 2.51 keeps a rollback's config override through a load without one when the
+            # model's files have not changed (a rollout straight after a rollback served the pinned version on, red-
+            # team probe 2026-12-07). The loaded config with the repository's own policy, the newest version
+            # (every served config says so: tests/test_configs.py), is what the repository serves.
+            config["version_policy"] = {"latest": {"num_versions": 1}}
+            try:
+                client.load_model(model, headers=headers, config=json.dumps(config))
+            except InferenceServerException as err:
+                raise RolloutError(f"Triton refused to load {model!r} unpinned: {err}") from None
         deadline = time.monotonic() + timeout
         while not all(client.is_model_ready(model, str(v), headers=headers) for v in versions or [""]):
             if time.monotonic() > deadline:
