@@ -234,6 +234,16 @@ def test_staging_refuses_keys_that_leave_the_folder(aws_env, tmp_path):
     assert staged.objects == 2 and staged.bytes == len(b'name: "age"')
     with pytest.raises(storage.StorageError, match="not empty"):
         storage.stage(str(clean), tmp_path / "clean")
+    # Folder markers (the AWS console's "Create folder": empty keys ending in "/") are folders, not refusals; a key
+    # that is a file and a folder's prefix at once is one line naming it, not a traceback (red-team probe).
+    s3.put_object(Bucket=clean.bucket, Key=clean.key("ens") + "/", Body=b"")
+    s3.put_object(Bucket=clean.bucket, Key=clean.key("ens/2") + "/", Body=b"")
+    staged = storage.stage(str(clean), tmp_path / "markers")
+    assert (tmp_path / "markers/ens/2").is_dir() and (tmp_path / "markers/age/config.pbtxt").is_file()
+    s3.put_object(Bucket=clean.bucket, Key=clean.key("age/3"), Body=b"x")
+    s3.put_object(Bucket=clean.bucket, Key=clean.key("age/3/model.bin"), Body=b"y")
+    with pytest.raises(storage.StorageError, match="cannot stage"):
+        storage.stage(str(clean), tmp_path / "both")
 
 
 def test_launcher_cli_names_the_storage_problem(aws_env):
@@ -248,6 +258,17 @@ def test_launcher_cli_names_the_storage_problem(aws_env):
     )
     assert cli.returncode == 1
     assert "bucket 'no-such-bucket' does not exist" in cli.stderr
+
+
+def test_publish_refuses_a_version_folder_triton_would_not_read(tmp_path):
+    # Published, "022" was age's only served version, which Triton skips (leading zero): the release could not start.
+    for name in ("022", "\u00b2"):
+        model = tmp_path / name.encode().hex() / "m"
+        (model / "21").mkdir(parents=True)
+        (model / name).mkdir()
+        (model / "config.pbtxt").write_text('name: "m"\n')
+        with pytest.raises(storage.StorageError, match="named by its number in ASCII digits without leading zeros"):
+            served_versions(model)
 
 
 @pytest.mark.parametrize(

@@ -70,6 +70,23 @@ def _skipped(name: str) -> bool:
     )
 
 
+def version_folders(model: Path) -> list[Path]:
+    """The version folders of the model folder ``model``, by number. A folder Triton would not read as a version
+    but one may take for one (``022``, ``²``: Triton skips names with leading zeros, and ``str.isdigit`` takes other
+    scripts' digits) is refused: published, a release whose only served version is one Triton skips cannot start."""
+    found = []
+    for path in model.iterdir():
+        if not path.is_dir() or not path.name.isdigit():
+            continue
+        if not (path.name.isascii() and (path.name == "0" or not path.name.startswith("0"))):
+            raise storage.StorageError(
+                f"{path}: a version folder is named by its number in ASCII digits without leading zeros (Triton "
+                "reads no other name as a version); rename it"
+            )
+        found.append(path)
+    return sorted(found, key=lambda p: int(p.name))
+
+
 def _policy_versions(config: str, available: list[int]) -> set[int]:
     """The versions of ``available`` (ascending) that one config's ``version_policy`` serves."""
     text = re.sub(r"#[^\n]*", "", config)  # comments may mention a policy without setting one
@@ -111,7 +128,7 @@ def serves_int8(model: Path) -> bool:
 
 def served_versions(model: Path) -> list[int]:
     """Versions of the model folder ``model`` that any of its configs serves, ascending."""
-    available = sorted(int(p.name) for p in model.iterdir() if p.is_dir() and p.name.isdigit())
+    available = [int(p.name) for p in version_folders(model)]
     served = set()
     for config in _configs(model):
         served |= _policy_versions(config.read_text(), available)
@@ -126,11 +143,7 @@ def build_ir(repository: Path, *, all_versions: bool = False, dry_run: bool = Fa
 
     built = []
     for model in _models(repository):
-        for version in (
-            served_versions(model)
-            if not all_versions
-            else sorted(int(p.name) for p in model.iterdir() if p.is_dir() and p.name.isdigit())
-        ):
+        for version in served_versions(model) if not all_versions else [int(p.name) for p in version_folders(model)]:
             folder = model / str(version)
             if not (folder / ir.SAVEDMODEL).is_dir():
                 continue
@@ -206,9 +219,7 @@ def plan(
     for model in _models(repository):
         served = served_versions(model)
         int8 = serves_int8(model)
-        for folder in sorted(
-            (p for p in model.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)
-        ):
+        for folder in version_folders(model):
             version = f"{model.name}/{folder.name}"
             if not all_versions and int(folder.name) not in served:
                 result.unserved.append(version)
@@ -366,6 +377,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     except storage.StorageError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # the repository's own files: a symbolic link in a loop, a file that cannot be read
+        print(f"error: cannot read the repository {args.repository}: {err}", file=sys.stderr)
         return 1
     return 0
 

@@ -83,8 +83,9 @@ def client(location: S3Location):
     )
 
 
-def explain(err: Exception, location: S3Location) -> StorageError:
-    """Turns a boto3/botocore exception into a StorageError that names the cause."""
+def explain(err: Exception, location: S3Location, key: str | None = None) -> StorageError:
+    """Turns a boto3/botocore exception into a StorageError that names the cause (``key``: the object it was
+    reading, relative to the location, if any)."""
     from botocore import exceptions as bex
 
     where = f"{location} (endpoint {location.endpoint or 'AWS'})"
@@ -100,8 +101,10 @@ def explain(err: Exception, location: S3Location) -> StorageError:
                 f"S3 rejected the credentials for {where} ({code or status}): check AWS_ACCESS_KEY_ID and "
                 "AWS_SECRET_ACCESS_KEY, and that the key may list and read the bucket"
             )
-        if code in ("NoSuchBucket", "404") or status == 404:
+        if code == "NoSuchBucket" or (status == 404 and key is None and code != "NoSuchKey"):
             return StorageError(f"bucket {location.bucket!r} does not exist at {where}")
+        if status == 404:  # a listed object that is gone, or a key the server does not read back as listed
+            return StorageError(f"object {key!r} listed under {where} could not be read: {code or status}")
         return StorageError(f"S3 error for {where}: {code or status}: {err}")
     return StorageError(f"S3 error for {where}: {err}")
 
@@ -210,19 +213,28 @@ def stage(uri: str, dest: str | Path, *, workers: int = STAGE_WORKERS) -> Staged
     s3 = client(location)
     keys = list_keys(location, s3)
     models_in(location, keys)
+    # A key ending in "/" is a folder marker (the AWS console's "Create folder" writes one): a folder, as KEEP is.
+    folders = [key.rstrip("/") for key in keys if key.endswith("/") and key.strip("/")]
+    keys = [key for key in keys if not key.endswith("/")]
     targets = {key: _local_path(dest, key) for key in keys}
-    for path in targets.values():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        for path in [*targets.values(), *(_local_path(dest, f"{folder}/{KEEP}") for folder in folders)]:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as err:  # a key that is a file and a folder's prefix at once, a name too long for this disk
+        raise StorageError(f"cannot stage {location}: {err}") from None
 
     def get(key: str) -> int:
         if key.rsplit("/", 1)[-1] == KEEP:
             return 0
         try:
-            body = s3.get_object(Bucket=location.bucket, Key=location.key(key))["Body"].read()
+            body = s3.get_object(Bucket=location.bucket, Key=location.key(key))["Body"]
+            with targets[key].open("wb") as out:  # streamed: an object of any size costs this process 1 MiB
+                size = sum(out.write(chunk) for chunk in body.iter_chunks(2**20))
         except (bex.BotoCoreError, bex.ClientError) as err:
-            raise explain(err, location) from None
-        targets[key].write_bytes(body)
-        return len(body)
+            raise explain(err, location, key) from None
+        except OSError as err:
+            raise StorageError(f"cannot stage object key {key!r} of {location}: {err}") from None
+        return size
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
         sizes = list(pool.map(get, keys))
