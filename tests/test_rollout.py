@@ -10,6 +10,7 @@ fail, and every request sent after a switch returned must be answered by the new
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import secrets
@@ -260,3 +261,36 @@ def test_no_server_is_one_clear_line(extra):
         f"error: no Triton answering HTTP at 127.0.0.1:{port} ([Errno 111] Connection refused); is it running? "
         "(--url / TRITON_HTTP_URL)"
     ]
+
+
+def test_a_wrong_url_or_version_is_one_clear_line():
+    # The red-team probe's tracebacks: a scheme in --url, Triton's gRPC port given for its HTTP one, and a version
+    # past int64 (Triton answered "[500] failed to poll from model repository").
+    import socket
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "serving.ops.rollout", "--model", "age", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT)
+
+    port = free_port()
+    out = run("--url", f"http://127.0.0.1:{port}/")  # a browser's address: the scheme is dropped
+    assert out.returncode == 1 and f"no Triton answering HTTP at 127.0.0.1:{port} (" in out.stderr
+    for bad in (["--url", f"https://127.0.0.1:{port}"], ["--url", f"127.0.0.1:{port}/v2"], ["--version", "-1"]):
+        out = run(*bad)
+        assert out.returncode == 2 and "Traceback" not in out.stderr and "error: --" in out.stderr, out.stderr
+    out = run("--url", f"127.0.0.1:{port}", "--version", str(2**63))
+    assert out.returncode == 2 and "a version is a number from 0 to 2**63 - 1" in out.stderr
+    with socket.create_server(("127.0.0.1", 0)) as server:  # answers like an HTTP/2-only port: not HTTP/1.1
+
+        def answer() -> None:
+            with contextlib.suppress(OSError):
+                conn, _ = server.accept()
+                with conn:
+                    conn.recv(65536)
+                    conn.sendall(b"\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x03\x00\x00\x00\x64" * 4)
+
+        thread = threading.Thread(target=answer, daemon=True)
+        thread.start()
+        out = run("--url", f"127.0.0.1:{server.getsockname()[1]}")
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.startswith("error: no Triton") and "is that Triton's HTTP port?" in out.stderr, out.stderr

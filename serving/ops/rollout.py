@@ -143,6 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--status", action="store_true", help="print the ready versions and change nothing")
     p.add_argument("--timeout", type=float, default=300)
     args = p.parse_args(argv)
+    # host:port, as Triton's HTTP client takes it: an http:// in front (as a browser's address) is dropped.
+    args.url = args.url.removeprefix("http://").rstrip("/")
+    if "://" in args.url or "/" in args.url:
+        p.error(f"--url {args.url!r}: give Triton's HTTP endpoint as host:port (no https://, no path)")
+    if args.version is not None and not 0 <= args.version < 2**63:  # Triton's versions are int64
+        p.error(f"--version {args.version}: a version is a number from 0 to 2**63 - 1")
     try:
         if args.status:
             import tritonclient.http as httpclient
@@ -165,6 +171,13 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # refused, reset, unreachable, timed out: no Triton (or not this one) at --url
         print(
             f"error: no Triton answering HTTP at {args.url} ({err}); is it running? (--url / TRITON_HTTP_URL)",
+            file=sys.stderr,
+        )
+        return 1
+    except Exception as err:  # noqa: BLE001 - e.g. the HTTP client's parse error where --url is Triton's gRPC port
+        print(
+            f"error: no Triton HTTP answer at {args.url} ({type(err).__name__}: {err}); is that Triton's HTTP port? "
+            "(--url / TRITON_HTTP_URL)",
             file=sys.stderr,
         )
         return 1
