@@ -34,6 +34,7 @@ from client.outputs import parse_outputs
 from client.results import DetectedFace, FaceResult, FacesResult, Health
 from client.transports import TRANSPORTS, Transport
 from client.utils import (
+    MAX_TIMEOUT_S,
     PROTOCOL_LABELS,
     ImageInput,
     ProtocolName,
@@ -108,8 +109,8 @@ class AgeGenderClient:
             faces_model: Model used by :meth:`predict_faces`.
             image_format: How PIL images and arrays are encoded before sending.
         """
-        if timeout <= 0:
-            raise ValueError(f"timeout must be positive, got {timeout}")
+        if not 0 < timeout <= MAX_TIMEOUT_S:  # NaN fails this too: it timed out at once, and inf did too (gRPC)
+            raise ValueError(f"timeout must be a number of seconds from 0 to {MAX_TIMEOUT_S:.0f}, got {timeout}")
         if retries < 0 or backoff < 0 or max_batch < 1 or concurrency < 1:
             raise ValueError("retries and backoff must be >= 0; max_batch and concurrency must be >= 1")
         if url is None:
@@ -209,6 +210,8 @@ class AgeGenderClient:
             A :class:`Health`; when the server cannot be reached, ``live`` is False and ``error`` says why.
         """
         models = dict.fromkeys((self.model, self.crop_model), False)
+        if self._closed:  # the transport would raise ValueError ("closed channel")
+            return Health(url=self.url, live=False, ready=False, models=models, error="the client is closed")
         try:
             live = self._transport.live()
         except self._transport.errors as exc:

@@ -25,6 +25,8 @@ ImageInput = str | os.PathLike | bytes | bytearray | memoryview | Image.Image | 
 PROTOCOL_LABELS: dict[str, str] = {"grpc": "gRPC", "http": "HTTP"}
 #: Longest single wait between retries; keeps a long retry budget from turning into minute-long sleeps.
 MAX_BACKOFF_S = 8.0
+#: Longest timeout a call may be given: a day (1e12 s overflowed gRPC's deadline, inf and NaN timed out at once).
+MAX_TIMEOUT_S = 86_400.0
 
 # An HTTP/2 client's first bytes (RFC 9113 section 3.4): the preface, then an empty SETTINGS frame.
 _HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
@@ -38,12 +40,24 @@ def default_url(protocol: ProtocolName) -> str:
     return default_address(protocol, host="localhost")
 
 
+#: The schemes a url may name: the two protocols, each with and without TLS.
+SCHEMES = ("grpc", "grpcs", "http", "https")
+
+
 def split_scheme(url: str) -> tuple[str | None, str]:
-    """Splits ``scheme://host:port/...`` into the scheme and ``host:port`` (what tritonclient wants)."""
+    """Splits ``[scheme://]host:port[/...]`` into the scheme and ``host:port`` (what tritonclient wants).
+
+    Raises:
+        ValueError: For a scheme that is not one of :data:`SCHEMES` (``ftp://`` was taken for gRPC), or an IPv6
+            address without brackets (``::1:8001`` is ambiguous: write ``[::1]:8001``).
+    """
     scheme, sep, rest = url.partition("://")
-    if not sep:
-        return None, url.rstrip("/")
-    return scheme.lower(), rest.split("/", 1)[0]
+    if sep and scheme.lower() not in SCHEMES:
+        raise ValueError(f"url {url!r}: the scheme must be one of {', '.join(s + '://' for s in SCHEMES)}")
+    address = (rest if sep else url).split("/", 1)[0]
+    if address.count(":") > 1 and not address.startswith("["):
+        raise ValueError(f"url {url!r}: write an IPv6 address in brackets, e.g. [::1]:8001")
+    return (scheme.lower() if sep else None), address
 
 
 def backoff_delay(attempt: int, backoff: float) -> float:

@@ -491,6 +491,27 @@ def test_default_url_and_scheme(monkeypatch):
     monkeypatch.setenv("TRITON_URL", "http://example.invalid:9000/")
     with AgeGenderClient() as client:
         assert (client.url, client.protocol) == ("example.invalid:9000", "http")
+    # A path goes with or without a scheme; IPv6 in brackets. The red-team probe's misreadings are refused: ftp://
+    # was taken for gRPC, and ::1:8001 became [::0.1.128.1]:443.
+    with AgeGenderClient("localhost:8001/v2") as a, AgeGenderClient("grpc://[::1]:8001/") as b:
+        assert (a.url, b.url) == ("localhost:8001", "[::1]:8001")
+    for url, message in (("ftp://host:8001", "the scheme must be one of"), ("::1:8001", "IPv6 address in brackets")):
+        with pytest.raises(ValueError, match=message):
+            AgeGenderClient(url)
+
+
+@pytest.mark.parametrize("timeout", [0.0, -1.0, float("nan"), float("inf"), 1e12])
+def test_a_timeout_is_a_number_of_seconds_up_to_a_day(timeout):
+    # NaN and inf timed out at once ("within nan s", "Deadline Exceeded"); 1e12 overflowed gRPC's deadline.
+    with pytest.raises(ValueError, match="timeout must be a number of seconds from 0 to 86400"):
+        AgeGenderClient("localhost:1", timeout=timeout)
+
+
+def test_health_after_close_says_so_and_does_not_raise():
+    client = AgeGenderClient(f"127.0.0.1:{free_port()}")
+    client.close()
+    health = client.health()
+    assert not health.ok and health.error == "the client is closed"
 
 
 def test_results_serialise_to_the_documented_keys():
