@@ -3,6 +3,7 @@ ports with no nginx in front, against a real Triton started as the ServingRuntim
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -147,7 +148,44 @@ def test_what_the_door_refused_the_edge_gate_refuses(pod):
         pod.http, "POST", f"/v2/models/{CROP}/infer", gzip.compress(header), {"Content-Encoding": "gzip"}, LOCAL
     )
     assert status == 415 and b"compressed" in body
+    # A compressed gRPC message: never inflated, and refused for what it is (it read "not a valid protobuf message").
+    with grpc.insecure_channel(pod.grpc) as channel:
+        infer = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer
+        with pytest.raises(grpc.RpcError) as refused:
+            infer(grpc_request(CROP, [1, 1], [cases.face_crop()]), compression=grpc.Compression.Gzip, timeout=30)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "compressed gRPC messages are refused" in refused.value.details()
+    # A body declared larger than the gate reads: 413 from the head alone, as the door answers (it was read first).
+    host, port = pod.http.removeprefix("http://").rsplit(":", 1)
+    head = f"POST /v2/models/{CROP}/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {10**9}\r\n\r\n".encode()
+    assert _raw_http(host, int(port), head).startswith(b"HTTP/1.1 413")
+    # Requests aiohttp cannot parse (the red-team probe's: a header too long, HTTP/2's preface on the HTTP/1 port, a
+    # length and chunks at once): a short log line a kind at most every 10 s, not a traceback with the caller's
+    # bytes for each.
+    malformed = (
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-Probe: " + b"PROBEBYTES" * 2000 + b"\r\n\r\n",
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nPROBEBYTES",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nPROBEBYTES",
+    )
+    for data in malformed * 10:
+        _raw_http(host, int(port), data)
+    time.sleep(0.5)
+    log = Path(pod.log.name).read_text()
+    assert "PROBEBYTES" not in log and "Traceback" not in log and "Error handling request" not in log, log[-3000:]
+    assert log.count("refused a malformed HTTP request") <= len(malformed), log[-3000:]
     assert pod.proc.poll() is None
+
+
+def _raw_http(host: str, port: int, data: bytes) -> bytes:
+    with socket.create_connection((host, port), timeout=30) as sock:
+        sock.sendall(data)
+        answer = b""
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+                if b"\r\n\r\n" in answer:
+                    break
+    return answer
 
 
 @pytest.mark.integration

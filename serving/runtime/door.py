@@ -72,6 +72,8 @@ HOLD_WAIT_S = 0.3
 REQUEST_MAX_BYTES = 64 * 2**20
 #: Largest request body accepted at the door (images plus framing).
 MAX_BODY = REQUEST_MAX_BYTES + 2**20
+#: What a body over MAX_BODY is answered (HTTP 413), by the door and by the edge gate.
+BODY_TOO_LARGE = f"request body larger than {MAX_BODY} bytes; send fewer or smaller images"
 #: Longest a request may take from the door's point of view (queueing and inference). The worst single
 #: request is bounded by the per-request pixel budget (serving.pipeline.decode.REQUEST_MAX_PIXELS, ~5 s of decoding on
 #: one core, measured on the 2-core CI machine); 60 s lets about 20 such requests queue ahead of one
@@ -447,7 +449,7 @@ def nginx_config(
                     return 504 '{{"error":"{timed_out}"}}';
                 }}
                 location @too_large {{
-                    return 413 '{{"error":"request body larger than {MAX_BODY} bytes; send fewer or smaller images"}}';
+                    return 413 '{{"error":"{BODY_TOO_LARGE}"}}';
                 }}
                 location @too_many {{
                     add_header Retry-After 1 always;

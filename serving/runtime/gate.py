@@ -119,6 +119,8 @@ _RECONNECT_OPTIONS = [
 #: UNAVAILABLE). A trickled stream thus ends within about 33 + 120 s; a request that starts just before a GOAWAY still
 #: has the grace, twice the door's answer timeout (door.REQUEST_TIMEOUT_S), for its upload and answer.
 GRPC_CONNECTION_AGE_S = 30
+#: How a gzip or a deflate (zlib) message starts; a ModelInferRequest starts with a field tag, never these bytes.
+COMPRESSED_STARTS = (b"\x1f\x8b", b"\x78\x01", b"\x78\x5e", b"\x78\x9c", b"\x78\xda")
 GRPC_CONNECTION_GRACE_S = 2 * REQUEST_TIMEOUT_S
 _SERVER_OPTIONS = [
     *_MESSAGE_OPTIONS,
@@ -212,6 +214,8 @@ class GrpcGate(grpc.GenericRpcHandler):
                     )
                 metadata = (*metadata, (security.GRPC_ADMIN_METADATA, given))
         except DecodeError:
+            if request[:2] in COMPRESSED_STARTS:  # gzip or deflate, never inflated (above): said so, as the door does
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"compressed gRPC messages are refused ({rpc})")
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the {rpc} request is not a valid protobuf message")
         except Refused as refusal:
             await context.abort(getattr(grpc.StatusCode, refusal.code), bounded(str(refusal)))

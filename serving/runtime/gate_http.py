@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import math
+import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from serving.runtime import security
-from serving.runtime.door import CLIENT_HEADER, COMPRESSED, MAX_BODY, MAX_JSON_BYTES, NOT_PUBLIC
+from serving.runtime.door import BODY_TOO_LARGE, CLIENT_HEADER, COMPRESSED, MAX_BODY, MAX_JSON_BYTES, NOT_PUBLIC
 from serving.runtime.gate_check import (
     COMPANION,
     INVALID_ARGUMENT,
@@ -138,6 +142,36 @@ def body_deadline_s(content_length: int | None) -> float:
     return BODY_DEADLINE_BASE_S + length / BODY_MIN_RATE
 
 
+#: At most one log line per kind of malformed HTTP request in this many seconds (:class:`ProtocolErrors`).
+PROTOCOL_LOG_EVERY_S = 10.0
+
+
+class ProtocolErrors(logging.Filter):
+    """aiohttp logs each request it cannot parse ("Error handling request") at ERROR, with a 10-40 line traceback
+    and up to 100 bytes of what the caller sent: in a KServe pod, where no nginx refuses them first, any caller could
+    fill the pod's log (red-team probe, 2026-12-07). One short line per kind every :data:`PROTOCOL_LOG_EVERY_S`,
+    counting those left out; every other record passes as it is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: dict[str, float] = {}
+        self._left_out: dict[str, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, HttpProcessingError | ConnectionResetError):
+            return True
+        kind, now = type(error).__name__, time.monotonic()
+        if now - self._last.get(kind, -math.inf) < PROTOCOL_LOG_EVERY_S:
+            self._left_out[kind] = self._left_out.get(kind, 0) + 1
+            return False
+        self._last[kind] = now
+        more = self._left_out.pop(kind, 0)
+        record.msg = f"refused a malformed HTTP request ({kind})" + (f"; {more} more since" if more else "")
+        record.args, record.exc_info, record.exc_text = (), None, None
+        return True
+
+
 class HttpGate:
     """What nginx sends here: ``POST /v2/models/NAME[/versions/N]/infer`` of public models (body streamed as it
     arrives, read under :func:`body_deadline_s`), and
@@ -174,7 +208,9 @@ class HttpGate:
         self.session: aiohttp.ClientSession | None = None
 
     def app(self) -> web.Application:
-        middlewares = [self._json_errors, self._only_the_door, *([self._not_compressed] if self.edge else [])]
+        logging.getLogger("aiohttp.server").addFilter(ProtocolErrors())
+        edge_checks = [self._not_compressed, self._declared_size] if self.edge else []
+        middlewares = [self._json_errors, self._only_the_door, *edge_checks]
         app = web.Application(client_max_size=MAX_BODY, middlewares=middlewares)
         app.router.add_post("/v2/models/{name}/infer", self.infer)
         app.router.add_post("/v2/models/{name}/versions/{version}/infer", self.infer)
@@ -229,6 +265,14 @@ class HttpGate:
             value.strip().lower() not in ("", "identity") for value in request.headers.getall("Content-Encoding", [])
         ):
             return self._error(415, COMPRESSED)
+        return await handler(request)
+
+    @web.middleware
+    async def _declared_size(self, request: web.Request, handler):
+        # A body declared larger than any the gate reads gets its 413 at once, as from the door, instead of after
+        # up to MAX_BODY of it has been sent and buffered.
+        if request.content_length is not None and request.content_length > MAX_BODY:
+            return self._error(413, BODY_TOO_LARGE)
         return await handler(request)
 
     async def _open_path(self, request: web.Request) -> web.Response:
