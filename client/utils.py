@@ -115,6 +115,8 @@ def encode_image(image: ImageInput, *, image_format: Literal["PNG", "JPEG"] = "P
         InvalidImageError: The file is missing or unreadable, the bytes are empty, or the object is not an image.
     """
     if isinstance(image, str | os.PathLike):
+        if not os.fspath(image):  # Path("") is ".", which read as "is a directory"
+            raise InvalidImageError("an empty file name; give the path of an image file")
         path = Path(image)
         try:
             # A device or a pipe has no end a read can wait for (/dev/zero filled memory, a FIFO blocked the open).

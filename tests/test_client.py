@@ -422,6 +422,8 @@ def test_invalid_images_are_rejected_before_any_request(tmp_path):
             client.predict(empty)
         with pytest.raises(InvalidImageError, match="is a directory"):
             client.predict(tmp_path)
+        with pytest.raises(InvalidImageError, match="an empty file name"):  # it said ".: is a directory"
+            client.predict("")
         # Neither read to its end (that never comes) nor opened (a pipe's open waits for a writer).
         pipe = tmp_path / "pipe.jpg"
         os.mkfifo(pipe)
