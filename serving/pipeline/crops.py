@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 UTK_SIDE = 200
 #: Fitted crop constants; written by ``python -m research.calibrate_crop``.
 CALIBRATION_PATH = Path(__file__).with_name("crop_calibration.json")
-#: Shortest side, in the uploaded file's pixels, of a face square the CNNs are given an estimate for: a crop sent
-#: to the crop path, or the square cut around a detected face. Smaller faces are blown up from too few pixels. The
+#: The smallest face square, in the uploaded file's pixels, that gets an estimate: a crop sent to the crop path, or
+#: the square cut around a detected face. A smaller one is blown up from too few pixels for the CNNs. The
 #: validation split's faces shrunk to a side and served in-process (``python -m research.face_size``, 2026-12-07):
 #: age MAE 4.42 at 200 px, 4.70 at 48, 5.48 at 32, 7.27 at 24 and 11.3 at 16; the 80% interval held 80% of ages
 #: down to 64 px, 76% at 32 and 72% at 24; gender accuracy 0.944, 0.933 at 32, 0.870 at 16.
@@ -43,7 +43,7 @@ class Face:
     crops: dict[str, np.ndarray]  # task -> (size, size, 3) uint8 RGB model input (common.spec.model_inputs)
     box: tuple[float, float, float, float]  # x0, y0, x1, y1 detector box in original image pixels, clipped to it
     score: float  # detector confidence in [0, 1]; 1.0 where no detector ran
-    side: float  # the pixels of the image the crops were made from: the square's side (the crop's shorter side)
+    side: float  # side of the square the crops were cut from, in the picture's pixels (crop path: its shorter side)
 
 
 def too_small(side: float) -> str | None:
