@@ -119,9 +119,9 @@ _RECONNECT_OPTIONS = [
 #: UNAVAILABLE). A trickled stream thus ends within about 33 + 120 s; a request that starts just before a GOAWAY still
 #: has the grace, twice the door's answer timeout (door.REQUEST_TIMEOUT_S), for its upload and answer.
 GRPC_CONNECTION_AGE_S = 30
+GRPC_CONNECTION_GRACE_S = 2 * REQUEST_TIMEOUT_S
 #: How a gzip or a deflate (zlib) message starts; a ModelInferRequest starts with a field tag, never these bytes.
 COMPRESSED_STARTS = (b"\x1f\x8b", b"\x78\x01", b"\x78\x5e", b"\x78\x9c", b"\x78\xda")
-GRPC_CONNECTION_GRACE_S = 2 * REQUEST_TIMEOUT_S
 _SERVER_OPTIONS = [
     *_MESSAGE_OPTIONS,
     ("grpc.max_connection_age_ms", GRPC_CONNECTION_AGE_S * 1000),

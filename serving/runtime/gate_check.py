@@ -209,14 +209,14 @@ def check_all_inputs(model_name: str, model: Model, names: list[str]) -> None:
         )
 
 
-# -- gRPC ------------------------------------------------------------------------------------------------------
-
-
 def check_id(request_id: str) -> None:
     """A request id Triton would echo cut short: it keeps a C string, which ends at the first NUL, so a caller
     matching answers by id would get another id back (red-team probe, 2026-12-07)."""
     if "\0" in request_id:
         raise Refused(INVALID_ARGUMENT, "the request 'id' must not contain a NUL character (Triton would cut it there)")
+
+
+# -- gRPC ------------------------------------------------------------------------------------------------------
 
 
 def check_grpc_infer(request, admin: bool = False) -> None:
