@@ -237,12 +237,15 @@ class FacesResult:
             return f"{name}: no face found"
         lines = [f"{name}: {len(self.faces)} face{'s' if len(self.faces) > 1 else ''}"]
         for k, face in enumerate(self.faces, 1):
+            box = ", ".join(f"{v:.0f}" for v in face.box)
+            if face.age is None and face.female_probability is None:  # found, no numbers: under 32 px (the server)
+                lines.append(f"  #{k}: too small to estimate, box [{box}], score {face.detection_score:.2f}")
+                continue
             age = age_text(face.age, face.age_interval)
             gender = (
                 f"{face.gender} (P(female)={face.female_probability:.2f})"
                 if face.female_probability is not None
                 else "?"
             )
-            box = ", ".join(f"{v:.0f}" for v in face.box)
             lines.append(f"  #{k}: {age}, {gender}, box [{box}], score {face.detection_score:.2f}")
         return "\n".join(lines)

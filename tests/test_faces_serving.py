@@ -20,7 +20,7 @@ import tritonclient.http as httpclient
 from PIL import Image
 
 from client import AgeGenderClient, DetectedFace, InvalidImageError
-from client.results import DETECTED_FACE_KEYS, FACES_RESULT_KEYS
+from client.results import DETECTED_FACE_KEYS, FACES_RESULT_KEYS, FacesResult
 from common import contract as c
 from common import spec
 from common.contract import MAX_FACES
@@ -314,6 +314,8 @@ def test_a_face_too_small_for_an_estimate_is_found_and_not_estimated(triton_tiny
         assert client.predict(shrunk(120)).age is not None
         found = client.predict_faces(shrunk(64))
         assert len(found) == 1 and found[0].age is None and found[0].gender is None and found[0].box[2] > 0
+    line = FacesResult(faces=tuple(found), file="tiny.jpg").describe().splitlines()[1]
+    assert line.startswith("  #1: too small to estimate, box [") and "score 0." in line, line
     # The raw item: found, its box in the file's pixels, the numbers blank.
     image = grpcclient.InferInput(c.IMAGE_INPUT, [1, 1], "BYTES")
     image.set_data_from_numpy(np.array([[shrunk(64)]], dtype=object))
