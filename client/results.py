@@ -166,9 +166,10 @@ class DetectedFace:
     """One face of a multi-face estimate (:meth:`client.AgeGenderClient.predict_faces`).
 
     Attributes:
-        age: Estimated age in years (None only if the server sent no finite value).
-        gender: ``"male"`` or ``"female"``.
-        female_probability: The gender model's probability that the face is female, in [0, 1].
+        age: Estimated age in years; None where the face was found but is too small to estimate (under 32 px in
+            the photo: docs/serving.md), or the server sent no finite value.
+        gender: ``"male"`` or ``"female"``; None where there is no estimate.
+        female_probability: The gender model's probability that the face is female, in [0, 1]; None likewise.
         box: ``(x0, y0, x1, y1)`` of the face in the original image's pixels.
         detection_score: The face detector's confidence.
         age_low: 10th percentile of the age model's distribution for this face, in years, or None when the
@@ -188,6 +189,11 @@ class DetectedFace:
     def age_interval(self) -> tuple[float, float] | None:
         """``(age_low, age_high)``, or None when there is no interval."""
         return _interval(self.age_low, self.age_high)
+
+    @property
+    def estimated(self) -> bool:
+        """False for a face the server found and sent no numbers for: too small to estimate."""
+        return self.age is not None or self.female_probability is not None
 
     def to_dict(self) -> dict[str, Any]:
         """Returns a JSON-serialisable dict with keys :data:`DETECTED_FACE_KEYS`."""
@@ -238,7 +244,7 @@ class FacesResult:
         lines = [f"{name}: {len(self.faces)} face{'s' if len(self.faces) > 1 else ''}"]
         for k, face in enumerate(self.faces, 1):
             box = ", ".join(f"{v:.0f}" for v in face.box)
-            if face.age is None and face.female_probability is None:  # found, no numbers: under 32 px (the server)
+            if not face.estimated:
                 lines.append(f"  #{k}: too small to estimate, box [{box}], score {face.detection_score:.2f}")
                 continue
             age = age_text(face.age, face.age_interval)

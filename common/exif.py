@@ -51,23 +51,32 @@ def _byte_order(tiff: bytes) -> str | None:
     return None
 
 
-def entries(tiff: bytes, offset: int | None = None) -> tuple[np.ndarray, str]:
-    """The entries of the directory at ``offset`` (the first one when None) as a structured array (tag, type,
-    count, value: the value's 4 raw bytes), as many as the block holds, and the byte order; none when the block is
-    no classic TIFF or the directory lies outside it."""
+def _directory(tiff: bytes, offset: int | None = None) -> tuple[str, int, int]:
+    """The byte order, and where the entries of the directory at ``offset`` (the first one when None) start and how
+    many the block holds of them; 0 entries when the block is no classic TIFF or the directory lies outside it."""
     order = _byte_order(tiff)
-    empty = np.zeros(0, [("tag", "u2"), ("type", "u2"), ("count", "u4"), ("value", "V4")])
     if order is None or len(tiff) < 8:
-        return empty, "<"
+        return "<", 0, 0
     endian = "little" if order == "<" else "big"
     if offset is None:
         offset = int.from_bytes(tiff[4:8], endian)
     if offset + 2 > len(tiff):
-        return empty, order
+        return order, 0, 0
     count = int.from_bytes(tiff[offset : offset + 2], endian)
-    count = min(count, (len(tiff) - offset - 2) // 12)  # PIL stops at the first entry cut short
+    return order, offset + 2, min(count, (len(tiff) - offset - 2) // 12)  # PIL stops at the first entry cut short
+
+
+def entries(tiff: bytes, offset: int | None = None) -> tuple[np.ndarray, str]:
+    """The entries of the directory at ``offset`` (the first one when None) as a structured array (tag, type,
+    count, value: the value's 4 raw bytes), as many as the block holds, and the byte order (:func:`_directory`)."""
+    order, start, count = _directory(tiff, offset)
     dtype = np.dtype([("tag", order + "u2"), ("type", order + "u2"), ("count", order + "u4"), ("value", "V4")])
-    return np.frombuffer(tiff, dtype, count=count, offset=offset + 2), order
+    return np.frombuffer(tiff, dtype, count=count, offset=start), order
+
+
+def _offsets(found: np.ndarray, order: str) -> np.ndarray:
+    """Each entry's value field read as an offset into the block (where its data lies when it does not fit there)."""
+    return np.frombuffer(found["value"].tobytes(), order + "u4").astype(np.int64)
 
 
 def _sizes(found: np.ndarray) -> np.ndarray:
@@ -81,8 +90,7 @@ def copied_bytes(tiff: bytes) -> int:
     found, order = entries(tiff)
     sizes = _sizes(found)
     outside = sizes > 4
-    offsets = np.frombuffer(found["value"][outside].tobytes(), order + "u4").astype(np.int64)
-    available = np.clip(len(tiff) - offsets, 0, None).astype(np.uint64)
+    available = np.clip(len(tiff) - _offsets(found[outside], order), 0, None).astype(np.uint64)
     return int(np.minimum(sizes[outside], available).sum())
 
 
@@ -94,22 +102,12 @@ def costly(block: bytes) -> int | None:
     tiff = block[6 * prefixes :]
     stripping = max(0, prefixes - 2) * len(block)
     allowed = len(tiff) + MAX_SHARED_BYTES
-    if _count(tiff) * len(tiff) + stripping <= allowed:  # even were every tag to copy the whole block: a camera's
-        return None  # block (10-20 tags in its first directory) is let through here in 2-3 us; numpy's count, 17-20
+    # Even were every tag to copy all of the block: a camera's (10-20 tags in its first directory) is let through
+    # here in 2-3 us, where numpy's count takes 17-20.
+    if _directory(tiff)[2] * len(tiff) + stripping <= allowed:
+        return None
     copied = copied_bytes(tiff) + stripping
     return copied if copied > allowed else None
-
-
-def _count(tiff: bytes) -> int:
-    """How many entries the first directory lists, as far as the block holds them (0 for no classic TIFF)."""
-    order = _byte_order(tiff)
-    if order is None or len(tiff) < 8:
-        return 0
-    endian = "little" if order == "<" else "big"
-    offset = int.from_bytes(tiff[4:8], endian)
-    if offset + 2 > len(tiff):
-        return 0
-    return min(int.from_bytes(tiff[offset : offset + 2], endian), (len(tiff) - offset - 2) // 12)
 
 
 def integer(tiff: bytes, tag: int, offset: int | None = None) -> int | None:
@@ -119,8 +117,8 @@ def integer(tiff: bytes, tag: int, offset: int | None = None) -> int | None:
     found, order = entries(tiff, offset)
     mine = found[(found["tag"] == tag) & (_UNITS[found["type"]] > 0)]
     sizes = _sizes(mine)
-    offsets = np.frombuffer(mine["value"].tobytes(), order + "u4").astype(np.uint64)
-    mine = mine[(sizes <= 4) | (offsets + sizes <= len(tiff))]  # PIL skips an entry whose data the block cuts short
+    ends = _offsets(mine, order).astype(np.uint64) + sizes
+    mine = mine[(sizes <= 4) | (ends <= len(tiff))]  # PIL skips an entry whose data the block cuts short
     if not len(mine):
         return None
     last = mine[-1]

@@ -206,7 +206,7 @@ def interval_text(result: FaceResult | DetectedFace, *, dash: str = DASH) -> str
 
 def summary(result: FaceResult | DetectedFace, *, dash: str = DASH) -> str:
     """The one-line label, e.g. ``age ~34 (27–41), female (87%)``: the interval only when the model gives one."""
-    if isinstance(result, DetectedFace) and result.age is None and result.female_probability is None:
+    if isinstance(result, DetectedFace) and not result.estimated:
         return "too small to estimate"  # the server found it and sent no numbers (docs/serving.md, face detection)
     parts = [f"age ~{round(result.age)}" if result.age is not None else "age ?"]
     if result.age is not None and (interval := interval_text(result, dash=dash)) is not None:

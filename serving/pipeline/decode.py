@@ -53,11 +53,15 @@ class Decoded:
     image: Image.Image
     file_size: tuple[int, int] | None = None  # None: the image is the file's own size
 
+    def _factors(self) -> tuple[float, float]:
+        """The uploaded file's pixels per pixel of :attr:`image`, along x and along y (1 unless drafted)."""
+        width, height = self.file_size or self.image.size
+        return width / self.image.width, height / self.image.height
+
     @property
     def scale(self) -> float:
         """The uploaded file's pixels per pixel of :attr:`image` (1 unless drafted), the two axes' mean."""
-        width, height = self.file_size or self.image.size
-        return (width / self.image.width + height / self.image.height) / 2
+        return sum(self._factors()) / 2
 
     def to_file(self, box) -> tuple[float, float, float, float]:
         """A box on :attr:`image` in the uploaded file's pixels (upright), clipped to the file.
@@ -66,7 +70,7 @@ class Decoded:
         4000x3001 JPEG drafted to 1000x751 is 4.0 wide and 3.996 high (one factor put a box's bottom at 3002).
         """
         width, height = self.file_size or self.image.size
-        sx, sy = width / self.image.width, height / self.image.height
+        sx, sy = self._factors()
         x0, y0, x1, y1 = (float(v) for v in box)
         return (
             min(max(x0 * sx, 0.0), width),

@@ -39,6 +39,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -50,7 +51,7 @@ from google.protobuf.message import DecodeError
 from serving.runtime import security
 from serving.runtime.door import CLIENT_HEADER, MAX_BODY, REQUEST_TIMEOUT_S, ClientLimits
 from serving.runtime.gate_check import COMPANION, Refused, check_grpc_infer, companion_needed, model_for
-from serving.runtime.gate_http import HttpGate
+from serving.runtime.gate_http import HttpGate, ProtocolErrors
 from serving.runtime.gate_process import (
     LATER_MODELS_ENV,
     READY_LINE,
@@ -331,6 +332,7 @@ async def serve(args, admin_key: str, upstream_headers: dict[str, str], stop: as
     # handler_cancellation: a caller that hangs up cancels its handler (aiohttp's default lets it run on), so a call
     # still waiting for a place to Triton is dropped, as on the gRPC side; one Triton has runs on (Upstream's shield).
     runner = web.AppRunner(http_gate.app(), access_log=None, auto_decompress=False, handler_cancellation=True)
+    logging.getLogger("aiohttp.server").addFilter(ProtocolErrors())  # once a process: each filter counts on its own
     await runner.setup()
     host, port = _split(args.http)
     await web.TCPSite(runner, host, port, reuse_port=True).start()  # beside the launcher's ports.Held, as gRPC's

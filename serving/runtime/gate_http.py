@@ -208,7 +208,6 @@ class HttpGate:
         self.session: aiohttp.ClientSession | None = None
 
     def app(self) -> web.Application:
-        logging.getLogger("aiohttp.server").addFilter(ProtocolErrors())
         edge_checks = [self._not_compressed, self._declared_size] if self.edge else []
         middlewares = [self._json_errors, self._only_the_door, *edge_checks]
         app = web.Application(client_max_size=MAX_BODY, middlewares=middlewares)
