@@ -73,7 +73,8 @@ EXPOSE 8000 8001 8002
 # serve those APIs unprotected: Triton stops at "Unexpected argument @ARGV_SECRET_CHECK@". Run it with
 # -e TRITON_ADMIN_KEY -e LD_PRELOAD=/opt/agegender/lib/argv_secret.so -e ARGV_SECRETS=TRITON_ADMIN_KEY,ARGV_SECRET_CHECK
 # -e ARGV_SECRET_CHECK=--exit-on-error=true (docs/security.md); compose and the KServe runtime give their own command.
-CMD ["tritonserver", "--model-repository=/models", \
+# Explicit model control, every model loaded at start, so that `python -m serving.ops.rollout` can switch versions.
+CMD ["tritonserver", "--model-repository=/models", "--model-control-mode=explicit", "--load-model=*", \
      "--http-restricted-api=shared-memory,model-repository,statistics,trace,logging:admin-key=@TRITON_ADMIN_KEY@", \
      "--grpc-restricted-protocol=shared-memory,model-repository,statistics,trace,logging:admin-key=@TRITON_ADMIN_KEY@", \
      "@ARGV_SECRET_CHECK@"]

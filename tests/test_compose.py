@@ -18,6 +18,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from common import contract
+from serving.runtime import command as triton_command
+from serving.runtime.gate_process import SERVED_MODELS_ENV
+
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 COMPOSE_CPU = ROOT / "docker-compose.cpu.yml"
@@ -208,11 +212,30 @@ def test_client_defaults_agree(compose, monkeypatch):
 def test_triton_healthcheck_and_gpu(compose):
     triton = compose["services"]["triton"]
     check = " ".join(triton["healthcheck"]["test"])
-    assert "localhost:8000/v2/health/ready" in check
+    assert "localhost:8000/v2/models/{m}/ready" in check
+    assert all(f"'{model}'" in check for model in contract.PUBLIC_MODELS)
     devices = triton["deploy"]["resources"]["reservations"]["devices"]
     assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
     assert triton.get("shm_size"), "the Python backend needs more than Docker's 64 MB /dev/shm"
     assert any(v.startswith("./model_repository:") for v in triton["volumes"])
+
+
+def test_rollouts_work_and_a_failed_one_leaves_the_service_ready(compose, compose_cpu):
+    # Rollouts load versions through the repository API, which needs explicit model control; every model loads at
+    # start. Readiness (the door's, through the gate) asks for each public model, not for Triton's own answer, which
+    # stays "not ready" after any failed load (serving/runtime/gate.py, GrpcGate.not_ready).
+    dockerfile = (ROOT / "docker" / "triton.Dockerfile").read_text().replace("\\\n", "")
+    image_cmd = json.loads(re.search(r"^CMD (\[.*?\])", dockerfile, re.M | re.S).group(1))
+    commands = {
+        "docker-compose.yml": compose["services"]["triton"]["command"],
+        "docker-compose.cpu.yml": compose_cpu["services"]["triton"]["command"],
+        "the Triton image's CMD": image_cmd,
+    }
+    for name, triton_args in commands.items():
+        assert triton_command.flag(triton_args, "model-control-mode") == "explicit", name
+        assert "--load-model=*" in triton_args, name
+    served = compose["services"]["gate"]["environment"][SERVED_MODELS_ENV].split(",")
+    assert sorted(served) == sorted(contract.PUBLIC_MODELS)
 
 
 def test_gradio_waits_for_healthy_triton(compose):

@@ -8,6 +8,7 @@ import gzip
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -71,8 +72,11 @@ def pod(tiny_repo, tmp_path_factory):
     """``python -m serving.runtime.edge`` as the ServingRuntime runs it, on free loopback ports."""
     run = tmp_path_factory.mktemp("edge")
     prefix = f"edge{uuid.uuid4().hex[:6]}"
-    # The crop path only (no face detectors to build): a quicker start, and all these tests need.
-    cmd, env, http, grpc_ = _pod_cmd(run, tiny_repo, CROP, prefix)
+    # A copy: a test adds a broken version to it. The crop path only (no face detectors to build): a quicker start,
+    # and all these tests need.
+    repo = run / "repo"
+    shutil.copytree(tiny_repo, repo, symlinks=True)
+    cmd, env, http, grpc_ = _pod_cmd(run, repo, CROP, prefix)
     log = open(run / "edge.log", "w+")  # noqa: SIM115 - read at the end
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 180
@@ -85,7 +89,9 @@ def pod(tiny_repo, tmp_path_factory):
             pass
         assert time.monotonic() < deadline, Path(log.name).read_text()[-3000:]
         time.sleep(0.5)
-    pod = type("Pod", (), {"proc": proc, "http": f"http://{http}", "grpc": grpc_, "prefix": prefix, "log": log})
+    pod = type(
+        "Pod", (), {"proc": proc, "http": f"http://{http}", "grpc": grpc_, "prefix": prefix, "log": log, "repo": repo}
+    )
     yield pod
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -203,6 +209,37 @@ def test_a_killed_gate_is_started_again_and_triton_keeps_running(pod):
         assert time.monotonic() < deadline, "the gate did not come back"
         time.sleep(0.2)
     assert _triton_pid(pod) == triton and pod.proc.poll() is None
+
+
+@pytest.mark.integration
+def test_a_rollout_that_fails_to_load_leaves_the_pod_ready(pod):
+    # A release whose new version cannot load: Triton keeps serving the version before, but its own readiness says
+    # "not ready" from then on. The probes must not take the pod out of routing for good (their liveness would never
+    # restart it either): the gate answers readiness model by model, as behind the door.
+    broken = pod.repo / contract.AGE_MODEL / "2" / "model.savedmodel"
+    broken.mkdir(parents=True)
+    (broken / "saved_model.pb").write_bytes(b"not a SavedModel")
+    env = {**_env(), security.ADMIN_KEY_ENV: KEY}
+    rollout = [sys.executable, "-m", "serving.ops.rollout", "--url", pod.http, "--model", contract.AGE_MODEL]
+    done = subprocess.run(rollout, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "serves on" in done.stderr, done.stderr
+    assert http_call(pod.http, "GET", "/v2/health/ready", source=LOCAL)[0] == 200
+    with grpc.insecure_channel(pod.grpc) as channel:
+        assert channel.unary_unary("/grpc.health.v1.Health/Check")(b"", timeout=10) == b"\x08\x01"  # SERVING
+    status, body = http_infer(pod.http, CROP, [1, 1], serialize_bytes([cases.face_crop()]))
+    assert status == 200, body
+
+
+def test_the_pod_serves_what_tritons_command_loads(tmp_path):
+    for name, config in (("a", "config.pbtxt"), ("b", "configs/cpu.pbtxt"), ("c", "configs/other.pbtxt")):
+        (tmp_path / name / config).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name / config).write_text("")
+    (tmp_path / "not_a_model").mkdir()
+    triton = ["tritonserver", f"--model-repository={tmp_path}", "--model-control-mode=explicit"]
+    assert edge.served_models([*triton, "--load-model=*"]) == ("a",)
+    assert edge.served_models([*triton, "--load-model=*", "--model-config-name=cpu"]) == ("a", "b")
+    assert edge.served_models([*triton, "--load-model", "b", "--load-model=c"]) == ("b", "c")
+    assert edge.served_models(["tritonserver", "--model-repository=s3://bucket/models"]) == ()
 
 
 @pytest.mark.integration

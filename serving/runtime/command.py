@@ -47,6 +47,39 @@ def loads_first(model_repository: str | Path, extra_args: tuple[str, ...]) -> bo
     return folder.is_dir() and all((folder / m / "config.pbtxt").is_file() for m in FIRST_MODELS)
 
 
+def served_models(folder: str | Path, config_name: str | None, args: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """The models a Triton started with ``args`` on the local repository ``folder`` serves, for the gate's readiness:
+    the ones named by ``--load-model`` unless one is ``*``, else every model folder holding ``config.pbtxt`` or, with
+    ``config_name`` (``--model-config-name``), ``configs/<config_name>.pbtxt``."""
+    if named := named_models(args):
+        return named
+    configs = ["config.pbtxt", *([f"configs/{config_name}.pbtxt"] if config_name else [])]
+    return tuple(sorted(p.name for p in Path(folder).iterdir() if any((p / c).is_file() for c in configs)))
+
+
+def named_models(args: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """The models ``--load-model`` names in Triton's arguments; none when there is none or one is ``*`` (all)."""
+    named = {value for given, value in _flags(args) if given == "--load-model"}
+    return () if "*" in named else tuple(sorted(named))
+
+
+def flag(args: list[str] | tuple[str, ...], name: str) -> str | None:
+    """The last value of ``--name=value`` or ``--name value`` in Triton's arguments (its last one wins)."""
+    values = [value for given, value in _flags(args) if given == f"--{name}"]
+    return values[-1] if values else None
+
+
+def _flags(args: list[str] | tuple[str, ...]) -> list[tuple[str, str]]:
+    """``(--flag, value)`` for each ``--flag=value`` or ``--flag value`` in ``args``."""
+    found = []
+    for i, arg in enumerate(args):
+        if arg.startswith("--") and "=" in arg:
+            found.append(tuple(arg.split("=", 1)))
+        elif arg.startswith("--") and i + 1 < len(args) and not args[i + 1].startswith("--"):
+            found.append((arg, args[i + 1]))
+    return found
+
+
 def first_args() -> tuple[str, ...]:
     """Triton's arguments for :func:`loads_first`: explicit control, loading the ensembles (Triton loads the models
     an ensemble steps through with it); the launcher loads the rest through the repository API."""

@@ -33,8 +33,8 @@ import sys
 import threading
 import time
 
-from serving.runtime import children, security
-from serving.runtime.gate_process import STOP_S, gate_command
+from serving.runtime import children, command, security
+from serving.runtime.gate_process import SERVED_MODELS_ENV, STOP_S, gate_command
 from serving.runtime.subproc import stop_process
 
 #: How long the gate has to finish the requests it holds (gate_process.STOP_S).
@@ -50,17 +50,6 @@ class EdgeError(ValueError):
     """The command would expose Triton or could not keep its secrets: nothing was started."""
 
 
-def _flag(args: list[str], name: str) -> str | None:
-    """The last value of ``--name=value`` or ``--name value`` in ``args`` (tritonserver's last one wins)."""
-    value = None
-    for i, arg in enumerate(args):
-        if arg.startswith(f"--{name}="):
-            value = arg.split("=", 1)[1]
-        elif arg == f"--{name}" and i + 1 < len(args):
-            value = args[i + 1]
-    return value
-
-
 def check_triton(triton: list[str], *, triton_http: str, triton_grpc: str, preload: str | None) -> None:
     """Raises :class:`EdgeError` unless Triton's HTTP and gRPC listen on loopback, where the gate expects them, and
     any secret placeholder in its arguments has the library that fills it in."""
@@ -68,7 +57,7 @@ def check_triton(triton: list[str], *, triton_http: str, triton_grpc: str, prelo
         raise EdgeError("give Triton's command after --")
     for protocol, upstream in (("http", triton_http), ("grpc", triton_grpc)):
         host, _, port = upstream.rpartition(":")
-        address, given_port = _flag(triton, f"{protocol}-address"), _flag(triton, f"{protocol}-port")
+        address, given_port = command.flag(triton, f"{protocol}-address"), command.flag(triton, f"{protocol}-port")
         if address != LOOPBACK or host != LOOPBACK:
             raise EdgeError(
                 f"Triton's {protocol.upper()} must listen on {LOOPBACK} only (--{protocol}-address={LOOPBACK}) and "
@@ -78,6 +67,21 @@ def check_triton(triton: list[str], *, triton_http: str, triton_grpc: str, prelo
             raise EdgeError(f"--{protocol}-port={given_port} is not the gate's --triton-{protocol} port {port}")
     if any("@" in arg for arg in triton) and not preload:
         raise EdgeError("Triton's arguments hold secret placeholders: give --triton-preload (argv_secret.so)")
+
+
+def served_models(triton: list[str]) -> tuple[str, ...]:
+    """The models the pod serves, for the gate's readiness (gate.GrpcGate.not_ready): those ``--load-model`` names,
+    or every model in the local ``--model-repository`` (KServe's storage initializer fills /mnt/models before this
+    container starts). Without them the gate would pass on Triton's own readiness, which stays "not ready" from the
+    first version that fails to load (a rollout of a broken version) for as long as Triton runs, while the version
+    before serves on: the readiness probe would take the pod out of routing for good, and its liveness probe, still
+    passing, would never restart it. None for a repository that is not a local folder: Triton's own answer then."""
+    repository = command.flag(triton, "model-repository")
+    if command.named_models(triton):
+        return command.named_models(triton)
+    if not repository or not os.path.isdir(repository):
+        return ()
+    return command.served_models(repository, command.flag(triton, "model-config-name"), triton)
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -108,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     triton_env = {**env, **({"LD_PRELOAD": args.triton_preload} if args.triton_preload else {})}
     gate_env = {k: v for k, v in env.items() if k not in (security.ARGV_SECRETS_ENV, security.PRELOAD_CHECK_ENV)}
+    gate_env[SERVED_MODELS_ENV] = ",".join(served_models(triton))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -505,14 +505,10 @@ class TritonServer:
         """The models this server serves, for the gate's readiness: the ones named by ``--load-model``, else every
         model (a folder with a config) of the local or staged repository, or of the s3:// repository Triton reads
         itself as listed at the start."""
-        named = [arg.split("=", 1)[1] for arg in self.extra_args if arg.startswith("--load-model=")]
-        if named and "*" not in named:
-            return tuple(sorted(set(named)))
         if self.staged is None and storage.is_s3(self.model_repository):
-            return self._bucket_models
+            return command.named_models(self.extra_args) or self._bucket_models
         folder = Path(self.staged.folder if self.staged is not None else self.model_repository)
-        configs = ("config.pbtxt", f"configs/{self.config_name}.pbtxt")
-        return tuple(sorted(p.name for p in folder.iterdir() if any((p / c).is_file() for c in configs)))
+        return command.served_models(folder, self.config_name, self.extra_args)
 
     def later_models(self) -> tuple[str, ...]:
         """The public models loaded after the ensembles (their requests wait at the gate until they are ready)."""
