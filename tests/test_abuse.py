@@ -69,19 +69,77 @@ def test_judge_checks_the_age_interval_of_a_face():
     assert judge(case, 200, "", lacking)[0] == "wrong_answer"
 
 
+def _report(answered=10, *, sent=1200, planned=1200, stopped_early=False, **totals):
+    """The parts of a suite report that report.failures() reads."""
+    return {
+        "totals": dict(dict.fromkeys(("deaths", "wrong_answer", "server_error", "no_answer"), 0), **totals),
+        "categories": {"well_formed": {"sent": 10, "answered": answered}},
+        "aborted": False,
+        "stopped_early": stopped_early,
+        "duration_s": 900.0 if stopped_early else 300.0,
+        "abuse_requests": sent,
+        "planned_abuse_requests": planned,
+    }
+
+
 def test_a_server_that_fails_well_formed_requests_fails_the_run():
-    def report(answered=10, **totals):
-        return {
-            "totals": dict(dict.fromkeys(("deaths", "wrong_answer", "server_error", "no_answer"), 0), **totals),
-            "categories": {"well_formed": {"sent": 10, "answered": answered}},
-            "aborted": False,
-        }
+    report = _report
 
     assert failures(report()) == []
     assert failures(report(server_error=3)) == ["3 server errors (5xx / INTERNAL)"]
     assert failures(report(no_answer=1)) == ["1 requests without an answer"]
     # Up, healthy, and answering every inference with 503: not a pass.
     assert failures(report(answered=0)) == ["10 of 10 well-formed unserved"]
+
+
+def test_a_run_that_sent_less_than_planned_fails():
+    # It passed on what it happened to send: nothing at all (--time-limit 0), or the first chunks before the limit.
+    assert failures(_report(sent=1200, planned=1200)) == []
+    (reason,) = failures(_report(sent=400, planned=1200, stopped_early=True))
+    assert (
+        reason.startswith("stopped early at --time-limit after 900.0 s: 400 of 1200") and "raise --time-limit" in reason
+    )
+    assert failures(_report(sent=1199, planned=1200)) == ["only 1199 of 1200 malformed requests sent"]
+    reasons = failures(_report(sent=0, planned=1200, stopped_early=True))
+    assert len(reasons) == 2 and reasons[1] == "no malformed request was sent"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--count", "0"],
+        ["--count", "-5"],
+        ["--concurrency", "0"],
+        ["--batch", "0"],
+        ["--time-limit", "0"],
+        ["--time-limit", "nan"],
+    ],
+)
+def test_the_suite_refuses_a_run_that_cannot_send_anything(argv, monkeypatch, capsys):
+    # Refused by argparse (exit 2, the option named), before any server is asked: these used to pass having sent
+    # nothing (--count 0, --time-limit 0) or end in a traceback (max_workers must be greater than 0, range() arg 3).
+    monkeypatch.setattr(abuse, "run", lambda *a, **k: pytest.fail(f"{argv} reached the run"))
+    with pytest.raises(SystemExit) as exc:
+        abuse.main(argv)
+    assert exc.value.code == 2
+    assert f"argument {argv[0]}:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--probes", ","], ["--probes", " "], ["--shape-calls", "0"], ["--duration", "0"]])
+def test_the_probes_refuse_a_run_that_probes_nothing(argv, monkeypatch, capsys):
+    # --probes "," ran no probe and passed (all() of nothing is True); --shape-calls 0 divided by zero.
+    monkeypatch.setattr(probes, "run", lambda *a, **k: pytest.fail(f"{argv} reached the run"))
+    with pytest.raises(SystemExit) as exc:
+        probes.main(argv)
+    assert exc.value.code == 2
+    assert argv[0] in capsys.readouterr().err
+
+
+def test_a_probe_run_without_probes_does_not_pass(monkeypatch):
+    monkeypatch.setattr(probes.procs, "server_root", lambda **_: 1)
+    monkeypatch.setattr(probes, "references", lambda _url: [])
+    report = probes.run("127.0.0.1:1", "127.0.0.1:2", [], log=lambda _: None)
+    assert report["probes"] == {} and report["pass"] is False
 
 
 def test_plan_reaches_the_count():
@@ -117,6 +175,16 @@ def test_short_abuse_run_leaves_the_server_serving(triton_tiny, tmp_path):
     assert report["rss_bytes"]["before"]["tritonserver"] > 0 and report["rss_bytes"]["after"]["nginx"] > 0
     assert json.loads(json_path.read_text())["totals"] == totals
     assert triton_tiny._proc.pid in procs.triton_pids(os.getpid())  # found among this session's servers
+
+
+@pytest.mark.integration
+def test_an_abuse_run_stopped_by_its_time_limit_fails(triton_tiny):
+    report = abuse.run(
+        triton_tiny.http_url, triton_tiny.grpc_url, count=250, seed=7, time_limit=0.5, skip_known=True, log=print
+    )
+    # It passed on the chunks it sent before the limit.
+    assert any(r.startswith("stopped early at --time-limit") for r in failures(report)), failures(report)
+    assert report["stopped_early"] and 0 < report["abuse_requests"] < report["planned_abuse_requests"]
 
 
 @pytest.mark.integration

@@ -132,14 +132,88 @@ def test_locust_counts_a_dead_server_as_failures(tmp_path, max_fail_ratio, code)
 
     # Retries ride out a restart (15 s by default); a server that stays dead is a failure after the window.
     # The exit code is the threshold's, not Locust's own "any failure is 1": every request failing is within
-    # --max-fail-ratio 1.
+    # --max-fail-ratio 1 (and the outage within the --max-unavailable-s given, so that only the ratio decides).
     done, prefix = _locust(
-        tmp_path, "TritonGrpcUser", Dead, "--path", "crop", "--retry-window", "1", "--max-fail-ratio", max_fail_ratio
+        tmp_path,
+        "TritonGrpcUser",
+        Dead,
+        *("--path", "crop", "--retry-window", "1", "--max-unavailable-s", "600", "--max-fail-ratio", max_fail_ratio),
     )
     assert done.returncode == code, done.stderr[-3000:]
     assert int(_aggregated(prefix)["Failure Count"]) > 0
     verdict = "fail ratio 1.000 > --max-fail-ratio" if code else "thresholds met"
     assert verdict in done.stderr
+
+
+#: A locustfile whose users send through a scripted transport instead of tritonclient: it answers for UP_S seconds
+#: from the first request, is unavailable (gRPC UNAVAILABLE, as a stopped server is) for DOWN_S seconds (None: for
+#: good; "hang": no answer at all, as from a stopped process), then answers again. What is under test is Locust's
+#: accounting of the run, not Triton.
+SCRIPTED_OUTAGE = """
+import time
+
+from tritonclient.utils import InferenceServerException
+
+from loadtest.locust.locustfile import *  # noqa: F403
+from loadtest.locust.locustfile import TritonRequester, TritonUser
+
+UP_S, DOWN_S = {up}, {down}
+_first = []
+
+
+class ScriptedRequester(TritonRequester):
+    protocol = "grpc"
+
+    def _infer(self, model, batch, outputs):
+        now = time.monotonic()
+        _first[:] = _first or [now]
+        since = now - _first[0]
+        if since >= UP_S and DOWN_S == "hang":
+            time.sleep(3600)
+        if since < UP_S or (DOWN_S is not None and since >= UP_S + DOWN_S):
+            time.sleep(0.02)
+            return None
+        raise InferenceServerException("failed to connect to all addresses", status="StatusCode.UNAVAILABLE")
+
+
+class ScriptedUser(TritonUser):
+    requester_class = ScriptedRequester
+
+    def _url(self, options):
+        return options.triton_grpc_url
+"""
+
+
+@pytest.mark.parametrize(
+    ("down", "extra", "code", "says"),
+    [
+        # The server dies 1.5 s into a 5 s run and stays down: the users retry (15 s window) until the run ends. It
+        # used to print "thresholds met" and exit 0 on what was served before, the retrying requests never recorded.
+        (None, [], 1, "server unavailable for"),
+        # A 1 s outage ridden out by the retries, every request answered in the end: still an outage of the run ...
+        (1.0, [], 1, "server unavailable for"),
+        # ... unless the run is told how much unavailability it accepts (testing that a restart is ridden out).
+        (1.0, ["--max-unavailable-s", "10"], 0, "thresholds met"),
+        # A server that stops answering without refusing (gRPC calls have no client timeout here): the requests
+        # waiting past --request-timeout when the run ends are failures too.
+        ("hang", ["--request-timeout", "1"], 1, "no answer after"),
+    ],
+)
+def test_a_server_unavailable_during_the_run_fails_it(tmp_path, down, extra, code, says):
+    locustfile = tmp_path / "scripted_locustfile.py"
+    locustfile.write_text(SCRIPTED_OUTAGE.format(up=1.5, down=repr(down)))
+    prefix = tmp_path / "scripted"
+    cmd = [sys.executable, "-m", "locust", "-f", str(locustfile), "--headless", "-u", "2", "-r", "2", "-t", "5s"]
+    cmd += ["--only-summary", "--csv", str(prefix), "--model", "scripted", *extra, "ScriptedUser"]
+    done = subprocess.run(
+        cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == code, done.stderr[-3000:]
+    assert says in done.stderr, done.stderr[-3000:]
+    row = _aggregated(prefix)
+    assert int(row["Request Count"]) > 0
+    # The requests still retrying when the run ended are failures in the report, not left out of it.
+    assert (int(row["Failure Count"]) > 0) is (down in (None, "hang")), row
 
 
 def test_the_run_time_limit_counts_from_the_start_of_the_run_not_of_the_process(tmp_path):
@@ -229,6 +303,43 @@ def test_ready_means_warm_tries_each_batch_size_the_models_take(triton_tiny):
     rows = warmup.first_vs_steady(triton_tiny.internal_grpc_url, headers=triton_tiny.internal_headers())
     assert [(r["model"], r["batch"]) for r in rows] == [(m, b) for m in ("age", "gender") for b in (1, 16, 32)]
     assert all(r["first_ms"] > 0 and r["p50_ms"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize(
+    ("module", "argv"),
+    [
+        ("coldstart", ["--runs", "0"]),
+        ("baseline", ["--rounds", "0"]),
+        ("baseline", ["--duration", "0"]),
+        ("native", ["--detect-concurrency", "0"]),
+        ("native", ["--concurrency", "1,0"]),
+        ("benchmark", ["--duration", "0"]),
+        ("scaling_signal", ["--users", "0"]),
+    ],
+)
+def test_the_benchmarks_refuse_counts_they_cannot_run(module, argv, capsys):
+    # --runs 0 and --rounds 0 ended in "StatisticsError: no median for empty data" after the run; now argparse
+    # refuses them before anything starts, naming the option.
+    import importlib
+
+    tool = importlib.import_module(f"loadtest.bench.{module}")
+    parse = getattr(tool, "parse_args", None) or tool.main
+    with pytest.raises(SystemExit) as exc:
+        parse(argv)
+    assert exc.value.code == 2
+    assert f"argument {argv[0]}:" in capsys.readouterr().err
+
+
+def test_a_report_that_replaces_a_committed_one_says_so(tmp_path, capsys):
+    from loadtest import cli
+
+    committed = ROOT / "loadtest" / "results" / "soak.md"
+    note = cli.replacing_note([committed, tmp_path / "soak.json"])
+    assert f"replaces the committed report {committed} " in note and f"git checkout -- {committed}" in note
+    assert cli.replacing_note([tmp_path / "soak.md"]) == ""  # a scratch folder: nothing to say
+    cli.report_written([committed])
+    err = capsys.readouterr().err
+    assert err.startswith(f"wrote {committed}\n") and "note: this replaces the committed report" in err
 
 
 def test_coldstart_fails_a_start_that_did_not_answer_stop_or_clean_up():

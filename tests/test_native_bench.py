@@ -493,3 +493,32 @@ def test_a_run_counts_only_if_triton_served_every_request_the_tool_counted():
         native.check_served((1000, 3), (1130, 3), run, "age_gender_crop")  # six gRPC errors counted as successes
     with pytest.raises(loadgen.LoadError, match="failed 1 requests of faces"):
         native.check_served((1000, 3), (1136, 4), run, "faces")
+
+
+def test_the_detection_target_is_only_read_from_a_c8_run(tmp_path):
+    # A run at --detect-concurrency 1 printed its c=1 rate as the "gRPC c=8" target.
+    reference = {"b64_img_s": 200.0, "b1_ms": 10.0}
+    c1 = native.Scenario("grpc", "detection", contract.DETECT_ENSEMBLE, "png", 1, run={"req_per_s": 30.0})
+    assert native.targets([c1], reference)["detect_c8"] is None
+    c8 = native.Scenario("grpc", "detection", contract.DETECT_ENSEMBLE, "png", 8, run={"req_per_s": 75.0})
+    assert native.targets([c1, c8], reference)["detect_c8"] == 75.0
+    # The report says the target was not measured, rather than leaving a dash that reads like a failed run.
+    before = {"models": {}, "b64_img_s": 200.0, "b1_ms": 6.0, "b1_img_s": 166.7}
+    ref = {**native.bracket(before, None), "runtime": "openvino", "threads": 2}
+    meta = {
+        "date": "d",
+        "host": "h",
+        "cpus": 2,
+        "cpu_model": "c",
+        "load_average_at_start": [0.0],
+        "commit": "x",
+        "uncommitted_changes": False,
+        "config_name": "cpu",
+        "duration": 10,
+        "warmup": 3,
+        "h2load": "h",
+        "wrk": "w",
+    }
+    native.write_markdown(tmp_path / "native.md", meta, ref, [c1], native.targets([c1], ref))
+    (row,) = [line for line in (tmp_path / "native.md").read_text().splitlines() if "gRPC c=8 |" in line]
+    assert "not measured (no detection run at c=8)" in row and "30" not in row

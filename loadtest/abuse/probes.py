@@ -38,7 +38,7 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from common import contract, spec
 from common.ports import default_address
-from loadtest import procs
+from loadtest import cli, procs
 from loadtest.abuse import attacks, cases, slow
 from loadtest.abuse.victims import ATOL, CROP, Victims, grpc_answer, grpc_request, references
 
@@ -252,7 +252,8 @@ def run(
         "targets": {"victim_success": MIN_SUCCESS, "triton_deaths": 0, "wrong_answers": 0, "foreign_answers": 0},
         "config": {"duration_s": duration, "victims": VICTIMS, "shape_calls": shape_calls},
         "probes": results,
-        "pass": all(r["pass"] for r in results.values()),
+        # all() of nothing is True: a run that probed nothing proved nothing.
+        "pass": bool(results) and all(r["pass"] for r in results.values()),
     }
 
 
@@ -278,21 +279,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--http-url", default=default_address("http"), help="host:port of the HTTP endpoint (the door)")
     p.add_argument("--grpc-url", default=default_address("grpc"), help="host:port of the gRPC endpoint")
     p.add_argument("--probes", default=",".join(PROBES), help=f"comma-separated subset of {','.join(PROBES)}")
-    p.add_argument("--duration", type=float, default=60.0, help="seconds per probe")
-    p.add_argument("--pid", type=int, help="the launcher's pid (else found from the HTTP port's listener)")
-    p.add_argument("--shape-calls", type=int, default=SHAPE_CALLS, help="overflow calls in the shape probe")
+    p.add_argument("--duration", type=cli.positive_float, default=60.0, help="seconds per probe")
+    p.add_argument("--pid", type=cli.positive_int, help="the launcher's pid (else found from the HTTP port's listener)")
+    p.add_argument(
+        "--shape-calls", type=cli.positive_int, default=SHAPE_CALLS, help="overflow calls in the shape probe"
+    )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON report path")
     args = p.parse_args(argv)
     chosen = [n.strip() for n in args.probes.split(",") if n.strip()]
     if unknown := [n for n in chosen if n not in PROBES]:
         p.error(f"unknown probe(s) {', '.join(unknown)}; choose from {', '.join(PROBES)}")
+    if not chosen:
+        p.error(f"--probes {args.probes!r} names no probe; give one or more of {','.join(PROBES)}")
     report = run(
         args.http_url, args.grpc_url, chosen, duration=args.duration, pid=args.pid, shape_calls=args.shape_calls
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(markdown(report))
-    print(f"wrote {args.out}")
+    cli.report_written([args.out], file=sys.stdout)
     return 0 if report["pass"] else 1
 
 

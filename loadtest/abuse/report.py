@@ -29,6 +29,18 @@ def failures(report: dict) -> list[str]:
         reasons.append(f"{well_formed['sent'] - well_formed['answered']} of {well_formed['sent']} well-formed unserved")
     if report["aborted"]:
         reasons.append("aborted: the server did not come back")
+    # A run passes on what it sent: one that sent nothing, or stopped before its plan, has not shown the server
+    # survives the documented count (a --time-limit of 0 or a slow machine once passed that way).
+    sent, planned = report["abuse_requests"], report["planned_abuse_requests"]
+    if report["stopped_early"]:
+        reasons.append(
+            f"stopped early at --time-limit after {report['duration_s']} s: {sent} of {planned} malformed requests "
+            "sent (raise --time-limit, or lower --count)"
+        )
+    elif sent < planned and not report["aborted"]:
+        reasons.append(f"only {sent} of {planned} malformed requests sent")
+    if sent == 0:
+        reasons.append("no malformed request was sent")
     return reasons
 
 
@@ -51,11 +63,12 @@ def markdown(report: dict) -> str:
         f"--concurrency {report['config']['concurrency']}` against {report['server']['http_url']} (HTTP) / "
         f"{report['server']['grpc_url']} (gRPC); {report['duration_s']} s.",
         "",
-        f"**{report['abuse_requests']} malformed requests** ({report['items']} items, well-formed ones included) "
+        f"**{report['abuse_requests']} malformed requests** of {report['planned_abuse_requests']} planned "
+        f"({report['items']} items, well-formed ones included) "
         f"and {report['categories'].get('well_formed', {}).get('sent', 0)} interleaved well-formed ones: "
         f"**{t['deaths']} server deaths, {t['wrong_answer']} wrong answers**, {t['server_error']} server errors "
         f"(5xx / INTERNAL), {t['unavailable']} unavailable (503), {t['no_answer']} without an answer."
-        + (" Stopped early at the time limit." if report["stopped_early"] else "")
+        + (" Stopped early at the time limit: FAILED." if report["stopped_early"] else "")
         + (" ABORTED: the server did not come back." if report["aborted"] else ""),
         "",
         "| category | requests | items | clean errors | right answers | wrong answers | 5xx/INTERNAL | 503 | "

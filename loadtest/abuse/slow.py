@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 from common import contract
 from common.ports import default_address
+from loadtest import cli
 
 ATTACKER = "127.0.0.2"
 VICTIMS = tuple(f"127.0.0.{i}" for i in range(3, 7))
@@ -309,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--http-url", default=default_address("http"))
     p.add_argument("--grpc-url", default=default_address("grpc"))
     p.add_argument("--kind", choices=("uploads", "streams", "both"), default="both")
-    p.add_argument("--duration", type=float, default=60.0, help="seconds the victims call while attacked")
+    p.add_argument("--duration", type=cli.positive_float, default=60.0, help="seconds the victims call while attacked")
     p.add_argument("--min-success", type=float, default=0.99, help="exit 1 below this victim success ratio")
     args = p.parse_args(argv)
     worst = 1.0

@@ -19,7 +19,9 @@ well-formed request, an admin call that worked without the key), ``server_error`
 timeout). After every batch of requests the server's health is checked over both protocols and the Triton pid
 compared (a restart by the launcher's supervisor counts as a death). RSS of Triton, its stubs and nginx is read
 from /proc before and after (the server is found from ``--pid`` or from the process listening on the HTTP port).
-Writes ``<out>.json`` and ``<out>.md``; exits 1 on any death or wrong answer.
+Writes ``<out>.json`` and ``<out>.md`` (by default the committed loadtest/results/abuse: it says so when it replaces
+them); exits 1 on any death or wrong answer, and on a run that did not send every planned request (stopped by
+``--time-limit``, or the server gone).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from common.ports import default_address
-from loadtest import procs
+from loadtest import cli, procs
 from loadtest.abuse import cases
 from loadtest.abuse.judge import OUTCOMES, Result, run_case
 from loadtest.abuse.report import DEFAULT_OUT, failures, markdown, percentiles, write_report
@@ -112,6 +114,9 @@ def run(
     tritons = procs.triton_pids(root) if root else set()
     rss_before = procs.rss_by_name(root) if root else None
     chunks = build(count, seed, chunk, skip_known)
+    # What the run must send to pass (report.failures): every malformed case built, less the known-bug ones that
+    # --skip-known leaves out, so a run cut short by --time-limit cannot pass on what it happened to send.
+    planned = sum(1 for group in chunks for case in group if case.category != "well_formed")
     counts: dict[str, Counter] = defaultdict(Counter)
     items: Counter = Counter()
     samples: dict[str, list[dict]] = defaultdict(list)
@@ -170,6 +175,7 @@ def run(
         "stopped_early": stopped_early,
         "aborted": aborted,
         "abuse_requests": abuse_sent,
+        "planned_abuse_requests": planned,
         "items": sum(items.values()),
         "totals": {k: totals.get(k, 0) for k in ("sent", *OUTCOMES, "deaths")},
         "categories": {
@@ -187,15 +193,25 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--http-url", default=default_address("http"), help="host:port of the HTTP endpoint (the door)")
     p.add_argument("--grpc-url", default=default_address("grpc"), help="host:port of the gRPC endpoint")
-    p.add_argument("--count", type=int, default=1200, help="malformed requests to send (>= 1,000 by default)")
+    p.add_argument(
+        "--count", type=cli.positive_int, default=1200, help="malformed requests to send (>= 1,000 by default)"
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--concurrency", type=int, default=2, help="requests in flight (the machine may be shared)")
-    p.add_argument("--batch", type=int, default=20, help="requests between two health checks")
-    p.add_argument("--pid", type=int, help="the launcher's pid (else found from the HTTP port's listener)")
-    p.add_argument("--time-limit", type=float, default=900, help="stop sending after this many seconds")
+    p.add_argument(
+        "--concurrency", type=cli.positive_int, default=2, help="requests in flight (the machine may be shared)"
+    )
+    p.add_argument("--batch", type=cli.positive_int, default=20, help="requests between two health checks")
+    p.add_argument("--pid", type=cli.positive_int, help="the launcher's pid (else found from the HTTP port's listener)")
+    p.add_argument(
+        "--time-limit",
+        type=cli.positive_float,
+        default=900,
+        help="stop sending after this many seconds (a run stopped early fails: raise it, or lower --count)",
+    )
     p.add_argument("--skip-known", action="store_true", help="leave out inputs that trigger known Triton bugs")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="report path without suffix (.json and .md)")
     args = p.parse_args(argv)
+    cli.warn_if_replacing([args.out.with_suffix(".json"), args.out.with_suffix(".md")])
     report = run(
         args.http_url,
         args.grpc_url,
@@ -209,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     paths = write_report(report, args.out)
     print(markdown(report))
-    print(f"wrote {paths[0]} and {paths[1]}")
+    cli.report_written(list(paths), file=sys.stdout)
     reasons = failures(report)
     print("FAILED: " + "; ".join(reasons) if reasons else "passed")
     return 1 if reasons else 0

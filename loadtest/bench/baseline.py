@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from common import contract
-from loadtest import procs
+from loadtest import cli, procs
 from loadtest.bench import loadgen, memory, native, wire
 from serving.runtime.ports import free_port
 
@@ -267,9 +267,11 @@ def write(
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--commit", default=ISSUE_15_MAIN, help="the baseline (default: issue 15's main)")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds, baseline first")
-    parser.add_argument("--duration", type=int, default=10, help="seconds measured per scenario")
-    parser.add_argument("--warmup", type=int, default=3, help="seconds of the same load first, unmeasured")
+    parser.add_argument("--rounds", type=cli.positive_int, default=2, help="alternating rounds, baseline first")
+    parser.add_argument("--duration", type=cli.positive_int, default=10, help="seconds measured per scenario")
+    parser.add_argument(
+        "--warmup", type=cli.non_negative_int, default=3, help="seconds of the same load first, unmeasured"
+    )
     parser.add_argument("--out", type=Path, help="writes baseline.md and baseline.json here")
     return parser.parse_args(argv)
 
@@ -299,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {s['current']} req/s against {s['baseline']} (medians): {s['ratio']}x")
     if args.out:
         write(args.out, meta, starts, readings, result, args)
+        cli.report_written([args.out / "baseline.json", args.out / "baseline.md"])
     return 0
 
 

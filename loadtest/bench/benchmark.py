@@ -14,7 +14,8 @@ With a closed-loop gRPC client (:mod:`loadtest.bench.driver`), ``--duration`` se
 6. the reference: both SavedModels in-process in TensorFlow at batch 64 (``loadtest.bench.keras_baseline inprocess``);
 7. cold start, launcher command to first inference, median of ``--coldstart-runs`` (:mod:`loadtest.bench.coldstart`).
 
-Writes ``benchmark.md`` (tables, targets) and ``benchmark.json`` to ``--out``. All processes share the
+Writes ``benchmark.md`` (tables, targets) and ``benchmark.json`` to ``--out`` (by default the committed
+loadtest/results/: it says so, at the start and the end, when it replaces them). All processes share the
 machine's CPUs: run it on an otherwise idle host. ``--triton-grpc-url`` measures a server started
 elsewhere (scenarios 2-3 only: its configuration and processes are not ours).
 """
@@ -34,6 +35,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from common import contract
+from loadtest import cli
 from loadtest.bench import corpus, memory, warmup
 from loadtest.bench.driver import Result, closed_loop, triton_call_factory
 from loadtest.bench.report import headline, write_markdown
@@ -97,13 +99,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repository", type=Path, default=ROOT / "model_repository")
     p.add_argument("--utkface", type=Path, default=corpus.DEFAULT_UTKFACE, help="crop corpus source, if present")
     p.add_argument("--out", type=Path, default=ROOT / "loadtest" / "results")
-    p.add_argument("--duration", type=float, default=15.0, help="measured seconds per scenario")
-    p.add_argument("--warmup", type=float, default=3.0, help="unmeasured seconds before each scenario")
-    p.add_argument("--concurrency", type=lambda s: tuple(int(v) for v in s.split(",")), default=SWEEP)
-    p.add_argument("--batch-size", type=int, default=1, help="images per request")
+    p.add_argument("--duration", type=cli.positive_float, default=15.0, help="measured seconds per scenario")
+    p.add_argument("--warmup", type=cli.non_negative_float, default=3.0, help="unmeasured seconds before each scenario")
+    p.add_argument("--concurrency", type=cli.positive_ints, default=SWEEP)
+    p.add_argument("--batch-size", type=cli.positive_int, default=1, help="images per request")
     p.add_argument("--config-name", choices=("auto", "cpu", "default"), default="auto")
-    p.add_argument("--inprocess-batch", type=int, default=64, help="0 skips the in-process TF reference")
-    p.add_argument("--coldstart-runs", type=int, default=3, help="0 skips the cold-start measurement")
+    p.add_argument(
+        "--inprocess-batch", type=cli.non_negative_int, default=64, help="0 skips the in-process TF reference"
+    )
+    p.add_argument("--coldstart-runs", type=cli.non_negative_int, default=3, help="0 skips the cold-start measurement")
     p.add_argument("--rss-baseline-mb", type=float, default=0.0, help="RSS to compare with (e.g. main's TF stubs)")
     p.add_argument("--pss-baseline-mb", type=float, default=0.0, help="PSS to compare with (same baseline)")
     p.add_argument("--no-dynamic-off", action="store_true", help="skip the dynamic-batching-off server")
@@ -118,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         print(message, file=sys.stderr, flush=True)
 
     args.out.mkdir(parents=True, exist_ok=True)
+    cli.warn_if_replacing([args.out / "benchmark.json", args.out / "benchmark.md"])
     crops, crop_desc = corpus.crop_corpus(args.utkface)
     inputs = {
         "crops": (crops, "crops"),
@@ -180,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "benchmark.json").write_text(json.dumps(report, indent=2))
     write_markdown(args.out / "benchmark.md", results, meta, extra)
     log((args.out / "benchmark.md").read_text())
+    cli.report_written([args.out / "benchmark.json", args.out / "benchmark.md"])
     failed = [f"{r.scenario} c={r.concurrency}: {r.errors} errors" for r in results if r.errors]
     if extra.get("coldstart", {}).get("problems"):
         failed += extra["coldstart"]["problems"]

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from client import AgeGenderClient, AgeGenderError
 from common import contract
-from loadtest import procs
+from loadtest import cli, procs
 from serving.runtime.launch import DEFAULT_REPOSITORY, SHM_DIR, SHM_PREFIX, free_port
 from serving.runtime.server import STAGE_FOLDER
 
@@ -279,8 +279,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument(
         "--s3-read", choices=("auto", "stage", "triton"), default="auto", help="with --s3: the launcher's --s3-read"
     )
-    p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--timeout", type=float, default=300)
+    p.add_argument("--runs", type=cli.positive_int, default=3, help="cold starts to take the median of")
+    p.add_argument("--timeout", type=cli.positive_float, default=300)
     p.add_argument("--breakdown", action="store_true", help="per model: stub start, imports, IR/convert, compile...")
     p.add_argument("--path", choices=PATHS, default="crop", help="the first request: a face crop, or the portrait")
     p.add_argument("--json", type=Path, help="also write every run (breakdown included) to this file")

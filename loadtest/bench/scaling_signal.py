@@ -11,7 +11,8 @@ the Prometheus queries in deploy/kserve/README.md compute in a cluster:
 - pending requests       = nv_inference_pending_request_count (queued in Triton, not yet executing)
 - throughput             = rate(nv_inference_request_success) of the ensemble
 
-Writes ``<out>.png`` (three panels against time and users) and ``<out>.json`` (the series).
+Writes ``<out>.png`` (three panels against time and users) and ``<out>.json`` (the series); by default the committed
+loadtest/results/scaling_signal, which it says it replaces.
 ``--serve`` starts its own Triton on model_repository/ (CPU configs here) on free ports.
 """
 
@@ -31,6 +32,7 @@ from pathlib import Path
 
 from common import contract
 from common.ports import default_address
+from loadtest import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 ENSEMBLES = {"detect": contract.DETECT_ENSEMBLE, "crop": contract.CROP_ENSEMBLE}
@@ -141,13 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--serve", action="store_true", help="start a Triton on model_repository/ for the run")
     p.add_argument("--grpc-url", default=default_address("grpc"))
     p.add_argument("--metrics-url", default=f"http://{default_address('metrics')}/metrics")
-    p.add_argument("--users", type=int, default=16)
-    p.add_argument("--spawn-rate", type=float, default=0.5, help="users added per second (the ramp)")
-    p.add_argument("--duration", type=int, default=40, help="seconds of load")
-    p.add_argument("--interval", type=float, default=1.0, help="seconds between scrapes")
+    p.add_argument("--users", type=cli.positive_int, default=16)
+    p.add_argument("--spawn-rate", type=cli.positive_float, default=0.5, help="users added per second (the ramp)")
+    p.add_argument("--duration", type=cli.positive_int, default=40, help="seconds of load")
+    p.add_argument("--interval", type=cli.positive_float, default=1.0, help="seconds between scrapes")
     p.add_argument("--path", choices=sorted(ENSEMBLES), default="crop")
     p.add_argument("--out", type=Path, default=ROOT / "loadtest" / "results" / "scaling_signal")
     args = p.parse_args(argv)
+    paths = [args.out.with_suffix(".png"), args.out.with_suffix(".json")]
+    cli.warn_if_replacing(paths)
 
     with contextlib.ExitStack() as stack:
         grpc_url, metrics_url = args.grpc_url, args.metrics_url
@@ -169,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{m:16s} queue ms/request: first third {sum(q[:third]) / third:7.1f}, last third "
                 f"{sum(q[-third:]) / third:7.1f}; max pending {max(data['pending'][m]):.0f}"
             )
-    print(f"wrote {args.out.with_suffix('.png')} and .json")
+    cli.report_written(paths, file=sys.stdout)
     return 0
 
 

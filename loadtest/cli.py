@@ -1,0 +1,131 @@
+"""What the load tools' command lines share: argparse types that refuse values a run cannot use (an argparse error
+naming the option, not a traceback from deep in the run), a clean stop on SIGTERM, and saying where a report went.
+
+Standard library only at import: every tool reads its arguments before its heavy imports are needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+
+def _number(text: str, kind: type) -> int | float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {'a whole number' if kind is int else 'a number'}") from None
+    if value != value:  # NaN compares false with every bound below and would pass them
+        raise argparse.ArgumentTypeError("NaN is not a number of anything")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """A count that must be at least 1 (requests, rounds, runs, workers, seconds of a tool that takes whole ones)."""
+    value = _number(text, int)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """A count where 0 means "none" (a warm-up, a step to skip)."""
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A duration or a rate that must be above 0."""
+    value = _number(text, float)
+    if value <= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = _number(text, float)
+    if value < 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number, 0 or more, got {text}")
+    return value
+
+
+def positive_ints(text: str) -> tuple[int, ...]:
+    """A comma-separated list of counts, each at least 1 (a concurrency sweep: ``1,16,64``)."""
+    values = tuple(positive_int(v) for v in text.split(",") if v.strip())
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one value, e.g. 1,16,64")
+    return values
+
+
+def stop_cleanly_on_signals() -> dict:
+    """SIGTERM (kill, a CI job's timeout) takes the same path as Ctrl-C: a KeyboardInterrupt, so ``with`` blocks and
+    ``finally`` clauses remove their temporary folders and stop their servers instead of the process dying where it
+    stands. SIGINT is re-armed because a shell starts background jobs with it ignored. The launcher's own handler,
+    so that the tools stop as ``make serve`` does (imported here: the launcher module costs a tenth of a second)."""
+    from serving.runtime.launch import _interrupt
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    return previous
+
+
+def ignore_signals() -> None:
+    """Past this point a second Ctrl-C or SIGTERM must not cut a (time-bounded) cleanup short and strand a server."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def restore_signals(previous: dict) -> None:
+    """Puts back the handlers :func:`stop_cleanly_on_signals` replaced (a tool's main() called in-process)."""
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+def committed(path: Path) -> bool:
+    """Whether git tracks ``path``: in this repository, a report committed under loadtest/results/ and cited by
+    the docs. False outside a git checkout or without git."""
+    try:
+        done = subprocess.run(
+            ["git", "ls-files", "--error-unmatch", "--", path.name],
+            cwd=path.parent,
+            capture_output=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
+
+
+def replacing_note(paths: list[Path]) -> str:
+    """A line naming the committed reports among ``paths`` that a run will replace (empty when none is)."""
+    tracked = [p for p in paths if p.parent.is_dir() and committed(p)]
+    if not tracked:
+        return ""
+    names = " ".join(str(p) for p in tracked)
+    return (
+        f"note: this replaces the committed report{'s' if len(tracked) > 1 else ''} {names} (cited by the docs); "
+        f"`git diff -- {names}` shows what changed, `git checkout -- {names}` puts the committed one back, "
+        "--out writes elsewhere"
+    )
+
+
+def warn_if_replacing(paths: list[Path], file=None) -> None:
+    """Says at the start of a run, while stopping it costs nothing, that it will replace committed reports."""
+    if note := replacing_note(paths):
+        print(note, file=file or sys.stderr, flush=True)
+
+
+def report_written(paths: list[Path], file=None) -> None:
+    """Says where a run wrote, and loudly when that replaced a committed report: the defaults of several tools are
+    the committed loadtest/results/ (the make targets and the docs rely on them), so a short trial run would
+    otherwise replace a cited report without a word."""
+    file = file or sys.stderr
+    print("wrote " + ", ".join(str(p) for p in paths), file=file, flush=True)
+    if note := replacing_note(paths):
+        print(note, file=file, flush=True)
