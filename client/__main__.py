@@ -2,6 +2,9 @@
 
 Installed by ``make setup`` as ``.venv/bin/agegender`` (the same as ``.venv/bin/python -m client``).
 
+``-`` as an IMAGE reads the photo from standard input (``curl -s URL | agegender -``), once, up to the server's
+upload limit; its line names it ``-``.
+
 Prints one line per image, in the order given: a human-readable summary (``age 34.2 (27-41)``: the estimate and
 its 80% interval), or with ``--json`` one JSON object with keys file, age, age_low, age_high, gender,
 female_probability, face_found, box, detection_score and error (age_low/age_high: the 10th/90th percentile of
@@ -17,6 +20,7 @@ Exit codes: 0 when every image was processed, 1 when at least one image failed (
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -34,7 +38,10 @@ from client.errors import (
     ServerError,
 )
 from client.results import FaceResult, FacesResult
+from common.upload import MAX_BYTES
 
+#: The IMAGE that stands for standard input.
+STDIN = "-"
 EXIT_OK = 0
 EXIT_IMAGE_FAILED = 1
 EXIT_SERVER = 2
@@ -48,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 all images processed, 1 some image failed, 2 server unreachable or not ready, "
         "130 interrupted (Ctrl-C).",
     )
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
+    parser.add_argument(
+        "images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...); - reads one from standard input"
+    )
     parser.add_argument(
         "--url", help="Triton host:port (default: $TRITON_URL, else localhost:8001 for grpc / 8000 for http)"
     )
@@ -82,6 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.all_faces and args.no_detect:
         # Every face needs detection; a crop is one face already (the web page's unticked "Detect face" wins there).
         parser.error("--all-faces finds the faces in a photo and --no-detect says the image is one face: give one")
+    if args.images.count(STDIN) > 1:
+        parser.error("- (standard input) holds one photo: give it once")
+    if STDIN in args.images and sys.stdin.isatty():
+        parser.error("- reads the photo from standard input: pipe one in (agegender - < photo.jpg)")
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when a caller has its own
         signal.signal(signal.SIGINT, _on_interrupt)
     try:
@@ -124,12 +137,22 @@ def _run(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_SERVER
     _quiet_gevent_interrupts()  # the HTTP transport has loaded gevent by now
+    stdin, stdin_error = _read_stdin() if STDIN in args.images else (None, None)
+    # Bytes carry no name: the photo from standard input gets "-" on its line, and is not sent when it cannot be.
+    images = [stdin if image == STDIN else image for image in args.images if image != STDIN or stdin is not None]
     with client:
         try:
             if args.all_faces:
-                results = all_faces(client, args.images, concurrency=args.concurrency)
+                results = all_faces(client, images, concurrency=args.concurrency)
             else:
-                results = client.predict_many(args.images, detect=not args.no_detect)
+                results = client.predict_many(images, detect=not args.no_detect)
+            if STDIN in args.images:
+                k = args.images.index(STDIN)
+                failed = FacesResult.failed if args.all_faces else FaceResult.failed
+                if stdin is None:
+                    results.insert(k, failed(stdin_error, file=STDIN))
+                else:
+                    results[k] = dataclasses.replace(results[k], file=STDIN)
         except AgeGenderError as exc:
             print(f"error: {exc}", file=sys.stderr)
             if args.json:
@@ -142,6 +165,18 @@ def _run(args) -> int:
         for result in results:
             _print(result, args.json)
     return EXIT_IMAGE_FAILED if any(result.error is not None for result in results) else EXIT_OK
+
+
+def _read_stdin() -> tuple[bytes | None, str | None]:
+    """The photo on standard input, or None and why it cannot be sent. At most the server's upload limit plus one
+    byte is read: a larger photo is refused here, unsent, and an endless stream does not fill this process's
+    memory."""
+    data = sys.stdin.buffer.read(MAX_BYTES + 1)
+    if not data:
+        return None, "standard input is empty: pipe a photo in (agegender - < photo.jpg)"
+    if len(data) > MAX_BYTES:
+        return None, f"the photo on standard input is larger than the server accepts ({MAX_BYTES // 2**20} MiB)"
+    return data, None
 
 
 def all_faces(client: AgeGenderClient, images: Sequence[str], *, concurrency: int) -> list[FacesResult]:

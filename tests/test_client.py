@@ -289,11 +289,33 @@ def test_retries_until_a_starting_server_is_ready(tiny_repo, reference):
 AGEGENDER = Path(sys.executable).with_name("agegender")
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
+def run_cli(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
     # Nothing activated, no PYTHONPATH, another working directory: the installed command must find its package.
     env = {k: v for k, v in os.environ.items() if k not in ("TRITON_URL", "PYTHONPATH", "VIRTUAL_ENV")}
     env["PATH"] = "/usr/bin:/bin"
-    return subprocess.run([str(AGEGENDER), *args], capture_output=True, text=True, timeout=120, cwd="/", env=env)
+    run = {"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL, "text": True}
+    proc = subprocess.run([str(AGEGENDER), *args], capture_output=True, timeout=120, cwd="/", env=env, **run)
+    if stdin is not None:  # bytes in, text out
+        proc.stdout, proc.stderr = proc.stdout.decode(), proc.stderr.decode()
+    return proc
+
+
+@integration
+def test_cli_reads_a_photo_from_standard_input(triton_tiny, reference, tmp_path):
+    # `curl -s URL | agegender -`: the photo's bytes, named "-" on its line, between files as given.
+    proc = run_cli(str(GRACE), "-", "--url", triton_tiny.grpc_url, "--json", stdin=GRACE.read_bytes())
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [line["file"] for line in lines] == [str(GRACE), "-"]
+    assert lines[1]["age"] == pytest.approx(reference.age, rel=1e-4) and lines[1]["error"] is None
+    # Nothing piped in, or more than the server accepts: that line's error, unsent; the other files still answered.
+    for piped, error in ((b"", "standard input is empty"), (b"\0" * (10 * 2**20 + 1), "larger than the server")):
+        proc = run_cli("-", str(GRACE), "--url", triton_tiny.grpc_url, "--json", stdin=piped)
+        assert proc.returncode == 1, proc.stderr
+        first, second = (json.loads(line) for line in proc.stdout.splitlines())
+        assert first["file"] == "-" and error in first["error"] and second["error"] is None
+    proc = run_cli("-", "-", "--url", triton_tiny.grpc_url, stdin=b"x")
+    assert proc.returncode == 2 and "give it once" in proc.stderr
 
 
 @integration
