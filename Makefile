@@ -56,9 +56,10 @@ lint: setup
 format: setup
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
 
+# A run folder that holds a run is refused: TRAIN_ARGS=--resume continues it, TRAIN_ARGS=--overwrite replaces it.
 train: setup
-	$(BIN)/python -m training.train --task age --data $(DATA) --budget-minutes 90
-	$(BIN)/python -m training.train --task gender --data $(DATA) --budget-minutes 90
+	$(BIN)/python -m training.train --task age --data $(DATA) --budget-minutes 90 $(TRAIN_ARGS)
+	$(BIN)/python -m training.train --task gender --data $(DATA) --budget-minutes 90 $(TRAIN_ARGS)
 
 export: setup
 	$(BIN)/python -m training.export

@@ -7,9 +7,12 @@ eye midpoint in the face's frame. The median over a random sample is robust to t
 odd bad keypoint. The fit is scored by the mean IoU between the square
 :mod:`serving.pipeline.crops` would cut with the fitted constants and the original image.
 
-    python -m research.calibrate_crop --data ../shared/datasets/UTKFace.tar.gz --n 300
+    python -m research.calibrate_crop --data ../shared/datasets/UTKFace.tar.gz --out /tmp/crop.json
+    python -m research.calibrate_crop --data ../shared/datasets/UTKFace.tar.gz --n 300 --write-served
 
-Writes only numbers to the JSON: no image names or pixels from the data set.
+The served constants (``serving/pipeline/crop_calibration.json``) are replaced only with ``--write-served``, and
+only from at least ``MIN_N`` sampled images: every served crop follows them. Without it ``--out`` names where the
+fit goes, to compare first. Writes only numbers to the JSON: no image names or pixels from the data set.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import argparse
 import io
 import json
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -109,13 +113,31 @@ def _polygon_area(poly: list[tuple[float, float]]) -> float:
     return float(abs(np.dot(xs, np.roll(ys, -1)) - np.dot(ys, np.roll(xs, -1))) / 2)
 
 
+#: The fewest sampled images a fit that replaces the served constants is made from (the medians of a handful move
+#: the served crop by pixels).
+MIN_N = 100
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="UTKFace archive (.tar.gz) or folder")
-    parser.add_argument("--n", type=int, default=300, help="images to sample")
+    parser.add_argument("--n", type=int, default=300, help=f"images to sample (at least {MIN_N})")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=CALIBRATION_PATH)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", type=Path, help="write the fit here (not the served file)")
+    where.add_argument(
+        "--write-served",
+        action="store_true",
+        help=f"replace the served constants, {CALIBRATION_PATH}: every served crop follows them",
+    )
     args = parser.parse_args(argv)
+    if args.n < MIN_N:
+        parser.error(f"--n {args.n}: the fit needs at least {MIN_N} images")
+    if not args.data.exists():
+        parser.error(f"--data {args.data}: no such archive or folder")
+    out = CALIBRATION_PATH if args.write_served else args.out
+    if not args.write_served and out.resolve() == Path(CALIBRATION_PATH).resolve():
+        parser.error(f"--out {out} is the served file: say --write-served to replace it")
 
     started = time.perf_counter()
     images = sample_images(args.data, args.n, args.seed)
@@ -161,8 +183,11 @@ def main(argv: list[str] | None = None) -> int:
         f"box fallback {fit['mean_iou_box']:.3f} (median {fit['median_iou_box']:.3f})"
     )
     print(f"relative spread of the scale: eyes {spread['eye_scale']:.3f}, box {spread['box_scale']:.3f}")
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    # Atomically: the server reads this file at start, and must never find half of it.
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(out)
+    print(f"wrote {out}")
     return 0
 
 

@@ -1,10 +1,10 @@
 """Measures multi-face detection on group-photo composites of held-out UTKFace faces.
 
     python -m research.measure_faces --data ../shared/datasets/UTKFace.tar.gz [--n 100] [--configs all]
-        [--split test|val] [--backgrounds DIR[,DIR]] [--faceless N]
+        [--split val|test] [--backgrounds DIR[,DIR]] [--faceless N]
 
-Each composite is a 1280x960 canvas with a smooth random background and 2-8 faces from the project's held-out
-test split (``training.data.split``, seed 1337; ``--split val`` to choose), pasted at sizes log-uniform in 40-200 px
+Each composite is a 1280x960 canvas with a smooth random background and 2-8 faces from the project's validation
+split (``training.data.split``, seed 1337), pasted at sizes log-uniform in 40-200 px
 without overlap. A detection finds a face when its box overlaps the pasted square with IoU >= 0.3 (one detection per
 face); every other detection is a false one. ``--backgrounds``: half the composites on a random cut of the pictures
 under those folders instead (textured photos and artwork, e.g. Debian's wallpapers: ``research.single_subject``);
@@ -71,8 +71,8 @@ CONFIGS = {
 }
 
 
-def held_out_faces(path: Path, *, seed: int | None = None, split: str = "test") -> list[tuple[bytes, int, int]]:
-    """(JPEG bytes, age, gender) of every face in the test split (or ``split``), as training assigns it
+def held_out_faces(path: Path, *, seed: int | None = None, split: str = "val") -> list[tuple[bytes, int, int]]:
+    """(JPEG bytes, age, gender) of every face in the validation split (or ``split``), as training assigns it
     (``training.data.split``, near copies of training faces left out)."""
     from training import data as utk
 
@@ -282,7 +282,12 @@ def main(argv=None) -> None:
     p.add_argument("--n", type=int, default=100, help="composites (default 100)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--configs", default=next(iter(CONFIGS)), help=f"comma-separated, or 'all': {', '.join(CONFIGS)}")
-    p.add_argument("--split", choices=("val", "test"), default="test", help="whose faces (choose on val)")
+    p.add_argument(
+        "--split",
+        choices=("val", "test"),
+        default="val",
+        help="whose faces: choose a configuration on val (the default); test only confirms a choice already made",
+    )
     p.add_argument(
         "--backgrounds",
         default="",

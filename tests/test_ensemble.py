@@ -146,31 +146,6 @@ def test_a_calibrated_version_records_its_own_interval_on_validation():
     assert "val_served_no_tta" not in calibrate.served_on_validation(source, {**record, "estimate": "median"})
 
 
-def test_a_calibrated_age_variant_is_calibrated_again_for_its_own_views(tmp_path, monkeypatch):
-    """The per-band interval was fitted to the served views, so the no-TTA variant of a calibrated age version is
-    handed to training.calibrate (which needs the full UTKFace, so its call is recorded here, not run); without
-    --data it is refused before anything is written."""
-    served, _ = served_mixture(tmp_path, "age", interval_calibration={"chosen": "age bands"})
-    repo = tmp_path / "repo"
-    with pytest.raises(SystemExit, match="--data"):
-        export.main(["--from-repo", "--repo", str(repo), "--tasks", "age", "--no-tta"])
-    assert export.latest(repo, "age") == served
-
-    calls = []
-
-    def calibrate_main(argv):
-        calls.append(argv)
-        return {"version": str(repo / "age" / argv[argv.index("--source") + 1])}
-
-    monkeypatch.setattr(calibrate, "main", calibrate_main)
-    (variant,) = export.main(["--from-repo", "--repo", str(repo), "--tasks", "age", "--no-tta", "--data", "utk.tgz"])
-    assert variant == export.latest(repo, "age") and int(variant.name) == int(served.name) + 1
-    assert calls == [["--data", "utk.tgz", "--repo", str(repo), "--source", variant.name]]
-    record = json.loads((variant / "training_config.json").read_text())
-    # The uncalibrated variant does not claim the source's calibration; calibrate's version records its own.
-    assert record["tta"] is False and "interval_calibration" not in record
-
-
 @pytest.mark.parametrize("task", ["age", "gender"])
 def test_the_served_versions_read_back_into_what_they_serve(task):
     """The committed newest version of each CNN, read back by export.load_version (what --from-repo and

@@ -36,6 +36,12 @@ def folder(tmp_path_factory):
         ("20_2_0_20170116174525125.jpg.chip.jpg", None),
         ("a_b_c_d.jpg", None),
         ("notaface.jpg", None),
+        # int() takes these; no UTKFace name has them, and whose label they would be is a guess.
+        ("+5_0_0_20170116174525125.jpg.chip.jpg", None),
+        (" 7_0_0_20170116174525125.jpg.chip.jpg", None),
+        ("-0_1_0_20170116174525125.jpg.chip.jpg", None),
+        ("\u0663\u0660_1_0_20170116174525125.jpg.chip.jpg", None),  # Arabic-Indic 30
+        ("30_\u0661_0_20170116174525125.jpg.chip.jpg", None),
     ],
 )
 def test_parse_name(name, label):
@@ -211,6 +217,8 @@ def test_smoke_train_export_signature_and_evaluate(archive, tmp_path):
             str(tmp_path / "pred.csv"),
             "--cache-dir",
             str(tmp_path / "cache"),
+            "--split",
+            "all",  # the fixture's test split is a handful of faces (the default, refused below 20)
         ]
     )
     assert report["all_ages"]["age"]["n"] == utk_fixture.EXPECTED["kept"]
@@ -239,7 +247,7 @@ def test_smoke_train_export_signature_and_evaluate(archive, tmp_path):
     record = json.loads(gender_record.read_text())
     gender_record.write_text(json.dumps({**record, "seed": record["seed"] + 1}))
     with pytest.raises(SystemExit, match="different splits"):
-        evaluate.main(["--data", str(archive), "--repo", str(repo), "--out", str(tmp_path / "mixed")])
+        evaluate.main(["--data", str(archive), "--repo", str(repo), "--out", str(tmp_path / "mixed"), "--split", "all"])
     gender_record.write_text(json.dumps(record))
 
     # Test-time augmentation is a per-deployment choice: the same run exported without it answers for the face
@@ -328,7 +336,7 @@ def test_a_small_band_s_ece_is_read_against_what_sampling_alone_gives():
 
 def test_calibrated_export_keeps_the_source_estimate_and_refuses_one_that_moves(tmp_path):
     """training.calibrate's path on a tiny model: weights read back from the SavedModel, the interval changed
-    in the exported graph, the estimate not; an export whose estimate differs is refused and removed."""
+    in the exported graph, the estimate not; an export whose estimate differs is refused before it is a version."""
     from training import calibrate, heads
 
     model = models.build("age", widths=(4, 8))
@@ -358,10 +366,18 @@ def test_calibrated_export_keeps_the_source_estimate_and_refuses_one_that_moves(
     np.testing.assert_allclose(after[spec.AGE_LOW_OUTPUT], before[spec.AGE_LOW_OUTPUT] - 0.5 * width, atol=1e-3)
     np.testing.assert_allclose(after[spec.AGE_HIGH_OUTPUT], before[spec.AGE_HIGH_OUTPUT] + 0.25 * width, atol=1e-3)
 
-    other = export.export_model(models.build("age", widths=(4, 8)), "age", tmp_path)
+    # The check runs in the export's temporary folder: a refused export never appears as a version (removing one
+    # after the rename could pull a version Triton had loaded).
+    before_refusal = export.versions(tmp_path / "age")
     with pytest.raises(RuntimeError, match="moves the age estimate"):
-        calibrate.check_estimate_unchanged(estimates["median"], other, faces)
-    assert not other.exists()
+        export.export_model(
+            models.build("age", widths=(4, 8)),
+            "age",
+            tmp_path,
+            check=lambda folder: calibrate.check_estimate_unchanged(estimates["median"], folder, faces),
+        )
+    assert export.versions(tmp_path / "age") == before_refusal
+    assert not [p for p in (tmp_path / "age").iterdir() if p.name.startswith(".tmp")]
     # The version serves the median; the same weights read out as the mean are another estimate, refused too.
     copy = shutil.copytree(version, tmp_path / "copy")
     with pytest.raises(RuntimeError, match="moves the age estimate"):

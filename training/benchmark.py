@@ -25,7 +25,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from serving.pipeline.backends.openvino_savedmodel import ov_runtime  # noqa: E402
-from training.export import SAVEDMODEL, latest, signature_side  # noqa: E402
+from training import cli  # noqa: E402
+from training.export import SAVEDMODEL, signature_side  # noqa: E402
 from training.timing import rate  # noqa: E402
 
 
@@ -82,19 +83,20 @@ def served_rate(model, size: int, seconds: float) -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--repo", type=Path, default=Path(os.environ.get("MODEL_REPOSITORY", "model_repository")))
-    p.add_argument("--batch-sizes", default="1,16,64,256")
-    p.add_argument("--seconds", type=float, default=5.0)
+    cli.add_repo(p)
+    p.add_argument("--batch-sizes", type=cli.int_list, default="1,16,64,256", help="comma-separated, each >= 1")
+    p.add_argument("--seconds", type=cli.positive_float, default=5.0)
     p.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     p.add_argument("--architectures", nargs="+", metavar="SIZE:W1,W2,...", help="time untrained candidates instead")
     args = p.parse_args(argv)
     if args.architectures:
         architectures(args.architectures, args.seconds)
         return {}
-    batches = [int(b) for b in args.batch_sizes.split(",")]
+    batches = list(args.batch_sizes)
     results = {}
     for task in ("age", "gender"):
-        fn = tf.saved_model.load(str(latest(args.repo, task) / SAVEDMODEL)).signatures["serving_default"]
+        version = cli.version_folder(args.repo, task, None)
+        fn = tf.saved_model.load(str(version / SAVEDMODEL)).signatures["serving_default"]
         results[task] = {b: throughput(fn, b, args.seconds) for b in batches}
     lines = ["| model | " + " | ".join(f"batch {b}" for b in batches) + " |", "|---" * (len(batches) + 1) + "|"]
     lines += [f"| {t} | " + " | ".join(f"{v:.0f} img/s" for v in r.values()) + " |" for t, r in results.items()]

@@ -25,10 +25,8 @@ between the candidate methods and cell layouts was made by 5-fold cross-validati
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -38,9 +36,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from common import spec  # noqa: E402
+from training import cli, heads  # noqa: E402
 from training import data as utk  # noqa: E402
-from training import heads  # noqa: E402
-from training.export import EXPORT_RECORD, HISTORY, RECORD, SAVEDMODEL, export_model, latest, load_version  # noqa: E402
+from training.export import HISTORY, RECORD, SAVEDMODEL, export_model, load_version  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -218,12 +216,103 @@ CANDIDATES = {
 }
 
 
+#: The fewest validation faces a calibration is fitted on (UTKFace's validation split holds about 2,300).
+MIN_VAL = 200
+
+
+def validation_faces(data: Path, config: dict, cache_dir: Path | None) -> utk.Dataset:
+    """The validation faces of the split ``config`` (a version's record) was trained on, at its input size;
+    one line, before anything is written, when ``data`` cannot be read or holds too few."""
+    faces = cli.load(data, size=config.get("image_size") or spec.image_size("age"), cache_dir=cache_dir)
+    val = utk.part(faces, "val", seed=config.get("seed", utk.SPLIT_SEED))
+    if len(val) < MIN_VAL:
+        raise SystemExit(
+            f"only {len(val)} validation faces in {data}; calibration needs at least {MIN_VAL} (the full UTKFace)"
+        )
+    return val
+
+
+def calibration(
+    model,
+    config: dict,
+    val: utk.Dataset,
+    *,
+    estimate: str,
+    source_version: int,
+    data: Path,
+    argv: list[str] | None,
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """Fits the interval of ``model`` (with ``config``'s temperature and views) on ``val``, choosing the method by
+    cross-validation; returns the calibration record (its ``interval`` is what the export folds in) and the
+    outputs before calibration (:func:`base`), which :func:`export_calibrated` checks the export against."""
+    temperature = float(config.get("temperature", 1.0))
+    ages = val.ages.astype(np.float32)
+    b = base(heads.raw_views(model, val.images, tta=config.get("tta", True)), temperature, estimate)
+
+    before = summary(ages, b[spec.AGE_LOW_OUTPUT], b[spec.AGE_HIGH_OUTPUT])
+    compared = {name: cross_validate(b, ages, **c) for name, c in CANDIDATES.items()}
+    chosen = min(compared, key=lambda name: compared[name]["worst_big_band_gap"])
+    interval = fit(b, ages, **CANDIDATES[chosen])
+    low, high = apply(b, interval)
+    record = {
+        "source_version": source_version,
+        "estimate": estimate,
+        "source_estimate": heads.recorded_estimate(config),
+        "val_mae": float(np.abs(b[spec.AGE_OUTPUT] - ages).mean()),
+        "data": str(data),
+        "n_val": len(val),
+        "chosen": chosen,
+        "interval": interval,
+        "val_before": before,
+        "val_cross_validated": compared,
+        "val_fitted": summary(ages, low, high),
+        "argv": sys.argv[1:] if argv is None else list(argv),
+    }
+    log.info(f"validation MAE with the {estimate} as the estimate: {record['val_mae']:.3f}")
+    for name, s in [(f"v{source_version}'s interval", before), *compared.items()]:
+        gaps = " ".join(f"{k} {v['coverage']:.2f}" for k, v in s["bands"].items())
+        log.info(
+            f"{name:36s} coverage {s['coverage']:.3f} width {s['width']:.1f} worst gap "
+            f"{s['worst_big_band_gap']:.3f} | {gaps}"
+        )
+    log.info(f"chosen: {chosen}")
+    return record, b
+
+
+def export_calibrated(
+    model, config: dict, record: dict, b: dict[str, np.ndarray], val: utk.Dataset, repo: Path, *, history, meta
+) -> Path:
+    """Exports ``model`` with the fitted interval as the next age version; its record (the source's ``config``
+    plus how the interval was calibrated) is written and its estimate checked before the version appears."""
+    # The source's record, plus how the interval was calibrated: one file says how this version was made.
+    record_all = {**config, "estimate": record["estimate"], "interval_calibration": record}
+    record_all.update(served_on_validation(config, record))
+    return export_model(
+        model,
+        "age",
+        repo,
+        tta=config.get("tta", True),
+        temperature=float(config.get("temperature", 1.0)),
+        interval=record["interval"],
+        estimate=record["estimate"],
+        size=config.get("image_size") or spec.image_size("age"),
+        extra_files={HISTORY: history},
+        records={RECORD: record_all},
+        meta=meta,
+        # b holds the estimate before calibration, computed from the same weights: nothing runs twice.
+        check=lambda folder: check_estimate_unchanged(b[spec.AGE_OUTPUT][:256], folder, val.images[:256]),
+    )
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, type=Path, help="UTKFace-format archive or folder")
-    p.add_argument("--repo", type=Path, default=Path(os.environ.get("MODEL_REPOSITORY", "model_repository")))
+    p.add_argument("--data", required=True, type=cli.data_source, help="UTKFace-format archive or folder")
+    cli.add_repo(p)
     p.add_argument(
-        "--source", type=int, default=None, help="age version whose weights and temperature are kept (default: newest)"
+        "--source",
+        type=cli.positive_int,
+        default=None,
+        help="age version whose weights and temperature are kept (default: newest)",
     )
     p.add_argument(
         "--estimate",
@@ -237,67 +326,19 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    source = args.repo / "age" / str(args.source) if args.source is not None else latest(args.repo, "age")
-    args.source = int(source.name)
+    source = cli.version_folder(args.repo, "age", args.source)
+    if not (source / RECORD).is_file():
+        raise SystemExit(f"error: {source} has no {RECORD}: its network cannot be rebuilt")
     model, config = load_version(source)
-    temperature = float(config.get("temperature", 1.0))
+    val = validation_faces(args.data, config, args.cache_dir)
     estimate = args.estimate or heads.recorded_estimate(config)
-    data = utk.load(args.data, size=config.get("image_size") or spec.image_size("age"), cache_dir=args.cache_dir)
-    val = utk.part(data, "val", seed=config.get("seed", utk.SPLIT_SEED))
-    if len(val) < 200:
-        raise SystemExit(f"only {len(val)} validation faces in {args.data}; calibration needs the full UTKFace")
-    ages = val.ages.astype(np.float32)
-    b = base(heads.raw_views(model, val.images, tta=config.get("tta", True)), temperature, estimate)
-
-    before = summary(ages, b[spec.AGE_LOW_OUTPUT], b[spec.AGE_HIGH_OUTPUT])
-    compared = {name: cross_validate(b, ages, **c) for name, c in CANDIDATES.items()}
-    chosen = min(compared, key=lambda name: compared[name]["worst_big_band_gap"])
-    interval = fit(b, ages, **CANDIDATES[chosen])
-    low, high = apply(b, interval)
-    record = {
-        "source_version": args.source,
-        "estimate": estimate,
-        "source_estimate": heads.recorded_estimate(config),
-        "val_mae": float(np.abs(b[spec.AGE_OUTPUT] - ages).mean()),
-        "data": str(args.data),
-        "n_val": len(val),
-        "chosen": chosen,
-        "interval": interval,
-        "val_before": before,
-        "val_cross_validated": compared,
-        "val_fitted": summary(ages, low, high),
-        "argv": sys.argv[1:] if argv is None else list(argv),
-    }
-    log.info(f"validation MAE with the {estimate} as the estimate: {record['val_mae']:.3f}")
-    for name, s in [(f"v{args.source}'s interval", before), *compared.items()]:
-        gaps = " ".join(f"{k} {v['coverage']:.2f}" for k, v in s["bands"].items())
-        log.info(
-            f"{name:36s} coverage {s['coverage']:.3f} width {s['width']:.1f} worst gap "
-            f"{s['worst_big_band_gap']:.3f} | {gaps}"
-        )
-    log.info(f"chosen: {chosen}")
+    record, b = calibration(
+        model, config, val, estimate=estimate, source_version=int(source.name), data=args.data, argv=argv
+    )
     if args.dry_run:
         return record
-
-    version = export_model(
-        model,
-        "age",
-        args.repo,
-        tta=config.get("tta", True),
-        temperature=temperature,
-        interval=interval,
-        estimate=estimate,
-        size=config.get("image_size") or spec.image_size("age"),
-        extra_files={HISTORY: source / HISTORY},
-    )
-    # The source's record, plus how the interval was calibrated: one file says how this version was made.
-    record_all = {**config, "estimate": estimate, "interval_calibration": record}
-    record_all.update(served_on_validation(config, record))
-    (version / RECORD).write_text(json.dumps(record_all, indent=2))
-    meta = {"task": "age", "source": str(source / SAVEDMODEL), "version": int(version.name), "by": "training.calibrate"}
-    (version / EXPORT_RECORD).write_text(json.dumps(meta, indent=2))
-    # b holds the estimate before calibration, computed above from the same weights: nothing runs twice.
-    check_estimate_unchanged(b[spec.AGE_OUTPUT][:256], version, val.images[:256])
+    meta = {"task": "age", "source": str(source / SAVEDMODEL), "by": "training.calibrate"}
+    version = export_calibrated(model, config, record, b, val, args.repo, history=source / HISTORY, meta=meta)
     log.info(f"exported age -> {version}")
     record["version"] = str(version)
     return record
@@ -329,7 +370,8 @@ def check_estimate_unchanged(expected: np.ndarray, version: Path, images: np.nda
     served = fn(image=tf.constant(images))[spec.AGE_OUTPUT].numpy()[:, 0]
     gap = float(np.abs(np.asarray(expected) - served).max())
     if gap > 1e-3:
-        shutil.rmtree(version)
+        # Raised inside export_model's temporary folder, which it then removes: a refused export never appears
+        # as a version (removing one after the rename could pull a version Triton had loaded).
         raise RuntimeError(f"{version} moves the age estimate by up to {gap} years; it must not")
 
 

@@ -80,17 +80,21 @@ class WeightAverage(keras.callbacks.Callback):
 
 
 class ResumeState(keras.callbacks.Callback):
-    """Records the finished epoch and the best validation loss so far, for ``--resume``."""
+    """Records the finished epoch, the best validation loss so far and the training time spent (``elapsed``, a
+    function giving seconds: :meth:`BudgetAndCosine.elapsed`), for ``--resume``."""
 
-    def __init__(self, path: Path, best: float | None = None, monitor: str = "val_loss"):
+    def __init__(self, path: Path, best: float | None = None, monitor: str = "val_loss", elapsed=None):
         super().__init__()
-        self.path, self.best, self.monitor = path, best, monitor
+        self.path, self.best, self.monitor, self.elapsed = path, best, monitor, elapsed
 
     def on_epoch_end(self, epoch, logs=None):
         loss = (logs or {}).get(self.monitor)
         if loss is not None and (self.best is None or loss < self.best):
             self.best = float(loss)
-        self.path.write_text(json.dumps({"epoch": epoch, "best_val_loss": self.best}))
+        state = {"epoch": epoch, "best_val_loss": self.best}
+        if self.elapsed is not None:
+            state["elapsed_seconds"] = round(self.elapsed(), 1)
+        self.path.write_text(json.dumps(state))
 
 
 class BudgetAndCosine(keras.callbacks.Callback):
@@ -99,22 +103,39 @@ class BudgetAndCosine(keras.callbacks.Callback):
     Stops before an epoch that would overrun the budget, so a budgeted run still
     ends on an annealed learning rate and a full validation pass. ``constant`` holds the rate at ``lr`` after the
     warm-up instead: the phase of stochastic weight averaging, whose epochs are averaged rather than annealed.
+
+    ``elapsed``: seconds an interrupted run already trained (``--resume`` reads them from the run's state), so the
+    budget and the time-based schedule go on where they stopped instead of starting over.
     """
 
     def __init__(
-        self, lr: float, epochs: int, budget_minutes: float | None, warmup: int = 1, *, constant: bool = False
+        self,
+        lr: float,
+        epochs: int,
+        budget_minutes: float | None,
+        warmup: int = 1,
+        *,
+        constant: bool = False,
+        elapsed: float = 0.0,
     ):
         super().__init__()
-        self.lr, self.epochs, self.warmup, self.constant = lr, epochs, warmup, constant
+        if budget_minutes is not None and not budget_minutes > 0:
+            # 0 used to read as "no budget" (falsy): refuse it rather than guess.
+            raise ValueError(f"budget_minutes must be positive or None, got {budget_minutes}")
+        self.lr, self.epochs, self.warmup, self.constant, self.before = lr, epochs, warmup, constant, elapsed
         self.budget = budget_minutes * 60 if budget_minutes else math.inf
-        self.start = self.epoch_start = time.time()
+        self.start = self.epoch_start = time.time() - elapsed
         self.longest_epoch = 0.0
+
+    def elapsed(self) -> float:
+        """Seconds of training so far, including those before a resume."""
+        return time.time() - self.start
 
     def _progress(self, epoch: int) -> float:
         return min(1.0, max(epoch / self.epochs, (time.time() - self.start) / self.budget))
 
     def on_train_begin(self, logs=None):
-        self.start = time.time()
+        self.start = time.time() - self.before
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_start = time.time()

@@ -18,8 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from training import cli, train
 from training import data as utk
-from training import train
 from training.export import HISTORY
 
 #: Name -> extra ``training.train`` arguments. EMA is off unless the variant names it, so each row changes
@@ -90,28 +90,31 @@ def table(rows: list[dict], task: str) -> str:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--data", required=True, type=cli.data_source)
     p.add_argument("--task", choices=tuple(VARIANTS), default="age")
     p.add_argument("--out", type=Path, default=None, help="default: runs/compare-<task>")
-    p.add_argument("--epochs", type=int, default=3, help="the equal budget, in epochs")
+    p.add_argument("--epochs", type=cli.positive_int, default=3, help="the equal budget, in epochs")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--init-from", type=Path, default=None, help="common starting weights (training.train)")
-    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--threads", type=cli.non_negative_int, default=0)
     p.add_argument("--seed", type=int, default=utk.SPLIT_SEED)
-    p.add_argument("--limit", type=int, default=0, help="training images per variant (smoke runs)")
+    p.add_argument("--limit", type=cli.non_negative_int, default=0, help="training images per variant (smoke runs)")
     p.add_argument("--variants", default=None, help=f"comma-separated; default all of the task's: {VARIANTS}")
     p.add_argument("--reuse", action="store_true", help="keep variants already finished under --out")
     p.add_argument(
         "--budget-minutes",
-        type=float,
+        type=cli.positive_float,
         default=None,
         help="also stop each variant after this wall-clock budget (its cosine schedule follows whichever ends "
         "first); the table's epochs column then says how many each got",
     )
-    p.add_argument("--jobs", type=int, default=1, help="variants trained at once, each in its own process")
+    p.add_argument("--jobs", type=cli.positive_int, default=1, help="variants trained at once, each in its own process")
     args = p.parse_args(argv)
     out = args.out or Path("runs") / f"compare-{args.task}"
     names = args.variants.split(",") if args.variants else list(VARIANTS[args.task])
+    if unknown := [n for n in names if n not in VARIANTS[args.task]]:
+        known = ", ".join(VARIANTS[args.task])
+        p.error(f"--variants: no {args.task} variant {', '.join(unknown)}; choose from {known}")
 
     def finished(name: str) -> bool:
         done = out / name / "config.json"
@@ -121,6 +124,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         common = ["--task", args.task, "--data", str(args.data), "--out", str(out / name), "--epochs", str(args.epochs)]
         common += ["--lr", str(args.lr), "--threads", str(args.threads), "--seed", str(args.seed)]
         common += ["--patience", str(args.epochs + 1), "--limit", str(args.limit)]
+        common += ["--overwrite"]  # a variant not --reuse'd is trained again, over an earlier try
         common += ["--init-from", str(args.init_from)] if args.init_from else []
         common += ["--budget-minutes", str(args.budget_minutes)] if args.budget_minutes else []
         return [*common, *VARIANTS[args.task][name]]

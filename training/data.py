@@ -14,7 +14,9 @@ import io
 import json
 import logging
 import os
+import re
 import tarfile
+import zlib
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,22 +60,25 @@ def parse_name(name: str) -> Label | None:
     """Parses ``{age}_{gender}_{race}_{timestamp}...``, leniently.
 
     A missing race field and odd timestamps are accepted; anything else that
-    does not give an age in 0-116 and a gender of 0 or 1 returns None.
+    does not give an age in 0-116 and a gender of 0 or 1 returns None. Age, gender and race must be plain ASCII
+    digits: ``int()`` alone would also take ``+5``, `` 7``, ``-0`` and other scripts' digits, names no UTKFace
+    file has and whose label nobody meant.
     """
     parts = os.path.basename(name).split("_")
-    if len(parts) < 3:
+    if len(parts) < 3 or not (_DIGITS.fullmatch(parts[0]) and _DIGITS.fullmatch(parts[1])):
         return None
-    try:
-        age, gender = int(parts[0]), int(parts[1])
-    except ValueError:
-        return None
+    age, gender = int(parts[0]), int(parts[1])
     if not 0 <= age <= MAX_AGE or gender not in (0, 1):
         return None
     # With four or more fields the third is the race; with three it is the timestamp.
     race = -1
-    if len(parts) >= 4 and parts[2].isdigit() and int(parts[2]) < N_RACES:
+    if len(parts) >= 4 and _DIGITS.fullmatch(parts[2]) and int(parts[2]) < N_RACES:
         race = int(parts[2])
     return Label(age, gender, race)
+
+
+#: A label field: ASCII digits only (``str.isdigit`` and ``int`` accept far more).
+_DIGITS = re.compile(r"[0-9]+")
 
 
 def iter_source(path: Path) -> Iterator[tuple[str, bytes]]:
@@ -193,19 +198,102 @@ def _read(path: Path, size: int) -> Dataset:
     )
 
 
+class DataError(ValueError):
+    """The data source cannot be read as UTKFace, or holds no usable face: what the operator must fix."""
+
+
+def _read_checked(path: Path, size: int) -> Dataset:
+    """:func:`_read`, with an unreadable source (not a tar, a truncated or corrupt gzip) or one without a single
+    usable face raised as :class:`DataError`, one line that names the source."""
+    try:
+        data = _read(path, size)
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
+        raise DataError(f"{path} could not be read as a UTKFace archive ({err}); is it complete?") from err
+    if not len(data):
+        raise DataError(f"no usable UTKFace image in {path}: {data.summary.line(path)}")
+    return data
+
+
+def _source_id(path: Path) -> str:
+    """Which source a cache file belongs to (its absolute path): caches of one source replace each other."""
+    return hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]
+
+
 def _cache_key(path: Path, size: int) -> str:
-    stat = path.stat()
+    """What the cached arrays depend on. For a folder, every file's relative name, size and mtime: a count and the
+    newest mtime missed a renamed file (a relabelled face: the label is the name) and a file swapped for another
+    with an old mtime (``cp -p``, ``rsync -t``)."""
     if path.is_dir():
-        files = [f for f in path.rglob("*") if f.is_file()]
-        stamp = f"{len(files)}:{max((f.stat().st_mtime_ns for f in files), default=0)}"
+        files = sorted(f for f in path.rglob("*") if f.is_file())
+        listing = hashlib.sha256()
+        for f in files:
+            stat = f.stat()
+            listing.update(f"{f.relative_to(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        stamp = listing.hexdigest()
     else:
+        stat = path.stat()
         stamp = f"{stat.st_size}:{stat.st_mtime_ns}"
     text = f"{path.resolve()}|{stamp}|{size}|{spec.RESIZE_METHOD}|{spec.CHANNEL_ORDER}|{CACHE_VERSION}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def cache_file(cache_dir: Path, path: Path, size: int) -> Path:
+    """The decode cache of ``path`` at input side ``size``: ``utkface-<source>-<size>-<key>.npz``."""
+    return Path(cache_dir) / f"utkface-{_source_id(path)}-{size}-{_cache_key(path, size)}.npz"
+
+
 def default_cache_dir() -> Path:
     return Path(os.environ.get("AGEGENDER_CACHE", Path.home() / ".cache" / "agegender"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _tidy(cache: Path) -> None:
+    """Removes what older builds of ``cache`` left: the same source's caches at the same size under another key
+    (the source changed, or the decoding did; each is a copy of every face, hundreds of MB for UTKFace), and
+    temporary files of builds whose process is gone (interrupted). Other sources and sizes are left alone, and
+    so is anything named otherwise, like caches from before this naming (delete those by hand)."""
+    prefix = cache.name.rsplit("-", 1)[0]  # utkface-<source>-<size>
+    for other in cache.parent.glob(f"{prefix}-*.npz"):
+        if other == cache:
+            continue
+        parts = other.name.split(".")  # <stem>.npz, or <stem>.<pid>.tmp.npz
+        if len(parts) == 2 or (len(parts) == 4 and parts[1].isdigit() and not _alive(int(parts[1]))):
+            other.unlink(missing_ok=True)
+
+
+def _write_cache(cache: Path, data: Dataset) -> None:
+    """Writes ``data`` to ``cache`` atomically, readable by this user only: it holds every face of the source."""
+    cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # Per process: variants trained side by side (training.compare --jobs) may build the same cache at once.
+    tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.npz")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(
+                fh,
+                images=data.images,
+                ages=data.ages,
+                genders=data.genders,
+                races=data.races,
+                names=data.names,
+                hashes=data.hashes,
+                thumbs=data.thumbs,
+                summary=json.dumps(dataclasses.asdict(data.summary)),
+            )
+        tmp.replace(cache)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _tidy(cache)
 
 
 def load(path: str | Path, *, size: int, cache_dir: Path | None = None) -> Dataset:
@@ -213,15 +301,20 @@ def load(path: str | Path, *, size: int, cache_dir: Path | None = None) -> Datas
 
     Args:
         path: ``UTKFace.tar.gz`` (any tar the ``tarfile`` module opens) or a folder.
-        cache_dir: Where decoded arrays are cached; None disables the cache.
+        cache_dir: Where decoded arrays are cached; None disables the cache. Created readable by this user
+            only (mode 0700, files 0600): the cache holds the faces.
 
     Returns:
         The deduplicated dataset; ``summary`` says what was skipped.
+
+    Raises:
+        FileNotFoundError: no such archive or folder.
+        DataError: the source cannot be read, or holds no usable face.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"UTKFace data not found at {path}; pass --data PATH")
-    cache = cache_dir / f"utkface-{_cache_key(path, size)}.npz" if cache_dir else None
+    cache = cache_file(cache_dir, path, size) if cache_dir else None
     if cache is not None and cache.exists():
         with np.load(cache, allow_pickle=False) as z:
             data = Dataset(
@@ -235,23 +328,9 @@ def load(path: str | Path, *, size: int, cache_dir: Path | None = None) -> Datas
                 LoadSummary(**json.loads(str(z["summary"]))),
             )
     else:
-        data = _read(path, size)
+        data = _read_checked(path, size)
         if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            # Per process: variants trained side by side (training.compare --jobs) may build the same cache at once.
-            tmp = cache.with_name(f"{cache.stem}.{os.getpid()}.tmp.npz")
-            np.savez(
-                tmp,
-                images=data.images,
-                ages=data.ages,
-                genders=data.genders,
-                races=data.races,
-                names=data.names,
-                hashes=data.hashes,
-                thumbs=data.thumbs,
-                summary=json.dumps(dataclasses.asdict(data.summary)),
-            )
-            tmp.replace(cache)
+            _write_cache(cache, data)
     log.info(data.summary.line(path))
     return data
 

@@ -30,8 +30,11 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from common import spec  # noqa: E402
+from training import (
+    cli,  # noqa: E402
+    heads,  # noqa: E402
+)
 from training import data as utk  # noqa: E402
-from training import heads  # noqa: E402
 from training import model as models  # noqa: E402
 from training.runs import member_config, served_record, split_seed, trained_network  # noqa: E402
 
@@ -73,7 +76,7 @@ def build(task: str, sources: list[Path], size: int) -> tuple[keras.Model, list[
 def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", required=True, choices=models.TASKS)
-    p.add_argument("--data", required=True, type=Path, help="UTKFace.tar.gz or a folder of UTKFace images")
+    p.add_argument("--data", required=True, type=cli.data_source, help="UTKFace.tar.gz or a folder of UTKFace images")
     p.add_argument("--members", required=True, nargs="+", type=Path, help="runs' .keras files or exported versions")
     p.add_argument("--out", type=Path, default=Path("runs/ensemble"), help="writes <out>/<task>/ for training.export")
     p.add_argument("--cache-dir", type=Path, default=utk.default_cache_dir())
@@ -81,9 +84,14 @@ def main(argv: list[str] | None = None) -> Path:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
+    if missing := [str(m) for m in args.members if not m.exists()]:
+        p.error(f"--members: no such file or folder: {', '.join(missing)}")
     size = spec.image_size(args.task)
-    model, configs = build(args.task, args.members, size)
-    data = utk.load(args.data, size=size, cache_dir=args.cache_dir)
+    try:
+        model, configs = build(args.task, args.members, size)
+    except (ValueError, FileNotFoundError) as err:  # another network, another split, no record: one line
+        raise SystemExit(f"error: {err}") from None
+    data = cli.load(args.data, size=size, cache_dir=args.cache_dir)
     seed = split_seed(configs)
     val = utk.part(data, "val", seed=seed)
 

@@ -5,7 +5,10 @@
 Loads the newest version of ``age`` and ``gender`` from the model repository
 and writes ``evaluation.json``, ``evaluation.md`` and PNG plots (``training.plots``) to ``--out``.
 ``--split`` selects one split of the training seed's hash split (the same split
-training used); ``all`` scores every image.
+training used): ``test`` by default, the faces no choice was made on; ``val`` the faces the temperature, the
+interval and the post-training choices were fitted on; ``all`` scores every image, training faces included (only
+for a data set the models never trained on). The report is written whole to a temporary folder beside ``--out``
+and moved in at the end: a run that fails leaves the previous report as it was.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -22,15 +26,17 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from common import contract, spec  # noqa: E402
-from training import calibrate, heads, runs  # noqa: E402
+from training import calibrate, cli, heads, runs  # noqa: E402
 from training import data as utk  # noqa: E402
-from training.export import RECORD, SAVEDMODEL, latest, signature_side  # noqa: E402
+from training.export import RECORD, SAVEDMODEL, signature_side  # noqa: E402
 from training.plots import plots  # noqa: E402
 
 AGE_BANDS = heads.AGE_BANDS
 #: Issue 16's targets for the interval: coverage within this range in every true-age band with at least
 #: ``TARGET_MIN_N`` faces, and within ``TARGET_OVERALL`` over all faces.
 TARGET_BAND, TARGET_OVERALL, TARGET_MIN_N = (0.72, 0.88), (0.78, 0.82), calibrate.MIN_BAND
+#: The fewest faces a report is made on: fewer give no band statistics and no plot worth reading.
+MIN_FACES = 20
 # The seed project's validation figures, for comparison.
 SEED = {"age_val_mse": 226.0, "age_val_rmse": 15.0, "gender_val_accuracy": 0.81}
 
@@ -297,9 +303,14 @@ def markdown(report: dict) -> str:
 def scoring_parser(doc: str, split: str) -> argparse.ArgumentParser:
     """The options of every script that scores the served versions on one split (this one, training.precision)."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, type=Path, help="UTKFace-format archive or folder")
-    p.add_argument("--repo", type=Path, default=Path(os.environ.get("MODEL_REPOSITORY", "model_repository")))
-    p.add_argument("--split", choices=("all", *utk.SPLITS), default=split)
+    p.add_argument("--data", required=True, type=cli.data_source, help="UTKFace-format archive or folder")
+    cli.add_repo(p)
+    p.add_argument(
+        "--split",
+        choices=("all", *utk.SPLITS),
+        default=split,
+        help=f"which faces are scored (default {split}); 'all' includes the faces the models trained on",
+    )
     p.add_argument("--seed", type=int, default=None, help="split seed (default: the models' training seed)")
     p.add_argument("--out", type=Path, default=Path("reports"))
     p.add_argument("--cache-dir", type=Path, default=utk.default_cache_dir())
@@ -307,32 +318,86 @@ def scoring_parser(doc: str, split: str) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = scoring_parser(__doc__, "all")
-    p.add_argument("--predictions", type=Path, default=None, help="CSV with one row per image")
-    p.add_argument("--age-version", type=int, default=None, help="an earlier age version, to compare (default: newest)")
+    p = scoring_parser(__doc__, "test")
+    p.add_argument(
+        "--predictions",
+        type=predictions_path,
+        default=None,
+        help="CSV with one row per image (UTKFace file names and labels: outside the repository, or under runs/)",
+    )
+    p.add_argument(
+        "--age-version",
+        type=cli.positive_int,
+        default=None,
+        help="an earlier age version, to compare (default: newest)",
+    )
     args = p.parse_args(argv)
 
-    models = {task: latest(args.repo, task) for task in ("age", "gender")}
-    if args.age_version is not None:
-        models["age"] = args.repo / "age" / str(args.age_version)
+    models = {
+        "age": cli.version_folder(args.repo, "age", args.age_version),
+        "gender": cli.version_folder(args.repo, "gender", None),
+    }
     args.seed = split_seed(models, args.seed)
     # Each model sees the faces at its own input size; the rows (and so the split) are the same at every size.
     # Loaded once (the objects kept alive for their signatures): the signature gives the size, then runs.
     saved = {task: tf.saved_model.load(str(version / SAVEDMODEL)) for task, version in models.items()}
     fns = {task: loaded.signatures["serving_default"] for task, loaded in saved.items()}
     sides = {task: signature_side(fn) for task, fn in fns.items()}
-    by_side = {side: utk.load(args.data, size=side, cache_dir=args.cache_dir) for side in set(sides.values())}
+    by_side = {side: cli.load(args.data, size=side, cache_dir=args.cache_dir) for side in set(sides.values())}
     data = by_side[sides["age"]]
     if any(not np.array_equal(other.names, data.names) for other in by_side.values()):
         raise SystemExit("the decode caches of the two input sizes list different faces; delete them and rerun")
     splits = utk.split(data, seed=args.seed)
     rows = np.arange(len(data)) if args.split == "all" else np.flatnonzero(splits == args.split)
+    if len(rows) < MIN_FACES:
+        raise SystemExit(
+            f"error: {len(rows)} faces in the {args.split} split of {args.data}; a report needs at least {MIN_FACES} "
+            "(the full UTKFace's test split holds about 2,300)"
+        )
     subset = data.subset(rows)
     pred = {task: outputs(fns[task], by_side[sides[task]].images[rows]) for task in models}
     pred = {**pred["age"], **pred["gender"]}
-    ages, probs = pred[spec.AGE_OUTPUT], pred[spec.GENDER_OUTPUT]
 
     args.out.mkdir(parents=True, exist_ok=True)
+    # Everything is written to a folder of this process first and moved in at the end: a run that fails half-way
+    # (a plot, a full disk) must not leave new plots beside an old evaluation.md.
+    staging = args.out / f".evaluate.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        report = write_report(args, data, splits, subset, pred, models, staging)
+        if args.predictions:  # first: it is not one of the report's files
+            args.predictions.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(staging / "predictions.csv", args.predictions)
+        for item in sorted(staging.iterdir()):
+            item.replace(args.out / item.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    a, g = report["all_ages"]["age"], report["all_ages"]["gender"]
+    cover = f" | interval coverage {a['coverage']:.3f}" if "coverage" in a else ""
+    print(
+        f"{args.split}: age MAE {a['mae']:.2f} RMSE {a['rmse']:.2f}{cover} | gender accuracy {g['accuracy']:.4f} "
+        f"| n={a['n']} -> {args.out / 'evaluation.md'}"
+    )
+    return report
+
+
+def predictions_path(text: str) -> Path:
+    """``--predictions``: a CSV of UTKFace file names with their labels is the data set's, not the project's; a
+    path in the repository is refused unless it is under the git-ignored ``runs/``."""
+    path = Path(text)
+    resolved = path.resolve()
+    if resolved.is_relative_to(runs.ROOT) and not resolved.is_relative_to(runs.ROOT / "runs"):
+        raise argparse.ArgumentTypeError(
+            f"{text} is in the repository: the CSV lists UTKFace file names with their labels, which must not be "
+            "committed; write it outside the repository or under runs/"
+        )
+    return path
+
+
+def write_report(args, data, splits, subset, pred, models, out: Path) -> dict:
+    """Writes the report's files (and the predictions, as ``predictions.csv``) to ``out``; returns the report."""
+    ages, probs = pred[spec.AGE_OUTPUT], pred[spec.GENDER_OUTPUT]
     young = subset.ages < 80
     train = data.subset(np.flatnonzero(splits == "train"))
     report = {
@@ -350,7 +415,7 @@ def main(argv: list[str] | None = None) -> dict:
         "seed_project": SEED,
     }
     report["plots"] = plots(
-        args.out,
+        out,
         subset,
         pred,
         report["all_ages"],
@@ -358,11 +423,10 @@ def main(argv: list[str] | None = None) -> dict:
         train.ages if len(train) else None,
         train.ages[utk.rebalance(train, seed=args.seed)] if len(train) else None,
     )
-    (args.out / "evaluation.json").write_text(json.dumps(report, indent=2))
-    (args.out / "evaluation.md").write_text(markdown(report))
+    (out / "evaluation.json").write_text(json.dumps(report, indent=2))
+    (out / "evaluation.md").write_text(markdown(report))
     if args.predictions:
-        args.predictions.parent.mkdir(parents=True, exist_ok=True)
-        with args.predictions.open("w", newline="") as fh:
+        with (out / "predictions.csv").open("w", newline="") as fh:
             w = csv.writer(fh)
             # age_low / age_high: the served 10-90% interval; empty for a model without one.
             w.writerow(
@@ -381,12 +445,6 @@ def main(argv: list[str] | None = None) -> dict:
                 strict=True,
             ):
                 w.writerow(row)
-    a, g = report["all_ages"]["age"], report["all_ages"]["gender"]
-    cover = f" | interval coverage {a['coverage']:.3f}" if "coverage" in a else ""
-    print(
-        f"{args.split}: age MAE {a['mae']:.2f} RMSE {a['rmse']:.2f}{cover} | gender accuracy {g['accuracy']:.4f} "
-        f"| n={a['n']} -> {args.out / 'evaluation.md'}"
-    )
     return report
 
 

@@ -23,10 +23,15 @@ split (``--data``) and the calibrated one becomes the newest.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import importlib.util
 import json
 import os
+import re
 import shutil
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -36,7 +41,7 @@ import tensorflow as tf  # noqa: E402
 
 from common import spec  # noqa: E402
 from serving.pipeline.backends.openvino_savedmodel import ir as openvino_ir  # noqa: E402
-from training import heads  # noqa: E402
+from training import cli, heads  # noqa: E402
 from training.model import TASKS  # noqa: E402
 
 #: The SavedModel's folder in a version folder, as the serving backend reads it (one definition, in ir.py).
@@ -47,10 +52,28 @@ RECORD, HISTORY, EXPORT_RECORD = "training_config.json", "history.csv", "export.
 
 
 def versions(model_dir: Path) -> list[int]:
-    """Version numbers present under a Triton model folder, ascending."""
+    """Version numbers present under a Triton model folder, ascending (ASCII digits: ``str.isdigit`` takes "²")."""
     if not model_dir.is_dir():
         return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and re.fullmatch(r"[0-9]+", p.name))
+
+
+#: The lock file in a model folder that exports hold while they number and rename a version (dot-named: Triton,
+#: serving/ops/publish.py and :func:`versions` skip it).
+LOCK = ".export.lock"
+
+
+@contextlib.contextmanager
+def version_lock(model_dir: Path):
+    """Holds ``<model_dir>/.export.lock`` (an exclusive ``flock``): two exports of one task at once, by any
+    scripts of this project, never take the same version number."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    with open(model_dir / LOCK, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def latest(repo: Path, task: str) -> Path:
@@ -102,6 +125,9 @@ def export_model(
     estimate: str = heads.AGE_ESTIMATE,
     size: int | None = None,
     extra_files: dict[str, Path] | None = None,
+    records: dict[str, dict] | None = None,
+    meta: dict | None = None,
+    check: Callable[[Path], None] | None = None,
 ) -> Path:
     """Writes ``model`` as the next version of ``<repo>/<task>``.
 
@@ -115,6 +141,13 @@ def export_model(
         estimate: How the served age is read from the age distribution (``heads.AGE_ESTIMATES``).
         size: Input side; default the task's served size (``spec.image_size``), which the configs declare.
         extra_files: Files copied beside the SavedModel, by target name (config, history).
+        records: JSON files written beside the SavedModel, by name (the training record).
+        meta: The export record (``export.json``); its ``version`` is added once the number is taken.
+        check: Called with the finished folder before it becomes a version; what it raises refuses the export.
+
+    The version is written whole in a temporary folder of this process (records, IR and checks included) and
+    renamed into place last, under :func:`version_lock`: Triton's poller never sees a half-made version, nothing
+    is written into or removed from a version after it appears, and an existing version is never replaced.
 
     Returns:
         The new version folder.
@@ -123,7 +156,6 @@ def export_model(
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
     size = size or spec.image_size(task)
     model_dir = Path(repo) / task
-    version_dir = model_dir / str((versions(model_dir) or [0])[-1] + 1)
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(
@@ -133,26 +165,42 @@ def export_model(
         ),
         input_signature=[tf.TensorSpec((None, size, size, 3), tf.uint8, name=spec.INPUT_NAME)],
     )
-    tmp = model_dir / f".tmp-{version_dir.name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    archive.write_out(str(tmp / SAVEDMODEL), verbose=False)
-    for name, src in (extra_files or {}).items():
-        if Path(src).exists():
-            shutil.copy(src, tmp / name)
-    # The OpenVINO IR the CPU backend reads instead of converting at every cold start, keyed to this SavedModel.
-    # Without OpenVINO (a train-only install) the backend converts at load, as it does for any stale IR.
-    if importlib.util.find_spec("openvino") is not None:
-        openvino_ir.build(tmp)
-    # Rename last so Triton's model poller never sees a half-written version.
-    tmp.rename(version_dir)
+    # This process's own folder (pid and a random part): exports side by side never share one.
+    model_dir.mkdir(parents=True, exist_ok=True)
+    tmp = model_dir / f".tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        archive.write_out(str(tmp / SAVEDMODEL), verbose=False)
+        for name, src in (extra_files or {}).items():
+            if Path(src).exists():
+                shutil.copy(src, tmp / name)
+        for name, record in (records or {}).items():
+            (tmp / name).write_text(json.dumps(record, indent=2))
+        # The OpenVINO IR the CPU backend reads instead of converting at every cold start, keyed to this SavedModel.
+        # Without OpenVINO (a train-only install) the backend converts at load, as it does for any stale IR.
+        if importlib.util.find_spec("openvino") is not None:
+            openvino_ir.build(tmp)
+        if check is not None:
+            check(tmp)
+        with version_lock(model_dir):
+            version_dir = model_dir / str((versions(model_dir) or [0])[-1] + 1)
+            if version_dir.exists():  # a folder that is no version (e.g. "007"): never written into
+                raise FileExistsError(f"{version_dir} exists; not replacing it")
+            if meta is not None:
+                (tmp / EXPORT_RECORD).write_text(json.dumps({**meta, "version": int(version_dir.name)}, indent=2))
+            # Rename last so Triton's model poller never sees a half-written version.
+            tmp.rename(version_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return version_dir
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=Path, default=Path("runs"), help="training runs, one folder per task")
-    p.add_argument("--repo", type=Path, default=Path(os.environ.get("MODEL_REPOSITORY", "model_repository")))
-    p.add_argument("--tasks", default=",".join(TASKS))
+    cli.add_repo(p)
+    p.add_argument("--tasks", type=cli.tasks, default=",".join(TASKS))
     p.add_argument(
         "--tta",
         action=argparse.BooleanOptionalAction,
@@ -166,17 +214,25 @@ def main(argv: list[str] | None = None) -> list[Path]:
         help="export from the newest version of each task in --repo instead of --runs: a deployment's variant "
         "of what is served (needs --tta or --no-tta)",
     )
-    p.add_argument("--data", type=Path, help="UTKFace archive: calibrates a calibrated age version's variant again")
+    p.add_argument(
+        "--data",
+        type=cli.data_source,
+        help="UTKFace archive: calibrates a calibrated age version's variant again",
+    )
+    p.add_argument("--cache-dir", type=Path, default=None, help="decode cache for --data ($AGEGENDER_CACHE)")
     args = p.parse_args(argv)
-    tasks = args.tasks.split(",")
     if args.from_repo:
-        return from_repo(args.repo, tasks, args.tta, args.data)
+        return from_repo(args.repo, args.tasks, args.tta, args.data, args.cache_dir, argv)
+    # Every run is checked before anything is written: an export of one task of two is half a release.
+    runs = {task: finished_run(args.runs / task) for task in args.tasks}
     written = []
-    for task in tasks:
-        run = args.runs / task
+    for task, (run, config) in runs.items():
         model = keras.models.load_model(run / "model.keras")
-        config = json.loads((run / "config.json").read_text())
         tta = config.get("tta", False) if args.tta is None else args.tta
+        record = config
+        if tta != config.get("tta", False):
+            # The version's record says what it serves (training.calibrate reads it), and that this was a choice.
+            record = {**config, "tta": tta, "tta_trained": config.get("tta", False)}
         version = export_model(
             model,
             task,
@@ -185,22 +241,48 @@ def main(argv: list[str] | None = None) -> list[Path]:
             temperature=config.get("temperature", 1.0),
             estimate=heads.recorded_estimate(config),
             size=config.get("image_size") or spec.image_size(task),
-            extra_files={RECORD: run / "config.json", HISTORY: run / HISTORY},
+            extra_files={HISTORY: run / HISTORY},
+            records={RECORD: record},
+            meta={"task": task, "source": str(run / "model.keras")},
         )
-        if tta != config.get("tta", False):
-            # The version's record says what it serves (training.calibrate reads it), and that this was a choice.
-            record = {**config, "tta": tta, "tta_trained": config.get("tta", False)}
-            (version / RECORD).write_text(json.dumps(record, indent=2))
-        meta = {"task": task, "source": str(run / "model.keras"), "version": int(version.name)}
-        (version / EXPORT_RECORD).write_text(json.dumps(meta, indent=2))
         print(f"exported {task} -> {version}")
         written.append(version)
     return written
 
 
-def from_repo(repo: Path, tasks: list[str], tta: bool | None, data: Path | None) -> list[Path]:
+def finished_run(run: Path) -> tuple[Path, dict]:
+    """A run folder whose training finished (``config.json`` with the served record, written last by
+    ``training.train``, ``training.ensemble`` and ``training.swa``) and its record; one line if not."""
+    if not (run / "model.keras").is_file() or not (run / "config.json").is_file():
+        raise SystemExit(f"error: no trained run in {run} (model.keras and config.json); train it, or give --tasks")
+    try:
+        config = json.loads((run / "config.json").read_text())
+    except ValueError as err:
+        raise SystemExit(f"error: {run / 'config.json'} is not JSON ({err})") from None
+    if "val_served" not in config:
+        raise SystemExit(
+            f"error: the run in {run} has not finished (no served record in config.json): let it finish, or "
+            f"python -m training.train --resume --out {run} ..."
+        )
+    return run, config
+
+
+def from_repo(
+    repo: Path,
+    tasks: list[str],
+    tta: bool | None,
+    data: Path | None,
+    cache_dir: Path | None = None,
+    argv: list[str] | None = None,
+) -> list[Path]:
     """Exports the newest version of each task again with flip TTA set to ``tta``; see the module's docstring."""
-    sources = {task: latest(repo, task) for task in tasks}
+    from training import calibrate  # here: it imports this module
+    from training import data as utk
+
+    sources = {task: cli.version_folder(repo, task, None) for task in tasks}
+    missing = [str(src / RECORD) for src in sources.values() if not (src / RECORD).is_file()]
+    if missing:
+        raise SystemExit(f"error: no training record at {', '.join(missing)}: cannot rebuild the network")
     records = {task: json.loads((src / RECORD).read_text()) for task, src in sources.items()}
     # Everything is checked before anything is written: a half-made variant is worse than none.
     for task, record in records.items():
@@ -214,7 +296,16 @@ def from_repo(repo: Path, tasks: list[str], tta: bool | None, data: Path | None)
                 f"{sources[task]}'s interval was calibrated per band for its own views: give --data (the UTKFace "
                 "archive) to calibrate the variant's again on the validation split"
             )
-    written = []
+    # The validation faces of a variant to calibrate are read (and counted) before anything is written too.
+    cache_dir = utk.default_cache_dir() if cache_dir is None else cache_dir
+    val = {
+        task: calibrate.validation_faces(data, record, cache_dir)
+        for task, record in records.items()
+        if "interval_calibration" in record
+    }
+    # Then each variant is made in memory, its calibration fitted, and only then written: the version that appears
+    # is the finished variant, calibrated where its source was, never an uncalibrated step on the way.
+    todo = []
     for task, source in sources.items():
         model, config = load_version(source, records[task])
         record = {k: v for k, v in config.items() if k != "interval_calibration"}
@@ -224,26 +315,40 @@ def from_repo(repo: Path, tasks: list[str], tta: bool | None, data: Path | None)
         record.pop("val_served", None)
         if not tta and "val_served_no_tta" in config:
             record["val_served"] = config["val_served_no_tta"]
-        version = export_model(
-            model,
-            task,
-            repo,
-            tta=tta,
-            temperature=config.get("temperature", 1.0),
-            estimate=heads.recorded_estimate(config),
-            size=config.get("image_size") or spec.image_size(task),
-            extra_files={HISTORY: source / HISTORY},
-        )
-        (version / RECORD).write_text(json.dumps(record, indent=2))
-        meta = {"task": task, "source": str(source / SAVEDMODEL), "version": int(version.name), "by": "--from-repo"}
-        (version / EXPORT_RECORD).write_text(json.dumps(meta, indent=2))
-        print(f"exported {task} -> {version} (from {source}, tta={tta})")
-        if "interval_calibration" in config:
-            from training import calibrate  # here: it imports this module
-
-            version = Path(
-                calibrate.main(["--data", str(data), "--repo", str(repo), "--source", version.name])["version"]
+        fitted = None
+        if task in val:
+            fitted = calibrate.calibration(
+                model,
+                record,
+                val[task],
+                estimate=heads.recorded_estimate(config),
+                source_version=int(source.name),
+                data=data,
+                argv=argv,
             )
+        todo.append((task, source, model, config, record, fitted))
+    written = []
+    for task, source, model, config, record, fitted in todo:
+        meta = {"task": task, "source": str(source / SAVEDMODEL), "by": "--from-repo"}
+        if fitted is not None:
+            version = calibrate.export_calibrated(
+                model, record, *fitted, val[task], repo, history=source / HISTORY, meta=meta
+            )
+        else:
+            version = export_model(
+                model,
+                task,
+                repo,
+                tta=tta,
+                temperature=config.get("temperature", 1.0),
+                estimate=heads.recorded_estimate(config),
+                size=config.get("image_size") or spec.image_size(task),
+                extra_files={HISTORY: source / HISTORY},
+                records={RECORD: record},
+                meta=meta,
+            )
+        calibrated = ", calibrated again on the validation split" if fitted is not None else ""
+        print(f"exported {task} -> {version} (from {source}, tta={tta}{calibrated})")
         written.append(version)
     return written
 

@@ -103,7 +103,7 @@ def plots(
     save(fig, "gender_confusion.png")
 
     bands = computed["age_by_band"]
-    if all("coverage" in b for b in bands.values()):
+    if bands and all("coverage_ci" in b for b in bands.values()):  # none without faces, or without an interval
         fig, ax = plt.subplots(figsize=(6, 3.5))
         cov = np.array([b["coverage"] for b in bands.values()])
         ci = np.array([b["coverage_ci"] for b in bands.values()])

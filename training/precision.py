@@ -34,9 +34,9 @@ import numpy as np
 
 from common import contract, spec
 from serving.pipeline.backends.openvino_savedmodel import ir, ov_runtime
+from training import cli
 from training import data as utk
 from training.evaluate import age_metrics, calibration, gender_metrics, scoring_parser, split_seed
-from training.export import latest
 
 TASKS = ("age", "gender")
 #: Scored always; ``int8`` too where both versions have a valid ``model.int8`` (training.quantize).
@@ -106,9 +106,9 @@ def evaluate(
     speed_s: float,
     only: list[str] | None = None,
 ):
-    models = {task: latest(repo, task) for task in TASKS}
+    models = {task: cli.version_folder(repo, task, None) for task in TASKS}
     seed = split_seed(models, seed)
-    by_task = {task: utk.load(data_path, size=spec.image_size(task), cache_dir=cache_dir) for task in TASKS}
+    by_task = {task: cli.load(data_path, size=spec.image_size(task), cache_dir=cache_dir) for task in TASKS}
     data = by_task["age"]
     if not np.array_equal(data.names, by_task["gender"].names):
         raise SystemExit("the decode caches of the two input sizes list different faces; delete them and rerun")
@@ -216,7 +216,9 @@ def markdown(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     p = scoring_parser(__doc__, "test")
-    p.add_argument("--speed-seconds", type=float, default=3.0, help="measured seconds per model and precision")
+    p.add_argument(
+        "--speed-seconds", type=cli.positive_float, default=3.0, help="measured seconds per model and precision"
+    )
     p.add_argument("--name", default="precision", help="the report's file name, without .md and .json")
     p.add_argument(
         "--precisions",

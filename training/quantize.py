@@ -22,16 +22,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from common import spec
 from serving.pipeline.backends.openvino_savedmodel import ir, ov_runtime
+from training import cli
 from training import data as utk
 from training.evaluate import split_seed
-from training.export import latest
 
 TASKS = ("age", "gender")
 #: Operations left in float: everything after the convolutions' features (the heads), and the flip TTA's
@@ -43,6 +42,9 @@ FLOAT_TYPES = (
 )  # fmt: skip
 #: Calibration faces drawn from the training split, and the draw's seed.
 FACES, DRAW_SEED = 512, 0
+#: The fewest faces an int8 model is calibrated on: activation ranges from a handful of faces clip the rest
+#: (``--faces 4`` on synthetic images passed the key's check, which knows only the SavedModel's digest).
+MIN_FACES = 200
 #: Bumped when the way the int8 model is made changes (2: full bias correction).
 FORMAT = 2
 
@@ -51,8 +53,11 @@ def calibration_faces(data: utk.Dataset, seed: int, faces: int) -> np.ndarray:
     """``faces`` training-split faces of split seed ``seed``, drawn with :data:`DRAW_SEED`: never a validation or
     test face, so nothing the models are scored on shapes the quantization."""
     train = np.flatnonzero(utk.split(data, seed=seed) == "train")
-    if not len(train):
-        raise SystemExit("no training faces in the data: the int8 model is calibrated on the training split")
+    if len(train) < min(faces, MIN_FACES):
+        raise SystemExit(
+            f"{len(train)} training faces in the data; the int8 model is calibrated on at least {MIN_FACES} of the "
+            "training split (the full UTKFace)"
+        )
     rows = np.random.default_rng(DRAW_SEED).choice(train, min(faces, len(train)), replace=False)
     return data.images[np.sort(rows)]
 
@@ -82,20 +87,49 @@ def quantize(version: Path, images: np.ndarray, seed: int) -> Path:
     return ir.write(version, ir.INT8_DIR, quantized, key)
 
 
+def faces_count(text: str) -> int:
+    """``--faces``: a whole number of at least :data:`MIN_FACES`."""
+    value = cli.positive_int(text)
+    if value < MIN_FACES:
+        raise argparse.ArgumentTypeError(f"{value}: the activation ranges need at least {MIN_FACES} faces")
+    return value
+
+
 def main(argv: list[str] | None = None) -> list[Path]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, type=Path, help="UTKFace-format archive or folder")
-    p.add_argument("--repo", type=Path, default=Path(os.environ.get("MODEL_REPOSITORY", "model_repository")))
-    p.add_argument("--tasks", default=",".join(TASKS))
-    p.add_argument("--faces", type=int, default=FACES, help="training faces that set the activation ranges")
+    p.add_argument("--data", required=True, type=cli.data_source, help="UTKFace-format archive or folder")
+    cli.add_repo(p)
+    p.add_argument("--tasks", type=cli.tasks, default=",".join(TASKS))
+    p.add_argument(
+        "--faces",
+        type=faces_count,
+        default=FACES,
+        help=f"training faces that set the activation ranges (at least {MIN_FACES})",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a valid model.int8 (by default refused: a version, int8 model included, does not change "
+        "once published; export a new version instead)",
+    )
     p.add_argument("--cache-dir", type=Path, default=utk.default_cache_dir())
     args = p.parse_args(argv)
-    written = []
-    for task in args.tasks.split(","):
-        version = latest(args.repo, task)
+    # Every task is checked, and its faces drawn, before any model is written.
+    todo = []
+    for task in args.tasks:
+        version = cli.version_folder(args.repo, task, None)
+        ok, _ = ir.int8_valid(version)
+        if ok and not args.force:
+            raise SystemExit(
+                f"{version / ir.INT8_DIR} is valid already: a version does not change once made (Triton may serve "
+                "it, a release may hold it). Export a new version to quantize, or pass --force to replace it"
+            )
         seed = split_seed({task: version})
-        data = utk.load(args.data, size=spec.image_size(task), cache_dir=args.cache_dir)
-        out = quantize(version, calibration_faces(data, seed, args.faces), seed)
+        data = cli.load(args.data, size=spec.image_size(task), cache_dir=args.cache_dir)
+        todo.append((task, version, seed, calibration_faces(data, seed, args.faces)))
+    written = []
+    for task, version, seed, faces in todo:
+        out = quantize(version, faces, seed)
         print(f"{task}: {out} ({json.loads((out / ir.KEY).read_text())['calibration']})")
         written.append(out)
     return written

@@ -33,8 +33,11 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from common import spec  # noqa: E402
+from training import (
+    cli,  # noqa: E402
+    heads,  # noqa: E402
+)
 from training import data as utk  # noqa: E402
-from training import heads  # noqa: E402
 from training import model as models  # noqa: E402
 from training.export import HISTORY  # noqa: E402
 from training.runs import member_config, served_record, split_seed, trained_network  # noqa: E402
@@ -62,7 +65,7 @@ def average(task: str, sources: list[Path], size: int) -> tuple[keras.Model, lis
 def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", required=True, choices=models.TASKS)
-    p.add_argument("--data", required=True, type=Path, help="UTKFace.tar.gz or a folder of UTKFace images")
+    p.add_argument("--data", required=True, type=cli.data_source, help="UTKFace.tar.gz or a folder of UTKFace images")
     p.add_argument("--snapshots", required=True, nargs="+", type=Path, help="runs' .keras files or exported versions")
     p.add_argument("--out", type=Path, default=Path("runs/swa"), help="writes <out>/<task>/ for training.export")
     p.add_argument("--cache-dir", type=Path, default=utk.default_cache_dir())
@@ -72,10 +75,12 @@ def main(argv: list[str] | None = None) -> Path:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if len(args.snapshots) < 2:
         p.error("--snapshots needs at least two")
+    if missing := [str(m) for m in args.snapshots if not m.exists()]:
+        p.error(f"--snapshots: no such file or folder: {', '.join(missing)}")
 
     size = spec.image_size(args.task)
     model, nets, configs = average(args.task, args.snapshots, size)
-    data = utk.load(args.data, size=size, cache_dir=args.cache_dir)
+    data = cli.load(args.data, size=size, cache_dir=args.cache_dir)
     seed = split_seed(configs)
     splits = utk.split(data, seed=seed)
     train = data.subset(np.flatnonzero(splits == "train"))

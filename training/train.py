@@ -24,8 +24,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from common import spec  # noqa: E402
+from training import cli, heads  # noqa: E402
 from training import data as utk  # noqa: E402
-from training import heads  # noqa: E402
 from training import model as models  # noqa: E402
 from training.callbacks import BudgetAndCosine, ResumeState, WeightAverage  # noqa: E402
 from training.export import HISTORY  # noqa: E402
@@ -55,20 +55,24 @@ DEFAULTS = {
     "widths": "16,32,64,128",
     "schedule": "cosine",
 }
+#: The fewest training and validation faces a run starts with: Keras cannot validate on none, and a temperature
+#: fitted on fewer is noise (smoke runs on tests/utk_fixture.py have about six).
+MIN_SPLIT = 2
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", required=True, choices=("age", "gender"))
-    p.add_argument("--data", required=True, type=Path, help="UTKFace.tar.gz or a folder of UTKFace images")
+    p.add_argument("--data", required=True, type=cli.data_source, help="UTKFace.tar.gz or a folder of UTKFace images")
     p.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<task>)")
     p.add_argument("--cache-dir", type=Path, default=utk.default_cache_dir(), help="decode cache ($AGEGENDER_CACHE)")
-    p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
+    p.add_argument("--epochs", type=cli.positive_int, default=DEFAULTS["epochs"])
     p.add_argument(
         "--budget-minutes",
-        type=float,
+        type=cli.positive_float,
         default=DEFAULTS["budget_minutes"],
-        help="stop after the last epoch that fits in this wall-clock budget",
+        help="stop after the last epoch that fits in this wall-clock budget (positive; leave it out for none). "
+        "--resume goes on with the time the run already spent",
     )
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="the train/val/test split's seed (keep it)")
     p.add_argument(
@@ -78,10 +82,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seed of initialisation, shuffling and augmentation (default: --seed); another value trains a "
         "different member for an ensemble on the same split",
     )
-    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
+    p.add_argument("--batch-size", type=cli.positive_int, default=DEFAULTS["batch_size"])
     p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
     p.add_argument("--weight-decay", type=float, default=DEFAULTS["weight_decay"])
-    p.add_argument("--patience", type=int, default=DEFAULTS["patience"], help="epochs without val_loss gain")
+    p.add_argument(
+        "--patience", type=cli.non_negative_int, default=DEFAULTS["patience"], help="epochs without val_loss gain"
+    )
     p.add_argument(
         "--age-loss",
         choices=heads.AGE_LOSSES,
@@ -117,7 +123,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue an interrupted run in --out from its last epoch (weights, optimizer, EMA, schedule)",
+        help="continue an interrupted run in --out from its last epoch (weights, optimizer, EMA, schedule, the "
+        "time spent of --budget-minutes)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="train again into an --out that holds a run (by default refused: its model would be replaced)",
+    )
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="TensorFlow's deterministic kernels (tf.config.experimental.enable_op_determinism): the same seeds and "
+        "data give the same model on this machine, some steps slower. Without it, multi-threaded kernels sum in "
+        "varying order and two runs with the same seed differ slightly",
     )
     p.add_argument(
         "--rebalance",
@@ -172,9 +191,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also save every epoch's weights as epoch<N>.keras (snapshots for training.swa)",
     )
-    p.add_argument("--threads", type=int, default=DEFAULTS["threads"], help="TensorFlow threads, 0 = all")
-    p.add_argument("--limit", type=int, default=DEFAULTS["limit"], help="use at most N training images (smoke runs)")
-    p.add_argument("--widths", default=DEFAULTS["widths"], help="channels per conv block")
+    p.add_argument(
+        "--threads", type=cli.non_negative_int, default=DEFAULTS["threads"], help="TensorFlow threads, 0 = all"
+    )
+    p.add_argument(
+        "--limit",
+        type=cli.non_negative_int,
+        default=DEFAULTS["limit"],
+        help="use at most N training images (smoke runs); 0 = all",
+    )
+    p.add_argument("--widths", type=cli.widths, default=DEFAULTS["widths"], help="channels per conv block")
     p.add_argument(
         "--run-eagerly",
         action="store_true",
@@ -183,7 +209,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--image-size",
-        type=int,
+        type=cli.positive_int,
         default=None,
         help="input side in pixels (default: the served size, common/spec.py IMAGE_SIZES); others only to compare "
         "input sizes",
@@ -194,6 +220,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="skip training: rerun the post-training steps on the run's saved best model",
     )
     args = p.parse_args(argv)
+    if args.resume and args.finish_only:
+        p.error("--resume and --finish-only are two ways to use one run: give one")
+    if args.overwrite and (args.resume or args.finish_only):
+        p.error("--overwrite trains a new run; --resume and --finish-only continue the one in --out")
     args.out = args.out or Path("runs") / args.task
     args.image_size = args.image_size or spec.image_size(args.task)
     return args
@@ -231,17 +261,61 @@ def age_head(args: argparse.Namespace) -> str:
 
 def check_same_split(source: Path, seed: int) -> None:
     """Refuses weights trained on another split: their training faces would be in this run's validation and test."""
-    trained_on = member_config(source).get("seed", DEFAULTS["seed"])
+    if not source.exists():
+        raise SystemExit(f"--init-from {source}: no such file or folder (a run's .keras file or a version folder)")
+    try:
+        trained_on = member_config(source).get("seed", DEFAULTS["seed"])
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"--init-from {err}") from None
     if trained_on != seed:
         raise SystemExit(f"--init-from {source} was trained on the split of seed {trained_on}, this run's is {seed}")
+
+
+#: What a run folder holds that a new run replaces; their presence means --out holds a run.
+RUN_FILES = ("config.json", "model.keras", "last.keras", "state.json", HISTORY)
+#: Left by an earlier run and not written again by every new one: removed by --overwrite so they cannot mix in.
+STALE_FILES = ("state.json", "ema.npz", "epoch*.keras")
+
+
+def check_run_folder(args: argparse.Namespace) -> None:
+    """What --out must hold for the mode asked: nothing of a run to start one (unless --overwrite), an interrupted
+    run's state to --resume, a trained model to --finish-only. Checked before anything is read or written."""
+    out = args.out
+    if args.resume:
+        missing = [n for n in ("config.json", "state.json", "last.keras") if not (out / n).is_file()]
+        if missing:
+            raise SystemExit(f"--resume: {out} holds no interrupted run (no {', '.join(missing)}); train without it")
+    elif args.finish_only:
+        if not (out / "config.json").is_file() or not any((out / n).is_file() for n in ("model.keras", "last.keras")):
+            raise SystemExit(f"--finish-only: {out} holds no trained run (config.json and model.keras); train first")
+    elif any((out / n).exists() for n in RUN_FILES):
+        if not args.overwrite:
+            raise SystemExit(
+                f"{out} already holds a run: --resume continues it, --overwrite trains a new one in its place, "
+                "--out NEW_FOLDER keeps it"
+            )
+        for pattern in STALE_FILES:
+            for stale in out.glob(pattern):
+                stale.unlink()
 
 
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    check_run_folder(args)
+    if args.child_weight != 1.0 and args.task != "gender":
+        raise SystemExit("--child-weight is for --task gender")
+    if (bool(args.tail_weight) or args.child_weight != 1.0) and args.mixup:
+        raise SystemExit("--tail-weight and --child-weight cannot go with --mixup (a blend of two faces has no age)")
+    if args.mixup and args.task != "gender":
+        raise SystemExit("--mixup is for --task gender (a blend of two age distributions is not one face's)")
+    if args.aux_age and (args.task != "gender" or args.mixup):
+        raise SystemExit("--aux-age is for --task gender, without --mixup (a blend of two faces has no one age)")
     if args.threads:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    if args.deterministic:
+        tf.config.experimental.enable_op_determinism()
     if args.resume or args.finish_only:  # the run's own split and orders, whatever the command line says
         recorded = json.loads((args.out / "config.json").read_text())
         args.seed = recorded.get("seed", args.seed)
@@ -254,11 +328,16 @@ def main(argv: list[str] | None = None) -> Path:
         args.order_seed = args.seed
     keras.utils.set_random_seed(args.order_seed)
 
-    data = utk.load(args.data, cache_dir=args.cache_dir, size=args.image_size)
+    data = cli.load(args.data, cache_dir=args.cache_dir, size=args.image_size)
     splits = utk.split(data, seed=args.seed)
+    train, val = data.subset(np.flatnonzero(splits == "train")), data.subset(np.flatnonzero(splits == "val"))
+    if len(train) < MIN_SPLIT or len(val) < MIN_SPLIT:
+        raise SystemExit(
+            f"{args.data}: {len(train)} training and {len(val)} validation faces of {len(data)}; training needs at "
+            f"least {MIN_SPLIT} of each (10% of the faces validate): give more images"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     utk.write_manifest(data, splits, args.out / "manifest.csv")
-    train, val = data.subset(np.flatnonzero(splits == "train")), data.subset(np.flatnonzero(splits == "val"))
     if args.rebalance:
         train = train.subset(utk.rebalance(train, seed=args.seed))
     if args.limit:
@@ -273,15 +352,8 @@ def main(argv: list[str] | None = None) -> Path:
 
     # Loss weights for the rare ages (and, for gender, the children), in training only: validation loss stays the
     # plain mean, so checkpoints and early stopping compare weighted and unweighted runs on the same scale.
+    # (Their combinations were checked in main's first lines, before anything was read or written.)
     weighted = bool(args.tail_weight) or args.child_weight != 1.0
-    if args.child_weight != 1.0 and args.task != "gender":
-        raise SystemExit("--child-weight is for --task gender")
-    if weighted and args.mixup:
-        raise SystemExit("--tail-weight and --child-weight cannot go with --mixup (a blend of two faces has no age)")
-    if args.mixup and args.task != "gender":
-        raise SystemExit("--mixup is for --task gender (a blend of two age distributions is not one face's)")
-    if args.aux_age and (args.task != "gender" or args.mixup):
-        raise SystemExit("--aux-age is for --task gender, without --mixup (a blend of two faces has no one age)")
 
     def dataset(part: utk.Dataset, training: bool, aux: bool = bool(args.aux_age)) -> tf.data.Dataset:
         """Faces and labels; ``aux``: with the auxiliary head's ages (False for the network as kept)."""
@@ -345,9 +417,10 @@ def main(argv: list[str] | None = None) -> Path:
         # Keep the config of the run that trained the model; only the post-training record changes.
         config = {**json.loads((args.out / "config.json").read_text()), "finish_only_argv": sys.argv[1:]}
     else:
-        initial_epoch, best_loss = 0, None
+        initial_epoch, best_loss, spent = 0, None, 0.0
         if args.resume:
             state = json.loads(state_file.read_text())
+            spent = float(state.get("elapsed_seconds", 0.0))  # runs from before it was recorded: 0, as they were
             config = {**json.loads((args.out / "config.json").read_text()), "resumed_argv": sys.argv[1:]}
             model = keras.models.load_model(last)  # weights and optimizer state
             model.compile(optimizer=model.optimizer, **compile_args)
@@ -358,8 +431,11 @@ def main(argv: list[str] | None = None) -> Path:
             logging.info("initialised %d weights from %s", config["init_copied"], args.init_from)
         (args.out / "config.json").write_text(json.dumps(config, indent=2))
         ema = WeightAverage(args.ema, args.out / "ema.npz", resume=args.resume) if args.ema else None
+        budget = BudgetAndCosine(
+            args.lr, args.epochs, args.budget_minutes, constant=args.schedule == "constant", elapsed=spent
+        )
         callbacks = [
-            BudgetAndCosine(args.lr, args.epochs, args.budget_minutes, constant=args.schedule == "constant"),
+            budget,
             *([ema] if ema else []),  # swaps the averaged weights in before validation...
             keras.callbacks.ModelCheckpoint(
                 best, monitor=monitor, mode="min", save_best_only=True, initial_value_threshold=best_loss
@@ -367,7 +443,7 @@ def main(argv: list[str] | None = None) -> Path:
             *([ema.restore_callback()] if ema else []),  # ...and the live ones back after the best is saved
             keras.callbacks.ModelCheckpoint(last),
             *([keras.callbacks.ModelCheckpoint(args.out / "epoch{epoch:03d}.keras")] if args.keep_epochs else []),
-            ResumeState(state_file, best_loss, monitor),
+            ResumeState(state_file, best_loss, monitor, elapsed=budget.elapsed),
             keras.callbacks.EarlyStopping(monitor=monitor, mode="min", patience=args.patience),
             keras.callbacks.CSVLogger(args.out / HISTORY, append=args.resume),
         ]

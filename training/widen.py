@@ -30,6 +30,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from common import spec  # noqa: E402
+from training import cli  # noqa: E402
 from training import model as models  # noqa: E402
 from training.runs import member_config, trained_network  # noqa: E402
 
@@ -94,21 +95,26 @@ def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--task", choices=models.TASKS, required=True)
     p.add_argument("--source", type=Path, required=True, help="a run's .keras file or an exported version folder")
-    p.add_argument("--widths", required=True, help="channels per conv block, each >= the source's")
+    p.add_argument("--widths", required=True, type=cli.widths, help="channels per conv block, each >= the source's")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seed", type=int, default=0, help="which channels are copied, and the split factors")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not args.source.exists():
+        p.error(f"--source {args.source}: no such file or folder")
 
-    config = member_config(args.source)
-    size = config.get("image_size") or spec.image_size(args.task)
-    net, diff = widened_network(
-        args.task,
-        trained_network(args.task, args.source, config, size),
-        models.parse_widths(args.widths),
-        size,
-        seed=args.seed,
-    )
+    try:
+        config = member_config(args.source)
+        size = config.get("image_size") or spec.image_size(args.task)
+        net, diff = widened_network(
+            args.task,
+            trained_network(args.task, args.source, config, size),
+            models.parse_widths(args.widths),
+            size,
+            seed=args.seed,
+        )
+    except (ValueError, FileNotFoundError) as err:  # narrower or fewer widths, another network: the operator's to fix
+        raise SystemExit(f"error: {err}") from None
     args.out.mkdir(parents=True, exist_ok=True)
     net.save(args.out / "model.keras")
     record = {
