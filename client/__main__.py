@@ -10,7 +10,8 @@ its 80% interval), or with ``--json`` one JSON object with keys file, age, age_l
 female_probability, face_found, box, detection_score and error (age_low/age_high: the 10th/90th percentile of
 the age model's distribution, null where there is no face or the model gives no interval).
 With ``--all-faces`` every face is estimated (the ``faces`` model): one JSON object per image with keys file,
-faces (each with age, age_low, age_high, gender, female_probability, box, detection_score) and error.
+faces (each with age, age_low, age_high, gender, female_probability, box, detection_score), error and more_faces
+(true when the photo holds more faces than the server returns, the most prominent).
 
 Exit codes: 0 when every image was processed, 1 when at least one image failed (its line carries the error),
 2 when the server cannot be used at all (unreachable, models not loaded) or the arguments are wrong, 130 on Ctrl-C

@@ -15,6 +15,8 @@ def parse_faces(outputs: dict[str, np.ndarray | None], file: str | None = None) 
     message = text(error.reshape(-1)[0]).strip() if error is not None and error.size else ""
     if message:
         return FacesResult.failed(message, file=file)
+    more = outputs.get(c.FACES_MORE)
+    more = bool(more is not None and more.size and more.reshape(-1)[0])
     box = outputs.get(c.FACES_BOX)
     if box is None or box.size == 0:
         return FacesResult(faces=(), file=file)
@@ -44,4 +46,4 @@ def parse_faces(outputs: dict[str, np.ndarray | None], file: str | None = None) 
                 age_high=finite_or_none(age_high[k]),
             )
         )
-    return FacesResult(faces=tuple(faces), file=file)
+    return FacesResult(faces=tuple(faces), file=file, more_faces=more)

@@ -158,7 +158,7 @@ def age_text(age: float | None, interval: tuple[float, float] | None) -> str:
 
 #: Key order of :meth:`DetectedFace.to_dict` and of :meth:`FacesResult.to_dict` (the ``--all-faces --json`` schema).
 DETECTED_FACE_KEYS = ("age", "age_low", "age_high", "gender", "female_probability", "box", "detection_score")
-FACES_RESULT_KEYS = ("file", "faces", "error")
+FACES_RESULT_KEYS = ("file", "faces", "error", "more_faces")
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,11 +216,14 @@ class FacesResult:
         faces: The faces (empty when there is none or the image failed).
         error: Why this image failed, or None on success.
         file: The path the image came from, when it came from a path.
+        more_faces: Whether the picture holds more faces than these (the server returns at most
+            ``common.contract.MAX_FACES``, the most prominent).
     """
 
     faces: tuple[DetectedFace, ...]
     error: str | None = None
     file: str | None = None
+    more_faces: bool = False
 
     @property
     def ok(self) -> bool:
@@ -231,8 +234,9 @@ class FacesResult:
         return cls(faces=(), error=error, file=file)
 
     def to_dict(self) -> dict[str, Any]:
-        """Returns ``{"file", "faces": [...], "error"}``."""
-        return {"file": self.file, "faces": [f.to_dict() for f in self.faces], "error": self.error}
+        """Returns ``{"file", "faces": [...], "error", "more_faces"}``."""
+        faces = [f.to_dict() for f in self.faces]
+        return {"file": self.file, "faces": faces, "error": self.error, "more_faces": self.more_faces}
 
     def describe(self) -> str:
         """Returns human-readable lines: a header, then one line per face."""
@@ -241,7 +245,8 @@ class FacesResult:
             return f"{name}: error: {self.error}"
         if not self.faces:
             return f"{name}: no face found"
-        lines = [f"{name}: {len(self.faces)} face{'s' if len(self.faces) > 1 else ''}"]
+        more = ", the most prominent: the photo holds more" if self.more_faces else ""
+        lines = [f"{name}: {len(self.faces)} face{'s' if len(self.faces) > 1 else ''}{more}"]
         for k, face in enumerate(self.faces, 1):
             box = ", ".join(f"{v:.0f}" for v in face.box)
             if not face.estimated:

@@ -100,6 +100,8 @@ FACES_AGE_HIGH = ENSEMBLE_AGE_HIGH  # FP32 [N], years: 90th percentile; NaN like
 FACES_FEMALE = ENSEMBLE_FEMALE  # FP32 [N]
 FACES_GENDER = ENSEMBLE_GENDER  # STRING [N]: "female" / "male"
 FACES_ERROR = ENSEMBLE_ERROR  # STRING [1]: empty, or why the image could not be processed (then N = 0)
+#: BOOL [1]: whether the picture holds more faces than came back (N = MAX_FACES, the least prominent left out).
+FACES_MORE = "more_faces"
 FACES_OUTPUTS = (
     FACES_BOX,
     FACES_SCORE,
@@ -109,6 +111,7 @@ FACES_OUTPUTS = (
     FACES_FEMALE,
     FACES_GENDER,
     FACES_ERROR,
+    FACES_MORE,
 )
 
 #: The models callers may reach from the public ports; the rest (CNNs, pre/postprocess) are steps inside these.

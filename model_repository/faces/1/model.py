@@ -63,7 +63,9 @@ class TritonPythonModel:
             if data.size != 1:
                 raise ImageDecodeError(f"Send exactly one image per request, got {data.size}.")
             decoded = self._limits.decode(bytes(data[0]))
-            faces = self._cropper.get().crop_all(decoded.image, max_faces=self._max_faces)
+            # One face more than returned: whether the picture holds more is part of the answer (more_faces).
+            faces = self._cropper.get().crop_all(decoded.image, max_faces=self._max_faces + 1)
+            more, faces = len(faces) > self._max_faces, faces[: self._max_faces]
         except (ImageDecodeError, NotReady) as err:
             return _response([], NO_FACES, str(err))
         except Exception as err:  # noqa: BLE001 - same message shape as the preprocess model's
@@ -99,11 +101,11 @@ class TritonPythonModel:
         small = np.array([too_small(f.side * decoded.scale) is not None for f in faces])
         for values in estimates.values():
             values[small] = np.nan
-        return _response(faces, estimates, "", to_file=decoded.to_file)
+        return _response(faces, estimates, "", to_file=decoded.to_file, more=more)
 
 
 def _response(
-    faces: list, estimates: dict[str, np.ndarray], error: str, *, to_file=tuple
+    faces: list, estimates: dict[str, np.ndarray], error: str, *, to_file=tuple, more: bool = False
 ) -> pb_utils.InferenceResponse:
     # Boxes go back to the uploaded file's pixels (upright), each axis by its own factor when the JPEG was drafted.
     box = np.array([to_file(f.box) for f in faces], np.float32).reshape(-1, 4)
@@ -116,5 +118,6 @@ def _response(
         **estimates,
         c.FACES_GENDER: gender,
         c.FACES_ERROR: np.array([error.encode()], np.object_),
+        c.FACES_MORE: np.array([more], np.bool_),
     }
     return pb_utils.InferenceResponse([pb_utils.Tensor(name, tensors[name]) for name in c.FACES_OUTPUTS])
