@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from common import spec
 
-#: The two CNNs, served directly by Triton (uint8 crops in, one float out).
+#: The two CNNs, served directly by Triton (uint8 crops in; age: the estimate and its 80% interval, gender: one
+#: probability out).
 AGE_MODEL = "age"
 GENDER_MODEL = "gender"
 TASK_MODELS = (AGE_MODEL, GENDER_MODEL)
@@ -98,7 +99,7 @@ FACES_AGE = ENSEMBLE_AGE  # FP32 [N], years
 FACES_AGE_LOW = ENSEMBLE_AGE_LOW  # FP32 [N], years: 10th percentile; NaN where the age model gives no interval
 FACES_AGE_HIGH = ENSEMBLE_AGE_HIGH  # FP32 [N], years: 90th percentile; NaN likewise
 FACES_FEMALE = ENSEMBLE_FEMALE  # FP32 [N]
-FACES_GENDER = ENSEMBLE_GENDER  # STRING [N]: "female" / "male"
+FACES_GENDER = ENSEMBLE_GENDER  # STRING [N]: "female" / "male"; "" for a face too small to estimate
 FACES_ERROR = ENSEMBLE_ERROR  # STRING [1]: empty, or why the image could not be processed (then N = 0)
 #: BOOL [1]: whether the picture holds more faces than came back (N = MAX_FACES, the least prominent left out).
 FACES_MORE = "more_faces"

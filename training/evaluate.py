@@ -7,7 +7,7 @@ and writes ``evaluation.json``, ``evaluation.md`` and PNG plots (``training.plot
 ``--split`` selects one split of the training seed's hash split (the same split
 training used): ``test`` by default, the faces no choice was made on; ``val`` the faces the temperature, the
 interval and the post-training choices were fitted on; ``all`` scores every image, training faces included (only
-for a data set the models never trained on). The report is written whole to a temporary folder beside ``--out``
+for a data set the models never trained on). The report is written whole to a hidden temporary folder inside ``--out``
 and moved in at the end: a run that fails leaves the previous report as it was.
 """
 

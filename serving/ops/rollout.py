@@ -4,9 +4,10 @@
     python -m serving.ops.rollout --model age --version 20   # roll back (or pin) to version 20
     python -m serving.ops.rollout --model age --status       # which versions are ready now
 
-Triton must run with explicit model control (``serving.runtime.launch --model-control-mode
-explicit``; the KServe runtime sets it too). Both moves are one call to Triton's
-repository API, ``POST /v2/repository/models/<model>/load``: Triton reads the model
+Triton must run under explicit model control: a default ``make serve`` from a local folder, compose, the Triton
+image's default command and the KServe runtime all do; for an ``s3://`` repository pass ``--model-control-mode
+explicit`` to the launcher, so that Triton reads the bucket itself and sees versions published later.
+Both moves are one call to Triton's repository API, ``POST /v2/repository/models/<model>/load``: Triton reads the model
 folder again (local or s3://), loads the chosen version beside the one serving,
 moves new requests to it once it is ready, lets requests in flight on the old one
 finish, then unloads it. A version that fails to load leaves the old one serving (and the server ready, though

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 #: Side of UTKFace's aligned crops; faces are rendered at this size before the model resize, like training data.
 UTK_SIDE = 200
-#: Fitted crop constants; written by ``python -m research.calibrate_crop``.
+#: Fitted crop constants; written by ``python -m research.calibrate_crop --write-served``.
 CALIBRATION_PATH = Path(__file__).with_name("crop_calibration.json")
 #: The smallest face square, in the uploaded file's pixels, that gets an estimate: a crop sent to the crop path, or
 #: the square cut around a detected face. A smaller one is blown up from too few pixels for the CNNs. The

@@ -72,8 +72,9 @@ from serving.runtime.gate_relay import (
 from serving.runtime.triton_messages import service_pb2 as pb
 
 SERVICE = "/inference.GRPCInferenceService/"
-#: The standard gRPC health check (grpc.health.v1), relayed to Triton's: Kubernetes' gRPC probes of a KServe pod
-#: (deploy/kserve/overlays/grpc) reach Triton through the gate, the pod's only open gRPC port.
+#: The standard gRPC health check (grpc.health.v1): Kubernetes' gRPC probes of a KServe pod
+#: (deploy/kserve/overlays/grpc) reach the gate, the pod's only open gRPC port, which answers it from the served
+#: models' readiness (:meth:`GrpcGate.not_ready`), or relays Triton's where it knows none.
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 #: Its two answers (HealthCheckResponse, field 1 ``status``: 1 SERVING, 2 NOT_SERVING), when the gate answers it.
 _SERVING, _NOT_SERVING = b"\x08\x01", b"\x08\x02"
@@ -231,8 +232,9 @@ class GrpcGate(grpc.GenericRpcHandler):
         return without_companion(payload) if companion else payload
 
     async def not_ready(self) -> list[str] | None:
-        """The served models Triton does not have ready (all of them while it cannot be reached); None where the
-        launcher named none (a KServe pod; an s3:// repository Triton reads itself): Triton's own answer then.
+        """The served models Triton does not have ready (all of them while it cannot be reached); None where none
+        were given (a gate started without ``GATE_SERVED_MODELS``, or a pod whose repository is not a local folder:
+        edge.served_models): Triton's own answer then.
 
         Why not Triton's own: from the moment any version fails to load (a rollout of a broken version, or a
         restart after a crash that finds one in the repository), Triton 2.51 says "not ready" for as long as it
