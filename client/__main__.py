@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--all-faces finds the faces in a photo and --no-detect says the image is one face: give one")
     if args.images.count(STDIN) > 1:
         parser.error("- (standard input) holds one photo: give it once")
-    if STDIN in args.images and sys.stdin.isatty():
+    if STDIN in args.images and (sys.stdin is None or sys.stdin.isatty()):  # None: the shell closed it (<&-)
         parser.error("- reads the photo from standard input: pipe one in (agegender - < photo.jpg)")
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when a caller has its own
         signal.signal(signal.SIGINT, _on_interrupt)
@@ -172,7 +172,10 @@ def _read_stdin() -> tuple[bytes | None, str | None]:
     """The photo on standard input, or None and why it cannot be sent. At most the server's upload limit plus one
     byte is read: a larger photo is refused here, unsent, and an endless stream does not fill this process's
     memory."""
-    data = sys.stdin.buffer.read(MAX_BYTES + 1)
+    try:
+        data = sys.stdin.buffer.read(MAX_BYTES + 1)
+    except OSError as err:  # opened for writing only (0>file), or a device that cannot be read
+        return None, f"standard input could not be read: {err.strerror or err}"
     if not data:
         return None, "standard input is empty: pipe a photo in (agegender - < photo.jpg)"
     if len(data) > MAX_BYTES:

@@ -217,7 +217,7 @@ class FacesResult:
         error: Why this image failed, or None on success.
         file: The path the image came from, when it came from a path.
         more_faces: Whether the picture holds more faces than these (the server returns at most
-            ``common.contract.MAX_FACES``, the most prominent).
+            its ``faces`` model's ``max_faces``, 32 by default, the most prominent).
     """
 
     faces: tuple[DetectedFace, ...]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import socket
 import stat
 from pathlib import Path
@@ -57,6 +58,8 @@ def split_scheme(url: str) -> tuple[str | None, str]:
     address = (rest if sep else url).split("/", 1)[0]
     if address.count(":") > 1 and not address.startswith("["):
         raise ValueError(f"url {url!r}: write an IPv6 address in brackets, e.g. [::1]:8001")
+    if address.startswith("[") and not re.fullmatch(r"\[[^\[\]]+\](:[0-9]*)?", address):
+        raise ValueError(f"url {url!r}: an IPv6 address goes in one pair of brackets, then the port: [::1]:8001")
     return (scheme.lower() if sep else None), address
 
 

@@ -318,6 +318,21 @@ def test_cli_reads_a_photo_from_standard_input(triton_tiny, reference, tmp_path)
     assert proc.returncode == 2 and "give it once" in proc.stderr
 
 
+def test_cli_with_standard_input_closed_or_unreadable_says_so(tmp_path):
+    # Closed by the shell (<&-): sys.stdin is None, and `-` read it as a traceback. Opened for writing only (0>file):
+    # reading it fails, which is that line's error. Neither needs a server: nothing is sent.
+    closed = subprocess.run(
+        f"exec {AGEGENDER} - --url 127.0.0.1:1 <&-", shell=True, capture_output=True, text=True, timeout=60
+    )
+    assert closed.returncode == 2 and "pipe one in" in closed.stderr, closed.stderr
+    unreadable = subprocess.run(
+        f"exec {AGEGENDER} - --url 127.0.0.1:1 --json 0>{tmp_path / 'out'}",
+        shell=True, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert unreadable.returncode == 1, unreadable.stderr
+    assert "could not be read" in json.loads(unreadable.stdout)["error"]
+
+
 @integration
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_cli_json_lines_with_a_bad_file(triton_tiny, reference, protocol, tmp_path):
@@ -519,7 +534,13 @@ def test_default_url_and_scheme(monkeypatch):
     # was taken for gRPC, and ::1:8001 became [::0.1.128.1]:443.
     with AgeGenderClient("localhost:8001/v2") as a, AgeGenderClient("grpc://[::1]:8001/") as b:
         assert (a.url, b.url) == ("localhost:8001", "[::1]:8001")
-    for url, message in (("ftp://host:8001", "the scheme must be one of"), ("::1:8001", "IPv6 address in brackets")):
+    refused = (
+        ("ftp://host:8001", "the scheme must be one of"),
+        ("::1:8001", "IPv6 address in brackets"),
+        ("http://[::1", "one pair of brackets"),  # a traceback from tritonclient at the first call
+        ("[::1]]:8001", "one pair of brackets"),
+    )
+    for url, message in refused:
         with pytest.raises(ValueError, match=message):
             AgeGenderClient(url)
 
