@@ -1,65 +1,26 @@
 """What the load tools' command lines share: argparse types that refuse values a run cannot use (an argparse error
-naming the option, not a traceback from deep in the run), a clean stop on SIGTERM, and saying where a report went.
+naming the option, not a traceback from deep in the run; common/argtypes.py, shared with training/), a clean stop on
+SIGTERM, and saying where a report went.
 
 Standard library only at import: every tool reads its arguments before its heavy imports are needed.
 """
 
 from __future__ import annotations
 
-import argparse
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+from common.argtypes import non_negative_float, non_negative_int, positive_float, positive_int, positive_ints
 
-def _number(text: str, kind: type) -> int | float:
-    try:
-        value = kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not {'a whole number' if kind is int else 'a number'}") from None
-    if value != value:  # NaN compares false with every bound below and would pass them
-        raise argparse.ArgumentTypeError("NaN is not a number of anything")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """A count that must be at least 1 (requests, rounds, runs, workers, seconds of a tool that takes whole ones)."""
-    value = _number(text, int)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """A count where 0 means "none" (a warm-up, a step to skip)."""
-    value = _number(text, int)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """A duration or a rate that must be above 0."""
-    value = _number(text, float)
-    if value <= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    value = _number(text, float)
-    if value < 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number, 0 or more, got {text}")
-    return value
-
-
-def positive_ints(text: str) -> tuple[int, ...]:
-    """A comma-separated list of counts, each at least 1 (a concurrency sweep: ``1,16,64``)."""
-    values = tuple(positive_int(v) for v in text.split(",") if v.strip())
-    if not values:
-        raise argparse.ArgumentTypeError("give at least one value, e.g. 1,16,64")
-    return values
+__all__ = [
+    "non_negative_float",
+    "non_negative_int",
+    "positive_float",
+    "positive_int",
+    "positive_ints",
+]
 
 
 def stop_cleanly_on_signals() -> dict:

@@ -162,6 +162,24 @@ nv_inference_request_failure{model="age_gender_crop",reason="CANCELED",version="
 """
 
 
+def _meta() -> dict:
+    """A run's header, as ``native.write_markdown`` takes it."""
+    return {
+        "date": "d",
+        "host": "h",
+        "cpus": 2,
+        "cpu_model": "c",
+        "load_average_at_start": [0.0],
+        "commit": "x",
+        "uncommitted_changes": False,
+        "config_name": "cpu",
+        "duration": 10,
+        "warmup": 3,
+        "h2load": "h",
+        "wrk": "w",
+    }
+
+
 def test_grpc_frame_round_trips():
     image = native.crop_jpeg()
     frame = wire.grpc_frame(contract.CROP_ENSEMBLE, image)
@@ -334,20 +352,7 @@ def test_the_reference_is_bracketed_and_its_drift_flagged(tmp_path):
     # A machine that halved its speed during the run is said to have done so.
     assert native.bracket(before, {**after, "b64_img_s": 100.0})["drifted"]
     # ... in the report's targets too, not only beside the reference.
-    meta = {
-        "date": "d",
-        "host": "h",
-        "cpus": 2,
-        "cpu_model": "c",
-        "load_average_at_start": [0.0],
-        "commit": "x",
-        "uncommitted_changes": False,
-        "config_name": "cpu",
-        "duration": 10,
-        "warmup": 3,
-        "h2load": "h",
-        "wrk": "w",
-    }
+    meta = _meta()
     drifted = {**native.bracket(before, {**after, "b64_img_s": 100.0}), "runtime": "openvino", "threads": 2}
     for reference, says in ((drifted, True), ({**ref, "runtime": "openvino", "threads": 2}, False)):
         native.write_markdown(tmp_path / "native.md", meta, reference, [c16], native.targets([c16], reference))
@@ -505,20 +510,7 @@ def test_the_detection_target_is_only_read_from_a_c8_run(tmp_path):
     # The report says the target was not measured, rather than leaving a dash that reads like a failed run.
     before = {"models": {}, "b64_img_s": 200.0, "b1_ms": 6.0, "b1_img_s": 166.7}
     ref = {**native.bracket(before, None), "runtime": "openvino", "threads": 2}
-    meta = {
-        "date": "d",
-        "host": "h",
-        "cpus": 2,
-        "cpu_model": "c",
-        "load_average_at_start": [0.0],
-        "commit": "x",
-        "uncommitted_changes": False,
-        "config_name": "cpu",
-        "duration": 10,
-        "warmup": 3,
-        "h2load": "h",
-        "wrk": "w",
-    }
+    meta = _meta()
     native.write_markdown(tmp_path / "native.md", meta, ref, [c1], native.targets([c1], ref))
     (row,) = [line for line in (tmp_path / "native.md").read_text().splitlines() if "gRPC c=8 |" in line]
     assert "not measured (no detection run at c=8)" in row and "30" not in row

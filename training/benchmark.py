@@ -84,7 +84,7 @@ def served_rate(model, size: int, seconds: float) -> float:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cli.add_repo(p)
-    p.add_argument("--batch-sizes", type=cli.int_list, default="1,16,64,256", help="comma-separated, each >= 1")
+    p.add_argument("--batch-sizes", type=cli.positive_ints, default="1,16,64,256", help="comma-separated, each >= 1")
     p.add_argument("--seconds", type=cli.positive_float, default=5.0)
     p.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     p.add_argument("--architectures", nargs="+", metavar="SIZE:W1,W2,...", help="time untrained candidates instead")

@@ -13,39 +13,12 @@ import os
 import tarfile
 from pathlib import Path
 
+from common.argtypes import non_negative_int, positive_float, positive_int, positive_ints
+
+__all__ = ["non_negative_int", "positive_float", "positive_int", "positive_ints"]
+
 #: The repository every script reads and writes unless told otherwise (``make serve`` may point elsewhere).
 DEFAULT_REPO = "model_repository"
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number >= 1 (``--epochs``, ``--batch-size``, ``--faces``...)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """An argparse type: a number > 0 (``--budget-minutes``: 0 used to mean "no budget", silently)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{value:g} must be a positive number (leave the option out for none)")
-    return value
-
-
-def int_list(text: str) -> tuple[int, ...]:
-    """An argparse type: comma-separated whole numbers >= 1 (``--widths 16,32``, ``--batch-sizes 1,16``)."""
-    parts = [p.strip() for p in str(text).split(",")]
-    try:
-        return tuple(positive_int(p) for p in parts)
-    except argparse.ArgumentTypeError as err:
-        raise argparse.ArgumentTypeError(f"{text!r}: comma-separated whole numbers >= 1 ({err})") from None
 
 
 def local_repo(text: str) -> Path:
@@ -128,15 +101,4 @@ def tasks(text: str) -> list[str]:
 
 def widths(text: str) -> str:
     """An argparse type: ``--widths`` as the run records it ("16,32,64"), each a whole number >= 1."""
-    return ",".join(map(str, int_list(text)))
-
-
-def non_negative_int(text: str) -> int:
-    """An argparse type: a whole number >= 0 (``--limit``, ``--threads``: 0 means none / all)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
-    return value
+    return ",".join(map(str, positive_ints(text)))

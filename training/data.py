@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from common import spec
+from common import pids, spec
 
 log = logging.getLogger(__name__)
 
@@ -246,16 +246,6 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("AGEGENDER_CACHE", Path.home() / ".cache" / "agegender"))
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _tidy(cache: Path) -> None:
     """Removes what older builds of ``cache`` left: the same source's caches at the same size under another key
     (the source changed, or the decoding did; each is a copy of every face, hundreds of MB for UTKFace), and
@@ -266,7 +256,7 @@ def _tidy(cache: Path) -> None:
         if other == cache:
             continue
         parts = other.name.split(".")  # <stem>.npz, or <stem>.<pid>.tmp.npz
-        if len(parts) == 2 or (len(parts) == 4 and parts[1].isdigit() and not _alive(int(parts[1]))):
+        if len(parts) == 2 or (len(parts) == 4 and parts[1].isdigit() and not pids.alive(int(parts[1]))):
             other.unlink(missing_ok=True)
 
 

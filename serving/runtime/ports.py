@@ -10,6 +10,7 @@ import secrets
 import socket
 from pathlib import Path
 
+from common import pids
 from common.ports import DEFAULT_PORTS, PortInUseError, check_free, env_name, env_port, in_use
 
 # The check itself lives in common/ (the web UI has no serving/).
@@ -42,16 +43,6 @@ def _ephemeral_low() -> int:
         return 32768
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 _swept = False
 
 
@@ -65,7 +56,7 @@ def _sweep() -> None:
     try:
         for held in RESERVATIONS.glob("*.*"):
             try:
-                if not _alive(int(held.suffix[1:])):
+                if not pids.alive(int(held.suffix[1:])):
                     held.unlink(missing_ok=True)
             except ValueError:
                 continue
@@ -79,7 +70,7 @@ def _reserve(port: int) -> bool:
         RESERVATIONS.mkdir(mode=0o1777, exist_ok=True)
         for held in RESERVATIONS.glob(f"{port}.*"):
             owner = int(held.suffix[1:])
-            if owner != os.getpid() and _alive(owner):
+            if owner != os.getpid() and pids.alive(owner):
                 return False
             held.unlink(missing_ok=True)
         (RESERVATIONS / f"{port}.{os.getpid()}").touch()
