@@ -85,7 +85,8 @@ def test_a_small_face_in_a_large_picture_is_found_on_tiles(cropper, portrait, mo
     assert found is not None and iou(found.box, expected) >= 0.5, (found, expected)
     assert model_inputs_ok(cropper(canvas))
     monkeypatch.setattr(detect.FaceCropper, "_small_faces", lambda self, image: [])
-    assert cropper.detect(canvas) is None  # the whole-picture passes alone
+    monkeypatch.setattr(detect.FaceCropper, "_turned", lambda self, small, turns: [])
+    assert cropper.detect(canvas) is None  # the whole-picture passes alone, upright
 
 
 def test_the_bordered_retry_is_kept_only_when_sure_enough(without_detail_floor, monkeypatch):
@@ -277,6 +278,95 @@ def test_rotated_portrait_is_levelled(cropper, portrait):
     a = cropper(portrait).crops["age"].astype(float)
     b = cropper(rotated).crops["age"].astype(float)
     assert np.abs(a - b).mean() < 20
+
+
+TURNED = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_270}
+
+
+def _turned_box(box, degrees: int, size: tuple[int, int]) -> tuple[float, float, float, float]:
+    """Where a box of a picture of ``size`` lies once the picture is turned anticlockwise by ``degrees``."""
+    w, h = size
+    (ax, ay), (bx, by) = box[:2], box[2:]
+    corners = {
+        90: [(ay, w - ax), (by, w - bx)],
+        180: [(w - ax, h - ay), (w - bx, h - by)],
+        270: [(h - ay, ax), (h - by, bx)],
+    }[degrees]
+    xs, ys = [x for x, _ in corners], [y for _, y in corners]
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+@pytest.mark.parametrize("degrees", sorted(TURNED))
+@pytest.mark.parametrize("every_face", [False, True])
+def test_a_turned_picture_is_cropped_upright(cropper, portrait, degrees, every_face):
+    # A picture whose pixels are turned, with no EXIF orientation to undo it (a scan, an edited photo). Upside down,
+    # BlazeFace found the face at 0.55 with its eye keypoints on the mouth, and the crop came out upside down.
+    from research.measure_faces import iou
+
+    upright = cropper.detect(portrait)
+    picture = portrait.transpose(TURNED[degrees])
+    if every_face:
+        multi = MultiFaceCropper()
+        (det,) = multi.detect_all(picture)
+        face = multi.crop_all(picture)[0]
+    else:
+        det, face = cropper.detect(picture), cropper(picture)
+    assert det is not None and iou(det.box, _turned_box(upright.box, degrees, portrait.size)) > 0.6
+    # The eye line turned with the picture (y points down, so an anticlockwise turn makes its angle more negative),
+    # so the square cut along it holds the face upright: the crops are the upright portrait's.
+    roll = (_eye_roll_degrees(det) - (_eye_roll_degrees(upright) - degrees) + 180) % 360 - 180
+    assert abs(roll) < 20, roll
+    assert np.abs(face.crops["age"].astype(float) - cropper(portrait).crops["age"].astype(float)).mean() < 20
+
+
+def _group_with_one_upside_down(portrait) -> Image.Image:
+    """Eight small upright portraits (faces of about 38 px, which the detectors are not sure of) and a large one upside
+    down, on a grey 1280x960 canvas."""
+    canvas = Image.new("RGB", (1280, 960), (200, 200, 200))
+    for k in range(8):
+        canvas.paste(portrait.resize((100, 117)), (20 + (k % 4) * 160, 20 + (k // 4) * 200))
+    canvas.paste(portrait.resize((500, 586)).transpose(Image.Transpose.ROTATE_180), (720, 300))
+    return canvas
+
+
+def test_a_turned_face_joins_the_upright_ones_on_the_every_face_path(portrait):
+    # No face here is sure upright, so the turned pictures are searched: the upside-down face found there must take
+    # its own place, not every upright face's (it once replaced the whole list).
+    canvas = _group_with_one_upside_down(portrait)
+    upright = MultiFaceCropper(turns=False).detect_all(canvas)
+    faces = MultiFaceCropper().detect_all(canvas)
+    assert len(upright) == len(faces) == 9
+    largest = max(faces, key=lambda d: d.box[2] - d.box[0])
+    assert abs(abs(_eye_roll_degrees(largest)) - 180) < 20  # cut upright: its eye line turned with the picture
+    assert all(abs(_eye_roll_degrees(d)) < 20 for d in faces if d is not largest)
+
+
+def test_the_faces_counted_are_the_faces_returned(portrait):
+    multi, canvas = MultiFaceCropper(), _group_with_one_upside_down(portrait)
+    everything = multi.crop_all(canvas)
+    for k, more in ((4, True), (8, True), (9, False), (20, False)):
+        faces, told = multi.crop_counted(canvas, max_faces=k)
+        assert told is more and [f.box for f in faces] == [f.box for f in everything[:k]], k
+        if not more:  # with nothing left out, the same faces as asking for k alone
+            assert [f.box for f in faces] == [f.box for f in multi.crop_all(canvas, max_faces=k)]
+
+
+@pytest.mark.parametrize("tilt", [50, 55])
+def test_a_tilted_head_is_levelled_by_its_crop_not_by_a_turned_search(cropper, portrait, tilt):
+    # Tilted 44-55 degrees, a quarter turn leaves the face about as far off level the other way, and its crop came out
+    # further from the upright one (detect.LEVEL_FROM_DEGREES): the upright detection stands.
+    tilted = portrait.rotate(tilt, resample=Image.Resampling.BILINEAR, expand=True)
+    assert cropper.detect(tilted) == FaceCropper(turns=False).detect(tilted)
+
+
+def test_an_upright_sure_face_never_runs_the_turned_search(cropper, portrait, monkeypatch):
+    # The turned search costs six detector runs: only pictures without a sure face pay for it.
+    def refuse(*_):
+        raise AssertionError("searched turned pictures for a face the upright passes were sure of")
+
+    monkeypatch.setattr(FaceCropper, "_turned", refuse)
+    assert cropper.detect(portrait).score >= 0.75
+    assert len(MultiFaceCropper().detect_all(portrait)) == 1
 
 
 def test_most_prominent_face_wins(cropper, portrait):

@@ -174,6 +174,24 @@ def test_committed_repository_serves_portrait(triton_committed, protocol):
     assert_interval(out, 0)
 
 
+def test_committed_repository_serves_an_upside_down_portrait_as_the_upright_one(triton_committed):
+    # The portrait's pixels turned upside down, with no EXIF orientation to undo it: the face must be found and cut
+    # the right way up, so its answers are the upright portrait's. Before the turned search (serving/pipeline/
+    # detect.py, TURNS) the detector put the eyes on the mouth and the CNNs saw the face upside down.
+    upright = Image.open(GRACE).convert("RGB")
+    buf = io.BytesIO()
+    upright.transpose(Image.Transpose.ROTATE_180).save(buf, "PNG")
+    out = infer(triton_committed.grpc_url, "grpc", c.DETECT_ENSEMBLE, [GRACE.read_bytes(), buf.getvalue()])
+    assert out["face_found"].all() and not out["error"].any()
+    assert abs(out["age"][1, 0] - out["age"][0, 0]) < 3, out["age"]
+    assert abs(out["female_probability"][1, 0] - out["female_probability"][0, 0]) < 0.1, out["female_probability"]
+    assert out["gender"][1, 0] == out["gender"][0, 0]
+    w, h = upright.size
+    x0, y0, x1, y1 = out[c.ENSEMBLE_BOX][0]
+    turned_back = np.array([w - x1, h - y1, w - x0, h - y0])
+    assert np.abs(out[c.ENSEMBLE_BOX][1] - turned_back).max() < 0.1 * (x1 - x0)
+
+
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_committed_ensembles_agree_on_an_aligned_crop(triton_committed, protocol):
     url = triton_committed.grpc_url if protocol == "grpc" else triton_committed.http_url

@@ -41,6 +41,9 @@ class TritonPythonModel:
         # The multi-face detector looks at the picture at most DRAFT_SIDE px wide, so larger JPEGs decode smaller.
         self._limits = DecodeLimits.from_params(params)
         self._max_faces = int(params.get("max_faces") or c.MAX_FACES)
+        # All faces of one picture go to age and gender as one batch, which their max_batch_size bounds.
+        if not 1 <= self._max_faces <= c.MAX_FACES:
+            raise ValueError(f"max_faces must lie in 1-{c.MAX_FACES} (the CNNs' max_batch_size), got {self._max_faces}")
         # Built in the background (serving/pipeline/background.py): the server's start does not wait for it.
         self._cropper = Background(self._build_cropper, name="face detector")
 
@@ -63,9 +66,8 @@ class TritonPythonModel:
             if data.size != 1:
                 raise ImageDecodeError(f"Send exactly one image per request, got {data.size}.")
             decoded = self._limits.decode(bytes(data[0]))
-            # One face more than returned: whether the picture holds more is part of the answer (more_faces).
-            faces = self._cropper.get().crop_all(decoded.image, max_faces=self._max_faces + 1)
-            more, faces = len(faces) > self._max_faces, faces[: self._max_faces]
+            # Whether the picture holds more faces than come back is part of the answer (more_faces).
+            faces, more = self._cropper.get().crop_counted(decoded.image, max_faces=self._max_faces)
         except (ImageDecodeError, NotReady) as err:
             return _response([], NO_FACES, str(err))
         except Exception as err:  # noqa: BLE001 - same message shape as the preprocess model's
