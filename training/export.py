@@ -196,6 +196,25 @@ def export_model(
     return version_dir
 
 
+def export_recorded(
+    model, task: str, repo: Path, tta: bool, config: dict, record: dict, history: Path, meta: dict
+) -> Path:
+    """:func:`export_model` with what a training record says the version serves (its temperature, age estimate
+    and input size), the record itself and the training history beside it."""
+    return export_model(
+        model,
+        task,
+        repo,
+        tta=tta,
+        temperature=config.get("temperature", 1.0),
+        estimate=heads.recorded_estimate(config),
+        size=config.get("image_size") or spec.image_size(task),
+        extra_files={HISTORY: history},
+        records={RECORD: record},
+        meta=meta,
+    )
+
+
 def main(argv: list[str] | None = None) -> list[Path]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", type=Path, default=Path("runs"), help="training runs, one folder per task")
@@ -233,18 +252,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
         if tta != config.get("tta", False):
             # The version's record says what it serves (training.calibrate reads it), and that this was a choice.
             record = {**config, "tta": tta, "tta_trained": config.get("tta", False)}
-        version = export_model(
-            model,
-            task,
-            args.repo,
-            tta=tta,
-            temperature=config.get("temperature", 1.0),
-            estimate=heads.recorded_estimate(config),
-            size=config.get("image_size") or spec.image_size(task),
-            extra_files={HISTORY: run / HISTORY},
-            records={RECORD: record},
-            meta={"task": task, "source": str(run / "model.keras")},
-        )
+        meta = {"task": task, "source": str(run / "model.keras")}
+        version = export_recorded(model, task, args.repo, tta, config, record, run / HISTORY, meta)
         print(f"exported {task} -> {version}")
         written.append(version)
     return written
@@ -335,18 +344,7 @@ def from_repo(
                 model, record, *fitted, val[task], repo, history=source / HISTORY, meta=meta
             )
         else:
-            version = export_model(
-                model,
-                task,
-                repo,
-                tta=tta,
-                temperature=config.get("temperature", 1.0),
-                estimate=heads.recorded_estimate(config),
-                size=config.get("image_size") or spec.image_size(task),
-                extra_files={HISTORY: source / HISTORY},
-                records={RECORD: record},
-                meta=meta,
-            )
+            version = export_recorded(model, task, repo, tta, config, record, source / HISTORY, meta)
         calibrated = ", calibrated again on the validation split" if fitted is not None else ""
         print(f"exported {task} -> {version} (from {source}, tta={tta}{calibrated})")
         written.append(version)
