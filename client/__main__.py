@@ -141,6 +141,7 @@ def _run(args) -> int:
     stdin, stdin_error = _read_stdin() if STDIN in args.images else (None, None)
     # Bytes carry no name: the photo from standard input gets "-" on its line, and is not sent when it cannot be.
     images = [stdin if image == STDIN else image for image in args.images if image != STDIN or stdin is not None]
+    failed = FacesResult.failed if args.all_faces else FaceResult.failed
     with client:
         try:
             if args.all_faces:
@@ -149,7 +150,6 @@ def _run(args) -> int:
                 results = client.predict_many(images, detect=not args.no_detect)
             if STDIN in args.images:
                 k = args.images.index(STDIN)
-                failed = FacesResult.failed if args.all_faces else FaceResult.failed
                 if stdin is None:
                     results.insert(k, failed(stdin_error, file=STDIN))
                 else:
@@ -158,7 +158,6 @@ def _run(args) -> int:
             print(f"error: {exc}", file=sys.stderr)
             if args.json:
                 # Still one line per image, so a consumer reading lines never has to special-case this.
-                failed = FacesResult.failed if args.all_faces else FaceResult.failed
                 for image in args.images:
                     _print(failed(str(exc), file=image), as_json=True)
             return EXIT_SERVER

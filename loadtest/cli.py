@@ -24,16 +24,11 @@ __all__ = [
 
 
 def stop_cleanly_on_signals() -> dict:
-    """SIGTERM (kill, a CI job's timeout) takes the same path as Ctrl-C: a KeyboardInterrupt, so ``with`` blocks and
-    ``finally`` clauses remove their temporary folders and stop their servers instead of the process dying where it
-    stands. SIGINT is re-armed because a shell starts background jobs with it ignored. The launcher's own handler,
-    so that the tools stop as ``make serve`` does (imported here: the launcher module costs a tenth of a second)."""
-    from serving.runtime.launch import _interrupt
+    """SIGTERM and a background job's SIGINT stop a tool as Ctrl-C does, the way ``make serve`` stops
+    (serving/runtime/children.py ``interrupt_on_signals``, imported here only when a tool needs it)."""
+    from serving.runtime.children import interrupt_on_signals
 
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    return previous
+    return interrupt_on_signals()
 
 
 def ignore_signals() -> None:

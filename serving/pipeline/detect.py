@@ -233,16 +233,23 @@ class FaceCropper:
             if not self.turns:
                 return best
             if best is not None and best.score >= SURE_SCORE:
-                return self._levelled(small, image.size, [best])[0]
-            turned = [_scaled(d, width, height, 0, 0) for d in self._turned(small, TURNS)]
-            chosen = self._better_turned(image, [] if best is None else [best], turned)
-            return chosen[0] if chosen else None
+                return self._levelled(image, [best], small=small)[0]
+            turned = self._turned(small, TURNS)
+            if not turned:
+                return best
+            # The face mesh model, shown each as its crop would be, decides between the two readings.
+            candidate = _scaled(turned[0], width, height, 0, 0)
+            if best is None or self._face_logit(image, candidate) > self._face_logit(image, best):
+                return candidate
+            return best
 
-    def _levelled(self, small: Image.Image, size: tuple[int, int], faces: list[Detection]) -> list[Detection]:
-        """``faces`` (in the pixels of a picture of ``size``, ``small`` its shrunk copy), each that lies on its side or
-        upside down (its eye line :data:`LEVEL_FROM_DEGREES` or more off level) replaced by its sure detection in
-        ``small`` turned to level it, when that picture holds one of the same face scoring higher; one turn per
-        quarter needed.
+    def _levelled(
+        self, image: Image.Image, faces: list[Detection], *, small: Image.Image | None = None
+    ) -> list[Detection]:
+        """``faces`` (in ``image``'s pixels), each that lies on its side or upside down (its eye line
+        :data:`LEVEL_FROM_DEGREES` or more off level) replaced by its sure detection in the picture at
+        :data:`DETECT_MAX_SIDE` px (``small``, when the caller has it) turned to level it, when that picture holds one
+        of the same face scoring higher; one turn per quarter needed, and no shrinking when no face needs one.
         BlazeFace finds a face on its side, sure of it, but places its keypoints loosely: on the example portrait
         turned a quarter, the eyes came out 81% and 63% as far apart as upright, and the crop cut part of the face
         away. Call with the lock held."""
@@ -253,7 +260,9 @@ class FaceCropper:
             if math.isfinite(roll) and abs(roll) >= LEVEL_FROM_DEGREES:
                 needed.setdefault(round(roll / 90) % 4, []).append(k)
         faces = list(faces)
-        w, h = size
+        w, h = image.size
+        if needed and small is None:
+            small = _shrunk(image, DETECT_MAX_SIDE)
         for quarter, indices in needed.items():
             turned = [_scaled(d, w, h, 0, 0) for d in self._turned(small, (TURNS[quarter - 1],))]
             for k in indices:
@@ -271,15 +280,6 @@ class FaceCropper:
             for detector in (self._short, self._full):
                 found += [_unturned(d, turn) for d in self._run(detector, turned, pad=0.0) if d.score >= SURE_SCORE]
         return sorted(merge_detections(found), key=_prominence, reverse=True)
-
-    def _better_turned(self, image: Image.Image, upright: list[Detection], turned: list[Detection]) -> list[Detection]:
-        """``turned`` when it is not empty and its first detection has a higher face logit than ``upright``'s first
-        (or ``upright`` is empty), else ``upright``; all in ``image``'s pixels. Call with the lock held."""
-        if not turned:
-            return upright
-        if not upright or self._face_logit(image, turned[0]) > self._face_logit(image, upright[0]):
-            return turned
-        return upright
 
     def _merged_turned(self, image: Image.Image, upright: list[Detection], turned: list[Detection]) -> list[Detection]:
         """Every face of both lists (in ``image``'s pixels): a turned detection of an upright face replaces it when
@@ -644,12 +644,11 @@ class MultiFaceCropper(FaceCropper):
                 return kept
             # As on the single-face path: faces on their side levelled; where no face is sure, a turned picture's
             # sure faces too, in place of the same faces' upright detections when more face-like, else beside them.
-            detect_small = _shrunk(image, DETECT_MAX_SIDE)
             if any(d.score >= SURE_SCORE for d in kept):
-                kept = self._levelled(detect_small, image.size, kept)
+                kept = self._levelled(image, kept)
             else:
-                turned = [_scaled(d, width, height, 0, 0) for d in self._turned(detect_small, TURNS)]
-                kept = self._merged_turned(image, kept, turned)
+                turned = self._turned(_shrunk(image, DETECT_MAX_SIDE), TURNS)
+                kept = self._merged_turned(image, kept, [_scaled(d, width, height, 0, 0) for d in turned])
             return sorted(kept, key=_prominence, reverse=True)[:max_faces]
 
     def crop_all(self, image: Image.Image, *, max_faces: int = MAX_FACES) -> list[Face]:

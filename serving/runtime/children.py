@@ -104,6 +104,21 @@ class Backoff:
         self.wait = self.after
 
 
+def interrupt_on_signals() -> dict:
+    """SIGTERM (docker stop, systemd, a CI job's timeout, kill of a whole group) takes the same clean path as Ctrl-C:
+    a KeyboardInterrupt, so ``with`` blocks and ``finally`` clauses stop their servers and remove their files instead
+    of the process dying where it stands. SIGINT is re-armed because a shell starts background jobs with it ignored.
+    Returns the handlers replaced, for a caller that puts them back."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    return previous
+
+
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
+
+
 def kill_group(pgid: int) -> None:
     """SIGKILL for a child's whole group (Triton's orphaned Python stubs share it); gone already is fine."""
     with contextlib.suppress(ProcessLookupError, PermissionError):

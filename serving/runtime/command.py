@@ -47,12 +47,16 @@ def loads_first(model_repository: str | Path, extra_args: tuple[str, ...]) -> bo
     return folder.is_dir() and all((folder / m / "config.pbtxt").is_file() for m in FIRST_MODELS)
 
 
-def served_models(folder: str | Path, config_name: str | None, args: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+def served_models(
+    folder: str | Path | None, config_name: str | None, args: list[str] | tuple[str, ...]
+) -> tuple[str, ...]:
     """The models a Triton started with ``args`` on the local repository ``folder`` serves, for the gate's readiness:
     the ones named by ``--load-model`` unless one is ``*``, else every model folder holding ``config.pbtxt`` or, with
-    ``config_name`` (``--model-config-name``), ``configs/<config_name>.pbtxt``."""
+    ``config_name`` (``--model-config-name``), ``configs/<config_name>.pbtxt``; none without a local folder."""
     if named := named_models(args):
         return named
+    if folder is None:
+        return ()
     configs = ["config.pbtxt", *([f"configs/{config_name}.pbtxt"] if config_name else [])]
     return tuple(sorted(p.name for p in Path(folder).iterdir() if any((p / c).is_file() for c in configs)))
 

@@ -77,11 +77,8 @@ def served_models(triton: list[str]) -> tuple[str, ...]:
     before serves on: the readiness probe would take the pod out of routing for good, and its liveness probe, still
     passing, would never restart it. None for a repository that is not a local folder: Triton's own answer then."""
     repository = command.flag(triton, "model-repository")
-    if command.named_models(triton):
-        return command.named_models(triton)
-    if not repository or not os.path.isdir(repository):
-        return ()
-    return command.served_models(repository, command.flag(triton, "model-config-name"), triton)
+    local = repository if repository and os.path.isdir(repository) else None
+    return command.served_models(local, command.flag(triton, "model-config-name"), triton)
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:

@@ -25,7 +25,7 @@ import time
 
 from serving.runtime import door, ports, security, storage
 from serving.runtime.binary import DEFAULT_REPOSITORY
-from serving.runtime.children import describe_exit
+from serving.runtime.children import describe_exit, interrupt_on_signals
 from serving.runtime.command import CONTROL_ARGS
 from serving.runtime.errors import TritonStartError
 from serving.runtime.ports import PortInUseError, free_port
@@ -33,10 +33,6 @@ from serving.runtime.server import DRAIN_GRACE_S, SHM_DIR, SHM_PREFIX, TritonSer
 
 # Re-exported: tests and tools import these from the launcher.
 __all__ = ["DEFAULT_REPOSITORY", "SHM_DIR", "SHM_PREFIX", "TritonServer", "TritonStartError", "free_port", "main"]
-
-
-def _interrupt(*_) -> None:
-    raise KeyboardInterrupt
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -91,11 +87,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # SIGTERM (docker stop, systemd, kill of the whole `make serve` group) takes the same clean path as Ctrl-C;
-    # SIGINT is re-armed because a shell starts background jobs with it ignored. The children run in their own
-    # sessions (children.py), so only this process gets the signal and server.stop() runs the drain.
-    signal.signal(signal.SIGTERM, _interrupt)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    # SIGTERM (docker stop, systemd, kill of the whole `make serve` group) takes the same clean path as Ctrl-C. The
+    # children run in their own sessions (children.py), so only this process gets the signal and server.stop() runs
+    # the drain.
+    interrupt_on_signals()
     server = TritonServer(
         args.model_repository,
         http_port=args.http_port,
