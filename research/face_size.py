@@ -40,10 +40,11 @@ def served_models(repository: Path) -> dict[str, object]:
     return models
 
 
-def validation_faces(archive: Path) -> tuple[list[Image.Image], np.ndarray, np.ndarray]:
-    """The validation split's faces at their stored 200 px, with ages and genders (0 male, 1 female)."""
+def validation_faces(archive: Path, repository: Path) -> tuple[list[Image.Image], np.ndarray, np.ndarray]:
+    """The validation split's faces at their stored 200 px, with ages and genders (0 male, 1 female): the split the
+    served models in ``repository`` were trained on."""
     dataset = utk.load(archive, size=spec.image_size(contract.AGE_MODEL), cache_dir=utk.default_cache_dir())
-    val = utk.part(dataset, "val")
+    val = utk.part(dataset, "val", seed=utk.served_split_seed(repository))
     wanted = {str(name): k for k, name in enumerate(val.names)}
     faces: list[Image.Image | None] = [None] * len(wanted)
     for name, raw in utk.iter_source(archive):
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     models = served_models(args.repository)
-    faces, ages, genders = validation_faces(args.data)
+    faces, ages, genders = validation_faces(args.data, args.repository)
     print(f"validation split, {len(faces)} faces; served models of {args.repository}")
     print("| face side, px | age MAE | age within its 80% interval | gender accuracy |")
     print("|---|---|---|---|")

@@ -13,6 +13,7 @@ face by what this measures.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
@@ -44,11 +45,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--views", type=int, default=3)
     args = p.parse_args(argv)
     data = utk.load(args.data, size=spec.image_size("gender"), cache_dir=utk.default_cache_dir())
-    val = utk.part(data, "val", seed=utk.SPLIT_SEED)
+    folders = {version: args.repo / "gender" / str(version) for version in args.versions}
+    records = [json.loads(r.read_text()) for f in folders.values() if (r := f / utk.TRAINING_RECORD).is_file()]
+    # The split the compared versions were trained on: its validation faces are unseen by every one of them.
+    val = utk.part(data, "val", seed=utk.shared_split_seed(records) if records else utk.SPLIT_SEED)
     rng = np.random.default_rng(0)
     views = [reframe(val.images, rng) for _ in range(args.views)]  # the same re-framings for every version
     for version in args.versions:
-        folder = args.repo / "gender" / str(version)
+        folder = folders[version]
         p0 = evaluate.predict(folder, val.images)[spec.GENDER_OUTPUT]
         moved = [evaluate.predict(folder, v)[spec.GENDER_OUTPUT] for v in views]
         delta = np.concatenate([np.abs(m - p0) for m in moved])

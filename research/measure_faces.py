@@ -73,11 +73,12 @@ CONFIGS = {
 
 def held_out_faces(path: Path, *, seed: int | None = None, split: str = "val") -> list[tuple[bytes, int, int]]:
     """(JPEG bytes, age, gender) of every face in the validation split (or ``split``), as training assigns it
-    (``training.data.split``, near copies of training faces left out)."""
+    (``training.data.split``, near copies of training faces left out), under ``seed``: by default the split the
+    served models were trained on."""
     from training import data as utk
 
     data = utk.load(path, size=spec.image_size("gender"), cache_dir=utk.default_cache_dir())
-    seed = utk.SPLIT_SEED if seed is None else seed
+    seed = utk.served_split_seed(ROOT / "model_repository") if seed is None else seed
     test = {
         str(h): (int(a), int(g))
         for h, a, g, s in zip(data.hashes, data.ages, data.genders, utk.split(data, seed=seed), strict=True)

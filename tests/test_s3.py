@@ -227,11 +227,12 @@ def test_staging_refuses_keys_that_leave_the_folder(aws_env, tmp_path):
     # A clean prefix lands as it is in the bucket, the publisher's empty-folder placeholder as an empty folder.
     clean = storage.S3Location.parse(aws_env.uri("stage-clean"))
     s3.put_object(Bucket=clean.bucket, Key=clean.key("age/config.pbtxt"), Body=b'name: "age"')
+    s3.put_object(Bucket=clean.bucket, Key=clean.key("ens/config.pbtxt"), Body=b"")
     s3.put_object(Bucket=clean.bucket, Key=clean.key("ens/1/.keep"), Body=b"")
     staged = storage.stage(str(clean), tmp_path / "clean")
     assert (tmp_path / "clean/age/config.pbtxt").read_bytes() == b'name: "age"'
     assert (tmp_path / "clean/ens/1").is_dir() and not any((tmp_path / "clean/ens/1").iterdir())
-    assert staged.objects == 2 and staged.bytes == len(b'name: "age"')
+    assert staged.objects == 3 and staged.bytes == len(b'name: "age"')
     with pytest.raises(storage.StorageError, match="not empty"):
         storage.stage(str(clean), tmp_path / "clean")
     # Folder markers (the AWS console's "Create folder": empty keys ending in "/") are folders, not refusals; a key
@@ -244,6 +245,36 @@ def test_staging_refuses_keys_that_leave_the_folder(aws_env, tmp_path):
     s3.put_object(Bucket=clean.bucket, Key=clean.key("age/3/model.bin"), Body=b"y")
     with pytest.raises(storage.StorageError, match="cannot stage"):
         storage.stage(str(clean), tmp_path / "both")
+
+
+def test_staging_copies_only_the_models_and_refuses_what_would_not_fit(aws_env, tmp_path, monkeypatch):
+    """A URI that is not a repository's prefix, or a copy larger than the disk, is one clear error before anything
+    is written; objects beside the models stay in the bucket."""
+    location = storage.S3Location.parse(aws_env.uri("stage-bounds"))
+    s3 = aws_env.client()
+    s3.put_object(Bucket=location.bucket, Key=location.key("age/config.pbtxt"), Body=b'name: "age"')
+    s3.put_object(Bucket=location.bucket, Key=location.key("age/1/model.bin"), Body=b"w" * 100)
+    s3.put_object(Bucket=location.bucket, Key=location.key("datasets/faces.tar"), Body=b"d" * 1000)
+    s3.put_object(Bucket=location.bucket, Key=location.key("NOTES.md"), Body=b"n")
+    staged = storage.stage(str(location), tmp_path / "models")
+    assert sorted(str(p.relative_to(tmp_path / "models")) for p in (tmp_path / "models").rglob("*") if p.is_file()) == [
+        "age/1/model.bin",
+        "age/config.pbtxt",
+    ]
+    assert (staged.objects, staged.bytes) == (2, 100 + len(b'name: "age"'))
+
+    monkeypatch.setattr(storage, "MAX_REPOSITORY_OBJECTS", 3)
+    for attempt in (lambda: storage.stage(str(location), tmp_path / "many"), lambda: storage.preflight(str(location))):
+        with pytest.raises(storage.StorageError, match="more than 3 objects under .*stage-bounds"):
+            attempt()
+    assert not any((tmp_path / "many").iterdir())
+    monkeypatch.setattr(storage, "MAX_REPOSITORY_OBJECTS", 4)
+    assert storage.preflight(str(location)) == ["age"]
+
+    monkeypatch.setattr(storage, "STAGE_DISK_RESERVE", shutil.disk_usage(tmp_path).free)
+    with pytest.raises(storage.StorageError, match=r"its models are 0 MiB and .* free"):
+        storage.stage(str(location), tmp_path / "full")
+    assert not any((tmp_path / "full").iterdir())
 
 
 def test_launcher_cli_names_the_storage_problem(aws_env):

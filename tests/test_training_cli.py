@@ -335,6 +335,23 @@ def test_evaluate_scores_the_test_split_and_replaces_a_report_only_whole(archive
     assert sorted(p.name for p in out.iterdir()) == ["age_scatter.png", "evaluation.md"]
 
 
+def test_evaluate_draws_the_training_curves_of_the_versions_it_scores(archive, tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    chosen = tiny_version(repo, "age")
+    tiny_version(repo, "age")  # newer, not evaluated
+    gender = tiny_version(repo, "gender")
+    drawn = {}
+
+    def recording_plots(folder, data, pred, computed, versions, *args):
+        drawn.update(versions)
+        return []
+
+    monkeypatch.setattr(evaluate, "plots", recording_plots)
+    argv = ["--data", str(archive), "--repo", str(repo), "--out", str(tmp_path / "out"), "--split", "all"]
+    evaluate.main([*argv, "--cache-dir", str(tmp_path / "cache"), "--age-version", chosen.name])
+    assert drawn == {"age": chosen, "gender": gender}
+
+
 def test_evaluate_refuses_to_write_predictions_into_the_repository(archive, tmp_path, capsys):
     for inside in (ROOT / "reports" / "predictions.csv", ROOT / "predictions.csv"):
         with pytest.raises(SystemExit) as exc:
@@ -379,7 +396,15 @@ def test_the_decode_cache_follows_a_folder_keeps_faces_private_and_prunes_itself
     # An interrupted build of a process that is gone left its temporary file.
     stale = cache / f"{cached.stem}.999999999.tmp.npz"
     stale.write_bytes(b"half a cache")
+    # Caches of the earlier naming, which no build reads (a busy build's temporary file is kept), and another file.
+    older = [cache / "utkface-0686b7609c56c35b.npz", cache / "utkface-0686b7609c56c35c.999999999.tmp.npz"]
+    kept = [cache / f"utkface-0686b7609c56c35d.{os.getpid()}.tmp.npz", cache / "utkface-notes.npz"]
+    for path in (*older, *kept):
+        path.write_bytes(b"faces")
     second = utk.load(folder, size=32, cache_dir=cache)
+    assert all(p.exists() for p in kept) and not any(p.exists() for p in older)
+    for path in kept:
+        path.unlink()
     assert old not in set(second.names) and "93_0_20170116174525125.jpg.chip.jpg" in set(second.names)
     assert len(second) == len(first)
     # The new cache replaced the old one of the same source and size; the stale temporary file is gone.
@@ -416,3 +441,18 @@ def test_face_measurements_choose_on_validation_by_default():
     from research import measure_faces
 
     assert inspect.signature(measure_faces.held_out_faces).parameters["split"].default == "val"
+
+
+def test_studies_of_the_served_models_take_faces_from_the_split_they_trained_on(tmp_path):
+    """research/ scripts score the served versions on validation or test faces: those of the newest versions' split
+    (numerically newest: 12 after 3), never faces one of them trained on."""
+    repo = tmp_path / "repo"
+    assert utk.served_split_seed(repo) == utk.SPLIT_SEED  # nothing exported: the project's split
+    for folder, seed in (("age/3", 7), ("age/12", 9), ("gender/2", 9), ("gender/.tmp-4", 7)):
+        (repo / folder).mkdir(parents=True)
+        (repo / folder / utk.TRAINING_RECORD).write_text(json.dumps({"seed": seed}))
+    assert utk.served_split_seed(repo) == 9
+    (repo / "gender/10").mkdir()
+    (repo / "gender/10" / utk.TRAINING_RECORD).write_text(json.dumps({"seed": 7}))
+    with pytest.raises(ValueError, match="different splits"):
+        utk.served_split_seed(repo)

@@ -35,6 +35,8 @@ RACES = ("white", "black", "asian", "indian", "others")
 SPLITS = ("train", "val", "test")
 #: The split every served model was trained on; a run records its own (``--seed``), and later steps read that.
 SPLIT_SEED = 1337
+#: The training record in an exported version folder (``training.export.RECORD``); its ``seed`` is that split.
+TRAINING_RECORD = "training_config.json"
 # Bump when the cached arrays would change for the same source.
 CACHE_VERSION = 3
 #: Side of the grey thumbnail that finds re-encoded copies of one photo (:func:`near_copies`), from the full file.
@@ -249,15 +251,20 @@ def default_cache_dir() -> Path:
 def _tidy(cache: Path) -> None:
     """Removes what older builds of ``cache`` left: the same source's caches at the same size under another key
     (the source changed, or the decoding did; each is a copy of every face, hundreds of MB for UTKFace), and
-    temporary files of builds whose process is gone (interrupted). Other sources and sizes are left alone, and
-    so is anything named otherwise, like caches from before this naming (delete those by hand)."""
+    temporary files of builds whose process is gone (interrupted). So are caches named before this scheme
+    (``utkface-<16 hex>.npz``, one per source, size and change, readable by everyone): no build reads them any more,
+    and they piled up to gigabytes. Other sources and sizes are left alone, and so is anything named otherwise."""
     prefix = cache.name.rsplit("-", 1)[0]  # utkface-<source>-<size>
-    for other in cache.parent.glob(f"{prefix}-*.npz"):
-        if other == cache:
-            continue
+    stale = [p for p in cache.parent.glob(f"{prefix}-*.npz") if p != cache]
+    stale += [p for p in cache.parent.glob("utkface-*.npz") if _OLD_CACHE_NAME.fullmatch(p.name)]
+    for other in stale:
         parts = other.name.split(".")  # <stem>.npz, or <stem>.<pid>.tmp.npz
         if len(parts) == 2 or (len(parts) == 4 and parts[1].isdigit() and not pids.alive(int(parts[1]))):
             other.unlink(missing_ok=True)
+
+
+#: A decode cache (or its temporary file) named as builds before ``utkface-<source>-<size>-<key>.npz`` named them.
+_OLD_CACHE_NAME = re.compile(r"utkface-[0-9a-f]{16}(\.[0-9]+\.tmp)?\.npz")
 
 
 def _write_cache(cache: Path, data: Dataset) -> None:
@@ -385,6 +392,30 @@ def part(data: Dataset, name: str, *, seed: int = SPLIT_SEED) -> Dataset:
     if name not in SPLITS:
         raise ValueError(f"split {name!r}: expected one of {SPLITS}")
     return data.subset(np.flatnonzero(split(data, seed=seed) == name))
+
+
+def shared_split_seed(configs: list[dict]) -> int:
+    """The split seed every one of these training records shares; refuses records of different splits, since one
+    network's training faces would then be in the other's validation and test faces."""
+    splits = {c.get("seed", SPLIT_SEED) for c in configs}
+    if len(splits) != 1:
+        raise ValueError(f"networks trained on different splits (seeds {sorted(splits)})")
+    return splits.pop()
+
+
+def served_split_seed(repo: Path, tasks: tuple[str, ...] = ("age", "gender")) -> int:
+    """The split the newest (served) version of each task in ``repo`` was trained on, from their training records:
+    what a study of the served models must take its validation or test faces from. :data:`SPLIT_SEED` where no
+    version has a record; ValueError where they name different splits."""
+    configs = []
+    for task in tasks:
+        folder = Path(repo) / task
+        numbered = (
+            [p for p in folder.iterdir() if p.is_dir() and re.fullmatch(r"[0-9]+", p.name)] if folder.is_dir() else []
+        )
+        if numbered and (record := max(numbered, key=lambda p: int(p.name)) / TRAINING_RECORD).is_file():
+            configs.append(json.loads(record.read_text()))
+    return shared_split_seed(configs) if configs else SPLIT_SEED
 
 
 def rebalance(data: Dataset, *, seed: int = SPLIT_SEED, keep_young: float = 1 / 3, max_age: int = 80) -> np.ndarray:

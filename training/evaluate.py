@@ -419,7 +419,7 @@ def write_report(args, data, splits, subset, pred, models, out: Path) -> dict:
         subset,
         pred,
         report["all_ages"],
-        args.repo,
+        models,
         train.ages if len(train) else None,
         train.ages[utk.rebalance(train, seed=args.seed)] if len(train) else None,
     )

@@ -42,13 +42,14 @@ import tensorflow as tf  # noqa: E402
 from common import spec  # noqa: E402
 from serving.pipeline.backends.openvino_savedmodel import ir as openvino_ir  # noqa: E402
 from training import cli, heads  # noqa: E402
+from training import data as utk  # noqa: E402
 from training.model import TASKS  # noqa: E402
 
 #: The SavedModel's folder in a version folder, as the serving backend reads it (one definition, in ir.py).
 SAVEDMODEL = openvino_ir.SAVEDMODEL
 #: What a version folder holds beside it: the training record, the epoch history (a run folder's too), how it was
 #: exported. (serving/ops/publish.py leaves the first two out of a release: Triton never reads them.)
-RECORD, HISTORY, EXPORT_RECORD = "training_config.json", "history.csv", "export.json"
+RECORD, HISTORY, EXPORT_RECORD = utk.TRAINING_RECORD, "history.csv", "export.json"
 
 
 def versions(model_dir: Path) -> list[int]:
@@ -286,7 +287,6 @@ def from_repo(
 ) -> list[Path]:
     """Exports the newest version of each task again with flip TTA set to ``tta``; see the module's docstring."""
     from training import calibrate  # here: it imports this module
-    from training import data as utk
 
     sources = {task: cli.version_folder(repo, task, None) for task in tasks}
     missing = [str(src / RECORD) for src in sources.values() if not (src / RECORD).is_file()]

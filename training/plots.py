@@ -16,7 +16,6 @@ import numpy as np  # noqa: E402
 
 from common import spec  # noqa: E402
 from training import data as utk  # noqa: E402
-from training.export import latest  # noqa: E402
 from training.runs import histories  # noqa: E402
 
 
@@ -25,12 +24,13 @@ def plots(
     data: utk.Dataset,
     pred: dict[str, np.ndarray],
     computed: dict,
-    repo: Path,
+    versions: dict[str, Path],
     train_ages: np.ndarray | None,
     rebalanced_ages: np.ndarray | None,
 ) -> list[str]:
     """The report's PNG plots of ``data``'s predictions ``pred``; ``computed``: ``evaluate.metrics`` of the same faces
-    (drawn, not computed again: the per-band calibration noise alone takes thousands of draws)."""
+    (drawn, not computed again: the per-band calibration noise alone takes thousands of draws); ``versions``: the
+    evaluated version folder of each task, whose training curves are drawn."""
     files = []
     ages = pred[spec.AGE_OUTPUT]
 
@@ -42,7 +42,7 @@ def plots(
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     for ax, task in zip(axes, ("age", "gender"), strict=True):
-        version = latest(repo, task)
+        version = versions[task]
         found = histories(version)
         for name, hist in found:
             rows = list(csv.DictReader(hist.open()))

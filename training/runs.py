@@ -45,10 +45,10 @@ def member_config(source: Path) -> dict:
 def split_seed(configs: list[dict]) -> int:
     """The split seed every one of these training records shares; refuses records of different splits, since one
     network's training faces would then be in the validation faces the temperature and interval are fitted on."""
-    splits = {c.get("seed", SPLIT_SEED) for c in configs}
-    if len(splits) != 1:
-        raise ValueError(f"networks trained on different splits (seeds {sorted(splits)}); refusing to average")
-    return splits.pop()
+    try:
+        return utk.shared_split_seed(configs)
+    except ValueError as err:
+        raise ValueError(f"{err}; refusing to average") from None
 
 
 def histories(version: Path) -> list[tuple[str, Path]]:

@@ -17,6 +17,7 @@ boto3 is imported lazily: serving a local folder never needs it.
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,9 +110,17 @@ def explain(err: Exception, location: S3Location, key: str | None = None) -> Sto
     return StorageError(f"S3 error for {where}: {err}")
 
 
-def list_objects(location: S3Location, s3=None, prefix: str | None = None) -> dict[str, int]:
+#: The most objects a server reads under a repository URI. The published repository is a few dozen (36 for the
+#: committed one); a URI that lists thousands is the wrong prefix (a bucket's root, a folder of datasets), and
+#: listing, staging or letting Triton walk it would take minutes and fill the disk before any model loads.
+MAX_REPOSITORY_OBJECTS = 5_000
+
+
+def list_objects(
+    location: S3Location, s3=None, prefix: str | None = None, *, limit: int | None = None
+) -> dict[str, int]:
     """Every object under ``prefix`` (default: the location's prefix): its size, by key relative to the location's
-    prefix."""
+    prefix. With ``limit``, a listing that passes it stops there: StorageError, before the rest is listed."""
     from botocore import exceptions as bex
 
     s3 = s3 or client(location)
@@ -122,20 +131,27 @@ def list_objects(location: S3Location, s3=None, prefix: str | None = None) -> di
         for page in s3.get_paginator("list_objects_v2").paginate(Bucket=location.bucket, Prefix=search):
             for o in page.get("Contents", []):
                 found[o["Key"][len(location.key()) :].lstrip("/")] = o["Size"]
+            if limit is not None and len(found) > limit:
+                raise StorageError(
+                    f"more than {limit} objects under {location}: a model repository holds a few dozen; "
+                    "is the URI the published repository's prefix (s3://BUCKET/PREFIX, where PREFIX/MODEL/config.pbtxt "
+                    "exists)?"
+                )
     except (bex.BotoCoreError, bex.ClientError) as err:
         raise explain(err, location) from None
     return found
 
 
-def list_keys(location: S3Location, s3=None, prefix: str | None = None) -> list[str]:
+def list_keys(location: S3Location, s3=None, prefix: str | None = None, *, limit: int | None = None) -> list[str]:
     """Every object key under ``prefix`` (default: the location's prefix), relative to the location's prefix."""
-    return list(list_objects(location, s3, prefix))
+    return list(list_objects(location, s3, prefix, limit=limit))
 
 
 def preflight(uri: str) -> list[str]:
-    """Checks that the credentials can list ``uri`` and that it holds models; returns the model names."""
+    """Checks that the credentials can list ``uri``, that it holds models and no more objects than a repository
+    does (:data:`MAX_REPOSITORY_OBJECTS`); returns the model names."""
     location = S3Location.parse(uri)
-    return models_in(location, list_keys(location))
+    return models_in(location, list_keys(location, limit=MAX_REPOSITORY_OBJECTS))
 
 
 def models_in(location: S3Location, keys: list[str]) -> list[str]:
@@ -172,6 +188,8 @@ def read_mode(mode: str, triton_args: tuple[str, ...] | list[str]) -> str:
 
 
 STAGE_WORKERS = 8
+#: Disk left free after staging: Triton, its stubs' logs and OpenVINO's compiled-model cache write there too.
+STAGE_DISK_RESERVE = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -193,11 +211,14 @@ def _local_path(dest: Path, relative_key: str) -> Path:
 
 
 def stage(uri: str, dest: str | Path, *, workers: int = STAGE_WORKERS) -> Staged:
-    """Copies every object under ``uri`` into the empty folder ``dest`` (created private); returns the counts.
+    """Copies the models under ``uri`` into the empty folder ``dest`` (created private); returns the counts.
 
-    One client and one listing, which also does :func:`preflight`'s checks (credentials, bucket, models present),
-    then GETs in ``workers`` threads. A version folder that exists only as the publisher's :data:`KEEP`
-    placeholder becomes an empty folder. Keys that would escape ``dest`` are refused before anything is written.
+    One client and one listing, which also does :func:`preflight`'s checks (credentials, bucket, models present,
+    at most :data:`MAX_REPOSITORY_OBJECTS` objects), then GETs in ``workers`` threads. Only the models' folders
+    are copied (what Triton reads: a top-level folder with a ``config.pbtxt`` or ``configs/``); other objects
+    under the prefix are left in the bucket. A version folder that exists only as the publisher's :data:`KEEP`
+    placeholder becomes an empty folder. Keys that would escape ``dest``, and a copy that would not fit on
+    ``dest``'s disk with :data:`STAGE_DISK_RESERVE` to spare, are refused before anything is written.
     """
     import concurrent.futures
     import time
@@ -211,8 +232,18 @@ def stage(uri: str, dest: str | Path, *, workers: int = STAGE_WORKERS) -> Staged
     if any(dest.iterdir()):
         raise StorageError(f"staging folder {dest} is not empty")
     s3 = client(location)
-    keys = list_keys(location, s3)
-    models_in(location, keys)
+    sizes = list_objects(location, s3, limit=MAX_REPOSITORY_OBJECTS)
+    models = set(models_in(location, list(sizes)))
+    models |= {key.split("/")[0] for key in sizes if key.count("/") == 2 and key.split("/")[1] == "configs"}
+    sizes = {key: size for key, size in sizes.items() if key.split("/")[0] in models}
+    keys = list(sizes)
+    need, free = sum(sizes.values()), shutil.disk_usage(dest).free
+    if need + STAGE_DISK_RESERVE > free:
+        raise StorageError(
+            f"cannot stage {location}: its models are {need / 2**20:.0f} MiB and {dest} has {free / 2**20:.0f} MiB "
+            f"free, of which {STAGE_DISK_RESERVE // 2**20} MiB stay free; free some disk, point TMPDIR at a larger "
+            "one, or let Triton read the bucket (--s3-read triton)"
+        )
     # A key ending in "/" is a folder marker (the AWS console's "Create folder" writes one): a folder, as KEEP is.
     folders = [key.rstrip("/") for key in keys if key.endswith("/") and key.strip("/")]
     keys = [key for key in keys if not key.endswith("/")]
