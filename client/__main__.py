@@ -87,6 +87,11 @@ def _print(result: FaceResult | FacesResult, as_json: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI and returns its exit code."""
+    for stream in (sys.stdout, sys.stderr):
+        # A file name that is not valid UTF-8 reaches Python as surrogates: under a strict UTF-8 stdout (a desktop
+        # locale, PYTHONIOENCODING=utf-8) its line raised UnicodeEncodeError and the later images' lines were lost.
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.all_faces and args.no_detect:

@@ -287,7 +287,9 @@ class AgeGenderClient:
                 crop (``age_gender_crop``).
 
         Returns:
-            The :class:`FaceResult`; ``face_found`` is False (and age/gender None) when there is no face.
+            The :class:`FaceResult`; ``face_found`` is False (and age/gender None) when there is no face. A face
+            found but too small in the photo to estimate comes back with its box and score, no numbers, and
+            ``error`` saying so (``estimated`` is False).
 
         Raises:
             InvalidImageError: The image cannot be read here or decoded by the server, or the array is not one of
@@ -299,7 +301,7 @@ class AgeGenderClient:
         file = image_name(image)
         blob = encode_image(image, image_format=self.image_format)
         (result,) = self._infer(self.model if detect else self.crop_model, [blob], [file])
-        if result.error is not None:
+        if result.error is not None and result.estimated:
             raise InvalidImageError(f"{file}: {result.error}" if file else result.error)
         return result
 

@@ -64,6 +64,12 @@ class FaceResult:
         """``(age_low, age_high)``, or None when there is no interval."""
         return _interval(self.age_low, self.age_high)
 
+    @property
+    def estimated(self) -> bool:
+        """False for a face the server found and would not estimate (``face_found`` with an ``error``: too small in
+        the photo), as for :attr:`DetectedFace.estimated`."""
+        return not (self.face_found and self.error is not None)
+
     @classmethod
     def failed(cls, error: str, *, file: str | None = None) -> FaceResult:
         """Builds the result of an image that could not be processed."""
@@ -96,6 +102,10 @@ class FaceResult:
     def describe(self) -> str:
         """Returns one human-readable line, as the CLI prints it."""
         name = self.file or "<image>"
+        if not self.estimated:
+            where = f"box [{', '.join(f'{v:.0f}' for v in self.box)}], " if self.box is not None else ""
+            score = f"score {self.detection_score:.2f}: " if self.detection_score is not None else ""
+            return f"{name}: face too small to estimate, {where}{score}{self.error}"
         if self.error is not None:
             return f"{name}: error: {self.error}"
         if not self.face_found:

@@ -49,8 +49,11 @@ def split_scheme(url: str) -> tuple[str | None, str]:
     """Splits ``[scheme://]host:port[/...]`` into the scheme and ``host:port`` (what tritonclient wants).
 
     Raises:
-        ValueError: For a scheme that is not one of :data:`SCHEMES` (``ftp://`` was taken for gRPC), or an IPv6
-            address without brackets (``::1:8001`` is ambiguous: write ``[::1]:8001``).
+        ValueError: For a scheme that is not one of :data:`SCHEMES` (``ftp://`` was taken for gRPC), an IPv6
+            address without brackets (``::1:8001`` is ambiguous: write ``[::1]:8001``), or a port that is not a
+            number from 1 to 65535 (gRPC took ``:83537`` as port 18001, and ``:99999`` as a port of its own
+            choosing). A port may be left out only after ``https://`` or ``grpcs://`` (443): without one, gRPC
+            went to 443 and HTTP to 80.
     """
     scheme, sep, rest = url.partition("://")
     if sep and scheme.lower() not in SCHEMES:
@@ -60,6 +63,15 @@ def split_scheme(url: str) -> tuple[str | None, str]:
         raise ValueError(f"url {url!r}: write an IPv6 address in brackets, e.g. [::1]:8001")
     if address.startswith("[") and not re.fullmatch(r"\[[^\[\]]+\](:[0-9]*)?", address):
         raise ValueError(f"url {url!r}: an IPv6 address goes in one pair of brackets, then the port: [::1]:8001")
+    host, colon, port = address.rpartition(":") if not address.endswith("]") else (address, "", "")
+    if not colon:
+        host = address
+    if not host.strip("[]"):
+        raise ValueError(f"url {url!r}: no host; write host:port, e.g. localhost:8001")
+    if colon and not (re.fullmatch(r"[0-9]{1,5}", port) and 1 <= int(port) <= 65535):
+        raise ValueError(f"url {url!r}: the port must be a number from 1 to 65535, e.g. localhost:8001")
+    if not colon and not (sep and scheme.lower() in ("https", "grpcs")):
+        raise ValueError(f"url {url!r}: give the port, e.g. {host}:8001 (gRPC) or {host}:8000 (HTTP)")
     return (scheme.lower() if sep else None), address
 
 

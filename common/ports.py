@@ -8,6 +8,7 @@ and reports "ready in 0.0 s", and Gradio raises its own ``OSError: Cannot find e
 from __future__ import annotations
 
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -21,7 +22,14 @@ def env_name(kind: str) -> str:
 
 
 def env_port(kind: str) -> int:
-    return int(os.environ.get(env_name(kind), DEFAULT_PORTS[kind]))
+    """``$TRITON_<KIND>_PORT``, else the usual port; ValueError naming the variable when it is not a port (0, a free
+    one chosen at start, is a port here: the launcher takes it)."""
+    value = os.environ.get(env_name(kind))
+    if value is None:
+        return DEFAULT_PORTS[kind]
+    if not re.fullmatch(r"[0-9]{1,5}", value.strip()) or int(value) > 65535:
+        raise ValueError(f"{env_name(kind)}={value!r} is not a port number (0-65535)")
+    return int(value)
 
 
 def default_address(kind: str, host: str = "127.0.0.1") -> str:

@@ -23,7 +23,7 @@ uploads.activate()
 
 from starlette.middleware import Middleware  # noqa: E402
 
-from client.utils import default_url  # noqa: E402
+from client.utils import default_url, split_scheme  # noqa: E402
 from gradio_frontend.app import DEFAULT_PROTOCOL, DEFAULT_TIMEOUT_S, build_app  # noqa: E402
 from gradio_frontend.body_limit import BodyLimit  # noqa: E402
 
@@ -48,8 +48,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also start a local Triton on the committed model repository first (what `make demo` does)",
     )
     args = p.parse_args(argv)
-    if args.triton_url is None:  # the protocol's port, as the client chooses it ($TRITON_GRPC_PORT / _HTTP_PORT)
-        args.triton_url = default_url(args.protocol)
+    try:
+        if args.triton_url is None:  # the protocol's port, as the client chooses it ($TRITON_GRPC_PORT / _HTTP_PORT)
+            args.triton_url = default_url(args.protocol)
+        elif not args.serve_triton:  # checked as the client will check it: one line now, not at the first click
+            split_scheme(args.triton_url)
+    except ValueError as err:
+        p.error(str(err))
     return args
 
 

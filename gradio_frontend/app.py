@@ -42,8 +42,12 @@ from gradio_frontend.labels import place_labels
 log = logging.getLogger(__name__)
 
 DEFAULT_PROTOCOL = os.environ.get("TRITON_PROTOCOL", "grpc")
-# As the client and the CLI choose it: $TRITON_URL, else localhost on $TRITON_GRPC_PORT / $TRITON_HTTP_PORT.
-DEFAULT_TRITON_URL = default_url("http" if DEFAULT_PROTOCOL == "http" else "grpc")
+# As the client and the CLI choose it: $TRITON_URL, else localhost on $TRITON_GRPC_PORT / $TRITON_HTTP_PORT. None
+# where such a port is not a number: build_app and the command line then say which variable, not this import.
+try:
+    DEFAULT_TRITON_URL: str | None = default_url("http" if DEFAULT_PROTOCOL == "http" else "grpc")
+except ValueError:
+    DEFAULT_TRITON_URL = None
 
 
 # Short: a user waiting on a spinner for a dead server is worse than a clear message now.
@@ -206,7 +210,7 @@ def interval_text(result: FaceResult | DetectedFace, *, dash: str = DASH) -> str
 
 def summary(result: FaceResult | DetectedFace, *, dash: str = DASH) -> str:
     """The one-line label, e.g. ``age ~34 (27–41), female (87%)``: the interval only when the model gives one."""
-    if isinstance(result, DetectedFace) and not result.estimated:
+    if not result.estimated:
         return "too small to estimate"  # the server found it and sent no numbers (docs/serving.md, face detection)
     parts = [f"age ~{round(result.age)}" if result.age is not None else "age ?"]
     if result.age is not None and (interval := interval_text(result, dash=dash)) is not None:
@@ -353,6 +357,8 @@ def analyse(
 
     payload = result.to_dict()
     payload["file"] = photo.name
+    if isinstance(result, FaceResult) and not result.estimated:
+        return annotate(display, result, scale), f"**Face found, too small to estimate**: {result.error}", payload, []
     if result.error is not None:
         return display, f"**The image was rejected**: {result.error}", payload, []
     if isinstance(result, FacesResult):
@@ -437,10 +443,11 @@ def _table(rows: list[list[Any]]) -> dict[str, Any]:
 
 
 def build_app(
-    triton_url: str = DEFAULT_TRITON_URL, protocol: str = DEFAULT_PROTOCOL, *, timeout: float = DEFAULT_TIMEOUT_S
+    triton_url: str | None = None, protocol: str = DEFAULT_PROTOCOL, *, timeout: float = DEFAULT_TIMEOUT_S
 ) -> gr.Blocks:
-    """Builds the Blocks app; nothing connects to Triton until the first request."""
-    backend = TritonBackend(triton_url, protocol, timeout=timeout)
+    """Builds the Blocks app; nothing connects to Triton until the first request. ``triton_url``: default as
+    :data:`DEFAULT_TRITON_URL`, for ``protocol``."""
+    backend = TritonBackend(triton_url or default_url(protocol), protocol, timeout=timeout)
     for example, *_ in EXAMPLES:
         uploads.mark_public(example)  # public images: their cached copies stay for the next click
 

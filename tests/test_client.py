@@ -376,6 +376,22 @@ def test_cli_human_output_and_success_exit_code(triton_tiny, reference, tmp_path
 
 
 @integration
+def test_cli_prints_a_file_name_that_is_not_utf8_under_a_strict_utf8_console(triton_tiny, tmp_path):
+    # A name with the byte 0xff reaches Python as a surrogate; a strict UTF-8 stdout (a desktop locale) raised on its
+    # line, and the lines of the images after it were lost.
+    odd = os.fsdecode(bytes(tmp_path) + b"/bad\xffname.jpg")
+    Path(odd).write_bytes(GRACE.read_bytes())
+    missing = os.fsdecode(bytes(tmp_path) + b"/gone\xff.jpg")
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
+    args = [str(AGEGENDER), odd, missing, str(GRACE), "--url", triton_tiny.grpc_url, "--no-detect"]
+    proc = subprocess.run(args, capture_output=True, timeout=120, env=env)
+    lines = proc.stdout.decode().splitlines()
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr.decode(), proc.stderr
+    assert len(lines) == 3 and lines[0].startswith(f"{tmp_path}/bad\\udcffname.jpg: age ") and "gone" in lines[1]
+    assert lines[2].startswith(f"{GRACE}: age ")
+
+
+@integration
 @pytest.mark.parametrize(("protocol", "port_of"), [("grpc", "http"), ("http", "grpc")])
 def test_the_other_protocols_port_is_named_not_reported_down(triton_tiny, protocol, port_of):
     """A running server on the wrong port: the message says which protocol answers, and no retry waits."""
@@ -539,10 +555,24 @@ def test_default_url_and_scheme(monkeypatch):
         ("::1:8001", "IPv6 address in brackets"),
         ("http://[::1", "one pair of brackets"),  # a traceback from tritonclient at the first call
         ("[::1]]:8001", "one pair of brackets"),
+        # gRPC took :83537 as port 18001 and answered from it; :99999 and :abc were tracebacks over HTTP.
+        ("localhost:83537", "port must be a number from 1 to 65535"),
+        ("http://localhost:99999", "port must be a number from 1 to 65535"),
+        ("http://localhost:abc", "port must be a number from 1 to 65535"),
+        ("localhost:0", "port must be a number from 1 to 65535"),
+        ("localhost", "give the port"),  # gRPC went to 443, HTTP to 80
+        (":8001", "no host"),
     )
     for url, message in refused:
         with pytest.raises(ValueError, match=message):
             AgeGenderClient(url)
+    # TLS has its own port: https://host and grpcs://host mean 443.
+    with AgeGenderClient("https://example.invalid") as tls, AgeGenderClient("grpcs://[::1]") as tls6:
+        assert (tls.url, tls6.url) == ("example.invalid", "[::1]")
+    monkeypatch.delenv("TRITON_URL")
+    monkeypatch.setenv("TRITON_GRPC_PORT", "abc")
+    with pytest.raises(ValueError, match="TRITON_GRPC_PORT='abc' is not a port number"):
+        AgeGenderClient()
 
 
 @pytest.mark.parametrize("timeout", [0.0, -1.0, float("nan"), float("inf"), 1e12])
@@ -710,13 +740,36 @@ def test_http_timeout_is_for_the_whole_call_not_each_socket_wait():
     # 0.5 s, and an answer a whole second late: wide margins, so a descheduled test thread cannot flip either case.
     transport = HttpTransport("127.0.0.1:1", timeout=0.5, ssl=False, root_certificates=None)
     try:
-        transport._local.client = Late(1.0)
+        transport._new_client = lambda: Late(1.0)
         with pytest.raises(TimeoutError, match="no answer within 0.5 s"):
             transport.infer("m", "image", np.array([[b"x"]], dtype=np.object_), ["age"])
-        transport._local.client = Late(0.0)
+        transport.close()  # the lane's client was made already: new lanes, new clients
+        transport._new_client = lambda: Late(0.0)
         assert transport.infer("m", "image", np.array([[b"x"]], dtype=np.object_), ["age"])["age"].shape == (1, 1)
     finally:
         transport.close()
+
+
+@integration
+def test_http_calls_from_many_threads_hold_a_bounded_number_of_files_and_close_frees_them(triton_tiny):
+    # tritonclient.http gives every thread that calls it a gevent hub whose descriptors outlive the thread: a
+    # thread per request once added 4 descriptors a thread for good (SIGABRT, or a CLI spinning at `ulimit -n`).
+    from client import transports
+
+    def open_files() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    before = open_files()
+    with AgeGenderClient(triton_tiny.http_url, protocol="http") as client:
+        for _ in range(4):  # 4 x 40 short-lived threads, 40 at a time
+            threads = [threading.Thread(target=client.health) for _ in range(40)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=60)
+        assert client.health().live
+        assert open_files() - before <= transports._FDS_PER_LANE * transports.HTTP_LANES // 2
+    assert open_files() <= before + 2  # close() ended the lanes, their connections and their event loops
 
 
 # -- splitting a rejected batch, with a fake transport (no server) ---------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -314,9 +315,15 @@ def test_a_face_too_small_for_an_estimate_is_found_and_not_estimated(triton_tiny
     assert all(np.isfinite(large[name][0]) for name in numbers) and large[c.FACES_GENDER][0] in (b"male", b"female")
 
     with AgeGenderClient(triton_tiny.grpc_url) as client:
-        with pytest.raises(InvalidImageError, match=rf"The face is 2\d px across in the photo; an estimate needs at "
-                           rf"least {MIN_FACE_SIDE} px"):  # fmt: skip
-            client.predict(shrunk(64))
+        # Found, not refused: the single-face answer keeps the face's box and score beside the reason (it raised
+        # InvalidImageError, "the image was rejected" in the web UI, with the box thrown away).
+        tiny = client.predict(shrunk(64))
+        assert tiny.face_found and not tiny.estimated and tiny.age is None and tiny.gender is None
+        assert re.fullmatch(rf"The face is 2\d px across in the photo; an estimate needs at least {MIN_FACE_SIDE} px.*",
+                            tiny.error)  # fmt: skip
+        assert 10 < tiny.box[2] <= 64 and 0 < tiny.detection_score <= 1
+        assert tiny.describe().startswith("<image>: face too small to estimate, box [")
+        assert client.predict_many([shrunk(64)])[0] == tiny
         assert client.predict(shrunk(120)).age is not None
         found = client.predict_faces(shrunk(64))
         assert len(found) == 1 and found[0].age is None and found[0].gender is None and found[0].box[2] > 0

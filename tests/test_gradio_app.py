@@ -345,6 +345,22 @@ def test_a_socket_error_the_client_lets_through_still_reads_unreachable():
     assert "pass --url" not in app.TritonBackend("127.0.0.1:1", "grpc", timeout=2).health_markdown()
 
 
+def test_a_face_too_small_to_estimate_is_shown_found_with_its_box_not_rejected():
+    # The single-face path answers such a face found, with its box and score and why there are no numbers.
+    message = "The face is 31 px across in the photo; an estimate needs at least 32 px"
+    tiny = FaceResult(None, None, None, True, (100.0, 100.0, 131.0, 131.0), 0.55, message, None)
+
+    class Small(app.TritonBackend):
+        def predict(self, image, *, detect):
+            return tiny
+
+    photo = app.Photo(jpeg((200, 200)), "me.jpg")
+    image, status, raw, rows = app.analyse(Small("127.0.0.1:1", "grpc"), photo, True, False)
+    assert status == f"**Face found, too small to estimate**: {message}"
+    assert raw["face_found"] and raw["box"] == [100.0, 100.0, 131.0, 131.0] and raw["error"] == message
+    assert image.getpixel((130, 130)) == app.BOX_COLOUR and app.summary(tiny) == "too small to estimate"
+
+
 def test_a_restart_of_triton_reads_as_a_restart_not_as_unreachable():
     from tritonclient.utils import InferenceServerException
 

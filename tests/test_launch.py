@@ -357,3 +357,14 @@ def test_the_reaper_kills_what_it_was_told_and_not_what_it_was_told_to_forget():
         for proc in (kept, killed):
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize("value", ["abc", "99999", "-1", "80 80"])
+def test_a_port_variable_that_is_not_a_port_is_one_line_naming_it(monkeypatch, capsys, value):
+    # It was int()'s traceback, raised while the argument parser was being built.
+    monkeypatch.setenv("TRITON_METRICS_PORT", value)
+    with pytest.raises(SystemExit) as exc:
+        launch.parse_args([])
+    assert exc.value.code == 2 and f"TRITON_METRICS_PORT={value!r} is not a port number" in capsys.readouterr().err
+    monkeypatch.setenv("TRITON_METRICS_PORT", " 9102 ")
+    assert launch.parse_args([]).metrics_port == 9102

@@ -258,7 +258,7 @@ class FaceCropper:
             (ax, ay), (bx, by) = face.eyes
             roll = math.degrees(math.atan2(by - ay, bx - ax))
             if math.isfinite(roll) and abs(roll) >= LEVEL_FROM_DEGREES:
-                needed.setdefault(round(roll / 90) % 4, []).append(k)
+                needed.setdefault(round(roll / 90) % 4 or (1 if roll > 0 else 3), []).append(k)
         faces = list(faces)
         w, h = image.size
         if needed and small is None:
@@ -272,13 +272,18 @@ class FaceCropper:
 
     def _turned(self, small: Image.Image, turns: tuple[Image.Transpose, ...]) -> list[Detection]:
         """Sure detections of both whole-picture detectors in ``small`` turned by each of ``turns``, relative to
-        ``small`` as it is, most prominent first. The eyes are mapped back too, so a crop's square turns the face
-        upright. Call with the lock held."""
+        ``small`` as it is, most prominent first; where there is none, the short-range detector's on each turned
+        picture with a border, as the upright cascade's last pass looks for a face that fills the picture. The
+        eyes are mapped back too, so a crop's square turns the face upright. Call with the lock held."""
         found = []
-        for turn in turns:
-            turned = small.transpose(turn)
-            for detector in (self._short, self._full):
-                found += [_unturned(d, turn) for d in self._run(detector, turned, pad=0.0) if d.score >= SURE_SCORE]
+        for pad, detectors in ((0.0, (self._short, self._full)), (CLOSE_CROP_PAD, (self._short,))):
+            for turn in turns:
+                turned = small.transpose(turn)
+                for detector in detectors:
+                    sure = (d for d in self._run(detector, turned, pad=pad) if d.score >= SURE_SCORE)
+                    found += [_unturned(d, turn) for d in sure]
+            if found:
+                break
         return sorted(merge_detections(found), key=_prominence, reverse=True)
 
     def _merged_turned(self, image: Image.Image, upright: list[Detection], turned: list[Detection]) -> list[Detection]:

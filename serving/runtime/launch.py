@@ -40,9 +40,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--model-repository", default=str(DEFAULT_REPOSITORY), help="a folder, or s3://[HOST:PORT/]BUCKET/PREFIX"
     )
-    p.add_argument("--http-port", type=int, default=ports.env_port("http"))
-    p.add_argument("--grpc-port", type=int, default=ports.env_port("grpc"))
-    p.add_argument("--metrics-port", type=int, default=ports.env_port("metrics"))
+    try:
+        defaults = {kind: ports.env_port(kind) for kind in ("http", "grpc", "metrics")}
+    except ValueError as err:  # a TRITON_<KIND>_PORT that is not a port: one line naming it, not a traceback
+        p.error(str(err))
+    p.add_argument("--http-port", type=int, default=defaults["http"])
+    p.add_argument("--grpc-port", type=int, default=defaults["grpc"])
+    p.add_argument("--metrics-port", type=int, default=defaults["metrics"])
     p.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 exposes the unauthenticated API")
     p.add_argument(
         "--config-name",
