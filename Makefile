@@ -96,7 +96,8 @@ serve: setup
 #   make rollout MODEL=age            # serve the newest version
 #   make rollback MODEL=age VERSION=20 # serve version 20 again (one with the config's inputs and outputs:
 #                                      # age 1-3 take 64 px faces, and Triton refuses them, keeping what it serves)
-TRITON_HTTP_URL ?= 127.0.0.1:8000
+# Triton's HTTP port as `make serve` was given it (TRITON_HTTP_PORT, else 8000); TRITON_HTTP_URL overrides it.
+TRITON_HTTP_URL ?= 127.0.0.1:$(or $(TRITON_HTTP_PORT),8000)
 .PHONY: publish rollout rollback scaling-signal
 publish: setup
 	$(BIN)/python -m serving.ops.publish model_repository $(S3_URI) $(PUBLISH_ARGS)

@@ -253,6 +253,34 @@ def test_sigterm_stops_the_gate_then_triton_and_leaves_nothing(pod):
     assert not [p for p in os.listdir("/dev/shm") if p.startswith(pod.prefix)]
 
 
+@pytest.mark.integration
+def test_a_stub_that_dies_under_a_served_model_ends_the_pod(tiny_repo, tmp_path):
+    # Triton fails every request of a model whose stub died, and calls itself ready: the pod ends, so the kubelet
+    # restarts it (serving/runtime/stubs.py).
+    from serving.runtime import stubs
+
+    cmd, env, http, _ = _pod_cmd(tmp_path, tiny_repo, CROP, f"edge{uuid.uuid4().hex[:6]}")
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            with contextlib.suppress(OSError):
+                if http_call(f"http://{http}", "GET", "/v2/health/ready", source=LOCAL)[0] == 200:
+                    break
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        (triton,) = [p.pid for p in procs.all_processes() if p.ppid == proc.pid and p.name == "tritonserver"]
+        (stub,) = [pid for pid, s in stubs.stubs_of(triton).items() if s.model == "gender"]
+        os.kill(stub, signal.SIGKILL)
+        assert proc.wait(timeout=60) != 0
+        assert "the Python stub of gender version" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 def test_a_triton_that_exits_ends_the_pod_with_its_code(tmp_path):
     # The real Triton, as the ServingRuntime starts it, on a repository whose one model cannot load: with
     # --exit-on-error (what the placeholder check turns into) it exits, and the pod goes with its code.

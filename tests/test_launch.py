@@ -368,3 +368,55 @@ def test_a_port_variable_that_is_not_a_port_is_one_line_naming_it(monkeypatch, c
     assert exc.value.code == 2 and f"TRITON_METRICS_PORT={value!r} is not a port number" in capsys.readouterr().err
     monkeypatch.setenv("TRITON_METRICS_PORT", " 9102 ")
     assert launch.parse_args([]).metrics_port == 9102
+
+
+@pytest.mark.parametrize("nohup", [False, True])
+def test_a_closed_terminal_stops_the_launcher_as_ctrl_c_does_unless_under_nohup(nohup):
+    # SIGHUP (the terminal of `make serve` closed) killed the launcher where it stood: no drain, in-flight requests
+    # cut. Under nohup (SIGHUP ignored) the server is meant to outlive its terminal.
+    code = (
+        "import os, signal, time\n"
+        "from serving.runtime.children import interrupt_on_signals\n"
+        "interrupt_on_signals()\n"
+        "try:\n"
+        "    os.kill(os.getpid(), signal.SIGHUP)\n"
+        "    time.sleep(2)\n"
+        "    print('still running')\n"
+        "except KeyboardInterrupt:\n"
+        "    print('stopping cleanly')\n"
+    )
+    ignore = (lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if nohup else None
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, preexec_fn=ignore, cwd=ROOT
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == ("still running" if nohup else "stopping cleanly")
+
+
+@pytest.mark.parametrize(
+    ("host", "reached"), [("127.0.0.1", "127.0.0.1"), ("0.0.0.0", "127.0.0.1"), ("::1", "[::1]"), ("::", "[::1]")]
+)
+def test_the_launcher_reaches_its_own_ports_on_any_address(host, reached):
+    # On --host ::1 it served, and asked its own readiness at http://::1:8000, which is no URL: "not ready" after the
+    # whole --timeout, exit 1.
+    server = TritonServer(ROOT / "model_repository", host=host, http_port=18000, grpc_port=18001, metrics_port=18002)
+    assert (server.http_url, server.grpc_url) == (f"{reached}:18000", f"{reached}:18001")
+    assert server.metrics_url == f"http://{reached}:18002/metrics"
+
+
+def test_typos_in_ports_and_keys_are_one_line_each_and_start_nothing(monkeypatch, capsys):
+    # The same port twice died on a traceback in the readiness probe; a key Triton's flags cannot carry, in Python's.
+    for argv, message in (
+        (["--http-port", "28000", "--grpc-port", "28000"], "--http-port and --grpc-port are both 28000"),
+        (["--grpc-port", "28001", "--metrics-port", "28001"], "--grpc-port and --metrics-port are both 28001"),
+        (["--http-port", "99999"], "'99999' is not a port number"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            launch.parse_args(argv)
+        assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert launch.parse_args(["--http-port", "0", "--grpc-port", "0"]).grpc_port == 0  # two free ones: fine
+    for name, value in (("TRITON_ADMIN_KEY", "my key"), ("TRITON_INTERNAL_KEY", "short")):
+        with monkeypatch.context() as env:
+            env.setenv(name, value)
+            assert launch.main(["--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {name} must") and "Traceback" not in err and value not in err

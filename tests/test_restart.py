@@ -213,3 +213,28 @@ def test_a_crash_in_the_middle_of_a_switch_brings_back_the_version_switched_to()
     assert served.meant("age") == (1,)
     served.restore()  # the restarted Triton loaded the repository's newest, 2
     assert pinned == [("age", (1,))]
+
+
+def test_a_dead_stub_restarts_triton_and_an_unloaded_one_does_not(tmp_path, monkeypatch):
+    """A stub killed under a served model (the OOM killer, a native crash) left every request for it failing "Stub
+    process is not healthy" while readiness said READY, for as long as Triton ran (serving/runtime/stubs.py). The
+    launcher now restarts Triton, serving what it served; a stub that ends because its version was unloaded (a
+    rollback) is no death."""
+    from serving.runtime import stubs
+
+    monkeypatch.setenv("TRITON_ADMIN_KEY", secrets.token_urlsafe(16))
+    repo = age_repository(tmp_path, 1.0, 2.0)
+    server = TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, extra_args=CONTROL_ARGS["explicit"])
+    with server:
+        assert _age_answer(server) == 2.0
+        assert switch(server.http_url, "age", 1) == [1]
+        time.sleep(4 * stubs.CHECK_S)  # the version 2 stub is gone: unloaded, not dead
+        assert server.restarts == 0 and not any("stub" in e for e in server.events), server.events
+        (pid,) = [pid for pid, stub in stubs.stubs_of(server._proc.pid).items() if stub[:2] == ("age", "1")]
+        os.kill(pid, 9)
+        deadline = time.monotonic() + 120
+        while not (server.restarts and server.is_ready() and server._served.settled.is_set()):
+            assert time.monotonic() < deadline, (server.events, server.logs(30))
+            time.sleep(0.1)
+        assert any("the Python stub of age version 1" in e and "died" in e for e in server.events), server.events
+        assert _age_answer(server) == 1.0  # the version served before, again

@@ -294,3 +294,101 @@ def test_a_wrong_url_or_version_is_one_clear_line():
         out = run("--url", f"127.0.0.1:{server.getsockname()[1]}")
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
     assert out.stderr.startswith("error: no Triton") and "is that Triton's HTTP port?" in out.stderr, out.stderr
+
+
+def test_a_change_meanwhile_is_reported_not_what_was_asked(tmp_path, monkeypatch, capsys):
+    """Two switches at once (red-team finding 9): nothing locks a model across operators' machines and the last load
+    wins, so a switch reads back what Triton serves and says when it is not what it asked for (it printed "now
+    serving [21]" while 22 served, or overrode the other's rollback). The other operator's switch is made to land
+    right after this one's load, deterministically: tritonclient's load_model makes the real load, then runs it."""
+    import tritonclient.http as httpclient
+
+    from serving.ops import rollout
+
+    monkeypatch.setenv("TRITON_ADMIN_KEY", secrets.token_urlsafe(16))
+    repo = age_repository(tmp_path, 1.0, 2.0)
+    server = TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, extra_args=CONTROL_ARGS["explicit"])
+    real_load = httpclient.InferenceServerClient.load_model
+    other: list[int | None] = []  # the version the other operator switches to next (None: the newest)
+    theirs: list[list[int]] = []  # what the other's switch reported
+
+    def load_model(self, *args, **kwargs):
+        real_load(self, *args, **kwargs)
+        if other:  # once: the other operator's own switch (its loads come here too, with nothing left to run)
+            theirs.append(switch(server.http_url, "age", other.pop()))
+
+    monkeypatch.setattr(httpclient.InferenceServerClient, "load_model", load_model)
+    with server:
+        assert switch(server.http_url, "age") == [2]
+        # A rollback, and another operator's rollout right after its load: 2 serves, and the rollback says so.
+        other.append(None)
+        with pytest.raises(RolloutError, match="another change happened meanwhile") as caught:
+            switch(server.http_url, "age", 1, timeout=30)
+        assert theirs.pop() == [2] and _status(server.http_url).stdout.strip() == "age: ready versions [2]"
+        assert str(caught.value).startswith(
+            "another change happened meanwhile: 'age' now serves version(s) [2] (the newest, by another rollout or "
+            "rollback), not version(s) [1] as this command asked."
+        )
+        # A rollout (the command), and another operator's rollback right after its load: the rollback stands (the
+        # rollout used to take it for a pin left from before and load the newest over it), and the rollout says so.
+        other.append(1)
+        assert rollout.main(["--url", server.http_url, "--model", "age", "--timeout", "30"]) == 1
+        out = capsys.readouterr()
+        assert theirs.pop() == [1] and _status(server.http_url).stdout.strip() == "age: ready versions [1]"
+        assert "now serving" not in out.out
+        assert out.err.startswith(
+            "error: another change happened meanwhile: 'age' now serves version(s) [1] (pinned to [1], by another "
+            "rollout or rollback), not the newest version as this command asked. The last load wins: check with "
+            "--status"
+        ), out.err
+        # Alone, a rollout still unpins the rollback left from before, and a rollback pins.
+        assert switch(server.http_url, "age") == [2] and switch(server.http_url, "age", 1) == [1]
+
+
+@pytest.mark.parametrize(
+    "asked, policy, ready, found",
+    [
+        (None, {"latest": {"num_versions": 1}}, [22], "same"),
+        (None, {"latest": {"num_versions": 1}}, [], "loading"),
+        (None, {"specific": {"versions": ["21"]}}, [21], "other"),  # Triton's JSON gives int64 as strings
+        ([21], {"specific": {"versions": ["21"]}}, [21, 22], "same"),  # 22 unloading, requests in flight finishing
+        ([21], {"specific": {"versions": ["21"]}}, [22], "loading"),
+        ([21], {"specific": {"versions": ["20"]}}, [20], "other"),
+        ([21], {"latest": {"num_versions": 1}}, [22], "other"),
+        ([20, 21], {"specific": {"versions": ["21", "20"]}}, [20, 21], "same"),  # the launcher pins several
+    ],
+)
+def test_what_serves_is_compared_with_what_was_asked(asked, policy, ready, found):
+    from serving.ops.rollout import compare
+
+    assert compare(asked, {"name": "age", "version_policy": policy}, ready) == found
+
+
+@pytest.mark.parametrize(
+    "env, url",
+    [
+        ({}, "127.0.0.1:8000"),
+        ({"TRITON_HTTP_PORT": "28000"}, "127.0.0.1:28000"),  # as `make serve` was given it
+        ({"TRITON_HTTP_PORT": "28000", "TRITON_HTTP_URL": "10.0.0.5:9000"}, "10.0.0.5:9000"),
+    ],
+)
+def test_make_rollout_and_rollback_follow_the_port_make_serve_uses(env, url):
+    # `make rollback` went to 8000 while `make serve` listened on TRITON_HTTP_PORT (red-team finding 5): the wrong
+    # server, or none. Dry runs (make -n), with the variables in the environment and on make's command line.
+    if shutil.which("make") is None:
+        pytest.skip("no make here")
+    base = {k: v for k, v in os.environ.items() if k not in ("TRITON_HTTP_PORT", "TRITON_HTTP_URL", "MAKEFLAGS")}
+    for target, extra in (("rollout", []), ("rollback", ["VERSION=21"])):
+        for how in ("environment", "command line"):
+            assigned = [f"{k}={v}" for k, v in env.items()] if how == "command line" else []
+            out = subprocess.run(
+                ["make", "-n", target, "MODEL=age", *extra, *assigned],
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+                timeout=60,
+                env={**base, **env} if how == "environment" else base,
+            )
+            assert out.returncode == 0, out.stderr
+            lines = [line for line in out.stdout.splitlines() if "-m serving.ops.rollout" in line]
+            assert len(lines) == 1 and f" --url {url} --model age" in lines[0], (how, out.stdout)

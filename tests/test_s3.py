@@ -141,6 +141,37 @@ def test_publish_as_triton_reads_it_and_never_overwrites(aws_env, tmp_path):
     assert cli.returncode == 1 and "refusing to overwrite" in cli.stderr
 
 
+def test_publish_refuses_a_symlink_loop_before_uploading_anything(aws_env, tmp_path):
+    """A link back into a folder on its own path was followed until the path was too long: ~40 nested copies went
+    up, then ELOOP halfway, and the immutable release prefix stayed half-made for good (red-team finding 7).
+    It is refused while publish plans, naming the link; the committed links (a file's) are still followed."""
+    repo = _repo_with_cache(tmp_path)
+    uri = aws_env.uri("symlink-loop")
+    for link, target in (("postprocess/1/loop", "."), ("age/configs/up", "../.."), ("gender/m", "../gender")):
+        (repo / link).symlink_to(target)
+        for dry_run in (True, False):
+            out = io.StringIO()
+            with pytest.raises(storage.StorageError, match=f"symbolic link {re.escape(str(repo / link))} -> .*loop"):
+                publish(repo, uri, dry_run=dry_run, ir=False, out=out)
+            assert "upload" not in out.getvalue()
+        assert storage.list_keys(storage.S3Location.parse(uri)) == []
+        cli = subprocess.run(
+            [sys.executable, "-m", "serving.ops.publish", str(repo), uri, "--no-ir"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+        )
+        assert cli.returncode == 1 and f"error: symbolic link {repo / link} -> {target} leads back" in cli.stderr
+        assert "Traceback" not in cli.stderr and storage.list_keys(storage.S3Location.parse(uri)) == []
+        (repo / link).unlink()
+    # An ordinary link to a folder is followed, and publish then goes through.
+    (repo / "postprocess" / "1" / "shared").symlink_to("../../preprocess/1")
+    publish(repo, uri, ir=False, out=io.StringIO())
+    keys = storage.list_keys(storage.S3Location.parse(uri))
+    assert "postprocess/1/shared/model.py" in keys and "preprocess_crop/1/model.py" in keys
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -370,3 +401,18 @@ def test_int8_models_are_published_only_where_a_config_may_serve_them(aws_env, t
             f"gender/{versions['gender']}/model.int8/key.json" in keys
             and f"age/{versions['age']}/model.openvino/model.bin" in keys
         )
+
+
+def test_a_restart_that_reads_the_bucket_again_removes_the_copy_of_the_triton_before(tmp_path):
+    # Triton reading s3:// itself copies every model into a fresh folder at each start: a crash loop kept one full
+    # copy of the repository per restart until the launcher stopped.
+    server = TritonServer("s3://127.0.0.1:1/bucket/r1", s3_read="triton", http_port=0, grpc_port=0, metrics_port=0)
+    try:
+        server.command()
+        first = server.s3_mount
+        (first / "age").mkdir()  # what Triton downloaded
+        server.command()  # the restart's
+        assert not first.exists() and server.s3_mount.is_dir() and server.s3_mount != first
+    finally:
+        server.stop()
+    assert not server.s3_mount.exists()

@@ -12,7 +12,9 @@
 - Before uploading, each served SavedModel gets its OpenVINO IR (``model.openvino/``, keyed to the SavedModel
   and the OpenVINO version: serving/pipeline/backends/openvino_savedmodel/ir.py) if it lacks a valid one, so
   the CPU backend reads it instead of converting at load. ``--no-ir`` skips that; ``--ir-only`` does only that.
-- Symlinks are resolved (``preprocess_crop/1/model.py`` is one): object stores have none.
+- Symlinks are resolved (``preprocess_crop/1/model.py`` is one): object stores have none. A link that leads back
+  into a folder on its own path (a loop), a link to nothing or a file that cannot be read is refused while the
+  upload is planned, naming it, before anything is written.
 - Caches and leftovers are not uploaded: ``__pycache__``, ``*.pyc``, hidden files,
   and the ``.tmp-N`` folders ``training.export`` writes before its atomic rename; nor are the files Triton
   never reads (``README.md``, ``history.csv``, ``training_config.json``: each object costs a cold start ~25 S3
@@ -174,12 +176,53 @@ def missing_int8(repository: Path) -> list[tuple[str, str]]:
     return missing
 
 
-def _files(folder: Path) -> list[Path]:
-    """Files under ``folder``, symlinks followed, caches left out, in a stable order."""
-    found = []
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not _skipped(d))
-        found += [Path(root) / f for f in sorted(files) if not _skipped(f)]
+def _files(folder: Path, *, versions: bool = True) -> list[Path]:
+    """Files under ``folder``, symlinks followed, caches left out, in a stable order (a folder's files, then its
+    folders'). ``versions`` False leaves out ``folder``'s version folders (a model's own files only).
+
+    What cannot be uploaded is refused here, while publish plans and before it uploads anything (an error halfway
+    leaves an immutable release prefix half-made, red-team finding 7): a symbolic link that leads back into a folder
+    on its own path (a loop: followed, it never ends), a link that leads nowhere, a folder or file that cannot be
+    read. Other links are followed (``preprocess_crop/1/model.py``): object stores have none."""
+    found: list[Path] = []
+
+    def walk(path: Path, chain: list[Path]) -> None:
+        try:
+            with os.scandir(path) as scan:
+                entries = sorted((e for e in scan if not _skipped(e.name)), key=lambda e: e.name)
+        except OSError as err:
+            raise storage.StorageError(f"cannot read the folder {path}: {err.strerror or err}") from None
+        folders = []
+        for entry in entries:
+            child = path / entry.name
+            try:
+                is_dir, is_file = entry.is_dir(), entry.is_file()  # through links
+            except OSError as err:  # a link in a loop of links (a -> b -> a), one too deep
+                raise storage.StorageError(f"{child}: {err.strerror or err}; remove or fix the link") from None
+            if is_dir:
+                if versions or path != folder or not entry.name.isdigit():
+                    folders.append((entry, child))
+            elif is_file:
+                if not os.access(child, os.R_OK):
+                    raise storage.StorageError(f"cannot read {child}: permission denied")
+                found.append(child)
+            elif entry.is_symlink():
+                raise storage.StorageError(
+                    f"symbolic link {child} -> {os.readlink(child)} leads nowhere; fix or remove it"
+                )
+            else:
+                raise storage.StorageError(f"{child} is neither a file nor a folder (a pipe, a socket...): remove it")
+        for entry, child in folders:
+            real = Path(os.path.realpath(child))
+            if entry.is_symlink() and any(seen.is_relative_to(real) for seen in chain):
+                # The link's target holds a folder this walk is in (or is one): following it comes back here forever.
+                raise storage.StorageError(
+                    f"symbolic link {child} -> {os.readlink(child)} leads back into {real}, a folder it is in: a loop "
+                    "(followed, publish would upload copies within copies until the path is too long); remove it"
+                )
+            walk(child, [*chain, real])
+
+    walk(Path(folder), [Path(os.path.realpath(folder))])
     return found
 
 
@@ -246,7 +289,7 @@ def plan(
             result.new_versions.append(version)
             result.uploads += files
         model_files = []
-        for path in _files(model):
+        for path in _files(model, versions=False):
             key = path.relative_to(repository).as_posix()
             if path.relative_to(model).parts[0].isdigit():
                 continue

@@ -24,6 +24,11 @@ Triton 2.51's own readiness says no from then on: docs/serverless.md).
   what the repository says. A rollback that must outlast that is a repository whose newest version is the one
   wanted (on S3, a release prefix; deploy/kserve/README.md).
 
+- Two switches at once (two operators, or one and the launcher pinning again after a restart): the last load wins,
+  as nothing locks a model across machines. After its load a switch reads back what Triton serves (the loaded
+  config's policy, the ready versions); when that is not what it asked for, it says so and exits 1
+  (:class:`ChangedMeanwhile`) instead of reporting what it read as its own result.
+
 The repository API is an admin API: when the server restricts it (issue #7,
 ``--http-restricted-api=model-repository,...:admin-key=<secret>``), the secret is
 sent as header ``admin-key`` from env TRITON_ADMIN_KEY.
@@ -48,6 +53,29 @@ class RolloutError(RuntimeError):
     pass
 
 
+class ChangedMeanwhile(RolloutError):
+    """Triton serves something else than this switch asked for: another load (a second operator's rollout or
+    rollback, the launcher pinning again after a restart) came between this one and its read-back."""
+
+
+def pinned_versions(config: dict) -> list[int] | None:
+    """The versions a loaded config's ``version_policy`` pins (``specific``), ascending; None when it serves the
+    repository's newest (``latest``, Triton's default)."""
+    specific = config.get("version_policy", {}).get("specific")
+    return None if specific is None else sorted(int(v) for v in specific.get("versions", ()))
+
+
+def compare(asked: list[int] | None, config: dict, ready: Sequence[int]) -> str:
+    """What Triton serves, read back after a switch's load (the loaded ``config`` and the ``ready`` versions), next
+    to what the switch asked for (``asked``: the versions pinned, None: the newest): "same", "loading" (the same
+    policy, the asked versions not ready yet), or "other" (another load replaced this one: the last one wins)."""
+    if pinned_versions(config) != asked:
+        return "other"
+    if asked is None:
+        return "same" if ready else "loading"
+    return "same" if set(asked) <= set(ready) else "loading"
+
+
 def admin_headers() -> dict[str, str]:
     key = os.environ.get(ADMIN_KEY_ENV)
     return {ADMIN_HEADER: key} if key else {}
@@ -69,6 +97,8 @@ def switch(
     known_config: dict | None = None,
 ) -> list[int]:
     """Makes ``model`` serve ``version`` (None: the newest in the repository); returns the ready versions after.
+    Raises :class:`ChangedMeanwhile` when the read-back after the load finds another load's result (a second
+    switch at the same time), RolloutError for the other failures.
 
     Args:
         url: Triton's HTTP endpoint, ``host:port``.
@@ -112,23 +142,46 @@ def switch(
             elif "load failed" in str(err):
                 hint = " (what served before serves on)"
             raise RolloutError(f"Triton refused to load {model!r}: {err}{hint}") from None
-        if version is None and "specific" in client.get_model_config(model, headers=headers).get("version_policy", {}):
+        if (
+            version is None
+            and pinned_versions(config) is not None
+            and pinned_versions(client.get_model_config(model, headers=headers)) is not None
+        ):
             # Still pinned: Triton 2.51 keeps a rollback's config override through a load without one when the
             # model's files have not changed (a rollout straight after a rollback served the pinned version on, red-
             # team probe 2026-12-07). The loaded config with the repository's own policy, the newest version
-            # (every served config says so: tests/test_configs.py), is what the repository serves.
+            # (every served config says so: tests/test_configs.py), is what the repository serves. Only a pin there
+            # before this load: one made after it is another operator's rollback, which the read-back reports.
             config["version_policy"] = {"latest": {"num_versions": 1}}
             try:
                 client.load_model(model, headers=headers, config=json.dumps(config))
             except InferenceServerException as err:
                 raise RolloutError(f"Triton refused to load {model!r} unpinned: {err}") from None
+        # Read back what serves now. Nothing locks the model between two operators (or an operator and the launcher
+        # pinning again after a restart): the last load wins, and this command says what it finds, not what it asked
+        # for (two rollouts at once printed "now serving [21]" while 22 served, red-team finding 9).
         deadline = time.monotonic() + timeout
-        while not all(client.is_model_ready(model, str(v), headers=headers) for v in versions or [""]):
+        while True:
+            try:
+                loaded = client.get_model_config(model, headers=headers)
+                ready = ready_versions(client, model, headers)
+            except InferenceServerException as err:
+                raise RolloutError(f"{model!r} was loaded, but what it serves cannot be read back: {err}") from None
+            found = compare(versions, loaded, ready)
+            if found == "same":
+                return ready
+            if found == "other":
+                now = pinned_versions(loaded)
+                raise ChangedMeanwhile(
+                    f"another change happened meanwhile: {model!r} now serves version(s) {ready} "
+                    f"({'the newest' if now is None else f'pinned to {now}'}, by another rollout or rollback), not "
+                    f"{'the newest version' if versions is None else f'version(s) {versions}'} as this command "
+                    "asked. The last load wins: check with --status before switching again"
+                )
             if time.monotonic() > deadline:
                 named = ", ".join(map(str, versions)) if versions else "latest"
                 raise RolloutError(f"{model!r} version {named} is not ready after {timeout:.0f} s")
             time.sleep(0.2)
-        return ready_versions(client, model, headers)
     finally:
         client.close()
 

@@ -108,10 +108,14 @@ def interrupt_on_signals() -> dict:
     """SIGTERM (docker stop, systemd, a CI job's timeout, kill of a whole group) takes the same clean path as Ctrl-C:
     a KeyboardInterrupt, so ``with`` blocks and ``finally`` clauses stop their servers and remove their files instead
     of the process dying where it stands. SIGINT is re-armed because a shell starts background jobs with it ignored.
-    Returns the handlers replaced, for a caller that puts them back."""
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    SIGHUP (the terminal of a `make serve` closed, an ssh session dropped) too, unless it is ignored: under
+    ``nohup`` the process is meant to outlive its terminal. Returns the handlers replaced, for a caller that puts
+    them back."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    if previous[signal.SIGHUP] is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, _interrupt)
     return previous
 
 

@@ -21,7 +21,9 @@ requests, and fail them. Here both stop only after the drain, in order.
   (``GATE_STOP_S``), then Triton (its ``--exit-timeout-secs``, bounded by ``TRITON_STOP_S``).
 * **A child that dies**: the gate is started again at once (about a second; Triton keeps its loaded models), up to
   ``GATE_RESTARTS`` times a minute. If Triton exits, or the gate keeps dying, the other is stopped and this process
-  exits with the child's code: the kubelet restarts the container.
+  exits with the child's code: the kubelet restarts the container. So does a Python stub that dies under a model
+  Triton still serves (serving/runtime/stubs.py): Triton is killed, since it would fail that model's every request
+  while calling itself ready.
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ import signal
 import sys
 import threading
 import time
+import urllib.parse
+import urllib.request
 
-from serving.runtime import children, command, security
+from serving.runtime import children, command, security, stubs
 from serving.runtime.gate_process import SERVED_MODELS_ENV, STOP_S, gate_command
 from serving.runtime.subproc import stop_process
 
@@ -119,6 +123,12 @@ def main(argv: list[str] | None = None) -> int:
         grpc=args.grpc, http=args.http, triton_grpc=args.triton_grpc, triton_http=args.triton_http, edge=True
     )
     gate = children.spawn(gate_cmd, env=gate_env, capture=False)
+
+    def stub_died(message: str) -> None:  # the kubelet restarts the container, as after Triton's own exit
+        print(f"edge: {message}; stopping Triton", file=sys.stderr, flush=True)
+        children.kill_group(server.pid)
+
+    stubs.StubWatch(server.pid, served=_version_ready(args.triton_http), on_dead=stub_died, stopping=stop).start()
     restarts: list[float] = []
     code = 0
     while not stop.wait(0.2):
@@ -137,6 +147,20 @@ def main(argv: list[str] | None = None) -> int:
     stop_process(server, timeout=TRITON_STOP_S)
     children.kill_group(server.pid)  # stubs a killed Triton left behind
     return code
+
+
+def _version_ready(triton_http: str):
+    """Whether Triton at ``triton_http`` calls a model version ready (health: no key needed)."""
+
+    def ready(model: str, version: str) -> bool:
+        path = f"/v2/models/{urllib.parse.quote(model, safe='')}/versions/{urllib.parse.quote(version, safe='')}/ready"
+        try:
+            with urllib.request.urlopen(f"http://{triton_http}{path}", timeout=2) as answer:
+                return answer.status == 200
+        except OSError:  # urllib's HTTPError (not ready) included
+            return False
+
+    return ready
 
 
 def _gone(name: str, returncode: int) -> int:

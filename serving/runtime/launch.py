@@ -44,9 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         defaults = {kind: ports.env_port(kind) for kind in ("http", "grpc", "metrics")}
     except ValueError as err:  # a TRITON_<KIND>_PORT that is not a port: one line naming it, not a traceback
         p.error(str(err))
-    p.add_argument("--http-port", type=int, default=defaults["http"])
-    p.add_argument("--grpc-port", type=int, default=defaults["grpc"])
-    p.add_argument("--metrics-port", type=int, default=defaults["metrics"])
+    p.add_argument("--http-port", type=_port, default=defaults["http"])
+    p.add_argument("--grpc-port", type=_port, default=defaults["grpc"])
+    p.add_argument("--metrics-port", type=_port, default=defaults["metrics"])
     p.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 exposes the unauthenticated API")
     p.add_argument(
         "--config-name",
@@ -86,11 +86,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         )
     except ValueError as err:
         p.error(str(err))
+    given = [(f"--{kind}-port", getattr(args, f"{kind}_port")) for kind in ("http", "grpc", "metrics")]
+    for k, (name, port) in enumerate(given):
+        twin = next((other for other, taken in given[k + 1 :] if port and taken == port), None)
+        if twin:  # the readiness probe then met the gRPC listener and died on a traceback
+            p.error(f"{name} and {twin} are both {port}: each needs its own port (0: a free one)")
     return args
+
+
+def _port(text: str) -> int:
+    """A port number; 0 asks for a free one."""
+    if not text.strip().isascii() or not text.strip().isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535; 0: a free one)")
+    return int(text)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:  # keys Triton's flag syntax cannot carry: one line naming the variable, before anything starts
+        security.admin_key()
+        security.internal_key()
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     # SIGTERM (docker stop, systemd, kill of the whole `make serve` group) takes the same clean path as Ctrl-C. The
     # children run in their own sessions (children.py), so only this process gets the signal and server.stop() runs
     # the drain.

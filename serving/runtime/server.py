@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -27,7 +28,19 @@ import uuid
 from pathlib import Path
 
 from serving.pipeline.backends.openvino_savedmodel import ov_runtime
-from serving.runtime import binary, children, command, door, first_load, pins, ports, security, shm_guard, storage
+from serving.runtime import (
+    binary,
+    children,
+    command,
+    door,
+    first_load,
+    pins,
+    ports,
+    security,
+    shm_guard,
+    storage,
+    stubs,
+)
 from serving.runtime.child_log import ChildLog
 from serving.runtime.errors import TritonStartError
 from serving.runtime.gate_process import GateProcess
@@ -169,7 +182,10 @@ class TritonServer:
 
     @property
     def _client_host(self) -> str:
-        return "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        """Where this process reaches the public ports: loopback for a wildcard address, an IPv6 one in brackets
+        (``http://::1:8000`` is no URL, and readiness asked there never succeeded)."""
+        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        return f"[{host}]" if ":" in host else host
 
     @property
     def http_url(self) -> str:
@@ -227,7 +243,10 @@ class TritonServer:
             repository = self.staged.folder  # kept across restarts: a crashed Triton reloads from disk
         elif storage.is_s3(self.model_repository):
             # Triton copies the models into this folder; it must exist and be empty, so each start (restarts by
-            # the supervisor included) gets a fresh one inside the run folder, which stop() and the reaper remove.
+            # the supervisor included) gets a fresh one inside the run folder, which stop() and the reaper remove;
+            # a restart removes the one before (a crash loop kept a full copy of the repository per restart).
+            if self.s3_mount is not None:  # the copy of the Triton before (this is a restart): gone with it
+                shutil.rmtree(self.s3_mount, ignore_errors=True)
             mount = Path(self._run_dir()) / f"s3-{uuid.uuid4().hex[:8]}"
             mount.mkdir(mode=0o700)
             self.s3_mount = mount
@@ -435,6 +454,24 @@ class TritonServer:
             self._later.start(self._proc)
         else:
             self._later.done.set()
+        if self.restart:  # a dead stub breaks its model until Triton restarts (stubs.py): restart it as crashed
+            stubs.StubWatch(
+                self._proc.pid, served=self._version_ready, on_dead=self._stub_died, stopping=self._stopping
+            ).start()
+
+    def _version_ready(self, model: str, version: str) -> bool:
+        path = f"/v2/models/{urllib.parse.quote(model, safe='')}/versions/{urllib.parse.quote(version, safe='')}/ready"
+        return self._triton_http(path)[0] == 200
+
+    def _stub_died(self, message: str) -> None:
+        """A stub of a served model died (stubs.StubWatch): Triton is killed, and the supervisor restarts it as
+        after a crash, serving the versions served before. Before its first readiness nothing restarts it: that
+        start fails, with this said."""
+        proc = self._proc
+        if proc is None or self._stopping.is_set():
+            return
+        self._event(f"{message}: restarting Triton")
+        children.kill_group(proc.pid)
 
     def _triton_http(
         self, path: str, *, post: bool = False, admin: bool = False, internal: bool = False, timeout: float = 2.0

@@ -1,0 +1,104 @@
+"""Watching Triton's Python stubs: a stub that dies while its model is served breaks that model until Triton restarts.
+
+Each Python model instance runs in a stub process Triton starts (``triton_python_backend_stub``). When one dies
+(the kernel's OOM killer, a crash in native code, a stray ``kill -9``), Triton 2.51 does not start it again: every
+request for the model, and every ensemble request through it, fails with "Stub process 'age_0_0' is not healthy",
+while Triton's readiness and the model's stay READY, so probes and load balancers keep sending traffic. A reload
+through the repository API does not help either: Triton skips a version whose files did not change, and unloading
+waits on the dead stub. Measured 2026-12-07 with the committed models: a killed ``gender`` stub failed every crop
+request for as long as it was watched (90 s), and nothing in Triton's log said so.
+
+:class:`StubWatch` looks at Triton's stubs every :data:`CHECK_S`. A stub that is gone while Triton still calls its
+model version ready, with no new stub of the same instance in its place (a reload starts the new one first), is a
+dead model: the watch calls ``on_dead`` once, and its owner restarts Triton (the launcher: its crash restart, which
+serves the versions served before; a KServe pod: the container's exit, which the kubelet restarts). A stub that ends
+because its model is unloaded (a rollout, a stop) is not one: Triton calls the version unavailable first.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+#: The Python backend's stub program.
+STUB = "triton_python_backend_stub"
+#: Seconds between looks at the stubs: a dead model fails requests for about this long before the restart begins.
+CHECK_S = 1.0
+
+
+class Stub(NamedTuple):
+    """One stub: the model version it runs and its instance's name (``age_0_0``)."""
+
+    model: str
+    version: str
+    instance: str
+
+
+def stubs_of(pid: int) -> dict[int, Stub]:
+    """Triton ``pid``'s live Python stubs by process id, from /proc: its children (each thread's) whose program is
+    :data:`STUB`; the model and version from the model file's path (``.../MODEL/VERSION/model.py``), the instance
+    from its arguments. Empty once Triton is gone."""
+    children: set[int] = set()
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                children.update(int(c) for c in (task / "children").read_text().split())
+            except OSError:  # a thread that ended meanwhile
+                continue
+    except OSError:
+        return {}
+    found = {}
+    for child in children:
+        try:
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        # The stub's arguments: model.py, shm region, sizes, parent pid, backend folder, IPC handle, instance name.
+        if len(argv) < 9 or Path(argv[0].decode(errors="replace")).name != STUB:
+            continue
+        model_file = Path(argv[1].decode(errors="replace"))
+        found[child] = Stub(model_file.parent.parent.name, model_file.parent.name, argv[8].decode(errors="replace"))
+    return found
+
+
+class StubWatch(threading.Thread):
+    """Calls ``on_dead(message)`` once when a stub of Triton ``pid`` dies while Triton serves its model version
+    (``served(model, version)``, Triton's own readiness of that version); ends then, when Triton is gone, or when
+    ``stopping`` is set (a stop unloads the models and ends their stubs)."""
+
+    def __init__(
+        self,
+        pid: int,
+        *,
+        served: Callable[[str, str], bool],
+        on_dead: Callable[[str], None],
+        stopping: threading.Event,
+        interval: float = CHECK_S,
+    ) -> None:
+        super().__init__(name=f"stub-watch-{pid}", daemon=True)
+        self.pid, self._served, self._on_dead = pid, served, on_dead
+        self._stopping, self._interval = stopping, interval
+
+    def run(self) -> None:
+        known = stubs_of(self.pid)
+        while not self._stopping.wait(self._interval):
+            if not Path(f"/proc/{self.pid}").exists():
+                return
+            now = stubs_of(self.pid)
+            replaced = set(now.values())
+            for pid, stub in known.items():
+                if pid in now or stub in replaced:
+                    continue
+                try:
+                    ready = self._served(stub.model, stub.version)
+                except Exception:  # noqa: BLE001 - Triton not answering is its own supervisor's business
+                    ready = False
+                if ready and not self._stopping.is_set():
+                    self._on_dead(
+                        f"the Python stub of {stub.model} version {stub.version} ({stub.instance}, pid {pid}) died "
+                        "while Triton serves it; Triton does not start it again and fails every request for it"
+                    )
+                    return
+            known = now
