@@ -238,3 +238,28 @@ def test_a_dead_stub_restarts_triton_and_an_unloaded_one_does_not(tmp_path, monk
             time.sleep(0.1)
         assert any("the Python stub of age version 1" in e and "died" in e for e in server.events), server.events
         assert _age_answer(server) == 1.0  # the version served before, again
+
+
+def test_a_restart_that_cannot_read_its_repository_is_restarted_until_it_can(tmp_path, monkeypatch):
+    """A Triton restarted while its repository cannot be read (an s3:// store down for a moment: red-team finding,
+    2026-12-07; here the folder moved away) answers /v2/health/live with 400 for as long as it runs. It was left so,
+    serving nothing, with the door open on it; now it is restarted again until it serves."""
+    from serving.runtime import server as server_module
+
+    monkeypatch.setattr(server_module, "NOT_LIVE_S", 2.0)
+    repo = age_repository(tmp_path, 3.0)
+    away = tmp_path / "away"
+    server = TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0)
+    with server:
+        assert _age_answer(server) == 3.0
+        repo.rename(away)
+        os.kill(server._proc.pid, 9)
+        deadline = time.monotonic() + 90
+        while not any("has not been live" in e for e in server.events):
+            assert time.monotonic() < deadline, (server.events, server.logs(20))
+            time.sleep(0.1)
+        away.rename(repo)
+        while not (server.restarts >= 2 and server.is_ready()):
+            assert time.monotonic() < deadline, (server.events, server.logs(20))
+            time.sleep(0.1)
+        assert _age_answer(server) == 3.0

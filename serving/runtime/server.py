@@ -64,6 +64,10 @@ DRAIN_GRACE_S = 2.0
 #: How long a restarted Triton may take to load every model before the door opens again anyway (and the versions
 #: served before the crash are pinned again on what loaded).
 RESTORE_WAIT_S = 120.0
+#: How long a restarted Triton may answer on its port without being live before it is restarted again. A Triton that
+#: could not read its s3:// repository at the start (the store down for a moment) answers /v2/health/live with 400 for
+#: as long as it runs, serving nothing; it was left so, the door open on it, until an operator restarted everything.
+NOT_LIVE_S = 10.0
 #: The folder, inside the run folder, that a staged s3:// repository is copied to (loadtest.bench.coldstart finds
 #: it on Triton's command line).
 STAGE_FOLDER = "s3-stage"
@@ -519,9 +523,22 @@ class TritonServer:
         (pins.py), then the door lets requests in, and what it serves is watched from then on. ``crash``: the crash
         this restart follows."""
         deadline = time.monotonic() + RESTORE_WAIT_S
+        not_live_since = None
         while not (self._later.done.is_set() and first_load.triton_up(self._triton_http)):
             if proc.poll() is not None or self._stopping.wait(0.1):
                 return
+            if self._answers_not_live():
+                not_live_since = not_live_since or time.monotonic()
+                if time.monotonic() - not_live_since > NOT_LIVE_S:
+                    # It will not come good by itself: restarted again, with the supervisor's backoff, until it does.
+                    self._event(
+                        f"Triton answers but has not been live for {NOT_LIVE_S:.0f} s after its restart (could it "
+                        f"read its repository {self.model_repository}?); restarting it again"
+                    )
+                    children.kill_group(proc.pid)
+                    return
+            else:
+                not_live_since = None
             if time.monotonic() > deadline:
                 self._event(f"Triton was not ready {RESTORE_WAIT_S:.0f} s after its restart; serving what loaded")
                 break
@@ -537,6 +554,13 @@ class TritonServer:
                     with contextlib.suppress(OSError):
                         front.clear_flag("restarting")
         self._served.watch(proc, self._stopping)
+
+    def _answers_not_live(self) -> bool:
+        """Whether Triton's own port answers /v2/health/live, with anything but 200 (not while it is not listening)."""
+        try:
+            return self._triton_http("/v2/health/live")[0] != 200
+        except OSError:
+            return False
 
     def served_models(self) -> tuple[str, ...]:
         """The models this server serves, for the gate's readiness: the ones named by ``--load-model``, else every
