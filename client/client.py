@@ -245,8 +245,8 @@ class AgeGenderClient:
             if not health.live and (mismatch := self._protocol_mismatch()) is not None:
                 raise mismatch  # waiting cannot help
             if time.monotonic() >= deadline:
-                if not health.live:
-                    raise ServerUnavailableError(unavailable_message(self.url, self.protocol, health.error or "?"))
+                if not health.live:  # health.error is the whole message already ("cannot reach Triton at ...")
+                    raise ServerUnavailableError(health.error or unavailable_message(self.url, self.protocol, "?"))
                 missing = ", ".join(name for name, ok in health.models.items() if not ok)
                 raise ModelNotReadyError(f"{missing} not ready on {self.url} after {timeout:.0f}s")
             time.sleep(poll)

@@ -196,6 +196,12 @@ def orientation_to_send(image: Image.Image) -> int:
 
 def _encode_pil(image: Image.Image, image_format: Literal["PNG", "JPEG"]) -> bytes:
     turn = orientation_to_send(image)
+    if image.mode == "I":
+        # 8-bit values in a 32-bit image (``convert("I")`` of a grey picture): saved as is they became a 16-bit PNG,
+        # which the server reads as values out of 65535, near black, and answered "no face" without an error. Wider
+        # values are sent as the 16-bit picture they are (Pillow no longer saves mode I as PNG).
+        low, high = image.getextrema()
+        image = image.convert("L" if 0 <= low and high <= 255 else "I;16")
     if image_format == "JPEG":
         if image.mode not in ("RGB", "L") or "transparency" in image.info:
             image = to_rgb(image)  # convert("RGB") would drop the alpha and show what lies under it, often black

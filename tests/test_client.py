@@ -582,6 +582,14 @@ def test_a_timeout_is_a_number_of_seconds_up_to_a_day(timeout):
         AgeGenderClient("localhost:1", timeout=timeout)
 
 
+def test_waiting_for_a_server_that_is_not_there_says_so_once():
+    # The message read "cannot reach Triton at ... (cannot reach Triton at ... (...))".
+    with AgeGenderClient(f"127.0.0.1:{free_port()}", retries=0) as client:
+        with pytest.raises(ServerUnavailableError) as raised:
+            client.wait_until_ready(timeout=0.5, poll=0.1)
+    assert str(raised.value).count("cannot reach Triton") == 1, raised.value
+
+
 def test_health_after_close_says_so_and_does_not_raise():
     client = AgeGenderClient(f"127.0.0.1:{free_port()}")
     client.close()
@@ -916,3 +924,12 @@ def test_ctrl_c_prints_one_line_however_often_it_is_pressed(protocol, signals):
         proc.kill()
         listener.close()
     assert proc.returncode == 130 and err == "interrupted\n", (proc.returncode, err[-2000:])
+
+
+def test_a_32_bit_grey_image_of_8_bit_values_reaches_the_server_as_it_looks():
+    # convert("I") of a grey picture: saved as is, a 16-bit PNG whose values the server read out of 65535, near black
+    # (then "no face", no error). A true 16-bit picture keeps its depth.
+    grey = Image.new("L", (8, 8), 200)
+    assert server_sees(grey.convert("I")).getpixel((3, 3)) == server_sees(grey).getpixel((3, 3))
+    deep = Image.new("I", (8, 8), 50000)
+    assert server_sees(deep).getpixel((3, 3))[0] == round(50000 / 257)
