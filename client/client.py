@@ -192,9 +192,16 @@ class AgeGenderClient:
         A gRPC call to an HTTP/1 port fails as "unavailable", and an HTTP call to a gRPC port with a reply that
         is not HTTP/1: both read like a server that is down, while it runs. One cheap probe tells them apart.
         """
-        if self._ssl:
-            return None
         answered = probe_protocol(self.url, timeout=min(self.timeout, PROBE_TIMEOUT_S))
+        if self._ssl:
+            # The probe speaks plain text: a TLS port answers it neither way. One that answers speaks no TLS, and a
+            # TLS handshake with it read as "connection refused".
+            if answered is None:
+                return None
+            return ProtocolMismatchError(
+                f"{self.url} answers {PROTOCOL_LABELS[answered]} without TLS, and this client asked for TLS: use "
+                f"{answered}:// (no 's'), or the address of a TLS endpoint in front of the server"
+            )
         if answered is None or answered == self.protocol:
             return None
         return ProtocolMismatchError(

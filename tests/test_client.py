@@ -376,6 +376,16 @@ def test_cli_human_output_and_success_exit_code(triton_tiny, reference, tmp_path
 
 
 @integration
+def test_tls_asked_of_a_plain_text_port_is_named_not_reported_down(triton_tiny):
+    # A TLS handshake with a plain-text port read "Connection refused", as if nothing ran there.
+    for scheme, address, plain in (("grpcs", triton_tiny.grpc_url, "grpc"), ("https", triton_tiny.http_url, "http")):
+        with AgeGenderClient(f"{scheme}://{address}", retries=0, timeout=5) as client:
+            assert f"without TLS, and this client asked for TLS: use {plain}://" in client.health().error
+            with pytest.raises(ProtocolMismatchError, match="without TLS"):
+                client.predict(GRACE)
+
+
+@integration
 def test_cli_prints_a_file_name_that_is_not_utf8_under_a_strict_utf8_console(triton_tiny, tmp_path):
     # A name with the byte 0xff reaches Python as a surrogate; a strict UTF-8 stdout (a desktop locale) raised on its
     # line, and the lines of the images after it were lost.
