@@ -85,7 +85,8 @@ benchmark: setup
 demo: setup
 	$(BIN)/python -m gradio_frontend --serve-triton
 
-# Triton on model_repository/ (ports 8000/8001/8002, 127.0.0.1); CPU configs unless a GPU and the NVIDIA image's
+# Triton on model_repository/ (ports 8000/8001/8002 unless TRITON_HTTP_PORT/_GRPC_PORT/_METRICS_PORT say otherwise,
+# 127.0.0.1); CPU configs unless a GPU and the NVIDIA image's
 # tritonserver are there.
 #   make serve MODEL_REPOSITORY=s3://127.0.0.1:9000/models/r1 SERVE_ARGS='--model-control-mode explicit'
 serve: setup

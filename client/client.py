@@ -91,8 +91,9 @@ class AgeGenderClient:
         """Creates the client; no connection is made until the first call.
 
         Args:
-            url: ``host:port`` (a ``grpc://``, ``http://`` or ``https://`` prefix is accepted). Defaults to
-                ``$TRITON_URL``, else ``localhost:8001`` for gRPC / ``localhost:8000`` for HTTP (ports from
+            url: ``host:port`` (a ``grpc://``, ``grpcs://``, ``http://`` or ``https://`` prefix is accepted; the
+                port may be left out only after ``grpcs://`` or ``https://``, for 443: ``utils.split_scheme``).
+                Defaults to ``$TRITON_URL``, else ``localhost:8001`` for gRPC / ``localhost:8000`` for HTTP (ports from
                 ``$TRITON_GRPC_PORT`` / ``$TRITON_HTTP_PORT``).
             protocol: ``"grpc"`` or ``"http"``; defaults to the url's scheme, else gRPC.
             timeout: Seconds one server call may take. HTTP: connect and network timeouts. gRPC: the client stops
@@ -190,7 +191,8 @@ class AgeGenderClient:
         """A :class:`ProtocolMismatchError` when the address speaks the other protocol, else None.
 
         A gRPC call to an HTTP/1 port fails as "unavailable", and an HTTP call to a gRPC port with a reply that
-        is not HTTP/1: both read like a server that is down, while it runs. One cheap probe tells them apart.
+        is not HTTP/1: both read like a server that is down, while it runs. One cheap probe tells them apart, and
+        tells a TLS client that the port speaks plain text.
         """
         answered = probe_protocol(self.url, timeout=min(self.timeout, PROBE_TIMEOUT_S))
         if self._ssl:

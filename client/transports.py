@@ -172,7 +172,8 @@ def _drain_at_exit() -> None:
 
 #: Most HTTP calls in flight at once per client (:class:`HttpTransport`), whatever the number of calling threads.
 HTTP_LANES = 32
-#: Longest wait in close() for idle HTTP lanes to close their connections and event loops (milliseconds each).
+#: Longest wait in close(), in seconds, for the idle HTTP lanes together to close their connections and event loops
+#: (each takes milliseconds).
 HTTP_CLOSE_WAIT_S = 2.0
 #: File descriptors a lane holds: its gevent hub's event loop (4, measured) and its connection, with room to spare.
 _FDS_PER_LANE = 8

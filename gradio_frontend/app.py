@@ -95,8 +95,8 @@ DASH = "\u2013"
 class TritonBackend:
     """The UI's one :class:`AgeGenderClient`, created on first use so the UI can start before Triton does.
 
-    Gradio's worker threads share it: the client is thread-safe (one gRPC channel, or an HTTP connection
-    per thread inside it) and reconnects quickly after an outage. Its retries with backoff carry a click
+    Gradio's worker threads share it: the client is thread-safe (one gRPC channel, or over HTTP at most 32 lane
+    threads with a client each) and reconnects quickly after an outage. Its retries with backoff carry a click
     across a restart of Triton by the launcher (ready again within its cold start, a few seconds).
     """
 

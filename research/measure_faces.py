@@ -3,15 +3,15 @@
     python -m research.measure_faces --data ../shared/datasets/UTKFace.tar.gz [--n 100] [--configs all]
         [--split val|test] [--backgrounds DIR[,DIR]] [--faceless N]
 
-Each composite is a 1280x960 canvas with a smooth random background and 2-8 faces from the project's validation
-split (``training.data.split``, seed 1337), pasted at sizes log-uniform in 40-200 px
-without overlap. A detection finds a face when its box overlaps the pasted square with IoU >= 0.3 (one detection per
-face); every other detection is a false one. ``--backgrounds``: half the composites on a random cut of the pictures
-under those folders instead (textured photos and artwork, e.g. Debian's wallpapers: ``research.single_subject``);
-``--faceless N``: N dead-leaves pictures (:func:`dead_leaves`) and, with ``--backgrounds``, N cuts, whose
-detections are all false, counted apart. The first config is then checked end to end: age and gender from the
-committed SavedModels on each found face's multi-face crop, against the single-face path on the same face
-(the pasted face cut out as its own image and cropped by :class:`serving.pipeline.detect.FaceCropper`).
+Each composite is a 1280x960 canvas with a smooth random background and 2-8 faces from the project's validation split
+(``training.data.split``, under the seed the served models were trained on: 1337 today), pasted at sizes log-uniform in
+40-200 px without overlap. A detection finds a face when its box overlaps the pasted square with IoU >= 0.3 (one
+detection per face); every other detection is a false one. ``--backgrounds``: half the composites on a random cut of the
+pictures under those folders instead (textured photos and artwork, e.g. Debian's wallpapers:
+``research.single_subject``); ``--faceless N``: N dead-leaves pictures (:func:`dead_leaves`) and, with
+``--backgrounds``, N cuts, whose detections are all false, counted apart. The first config is then checked end to end:
+age and gender from the committed SavedModels on each found face's multi-face crop, against the single-face path on the
+same face (the pasted face cut out as its own image and cropped by :class:`serving.pipeline.detect.FaceCropper`).
 
 Offline tool: it reads the non-commercial UTKFace archive, so it never runs in tests and writes nothing into
 the repository unless ``--out`` says so. Results: ``research/FACES.md``.

@@ -110,8 +110,8 @@ def explain(err: Exception, location: S3Location, key: str | None = None) -> Sto
     return StorageError(f"S3 error for {where}: {err}")
 
 
-#: The most objects a server reads under a repository URI. The published repository is a few dozen (36 for the
-#: committed one); a URI that lists thousands is the wrong prefix (a bucket's root, a folder of datasets), and
+#: The most objects a server reads under a repository URI. The published repository is a few dozen (42 for the
+#: committed one's release); a URI that lists thousands is the wrong prefix (a bucket's root, a folder of datasets), and
 #: listing, staging or letting Triton walk it would take minutes and fill the disk before any model loads.
 MAX_REPOSITORY_OBJECTS = 5_000
 
