@@ -105,23 +105,39 @@ MESH_MIN_FLAG = 0.5
 MESH_SCALE = 1.5
 MESH_SIDE = 192
 #: When the upright picture gives no sure face (:data:`SURE_SCORE`), both whole-picture detectors also run on it turned
-#: a quarter, half and three quarters round: a picture whose pixels are turned, with no EXIF orientation left to undo
-#: it (a scan, a photo re-encoded or edited without its tag), holds a face BlazeFace, trained on upright faces, misses
-#: or reads upside down (its eye keypoints on the mouth: the crop came out upside down). A sure detection in a turned
+#: a quarter, half and three quarters round: a picture whose pixels are turned, with no EXIF orientation left to undo it
+#: (a scan, a photo re-encoded or edited without its tag), holds a face BlazeFace, trained on upright faces, misses or
+#: reads upside down (its eye keypoints on the mouth: the crop came out upside down). A sure detection in a turned
 #: picture replaces the upright answer when the face mesh model, shown each as the crop would be, gives it the higher
-#: face logit. Where the turned pictures hold no sure face, the short-range detector looks again at each with a
-#: border, as the upright cascade's last pass does, for a face that fills the picture (a close crop). A sure face on
-#: its side is detected again in the picture turned to level it, where the keypoints are placed well
-#: (:meth:`FaceCropper._levelled`). On 300 validation faces, each as a close crop and pasted at 64-400 px on a
-#: 1280x960 background (``python -m research.turned``, 2026-12-07), the single-face path cut the face as from the
-#: upright picture in 12, 0 and 6 of the close crops turned 90, 180 and 270 degrees -> 192, 210, 193 without the
-#: border pass -> 264, 285, 261 with it, and in 129, 0 and 142 of the scenes -> 224, 200, 240; upright pictures
-#: unchanged (298 and 298), faceless smooth ones still given no face, "dead leaves" given one in 6 -> 9 of 150; the
-#: test split confirmed it (docs/serving.md). It costs six detector runs on the picture at :data:`DETECT_MAX_SIDE`
-#: px and three small ones where the upright passes are not sure (about 35 ms on a faceless 1280x960 picture on the
-#: Zen 4 VM), two where a sure face lies on its side, and none for an upright face they are sure of (the example
-#: portrait, 0.95). Small faces in a turned picture are not searched for: the tile pass is upright only.
+#: face logit. Where the turned pictures hold no sure face, the short-range detector looks again at each with a border,
+#: as the upright cascade's last pass does, for a face that fills the picture (a close crop). A sure face on its side is
+#: detected again in the picture turned to level it, where the keypoints are placed well
+#: (:meth:`FaceCropper._levelled`). On 300 validation faces, each as a close crop and pasted at 64-400 px on a 1280x960
+#: background (``python -m research.turned``, 2026-12-07), the single-face path cut the face as from the upright picture
+#: in 12, 0 and 6 of the close crops turned 90, 180 and 270 degrees -> 192, 210, 193 without the border pass -> 264,
+#: 285, 261 with it, and in 129, 0 and 142 of the scenes -> 224, 200, 240; upright pictures unchanged (298 and 298),
+#: faceless smooth ones still given no face, "dead leaves" given one in 6 -> 9 of 150; the test split confirmed it
+#: (docs/serving.md). It costs six detector runs on the picture at :data:`DETECT_MAX_SIDE` px and three small ones where
+#: the upright passes are not sure (about 35 ms on a faceless 1280x960 picture on the Zen 4 VM), two (three with the
+#: border pass) where a sure face lies on its side, and none for an upright face they are sure of (the example portrait,
+#: 0.95). Small faces in a turned picture are not searched for: the tile pass is upright only.
 TURNS = (Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270)
+#: A face found smaller than this (its box's side, px) in the picture it was found in, shrunk from a larger upload, is
+#: detected again in a cut of the upload around it (:meth:`FaceCropper._refined`): BlazeFace's box and eye keypoints
+#: on a face a few dozen pixels across are off by a few of those pixels, which at the upload's scale moved the crop.
+#: Validation faces pasted at 120-400 px into 4000x3000 photos (a phone photo's scale; a one-off script, not
+#: committed, 2026-12-07), single-face path and the served CNNs in-process: age MAE 5.95 -> 5.10 years, gender
+#: accuracy 0.915 -> 0.950 (260 faces); the test split confirmed it: 5.02 -> 4.91, 0.932 -> 0.947 (263). About 4 ms
+#: more a photo (one short-range run on a cut of at most REFINE_SIDE px); nothing for the example portrait, found at
+#: its own size.
+REFINE_BELOW = 96
+#: The cut around such a face: this many times its box's side, shrunk to at most :data:`REFINE_SIDE` px.
+REFINE_FRAME = 3.0
+REFINE_SIDE = 384
+#: A detection in the cut replaces the face's geometry only when it is the same face (IoU) and its eye line runs
+#: within this many degrees of the first one's (the cut is searched upright: a turned face's keypoints are not).
+REFINE_IOU = 0.5
+REFINE_MAX_ROLL = 30.0
 #: A sure face whose eye line is this far off level or more (degrees) is detected again in the picture turned by the
 #: quarter turns that level it, and that detection is kept when it scores higher. Chosen on 200 validation faces,
 #: each a close crop and pasted on a background as ``research.turned`` makes them, turned 90 and 270 degrees and
@@ -163,6 +179,7 @@ class FaceCropper:
         confirm_score: float = 0.0,
         mesh_flag: float = MESH_MIN_FLAG,
         turns: bool = True,
+        refine: bool = True,
         calibration: CropCalibration | None = None,
     ) -> None:
         """Loads the detectors once.
@@ -174,6 +191,8 @@ class FaceCropper:
                 default: off).
             mesh_flag: Doubtful detections need this face flag from the face mesh model (:data:`MESH_MIN_FLAG`; 0: off).
             turns: Whether a picture without a sure face is also searched turned round (:data:`TURNS`).
+            refine: Whether a face found small in a shrunk copy of a large upload is detected again in a cut of the
+                upload (:data:`REFINE_BELOW`).
             calibration: Crop constants; default: ``crop_calibration.json`` next to this module.
         """
         if not 0.0 <= min_score <= 1.0:
@@ -187,6 +206,7 @@ class FaceCropper:
             raise ValueError(f"mesh_flag must lie in [0, 1], got {mesh_flag}")
         self.mesh_flag = mesh_flag
         self.turns = turns
+        self.refine = refine
         self.min_detail = min_detail
         self.confirm_score = confirm_score
         self.calibration = calibration if calibration is not None else CropCalibration.load()
@@ -220,40 +240,79 @@ class FaceCropper:
             image = image.convert("RGB")
         small = _shrunk(image, DETECT_MAX_SIDE)
         with self._lock:
-            found = self._run(self._short, small, pad=0.0)
-            sure = bool(found) and max(d.score for d in found) >= SURE_SCORE
-            # Uploads are mostly photos, where a miss is more often a small face than a too-close one.
-            if not sure:
-                found += self._run(self._full, small, pad=0.0)
-                if not any(d.score >= SURE_SCORE for d in found):
-                    found += self._small_faces(image)
-            if not found:
-                found = self._run(self._short, small, pad=CLOSE_CROP_PAD)
-                found = [d for d in found if d.score >= CLOSE_CROP_MIN_SCORE]
-            # The most prominent when one is sure, else the most confident; a doubtful one only once checked.
-            order = sorted(found, key=_prominence if sure else (lambda d: d.score), reverse=True)
-            # Detector coordinates are relative to the image, so they scale back to the original directly.
-            in_pixels = (_scaled(d, width, height, 0, 0) for d in order)
-            best = next(self._kept(image, in_pixels, checks=CONFIRM_TRIES), None)
-            if not self.turns:
-                return best
-            if best is not None and best.score >= SURE_SCORE:
-                return self._levelled(image, [best], small=small)[0]
-            turned = self._turned(small, TURNS)
-            if not turned:
-                return best
-            # The face mesh model, shown each as its crop would be, decides between the two readings.
-            candidate = _scaled(turned[0], width, height, 0, 0)
-            if best is None or self._face_logit(image, candidate) > self._face_logit(image, best):
-                return candidate
+            best = self._chosen(image, small)
+            return None if best is None else self._refined(image, best, small.size)
+
+    def _chosen(self, image: Image.Image, small: Image.Image) -> Detection | None:
+        """:meth:`detect`'s cascade on ``image`` and its copy ``small`` at :data:`DETECT_MAX_SIDE`. Call with the
+        lock held."""
+        width, height = image.size
+        found = self._run(self._short, small, pad=0.0)
+        sure = bool(found) and max(d.score for d in found) >= SURE_SCORE
+        # Uploads are mostly photos, where a miss is more often a small face than a too-close one.
+        if not sure:
+            found += self._run(self._full, small, pad=0.0)
+            if not any(d.score >= SURE_SCORE for d in found):
+                found += self._small_faces(image)
+        if not found:
+            found = self._run(self._short, small, pad=CLOSE_CROP_PAD)
+            found = [d for d in found if d.score >= CLOSE_CROP_MIN_SCORE]
+        # The most prominent when one is sure, else the most confident; a doubtful one only once checked.
+        order = sorted(found, key=_prominence if sure else (lambda d: d.score), reverse=True)
+        # Detector coordinates are relative to the image, so they scale back to the original directly.
+        in_pixels = (_scaled(d, width, height, 0, 0) for d in order)
+        best = next(self._kept(image, in_pixels, checks=CONFIRM_TRIES), None)
+        if not self.turns:
             return best
+        if best is not None and best.score >= SURE_SCORE:
+            return self._levelled(image, [best], small=small)[0]
+        turned = self._turned(small, TURNS)
+        if not turned:
+            return best
+        # The face mesh model, shown each as its crop would be, decides between the two readings.
+        candidate = _scaled(turned[0], width, height, 0, 0)
+        if best is None or self._face_logit(image, candidate) > self._face_logit(image, best):
+            return candidate
+        return best
+
+    def _refined(self, image: Image.Image, det: Detection, found_in: tuple[int, int]) -> Detection:
+        """``det`` (in ``image``'s pixels, found in a copy of ``image`` of size ``found_in``) with the box and eyes of
+        the short-range detector's detection of the same face in a cut of ``image`` around it, when ``det`` was
+        found smaller than :data:`REFINE_BELOW` px in a shrunk copy; its score stays. Call with the lock held."""
+        if not self.refine:
+            return det
+        scale = max(found_in) / max(image.size)
+        x0, y0, x1, y1 = det.box
+        side = max(x1 - x0, y1 - y0)
+        if scale >= 0.9 or side * scale >= REFINE_BELOW or not math.isfinite(side) or side <= 0:
+            return det
+        cut = max(1, round(side * REFINE_FRAME))
+        left, top = round((x0 + x1 - cut) / 2), round((y0 + y1 - cut) / 2)
+        part = _shrunk(image.crop((left, top, left + cut, top + cut)), REFINE_SIDE)
+        # A face on its side or upside down (from the turned search) is looked at in the cut turned to level it:
+        # upright, BlazeFace finds such a face sure of it with its keypoints placed loosely (_levelled).
+        (ax, ay), (bx, by) = det.eyes
+        roll = math.degrees(math.atan2(by - ay, bx - ax))
+        quarter = (round(roll / 90) % 4 or (1 if roll > 0 else 3)) if abs(roll) >= LEVEL_FROM_DEGREES else 0
+        if quarter:
+            turn = TURNS[quarter - 1]
+            found = [_unturned(d, turn) for d in self._run(self._short, part.transpose(turn), pad=0.0)]
+        else:
+            found = self._run(self._short, part, pad=0.0)
+        again = [_scaled(d, cut, cut, left, top) for d in found]
+        same = [d for d in again if iou(d.box, det.box) >= REFINE_IOU and _roll_apart(d, det) <= REFINE_MAX_ROLL]
+        if not same:
+            return det
+        best = max(same, key=lambda d: d.score)
+        return Detection(box=best.box, eyes=best.eyes, score=det.score)
 
     def _levelled(
         self, image: Image.Image, faces: list[Detection], *, small: Image.Image | None = None
     ) -> list[Detection]:
         """``faces`` (in ``image``'s pixels), each that lies on its side or upside down (its eye line
         :data:`LEVEL_FROM_DEGREES` or more off level) replaced by its sure detection in the picture at
-        :data:`DETECT_MAX_SIDE` px (``small``, when the caller has it) turned to level it, when that picture holds one
+        :data:`DETECT_MAX_SIDE` px (``small``, when the caller has it) turned to level it (or, where that holds
+        none, in its border pass at :data:`CLOSE_CROP_SIDE`), when that picture holds one
         of the same face scoring higher; one turn per quarter needed, and no shrinking when no face needs one.
         BlazeFace finds a face on its side, sure of it, but places its keypoints loosely: on the example portrait
         turned a quarter, the eyes came out 81% and 63% as far apart as upright, and the crop cut part of the face
@@ -477,6 +536,16 @@ def _prominence(detection: Detection) -> float:
     return _area(detection.box) * detection.score
 
 
+def _roll_apart(a: Detection, b: Detection) -> float:
+    """Degrees between two detections' eye lines (0-180)."""
+
+    def roll(d: Detection) -> float:
+        (ax, ay), (bx, by) = d.eyes
+        return math.degrees(math.atan2(by - ay, bx - ax))
+
+    return abs((roll(a) - roll(b) + 180) % 360 - 180)
+
+
 def _area(box: tuple[float, float, float, float]) -> float:
     return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
 
@@ -656,16 +725,18 @@ class MultiFaceCropper(FaceCropper):
             back = max(width, height) / max(sw, sh)  # one factor for both axes, as the picture was shrunk
             in_pixels = (_scaled(d, back, back, 0, 0) for d in merged)
             kept = list(itertools.islice(self._kept(image, in_pixels, checks=2 * max_faces), max_faces))
-            if not self.turns:
-                return kept
-            # As on the single-face path: faces on their side levelled; where no face is sure, a turned picture's
-            # sure faces too, in place of the same faces' upright detections when more face-like, else beside them.
-            if any(d.score >= SURE_SCORE for d in kept):
-                kept = self._levelled(image, kept)
-            else:
-                turned = self._turned(_shrunk(image, DETECT_MAX_SIDE), TURNS)
-                kept = self._merged_turned(image, kept, [_scaled(d, width, height, 0, 0) for d in turned])
-            return sorted(kept, key=_prominence, reverse=True)[:max_faces]
+            if self.turns:
+                # As on the single-face path: faces on their side levelled; where no face is sure, a turned
+                # picture's sure faces too, in place of the same faces' upright detections when more face-like,
+                # else beside them.
+                if any(d.score >= SURE_SCORE for d in kept):
+                    kept = self._levelled(image, kept)
+                else:
+                    turned = self._turned(_shrunk(image, DETECT_MAX_SIDE), TURNS)
+                    kept = self._merged_turned(image, kept, [_scaled(d, width, height, 0, 0) for d in turned])
+                kept = sorted(kept, key=_prominence, reverse=True)[:max_faces]
+            # Refined last, on the faces returned only; in prominence order again, as their boxes moved.
+            return sorted((self._refined(image, d, small.size) for d in kept), key=_prominence, reverse=True)
 
     def crop_all(self, image: Image.Image, *, max_faces: int = MAX_FACES) -> list[Face]:
         """Detects, aligns and crops every face (at most ``max_faces``), most prominent first."""
