@@ -259,22 +259,34 @@ def test_a_stub_that_dies_under_a_served_model_ends_the_pod(tiny_repo, tmp_path)
     # restarts it (serving/runtime/stubs.py).
     from serving.runtime import stubs
 
-    cmd, env, http, _ = _pod_cmd(tmp_path, tiny_repo, CROP, f"edge{uuid.uuid4().hex[:6]}")
-    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    prefix = f"edge{uuid.uuid4().hex[:6]}"
+    cmd, env, http, _ = _pod_cmd(tmp_path, tiny_repo, CROP, prefix)
+    log = tmp_path / "edge.log"  # a file, not a pipe: Triton's log would fill a pipe nobody reads while waiting
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 180
         while True:
-            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            assert proc.poll() is None, log.read_text()[-3000:]
             with contextlib.suppress(OSError):
                 if http_call(f"http://{http}", "GET", "/v2/health/ready", source=LOCAL)[0] == 200:
                     break
             assert time.monotonic() < deadline
             time.sleep(0.5)
+        # The watch compares two looks a second apart: a stub it has not seen yet cannot be missed (it is killed
+        # here at once after readiness; in service a stub dies long after its start).
+        time.sleep(2.5 * stubs.CHECK_S)
         (triton,) = [p.pid for p in procs.all_processes() if p.ppid == proc.pid and p.name == "tritonserver"]
         (stub,) = [pid for pid, s in stubs.stubs_of(triton).items() if s.model == "gender"]
         os.kill(stub, signal.SIGKILL)
-        assert proc.wait(timeout=60) != 0
-        assert "the Python stub of gender version" in proc.stderr.read()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the pod did not end:\n{log.read_text()[-3000:]}") from None
+        assert proc.returncode != 0
+        assert "the Python stub of gender version" in log.read_text()
+        # The killed stubs' shared memory goes with them: the pod's /dev/shm outlives the container.
+        assert not [p for p in os.listdir("/dev/shm") if p.startswith(prefix)]
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

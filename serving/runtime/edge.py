@@ -39,6 +39,7 @@ import urllib.request
 
 from serving.runtime import children, command, security, stubs
 from serving.runtime.gate_process import SERVED_MODELS_ENV, STOP_S, gate_command
+from serving.runtime.reaper import SHM_DIR, remove_segments
 from serving.runtime.subproc import stop_process
 
 #: How long the gate has to finish the requests it holds (gate_process.STOP_S).
@@ -146,7 +147,25 @@ def main(argv: list[str] | None = None) -> int:
     stop_process(gate, timeout=GATE_STOP_S)
     stop_process(server, timeout=TRITON_STOP_S)
     children.kill_group(server.pid)  # stubs a killed Triton left behind
+    # And their shared-memory regions: a /dev/shm that outlives the container (a memory-backed volume) kept 1 MiB per
+    # stub of every Triton killed (a dead stub's restart, a crash).
+    remove_segments(SHM_DIR, _shm_prefix(triton))
     return code
+
+
+#: The Python backend's own prefix for its regions when Triton's arguments name none (the ServingRuntime's do not:
+#: the pod's /dev/shm is its own).
+DEFAULT_SHM_PREFIX = "triton_python_backend_shm_region_"
+
+
+def _shm_prefix(triton: list[str]) -> str:
+    """The Python backend's shared-memory region prefix in Triton's arguments, else its default."""
+    config = "python,shm-region-prefix-name="
+    for arg in triton:
+        value = arg.split("=", 1)[1] if arg.startswith("--backend-config=") else ""
+        if value.startswith(config) and value[len(config) :]:
+            return value[len(config) :]
+    return DEFAULT_SHM_PREFIX
 
 
 def _version_ready(triton_http: str):

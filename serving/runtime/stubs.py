@@ -12,7 +12,9 @@ request for as long as it was watched (90 s), and nothing in Triton's log said s
 model version ready, with no new stub of the same instance in its place (a reload starts the new one first), is a
 dead model: the watch calls ``on_dead`` once, and its owner restarts Triton (the launcher: its crash restart, which
 serves the versions served before; a KServe pod: the container's exit, which the kubelet restarts). A stub that ends
-because its model is unloaded (a rollout, a stop) is not one: Triton calls the version unavailable first.
+because its model is unloaded (a rollout, a stop) is not one: Triton calls the version unavailable first. A stub
+that dies within a second of its start can be missed (it was never seen alive); one that fails its model's load is
+no concern of this watch anyway.
 """
 
 from __future__ import annotations
@@ -36,19 +38,32 @@ class Stub(NamedTuple):
     instance: str
 
 
+def _children(pid: int) -> set[int]:
+    """The processes whose parent is ``pid``, from every /proc/N/stat. Not /proc/PID/task/TID/children: it lists
+    what each thread started, and a stub started by a loader thread that has ended was missing from it (the kernel
+    calls that file unreliable for re-parented children), so a dead stub went unseen."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # ended meanwhile
+            continue
+        # pid (comm) state ppid ...: comm may hold spaces and parentheses, so split after its last ')'.
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 1 and fields[1] == str(pid):
+            found.add(int(entry.name))
+    return found
+
+
 def stubs_of(pid: int) -> dict[int, Stub]:
-    """Triton ``pid``'s live Python stubs by process id, from /proc: its children (each thread's) whose program is
-    :data:`STUB`; the model and version from the model file's path (``.../MODEL/VERSION/model.py``), the instance
-    from its arguments. Empty once Triton is gone."""
-    children: set[int] = set()
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            try:
-                children.update(int(c) for c in (task / "children").read_text().split())
-            except OSError:  # a thread that ended meanwhile
-                continue
-    except OSError:
+    """Triton ``pid``'s live Python stubs by process id, from /proc: its children whose program is :data:`STUB`; the
+    model and version from the model file's path (``.../MODEL/VERSION/model.py``), the instance from its
+    arguments. Empty once Triton is gone."""
+    if not Path(f"/proc/{pid}").exists():
         return {}
+    children = _children(pid)
     found = {}
     for child in children:
         try:
