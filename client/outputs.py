@@ -38,20 +38,13 @@ def parse_outputs(outputs: dict[str, np.ndarray | None], files: Sequence[str | N
     for k, file in enumerate(files):
         message = text(error[k, 0]).strip() if error is not None else ""
         face_found = bool(found[k, 0]) if found is not None else True
+        located = {  # where the face is, for a face found, estimated or not
+            "box": tuple(float(v) for v in box[k, :4]) if box is not None else None,
+            "detection_score": finite_or_none(score[k, 0]) if score is not None else None,
+        }
         if message and face_found and found is not None:
             # Found, but not estimated (a face too small in the photo): its box and score, and why no numbers.
-            results.append(
-                FaceResult(
-                    age=None,
-                    gender=None,
-                    female_probability=None,
-                    face_found=True,
-                    box=tuple(float(v) for v in box[k, :4]) if box is not None else None,
-                    detection_score=finite_or_none(score[k, 0]) if score is not None else None,
-                    error=message,
-                    file=file,
-                )
-            )
+            results.append(FaceResult(None, None, None, True, **located, error=message, file=file))
             continue
         if message:
             results.append(FaceResult.failed(message, file=file))
@@ -69,8 +62,7 @@ def parse_outputs(outputs: dict[str, np.ndarray | None], files: Sequence[str | N
                 gender=label,
                 female_probability=probability,
                 face_found=True,
-                box=tuple(float(v) for v in box[k, :4]) if box is not None else None,
-                detection_score=finite_or_none(score[k, 0]) if score is not None else None,
+                **located,
                 error=None,
                 file=file,
                 age_low=finite_or_none(age_low[k, 0]) if age_low is not None else None,

@@ -15,7 +15,7 @@ from PIL import Image
 
 from client.errors import InvalidImageError
 from common import exif
-from common.ports import default_address
+from common.ports import default_address, port_number
 from common.upload import QUARTER_TURNS, exif_block, orientation, to_rgb
 
 ProtocolName = Literal["grpc", "http"]
@@ -68,7 +68,7 @@ def split_scheme(url: str) -> tuple[str | None, str]:
         host = address
     if not host.strip("[]"):
         raise ValueError(f"url {url!r}: no host; write host:port, e.g. localhost:8001")
-    if colon and not (re.fullmatch(r"[0-9]{1,5}", port) and 1 <= int(port) <= 65535):
+    if colon and (port != port.strip() or not port_number(port)):  # None, or 0: no port a client can call
         raise ValueError(f"url {url!r}: the port must be a number from 1 to 65535, e.g. localhost:8001")
     if not colon and not (sep and scheme.lower() in ("https", "grpcs")):
         raise ValueError(f"url {url!r}: give the port, e.g. {host}:8001 (gRPC) or {host}:8000 (HTTP)")

@@ -21,15 +21,22 @@ def env_name(kind: str) -> str:
     return f"TRITON_{kind.upper()}_PORT"
 
 
+def port_number(text: str) -> int | None:
+    """``text`` as a port number (0-65535, ASCII digits, spaces around allowed), or None when it is not one. 0 asks
+    a server for a free port; a client cannot call it."""
+    text = text.strip()
+    return int(text) if re.fullmatch(r"[0-9]{1,5}", text) and int(text) <= 65535 else None
+
+
 def env_port(kind: str) -> int:
     """``$TRITON_<KIND>_PORT``, else the usual port; ValueError naming the variable when it is not a port (0, a free
     one chosen at start, is a port here: the launcher takes it)."""
     value = os.environ.get(env_name(kind))
     if value is None:
         return DEFAULT_PORTS[kind]
-    if not re.fullmatch(r"[0-9]{1,5}", value.strip()) or int(value) > 65535:
+    if (port := port_number(value)) is None:
         raise ValueError(f"{env_name(kind)}={value!r} is not a port number (0-65535)")
-    return int(value)
+    return port
 
 
 def default_address(kind: str, host: str = "127.0.0.1") -> str:

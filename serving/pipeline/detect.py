@@ -135,7 +135,7 @@ REFINE_BELOW = 96
 REFINE_FRAME = 3.0
 REFINE_SIDE = 384
 #: A detection in the cut replaces the face's geometry only when it is the same face (IoU) and its eye line runs
-#: within this many degrees of the first one's (the cut is searched upright: a turned face's keypoints are not).
+#: within this many degrees of the first one's (a face on its side is looked at in the cut turned to level it).
 REFINE_IOU = 0.5
 REFINE_MAX_ROLL = 30.0
 #: A sure face whose eye line is this far off level or more (degrees) is detected again in the picture turned by the
@@ -291,9 +291,7 @@ class FaceCropper:
         part = _shrunk(image.crop((left, top, left + cut, top + cut)), REFINE_SIDE)
         # A face on its side or upside down (from the turned search) is looked at in the cut turned to level it:
         # upright, BlazeFace finds such a face sure of it with its keypoints placed loosely (_levelled).
-        (ax, ay), (bx, by) = det.eyes
-        roll = math.degrees(math.atan2(by - ay, bx - ax))
-        quarter = (round(roll / 90) % 4 or (1 if roll > 0 else 3)) if abs(roll) >= LEVEL_FROM_DEGREES else 0
+        quarter = _levelling_quarter(det)
         if quarter:
             turn = TURNS[quarter - 1]
             found = [_unturned(d, turn) for d in self._run(self._short, part.transpose(turn), pad=0.0)]
@@ -319,10 +317,8 @@ class FaceCropper:
         away. Call with the lock held."""
         needed: dict[int, list[int]] = {}  # quarter turns anticlockwise that level a face -> the faces
         for k, face in enumerate(faces):
-            (ax, ay), (bx, by) = face.eyes
-            roll = math.degrees(math.atan2(by - ay, bx - ax))
-            if math.isfinite(roll) and abs(roll) >= LEVEL_FROM_DEGREES:
-                needed.setdefault(round(roll / 90) % 4 or (1 if roll > 0 else 3), []).append(k)
+            if quarter := _levelling_quarter(face):
+                needed.setdefault(quarter, []).append(k)
         faces = list(faces)
         w, h = image.size
         if needed and small is None:
@@ -536,14 +532,25 @@ def _prominence(detection: Detection) -> float:
     return _area(detection.box) * detection.score
 
 
+def _roll(detection: Detection) -> float:
+    """The angle of a detection's eye line, in degrees (image y points down: positive is clockwise)."""
+    (ax, ay), (bx, by) = detection.eyes
+    return math.degrees(math.atan2(by - ay, bx - ax))
+
+
 def _roll_apart(a: Detection, b: Detection) -> float:
     """Degrees between two detections' eye lines (0-180)."""
+    return abs((_roll(a) - _roll(b) + 180) % 360 - 180)
 
-    def roll(d: Detection) -> float:
-        (ax, ay), (bx, by) = d.eyes
-        return math.degrees(math.atan2(by - ay, bx - ax))
 
-    return abs((roll(a) - roll(b) + 180) % 360 - 180)
+def _levelling_quarter(detection: Detection) -> int:
+    """The quarter turns anticlockwise (1-3, an index + 1 into :data:`TURNS`) that level a detection whose eye line is
+    :data:`LEVEL_FROM_DEGREES` or more off level; 0 for one that needs none (or has no finite eye line). Exactly 45
+    degrees rounds to no turn, so the sign chooses the nearer quarter."""
+    roll = _roll(detection)
+    if not math.isfinite(roll) or abs(roll) < LEVEL_FROM_DEGREES:
+        return 0
+    return round(roll / 90) % 4 or (1 if roll > 0 else 3)
 
 
 def _area(box: tuple[float, float, float, float]) -> float:

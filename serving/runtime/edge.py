@@ -34,7 +34,6 @@ import signal
 import sys
 import threading
 import time
-import urllib.parse
 import urllib.request
 
 from serving.runtime import children, command, security, stubs
@@ -172,9 +171,8 @@ def _version_ready(triton_http: str):
     """Whether Triton at ``triton_http`` calls a model version ready (health: no key needed)."""
 
     def ready(model: str, version: str) -> bool:
-        path = f"/v2/models/{urllib.parse.quote(model, safe='')}/versions/{urllib.parse.quote(version, safe='')}/ready"
         try:
-            with urllib.request.urlopen(f"http://{triton_http}{path}", timeout=2) as answer:
+            with urllib.request.urlopen(f"http://{triton_http}{stubs.ready_path(model, version)}", timeout=2) as answer:
                 return answer.status == 200
         except OSError:  # urllib's HTTPError (not ready) included
             return False

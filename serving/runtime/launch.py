@@ -23,6 +23,7 @@ import signal
 import sys
 import time
 
+from common.ports import port_number
 from serving.runtime import door, ports, security, storage
 from serving.runtime.binary import DEFAULT_REPOSITORY
 from serving.runtime.children import describe_exit, interrupt_on_signals
@@ -96,9 +97,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _port(text: str) -> int:
     """A port number; 0 asks for a free one."""
-    if not text.strip().isascii() or not text.strip().isdigit() or int(text) > 65535:
+    if (port := port_number(text)) is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0-65535; 0: a free one)")
-    return int(text)
+    return port
 
 
 def main(argv: list[str] | None = None) -> int:

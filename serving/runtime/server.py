@@ -464,8 +464,7 @@ class TritonServer:
             ).start()
 
     def _version_ready(self, model: str, version: str) -> bool:
-        path = f"/v2/models/{urllib.parse.quote(model, safe='')}/versions/{urllib.parse.quote(version, safe='')}/ready"
-        return self._triton_http(path)[0] == 200
+        return self._triton_http(stubs.ready_path(model, version))[0] == 200
 
     def _stub_died(self, message: str) -> None:
         """A stub of a served model died (stubs.StubWatch): Triton is killed, and the supervisor restarts it as

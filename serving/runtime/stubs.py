@@ -20,6 +20,7 @@ no concern of this watch anyway.
 from __future__ import annotations
 
 import threading
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
@@ -28,6 +29,11 @@ from typing import NamedTuple
 STUB = "triton_python_backend_stub"
 #: Seconds between looks at the stubs: a dead model fails requests for about this long before the restart begins.
 CHECK_S = 1.0
+
+
+def ready_path(model: str, version: str) -> str:
+    """Triton's HTTP path that answers 200 when ``version`` of ``model`` is ready (health: no key needed)."""
+    return f"/v2/models/{urllib.parse.quote(model, safe='')}/versions/{urllib.parse.quote(version, safe='')}/ready"
 
 
 class Stub(NamedTuple):
