@@ -263,3 +263,30 @@ def test_a_restart_that_cannot_read_its_repository_is_restarted_until_it_can(tmp
             assert time.monotonic() < deadline, (server.events, server.logs(20))
             time.sleep(0.1)
         assert _age_answer(server) == 3.0
+
+
+def test_a_hung_triton_is_restarted(tmp_path, monkeypatch):
+    """A Triton that runs but no longer answers (here stopped with SIGSTOP; a deadlock looks the same from outside)
+    had every request wait out the door's deadline and readiness fail, for as long as it hung: nothing restarted it.
+    Now the liveness watch kills it after HUNG_S without an answer, and it is restarted as after a crash."""
+    import signal
+
+    from serving.runtime import liveness
+
+    monkeypatch.setattr(liveness, "CHECK_S", 0.5)
+    monkeypatch.setattr(liveness, "HUNG_S", 3.0)
+    repo = age_repository(tmp_path, 4.0)
+    server = TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0)
+    with server:
+        assert _age_answer(server) == 4.0
+        time.sleep(2 * liveness.HUNG_S)  # answering all along: no restart
+        assert server.restarts == 0, server.events
+        hung = server._proc.pid
+        os.kill(hung, signal.SIGSTOP)
+        deadline = time.monotonic() + 90
+        while not (server.restarts and server.is_ready()):
+            assert time.monotonic() < deadline, (server.events, server.logs(20))
+            time.sleep(0.1)
+        assert any("has not answered its liveness" in e for e in server.events), server.events
+        assert liveness.state(hung) is None  # killed, not left stopped
+        assert _age_answer(server) == 4.0

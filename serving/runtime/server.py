@@ -34,6 +34,7 @@ from serving.runtime import (
     command,
     door,
     first_load,
+    liveness,
     pins,
     ports,
     security,
@@ -458,18 +459,27 @@ class TritonServer:
             self._later.start(self._proc)
         else:
             self._later.done.set()
-        if self.restart:  # a dead stub breaks its model until Triton restarts (stubs.py): restart it as crashed
+        if self.restart:
+            # A dead stub breaks its model until Triton restarts (stubs.py): Triton is restarted as after a crash ...
             stubs.StubWatch(
-                self._proc.pid, served=self._version_ready, on_dead=self._stub_died, stopping=self._stopping
+                self._proc.pid, served=self._version_ready, on_dead=self._broken, stopping=self._stopping
+            ).start()
+            # ... and so does a Triton that runs but no longer answers (liveness.py): a deadlock, a SIGSTOP.
+            liveness.LivenessWatch(
+                self._proc.pid,
+                live=lambda timeout: self._triton_http("/v2/health/live", timeout=timeout)[0] == 200,
+                on_hung=self._broken,
+                armed=lambda: self._ready_once,
+                stopping=self._stopping,
             ).start()
 
     def _version_ready(self, model: str, version: str) -> bool:
         return self._triton_http(stubs.ready_path(model, version))[0] == 200
 
-    def _stub_died(self, message: str) -> None:
-        """A stub of a served model died (stubs.StubWatch): Triton is killed, and the supervisor restarts it as
-        after a crash, serving the versions served before. Before its first readiness nothing restarts it: that
-        start fails, with this said."""
+    def _broken(self, message: str) -> None:
+        """Triton runs but cannot serve: a stub of a served model died (stubs.StubWatch), or Triton stopped answering
+        (liveness.LivenessWatch). Triton is killed, and the supervisor restarts it as after a crash, serving the
+        versions served before. Before its first readiness nothing restarts it: that start fails, with this said."""
         proc = self._proc
         if proc is None or self._stopping.is_set():
             return
