@@ -547,3 +547,33 @@ def test_a_restart_backoff_doubles_to_its_cap_and_starts_over_after_a_stable_run
         waits.append(backoff.wait)
         backoff.waited()
     assert waits == [1.0, 2.0, 4.0, 5.0, 1.0, 2.0]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="nginx drops to a worker account only when started as root")
+def test_under_root_the_workers_run_as_an_account_of_their_own(tmp_path):
+    """Under the shared ``nobody``, any other process of that account could read a worker's memory through
+    /proc/PID/mem: every request passing the door, admins' keys among them, and the internal key (red team,
+    2026-12-07). The workers now run as door.WORKER_USER, which nothing else uses; ``nobody`` cannot read them."""
+    import pwd
+
+    front, master = _bare_door(tmp_path)
+    try:
+        deadline = time.monotonic() + 10
+        while not (workers := [p.pid for p in procs.all_processes() if p.ppid == master.pid]):
+            assert time.monotonic() < deadline, "no worker started"
+            time.sleep(0.05)
+        account = pwd.getpwnam(door.WORKER_USER)
+        for pid in workers:
+            assert os.stat(f"/proc/{pid}").st_uid == account.pw_uid
+        nobody = pwd.getpwnam("nobody")
+        read = subprocess.run(
+            ["python3", "-c", f"open('/proc/{workers[0]}/mem', 'rb')"],
+            user=nobody.pw_uid,
+            group=nobody.pw_gid,
+            extra_groups=[],
+            capture_output=True,
+            text=True,
+        )
+        assert read.returncode != 0 and "PermissionError" in read.stderr, read.stderr
+    finally:
+        front.stop(timeout=1)

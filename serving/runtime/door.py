@@ -54,6 +54,7 @@ from pathlib import Path
 from common.contract import PUBLIC_MODELS, RESTARTING, SHUTTING_DOWN
 from common.ports import PortInUseError
 from serving.runtime.children import Backoff, describe_exit, own_session_child
+from serving.runtime.errors import TritonStartError
 from serving.runtime.ports import Held
 from serving.runtime.security import ADMIN_HEADER, without_keys
 from serving.runtime.subproc import running, stop_process
@@ -195,17 +196,47 @@ def _nofile() -> int:
     return WORKER_NOFILE if hard == resource.RLIM_INFINITY else min(WORKER_NOFILE, hard)
 
 
+#: The account nginx's workers run as when the launcher runs as root: one used for nothing else. Under a shared
+#: account such as ``nobody`` any other process of that account could read a worker's memory (/proc/PID/mem, which
+#: the worker makes readable to its own account after dropping root), where every request passing the door lies,
+#: admins' ``admin-key`` headers among them, and the internal key of the config; or stop or kill the workers
+#: (red team, 2026-12-07, as ``nobody``: both keys read from a worker).
+WORKER_USER = "agegender-door"
+
+
 def _worker_user() -> str:
-    """nginx runs its workers as an unprivileged user when started as root."""
+    """The config's ``user`` line: :data:`WORKER_USER` when started as root, none otherwise (nginx then keeps the
+    launcher's own account, whose processes could read the launcher's keys anyway)."""
     if os.geteuid() != 0:
         return ""
-    for user in ("nobody", "www-data"):
-        with contextlib.suppress(KeyError):
-            entry = pwd.getpwnam(user)
-            import grp
+    import grp
 
-            return f"user {user} {grp.getgrgid(entry.pw_gid).gr_name};"
-    return ""
+    entry = worker_account()
+    return f"user {entry.pw_name} {grp.getgrgid(entry.pw_gid).gr_name};"
+
+
+def worker_account() -> pwd.struct_passwd:
+    """:data:`WORKER_USER`'s entry, the account made first when missing: a system account in a group of its own,
+    without a home or a login shell."""
+    with contextlib.suppress(KeyError):
+        return pwd.getpwnam(WORKER_USER)
+    useradd = shutil.which("useradd") or "/usr/sbin/useradd"
+    command = [useradd, "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent"]
+    try:
+        made = subprocess.run(
+            [*command, "--shell", "/usr/sbin/nologin", WORKER_USER], capture_output=True, text=True, check=False
+        )
+        why = made.stderr.strip() or f"useradd exited {made.returncode}"
+    except OSError as err:
+        why = str(err)
+    try:  # made here, or by another launcher meanwhile (useradd then says it exists)
+        return pwd.getpwnam(WORKER_USER)
+    except KeyError:
+        raise TritonStartError(
+            f"could not make the account {WORKER_USER!r} that the door's nginx workers run as under root ({why}): "
+            f"make it (useradd --system --user-group --no-create-home --shell /usr/sbin/nologin {WORKER_USER}) or "
+            "start the launcher as another user"
+        ) from None
 
 
 def nginx_config(
@@ -524,7 +555,7 @@ class Door:
             )
         self.prefix.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
-            self.prefix.chmod(0o711)  # workers (nobody) reach their temp folders, cannot list the prefix
+            self.prefix.chmod(0o711)  # workers (WORKER_USER) reach their temp folders, cannot list the prefix
         # Owner-only: the config may hold the internal key (and the prefix is 0711 for root's workers).
         self.config_path.unlink(missing_ok=True)
         fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -296,7 +296,7 @@ class TritonServer:
         if self._tmp is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="triton-run-")
             if os.geteuid() == 0:
-                # nginx workers run as nobody and must reach their body temp folder (nginx/, itself 0711).
+                # nginx workers run as door.WORKER_USER and must reach their body temp folder (nginx/, itself 0711).
                 os.chmod(self._tmp.name, 0o711)
         return self._tmp.name
 
