@@ -5,9 +5,13 @@ The public ports default to env TRITON_HTTP_PORT / TRITON_GRPC_PORT / TRITON_MET
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
+import stat
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from common import pids
@@ -33,7 +37,9 @@ _handed_out: set[int] = set()
 #: Cross-process reservations: a test session and the launchers it spawns each pick ports, and a port picked by
 #: one but not bound yet looks free to the others (seen in make test: a launcher's internal port taken by the
 #: session's next server). One empty file per port, named PORT.PID; a reservation lapses when its process exits.
-RESERVATIONS = Path(os.environ.get("TMPDIR", "/tmp")) / "agegender-ports"
+#: The folder is this user's alone (made 0700, checked before each use: _folder()): in one that another local user
+#: can write to, or made first, a PORT.PID link planted there would have root create a file wherever it points.
+RESERVATIONS = Path(os.environ.get("TMPDIR", "/tmp")) / f"agegender-ports-{os.geteuid()}"
 
 
 def _ephemeral_low() -> int:
@@ -54,12 +60,12 @@ def _sweep() -> None:
         return
     _swept = True
     try:
-        for held in RESERVATIONS.glob("*.*"):
-            try:
-                if not pids.alive(int(held.suffix[1:])):
-                    held.unlink(missing_ok=True)
-            except ValueError:
-                continue
+        with _folder() as folder:
+            for name in os.listdir(folder):
+                held = _parse(name)
+                if held is not None and not pids.alive(held[1]):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(name, dir_fd=folder)
     except OSError:
         pass
 
@@ -67,15 +73,18 @@ def _sweep() -> None:
 def _reserve(port: int) -> bool:
     """Whether ``port`` is now reserved for this process (False: a live process holds it)."""
     try:
-        RESERVATIONS.mkdir(mode=0o1777, exist_ok=True)
-        for held in RESERVATIONS.glob(f"{port}.*"):
-            owner = int(held.suffix[1:])
-            if owner != os.getpid() and pids.alive(owner):
-                return False
-            held.unlink(missing_ok=True)
-        (RESERVATIONS / f"{port}.{os.getpid()}").touch()
-    except (OSError, ValueError):
-        pass  # best effort: an unwritable temp folder leaves the in-process check alone
+        with _folder() as folder:
+            for name in os.listdir(folder):
+                held = _parse(name)
+                if held is None or held[0] != port:
+                    continue
+                if held[1] != os.getpid() and pids.alive(held[1]):
+                    return False
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=folder)
+            _mark(folder, f"{port}.{os.getpid()}")
+    except OSError:
+        pass  # best effort: an unwritable or unsafe temp folder leaves the in-process check alone
     return True
 
 
@@ -87,12 +96,75 @@ def hold_for(pid: int, *ports: int) -> None:
     killed mid-start leaves that child running until the reaper stops it, and another process's free_port() must
     not hand the port out meanwhile. Ports this process did not hand out (a fixed 8000, or one its parent chose and
     still holds) are left alone. Best effort, like the reservations themselves."""
-    for port in ports:
-        if port in _handed_out:
+    held = [port for port in ports if port in _handed_out]
+    if not held:
+        return
+    try:
+        with _folder() as folder:
+            for port in held:
+                _mark(folder, f"{port}.{pid}")
+    except OSError:
+        pass
+
+
+#: The unsafe reservation folders this process has already named on stderr: once each is enough.
+_refused: set[Path] = set()
+
+
+@contextlib.contextmanager
+def _folder() -> Iterator[int]:
+    """The reservations folder, opened, and made 0700 first if missing. Raises OSError, said once on stderr, when it
+    is not this user's alone: another user could have planted links there under the names this process creates.
+    Not an error the launcher stops for: any local user can make the folder first, and would then stop it."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(RESERVATIONS, 0o700)
+    problem = _unsafe(os.lstat(RESERVATIONS))  # lstat: a link in its place is refused, not followed
+    if problem is None:
+        fd = os.open(RESERVATIONS, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        problem = _unsafe(os.fstat(fd))  # what was opened: the name may have been swapped since the lstat
+        if problem is None:
             try:
-                (RESERVATIONS / f"{port}.{pid}").touch()
-            except OSError:
-                pass
+                yield fd  # everything after goes through fd, the folder just checked, not through its name
+            finally:
+                os.close(fd)
+            return
+        os.close(fd)
+    message = (
+        f"port reservations: not using {RESERVATIONS}: it {problem}; ports are reserved against this process only"
+        " until it is removed (it is made again, 0700) or TMPDIR names another folder"
+    )
+    if RESERVATIONS not in _refused:
+        _refused.add(RESERVATIONS)
+        print(message, file=sys.stderr, flush=True)
+    raise OSError(message)
+
+
+def _unsafe(st: os.stat_result) -> str | None:
+    """What makes a reservation folder unsafe to create files in, or None: it must be a directory, not a link, of
+    this user's, that no other user can write to."""
+    if stat.S_ISLNK(st.st_mode):
+        return "is a symbolic link"
+    if not stat.S_ISDIR(st.st_mode):
+        return "is not a directory"
+    if st.st_uid != os.geteuid():
+        return f"is owned by uid {st.st_uid}, not by this process's uid {os.geteuid()}"
+    if st.st_mode & 0o022:
+        return f"can be written by its group or others (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
+def _parse(name: str) -> tuple[int, int] | None:
+    """The port and process of a reservation's name, PORT.PID, or None for any other name."""
+    port, _, pid = name.partition(".")
+    return (int(port), int(pid)) if port.isdecimal() and pid.isdecimal() else None
+
+
+def _mark(folder: int, name: str) -> None:
+    """Creates the empty file ``name`` in ``folder``, never through a link there: O_EXCL fails on any name already
+    taken, a link included, and O_NOFOLLOW says so again. The name alone is the reservation: one already there is."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(name, flags, 0o600, dir_fd=folder))
 
 
 def _bound(host: str, port: int, *, reuse_port: bool) -> socket.socket | None:

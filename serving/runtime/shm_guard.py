@@ -5,6 +5,10 @@ fchmods it to 0644 right after creating it, whatever the umask. This watcher put
 inotify (IN_CREATE / IN_ATTRIB on the folder, so the chmod follows the backend's within microseconds), else
 by polling every 20 ms. A local user who opens a region inside that window keeps it open: docs/security.md
 states that residual risk.
+
+The prefix it watches is on Triton's command line, so any local user can plant a name under it: the guard acts only
+on a regular file of its own user with one link, through a descriptor opened without following a symbolic link, so
+that a planted link or hard link never turns it, running as root, against another file.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import contextlib
 import ctypes
 import os
 import select
+import stat
 import struct
 import threading
 from pathlib import Path
@@ -80,6 +85,22 @@ def _fix_all(directory: Path, prefix: str) -> None:
 
 
 def _fix(path: Path) -> None:
-    with contextlib.suppress(OSError):  # gone already, or not ours
-        if path.stat().st_mode & 0o077:
-            path.chmod(0o600)
+    """Makes ``path`` 0600 if it is one of this user's regions; anything else under the prefix is left alone."""
+    try:
+        # O_NOFOLLOW: a link is refused (ELOOP), not followed to its target. O_NONBLOCK: a FIFO does not wait for a
+        # writer. Read-only is enough for fchmod, and the backend makes its regions readable by their owner.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError:
+        return  # gone already, a link, or not ours to open
+    try:
+        with contextlib.suppress(OSError):  # refused (a read-only mount, say): left as it is, as before
+            if _ours(os.fstat(fd)):
+                os.fchmod(fd, 0o600)  # the inode just checked, whatever the name points at by now
+    finally:
+        os.close(fd)
+
+
+def _ours(st: os.stat_result) -> bool:
+    """Whether a file is a region to make owner-only: regular, this user's, with some bit for the group or others,
+    and one link (a second one: a name planted for another file of this user's, where fs.protected_hardlinks is 0)."""
+    return stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid() and st.st_nlink == 1 and bool(st.st_mode & 0o077)
