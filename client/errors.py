@@ -149,10 +149,12 @@ def _translate_triton(exc: InferenceServerException, *, url: str, protocol: str,
                 f"{where} is not ready ({message}); wait for the server to finish loading or check its log"
             )
         restarting = contract.RESTARTING.lower() in lowered
-        if restarting or contract.SHUTTING_DOWN in lowered:
-            # The door answered for a server that is there but not serving now: "cannot reach" would send the user
-            # looking for a server that is not running.
-            return ServerUnavailableError(f"{where} is not serving right now: {message}", restarting=restarting)
+        busy = contract.BUSY in lowered
+        if restarting or busy or contract.SHUTTING_DOWN in lowered:
+            # The door or the gate answered for a server that is there but not serving now: "cannot reach" would send
+            # the user looking for a server that is not running.
+            now = "is busy" if busy else "is not serving right now"
+            return ServerUnavailableError(f"{where} {now}: {message}", restarting=restarting)
         return ServerUnavailableError(unavailable_message(url, protocol, message))
     if status in ("NOT_FOUND", "404") or (status in ("INVALID_ARGUMENT", "400") and model_missing):
         return ModelNotReadyError(

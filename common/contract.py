@@ -124,6 +124,9 @@ PUBLIC_MODELS = (DETECT_ENSEMBLE, CROP_ENSEMBLE, FACES_MODEL)
 #: (client/errors.py), and the web page says which (gradio_frontend/app.py).
 SHUTTING_DOWN = "server is shutting down"
 RESTARTING = "Triton is restarting after a crash; retry in a few seconds"
+#: ... and what the gate answers (HTTP 503, gRPC UNAVAILABLE) when it already holds all the request bytes it may
+#: (serving/runtime/gate_relay.py, Budget): the server is up and busy, not unreachable.
+BUSY = "the server is receiving as many request bytes as it holds at once"
 
 #: At or above this probability of female the label is "female". Decided only by the functions below, which the
 #: postprocess and faces models, the client, training and evaluation call.

@@ -442,14 +442,18 @@ def _table(rows: list[list[Any]]) -> dict[str, Any]:
     return {"headers": TABLE_HEADERS, "data": rows}
 
 
+def _cached_files(samples: list[list[Any]]) -> list[str]:
+    """Where Gradio copied the examples' files when it built the examples table (their FileData in the samples):
+    the very files a click on an example hands to :func:`run`."""
+    return [value["path"] for row in samples for value in row if isinstance(value, dict) and value.get("path")]
+
+
 def build_app(
     triton_url: str | None = None, protocol: str = DEFAULT_PROTOCOL, *, timeout: float = DEFAULT_TIMEOUT_S
 ) -> gr.Blocks:
     """Builds the Blocks app; nothing connects to Triton until the first request. ``triton_url``: default as
     :data:`DEFAULT_TRITON_URL`, for ``protocol``."""
     backend = TritonBackend(triton_url or default_url(protocol), protocol, timeout=timeout)
-    for example, *_ in EXAMPLES:
-        uploads.mark_public(example)  # public images: their cached copies stay for the next click
 
     def run(payload: dict[str, Any] | None, detect: bool, all_faces: bool, kept: Photo | None):
         image, status, raw, rows, photo = handle(backend, payload, detect, all_faces, kept)
@@ -495,7 +499,7 @@ def build_app(
             column_widths=TABLE_WIDTHS,
             visible=False,
         )
-        gr.Examples(
+        examples = gr.Examples(
             examples=EXAMPLES,
             inputs=[image, detect],
             # No fn/run_on_click: filling the image fires its `change` event below, which runs the
@@ -504,6 +508,8 @@ def build_app(
             cache_examples=False,
             label="Examples (public domain / generated)",
         )
+        for path in _cached_files(examples.dataset.samples):
+            uploads.mark_public(path)  # public images: their cached copies stay for the next click
         # The last photo's bytes for *Estimate* again; dropped a minute after its last use or with the tab.
         kept = gr.State(None, time_to_live=uploads.MAX_AGE_S)
         outputs = [annotated, status, raw, table, kept]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import fcntl
-import hashlib
 import logging
 import math
 import os
@@ -40,9 +39,10 @@ _folder: Path | None = None
 #: The open descriptor of our folder, flock-ed for this process's life (closed by the kernel when it dies).
 _lock_fd: int | None = None
 _stop = threading.Event()
-#: Sizes and SHA-256 of files that are not personal (the app's examples): Gradio caches them once at start
-#: and never copies them again, and an upload of the same photo shares that cached copy, so they stay.
-_public: dict[int, set[str]] = {}
+#: The cached copies of the app's examples (resolved paths): Gradio copies each once at start and hands that same file
+#: to every click, so they stay. By path, not by content: an upload whose bytes equal an example's is still someone's
+#: upload (under their own file name), and it went on being served until the UI stopped (red-team probe).
+_public: set[Path] = set()
 #: The bytes of uploads :func:`take` deleted, by path, with when it deleted them; kept MAX_AGE_S after that. Gradio
 #: stores an upload at ``<hash of its bytes>/<its name>`` (the hash keyed by a secret seed), so two sessions that
 #: upload the same photo under the same name get the same path, and the first one answered deleted the file the
@@ -53,14 +53,15 @@ _held_lock = threading.Lock()
 
 
 def mark_public(path: str | os.PathLike) -> None:
-    """Keeps every copy of this file (an example shipped with the app) out of :func:`forget` and :func:`sweep`."""
-    data = Path(path).read_bytes()
-    _public.setdefault(len(data), set()).add(hashlib.sha256(data).hexdigest())
+    """Keeps this one file (Gradio's cached copy of an example shipped with the app) out of :func:`forget` and
+    :func:`sweep`; no other file, whatever its bytes."""
+    _public.add(Path(path).resolve())
 
 
 def _is_public(path: Path) -> bool:
-    digests = _public.get(path.stat().st_size)
-    return bool(digests) and hashlib.sha256(path.read_bytes()).hexdigest() in digests
+    # An upload Gradio stores at this very path is the example itself: the same bytes (the folder is their hash)
+    # under the example's name.
+    return path.resolve() in _public
 
 
 def folder() -> Path | None:

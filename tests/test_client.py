@@ -676,6 +676,7 @@ def test_parse_outputs_maps_nan_interval_to_none():
         # The door's while the launcher restarts a crashed Triton, and while it stops: retried, not "unreachable".
         ("StatusCode.UNAVAILABLE", contract.RESTARTING, ServerUnavailableError),
         ("503", contract.SHUTTING_DOWN, ServerUnavailableError),
+        ("StatusCode.UNAVAILABLE", contract.BUSY, ServerUnavailableError),  # the gate's bytes held at once: busy
         ("400", "unexpected shape for input 'image'", ServerError),
         ("StatusCode.INTERNAL", "stub crashed", ServerError),
     ],
@@ -685,7 +686,7 @@ def test_triton_statuses_map_onto_the_hierarchy(status, message, expected):
     assert type(error) is expected
     assert message in str(error)
     # "Cannot reach" only where nothing answered for the server: not for the door saying why it does not serve now.
-    door_says_why = message in (contract.RESTARTING, contract.SHUTTING_DOWN)
+    door_says_why = message in (contract.RESTARTING, contract.SHUTTING_DOWN, contract.BUSY)
     assert ("cannot reach" in str(error)) is (expected is ServerUnavailableError and not door_says_why)
     assert getattr(error, "restarting", False) is (message == contract.RESTARTING)
     assert error.retryable is (expected in (ServerUnavailableError, ModelNotReadyError, RateLimitedError))

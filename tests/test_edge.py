@@ -336,3 +336,22 @@ def test_a_command_that_would_expose_triton_starts_nothing(flags, message, capsy
     argv = ["--http", "127.0.0.1:8080", "--grpc", "127.0.0.1:9000", "--triton-http", "127.0.0.1:1"]
     assert edge.main([*argv, "--triton-grpc", "127.0.0.1:2", "--", "tritonserver", *flags]) == 2
     assert re.search(message, capsys.readouterr().err)
+
+
+@pytest.mark.parametrize("key", ["REPLACE_WITH_RANDOM_SECRET", "short", ""])
+def test_a_guessable_or_missing_admin_key_starts_nothing(key, monkeypatch, capsys):
+    """The pod gets its key from a Secret as it is: the example Secret's placeholder, left in a copy, would be the
+    first key a caller tries (security red team, 2026-12-07). The gate, which compose starts, refuses it too."""
+    monkeypatch.setenv(security.ADMIN_KEY_ENV, key)
+    flags = ["--http-address=127.0.0.1", "--http-port=1", "--grpc-address=127.0.0.1", "--grpc-port=2"]
+    argv = ["--http", "127.0.0.1:8080", "--grpc", "127.0.0.1:9000", "--triton-http", "127.0.0.1:1"]
+    assert edge.main([*argv, "--triton-grpc", "127.0.0.1:2", "--", "tritonserver", *flags]) == 2
+    said = "placeholder" if key.startswith("REPLACE_WITH_") else "at least 16 characters"
+    assert said in capsys.readouterr().err
+    from serving.runtime import gate
+
+    assert (
+        gate.main(["--grpc", "127.0.0.1:1", "--http", "127.0.0.1:2", "--triton-grpc", "x:1", "--triton-http", "x:2"])
+        == 2
+    )
+    assert security.ADMIN_KEY_ENV in capsys.readouterr().err

@@ -15,6 +15,7 @@ import math
 import os
 import re
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -37,7 +38,7 @@ from loadtest.abuse.victims import Victims
 from loadtest.abuse.victims import grpc_answer as _answer
 from loadtest.abuse.victims import grpc_request as _request
 from loadtest.bench.wire import serialize_bytes
-from serving.runtime import door, gate_check, gate_http, gate_relay, security
+from serving.runtime import door, gate_check, gate_http, gate_relay, ports, security
 from tests.conftest import OTHER_UID, binds_as
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -698,3 +699,192 @@ def test_a_request_for_only_the_first_steps_outputs_is_answered(triton_tiny, mod
                     assert sorted(given) == sorted(names), (module.__name__, names, binary)
                     for name in names:
                         assert values(answer, name) == values(everything, name), (module.__name__, name, binary)
+
+
+def _ports(n: int) -> list[int]:
+    return [ports.free_port() for _ in range(n)]
+
+
+def _own_gate(triton_tiny, *args: str):
+    """A gate of its own (``--edge``, as in a KServe pod, where nothing in front refuses anything first) in front of
+    the shared server's Triton, with ``args``: yields its HTTP and gRPC ``host:port`` and the internal key's headers."""
+    grpc_port, http_port = _ports(2)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), security.ADMIN_KEY_ENV: triton_tiny.admin_key}
+    env["GATE_UPSTREAM_HEADERS"] = json.dumps(triton_tiny.internal_headers())
+    cmd = [sys.executable, "-m", "serving.runtime.gate", "--edge", *args]
+    cmd += ["--grpc", f"127.0.0.1:{grpc_port}", "--http", f"127.0.0.1:{http_port}"]
+    cmd += ["--triton-grpc", triton_tiny.internal_grpc_url, "--triton-http", triton_tiny.internal_http_url]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()
+        assert line.startswith("gate listening"), line + proc.stderr.read()
+        yield f"127.0.0.1:{http_port}", f"127.0.0.1:{grpc_port}", triton_tiny.internal_headers()
+    finally:
+        proc.terminate()
+        _, log = proc.communicate(timeout=30)
+    assert "Traceback" not in log, log[-3000:]  # a caller's mistake is answered, never logged as the gate's failure
+
+
+@pytest.fixture
+def own_gate(triton_tiny):
+    yield from _own_gate(triton_tiny)
+
+
+@pytest.fixture
+def small_gate(triton_tiny):
+    """Room for 1,000,000 request bytes at once."""
+    yield from _own_gate(triton_tiny, "--held-bytes", "1000000")
+
+
+def _raw_post(url: str, head: bytes, body: bytes = b"") -> tuple[int, bytes]:
+    """Status and body of a hand-written HTTP/1.1 inference (header values as raw bytes, UTF-8 as a caller sends)."""
+    host, port = url.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"POST /v2/models/%s/infer HTTP/1.1\r\nHost: gate\r\nConnection: close\r\n" % CROP.encode())
+        sock.sendall(head + b"\r\n\r\n" + body)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    status = int(data.split(b" ", 2)[1])
+    return status, data.partition(b"\r\n\r\n")[2]
+
+
+@pytest.mark.integration
+def test_a_malformed_length_header_is_the_callers_mistake(own_gate):
+    """``Inference-Header-Content-Length: ²`` (a digit to str.isdigit, not to int) or 5,000 digits (over int's limit)
+    got HTTP 500 and a 27-line traceback with the caller's address in the log, per request (red-team probe)."""
+    http, _, internal = own_gate
+    key = internal[security.INTERNAL_HEADER]
+    body, headers = _http_body(CROP, [cases.face_crop()])
+    head = b"%s: %s\r\nContent-Length: %d" % (security.INTERNAL_HEADER.encode(), key.encode(), len(body))
+    for value in ("²", "1" * 5000, "٣", "-1", "1" * 10, str(len(body) + 1)):
+        status, text = _raw_post(http, head + b"\r\nInference-Header-Content-Length: " + value.encode(), body)
+        assert status == 400 and "Inference-Header-Content-Length" in json.loads(text)["error"], (value[:9], text)
+    good = head + b"\r\nInference-Header-Content-Length: " + headers["Inference-Header-Content-Length"].encode()
+    status, text = _raw_post(http, good, body)  # and the gate serves on
+    assert status == 200 and text.startswith(b'{"model_name":"%s"' % CROP.encode()), text[:300]
+
+
+def _held_open(url: str, headers: dict[str, str], declared: int) -> socket.socket:
+    """An inference whose body declares ``declared`` bytes and sends one: held at the gate until closed."""
+    host, port = url.rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=30)
+    lines = [f"POST /v2/models/{CROP}/infer HTTP/1.1", "Host: gate", f"Content-Length: {declared}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n{").encode())
+    return sock
+
+
+@pytest.mark.integration
+def test_request_bytes_held_at_once_are_bounded_and_given_back(small_gate):
+    """Ten 60 MiB bodies one byte short took a gate from 53 to 655 MiB, and nothing bounded the total (red-team
+    probe). With room for 1,000,000 bytes: a body held open takes its declared length at once; another that does
+    not fit gets 503 with Retry-After (UNAVAILABLE over gRPC, a chunked body counting as the largest), one that fits
+    is served, and once the held ones end the room is back (nothing kept). A body larger than all the room passes
+    when nothing else is held."""
+    url, grpc_url, internal = small_gate
+    headers = {security.INTERNAL_HEADER: internal[security.INTERNAL_HEADER]}
+    big, big_headers = _http_body(CROP, [b"x" * 600_000])  # one unreadable "image": answered 200, with its error
+    small, small_headers = _http_body(CROP, [cases.face_crop()])
+    path = f"/v2/models/{CROP}/infer"
+    grpc_big = _request(CROP, [1, 1], [b"x" * 500_000])
+    metadata = [(security.GRPC_INTERNAL_METADATA, internal[security.GRPC_INTERNAL_METADATA])]
+    options = [("grpc.max_send_message_length", door.MAX_BODY)]
+
+    def post(body, extra):
+        return http_call(url, "POST", path, body, {**headers, **extra}, source="127.0.0.1")
+
+    def chunked():
+        host, port = url.rsplit(":", 1)
+        connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        connection.request("POST", path, body=iter([big]), headers={**headers, **big_headers}, encode_chunked=True)
+        answer = connection.getresponse()
+        out = answer.status, answer.getheader("Retry-After"), answer.read()
+        connection.close()
+        return out
+
+    held = [_held_open(url, headers, 700_000)]
+    try:
+        deadline = time.monotonic() + 10
+        while (status := post(big, big_headers))[0] != 503:  # the held body's handler may not have run yet
+            assert status[0] == 200 and time.monotonic() < deadline, status
+            time.sleep(0.1)
+        assert "retry" in json.loads(status[1])["error"], status
+        assert chunked()[:2] == (503, "1")
+        with grpc.insecure_channel(grpc_url, options=options) as channel:
+            stub = pb_grpc.GRPCInferenceServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.ModelInfer(grpc_big, metadata=metadata, timeout=30)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE and "retry" in refused.value.details()
+            crop = _request(CROP, [1, 1], [cases.face_crop()])
+            assert _answer(stub.ModelInfer(crop, metadata=metadata, timeout=30)).shape == (1,)
+        assert post(small, small_headers)[0] == 200  # what fits beside the held body is served
+        held.append(_held_open(url, headers, 299_000))  # 999,000 held: even a small one no longer fits
+        deadline = time.monotonic() + 10
+        while post(small, small_headers)[0] != 503:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        for sock in held:
+            sock.close()
+    deadline = time.monotonic() + 10
+    while (status := post(big, big_headers))[0] != 200:  # the closed ones give their room back
+        assert status[0] == 503 and time.monotonic() < deadline, status
+        time.sleep(0.1)
+    assert chunked()[0] == 200  # the largest body's room, with nothing else held
+    with grpc.insecure_channel(grpc_url, options=options) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        stub.ModelInfer(_request(CROP, [1, 1], [b"x" * 1_500_000]), metadata=metadata, timeout=30)  # over the room
+        stub.ModelInfer(grpc_big, metadata=metadata, timeout=30)  # and nothing of it kept
+    assert post(big, big_headers)[0] == 200
+
+
+async def _as(budget, upstream, client: str, size: int, call):
+    """A request of ``size`` bytes from ``client``, as the gate's handlers make it."""
+    with budget.reserve(size, client) as held:
+        return await upstream.run(call, held=held)
+
+
+def test_the_budget_is_given_back_when_the_last_holder_ends():
+    """A request's bytes stay counted while its call to Triton runs on after the caller left (the call keeps the
+    body), and are given back once, whatever ends first; an address holds at most its share; nothing held lets in
+    any size."""
+
+    async def scenario():
+        budget = gate_relay.Budget(limit=100, per_client=60)
+        upstream = gate_relay.Upstream(max_upstream=1)
+        release = asyncio.Event()
+
+        async def call():
+            await release.wait()
+            return "answered"
+
+        first = asyncio.ensure_future(_as(budget, upstream, "a", 50, call()))
+        await asyncio.sleep(0.01)
+        first.cancel()  # the caller hangs up: its call runs on (shielded) and keeps its bytes
+        await asyncio.gather(first, return_exceptions=True)
+        assert budget.held == 50
+        with pytest.raises(gate_relay.Busy) as busy:
+            budget.reserve(20, "a")  # over a's share of 60
+        assert busy.value.client
+        with pytest.raises(gate_relay.Busy) as busy:
+            budget.reserve(51, "b")  # over the whole
+        assert not busy.value.client
+        # b's call waits for the one place to Triton, and its caller hangs up: never sent, so nothing is kept.
+        waiting = asyncio.ensure_future(_as(budget, upstream, "b", 30, call()))
+        await asyncio.sleep(0.01)
+        assert budget.held == 80
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        await asyncio.sleep(0)
+        assert budget.held == 50 and dict(budget.by_client) == {"a": 50}
+        with budget.reserve(40, "b"):
+            assert budget.held == 90
+        release.set()
+        await upstream.drain(5)
+        assert budget.held == 0 and not budget.by_client
+        with budget.reserve(1000, "a"):  # nothing held: any size passes
+            pass
+        assert budget.held == 0
+
+    asyncio.run(scenario())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from pathlib import Path
@@ -103,7 +104,7 @@ def test_sweep_deletes_what_is_older_than_the_limit(tmp_path, monkeypatch):
     example = tmp_path / "c" / "example.jpg"  # a cached copy of an example shipped with the app: not personal
     example.parent.mkdir()
     example.write_bytes(b"public")
-    monkeypatch.setattr(uploads, "_public", {})
+    monkeypatch.setattr(uploads, "_public", set())
     uploads.mark_public(example)
     for path in (old, example):
         os.utime(path, (time.time() - 120, time.time() - 120))
@@ -236,6 +237,62 @@ def stored_upload(folder, monkeypatch) -> dict:
     path.parent.mkdir()
     path.write_bytes(jpeg())
     return {"path": str(path), "orig_name": "me.jpg"}
+
+
+def test_a_copy_of_an_examples_bytes_is_deleted_like_any_upload(tmp_path, monkeypatch):
+    # Gradio names an upload's folder by its bytes: a copy of an example lands beside the example's cached copy,
+    # under the uploader's own name. Only the cached copy is public; the examples were kept by content, and the
+    # red-team probe's john_doe_private.jpg stayed on disk, served, until the UI stopped.
+    monkeypatch.setattr(uploads, "_folder", tmp_path)
+    monkeypatch.setattr(uploads, "_held", {})
+    monkeypatch.setattr(uploads, "_public", copy.copy(uploads._public))  # restored after the test
+    example = tmp_path / "4985e8" / "grace_hopper.jpg"
+    example.parent.mkdir()
+    example.write_bytes(jpeg())
+    uploads.mark_public(example)
+    twin = example.with_name("john_doe_private.jpg")
+    twin.write_bytes(example.read_bytes())
+    assert app.take_photo({"path": str(twin), "orig_name": twin.name}, None).data == example.read_bytes()
+    assert not twin.exists() and example.exists()  # the example stays for the next click
+    twin.write_bytes(example.read_bytes())  # and the sweeper, which the answer's deletion does not need, agrees
+    for path in (example, twin):
+        os.utime(path, (time.time() - 120, time.time() - 120))
+    assert uploads.sweep(60) == 1 and not twin.exists() and example.exists()
+
+
+@pytest.mark.integration
+def test_an_upload_with_an_examples_bytes_is_gone_after_its_answer(triton_tiny, tmp_path):
+    # The probe end to end: the real UI and Triton, the upload and the event sent as the page sends them.
+    from gradio_client import Client, handle_file
+
+    from tests.test_gradio_browser import PORTRAIT, gradio_ui
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    photo = tmp_path / "john_doe_private.jpg"
+    photo.write_bytes(PORTRAIT.read_bytes())  # a byte copy of the example
+    with gradio_ui(triton_tiny.grpc_url, temp_dir=temp) as url:
+        (folder,) = temp.iterdir()
+        (example,) = folder.glob(f"*/{PORTRAIT.name}")  # Gradio's cached copy, made at start
+        client = Client(url, verbose=False, download_files=False)
+        status = client.predict(handle_file(str(photo)), True, True, api_name="/run")[1]
+        assert "age ~" in status, status
+        assert not list(folder.rglob(photo.name)), "the upload is still on disk after its answer"
+        assert _served(url, example.parent / photo.name) != 200  # was 200 until the UI stopped; Gradio says 403
+        assert _served(url, example) == 200  # the example itself stays for the next click
+    assert list(temp.iterdir()) == []
+
+
+def _served(url: str, path: Path) -> int:
+    """The status the UI answers a fetch of ``path`` with (``/gradio_api/file=``, as the page fetches a file)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}gradio_api/file={path}", timeout=30) as answer:
+            return answer.status
+    except urllib.error.HTTPError as err:
+        return err.code
 
 
 def test_two_sessions_that_upload_the_same_photo_are_both_answered(tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -31,6 +32,61 @@ def _cmdlines() -> dict[int, bytes]:
             except OSError:
                 pass  # gone meanwhile
     return found
+
+
+ROOT = Path(__file__).resolve().parents[1]
+#: The KServe example Secret's value, left in place by whoever applies the template as it is.
+EXAMPLE_SECRET = ROOT / "deploy" / "kserve" / "secrets" / "admin-key.example.yaml"
+HOW_TO_MAKE_ONE = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
+
+
+def _example_placeholder() -> str:
+    import yaml
+
+    return yaml.safe_load(EXAMPLE_SECRET.read_text())["stringData"]["admin-key"]
+
+
+@pytest.mark.parametrize(
+    ("key", "why"),
+    [
+        ("a", "at least 16 characters"),
+        ("x" * 15, "at least 16 characters"),
+        (_example_placeholder(), "not a REPLACE_WITH_... placeholder"),
+        ("replace_with_" + secrets.token_urlsafe(32), "not a REPLACE_WITH_... placeholder"),  # long is not enough
+    ],
+    ids=["one-character", "15-characters", "kserve-example", "placeholder-prefix"],
+)
+def test_a_short_or_placeholder_admin_key_is_refused_with_how_to_make_one(key, why):
+    with pytest.raises(ValueError) as refused:
+        security.admin_key({security.ADMIN_KEY_ENV: key})
+    message = str(refused.value)
+    assert message.startswith(f"{security.ADMIN_KEY_ENV} must") and why in message and HOW_TO_MAKE_ONE in message
+    assert len(key) < 3 or key not in message  # never the key itself (the launcher prints the message)
+
+
+def test_a_random_admin_key_is_taken_as_it_is():
+    for key in (secrets.token_urlsafe(12), secrets.token_urlsafe(16), secrets.token_urlsafe(32)):  # 16, 22, 43
+        assert security.admin_key({security.ADMIN_KEY_ENV: f" {key}\n"}) == (key, False)
+    generated, fresh = security.admin_key({})
+    assert fresh and security.admin_key({security.ADMIN_KEY_ENV: generated}) == (generated, False)
+
+
+@pytest.mark.parametrize("key", ["a", _example_placeholder()], ids=["short", "kserve-example"])
+def test_the_launcher_refuses_a_weak_admin_key_in_one_line_and_starts_nothing(key):
+    from serving.runtime.launch import free_port
+
+    ports = [str(free_port()) for _ in range(3)]
+    argv = ["--http-port", ports[0], "--grpc-port", ports[1], "--metrics-port", ports[2]]
+    env = {**os.environ, security.ADMIN_KEY_ENV: key, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "serving.runtime.launch", *argv], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith(f"error: {security.ADMIN_KEY_ENV} must") and done.stderr.count("\n") == 1
+    assert HOW_TO_MAKE_ONE in done.stderr and "Traceback" not in done.stderr
+    for port in ports:  # nothing listens: nothing was started
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", int(port)), timeout=1).close()
 
 
 @pytest.mark.parametrize("wrapped", [False, True], ids=["direct", "through-a-wrapper-script"])

@@ -107,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     except EdgeError as err:
         print(f"edge: {err}", file=sys.stderr)
         return 2
+    try:  # the pod's Secret, which Triton and the gate get as it is: not a copied example's placeholder
+        security.check_admin_key(os.environ.get(security.ADMIN_KEY_ENV, "").strip())
+    except ValueError as err:
+        print(f"edge: {err}", file=sys.stderr)
+        return 2
     if args.triton_preload and not os.path.isfile(args.triton_preload):
         print(f"edge: --triton-preload {args.triton_preload} is not a file", file=sys.stderr)
         return 2

@@ -16,6 +16,9 @@ nginx bounds sizes and times but cannot look inside a gRPC message, and Triton 2
   deadline or stream reset does not touch; the answer is dropped at the gate (Triton 2.51 segfaults when an
   in-flight ensemble request is cancelled: common/triton_workarounds.py). Calls to Triton are bounded
   (``gate_relay.MAX_UPSTREAM``) so abandoned work cannot pile up without limit.
+* **Request bytes held at once are bounded** (``gate_relay.MAX_HELD_BYTES``, :class:`gate_relay.Budget`): an HTTP body
+  is reserved at its declared length before it is read, a gRPC message once grpc.aio hands it over whole; no room
+  gets HTTP 503 / UNAVAILABLE (429 / RESOURCE_EXHAUSTED for one address over its share), with Retry-After.
 * **Admin RPCs** (security.RESTRICTED_APIS) need the admin key, else PERMISSION_DENIED (not the retryable
   UNAVAILABLE Triton 2.51 answers). ``ModelStreamInfer`` is refused (UNIMPLEMENTED): one stream would carry many
   requests past one check, and nothing here uses it.
@@ -60,8 +63,13 @@ from serving.runtime.gate_process import (
     WAITING_LINE,
 )
 from serving.runtime.gate_relay import (
+    MAX_HELD_BYTES,
+    MAX_HELD_PER_CLIENT,
     NOT_FROM_THE_DOOR,
     UNREACHABLE,
+    Budget,
+    Busy,
+    Held,
     Loading,
     TooMany,
     Upstream,
@@ -146,6 +154,7 @@ class GrpcGate(grpc.GenericRpcHandler):
         upstream: Upstream,
         later_models=(),
         served_models=(),
+        budget: Budget | None = None,
     ):
         # No retries: they would buffer every request a second time, and Triton's answer is final anyway.
         self.channel = grpc.aio.insecure_channel(
@@ -156,6 +165,7 @@ class GrpcGate(grpc.GenericRpcHandler):
         # The door presents the same internal key it gives Triton; other local callers of the gate's port do not.
         self.door_key = upstream_headers.get(security.GRPC_INTERNAL_METADATA)
         self.upstream = upstream
+        self.budget = budget or Budget()  # request bytes held at once, shared with the HTTP side
         # The models Triton loads after the ensembles: their requests wait for them (the HTTP side shares this).
         self.loading = Loading(later_models, self.model_ready, WAITING_LINE)
         self.served_models = tuple(served_models)
@@ -183,9 +193,22 @@ class GrpcGate(grpc.GenericRpcHandler):
         )
 
     async def _unary(self, method: str, request: bytes, context) -> bytes:
+        given = dict(context.invocation_metadata() or ())
+        if method != SERVICE + "ModelInfer":  # the others carry a name at most, and probes must never wait for room
+            return await self._relay(method, request, context, given, None)
+        try:
+            # As early as grpc.aio allows: it calls a handler only once the whole message is in, which until then sat
+            # in gRPC's own buffers (bounded by the door's streams per address and GRPC_CONNECTION_AGE_S, not here).
+            held = self.budget.reserve(len(request), given.get(CLIENT_HEADER.lower()))
+        except Busy as busy:
+            code = grpc.StatusCode.RESOURCE_EXHAUSTED if busy.client else grpc.StatusCode.UNAVAILABLE
+            await context.abort(code, str(busy))
+        with held:  # given back however the call ends; the call to Triton keeps its share (Upstream.run)
+            return await self._relay(method, request, context, given, held)
+
+    async def _relay(self, method: str, request: bytes, context, given: dict, held: Held | None) -> bytes:
         rpc = method.removeprefix(SERVICE)
         metadata = self.metadata
-        given = dict(context.invocation_metadata() or ())
         if not from_the_door(self.door_key, given.get(security.GRPC_INTERNAL_METADATA)):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, NOT_FROM_THE_DOOR)
         if rpc in ("ServerReady", HEALTH_CHECK) and (missing := await self.not_ready()) is not None:
@@ -224,7 +247,7 @@ class GrpcGate(grpc.GenericRpcHandler):
         if name is not None and rpc != "ModelReady":  # readiness is answered as it is, loading or not
             await self.loading.wait(name)
         try:
-            status, payload = await self.upstream.run(self._call(method, request, metadata), client=client)
+            status, payload = await self.upstream.run(self._call(method, request, metadata), client=client, held=held)
         except TooMany as refusal:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(refusal))
         if status is not None:
@@ -319,16 +342,25 @@ async def serve(args, admin_key: str, upstream_headers: dict[str, str], stop: as
     elif per_client is None:
         per_client = ClientLimits.from_env().connections
     upstream = Upstream(per_client=per_client)
+    # Bytes per address only behind the door, as calls (above); any request may use the whole when nothing is held.
+    budget = Budget(getattr(args, "held_bytes", MAX_HELD_BYTES), per_client=None if edge else MAX_HELD_PER_CLIENT)
     later = [m for m in os.environ.get(LATER_MODELS_ENV, "").split(",") if m]
     served = [m for m in os.environ.get(SERVED_MODELS_ENV, "").split(",") if m]
-    grpc_gate = GrpcGate(args.triton_grpc, admin_key, upstream_headers, upstream, later, served)
+    grpc_gate = GrpcGate(args.triton_grpc, admin_key, upstream_headers, upstream, later, served, budget)
     server = grpc.aio.server(options=_SERVER_OPTIONS, maximum_concurrent_rpcs=None)
     server.add_generic_rpc_handlers((grpc_gate,))
     if server.add_insecure_port(args.grpc) == 0:
         raise OSError(f"cannot listen on {args.grpc}")
     await server.start()
     http_gate = HttpGate(
-        args.triton_http, admin_key, upstream_headers, upstream, grpc_gate.loading, grpc_gate.not_ready, edge=edge
+        args.triton_http,
+        admin_key,
+        upstream_headers,
+        upstream,
+        grpc_gate.loading,
+        grpc_gate.not_ready,
+        edge=edge,
+        budget=budget,
     )
     # Bodies are never inflated here (compressed ones are refused before; this makes sure of it).
     # handler_cancellation: a caller that hangs up cancels its handler (aiohttp's default lets it run on), so a call
@@ -370,9 +402,21 @@ def main(argv: list[str] | None = None) -> int:
         help="calls one address may have outstanding here, abandoned ones included (the door's "
         "connections per client; default from DOOR_CLIENT_CONNECTIONS, else 128)",
     )
+    p.add_argument(
+        "--held-bytes",
+        type=int,
+        default=MAX_HELD_BYTES,
+        help="request bytes the gate holds at once, both protocols together (default %(default)s); a request that "
+        "finds nothing held always passes",
+    )
     args = p.parse_args(argv)
     # Secrets come from the environment (never argv, which every local user can read in /proc).
-    admin_key = os.environ.get(security.ADMIN_KEY_ENV, "")
+    admin_key = os.environ.get(security.ADMIN_KEY_ENV, "").strip()
+    try:  # compose starts the gate with the operator's key: refuse one a caller could guess, as the launcher does
+        security.check_admin_key(admin_key)
+    except ValueError as err:
+        print(f"gate: {err}", file=sys.stderr)
+        return 2
     upstream_headers = json.loads(os.environ.get(UPSTREAM_HEADERS_ENV) or "{}")
 
     async def run() -> None:

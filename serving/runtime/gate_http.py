@@ -7,7 +7,9 @@ import asyncio
 import json
 import logging
 import math
+import re
 import time
+import traceback
 import urllib.parse
 from collections.abc import Awaitable, Callable
 
@@ -30,6 +32,9 @@ from serving.runtime.gate_relay import (
     MAX_UPSTREAM,
     NOT_FROM_THE_DOOR,
     UNREACHABLE,
+    Budget,
+    Busy,
+    Held,
     Loading,
     TooMany,
     Upstream,
@@ -39,6 +44,8 @@ from serving.runtime.gate_relay import (
 )
 
 _HTTP_STATUS = {"INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "PERMISSION_DENIED": 403, "UNIMPLEMENTED": 501}
+#: With a refusal that a moment's wait may cure (too many calls or bytes held here): the door's own 429 asks for 1 s.
+RETRY = {"Retry-After": "1"}
 
 #: Total upload deadline of an inference body (issue 18, "Fair sharing at the door"): nginx streams it here unbuffered
 #: (door.py) and only times the gaps between reads, so a body trickled at 1 KB every 5 s held its slot for as long as
@@ -51,6 +58,21 @@ _TOO_SLOW = (
     "the request body did not arrive within {:.0f} s ({:.0f} s plus 1 s per 256 KiB declared); "
     "send it at 256 KiB/s or more"
 )
+
+
+#: A number in a header or a path as the gate reads it: ASCII digits, at most 9 (a length; a version takes 18, below).
+#: ``str.isdigit`` also passes "²" and other Unicode digits, and 4,301 digits or more, all of which ``int`` then
+#: refuses with ValueError: HTTP 500 and a 27-line traceback naming the caller's address in the log, per request
+#: (red-team probe, 2026-12-07; in a KServe pod nothing in front refuses them first).
+_NUMBER = re.compile(r"[0-9]{1,9}")
+_VERSION = re.compile(r"[0-9]{1,18}")
+_BAD_LENGTH = "Inference-Header-Content-Length must be a number of at most 9 digits (0-9)"
+_BAD_VERSION = "the model version must be a number"
+
+
+def number(value: str | None, pattern: re.Pattern = _NUMBER) -> int | None:
+    """``value`` as a number if it is one by ``pattern`` (ASCII digits, bounded), else None."""
+    return int(value) if value is not None and pattern.fullmatch(value) else None
 
 
 #: What the gate answers itself when nothing is in front of it (``edge``): the health and server-metadata paths, and
@@ -142,6 +164,27 @@ def body_deadline_s(content_length: int | None) -> float:
     return BODY_DEADLINE_BASE_S + length / BODY_MIN_RATE
 
 
+def body_room(request: web.Request) -> int:
+    """What a request's body may take (:class:`gate_relay.Budget`): its declared length; a chunked body, which declares
+    none, may be the largest (client_max_size)."""
+    if request.content_length is not None:
+        return min(request.content_length, MAX_BODY)
+    return MAX_BODY if request.body_exists else 0
+
+
+def _let_go(error: BaseException) -> None:
+    """Frees what a body read cut short had received. aiohttp's ``read`` gathers it in a local of its frame, which the
+    exception's traceback keeps alive in a reference cycle until Python's cyclic collector runs, and that runs by
+    counts of objects, not bytes: the eight 60 MiB bodies the budget let in, abandoned one byte short, kept the gate at
+    534 MiB after their sockets closed (1.26 GB for twenty before the budget). Clearing the finished frames' locals
+    frees them at once (54 MiB). ``seen``: a chain that names itself again ends there."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)
+        error = error.__cause__ or error.__context__
+
+
 #: At most one log line per kind of malformed HTTP request in this many seconds (:class:`ProtocolErrors`).
 PROTOCOL_LOG_EVERY_S = 10.0
 
@@ -193,6 +236,7 @@ class HttpGate:
         not_ready: Callable[[], Awaitable[list[str] | None]] | None = None,
         *,
         edge: bool = False,
+        budget: Budget | None = None,
     ):
         self.base = f"http://{triton_http}"
         self.edge = edge
@@ -203,6 +247,7 @@ class HttpGate:
         # The door presents the same internal key it gives Triton; other local callers of the gate's port do not.
         self.door_key = upstream_headers.get(security.INTERNAL_HEADER)
         self.upstream = upstream
+        self.budget = budget or Budget()  # request bytes held at once, shared with the gRPC side
         self.loading = loading  # the models Triton loads after the ensembles (gate_relay.Loading)
         self.not_ready = not_ready  # readiness: the served models not ready (gate.GrpcGate.not_ready)
         self.session: aiohttp.ClientSession | None = None
@@ -312,23 +357,40 @@ class HttpGate:
 
     async def infer(self, request: web.Request) -> web.Response:
         name, version = request.match_info["name"], request.match_info.get("version")
+        length = request.headers.get("Inference-Header-Content-Length")
         try:
             model_for(name)
-            if version is not None and not (version.isdigit() and len(version) <= 18):
-                raise Refused(INVALID_ARGUMENT, "the model version must be a number")
-            deadline = body_deadline_s(request.content_length)
-            try:
-                # Memory: at most MAX_BODY per request (client_max_size; nginx refuses longer declared lengths first),
-                # and a slow body holds only what has arrived.
-                body = await asyncio.wait_for(request.read(), deadline)
-            except TimeoutError:
-                # Closed after the answer: the rest of the body is never read, and the connection is not reused.
-                answer = self._error(408, _TOO_SLOW.format(deadline, BODY_DEADLINE_BASE_S))
-                answer.force_close()
-                return answer
-            length = request.headers.get("Inference-Header-Content-Length")
-            split = len(body) if length is None else (int(length) if length.isdigit() else -1)
-            if not 0 <= split <= len(body):
+            if version is not None and number(version, _VERSION) is None:
+                raise Refused(INVALID_ARGUMENT, _BAD_VERSION)
+            if length is not None and number(length) is None:  # before the body is read: refused at once
+                raise Refused(INVALID_ARGUMENT, _BAD_LENGTH)
+            client = request.headers.get(CLIENT_HEADER)  # the caller's address from the door (none in a KServe pod)
+            held = self.budget.reserve(body_room(request), client)  # before a byte of the body is read
+        except Refused as refusal:
+            return self._error(_HTTP_STATUS[refusal.code], str(refusal))
+        except Busy as busy:
+            return web.json_response({"error": str(busy)}, status=429 if busy.client else 503, headers=RETRY)
+        with held:  # given back however the request ends; the call to Triton keeps its share (Upstream.run)
+            return await self._infer(request, name, version, number(length), held)
+
+    async def _infer(self, request: web.Request, name: str, version: str | None, length: int | None, held: Held):
+        deadline = body_deadline_s(request.content_length)
+        try:
+            # Memory: at most MAX_BODY per request (client_max_size; nginx refuses longer declared lengths first),
+            # a slow body holds only what has arrived, and all bodies together what the budget allows.
+            body = await asyncio.wait_for(request.read(), deadline)
+        except TimeoutError as late:
+            _let_go(late)
+            # Closed after the answer: the rest of the body is never read, and the connection is not reused.
+            answer = self._error(408, _TOO_SLOW.format(deadline, BODY_DEADLINE_BASE_S))
+            answer.force_close()
+            return answer
+        except BaseException as gone:  # the caller hung up (cancelled), or its connection broke
+            _let_go(gone)
+            raise
+        split = len(body) if length is None else length
+        try:
+            if split > len(body):
                 raise Refused(INVALID_ARGUMENT, "Inference-Header-Content-Length does not fit the body")
             if split > MAX_JSON_BYTES:
                 return self._error(413, f"the JSON part of the request is over {MAX_JSON_BYTES} bytes")
@@ -354,11 +416,11 @@ class HttpGate:
             headers["Inference-Header-Content-Length"] = str(split)
         await self.loading.wait(name)
         try:
-            # The caller's address from the door (none in a KServe pod): its calls outstanding here are bounded.
-            client = request.headers.get(CLIENT_HEADER)
-            return await self.upstream.run(self._forward(path, body, headers, strict=True, drop=drop), client=client)
+            client = request.headers.get(CLIENT_HEADER)  # its calls outstanding here are bounded
+            call = self._forward(path, body, headers, strict=True, drop=drop)
+            return await self.upstream.run(call, client=client, held=held)
         except TooMany as refusal:
-            return web.json_response({"error": str(refusal)}, status=429, headers={"Retry-After": "1"})
+            return web.json_response({"error": str(refusal)}, status=429, headers=RETRY)
 
     def _about(self, suffix: str):
         async def about(request: web.Request) -> web.Response:
@@ -372,8 +434,8 @@ class HttpGate:
                 if not given:
                     return self._error(404, NOT_PUBLIC)
                 return self._error(403, f"metadata of models that are not public needs the {security.ADMIN_HEADER} key")
-            if version is not None and not (version.isdigit() and len(version) <= 18):
-                return self._error(400, "the model version must be a number")
+            if version is not None and number(version, _VERSION) is None:
+                return self._error(400, _BAD_VERSION)
             path = (
                 f"/v2/models/{urllib.parse.quote(name, safe='')}" + (f"/versions/{version}" if version else "") + suffix
             )
@@ -403,7 +465,8 @@ class HttpGate:
                     return self._error(answer.status, message)
                 out = {"Content-Type": answer.headers.get("Content-Type", "application/json")}
                 length = answer.headers.get("Inference-Header-Content-Length")
-                if strict and (length is None or length.isdigit() and int(length) <= len(data)):
+                declared = number(length)
+                if strict and (length is None or declared is not None and declared <= len(data)):
                     data, length = strict_json(data, length, drop)
                 if length is not None:
                     out["Inference-Header-Content-Length"] = length

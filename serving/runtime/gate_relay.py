@@ -1,5 +1,5 @@
-"""What both sides of the gate (serving/runtime/gate.py) share: calls to Triton that outlive their caller, bounded
-error messages, the admin key check."""
+"""What both sides of the gate (serving/runtime/gate.py) share: calls to Triton that outlive their caller, the budget
+of request bytes held at once, bounded error messages, the admin key check."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ import functools
 import hmac
 import sys
 from collections.abc import Awaitable, Callable
+
+from common import contract
+from serving.runtime.door import MAX_BODY
 
 #: Most bytes of an error message passed back (Triton echoes caller-chosen names into its messages).
 ERROR_BYTES = 1024
@@ -22,6 +25,22 @@ LOADING_WAIT_S = 30.0
 #: How often a waiting request asks Triton whether its model is ready.
 LOADING_POLL_S = 0.05
 NOT_FROM_THE_DOOR = "call the public port: the gate serves the front door only"
+#: Most request bytes the gate holds at once, both protocols together (:class:`Budget`). nginx lets each address have
+#: 128 requests in flight and streams each HTTP body (up to door.MAX_BODY, 65 MiB) here, where it waits for its last
+#: byte for up to 270 s (gate_http.body_deadline_s): ten 60 MiB bodies one byte short took the gate from 53 to 655 MiB
+#: in 0.6 s, and three addresses could have taken this 24 GB machine (red-team probe, 2026-12-07). Eight of the largest
+#: bodies, or about fifty photos at the per-image 10 MiB limit (common/upload.py), at once: a real photo (1-10 MiB) is
+#: never refused for want of room unless dozens are uploading at that moment, while the gate's memory for bodies stays
+#: near 1 GiB (each body is held up to about twice while read: aiohttp's buffer, then its copy).
+MAX_HELD_BYTES = 8 * MAX_BODY
+#: Most of it one address may hold behind the door (which names it): its bodies are reserved at their declared length
+#: before a byte is read, so a few bodies declared and never sent would otherwise hold everyone's room for 270 s. Two
+#: of the largest bodies: one address still sends one while another of its own is in flight.
+MAX_HELD_PER_CLIENT = 2 * MAX_BODY
+#: What a request the budget has no room for is answered (HTTP 503 with Retry-After / gRPC UNAVAILABLE: retried).
+BUSY = contract.BUSY + " ({} MiB); retry in a second"
+#: ... and one whose address holds its share (HTTP 429 / gRPC RESOURCE_EXHAUSTED, as for too many calls: TooMany).
+BUSY_CLIENT = "too many requests from your address being received here (their bodies hold {} MiB at most); retry later"
 
 
 def bounded(message: str) -> str:
@@ -45,6 +64,75 @@ class TooMany(Exception):
     """The caller's address already has its share of calls outstanding here; ``str(err)`` is the message."""
 
 
+class Busy(Exception):
+    """No room in the :class:`Budget` of request bytes; ``str(err)`` is the message. ``client``: the caller's own
+    address holds its share (HTTP 429 / RESOURCE_EXHAUSTED), else the gate holds all it may (HTTP 503 / UNAVAILABLE)."""
+
+    def __init__(self, message: str, client: bool):
+        super().__init__(message)
+        self.client = client
+
+
+class Budget:
+    """The request bytes the gate holds at once (:data:`MAX_HELD_BYTES`; ``per_client`` of them per address the door
+    names). A request reserves its size before its body is read (HTTP: the declared length; gRPC: the message, which
+    grpc.aio hands over only whole) and gives it back when it ends, however it ends (:class:`Held`). A request that
+    finds nothing held is always let in, whatever its size and the limit, so the largest body the door accepts always
+    passes on its own."""
+
+    def __init__(self, limit: int = MAX_HELD_BYTES, per_client: int | None = MAX_HELD_PER_CLIENT):
+        self.limit = limit
+        self.per_client = per_client
+        self.held = 0
+        self.by_client: collections.Counter[str] = collections.Counter()
+
+    def reserve(self, size: int, client: str | None = None) -> Held:
+        """``size`` bytes held for the caller (``client``: its address; None where nobody names it), else
+        :class:`Busy`."""
+        client = client if self.per_client is not None else None
+        if client is not None:
+            mine = self.by_client[client]
+            if mine and mine + size > self.per_client:
+                raise Busy(BUSY_CLIENT.format(self.per_client // 2**20), client=True)
+        if self.held and self.held + size > self.limit:
+            raise Busy(BUSY.format(self.limit // 2**20), client=False)
+        self.held += size
+        if client is not None:
+            self.by_client[client] += size
+        return Held(self, size, client)
+
+    def _give_back(self, size: int, client: str | None) -> None:
+        self.held -= size
+        if client is not None:
+            self.by_client[client] -= size
+            if self.by_client[client] <= 0:
+                del self.by_client[client]
+
+
+class Held:
+    """Bytes reserved from a :class:`Budget`, given back when the last of their holders lets go: the request's handler
+    (``with``) and, once the call is sent, the call to Triton (:meth:`Upstream.run`), which keeps the body until
+    Triton answers, its caller gone or not."""
+
+    def __init__(self, budget: Budget, size: int, client: str | None):
+        self.budget, self.size, self.client = budget, size, client
+        self.holders = 1
+
+    def share(self) -> None:
+        self.holders += 1
+
+    def release(self) -> None:
+        self.holders -= 1
+        if self.holders == 0:
+            self.budget._give_back(self.size, self.client)
+
+    def __enter__(self) -> Held:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.release()
+
+
 class Upstream:
     """Calls to Triton that outlive their caller: started as tasks, awaited through a shield.
 
@@ -63,8 +151,9 @@ class Upstream:
         self.per_client = per_client
         self.outstanding: collections.Counter[str] = collections.Counter()
 
-    async def run(self, coro, client: str | None = None):
-        """``coro``'s result; raises :class:`TooMany` (``coro`` not started) when ``client`` is over its share."""
+    async def run(self, coro, client: str | None = None, held: Held | None = None):
+        """``coro``'s result; raises :class:`TooMany` (``coro`` not started) when ``client`` is over its share.
+        ``held``: the request's bytes (:class:`Budget`), kept until the call ends, since it keeps the body."""
         if client is not None and self.per_client is not None:
             if self.outstanding[client] >= self.per_client:
                 coro.close()
@@ -76,7 +165,9 @@ class Upstream:
         sent: list[bool] = []
         task = asyncio.ensure_future(self._limited(coro, sent))
         self.tasks.add(task)
-        task.add_done_callback(functools.partial(self._done, client=client))
+        if held is not None:
+            held.share()
+        task.add_done_callback(functools.partial(self._done, client=client, held=held))
         try:
             # A cancelled caller cancels the shield only: a call Triton has, finishes and its answer is dropped.
             return await asyncio.shield(task)
@@ -94,8 +185,10 @@ class Upstream:
             if not sent:
                 coro.close()  # cancelled while waiting: never started
 
-    def _done(self, task: asyncio.Task, client: str | None) -> None:
+    def _done(self, task: asyncio.Task, client: str | None, held: Held | None) -> None:
         self.tasks.discard(task)
+        if held is not None:
+            held.release()
         if client is not None and client in self.outstanding:
             self.outstanding[client] -= 1
             if self.outstanding[client] <= 0:

@@ -68,14 +68,39 @@ PRELOAD_CHECK_ENV = "ARGV_SECRET_CHECK"
 PRELOAD_CHECK_VALUE = "--exit-on-error=true"
 
 
+#: Shortest admin key accepted, as for the internal key: ``secrets.token_urlsafe(12)`` is 16 characters (96 bits).
+ADMIN_KEY_MIN_CHARS = 16
+#: How the example manifests (deploy/kserve/secrets/*.example.yaml) mark a value to replace: such a key is public.
+PLACEHOLDER_PREFIX = "REPLACE_WITH_"
+#: What every refusal of a chosen key tells the operator to do instead.
+MAKE_A_KEY = 'make one with: python -c "import secrets; print(secrets.token_urlsafe(32))"'
+
+
 def admin_key(environ: dict[str, str] | None = None) -> tuple[str, bool]:
-    """Returns ``(secret, generated)``: ``$TRITON_ADMIN_KEY``, else a fresh random one for this start."""
+    """Returns ``(secret, generated)``: ``$TRITON_ADMIN_KEY``, else a fresh random one for this start.
+
+    Raises:
+        ValueError: the key is one Triton's flags cannot carry, or one a caller could guess (:func:`check_admin_key`).
+    """
     value = (os.environ if environ is None else environ).get(ADMIN_KEY_ENV, "").strip()
     if value:
-        if any(c in value for c in ",:= \t"):
-            raise ValueError(f"{ADMIN_KEY_ENV} must not contain ',', ':', '=' or whitespace (Triton's flag syntax)")
+        check_admin_key(value)
         return value, False
     return secrets.token_urlsafe(32), True
+
+
+def check_admin_key(value: str) -> None:
+    """Raises ValueError naming what is wrong with ``value`` as the admin key, never the value itself (logs)."""
+    if any(c in value for c in ",:= \t"):
+        raise ValueError(f"{ADMIN_KEY_ENV} must not contain ',', ':', '=' or whitespace (Triton's flag syntax)")
+    # The admin key lets its holder load models, which run arbitrary Python: 'a' or an example's placeholder, left
+    # in a copied Secret, would be the first guesses.
+    if value.upper().startswith(PLACEHOLDER_PREFIX):
+        raise ValueError(
+            f"{ADMIN_KEY_ENV} must be a random secret, not a {PLACEHOLDER_PREFIX}... placeholder; {MAKE_A_KEY}"
+        )
+    if len(value) < ADMIN_KEY_MIN_CHARS:
+        raise ValueError(f"{ADMIN_KEY_ENV} must be at least {ADMIN_KEY_MIN_CHARS} characters; {MAKE_A_KEY}")
 
 
 def fingerprint(secret: str) -> str:
