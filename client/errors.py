@@ -23,13 +23,15 @@ class AgeGenderError(Exception):
 class ServerUnavailableError(AgeGenderError):
     """Triton cannot be reached (nothing listens, connection refused or reset, server shutting down).
 
-    ``restarting``: the front door says the launcher is restarting a crashed Triton (back in seconds)."""
+    ``restarting``: the front door says the launcher is restarting a crashed Triton (back in seconds); ``busy``: the
+    server's gate holds all the request bytes it may at once (back in a moment)."""
 
     retryable = True
 
-    def __init__(self, message: str, *, restarting: bool = False):
+    def __init__(self, message: str, *, restarting: bool = False, busy: bool = False):
         super().__init__(message)
         self.restarting = restarting
+        self.busy = busy
 
 
 class ModelNotReadyError(AgeGenderError):
@@ -154,7 +156,7 @@ def _translate_triton(exc: InferenceServerException, *, url: str, protocol: str,
             # The door or the gate answered for a server that is there but not serving now: "cannot reach" would send
             # the user looking for a server that is not running.
             now = "is busy" if busy else "is not serving right now"
-            return ServerUnavailableError(f"{where} {now}: {message}", restarting=restarting)
+            return ServerUnavailableError(f"{where} {now}: {message}", restarting=restarting, busy=busy)
         return ServerUnavailableError(unavailable_message(url, protocol, message))
     if status in ("NOT_FOUND", "404") or (status in ("INVALID_ARGUMENT", "400") and model_missing):
         return ModelNotReadyError(

@@ -406,6 +406,11 @@ def request_failed(backend: TritonBackend, err: AgeGenderError) -> tuple[str, di
                 f"**Triton is restarting** at {where} after a crash. "
                 "This page keeps working; press *Estimate* again in a few seconds."
             )
+        elif err.busy:  # the gate holds all the uploads it may at once
+            message = (
+                f"**Triton is busy** at {where}: it is receiving as many uploads as it holds at once. "
+                "This page keeps working; press *Estimate* again in a moment."
+            )
         return message, _error_json("server_unavailable", for_the_page(str(err)))
     if isinstance(err, InferenceTimeoutError):
         message = f"**Triton did not answer in time** ({backend.timeout:g} s) at {where}. It may be overloaded."

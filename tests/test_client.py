@@ -689,6 +689,7 @@ def test_triton_statuses_map_onto_the_hierarchy(status, message, expected):
     door_says_why = message in (contract.RESTARTING, contract.SHUTTING_DOWN, contract.BUSY)
     assert ("cannot reach" in str(error)) is (expected is ServerUnavailableError and not door_says_why)
     assert getattr(error, "restarting", False) is (message == contract.RESTARTING)
+    assert getattr(error, "busy", False) is (message == contract.BUSY)
     assert error.retryable is (expected in (ServerUnavailableError, ModelNotReadyError, RateLimitedError))
 
 

@@ -432,6 +432,19 @@ def test_a_restart_of_triton_reads_as_a_restart_not_as_unreachable():
     assert raw["error_kind"] == "server_unavailable" and "unreachable" not in status
 
 
+def test_a_busy_gate_reads_as_busy_not_as_unreachable():
+    from tritonclient.utils import InferenceServerException
+
+    from client.errors import translate
+    from common.contract import BUSY
+
+    backend = app.TritonBackend("127.0.0.1:1", "grpc")
+    said = InferenceServerException(f"{BUSY} (520 MiB); retry in a second", status="StatusCode.UNAVAILABLE")
+    status, raw = app.request_failed(backend, translate(said, url="127.0.0.1:1", protocol="grpc"))
+    assert status.startswith("**Triton is busy** at `127.0.0.1:1` (grpc)")
+    assert raw["error_kind"] == "server_unavailable" and "unreachable" not in status
+
+
 def test_a_timeout_setting_that_is_not_a_number_stops_the_start_with_one_line(monkeypatch):
     # Read when the page's module loads (TRITON_TIMEOUT, GRADIO_HEALTH_POLL): a traceback before.
     monkeypatch.setenv("TRITON_TIMEOUT", "abc")
