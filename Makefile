@@ -32,6 +32,9 @@ $(STAMP): pyproject.toml
 	# benchmarks and tests convert models); the serving processes block it themselves (ov_runtime.import_openvino).
 	$(BIN)/opt_in_out --opt_out </dev/null >/dev/null
 	command -v nginx >/dev/null || test -x /usr/sbin/nginx || (apt-get update && apt-get install -y nginx-light)
+	# Under root the door's nginx workers run as an account of their own (door.WORKER_USER): made here, before the
+	# tests start several doors at once (each would otherwise make it at its first start).
+	test "$$(id -u)" != 0 || $(BIN)/python -c 'from serving.runtime import door; door.worker_account()'
 	# h2load (Debian nghttp2-client): the benchmarks' gRPC load, and tests/test_soak.py's.
 	$(INSTALL_H2LOAD)
 	# Debian's browser for tests/test_gradio_browser.py (Playwright drives it; its own download needs the internet).

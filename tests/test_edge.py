@@ -312,12 +312,20 @@ def test_a_gate_that_cannot_start_ends_the_pod_after_its_restarts():
     t_http, t_grpc = f"{LOCAL}:{ports.free_port()}", f"{LOCAL}:{ports.free_port()}"
     fake = ["/bin/sh", "-c", "sleep 120", "sh", f"--http-address={LOCAL}", f"--http-port={t_http.split(':')[1]}"]
     fake += [f"--grpc-address={LOCAL}", f"--grpc-port={t_grpc.split(':')[1]}"]
-    with socket.socket() as taken:  # the gate's HTTP port is held by someone else
-        taken.bind((LOCAL, 0))
-        taken.listen()
-        http = f"{LOCAL}:{taken.getsockname()[1]}"
-        cmd = _edge_cmd(http, f"{LOCAL}:{ports.free_port()}", t_http, t_grpc, "--", *fake)
-        proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=90)
+    # Another Triton's region under the backend's default prefix, which this command names none of: the pod's
+    # clean-up removed every such region on the machine (a test server beside it lost its regions).
+    other = Path("/dev/shm") / f"{edge.DEFAULT_SHM_PREFIX}{uuid.uuid4()}"
+    other.write_bytes(b"")
+    try:
+        with socket.socket() as taken:  # the gate's HTTP port is held by someone else
+            taken.bind((LOCAL, 0))
+            taken.listen()
+            http = f"{LOCAL}:{taken.getsockname()[1]}"
+            cmd = _edge_cmd(http, f"{LOCAL}:{ports.free_port()}", t_http, t_grpc, "--", *fake)
+            proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=90)
+        assert other.exists()
+    finally:
+        other.unlink(missing_ok=True)
     assert proc.returncode != 0, proc.stderr
     assert proc.stderr.count("starting it again") == edge.GATE_RESTARTS
     assert f"for the {edge.GATE_RESTARTS + 1}th time in a minute" in proc.stderr

@@ -260,41 +260,6 @@ def test_a_copy_of_an_examples_bytes_is_deleted_like_any_upload(tmp_path, monkey
     assert uploads.sweep(60) == 1 and not twin.exists() and example.exists()
 
 
-@pytest.mark.integration
-def test_an_upload_with_an_examples_bytes_is_gone_after_its_answer(triton_tiny, tmp_path):
-    # The probe end to end: the real UI and Triton, the upload and the event sent as the page sends them.
-    from gradio_client import Client, handle_file
-
-    from tests.test_gradio_browser import PORTRAIT, gradio_ui
-
-    temp = tmp_path / "tmp"
-    temp.mkdir()
-    photo = tmp_path / "john_doe_private.jpg"
-    photo.write_bytes(PORTRAIT.read_bytes())  # a byte copy of the example
-    with gradio_ui(triton_tiny.grpc_url, temp_dir=temp) as url:
-        (folder,) = temp.iterdir()
-        (example,) = folder.glob(f"*/{PORTRAIT.name}")  # Gradio's cached copy, made at start
-        client = Client(url, verbose=False, download_files=False)
-        status = client.predict(handle_file(str(photo)), True, True, api_name="/run")[1]
-        assert "age ~" in status, status
-        assert not list(folder.rglob(photo.name)), "the upload is still on disk after its answer"
-        assert _served(url, example.parent / photo.name) != 200  # was 200 until the UI stopped; Gradio says 403
-        assert _served(url, example) == 200  # the example itself stays for the next click
-    assert list(temp.iterdir()) == []
-
-
-def _served(url: str, path: Path) -> int:
-    """The status the UI answers a fetch of ``path`` with (``/gradio_api/file=``, as the page fetches a file)."""
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"{url}gradio_api/file={path}", timeout=30) as answer:
-            return answer.status
-    except urllib.error.HTTPError as err:
-        return err.code
-
-
 def test_two_sessions_that_upload_the_same_photo_are_both_answered(tmp_path, monkeypatch):
     # Gradio stores an upload at <hash of its bytes>/<name>: the same photo under the same name from two sessions is
     # one file, and the first session answered deleted it under the other ("The photo is no longer stored").

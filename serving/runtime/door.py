@@ -218,18 +218,25 @@ def _worker_user() -> str:
 def worker_account() -> pwd.struct_passwd:
     """:data:`WORKER_USER`'s entry, the account made first when missing: a system account in a group of its own,
     without a home or a login shell."""
-    with contextlib.suppress(KeyError):
-        return pwd.getpwnam(WORKER_USER)
     useradd = shutil.which("useradd") or "/usr/sbin/useradd"
     command = [useradd, "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent"]
+    why = ""
+    # A few tries: doors started side by side (tests) each try, and useradd refuses while another holds /etc/passwd.
+    for _ in range(20):
+        with contextlib.suppress(KeyError):  # there, or made by another launcher meanwhile
+            return pwd.getpwnam(WORKER_USER)
+        try:
+            made = subprocess.run(
+                [*command, "--shell", "/usr/sbin/nologin", WORKER_USER], capture_output=True, text=True, check=False
+            )
+            why = made.stderr.strip() or f"useradd exited {made.returncode}"
+        except OSError as err:
+            why = str(err)
+            break
+        if made.returncode == 0:
+            continue
+        time.sleep(0.25)
     try:
-        made = subprocess.run(
-            [*command, "--shell", "/usr/sbin/nologin", WORKER_USER], capture_output=True, text=True, check=False
-        )
-        why = made.stderr.strip() or f"useradd exited {made.returncode}"
-    except OSError as err:
-        why = str(err)
-    try:  # made here, or by another launcher meanwhile (useradd then says it exists)
         return pwd.getpwnam(WORKER_USER)
     except KeyError:
         raise TritonStartError(

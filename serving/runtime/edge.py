@@ -35,6 +35,7 @@ import sys
 import threading
 import time
 import urllib.request
+import uuid
 
 from serving.runtime import children, command, security, stubs
 from serving.runtime.gate_process import SERVED_MODELS_ENV, STOP_S, gate_command
@@ -115,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.triton_preload and not os.path.isfile(args.triton_preload):
         print(f"edge: --triton-preload {args.triton_preload} is not a file", file=sys.stderr)
         return 2
+    triton = _with_shm_prefix(triton)
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     triton_env = {**env, **({"LD_PRELOAD": args.triton_preload} if args.triton_preload else {})}
     gate_env = {k: v for k, v in env.items() if k not in (security.ARGV_SECRETS_ENV, security.PRELOAD_CHECK_ENV)}
@@ -157,19 +159,27 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-#: The Python backend's own prefix for its regions when Triton's arguments name none (the ServingRuntime's do not:
-#: the pod's /dev/shm is its own).
+#: The Python backend's own prefix for its regions when Triton's arguments name none (the ServingRuntime's do not).
 DEFAULT_SHM_PREFIX = "triton_python_backend_shm_region_"
+_SHM_CONFIG = "python,shm-region-prefix-name="
 
 
-def _shm_prefix(triton: list[str]) -> str:
-    """The Python backend's shared-memory region prefix in Triton's arguments, else its default."""
-    config = "python,shm-region-prefix-name="
+def _shm_prefix(triton: list[str]) -> str | None:
+    """The Python backend's shared-memory region prefix in Triton's arguments, or None."""
     for arg in triton:
         value = arg.split("=", 1)[1] if arg.startswith("--backend-config=") else ""
-        if value.startswith(config) and value[len(config) :]:
-            return value[len(config) :]
-    return DEFAULT_SHM_PREFIX
+        if value.startswith(_SHM_CONFIG) and value[len(_SHM_CONFIG) :]:
+            return value[len(_SHM_CONFIG) :]
+    return None
+
+
+def _with_shm_prefix(triton: list[str]) -> list[str]:
+    """Triton's arguments with a prefix for its regions of this pod's own, unless they name one. The regions removed
+    when Triton ends are the ones of this prefix: the backend's default prefix is every Triton's on the machine, and
+    removing by it (a pod whose /dev/shm is not its own, a test beside other servers) took other servers' regions."""
+    if _shm_prefix(triton) is not None:
+        return triton
+    return [*triton, f"--backend-config={_SHM_CONFIG}{DEFAULT_SHM_PREFIX}pod{uuid.uuid4().hex[:8]}_"]
 
 
 def _version_ready(triton_http: str):
