@@ -22,7 +22,7 @@ TRACED = "import ctypes, os, signal; ctypes.CDLL(None).ptrace(0, 0, 0, 0); os.ki
 @pytest.fixture
 def quick(monkeypatch):
     monkeypatch.setattr(liveness, "CHECK_S", 0.05)
-    monkeypatch.setattr(liveness, "HUNG_S", 0.5)
+    monkeypatch.setattr(liveness, "HUNG_S", 0.25)
 
 
 def _child(code: str) -> subprocess.Popen:

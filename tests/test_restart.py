@@ -275,6 +275,7 @@ def test_a_hung_triton_is_restarted(tmp_path, monkeypatch):
 
     monkeypatch.setattr(liveness, "CHECK_S", 0.5)
     monkeypatch.setattr(liveness, "HUNG_S", 2.0)
+    monkeypatch.setattr(liveness, "ANSWER_S", 0.5)  # a stopped Triton's port accepts and never answers
     repo = age_repository(tmp_path, 4.0)
     server = TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0)
     with server:
