@@ -14,17 +14,15 @@ the detection CPU time of each, as a Markdown table.
 
 from __future__ import annotations
 
-import argparse
 import io
 import time
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from common import contract
 from research.face_size import served_models
-from research.measure_faces import ROOT, background, held_out_faces
+from research.measure_faces import ROOT, background, held_out_faces, split_parser
 from serving.pipeline.detect import FaceCropper
 
 PHOTO = (4000, 3000)
@@ -48,11 +46,7 @@ def scores(models: dict[str, object], crops: list[dict[str, np.ndarray]], ages, 
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "datasets" / "UTKFace.tar.gz")
-    p.add_argument("--split", choices=("val", "test"), default="val")
-    p.add_argument("--n", type=int, default=300)
-    p.add_argument("--seed", type=int, default=31)
+    p = split_parser(__doc__, n=300, seed=31)
     args = p.parse_args(argv)
     if not args.data.is_file():
         p.error(f"{args.data} is not a file: pass --data with the UTKFace archive")

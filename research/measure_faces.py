@@ -92,6 +92,17 @@ def held_out_faces(path: Path, *, seed: int | None = None, split: str = "val") -
     return faces
 
 
+def split_parser(doc: str, *, n: int, seed: int) -> argparse.ArgumentParser:
+    """The options every held-out-faces study takes: the archive (``--data``), the split (choose on ``val``, confirm
+    on ``test``), how many faces and the seed that draws them."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "datasets" / "UTKFace.tar.gz")
+    p.add_argument("--split", choices=("val", "test"), default="val")
+    p.add_argument("--n", type=int, default=n)
+    p.add_argument("--seed", type=int, default=seed)
+    return p
+
+
 def background(rng: np.random.Generator, size: tuple[int, int] = CANVAS) -> Image.Image:
     """A smooth random colour field with some blurred blobs, ``size`` (width, height): no faces, but not a flat wall
     either."""

@@ -31,7 +31,6 @@ before the detail floor (the cascade before the tile pass) are this file as of c
 
 from __future__ import annotations
 
-import argparse
 import io
 import math
 from pathlib import Path
@@ -39,7 +38,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from research.measure_faces import CANVAS, ROOT, background, dead_leaves, held_out_faces, iou, pictures_under, textured
+from research.measure_faces import (
+    CANVAS,
+    background,
+    dead_leaves,
+    held_out_faces,
+    iou,
+    pictures_under,
+    split_parser,
+    textured,
+)
 from serving.pipeline import detect
 
 BANDS = ((64, 96), (96, 144), (144, 216), (216, 324), (324, 481))
@@ -71,11 +79,7 @@ def degraded(picture: Image.Image) -> dict[str, Image.Image]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "datasets" / "UTKFace.tar.gz")
-    p.add_argument("--split", choices=("val", "test"), default="val")
-    p.add_argument("--n", type=int, default=400)
-    p.add_argument("--seed", type=int, default=11)
+    p = split_parser(__doc__, n=400, seed=11)
     p.add_argument(
         "--floors",
         default=f"{detect.MIN_FACE_DETAIL:g},0",

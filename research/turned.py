@@ -17,15 +17,13 @@ most prominent face (``MultiFaceCropper.detect_all``). Faceless pictures (``--n`
 
 from __future__ import annotations
 
-import argparse
 import io
 import math
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from research.measure_faces import CANVAS, ROOT, background, dead_leaves, held_out_faces, iou
+from research.measure_faces import CANVAS, background, dead_leaves, held_out_faces, iou, split_parser
 from serving.pipeline.crops import CropCalibration, Detection, square_for
 from serving.pipeline.detect import FaceCropper, MultiFaceCropper
 
@@ -67,11 +65,7 @@ def pictures(faces: list[tuple[bytes, int, int]], n: int, seed: int):
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "datasets" / "UTKFace.tar.gz")
-    p.add_argument("--split", choices=("val", "test"), default="val")
-    p.add_argument("--n", type=int, default=300)
-    p.add_argument("--seed", type=int, default=5)
+    p = split_parser(__doc__, n=300, seed=5)
     args = p.parse_args(argv)
     if args.n < 2:
         p.error("--n must be at least 2")

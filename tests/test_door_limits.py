@@ -395,10 +395,7 @@ def test_a_master_that_died_before_its_stop_leaves_no_worker(tmp_path):
 
     front, master = _bare_door(tmp_path)
     try:
-        deadline = time.monotonic() + 10
-        while not (workers := [p.pid for p in procs.all_processes() if p.ppid == master.pid]):
-            assert time.monotonic() < deadline, "no worker started"
-            time.sleep(0.05)
+        workers = _workers(master)
         os.kill(master.pid, signal.SIGKILL)  # the master alone: its workers stay, in its group
         deadline = time.monotonic() + 5
         while front.running():
@@ -461,6 +458,15 @@ def _bare_door(tmp_path: Path) -> tuple[door.Door, subprocess.Popen]:
         triton_http=f"127.0.0.1:{free_port()}", triton_grpc=f"127.0.0.1:{free_port()}",
     )  # fmt: skip
     return front, front.start()
+
+
+def _workers(master: subprocess.Popen) -> list[int]:
+    """The worker processes of a door's nginx ``master``, once it has started them."""
+    deadline = time.monotonic() + 10
+    while not (workers := [p.pid for p in procs.all_processes() if p.ppid == master.pid]):
+        assert time.monotonic() < deadline, "no worker started"
+        time.sleep(0.05)
+    return workers
 
 
 def _running(pid: int) -> bool:
@@ -558,10 +564,7 @@ def test_under_root_the_workers_run_as_an_account_of_their_own(tmp_path):
 
     front, master = _bare_door(tmp_path)
     try:
-        deadline = time.monotonic() + 10
-        while not (workers := [p.pid for p in procs.all_processes() if p.ppid == master.pid]):
-            assert time.monotonic() < deadline, "no worker started"
-            time.sleep(0.05)
+        workers = _workers(master)
         account = pwd.getpwnam(door.WORKER_USER)
         for pid in workers:
             assert os.stat(f"/proc/{pid}").st_uid == account.pw_uid
