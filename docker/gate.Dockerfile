@@ -18,6 +18,8 @@ RUN pip install .
 
 USER nobody
 EXPOSE 8010 8011
-# Inside the compose network only (expose, not published): the door is its one caller.
+# Inside the compose network only (expose, not published): the door is its one caller. --held-bytes: compose gives
+# this container 512 MiB (mem_limit), and a body is held up to about twice while it is read, so the gate's budget of
+# request bytes held at once is 192 MiB here, not its 520 MiB default (tests/test_compose.py checks the two agree).
 CMD ["python", "-m", "serving.runtime.gate", "--grpc", "0.0.0.0:8011", "--http", "0.0.0.0:8010", \
-     "--triton-grpc", "triton:8001", "--triton-http", "triton:8000"]
+     "--triton-grpc", "triton:8001", "--triton-http", "triton:8000", "--held-bytes", "201326592"]

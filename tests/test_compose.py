@@ -342,3 +342,16 @@ def test_the_triton_images_pip_pins_are_the_projects_base_and_serve_pins():
     text = (ROOT / "docker" / "triton.Dockerfile").read_text()
     pinned = {name.split("[")[0]: version for name, version in re.findall(r'"([\w.\-\[\],]+)==([\w.]+)"', text)}
     assert {name: pinned.get(name) for name in wanted} == wanted
+
+
+def test_the_gates_byte_budget_fits_its_container(compose):
+    """The gate holds up to --held-bytes of request bodies at once, each up to about twice while it is read
+    (serving/runtime/gate_relay.py): over its container's mem_limit that is an OOM kill, not a 503 (docs review,
+    2026-12-07: the 520 MiB default under a 512 MiB limit)."""
+    dockerfile = (ROOT / "docker" / "gate.Dockerfile").read_text().replace("\\\n", "")
+    command = json.loads(re.search(r"^CMD (\[.*?\])", dockerfile, re.M | re.S).group(1))
+    held = int(command[command.index("--held-bytes") + 1])
+    limit = compose["services"]["gate"]["mem_limit"]
+    assert limit.endswith("m")
+    baseline = 96 * 2**20  # the gate's own RSS, idle: 52-78 MiB measured
+    assert 2 * held + baseline <= int(limit[:-1]) * 2**20

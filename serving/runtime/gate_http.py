@@ -177,7 +177,7 @@ def _let_go(error: BaseException) -> None:
     exception's traceback keeps alive in a reference cycle until Python's cyclic collector runs, and that runs by
     counts of objects, not bytes: the eight 60 MiB bodies the budget let in, abandoned one byte short, kept the gate at
     534 MiB after their sockets closed (1.26 GB for twenty before the budget). Clearing the finished frames' locals
-    frees them at once (54 MiB). ``seen``: a chain that names itself again ends there."""
+    frees them at once (52-54 MiB). ``seen``: a chain that names itself again ends there."""
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))

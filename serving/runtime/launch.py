@@ -104,7 +104,7 @@ def _port(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:  # keys Triton's flag syntax cannot carry: one line naming the variable, before anything starts
+    try:  # keys Triton's flag syntax cannot carry, or guessable: one line naming the variable, before anything starts
         security.admin_key()
         security.internal_key()
     except ValueError as err:
