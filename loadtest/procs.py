@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.pids import fields_after_name, stat_fields
+
 PROC = Path("/proc")
 #: Process names counted as "the server" (the stub's name as its executable is called).
 SERVER_NAMES = ("tritonserver", "triton_python_backend_stub", "nginx")
@@ -32,18 +34,6 @@ def _read(path: Path) -> str | None:
         return path.read_text(errors="replace")
     except OSError:
         return None
-
-
-def stat_fields(pid: int | str) -> list[str] | None:
-    """The fields of /proc/PID/stat after the command name, from ``state`` on (so ``ppid`` is [1], ``pgrp`` [2],
-    ``utime``/``stime`` [11]/[12], ``starttime`` [19]); None if the process is gone. The name is in parentheses
-    and may contain spaces and parentheses itself, so the split is after the last ")"."""
-    stat = _read(PROC / str(pid) / "stat")
-    return None if stat is None else _fields(stat)
-
-
-def _fields(stat: str) -> list[str]:
-    return stat[stat.rindex(")") + 2 :].split()
 
 
 def started_at(pid: int | str) -> float | None:
@@ -76,7 +66,7 @@ def process(pid: int) -> Proc | None:
     cmdline = _read(PROC / str(pid) / "cmdline")
     if stat is None:
         return None
-    ppid = int(_fields(stat)[1])
+    ppid = int(fields_after_name(stat)[1])
     argv0 = (cmdline or "").split("\0")[0]
     # nginx renames itself "nginx: master process ...".
     name = os.path.basename(argv0.split()[0]).rstrip(":") if argv0 else stat[stat.index("(") + 1 : stat.rindex(")")]

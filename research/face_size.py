@@ -56,19 +56,30 @@ def validation_faces(archive: Path, repository: Path) -> tuple[list[Image.Image]
     return faces, val.ages.astype(np.float32), val.genders.astype(np.int64)
 
 
-def answers(models: dict, faces: list[Image.Image], side: int, batch: int = 64) -> dict[str, np.ndarray]:
+def answers(models: dict, faces: list[Image.Image], side: int) -> dict[str, np.ndarray]:
     """The served outputs for every face shrunk to ``side`` px and taken through the crop path's resizing."""
+    shrunk = (face if side >= face.width else face.resize((side, side), Image.Resampling.BOX) for face in faces)
+    return served_answers(models, [spec.model_inputs(face) for face in shrunk])
+
+
+def served_answers(models: dict, inputs: list[dict[str, np.ndarray]], batch: int = 64) -> dict[str, np.ndarray]:
+    """The served CNNs' outputs (:func:`served_models`) for each face's model inputs (``spec.model_inputs``), by
+    output name."""
     out: dict[str, list] = {}
-    for start in range(0, len(faces), batch):
-        inputs = [
-            spec.model_inputs(face if side >= face.width else face.resize((side, side), Image.Resampling.BOX))
-            for face in faces[start : start + batch]
-        ]
+    for start in range(0, len(inputs), batch):
+        part = inputs[start : start + batch]
         for task, compiled in models.items():
-            result = compiled(np.stack([x[task] for x in inputs]))
-            for port, value in result.items():
-                out.setdefault(port.get_any_name(), []).append(np.asarray(value).reshape(len(inputs), -1)[:, 0])
+            for port, value in compiled(np.stack([x[task] for x in part])).items():
+                out.setdefault(port.get_any_name(), []).append(np.asarray(value).reshape(len(part), -1)[:, 0])
     return {name: np.concatenate(parts) for name, parts in out.items()}
+
+
+def scores(got: dict[str, np.ndarray], ages: np.ndarray, genders: np.ndarray) -> tuple[float, float, float]:
+    """Age MAE, the share of true ages inside the served 80% interval and gender accuracy of served outputs."""
+    mae = float(np.mean(np.abs(got[contract.AGE_OUTPUT] - ages)))
+    inside = float(np.mean((got[contract.AGE_LOW_OUTPUT] <= ages) & (ages <= got[contract.AGE_HIGH_OUTPUT])))
+    accuracy = float(np.mean(contract.is_female(got[contract.GENDER_OUTPUT]) == (genders == 1)))
+    return mae, inside, accuracy
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -84,11 +95,8 @@ def main(argv: list[str] | None = None) -> None:
     print("| face side, px | age MAE | age within its 80% interval | gender accuracy |")
     print("|---|---|---|---|")
     for side in (int(s) for s in args.sides.split(",")):
-        got = answers(models, faces, side)
-        mae = float(np.mean(np.abs(got[contract.AGE_OUTPUT] - ages)))
-        inside = (got[contract.AGE_LOW_OUTPUT] <= ages) & (ages <= got[contract.AGE_HIGH_OUTPUT])
-        accuracy = float(np.mean(contract.is_female(got[contract.GENDER_OUTPUT]) == (genders == 1)))
-        print(f"| {side} | {mae:.2f} | {np.mean(inside):.3f} | {accuracy:.4f} |", flush=True)
+        mae, inside, accuracy = scores(answers(models, faces, side), ages, genders)
+        print(f"| {side} | {mae:.2f} | {inside:.3f} | {accuracy:.4f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -20,29 +20,12 @@ import time
 import numpy as np
 from PIL import Image
 
-from common import contract
-from research.face_size import served_models
+from research.face_size import scores, served_answers, served_models
 from research.measure_faces import ROOT, background, held_out_faces, split_parser
 from serving.pipeline.detect import FaceCropper
 
 PHOTO = (4000, 3000)
 FACE_SIDES = (120, 400)
-BATCH = 64
-
-
-def scores(models: dict[str, object], crops: list[dict[str, np.ndarray]], ages, genders) -> tuple[float, float, float]:
-    """Age MAE, share of ages inside the 80% interval and gender accuracy of the served CNNs on ``crops``."""
-    out: dict[str, list[np.ndarray]] = {}
-    for task, compiled in models.items():
-        for start in range(0, len(crops), BATCH):
-            part = crops[start : start + BATCH]
-            for port, value in compiled(np.stack([c[task] for c in part])).items():
-                out.setdefault(port.get_any_name(), []).append(np.asarray(value).reshape(len(part), -1)[:, 0])
-    got = {name: np.concatenate(parts) for name, parts in out.items()}
-    mae = float(np.mean(np.abs(got[contract.AGE_OUTPUT] - ages)))
-    inside = float(np.mean((got[contract.AGE_LOW_OUTPUT] <= ages) & (ages <= got[contract.AGE_HIGH_OUTPUT])))
-    accuracy = float(np.mean(contract.is_female(got[contract.GENDER_OUTPUT]) == (genders == 1)))
-    return mae, inside, accuracy
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -81,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     print("| single-face path | age MAE | ages inside their 80% interval | gender accuracy | detection CPU s |")
     print("|---|---|---|---|---|")
     for name in croppers:
-        mae, inside, accuracy = scores(models, crops[name], ages, genders)
+        mae, inside, accuracy = scores(served_answers(models, crops[name]), ages, genders)
         print(f"| {name} | {mae:.2f} | {inside:.3f} | {accuracy:.3f} | {cpu[name]:.1f} |")
 
 

@@ -314,7 +314,7 @@ def test_a_gate_that_cannot_start_ends_the_pod_after_its_restarts():
     fake += [f"--grpc-address={LOCAL}", f"--grpc-port={t_grpc.split(':')[1]}"]
     # Another Triton's region under the backend's default prefix, which this command names none of: the pod's
     # clean-up removed every such region on the machine (a test server beside it lost its regions).
-    other = Path("/dev/shm") / f"{edge.DEFAULT_SHM_PREFIX}{uuid.uuid4()}"
+    other = Path("/dev/shm") / f"{command.SHM_PREFIX}{uuid.uuid4()}"
     other.write_bytes(b"")
     try:
         with socket.socket() as taken:  # the gate's HTTP port is held by someone else

@@ -67,6 +67,23 @@ def named_models(args: list[str] | tuple[str, ...]) -> tuple[str, ...]:
     return () if "*" in named else tuple(sorted(named))
 
 
+#: The Python backend's own prefix for its /dev/shm regions; each server names a prefix of its own that starts with it
+#: (``--backend-config=python,shm-region-prefix-name=PREFIX``: :data:`SHM_PREFIX_SETTING`), so that it can find and
+#: remove its own regions.
+SHM_PREFIX = "triton_python_backend_shm_region_"
+SHM_PREFIX_SETTING = "python,shm-region-prefix-name"
+
+
+def shm_prefix(args: list[str] | tuple[str, ...]) -> str | None:
+    """The region prefix Triton's arguments give the Python backend (the last, as with any flag), or None."""
+    named = [
+        value.split("=", 1)[1]
+        for given, value in _flags(args)
+        if given == "--backend-config" and value.startswith(f"{SHM_PREFIX_SETTING}=")
+    ]
+    return next((prefix for prefix in reversed(named) if prefix), None)
+
+
 def flag(args: list[str] | tuple[str, ...], name: str) -> str | None:
     """The last value of ``--name=value`` or ``--name value`` in Triton's arguments (its last one wins)."""
     values = [value for given, value in _flags(args) if given == f"--{name}"]
@@ -135,7 +152,7 @@ def triton_args(
         # Every config is complete; without this the Python backend starts one extra stub process per
         # model just to ask it to complete its config, which doubles the stubs started at cold start.
         "--disable-auto-complete-config",
-        f"--backend-config=python,shm-region-prefix-name={shm_prefix}",
+        f"--backend-config={SHM_PREFIX_SETTING}={shm_prefix}",
         *security.restricted_args(admin_key, internal_key),
     ]
     return [*args, *extra_args]

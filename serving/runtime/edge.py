@@ -155,31 +155,18 @@ def main(argv: list[str] | None = None) -> int:
     children.kill_group(server.pid)  # stubs a killed Triton left behind
     # And their shared-memory regions: a /dev/shm that outlives the container (a memory-backed volume) kept 1 MiB per
     # stub of every Triton killed (a dead stub's restart, a crash).
-    remove_segments(SHM_DIR, _shm_prefix(triton))
+    remove_segments(SHM_DIR, command.shm_prefix(triton))
     return code
 
 
-#: The Python backend's own prefix for its regions when Triton's arguments name none (the ServingRuntime's do not).
-DEFAULT_SHM_PREFIX = "triton_python_backend_shm_region_"
-_SHM_CONFIG = "python,shm-region-prefix-name="
-
-
-def _shm_prefix(triton: list[str]) -> str | None:
-    """The Python backend's shared-memory region prefix in Triton's arguments, or None."""
-    for arg in triton:
-        value = arg.split("=", 1)[1] if arg.startswith("--backend-config=") else ""
-        if value.startswith(_SHM_CONFIG) and value[len(_SHM_CONFIG) :]:
-            return value[len(_SHM_CONFIG) :]
-    return None
-
-
 def _with_shm_prefix(triton: list[str]) -> list[str]:
-    """Triton's arguments with a prefix for its regions of this pod's own, unless they name one. The regions removed
-    when Triton ends are the ones of this prefix: the backend's default prefix is every Triton's on the machine, and
-    removing by it (a pod whose /dev/shm is not its own, a test beside other servers) took other servers' regions."""
-    if _shm_prefix(triton) is not None:
+    """Triton's arguments with a prefix for its regions of this pod's own, unless they name one (the ServingRuntime's
+    do not). The regions removed when Triton ends are the ones of this prefix: the backend's default prefix is every
+    Triton's on the machine, and removing by it (a pod whose /dev/shm is not its own, a test beside other servers) took
+    other servers' regions."""
+    if command.shm_prefix(triton) is not None:
         return triton
-    return [*triton, f"--backend-config={_SHM_CONFIG}{DEFAULT_SHM_PREFIX}pod{uuid.uuid4().hex[:8]}_"]
+    return [*triton, f"--backend-config={command.SHM_PREFIX_SETTING}={command.SHM_PREFIX}pod{uuid.uuid4().hex[:8]}_"]
 
 
 def _version_ready(triton_http: str):

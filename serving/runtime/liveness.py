@@ -22,7 +22,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
+
+from common import pids
 
 #: Seconds between liveness questions.
 CHECK_S = 2.0
@@ -35,11 +36,8 @@ HUNG_S = 30.0
 def state(pid: int) -> str | None:
     """The process's state letter from /proc (``R``, ``S``, ``T`` stopped, ``t`` stopped by a tracer, ...), or None
     once it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat[stat.rfind(")") + 2 :].split(maxsplit=1)[0]  # after the name, which may hold spaces and ')'
+    fields = pids.stat_fields(pid)
+    return None if fields is None else fields[0]
 
 
 class LivenessWatch(threading.Thread):

@@ -49,7 +49,7 @@ from serving.runtime.reaper import SHM_DIR, remove_segments
 from serving.runtime.subproc import stop_process
 
 DEFAULT_REPOSITORY = binary.DEFAULT_REPOSITORY
-SHM_PREFIX = "triton_python_backend_shm_region_"
+SHM_PREFIX = command.SHM_PREFIX
 # Shutdown bounds, derived from the longest a request may take (door.REQUEST_TIMEOUT_S, itself derived from
 # the per-request decode budget): the door waits that long for accepted requests (anything slower has already
 # been answered 504 by it), then Triton, with nothing in flight any more, gets command.EXIT_TIMEOUT to unload.
@@ -467,7 +467,7 @@ class TritonServer:
             # ... and so does a Triton that runs but no longer answers (liveness.py): a deadlock, a SIGSTOP.
             liveness.LivenessWatch(
                 self._proc.pid,
-                live=lambda timeout: self._triton_http("/v2/health/live", timeout=timeout)[0] == 200,
+                live=lambda timeout: self._live_status(timeout) == 200,
                 on_hung=self._broken,
                 armed=lambda: self._ready_once,
                 stopping=self._stopping,
@@ -567,9 +567,13 @@ class TritonServer:
     def _answers_not_live(self) -> bool:
         """Whether Triton's own port answers /v2/health/live, with anything but 200 (not while it is not listening)."""
         try:
-            return self._triton_http("/v2/health/live")[0] != 200
+            return self._live_status() != 200
         except OSError:
             return False
+
+    def _live_status(self, timeout: float = 2.0) -> int:
+        """The status Triton's own port answers /v2/health/live with; OSError when it does not answer."""
+        return self._triton_http("/v2/health/live", timeout=timeout)[0]
 
     def served_models(self) -> tuple[str, ...]:
         """The models this server serves, for the gate's readiness: the ones named by ``--load-model``, else every

@@ -25,6 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
+from common import pids
+
 #: The Python backend's stub program.
 STUB = "triton_python_backend_stub"
 #: Seconds between looks at the stubs: a dead model fails requests for about this long before the restart begins.
@@ -50,15 +52,8 @@ def _children(pid: int) -> set[int]:
     calls that file unreliable for re-parented children), so a dead stub went unseen."""
     found = set()
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:  # ended meanwhile
-            continue
-        # pid (comm) state ppid ...: comm may hold spaces and parentheses, so split after its last ')'.
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) > 1 and fields[1] == str(pid):
+        # None: ended meanwhile; fields[1] is the parent.
+        if entry.name.isdigit() and (fields := pids.stat_fields(entry.name)) is not None and fields[1] == str(pid):
             found.add(int(entry.name))
     return found
 
