@@ -765,6 +765,54 @@ def test_a_malformed_length_header_is_the_callers_mistake(own_gate):
     assert status == 200 and text.startswith(b'{"model_name":"%s"' % CROP.encode()), text[:300]
 
 
+@pytest.fixture
+def impatient_gate(triton_tiny):
+    """Request heads due within 1.5 s of a connection's opening or last answer."""
+    yield from _own_gate(triton_tiny, "--http-idle-s", "1.5")
+
+
+def _closed_after(sock: socket.socket, trickle: bytes) -> float:
+    """Sends ``trickle`` a byte every 0.2 s until the gate closes the connection; the seconds that took."""
+    started = time.monotonic()
+    sock.settimeout(0.2)
+    for byte in trickle:
+        try:
+            sock.sendall(bytes([byte]))
+            if sock.recv(65536) == b"":
+                return time.monotonic() - started
+        except TimeoutError:
+            continue
+        except (BrokenPipeError, ConnectionResetError):
+            return time.monotonic() - started
+    raise AssertionError("the gate kept the connection open")
+
+
+@pytest.mark.integration
+def test_a_request_head_trickled_or_never_sent_is_cut_off(impatient_gate):
+    """In a KServe pod nothing in front of the gate timed a request's head: aiohttp's default let a caller who sent
+    one byte now and then (or nothing) hold a connection for an hour. Such connections are closed after the gate's
+    idle bound, counted from the opening and again from each answer; a kept-alive connection serves on until then."""
+    url, _, internal = impatient_gate
+    host, port = url.rsplit(":", 1)
+    trickle = b"GET /v2/health/live HTTP/1.1\r\n" + b"X-Padding: " + b"a" * 200
+    key = b"%s: %s\r\n" % (security.INTERNAL_HEADER.encode(), internal[security.INTERNAL_HEADER].encode())
+    live = b"GET /v2/health/live HTTP/1.1\r\nHost: gate\r\n" + key + b"\r\n"
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        assert 1.0 < _closed_after(sock, trickle) < 5.0
+    with socket.create_connection((host, int(port)), timeout=5) as sock:  # sends nothing at all
+        sock.settimeout(5)
+        started = time.monotonic()
+        assert sock.recv(65536) == b"" and 1.0 < time.monotonic() - started < 5.0
+    with socket.create_connection((host, int(port)), timeout=5) as sock:  # answered, then idle: the bound again
+        time.sleep(1.0)
+        sock.sendall(live)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        time.sleep(1.0)  # 2 s since the opening, 1 s since the answer: still open
+        sock.sendall(live)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        assert 1.0 < _closed_after(sock, trickle) < 5.0
+
+
 def _held_open(url: str, headers: dict[str, str], declared: int) -> socket.socket:
     """An inference whose body declares ``declared`` bytes and sends one: held at the gate until closed."""
     host, port = url.rsplit(":", 1)

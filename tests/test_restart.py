@@ -291,3 +291,28 @@ def test_a_hung_triton_is_restarted(tmp_path, monkeypatch):
         assert any("has not answered its liveness" in e for e in server.events), server.events
         assert liveness.state(hung) is None  # killed, not left stopped
         assert _age_answer(server) == 4.0
+
+
+def test_a_stopped_stub_restarts_triton(tmp_path, monkeypatch):
+    """A stub stopped with SIGSTOP under a served model had every request for it fail ("is not healthy"), while
+    readiness and Triton's liveness said all was well, for as long as it stayed stopped. Now the stub watch
+    restarts Triton after STOPPED_S, as for a dead stub."""
+    import signal
+
+    from serving.runtime import liveness, stubs
+
+    monkeypatch.setattr(stubs, "STOPPED_S", 2.0)
+    repo = age_repository(tmp_path, 5.0)
+    server = TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0)
+    with server:
+        assert _age_answer(server) == 5.0
+        time.sleep(2.5 * stubs.CHECK_S)  # seen running first, as a stub in service is
+        (pid,) = [pid for pid, stub in stubs.stubs_of(server._proc.pid).items() if stub.model == "age"]
+        os.kill(pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 90
+        while not (server.restarts and server.is_ready()):
+            assert time.monotonic() < deadline, (server.events, server.logs(20))
+            time.sleep(0.1)
+        assert any("the Python stub of age version 1" in e and "stopped (SIGSTOP)" in e for e in server.events)
+        assert liveness.state(pid) is None  # killed with Triton, not left stopped
+        assert _age_answer(server) == 5.0

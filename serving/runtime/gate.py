@@ -129,6 +129,15 @@ _RECONNECT_OPTIONS = [
 #: UNAVAILABLE). A trickled stream thus ends within about 33 + 120 s; a request that starts just before a GOAWAY still
 #: has the grace, twice the door's answer timeout (door.REQUEST_TIMEOUT_S), for its upload and answer.
 GRPC_CONNECTION_AGE_S = 30
+#: How long an HTTP connection may wait for its next complete request head: from its opening, then from each answer.
+#: aiohttp's one timer for both (its keep-alive), which it checks whatever arrives, so a head trickled a byte at a time
+#: is cut off as an idle connection is; a request whose head is in is timed by its body's deadline
+#: (gate_http.body_deadline_s) and the door's. Behind the door this never fires first (nginx closes its idle
+#: connections to the gate after 60 s). In a KServe pod nothing else in the container times a head: aiohttp's default,
+#: 3630 s, let one slow caller hold a connection for an hour. 100 s stays above the idle timeout of Go's HTTP client
+#: (90 s, net/http's default, which Knative's proxies in front of a pod build on), so the pod does not close a
+#: connection such a proxy is about to reuse: the race that answers a POST 502.
+HTTP_IDLE_S = 100
 GRPC_CONNECTION_GRACE_S = 2 * REQUEST_TIMEOUT_S
 #: How a gzip or a deflate (zlib) message starts; a ModelInferRequest starts with a field tag, never these bytes.
 COMPRESSED_STARTS = (b"\x1f\x8b", b"\x78\x01", b"\x78\x5e", b"\x78\x9c", b"\x78\xda")
@@ -365,7 +374,13 @@ async def serve(args, admin_key: str, upstream_headers: dict[str, str], stop: as
     # Bodies are never inflated here (compressed ones are refused before; this makes sure of it).
     # handler_cancellation: a caller that hangs up cancels its handler (aiohttp's default lets it run on), so a call
     # still waiting for a place to Triton is dropped, as on the gRPC side; one Triton has runs on (Upstream's shield).
-    runner = web.AppRunner(http_gate.app(), access_log=None, auto_decompress=False, handler_cancellation=True)
+    runner = web.AppRunner(
+        http_gate.app(),
+        access_log=None,
+        auto_decompress=False,
+        handler_cancellation=True,
+        keepalive_timeout=getattr(args, "http_idle_s", HTTP_IDLE_S),
+    )
     logging.getLogger("aiohttp.server").addFilter(ProtocolErrors())  # once a process: each filter counts on its own
     await runner.setup()
     host, port = _split(args.http)
@@ -408,6 +423,12 @@ def main(argv: list[str] | None = None) -> int:
         default=MAX_HELD_BYTES,
         help="request bytes the gate holds at once, both protocols together (default %(default)s); a request that "
         "finds nothing held always passes",
+    )
+    p.add_argument(
+        "--http-idle-s",
+        type=float,
+        default=HTTP_IDLE_S,
+        help="seconds an HTTP connection may wait for its next complete request head (default %(default)s)",
     )
     args = p.parse_args(argv)
     # Secrets come from the environment (never argv, which every local user can read in /proc).
