@@ -11,7 +11,7 @@ from pathlib import Path
 
 from client import AgeGenderClient
 from common import contract
-from serving.runtime import command
+from serving.runtime import command, narrow_start, stubs
 from serving.runtime.command import CONTROL_ARGS
 from serving.runtime.launch import TritonServer
 
@@ -67,6 +67,9 @@ def test_ensembles_first_and_early_requests_wait_for_their_model(tiny_repo):
         assert states[contract.CROP_ENSEMBLE] == states[contract.DETECT_ENSEMBLE] == "READY", states
         assert states[contract.FACES_MODEL] is None, states  # not loaded yet: the ensembles came first
         assert server.later_models() == (contract.FACES_MODEL,)
+        # One instance of each decoding model so far (narrow_start.py): their configs give two.
+        first_stubs = _decoding_stubs(server)
+        assert sorted(_models(first_stubs)) == sorted(narrow_start.MODELS), first_stubs
 
         # Sent now, while `faces` is not loaded: its requests wait at the gate, over gRPC and HTTP, then succeed.
         answers: dict[str, object] = {}
@@ -94,5 +97,23 @@ def test_ensembles_first_and_early_requests_wait_for_their_model(tiny_repo):
 
         server.wait_ready(timeout=120)  # ready means every model, the later ones included
         assert all(state == "READY" for state in _states(server).values())
+        # And now two of each: Triton added one beside the one serving, or (a model whose files changed since it
+        # loaded, as a first start's __pycache__ does) loaded it anew beside it and then unloaded the old one.
+        deadline = time.monotonic() + 60
+        while sorted(_models(now := _decoding_stubs(server))) != sorted(narrow_start.MODELS * 2):
+            assert time.monotonic() < deadline, (first_stubs, now)
+            time.sleep(0.1)
+        for model in narrow_start.MODELS:
+            config = json.loads(server._triton_http(f"/v2/models/{model}/config", internal=True)[1])
+            assert config["instance_group"][0]["count"] == 2, config["instance_group"]
+        assert not server._later.failures and not any("failed" in e for e in server.events), server.events
     finally:
         server.stop()
+
+
+def _models(found: dict[int, stubs.Stub]) -> list[str]:
+    return [stub.model for stub in found.values()]
+
+
+def _decoding_stubs(server: TritonServer) -> dict[int, stubs.Stub]:
+    return {pid: s for pid, s in stubs.stubs_of(server._proc.pid).items() if s.model in narrow_start.MODELS}

@@ -20,7 +20,7 @@ import urllib.request
 from collections.abc import Callable
 
 from common import contract
-from serving.runtime import command
+from serving.runtime import command, narrow_start
 
 #: How long the launcher gives the models loaded after the ensembles (command.loads_first), each; a load that has not
 #: finished by then is reported, and its requests get Triton's own error.
@@ -54,8 +54,10 @@ class LaterLoads:
     when needed: ``triton_http`` (a call to Triton's own HTTP port, with the admin key if ``admin=True``, returning
     status and body), ``metrics_url`` (chosen by the server's start), ``gate_wanted`` (the gate's event that a request
     waits for a later model; None without a gate, which starts after Triton and is gone once stopping), ``stopping``
-    (set when the server stops) and ``report`` (the server's event log). ``done`` is set once the later loads have
-    finished or given up, and ``failures`` lists what went wrong, for the server's readiness wait."""
+    (set when the server stops), ``report`` (the server's event log) and ``narrow`` (the view of the repository that
+    Triton started on with fewer instances than the configs give, if any: narrow_start.py). ``done`` is set
+    once the later loads have finished or given up, and ``failures`` lists what went wrong, for the server's
+    readiness wait."""
 
     def __init__(
         self,
@@ -65,8 +67,10 @@ class LaterLoads:
         gate_wanted: Callable[[], threading.Event | None],
         stopping: threading.Event,
         report: Callable[[str], None],
+        narrow: Callable[[], narrow_start.NarrowStart | None] = lambda: None,
     ):
         self._triton_http = triton_http
+        self._narrow = narrow
         self._metrics_url = metrics_url
         self._gate_wanted = gate_wanted
         self._stopping = stopping
@@ -97,6 +101,10 @@ class LaterLoads:
             self._await_first_use(proc)
             if self._stopping.wait(self.delay_s):
                 return
+            if (narrow := self._narrow()) is not None:
+                for model, count in narrow.widen().items():  # their other instances first: both paths' capacity
+                    self._load_instances(model, count)
+                    narrow.link(model)
             tried: set[str] = set()
             while proc.poll() is None and not self._stopping.is_set():
                 # Listed again after each load: an ensemble's load brings the models it steps through with it.
@@ -109,18 +117,35 @@ class LaterLoads:
                     return
                 model = waiting[0]
                 tried.add(model)
-                status, body = self._triton_http(
-                    f"/v2/repository/models/{urllib.parse.quote(model, safe='')}/load",
-                    post=True,
-                    admin=True,
-                    timeout=LATER_LOAD_TIMEOUT_S,
-                )
-                if status != 200:
-                    self._failed(f"loading {model} after the ensembles failed: HTTP {status} {body[:300]!r}")
+                self._load(model, model)
         except (OSError, ValueError) as err:
             self._failed(f"loading the rest of the models after the ensembles failed: {err}")
         finally:
             self.done.set()
+
+    def _load(self, model: str, what: str, request: dict | None = None) -> None:
+        """Asks Triton to load ``model`` (``request``: the load request's body, else none); a refusal is reported
+        (``what``: what the load brings)."""
+        status, body = self._triton_http(
+            f"/v2/repository/models/{urllib.parse.quote(model, safe='')}/load",
+            post=True,
+            admin=True,
+            timeout=LATER_LOAD_TIMEOUT_S,
+            **({"body": request} if request is not None else {}),
+        )
+        if status != 200:
+            self._failed(f"loading {what} after the ensembles failed: HTTP {status} {body[:300]!r}")
+
+    def _load_instances(self, model: str, count: int) -> None:
+        """Loads ``model`` again with the config it serves given ``count`` instances (narrow_start.py)."""
+        status, body = self._triton_http(f"/v2/models/{urllib.parse.quote(model, safe='')}/config", internal=True)
+        if status != 200:
+            self._failed(f"could not read {model}'s config to give it {count} instances: HTTP {status} {body[:200]!r}")
+            return
+        config = json.loads(body)
+        (group,) = config["instance_group"]  # narrow_start narrows only a config with one group
+        group["count"] = count
+        self._load(model, f"{model}'s {count} instances", {"parameters": {"config": json.dumps(config)}})
 
     def _await_first_use(self, proc: subprocess.Popen) -> None:
         """Returns once an ensemble has answered (Triton's success counters), a request waits at the gate for a

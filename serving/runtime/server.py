@@ -35,6 +35,7 @@ from serving.runtime import (
     door,
     first_load,
     liveness,
+    narrow_start,
     pins,
     ports,
     security,
@@ -167,7 +168,11 @@ class TritonServer:
             gate_wanted=lambda: self._gate.wanted if self._gate is not None else None,  # the gate starts after Triton
             stopping=self._stopping,
             report=self._event,
+            narrow=lambda: self._narrow,
         )
+        # Where the ensembles load first, Triton starts on a view with one instance of each decoding model and gets
+        # the others after the first answer (narrow_start.py); set by start().
+        self._narrow: narrow_start.NarrowStart | None = None
         # The versions Triton serves, served again after a crash restart (a rollback must not undo itself then).
         self._served = pins.ServedVersions(
             triton_http=self._triton_http, config=self._model_config, pin=self._pin, report=self._event
@@ -244,7 +249,9 @@ class TritonServer:
         # AGEGENDER_OV_CACHE wins, and an empty one turns the cache off.
         env.setdefault(ov_runtime.ENV, str(default_ov_cache()))
         repository = self.model_repository
-        if self.staged is not None:
+        if self._narrow is not None:
+            repository = self._narrow.view  # links to the folder below, all of them once the first answer is out
+        elif self.staged is not None:
             repository = self.staged.folder  # kept across restarts: a crashed Triton reloads from disk
         elif storage.is_s3(self.model_repository):
             # Triton copies the models into this folder; it must exist and be empty, so each start (restarts by
@@ -349,6 +356,10 @@ class TritonServer:
         if self.staged is not None or not storage.is_s3(self.model_repository):
             folder = self.staged.folder if self.staged is not None else self.model_repository
             self.loads_first = command.loads_first(folder, self.extra_args)
+            if self.loads_first:
+                view = Path(self._run_dir()) / narrow_start.VIEW_FOLDER
+                self._narrow = narrow_start.NarrowStart(Path(folder), view, self.config_name)
+                self._narrow.build()
         # Triton first: loading its models is the longest part of a start, and the gate's and nginx's own starts
         # (the gate is a Python process that imports grpc and aiohttp) now happen meanwhile instead of before it.
         # Nothing can reach Triton before the door listens, and readiness is asked through the door.
@@ -487,15 +498,21 @@ class TritonServer:
         children.kill_group(proc.pid)
 
     def _triton_http(
-        self, path: str, *, post: bool = False, admin: bool = False, internal: bool = False, timeout: float = 2.0
+        self,
+        path: str,
+        *,
+        post: bool = False,
+        admin: bool = False,
+        internal: bool = False,
+        timeout: float = 2.0,
+        body: dict | None = None,
     ) -> tuple[int, bytes]:
         """A call to Triton's own HTTP port (not through the door); ``admin``: with the admin key, which only the
         repository API needs (health needs no key at all); ``internal``: with the internal key, which a model's
-        config needs behind the door."""
+        config needs behind the door; ``post``: a POST of ``body`` (JSON; an empty object by default)."""
         headers = self._own_port_headers(admin=admin, internal=internal)
-        request = urllib.request.Request(
-            f"http://{self.internal_http_url}{path}", data=b"{}" if post else None, headers=headers
-        )
+        data = json.dumps(body if body is not None else {}).encode() if post else None
+        request = urllib.request.Request(f"http://{self.internal_http_url}{path}", data=data, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=timeout) as answer:
                 return answer.status, answer.read()
