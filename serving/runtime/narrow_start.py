@@ -65,7 +65,8 @@ def one_instance(config: str) -> str | None:
 
 
 class NarrowStart:
-    """The view of ``folder`` that Triton starts on (:meth:`build`, at ``view``), and the way back (:meth:`widen`)."""
+    """The view of ``folder`` that Triton starts on (:meth:`build`, at ``view``), and the way back: the counts to load
+    the narrowed models with (:meth:`widen`), then their links (:meth:`link`)."""
 
     def __init__(self, folder: Path, view: Path, config_name: str) -> None:
         self.folder, self.view, self.config_name = Path(folder), Path(view), config_name
