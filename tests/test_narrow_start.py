@@ -74,15 +74,17 @@ def test_the_production_config_is_the_one_narrowed_where_triton_reads_it(tmp_pat
         assert model.is_symlink()
 
 
-def test_widening_gives_the_counts_once_and_linking_leaves_only_links(tmp_path):
+def test_widening_gives_the_counts_until_linked_and_linking_leaves_only_links(tmp_path):
     repo = _repository(tmp_path)
     narrow = NarrowStart(repo, tmp_path / "view", "cpu")
     view = narrow.build()
     counts = narrow.widen()
     assert counts == {contract.PREPROCESS_CROP_MODEL: 2, contract.PREPROCESS_MODEL: 2}
+    narrow.link(contract.PREPROCESS_MODEL)
+    # One whose load failed is not linked: it is still there to widen (a restarted Triton starts it narrowed).
+    assert narrow.widen() == {contract.PREPROCESS_CROP_MODEL: 2}
+    narrow.link(contract.PREPROCESS_CROP_MODEL)
     assert narrow.widen() == {}
-    for model in counts:
-        narrow.link(model)
     assert all(entry.is_symlink() for entry in view.iterdir()), [p for p in view.iterdir() if not p.is_symlink()]
     assert instances((view / contract.PREPROCESS_MODEL / "configs" / "cpu.pbtxt").read_text()) == 2
     # A version published later is seen through the view, as a rollout needs.

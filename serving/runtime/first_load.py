@@ -101,31 +101,46 @@ class LaterLoads:
             self._await_first_use(proc)
             if self._stopping.wait(self.delay_s):
                 return
-            if (narrow := self._narrow()) is not None:
-                for model, count in narrow.widen().items():  # their other instances first: both paths' capacity
-                    self._load_instances(model, count)
-                    narrow.link(model)
-            tried: set[str] = set()
-            while proc.poll() is None and not self._stopping.is_set():
-                # Listed again after each load: an ensemble's load brings the models it steps through with it.
-                status, body = self._triton_http("/v2/repository/index", post=True, admin=True)
-                if status != 200:
-                    self._failed(f"could not list the repository to load the rest: HTTP {status} {body[:200]!r}")
-                    return
-                waiting = [m["name"] for m in json.loads(body) if not m.get("state") and m["name"] not in tried]
-                if not waiting:
-                    return
-                model = waiting[0]
-                tried.add(model)
-                self._load(model, model)
+            # The decoding models' other instances first (both paths' capacity), unless a caller already waits at
+            # the gate for a model still to load: then that model first.
+            wanted = self._gate_wanted()
+            if wanted is None or not wanted.is_set():
+                self._widen()
+            self._load_the_rest(proc)
+            self._widen()  # a no-op when done above
         except (OSError, ValueError) as err:
             self._failed(f"loading the rest of the models after the ensembles failed: {err}")
         finally:
             self.done.set()
 
-    def _load(self, model: str, what: str, request: dict | None = None) -> None:
-        """Asks Triton to load ``model`` (``request``: the load request's body, else none); a refusal is reported
-        (``what``: what the load brings)."""
+    def _load_the_rest(self, proc: subprocess.Popen) -> None:
+        """Loads every model of the folder Triton has not loaded, one at a time."""
+        tried: set[str] = set()
+        while proc.poll() is None and not self._stopping.is_set():
+            # Listed again after each load: an ensemble's load brings the models it steps through with it.
+            status, body = self._triton_http("/v2/repository/index", post=True, admin=True)
+            if status != 200:
+                self._failed(f"could not list the repository to load the rest: HTTP {status} {body[:200]!r}")
+                return
+            waiting = [m["name"] for m in json.loads(body) if not m.get("state") and m["name"] not in tried]
+            if not waiting:
+                return
+            model = waiting[0]
+            tried.add(model)
+            self._load(model, model)
+
+    def _widen(self) -> None:
+        """Gives the models started with one instance (narrow_start.py) the rest of theirs, each on its own: one
+        that fails is reported and keeps its link narrowed (a restart starts it so again), the others go on."""
+        if (narrow := self._narrow()) is None:
+            return
+        for model, count in narrow.widen().items():
+            if self._load_instances(model, count):
+                narrow.link(model)
+
+    def _load(self, model: str, what: str, request: dict | None = None) -> bool:
+        """Asks Triton to load ``model`` (``request``: the load request's body, else none); whether it did. A refusal
+        is reported (``what``: what the load brings)."""
         status, body = self._triton_http(
             f"/v2/repository/models/{urllib.parse.quote(model, safe='')}/load",
             post=True,
@@ -135,17 +150,24 @@ class LaterLoads:
         )
         if status != 200:
             self._failed(f"loading {what} after the ensembles failed: HTTP {status} {body[:300]!r}")
+        return status == 200
 
-    def _load_instances(self, model: str, count: int) -> None:
-        """Loads ``model`` again with the config it serves given ``count`` instances (narrow_start.py)."""
-        status, body = self._triton_http(f"/v2/models/{urllib.parse.quote(model, safe='')}/config", internal=True)
-        if status != 200:
-            self._failed(f"could not read {model}'s config to give it {count} instances: HTTP {status} {body[:200]!r}")
-            return
-        config = json.loads(body)
-        (group,) = config["instance_group"]  # narrow_start narrows only a config with one group
-        group["count"] = count
-        self._load(model, f"{model}'s {count} instances", {"parameters": {"config": json.dumps(config)}})
+    def _load_instances(self, model: str, count: int) -> bool:
+        """Loads ``model`` again with the config it serves given ``count`` instances (narrow_start.py); whether
+        Triton did."""
+        what = f"{model}'s {count} instances"
+        try:
+            status, body = self._triton_http(f"/v2/models/{urllib.parse.quote(model, safe='')}/config", internal=True)
+            if status != 200:
+                self._failed(f"could not read {model}'s config to give it {count} instances: HTTP {status}")
+                return False
+            config = json.loads(body)
+            (group,) = config["instance_group"]  # narrow_start narrows only a config with one group
+            group["count"] = count
+            return self._load(model, what, {"parameters": {"config": json.dumps(config)}})
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            self._failed(f"loading {what} after the ensembles failed: {err!r}")
+            return False
 
     def _await_first_use(self, proc: subprocess.Popen) -> None:
         """Returns once an ensemble has answered (Triton's success counters), a request waits at the gate for a

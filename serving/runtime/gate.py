@@ -136,7 +136,8 @@ GRPC_CONNECTION_AGE_S = 30
 #: connections to the gate after 60 s). In a KServe pod nothing else in the container times a head: aiohttp's default,
 #: 3630 s, let one slow caller hold a connection for an hour. 100 s stays above the idle timeout of Go's HTTP client
 #: (90 s, net/http's default, which Knative's proxies in front of a pod build on), so the pod does not close a
-#: connection such a proxy is about to reuse: the race that answers a POST 502.
+#: connection such a proxy is about to reuse: the race that answers a POST 502. (aiohttp 3.14 arms this timer when
+#: a connection opens, so one that never sends a byte is closed too: tests/test_gate.py.)
 HTTP_IDLE_S = 100
 GRPC_CONNECTION_GRACE_S = 2 * REQUEST_TIMEOUT_S
 #: How a gzip or a deflate (zlib) message starts; a ModelInferRequest starts with a field tag, never these bytes.

@@ -90,15 +90,15 @@ class NarrowStart:
         return self.view
 
     def widen(self) -> dict[str, int]:
-        """The narrowed models with the instance count their configs give, for Triton to load them again with;
-        each then goes to :meth:`link`. Once only: later calls return nothing."""
-        widened, self.narrowed = self.narrowed, {}
-        return widened
+        """The models still narrowed, with the instance count their configs give, for Triton to load them again
+        with; each loaded so then goes to :meth:`link` (one whose load failed stays, for the next Triton)."""
+        return dict(self.narrowed)
 
     def link(self, name: str) -> None:
         """Puts model ``name``'s link in the view in place of its narrowed folder. After its load with every
         instance, not before: Triton loads a model whose files changed anew (every instance, and its stubs, new),
         and adds instances in place only to one whose files did not (seen 2026-12-07)."""
+        self.narrowed.pop(name, None)
         # A rename, then the link: Triton reads this folder only when asked to load, which comes later.
         aside = self.view / f".{name}-{uuid.uuid4().hex[:8]}"
         os.rename(self.view / name, aside)

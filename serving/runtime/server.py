@@ -359,7 +359,11 @@ class TritonServer:
             if self.loads_first:
                 view = Path(self._run_dir()) / narrow_start.VIEW_FOLDER
                 self._narrow = narrow_start.NarrowStart(Path(folder), view, self.config_name)
-                self._narrow.build()
+                try:
+                    self._narrow.build()
+                except (OSError, UnicodeDecodeError) as err:
+                    self.stop()
+                    raise TritonStartError(f"cannot make the repository's view in the run folder: {err}") from None
         # Triton first: loading its models is the longest part of a start, and the gate's and nginx's own starts
         # (the gate is a Python process that imports grpc and aiohttp) now happen meanwhile instead of before it.
         # Nothing can reach Triton before the door listens, and readiness is asked through the door.
@@ -471,7 +475,8 @@ class TritonServer:
         else:
             self._later.done.set()
         if self.restart:
-            # A dead stub breaks its model until Triton restarts (stubs.py): Triton is restarted as after a crash ...
+            # A dead or stopped stub breaks its model until Triton restarts (stubs.py): it is restarted as after a
+            # crash ...
             stubs.StubWatch(
                 self._proc.pid, served=self._version_ready, on_dead=self._broken, stopping=self._stopping
             ).start()
@@ -488,9 +493,9 @@ class TritonServer:
         return self._triton_http(stubs.ready_path(model, version))[0] == 200
 
     def _broken(self, message: str) -> None:
-        """Triton runs but cannot serve: a stub of a served model died (stubs.StubWatch), or Triton stopped answering
-        (liveness.LivenessWatch). Triton is killed, and the supervisor restarts it as after a crash, serving the
-        versions served before. Before its first readiness nothing restarts it: that start fails, with this said."""
+        """Triton runs but cannot serve: a stub of a served model died or stopped (stubs.StubWatch), or Triton stopped
+        answering (liveness.LivenessWatch). Triton is killed, and the supervisor restarts it as after a crash, serving
+        the versions served before. Before its first readiness nothing restarts it: that start fails, with this said."""
         proc = self._proc
         if proc is None or self._stopping.is_set():
             return

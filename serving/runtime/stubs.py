@@ -21,8 +21,8 @@ each crop request failed after 1 s with "Stub process 'age_0_0' is not healthy" 
 stopped, readiness stayed 200 and Triton answered its liveness, so neither the liveness watch nor a KServe probe saw
 it. Nor does such a stub come back: continued after Triton has called it unhealthy, it exits (checked the same
 day). So a stub stopped for :data:`STOPPED_S` while its version is served is reported as a dead one is: the crop
-path answered again 13.4 s after the stop (the launcher's second restart, 2 s apart, then the models' load). One
-stopped under a debugger (state ``t``) is left alone.
+path answered again 13.4 s after the stop (those 5 s, a backoff of 2 s, as Triton had been restarted once before in
+that run, then the models' load). One stopped under a debugger (state ``t``) is left alone.
 """
 
 from __future__ import annotations
