@@ -55,7 +55,8 @@ class LaterLoads:
     status and body), ``metrics_url`` (chosen by the server's start), ``gate_wanted`` (the gate's event that a request
     waits for a later model; None without a gate, which starts after Triton and is gone once stopping), ``stopping``
     (set when the server stops), ``report`` (the server's event log) and ``narrow`` (the view of the repository that
-    Triton started on with fewer instances than the configs give, if any: narrow_start.py). ``done`` is set
+    Triton started on with fewer instances than the configs give, if any: narrow_start.py) with ``config`` (a model's
+    config as Triton serves it, raising OSError when Triton gives none). ``done`` is set
     once the later loads have finished or given up, and ``failures`` lists what went wrong, for the server's
     readiness wait."""
 
@@ -68,9 +69,11 @@ class LaterLoads:
         stopping: threading.Event,
         report: Callable[[str], None],
         narrow: Callable[[], narrow_start.NarrowStart | None] = lambda: None,
+        config: Callable[[str], dict],
     ):
         self._triton_http = triton_http
         self._narrow = narrow
+        self._config = config
         self._metrics_url = metrics_url
         self._gate_wanted = gate_wanted
         self._stopping = stopping
@@ -107,7 +110,7 @@ class LaterLoads:
             if wanted is None or not wanted.is_set():
                 self._widen()
             self._load_the_rest(proc)
-            self._widen()  # a no-op when done above
+            self._widen()  # those not done above: a caller was waiting, or a load failed (tried once more)
         except (OSError, ValueError) as err:
             self._failed(f"loading the rest of the models after the ensembles failed: {err}")
         finally:
@@ -157,11 +160,7 @@ class LaterLoads:
         Triton did."""
         what = f"{model}'s {count} instances"
         try:
-            status, body = self._triton_http(f"/v2/models/{urllib.parse.quote(model, safe='')}/config", internal=True)
-            if status != 200:
-                self._failed(f"could not read {model}'s config to give it {count} instances: HTTP {status}")
-                return False
-            config = json.loads(body)
+            config = self._config(model)
             (group,) = config["instance_group"]  # narrow_start narrows only a config with one group
             group["count"] = count
             return self._load(model, what, {"parameters": {"config": json.dumps(config)}})

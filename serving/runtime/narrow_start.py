@@ -10,14 +10,14 @@ So, where the launcher loads the ensembles first (command.loads_first), Triton r
 in the run folder (:meth:`NarrowStart.build`): a symbolic link per model, except that each of :data:`MODELS` whose
 config (the one Triton reads: ``configs/<name>.pbtxt``, else ``config.pbtxt``) has one instance group of more than
 one instance is a folder of links whose config says one. Once the first answer is out (first_load.LaterLoads),
-:meth:`NarrowStart.widen` puts the model's link in place and gives its instance count, and the model is loaded again
-with the config it serves and that count: Triton 2.51 adds the instances beside the one serving, which keeps its
-stub (checked 2026-12-07: the same process serves on, one more starts, 0.4 s), or, when a file of the model changed
-since it loaded (a first start from a fresh clone writes the model's ``__pycache__``), loads it anew beside the one
-serving and then unloads that, as a rollout does. Loaded again from the repository alone, it kept one instance:
-Triton saw no file newer than those it had read. From then on the view holds only links, so a
-rollout reads the repository as it is (new versions, a new config), and a restart after a crash starts with every
-instance.
+:meth:`NarrowStart.widen` gives each such model's instance count, the model is loaded again with the config it serves
+and that count, and :meth:`NarrowStart.link` then puts its link in place. Triton 2.51 adds the instances beside the
+one serving, which keeps its stub (checked 2026-12-07: the same process serves on, one more starts, 0.4 s), or, when
+a file of the model changed since it loaded (a first start from a fresh clone writes the model's ``__pycache__``),
+loads it anew beside the one serving and then unloads that, as a rollout does. Loaded again from the repository
+alone, it kept one instance: Triton saw no file newer than those it had read. From then on the view holds only
+links, so a rollout reads the repository as it is (new versions, a new config), and a restart after a crash starts
+with every instance.
 """
 
 from __future__ import annotations

@@ -169,6 +169,7 @@ class TritonServer:
             stopping=self._stopping,
             report=self._event,
             narrow=lambda: self._narrow,
+            config=self._model_config,
         )
         # Where the ensembles load first, Triton starts on a view with one instance of each decoding model and gets
         # the others after the first answer (narrow_start.py); set by start().
