@@ -18,8 +18,15 @@ def test_a_commit_the_clone_lacks_is_named(tmp_path):
         baseline.archive("0123abcd", tmp_path)
 
 
-def test_a_tree_from_git_is_served_from_its_own_files_and_stopped(tmp_path):
-    tree = baseline.archive("HEAD", tmp_path / "trees")
+@pytest.fixture(scope="module")
+def head_tree(tmp_path_factory) -> Path:
+    """HEAD's files from git, archived once for the module (134 MB, the committed models with them); a test that
+    changes a file in it puts the file back."""
+    return baseline.archive("HEAD", tmp_path_factory.mktemp("trees"))
+
+
+def test_a_tree_from_git_is_served_from_its_own_files_and_stopped(head_tree, tmp_path):
+    tree = head_tree
     assert (tree / "model_repository" / "age" / "configs" / "cpu.pbtxt").is_file()
     assert not (tree / ".git").exists()
     server = baseline.Launched(tree, tmp_path / "launch.log", first=_frame("crop"))
@@ -45,11 +52,15 @@ def test_a_tree_from_git_is_served_from_its_own_files_and_stopped(tmp_path):
     assert not [pid for pid in pids if procs.process(pid) is not None], "processes left after the stop"
 
 
-def test_a_tree_whose_launcher_fails_is_named_with_its_log(tmp_path):
-    tree = baseline.archive("HEAD", tmp_path / "trees")
-    (tree / "serving" / "runtime" / "launch.py").write_text("raise SystemExit('this tree cannot serve')\n")
-    with pytest.raises(RuntimeError, match=r"the launcher exited \(1\):\s+this tree cannot serve"):
-        baseline.Launched(tree, tmp_path / "launch.log")
+def test_a_tree_whose_launcher_fails_is_named_with_its_log(head_tree, tmp_path):
+    launcher = head_tree / "serving" / "runtime" / "launch.py"
+    kept = launcher.read_bytes()
+    launcher.write_text("raise SystemExit('this tree cannot serve')\n")
+    try:
+        with pytest.raises(RuntimeError, match=r"the launcher exited \(1\):\s+this tree cannot serve"):
+            baseline.Launched(head_tree, tmp_path / "launch.log")
+    finally:
+        launcher.write_bytes(kept)
 
 
 def _frame(scenario: str) -> bytes:

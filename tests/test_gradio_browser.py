@@ -82,54 +82,69 @@ def page(browser):
     context.close()
 
 
-@contextlib.contextmanager
-def gradio_ui(triton_url: str, protocol: str = "grpc", timeout: float = 10.0, temp_dir: Path | None = None):
-    """Runs ``python -m gradio_frontend`` on a free port and yields its base URL.
+class UIProcess:
+    """``python -m gradio_frontend`` on a free port, started now; :meth:`ready` waits until it answers.
 
     ``temp_dir``: the parent of the UI's private upload folder (``$GRADIO_TEMP_DIR``), to look into.
     """
-    port = free_port()
-    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=str(ROOT))
-    env.pop("TRITON_URL", None)
-    if temp_dir is not None:
-        env["GRADIO_TEMP_DIR"] = str(temp_dir)
-    cmd = [
-        sys.executable,
-        "-m",
-        "gradio_frontend",
-        "--triton-url",
-        triton_url,
-        "--protocol",
-        protocol,
-        "--port",
-        str(port),
-        "--timeout",
-        str(timeout),
-    ]
-    # The UI's output goes to a file, not a pipe: nothing reads a pipe while the tests run, and a full one would
-    # block the UI on its next log line. A failed expectation shows the file's end (status_text).
-    log = Path(tempfile.mkstemp(prefix="agegender-ui-", suffix=".log")[1])
-    url = f"http://127.0.0.1:{port}/"
-    UI_LOGS[url] = log
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 120
+
+    def __init__(self, triton_url: str, protocol: str = "grpc", timeout: float = 10.0, temp_dir: Path | None = None):
+        port = free_port()
+        env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=str(ROOT))
+        env.pop("TRITON_URL", None)
+        if temp_dir is not None:
+            env["GRADIO_TEMP_DIR"] = str(temp_dir)
+        cmd = [
+            sys.executable,
+            "-m",
+            "gradio_frontend",
+            "--triton-url",
+            triton_url,
+            "--protocol",
+            protocol,
+            "--port",
+            str(port),
+            "--timeout",
+            str(timeout),
+        ]
+        # The UI's output goes to a file, not a pipe: nothing reads a pipe while the tests run, and a full one would
+        # block the UI on its next log line. A failed expectation shows the file's end (status_text).
+        self.log = Path(tempfile.mkstemp(prefix="agegender-ui-", suffix=".log")[1])
+        self.url = f"http://127.0.0.1:{port}/"
+        UI_LOGS[self.url] = self.log
+        with self.log.open("w") as out:
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+        self.deadline = time.monotonic() + 120
+
+    def ready(self) -> str:
+        """The base URL, once the UI answers there."""
         while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"gradio_frontend exited with {proc.returncode}:\n{ui_log(url)}")
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gradio_frontend exited with {self.proc.returncode}:\n{ui_log(self.url)}")
             try:
-                with urllib.request.urlopen(url, timeout=2):
-                    break
+                with urllib.request.urlopen(self.url, timeout=2):
+                    return self.url
             except OSError:
-                if time.monotonic() > deadline:
+                if time.monotonic() > self.deadline:
                     raise RuntimeError("gradio_frontend did not answer within 120 s") from None
                 time.sleep(0.5)
-        yield url
+
+    def stop(self) -> None:
+        stop_process(self.proc, timeout=15)
+        UI_LOGS.pop(self.url, None)
+        self.log.unlink(missing_ok=True)
+
+    close = stop  # contextlib.closing
+
+
+@contextlib.contextmanager
+def gradio_ui(triton_url: str, protocol: str = "grpc", timeout: float = 10.0, temp_dir: Path | None = None):
+    """Runs ``python -m gradio_frontend`` (:class:`UIProcess`) and yields its base URL."""
+    ui = UIProcess(triton_url, protocol, timeout, temp_dir)
+    try:
+        yield ui.ready()
     finally:
-        stop_process(proc, timeout=15)
-        UI_LOGS.pop(url, None)
-        log.unlink(missing_ok=True)
+        ui.stop()
 
 
 #: The log file of each running UI, by its base URL.
@@ -205,10 +220,41 @@ def status_text(page, expected: str) -> str:
     return status.inner_text()
 
 
+class SharedUI:
+    """The module's one UI on ``triton_tiny`` (a UI takes seconds to start), its upload folder's parent
+    ``temp_dir``; :meth:`stop` ends it (test_no_copy_of_an_upload_remains), and :meth:`running` starts it
+    (again)."""
+
+    def __init__(self, triton_url: str, temp_dir: Path) -> None:
+        self.triton_url, self.temp_dir = triton_url, temp_dir
+        self._stack: contextlib.ExitStack | None = None
+        self.url = ""
+
+    def running(self) -> str:
+        if self._stack is None:
+            stack = contextlib.ExitStack()
+            self.url = stack.enter_context(gradio_ui(self.triton_url, temp_dir=self.temp_dir))
+            self._stack = stack
+        return self.url
+
+    def stop(self) -> None:
+        if self._stack is not None:
+            stack, self._stack = self._stack, None
+            stack.close()
+
+
 @pytest.fixture(scope="module")
-def live_ui(triton_tiny):
-    with gradio_ui(triton_tiny.grpc_url) as url:
-        yield url
+def shared_ui(triton_tiny, tmp_path_factory):
+    ui = SharedUI(triton_tiny.grpc_url, tmp_path_factory.mktemp("ui-temp"))
+    try:
+        yield ui
+    finally:
+        ui.stop()
+
+
+@pytest.fixture
+def live_ui(shared_ui) -> str:
+    return shared_ui.running()
 
 
 def test_portrait_shows_age_gender_and_box(page, live_ui, triton_tiny):
@@ -267,11 +313,31 @@ def test_example_click_runs_inference(page, live_ui):
     assert SUMMARY.search(status_text(page, "age ~"))
 
 
-def test_server_down_then_recovers(page, triton_tiny):
-    grpc_port = int(triton_tiny.grpc_url.rsplit(":", 1)[1])
+@pytest.fixture(scope="module", autouse=True)
+def down_ui(request):
+    """The UI of test_server_down_then_recovers, on a port where nothing listens yet, and that port: started with
+    the module's first test when that test is selected (a UI takes seconds to start), None otherwise."""
+    if not any(
+        getattr(item, "module", None) is request.module
+        and getattr(item, "originalname", "") == "test_server_down_then_recovers"
+        for item in request.session.items
+    ):
+        yield None
+        return
     dead_port = free_port()
+    ui = UIProcess(f"127.0.0.1:{dead_port}", timeout=5)
+    try:
+        yield ui, dead_port
+    finally:
+        ui.stop()
+
+
+def test_server_down_then_recovers(page, triton_tiny, down_ui):
+    grpc_port = int(triton_tiny.grpc_url.rsplit(":", 1)[1])
+    ui, dead_port = down_ui
     relay = TcpRelay(dead_port, ("127.0.0.1", grpc_port))
-    with gradio_ui(f"127.0.0.1:{dead_port}", timeout=5) as url:
+    with contextlib.closing(ui):
+        url = ui.ready()
         open_ui(page, url)
         upload(page, PORTRAIT)
         text = status_text(page, "unreachable")
@@ -342,28 +408,6 @@ def test_group_photo_shows_every_face(page, live_ui, triton_tiny, tmp_path):
     assert not any(edge_drawn(original, face.box) for face in faces)
 
 
-def test_no_copy_of_an_upload_remains(page, triton_tiny, tmp_path):
-    """Uploads go to the UI's private folder, are deleted once answered, and the folder goes with the UI."""
-    temp = tmp_path / "tmp"
-    temp.mkdir()
-    photo = tmp_path / "private_portrait.jpg"
-    photo.write_bytes(PORTRAIT.read_bytes() + b"\0unique")  # bytes no other file has (a JPEG ignores the tail)
-    with gradio_ui(triton_tiny.grpc_url, temp_dir=temp) as url:
-        (folder,) = temp.iterdir()  # one private folder, only its owner can enter
-        assert folder.name.startswith("agegender-ui-") and folder.stat().st_mode & 0o777 == 0o700
-        open_ui(page, url)
-        page.locator("#all-faces input").uncheck()
-        upload(page, photo)
-        assert SUMMARY.search(status_text(page, "age ~"))
-        copies = [p for p in folder.rglob("*") if p.is_file() and p.read_bytes() == photo.read_bytes()]
-        assert copies == [], "the upload is still on disk after its answer"
-        # Estimate again: answered from the session's copy in memory, not from the deleted file.
-        page.locator("#all-faces input").check()
-        page.locator("#estimate").click()
-        status_text(page, "1 face found")
-    assert list(temp.iterdir()) == [], "the upload folder outlived the UI"
-
-
 def test_the_ui_refuses_a_body_over_its_limit_from_the_declared_length(live_ui):
     # Wired into the launched UI (gradio_frontend/__main__.py), not only the class: the head alone is answered.
     from urllib.parse import urlsplit
@@ -380,3 +424,27 @@ def test_the_ui_refuses_a_body_over_its_limit_from_the_declared_length(live_ui):
         while chunk := sock.recv(65536):
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 413") and b"send a smaller photo" in answer
+
+
+def test_no_copy_of_an_upload_remains(page, shared_ui, tmp_path):
+    """Uploads go to the UI's private folder, are deleted once answered, and the folder goes with the UI.
+
+    The module's UI (last in the file: it is stopped here), whose upload folder the other tests used too."""
+    url = shared_ui.running()
+    temp = shared_ui.temp_dir
+    photo = tmp_path / "private_portrait.jpg"
+    photo.write_bytes(PORTRAIT.read_bytes() + b"\0unique")  # bytes no other file has (a JPEG ignores the tail)
+    (folder,) = temp.iterdir()  # one private folder, only its owner can enter
+    assert folder.name.startswith("agegender-ui-") and folder.stat().st_mode & 0o777 == 0o700
+    open_ui(page, url)
+    page.locator("#all-faces input").uncheck()
+    upload(page, photo)
+    assert SUMMARY.search(status_text(page, "age ~"))
+    copies = [p for p in folder.rglob("*") if p.is_file() and p.read_bytes() == photo.read_bytes()]
+    assert copies == [], "the upload is still on disk after its answer"
+    # Estimate again: answered from the session's copy in memory, not from the deleted file.
+    page.locator("#all-faces input").check()
+    page.locator("#estimate").click()
+    status_text(page, "1 face found")
+    shared_ui.stop()
+    assert list(temp.iterdir()) == [], "the upload folder outlived the UI"

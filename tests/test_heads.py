@@ -195,19 +195,19 @@ def test_warm_start_copies_the_trunk_and_resume_continues_the_run(archive, tmp_p
     with pytest.raises(SystemExit, match="split of seed 1337"):
         train.main([*common, "--out", str(tmp_path / "b2"), "--epochs", "1", "--init-from", str(first), "--seed", "7"])
 
-    # Stop after one of two epochs, then resume: the history holds both epochs once each.
-    run = [*common, "--out", str(tmp_path / "c"), "--epochs", "2"]
-    train.main([*run[:-1], "1"])
-    state = json.loads((tmp_path / "c" / "state.json").read_text())
+    # Stop after one of two epochs, then resume: the history holds both epochs once each. The warm-started run
+    # above stopped after its one epoch; it is the run continued (one training run fewer than a fresh one).
+    run = [*common, "--out", str(tmp_path / "b"), "--epochs", "2"]
+    state = json.loads((tmp_path / "b" / "state.json").read_text())
     assert state["epoch"] == 0
-    manifest = (tmp_path / "c" / "manifest.csv").read_text()
+    manifest = (tmp_path / "b" / "manifest.csv").read_text()
     train.main([*run, "--resume", "--seed", "7"])  # the run's split (1337), not the command line's
-    assert (tmp_path / "c" / "manifest.csv").read_text() == manifest
+    assert (tmp_path / "b" / "manifest.csv").read_text() == manifest
     train.main([*run, "--finish-only", "--seed", "7"])  # its choices on the run's validation faces too
-    assert (tmp_path / "c" / "manifest.csv").read_text() == manifest
-    history = (tmp_path / "c" / "history.csv").read_text().splitlines()
+    assert (tmp_path / "b" / "manifest.csv").read_text() == manifest
+    history = (tmp_path / "b" / "history.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in history[1:]] == ["0", "1"]
-    assert json.loads((tmp_path / "c" / "state.json").read_text())["epoch"] == 1
+    assert json.loads((tmp_path / "b" / "state.json").read_text())["epoch"] == 1
 
 
 def test_candidate_input_size_trains_and_exports_at_its_own_size(archive, tmp_path):

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -45,11 +46,8 @@ def test_repository_copy_without_dynamic_batching(tmp_path):
     assert "dynamic_batching" in (ROOT / "model_repository" / "age" / "config.pbtxt").read_text()
 
 
-def _locust(
-    tmp_path: Path, user: str, triton, *extra: str, users: int = 2, seconds: int = 3, timeout: float = 180
-) -> tuple[subprocess.CompletedProcess, Path]:
-    prefix = tmp_path / user
-    cmd = [
+def _locust_command(triton, prefix: Path, user: str, *extra: str, users: int = 2, seconds: int = 3) -> list[str]:
+    return [
         sys.executable,
         "-m",
         "locust",
@@ -74,9 +72,57 @@ def _locust(
         *extra,
         user,
     ]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-    return done, prefix
+
+
+class _Run:
+    """A command started now and checked later (:meth:`result`), its output in files."""
+
+    def __init__(self, cmd: list[str], folder: Path, timeout: float = 180, cwd: Path = ROOT) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.cmd, self.folder, self.timeout = cmd, folder, timeout
+        self._out, self._err = folder / "stdout.txt", folder / "stderr.txt"
+        with self._out.open("w") as out, self._err.open("w") as err:
+            self.proc = subprocess.Popen(
+                cmd, cwd=cwd, env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=out, stderr=err, text=True
+            )
+        self._deadline = time.monotonic() + timeout
+
+    def result(self) -> subprocess.CompletedProcess:
+        """As ``subprocess.run(..., timeout=)`` from the start: killed, and TimeoutExpired raised, past the timeout."""
+        try:
+            self.proc.wait(timeout=max(0.0, self._deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise subprocess.TimeoutExpired(
+                self.cmd, self.timeout, output=self._out.read_text(), stderr=self._err.read_text()
+            ) from None
+        return subprocess.CompletedProcess(self.cmd, self.proc.returncode, self._out.read_text(), self._err.read_text())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+def _side_by_side(request, tmp_path_factory, starters: dict[str, Callable[..., _Run]]) -> Iterator[dict[str, _Run]]:
+    """Starts together the run of every case of the tests named in ``starters`` (tests of this module) that this
+    session selected, ``starters[name](folder, **the case's parameters)``, and yields them by node id; kills what is
+    left at the end.
+
+    Locust runs spend most of their time waiting (its start-up, the fixed run time, a scripted outage, one more CSV
+    interval before the exit), so run side by side they take about as long as the slowest of them, not their sum.
+    Each test then waits for its own run and checks it as it did when it ran the command itself."""
+    runs: dict[str, _Run] = {}
+    try:
+        for item in request.session.items:
+            start = starters.get(getattr(item, "originalname", None))
+            if start is not None and getattr(item, "module", None) is request.module:
+                params = item.callspec.params if hasattr(item, "callspec") else {}
+                runs[item.nodeid] = start(tmp_path_factory.mktemp("run"), **params)
+        yield runs
+    finally:
+        for run in runs.values():
+            run.stop()
 
 
 def _aggregated(prefix: Path) -> dict:
@@ -84,21 +130,50 @@ def _aggregated(prefix: Path) -> dict:
         return next(row for row in csv.DictReader(fh) if row["Name"] == "Aggregated")
 
 
+@pytest.fixture(scope="module")
+def triton_runs(request, triton_tiny, tmp_path_factory):
+    """The Locust runs against the shared server, side by side (:func:`_side_by_side`), by node id."""
+
+    def reports(folder: Path, user: str, path: str) -> _Run:
+        return _Run(_locust_command(triton_tiny, folder / user, user, "--path", path, "--batch-size", "2"), folder)
+
+    def p95(folder: Path) -> _Run:
+        return _Run(_locust_command(triton_tiny, folder / "p95", "TritonGrpcUser", *P95_EXTRA), folder)
+
+    def scaling_signal(folder: Path) -> _Run:
+        out = folder / "signal"
+        cmd = [sys.executable, "-m", "loadtest.bench.scaling_signal", "--grpc-url", triton_tiny.grpc_url]
+        # 2 s of load: any request served moves the counters; the scrapes go on through Locust's start-up and exit.
+        cmd += ["--metrics-url", triton_tiny.metrics_url, "--users", "2", "--spawn-rate", "2", "--duration", "2"]
+        return _Run([*cmd, "--interval", "0.5", "--out", str(out)], folder)
+
+    starters = {
+        "test_locust_headless_writes_reports": reports,
+        "test_locust_exit_code_enforces_p95": p95,
+        "test_scaling_signal_ramps_locust_and_reads_the_metrics": scaling_signal,
+    }
+    yield from _side_by_side(request, tmp_path_factory, starters)
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize(
     ("user", "path"), [("TritonGrpcUser", "crop"), ("TritonHttpUser", "detect"), ("TritonGrpcUser", "faces")]
 )
-def test_locust_headless_writes_reports(tmp_path, triton_tiny, user, path):
-    done, prefix = _locust(tmp_path, user, triton_tiny, "--path", path, "--batch-size", "2")
+def test_locust_headless_writes_reports(request, triton_runs, user, path):
+    run = triton_runs[request.node.nodeid]
+    done, prefix = run.result(), run.folder / user
     assert done.returncode == 0, done.stderr[-3000:]
     row = _aggregated(prefix)
     assert int(row["Request Count"]) > 0 and int(row["Failure Count"]) == 0
     assert Path(f"{prefix}.html").stat().st_size > 0
 
 
+P95_EXTRA = ("--path", "crop", "--max-p95-ms", "0.001")
+
+
 @pytest.mark.integration
-def test_locust_exit_code_enforces_p95(tmp_path, triton_tiny):
-    done, _ = _locust(tmp_path, "TritonGrpcUser", triton_tiny, "--path", "crop", "--max-p95-ms", "0.001")
+def test_locust_exit_code_enforces_p95(request, triton_runs):
+    done = triton_runs[request.node.nodeid].result()
     assert done.returncode == 1
     assert "p95" in done.stderr
 
@@ -106,24 +181,43 @@ def test_locust_exit_code_enforces_p95(tmp_path, triton_tiny):
 @pytest.mark.integration
 def test_locust_exits_by_itself(tmp_path, triton_tiny):
     # It used to print its summary and then hang at interpreter exit, in a second close of a gRPC channel from
-    # tritonclient's __del__ (about one run in three with 8 users). subprocess.run kills it at the timeout.
+    # tritonclient's __del__ (about one run in three with 8 users). Each run is killed at its timeout. The three
+    # run side by side (the hang is in each process's own exit; 24 users are well within the door's limits).
+    started = time.monotonic()
+    runs = []
     for run in range(3):
-        (tmp_path / str(run)).mkdir()
-        started = time.monotonic()
-        try:
-            done, prefix = _locust(
-                tmp_path / str(run), "TritonGrpcUser", triton_tiny, "--path", "crop", users=8, seconds=4, timeout=60
-            )
-        except subprocess.TimeoutExpired as err:
-            pytest.fail(f"run {run + 1}: still running after {err.timeout:.0f} s:\n{(err.stderr or b'')[-2000:]!r}")
-        assert done.returncode == 0, done.stderr[-3000:]
-        assert int(_aggregated(prefix)["Request Count"]) > 0  # the reports were written before the exit
-        print(f"run {run + 1}: exited in {time.monotonic() - started:.1f} s")
+        prefix = tmp_path / str(run) / "TritonGrpcUser"
+        cmd = _locust_command(triton_tiny, prefix, "TritonGrpcUser", "--path", "crop", users=8, seconds=3)
+        runs.append((_Run(cmd, prefix.parent, timeout=60), prefix))
+    try:
+        for run, (locust, prefix) in enumerate(runs):
+            try:
+                done = locust.result()
+            except subprocess.TimeoutExpired as err:
+                pytest.fail(f"run {run + 1}: still running after {err.timeout:.0f} s:\n{(err.stderr or '')[-2000:]}")
+            assert done.returncode == 0, done.stderr[-3000:]
+            assert int(_aggregated(prefix)["Request Count"]) > 0  # the reports were written before the exit
+            print(f"run {run + 1}: exited {time.monotonic() - started:.1f} s after the start of the three")
+    finally:
+        for locust, _ in runs:
+            locust.stop()
 
 
-@pytest.mark.integration
-@pytest.mark.parametrize(("max_fail_ratio", "code"), [("0.01", 1), ("1", 0)])
-def test_locust_counts_a_dead_server_as_failures(tmp_path, max_fail_ratio, code):
+@pytest.fixture(scope="module")
+def idle_runs(request, tmp_path_factory):
+    """The Locust runs that wait more than they work (no server, or a scripted one), side by side
+    (:func:`_side_by_side`), by node id."""
+    starters = {
+        "test_locust_counts_a_dead_server_as_failures": _dead_server_run,
+        "test_a_server_unavailable_during_the_run_fails_it": _outage_run,
+        "test_the_run_time_limit_counts_from_the_start_of_the_run_not_of_the_process": _slow_start_run,
+        "test_locust_does_not_retry_the_doors_rate_limit": _rate_limit_run,
+        "test_locust_web_ui_listens_on_loopback_by_default": _web_ui_run,
+    }
+    yield from _side_by_side(request, tmp_path_factory, starters)
+
+
+def _dead_server_run(folder: Path, max_fail_ratio: str, **_) -> _Run:
     from serving.runtime.launch import free_port
 
     class Dead:
@@ -133,12 +227,17 @@ def test_locust_counts_a_dead_server_as_failures(tmp_path, max_fail_ratio, code)
     # Retries ride out a restart (15 s by default); a server that stays dead is a failure after the window.
     # The exit code is the threshold's, not Locust's own "any failure is 1": every request failing is within
     # --max-fail-ratio 1 (and the outage within the --max-unavailable-s given, so that only the ratio decides).
-    done, prefix = _locust(
-        tmp_path,
-        "TritonGrpcUser",
-        Dead,
-        *("--path", "crop", "--retry-window", "1", "--max-unavailable-s", "600", "--max-fail-ratio", max_fail_ratio),
-    )
+    extra = ("--path", "crop", "--retry-window", "1", "--max-unavailable-s", "600", "--max-fail-ratio", max_fail_ratio)
+    # 2 s: a refused request has used up its 1 s retry window after 0.75 s, and one still retrying when the run ends
+    # is a failure too.
+    return _Run(_locust_command(Dead, folder / "TritonGrpcUser", "TritonGrpcUser", *extra, seconds=2), folder)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(("max_fail_ratio", "code"), [("0.01", 1), ("1", 0)])
+def test_locust_counts_a_dead_server_as_failures(request, idle_runs, max_fail_ratio, code):
+    run = idle_runs[request.node.nodeid]
+    done, prefix = run.result(), run.folder / "TritonGrpcUser"
     assert done.returncode == code, done.stderr[-3000:]
     assert int(_aggregated(prefix)["Failure Count"]) > 0
     verdict = "fail ratio 1.000 > --max-fail-ratio" if code else "thresholds met"
@@ -184,6 +283,14 @@ class ScriptedUser(TritonUser):
 """
 
 
+def _outage_run(folder: Path, down, extra: list[str], **_) -> _Run:
+    locustfile = folder / "scripted_locustfile.py"
+    locustfile.write_text(SCRIPTED_OUTAGE.format(up=1.5, down=repr(down)))
+    cmd = [sys.executable, "-m", "locust", "-f", str(locustfile), "--headless", "-u", "2", "-r", "2", "-t", "5s"]
+    cmd += ["--only-summary", "--csv", str(folder / "scripted"), "--model", "scripted", *extra, "ScriptedUser"]
+    return _Run(cmd, folder, timeout=120)
+
+
 @pytest.mark.parametrize(
     ("down", "extra", "code", "says"),
     [
@@ -199,15 +306,10 @@ class ScriptedUser(TritonUser):
         ("hang", ["--request-timeout", "1"], 1, "no answer after"),
     ],
 )
-def test_a_server_unavailable_during_the_run_fails_it(tmp_path, down, extra, code, says):
-    locustfile = tmp_path / "scripted_locustfile.py"
-    locustfile.write_text(SCRIPTED_OUTAGE.format(up=1.5, down=repr(down)))
-    prefix = tmp_path / "scripted"
-    cmd = [sys.executable, "-m", "locust", "-f", str(locustfile), "--headless", "-u", "2", "-r", "2", "-t", "5s"]
-    cmd += ["--only-summary", "--csv", str(prefix), "--model", "scripted", *extra, "ScriptedUser"]
-    done = subprocess.run(
-        cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=120
-    )
+def test_a_server_unavailable_during_the_run_fails_it(request, idle_runs, down, extra, code, says):
+    # The scripted outage is timed from the run's own first request.
+    run = idle_runs[request.node.nodeid]
+    done, prefix = run.result(), run.folder / "scripted"
     assert done.returncode == code, done.stderr[-3000:]
     assert says in done.stderr, done.stderr[-3000:]
     row = _aggregated(prefix)
@@ -216,13 +318,10 @@ def test_a_server_unavailable_during_the_run_fails_it(tmp_path, down, extra, cod
     assert (int(row["Failure Count"]) > 0) is (down in (None, "hang")), row
 
 
-def test_the_run_time_limit_counts_from_the_start_of_the_run_not_of_the_process(tmp_path):
-    # gevent arms Locust's --run-time timer from its loop's clock, last read before the end of Locust's start-up,
-    # which runs without yielding: a start-up slower than the limit (a busy CI machine) ended a run at once, with no
-    # request made. A start-up hook that takes 3 s stands in for it; the run must still last its 2 s.
+def _slow_start_run(folder: Path) -> _Run:
     from serving.runtime.launch import free_port
 
-    slow = tmp_path / "slow_locustfile.py"
+    slow = folder / "slow_locustfile.py"
     slow.write_text(
         "from gevent import monkey\nfrom locust import events\n\n"
         "# time.sleep is gevent's here, which would run the loop and so read its clock; the original blocks.\n"
@@ -232,9 +331,14 @@ def test_the_run_time_limit_counts_from_the_start_of_the_run_not_of_the_process(
     cmd = [sys.executable, "-m", "locust", "-f", str(slow), "--headless", "-u", "1", "-r", "1", "-t", "2s"]
     cmd += ["--only-summary", "--triton-grpc-url", f"127.0.0.1:{free_port()}", "--retry-window", "0.2"]
     cmd += ["--path", "crop", "--max-fail-ratio", "1", "TritonGrpcUser"]
-    done = subprocess.run(
-        cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=60
-    )
+    return _Run(cmd, folder, timeout=60)
+
+
+def test_the_run_time_limit_counts_from_the_start_of_the_run_not_of_the_process(request, idle_runs):
+    # gevent arms Locust's --run-time timer from its loop's clock, last read before the end of Locust's start-up,
+    # which runs without yielding: a start-up slower than the limit (a busy CI machine) ended a run at once, with no
+    # request made. A start-up hook that takes 3 s stands in for it; the run must still last its 2 s.
+    done = idle_runs[request.node.nodeid].result()
     stamps = {}
     for line in done.stderr.splitlines():
         for key in ("Run time limit set", "--run-time limit reached"):
@@ -247,7 +351,7 @@ def test_the_run_time_limit_counts_from_the_start_of_the_run_not_of_the_process(
     assert 1.0 <= ran < 10, (ran, done.stderr[-3000:])
 
 
-def test_locust_does_not_retry_the_doors_rate_limit():
+def _rate_limit_run(folder: Path) -> _Run:
     # In a child: importing the locustfile patches the process for gevent.
     script = """
 from tritonclient.utils import InferenceServerException
@@ -264,8 +368,11 @@ for status, message in [("429", "too many requests"), ("StatusCode.RESOURCE_EXHA
                         ("503", "Triton is not reachable"), ("StatusCode.UNAVAILABLE", "failed to connect")]:
     print(status, requester._unavailable(InferenceServerException(message, status=status), "age_gender_crop"))
 """
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    return _Run([sys.executable, "-c", script], folder, timeout=60)
+
+
+def test_locust_does_not_retry_the_doors_rate_limit(request, idle_runs):
+    done = idle_runs[request.node.nodeid].result()
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split("\n")[:4] == [
         "429 False",
@@ -429,30 +536,29 @@ def test_proc_stat_fields_survive_odd_command_names(tmp_path):
 
 
 @pytest.mark.integration
-def test_scaling_signal_ramps_locust_and_reads_the_metrics(tmp_path, triton_tiny):
+def test_scaling_signal_ramps_locust_and_reads_the_metrics(request, triton_runs):
     """`make scaling-signal` end to end, briefly: Locust really sends (Triton's counters move) and the plot is made."""
-    out = tmp_path / "signal"
-    cmd = [sys.executable, "-m", "loadtest.bench.scaling_signal", "--grpc-url", triton_tiny.grpc_url]
-    cmd += ["--metrics-url", triton_tiny.metrics_url, "--users", "2", "--spawn-rate", "2", "--duration", "4"]
-    cmd += ["--interval", "0.5", "--out", str(out)]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    run = triton_runs[request.node.nodeid]
+    done, out = run.result(), run.folder / "signal"
     assert done.returncode == 0, done.stderr[-3000:]
     data = json.loads(out.with_suffix(".json").read_text())
     assert sum(data["rps"]["age_gender_crop"]) > 0 and data["t"], data["locust_summary"]
     assert out.with_suffix(".png").stat().st_size > 0
 
 
-def test_locust_web_ui_listens_on_loopback_by_default(tmp_path):
-    # Locust's own default is every interface, and its UI has no login: anyone reaching it could start load.
+def _web_ui_run(folder: Path) -> _Run:
     from serving.runtime.launch import free_port
 
     port = free_port()
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--web-port", str(port)],
-        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    run = _Run([sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--web-port", str(port)], folder, cwd=folder)
+    run.port = port
+    return run
+
+
+def test_locust_web_ui_listens_on_loopback_by_default(request, idle_runs):
+    # Locust's own default is every interface, and its UI has no login: anyone reaching it could start load.
+    run = idle_runs[request.node.nodeid]
+    port, proc = run.port, run.proc
     try:
         deadline = time.monotonic() + 60
         while not (bound := _listening(port)):

@@ -12,6 +12,7 @@ import shutil
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,9 +21,38 @@ from common import spec
 from serving.ops.rollout import RolloutError, switch
 from serving.runtime.command import CONTROL_ARGS
 from serving.runtime.launch import TritonServer
-from tests.test_rollout import ROOT, _status, age_repository
+from tests.test_rollout import ROOT, _status, age_repository, export_constant
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def constants(tmp_path_factory):
+    """``repository(tmp_path, *values)``: what ``age_repository`` makes (``age`` alone, one version per value, each
+    answering its value), from versions exported once for the module and copied in: an export is a TensorFlow
+    trace, a SavedModel and an OpenVINO conversion, seconds of CPU, and every test here serves the same one or two.
+    A version's files do not depend on its number (``export_constant`` writes no record)."""
+    store = tmp_path_factory.mktemp("age-constants")
+    exported: dict[float, Path] = {}
+
+    def repository(tmp_path: Path, *values: float) -> Path:
+        repo = age_repository(tmp_path)  # the served config, no version yet
+        for number, value in enumerate(values, 1):
+            if value not in exported:
+                exported[value] = export_constant(store / str(value), value)
+            shutil.copytree(exported[value], repo / "age" / str(number))
+        return repo
+
+    return repository
+
+
+@pytest.fixture
+def quick_restarts(monkeypatch):
+    """The supervisor's first wait before a restart (children.RESTART_BACKOFF_S, 1 s) shortened: these tests look at
+    what a restart brings back, not at how long it waits first; it still doubles up to the same cap."""
+    from serving.runtime import children
+
+    monkeypatch.setattr(children, "RESTART_BACKOFF_S", (0.2, children.RESTART_BACKOFF_S[1]))
 
 
 def _age_answer(server: TritonServer) -> float:
@@ -38,7 +68,7 @@ def _age_answer(server: TritonServer) -> float:
         client.close()
 
 
-def test_a_rollback_outlives_a_crash_of_triton(tmp_path, monkeypatch):
+def test_a_rollback_outlives_a_crash_of_triton(constants, tmp_path, monkeypatch):
     """The launcher restarts a crashed Triton; it must serve the version rolled back to, not the repository's
     newest, and the door must refuse requests (saying why) until it does (serving/runtime/pins.py)."""
     import tritonclient.grpc as grpcclient
@@ -50,7 +80,7 @@ def test_a_rollback_outlives_a_crash_of_triton(tmp_path, monkeypatch):
     # No timed read of what it serves during the test: the switch is recorded because Triton's log says it happened
     # (pins.ServedVersions.notice). It used to be read every 2 s only, and a switch in the 2 s before a crash was lost.
     monkeypatch.setattr(pins, "POLL_S", 600.0)
-    repo = age_repository(tmp_path, 1.0, 2.0)
+    repo = constants(tmp_path, 1.0, 2.0)
     server = TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, extra_args=CONTROL_ARGS["explicit"])
     with server:
         assert _age_answer(server) == 2.0
@@ -91,7 +121,9 @@ def test_a_rollback_outlives_a_crash_of_triton(tmp_path, monkeypatch):
         assert status.returncode == 0 and "age: ready versions [1]" in status.stdout, status.stderr
 
 
-def test_a_crash_with_a_broken_newest_version_on_disk_serves_what_it_served(tiny_repo, tmp_path, monkeypatch):
+def test_a_crash_with_a_broken_newest_version_on_disk_serves_what_it_served(
+    tiny_repo, tmp_path, monkeypatch, quick_restarts
+):
     """A version that fails to load sits in the repository (a rollout that failed leaves it there). A Triton that
     crashed then loaded it on its restart, exited on it, and was restarted again and again, serving nothing. Now the
     restart runs on past it, and the version served before, with the ensembles that step through it, serves again
@@ -215,7 +247,7 @@ def test_a_crash_in_the_middle_of_a_switch_brings_back_the_version_switched_to()
     assert pinned == [("age", (1,))]
 
 
-def test_a_dead_stub_restarts_triton_and_an_unloaded_one_does_not(tmp_path, monkeypatch):
+def test_a_dead_stub_restarts_triton_and_an_unloaded_one_does_not(constants, tmp_path, monkeypatch, quick_restarts):
     """A stub killed under a served model (the OOM killer, a native crash) left every request for it failing "Stub
     process is not healthy" while readiness said READY, for as long as Triton ran (serving/runtime/stubs.py). The
     launcher now restarts Triton, serving what it served; a stub that ends because its version was unloaded (a
@@ -223,12 +255,16 @@ def test_a_dead_stub_restarts_triton_and_an_unloaded_one_does_not(tmp_path, monk
     from serving.runtime import stubs
 
     monkeypatch.setenv("TRITON_ADMIN_KEY", secrets.token_urlsafe(16))
-    repo = age_repository(tmp_path, 1.0, 2.0)
+    repo = constants(tmp_path, 1.0, 2.0)
     server = TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, extra_args=CONTROL_ARGS["explicit"])
     with server:
         assert _age_answer(server) == 2.0
         assert switch(server.http_url, "age", 1) == [1]
-        time.sleep(4 * stubs.CHECK_S)  # the version 2 stub is gone: unloaded, not dead
+        deadline = time.monotonic() + 30
+        while any(stub[:2] == ("age", "2") for stub in stubs.stubs_of(server._proc.pid).values()):
+            assert time.monotonic() < deadline, "the version 2 stub did not end"
+            time.sleep(0.1)
+        time.sleep(2 * stubs.CHECK_S)  # the version 2 stub is gone, unloaded, not dead: looked at since, no restart
         assert server.restarts == 0 and not any("stub" in e for e in server.events), server.events
         (pid,) = [pid for pid, stub in stubs.stubs_of(server._proc.pid).items() if stub[:2] == ("age", "1")]
         os.kill(pid, 9)
@@ -240,18 +276,20 @@ def test_a_dead_stub_restarts_triton_and_an_unloaded_one_does_not(tmp_path, monk
         assert _age_answer(server) == 1.0  # the version served before, again
 
 
-def test_a_restart_that_cannot_read_its_repository_is_restarted_until_it_can(tmp_path, monkeypatch):
+def test_a_restart_that_cannot_read_its_repository_is_restarted_until_it_can(
+    constants, tmp_path, monkeypatch, quick_restarts
+):
     """A Triton restarted while its repository cannot be read (an s3:// store down for a moment: red-team finding,
     2026-12-07; here the folder moved away) answers /v2/health/live with 400 for as long as it runs. It was left so,
     serving nothing, with the door open on it; now it is restarted again until it serves."""
     from serving.runtime import server as server_module
 
     monkeypatch.setattr(server_module, "NOT_LIVE_S", 2.0)
-    repo = age_repository(tmp_path, 3.0)
+    repo = constants(tmp_path, 2.0)
     away = tmp_path / "away"
     server = TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0)
     with server:
-        assert _age_answer(server) == 3.0
+        assert _age_answer(server) == 2.0
         repo.rename(away)
         os.kill(server._proc.pid, 9)
         deadline = time.monotonic() + 90
@@ -262,10 +300,10 @@ def test_a_restart_that_cannot_read_its_repository_is_restarted_until_it_can(tmp
         while not (server.restarts >= 2 and server.is_ready()):
             assert time.monotonic() < deadline, (server.events, server.logs(20))
             time.sleep(0.1)
-        assert _age_answer(server) == 3.0
+        assert _age_answer(server) == 2.0
 
 
-def test_a_hung_triton_is_restarted(tmp_path, monkeypatch):
+def test_a_hung_triton_is_restarted(constants, tmp_path, monkeypatch, quick_restarts):
     """A Triton that runs but no longer answers (here stopped with SIGSTOP; a deadlock looks the same from outside)
     had every request wait out the door's deadline and readiness fail, for as long as it hung: nothing restarted it.
     Now the liveness watch kills it after HUNG_S without an answer, and it is restarted as after a crash."""
@@ -276,10 +314,10 @@ def test_a_hung_triton_is_restarted(tmp_path, monkeypatch):
     monkeypatch.setattr(liveness, "CHECK_S", 0.5)
     monkeypatch.setattr(liveness, "HUNG_S", 2.0)
     monkeypatch.setattr(liveness, "ANSWER_S", 0.5)  # a stopped Triton's port accepts and never answers
-    repo = age_repository(tmp_path, 4.0)
+    repo = constants(tmp_path, 2.0)
     server = TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0)
     with server:
-        assert _age_answer(server) == 4.0
+        assert _age_answer(server) == 2.0
         time.sleep(liveness.HUNG_S + 1)  # answering all along: no restart
         assert server.restarts == 0, server.events
         hung = server._proc.pid
@@ -290,10 +328,10 @@ def test_a_hung_triton_is_restarted(tmp_path, monkeypatch):
             time.sleep(0.1)
         assert any("has not answered its liveness" in e for e in server.events), server.events
         assert liveness.state(hung) is None  # killed, not left stopped
-        assert _age_answer(server) == 4.0
+        assert _age_answer(server) == 2.0
 
 
-def test_a_stopped_stub_restarts_triton(tmp_path, monkeypatch):
+def test_a_stopped_stub_restarts_triton(constants, tmp_path, monkeypatch, quick_restarts):
     """A stub stopped with SIGSTOP under a served model had every request for it fail ("is not healthy"), while
     readiness and Triton's liveness said all was well, for as long as it stayed stopped. Now the stub watch
     restarts Triton after STOPPED_S, as for a dead stub."""
@@ -302,10 +340,10 @@ def test_a_stopped_stub_restarts_triton(tmp_path, monkeypatch):
     from serving.runtime import liveness, stubs
 
     monkeypatch.setattr(stubs, "STOPPED_S", 2.0)
-    repo = age_repository(tmp_path, 5.0)
+    repo = constants(tmp_path, 2.0)
     server = TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0)
     with server:
-        assert _age_answer(server) == 5.0
+        assert _age_answer(server) == 2.0
         time.sleep(2.5 * stubs.CHECK_S)  # seen running first, as a stub in service is
         (pid,) = [pid for pid, stub in stubs.stubs_of(server._proc.pid).items() if stub.model == "age"]
         os.kill(pid, signal.SIGSTOP)
@@ -316,4 +354,4 @@ def test_a_stopped_stub_restarts_triton(tmp_path, monkeypatch):
         assert any("the Python stub of age version 1" in e and "stopped (SIGSTOP)" in e for e in server.events)
         # Killed with Triton, not left stopped (a zombie until the process that adopted it reaps it).
         assert liveness.state(pid) in (None, "Z")
-        assert _age_answer(server) == 5.0
+        assert _age_answer(server) == 2.0

@@ -69,12 +69,13 @@ def test_publish_as_triton_reads_it_and_never_overwrites(aws_env, tmp_path):
     repo = _repo_with_cache(tmp_path)
     assert (repo / "preprocess_crop" / "1" / "model.py").is_symlink()
     uri = aws_env.uri("publish-test")
+    s3 = aws_env.client()  # the test's own reads of the bucket, all through one client
     out = io.StringIO()
     publish(repo, uri, out=out)
-    keys = storage.list_keys(storage.S3Location.parse(uri))
+    keys = storage.list_keys(storage.S3Location.parse(uri), s3)
     assert "preprocess_crop/1/model.py" in keys and "age/configs/cpu.pbtxt" in keys
     assert not [k for k in keys if "__pycache__" in k or ".tmp-" in k or k.endswith(".pyc")]
-    body = aws_env.client().get_object(Bucket=aws_env.bucket, Key="publish-test/preprocess_crop/1/model.py")["Body"]
+    body = s3.get_object(Bucket=aws_env.bucket, Key="publish-test/preprocess_crop/1/model.py")["Body"]
     assert body.read() == (REPOSITORY / "preprocess" / "1" / "model.py").read_bytes()  # the link's target
     assert f"uploaded {len(keys)} files" in out.getvalue()
 
@@ -99,7 +100,7 @@ def test_publish_as_triton_reads_it_and_never_overwrites(aws_env, tmp_path):
     with pytest.raises(storage.StorageError, match="age/config.pbtxt in .* differ from the local files"):
         publish(repo, uri, skip_existing=True, out=io.StringIO())
     (repo / "age" / "config.pbtxt").write_bytes(config)
-    assert storage.list_keys(storage.S3Location.parse(uri)) == keys
+    assert storage.list_keys(storage.S3Location.parse(uri), s3) == keys
 
     # A new version is published with --skip-existing, through the CLI; the existing ones are not re-sent.
     shutil.copytree(repo / "age" / str(age_v), repo / "age" / str(age_v + 1), symlinks=True)
@@ -117,7 +118,7 @@ def test_publish_as_triton_reads_it_and_never_overwrites(aws_env, tmp_path):
 
     # A publish interrupted halfway through a version: refused as it stands, finished by --skip-existing.
     lost = f"publish-test/age/{age_v + 1}/model.openvino/model.bin"
-    aws_env.client().delete_object(Bucket=aws_env.bucket, Key=lost)
+    s3.delete_object(Bucket=aws_env.bucket, Key=lost)
     with pytest.raises(storage.StorageError, match=f"age/{age_v + 1} only partly: --skip-existing finishes it"):
         publish(repo, uri, out=io.StringIO())
     out = io.StringIO()
@@ -147,6 +148,8 @@ def test_publish_refuses_a_symlink_loop_before_uploading_anything(aws_env, tmp_p
     It is refused while publish plans, naming the link; the committed links (a file's) are still followed."""
     repo = _repo_with_cache(tmp_path)
     uri = aws_env.uri("symlink-loop")
+    location = storage.S3Location.parse(uri)
+    s3 = aws_env.client()  # one client for every listing here, not a fresh session each
     for link, target in (("postprocess/1/loop", "."), ("age/configs/up", "../.."), ("gender/m", "../gender")):
         (repo / link).symlink_to(target)
         for dry_run in (True, False):
@@ -154,7 +157,7 @@ def test_publish_refuses_a_symlink_loop_before_uploading_anything(aws_env, tmp_p
             with pytest.raises(storage.StorageError, match=f"symbolic link {re.escape(str(repo / link))} -> .*loop"):
                 publish(repo, uri, dry_run=dry_run, ir=False, out=out)
             assert "upload" not in out.getvalue()
-        assert storage.list_keys(storage.S3Location.parse(uri)) == []
+        assert storage.list_keys(location, s3) == []
         cli = subprocess.run(
             [sys.executable, "-m", "serving.ops.publish", str(repo), uri, "--no-ir"],
             capture_output=True,
@@ -163,12 +166,12 @@ def test_publish_refuses_a_symlink_loop_before_uploading_anything(aws_env, tmp_p
             timeout=60,
         )
         assert cli.returncode == 1 and f"error: symbolic link {repo / link} -> {target} leads back" in cli.stderr
-        assert "Traceback" not in cli.stderr and storage.list_keys(storage.S3Location.parse(uri)) == []
+        assert "Traceback" not in cli.stderr and storage.list_keys(location, s3) == []
         (repo / link).unlink()
     # An ordinary link to a folder is followed, and publish then goes through.
     (repo / "postprocess" / "1" / "shared").symlink_to("../../preprocess/1")
     publish(repo, uri, ir=False, out=io.StringIO())
-    keys = storage.list_keys(storage.S3Location.parse(uri))
+    keys = storage.list_keys(location, s3)
     assert "postprocess/1/shared/model.py" in keys and "preprocess_crop/1/model.py" in keys
 
 
@@ -203,13 +206,24 @@ def test_auto_read_mode_stages_unless_the_bucket_may_change_under_the_server():
         storage.read_mode("copy", [])
 
 
+@pytest.fixture(scope="module")
+def published(s3):
+    """The committed repository, published once for the module: both ways of serving it read the same prefix, which
+    nothing writes to after this publish."""
+    uri = s3.uri("serve-test")
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in s3.credentials.items():
+            env.setenv(name, value)
+        publish(REPOSITORY, uri, out=io.StringIO())
+    return uri
+
+
 @pytest.mark.parametrize("s3_read", ["stage", "triton"])
-def test_serve_portrait_from_s3_like_from_disk(aws_env, triton_committed, tmp_path, s3_read):
+def test_serve_portrait_from_s3_like_from_disk(aws_env, published, triton_committed, tmp_path, s3_read):
     from client import AgeGenderClient
 
-    uri = aws_env.uri(f"serve-test-{s3_read}")
-    publish(REPOSITORY, uri, out=io.StringIO())
-    objects = len(storage.list_keys(storage.S3Location.parse(uri)))
+    uri = published
+    objects = len(storage.list_keys(storage.S3Location.parse(uri), aws_env.client()))
     server = TritonServer(uri, http_port=0, grpc_port=0, metrics_port=0, s3_read=s3_read)
     assert server.config_name == "cpu"  # configs/cpu.pbtxt is fetched from the bucket with the rest
     before = len(aws_env.requests())
@@ -220,7 +234,7 @@ def test_serve_portrait_from_s3_like_from_disk(aws_env, triton_committed, tmp_pa
         # What this cold start read from the bucket (moto's access log): version files of served versions only.
         requests = aws_env.requests()[before:]
         reads = [path for method, path in requests if method == "GET" and "?" not in path]
-        prefix = f"/serve-test-{s3_read}/"
+        prefix = "/serve-test/"
         fetched = {"/".join(p.split(prefix, 1)[1].split("/")[:2]) for p in reads if prefix in p}
         fetched = {v for v in fetched if v.split("/")[1].isdigit()}
         served = {f"{m.name}/{v}" for m in REPOSITORY.iterdir() if m.is_dir() for v in served_versions(m)}

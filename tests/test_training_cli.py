@@ -35,6 +35,14 @@ def tiny_version(repo: Path, task: str, **record) -> Path:
     return export.export_model(keras_model, task, repo, extra_files={RECORD: source})
 
 
+@pytest.fixture(scope="module")
+def scored_repo(tmp_path_factory) -> tuple[Path, Path, Path, Path]:
+    """A repository of tiny versions, age 1 and 2 and gender 1, exported once for the evaluate tests, which only
+    read it: the repository and the three version folders."""
+    repo = tmp_path_factory.mktemp("scored") / "repo"
+    return repo, tiny_version(repo, "age"), tiny_version(repo, "age"), tiny_version(repo, "gender")
+
+
 def fake_run(runs: Path, task: str) -> Path:
     """A finished run folder (what training.train leaves) without training: a tiny network and its record."""
     run = runs / task
@@ -309,10 +317,8 @@ def test_quantize_leaves_a_version_s_int8_model_alone_and_needs_enough_faces(arc
         quantize.main(["--data", str(archive), "--repo", str(repo), "--tasks", "gender", "--force"])
 
 
-def test_evaluate_scores_the_test_split_and_replaces_a_report_only_whole(archive, tmp_path, monkeypatch):
-    repo = tmp_path / "repo"
-    for task in ("age", "gender"):
-        tiny_version(repo, task)
+def test_evaluate_scores_the_test_split_and_replaces_a_report_only_whole(archive, scored_repo, tmp_path, monkeypatch):
+    repo = scored_repo[0]
     out = tmp_path / "reports"
     out.mkdir()
     (out / "evaluation.md").write_text("the previous report")
@@ -335,11 +341,8 @@ def test_evaluate_scores_the_test_split_and_replaces_a_report_only_whole(archive
     assert sorted(p.name for p in out.iterdir()) == ["age_scatter.png", "evaluation.md"]
 
 
-def test_evaluate_draws_the_training_curves_of_the_versions_it_scores(archive, tmp_path, monkeypatch):
-    repo = tmp_path / "repo"
-    chosen = tiny_version(repo, "age")
-    tiny_version(repo, "age")  # newer, not evaluated
-    gender = tiny_version(repo, "gender")
+def test_evaluate_draws_the_training_curves_of_the_versions_it_scores(archive, scored_repo, tmp_path, monkeypatch):
+    repo, chosen, _newer, gender = scored_repo  # age 2 is newer, not evaluated
     drawn = {}
 
     def recording_plots(folder, data, pred, computed, versions, *args):

@@ -462,8 +462,7 @@ def main(argv: list[str] | None = None) -> Path:
     # faces, which makes the per-epoch validation loss noisy (it jumps 10-15% between neighbouring epochs), so the
     # checkpoint it picked is not always the best model. Both candidates, that checkpoint and the last epoch's
     # weights, get clean statistics (kept only where they help) and the lower validation loss is kept.
-    def finished(path: Path) -> tuple[keras.Model, dict]:
-        candidate = models.without_aux(keras.models.load_model(path))
+    def finished(path: Path, candidate: keras.Model) -> tuple[keras.Model, dict]:
         candidate.compile(**served_compile_args)  # a reloaded Huber loss forgets its delta
         before = candidate.evaluate(dataset(val, False, aux=False), verbose=0, return_dict=True)
         models.recalibrate_batchnorm(candidate, train.images, seed=args.order_seed)
@@ -476,7 +475,20 @@ def main(argv: list[str] | None = None) -> Path:
         )
         return candidate, {"bn_kept": kept, "val_before": before, "val_after": after}
 
-    candidates = {name: finished(path) for name, path in (("best", best), ("last", last)) if path.exists()}
+    loaded = {
+        name: (path, models.without_aux(keras.models.load_model(path)))
+        for name, path in (("best", best), ("last", last))
+        if path.exists()
+    }
+    # The best epoch was the last one: the same candidate twice. Its recalibration is seeded, so finishing it again
+    # would only repeat the work (seconds of CPU a run; every one-epoch run in the tests). Compared before finishing,
+    # which changes the BatchNorm statistics in place.
+    same = len(loaded) == 2 and _same_weights(loaded["best"][1], loaded["last"][1])
+    candidates = {
+        name: finished(path, candidate) for name, (path, candidate) in loaded.items() if not same or name == "best"
+    }
+    if same:
+        candidates["last"] = candidates["best"]
     val_loss = {name: r["val_after" if r["bn_kept"] else "val_before"]["loss"] for name, (_, r) in candidates.items()}
     chosen = min(val_loss, key=val_loss.get)
     model = candidates[chosen][0]
@@ -488,6 +500,12 @@ def main(argv: list[str] | None = None) -> Path:
     logging.info("temperature %.3f; validation as served: %s", config["temperature"], config["val_served"])
     logging.info("best model (lowest val_loss) in %s", best)
     return best
+
+
+def _same_weights(a: keras.Model, b: keras.Model) -> bool:
+    """Whether two models hold the same weights, value for value."""
+    wa, wb = a.get_weights(), b.get_weights()
+    return len(wa) == len(wb) and all(x.shape == y.shape and np.array_equal(x, y) for x, y in zip(wa, wb, strict=True))
 
 
 if __name__ == "__main__":
