@@ -146,8 +146,9 @@ def test_plan_reaches_the_count(monkeypatch):
     plan = cases.plan(1200)
     assert sum(plan.values()) >= 1200 and all(n >= 2 for n in plan.values())
     # What is counted here is cases, not their pictures: drawing and encoding some 560 no-face pictures (two for each
-    # mutated or truncated case, most never sent) took most of this test's 8-13 s. Every other input is made as in a
-    # run; the pictures themselves go to the server in test_short_abuse_run_leaves_the_server_serving.
+    # mutated or truncated case, most never sent) took most of this test's 8-13 s. The cases drawn differ from a real
+    # run's (the stand-in draws nothing from the generator); real pictures, mutated and truncated, go to the server in
+    # test_short_abuse_run_leaves_the_server_serving.
     monkeypatch.setattr(cases, "no_face_image", lambda rng, smooth=True: b"a picture without a face")
     chunks = abuse.build(1200, seed=1, chunk=20)
     assert sum(len(c) for c in chunks) >= 1200 + 2 * len(chunks)

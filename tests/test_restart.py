@@ -264,7 +264,7 @@ def test_a_dead_stub_restarts_triton_and_an_unloaded_one_does_not(constants, tmp
         while any(stub[:2] == ("age", "2") for stub in stubs.stubs_of(server._proc.pid).values()):
             assert time.monotonic() < deadline, "the version 2 stub did not end"
             time.sleep(0.1)
-        time.sleep(2 * stubs.CHECK_S)  # the version 2 stub is gone, unloaded, not dead: looked at since, no restart
+        time.sleep(3 * stubs.CHECK_S)  # the version 2 stub is gone, unloaded, not dead: looked at since, no restart
         assert server.restarts == 0 and not any("stub" in e for e in server.events), server.events
         (pid,) = [pid for pid, stub in stubs.stubs_of(server._proc.pid).items() if stub[:2] == ("age", "1")]
         os.kill(pid, 9)
