@@ -64,6 +64,16 @@ def small_repo(tmp_path) -> Path:
     return tmp_path
 
 
+def selected(request, names) -> list[pytest.Item]:
+    """The items this session selected (``-k``, ``-m``, node ids) of the tests named ``names`` in the requesting
+    module, every parametrized case: what a module fixture starts ahead for them, side by side."""
+    return [
+        item
+        for item in request.session.items
+        if getattr(item, "module", None) is request.module and getattr(item, "originalname", None) in names
+    ]
+
+
 def exported(repo: Path, task: str) -> bool:
     return any((v / "model.savedmodel").is_dir() for v in (repo / task).glob("[0-9]*"))
 

@@ -24,6 +24,7 @@ import pytest
 
 from serving.runtime.launch import free_port
 from serving.runtime.subproc import stop_process
+from tests.conftest import selected
 
 pytestmark = pytest.mark.integration
 
@@ -137,16 +138,6 @@ class UIProcess:
     close = stop  # contextlib.closing
 
 
-@contextlib.contextmanager
-def gradio_ui(triton_url: str, protocol: str = "grpc", timeout: float = 10.0, temp_dir: Path | None = None):
-    """Runs ``python -m gradio_frontend`` (:class:`UIProcess`) and yields its base URL."""
-    ui = UIProcess(triton_url, protocol, timeout, temp_dir)
-    try:
-        yield ui.ready()
-    finally:
-        ui.stop()
-
-
 #: The log file of each running UI, by its base URL.
 UI_LOGS: dict[str, Path] = {}
 
@@ -227,20 +218,22 @@ class SharedUI:
 
     def __init__(self, triton_url: str, temp_dir: Path) -> None:
         self.triton_url, self.temp_dir = triton_url, temp_dir
-        self._stack: contextlib.ExitStack | None = None
-        self.url = ""
+        self._ui: UIProcess | None = None
 
     def running(self) -> str:
-        if self._stack is None:
-            stack = contextlib.ExitStack()
-            self.url = stack.enter_context(gradio_ui(self.triton_url, temp_dir=self.temp_dir))
-            self._stack = stack
-        return self.url
+        if self._ui is None:
+            self._ui = UIProcess(self.triton_url, temp_dir=self.temp_dir)
+            try:
+                self._ui.ready()
+            except BaseException:
+                self.stop()  # the next test starts another
+                raise
+        return self._ui.url
 
     def stop(self) -> None:
-        if self._stack is not None:
-            stack, self._stack = self._stack, None
-            stack.close()
+        if self._ui is not None:
+            ui, self._ui = self._ui, None
+            ui.stop()
 
 
 @pytest.fixture(scope="module")
@@ -317,11 +310,7 @@ def test_example_click_runs_inference(page, live_ui):
 def down_ui(request):
     """The UI of test_server_down_then_recovers, on a port where nothing listens yet, and that port: started with
     the module's first test when that test is selected (a UI takes seconds to start), None otherwise."""
-    if not any(
-        getattr(item, "module", None) is request.module
-        and getattr(item, "originalname", "") == "test_server_down_then_recovers"
-        for item in request.session.items
-    ):
+    if not selected(request, ("test_server_down_then_recovers",)):
         yield None
         return
     dead_port = free_port()

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from loadtest.bench.benchmark import repository_without_dynamic_batching, strip_dynamic_batching
+from tests.conftest import selected
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCUSTFILE = ROOT / "loadtest" / "locust" / "locustfile.py"
@@ -114,11 +115,9 @@ def _side_by_side(request, tmp_path_factory, starters: dict[str, Callable[..., _
     Each test then waits for its own run and checks it as it did when it ran the command itself."""
     runs: dict[str, _Run] = {}
     try:
-        for item in request.session.items:
-            start = starters.get(getattr(item, "originalname", None))
-            if start is not None and getattr(item, "module", None) is request.module:
-                params = item.callspec.params if hasattr(item, "callspec") else {}
-                runs[item.nodeid] = start(tmp_path_factory.mktemp("run"), **params)
+        for item in selected(request, starters):
+            params = item.callspec.params if hasattr(item, "callspec") else {}
+            runs[item.nodeid] = starters[item.originalname](tmp_path_factory.mktemp("run"), **params)
         yield runs
     finally:
         for run in runs.values():
