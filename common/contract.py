@@ -121,7 +121,7 @@ PUBLIC_MODELS = (DETECT_ENSEMBLE, CROP_ENSEMBLE, FACES_MODEL)
 
 #: What the front door answers (HTTP 503, gRPC UNAVAILABLE, both retryable) while the server stops, and while the
 #: launcher restarts a crashed Triton (serving/runtime/door.py); the client tells the two from "cannot reach"
-#: (client/errors.py), and the web page says which (gradio_frontend/app.py).
+#: (client/errors.py), and the web page says which (gradio_frontend/backend.py).
 SHUTTING_DOWN = "server is shutting down"
 RESTARTING = "Triton is restarting after a crash; retry in a few seconds"
 #: ... and what the gate answers (HTTP 503, gRPC UNAVAILABLE) when it already holds all the request bytes it may

@@ -1,7 +1,7 @@
 """What an upload may be, checked from its header before any pixel is decoded, and how it becomes an RGB picture.
 
 Shared by the server's decoder (serving/pipeline/decode.py, inside Triton) and the web page
-(gradio_frontend/app.py), which draws the picture it shows: both refuse the same files for the same reasons,
+(gradio_frontend/drawing.py), which draws the picture it shows: both refuse the same files for the same reasons,
 neither decodes one it would refuse, and both see the same upright RGB picture. A 140 KB PNG of 144 megapixels
 decoded in the page's process took 0.85 s and 958 MB before the page applied these checks; the server refuses it
 from its header.

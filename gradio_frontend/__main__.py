@@ -18,14 +18,11 @@ from common import upload
 from common.ports import DEFAULT_PORTS, PortInUseError, check_free, env_name, env_port
 from gradio_frontend import uploads
 
-# Before gradio is imported (by gradio_frontend.app): gradio reads GRADIO_TEMP_DIR at import time.
+# Before gradio is imported (by gradio_frontend.app, in main): gradio reads GRADIO_TEMP_DIR at import time.
 uploads.activate()
 
-from starlette.middleware import Middleware  # noqa: E402
-
 from client.utils import default_url, split_scheme  # noqa: E402
-from gradio_frontend.app import DEFAULT_PROTOCOL, DEFAULT_TIMEOUT_S, build_app  # noqa: E402
-from gradio_frontend.body_limit import BodyLimit  # noqa: E402
+from gradio_frontend.settings import DEFAULT_PROTOCOL, DEFAULT_TIMEOUT_S  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -74,6 +71,12 @@ def exit_if_ports_taken(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     exit_if_ports_taken(args)
+    # Only now: importing gradio takes seconds, and --help, a bad setting or a taken port answer well before that.
+    from starlette.middleware import Middleware
+
+    from gradio_frontend.app import build_app
+    from gradio_frontend.body_limit import BodyLimit
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = None
     # Ctrl-C (re-armed: shells start background jobs with it ignored) and SIGTERM both end in the `finally`

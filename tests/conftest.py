@@ -9,6 +9,7 @@ model has been exported there. Tests that use them are marked ``integration``
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -78,16 +79,13 @@ def exported(repo: Path, task: str) -> bool:
     return any((v / "model.savedmodel").is_dir() for v in (repo / task).glob("[0-9]*"))
 
 
-@pytest.fixture(scope="session")
-def tiny_repo(tmp_path_factory) -> Path:
-    """The committed repository with tiny exported ``age``/``gender`` models in place of the trained ones."""
+def _build_tiny_repo(repo: Path) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
     from training.export import export_model
     from training.model import build
 
-    repo = tmp_path_factory.mktemp("repo") / "model_repository"
     # Version folders of the real models are left out; symlinks (preprocess_crop's model.py) stay links.
     shutil.copytree(
         REPOSITORY,
@@ -97,10 +95,35 @@ def tiny_repo(tmp_path_factory) -> Path:
     )
     # Seeded: every run serves the same tiny models, so a test that depends on their answers (the victims'
     # references, loadtest/abuse/victims.py) passes or fails the same way each time. This seeds Python's, NumPy's
-    # and TensorFlow's global generators for the rest of the worker too; no test relies on them being unseeded.
+    # and TensorFlow's global generators for the rest of the building worker too; no test relies on them being
+    # seeded or unseeded.
     keras.utils.set_random_seed(TINY_SEED)
     for task in TASKS:
         export_model(build(task, widths=(4, 8)), task, repo)
+
+
+@pytest.fixture(scope="session")
+def tiny_repo(tmp_path_factory) -> Path:
+    """The committed repository with tiny exported ``age``/``gender`` models in place of the trained ones.
+
+    Built once per ``make test`` run, not once per xdist worker (two exports with their OpenVINO IRs: about 5
+    CPU-seconds, on two cores shared by three workers): the first worker to need it builds it in the run's shared
+    temporary folder under a lock, and each worker then serves its own copy, so no server or test of one worker
+    ever writes into another's.
+    """
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # xdist: <run>/popen-gwN
+    built = shared / "tiny_model_repository"
+    with open(shared / "tiny_model_repository.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if the build fails
+        if not built.is_dir():
+            partial = Path(tempfile.mkdtemp(prefix="tiny-", dir=shared))
+            _build_tiny_repo(partial / "model_repository")
+            # Whole or not at all: a failed build leaves the next worker to try again.
+            (partial / "model_repository").rename(built)
+            partial.rmdir()
+    repo = tmp_path_factory.mktemp("repo") / "model_repository"
+    shutil.copytree(built, repo, symlinks=True)
     return repo
 
 

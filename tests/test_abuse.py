@@ -184,8 +184,9 @@ def test_short_abuse_run_leaves_the_server_serving(triton_tiny, tmp_path):
 
 @pytest.mark.integration
 def test_an_abuse_run_stopped_by_its_time_limit_fails(triton_tiny):
+    # 100 planned cases, far more than 0.5 s sends (building 250 cost a CPU-second more for cases never sent).
     report = abuse.run(
-        triton_tiny.http_url, triton_tiny.grpc_url, count=250, seed=7, time_limit=0.5, skip_known=True, log=print
+        triton_tiny.http_url, triton_tiny.grpc_url, count=100, seed=7, time_limit=0.5, skip_known=True, log=print
     )
     # It passed on the chunks it sent before the limit.
     assert any(r.startswith("stopped early at --time-limit") for r in failures(report)), failures(report)
@@ -264,11 +265,12 @@ def test_paced_calls_all_come_even_when_each_is_late():
 
 @pytest.mark.integration
 def test_probes_cli_passes_against_a_live_server(triton_tiny, tmp_path):
-    # The 60 s probes of issue 18 in a 2 s form: the CLI, its victims on 127.0.0.3-6 and its report.
+    # The 60 s probes of issue 18 in a 1 s form: the CLI, its victims on 127.0.0.3-6 and its report (the victims keep
+    # both cores busy all along: each second of each probe costs about two CPU-seconds).
     out = tmp_path / "probes.json"
     done = subprocess.run(
         [sys.executable, "-m", "loadtest.abuse.probes", "--http-url", triton_tiny.http_url]
-        + ["--grpc-url", triton_tiny.grpc_url, "--duration", "2", "--shape-calls", "40", "--pid", str(os.getpid())]
+        + ["--grpc-url", triton_tiny.grpc_url, "--duration", "1", "--shape-calls", "40", "--pid", str(os.getpid())]
         + ["--out", str(out)],
         capture_output=True,
         text=True,
@@ -281,6 +283,6 @@ def test_probes_cli_passes_against_a_live_server(triton_tiny, tmp_path):
         assert result["victims"]["requests"] > 0 and result["triton_deaths"] == 0, (name, result)
         assert result["attack"]["attacks"] > 0 and result["attack"]["foreign_answers"] == 0, (name, result)
     assert report["probes"]["shape"]["attack"]["attacks"] == 40
-    assert sum(report["probes"]["cancel"]["attack"]["attack_outcomes"].values()) >= 8  # 5/s for 2 s
+    assert sum(report["probes"]["cancel"]["attack"]["attack_outcomes"].values()) >= 4  # 5/s for 1 s
     assert report["pass"] and done.returncode == 0, done.stdout
     assert "| cancel |" in done.stdout and "| slow |" in done.stdout

@@ -201,10 +201,10 @@ def test_client_defaults_agree(compose, monkeypatch):
         host, port = default_url(protocol).rsplit(":", 1)
         assert host == "localhost" and int(port) in published, (protocol, default_url(protocol), published)
     assert default_url("grpc") != default_url("http")
-    # The UI takes the client's default (gradio_frontend/app.py), read when it is imported: in a fresh process
+    # The UI takes the client's default (gradio_frontend/settings.py), read when it is imported: in a fresh process
     # without TRITON_* it is the door's published gRPC port too.
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRITON_")}
-    code = "from gradio_frontend import app; print(app.DEFAULT_TRITON_URL)"
+    code = "from gradio_frontend import settings; print(settings.DEFAULT_TRITON_URL)"
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip() == default_url("grpc"), proc.stderr[-2000:]
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from client import DetectedFace, FaceResult
 from common import upload
-from gradio_frontend import app, uploads
+from gradio_frontend import backend, drawing, handler, results, settings, uploads
 from gradio_frontend.labels import place_labels
 
 
@@ -21,11 +21,11 @@ def face_result(**interval: float) -> FaceResult:
 
 
 def test_summary_shows_the_interval_only_when_there_is_one():
-    assert app.summary(face_result(age_low=26.6, age_high=41.2)) == "age ~34 (27\u201341), female (87%)"
-    assert app.summary(face_result()) == "age ~34, female (87%)"  # a model without a distributional head
-    assert app.summary(FaceResult.failed("bad")) == "age ?"
+    assert results.summary(face_result(age_low=26.6, age_high=41.2)) == "age ~34 (27\u201341), female (87%)"
+    assert results.summary(face_result()) == "age ~34, female (87%)"  # a model without a distributional head
+    assert results.summary(FaceResult.failed("bad")) == "age ?"
     # A face the server found and sent no numbers for: under MIN_FACE_SIDE px (serving/pipeline/crops.py).
-    assert app.summary(DetectedFace(None, None, None, (0.0, 0.0, 9.0, 9.0), 0.9)) == "too small to estimate"
+    assert results.summary(DetectedFace(None, None, None, (0.0, 0.0, 9.0, 9.0), 0.9)) == "too small to estimate"
 
 
 def test_faces_table_has_an_interval_column():
@@ -33,17 +33,18 @@ def test_faces_table_has_an_interval_column():
         DetectedFace(34.4, "male", 0.2, (0.0, 0.0, 9.0, 9.0), 0.9, age_low=26.6, age_high=41.2),
         DetectedFace(8.0, "female", 0.6, (20.0, 0.0, 29.0, 9.0), 0.8),
     ]
-    rows = app.faces_table(faces)
-    column = app.TABLE_HEADERS.index("80% interval")
-    assert column == app.TABLE_HEADERS.index("age") + 1 and all(len(row) == len(app.TABLE_HEADERS) for row in rows)
+    rows = results.faces_table(faces)
+    headers = results.TABLE_HEADERS
+    column = headers.index("80% interval")
+    assert column == headers.index("age") + 1 and all(len(row) == len(headers) for row in rows)
     assert [row[column] for row in rows] == ["27\u201341", None]
 
 
 def test_image_labels_use_a_hyphen(monkeypatch):
     # PIL's default font draws no en dash, so the label on the picture uses "-".
     labels = []
-    monkeypatch.setattr(app, "_draw_box", lambda out, box, label, **kw: labels.append(label))
-    app.annotate(Image.new("RGB", (100, 100)), face_result(age_low=26.6, age_high=41.2))
+    monkeypatch.setattr(drawing, "_draw_box", lambda out, box, label, **kw: labels.append(label))
+    drawing.annotate(Image.new("RGB", (100, 100)), face_result(age_low=26.6, age_high=41.2))
     assert labels == ["age ~34 (27-41), female (87%)"]
 
 
@@ -67,11 +68,11 @@ def test_numbers_are_drawn_on_the_image_in_the_box_colour():
         DetectedFace(30.0, "male", 0.2, (20.0, 20.0, 80.0, 80.0), 0.9),
         DetectedFace(9.0, "female", 0.7, (90.0, 20.0, 150.0, 80.0), 0.8),
     ]
-    drawn = app.annotate_faces(Image.new("RGB", (200, 120), "black"), faces)
+    drawn = drawing.annotate_faces(Image.new("RGB", (200, 120), "black"), faces)
     # Each box's top-left corner carries a filled badge: the number in white on the box colour.
     for x0, y0, *_ in (face.box for face in faces):
         corner = [drawn.getpixel((round(x0) + dx, round(y0) + dy)) for dx in range(12) for dy in range(12)]
-        assert corner.count(app.BOX_COLOUR) > 60 and sum(min(pixel) > 180 for pixel in corner) > 3
+        assert corner.count(drawing.BOX_COLOUR) > 60 and sum(min(pixel) > 180 for pixel in corner) > 3
     assert drawn.getpixel((185, 100)) == (0, 0, 0)  # nothing drawn away from the faces
 
 
@@ -81,18 +82,18 @@ def test_an_unreadable_upload_gets_the_apps_message_and_is_deleted(tmp_path, mon
     fake = tmp_path / "abc123" / "notes.jpg"
     fake.parent.mkdir()
     fake.write_text("this is not a JPEG")
-    photo = app.take_photo({"path": str(fake), "orig_name": "notes.jpg"}, None)
+    photo = handler.take_photo({"path": str(fake), "orig_name": "notes.jpg"}, None)
     assert not fake.exists() and not fake.parent.exists()  # Gradio's copy is gone once read
-    image, status, raw, rows = app.analyse(app.TritonBackend("127.0.0.1:1", "grpc"), photo, True, True)
+    image, status, raw, rows = handler.analyse(backend.TritonBackend("127.0.0.1:1", "grpc"), photo, True, True)
     assert image is None and rows == []
     assert status.startswith("**The image was rejected**: notes.jpg: The file is not a recognised image")
     assert raw["error_kind"] == "invalid_image"
     # Estimate again on the same (deleted) upload: the session's copy answers; without one, once the bytes held for
     # other sessions with the same upload are gone too, a clear message.
-    assert app.take_photo({"path": str(fake)}, photo) is photo
+    assert handler.take_photo({"path": str(fake)}, photo) is photo
     uploads.sweep(0)
     with pytest.raises(FileNotFoundError):
-        app.take_photo({"path": str(fake)}, None)
+        handler.take_photo({"path": str(fake)}, None)
 
 
 def test_sweep_deletes_what_is_older_than_the_limit(tmp_path, monkeypatch):
@@ -121,10 +122,10 @@ def test_the_page_refuses_what_the_server_refuses_before_decoding_it():
     Image.new("L", (12000, 12000)).save(buffer, "PNG")
     started = time.process_time()
     with pytest.raises(upload.ImageDecodeError, match="144 megapixels"):
-        app.load_display_image(buffer.getvalue())
+        drawing.load_display_image(buffer.getvalue())
     assert time.process_time() - started < 0.2
-    photo = app.Photo(buffer.getvalue(), "bomb.png")
-    image, status, raw, rows = app.analyse(app.TritonBackend("127.0.0.1:1", "grpc"), photo, True, True)
+    photo = handler.Photo(buffer.getvalue(), "bomb.png")
+    image, status, raw, rows = handler.analyse(backend.TritonBackend("127.0.0.1:1", "grpc"), photo, True, True)
     assert image is None and rows == [] and raw["error_kind"] == "invalid_image"
     assert status.startswith("**The image was rejected**: bomb.png: The image is 12000")
 
@@ -134,26 +135,26 @@ def test_a_large_photo_is_shown_smaller_and_its_boxes_follow():
     server's boxes, in the file's pixels, are drawn where the face is on the smaller picture."""
     import io
 
-    side = app.DISPLAY_SIDE * 2 + 400
+    side = drawing.DISPLAY_SIDE * 2 + 400
     picture = Image.new("RGB", (side, side // 2), "white")
     face_box = (side * 0.5, side * 0.125, side * 0.75, side * 0.375)  # in the file's pixels
     for fmt in ("JPEG", "PNG"):
         buffer = io.BytesIO()
         picture.save(buffer, fmt)
-        shown, scale = app.load_display_image(buffer.getvalue())
-        assert max(shown.size) <= app.DISPLAY_SIDE and scale == pytest.approx(side / shown.width, rel=0.01)
+        shown, scale = drawing.load_display_image(buffer.getvalue())
+        assert max(shown.size) <= drawing.DISPLAY_SIDE and scale == pytest.approx(side / shown.width, rel=0.01)
         face = FaceResult(34.4, "female", 0.87, True, face_box, 0.9, None, None)
         corner = tuple(round(v / scale) - 1 for v in face_box[2:])  # the box's lower right corner, as shown
-        assert app.annotate(shown, face, scale).getpixel(corner) == app.BOX_COLOUR
+        assert drawing.annotate(shown, face, scale).getpixel(corner) == drawing.BOX_COLOUR
         # Drawn in the file's coordinates instead, the box would miss the face on the smaller picture.
-        assert app.annotate(shown, face).getpixel(corner) != app.BOX_COLOUR
+        assert drawing.annotate(shown, face).getpixel(corner) != drawing.BOX_COLOUR
     small = io.BytesIO()
     picture.resize((400, 200)).save(small, "PNG")
-    assert app.load_display_image(small.getvalue())[1] == 1.0
+    assert drawing.load_display_image(small.getvalue())[1] == 1.0
     # A 4000x2000 JPEG is decoded at half scale, as the server drafts it, not in full and then resized (5x slower).
     photo = io.BytesIO()
     picture.resize((4000, 2000)).save(photo, "JPEG")
-    shown, scale = app.load_display_image(photo.getvalue())
+    shown, scale = drawing.load_display_image(photo.getvalue())
     assert shown.size == (2000, 1000) and scale == 2.0
 
 
@@ -162,6 +163,8 @@ def test_the_ui_sends_no_analytics(monkeypatch, tmp_path):
     monkeypatch.delenv("GRADIO_ANALYTICS_ENABLED", raising=False)
     # Building the page caches copies of its examples: in this test's folder, not in the machine's /tmp/gradio.
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path))
+    from gradio_frontend import app  # here, not at the top: importing gradio takes seconds
+
     assert app.build_app("127.0.0.1:1").analytics_enabled is False
 
 
@@ -210,6 +213,8 @@ def test_closed_and_idle_sessions_leave_the_ui_process_memory():
 
     from gradio.state_holder import StateHolder
 
+    from gradio_frontend import app
+
     demo = app.build_app("127.0.0.1:1", "grpc")
     holder = StateHolder()
     holder.set_blocks(demo)
@@ -252,7 +257,7 @@ def test_a_copy_of_an_examples_bytes_is_deleted_like_any_upload(tmp_path, monkey
     uploads.mark_public(example)
     twin = example.with_name("john_doe_private.jpg")
     twin.write_bytes(example.read_bytes())
-    assert app.take_photo({"path": str(twin), "orig_name": twin.name}, None).data == example.read_bytes()
+    assert handler.take_photo({"path": str(twin), "orig_name": twin.name}, None).data == example.read_bytes()
     assert not twin.exists() and example.exists()  # the example stays for the next click
     twin.write_bytes(example.read_bytes())  # and the sweeper, which the answer's deletion does not need, agrees
     for path in (example, twin):
@@ -265,14 +270,14 @@ def test_two_sessions_that_upload_the_same_photo_are_both_answered(tmp_path, mon
     # one file, and the first session answered deleted it under the other ("The photo is no longer stored").
     payload = stored_upload(tmp_path, monkeypatch)
     shared = Path(payload["path"])
-    first = app.take_photo(payload, None)
+    first = handler.take_photo(payload, None)
     assert not shared.exists()  # off the disk at once, as before
-    second = app.take_photo(payload, None)
+    second = handler.take_photo(payload, None)
     assert second is not None and second.data == first.data
     # Held for a minute only: after that (the sweeper's turn) the page says the photo is gone.
     uploads.sweep(0)
     with pytest.raises(FileNotFoundError):
-        app.take_photo(payload, None)
+        handler.take_photo(payload, None)
 
 
 def test_an_inline_photo_is_never_taken_for_the_one_the_session_kept():
@@ -281,8 +286,8 @@ def test_an_inline_photo_is_never_taken_for_the_one_the_session_kept():
     import base64
 
     first, second = jpeg((64, 48)), jpeg((48, 64))
-    kept = app.take_photo({"url": "data:image/jpeg;base64," + base64.b64encode(first).decode()}, None)
-    new = app.take_photo({"url": "data:image/jpeg;base64," + base64.b64encode(second).decode()}, kept)
+    kept = handler.take_photo({"url": "data:image/jpeg;base64," + base64.b64encode(first).decode()}, None)
+    new = handler.take_photo({"url": "data:image/jpeg;base64," + base64.b64encode(second).decode()}, kept)
     assert kept.data == first and new.data == second
 
 
@@ -293,11 +298,11 @@ def test_an_inline_photo_over_the_limit_is_refused_before_it_is_decoded(monkeypa
     decoded, real = [], base64.b64decode
     monkeypatch.setattr(base64, "b64decode", lambda *a, **k: decoded.append(1) or real(*a, **k))
     for size in (upload.MAX_BYTES - 1, upload.MAX_BYTES):  # base64 ends in "=" and in none: the size is exact
-        photo = app.take_photo({"url": "data:image/jpeg;base64," + base64.b64encode(bytes(size)).decode()}, None)
+        photo = handler.take_photo({"url": "data:image/jpeg;base64," + base64.b64encode(bytes(size)).decode()}, None)
         assert photo.refused is None and len(photo.data) == size
-    over = app.take_photo({"url": "data:image/png;base64," + "A" * (4 * (upload.MAX_BYTES // 3 + 1))}, None)
+    over = handler.take_photo({"url": "data:image/png;base64," + "A" * (4 * (upload.MAX_BYTES // 3 + 1))}, None)
     assert over.refused is not None and over.data == b"" and len(decoded) == 2
-    image, status, raw, rows = app.analyse(app.TritonBackend("127.0.0.1:1", "grpc"), over, True, True)
+    image, status, raw, rows = handler.analyse(backend.TritonBackend("127.0.0.1:1", "grpc"), over, True, True)
     assert image is None and rows == [] and raw["error_kind"] == "invalid_image"
     assert status == f"**The image was rejected**: image: {upload.too_large(upload.MAX_BYTES + 2)}"
     assert "the limit is 10 MiB" in status
@@ -328,8 +333,8 @@ def test_a_request_body_over_the_limit_gets_413_before_the_app_reads_it():
 def test_a_truncated_upload_is_rejected_with_the_apps_message():
     # Cut in its header, PIL fails while opening it ("Truncated File Read"): the handler raised, the page showed a
     # bare "Error", and the next Estimate said the photo was no longer stored.
-    photo = app.Photo(jpeg()[:200], "cut.jpg")
-    image, status, raw, rows = app.analyse(app.TritonBackend("127.0.0.1:1", "grpc"), photo, True, True)
+    photo = handler.Photo(jpeg()[:200], "cut.jpg")
+    image, status, raw, rows = handler.analyse(backend.TritonBackend("127.0.0.1:1", "grpc"), photo, True, True)
     assert image is None and rows == [] and raw["error_kind"] == "invalid_image"
     assert status.startswith("**The image was rejected**: cut.jpg: The file is truncated")
 
@@ -341,30 +346,31 @@ def test_an_unforeseen_failure_shows_a_status_and_the_session_keeps_the_photo(tm
     def broken(data):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(app, "load_display_image", broken)
-    backend = app.TritonBackend("127.0.0.1:1", "grpc")
-    image, status, raw, rows, kept = app.handle(backend, payload, True, True, None)
-    assert (image, status, raw, rows) == (None, app.MSG_FAILED, {"error": "RuntimeError", "error_kind": "internal"}, [])
+    monkeypatch.setattr(handler, "load_display_image", broken)  # as analyse looks it up
+    triton = backend.TritonBackend("127.0.0.1:1", "grpc")
+    image, status, raw, rows, kept = handler.handle(triton, payload, True, True, None)
+    failed = {"error": "RuntimeError", "error_kind": "internal"}
+    assert (image, status, raw, rows) == (None, handler.MSG_FAILED, failed, [])
     assert kept is not None and kept.name == "me.jpg" and not upload_path.exists()
     uploads.sweep(0)  # only the session's copy is left
     # Estimate again: the same photo from the session, the same status (not "no longer stored").
-    assert app.handle(backend, payload, True, True, kept)[1:] == (status, raw, rows, kept)
+    assert handler.handle(triton, payload, True, True, kept)[1:] == (status, raw, rows, kept)
 
 
 def test_a_socket_error_the_client_lets_through_still_reads_unreachable():
-    class Dropped(app.TritonBackend):
+    class Dropped(backend.TritonBackend):
         """A connection that breaks under the client in a way it does not translate (a raw OSError)."""
 
         def predict(self, image, *, detect):
             raise ConnectionResetError(104, "Connection reset by peer")
 
-    photo = app.Photo(jpeg(), "me.jpg")
-    image, status, raw, rows = app.analyse(Dropped("127.0.0.1:1", "grpc"), photo, True, False)
+    photo = handler.Photo(jpeg(), "me.jpg")
+    image, status, raw, rows = handler.analyse(Dropped("127.0.0.1:1", "grpc"), photo, True, False)
     assert image is not None and rows == [] and raw["error_kind"] == "server_unavailable"
     assert status.startswith("**Triton server is unreachable** at `127.0.0.1:1` (grpc)")
     # The client's advice names the CLI's --url; the page's own setting is --triton-url.
     assert "--triton-url / TRITON_URL" in raw["error"] and "pass --url" not in raw["error"]
-    assert "pass --url" not in app.TritonBackend("127.0.0.1:1", "grpc", timeout=2).health_markdown()
+    assert "pass --url" not in backend.TritonBackend("127.0.0.1:1", "grpc", timeout=2).health_markdown()
 
 
 def test_a_face_too_small_to_estimate_is_shown_found_with_its_box_not_rejected():
@@ -372,15 +378,15 @@ def test_a_face_too_small_to_estimate_is_shown_found_with_its_box_not_rejected()
     message = "The face is 31 px across in the photo; an estimate needs at least 32 px"
     tiny = FaceResult(None, None, None, True, (100.0, 100.0, 131.0, 131.0), 0.55, message, None)
 
-    class Small(app.TritonBackend):
+    class Small(backend.TritonBackend):
         def predict(self, image, *, detect):
             return tiny
 
-    photo = app.Photo(jpeg((200, 200)), "me.jpg")
-    image, status, raw, rows = app.analyse(Small("127.0.0.1:1", "grpc"), photo, True, False)
+    photo = handler.Photo(jpeg((200, 200)), "me.jpg")
+    image, status, raw, rows = handler.analyse(Small("127.0.0.1:1", "grpc"), photo, True, False)
     assert status == f"**Face found, too small to estimate**: {message}"
     assert raw["face_found"] and raw["box"] == [100.0, 100.0, 131.0, 131.0] and raw["error"] == message
-    assert image.getpixel((130, 130)) == app.BOX_COLOUR and app.summary(tiny) == "too small to estimate"
+    assert image.getpixel((130, 130)) == drawing.BOX_COLOUR and results.summary(tiny) == "too small to estimate"
 
 
 def test_a_restart_of_triton_reads_as_a_restart_not_as_unreachable():
@@ -388,11 +394,11 @@ def test_a_restart_of_triton_reads_as_a_restart_not_as_unreachable():
 
     from client.errors import translate
 
-    backend = app.TritonBackend("127.0.0.1:1", "grpc")
+    triton = backend.TritonBackend("127.0.0.1:1", "grpc")
     from common.contract import RESTARTING
 
     said = InferenceServerException(RESTARTING, status="503")
-    status, raw = app.request_failed(backend, translate(said, url="127.0.0.1:1", protocol="http"))
+    status, raw = backend.request_failed(triton, translate(said, url="127.0.0.1:1", protocol="http"))
     assert status.startswith("**Triton is restarting** at `127.0.0.1:1` (grpc) after a crash")
     assert raw["error_kind"] == "server_unavailable" and "unreachable" not in status
 
@@ -403,21 +409,21 @@ def test_a_busy_gate_reads_as_busy_not_as_unreachable():
     from client.errors import translate
     from common.contract import BUSY
 
-    backend = app.TritonBackend("127.0.0.1:1", "grpc")
+    triton = backend.TritonBackend("127.0.0.1:1", "grpc")
     said = InferenceServerException(f"{BUSY} (520 MiB); retry in a second", status="StatusCode.UNAVAILABLE")
-    status, raw = app.request_failed(backend, translate(said, url="127.0.0.1:1", protocol="grpc"))
+    status, raw = backend.request_failed(triton, translate(said, url="127.0.0.1:1", protocol="grpc"))
     assert status.startswith("**Triton is busy** at `127.0.0.1:1` (grpc)")
     assert raw["error_kind"] == "server_unavailable" and "unreachable" not in status
 
 
 def test_a_timeout_setting_that_is_not_a_number_stops_the_start_with_one_line(monkeypatch):
-    # Read when the page's module loads (TRITON_TIMEOUT, GRADIO_HEALTH_POLL): a traceback before.
+    # Read when the settings module loads (TRITON_TIMEOUT, GRADIO_HEALTH_POLL): a traceback before.
     monkeypatch.setenv("TRITON_TIMEOUT", "abc")
     with pytest.raises(SystemExit) as stop:
-        app._seconds("TRITON_TIMEOUT", "15")
+        settings._seconds("TRITON_TIMEOUT", "15")
     assert str(stop.value) == "error: TRITON_TIMEOUT='abc' is not a number of seconds"
     monkeypatch.setenv("TRITON_TIMEOUT", "2.5")
-    assert app._seconds("TRITON_TIMEOUT", "15") == 2.5
+    assert settings._seconds("TRITON_TIMEOUT", "15") == 2.5
 
 
 def test_the_default_url_follows_the_protocol_and_port_settings():
@@ -426,17 +432,17 @@ def test_the_default_url_follows_the_protocol_and_port_settings():
     import sys
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("TRITON_")}
-    # One child (importing the page costs seconds): the module is reloaded under each setting, then the command line
-    # is read with none set. --protocol picks the port too (the flag, not only $TRITON_PROTOCOL).
+    # One child: the settings module is reloaded under each setting, then the command line is read with none set.
+    # --protocol picks the port too (the flag, not only $TRITON_PROTOCOL).
     code = """if True:
         import importlib, os
-        from gradio_frontend import app
-        for settings in ({"TRITON_PROTOCOL": "http", "TRITON_HTTP_PORT": "18123"}, {"TRITON_GRPC_PORT": "18124"}, {}):
+        from gradio_frontend import settings
+        for case in ({"TRITON_PROTOCOL": "http", "TRITON_HTTP_PORT": "18123"}, {"TRITON_GRPC_PORT": "18124"}, {}):
             for name in ("TRITON_PROTOCOL", "TRITON_HTTP_PORT", "TRITON_GRPC_PORT"):
                 os.environ.pop(name, None)
-            os.environ.update(settings)
-            importlib.reload(app)
-            print(app.DEFAULT_PROTOCOL, app.DEFAULT_TRITON_URL)
+            os.environ.update(case)
+            importlib.reload(settings)
+            print(settings.DEFAULT_PROTOCOL, settings.DEFAULT_TRITON_URL)
         from gradio_frontend.__main__ import parse_args, uploads
         uploads.remove()
         for argv in (["--protocol", "http"], [], ["--triton-url", "h:1"]):

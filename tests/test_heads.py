@@ -182,7 +182,8 @@ def test_weight_average_is_what_gets_validated_and_saved(tmp_path):
 
 def test_warm_start_copies_the_trunk_and_resume_continues_the_run(archive, tmp_path):
     common = ["--task", "age", "--data", str(archive), "--batch-size", "16", "--widths", "4,8", "--run-eagerly"]
-    common += ["--cache-dir", str(tmp_path / "cache")]
+    # Four runs: small faces and one batch an epoch (the split and its manifest are still the whole fixture's).
+    common += ["--cache-dir", str(tmp_path / "cache"), "--image-size", "32", "--limit", "16"]
     first = train.main([*common, "--out", str(tmp_path / "a"), "--epochs", "1", "--age-loss", "huber"])
     source = keras.models.load_model(first)
     # A bins model started from the regression run: same trunk, new head.
@@ -216,7 +217,7 @@ def test_candidate_input_size_trains_and_exports_at_its_own_size(archive, tmp_pa
     served = utk.load(archive, size=spec.image_size("gender"), cache_dir=tmp_path / "cache")  # cached first
     run = tmp_path / "runs" / "gender"
     common = ["--task", "gender", "--data", str(archive), "--batch-size", "16", "--widths", "4,8", "--epochs", "1"]
-    common += ["--run-eagerly"]
+    common += ["--run-eagerly", "--limit", "16"]
     best = train.main([*common, "--out", str(run), "--image-size", "40", "--cache-dir", str(tmp_path / "cache")])
     assert keras.models.load_model(best).input.shape[1:] == (40, 40, 3)
     assert json.loads((run / "config.json").read_text())["image_size"] == 40

@@ -2,7 +2,7 @@
 
 The ``age`` model is served alone (explicit model control, CPU config) as tiny Keras
 models whose output is their version number: kernel zero, bias = version. Four
-threads send requests for about 12 s. Meanwhile version 2 is exported into the live
+threads send requests for about 8 s. Meanwhile version 2 is exported into the live
 repository and rolled out with ``serving.ops.rollout.switch``, then rolled back with the
 one-line command ``python -m serving.ops.rollout --model age --version 1``. No request may
 fail, and every request sent after a switch returned must be answered by the new version.
@@ -34,7 +34,7 @@ from serving.runtime.launch import TritonServer, free_port
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[1]
-LOAD_SECONDS = 12
+LOAD_SECONDS = 8
 THREADS = 4
 
 
@@ -123,100 +123,107 @@ def _readiness(http_url: str, timeout: float) -> tuple[str, str]:
         return "no", f"{type(err).__name__}: {err}"
 
 
-def test_rollout_and_rollback_under_load_without_a_failed_request(tmp_path, monkeypatch):
-    # The repository API is an admin API: the launcher restricts it behind this secret (issue #7) and
-    # serving.ops.rollout presents it as header `admin-key`, in this process and in the CLI run below.
-    monkeypatch.setenv("TRITON_ADMIN_KEY", secrets.token_urlsafe(16))
-    repo = age_repository(tmp_path, 1.0)
+@pytest.fixture(scope="module")
+def age_server(tmp_path_factory):
+    """A server of ``age`` alone (explicit model control) over a repository of version 1, and that repository: one
+    for the module (a start and two exports fewer). The rollout test needs it as started and comes first; the test of
+    concurrent changes runs on what that one leaves (its own first switch makes the state it starts from)."""
+    with pytest.MonkeyPatch.context() as env:
+        # The repository API is an admin API: the launcher restricts it behind this secret (issue #7) and
+        # serving.ops.rollout presents it as header `admin-key`, in this process and in the CLI runs.
+        env.setenv("TRITON_ADMIN_KEY", secrets.token_urlsafe(16))
+        repo = age_repository(tmp_path_factory.mktemp("rollout"), 1.0)
+        # Free ports, chosen at start.
+        with TritonServer(
+            repo, http_port=0, grpc_port=0, metrics_port=0, extra_args=CONTROL_ARGS["explicit"]
+        ) as server:
+            yield server, repo
 
-    server = TritonServer(
-        repo,
-        http_port=0,  # free ports, chosen at start
-        grpc_port=0,
-        metrics_port=0,
-        extra_args=CONTROL_ARGS["explicit"],
-    )
-    with server:
-        stop, log, errors = threading.Event(), [], []
-        # `age` is internal (not callable through the door): the load goes to Triton's own port, with its key.
-        target = (server.internal_http_url, server.internal_headers())
-        threads = [threading.Thread(target=load, args=(*target, stop, log, errors)) for _ in range(THREADS)]
-        # Readiness, asked through the door as a load balancer asks, stays yes through both switches (the gate asks
-        # each model; Triton's own readiness said no while a version was loading): every 50 ms, with the deployed
-        # probe's timeout. Any answer but yes fails the test. So would as many probes in a row without an answer
-        # within the timeout as the deployed probe's failureThreshold, which takes a pod out of service; fewer are
-        # a test machine's other workers keeping the cores busy, and do not (one CI run saw a single probe fail, before
-        # the reason was recorded).
-        deployed = _deployed_readiness_probe()
-        probes: list[tuple[float, str, str]] = []  # (when, "yes" | "no" | "silent", why)
 
-        def probe() -> None:
-            while not stop.wait(0.05):
-                probes.append((time.monotonic(), *_readiness(server.http_url, deployed["timeoutSeconds"])))
+def test_rollout_and_rollback_under_load_without_a_failed_request(age_server, monkeypatch):
+    server, repo = age_server
+    assert [v.name for v in (repo / "age").iterdir() if v.name.isdigit()] == ["1"], "needs the server as started"
+    stop, log, errors = threading.Event(), [], []
+    # `age` is internal (not callable through the door): the load goes to Triton's own port, with its key.
+    target = (server.internal_http_url, server.internal_headers())
+    threads = [threading.Thread(target=load, args=(*target, stop, log, errors)) for _ in range(THREADS)]
+    # Readiness, asked through the door as a load balancer asks, stays yes through both switches (the gate asks
+    # each model; Triton's own readiness said no while a version was loading): every 50 ms, with the deployed
+    # probe's timeout. Any answer but yes fails the test. So would as many probes in a row without an answer
+    # within the timeout as the deployed probe's failureThreshold, which takes a pod out of service; fewer are
+    # a test machine's other workers keeping the cores busy, and do not (one CI run saw a single probe fail, before
+    # the reason was recorded).
+    deployed = _deployed_readiness_probe()
+    probes: list[tuple[float, str, str]] = []  # (when, "yes" | "no" | "silent", why)
 
-        threads.append(threading.Thread(target=probe))
-        if getattr(server, "admin_key", None):  # a launcher that restricts the admin APIs: no key, no switch
-            with monkeypatch.context() as m:
-                m.delenv("TRITON_ADMIN_KEY")
-                with pytest.raises(RolloutError, match="restricted|admin"):
-                    switch(server.http_url, "age")
-        start = time.monotonic()
-        for t in threads:
-            t.start()
-        try:
-            time.sleep(1.5)
-            rollout_start = time.monotonic()
-            assert export_constant(repo, 2.0).name == "2"  # written while traffic runs
-            # Published with the new version, a changed config takes effect with the rollout: it loads the model
-            # from the repository as it stands (it used to send the config already loaded, and the change waited
-            # for the next restart).
-            config = repo / "age" / "configs" / "cpu.pbtxt"
-            config.write_text(
-                config.read_text().replace("max_queue_delay_microseconds: 200", "max_queue_delay_microseconds: 300")
-            )
-            assert switch(server.http_url, "age") == [2]
-            assert _queue_delay(server) == 300
-            rollout_done = time.monotonic()
-            # At least 2 s of traffic on the new version, however long the export took on a busy machine (a slow
-            # export left no request between rollout and rollback: an empty phase, not a wrong answer).
-            time.sleep(max(2.0, 6 - (rollout_done - start)))
-            rollback_start = time.monotonic()
-            cli = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "serving.ops.rollout",
-                    "--url",
-                    server.http_url,
-                    "--model",
-                    "age",
-                    "--version",
-                    "1",
-                ],
-                capture_output=True,
-                text=True,
-                cwd=ROOT,
-                timeout=120,
-            )
-            rollback_done = time.monotonic()
-            assert cli.returncode == 0, cli.stderr
-            assert "now serving version(s) [1]" in cli.stdout
-            status = _status(server.http_url)
-            assert status.returncode == 0 and "age: ready versions [1]" in status.stdout, status.stderr
-            assert "a new start serves the repository's newest again" in cli.stderr  # what a pin does not survive
-            status = _status(server.http_url, env={k: v for k, v in os.environ.items() if k != "TRITON_ADMIN_KEY"})
-            assert status.returncode == 1 and "Traceback" not in status.stderr, status.stderr
-            assert "needs the admin key: set TRITON_ADMIN_KEY" in status.stderr
-            time.sleep(max(2.0, LOAD_SECONDS - (time.monotonic() - start)))
-        finally:
-            stop.set()
-            for t in threads:
-                t.join(timeout=60)
-        duration = time.monotonic() - start
-        # Rolled out again with nothing changed in the repository: the newest serves, not the pin (Triton kept the
-        # rollback's override through a plain load, and the rollout reported "now serving version(s) [1]").
+    def probe() -> None:
+        while not stop.wait(0.05):
+            probes.append((time.monotonic(), *_readiness(server.http_url, deployed["timeoutSeconds"])))
+
+    threads.append(threading.Thread(target=probe))
+    if getattr(server, "admin_key", None):  # a launcher that restricts the admin APIs: no key, no switch
+        with monkeypatch.context() as m:
+            m.delenv("TRITON_ADMIN_KEY")
+            with pytest.raises(RolloutError, match="restricted|admin"):
+                switch(server.http_url, "age")
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.0)
+        rollout_start = time.monotonic()
+        assert export_constant(repo, 2.0).name == "2"  # written while traffic runs
+        # Published with the new version, a changed config takes effect with the rollout: it loads the model
+        # from the repository as it stands (it used to send the config already loaded, and the change waited
+        # for the next restart).
+        config = repo / "age" / "configs" / "cpu.pbtxt"
+        config.write_text(
+            config.read_text().replace("max_queue_delay_microseconds: 200", "max_queue_delay_microseconds: 300")
+        )
         assert switch(server.http_url, "age") == [2]
-        assert _status(server.http_url).stdout.strip() == "age: ready versions [2]"
+        assert _queue_delay(server) == 300
+        rollout_done = time.monotonic()
+        # A second of traffic on the new version, however long the export took on a busy machine (a slow
+        # export left no request between rollout and rollback: an empty phase, not a wrong answer).
+        time.sleep(1.0)
+        rollback_start = time.monotonic()
+        cli = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "serving.ops.rollout",
+                "--url",
+                server.http_url,
+                "--model",
+                "age",
+                "--version",
+                "1",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=120,
+        )
+        rollback_done = time.monotonic()
+        assert cli.returncode == 0, cli.stderr
+        assert "now serving version(s) [1]" in cli.stdout
+        assert "a new start serves the repository's newest again" in cli.stderr  # what a pin does not survive
+        time.sleep(max(1.0, LOAD_SECONDS - (time.monotonic() - start)))
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    duration = time.monotonic() - start
+    # The status reads after the load: they check no switch, and the load only burnt the cores meanwhile.
+    status = _status(server.http_url)
+    assert status.returncode == 0 and "age: ready versions [1]" in status.stdout, status.stderr
+    status = _status(server.http_url, env={k: v for k, v in os.environ.items() if k != "TRITON_ADMIN_KEY"})
+    assert status.returncode == 1 and "Traceback" not in status.stderr, status.stderr
+    assert "needs the admin key: set TRITON_ADMIN_KEY" in status.stderr
+    # Rolled out again with nothing changed in the repository: the newest serves, not the pin (Triton kept the
+    # rollback's override through a plain load, and the rollout reported "now serving version(s) [1]").
+    assert switch(server.http_url, "age") == [2]
+    assert _status(server.http_url).stdout.strip() == "age: ready versions [2]"
 
     assert not errors, f"{len(errors)} failed requests, first: {errors[:3]}"
     phases = {"start": start, "rollout": rollout_start, "rolled out": rollout_done, "rollback": rollback_start}
@@ -296,7 +303,7 @@ def test_a_wrong_url_or_version_is_one_clear_line():
     assert out.stderr.startswith("error: no Triton") and "is that Triton's HTTP port?" in out.stderr, out.stderr
 
 
-def test_a_change_meanwhile_is_reported_not_what_was_asked(tmp_path, monkeypatch, capsys):
+def test_a_change_meanwhile_is_reported_not_what_was_asked(age_server, monkeypatch, capsys):
     """Two switches at once (red-team finding 9): nothing locks a model across operators' machines and the last load
     wins, so a switch reads back what Triton serves and says when it is not what it asked for (it printed "now
     serving [21]" while 22 served, or overrode the other's rollback). The other operator's switch is made to land
@@ -305,9 +312,9 @@ def test_a_change_meanwhile_is_reported_not_what_was_asked(tmp_path, monkeypatch
 
     from serving.ops import rollout
 
-    monkeypatch.setenv("TRITON_ADMIN_KEY", secrets.token_urlsafe(16))
-    repo = age_repository(tmp_path, 1.0, 2.0)
-    server = TritonServer(repo, http_port=0, grpc_port=0, metrics_port=0, extra_args=CONTROL_ARGS["explicit"])
+    server, repo = age_server
+    if not (repo / "age" / "2").is_dir():  # run without the rollout test
+        export_constant(repo, 2.0)
     real_load = httpclient.InferenceServerClient.load_model
     other: list[int | None] = []  # the version the other operator switches to next (None: the newest)
     theirs: list[list[int]] = []  # what the other's switch reported
@@ -318,31 +325,30 @@ def test_a_change_meanwhile_is_reported_not_what_was_asked(tmp_path, monkeypatch
             theirs.append(switch(server.http_url, "age", other.pop()))
 
     monkeypatch.setattr(httpclient.InferenceServerClient, "load_model", load_model)
-    with server:
-        assert switch(server.http_url, "age") == [2]
-        # A rollback, and another operator's rollout right after its load: 2 serves, and the rollback says so.
-        other.append(None)
-        with pytest.raises(RolloutError, match="another change happened meanwhile") as caught:
-            switch(server.http_url, "age", 1, timeout=30)
-        assert theirs.pop() == [2] and _status(server.http_url).stdout.strip() == "age: ready versions [2]"
-        assert str(caught.value).startswith(
-            "another change happened meanwhile: 'age' now serves version(s) [2] (the newest, by another rollout or "
-            "rollback), not version(s) [1] as this command asked."
-        )
-        # A rollout (the command), and another operator's rollback right after its load: the rollback stands (the
-        # rollout used to take it for a pin left from before and load the newest over it), and the rollout says so.
-        other.append(1)
-        assert rollout.main(["--url", server.http_url, "--model", "age", "--timeout", "30"]) == 1
-        out = capsys.readouterr()
-        assert theirs.pop() == [1] and _status(server.http_url).stdout.strip() == "age: ready versions [1]"
-        assert "now serving" not in out.out
-        assert out.err.startswith(
-            "error: another change happened meanwhile: 'age' now serves version(s) [1] (pinned to [1], by another "
-            "rollout or rollback), not the newest version as this command asked. The last load wins: check with "
-            "--status"
-        ), out.err
-        # Alone, a rollout still unpins the rollback left from before, and a rollback pins.
-        assert switch(server.http_url, "age") == [2] and switch(server.http_url, "age", 1) == [1]
+    assert switch(server.http_url, "age") == [2]
+    # A rollback, and another operator's rollout right after its load: 2 serves, and the rollback says so.
+    other.append(None)
+    with pytest.raises(RolloutError, match="another change happened meanwhile") as caught:
+        switch(server.http_url, "age", 1, timeout=30)
+    assert theirs.pop() == [2] and _status(server.http_url).stdout.strip() == "age: ready versions [2]"
+    assert str(caught.value).startswith(
+        "another change happened meanwhile: 'age' now serves version(s) [2] (the newest, by another rollout or "
+        "rollback), not version(s) [1] as this command asked."
+    )
+    # A rollout (the command), and another operator's rollback right after its load: the rollback stands (the
+    # rollout used to take it for a pin left from before and load the newest over it), and the rollout says so.
+    other.append(1)
+    assert rollout.main(["--url", server.http_url, "--model", "age", "--timeout", "30"]) == 1
+    out = capsys.readouterr()
+    assert theirs.pop() == [1] and _status(server.http_url).stdout.strip() == "age: ready versions [1]"
+    assert "now serving" not in out.out
+    assert out.err.startswith(
+        "error: another change happened meanwhile: 'age' now serves version(s) [1] (pinned to [1], by another "
+        "rollout or rollback), not the newest version as this command asked. The last load wins: check with "
+        "--status"
+    ), out.err
+    # Alone, a rollout still unpins the rollback left from before, and a rollback pins.
+    assert switch(server.http_url, "age") == [2] and switch(server.http_url, "age", 1) == [1]
 
 
 @pytest.mark.parametrize(

@@ -70,7 +70,7 @@ def constant_runs(archive, tmp_path_factory):
         out = root / f"run-{order}"
         args = ["--task", "gender", "--data", str(archive), "--out", str(out), "--epochs", "2", "--batch-size", "16"]
         args += ["--widths", WIDTHS, "--cache-dir", str(root / "cache"), "--lr", str(LR), "--patience", "10"]
-        args += ["--schedule", "constant", "--keep-epochs", "--run-eagerly"]
+        args += ["--schedule", "constant", "--keep-epochs", "--run-eagerly", "--limit", "16"]  # a batch an epoch
         train.main(args + (["--order-seed", str(order)] if order is not None else []))
         runs[order] = out
     return runs

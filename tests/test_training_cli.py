@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import stat
 import subprocess
 import tarfile
@@ -26,21 +27,30 @@ ROOT = Path(__file__).resolve().parents[1]
 RECORD = export.RECORD
 
 
-def tiny_version(repo: Path, task: str, **record) -> Path:
-    """A tiny untrained network exported as the next version of ``task``, with a training record."""
-    keras_model = models.build(task, widths=(4, 8))
+@pytest.fixture(scope="module")
+def tiny_exports(tmp_path_factory) -> dict[str, Path]:
+    """A tiny untrained network of each task exported once (seconds of CPU each), for :func:`tiny_version` to copy."""
+    repo = tmp_path_factory.mktemp("tiny") / "repo"
+    return {task: export.export_model(models.build(task, widths=(4, 8)), task, repo) for task in models.TASKS}
+
+
+def tiny_version(exports: dict[str, Path], repo: Path, task: str, **record) -> Path:
+    """A tiny untrained network as the next version of ``task`` (a copy of its export in ``exports``: SavedModel and
+    the IR keyed to it), with a training record."""
     config = {"task": task, "widths": "4,8", "seed": utk.SPLIT_SEED, "tta": True, "temperature": 1.0, **record}
-    source = Path(repo).parent / f"{Path(repo).name}-{task}-record.json"
-    source.write_text(json.dumps(config))
-    return export.export_model(keras_model, task, repo, extra_files={RECORD: source})
+    version = Path(repo) / task / str((export.versions(Path(repo) / task) or [0])[-1] + 1)
+    shutil.copytree(exports[task], version)
+    (version / RECORD).write_text(json.dumps(config))
+    return version
 
 
 @pytest.fixture(scope="module")
-def scored_repo(tmp_path_factory) -> tuple[Path, Path, Path, Path]:
-    """A repository of tiny versions, age 1 and 2 and gender 1, exported once for the evaluate tests, which only
+def scored_repo(tiny_exports, tmp_path_factory) -> tuple[Path, Path, Path, Path]:
+    """A repository of tiny versions, age 1 and 2 and gender 1, made once for the evaluate tests, which only
     read it: the repository and the three version folders."""
     repo = tmp_path_factory.mktemp("scored") / "repo"
-    return repo, tiny_version(repo, "age"), tiny_version(repo, "age"), tiny_version(repo, "gender")
+    versions = [tiny_version(tiny_exports, repo, task) for task in ("age", "age", "gender")]
+    return repo, *versions
 
 
 def fake_run(runs: Path, task: str) -> Path:
@@ -227,9 +237,11 @@ def test_an_export_that_finishes_first_takes_the_next_number_and_none_is_overwri
     assert sorted(p.name for p in (repo / "gender").iterdir()) == [".export.lock", ".tmp-1", "1", "2"]
 
 
-def test_a_refused_check_leaves_no_version_and_no_temporary_folder(tmp_path):
+def test_a_refused_check_leaves_no_version_and_no_temporary_folder(tiny_exports, tmp_path):
     repo = tmp_path / "repo"
-    first = tiny_version(repo, "age")
+    first = tiny_version(tiny_exports, repo, "age")
+    before = sorted(p.name for p in (repo / "age").iterdir())
+    assert before == [first.name]
 
     def refuse(folder: Path) -> None:
         assert (folder / export.SAVEDMODEL).is_dir() and (folder / "notes.json").is_file()
@@ -237,14 +249,16 @@ def test_a_refused_check_leaves_no_version_and_no_temporary_folder(tmp_path):
 
     with pytest.raises(RuntimeError, match="moves the age estimate"):
         export.export_model(models.build("age", widths=(4, 8)), "age", repo, records={"notes.json": {}}, check=refuse)
-    assert sorted(p.name for p in (repo / "age").iterdir()) == [".export.lock", first.name]
+    assert sorted(p.name for p in (repo / "age").iterdir()) == before
 
 
-def test_a_calibrated_variant_appears_once_calibrated_and_never_half_made(archive, tmp_path, monkeypatch):
+def test_a_calibrated_variant_appears_once_calibrated_and_never_half_made(archive, tiny_exports, tmp_path, monkeypatch):
     """export --from-repo of a calibrated age version: its data is read before anything is written, and the version
     that appears is the calibrated variant (the uncalibrated step is never a version Triton could serve)."""
     repo = tmp_path / "repo"
-    source = tiny_version(repo, "age", interval_calibration={"chosen": "age bands"}, val_served_no_tta={"mae": 9.0})
+    source = tiny_version(
+        tiny_exports, repo, "age", interval_calibration={"chosen": "age bands"}, val_served_no_tta={"mae": 9.0}
+    )
     monkeypatch.setenv("AGEGENDER_CACHE", str(tmp_path / "cache"))
     argv = ["--from-repo", "--repo", str(repo), "--tasks", "age", "--no-tta"]
 
@@ -298,9 +312,11 @@ def test_a_calibrated_variant_appears_once_calibrated_and_never_half_made(archiv
 # --- quantize, evaluate, crop calibration ------------------------------------------------------------------------
 
 
-def test_quantize_leaves_a_version_s_int8_model_alone_and_needs_enough_faces(archive, tmp_path, monkeypatch, capsys):
+def test_quantize_leaves_a_version_s_int8_model_alone_and_needs_enough_faces(
+    archive, tiny_exports, tmp_path, monkeypatch, capsys
+):
     repo = tmp_path / "repo"
-    tiny_version(repo, "gender")
+    tiny_version(tiny_exports, repo, "gender")
 
     def never(*args, **kwargs):
         raise AssertionError("quantized")

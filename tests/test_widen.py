@@ -16,7 +16,7 @@ from common import spec
 from training import model as models
 from training import runs, swa, widen
 
-from .test_ensemble import WIDTHS, member
+from .test_ensemble import WIDTHS, infer, member
 
 SIZE = spec.image_size("age")
 
@@ -47,7 +47,7 @@ def test_the_wider_network_gives_the_same_outputs(task):
     assert net.get_layer("conv1_1").kernel.shape == (3, 3, 13, 13)
     assert net.count_params() > source.count_params()
     x = faces() if task == "age" else faces()[:, :64, :64]
-    np.testing.assert_allclose(net.predict(x, verbose=0), source.predict(x, verbose=0), atol=1e-5)
+    np.testing.assert_allclose(infer(net, x), infer(source, x), atol=1e-5)
     assert diff <= widen.TOLERANCE
 
 
@@ -94,7 +94,7 @@ def test_the_command_writes_a_run_that_swa_and_init_from_read(tmp_path):
     assert record["widths"] == "6,12" and record["widened_from_widths"] == WIDTHS and record["seed"] == 1337
     assert record["widen_max_output_diff"] <= widen.TOLERANCE
     x = faces(4)
-    np.testing.assert_allclose(keras.models.load_model(out).predict(x, verbose=0), net.predict(x, verbose=0), atol=1e-5)
+    np.testing.assert_allclose(infer(keras.models.load_model(out), x), infer(net, x), atol=1e-5)
     # training.swa accepts it as a snapshot (same widths and split), and a wide run starts from all of its weights.
     mean, nets, _ = swa.average("age", [out, out], SIZE)
     assert mean.get_layer("conv1_1").kernel.shape == (3, 3, 12, 12)

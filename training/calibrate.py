@@ -142,13 +142,17 @@ def balance(b: dict[str, np.ndarray], ages: np.ndarray, interval: dict, cell: np
     for i, (lo, hi) in enumerate(heads.AGE_BANDS):
         band[(ages >= lo) & (ages <= hi)] = i
     big = [i for i in range(len(heads.AGE_BANDS)) if (band == i).sum() >= BALANCE_MIN_BAND]
+    # Counted once, as the loss runs for every trial step (thousands of times): a band's coverage is its hits
+    # counted by band (shifted by one: -1 is no band) over its size, the number the mean of its hits gives.
+    shifted, index = band + 1, np.array(big, dtype=int) + 1
+    sizes = np.bincount(shifted, minlength=len(heads.AGE_BANDS) + 1)[index]
     q = np.array([[c["q_low"], c["q_high"]] for c in interval["cells"]], dtype=np.float64)
 
     def loss(q: np.ndarray) -> float:
         new_low = np.clip(low - q[cell, 0] * width, 0.0, top)
         new_high = np.clip(high + q[cell, 1] * width, 0.0, top)
         hit = (ages >= np.minimum(new_low, new_high)) & (ages <= np.maximum(new_low, new_high))
-        gaps = [hit[band == i].mean() - spec.NOMINAL_COVERAGE for i in big]
+        gaps = np.bincount(shifted[hit], minlength=len(heads.AGE_BANDS) + 1)[index] / sizes - spec.NOMINAL_COVERAGE
         return float(np.mean(np.square(gaps)) + OVERALL_WEIGHT * (hit.mean() - spec.NOMINAL_COVERAGE) ** 2)
 
     best = loss(q)
