@@ -103,7 +103,7 @@ def _build_tiny_repo(repo: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def tiny_repo(tmp_path_factory) -> Path:
+def tiny_repo(tmp_path_factory, request) -> Path:
     """The committed repository with tiny exported ``age``/``gender`` models in place of the trained ones.
 
     Built once per ``make test`` run, not once per xdist worker (two exports with their OpenVINO IRs: about 5
@@ -112,7 +112,8 @@ def tiny_repo(tmp_path_factory) -> Path:
     ever writes into another's.
     """
     base = tmp_path_factory.getbasetemp()
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # xdist: <run>/popen-gwN
+    # An xdist worker's folder is <run>/popen-gwN; without xdist the run's own folder is the shared one.
+    shared = base.parent if hasattr(request.config, "workerinput") else base
     built = shared / "tiny_model_repository"
     with open(shared / "tiny_model_repository.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if the build fails

@@ -630,8 +630,9 @@ def test_calls_abandoned_behind_the_door_count_against_their_address(tiny_repo):
 
     proc, http_url, grpc_url = start_launcher(tiny_repo, "--door-client-connections", "1", start_new_session=True)
     # Seconds of decoding and face search in Triton, whichever the machine: about 0.35 CPU-s a photo on a 2-core VM,
-    # one at a time in the single face detector (32 photos took 11 CPU-s per call, twice, for nothing more).
-    photos = [_photo(i) for i in range(12)]
+    # one at a time in the single face detector, so 20 photos outlast the 0.6 s deadline and the follow-up call on a
+    # machine three times as fast (32 took 11 CPU-s per call, twice, for nothing more).
+    photos = [_photo(i) for i in range(20)]
     options = [("grpc.max_send_message_length", door.MAX_BODY)]
     try:
         with grpc.insecure_channel(grpc_url, options=options) as channel:
