@@ -89,10 +89,21 @@ def age_metrics(
 CALIBRATION_BINS = 10
 
 
-def _binned(prob: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
-    """The bins' edges and each prediction's bin, of :func:`calibration`."""
+def _filled_bins(prob: np.ndarray, bins: int) -> tuple[np.ndarray, list[tuple[int, np.ndarray, float, float]]]:
+    """The bins' edges, and for each bin that holds a prediction: its number, its faces (a mask), their share of all
+    faces and their mean prediction. What :func:`calibration` and every draw of :func:`ece_noise` share."""
     edges = np.linspace(0.0, 1.0, bins + 1)
-    return edges, np.clip(np.digitize(prob, edges[1:-1]), 0, bins - 1)
+    which = np.clip(np.digitize(prob, edges[1:-1]), 0, bins - 1)
+    return edges, [(b, m, m.sum() / len(prob), float(prob[m].mean())) for b in range(bins) if (m := which == b).any()]
+
+
+def _ece(labels: np.ndarray, filled: list[tuple[int, np.ndarray, float, float]]) -> np.ndarray:
+    """The ECE of each row of ``labels`` (one set of 0/1 labels per row) over the bins of :func:`_filled_bins`: the
+    share-weighted absolute gap between each bin's mean prediction and its observed fraction of women."""
+    ece = np.zeros(len(labels))
+    for _, m, share, mean_p in filled:
+        ece += share * np.abs(mean_p - labels[:, m].sum(axis=1) / m.sum())
+    return ece
 
 
 def calibration(true: np.ndarray, prob: np.ndarray, bins: int = CALIBRATION_BINS) -> dict:
@@ -101,24 +112,18 @@ def calibration(true: np.ndarray, prob: np.ndarray, bins: int = CALIBRATION_BINS
     Per bin of the predicted probability: mean prediction and observed fraction of women. ECE is the
     count-weighted mean of their absolute gap: 0 for a calibrated model, whose "0.8" is right 80% of the time.
     """
-    edges, which = _binned(prob, bins)
-    rows, ece = [], 0.0
-    for b in range(bins):
-        m = which == b
-        if not m.any():
-            continue
-        mean_p, observed = float(prob[m].mean()), float(true[m].mean())
-        ece += m.sum() / len(true) * abs(mean_p - observed)
-        rows.append(
-            {
-                "low": float(edges[b]),
-                "high": float(edges[b + 1]),
-                "n": int(m.sum()),
-                "mean_p": mean_p,
-                "observed": observed,
-            }
-        )
-    return {"ece": float(ece) if len(true) else None, "bins": rows}
+    edges, filled = _filled_bins(prob, bins)
+    rows = [
+        {
+            "low": float(edges[b]),
+            "high": float(edges[b + 1]),
+            "n": int(m.sum()),
+            "mean_p": mean_p,
+            "observed": float(true[m].mean()),
+        }
+        for b, m, _, mean_p in filled
+    ]
+    return {"ece": float(_ece(np.asarray(true)[None], filled)[0]) if len(true) else None, "bins": rows}
 
 
 #: Label draws for :func:`ece_noise`; a fixed seed, so a report is reproducible.
@@ -138,19 +143,14 @@ def ece_noise(true: np.ndarray, prob: np.ndarray, draws: int = ECE_DRAWS, seed: 
         return {"calibrated_mean": None, "calibrated_p95": None, "p": None}
     observed = calibration(true, prob)["ece"]
     rng = np.random.default_rng(seed)
-    # calibration()'s ECE of every draw at once (it was most of a report's time): the bins and their mean predictions
-    # are the draws' common part; the same operations in the same order give the same numbers to the bit, and rows
-    # of one rng.random call are the draws' labels one after another, in blocks that bound the memory.
-    _, which = _binned(prob, CALIBRATION_BINS)
-    bins = [(m, m.sum() / len(true), float(prob[m].mean())) for b in range(CALIBRATION_BINS) if (m := which == b).any()]
+    # Every draw's ECE at once, as calibration() computes its own (one draw at a time was most of a report's time):
+    # rows of one rng.random call are the draws' labels one after another, in blocks that bound the memory.
+    _, filled = _filled_bins(prob, CALIBRATION_BINS)
     sims = np.empty(draws)
     block = max(1, 1_000_000 // len(prob))
     for start in range(0, draws, block):
         labels = rng.random((min(block, draws - start), len(prob))) < prob
-        ece = np.zeros(len(labels))
-        for m, weight, mean_p in bins:
-            ece += weight * np.abs(mean_p - labels[:, m].sum(axis=1) / m.sum())
-        sims[start : start + len(labels)] = ece
+        sims[start : start + len(labels)] = _ece(labels, filled)
     return {
         "calibrated_mean": float(sims.mean()),
         "calibrated_p95": float(np.quantile(sims, 0.95)),
