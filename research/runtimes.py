@@ -1,5 +1,6 @@
 """Which CPU runtime serves the SavedModels: TensorFlow, OpenVINO and ONNX Runtime side by side.
 
+    .venv/bin/pip install -e '.[research]'   # ONNX Runtime and tf2onnx, beside make setup's
     python -m research.runtimes [--repository model_repository] [--duration 3] [--threads 1] [--out loadtest/results]
 
 Each runtime runs in its own fresh process (so load time and memory are its own) and reports, for
@@ -22,6 +23,7 @@ indicative; rerun on a quiet machine.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -230,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         for runtime in args.runtimes.split(","):
             try:
                 if runtime == "onnxruntime":
+                    missing = [m for m in ("onnxruntime", "tf2onnx") if importlib.util.find_spec(m) is None]
+                    if missing:
+                        raise RuntimeError(f"{', '.join(missing)} not installed: pip install -e '.[research]'")
                     meta["onnx_convert_s"] = convert_to_onnx(savedmodel_paths(args.repository), workdir)
                 print(f"{runtime} ...", file=sys.stderr, flush=True)
                 results.append(run_child(runtime, args, workdir))
