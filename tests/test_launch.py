@@ -258,6 +258,42 @@ def test_start_stop_leaves_nothing_behind(small_repo):
 
 
 @pytest.mark.integration
+def test_a_triton_killed_by_a_signal_before_it_was_ready_is_started_once_more(small_repo):
+    # Triton 2.51 (and 25.02) now and then aborts while its stubs load (server.START_RETRIES): such a start is tried
+    # once more, where it used to fail for good.
+    server = TritonServer(small_repo, http_port=0, grpc_port=0, metrics_port=0)
+    try:
+        server.start()
+        first = server._proc
+        os.kill(first.pid, signal.SIGABRT)
+        server.wait_ready(120)
+        assert server._proc is not first and first.returncode is not None and server.is_ready()
+        assert [e for e in server.events if "before it was ready; starting it again (1 of 1)" in e], server.events
+        assert server.poll() is None
+    finally:
+        server.stop()
+
+
+@pytest.mark.integration
+def test_a_second_signal_before_readiness_fails_the_start(small_repo):
+    server = TritonServer(small_repo, http_port=0, grpc_port=0, metrics_port=0)
+    try:
+        server.start()
+        first = server._proc
+        os.kill(first.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while server._proc is first and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server._proc is not first, "not started again"
+        os.kill(server._proc.pid, signal.SIGKILL)
+        with pytest.raises(TritonStartError, match="exited with code -9 before it was ready"):
+            server.wait_ready(60)
+        assert server.poll() == -9
+    finally:
+        server.stop()
+
+
+@pytest.mark.integration
 def test_broken_model_reports_server_log(small_repo):
     (small_repo / "postprocess" / "config.pbtxt").write_text('name: "postprocess"\nbackend: "nonexistent"\n')
     (small_repo / "postprocess" / "configs" / "cpu.pbtxt").unlink()

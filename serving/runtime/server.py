@@ -70,6 +70,11 @@ RESTORE_WAIT_S = 120.0
 #: could not read its s3:// repository at the start (the store down for a moment) answers /v2/health/live with 400 for
 #: as long as it runs, serving nothing; it was left so, the door open on it, until an operator restarted everything.
 NOT_LIVE_S = 10.0
+#: How many times a Triton killed by a signal before its first readiness is started again. Triton 2.51 (and 25.02,
+#: upstream server#8882) now and then aborts while its Python stubs load (boost::interprocess::lock_exception), once
+#: in four fresh-clone test runs here (2026-12-08); a start that then failed for good served nothing. An exit with a
+#: code (a model that does not load, a port taken) is not tried again: that start fails for the operator to read why.
+START_RETRIES = 1
 #: The folder, inside the run folder, that a staged s3:// repository is copied to (loadtest.bench.coldstart finds
 #: it on Triton's command line).
 STAGE_FOLDER = "s3-stage"
@@ -160,6 +165,7 @@ class TritonServer:
         self._ready_once = False
         self._bucket_models: tuple[str, ...] = ()  # an s3:// repository Triton reads itself: its models at start
         self._final_code: int | None = None
+        self._start_retries = 0  # START_RETRIES
         # The ensembles first, the rest right after (command.loads_first); decided at start(), when the folder is known.
         self.loads_first = False
         self._later = first_load.LaterLoads(
@@ -496,7 +502,8 @@ class TritonServer:
     def _broken(self, message: str) -> None:
         """Triton runs but cannot serve: a stub of a served model died or stopped (stubs.StubWatch), or Triton stopped
         answering (liveness.LivenessWatch). Triton is killed, and the supervisor restarts it as after a crash, serving
-        the versions served before. Before its first readiness nothing restarts it: that start fails, with this said."""
+        the versions served before. Before its first readiness only a signal's kill is tried again (START_RETRIES):
+        this one is, being SIGKILL, and a second fails that start, with this said."""
         proc = self._proc
         if proc is None or self._stopping.is_set():
             return
@@ -616,7 +623,8 @@ class TritonServer:
         print(f"[launcher] {message}", file=sys.stderr, flush=True)
 
     def _supervise(self) -> None:
-        """Restarts Triton after a crash (once it has been ready), with exponential backoff."""
+        """Restarts Triton after a crash (once it has been ready), with exponential backoff; before its first
+        readiness, starts it once more when a signal killed it (:meth:`_starts_again`)."""
         backoff = children.Backoff()
         while not self._stopping.is_set():
             proc = self._proc
@@ -630,6 +638,13 @@ class TritonServer:
             if self._reader is not None:
                 self._reader.join(timeout=5)
             if not (self.restart and self._ready_once):
+                if self._starts_again(code):
+                    try:
+                        self._start_again(proc, code)
+                        continue
+                    except Exception as err:  # noqa: BLE001 - then the start fails, as it would have without it
+                        self._event(f"could not start Triton again: {err}")
+                        self._start_retries = START_RETRIES  # before the code: waiters read it as final
                 self._final_code = code
                 return
             with self._crash_lock:
@@ -653,15 +668,45 @@ class TritonServer:
             self._spawn_triton()
             threading.Thread(target=self._after_restart, args=(self._proc, self._crashes), daemon=True).start()
 
+    def _starts_again(self, code: int) -> bool:
+        """Whether a Triton that exited with ``code`` before its first readiness is started again (START_RETRIES).
+        Until the supervisor has started it, :meth:`poll` and :meth:`wait_ready` read the same answer, not the exit."""
+        return (
+            self.restart
+            and not self._ready_once
+            and code < 0
+            and self._start_retries < START_RETRIES
+            and not self._stopping.is_set()
+        )
+
+    def _start_again(self, proc: subprocess.Popen, code: int) -> None:
+        """Starts Triton again after ``proc`` died by a signal before its first readiness: its stubs and segments
+        removed, nothing to pin again (nothing was served), the door left as it was (not ready yet)."""
+        children.kill_group(proc.pid)  # its Python stubs
+        self._tell_reaper(f"forget {proc.pid}")
+        remove_segments(SHM_DIR, self.shm_prefix)
+        self._event(
+            f"tritonserver {children.describe_exit(code)} before it was ready; starting it again "
+            f"({self._start_retries + 1} of {START_RETRIES}). {self.errors()}Last log lines:\n{self.logs(15)}"
+        )
+        # What the dead Triton's later loads reported is about that Triton (one still on its way fails this start,
+        # as before).
+        self._later.failures.clear()
+        self._spawn_triton()
+        self._start_retries += 1  # after the new process is in place: until then _starts_again still says yes
+        self.restarts += 1
+
     def poll(self) -> int | None:
         """Triton's exit code once it has stopped for good, or None while it runs or is being restarted."""
         if self._proc is None:
             return None
         if self._final_code is not None:
             return self._final_code
-        code = self._proc.poll()
-        if code is not None and not (self.restart and self._ready_once):
-            return code
+        proc = self._proc
+        code = proc.poll()
+        # `proc is self._proc` read last: a Triton started again meanwhile (_start_again) is not this exit's.
+        if code is not None and not (self.restart and self._ready_once) and not self._starts_again(code):
+            return code if proc is self._proc else None
         return None
 
     def logs(self, last: int | None = None) -> str:
@@ -686,7 +731,9 @@ class TritonServer:
         while not (self._later.done.is_set() and self.is_ready()):
             if self._later.failures and not self._ready_once:
                 raise TritonStartError("; ".join(self._later.failures) + f"\nLast log lines:\n{self.logs(40)}")
-            if self._proc.poll() is not None and not self._ready_once:
+            proc = self._proc
+            code = proc.poll()
+            if code is not None and not self._ready_once and not self._starts_again(code) and proc is self._proc:
                 self._reader.join(timeout=5)
                 raise TritonStartError(
                     f"tritonserver exited with code {self._proc.returncode} before it was ready. {self.errors()}"
