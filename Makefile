@@ -13,7 +13,7 @@ MODEL_REPOSITORY ?= model_repository
 # even where the environment says PYTHONDONTWRITEBYTECODE (as on these machines): otherwise each process compiles
 # again what it imports, and with nothing compiled the tests took a minute longer. Compiling everything at setup
 # instead (compileall) took 55 s on 2 cores for the 38% of it that the tests and the servers ever import (a fresh
-# clone's make test, 2026-12-07). Triton's Python stubs write theirs whatever this says.
+# clone's make test, 2026-12-08). Triton's Python stubs write theirs whatever this says.
 unexport PYTHONDONTWRITEBYTECODE
 
 # argv_secret.so keeps the admin key off Triton's command line (serving/runtime/argv_secret.c).
@@ -29,7 +29,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	# uv installs the dev set in about 20 s where pip took 65-96 s, most of it parsing PyPI's index pages link by
 	# link (fresh clones, 2-core VM, 2026-12-07); same versions but one (uv reads no upper bound of Requires-Python).
-	# pip is the fallback where uv cannot be fetched or cannot reach the index.
+	# pip is the fallback where uv cannot be fetched or cannot reach the index. uv reads PyPI (or UV_INDEX_URL), not
+	# pip's configuration: where only a mirror is reachable, set UV_INDEX_URL, or pip installs after uv gives up.
 	$(BIN)/pip install -q uv==0.13.10 && $(BIN)/uv pip install -q --python $(BIN)/python -e '.[dev]' \
 		|| $(BIN)/pip install -q --no-compile -e '.[dev]'
 	# TensorFlow and Keras compiled ahead on both cores (11 s, 19 CPU-s): each test worker imports them while

@@ -72,7 +72,7 @@ RESTORE_WAIT_S = 120.0
 NOT_LIVE_S = 10.0
 #: How many times a Triton killed by a signal before its first readiness is started again. Triton 2.51 (and 25.02,
 #: upstream server#8882) now and then aborts while its Python stubs load (boost::interprocess::lock_exception), once
-#: in four fresh-clone test runs here (2026-12-08); a start that then failed for good served nothing. An exit with a
+#: in six fresh-clone test runs here (2026-12-08); a start that then failed for good served nothing. An exit with a
 #: code (a model that does not load, a port taken) is not tried again: that start fails for the operator to read why.
 START_RETRIES = 1
 #: The folder, inside the run folder, that a staged s3:// repository is copied to (loadtest.bench.coldstart finds
@@ -644,6 +644,8 @@ class TritonServer:
                         continue
                     except Exception as err:  # noqa: BLE001 - then the start fails, as it would have without it
                         self._event(f"could not start Triton again: {err}")
+                        if self._proc is not proc:  # spawned before the failure: not left running unsupervised
+                            children.kill_group(self._proc.pid)
                         self._start_retries = START_RETRIES  # before the code: waiters read it as final
                 self._final_code = code
                 return
@@ -689,12 +691,15 @@ class TritonServer:
             f"tritonserver {children.describe_exit(code)} before it was ready; starting it again "
             f"({self._start_retries + 1} of {START_RETRIES}). {self.errors()}Last log lines:\n{self.logs(15)}"
         )
-        # What the dead Triton's later loads reported is about that Triton (one still on its way fails this start,
-        # as before).
+        # What the dead Triton's later loads reported is about that Triton (wait_ready does not read them meanwhile).
         self._later.failures.clear()
+        if self._stopping.is_set():
+            return  # the supervisor returns next: stop() is stopping what there is
         self._spawn_triton()
         self._start_retries += 1  # after the new process is in place: until then _starts_again still says yes
-        self.restarts += 1
+        if self._stopping.is_set():  # stop() may have taken the dead one meanwhile: this one must not outlive it
+            children.kill_group(self._proc.pid)
+            remove_segments(SHM_DIR, self.shm_prefix)
 
     def poll(self) -> int | None:
         """Triton's exit code once it has stopped for good, or None while it runs or is being restarted."""
@@ -729,10 +734,13 @@ class TritonServer:
         deadline = time.monotonic() + timeout
         # Ready means every model: with the ensembles loaded first, also the ones loaded after them.
         while not (self._later.done.is_set() and self.is_ready()):
-            if self._later.failures and not self._ready_once:
-                raise TritonStartError("; ".join(self._later.failures) + f"\nLast log lines:\n{self.logs(40)}")
             proc = self._proc
             code = proc.poll()
+            if code is not None and not self._ready_once and self._starts_again(code) and time.monotonic() < deadline:
+                time.sleep(0.25)  # the supervisor starts it again; what its later loads reported is forgotten then
+                continue
+            if self._later.failures and not self._ready_once:
+                raise TritonStartError("; ".join(self._later.failures) + f"\nLast log lines:\n{self.logs(40)}")
             if code is not None and not self._ready_once and not self._starts_again(code) and proc is self._proc:
                 self._reader.join(timeout=5)
                 raise TritonStartError(
