@@ -266,6 +266,9 @@ def test_a_triton_killed_by_a_signal_before_it_was_ready_is_started_once_more(sm
         server.start()
         first = server._proc
         os.kill(first.pid, signal.SIGABRT)
+        # Dead before wait_ready looks: a Triton that has loaded by now (start() is slow on busy cores) would otherwise
+        # answer ready while its abort handler runs.
+        _until(lambda: first.returncode is not None, "Triton did not die of SIGABRT")
         server.wait_ready(120)
         assert server._proc is not first and first.returncode is not None and server.is_ready()
         assert [e for e in server.events if "before it was ready; starting it again (1 of 1)" in e], server.events
@@ -281,16 +284,22 @@ def test_a_second_signal_before_readiness_fails_the_start(small_repo):
         server.start()
         first = server._proc
         os.kill(first.pid, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while server._proc is first and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert server._proc is not first, "not started again"
-        os.kill(server._proc.pid, signal.SIGKILL)
+        _until(lambda: server._proc is not first, "not started again")
+        second = server._proc
+        os.kill(second.pid, signal.SIGKILL)
+        _until(lambda: second.returncode is not None, "the second Triton did not die")
         with pytest.raises(TritonStartError, match="exited with code -9 before it was ready"):
             server.wait_ready(60)
         assert server.poll() == -9
     finally:
         server.stop()
+
+
+def _until(condition, message: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.01)
 
 
 @pytest.mark.integration
