@@ -257,42 +257,46 @@ def test_start_stop_leaves_nothing_behind(small_repo):
     assert not list(launch.SHM_DIR.glob(f"{server.shm_prefix}*"))
 
 
+@pytest.fixture
+def started(small_repo):
+    """A TritonServer on ``small_repo``, started but not yet waited for; stopped at the end."""
+    server = TritonServer(small_repo, http_port=0, grpc_port=0, metrics_port=0)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.mark.integration
-def test_a_triton_killed_by_a_signal_before_it_was_ready_is_started_once_more(small_repo):
+def test_a_triton_killed_by_a_signal_before_it_was_ready_is_started_once_more(started):
     # Triton 2.51 (and 25.02) now and then aborts while its stubs load (server.START_RETRIES): such a start is tried
     # once more, where it used to fail for good.
-    server = TritonServer(small_repo, http_port=0, grpc_port=0, metrics_port=0)
-    try:
-        server.start()
-        first = server._proc
-        os.kill(first.pid, signal.SIGABRT)
-        # Dead before wait_ready looks: a Triton that has loaded by now (start() is slow on busy cores) would otherwise
-        # answer ready while its abort handler runs.
-        _until(lambda: first.returncode is not None, "Triton did not die of SIGABRT")
-        server.wait_ready(120)
-        assert server._proc is not first and first.returncode is not None and server.is_ready()
-        assert [e for e in server.events if "before it was ready; starting it again (1 of 1)" in e], server.events
-        assert server.poll() is None
-    finally:
-        server.stop()
+    first = _killed_before_ready(started, signal.SIGABRT)
+    started.wait_ready(120)
+    assert started._proc is not first and first.returncode is not None and started.is_ready()
+    assert [e for e in started.events if "before it was ready; starting it again (1 of 1)" in e], started.events
+    assert started.poll() is None
 
 
 @pytest.mark.integration
-def test_a_second_signal_before_readiness_fails_the_start(small_repo):
-    server = TritonServer(small_repo, http_port=0, grpc_port=0, metrics_port=0)
-    try:
-        server.start()
-        first = server._proc
-        os.kill(first.pid, signal.SIGKILL)
-        _until(lambda: server._proc is not first, "not started again")
-        second = server._proc
-        os.kill(second.pid, signal.SIGKILL)
-        _until(lambda: second.returncode is not None, "the second Triton did not die")
-        with pytest.raises(TritonStartError, match="exited with code -9 before it was ready"):
-            server.wait_ready(60)
-        assert server.poll() == -9
-    finally:
-        server.stop()
+def test_a_second_signal_before_readiness_fails_the_start(started):
+    first = _killed_before_ready(started, signal.SIGKILL)
+    _until(lambda: started._proc is not first, "not started again")
+    _killed_before_ready(started, signal.SIGKILL)
+    with pytest.raises(TritonStartError, match="exited with code -9 before it was ready"):
+        started.wait_ready(60)
+    assert started.poll() == -9
+
+
+def _killed_before_ready(server: TritonServer, sig: signal.Signals) -> subprocess.Popen:
+    """Kills the Triton ``server`` runs now with ``sig``, before wait_ready (so before its first readiness as the
+    launcher counts it), and returns it once it is gone: one that has loaded by then (start() is slow on busy cores)
+    would otherwise answer ready while it dies."""
+    proc = server._proc
+    os.kill(proc.pid, sig)
+    _until(lambda: proc.returncode is not None, f"Triton did not die of {sig.name}")
+    return proc
 
 
 def _until(condition, message: str, timeout: float = 30) -> None:
