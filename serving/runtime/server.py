@@ -165,7 +165,7 @@ class TritonServer:
         self._ready_once = False
         self._bucket_models: tuple[str, ...] = ()  # an s3:// repository Triton reads itself: its models at start
         self._final_code: int | None = None
-        self._start_retries = 0  # START_RETRIES
+        self._start_retries = 0  # starts again after a signal before the first readiness (START_RETRIES)
         # The ensembles first, the rest right after (command.loads_first); decided at start(), when the folder is known.
         self.loads_first = False
         self._later = first_load.LaterLoads(
@@ -502,8 +502,8 @@ class TritonServer:
     def _broken(self, message: str) -> None:
         """Triton runs but cannot serve: a stub of a served model died or stopped (stubs.StubWatch), or Triton stopped
         answering (liveness.LivenessWatch). Triton is killed, and the supervisor restarts it as after a crash, serving
-        the versions served before. Before its first readiness only a signal's kill is tried again (START_RETRIES):
-        this one is, being SIGKILL, and a second fails that start, with this said."""
+        the versions served before. Before its first readiness this kill (a signal's) is started again once
+        (START_RETRIES), and a second fails that start, with this said."""
         proc = self._proc
         if proc is None or self._stopping.is_set():
             return
@@ -655,9 +655,7 @@ class TritonServer:
                 if front is not None:  # a clear 503 / UNAVAILABLE until it serves what it served (pins.py)
                     with contextlib.suppress(OSError):  # the door's prefix gone: still restart Triton
                         front.set_flag("restarting")
-            children.kill_group(proc.pid)  # its Python stubs
-            self._tell_reaper(f"forget {proc.pid}")  # the group is gone: its number may name another one later
-            remove_segments(SHM_DIR, self.shm_prefix)
+            self._clear_dead(proc)
             backoff.died(time.monotonic() - born)
             self._event(
                 f"tritonserver {children.describe_exit(code)}; restarting in {backoff.wait:.0f} s. {self.errors()}"
@@ -684,9 +682,7 @@ class TritonServer:
     def _start_again(self, proc: subprocess.Popen, code: int) -> None:
         """Starts Triton again after ``proc`` died by a signal before its first readiness: its stubs and segments
         removed, nothing to pin again (nothing was served), the door left as it was (not ready yet)."""
-        children.kill_group(proc.pid)  # its Python stubs
-        self._tell_reaper(f"forget {proc.pid}")
-        remove_segments(SHM_DIR, self.shm_prefix)
+        self._clear_dead(proc)
         self._event(
             f"tritonserver {children.describe_exit(code)} before it was ready; starting it again "
             f"({self._start_retries + 1} of {START_RETRIES}). {self.errors()}Last log lines:\n{self.logs(15)}"
@@ -698,8 +694,22 @@ class TritonServer:
         self._spawn_triton()
         self._start_retries += 1  # after the new process is in place: until then _starts_again still says yes
         if self._stopping.is_set():  # stop() may have taken the dead one meanwhile: this one must not outlive it
-            children.kill_group(self._proc.pid)
-            remove_segments(SHM_DIR, self.shm_prefix)
+            self._clear_dead(self._proc)
+
+    def _clear_dead(self, proc: subprocess.Popen) -> None:
+        """What a Triton that died leaves: its Python stubs (its process group), the reaper's note of the group and
+        its shared-memory segments."""
+        children.kill_group(proc.pid)
+        self._tell_reaper(f"forget {proc.pid}")  # the group is gone: its number may name another one later
+        remove_segments(SHM_DIR, self.shm_prefix)
+
+    def _exit(self) -> tuple[int | None, bool]:
+        """The running Triton's exit code (None while it runs), and whether that exit stands before the first
+        readiness: not while the supervisor starts it again (:meth:`_starts_again`), nor once it has (``_proc`` is
+        read again last: a Triton started meanwhile is not this exit's)."""
+        proc = self._proc
+        code = proc.poll()
+        return code, code is not None and not self._starts_again(code) and proc is self._proc
 
     def poll(self) -> int | None:
         """Triton's exit code once it has stopped for good, or None while it runs or is being restarted."""
@@ -707,12 +717,8 @@ class TritonServer:
             return None
         if self._final_code is not None:
             return self._final_code
-        proc = self._proc
-        code = proc.poll()
-        # `proc is self._proc` read last: a Triton started again meanwhile (_start_again) is not this exit's.
-        if code is not None and not (self.restart and self._ready_once) and not self._starts_again(code):
-            return code if proc is self._proc else None
-        return None
+        code, stands = self._exit()
+        return code if stands and not (self.restart and self._ready_once) else None
 
     def logs(self, last: int | None = None) -> str:
         return self._log.last(last)
@@ -734,14 +740,13 @@ class TritonServer:
         deadline = time.monotonic() + timeout
         # Ready means every model: with the ensembles loaded first, also the ones loaded after them.
         while not (self._later.done.is_set() and self.is_ready()):
-            proc = self._proc
-            code = proc.poll()
-            if code is not None and not self._ready_once and self._starts_again(code) and time.monotonic() < deadline:
+            code, stands = self._exit()
+            if code is not None and not stands and not self._ready_once and time.monotonic() < deadline:
                 time.sleep(0.25)  # the supervisor starts it again; what its later loads reported is forgotten then
                 continue
             if self._later.failures and not self._ready_once:
                 raise TritonStartError("; ".join(self._later.failures) + f"\nLast log lines:\n{self.logs(40)}")
-            if code is not None and not self._ready_once and not self._starts_again(code) and proc is self._proc:
+            if stands and not self._ready_once:
                 self._reader.join(timeout=5)
                 raise TritonStartError(
                     f"tritonserver exited with code {self._proc.returncode} before it was ready. {self.errors()}"
